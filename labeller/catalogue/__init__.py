@@ -1,0 +1,500 @@
+"""The catalogue: the only code that speaks SQL.
+
+One SQLite file (WAL, foreign keys on), written through sqlite-utils, schema by migrations.
+Everything goes in and out as records from `labeller.records`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlite_utils import Database
+
+from labeller.catalogue.migrations import KNOWN_MIGRATIONS, MIGRATION_SET, migrations
+from labeller.errors import UserError
+from labeller.records import (
+    Example,
+    ExampleKind,
+    Explanation,
+    Histogram,
+    ModelRecord,
+    NeuronStats,
+    NeuronView,
+    OutputToken,
+    ScanParams,
+    ScanRecord,
+    ScanStatus,
+    Score,
+    Split,
+    WeightFacts,
+    utc_now,
+)
+
+DEFAULT_DB = Path("db") / "labeller.db"
+BUSY_TIMEOUT_MS = 30_000
+
+
+def default_db_path() -> Path:
+    return Path(os.environ.get("LABELLER_DB") or DEFAULT_DB)
+
+
+def encode_activations(values: np.ndarray) -> bytes:
+    return np.asarray(values, dtype="<f4").tobytes()
+
+
+def decode_activations(blob: bytes) -> list[float]:
+    return np.frombuffer(blob, dtype="<f4").astype(float).tolist()
+
+
+def params_key(params: ScanParams) -> str:
+    return params.model_dump_json()
+
+
+@dataclass(frozen=True)
+class WindowRow:
+    """A stored text window, written once and shared by every neuron that keeps it."""
+
+    key: int
+    document: str
+    offset: int
+    token_ids: list[int]
+    tokens: list[str]
+
+
+@dataclass(frozen=True)
+class ExampleRow:
+    window_key: int
+    kind: ExampleKind
+    rank: int
+    split: Split
+    activations: bytes
+    max_activation: float
+    max_index: int
+
+
+@dataclass(frozen=True)
+class NeuronRow:
+    layer: int
+    neuron: int
+    stats: NeuronStats
+    weights: WeightFacts | None
+    examples: list[ExampleRow]
+
+
+def _inspect_existing(path: Path) -> None:
+    """Refuse files that are not ours, read-only, before anything can write to them."""
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+            tables = {
+                r[0] for r in conn.execute("select name from sqlite_master where type='table'")
+            }
+            if not tables:
+                return
+            if migrations.migrations_table not in tables:
+                raise UserError(f"{path} is not a labeller catalogue; pass --db with another path")
+            applied = {
+                r[0]
+                for r in conn.execute(
+                    f"select name from {migrations.migrations_table} where migration_set = ?",
+                    [MIGRATION_SET],
+                )
+            }
+    except sqlite3.DatabaseError as exc:
+        raise UserError(
+            f"{path} is not a readable SQLite catalogue ({exc}); restore it from a backup "
+            "or pass --db with another path"
+        ) from None
+    if not applied:
+        raise UserError(f"{path} is not a labeller catalogue; pass --db with another path")
+    newer = applied - KNOWN_MIGRATIONS
+    if newer:
+        raise UserError(
+            f"{path} was written by a newer labeller (schema {sorted(newer)[-1]}); "
+            "upgrade labeller to open it"
+        )
+
+
+class Catalogue:
+    def __init__(self, db: Database, path: Path) -> None:
+        self.db = db
+        self.path = path
+
+    @classmethod
+    def open(cls, path: Path | str | None = None, *, create: bool = False) -> Catalogue:
+        """Open (and, for write commands, create or upgrade) the catalogue at `path`."""
+        path = Path(path) if path is not None else default_db_path()
+        if path.is_dir():
+            raise UserError(f"{path} is a directory; pass --db with a catalogue file path")
+        exists = path.exists() and path.stat().st_size > 0
+        if exists:
+            _inspect_existing(path)
+        elif not create:
+            raise UserError(
+                f"no catalogue at {path}; run `labeller scan` first or pass --db / LABELLER_DB"
+            )
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        db = Database(conn)
+        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        db.execute("PRAGMA foreign_keys = ON")
+        if not exists or migrations.pending(db):
+            # Upgrading an older catalogue is a write that read commands do too: each migration
+            # is atomic, so an interrupted upgrade leaves the previous schema intact.
+            db.enable_wal()
+            migrations.apply(db)
+        return cls(db, path)
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    # --- models ---------------------------------------------------------------------------
+
+    def upsert_model(self, model: ModelRecord) -> int:
+        existing = self._model_row(model.name)
+        if existing:
+            return int(existing["id"])
+        return int(self.db["models"].insert(model.model_dump()).last_pk)
+
+    def _model_row(self, name: str) -> dict[str, Any] | None:
+        rows = list(self.db["models"].rows_where("name = ?", [name]))
+        return rows[0] if rows else None
+
+    def models(self) -> list[ModelRecord]:
+        return [
+            ModelRecord(**{k: v for k, v in row.items() if k != "id"})
+            for row in self.db["models"].rows_where(order_by="id")
+        ]
+
+    def resolve_model(self, name: str | None) -> ModelRecord:
+        """The model a read command means: the named one, or the only one the catalogue holds."""
+        models = self.models()
+        if name is None:
+            if len(models) == 1:
+                return models[0]
+            if not models:
+                raise UserError(f"{self.path} holds no scanned model yet; run `labeller scan`")
+            names = ", ".join(m.name for m in models)
+            raise UserError(f"{self.path} holds several models ({names}); pass --model NAME")
+        for model in models:
+            if model.name == name:
+                return model
+        names = ", ".join(m.name for m in models) or "none"
+        raise UserError(f"model {name!r} is not in {self.path} (it holds: {names})")
+
+    # --- scans ----------------------------------------------------------------------------
+
+    def create_scan(self, model_id: int, params: ScanParams) -> int:
+        now = utc_now()
+        return int(
+            self.db["scans"]
+            .insert(
+                {
+                    "model_id": model_id,
+                    "params": params.model_dump_json(),
+                    "params_key": params_key(params),
+                    "status": ScanStatus.RUNNING.value,
+                    "tokens_seen": 0,
+                    "windows_seen": 0,
+                    "started_at": now,
+                    "updated_at": now,
+                }
+            )
+            .last_pk
+        )
+
+    def unfinished_scan(self, params: ScanParams) -> ScanRecord | None:
+        rows = self.db.query(
+            "select * from scans where params_key = ? and status != ? order by id desc limit 1",
+            [params_key(params), ScanStatus.COMPLETE.value],
+        )
+        for row in rows:
+            return self._scan_record(row)
+        return None
+
+    def scans(self) -> list[ScanRecord]:
+        return [self._scan_record(row) for row in self.db["scans"].rows_where(order_by="id")]
+
+    def _scan_record(self, row: dict[str, Any]) -> ScanRecord:
+        params = ScanParams.model_validate_json(row["params"])
+        return ScanRecord(
+            id=row["id"],
+            model=params.model,
+            params=params,
+            status=ScanStatus(row["status"]),
+            tokens_seen=row["tokens_seen"],
+            windows_seen=row["windows_seen"],
+            started_at=row["started_at"],
+            updated_at=row["updated_at"],
+        )
+
+    def save_checkpoint(
+        self, scan_id: int, state: bytes, *, tokens_seen: int, windows_seen: int, status: ScanStatus
+    ) -> None:
+        """Progress and resumable state land together or not at all."""
+        with self.db.atomic():
+            self.db["scan_checkpoints"].upsert(
+                {"scan_id": scan_id, "state": state, "saved_at": utc_now()}, pk="scan_id"
+            )
+            self._set_scan_progress(scan_id, tokens_seen, windows_seen, status)
+
+    def load_checkpoint(self, scan_id: int) -> bytes | None:
+        rows = list(self.db["scan_checkpoints"].rows_where("scan_id = ?", [scan_id]))
+        return rows[0]["state"] if rows else None
+
+    def set_scan_status(self, scan_id: int, status: ScanStatus) -> None:
+        self.db["scans"].update(scan_id, {"status": status.value, "updated_at": utc_now()})
+
+    def _set_scan_progress(
+        self, scan_id: int, tokens_seen: int, windows_seen: int, status: ScanStatus
+    ) -> None:
+        self.db["scans"].update(
+            scan_id,
+            {
+                "tokens_seen": tokens_seen,
+                "windows_seen": windows_seen,
+                "status": status.value,
+                "updated_at": utc_now(),
+            },
+        )
+
+    def discard_scan(self, scan_id: int) -> None:
+        """Drop an unfinished scan that cannot be resumed; completed results are never touched."""
+        with self.db.atomic():
+            self.db["scan_checkpoints"].delete_where("scan_id = ?", [scan_id])
+            self.db["scans"].delete_where("id = ? and status != ?", [scan_id, "complete"])
+
+    def write_scan_results(
+        self,
+        scan_id: int,
+        model_id: int,
+        windows: Iterable[WindowRow],
+        neurons: Iterable[NeuronRow],
+        *,
+        tokens_seen: int,
+        windows_seen: int,
+    ) -> None:
+        """Replace these neurons' stats and examples with the scan's, in one transaction.
+
+        Explanations and label history stay attached to the neuron: a rescan refreshes the
+        evidence, it never loses people's work.
+        """
+        with self.db.atomic():
+            window_ids: dict[int, int] = {}
+            for window in windows:
+                window_ids[window.key] = int(
+                    self.db["windows"]
+                    .insert(
+                        {
+                            "scan_id": scan_id,
+                            "document": window.document,
+                            "offset": window.offset,
+                            "token_ids": json.dumps(window.token_ids),
+                            "tokens": json.dumps(window.tokens, ensure_ascii=False),
+                        }
+                    )
+                    .last_pk
+                )
+            self.db["examples"].insert_all(
+                self._neuron_example_rows(model_id, scan_id, neurons, window_ids), batch_size=500
+            )
+            self.db.execute(
+                "delete from windows where scan_id != ? and id not in "
+                "(select window_id from examples)",
+                [scan_id],
+            )
+            self.db["scan_checkpoints"].delete_where("scan_id = ?", [scan_id])
+            self._set_scan_progress(scan_id, tokens_seen, windows_seen, ScanStatus.COMPLETE)
+
+    def _neuron_example_rows(
+        self,
+        model_id: int,
+        scan_id: int,
+        neurons: Iterable[NeuronRow],
+        window_ids: dict[int, int],
+    ) -> Iterator[dict[str, Any]]:
+        for row in neurons:
+            neuron_id = self._upsert_neuron(model_id, scan_id, row)
+            self.db.execute("delete from examples where neuron_id = ?", [neuron_id])
+            for example in row.examples:
+                yield {
+                    "neuron_id": neuron_id,
+                    "window_id": window_ids[example.window_key],
+                    "kind": example.kind.value,
+                    "rank": example.rank,
+                    "split": example.split.value,
+                    "activations": example.activations,
+                    "max_activation": example.max_activation,
+                    "max_index": example.max_index,
+                }
+
+    def _upsert_neuron(self, model_id: int, scan_id: int, row: NeuronRow) -> int:
+        stats = row.stats
+        weights = row.weights
+        values = {
+            "model_id": model_id,
+            "layer": row.layer,
+            "neuron": row.neuron,
+            "scan_id": scan_id,
+            "max": stats.max,
+            "min": stats.min,
+            "mean": stats.mean,
+            "std": stats.std,
+            "density": stats.density,
+            "skewness": stats.skewness,
+            "kurtosis": stats.kurtosis,
+            "tokens": stats.tokens,
+            "histogram": stats.histogram.model_dump_json(),
+            "w_in_w_out_cosine": weights.w_in_w_out_cosine if weights else None,
+            "top_positive_tokens": _tokens_json(weights.top_positive_tokens) if weights else None,
+            "top_negative_tokens": _tokens_json(weights.top_negative_tokens) if weights else None,
+        }
+        existing = self._neuron_id(model_id, row.layer, row.neuron)
+        if existing is None:
+            return int(self.db["neurons"].insert(values).last_pk)
+        self.db["neurons"].update(existing, values)
+        return existing
+
+    def _neuron_id(self, model_id: int, layer: int, neuron: int) -> int | None:
+        for row in self.db.query(
+            "select id from neurons where model_id = ? and layer = ? and neuron = ?",
+            [model_id, layer, neuron],
+        ):
+            return int(row["id"])
+        return None
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def neuron_view(self, model_name: str | None, layer: int, neuron: int) -> NeuronView:
+        model = self.resolve_model(model_name)
+        model_id = int(self._model_row(model.name)["id"])  # type: ignore[index]
+        rows = list(
+            self.db.query(
+                "select * from neurons where model_id = ? and layer = ? and neuron = ?",
+                [model_id, layer, neuron],
+            )
+        )
+        if not rows:
+            layers = [
+                r["layer"]
+                for r in self.db.query(
+                    "select distinct layer from neurons where model_id = ? order by layer",
+                    [model_id],
+                )
+            ]
+            if layer not in layers:
+                scanned = ",".join(map(str, layers)) or "none"
+                raise UserError(
+                    f"layer {layer} of {model.name} has not been scanned (scanned: {scanned})"
+                )
+            raise UserError(
+                f"{model.name} layer {layer} has no neuron {neuron} (d_mlp={model.d_mlp})"
+            )
+        row = rows[0]
+        examples = list(self._examples(int(row["id"])))
+        return NeuronView(
+            model=model.name,
+            layer=layer,
+            neuron=neuron,
+            scan_id=row["scan_id"],
+            stats=_stats_from_row(row),
+            weights=_weights_from_row(row),
+            top_examples=[e for e in examples if e.kind is ExampleKind.TOP],
+            random_examples=[e for e in examples if e.kind is ExampleKind.RANDOM],
+            explanations=self._explanations(int(row["id"])),
+        )
+
+    def _examples(self, neuron_id: int) -> Iterator[Example]:
+        for row in self.db.query(
+            """select e.*, w.tokens, w.document, w.offset from examples e
+            join windows w on w.id = e.window_id where e.neuron_id = ? order by e.kind desc, e.rank""",
+            [neuron_id],
+        ):
+            yield Example(
+                kind=ExampleKind(row["kind"]),
+                rank=row["rank"],
+                split=Split(row["split"]),
+                tokens=json.loads(row["tokens"]),
+                activations=decode_activations(row["activations"]),
+                max_index=row["max_index"],
+                max_activation=row["max_activation"],
+                document=row["document"],
+                offset=row["offset"],
+            )
+
+    def _explanations(self, neuron_id: int) -> list[Explanation]:
+        explanations = []
+        for row in self.db.query(
+            "select * from explanations where neuron_id = ? order by id", [neuron_id]
+        ):
+            scores = [
+                Score(
+                    method=s["method"],
+                    split=Split(s["split"]),
+                    score=s["score"],
+                    details=json.loads(s["details"] or "{}"),
+                    created_at=s["created_at"],
+                )
+                for s in self.db.query(
+                    "select * from scores where explanation_id = ? order by id", [row["id"]]
+                )
+            ]
+            explanations.append(
+                Explanation(
+                    id=row["id"],
+                    text=row["text"],
+                    source=row["source"],
+                    status=row["status"],
+                    prompt_version=row["prompt_version"],
+                    annotator=row["annotator"],
+                    created_at=row["created_at"],
+                    scores=scores,
+                )
+            )
+        return explanations
+
+    def neuron_counts(self) -> dict[tuple[str, int], int]:
+        """Neurons stored per (model, layer), for `labeller models`."""
+        return {
+            (row["name"], row["layer"]): row["n"]
+            for row in self.db.query(
+                """select m.name, n.layer, count(*) as n from neurons n
+                join models m on m.id = n.model_id group by m.name, n.layer"""
+            )
+        }
+
+
+def _tokens_json(tokens: list[OutputToken]) -> str:
+    return json.dumps([t.model_dump() for t in tokens], ensure_ascii=False)
+
+
+def _stats_from_row(row: dict[str, Any]) -> NeuronStats:
+    return NeuronStats(
+        max=row["max"],
+        min=row["min"],
+        mean=row["mean"],
+        std=row["std"],
+        density=row["density"],
+        skewness=row["skewness"],
+        kurtosis=row["kurtosis"],
+        tokens=row["tokens"],
+        histogram=Histogram.model_validate_json(row["histogram"]),
+    )
+
+
+def _weights_from_row(row: dict[str, Any]) -> WeightFacts | None:
+    if row["w_in_w_out_cosine"] is None:
+        return None
+    return WeightFacts(
+        w_in_w_out_cosine=row["w_in_w_out_cosine"],
+        top_positive_tokens=[OutputToken(**t) for t in json.loads(row["top_positive_tokens"])],
+        top_negative_tokens=[OutputToken(**t) for t in json.loads(row["top_negative_tokens"])],
+    )

@@ -1,0 +1,189 @@
+"""Schema of the catalogue, created and upgraded by sqlite-utils migrations.
+
+Never edit an applied migration: add a new one. The set of migration names is also how we tell a
+catalogue written by a newer labeller (it has names this code does not know).
+"""
+
+from __future__ import annotations
+
+from sqlite_utils import Database, Migrations
+
+MIGRATION_SET = "labeller"
+
+migrations = Migrations(MIGRATION_SET)
+
+
+@migrations()
+def m001_initial(db: Database) -> None:
+    db["models"].create(
+        {
+            "id": int,
+            "name": str,
+            "source": str,
+            "n_layers": int,
+            "d_mlp": int,
+            "d_model": int,
+            "d_vocab": int,
+            "act_fn": str,
+            "neuron_hook": str,
+            "created_at": str,
+        },
+        pk="id",
+        not_null={"name", "source"},
+    )
+    db["models"].create_index(["name"], unique=True)
+
+    db["scans"].create(
+        {
+            "id": int,
+            "model_id": int,
+            "params": str,
+            "params_key": str,
+            "status": str,
+            "tokens_seen": int,
+            "windows_seen": int,
+            "started_at": str,
+            "updated_at": str,
+        },
+        pk="id",
+        foreign_keys=[("model_id", "models", "id")],
+        not_null={"model_id", "params", "params_key", "status"},
+    )
+    db["scans"].create_index(["params_key"])
+
+    # Resumable state of a running scan: opaque bytes written by the scan stage.
+    db["scan_checkpoints"].create(
+        {"scan_id": int, "state": bytes, "saved_at": str},
+        pk="scan_id",
+        foreign_keys=[("scan_id", "scans", "id")],
+    )
+
+    db["windows"].create(
+        {
+            "id": int,
+            "scan_id": int,
+            "document": str,
+            "offset": int,
+            "token_ids": str,
+            "tokens": str,
+        },
+        pk="id",
+        foreign_keys=[("scan_id", "scans", "id")],
+    )
+    db["windows"].create_index(["scan_id", "document", "offset"], unique=True)
+
+    db["neurons"].create(
+        {
+            "id": int,
+            "model_id": int,
+            "layer": int,
+            "neuron": int,
+            "scan_id": int,
+            "max": float,
+            "min": float,
+            "mean": float,
+            "std": float,
+            "density": float,
+            "skewness": float,
+            "kurtosis": float,
+            "tokens": int,
+            "histogram": str,
+            "w_in_w_out_cosine": float,
+            "top_positive_tokens": str,
+            "top_negative_tokens": str,
+        },
+        pk="id",
+        foreign_keys=[("model_id", "models", "id"), ("scan_id", "scans", "id")],
+        not_null={"model_id", "layer", "neuron"},
+    )
+    db["neurons"].create_index(["model_id", "layer", "neuron"], unique=True)
+    db["neurons"].create_index(["model_id", "max"])
+    db["neurons"].create_index(["model_id", "density"])
+
+    db["examples"].create(
+        {
+            "id": int,
+            "neuron_id": int,
+            "window_id": int,
+            "kind": str,
+            "rank": int,
+            "split": str,
+            "activations": bytes,
+            "max_activation": float,
+            "max_index": int,
+        },
+        pk="id",
+        foreign_keys=[("neuron_id", "neurons", "id"), ("window_id", "windows", "id")],
+        not_null={"neuron_id", "window_id", "kind", "rank", "split"},
+    )
+    db["examples"].create_index(["neuron_id", "kind", "rank"], unique=True)
+    db["examples"].create_index(["window_id"])
+
+    db["explanations"].create(
+        {
+            "id": int,
+            "neuron_id": int,
+            "text": str,
+            "source": str,
+            "status": str,
+            "prompt_version": str,
+            "producer_model": str,
+            "annotator": str,
+            "scan_id": int,
+            "created_at": str,
+            "updated_at": str,
+        },
+        pk="id",
+        foreign_keys=[("neuron_id", "neurons", "id"), ("scan_id", "scans", "id")],
+        not_null={"neuron_id", "text", "source", "status"},
+    )
+    db["explanations"].create_index(["neuron_id"])
+
+    db["scores"].create(
+        {
+            "id": int,
+            "explanation_id": int,
+            "method": str,
+            "split": str,
+            "score": float,
+            "simulator": str,
+            "prompt_version": str,
+            "details": str,
+            "created_at": str,
+        },
+        pk="id",
+        foreign_keys=[("explanation_id", "explanations", "id")],
+        not_null={"explanation_id", "method", "split"},
+    )
+    db["scores"].create_index(["explanation_id"])
+
+    db["label_history"].create(
+        {
+            "id": int,
+            "neuron_id": int,
+            "explanation_id": int,
+            "action": str,
+            "before": str,
+            "after": str,
+            "annotator": str,
+            "at": str,
+        },
+        pk="id",
+        foreign_keys=[("neuron_id", "neurons", "id")],
+        not_null={"neuron_id", "action", "at"},
+    )
+    db["label_history"].create_index(["neuron_id"])
+    for verb in ("UPDATE", "DELETE"):
+        db.execute(
+            f"""CREATE TRIGGER label_history_append_only_{verb.lower()}
+            BEFORE {verb} ON label_history
+            BEGIN SELECT RAISE(ABORT, 'label_history is append-only'); END"""
+        )
+
+    db["llm_cache"].create(
+        {"key": str, "request": str, "response": str, "created_at": str},
+        pk="key",
+    )
+
+
+KNOWN_MIGRATIONS = frozenset(m.name for m in migrations.pending(Database(memory=True)))

@@ -1,0 +1,570 @@
+"""Command line: a thin layer over the stages. Model code is imported only by commands that run
+a model, so `--help`, `show`, `models` and `scans` start fast."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from labeller.catalogue import Catalogue
+from labeller.errors import ScanInterrupted, UserError
+from labeller.records import Example, NeuronView, ScanParams
+from labeller.render import heat_text, sparkline, visible_token
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEMO_DB = Path("db") / "demo.db"
+DEMO_TOKENS = 200_000
+
+
+def db_option(func: F) -> F:
+    return click.option(
+        "--db",
+        "db_path",
+        type=click.Path(path_type=Path, dir_okay=False),
+        envvar="LABELLER_DB",
+        default=None,
+        help="Catalogue file (default: $LABELLER_DB, else db/labeller.db).",
+    )(func)
+
+
+def model_load_options(func: F) -> F:
+    func = click.option(
+        "--dtype",
+        default="float32",
+        show_default=True,
+        help="float32, float16 or bfloat16.",
+    )(func)
+    return click.option(
+        "--device", default="auto", show_default=True, help="auto (cuda, mps, cpu), cpu, cuda, mps."
+    )(func)
+
+
+def format_option(func: F) -> F:
+    return click.option(
+        "--format",
+        "output_format",
+        type=click.Choice(["text", "json"]),
+        default="text",
+        show_default=True,
+    )(func)
+
+
+def parse_layers(spec: str, n_layers: int) -> list[int]:
+    """'0,2-5' or 'all' -> sorted unique layer numbers."""
+    if spec.strip() == "all":
+        return list(range(n_layers))
+    layers: set[int] = set()
+    try:
+        for part in spec.split(","):
+            part = part.strip()
+            if "-" in part:
+                start, end = (int(x) for x in part.split("-", 1))
+                if end < start:
+                    raise ValueError
+                layers.update(range(start, end + 1))
+            else:
+                layers.add(int(part))
+    except ValueError:
+        raise UserError(f"--layers {spec!r}: use numbers and ranges like 0,2-5, or all") from None
+    return sorted(layers)
+
+
+class CliError(click.ClickException):
+    """A user mistake or an interruption: one line on stderr, a non-zero exit, no traceback."""
+
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+class LabellerGroup(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            raise CliError(str(exc)) from None
+        except ScanInterrupted as exc:
+            raise CliError(f"{exc}; run the same command again to resume", 130) from None
+
+
+@click.group(
+    cls=LabellerGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.version_option(package_name="labeller")
+@click.option("-v", "--verbose", is_flag=True, help="Show library log messages.")
+def cli(verbose: bool) -> None:
+    """Scan, explain, score and hand-label the MLP neurons of transformer language models.
+
+    \b
+    Quick look:
+      labeller demo
+      labeller scan --model demo-solu-1l --dataset demo --tokens 200000
+      labeller show --layer 0 --neuron 5
+    """
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="warning: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@cli.command()
+@db_option
+@click.option("--model", "model_spec", required=True, help="Demo name, HF name, local dir.")
+@click.option(
+    "--dataset", required=True, help="demo, a .txt/.jsonl/.parquet file or folder, HF name."
+)
+@click.option("--layers", default="all", show_default=True, help="Layers to scan, e.g. 0,2-5.")
+@click.option("--tokens", type=click.IntRange(min=1), default=None, help="Stop after N tokens.")
+@click.option("--ctx", type=click.IntRange(min=2), default=64, show_default=True)
+@click.option("--top-k", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--random", "n_random", type=click.IntRange(min=0), default=20, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option(
+    "--text-field", default="text", show_default=True, help="Field of .jsonl/.parquet/HF."
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random windows.")
+@click.option("--histogram-bins", type=click.IntRange(min=4), default=64, show_default=True)
+@model_load_options
+def scan(
+    db_path: Path | None,
+    model_spec: str,
+    dataset: str,
+    layers: str,
+    tokens: int | None,
+    ctx: int,
+    top_k: int,
+    n_random: int,
+    batch_size: int,
+    text_field: str,
+    seed: int,
+    histogram_bins: int,
+    device: str,
+    dtype: str,
+) -> None:
+    """Run a model over a corpus and store every neuron's top and random windows and statistics.
+
+    Ctrl-C stops at the next batch and keeps what was done; the same command resumes.
+
+    \b
+    Example:
+      labeller scan --model demo-solu-1l --dataset demo --tokens 200000
+      labeller scan --model gpt2 --dataset NeelNanda/pile-10k --layers 0-11 --tokens 10000000
+    """
+    from labeller.model.loading import load_model
+    from labeller.scan.runner import run_scan
+
+    catalogue = Catalogue.open(db_path, create=True)
+    with _status(f"loading {model_spec}"):
+        model = load_model(model_spec, device=device, dtype=dtype)
+    params = ScanParams(
+        model=model_spec,
+        dataset=dataset,
+        layers=parse_layers(layers, model.n_layers),
+        tokens=tokens,
+        ctx=ctx,
+        top_k=top_k,
+        random=n_random,
+        seed=seed,
+        histogram_bins=histogram_bins,
+    )
+    if ctx > int(model.bridge.cfg.n_ctx) - (1 if model.bos_id is not None else 0):
+        raise UserError(f"--ctx {ctx} is longer than {model_spec}'s context; use a smaller --ctx")
+    with _token_progress(tokens) as advance:
+        outcome = run_scan(
+            catalogue,
+            model,
+            params,
+            batch_size=batch_size,
+            text_field=text_field,
+            on_progress=advance,
+        )
+    for note in outcome.notes:
+        click.echo(note, err=True)
+    click.echo(
+        f"scan {outcome.scan_id}: {outcome.tokens_seen:,} tokens in {outcome.windows_seen:,} "
+        f"windows; {outcome.neurons:,} neurons of {model_spec} stored in {catalogue.path}"
+    )
+
+
+@cli.command()
+@db_option
+@click.option(
+    "--model", "model_name", default=None, help="Needed when the catalogue holds several."
+)
+@click.option("--layer", type=click.IntRange(min=0), required=True)
+@click.option("--neuron", type=click.IntRange(min=0), required=True)
+@click.option("--examples", type=click.IntRange(min=0), default=None, help="Top windows to print.")
+@format_option
+def show(
+    db_path: Path | None,
+    model_name: str | None,
+    layer: int,
+    neuron: int,
+    examples: int | None,
+    output_format: str,
+) -> None:
+    """Show one neuron: statistics, weight facts, top and random examples, explanations.
+
+    \b
+    Example:
+      labeller show --layer 0 --neuron 42
+      labeller show --model demo-gelu-1l --layer 0 --neuron 42 --format json
+    """
+    view = Catalogue.open(db_path).neuron_view(model_name, layer, neuron)
+    if output_format == "json":
+        click.echo(json.dumps(neuron_json(view), indent=2, ensure_ascii=False))
+        return
+    print_neuron(view, examples)
+
+
+def neuron_json(view: NeuronView) -> dict[str, Any]:
+    data = view.model_dump(mode="json")
+    for key in ("top_examples", "random_examples"):
+        for example in data[key]:
+            example.pop("kind")
+    return data
+
+
+def print_neuron(view: NeuronView, limit: int | None) -> None:
+    console = Console(highlight=False)
+    s = view.stats
+    console.print(
+        f"[bold]{view.model}[/bold]  layer {view.layer}  neuron {view.neuron}  (scan {view.scan_id})"
+    )
+    skew = "n/a" if s.skewness is None else f"{s.skewness:.2f}"
+    kurt = "n/a" if s.kurtosis is None else f"{s.kurtosis:.2f}"
+    console.print(
+        f"max {s.max:.3f}  min {s.min:.3f}  mean {s.mean:.4f}  std {s.std:.4f}  "
+        f"density {100 * s.density:.2f}%  skewness {skew}  kurtosis {kurt}  tokens {s.tokens:,}"
+    )
+    h = s.histogram
+    console.print(f"histogram {h.low:.3f} {sparkline(h.counts)} {h.high:.3f}", markup=False)
+    if view.weights:
+        w = view.weights
+        console.print(f"cos(w_in, w_out) {w.w_in_w_out_cosine:+.3f}")
+        for label, tokens in (
+            ("promotes", w.top_positive_tokens),
+            ("suppresses", w.top_negative_tokens),
+        ):
+            words = "  ".join(repr(visible_token(t.token)) for t in tokens)
+            console.print(f"{label}: {words}", markup=False)
+    scale = max(s.max, 1e-9)
+    console.print(
+        f"\n[bold]Top examples[/bold] (colour scale 0 to {scale:.3f}; max token underlined)"
+    )
+    for example in view.top_examples[:limit]:
+        _print_example(console, example, scale)
+    console.print("\n[bold]Random examples[/bold]")
+    for example in view.random_examples[:limit]:
+        _print_example(console, example, scale)
+    console.print("\n[bold]Explanations[/bold]")
+    if not view.explanations:
+        console.print("none yet")
+    for explanation in view.explanations:
+        scores = ", ".join(
+            f"{sc.method}/{sc.split}: {'n/a' if sc.score is None else f'{sc.score:.3f}'}"
+            for sc in explanation.scores
+        )
+        console.print(
+            f"- [{explanation.status}] {explanation.text} ({explanation.source}) {scores}",
+            markup=False,
+        )
+
+
+def _print_example(console: Console, example: Example, scale: float) -> None:
+    head = f"{example.rank:>3} {example.split.value:<11} {example.max_activation:7.3f}  "
+    console.print(head, end="", markup=False)
+    console.print(heat_text(example.tokens, example.activations, scale, example.max_index))
+
+
+@cli.command()
+@db_option
+@click.option("--model", "model_spec", default=None, help="Default: the catalogue's only model.")
+@click.option("--layer", type=click.IntRange(min=0), required=True)
+@click.option("--neuron", type=click.IntRange(min=0), required=True)
+@click.option("--text", required=True, help="Text to run through the model; - reads stdin.")
+@model_load_options
+@format_option
+def trace(
+    db_path: Path | None,
+    model_spec: str | None,
+    layer: int,
+    neuron: int,
+    text: str,
+    device: str,
+    dtype: str,
+    output_format: str,
+) -> None:
+    """Run the model on TEXT and print one neuron's activation on every token.
+
+    \b
+    Example:
+      labeller trace --model demo-solu-1l --layer 0 --neuron 42 --text "def main():"
+    """
+    from labeller.model.activations import trace_activations
+    from labeller.model.loading import load_model
+    from labeller.records import Trace
+
+    if text == "-":
+        text = sys.stdin.read()
+    if model_spec is None:
+        model_spec = Catalogue.open(db_path).resolve_model(None).name
+    model = load_model(model_spec, device=device, dtype=dtype)
+    model.check_layers([layer])
+    if neuron >= model.d_mlp:
+        raise UserError(f"{model_spec} has neurons 0-{model.d_mlp - 1} per layer")
+    ids = model.encode(text)
+    if not ids:
+        raise UserError("--text is empty; give some text to trace")
+    limit = int(model.bridge.cfg.n_ctx) - (1 if model.bos_id is not None else 0)
+    if len(ids) > limit:
+        raise UserError(f"--text is {len(ids)} tokens; {model_spec} reads at most {limit}")
+    values = trace_activations(model, ids, layer)[:, neuron].tolist()
+    result = Trace(
+        model=model_spec,
+        layer=layer,
+        neuron=neuron,
+        text=text,
+        tokens=model.token_strings(ids),
+        activations=values,
+    )
+    if output_format == "json":
+        click.echo(result.model_dump_json(indent=2))
+        return
+    console = Console(highlight=False)
+    scale = max(max(values), 1e-9)
+    console.print(
+        f"{model_spec} layer {layer} neuron {neuron}: max {max(values):.3f}", markup=False
+    )
+    console.print(heat_text(result.tokens, values, scale, values.index(max(values))))
+    for token, value in zip(result.tokens, values, strict=True):
+        console.print(f"{value:9.4f}  {visible_token(token)!r}", markup=False)
+
+
+@cli.command()
+@db_option
+@format_option
+def models(db_path: Path | None, output_format: str) -> None:
+    """List the models a catalogue holds, with their scanned layers.
+
+    \b
+    Example:
+      labeller models --db db/demo.db
+    """
+    catalogue = Catalogue.open(db_path)
+    counts = catalogue.neuron_counts()
+    rows = [
+        {
+            **m.model_dump(),
+            "scanned_layers": sorted(layer for (name, layer) in counts if name == m.name),
+            "neurons": sum(n for (name, _), n in counts.items() if name == m.name),
+        }
+        for m in catalogue.models()
+    ]
+    if output_format == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table("model", "source", "layers", "d_mlp", "act_fn", "scanned layers", "neurons")
+    for row in rows:
+        table.add_row(
+            row["name"],
+            row["source"],
+            str(row["n_layers"]),
+            str(row["d_mlp"]),
+            row["act_fn"],
+            ",".join(map(str, row["scanned_layers"])) or "-",
+            f"{row['neurons']:,}",
+        )
+    Console().print(table)
+
+
+@cli.command()
+@db_option
+@format_option
+def scans(db_path: Path | None, output_format: str) -> None:
+    """List the scans in a catalogue: parameters, tokens seen, status.
+
+    \b
+    Example:
+      labeller scans --db db/demo.db --format json
+    """
+    records = Catalogue.open(db_path).scans()
+    if output_format == "json":
+        click.echo(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
+        return
+    table = Table("id", "model", "dataset", "layers", "ctx", "top-k", "random", "tokens", "status")
+    for r in records:
+        p = r.params
+        table.add_row(
+            str(r.id),
+            p.model,
+            p.dataset,
+            ",".join(map(str, p.layers)),
+            str(p.ctx),
+            str(p.top_k),
+            str(p.random),
+            f"{r.tokens_seen:,}",
+            r.status.value,
+        )
+    Console().print(table)
+
+
+@cli.command("train-demo")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("demo-models"),
+    show_default=True,
+    help="Directory for the two trained model directories.",
+)
+@click.option("--tokens", type=click.IntRange(min=1000), default=None, help="Training tokens.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def train_demo(out: Path, tokens: int | None, seed: int) -> None:
+    """Rebuild the demo corpus and tokenizer and train the demo GELU and SoLU models.
+
+    The bundled demo models were made by this command; rerun it to reproduce them.
+
+    \b
+    Example:
+      labeller train-demo --out demo-models
+      labeller scan --model demo-models/demo-solu-1l --dataset demo --tokens 200000
+    """
+    from labeller.demo.train import train_demo_models
+
+    kwargs: dict[str, Any] = {"seed": seed}
+    if tokens is not None:
+        kwargs["tokens"] = tokens
+    numbers = train_demo_models(out, **kwargs)
+    click.echo(json.dumps(numbers, indent=2))
+
+
+@cli.command()
+@click.option(
+    "--db",
+    "db_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=DEMO_DB,
+    show_default=True,
+    help="Where the demo catalogue is built.",
+)
+@click.option("--tokens", type=click.IntRange(min=1000), default=DEMO_TOKENS, show_default=True)
+def demo(db_path: Path, tokens: int) -> None:
+    """Build the demo catalogue (both bundled models on the demo corpus) and show a neuron.
+
+    Needs no network. The first run scans; later runs reuse the catalogue.
+
+    \b
+    Example:
+      labeller demo
+    """
+    from labeller.demo import DEMO_MODEL_NAMES
+    from labeller.model.loading import load_model
+    from labeller.scan.runner import run_scan
+
+    catalogue = Catalogue.open(db_path, create=True)
+    present = {m.name for m in catalogue.models()} & {
+        name for (name, _layer) in catalogue.neuron_counts()
+    }
+    for name in DEMO_MODEL_NAMES:
+        if name in present:
+            continue
+        click.echo(f"scanning {name} over {tokens:,} tokens of the demo corpus", err=True)
+        model = load_model(name, device="cpu")
+        params = ScanParams(
+            model=name,
+            dataset="demo",
+            layers=list(range(model.n_layers)),
+            tokens=tokens,
+            ctx=64,
+            top_k=20,
+            random=20,
+            seed=0,
+            histogram_bins=64,
+        )
+        with _token_progress(tokens) as advance:
+            run_scan(catalogue, model, params, batch_size=32, on_progress=advance)
+    best = catalogue.db.query(
+        "select m.name, n.layer, n.neuron from neurons n join models m on m.id = n.model_id "
+        "order by n.max desc limit 1"
+    )
+    for row in best:
+        print_neuron(catalogue.neuron_view(row["name"], row["layer"], row["neuron"]), 5)
+    click.echo(
+        f"\nThe demo catalogue is {db_path}. Try:\n"
+        f"  labeller models --db {db_path}\n"
+        f"  labeller show --db {db_path} --model demo-solu-1l --layer 0 --neuron 7\n"
+        f"  labeller trace --model demo-solu-1l --layer 0 --neuron 7 --text 'def f(x):'"
+    )
+
+
+class _status:
+    """A spinner on stderr while something slow happens (model loading)."""
+
+    def __init__(self, message: str) -> None:
+        self.console = Console(stderr=True)
+        self.status = self.console.status(message)
+
+    def __enter__(self) -> None:
+        self.status.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        self.status.__exit__(*exc)
+
+
+class RateColumn(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("" if speed is None else f"{speed:,.0f} tok/s")
+
+
+class _token_progress:
+    """Progress bar on stderr with tokens/s and ETA; yields a callback taking tokens seen."""
+
+    def __init__(self, total: int | None) -> None:
+        self.progress = Progress(
+            TextColumn("scanning"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("tokens"),
+            RateColumn(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+        )
+        self.task = self.progress.add_task("scan", total=total)
+
+    def __enter__(self) -> Callable[[int], None]:
+        self.progress.__enter__()
+        return lambda seen: self.progress.update(self.task, completed=seen)
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)
+
+
+main = cli

@@ -1,0 +1,145 @@
+"""Corpora: documents streamed from local files, Hugging Face datasets or the demo corpus,
+cut into token windows that never span two documents."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from labeller.errors import UserError
+
+log = logging.getLogger("labeller")
+
+LOCAL_SUFFIXES = (".txt", ".jsonl", ".parquet")
+
+
+@dataclass(frozen=True)
+class Document:
+    doc_id: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Window:
+    """Up to ctx tokens of one document, starting `offset` tokens into it."""
+
+    document: str
+    offset: int
+    token_ids: list[int]
+
+
+def iter_documents(spec: str, text_field: str = "text") -> Iterator[Document]:
+    """Stream the documents of `--dataset`: `demo`, a file or folder, or a HF dataset name."""
+    if spec == "demo":
+        from labeller.demo.corpus import iter_demo_documents
+
+        for doc in iter_demo_documents("all"):
+            yield Document(doc.doc_id, doc.text)
+        return
+    path = Path(spec).expanduser()
+    if path.exists():
+        yield from _iter_local(path, text_field)
+        return
+    if path.suffix in LOCAL_SUFFIXES or spec.startswith((".", "/", "~")):
+        raise UserError(f"no corpus at {spec}; pass an existing file or folder, or `demo`")
+    yield from _iter_hf_dataset(spec, text_field)
+
+
+def _iter_local(path: Path, text_field: str) -> Iterator[Document]:
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in LOCAL_SUFFIXES)
+        if not files:
+            raise UserError(f"{path} holds no .txt, .jsonl or .parquet files")
+    elif path.suffix in LOCAL_SUFFIXES:
+        files = [path]
+    else:
+        raise UserError(f"{path}: unsupported corpus file; use .txt, .jsonl or .parquet")
+    for file in files:
+        name = str(file)
+        if file.suffix == ".txt":
+            yield Document(name, _decode(file.read_bytes(), name))
+        elif file.suffix == ".jsonl":
+            yield from _iter_jsonl(file, text_field)
+        else:
+            yield from _iter_parquet(file, text_field)
+
+
+def _decode(raw: bytes, where: str) -> str:
+    text = raw.decode("utf-8", errors="replace")
+    if "\ufffd" in text and "\ufffd".encode() not in raw:
+        log.warning("%s: undecodable bytes replaced with U+FFFD", where)
+    return text
+
+
+def _iter_jsonl(file: Path, text_field: str) -> Iterator[Document]:
+    with file.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            where = f"{file}:{number}"
+            try:
+                record = json.loads(_decode(raw, where))
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{where}: not a JSON line ({exc.msg})") from None
+            if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+                raise UserError(f"{where}: no string field {text_field!r}; set --text-field")
+            yield Document(where, record[text_field])
+
+
+def _iter_parquet(file: Path, text_field: str) -> Iterator[Document]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise UserError(
+            "reading .parquet needs pyarrow: pip install 'labeller[datasets]'"
+        ) from None
+    try:
+        parquet = pq.ParquetFile(file)
+    except Exception as exc:  # pyarrow raises several types for bad files
+        raise UserError(f"{file}: not a readable parquet file ({exc})") from None
+    if text_field not in parquet.schema_arrow.names:
+        raise UserError(f"{file}: no column {text_field!r}; set --text-field")
+    row = 0
+    for batch in parquet.iter_batches(columns=[text_field], batch_size=1024):
+        for text in batch.column(0).to_pylist():
+            if isinstance(text, str):
+                yield Document(f"{file}:{row}", text)
+            row += 1
+
+
+def _iter_hf_dataset(name: str, text_field: str) -> Iterator[Document]:
+    try:
+        import datasets
+    except ImportError:
+        raise UserError(
+            f"{name!r} is not a local path; Hugging Face datasets need "
+            "pip install 'labeller[datasets]'"
+        ) from None
+    try:
+        dataset = datasets.load_dataset(name, split="train", streaming=True)
+    except Exception as exc:  # hub and network errors come in many types
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"could not open dataset {name!r}: not a local path, and Hugging Face said: "
+            f"{reason[:200]}"
+        ) from None
+    for index, record in enumerate(dataset):
+        text = record.get(text_field)
+        if not isinstance(text, str):
+            raise UserError(
+                f"dataset {name!r} has no string field {text_field!r}; set --text-field"
+            )
+        yield Document(f"{name}:{index}", text)
+
+
+def iter_windows(
+    documents: Iterator[Document], encode: Callable[[str], list[int]], ctx: int
+) -> Iterator[Window]:
+    """Consecutive ctx-token windows per document; a document's last window may be shorter."""
+    for doc in documents:
+        ids = encode(doc.text)
+        for offset in range(0, len(ids), ctx):
+            yield Window(doc.doc_id, offset, ids[offset : offset + ctx])

@@ -1,0 +1,14 @@
+"""Errors a user can cause. The CLI prints them as one line and exits non-zero, no traceback."""
+
+
+class UserError(Exception):
+    """A mistake in the input that the user can fix; the message says how."""
+
+
+class ScanInterrupted(Exception):
+    """A scan stopped by Ctrl-C after checkpointing; running the same command resumes it."""
+
+    def __init__(self, scan_id: int, tokens_seen: int) -> None:
+        super().__init__(f"scan {scan_id} interrupted after {tokens_seen:,} tokens")
+        self.scan_id = scan_id
+        self.tokens_seen = tokens_seen

@@ -1,0 +1,191 @@
+"""Turn a `--model` argument into a running TransformerBridge, whatever its source.
+
+Tried in order: the bundled demo models, a local directory (labeller-native or Hugging Face
+format), a legacy TransformerLens toy model name (tl_legacy source), a Hugging Face hub name.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from labeller.demo import DEMO_MODEL_NAMES, demo_model_path
+from labeller.errors import UserError
+from labeller.model.native_dir import is_native_model_dir, load_native_model
+from labeller.records import ModelRecord
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+GELU_HOOK = "blocks.{layer}.mlp.hook_post"
+# SoLU-LN: the neuron is the activation after SoLU and before the LayerNorm that follows it.
+SOLU_LN_HOOK = "blocks.{layer}.mlp.ln.hook_in"
+
+
+def resolve_device(device: str) -> torch.device:
+    if device != "auto":
+        try:
+            resolved = torch.device(device)
+        except RuntimeError:
+            raise UserError(
+                f"unknown --device {device!r}; use auto, cpu, cuda, cuda:N or mps"
+            ) from None
+        if resolved.type == "cuda" and not torch.cuda.is_available():
+            raise UserError("--device cuda asked for, but torch sees no CUDA GPU; use --device cpu")
+        return resolved
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_dtype(dtype: str) -> torch.dtype:
+    if dtype not in DTYPES:
+        raise UserError(f"unknown --dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for the scan and trace: the bridge plus the facts both must agree on."""
+
+    name: str
+    source: str
+    bridge: Any
+    device: torch.device
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.bridge.tokenizer
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.bridge.cfg.n_layers)
+
+    @property
+    def d_mlp(self) -> int:
+        return int(self.bridge.cfg.d_mlp)
+
+    @property
+    def act_fn(self) -> str:
+        return str(self.bridge.cfg.act_fn or "unknown")
+
+    @property
+    def neuron_hook_template(self) -> str:
+        probe = SOLU_LN_HOOK.format(layer=0)
+        return SOLU_LN_HOOK if probe in self.bridge.hook_dict else GELU_HOOK
+
+    def neuron_hook(self, layer: int) -> str:
+        return self.neuron_hook_template.format(layer=layer)
+
+    @property
+    def bos_id(self) -> int | None:
+        """Every model input starts with BOS when the tokenizer has one, in scan and trace alike."""
+        return self.tokenizer.bos_token_id
+
+    @property
+    def pad_id(self) -> int:
+        for candidate in (self.tokenizer.pad_token_id, self.bos_id, self.tokenizer.eos_token_id):
+            if candidate is not None:
+                return int(candidate)
+        return 0
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def token_strings(self, ids: list[int]) -> list[str]:
+        return [self.tokenizer.decode([i]) for i in ids]
+
+    def record(self) -> ModelRecord:
+        cfg = self.bridge.cfg
+        return ModelRecord(
+            name=self.name,
+            source=self.source,
+            n_layers=self.n_layers,
+            d_mlp=self.d_mlp,
+            d_model=int(cfg.d_model),
+            d_vocab=int(cfg.d_vocab),
+            act_fn=self.act_fn,
+            neuron_hook=self.neuron_hook_template,
+        )
+
+    def check_layers(self, layers: list[int]) -> None:
+        bad = [layer for layer in layers if not 0 <= layer < self.n_layers]
+        if bad:
+            raise UserError(
+                f"{self.name} has layers 0-{self.n_layers - 1}; --layers asked for {bad[0]}"
+            )
+
+
+def load_model(spec: str, device: str = "auto", dtype: str = "float32") -> LoadedModel:
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype)
+    tried: list[str] = []
+
+    if spec in DEMO_MODEL_NAMES:
+        bridge = load_native_model(demo_model_path(spec), torch_device, torch_dtype, spec)
+        return _loaded(spec, "demo", bridge, torch_device)
+    tried.append("bundled demo model")
+
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if is_native_model_dir(path):
+            bridge = load_native_model(path, torch_device, torch_dtype, spec)
+            return _loaded(spec, "native-dir", bridge, torch_device)
+        if (path / "config.json").exists():
+            return _loaded(spec, "hf-dir", _boot_hf(spec, torch_device, torch_dtype), torch_device)
+        raise UserError(
+            f"{path} is a directory but holds neither labeller_model.json nor a Hugging Face "
+            "config.json; point --model at a model directory"
+        )
+    tried.append("local directory")
+
+    from transformer_lens.model_bridge.sources.tl_legacy import TL_LEGACY_PREFIXES, boot
+    from transformer_lens.supported_models import get_official_model_name
+
+    try:
+        official = get_official_model_name(spec)
+    except (ValueError, KeyError):
+        official = spec
+    if official.startswith(TL_LEGACY_PREFIXES):
+        tried.append(f"TransformerLens legacy {official}")
+        try:
+            bridge = boot(official, device=torch_device, dtype=torch_dtype)
+        except Exception as exc:  # hub and network errors come in many types
+            raise UserError(_not_loaded(spec, tried, exc)) from None
+        return _loaded(spec, "tl-legacy", bridge, torch_device)
+
+    tried.append(f"Hugging Face hub {official}")
+    try:
+        bridge = _boot_hf(official, torch_device, torch_dtype)
+    except Exception as exc:  # hub and network errors come in many types
+        raise UserError(_not_loaded(spec, tried, exc)) from None
+    return _loaded(spec, "hf", bridge, torch_device)
+
+
+def _boot_hf(name: str, device: torch.device, dtype: torch.dtype) -> Any:
+    from transformer_lens.model_bridge import TransformerBridge
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return TransformerBridge.boot_transformers(name, device=device, dtype=dtype)
+
+
+def _loaded(name: str, source: str, bridge: Any, device: torch.device) -> LoadedModel:
+    bridge.eval()
+    model = LoadedModel(name=name, source=source, bridge=bridge, device=device)
+    if model.tokenizer is None:
+        raise UserError(f"{name} has no tokenizer; labeller needs one to read text")
+    return model
+
+
+def _not_loaded(spec: str, tried: list[str], exc: Exception) -> str:
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (
+        f"could not load model {spec!r}: tried {', '.join(tried)} ({reason[:200]}); "
+        "check the name, or pass a local model directory"
+    )

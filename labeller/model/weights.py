@@ -1,0 +1,46 @@
+"""Facts about a neuron read off the weights alone (no data needed)."""
+
+from __future__ import annotations
+
+import torch
+
+from labeller.model.loading import LoadedModel
+from labeller.records import OutputToken, WeightFacts
+
+TOP_OUTPUT_TOKENS = 10
+
+
+def layer_weight_facts(model: LoadedModel, layer: int) -> list[WeightFacts]:
+    """Per neuron: cos(w_in, w_out) and the tokens its output most promotes and suppresses.
+
+    A strongly negative cosine marks the seed essay's memory-management neurons (erasing what
+    they read); a strongly positive one marks signal-boosting neurons.
+    """
+    bridge = model.bridge
+    with torch.inference_mode():
+        w_in = bridge.W_in[layer].float()  # [d_model, d_mlp]
+        w_out = bridge.W_out[layer].float()  # [d_mlp, d_model]
+        w_u = bridge.W_U.float()  # [d_model, d_vocab]
+        cosine = torch.nn.functional.cosine_similarity(w_in.T, w_out, dim=1)
+        logits = w_out @ w_u  # [d_mlp, d_vocab]
+        k = min(TOP_OUTPUT_TOKENS, logits.shape[1])
+        top_values, top_ids = logits.topk(k, dim=1)
+        bottom_values, bottom_ids = (-logits).topk(k, dim=1)
+    vocab = {i: model.tokenizer.decode([i]) for i in set(top_ids.flatten().tolist())}
+    vocab.update({i: model.tokenizer.decode([i]) for i in set(bottom_ids.flatten().tolist())})
+    facts = []
+    for n in range(logits.shape[0]):
+        facts.append(
+            WeightFacts(
+                w_in_w_out_cosine=float(cosine[n]),
+                top_positive_tokens=[
+                    OutputToken(token=vocab[i], weight=float(v))
+                    for i, v in zip(top_ids[n].tolist(), top_values[n].tolist(), strict=True)
+                ],
+                top_negative_tokens=[
+                    OutputToken(token=vocab[i], weight=-float(v))
+                    for i, v in zip(bottom_ids[n].tolist(), bottom_values[n].tolist(), strict=True)
+                ],
+            )
+        )
+    return facts

@@ -1,0 +1,179 @@
+"""The one schema: pydantic records that flow between stages.
+
+Imports neither torch nor SQL, so every stage (scan, catalogue, CLI, export, TUI) can share them
+without pulling in the model stack.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class Split(StrEnum):
+    """Held-out splits are fixed at scan time so explain and score can never overlap."""
+
+    TRAIN = "train"
+    CALIBRATION = "calibration"
+    VALID = "valid"
+    TEST = "test"
+
+
+TOP_SPLITS = (Split.TRAIN, Split.CALIBRATION, Split.VALID, Split.TEST)
+RANDOM_SPLITS = (Split.CALIBRATION, Split.VALID, Split.TEST)
+
+
+def top_split(rank: int) -> Split:
+    """Bills et al.: top windows interleaved by rank (0,4,8.. train; 1,5,.. calibration; ...)."""
+    return TOP_SPLITS[rank % 4]
+
+
+def random_split(index: int) -> Split:
+    """Bills et al.: random windows with stride 3 (calibration, valid, test)."""
+    return RANDOM_SPLITS[index % 3]
+
+
+class ScanStatus(StrEnum):
+    RUNNING = "running"
+    INTERRUPTED = "interrupted"
+    COMPLETE = "complete"
+
+
+class ExampleKind(StrEnum):
+    TOP = "top"
+    RANDOM = "random"
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelRecord(Record):
+    name: str
+    source: str = Field(description="demo | native-dir | tl-legacy | hf")
+    n_layers: int
+    d_mlp: int
+    d_model: int
+    d_vocab: int
+    act_fn: str
+    neuron_hook: str = Field(description="hook name template with {layer}")
+    created_at: str = Field(default_factory=utc_now)
+
+
+class ScanParams(Record):
+    """Everything that must match for a scan to be resumed rather than restarted."""
+
+    model: str
+    dataset: str
+    layers: list[int]
+    tokens: int | None
+    ctx: int
+    top_k: int
+    random: int
+    seed: int
+    histogram_bins: int
+
+
+class ScanRecord(Record):
+    id: int
+    model: str
+    params: ScanParams
+    status: ScanStatus
+    tokens_seen: int
+    windows_seen: int
+    started_at: str
+    updated_at: str
+
+
+class Histogram(Record):
+    """Counts over equal-width bins between `low` and `high` (the neuron's min and max)."""
+
+    low: float
+    high: float
+    counts: list[int]
+
+
+class NeuronStats(Record):
+    max: float
+    min: float
+    mean: float
+    std: float
+    density: float = Field(description="fraction of tokens with activation > 0")
+    skewness: float | None
+    kurtosis: float | None = Field(description="excess kurtosis; None for a constant neuron")
+    tokens: int
+    histogram: Histogram
+
+
+class OutputToken(Record):
+    token: str
+    weight: float
+
+
+class WeightFacts(Record):
+    w_in_w_out_cosine: float
+    top_positive_tokens: list[OutputToken]
+    top_negative_tokens: list[OutputToken]
+
+
+class Example(Record):
+    """One stored window with one neuron's per-token activations."""
+
+    kind: ExampleKind
+    rank: int = Field(description="rank among top windows, or index among random windows")
+    split: Split
+    tokens: list[str]
+    activations: list[float]
+    max_index: int
+    max_activation: float
+    document: str
+    offset: int = Field(description="token offset of the window in its document")
+
+
+class Score(Record):
+    method: str
+    split: Split
+    score: float | None = Field(description="None when undefined (constant vectors)")
+    details: dict[str, Any] = Field(default_factory=dict)
+    created_at: str = Field(default_factory=utc_now)
+
+
+class Explanation(Record):
+    id: int | None = None
+    text: str
+    source: str
+    status: str
+    prompt_version: str | None = None
+    annotator: str | None = None
+    created_at: str = Field(default_factory=utc_now)
+    scores: list[Score] = Field(default_factory=list)
+
+
+class NeuronView(Record):
+    """What `labeller show` prints and later the TUI's neuron page reads."""
+
+    model: str
+    layer: int
+    neuron: int
+    scan_id: int
+    stats: NeuronStats
+    weights: WeightFacts | None
+    top_examples: list[Example]
+    random_examples: list[Example]
+    explanations: list[Explanation]
+
+
+class Trace(Record):
+    model: str
+    layer: int
+    neuron: int
+    text: str
+    tokens: list[str]
+    activations: list[float]

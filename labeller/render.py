@@ -1,0 +1,54 @@
+"""Terminal rendering of tokens and activations, shared by the CLI (and later the TUI).
+
+Tokens are shown as plain text, never as markup, and control characters are made visible, so a
+token such as `[/]` or an escape sequence cannot restyle or clear the terminal.
+"""
+
+from __future__ import annotations
+
+from rich.text import Text
+
+VISIBLE = {"\n": "⏎", "\t": "⇥", "\r": "␍"}
+SPARK = " ▁▂▃▄▅▆▇█"
+
+
+def visible_token(token: str) -> str:
+    out = []
+    for char in token:
+        if char in VISIBLE:
+            out.append(VISIBLE[char])
+        elif ord(char) < 32 or 0x7F <= ord(char) < 0xA0:
+            out.append(f"\\x{ord(char):02x}")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def heat_style(value: float, scale: float) -> str:
+    """Orange for positive activation, blue for negative, intensity relative to `scale`."""
+    if scale <= 0 or value == 0:
+        return ""
+    level = max(-1.0, min(1.0, value / scale))
+    if level > 0:
+        return f"on rgb({255},{int(255 - 135 * level)},{int(255 - 255 * level)}) black"
+    level = -level
+    return f"on rgb({int(255 - 200 * level)},{int(255 - 120 * level)},255) black"
+
+
+def heat_text(
+    tokens: list[str], activations: list[float], scale: float, mark: int | None = None
+) -> Text:
+    text = Text()
+    for index, (token, value) in enumerate(zip(tokens, activations, strict=True)):
+        style = heat_style(value, scale)
+        if index == mark:
+            style = f"{style} bold underline".strip()
+        text.append(visible_token(token), style=style)
+    return text
+
+
+def sparkline(counts: list[int]) -> str:
+    if not counts:
+        return ""
+    top = max(counts)
+    return "".join(SPARK[0 if c == 0 else max(1, round(8 * c / top))] for c in counts)

@@ -1,0 +1,1 @@
+"""The activation scan: corpus windows through the model into per-neuron evidence."""

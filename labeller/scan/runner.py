@@ -1,0 +1,413 @@
+"""The scan: stream a corpus through a model and keep, per neuron, what the catalogue stores.
+
+A scan checkpoints its whole state into the catalogue at batch boundaries; Ctrl-C finishes the
+current batch, checkpoints and exits, and the same command resumes from there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+import math
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from types import FrameType
+
+import torch
+
+from labeller.catalogue import Catalogue, ExampleRow, NeuronRow, WindowRow, encode_activations
+from labeller.corpus import Window, iter_documents, iter_windows
+from labeller.errors import ScanInterrupted, UserError
+from labeller.model.activations import batch_inputs, neuron_activations
+from labeller.model.loading import LoadedModel
+from labeller.model.weights import layer_weight_facts
+from labeller.records import (
+    ExampleKind,
+    Histogram,
+    NeuronStats,
+    ScanParams,
+    ScanStatus,
+    random_split,
+    top_split,
+)
+from labeller.scan.accumulators import AdaptiveHistogram, Moments, Reservoir, TopWindows, WindowMeta
+
+CHECKPOINT_FORMAT = 1
+CHECKPOINT_EVERY_S = 60.0
+
+
+@dataclass
+class ScanOutcome:
+    scan_id: int
+    tokens_seen: int
+    windows_seen: int
+    neurons: int
+    resumed_from: int | None
+    notes: list[str] = field(default_factory=list)
+
+
+def window_hash(token_ids: list[int]) -> int:
+    """Stable across processes (unlike hash()), so checkpoints compare the same way on resume."""
+    digest = hashlib.blake2b(repr(token_ids).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True)
+
+
+class LayerState:
+    def __init__(self, params: ScanParams, n: int, device: torch.device) -> None:
+        self.top = TopWindows(params.top_k, n, params.ctx, device)
+        self.moments = Moments(n, device)
+        self.histogram = AdaptiveHistogram(n, params.histogram_bins, device)
+        self.random_acts = torch.zeros((params.random, params.ctx, n), device=device)
+
+    def update(
+        self,
+        acts: torch.Tensor,
+        mask: torch.Tensor,
+        window_index: torch.Tensor,
+        hashes: torch.Tensor,
+        reservoir_rows: list[tuple[int, int]],
+    ) -> torch.Tensor:
+        real = acts[mask]
+        batch_min = real.min(dim=0).values.double()
+        batch_max = real.max(dim=0).values.double()
+        self.moments.update(real, batch_min, batch_max)
+        self.histogram.update(real, batch_min, batch_max)
+        for row, slot in reservoir_rows:
+            self.random_acts[slot].zero_()
+            self.random_acts[slot, : acts.shape[1]] = acts[row]
+        return self.top.update(acts, mask, window_index, hashes)
+
+    def state(self) -> dict[str, object]:
+        return {
+            "top": self.top.state(),
+            "moments": self.moments.state(),
+            "histogram": self.histogram.state(),
+            "random_acts": self.random_acts,
+        }
+
+    def load(self, state: dict[str, object]) -> None:
+        self.top.load(state["top"])  # type: ignore[arg-type]
+        self.moments.load(state["moments"])  # type: ignore[arg-type]
+        self.histogram.load(state["histogram"])  # type: ignore[arg-type]
+        self.random_acts.copy_(state["random_acts"])  # type: ignore[arg-type]
+
+
+class Scanner:
+    def __init__(self, model: LoadedModel, params: ScanParams) -> None:
+        self.model = model
+        self.params = params
+        self.layers = {
+            layer: LayerState(params, model.d_mlp, model.device) for layer in params.layers
+        }
+        self.reservoir = Reservoir(params.random, params.seed)
+        self.windows: dict[int, WindowMeta] = {}
+        self.tokens_seen = 0
+        self.windows_seen = 0
+
+    def process(self, batch: list[Window]) -> None:
+        first = self.windows_seen
+        index = torch.arange(first, first + len(batch), device=self.model.device)
+        hashes = torch.tensor([window_hash(w.token_ids) for w in batch], device=self.model.device)
+        reservoir_rows = []
+        for row, window in enumerate(batch):
+            slot = self.reservoir.offer(first + row)
+            if slot is not None:
+                reservoir_rows.append((row, slot))
+                self.windows[first + row] = _meta(window)
+        ids, mask = batch_inputs(self.model, [w.token_ids for w in batch])
+        activations = neuron_activations(self.model, ids, self.params.layers)
+        entered: set[int] = set()
+        for layer, state in self.layers.items():
+            rows = state.update(activations[layer], mask, index, hashes, reservoir_rows)
+            entered.update(rows.tolist())
+        for row in entered:
+            self.windows[first + row] = _meta(batch[row])
+        self.windows_seen += len(batch)
+        self.tokens_seen += int(mask.sum())
+        if len(self.windows) > 4 * self._referenced_bound():
+            self._forget_unreferenced()
+
+    def _referenced_bound(self) -> int:
+        return len(self.layers) * self.params.top_k * self.model.d_mlp + self.params.random + 1024
+
+    def _referenced(self) -> set[int]:
+        kept = set(self.reservoir.slots)
+        for state in self.layers.values():
+            kept.update(torch.unique(state.top.window).tolist())
+        return kept
+
+    def _forget_unreferenced(self) -> None:
+        kept = self._referenced()
+        self.windows = {i: meta for i, meta in self.windows.items() if i in kept}
+
+    # --- checkpoints ----------------------------------------------------------------------
+
+    def checkpoint(self) -> bytes:
+        self._forget_unreferenced()
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "params": self.params.model_dump_json(),
+            "tokens_seen": self.tokens_seen,
+            "windows_seen": self.windows_seen,
+            "reservoir_slots": list(self.reservoir.slots),
+            "reservoir_rng": _rng_state_to_list(self.reservoir.rng.getstate()),
+            "windows": {i: (m.document, m.offset, m.token_ids) for i, m in self.windows.items()},
+            "layers": {layer: _to_cpu(s.state()) for layer, s in self.layers.items()},
+        }
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        return buffer.getvalue()
+
+    def restore(self, blob: bytes) -> None:
+        state = torch.load(io.BytesIO(blob), map_location=self.model.device, weights_only=True)
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError("checkpoint written by another labeller version")
+        if state["params"] != self.params.model_dump_json():
+            raise ValueError("checkpoint belongs to different scan parameters")
+        self.tokens_seen = int(state["tokens_seen"])
+        self.windows_seen = int(state["windows_seen"])
+        self.reservoir.slots = list(state["reservoir_slots"])
+        self.reservoir.rng.setstate(_rng_state_from_list(state["reservoir_rng"]))
+        self.windows = {
+            int(i): WindowMeta(doc, offset, list(ids))
+            for i, (doc, offset, ids) in state["windows"].items()
+        }
+        for layer, layer_state in state["layers"].items():
+            self.layers[int(layer)].load(layer_state)
+
+    # --- results ------------------------------------------------------------------------
+
+    def results(self) -> tuple[list[WindowRow], Iterator[NeuronRow]]:
+        kept = self._referenced()
+        windows = [
+            WindowRow(
+                key=i,
+                document=self.windows[i].document,
+                offset=self.windows[i].offset,
+                token_ids=self.windows[i].token_ids,
+                tokens=self.model.token_strings(self.windows[i].token_ids),
+            )
+            for i in sorted(kept)
+            if i >= 0
+        ]
+        return windows, self._neuron_rows()
+
+    def _neuron_rows(self) -> Iterator[NeuronRow]:
+        for layer, state in self.layers.items():
+            weights = layer_weight_facts(self.model, layer)
+            top = {name: t.cpu() for name, t in state.top.state().items()}
+            random_acts = state.random_acts.cpu()
+            moments = {name: t.cpu() for name, t in state.moments.state().items()}
+            for n in range(self.model.d_mlp):
+                yield NeuronRow(
+                    layer=layer,
+                    neuron=n,
+                    stats=self._stats(state, moments, n),
+                    weights=weights[n],
+                    examples=[*self._top_examples(top, n), *self._random_examples(random_acts, n)],
+                )
+
+    def _top_examples(self, top: dict[str, torch.Tensor], n: int) -> Iterator[ExampleRow]:
+        rank = 0
+        for slot in range(self.params.top_k):
+            index = int(top["window"][slot, n])
+            if index < 0 or not math.isfinite(float(top["values"][slot, n])):
+                continue
+            length = len(self.windows[index].token_ids)
+            yield ExampleRow(
+                window_key=index,
+                kind=ExampleKind.TOP,
+                rank=rank,
+                split=top_split(rank),
+                activations=encode_activations(top["acts"][slot, n, :length].numpy()),
+                max_activation=float(top["values"][slot, n]),
+                max_index=int(top["argmax"][slot, n]),
+            )
+            rank += 1
+
+    def _random_examples(self, random_acts: torch.Tensor, n: int) -> Iterator[ExampleRow]:
+        for slot, index in enumerate(self.reservoir.slots):
+            length = len(self.windows[index].token_ids)
+            values = random_acts[slot, :length, n]
+            yield ExampleRow(
+                window_key=index,
+                kind=ExampleKind.RANDOM,
+                rank=slot,
+                split=random_split(slot),
+                activations=encode_activations(values.numpy()),
+                max_activation=float(values.max()),
+                max_index=int(values.argmax()),
+            )
+
+    def _stats(self, state: LayerState, m: dict[str, torch.Tensor], n: int) -> NeuronStats:
+        count = float(m["count"])
+        m2 = float(m["m2"][n])
+        variance = m2 / count if count else 0.0
+        constant = m2 <= 1e-12 * max(count, 1.0)
+        low, high, counts = state.histogram.histogram(n)
+        return NeuronStats(
+            max=float(m["max"][n]),
+            min=float(m["min"][n]),
+            mean=float(m["mean"][n]),
+            std=math.sqrt(max(variance, 0.0)),
+            density=float(m["positive"][n]) / count if count else 0.0,
+            skewness=None if constant else math.sqrt(count) * float(m["m3"][n]) / m2**1.5,
+            kurtosis=None if constant else count * float(m["m4"][n]) / (m2 * m2) - 3.0,
+            tokens=int(count),
+            histogram=Histogram(low=low, high=high, counts=counts),
+        )
+
+
+def _meta(window: Window) -> WindowMeta:
+    return WindowMeta(window.document, window.offset, window.token_ids)
+
+
+def _to_cpu(state: dict[str, object]) -> dict[str, object]:
+    return {
+        k: (_to_cpu(v) if isinstance(v, dict) else v.cpu())  # type: ignore[union-attr]
+        for k, v in state.items()
+    }
+
+
+def _rng_state_to_list(state: tuple) -> list:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def _rng_state_from_list(state: list) -> tuple:
+    version, internal, gauss = state
+    return (version, tuple(internal), gauss)
+
+
+class _DeferredInterrupt:
+    """Turns the first Ctrl-C into a request to stop at the next batch boundary."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: object = None
+
+    def __enter__(self) -> _DeferredInterrupt:
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: plain KeyboardInterrupt semantics
+            self._previous = None
+        return self
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)  # type: ignore[arg-type]
+
+
+def run_scan(
+    catalogue: Catalogue,
+    model: LoadedModel,
+    params: ScanParams,
+    *,
+    batch_size: int,
+    text_field: str = "text",
+    on_progress: Callable[[int], None] | None = None,
+    stop_requested: Callable[[], bool] | None = None,
+) -> ScanOutcome:
+    """Scan, resuming an unfinished scan with the same parameters when one exists."""
+    model.check_layers(params.layers)
+    first_window = next(
+        iter_windows(iter_documents(params.dataset, text_field), model.encode, params.ctx), None
+    )
+    if first_window is None:
+        raise UserError(f"corpus {params.dataset!r} is empty: it holds no text to scan")
+    model_id = catalogue.upsert_model(model.record())
+    scanner = Scanner(model, params)
+    notes: list[str] = []
+    resumed_from: int | None = None
+    unfinished = catalogue.unfinished_scan(params)
+    scan_id: int | None = None
+    if unfinished is not None:
+        blob = catalogue.load_checkpoint(unfinished.id)
+        try:
+            if blob is None:
+                raise ValueError("it has no checkpoint")
+            scanner.restore(blob)
+            scan_id = resumed_from = unfinished.id
+            notes.append(f"resuming scan {scan_id} at {scanner.tokens_seen:,} tokens")
+        except Exception as exc:  # any unreadable checkpoint means: start clean, and say so
+            notes.append(f"cannot resume scan {unfinished.id} ({exc}); starting clean")
+            catalogue.discard_scan(unfinished.id)
+            scanner = Scanner(model, params)
+    if scan_id is None:
+        scan_id = catalogue.create_scan(model_id, params)
+
+    def save(status: ScanStatus) -> None:
+        catalogue.save_checkpoint(
+            scan_id,
+            scanner.checkpoint(),
+            tokens_seen=scanner.tokens_seen,
+            windows_seen=scanner.windows_seen,
+            status=status,
+        )
+
+    windows = _limited(
+        iter_windows(iter_documents(params.dataset, text_field), model.encode, params.ctx),
+        skip=scanner.windows_seen,
+        tokens_left=None if params.tokens is None else params.tokens - scanner.tokens_seen,
+    )
+    last_save = time.monotonic()
+    with _DeferredInterrupt() as interrupt:
+        try:
+            for batch in _batched(windows, batch_size):
+                scanner.process(batch)
+                if on_progress:
+                    on_progress(scanner.tokens_seen)
+                if interrupt.requested or (stop_requested and stop_requested()):
+                    save(ScanStatus.INTERRUPTED)
+                    raise ScanInterrupted(scan_id, scanner.tokens_seen)
+                if time.monotonic() - last_save > CHECKPOINT_EVERY_S:
+                    save(ScanStatus.RUNNING)
+                    last_save = time.monotonic()
+        except KeyboardInterrupt:
+            # A second Ctrl-C: the last checkpoint stands, the scan stays resumable.
+            catalogue.set_scan_status(scan_id, ScanStatus.INTERRUPTED)
+            raise ScanInterrupted(scan_id, scanner.tokens_seen) from None
+        save(ScanStatus.RUNNING)
+        window_rows, neuron_rows = scanner.results()
+        catalogue.write_scan_results(
+            scan_id,
+            model_id,
+            window_rows,
+            neuron_rows,
+            tokens_seen=scanner.tokens_seen,
+            windows_seen=scanner.windows_seen,
+        )
+    return ScanOutcome(
+        scan_id=scan_id,
+        tokens_seen=scanner.tokens_seen,
+        windows_seen=scanner.windows_seen,
+        neurons=len(params.layers) * model.d_mlp,
+        resumed_from=resumed_from,
+        notes=notes,
+    )
+
+
+def _limited(windows: Iterator[Window], *, skip: int, tokens_left: int | None) -> Iterator[Window]:
+    """Skip windows already scanned; stop after exactly `tokens_left` more tokens."""
+    remaining = tokens_left
+    for window in itertools.islice(windows, skip, None):
+        if remaining is not None:
+            if remaining <= 0:
+                return
+            if len(window.token_ids) > remaining:
+                window = Window(window.document, window.offset, window.token_ids[:remaining])
+            remaining -= len(window.token_ids)
+        yield window
+
+
+def _batched(windows: Iterator[Window], size: int) -> Iterator[list[Window]]:
+    while batch := list(itertools.islice(windows, size)):
+        yield batch
