@@ -26,6 +26,7 @@ from rich.table import Table
 from rich.text import Text
 
 from labeller.catalogue import Catalogue
+from labeller.corpus import check_dataset_spec
 from labeller.errors import ScanInterrupted, UserError
 from labeller.records import Example, NeuronView, ScanParams
 from labeller.render import heat_text, sparkline, visible_token
@@ -100,6 +101,13 @@ class CliError(click.ClickException):
         click.echo(f"error: {self.format_message()}", err=True)
 
 
+class EchoHandler(logging.Handler):
+    """Log records as `warning: ...` lines on whatever stderr is current."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"{record.levelname.lower()}: {record.getMessage()}", err=True)
+
+
 class LabellerGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -125,11 +133,10 @@ def cli(verbose: bool) -> None:
       labeller scan --model demo-solu-1l --dataset demo --tokens 200000
       labeller show --layer 0 --neuron 5
     """
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="warning: %(message)s",
-        stream=sys.stderr,
-    )
+    log = logging.getLogger("labeller")
+    log.setLevel(logging.INFO if verbose else logging.WARNING)
+    if not any(isinstance(h, EchoHandler) for h in log.handlers):
+        log.addHandler(EchoHandler())
 
 
 @cli.command()
@@ -178,6 +185,7 @@ def scan(
     from labeller.model.loading import load_model
     from labeller.scan.runner import run_scan
 
+    check_dataset_spec(dataset)
     catalogue = Catalogue.open(db_path, create=True)
     with _status(f"loading {model_spec}"):
         model = load_model(model_spec, device=device, dtype=dtype)
@@ -194,7 +202,7 @@ def scan(
     )
     if ctx > int(model.bridge.cfg.n_ctx) - (1 if model.bos_id is not None else 0):
         raise UserError(f"--ctx {ctx} is longer than {model_spec}'s context; use a smaller --ctx")
-    with _token_progress(tokens) as advance:
+    with catalogue, _token_progress(tokens) as advance:
         outcome = run_scan(
             catalogue,
             model,
@@ -235,7 +243,8 @@ def show(
       labeller show --layer 0 --neuron 42
       labeller show --model demo-gelu-1l --layer 0 --neuron 42 --format json
     """
-    view = Catalogue.open(db_path).neuron_view(model_name, layer, neuron)
+    with Catalogue.open(db_path) as catalogue:
+        view = catalogue.neuron_view(model_name, layer, neuron)
     if output_format == "json":
         click.echo(json.dumps(neuron_json(view), indent=2, ensure_ascii=False))
         return
@@ -333,7 +342,8 @@ def trace(
     if text == "-":
         text = sys.stdin.read()
     if model_spec is None:
-        model_spec = Catalogue.open(db_path).resolve_model(None).name
+        with Catalogue.open(db_path) as catalogue:
+            model_spec = catalogue.resolve_model(None).name
     model = load_model(model_spec, device=device, dtype=dtype)
     model.check_layers([layer])
     if neuron >= model.d_mlp:
@@ -376,16 +386,16 @@ def models(db_path: Path | None, output_format: str) -> None:
     Example:
       labeller models --db db/demo.db
     """
-    catalogue = Catalogue.open(db_path)
-    counts = catalogue.neuron_counts()
-    rows = [
-        {
-            **m.model_dump(),
-            "scanned_layers": sorted(layer for (name, layer) in counts if name == m.name),
-            "neurons": sum(n for (name, _), n in counts.items() if name == m.name),
-        }
-        for m in catalogue.models()
-    ]
+    with Catalogue.open(db_path) as catalogue:
+        counts = catalogue.neuron_counts()
+        rows = [
+            {
+                **m.model_dump(),
+                "scanned_layers": sorted(layer for (name, layer) in counts if name == m.name),
+                "neurons": sum(n for (name, _), n in counts.items() if name == m.name),
+            }
+            for m in catalogue.models()
+        ]
     if output_format == "json":
         click.echo(json.dumps(rows, indent=2))
         return
@@ -413,7 +423,8 @@ def scans(db_path: Path | None, output_format: str) -> None:
     Example:
       labeller scans --db db/demo.db --format json
     """
-    records = Catalogue.open(db_path).scans()
+    with Catalogue.open(db_path) as catalogue:
+        records = catalogue.scans()
     if output_format == "json":
         click.echo(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
         return
@@ -486,34 +497,30 @@ def demo(db_path: Path, tokens: int) -> None:
     from labeller.model.loading import load_model
     from labeller.scan.runner import run_scan
 
-    catalogue = Catalogue.open(db_path, create=True)
-    present = {m.name for m in catalogue.models()} & {
-        name for (name, _layer) in catalogue.neuron_counts()
-    }
-    for name in DEMO_MODEL_NAMES:
-        if name in present:
-            continue
-        click.echo(f"scanning {name} over {tokens:,} tokens of the demo corpus", err=True)
-        model = load_model(name, device="cpu")
-        params = ScanParams(
-            model=name,
-            dataset="demo",
-            layers=list(range(model.n_layers)),
-            tokens=tokens,
-            ctx=64,
-            top_k=20,
-            random=20,
-            seed=0,
-            histogram_bins=64,
-        )
-        with _token_progress(tokens) as advance:
-            run_scan(catalogue, model, params, batch_size=32, on_progress=advance)
-    best = catalogue.db.query(
-        "select m.name, n.layer, n.neuron from neurons n join models m on m.id = n.model_id "
-        "order by n.max desc limit 1"
-    )
-    for row in best:
-        print_neuron(catalogue.neuron_view(row["name"], row["layer"], row["neuron"]), 5)
+    with Catalogue.open(db_path, create=True) as catalogue:
+        present = {m.name for m in catalogue.models()} & {
+            name for (name, _layer) in catalogue.neuron_counts()
+        }
+        for name in DEMO_MODEL_NAMES:
+            if name in present:
+                continue
+            click.echo(f"scanning {name} over {tokens:,} tokens of the demo corpus", err=True)
+            model = load_model(name, device="cpu")
+            params = ScanParams(
+                model=name,
+                dataset="demo",
+                layers=list(range(model.n_layers)),
+                tokens=tokens,
+                ctx=64,
+                top_k=20,
+                random=20,
+                seed=0,
+                histogram_bins=64,
+            )
+            with _token_progress(tokens) as advance:
+                run_scan(catalogue, model, params, batch_size=32, on_progress=advance)
+        for model_name, layer, neuron in catalogue.strongest_neurons(limit=1):
+            print_neuron(catalogue.neuron_view(model_name, layer, neuron), 5)
     click.echo(
         f"\nThe demo catalogue is {db_path}. Try:\n"
         f"  labeller models --db {db_path}\n"
@@ -558,13 +565,21 @@ class _token_progress:
             console=Console(stderr=True),
         )
         self.task = self.progress.add_task("scan", total=total)
+        self.started = False
 
     def __enter__(self) -> Callable[[int], None]:
-        self.progress.__enter__()
-        return lambda seen: self.progress.update(self.task, completed=seen)
+        return self.advance
+
+    def advance(self, seen: int) -> None:
+        """Appears with the first batch, so input errors found earlier print alone."""
+        if not self.started:
+            self.progress.start()
+            self.started = True
+        self.progress.update(self.task, completed=seen)
 
     def __exit__(self, *exc: object) -> None:
-        self.progress.__exit__(*exc)
+        if self.started:
+            self.progress.stop()
 
 
 main = cli

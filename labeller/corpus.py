@@ -31,8 +31,17 @@ class Window:
     token_ids: list[int]
 
 
+def check_dataset_spec(spec: str) -> None:
+    """Fail fast on a local corpus path that does not exist, before any model loads."""
+    if spec == "demo" or Path(spec).expanduser().exists():
+        return
+    if Path(spec).suffix in LOCAL_SUFFIXES or spec.startswith((".", "/", "~")):
+        raise UserError(f"no corpus at {spec}; pass an existing file or folder, or `demo`")
+
+
 def iter_documents(spec: str, text_field: str = "text") -> Iterator[Document]:
     """Stream the documents of `--dataset`: `demo`, a file or folder, or a HF dataset name."""
+    check_dataset_spec(spec)
     if spec == "demo":
         from labeller.demo.corpus import iter_demo_documents
 
@@ -42,10 +51,8 @@ def iter_documents(spec: str, text_field: str = "text") -> Iterator[Document]:
     path = Path(spec).expanduser()
     if path.exists():
         yield from _iter_local(path, text_field)
-        return
-    if path.suffix in LOCAL_SUFFIXES or spec.startswith((".", "/", "~")):
-        raise UserError(f"no corpus at {spec}; pass an existing file or folder, or `demo`")
-    yield from _iter_hf_dataset(spec, text_field)
+    else:
+        yield from _iter_hf_dataset(spec, text_field)
 
 
 def _iter_local(path: Path, text_field: str) -> Iterator[Document]:

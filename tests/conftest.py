@@ -122,3 +122,26 @@ def scan_params(model_dir: Path, corpus: Path, **overrides: object):
     }
     values.update(overrides)
     return ScanParams(**values)
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    """A 2-layer GPT-2 saved as a Hugging Face model directory (what users download)."""
+    import torch
+    from tokenizers import Tokenizer
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    tok = Tokenizer.from_file(str(tiny_model_dir / "tokenizer.json"))
+    special = "<|endoftext|>"
+    hf_tok = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=special, eos_token=special, pad_token=special
+    )
+    cfg = GPT2Config(
+        n_layer=2, n_embd=32, n_head=2, n_positions=80, vocab_size=tok.get_vocab_size(),
+        bos_token_id=0, eos_token_id=0,
+    )
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("hf") / "tiny-gpt2"
+    GPT2LMHeadModel(cfg).save_pretrained(path)
+    hf_tok.save_pretrained(path)
+    return path

@@ -154,7 +154,18 @@ class Catalogue:
         return cls(db, path)
 
     def close(self) -> None:
+        """Fold the WAL back into the main file, so a plain copy of it is complete."""
+        try:
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.OperationalError:
+            pass  # another process holds the database busy: its own close will checkpoint
         self.db.conn.close()
+
+    def __enter__(self) -> Catalogue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # --- models ---------------------------------------------------------------------------
 
@@ -460,6 +471,17 @@ class Catalogue:
                 )
             )
         return explanations
+
+    def strongest_neurons(self, limit: int) -> list[tuple[str, int, int]]:
+        """(model, layer, neuron) with the highest maximum activation first."""
+        return [
+            (row["name"], row["layer"], row["neuron"])
+            for row in self.db.query(
+                """select m.name, n.layer, n.neuron from neurons n
+                join models m on m.id = n.model_id order by n.max desc limit ?""",
+                [limit],
+            )
+        ]
 
     def neuron_counts(self) -> dict[tuple[str, int], int]:
         """Neurons stored per (model, layer), for `labeller models`."""

@@ -169,7 +169,9 @@ def load_model(spec: str, device: str = "auto", dtype: str = "float32") -> Loade
 
 def _boot_hf(name: str, device: torch.device, dtype: torch.dtype) -> Any:
     from transformer_lens.model_bridge import TransformerBridge
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return TransformerBridge.boot_transformers(name, device=device, dtype=dtype)

@@ -1,0 +1,179 @@
+"""Every bad input gets one line on stderr, a non-zero exit, and leaves files untouched."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from labeller.cli import cli
+
+
+def fails(*args: object, match: str, env: dict[str, str] | None = None) -> str:
+    result = CliRunner().invoke(cli, [str(a) for a in args], env=env)
+    assert result.exit_code == 2, (result.output, result.exception)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    assert match in lines[0], lines[0]
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def small_db(tmp_path_factory, tiny_model_dir, tiny_corpus) -> Path:
+    db = tmp_path_factory.mktemp("errs") / "c.db"
+    result = CliRunner().invoke(cli, ["scan", "--db", str(db), "--model", str(tiny_model_dir),
+                                      "--dataset", str(tiny_corpus), "--tokens", "300",
+                                      "--ctx", "16", "--top-k", "4", "--random", "3"])
+    assert result.exit_code == 0, result.output
+    return db
+
+
+def test_read_command_on_missing_catalogue(tmp_path):
+    fails("show", "--db", tmp_path / "nope.db", "--layer", "0", "--neuron", "0",
+          match="no catalogue at")
+    assert not (tmp_path / "nope.db").exists()
+    fails("models", "--db", tmp_path / "nope.db", match="no catalogue at")
+
+
+@pytest.mark.parametrize("command", ["models", "scan"])
+def test_foreign_sqlite_file_is_refused_untouched(tmp_path, tiny_model_dir, tiny_corpus, command):
+    path = tmp_path / "other.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("create table notes (id integer primary key, body text)")
+        conn.execute("insert into notes (body) values ('keep me')")
+    before = digest(path)
+    args = ["--db", path]
+    if command == "scan":
+        args += ["--model", tiny_model_dir, "--dataset", tiny_corpus]
+    fails(command, *args, match="is not a labeller catalogue")
+    assert digest(path) == before
+    assert not Path(f"{path}-wal").exists()
+
+
+def test_non_sqlite_file_is_refused_untouched(tmp_path):
+    path = tmp_path / "notes.db"
+    path.write_text("just some text, not a database\n" * 20)
+    before = digest(path)
+    fails("scans", "--db", path, match="not a readable SQLite catalogue")
+    assert digest(path) == before
+
+
+def test_truncated_catalogue_is_detected(small_db, tmp_path):
+    path = tmp_path / "cut.db"
+    data = small_db.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+    result = CliRunner().invoke(cli, ["show", "--db", str(path), "--layer", "0", "--neuron", "0"])
+    assert result.exit_code == 2 and result.stderr.startswith("error: ")
+
+
+def test_newer_schema_is_refused(small_db, tmp_path):
+    path = tmp_path / "newer.db"
+    path.write_bytes(small_db.read_bytes())
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "insert into _sqlite_migrations (migration_set, name, applied_at) "
+            "values ('labeller', 'm999_from_the_future', '2030-01-01')"
+        )
+    before = digest(path)
+    fails("show", "--db", path, "--layer", "0", "--neuron", "0", match="newer labeller")
+    assert digest(path) == before
+
+
+def test_unknown_model(tmp_path, tiny_corpus):
+    line = fails("scan", "--db", tmp_path / "c.db", "--model", "no-such-org/no-such-model-xyz",
+                 "--dataset", tiny_corpus, match="could not load model",
+                 env={"HF_HUB_OFFLINE": "1"})
+    assert "local directory" in line and "Hugging Face hub" in line
+
+
+def test_directory_that_is_not_a_model(tmp_path, tiny_corpus):
+    fails("scan", "--db", tmp_path / "c.db", "--model", tmp_path, "--dataset", tiny_corpus,
+          match="neither labeller_model.json nor a Hugging Face config.json")
+
+
+def test_missing_and_empty_corpus(tmp_path, tiny_model_dir):
+    fails("scan", "--db", tmp_path / "c.db", "--model", tiny_model_dir,
+          "--dataset", tmp_path / "missing.jsonl", match="no corpus at")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "a.txt").write_text("")
+    fails("scan", "--db", tmp_path / "c.db", "--model", tiny_model_dir, "--dataset", empty,
+          match="is empty")
+    fails("scan", "--db", tmp_path / "c.db", "--model", tiny_model_dir,
+          "--dataset", tmp_path / "empty2", match="no corpus at")
+
+
+def test_bad_jsonl_line(tmp_path, tiny_model_dir):
+    corpus = tmp_path / "bad.jsonl"
+    corpus.write_text(json.dumps({"text": "fine"}) + "\n" + json.dumps({"body": "x"}) + "\n")
+    fails("scan", "--db", tmp_path / "c.db", "--model", tiny_model_dir, "--dataset", corpus,
+          match="bad.jsonl:2: no string field 'text'")
+
+
+def test_undecodable_bytes_are_replaced_with_a_warning(tmp_path, tiny_model_dir):
+    corpus = tmp_path / "latin1.txt"
+    corpus.write_bytes("caf\xe9 def class ".encode("latin-1") * 20)
+    result = CliRunner().invoke(cli, ["scan", "--db", str(tmp_path / "c.db"), "--model",
+                                      str(tiny_model_dir), "--dataset", str(corpus),
+                                      "--ctx", "16", "--top-k", "2", "--random", "2"])
+    assert result.exit_code == 0, result.output
+    assert "undecodable bytes replaced" in result.stderr
+
+
+def test_bad_layers_and_neurons(small_db, tmp_path, tiny_model_dir, tiny_corpus):
+    fails("scan", "--db", tmp_path / "c.db", "--model", tiny_model_dir, "--dataset", tiny_corpus,
+          "--layers", "0-x", match="--layers")
+    fails("scan", "--db", tmp_path / "c.db", "--model", tiny_model_dir, "--dataset", tiny_corpus,
+          "--layers", "5", match="has layers 0-1")
+    fails("show", "--db", small_db, "--layer", "0", "--neuron", "4000", match="has no neuron 4000")
+    fails("show", "--db", small_db, "--layer", "7", "--neuron", "0", match="has not been scanned")
+    fails("show", "--db", small_db, "--model", "other", "--layer", "0", "--neuron", "0",
+          match="model 'other' is not in")
+    fails("trace", "--db", small_db, "--layer", "0", "--neuron", "4000", "--text", "x",
+          match="neurons 0-47")
+
+
+def test_several_models_need_model_flag(small_db, tmp_path, tiny_hf_dir, tiny_corpus):
+    db = tmp_path / "two.db"
+    db.write_bytes(small_db.read_bytes())
+    result = CliRunner().invoke(cli, ["scan", "--db", str(db), "--model", str(tiny_hf_dir),
+                                      "--dataset", str(tiny_corpus), "--tokens", "200",
+                                      "--ctx", "16", "--layers", "0"])
+    assert result.exit_code == 0, result.output
+    fails("show", "--db", db, "--layer", "0", "--neuron", "0", match="holds several models")
+
+
+def test_console_script_prints_one_line(tmp_path):
+    env = {**os.environ, "LABELLER_DB": str(tmp_path / "missing.db")}
+    proc = subprocess.run([sys.executable, "-m", "labeller", "scans"], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: no catalogue at {tmp_path / 'missing.db'}; run `labeller scan` first or pass "
+        "--db / LABELLER_DB"
+    ]
+
+
+def test_cheap_commands_do_not_import_torch(small_db):
+    code = (
+        "import sys\n"
+        "from labeller.cli import main\n"
+        f"sys.argv = ['labeller', 'scans', '--db', {str(small_db)!r}]\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
