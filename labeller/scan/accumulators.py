@@ -37,8 +37,9 @@ class TopWindows:
         window_hash: torch.Tensor,
     ) -> torch.Tensor:
         """Merge a batch ([B, T, N] activations); returns the batch rows that entered any top-k."""
-        batch, width, _ = acts.shape
-        window_max, window_argmax = acts.masked_fill(~mask[:, :, None], -math.inf).max(dim=1)
+        width = acts.shape[1]
+        padded = acts if bool(mask.all()) else acts.masked_fill(~mask[:, :, None], -math.inf)
+        window_max, window_argmax = padded.max(dim=1)
         same = window_hash[:, None] == window_hash[None, :]
         repeated_in_batch = torch.tril(same, diagonal=-1).any(dim=1)
         window_max[repeated_in_batch] = -math.inf
@@ -127,8 +128,8 @@ class Moments:
         self.mean = self.mean + delta * nb / n
         self.count = n
         self.positive += (x > 0).sum(dim=0).double()
-        self.min = torch.minimum(self.min, batch_min)
-        self.max = torch.maximum(self.max, batch_max)
+        self.min = torch.minimum(self.min, batch_min.double())
+        self.max = torch.maximum(self.max, batch_max.double())
 
     def state(self) -> State:
         return {
@@ -150,31 +151,36 @@ class Moments:
 class AdaptiveHistogram:
     """Exact per-neuron histogram whose range grows by doubling the bin width.
 
-    Bin edges sit on multiples of a power-of-two width, so doubling merges pairs of bins without
-    losing a count: the final histogram is exact, with no range guessed up front.
+    Bin edges sit on integer multiples of a power-of-two width, so a value's bin is
+    floor(x / width) - first (exact in float32: dividing by a power of two only shifts the
+    exponent), and doubling merges pairs of bins without losing a count. The final histogram is
+    exact, with no range guessed up front.
     """
 
     def __init__(self, n: int, bins: int, device: torch.device) -> None:
         self.bins = bins
         self.counts = torch.zeros((n, bins), dtype=torch.long, device=device)
-        self.width = torch.zeros(n, dtype=torch.float64, device=device)
-        self.low = torch.zeros(n, dtype=torch.float64, device=device)
+        self.inverse_width = torch.zeros(n, device=device)  # 1 / width, a power of two
+        self.first = torch.zeros(n, dtype=torch.long, device=device)  # low edge / width
         self.offsets = torch.arange(n, device=device) * bins
 
     def update(self, x: torch.Tensor, batch_min: torch.Tensor, batch_max: torch.Tensor) -> None:
-        if not bool((self.width > 0).all()):
+        if not bool((self.inverse_width > 0).all()):
             self._initialise(batch_min, batch_max)
         self._cover(batch_min, batch_max)
-        index = ((x.double() - self.low) / self.width).long().clamp_(0, self.bins - 1)
-        index += self.offsets
+        index = torch.floor(x * self.inverse_width).long()
+        index -= self.first - self.offsets
         self.counts += torch.bincount(index.flatten(), minlength=self.counts.numel()).view_as(
             self.counts
         )
 
+    def _bin_of(self, value: torch.Tensor, inverse_width: torch.Tensor) -> torch.Tensor:
+        return torch.floor(value.float() * inverse_width).long()
+
     def _initialise(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
         span = torch.clamp(hi - lo, min=2.0**-20) / self.bins
-        self.width = torch.exp2(torch.ceil(torch.log2(span)))
-        self.low = torch.floor(lo / self.width) * self.width
+        self.inverse_width = torch.exp2(-torch.ceil(torch.log2(span))).float()
+        self.first = self._bin_of(lo, self.inverse_width)
 
     def _cover(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
         """Double the width of every neuron whose range misses the batch, until none does.
@@ -183,23 +189,22 @@ class AdaptiveHistogram:
         the upper part when growing downwards, so every count lands in a bin.
         """
         while True:
-            below = lo < self.low
-            grow = below | (hi >= self.low + self.bins * self.width)
+            below = self._bin_of(lo, self.inverse_width) < self.first
+            above = self._bin_of(hi, self.inverse_width) >= self.first + self.bins
+            grow = below | above
             if not bool(grow.any()):
                 return
             rows = grow.nonzero().squeeze(1)
-            width = self.width[rows]
-            new_width = width * 2
-            aligned = torch.floor(self.low[rows] / new_width) * new_width
+            first = self.first[rows]
+            aligned = torch.div(first, 2, rounding_mode="floor")  # in units of the new width
+            shift = first - 2 * aligned  # 0 or 1: where old bin 0 sits in its new bin
             lift = torch.where(below[rows], self.bins // 2 - 1, 0)
-            new_low = aligned - lift * new_width
-            shift = torch.round((self.low[rows] - aligned) / width).long()
             target = (torch.arange(self.bins, device=rows.device)[None, :] + shift[:, None]) // 2
             merged = torch.zeros_like(self.counts[rows])
             merged.scatter_add_(1, target + lift[:, None], self.counts[rows])
             self.counts[rows] = merged
-            self.width[rows] = new_width
-            self.low[rows] = new_low
+            self.inverse_width[rows] = self.inverse_width[rows] / 2
+            self.first[rows] = aligned - lift
 
     def histogram(self, neuron: int) -> tuple[float, float, list[int]]:
         counts = self.counts[neuron].tolist()
@@ -207,12 +212,12 @@ class AdaptiveHistogram:
         if not nonzero:
             return 0.0, 0.0, []
         first, last = nonzero[0], nonzero[-1]
-        width = float(self.width[neuron])
-        low = float(self.low[neuron])
+        width = 1.0 / float(self.inverse_width[neuron])
+        low = int(self.first[neuron]) * width
         return low + first * width, low + (last + 1) * width, counts[first : last + 1]
 
     def state(self) -> State:
-        return {"counts": self.counts, "width": self.width, "low": self.low}
+        return {"counts": self.counts, "inverse_width": self.inverse_width, "first": self.first}
 
     def load(self, state: State) -> None:
         for name, tensor in state.items():

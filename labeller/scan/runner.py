@@ -70,9 +70,10 @@ class LayerState:
         hashes: torch.Tensor,
         reservoir_rows: list[tuple[int, int]],
     ) -> torch.Tensor:
-        real = acts[mask]
-        batch_min = real.min(dim=0).values.double()
-        batch_max = real.max(dim=0).values.double()
+        full = bool(mask.all())
+        real = acts.reshape(-1, acts.shape[2]) if full else acts[mask]
+        batch_min = real.min(dim=0).values
+        batch_max = real.max(dim=0).values
         self.moments.update(real, batch_min, batch_max)
         self.histogram.update(real, batch_min, batch_max)
         for row, slot in reservoir_rows:

@@ -1,0 +1,166 @@
+"""Scan throughput as a ratio of a bare forward pass, measured side by side in one run.
+
+Both passes see the same pre-tokenised windows in the same batches and run the same hooked
+forward pass; the bare pass's hooks keep nothing. Runs are interleaved (bare, scan, bare, scan,
+...) and the median of each is compared, because these machines are noisy. Also prints the
+catalogue bytes per neuron after writing the scan's results.
+
+    python benchmarks/scan_throughput.py                       # demo-solu-1l on CPU
+    python benchmarks/scan_throughput.py --config gpt2-small --device cuda --tokens 2000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from labeller.catalogue import Catalogue
+from labeller.corpus import Window, iter_documents, iter_windows
+from labeller.model.activations import batch_inputs, neuron_activations
+from labeller.model.loading import LoadedModel, load_model, resolve_device
+from labeller.records import ScanParams
+from labeller.scan.runner import Scanner
+
+
+def gpt2_sized_model(device: str) -> LoadedModel:
+    """A randomly initialised model with GPT-2 small's shape (the demo tokenizer feeds it)."""
+    from transformer_lens.config import TransformerBridgeConfig
+    from transformer_lens.model_bridge.sources.native import boot
+
+    demo = load_model("demo-gelu-1l", device="cpu")
+    cfg = TransformerBridgeConfig(
+        d_model=768,
+        n_layers=12,
+        d_mlp=3072,
+        d_head=64,
+        n_heads=12,
+        n_ctx=1024,
+        d_vocab=50257,
+        act_fn="gelu",
+        normalization_type="LN",
+        positional_embedding_type="standard",
+        architecture="TransformerLensNative",
+        seed=0,
+    )
+    torch_device = resolve_device(device)
+    bridge = boot(cfg, tokenizer=demo.tokenizer, device=torch_device, model_name="gpt2-sized")
+    bridge.eval()
+    return LoadedModel(name="gpt2-sized", source="benchmark", bridge=bridge, device=torch_device)
+
+
+def synchronise(model: LoadedModel) -> None:
+    if model.device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bare_pass(model: LoadedModel, batches: list[list[Window]], layers: list[int]) -> float:
+    start = time.perf_counter()
+    for batch in batches:
+        ids, _ = batch_inputs(model, [w.token_ids for w in batch])
+        neuron_activations(model, ids, layers, keep=False)
+    synchronise(model)
+    return time.perf_counter() - start
+
+
+def scan_pass(model: LoadedModel, batches: list[list[Window]], params: ScanParams) -> Scanner:
+    scanner = Scanner(model, params)
+    for batch in batches:
+        scanner.process(batch)
+    synchronise(model)
+    return scanner
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="demo-solu-1l")
+    parser.add_argument("--config", choices=["gpt2-small"], default=None)
+    parser.add_argument("--dataset", default="demo")
+    parser.add_argument("--tokens", type=int, default=200_000)
+    parser.add_argument("--ctx", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--top-k", type=int, default=20)
+    parser.add_argument("--random", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+
+    model = gpt2_sized_model(args.device) if args.config else load_model(args.model, args.device)
+    layers = list(range(model.n_layers))
+    windows = iter_windows(iter_documents(args.dataset), model.encode, args.ctx)
+    selected: list[Window] = []
+    seen = 0
+    for window in windows:
+        selected.append(window)
+        seen += len(window.token_ids)
+        if seen >= args.tokens:
+            break
+    batches = [
+        selected[i : i + args.batch_size] for i in range(0, len(selected), args.batch_size)
+    ]
+    params = ScanParams(
+        model=model.name,
+        dataset=args.dataset,
+        layers=layers,
+        tokens=seen,
+        ctx=args.ctx,
+        top_k=args.top_k,
+        random=args.random,
+        seed=0,
+        histogram_bins=64,
+    )
+    print(
+        f"model {model.name} ({model.n_layers} layers x {model.d_mlp} neurons) on "
+        f"{model.device}, torch threads {torch.get_num_threads()}; {seen:,} tokens in "
+        f"{len(batches)} batches of {args.batch_size} x {args.ctx}"
+    )
+    bare_pass(model, batches[:3], layers)  # warm-up
+    scan_pass(model, batches[:3], params)
+    bare_times, scan_times = [], []
+    scanner = None
+    for _ in range(args.repeats):
+        bare_times.append(bare_pass(model, batches, layers))
+        start = time.perf_counter()
+        scanner = scan_pass(model, batches, params)
+        scan_times.append(time.perf_counter() - start)
+    bare, scan = statistics.median(bare_times), statistics.median(scan_times)
+    print(f"bare forward pass: {seen / bare:12,.0f} tokens/s  (runs: {_fmt(bare_times)})")
+    print(f"scan             : {seen / scan:12,.0f} tokens/s  (runs: {_fmt(scan_times)})")
+    print(f"throughput ratio scan / bare = {bare / scan:.3f}  (goal >= 0.9)")
+
+    assert scanner is not None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "bench.db"
+        start = time.perf_counter()
+        with Catalogue.open(path, create=True) as catalogue:
+            model_id = catalogue.upsert_model(model.record())
+            scan_id = catalogue.create_scan(model_id, params)
+            window_rows, neuron_rows = scanner.results()
+            catalogue.write_scan_results(
+                scan_id,
+                model_id,
+                window_rows,
+                neuron_rows,
+                tokens_seen=scanner.tokens_seen,
+                windows_seen=scanner.windows_seen,
+            )
+        written = time.perf_counter() - start
+        neurons = len(layers) * model.d_mlp
+        size = sum(p.stat().st_size for p in Path(tmp).iterdir())
+        print(
+            f"catalogue: {size:,} bytes for {neurons:,} neurons = {size / neurons:,.0f} bytes per "
+            f"neuron (top-k {args.top_k}, random {args.random}, ctx {args.ctx}); "
+            f"written in {written:.1f} s"
+        )
+
+
+def _fmt(times: list[float]) -> str:
+    return ", ".join(f"{t:.2f}s" for t in times)
+
+
+if __name__ == "__main__":
+    main()
