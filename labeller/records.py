@@ -177,3 +177,43 @@ class Trace(Record):
     text: str
     tokens: list[str]
     activations: list[float]
+
+
+class ChatMessage(Record):
+    role: str
+    content: str
+
+
+class ChatRequest(Record):
+    """One chat-completions call; its JSON (sorted keys) is the response-cache key."""
+
+    model: str
+    messages: list[ChatMessage]
+    temperature: float = 0.0
+    max_tokens: int | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = None
+    seed: int | None = None
+    n_sample: int = Field(
+        default=0, description="which of several samples of the same prompt (best-of-K)"
+    )
+
+
+class TopLogprob(Record):
+    token: str
+    logprob: float
+
+
+class TokenLogprob(Record):
+    token: str
+    logprob: float
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
+class ChatResponse(Record):
+    text: str
+    logprobs: list[TokenLogprob] | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    model: str | None = None
+    cached: bool = False

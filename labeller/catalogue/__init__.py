@@ -472,6 +472,19 @@ class Catalogue:
             )
         return explanations
 
+    # --- LLM response cache -------------------------------------------------------------------
+
+    def cached_response(self, key: str) -> str | None:
+        for row in self.db.query("select response from llm_cache where key = ?", [key]):
+            return str(row["response"])
+        return None
+
+    def cache_response(self, key: str, request: str, response: str) -> None:
+        self.db["llm_cache"].upsert(
+            {"key": key, "request": request, "response": response, "created_at": utc_now()},
+            pk="key",
+        )
+
     def strongest_neurons(self, limit: int) -> list[tuple[str, int, int]]:
         """(model, layer, neuron) with the highest maximum activation first."""
         return [
