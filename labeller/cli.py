@@ -70,8 +70,8 @@ def format_option(func: F) -> F:
     )(func)
 
 
-def parse_layers(spec: str, n_layers: int) -> list[int]:
-    """'0,2-5' or 'all' -> sorted unique layer numbers."""
+def parse_layers(spec: str, n_layers: int, flag: str = "--layers") -> list[int]:
+    """'0,2-5' or 'all' -> sorted unique numbers."""
     if spec.strip() == "all":
         return list(range(n_layers))
     layers: set[int] = set()
@@ -86,7 +86,7 @@ def parse_layers(spec: str, n_layers: int) -> list[int]:
             else:
                 layers.add(int(part))
     except ValueError:
-        raise UserError(f"--layers {spec!r}: use numbers and ranges like 0,2-5, or all") from None
+        raise UserError(f"{flag} {spec!r}: use numbers and ranges like 0,2-5, or all") from None
     return sorted(layers)
 
 
@@ -202,7 +202,7 @@ def scan(
     )
     if ctx > int(model.bridge.cfg.n_ctx) - (1 if model.bos_id is not None else 0):
         raise UserError(f"--ctx {ctx} is longer than {model_spec}'s context; use a smaller --ctx")
-    with catalogue, _token_progress(tokens) as advance:
+    with catalogue, _progress(tokens) as advance:
         outcome = run_scan(
             catalogue,
             model,
@@ -445,6 +445,249 @@ def scans(db_path: Path | None, output_format: str) -> None:
     Console().print(table)
 
 
+def llm_options(func: F) -> F:
+    for option in reversed(
+        [
+            click.option(
+                "--llm-config",
+                type=click.Path(path_type=Path, dir_okay=False),
+                envvar="LABELLER_LLM_CONFIG",
+                default=None,
+                help="TOML file with an [llm] table (base_url, models, prices, concurrency).",
+            ),
+            click.option("--base-url", default=None, help="OpenAI-compatible endpoint URL."),
+            click.option("--max-concurrency", type=click.IntRange(min=1), default=None),
+            click.option(
+                "--timeout", "timeout_s", type=float, default=None, help="Per request, s."
+            ),
+        ]
+    ):
+        func = option(func)
+    return func
+
+
+def neuron_selection(func: F) -> F:
+    for option in reversed(
+        [
+            click.option("--model", "model_name", default=None, help="Needed with several."),
+            click.option("--layer", "layers", default=None, help="Layers, e.g. 0 or 0-3 (all)."),
+            click.option("--neurons", default="all", show_default=True, help="e.g. 0-99 or all."),
+            click.option("--force", is_flag=True, help="Redo work already in the catalogue."),
+            click.option("--dry-run", is_flag=True, help="Print one prompt and the calls needed."),
+        ]
+    ):
+        func = option(func)
+    return func
+
+
+def _selected_refs(
+    catalogue: Catalogue, model_name: str | None, layers: str | None, neurons: str
+) -> list[Any]:
+    model = catalogue.resolve_model(model_name)
+    layer_list = None if layers is None else parse_layers(layers, model.n_layers, "--layer")
+    neuron_list = None if neurons == "all" else parse_layers(neurons, model.d_mlp, "--neurons")
+    return catalogue.neuron_refs(model.name, layer_list, neuron_list)
+
+
+def _run_llm_stage(
+    catalogue: Catalogue,
+    refs: list[Any],
+    stage: str,
+    model: str,
+    llm_settings: dict[str, Any],
+    work: Callable[[Any, Callable[[int], None]], Any],
+) -> Any:
+    """Run `work(client, advance)` with a progress bar; the LLM client only when not baseline."""
+    import asyncio
+
+    from labeller.explain.service import BASELINE
+
+    client = None
+    if model != BASELINE:
+        from labeller.llm.client import LLMClient
+        from labeller.llm.config import load_llm_config
+
+        client = LLMClient(load_llm_config(**llm_settings), cache=catalogue)
+
+    async def main(advance: Callable[[int], None]) -> Any:
+        try:
+            return await work(client, advance)
+        finally:
+            if client is not None:
+                await client.aclose()
+
+    with _progress(len(refs), stage, "neurons") as advance:
+        report = asyncio.run(main(advance))
+    if client is not None:
+        click.echo(client.summary_line())
+    return report
+
+
+def _dry_run(catalogue: Catalogue, refs: list[Any], stage: str, model: str, **kwargs: Any) -> None:
+    from labeller.explain.service import BASELINE, dry_run_requests
+
+    if model == BASELINE:
+        click.echo(f"{stage} with the offline baseline: {len(refs):,} neurons, no LLM calls")
+        return
+    request, calls, tokens = dry_run_requests(catalogue, refs, stage=stage, model=model, **kwargs)
+    if request is not None:
+        for message in request.messages:
+            click.echo(f"--- {message.role}\n{message.content}")
+    click.echo(f"{stage}: {len(refs):,} neurons, {calls:,} calls, about {tokens:,} prompt tokens")
+
+
+@cli.command()
+@db_option
+@neuron_selection
+@click.option(
+    "--explainer", default="baseline", show_default=True, help="baseline, or an LLM model name."
+)
+@click.option(
+    "--candidates",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Best-of-K: sample K explanations per neuron.",
+)
+@click.option("--temperature", type=float, default=None, help="Sampling temperature (1.0).")
+@llm_options
+def explain(
+    db_path: Path | None,
+    model_name: str | None,
+    layers: str | None,
+    neurons: str,
+    force: bool,
+    dry_run: bool,
+    explainer: str,
+    candidates: int,
+    temperature: float | None,
+    **llm_settings: Any,
+) -> None:
+    """Propose labels from each neuron's train-split top windows (never from held-out ones).
+
+    With an LLM model name, talks to the OpenAI-compatible endpoint at $OPENAI_BASE_URL (key in
+    $OPENAI_API_KEY); replies are cached in the catalogue, so a rerun never pays twice.
+
+    \b
+    Example:
+      labeller explain --explainer baseline --layer 0 --neurons all
+      labeller explain --explainer gpt-4o-mini --layer 5 --neurons 0-99 --candidates 5
+    """
+    from labeller.explain.service import explain_neurons
+
+    settings = _llm_settings(llm_settings)
+    with Catalogue.open(db_path) as catalogue:
+        refs = _selected_refs(catalogue, model_name, layers, neurons)
+        if dry_run:
+            _dry_run(catalogue, refs, "explain", explainer, candidates=candidates)
+            return
+        report = _run_llm_stage(
+            catalogue,
+            refs,
+            "explaining",
+            explainer,
+            settings,
+            lambda client, advance: explain_neurons(
+                catalogue,
+                refs,
+                explainer=explainer,
+                client=client,
+                candidates=candidates,
+                temperature=1.0 if temperature is None else temperature,
+                force=force,
+                on_progress=advance,
+            ),
+        )
+    _print_report("explain", report, "labels written")
+
+
+@cli.command()
+@db_option
+@neuron_selection
+@click.option(
+    "--simulator", default="baseline", show_default=True, help="baseline, or an LLM model name."
+)
+@click.option(
+    "--split",
+    type=click.Choice(["valid", "test"]),
+    default="valid",
+    show_default=True,
+    help="valid marks the best candidate; test gives an unbiased final number.",
+)
+@click.option("--no-logprobs", is_flag=True, help="Endpoint has no logprobs: use written values.")
+@llm_options
+def score(
+    db_path: Path | None,
+    model_name: str | None,
+    layers: str | None,
+    neurons: str,
+    force: bool,
+    dry_run: bool,
+    simulator: str,
+    split: str,
+    no_logprobs: bool,
+    **llm_settings: Any,
+) -> None:
+    """Score every label of each neuron by simulation on held-out windows (Pearson r).
+
+    The simulator sees only the label and the held-out tokens; the score is the correlation of
+    its predictions with the true activations over all those tokens (top-and-random, plus
+    top-only and random-only).
+
+    \b
+    Example:
+      labeller score --simulator baseline --layer 0
+      labeller score --simulator gpt-4o-mini --layer 5 --split test
+    """
+    from labeller.explain.service import score_neurons
+    from labeller.records import Split
+
+    settings = _llm_settings(llm_settings)
+    with Catalogue.open(db_path) as catalogue:
+        refs = _selected_refs(catalogue, model_name, layers, neurons)
+        if dry_run:
+            _dry_run(
+                catalogue, refs, "score", simulator, split=Split(split), logprobs=not no_logprobs
+            )
+            return
+        report = _run_llm_stage(
+            catalogue,
+            refs,
+            "scoring",
+            simulator,
+            settings,
+            lambda client, advance: score_neurons(
+                catalogue,
+                refs,
+                simulator=simulator,
+                client=client,
+                split=Split(split),
+                force=force,
+                logprobs=not no_logprobs,
+                on_progress=advance,
+            ),
+        )
+    _print_report("score", report, "labels scored")
+
+
+def _llm_settings(flags: dict[str, Any]) -> dict[str, Any]:
+    path = flags.pop("llm_config")
+    return {"path": path, **flags}
+
+
+def _print_report(stage: str, report: Any, written: str) -> None:
+    for note in report.notes[:20]:
+        click.echo(f"note: {note}", err=True)
+    parts = [f"{report.neurons:,} neurons", f"{report.written:,} {written}"]
+    if report.skipped:
+        parts.append(f"{report.skipped:,} already done (use --force to redo)")
+    if report.not_scorable:
+        parts.append(f"{report.not_scorable:,} not scorable offline")
+    if report.failed:
+        parts.append(f"{report.failed:,} failed (kept in failed_attempts)")
+    click.echo(f"{stage}: " + ", ".join(parts))
+
+
 @cli.command("train-demo")
 @click.option(
     "--out",
@@ -517,7 +760,7 @@ def demo(db_path: Path, tokens: int) -> None:
                 seed=0,
                 histogram_bins=64,
             )
-            with _token_progress(tokens) as advance:
+            with _progress(tokens) as advance:
                 run_scan(catalogue, model, params, batch_size=32, on_progress=advance)
         for model_name, layer, neuron in catalogue.strongest_neurons(limit=1):
             print_neuron(catalogue.neuron_view(model_name, layer, neuron), 5)
@@ -544,21 +787,25 @@ class _status:
 
 
 class RateColumn(ProgressColumn):
+    def __init__(self, unit: str) -> None:
+        super().__init__()
+        self.unit = unit
+
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
-        return Text("" if speed is None else f"{speed:,.0f} tok/s")
+        return Text("" if speed is None else f"{speed:,.1f} {self.unit}/s")
 
 
-class _token_progress:
-    """Progress bar on stderr with tokens/s and ETA; yields a callback taking tokens seen."""
+class _progress:
+    """Progress bar on stderr with rate and ETA; yields a callback taking the count done."""
 
-    def __init__(self, total: int | None) -> None:
+    def __init__(self, total: int | None, label: str = "scanning", unit: str = "tokens") -> None:
         self.progress = Progress(
-            TextColumn("scanning"),
+            TextColumn(label),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("tokens"),
-            RateColumn(),
+            TextColumn(unit),
+            RateColumn("tok" if unit == "tokens" else unit),
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),

@@ -138,10 +138,14 @@ class Example(Record):
 
 
 class Score(Record):
-    method: str
+    method: str = Field(description="top_and_random | top_only | random_only")
     split: Split
-    score: float | None = Field(description="None when undefined (constant vectors)")
-    details: dict[str, Any] = Field(default_factory=dict)
+    score: float | None = Field(description="None when undefined: constant vectors, not scorable")
+    simulator: str | None = None
+    prompt_version: str | None = None
+    details: dict[str, Any] = Field(
+        default_factory=dict, description="per-window true and simulated activations, or reason"
+    )
     created_at: str = Field(default_factory=utc_now)
 
 
@@ -151,7 +155,9 @@ class Explanation(Record):
     source: str
     status: str
     prompt_version: str | None = None
+    producer_model: str | None = None
     annotator: str | None = None
+    best: bool = False
     created_at: str = Field(default_factory=utc_now)
     scores: list[Score] = Field(default_factory=list)
 
@@ -196,6 +202,9 @@ class ChatRequest(Record):
     seed: int | None = None
     n_sample: int = Field(
         default=0, description="which of several samples of the same prompt (best-of-K)"
+    )
+    attempt: int = Field(
+        default=0, description="retry of an unusable reply: a new cache key, a fresh sample"
     )
 
 

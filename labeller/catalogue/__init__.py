@@ -59,6 +59,15 @@ def params_key(params: ScanParams) -> str:
 
 
 @dataclass(frozen=True)
+class NeuronRef:
+    id: int
+    model: str
+    layer: int
+    neuron: int
+    scan_id: int
+
+
+@dataclass(frozen=True)
 class WindowRow:
     """A stored text window, written once and shared by every neuron that keeps it."""
 
@@ -451,6 +460,8 @@ class Catalogue:
                     method=s["method"],
                     split=Split(s["split"]),
                     score=s["score"],
+                    simulator=s["simulator"],
+                    prompt_version=s["prompt_version"],
                     details=json.loads(s["details"] or "{}"),
                     created_at=s["created_at"],
                 )
@@ -465,12 +476,175 @@ class Catalogue:
                     source=row["source"],
                     status=row["status"],
                     prompt_version=row["prompt_version"],
+                    producer_model=row["producer_model"],
                     annotator=row["annotator"],
+                    best=bool(row["best"]),
                     created_at=row["created_at"],
                     scores=scores,
                 )
             )
         return explanations
+
+    # --- explanations and scores --------------------------------------------------------------
+
+    def neuron_refs(
+        self, model_name: str | None, layers: list[int] | None, neurons: list[int] | None
+    ) -> list[NeuronRef]:
+        """The scanned neurons a batch command works on, in (layer, neuron) order."""
+        model = self.resolve_model(model_name)
+        clauses, values = ["m.name = ?"], [model.name]
+        if layers is not None:
+            clauses.append(f"n.layer in ({','.join('?' * len(layers))})")
+            values += layers
+        if neurons is not None:
+            clauses.append(f"n.neuron in ({','.join('?' * len(neurons))})")
+            values += neurons
+        rows = self.db.query(
+            f"""select n.id, n.layer, n.neuron, n.scan_id from neurons n
+            join models m on m.id = n.model_id where {" and ".join(clauses)}
+            order by n.layer, n.neuron""",
+            values,
+        )
+        refs = [NeuronRef(r["id"], model.name, r["layer"], r["neuron"], r["scan_id"]) for r in rows]
+        if not refs:
+            raise UserError(f"no scanned neurons of {model.name} match --layer/--neurons")
+        return refs
+
+    def explanations_of(self, neuron_id: int) -> list[Explanation]:
+        return self._explanations(neuron_id)
+
+    def add_explanation(
+        self,
+        ref: NeuronRef,
+        text: str,
+        *,
+        source: str,
+        prompt_version: str | None,
+        producer_model: str | None,
+        annotator: str | None = None,
+        status: str = "proposed",
+    ) -> int | None:
+        """Store a label and its history entry together; None if this source already said it."""
+        now = utc_now()
+        with self.db.atomic():
+            existing = list(
+                self.db.query(
+                    "select id from explanations where neuron_id = ? and source = ? and text = ?",
+                    [ref.id, source, text],
+                )
+            )
+            if existing:
+                return None
+            explanation_id = int(
+                self.db["explanations"]
+                .insert(
+                    {
+                        "neuron_id": ref.id,
+                        "text": text,
+                        "source": source,
+                        "status": status,
+                        "prompt_version": prompt_version,
+                        "producer_model": producer_model,
+                        "annotator": annotator,
+                        "scan_id": ref.scan_id,
+                        "created_at": now,
+                        "updated_at": now,
+                        "best": 0,
+                    }
+                )
+                .last_pk
+            )
+            self.db["label_history"].insert(
+                {
+                    "neuron_id": ref.id,
+                    "explanation_id": explanation_id,
+                    "action": "propose",
+                    "before": None,
+                    "after": json.dumps({"text": text, "status": status, "source": source}),
+                    "annotator": annotator or source,
+                    "at": now,
+                }
+            )
+        return explanation_id
+
+    def record_failure(
+        self,
+        neuron_id: int,
+        *,
+        stage: str,
+        producer_model: str | None,
+        prompt_version: str | None,
+        error: str,
+        raw: str,
+        explanation_id: int | None = None,
+    ) -> None:
+        """An LLM reply that could not be used: kept for inspection, never as a label or score."""
+        self.db["failed_attempts"].insert(
+            {
+                "neuron_id": neuron_id,
+                "explanation_id": explanation_id,
+                "stage": stage,
+                "producer_model": producer_model,
+                "prompt_version": prompt_version,
+                "error": error,
+                "raw": raw,
+                "at": utc_now(),
+            }
+        )
+
+    def failures(self, neuron_id: int) -> list[dict[str, Any]]:
+        return list(self.db["failed_attempts"].rows_where("neuron_id = ?", [neuron_id]))
+
+    def has_scores(self, explanation_id: int, simulator: str, split: Split, version: str) -> bool:
+        rows = self.db.query(
+            "select 1 from scores where explanation_id = ? and simulator = ? and split = ? "
+            "and prompt_version = ? limit 1",
+            [explanation_id, simulator, split.value, version],
+        )
+        return any(True for _ in rows)
+
+    def save_scores(self, explanation_id: int, scores: list[Score]) -> None:
+        """Replace this simulator's scores of the explanation on those splits, atomically."""
+        with self.db.atomic():
+            for score in scores:
+                self.db.execute(
+                    "delete from scores where explanation_id = ? and simulator = ? and split = ? "
+                    "and method = ? and prompt_version = ?",
+                    [
+                        explanation_id,
+                        score.simulator,
+                        score.split.value,
+                        score.method,
+                        score.prompt_version,
+                    ],
+                )
+                self.db["scores"].insert(
+                    {
+                        "explanation_id": explanation_id,
+                        "method": score.method,
+                        "split": score.split.value,
+                        "score": score.score,
+                        "simulator": score.simulator,
+                        "prompt_version": score.prompt_version,
+                        "details": json.dumps(score.details, ensure_ascii=False),
+                        "created_at": score.created_at,
+                    }
+                )
+
+    def mark_best(self, neuron_id: int, source: str, method: str, split: Split) -> None:
+        """Among one source's candidates, mark the best-scoring one (on `split`) as best."""
+        with self.db.atomic():
+            self.db.execute(
+                "update explanations set best = 0 where neuron_id = ? and source = ?",
+                [neuron_id, source],
+            )
+            self.db.execute(
+                """update explanations set best = 1 where id = (
+                    select e.id from explanations e join scores s on s.explanation_id = e.id
+                    where e.neuron_id = ? and e.source = ? and s.method = ? and s.split = ?
+                    and s.score is not null order by s.score desc, e.id limit 1)""",
+                [neuron_id, source, method, split.value],
+            )
 
     # --- LLM response cache -------------------------------------------------------------------
 

@@ -186,4 +186,30 @@ def m001_initial(db: Database) -> None:
     )
 
 
+@migrations()
+def m002_candidates_and_failures(db: Database) -> None:
+    """Best-of-K marks and a record of LLM replies that could not be used."""
+    db["explanations"].add_column("best", int)
+    db["explanations"].create_index(["neuron_id", "source", "text"], unique=True)
+    db["scores"].create_index(
+        ["explanation_id", "simulator", "split", "method", "prompt_version"], unique=True
+    )
+    db["failed_attempts"].create(
+        {
+            "id": int,
+            "neuron_id": int,
+            "explanation_id": int,
+            "stage": str,
+            "producer_model": str,
+            "prompt_version": str,
+            "error": str,
+            "raw": str,
+            "at": str,
+        },
+        pk="id",
+        foreign_keys=[("neuron_id", "neurons", "id")],
+        not_null={"neuron_id", "stage", "error", "at"},
+    )
+
+
 KNOWN_MIGRATIONS = frozenset(m.name for m in migrations.pending(Database(memory=True)))
