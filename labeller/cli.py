@@ -688,6 +688,143 @@ def _print_report(stage: str, report: Any, written: str) -> None:
     click.echo(f"{stage}: " + ", ".join(parts))
 
 
+def default_annotator() -> str:
+    """git's user.name, else $USER: who is stored with every label change."""
+    import getpass
+    import subprocess
+
+    try:
+        name = subprocess.run(
+            ["git", "config", "user.name"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        name = ""
+    return name or getpass.getuser()
+
+
+@cli.command()
+@db_option
+@click.option(
+    "--model", "model_name", default=None, help="Needed when the catalogue holds several."
+)
+@click.option("--layer", type=click.IntRange(min=0), required=True)
+@click.option("--neuron", type=click.IntRange(min=0), required=True)
+@click.option("--text", default=None, help="A new label, written by you.")
+@click.option(
+    "--explanation", "explanation_id", type=int, default=None, help="An existing label's id."
+)
+@click.option("--accept", "status", flag_value="accepted", default=None)
+@click.option("--reject", "status", flag_value="rejected")
+@click.option("--needs-review", "status", flag_value="needs_review")
+@click.option("--undo", is_flag=True, help="Revert your latest change to this neuron.")
+@click.option("--annotator", default=None, help="Default: git user.name, else $USER.")
+@click.option(
+    "--expect-version",
+    type=int,
+    default=None,
+    help="Refuse if the neuron's history moved past this version (from `history`).",
+)
+@format_option
+def label(
+    db_path: Path | None,
+    model_name: str | None,
+    layer: int,
+    neuron: int,
+    text: str | None,
+    explanation_id: int | None,
+    status: str | None,
+    undo: bool,
+    annotator: str | None,
+    expect_version: int | None,
+    output_format: str,
+) -> None:
+    """Write, accept, reject or flag a neuron's label; every change goes into its history.
+
+    \b
+    Example:
+      labeller label --layer 0 --neuron 5 --text 'fires on "def" at line starts' --accept
+      labeller label --layer 0 --neuron 5 --explanation 12 --reject --annotator alice
+    """
+    from labeller.records import LabelStatus
+
+    if sum(x is not None and x is not False for x in (text, explanation_id, undo or None)) != 1:
+        raise UserError("give exactly one of --text, --explanation or --undo")
+    if explanation_id is not None and status is None:
+        raise UserError("with --explanation, say --accept, --reject or --needs-review")
+    who = annotator or default_annotator()
+    with Catalogue.open(db_path) as catalogue:
+        ref = catalogue.neuron_ref(model_name, layer, neuron)
+        if undo:
+            entries = catalogue.undo_last(ref, annotator=who, expected_version=expect_version)
+        else:
+            entries = catalogue.apply_label_change(
+                ref,
+                annotator=who,
+                expected_version=expect_version,
+                explanation_id=explanation_id,
+                text=text,
+                status=None if status is None else LabelStatus(status),
+            )
+        version = catalogue.label_version(ref.id)
+    if output_format == "json":
+        click.echo(
+            json.dumps(
+                {"version": version, "changes": [e.model_dump(mode="json") for e in entries]},
+                indent=2,
+            )
+        )
+        return
+    if not entries:
+        click.echo("no change: the label already had that status")
+    for entry in entries:
+        click.echo(_history_line(entry))
+
+
+@cli.command()
+@db_option
+@click.option(
+    "--model", "model_name", default=None, help="Needed when the catalogue holds several."
+)
+@click.option("--layer", type=click.IntRange(min=0), required=True)
+@click.option("--neuron", type=click.IntRange(min=0), required=True)
+@format_option
+def history(
+    db_path: Path | None, model_name: str | None, layer: int, neuron: int, output_format: str
+) -> None:
+    """Every change to a neuron's labels: who, when, what before, what after.
+
+    \b
+    Example:
+      labeller history --layer 0 --neuron 5
+    """
+    with Catalogue.open(db_path) as catalogue:
+        ref = catalogue.neuron_ref(model_name, layer, neuron)
+        entries = catalogue.history(ref)
+        version = catalogue.label_version(ref.id)
+    if output_format == "json":
+        click.echo(
+            json.dumps(
+                {"version": version, "entries": [e.model_dump(mode="json") for e in entries]},
+                indent=2,
+            )
+        )
+        return
+    if not entries:
+        click.echo(f"neuron {layer}.{neuron} has no label history yet")
+    for entry in entries:
+        click.echo(_history_line(entry))
+
+
+def _history_line(entry: Any) -> str:
+    def state(s: Any) -> str:
+        return "-" if s is None else f'#{s.explanation_id} "{s.text}" [{s.status.value}]'
+
+    return (
+        f"{entry.at}  {entry.annotator or '?'}  {entry.action}  "
+        f"{state(entry.before)} -> {state(entry.after)}"
+    )
+
+
 @cli.command("train-demo")
 @click.option(
     "--out",

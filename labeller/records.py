@@ -46,6 +46,14 @@ class ScanStatus(StrEnum):
     COMPLETE = "complete"
 
 
+class LabelStatus(StrEnum):
+    PROPOSED = "proposed"
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    NEEDS_REVIEW = "needs_review"
+    WITHDRAWN = "withdrawn"
+
+
 class ExampleKind(StrEnum):
     TOP = "top"
     RANDOM = "random"
@@ -226,3 +234,24 @@ class ChatResponse(Record):
     completion_tokens: int = 0
     model: str | None = None
     cached: bool = False
+
+
+class LabelState(Record):
+    """One explanation's label as a history entry records it, before or after a change."""
+
+    explanation_id: int
+    text: str
+    status: LabelStatus
+    source: str
+
+
+class HistoryEntry(Record):
+    id: int
+    layer: int
+    neuron: int
+    explanation_id: int | None
+    action: str
+    before: LabelState | None
+    after: LabelState | None
+    annotator: str | None
+    at: str

@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,9 @@ from labeller.records import (
     ExampleKind,
     Explanation,
     Histogram,
+    HistoryEntry,
+    LabelState,
+    LabelStatus,
     ModelRecord,
     NeuronStats,
     NeuronView,
@@ -554,16 +558,18 @@ class Catalogue:
                 )
                 .last_pk
             )
-            self.db["label_history"].insert(
-                {
-                    "neuron_id": ref.id,
-                    "explanation_id": explanation_id,
-                    "action": "propose",
-                    "before": None,
-                    "after": json.dumps({"text": text, "status": status, "source": source}),
-                    "annotator": annotator or source,
-                    "at": now,
-                }
+            self._append_history(
+                ref.id,
+                "propose",
+                None,
+                LabelState(
+                    explanation_id=explanation_id,
+                    text=text,
+                    status=LabelStatus(status),
+                    source=source,
+                ),
+                annotator or source,
+                now,
             )
         return explanation_id
 
@@ -646,6 +652,256 @@ class Catalogue:
                 [neuron_id, source, method, split.value],
             )
 
+    # --- labels by people -------------------------------------------------------------------
+
+    @contextmanager
+    def write_transaction(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE: take the write lock before reading what the change depends on, so
+        two writers cannot both act on the same stale read. Waits up to the busy timeout."""
+        for attempt in range(5):
+            try:
+                self.db.execute("BEGIN IMMEDIATE")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc) or attempt == 4:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def label_version(self, neuron_id: int) -> int:
+        """The id of the neuron's latest history entry: what a client saw when it read."""
+        row = self.db.execute(
+            "select coalesce(max(id), 0) from label_history where neuron_id = ?", [neuron_id]
+        ).fetchone()
+        return int(row[0])
+
+    def neuron_ref(self, model_name: str | None, layer: int, neuron: int) -> NeuronRef:
+        refs = self.neuron_refs(model_name, [layer], [neuron])
+        return refs[0]
+
+    def _label_state(self, explanation_id: int) -> LabelState:
+        row = self.db["explanations"].get(explanation_id)
+        return LabelState(
+            explanation_id=explanation_id,
+            text=row["text"],
+            status=LabelStatus(row["status"]),
+            source=row["source"],
+        )
+
+    def _append_history(
+        self,
+        neuron_id: int,
+        action: str,
+        before: LabelState | None,
+        after: LabelState | None,
+        annotator: str | None,
+        at: str,
+    ) -> int:
+        explanation = (after or before).explanation_id if (after or before) else None
+        return int(
+            self.db["label_history"]
+            .insert(
+                {
+                    "neuron_id": neuron_id,
+                    "explanation_id": explanation,
+                    "action": action,
+                    "before": before.model_dump_json() if before else None,
+                    "after": after.model_dump_json() if after else None,
+                    "annotator": annotator,
+                    "at": at,
+                }
+            )
+            .last_pk
+        )
+
+    def _check_fresh(self, ref: NeuronRef, expected_version: int | None) -> None:
+        if expected_version is None:
+            return
+        current = self.label_version(ref.id)
+        if current != expected_version:
+            newest = self.history(ref)[-1]
+            raise StaleLabel(ref, newest)
+
+    def apply_label_change(
+        self,
+        ref: NeuronRef,
+        *,
+        annotator: str,
+        expected_version: int | None,
+        explanation_id: int | None = None,
+        text: str | None = None,
+        status: LabelStatus | None = None,
+    ) -> list[HistoryEntry]:
+        """Write a new label, or change an existing one's status, refusing a stale view.
+
+        Accepting a label demotes the neuron's previously accepted label to proposed, so a
+        neuron has at most one accepted label.
+        """
+        now = utc_now()
+        entries: list[int] = []
+        with self.write_transaction():
+            self._check_fresh(ref, expected_version)
+            if explanation_id is None:
+                if not text or not text.strip():
+                    raise UserError("a new label needs some text")
+                new_status = status or LabelStatus.PROPOSED
+                existing = list(
+                    self.db.query(
+                        "select id from explanations where neuron_id = ? and source = 'human' "
+                        "and text = ?",
+                        [ref.id, text.strip()],
+                    )
+                )
+                if existing:
+                    explanation_id = int(existing[0]["id"])
+                else:
+                    explanation_id = int(
+                        self.db["explanations"]
+                        .insert(
+                            {
+                                "neuron_id": ref.id,
+                                "text": text.strip(),
+                                "source": "human",
+                                "status": LabelStatus.PROPOSED.value,
+                                "annotator": annotator,
+                                "scan_id": ref.scan_id,
+                                "created_at": now,
+                                "updated_at": now,
+                                "best": 0,
+                            }
+                        )
+                        .last_pk
+                    )
+                    entries.append(
+                        self._append_history(
+                            ref.id, "write", None, self._label_state(explanation_id), annotator, now
+                        )
+                    )
+                status = new_status
+            row = self.db.execute(
+                "select neuron_id from explanations where id = ?", [explanation_id]
+            ).fetchone()
+            if row is None or row[0] != ref.id:
+                raise UserError(
+                    f"explanation {explanation_id} is not a label of neuron {ref.layer}.{ref.neuron}"
+                )
+            if status is not None:
+                if status is LabelStatus.ACCEPTED:
+                    for other in self.db.query(
+                        "select id from explanations where neuron_id = ? and status = ? "
+                        "and id != ?",
+                        [ref.id, LabelStatus.ACCEPTED.value, explanation_id],
+                    ):
+                        entries.append(
+                            self._set_status(
+                                ref,
+                                int(other["id"]),
+                                LabelStatus.PROPOSED,
+                                "demote",
+                                annotator,
+                                now,
+                            )
+                        )
+                before = self._label_state(explanation_id)
+                if before.status is not status:
+                    entries.append(
+                        self._set_status(
+                            ref, explanation_id, status, _ACTIONS[status], annotator, now
+                        )
+                    )
+        return [e for e in self.history(ref) if e.id in entries]
+
+    def _set_status(
+        self,
+        ref: NeuronRef,
+        explanation_id: int,
+        status: LabelStatus,
+        action: str,
+        annotator: str,
+        at: str,
+    ) -> int:
+        before = self._label_state(explanation_id)
+        self.db["explanations"].update(explanation_id, {"status": status.value, "updated_at": at})
+        return self._append_history(
+            ref.id, action, before, self._label_state(explanation_id), annotator, at
+        )
+
+    def undo_last(
+        self, ref: NeuronRef, *, annotator: str, expected_version: int | None
+    ) -> list[HistoryEntry]:
+        """Revert this annotator's latest change to the neuron (itself recorded as a change)."""
+        now = utc_now()
+        entries: list[int] = []
+        with self.write_transaction():
+            self._check_fresh(ref, expected_version)
+            undone = {
+                json.loads(r["after"])["undoes"]
+                for r in self.db.query(
+                    "select after from label_history where neuron_id = ? and action = 'undo'",
+                    [ref.id],
+                )
+                if r["after"] and "undoes" in json.loads(r["after"])
+            }
+            candidates = [
+                e
+                for e in reversed(self.history(ref))
+                if e.annotator == annotator and e.action != "undo" and e.id not in undone
+            ]
+            if not candidates:
+                raise UserError(f"nothing of {annotator}'s to undo on {ref.layer}.{ref.neuron}")
+            target = candidates[0]
+            assert target.after is not None
+            restore = target.before.status if target.before else LabelStatus.WITHDRAWN
+            explanation_id = target.after.explanation_id
+            before = self._label_state(explanation_id)
+            self.db["explanations"].update(
+                explanation_id, {"status": restore.value, "updated_at": now}
+            )
+            after = self._label_state(explanation_id)
+            entries.append(
+                int(
+                    self.db["label_history"]
+                    .insert(
+                        {
+                            "neuron_id": ref.id,
+                            "explanation_id": explanation_id,
+                            "action": "undo",
+                            "before": before.model_dump_json(),
+                            "after": json.dumps(
+                                {**json.loads(after.model_dump_json()), "undoes": target.id}
+                            ),
+                            "annotator": annotator,
+                            "at": now,
+                        }
+                    )
+                    .last_pk
+                )
+            )
+        return [e for e in self.history(ref) if e.id in entries]
+
+    def history(self, ref: NeuronRef) -> list[HistoryEntry]:
+        return [
+            HistoryEntry(
+                id=row["id"],
+                layer=ref.layer,
+                neuron=ref.neuron,
+                explanation_id=row["explanation_id"],
+                action=row["action"],
+                before=_state(row["before"]),
+                after=_state(row["after"]),
+                annotator=row["annotator"],
+                at=row["at"],
+            )
+            for row in self.db.query(
+                "select * from label_history where neuron_id = ? order by id", [ref.id]
+            )
+        ]
+
     # --- LLM response cache -------------------------------------------------------------------
 
     def cached_response(self, key: str) -> str | None:
@@ -679,6 +935,36 @@ class Catalogue:
                 join models m on m.id = n.model_id group by m.name, n.layer"""
             )
         }
+
+
+_ACTIONS = {
+    LabelStatus.ACCEPTED: "accept",
+    LabelStatus.REJECTED: "reject",
+    LabelStatus.NEEDS_REVIEW: "needs_review",
+    LabelStatus.PROPOSED: "reopen",
+    LabelStatus.WITHDRAWN: "withdraw",
+}
+
+
+class StaleLabel(UserError):
+    """The neuron's labels changed since the caller read them: show the newer change first."""
+
+    def __init__(self, ref: NeuronRef, newest: HistoryEntry) -> None:
+        state = newest.after or newest.before
+        shown = f'"{state.text}" ({state.status.value})' if state else "a change"
+        super().__init__(
+            f"neuron {ref.layer}.{ref.neuron} changed since you read it: {newest.annotator} "
+            f"{newest.action} {shown} at {newest.at}; review it and try again"
+        )
+        self.newest = newest
+
+
+def _state(raw: str | None) -> LabelState | None:
+    if not raw:
+        return None
+    data = json.loads(raw)
+    data.pop("undoes", None)
+    return LabelState(**data)
 
 
 def _tokens_json(tokens: list[OutputToken]) -> str:

@@ -1,0 +1,160 @@
+"""Labels by people: history, stale views, undo, and many writers at once."""
+
+from __future__ import annotations
+
+import multiprocessing
+from pathlib import Path
+
+import pytest
+from conftest import scan_params
+
+from labeller.catalogue import Catalogue, StaleLabel
+from labeller.records import LabelStatus
+from labeller.scan.runner import run_scan
+
+
+@pytest.fixture(scope="module")
+def labelled_db(tmp_path_factory, tiny_model, tiny_model_dir, tiny_corpus) -> Path:
+    path = tmp_path_factory.mktemp("labels") / "c.db"
+    with Catalogue.open(path, create=True) as catalogue:
+        run_scan(
+            catalogue,
+            tiny_model,
+            scan_params(tiny_model_dir, tiny_corpus, tokens=300),
+            batch_size=4,
+        )
+    return path
+
+
+@pytest.fixture()
+def catalogue(labelled_db, tmp_path):
+    copy = tmp_path / "c.db"
+    copy.write_bytes(labelled_db.read_bytes())
+    with Catalogue.open(copy) as opened:
+        yield opened
+
+
+def test_write_accept_and_history(catalogue):
+    ref = catalogue.neuron_ref(None, 0, 1)
+    assert catalogue.label_version(ref.id) == 0
+    changes = catalogue.apply_label_change(
+        ref,
+        annotator="alice",
+        expected_version=0,
+        text='fires on "def"',
+        status=LabelStatus.ACCEPTED,
+    )
+    assert [c.action for c in changes] == ["write", "accept"]
+    (explanation,) = catalogue.explanations_of(ref.id)
+    assert (explanation.text, explanation.status, explanation.source, explanation.annotator) == (
+        'fires on "def"',
+        "accepted",
+        "human",
+        "alice",
+    )
+    other = catalogue.apply_label_change(
+        ref, annotator="bob", expected_version=None, text="function definitions"
+    )
+    assert other[0].after.status is LabelStatus.PROPOSED
+    catalogue.apply_label_change(
+        ref,
+        annotator="bob",
+        expected_version=None,
+        explanation_id=other[0].after.explanation_id,
+        status=LabelStatus.ACCEPTED,
+    )
+    statuses = {e.text: e.status for e in catalogue.explanations_of(ref.id)}
+    assert statuses == {'fires on "def"': "proposed", "function definitions": "accepted"}
+    history = catalogue.history(ref)
+    assert [(h.annotator, h.action) for h in history] == [
+        ("alice", "write"),
+        ("alice", "accept"),
+        ("bob", "write"),
+        ("bob", "demote"),
+        ("bob", "accept"),
+    ]
+    assert history[3].before.status is LabelStatus.ACCEPTED
+    assert history[3].after.status is LabelStatus.PROPOSED
+
+
+def test_stale_view_is_refused_and_shows_the_newer_label(catalogue):
+    ref = catalogue.neuron_ref(None, 1, 2)
+    seen = catalogue.label_version(ref.id)
+    catalogue.apply_label_change(ref, annotator="alice", expected_version=seen, text='"x" tokens')
+    with pytest.raises(StaleLabel, match='alice write "\\"x\\" tokens" \\(proposed\\)'):
+        catalogue.apply_label_change(ref, annotator="bob", expected_version=seen, text="other")
+    assert [e.text for e in catalogue.explanations_of(ref.id)] == ['"x" tokens']
+
+
+def test_undo_reverts_only_your_own_latest_change(catalogue):
+    ref = catalogue.neuron_ref(None, 0, 7)
+    written = catalogue.apply_label_change(
+        ref, annotator="alice", expected_version=None, text="commas"
+    )
+    label_id = written[0].after.explanation_id
+    catalogue.apply_label_change(
+        ref,
+        annotator="alice",
+        expected_version=None,
+        explanation_id=label_id,
+        status=LabelStatus.REJECTED,
+    )
+    (undo,) = catalogue.undo_last(ref, annotator="alice", expected_version=None)
+    assert undo.before.status is LabelStatus.REJECTED and undo.after.status is LabelStatus.PROPOSED
+    catalogue.undo_last(ref, annotator="alice", expected_version=None)
+    assert catalogue.explanations_of(ref.id)[0].status == "withdrawn"
+    with pytest.raises(Exception, match="nothing of bob's to undo"):
+        catalogue.undo_last(ref, annotator="bob", expected_version=None)
+    assert len(catalogue.history(ref)) == 4
+
+
+def test_history_is_append_only(catalogue):
+    ref = catalogue.neuron_ref(None, 0, 3)
+    catalogue.apply_label_change(ref, annotator="alice", expected_version=None, text="y")
+    with pytest.raises(Exception, match="append-only"):
+        catalogue.db.execute("update label_history set annotator = 'mallory'")
+    with pytest.raises(Exception, match="append-only"):
+        catalogue.db.execute("delete from label_history")
+
+
+def _writer(path: str, worker: int, writes: int, neurons: list[int], queue) -> None:
+    done = stale = 0
+    with Catalogue.open(path) as catalogue:
+        for i in range(writes):
+            ref = catalogue.neuron_ref(None, 0, neurons[i % len(neurons)])
+            while True:
+                seen = catalogue.label_version(ref.id)
+                try:
+                    catalogue.apply_label_change(
+                        ref,
+                        annotator=f"w{worker}",
+                        expected_version=seen,
+                        text=f"label {worker}-{i}",
+                    )
+                    done += 1
+                    break
+                except StaleLabel:
+                    stale += 1
+    queue.put((worker, done, stale))
+
+
+@pytest.mark.slow
+def test_many_writers_lose_nothing(catalogue):
+    processes, writes, neurons = 4, 15, [0, 1, 2]
+    queue = multiprocessing.get_context("spawn").Queue()
+    context = multiprocessing.get_context("spawn")
+    workers = [
+        context.Process(target=_writer, args=(str(catalogue.path), w, writes, neurons, queue))
+        for w in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=300)
+        assert worker.exitcode == 0
+    results = [queue.get(timeout=10) for _ in workers]
+    assert sum(done for _, done, _ in results) == processes * writes
+    entries = [h for n in neurons for h in catalogue.history(catalogue.neuron_ref(None, 0, n))]
+    writes_seen = {h.after.text for h in entries if h.action == "write"}
+    assert writes_seen == {f"label {w}-{i}" for w in range(processes) for i in range(writes)}
+    assert catalogue.db.execute("pragma integrity_check").fetchone()[0] == "ok"
