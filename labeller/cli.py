@@ -825,6 +825,82 @@ def _history_line(entry: Any) -> str:
     )
 
 
+@cli.command()
+@db_option
+@click.option(
+    "--model", "model_name", default=None, help="Needed when the catalogue holds several."
+)
+@click.option(
+    "--by", type=click.Choice(["score", "max", "density"]), default="score", show_default=True
+)
+@click.option("--split", type=click.Choice(["valid", "test"]), default="valid", show_default=True)
+@click.option("--layers", default=None, help="e.g. 0,2-5 (default: all scanned).")
+@click.option(
+    "--status",
+    type=click.Choice(["proposed", "accepted", "rejected", "needs_review"]),
+    default=None,
+    help="Only labels with this status.",
+)
+@click.option("--limit", type=click.IntRange(min=1), default=None)
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["table", "json", "csv"]),
+    default="table",
+    show_default=True,
+)
+def rank(
+    db_path: Path | None,
+    model_name: str | None,
+    by: str,
+    split: str,
+    layers: str | None,
+    status: str | None,
+    limit: int | None,
+    output_format: str,
+) -> None:
+    """Rank neurons by their best explanation score (unscored last), or by max or density.
+
+    \b
+    Example:
+      labeller rank --limit 50
+      labeller rank --by score --split test --status accepted --format csv > ranked.csv
+    """
+    import csv
+
+    from labeller.records import Split
+
+    with Catalogue.open(db_path) as catalogue:
+        n_layers = catalogue.resolve_model(model_name).n_layers
+        layer_list = None if layers is None else parse_layers(layers, n_layers)
+        rows = catalogue.rank(
+            model_name, by=by, split=Split(split), layers=layer_list, status=status, limit=limit
+        )
+    fields = ["layer", "neuron", "score", "label", "source", "status"]
+    if output_format == "json":
+        click.echo(json.dumps([r.model_dump(include=set(fields)) for r in rows], indent=2))
+        return
+    if output_format == "csv":
+        writer = csv.DictWriter(sys.stdout, fieldnames=[*fields, "max", "density"])
+        writer.writeheader()
+        for r in rows:
+            writer.writerow(r.model_dump())
+        return
+    table = Table("layer", "neuron", "score", "max", "density", "label", "source", "status")
+    for r in rows:
+        table.add_row(
+            str(r.layer),
+            str(r.neuron),
+            "-" if r.score is None else f"{r.score:.3f}",
+            f"{r.max:.3f}",
+            f"{100 * r.density:.2f}%",
+            Text(r.label or "-"),
+            r.source or "-",
+            r.status or "unlabelled",
+        )
+    Console().print(table)
+
+
 @cli.command("train-demo")
 @click.option(
     "--out",

@@ -255,3 +255,14 @@ class HistoryEntry(Record):
     after: LabelState | None
     annotator: str | None
     at: str
+
+
+class RankRow(Record):
+    layer: int
+    neuron: int
+    score: float | None
+    label: str | None
+    source: str | None
+    status: str | None
+    max: float
+    density: float

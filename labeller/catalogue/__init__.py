@@ -31,6 +31,7 @@ from labeller.records import (
     LabelStatus,
     ModelRecord,
     NeuronStats,
+    RankRow,
     NeuronView,
     OutputToken,
     ScanParams,
@@ -900,6 +901,69 @@ class Catalogue:
             for row in self.db.query(
                 "select * from label_history where neuron_id = ? order by id", [ref.id]
             )
+        ]
+
+    # --- ranking ----------------------------------------------------------------------------
+
+    def rank(
+        self,
+        model_name: str | None,
+        *,
+        by: str = "score",
+        split: Split = Split.VALID,
+        layers: list[int] | None = None,
+        status: str | None = None,
+        limit: int | None = None,
+    ) -> list[RankRow]:
+        """Neurons by their best label's top-and-random score (unscored and NaN last), or by
+        max activation or density; `status` keeps only labels with that status."""
+        model = self.resolve_model(model_name)
+        order = {
+            "score": "(b.score is null), b.score desc",
+            "max": "n.max desc",
+            "density": "n.density desc",
+        }[by]
+        label_filter = "and e.status != 'withdrawn'" if status is None else "and e.status = ?"
+        values: list[Any] = [split.value] + ([] if status is None else [status]) + [model.name]
+        where = ["m.name = ?"]
+        if layers is not None:
+            where.append(f"n.layer in ({','.join('?' * len(layers))})")
+            values += layers
+        if status is not None:
+            where.append("b.neuron_id is not null")
+        sql = f"""
+            with best as (
+                select e.neuron_id, e.text, e.source, e.status, s.score,
+                    row_number() over (
+                        partition by e.neuron_id
+                        order by (s.score is null), s.score desc, e.best desc, e.id
+                    ) as position
+                from explanations e
+                left join scores s on s.explanation_id = e.id
+                    and s.method = 'top_and_random' and s.split = ?
+                where 1 = 1 {label_filter}
+            )
+            select n.layer, n.neuron, n.max, n.density, b.neuron_id, b.score, b.text, b.source,
+                b.status
+            from neurons n join models m on m.id = n.model_id
+            left join best b on b.neuron_id = n.id and b.position = 1
+            where {" and ".join(where)}
+            order by {order}, n.layer, n.neuron
+            {"limit ?" if limit is not None else ""}"""
+        if limit is not None:
+            values.append(limit)
+        return [
+            RankRow(
+                layer=r["layer"],
+                neuron=r["neuron"],
+                score=r["score"],
+                label=r["text"],
+                source=r["source"],
+                status=r["status"],
+                max=r["max"],
+                density=r["density"],
+            )
+            for r in self.db.query(sql, values)
         ]
 
     # --- LLM response cache -------------------------------------------------------------------
