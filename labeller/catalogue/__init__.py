@@ -160,6 +160,8 @@ class Catalogue:
         db = Database(conn)
         db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         db.execute("PRAGMA foreign_keys = ON")
+        # Safe with WAL: a crash loses nothing committed; only power loss can drop the last few.
+        db.execute("PRAGMA synchronous = NORMAL")
         if not exists or migrations.pending(db):
             # Upgrading an older catalogue is a write that read commands do too: each migration
             # is atomic, so an interrupted upgrade leaves the previous schema intact.

@@ -90,10 +90,24 @@ async def explain_neurons(
         if explainer == BASELINE:
             texts = [baseline.explain_baseline(windows)]
         else:
+            from labeller.llm.client import LLMCallError
+
             assert client is not None
-            found = await explain(
-                client, explainer, windows, candidates=candidates, temperature=temperature
-            )
+            try:
+                found = await explain(
+                    client, explainer, windows, candidates=candidates, temperature=temperature
+                )
+            except LLMCallError as exc:
+                report.failed += 1
+                catalogue.record_failure(
+                    ref.id,
+                    stage="explain",
+                    producer_model=explainer,
+                    prompt_version=version,
+                    error=str(exc),
+                    raw="",
+                )
+                return
             texts = []
             for candidate in found:
                 if candidate.text is None:

@@ -1,0 +1,422 @@
+"""Async client for OpenAI-compatible chat completions: bounded, retried, cached, accounted.
+
+Works with OpenAI, vLLM, Ollama, llama.cpp server and OpenRouter through the `openai` package.
+The package's own retries are off (`max_retries=0`) so that one place decides: 429, 5xx, timeouts,
+dropped connections and unparsable bodies are retried with exponential backoff and jitter, and a
+Retry-After header wins (and pauses every request, since the limit is shared). Successful replies
+are cached by the full request, so a re-run never pays twice.
+
+The API key is read from `OPENAI_API_KEY` here and kept out of every message this module makes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import hashlib
+import json
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import openai
+from pydantic import ValidationError
+
+from labeller.errors import UserError
+from labeller.llm.config import LLMConfig
+from labeller.records import ChatRequest, ChatResponse, TokenLogprob, TopLogprob
+
+log = logging.getLogger(__name__)
+
+# The openai package refuses to start without a key; local servers (vLLM, Ollama, llama.cpp) do
+# not need one.
+NO_KEY = "not-needed"
+# Never sleep longer than this on a server's say-so, whatever its Retry-After claims.
+MAX_RETRY_AFTER_S = 300.0
+# Error bodies end up in messages; keep them to one readable line.
+MAX_DETAIL_CHARS = 200
+
+
+class ResponseCache(Protocol):
+    """Where replies are kept between runs (the catalogue's llm_cache table satisfies it)."""
+
+    def cached_response(self, key: str) -> str | None: ...
+
+    def cache_response(self, key: str, request: str, response: str) -> None: ...
+
+
+class LLMCallError(Exception):
+    """A request that failed for good: not retryable, or out of retries. One-line message."""
+
+    def __init__(self, message: str, *, attempts: int, status: int | None = None) -> None:
+        super().__init__(message)
+        self.attempts = attempts
+        self.status = status
+
+
+class LogprobsUnsupported(LLMCallError):
+    """The endpoint refused a logprobs request; the simulator falls back to the reprint prompt."""
+
+
+class _Retryable(Exception):
+    """One failed attempt worth another try (internal)."""
+
+    def __init__(self, detail: str, *, status: int | None = None, retry_after: float | None = None):
+        super().__init__(detail)
+        self.status = status
+        self.retry_after = retry_after
+
+
+@dataclass
+class LLMStats:
+    """What a run cost: `calls` are requests that went over HTTP, `retries` the extra attempts."""
+
+    calls: int = 0
+    retries: int = 0
+    cache_hits: int = 0
+    failures: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+def canonical_request(request: ChatRequest, base_url: str) -> str:
+    """The exact text the cache key hashes (and the cache row stores): request + endpoint."""
+    return json.dumps(
+        {"base_url": base_url.rstrip("/"), "request": request.model_dump(mode="json")},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+
+
+def request_key(request: ChatRequest, base_url: str) -> str:
+    """sha256 of the canonical request and endpoint; the API key never takes part."""
+    return hashlib.sha256(canonical_request(request, base_url).encode()).hexdigest()
+
+
+def is_openai_host(base_url: str) -> bool:
+    return (urlsplit(base_url).hostname or "").lower() == "api.openai.com"
+
+
+def parse_retry_after(headers: Any) -> float | None:
+    """Seconds from `retry-after-ms` or `Retry-After` (seconds or an HTTP date), if present."""
+    if headers is None:
+        return None
+    millis = headers.get("retry-after-ms")
+    if millis is not None:
+        try:
+            return max(0.0, min(float(millis) / 1000, MAX_RETRY_AFTER_S))
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - time.time()
+    return max(0.0, min(seconds, MAX_RETRY_AFTER_S))
+
+
+def parse_completion(body: str) -> tuple[str, list[TokenLogprob] | None, int, int, str | None]:
+    """(text, logprobs, prompt tokens, completion tokens, model) from a reply body.
+
+    Raises `_Retryable` for bodies that are not a chat completion: truncated or garbled replies
+    happen on busy servers and usually come right on the next try.
+    """
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise _Retryable(f"reply is not valid JSON ({len(body)} bytes)") from None
+    if isinstance(data, dict) and "choices" not in data and data.get("error"):
+        # Some gateways (OpenRouter, proxies) report upstream failures with status 200.
+        error = data["error"]
+        message = error.get("message") if isinstance(error, dict) else error
+        raise _Retryable(f"reply carries an error: {_one_line(str(message))}")
+    try:
+        choice = data["choices"][0]
+        text = choice["message"]["content"]
+        if text is None:
+            text = ""
+        if not isinstance(text, str):
+            raise TypeError("content is not a string")
+        logprobs = _parse_logprobs(choice.get("logprobs"))
+        usage = data.get("usage") or {}
+        prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        completion_tokens = int(usage.get("completion_tokens") or 0)
+        model = data.get("model")
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError, ValidationError) as exc:
+        raise _Retryable(f"reply is not a chat completion ({type(exc).__name__}: {exc})") from None
+    return (
+        text,
+        logprobs,
+        prompt_tokens,
+        completion_tokens,
+        model if isinstance(model, str) else None,
+    )
+
+
+def _parse_logprobs(block: Any) -> list[TokenLogprob] | None:
+    """`choice.logprobs.content` as records; None when the server sent none."""
+    if not block or block.get("content") is None:
+        return None
+    return [
+        TokenLogprob(
+            token=item["token"],
+            logprob=float(item["logprob"]),
+            top_logprobs=[
+                TopLogprob(token=top["token"], logprob=float(top["logprob"]))
+                for top in item.get("top_logprobs") or []
+            ],
+        )
+        for item in block["content"]
+    ]
+
+
+class LLMClient:
+    """Sends chat requests with bounded concurrency; the explainer and simulator receive one.
+
+    Use `async with LLMClient(config, cache) as client:` (or `await client.aclose()`) so that
+    connections close. The HTTP client is bound to the event loop that first uses it; a later
+    `asyncio.run` gets a fresh one.
+    """
+
+    def __init__(self, config: LLMConfig, cache: ResponseCache | None = None) -> None:
+        key = os.environ.get("OPENAI_API_KEY") or None
+        if key is None and is_openai_host(config.base_url):
+            raise UserError("set OPENAI_API_KEY (or OPENAI_BASE_URL / base_url for a local server)")
+        self.config = config
+        self.cache = cache
+        self.stats = LLMStats()
+        self._key = key or NO_KEY
+        self._secrets = [key] if key else []
+        self._logprobs_supported = config.logprobs
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._openai: openai.AsyncOpenAI | None = None
+        self._semaphore: asyncio.Semaphore | None = None
+        self._resume_at = 0.0  # loop time before which no request starts (shared Retry-After)
+
+    def __repr__(self) -> str:
+        return f"LLMClient(base_url={self.config.base_url!r})"
+
+    async def __aenter__(self) -> LLMClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._openai is not None and self._loop is asyncio.get_running_loop():
+            await self._openai.close()
+        self._openai = None
+        self._loop = None
+
+    def _bind(self) -> tuple[openai.AsyncOpenAI, asyncio.Semaphore]:
+        """The HTTP client and semaphore for the running loop (made on first use per loop)."""
+        loop = asyncio.get_running_loop()
+        if self._openai is None or self._semaphore is None or self._loop is not loop:
+            self._loop = loop
+            self._resume_at = 0.0
+            self._semaphore = asyncio.Semaphore(self.config.max_concurrency)
+            self._openai = openai.AsyncOpenAI(
+                api_key=self._key,
+                base_url=self.config.base_url,
+                timeout=self.config.timeout_s,
+                max_retries=0,
+            )
+        return self._openai, self._semaphore
+
+    async def complete(self, request: ChatRequest) -> ChatResponse:
+        """The reply to `request`: from the cache if it was ever answered, else over HTTP.
+
+        Raises `LogprobsUnsupported` when the endpoint refuses logprobs, `LLMCallError` when the
+        request fails for good.
+        """
+        key = request_key(request, self.config.base_url)
+        cached = self._from_cache(key)
+        if cached is not None:
+            self.stats.cache_hits += 1
+            return cached
+        if request.logprobs and self._logprobs_supported is False:
+            raise LogprobsUnsupported(
+                f"{self.config.base_url} does not return logprobs", attempts=0, status=None
+            )
+        client, semaphore = self._bind()
+        self.stats.calls += 1
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                await self._wait_for_resume()
+                async with semaphore:
+                    response = await self._attempt(client, request)
+                break
+            except _Retryable as exc:
+                detail = self._redact(str(exc))
+                if attempts > self.config.max_retries:
+                    self.stats.failures += 1
+                    raise LLMCallError(
+                        f"{request.model} at {self.config.base_url}: {detail} "
+                        f"(gave up after {attempts} attempts)",
+                        attempts=attempts,
+                        status=exc.status,
+                    ) from None
+                delay = self._delay(attempts - 1, exc.retry_after)
+                if exc.retry_after is not None:
+                    self._resume_at = max(self._resume_at, time.monotonic() + delay)
+                self.stats.retries += 1
+                log.info("LLM attempt %d failed (%s); retrying in %.1fs", attempts, detail, delay)
+                await asyncio.sleep(delay)
+            except LLMCallError as exc:
+                exc.attempts = attempts
+                self.stats.failures += 1
+                raise
+        self.stats.prompt_tokens += response.prompt_tokens
+        self.stats.completion_tokens += response.completion_tokens
+        if self.cache is not None:
+            self.cache.cache_response(
+                key, canonical_request(request, self.config.base_url), response.model_dump_json()
+            )
+        return response
+
+    def _from_cache(self, key: str) -> ChatResponse | None:
+        if self.cache is None:
+            return None
+        stored = self.cache.cached_response(key)
+        if stored is None:
+            return None
+        try:
+            return ChatResponse.model_validate_json(stored).model_copy(update={"cached": True})
+        except ValidationError:
+            log.warning("ignoring an unreadable cached LLM reply (key %s)", key[:12])
+            return None
+
+    async def _wait_for_resume(self) -> None:
+        while (wait := self._resume_at - time.monotonic()) > 0:
+            await asyncio.sleep(wait)
+
+    def _delay(self, retry: int, retry_after: float | None) -> float:
+        """Retry-After when the server gave one, else capped exponential backoff with jitter."""
+        if retry_after is not None:
+            return retry_after
+        backoff = min(self.config.backoff_cap_s, self.config.backoff_base_s * 2**retry)
+        return backoff * random.uniform(0.5, 1.5)
+
+    async def _attempt(self, client: openai.AsyncOpenAI, request: ChatRequest) -> ChatResponse:
+        """One HTTP request; failures become `_Retryable` or `LLMCallError`."""
+        kwargs: dict[str, Any] = {
+            "model": request.model,
+            "messages": [m.model_dump() for m in request.messages],
+            "temperature": request.temperature,
+        }
+        if request.max_tokens is not None:
+            kwargs["max_tokens"] = request.max_tokens
+        if request.seed is not None:
+            kwargs["seed"] = request.seed
+        if request.logprobs:
+            kwargs["logprobs"] = True
+            if request.top_logprobs is not None:
+                kwargs["top_logprobs"] = request.top_logprobs
+        try:
+            raw = await client.chat.completions.with_raw_response.create(**kwargs)
+            body = raw.http_response.text
+        except openai.APIStatusError as exc:
+            raise self._status_error(exc, request) from None
+        except openai.APITimeoutError:
+            raise _Retryable(f"no reply within {self.config.timeout_s:g}s") from None
+        except openai.APIConnectionError as exc:
+            cause = exc.__cause__
+            reason = f"{type(cause).__name__}: {cause}" if cause else "connection failed"
+            raise _Retryable(f"connection error ({_one_line(reason)})") from None
+        except openai.OpenAIError as exc:
+            raise LLMCallError(
+                f"{request.model} at {self.config.base_url}: {self._redact(_one_line(str(exc)))}",
+                attempts=1,
+            ) from None
+        text, logprobs, prompt_tokens, completion_tokens, model = parse_completion(body)
+        return ChatResponse(
+            text=text,
+            logprobs=logprobs,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            model=model,
+        )
+
+    def _status_error(self, exc: openai.APIStatusError, request: ChatRequest) -> Exception:
+        status = exc.status_code
+        detail = f"HTTP {status}: {self._redact(_one_line(_error_message(exc)))}"
+        if status == 429 or status >= 500 or status == 408:
+            return _Retryable(
+                detail, status=status, retry_after=parse_retry_after(exc.response.headers)
+            )
+        where = f"{request.model} at {self.config.base_url}"
+        if request.logprobs and status in (400, 422):
+            if "logprob" in detail.lower():
+                self._logprobs_supported = False
+            return LogprobsUnsupported(
+                f"{where} refused a logprobs request ({detail})", attempts=1, status=status
+            )
+        hint = ""
+        if status in (401, 403):
+            hint = "; check OPENAI_API_KEY"
+        elif status == 404:
+            hint = "; check the model name and base_url"
+        return LLMCallError(f"{where}: {detail}{hint}", attempts=1, status=status)
+
+    def _redact(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def summary_line(self) -> str:
+        """The line every run ends with: calls, retries, cache hits, failures, tokens, cost."""
+        s = self.stats
+        line = (
+            f"LLM: {s.calls:,} calls, {s.retries:,} retries, {s.cache_hits:,} cache hits, "
+            f"{s.failures:,} failed, {s.prompt_tokens:,} tokens in / {s.completion_tokens:,} out"
+        )
+        cost = self.cost()
+        if cost is None:
+            return f"{line}, cost unknown (set price_per_million_input/output)"
+        return (
+            f"{line}, cost ${cost:,.2f}"
+            if cost >= 0.01 or cost == 0
+            else f"{line}, cost ${cost:.4f}"
+        )
+
+    def cost(self) -> float | None:
+        """USD spent over HTTP this run (cache hits are free); None without both prices."""
+        price_in = self.config.price_per_million_input
+        price_out = self.config.price_per_million_output
+        if price_in is None or price_out is None:
+            return None
+        s = self.stats
+        return (s.prompt_tokens * price_in + s.completion_tokens * price_out) / 1_000_000
+
+
+def _error_message(exc: openai.APIStatusError) -> str:
+    """The server's own words (OpenAI-style `error.message` or the body), shortened."""
+    body = exc.body
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        message = inner.get("message") if isinstance(inner, dict) else inner
+        if message:
+            return str(message)
+    try:
+        text = exc.response.text
+    except Exception:  # a streamed or closed body: the status says enough
+        text = ""
+    return text or exc.message
+
+
+def _one_line(text: str) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= MAX_DETAIL_CHARS else text[: MAX_DETAIL_CHARS - 1] + "…"

@@ -1,0 +1,348 @@
+"""A real local OpenAI-compatible HTTP server for tests and benchmarks (no monkeypatching).
+
+`FakeOpenAI` serves POST /v1/chat/completions on 127.0.0.1 from a daemon thread. Replies are
+scripted: a `responder` maps each request's JSON to a `Reply` (content, logprobs, status, headers,
+raw or truncated bodies, delay), one-shot failures queue up with `fail_next`, and `latency_s` is
+added to every call. It counts calls and keeps every request, so tests can assert what the client
+really sent (and that a cached re-run sent nothing).
+
+    with FakeOpenAI(latency_s=0.2) as server:
+        config = LLMConfig(base_url=server.base_url)
+
+Run it alone for manual tries: `python tests/llm/fake_openai.py --port 8000 --latency 0.2`;
+GET /_fake/stats returns the counters as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Literal
+
+
+@dataclass
+class Reply:
+    """What the server answers to one request.
+
+    `logprobs`: per-token entries `{"token", "logprob", "top_logprobs": [{"token", "logprob"}]}`
+    (`bytes` is filled in); None makes them up from `content` when the request asks for them.
+    `raw`: send these bytes as the body instead of a completion (malformed JSON).
+    `truncate`: announce the full body but send only this many bytes, then drop the connection.
+    """
+
+    content: str = "fake reply"
+    logprobs: list[dict[str, Any]] | None = None
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    raw: bytes | None = None
+    truncate: int | None = None
+    delay: float = 0.0
+    finish_reason: str = "stop"
+    error: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+Responder = Callable[[dict[str, Any]], Reply]
+
+
+def echo_responder(request: dict[str, Any]) -> Reply:
+    """The default: a fixed reply naming the last message's length, so prompts stay distinct."""
+    messages = request.get("messages") or [{}]
+    return Reply(content=f"fake reply to {len(str(messages[-1].get('content', '')))} chars")
+
+
+def approx_tokens(text: str) -> int:
+    return max(1, len(text) // 4)
+
+
+def made_up_logprobs(content: str, top: int) -> list[dict[str, Any]]:
+    """Word-ish tokens with near-certain logprobs and `top` alternatives each."""
+    tokens = re.findall(r"\s*\S+", content) or ([content] if content else [])
+    entries = []
+    for token in tokens:
+        alternatives = [{"token": token, "logprob": -0.01}]
+        alternatives += [{"token": f"alt{i}", "logprob": -5.0 - i} for i in range(1, top)]
+        entries.append({"token": token, "logprob": -0.01, "top_logprobs": alternatives[:top]})
+    return entries
+
+
+def with_bytes(entry: dict[str, Any]) -> dict[str, Any]:
+    """Add OpenAI's `bytes` field to a logprob entry and its alternatives."""
+    out = {"bytes": list(entry["token"].encode()), **entry}
+    out["top_logprobs"] = [
+        {"bytes": list(top["token"].encode()), **top} for top in entry.get("top_logprobs", [])
+    ]
+    return out
+
+
+class FakeOpenAI:
+    """A scripted OpenAI-compatible server on 127.0.0.1 (port 0 picks a free port).
+
+    `logprobs`: True answers logprobs requests; False answers them 400 (endpoints without
+    logprobs); "ignore" answers 200 without them (endpoints that drop unknown fields).
+    """
+
+    def __init__(
+        self,
+        responder: Responder | None = None,
+        *,
+        latency_s: float = 0.0,
+        logprobs: bool | Literal["ignore"] = True,
+        model: str = "fake-model",
+        port: int = 0,
+    ) -> None:
+        self.responder: Responder = responder or echo_responder
+        self.latency_s = latency_s
+        self.logprobs = logprobs
+        self.model = model
+        self._port = port
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._scripted: deque[Reply] = deque()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self.calls = 0
+        self.requests: list[dict[str, Any]] = []
+        self.authorizations: list[str] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.errors: list[str] = []
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> FakeOpenAI:
+        self._stopping.clear()
+        server = _Server(("127.0.0.1", self._port), _Handler)
+        server.fake = self
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, args=(0.02,), daemon=True, name="fake-openai"
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> FakeOpenAI:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "server not started"
+        return int(self._server.server_address[1])
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    # --- scripting ------------------------------------------------------------------------
+
+    def fail_next(self, reply: Reply | None = None, **fields: Any) -> None:
+        """Queue a one-shot reply, used before the responder (e.g. `fail_next(status=429)`)."""
+        with self._lock:
+            self._scripted.append(reply if reply is not None else Reply(**fields))
+
+    def reset(self) -> None:
+        with self._lock:
+            self._scripted.clear()
+            self.calls = 0
+            self.requests.clear()
+            self.authorizations.clear()
+            self.max_in_flight = 0
+            self.errors.clear()
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "calls": self.calls,
+                "in_flight": self.in_flight,
+                "max_in_flight": self.max_in_flight,
+                "errors": list(self.errors),
+            }
+
+    # --- serving (handler threads) ----------------------------------------------------------
+
+    def _enter(self, request: dict[str, Any], authorization: str) -> Reply | None:
+        with self._lock:
+            self.calls += 1
+            self.requests.append(request)
+            self.authorizations.append(authorization)
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            return self._scripted.popleft() if self._scripted else None
+
+    def _leave(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
+
+    def _sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            self._stopping.wait(seconds)
+
+    def _answer(self, request: dict[str, Any], scripted: Reply | None) -> tuple[Reply, bytes]:
+        """The reply to send and its full body."""
+        wants_logprobs = bool(request.get("logprobs"))
+        if scripted is None and wants_logprobs and self.logprobs is False:
+            scripted = Reply(status=400, error="logprobs are not supported by this endpoint")
+        if scripted is not None:
+            reply = scripted
+        else:
+            try:
+                reply = self.responder(request)
+            except Exception as exc:  # a broken test responder must show, not hang the client
+                with self._lock:
+                    self.errors.append(repr(exc))
+                reply = Reply(status=500, error=f"responder failed: {exc!r}")
+        if reply.raw is not None:
+            return reply, reply.raw
+        if reply.status >= 400:
+            error = {
+                "message": reply.error or f"fake error {reply.status}",
+                "type": "invalid_request_error" if reply.status < 500 else "server_error",
+                "param": None,
+                "code": None,
+            }
+            return reply, json.dumps({"error": error}).encode()
+        return reply, json.dumps(self._completion(request, reply, wants_logprobs)).encode()
+
+    def _completion(
+        self, request: dict[str, Any], reply: Reply, wants_logprobs: bool
+    ) -> dict[str, Any]:
+        prompt = "".join(str(m.get("content", "")) for m in request.get("messages", []))
+        prompt_tokens = reply.prompt_tokens or approx_tokens(prompt)
+        completion_tokens = reply.completion_tokens or approx_tokens(reply.content)
+        choice: dict[str, Any] = {
+            "index": 0,
+            "message": {"role": "assistant", "content": reply.content, "refusal": None},
+            "finish_reason": reply.finish_reason,
+            "logprobs": None,
+        }
+        if wants_logprobs and self.logprobs is True:
+            top = int(request.get("top_logprobs") or 0)
+            entries = reply.logprobs
+            if entries is None:
+                entries = made_up_logprobs(reply.content, top)
+            choice["logprobs"] = {"content": [with_bytes(e) for e in entries], "refusal": None}
+        return {
+            "id": f"chatcmpl-fake-{self.calls}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": request.get("model") or self.model,
+            "choices": [choice],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    request_queue_size = 256  # the default 5 drops connections when 32 clients open at once
+    fake: FakeOpenAI
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Clients that time out and hang up are part of the script; stay quiet."""
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as real endpoints do
+    # Headers and body go out in separate writes; with Nagle on, the body waits for the client's
+    # delayed ACK (~40 ms on Linux), which real servers (uvicorn, nginx) avoid with TCP_NODELAY.
+    disable_nagle_algorithm = True
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """No access log on stderr."""
+
+    def do_GET(self) -> None:
+        fake = self.server.fake
+        if self.path.rstrip("/") == "/_fake/stats":
+            self._send(200, json.dumps(fake.stats()).encode())
+        elif self.path.rstrip("/") == "/v1/models":
+            body = {"object": "list", "data": [{"id": fake.model, "object": "model"}]}
+            self._send(200, json.dumps(body).encode())
+        else:
+            self._send(404, b'{"error": {"message": "not found"}}')
+
+    def do_POST(self) -> None:
+        fake = self.server.fake
+        length = int(self.headers.get("Content-Length") or 0)
+        data = self.rfile.read(length)
+        if self.path.rstrip("/") != "/v1/chat/completions":
+            self._send(404, b'{"error": {"message": "not found"}}')
+            return
+        try:
+            request = json.loads(data)
+        except ValueError:
+            self._send(400, b'{"error": {"message": "request body is not JSON"}}')
+            return
+        scripted = fake._enter(request, self.headers.get("Authorization", ""))
+        try:
+            reply, body = fake._answer(request, scripted)
+            fake._sleep(fake.latency_s + reply.delay)
+            self._send(reply.status, body, reply.headers, reply.truncate)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the client timed out and left
+        finally:
+            fake._leave()
+
+    def _send(
+        self,
+        status: int,
+        body: bytes,
+        headers: dict[str, str] | None = None,
+        truncate: int | None = None,
+    ) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if truncate is None:
+            self.wfile.write(body)
+            return
+        self.wfile.write(body[:truncate])
+        self.wfile.flush()
+        self.close_connection = True
+        self.connection.shutdown(socket.SHUT_RDWR)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every call")
+    parser.add_argument("--no-logprobs", action="store_true", help="answer logprobs requests 400")
+    args = parser.parse_args()
+    server = FakeOpenAI(
+        latency_s=args.latency, logprobs=not args.no_logprobs, port=args.port
+    ).start()
+    print(f"serving {server.base_url}", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
