@@ -7,7 +7,7 @@ and the next run skips it (unless `force`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from labeller.catalogue import Catalogue, NeuronRef
@@ -20,7 +20,7 @@ from labeller.explain.simulator import simulate_window, simulator_request
 from labeller.records import ChatRequest, Example, Explanation, Score, Split
 
 BASELINE = "baseline"
-CHUNK = 64
+NEURON_WORKERS = 64
 METHODS = ("top_and_random", "top_only", "random_only")
 
 Windows = list[tuple[list[str], list[float]]]
@@ -49,18 +49,25 @@ def scored_windows(
     return [e for e in (*top, *random) if e.split is split]
 
 
-async def _in_chunks(
+async def _for_each(
     refs: Sequence[NeuronRef],
-    work: Callable[[NeuronRef], object],
+    work: Callable[[NeuronRef], Awaitable[None]],
     on_progress: Callable[[int], None] | None,
 ) -> None:
+    """A fixed pool of neuron workers: enough in flight to keep the LLM client's concurrency
+    busy, without one coroutine per neuron for 300,000 neurons."""
+    pending = iter(refs)
     done = 0
-    for start in range(0, len(refs), CHUNK):
-        chunk = refs[start : start + CHUNK]
-        await asyncio.gather(*(work(ref) for ref in chunk))  # type: ignore[misc]
-        done += len(chunk)
-        if on_progress:
-            on_progress(done)
+
+    async def worker() -> None:
+        nonlocal done
+        for ref in pending:
+            await work(ref)
+            done += 1
+            if on_progress:
+                on_progress(done)
+
+    await asyncio.gather(*(worker() for _ in range(min(NEURON_WORKERS, len(refs)))))
 
 
 async def explain_neurons(
@@ -132,7 +139,7 @@ async def explain_neurons(
             )
             report.written += added is not None
 
-    await _in_chunks(refs, one, on_progress)
+    await _for_each(refs, one, on_progress)
     return report
 
 
@@ -181,7 +188,7 @@ async def score_neurons(
             for source in {e.source for e in explanations}:
                 catalogue.mark_best(ref.id, source, "top_and_random", split)
 
-    await _in_chunks(refs, one, on_progress)
+    await _for_each(refs, one, on_progress)
     return report
 
 

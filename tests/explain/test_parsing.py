@@ -26,8 +26,10 @@ def reply_lines(values: list[int], tokens: list[str] = TOKENS) -> str:
     [
         (" return keywords in Python.", "return keywords in Python."),
         ("the main thing this neuron does is find commas in lists", "commas in lists"),
-        ("Explanation of neuron 3 behavior: the main thing this neuron does is find dates.\nmore",
-         "dates."),
+        (
+            "Explanation of neuron 3 behavior: the main thing this neuron does is find dates.\nmore",
+            "dates.",
+        ),
     ],
 )
 def test_explanations_parse(reply, expected):
@@ -73,7 +75,9 @@ def logprob_tokens(text: str, distributions: dict[int, dict[str, float]]) -> lis
             TokenLogprob(
                 token=piece,
                 logprob=0.0,
-                top_logprobs=[TopLogprob(token=t, logprob=math.log(p)) for t, p in alternatives.items()],
+                top_logprobs=[
+                    TopLogprob(token=t, logprob=math.log(p)) for t, p in alternatives.items()
+                ],
             )
         )
         i = j

@@ -12,7 +12,10 @@ from labeller.explain.simulator import simulator_request
 GOLDEN = Path(__file__).parent / "golden"
 
 WINDOWS = [
-    (["def", " add", "(", "a", "):", "\n", "    ", "return", " a"], [0.0, 0.1, 0, 0, 0, 0, 0, 2.4, 0.3]),
+    (
+        ["def", " add", "(", "a", "):", "\n", "    ", "return", " a"],
+        [0.0, 0.1, 0, 0, 0, 0, 0, 2.4, 0.3],
+    ),
     ([" if", " x", ":", "\n", "\t", "return", " None"], [0, 0, 0, -0.2, 0, 3.0, 0.5]),
 ]
 

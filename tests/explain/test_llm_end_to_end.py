@@ -1,0 +1,280 @@
+"""explain and score with a model name, end to end against a real local OpenAI-compatible
+server: what the prompts contain, what is stored, what is refused."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import scan_params
+from fake_openai import FakeOpenAI, Reply
+
+from labeller.catalogue import Catalogue
+from labeller.cli import cli
+from labeller.scan.runner import run_scan
+
+MODEL = "fake-model"
+RECORD = re.compile(r"<start>\n(.*?)\n<end>", re.S)
+
+
+def is_explainer(request: dict) -> bool:
+    return "summarize in a single sentence" in request["messages"][0]["content"]
+
+
+def last_records(request: dict) -> list[list[str]]:
+    """Token lines of the final user message's records (before any zero-filtered repeat)."""
+    text = request["messages"][-1]["content"].split("Same activations, but")[0]
+    return [
+        [line.rsplit("\t", 1)[0] for line in block.split("\n")] for block in RECORD.findall(text)
+    ]
+
+
+def simulation_reply(tokens: list[str], drop_last: bool = False) -> Reply:
+    lines = [(t, 10 if "return" in t else 0) for t in tokens]
+    if drop_last:
+        lines = lines[:-1]
+    content = "<start>\n" + "".join(f"{t}\t{v}\n" for t, v in lines) + "<end>"
+    logprobs = [{"token": "<start>\n", "logprob": 0.0, "top_logprobs": []}]
+    for token, value in lines:
+        logprobs.append({"token": f"{token}\t", "logprob": 0.0, "top_logprobs": []})
+        alternatives = [
+            {"token": str(value), "logprob": math.log(0.8)},
+            {"token": "5", "logprob": math.log(0.2)},
+        ]
+        logprobs.append(
+            {"token": str(value), "logprob": math.log(0.8), "top_logprobs": alternatives}
+        )
+        logprobs.append({"token": "\n", "logprob": 0.0, "top_logprobs": []})
+    logprobs.append({"token": "<end>", "logprob": 0.0, "top_logprobs": []})
+    return Reply(content=content, logprobs=logprobs)
+
+
+def responder(request: dict) -> Reply:
+    if is_explainer(request):
+        return Reply(content=' the "return" keyword in Python code.')
+    (tokens,) = last_records(request)
+    return simulation_reply(tokens)
+
+
+@pytest.fixture()
+def db(tmp_path, tiny_model, tiny_model_dir, tiny_corpus) -> Path:
+    path = tmp_path / "c.db"
+    with Catalogue.open(path, create=True) as catalogue:
+        run_scan(
+            catalogue,
+            tiny_model,
+            scan_params(tiny_model_dir, tiny_corpus, top_k=8, random=6),
+            batch_size=8,
+        )
+    return path
+
+
+def run(*args: object, env: dict | None = None, ok: bool = True):
+    result = CliRunner().invoke(cli, [str(a) for a in args], env=env)
+    if ok:
+        assert result.exit_code == 0, (result.output, result.stderr, result.exception)
+    return result
+
+
+def llm_config(tmp_path: Path, server: FakeOpenAI) -> Path:
+    path = tmp_path / "llm.toml"
+    path.write_text(
+        f'[llm]\nbase_url = "{server.base_url}"\nmax_concurrency = 4\ntimeout_s = 5\n'
+        "backoff_base_s = 0.01\nbackoff_cap_s = 0.05\nmax_retries = 2\n"
+        "price_per_million_input = 0.15\nprice_per_million_output = 0.6\n"
+    )
+    return path
+
+
+def test_explain_and_score_with_a_model(db, tmp_path):
+    with FakeOpenAI(responder) as server:
+        config = llm_config(tmp_path, server)
+        env = {"OPENAI_API_KEY": None}
+        out = run(
+            "explain",
+            "--db",
+            db,
+            "--explainer",
+            MODEL,
+            "--llm-config",
+            config,
+            "--layer",
+            "1",
+            "--neurons",
+            "0-3",
+            "--candidates",
+            "2",
+            env=env,
+        ).output
+        assert "explain: 4 neurons, 4 labels written" in out  # 2 samples, same text: one label
+        assert re.search(r"LLM: 8 calls, .* cost \$0\.\d+", out)
+        out = run(
+            "score",
+            "--db",
+            db,
+            "--simulator",
+            MODEL,
+            "--llm-config",
+            config,
+            "--layer",
+            "1",
+            "--neurons",
+            "0-3",
+            env=env,
+        ).output
+        assert "score: 4 neurons, 4 labels scored" in out
+        assert re.search(r"LLM: \d+ calls, .* cost \$", out)
+        calls = server.calls
+
+        view = json.loads(
+            run("show", "--db", db, "--layer", "1", "--neuron", "2", "--format", "json").output
+        )
+        (explanation,) = view["explanations"]
+        assert explanation["text"] == 'the "return" keyword in Python code.'
+        assert explanation["source"] == MODEL and explanation["best"] is True
+        assert explanation["prompt_version"] == "explainer-v1"
+        scores = {s["method"]: s for s in explanation["scores"]}
+        assert set(scores) == {"top_and_random", "top_only", "random_only"}
+        primary = scores["top_and_random"]
+        assert primary["split"] == "valid" and primary["simulator"] == MODEL
+        windows = primary["details"]["windows"]
+        valid = [e for e in view["top_examples"] + view["random_examples"] if e["split"] == "valid"]
+        assert [w["true"] for w in windows] == [e["activations"] for e in valid]
+        for window in windows:  # expected value 0.8 * v + 0.2 * 5 from the logprobs
+            assert all(s in (1.0, 9.0) for s in window["simulated"])
+
+        # What the prompts held: train windows to the explainer, valid ones to the simulator.
+        train = [
+            [t.replace("\n", "⏎").replace("\t", "⇥") for t in e["tokens"]]
+            for e in view["top_examples"]
+            if e["split"] == "train"
+        ]
+        held_out = [[t.replace("\n", "⏎").replace("\t", "⇥") for t in e["tokens"]] for e in valid]
+        neuron_requests = [
+            r for r in server.requests if any(block in train for block in last_records(r))
+        ]
+        explainer_windows = [b for r in neuron_requests if is_explainer(r) for b in last_records(r)]
+        assert sorted(map(tuple, explainer_windows)) == sorted(map(tuple, train * 2))
+        simulated = [b for r in server.requests if not is_explainer(r) for b in last_records(r)]
+        assert all(window in simulated for window in held_out)
+        assert not any(window in train for window in simulated)
+
+        # A rerun pays nothing: everything comes from the catalogue's response cache.
+        out = run(
+            "score",
+            "--db",
+            db,
+            "--simulator",
+            MODEL,
+            "--llm-config",
+            config,
+            "--layer",
+            "1",
+            "--neurons",
+            "0-3",
+            "--force",
+            env=env,
+        ).output
+        assert server.calls == calls
+        assert "LLM: 0 calls" in out
+
+
+def test_misaligned_simulations_and_bad_explanations_are_recorded_not_stored(db, tmp_path):
+    def broken(request: dict) -> Reply:
+        if is_explainer(request):
+            return Reply(content="<start>\nthe\t3\n<end>")  # repeats records: unusable
+        (tokens,) = last_records(request)
+        return simulation_reply(tokens, drop_last=True)
+
+    with FakeOpenAI(broken) as server:
+        config = llm_config(tmp_path, server)
+        out = run(
+            "explain",
+            "--db",
+            db,
+            "--explainer",
+            MODEL,
+            "--llm-config",
+            config,
+            "--layer",
+            "0",
+            "--neurons",
+            "1",
+        ).output
+        assert "1 failed" in out and "0 labels written" in out
+        assert server.calls == 3  # retried with fresh samples, then given up
+        run("explain", "--db", db, "--layer", "0", "--neurons", "1")  # the baseline's label
+        out = run(
+            "score",
+            "--db",
+            db,
+            "--simulator",
+            MODEL,
+            "--llm-config",
+            config,
+            "--layer",
+            "0",
+            "--neurons",
+            "1",
+        ).output
+        assert "1 failed" in out
+    with Catalogue.open(db) as catalogue:
+        ref = catalogue.neuron_ref(None, 0, 1)
+        (explanation,) = catalogue.explanations_of(ref.id)
+        assert explanation.source == "baseline"
+        assert [s for s in explanation.scores if s.simulator == MODEL] == []
+        failures = catalogue.failures(ref.id)
+        stages = sorted({f["stage"] for f in failures})
+        assert stages == ["explain", "simulate"]
+        assert any("token lines" in f["error"] for f in failures if f["stage"] == "simulate")
+        assert any("<start>" in f["raw"] for f in failures if f["stage"] == "explain")
+
+
+def test_dry_run_prints_a_prompt_and_counts_without_calling(db, tmp_path):
+    with FakeOpenAI(responder) as server:
+        config = llm_config(tmp_path, server)
+        out = run(
+            "explain",
+            "--db",
+            db,
+            "--explainer",
+            MODEL,
+            "--llm-config",
+            config,
+            "--layer",
+            "1",
+            "--candidates",
+            "3",
+            "--dry-run",
+        ).output
+        assert "--- system" in out and "Explanation of neuron 3 behavior" in out
+        assert "explain: 48 neurons, 144 calls, about" in out
+        assert server.calls == 0
+
+
+def test_logprob_free_endpoint_falls_back_to_written_values(db, tmp_path):
+    with FakeOpenAI(responder, logprobs=False) as server:
+        config = llm_config(tmp_path, server)
+        run("explain", "--db", db, "--layer", "1", "--neurons", "5")
+        run(
+            "score",
+            "--db",
+            db,
+            "--simulator",
+            MODEL,
+            "--llm-config",
+            config,
+            "--layer",
+            "1",
+            "--neurons",
+            "5",
+        )
+    with Catalogue.open(db) as catalogue:
+        (explanation,) = catalogue.explanations_of(catalogue.neuron_ref(None, 1, 5).id)
+        (primary,) = [s for s in explanation.scores if s.method == "top_and_random"]
+        for window in primary.details["windows"]:
+            assert set(window["simulated"]) <= {0.0, 10.0}
