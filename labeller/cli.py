@@ -716,6 +716,19 @@ def default_annotator() -> str:
 @click.option("--accept", "status", flag_value="accepted", default=None)
 @click.option("--reject", "status", flag_value="rejected")
 @click.option("--needs-review", "status", flag_value="needs_review")
+@click.option(
+    "--confirm",
+    "review",
+    flag_value="confirm",
+    default=None,
+    help="Review: agree with an accepted label.",
+)
+@click.option(
+    "--dispute",
+    "review",
+    flag_value="dispute",
+    help="Review: disagree; the label goes to needs_review.",
+)
 @click.option("--undo", is_flag=True, help="Revert your latest change to this neuron.")
 @click.option("--annotator", default=None, help="Default: git user.name, else $USER.")
 @click.option(
@@ -733,6 +746,7 @@ def label(
     text: str | None,
     explanation_id: int | None,
     status: str | None,
+    review: str | None,
     undo: bool,
     annotator: str | None,
     expect_version: int | None,
@@ -744,13 +758,18 @@ def label(
     Example:
       labeller label --layer 0 --neuron 5 --text 'fires on "def" at line starts' --accept
       labeller label --layer 0 --neuron 5 --explanation 12 --reject --annotator alice
+      labeller label --layer 0 --neuron 5 --explanation 12 --confirm --annotator bob
     """
     from labeller.records import LabelStatus
 
     if sum(x is not None and x is not False for x in (text, explanation_id, undo or None)) != 1:
         raise UserError("give exactly one of --text, --explanation or --undo")
-    if explanation_id is not None and status is None:
-        raise UserError("with --explanation, say --accept, --reject or --needs-review")
+    if explanation_id is not None and status is None and review is None:
+        raise UserError(
+            "with --explanation, say --accept, --reject, --needs-review, --confirm or --dispute"
+        )
+    if review is not None and explanation_id is None:
+        raise UserError("--confirm and --dispute review an existing label: add --explanation ID")
     who = annotator or default_annotator()
     with Catalogue.open(db_path) as catalogue:
         ref = catalogue.neuron_ref(model_name, layer, neuron)
@@ -764,6 +783,7 @@ def label(
                 explanation_id=explanation_id,
                 text=text,
                 status=None if status is None else LabelStatus(status),
+                review=review,
             )
         version = catalogue.label_version(ref.id)
     if output_format == "json":
@@ -899,6 +919,68 @@ def rank(
             r.status or "unlabelled",
         )
     Console().print(table)
+
+
+@cli.command()
+@db_option
+@click.option(
+    "--model", "model_name", default=None, help="Needed when the catalogue holds several."
+)
+@format_option
+def agreement(db_path: Path | None, model_name: str | None, output_format: str) -> None:
+    """Per annotator: labels written, accepted, rejected, reviewed; and pairwise agreement on
+    the neurons both judged.
+
+    \b
+    Example:
+      labeller agreement --db shared.db
+    """
+    from labeller.review import agreement as compute
+
+    with Catalogue.open(db_path) as catalogue:
+        counts, pairs = compute(catalogue.judgements(model_name))
+    if output_format == "json":
+        click.echo(
+            json.dumps(
+                {
+                    "annotators": [c.model_dump() for c in counts],
+                    "pairs": [{**p.model_dump(), "rate": p.rate} for p in pairs],
+                },
+                indent=2,
+            )
+        )
+        return
+    table = Table("annotator", "written", "accepted", "rejected", "reviewed")
+    for c in counts:
+        table.add_row(
+            Text(c.annotator), str(c.written), str(c.accepted), str(c.rejected), str(c.reviewed)
+        )
+    console = Console()
+    console.print(table)
+    if not pairs:
+        console.print("no two annotators have judged the same neuron yet")
+    for p in pairs:
+        rate = "n/a" if p.rate is None else f"{100 * p.rate:.0f}%"
+        console.print(
+            f"{p.first} & {p.second}: agree on {p.agreed} of {p.both_judged} "
+            f"neurons both judged ({rate})",
+            markup=False,
+        )
+
+
+@cli.command()
+@db_option
+@click.argument("destination", type=click.Path(path_type=Path, dir_okay=False))
+def backup(db_path: Path | None, destination: Path) -> None:
+    """Copy the catalogue consistently, even while others are writing to it.
+
+    \b
+    Example:
+      labeller backup backups/catalogue-2026-11-25.db
+    """
+    with Catalogue.open(db_path) as catalogue:
+        catalogue.backup(destination)
+    click.echo(f"backed up {catalogue.path} to {destination}")
 
 
 @cli.command("train-demo")

@@ -739,8 +739,12 @@ class Catalogue:
         explanation_id: int | None = None,
         text: str | None = None,
         status: LabelStatus | None = None,
+        review: str | None = None,
     ) -> list[HistoryEntry]:
-        """Write a new label, or change an existing one's status, refusing a stale view.
+        """Write a new label, change a label's status, or review it, refusing a stale view.
+
+        `review="confirm"` records agreement with an accepted label without changing it;
+        `review="dispute"` records disagreement and sends the label to needs_review.
 
         Accepting a label demotes the neuron's previously accepted label to proposed, so a
         neuron has at most one accepted label.
@@ -792,6 +796,23 @@ class Catalogue:
             if row is None or row[0] != ref.id:
                 raise UserError(
                     f"explanation {explanation_id} is not a label of neuron {ref.layer}.{ref.neuron}"
+                )
+            if review is not None:
+                before = self._label_state(explanation_id)
+                if before.status is not LabelStatus.ACCEPTED:
+                    raise UserError(
+                        f"only an accepted label can be confirmed or disputed; #{explanation_id} "
+                        f"is {before.status.value}"
+                    )
+                if review == "dispute":
+                    self.db["explanations"].update(
+                        explanation_id,
+                        {"status": LabelStatus.NEEDS_REVIEW.value, "updated_at": now},
+                    )
+                entries.append(
+                    self._append_history(
+                        ref.id, review, before, self._label_state(explanation_id), annotator, now
+                    )
                 )
             if status is not None:
                 if status is LabelStatus.ACCEPTED:
@@ -904,6 +925,26 @@ class Catalogue:
                 "select * from label_history where neuron_id = ? order by id", [ref.id]
             )
         ]
+
+    def judgements(self, model_name: str | None) -> list[dict[str, Any]]:
+        """Every verdict people gave, oldest first: for review statistics."""
+        model = self.resolve_model(model_name)
+        return list(
+            self.db.query(
+                """select h.annotator, h.neuron_id, h.explanation_id, h.action from label_history h
+                join neurons n on n.id = h.neuron_id join models m on m.id = n.model_id
+                where m.name = ? order by h.id""",
+                [model.name],
+            )
+        )
+
+    def backup(self, destination: Path) -> None:
+        """A consistent copy while others write (SQLite's online backup API)."""
+        if destination.exists():
+            raise UserError(f"{destination} exists; choose a new backup path")
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        with closing(sqlite3.connect(destination)) as target:
+            self.db.conn.backup(target)
 
     # --- ranking ----------------------------------------------------------------------------
 

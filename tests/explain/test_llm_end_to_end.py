@@ -4,60 +4,29 @@ server: what the prompts contain, what is stored, what is refused."""
 from __future__ import annotations
 
 import json
-import math
 import re
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from conftest import scan_params
-from fake_openai import FakeOpenAI, Reply
+from fake_openai import (
+    FakeOpenAI,
+    Reply,
+    is_explainer_request,
+    neuron_responder,
+    prompt_records,
+    simulation_reply,
+)
 
 from labeller.catalogue import Catalogue
 from labeller.cli import cli
 from labeller.scan.runner import run_scan
 
 MODEL = "fake-model"
-RECORD = re.compile(r"<start>\n(.*?)\n<end>", re.S)
-
-
-def is_explainer(request: dict) -> bool:
-    return "summarize in a single sentence" in request["messages"][0]["content"]
-
-
-def last_records(request: dict) -> list[list[str]]:
-    """Token lines of the final user message's records (before any zero-filtered repeat)."""
-    text = request["messages"][-1]["content"].split("Same activations, but")[0]
-    return [
-        [line.rsplit("\t", 1)[0] for line in block.split("\n")] for block in RECORD.findall(text)
-    ]
-
-
-def simulation_reply(tokens: list[str], drop_last: bool = False) -> Reply:
-    lines = [(t, 10 if "return" in t else 0) for t in tokens]
-    if drop_last:
-        lines = lines[:-1]
-    content = "<start>\n" + "".join(f"{t}\t{v}\n" for t, v in lines) + "<end>"
-    logprobs = [{"token": "<start>\n", "logprob": 0.0, "top_logprobs": []}]
-    for token, value in lines:
-        logprobs.append({"token": f"{token}\t", "logprob": 0.0, "top_logprobs": []})
-        alternatives = [
-            {"token": str(value), "logprob": math.log(0.8)},
-            {"token": "5", "logprob": math.log(0.2)},
-        ]
-        logprobs.append(
-            {"token": str(value), "logprob": math.log(0.8), "top_logprobs": alternatives}
-        )
-        logprobs.append({"token": "\n", "logprob": 0.0, "top_logprobs": []})
-    logprobs.append({"token": "<end>", "logprob": 0.0, "top_logprobs": []})
-    return Reply(content=content, logprobs=logprobs)
-
-
-def responder(request: dict) -> Reply:
-    if is_explainer(request):
-        return Reply(content=' the "return" keyword in Python code.')
-    (tokens,) = last_records(request)
-    return simulation_reply(tokens)
+is_explainer = is_explainer_request
+last_records = prompt_records
+responder = neuron_responder
 
 
 @pytest.fixture()

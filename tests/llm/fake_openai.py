@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import socket
 import threading
@@ -58,6 +59,52 @@ def echo_responder(request: dict[str, Any]) -> Reply:
     """The default: a fixed reply naming the last message's length, so prompts stay distinct."""
     messages = request.get("messages") or [{}]
     return Reply(content=f"fake reply to {len(str(messages[-1].get('content', '')))} chars")
+
+
+RECORD = re.compile(r"<start>\n(.*?)\n<end>", re.S)
+NEURON_EXPLANATION = ' the "return" keyword in Python code.'
+
+
+def is_explainer_request(request: dict[str, Any]) -> bool:
+    return "summarize in a single sentence" in request["messages"][0]["content"]
+
+
+def prompt_records(request: dict[str, Any]) -> list[list[str]]:
+    """Token columns of the final user message's records (before any zero-filtered repeat)."""
+    text = request["messages"][-1]["content"].split("Same activations, but")[0]
+    return [
+        [line.rsplit("\t", 1)[0] for line in block.split("\n")] for block in RECORD.findall(text)
+    ]
+
+
+def simulation_reply(tokens: list[str], drop_last: bool = False) -> Reply:
+    """A well-formed simulator reply (10 on tokens containing "return"), with logprobs that put
+    0.8 on the written value and 0.2 on "5" at each value position."""
+    lines = [(t, 10 if "return" in t else 0) for t in tokens]
+    if drop_last:
+        lines = lines[:-1]
+    content = "<start>\n" + "".join(f"{t}\t{v}\n" for t, v in lines) + "<end>"
+    logprobs: list[dict[str, Any]] = [{"token": "<start>\n", "logprob": 0.0, "top_logprobs": []}]
+    for token, value in lines:
+        alternatives = [
+            {"token": str(value), "logprob": math.log(0.8)},
+            {"token": "5", "logprob": math.log(0.2)},
+        ]
+        logprobs += [
+            {"token": f"{token}\t", "logprob": 0.0, "top_logprobs": []},
+            {"token": str(value), "logprob": math.log(0.8), "top_logprobs": alternatives},
+            {"token": "\n", "logprob": 0.0, "top_logprobs": []},
+        ]
+    logprobs.append({"token": "<end>", "logprob": 0.0, "top_logprobs": []})
+    return Reply(content=content, logprobs=logprobs)
+
+
+def neuron_responder(request: dict[str, Any]) -> Reply:
+    """Plays both roles of labeller's prompts: explainer and (well-aligned) simulator."""
+    if is_explainer_request(request):
+        return Reply(content=NEURON_EXPLANATION)
+    (tokens,) = prompt_records(request)
+    return simulation_reply(tokens)
 
 
 def approx_tokens(text: str) -> int:
@@ -333,9 +380,15 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every call")
     parser.add_argument("--no-logprobs", action="store_true", help="answer logprobs requests 400")
+    parser.add_argument(
+        "--responder", choices=["echo", "neuron"], default="echo", help="neuron: labeller prompts"
+    )
     args = parser.parse_args()
     server = FakeOpenAI(
-        latency_s=args.latency, logprobs=not args.no_logprobs, port=args.port
+        neuron_responder if args.responder == "neuron" else None,
+        latency_s=args.latency,
+        logprobs=not args.no_logprobs,
+        port=args.port,
     ).start()
     print(f"serving {server.base_url}", flush=True)
     try:

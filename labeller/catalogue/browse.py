@@ -1,0 +1,267 @@
+"""Read-only queries the annotation TUI needs beyond `Catalogue`: the neuron list and its queue.
+
+Sorting, filtering and paging happen in SQL with LIMIT/OFFSET, so a catalogue of 300,000 neurons
+(GPT-2 XL has 307,200) pages as fast as a small one: only the rows shown are ever built in Python.
+A neuron's status and best label are derived here from its explanations, never stored twice.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from labeller.catalogue import Catalogue
+from labeller.errors import UserError
+
+
+class NeuronStatus(StrEnum):
+    """A neuron's label status, derived from the statuses of its explanations."""
+
+    UNLABELLED = "unlabelled"
+    PROPOSED = "proposed"
+    NEEDS_REVIEW = "needs_review"
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+
+
+class SortKey(StrEnum):
+    LAYER = "layer"
+    NEURON = "neuron"
+    MAX = "max"
+    DENSITY = "density"
+    LABEL = "label"
+    SCORE = "score"
+    STATUS = "status"
+
+
+# Sort rank of each status (also the value the SQL below computes): the order of the workflow.
+STATUS_RANK: dict[NeuronStatus, int] = {status: rank for rank, status in enumerate(NeuronStatus)}
+_STATUS_OF_RANK = {rank: status for status, rank in STATUS_RANK.items()}
+
+# Any accepted -> accepted; else any needs_review -> needs review; else any proposed -> proposed;
+# else only rejected/withdrawn -> rejected; no explanations -> unlabelled. One index lookup.
+_STATUS_SQL = """(select case
+    when count(*) = 0 then 0
+    when max(e.status = 'accepted') then 3
+    when max(e.status = 'needs_review') then 2
+    when max(e.status = 'proposed') then 1
+    else 4 end
+  from explanations e where e.neuron_id = n.id)"""
+
+# The label a neuron is known by: the accepted one, else a live candidate marked best (highest
+# score first), else the newest. Its score is top-and-random on the valid split, preferring an
+# LLM simulator's over the offline baseline's.
+_SCORE_OF = """(select s.score from scores s
+    where s.explanation_id = {e}.id and s.method = 'top_and_random' and s.split = 'valid'
+    and s.score is not null
+    order by s.simulator = 'baseline', s.created_at desc, s.id desc limit 1)"""
+_BEST_ID_SQL = f"""(select e.id from explanations e where e.neuron_id = n.id
+  order by e.status = 'accepted' desc, e.status in ('rejected', 'withdrawn'),
+  coalesce(e.best, 0) desc, {_SCORE_OF.format(e="e")} desc nulls last, e.id desc limit 1)"""
+_BEST_SCORE_SQL = f"""(select {_SCORE_OF.format(e="b")} from explanations b
+  where b.id = {_BEST_ID_SQL})"""
+_BEST_TEXT_SQL = f"(select b.text from explanations b where b.id = {_BEST_ID_SQL})"
+
+# Sort columns; a derived key (label, score) may be NULL and then sorts last. Plain columns keep
+# SQLite's default NULL order so their indexes still serve the ORDER BY.
+_SORT_SQL: dict[SortKey, tuple[str | None, list[str]]] = {
+    SortKey.LAYER: (None, ["n.layer", "n.neuron"]),
+    SortKey.NEURON: (None, ["n.neuron", "n.layer"]),
+    SortKey.MAX: (None, ["n.max", "n.id"]),
+    SortKey.DENSITY: (None, ["n.density", "n.id"]),
+    SortKey.LABEL: (_BEST_TEXT_SQL, ["n.layer", "n.neuron"]),
+    SortKey.SCORE: (_BEST_SCORE_SQL, ["n.layer", "n.neuron"]),
+    SortKey.STATUS: (_STATUS_SQL, ["n.layer", "n.neuron"]),
+}
+
+
+@dataclass(frozen=True)
+class NeuronSummary:
+    """One row of the neuron list."""
+
+    layer: int
+    neuron: int
+    max: float
+    density: float
+    label: str | None
+    score: float | None
+    status: NeuronStatus
+    explanation_id: int | None
+
+
+def _model_id(catalogue: Catalogue, model: str | None) -> tuple[str, int]:
+    name = catalogue.resolve_model(model).name
+    row = catalogue.db.execute("select id from models where name = ?", [name]).fetchone()
+    return name, int(row[0])
+
+
+def scanned_layers(catalogue: Catalogue, model: str | None) -> list[int]:
+    """The layers that have neurons in the catalogue (for the layer filter's choices)."""
+    _, model_id = _model_id(catalogue, model)
+    return [
+        int(row[0])
+        for row in catalogue.db.execute(
+            "select distinct layer from neurons where model_id = ? order by layer", [model_id]
+        )
+    ]
+
+
+def _filters(
+    model_id: int,
+    *,
+    layer: int | None,
+    status: NeuronStatus | None,
+    min_score: float | None,
+    max_score: float | None,
+    text: str,
+) -> tuple[list[str], list[Any]]:
+    clauses, values = ["n.model_id = ?"], [model_id]
+    if layer is not None:
+        clauses.append("n.layer = ?")
+        values.append(layer)
+    if status is not None:
+        clauses.append(f"{_STATUS_SQL} = ?")
+        values.append(STATUS_RANK[status])
+    if min_score is not None or max_score is not None:
+        clauses.append(f"{_BEST_SCORE_SQL} is not null")
+    if min_score is not None:
+        clauses.append(f"{_BEST_SCORE_SQL} >= ?")
+        values.append(min_score)
+    if max_score is not None:
+        clauses.append(f"{_BEST_SCORE_SQL} <= ?")
+        values.append(max_score)
+    if text.strip():
+        escaped = text.strip().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        clauses.append(
+            "exists (select 1 from explanations t where t.neuron_id = n.id "
+            "and t.text like ? escape '\\')"
+        )
+        values.append(f"%{escaped}%")
+    return clauses, values
+
+
+def neuron_page(
+    catalogue: Catalogue,
+    model: str | None,
+    *,
+    sort: SortKey = SortKey.LAYER,
+    descending: bool = False,
+    layer: int | None = None,
+    status: NeuronStatus | None = None,
+    min_score: float | None = None,
+    max_score: float | None = None,
+    text: str = "",
+    offset: int = 0,
+    limit: int = 100,
+) -> tuple[list[NeuronSummary], int]:
+    """One page of the neuron list and the number of neurons that match the filters.
+
+    Neurons without a label or score sort last whichever the direction, so the interesting ones
+    are always on the first page.
+    """
+    _, model_id = _model_id(catalogue, model)
+    clauses, values = _filters(
+        model_id,
+        layer=layer,
+        status=status,
+        min_score=min_score,
+        max_score=max_score,
+        text=text,
+    )
+    where = " and ".join(clauses)
+    direction = "desc" if descending else "asc"
+    derived, columns = _SORT_SQL[sort]
+    order = ", ".join(f"{column} {direction}" for column in columns)
+    if derived is not None:
+        order = f"{derived} {direction} nulls last, {order}"
+    ids = [
+        int(row[0])
+        for row in catalogue.db.execute(
+            f"select n.id from neurons n where {where} order by {order} limit ? offset ?",
+            [*values, limit, max(offset, 0)],
+        )
+    ]
+    total = int(
+        catalogue.db.execute(f"select count(*) from neurons n where {where}", values).fetchone()[0]
+    )
+    return _summaries(catalogue, ids), total
+
+
+def _summaries(catalogue: Catalogue, ids: list[int]) -> list[NeuronSummary]:
+    """Label, score and status of just these neurons, in the order given."""
+    if not ids:
+        return []
+    marks = ",".join("?" * len(ids))
+    rows = {
+        int(row[0]): row
+        for row in catalogue.db.execute(
+            f"""select n.id, n.layer, n.neuron, n.max, n.density, {_STATUS_SQL}, b.id, b.text,
+            {_SCORE_OF.format(e="b")}
+            from neurons n left join explanations b on b.id = {_BEST_ID_SQL}
+            where n.id in ({marks})""",
+            ids,
+        )
+    }
+    return [
+        NeuronSummary(
+            layer=rows[i][1],
+            neuron=rows[i][2],
+            max=rows[i][3],
+            density=rows[i][4],
+            status=_STATUS_OF_RANK[rows[i][5]],
+            explanation_id=rows[i][6],
+            label=rows[i][7],
+            score=rows[i][8],
+        )
+        for i in ids
+    ]
+
+
+def next_in_queue(
+    catalogue: Catalogue,
+    model: str | None,
+    after: tuple[int, int] | None,
+    *,
+    below: float | None = None,
+) -> tuple[int, int] | None:
+    """The next neuron, in (layer, neuron) order after `after`, that still needs a person.
+
+    Without `below`: the next unlabelled neuron. With it: the next neuron not yet accepted whose
+    best label scores under `below` (or has no score at all, which is weaker still).
+    """
+    _, model_id = _model_id(catalogue, model)
+    clauses, values = ["n.model_id = ?"], [model_id]
+    if after is not None:
+        clauses.append("(n.layer, n.neuron) > (?, ?)")
+        values += list(after)
+    if below is None:
+        clauses.append("not exists (select 1 from explanations e where e.neuron_id = n.id)")
+    else:
+        clauses.append(f"{_STATUS_SQL} != {STATUS_RANK[NeuronStatus.ACCEPTED]}")
+        clauses.append(f"coalesce({_BEST_SCORE_SQL} < ?, 1)")
+        values.append(below)
+    row = catalogue.db.execute(
+        f"""select n.layer, n.neuron from neurons n where {" and ".join(clauses)}
+        order by n.layer, n.neuron limit 1""",
+        values,
+    ).fetchone()
+    return None if row is None else (int(row[0]), int(row[1]))
+
+
+def example_token_ids(
+    catalogue: Catalogue, model: str | None, layer: int, neuron: int, kind: str, rank: int
+) -> list[int]:
+    """The exact token ids of a stored example window, so perturbing it perturbs what the scan
+    saw (re-encoding the decoded text can split differently)."""
+    _, model_id = _model_id(catalogue, model)
+    row = catalogue.db.execute(
+        """select w.token_ids from examples e join windows w on w.id = e.window_id
+        join neurons n on n.id = e.neuron_id
+        where n.model_id = ? and n.layer = ? and n.neuron = ? and e.kind = ? and e.rank = ?""",
+        [model_id, layer, neuron, kind, rank],
+    ).fetchone()
+    if row is None:
+        raise UserError(f"neuron {layer}.{neuron} has no {kind} example {rank}")
+    return [int(i) for i in json.loads(row[0])]
