@@ -99,9 +99,7 @@ def main() -> None:
         seen += len(window.token_ids)
         if seen >= args.tokens:
             break
-    batches = [
-        selected[i : i + args.batch_size] for i in range(0, len(selected), args.batch_size)
-    ]
+    batches = [selected[i : i + args.batch_size] for i in range(0, len(selected), args.batch_size)]
     params = ScanParams(
         model=model.name,
         dataset=args.dataset,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -116,6 +117,11 @@ class LabellerGroup(click.Group):
             raise CliError(str(exc)) from None
         except ScanInterrupted as exc:
             raise CliError(f"{exc}; run the same command again to resume", 130) from None
+        except sqlite3.DatabaseError as exc:
+            raise CliError(
+                f"the catalogue is damaged ({exc}); restore it from a backup "
+                "(`labeller backup` makes one)"
+            ) from None
 
 
 @click.group(

@@ -22,8 +22,23 @@ def run(*args: str, ok: bool = True):
 @pytest.fixture(scope="module")
 def scanned_db(tmp_path_factory, tiny_model_dir, tiny_corpus) -> Path:
     db = tmp_path_factory.mktemp("cli") / "c.db"
-    run("scan", "--db", db, "--model", tiny_model_dir, "--dataset", tiny_corpus,
-        "--ctx", "16", "--top-k", "8", "--random", "6", "--batch-size", "4")
+    run(
+        "scan",
+        "--db",
+        db,
+        "--model",
+        tiny_model_dir,
+        "--dataset",
+        tiny_corpus,
+        "--ctx",
+        "16",
+        "--top-k",
+        "8",
+        "--random",
+        "6",
+        "--batch-size",
+        "4",
+    )
     return db
 
 
@@ -35,10 +50,19 @@ def test_every_command_has_help_with_an_example():
 
 
 def test_show_json_layout(scanned_db):
-    data = json.loads(run("show", "--db", scanned_db, "--layer", "0", "--neuron", "3",
-                          "--format", "json").output)
-    assert {"model", "layer", "neuron", "stats", "weights", "top_examples", "random_examples",
-            "explanations"} <= set(data)
+    data = json.loads(
+        run("show", "--db", scanned_db, "--layer", "0", "--neuron", "3", "--format", "json").output
+    )
+    assert {
+        "model",
+        "layer",
+        "neuron",
+        "stats",
+        "weights",
+        "top_examples",
+        "random_examples",
+        "explanations",
+    } <= set(data)
     assert data["explanations"] == []
     assert len(data["top_examples"]) == 8 and len(data["random_examples"]) == 6
     for example in data["top_examples"] + data["random_examples"]:
@@ -60,26 +84,43 @@ def test_show_text_mode(scanned_db):
 
 
 def test_trace_reproduces_stored_activations(scanned_db, tiny_model, tiny_model_dir):
-    data = json.loads(run("show", "--db", scanned_db, "--layer", "1", "--neuron", "5",
-                          "--format", "json").output)
+    data = json.loads(
+        run("show", "--db", scanned_db, "--layer", "1", "--neuron", "5", "--format", "json").output
+    )
     checked = 0
     for example in data["top_examples"]:
         text = "".join(example["tokens"])
         if tiny_model.token_strings(tiny_model.encode(text)) != example["tokens"]:
             continue  # this window's text re-tokenises differently; trace sees other tokens
-        traced = json.loads(run("trace", "--db", scanned_db, "--model", tiny_model_dir,
-                                "--layer", "1", "--neuron", "5", "--text", text,
-                                "--format", "json").output)
+        traced = json.loads(
+            run(
+                "trace",
+                "--db",
+                scanned_db,
+                "--model",
+                tiny_model_dir,
+                "--layer",
+                "1",
+                "--neuron",
+                "5",
+                "--text",
+                text,
+                "--format",
+                "json",
+            ).output
+        )
         assert traced["tokens"] == example["tokens"]
-        np.testing.assert_allclose(traced["activations"], example["activations"],
-                                   rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(
+            traced["activations"], example["activations"], rtol=1e-4, atol=1e-6
+        )
         checked += 1
     assert checked >= 3
 
 
 def test_trace_uses_the_catalogues_only_model(scanned_db):
-    out = run("trace", "--db", scanned_db, "--layer", "0", "--neuron", "1", "--text",
-              "def f(x): return x").output
+    out = run(
+        "trace", "--db", scanned_db, "--layer", "0", "--neuron", "1", "--text", "def f(x): return x"
+    ).output
     assert "layer 0 neuron 1" in out
 
 
@@ -100,20 +141,52 @@ def test_db_from_environment(scanned_db, monkeypatch):
 
 def test_hugging_face_model_directory(tiny_hf_dir, tiny_corpus, tmp_path):
     db = tmp_path / "hf.db"
-    run("scan", "--db", db, "--model", tiny_hf_dir, "--dataset", tiny_corpus, "--layers", "1",
-        "--tokens", "800", "--ctx", "16", "--top-k", "4", "--random", "3")
-    data = json.loads(run("show", "--db", db, "--layer", "1", "--neuron", "9",
-                          "--format", "json").output)
+    run(
+        "scan",
+        "--db",
+        db,
+        "--model",
+        tiny_hf_dir,
+        "--dataset",
+        tiny_corpus,
+        "--layers",
+        "1",
+        "--tokens",
+        "800",
+        "--ctx",
+        "16",
+        "--top-k",
+        "4",
+        "--random",
+        "3",
+    )
+    data = json.loads(
+        run("show", "--db", db, "--layer", "1", "--neuron", "9", "--format", "json").output
+    )
     assert data["model"] == str(tiny_hf_dir)
     assert data["stats"]["tokens"] == 800
     checked = 0
     for example in data["top_examples"]:
         text = "".join(example["tokens"])
-        traced = json.loads(run("trace", "--db", db, "--layer", "1", "--neuron", "9", "--text",
-                                text, "--format", "json").output)
+        traced = json.loads(
+            run(
+                "trace",
+                "--db",
+                db,
+                "--layer",
+                "1",
+                "--neuron",
+                "9",
+                "--text",
+                text,
+                "--format",
+                "json",
+            ).output
+        )
         if traced["tokens"] != example["tokens"]:
             continue  # this window's text re-tokenises differently
-        np.testing.assert_allclose(traced["activations"], example["activations"],
-                                   rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(
+            traced["activations"], example["activations"], rtol=1e-4, atol=1e-5
+        )
         checked += 1
     assert checked >= 1

@@ -34,16 +34,41 @@ def digest(path: Path) -> str:
 @pytest.fixture(scope="module")
 def small_db(tmp_path_factory, tiny_model_dir, tiny_corpus) -> Path:
     db = tmp_path_factory.mktemp("errs") / "c.db"
-    result = CliRunner().invoke(cli, ["scan", "--db", str(db), "--model", str(tiny_model_dir),
-                                      "--dataset", str(tiny_corpus), "--tokens", "300",
-                                      "--ctx", "16", "--top-k", "4", "--random", "3"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "scan",
+            "--db",
+            str(db),
+            "--model",
+            str(tiny_model_dir),
+            "--dataset",
+            str(tiny_corpus),
+            "--tokens",
+            "300",
+            "--ctx",
+            "16",
+            "--top-k",
+            "4",
+            "--random",
+            "3",
+        ],
+    )
     assert result.exit_code == 0, result.output
     return db
 
 
 def test_read_command_on_missing_catalogue(tmp_path):
-    fails("show", "--db", tmp_path / "nope.db", "--layer", "0", "--neuron", "0",
-          match="no catalogue at")
+    fails(
+        "show",
+        "--db",
+        tmp_path / "nope.db",
+        "--layer",
+        "0",
+        "--neuron",
+        "0",
+        match="no catalogue at",
+    )
     assert not (tmp_path / "nope.db").exists()
     fails("models", "--db", tmp_path / "nope.db", match="no catalogue at")
 
@@ -93,73 +118,196 @@ def test_newer_schema_is_refused(small_db, tmp_path):
 
 
 def test_unknown_model(tmp_path, tiny_corpus):
-    line = fails("scan", "--db", tmp_path / "c.db", "--model", "no-such-org/no-such-model-xyz",
-                 "--dataset", tiny_corpus, match="could not load model",
-                 env={"HF_HUB_OFFLINE": "1"})
+    line = fails(
+        "scan",
+        "--db",
+        tmp_path / "c.db",
+        "--model",
+        "no-such-org/no-such-model-xyz",
+        "--dataset",
+        tiny_corpus,
+        match="could not load model",
+        env={"HF_HUB_OFFLINE": "1"},
+    )
     assert "local directory" in line and "Hugging Face hub" in line
 
 
 def test_directory_that_is_not_a_model(tmp_path, tiny_corpus):
-    fails("scan", "--db", tmp_path / "c.db", "--model", tmp_path, "--dataset", tiny_corpus,
-          match="neither labeller_model.json nor a Hugging Face config.json")
+    fails(
+        "scan",
+        "--db",
+        tmp_path / "c.db",
+        "--model",
+        tmp_path,
+        "--dataset",
+        tiny_corpus,
+        match="neither labeller_model.json nor a Hugging Face config.json",
+    )
 
 
 def test_missing_and_empty_corpus(tmp_path, tiny_model_dir):
-    fails("scan", "--db", tmp_path / "c.db", "--model", tiny_model_dir,
-          "--dataset", tmp_path / "missing.jsonl", match="no corpus at")
+    fails(
+        "scan",
+        "--db",
+        tmp_path / "c.db",
+        "--model",
+        tiny_model_dir,
+        "--dataset",
+        tmp_path / "missing.jsonl",
+        match="no corpus at",
+    )
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "a.txt").write_text("")
-    fails("scan", "--db", tmp_path / "c.db", "--model", tiny_model_dir, "--dataset", empty,
-          match="is empty")
-    fails("scan", "--db", tmp_path / "c.db", "--model", tiny_model_dir,
-          "--dataset", tmp_path / "empty2", match="no corpus at")
+    fails(
+        "scan",
+        "--db",
+        tmp_path / "c.db",
+        "--model",
+        tiny_model_dir,
+        "--dataset",
+        empty,
+        match="is empty",
+    )
+    fails(
+        "scan",
+        "--db",
+        tmp_path / "c.db",
+        "--model",
+        tiny_model_dir,
+        "--dataset",
+        tmp_path / "empty2",
+        match="no corpus at",
+    )
 
 
 def test_bad_jsonl_line(tmp_path, tiny_model_dir):
     corpus = tmp_path / "bad.jsonl"
     corpus.write_text(json.dumps({"text": "fine"}) + "\n" + json.dumps({"body": "x"}) + "\n")
-    fails("scan", "--db", tmp_path / "c.db", "--model", tiny_model_dir, "--dataset", corpus,
-          match="bad.jsonl:2: no string field 'text'")
+    fails(
+        "scan",
+        "--db",
+        tmp_path / "c.db",
+        "--model",
+        tiny_model_dir,
+        "--dataset",
+        corpus,
+        match="bad.jsonl:2: no string field 'text'",
+    )
 
 
 def test_undecodable_bytes_are_replaced_with_a_warning(tmp_path, tiny_model_dir):
     corpus = tmp_path / "latin1.txt"
     corpus.write_bytes("caf\xe9 def class ".encode("latin-1") * 20)
-    result = CliRunner().invoke(cli, ["scan", "--db", str(tmp_path / "c.db"), "--model",
-                                      str(tiny_model_dir), "--dataset", str(corpus),
-                                      "--ctx", "16", "--top-k", "2", "--random", "2"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "scan",
+            "--db",
+            str(tmp_path / "c.db"),
+            "--model",
+            str(tiny_model_dir),
+            "--dataset",
+            str(corpus),
+            "--ctx",
+            "16",
+            "--top-k",
+            "2",
+            "--random",
+            "2",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "undecodable bytes replaced" in result.stderr
 
 
 def test_bad_layers_and_neurons(small_db, tmp_path, tiny_model_dir, tiny_corpus):
-    fails("scan", "--db", tmp_path / "c.db", "--model", tiny_model_dir, "--dataset", tiny_corpus,
-          "--layers", "0-x", match="--layers")
-    fails("scan", "--db", tmp_path / "c.db", "--model", tiny_model_dir, "--dataset", tiny_corpus,
-          "--layers", "5", match="has layers 0-1")
+    fails(
+        "scan",
+        "--db",
+        tmp_path / "c.db",
+        "--model",
+        tiny_model_dir,
+        "--dataset",
+        tiny_corpus,
+        "--layers",
+        "0-x",
+        match="--layers",
+    )
+    fails(
+        "scan",
+        "--db",
+        tmp_path / "c.db",
+        "--model",
+        tiny_model_dir,
+        "--dataset",
+        tiny_corpus,
+        "--layers",
+        "5",
+        match="has layers 0-1",
+    )
     fails("show", "--db", small_db, "--layer", "0", "--neuron", "4000", match="has no neuron 4000")
     fails("show", "--db", small_db, "--layer", "7", "--neuron", "0", match="has not been scanned")
-    fails("show", "--db", small_db, "--model", "other", "--layer", "0", "--neuron", "0",
-          match="model 'other' is not in")
-    fails("trace", "--db", small_db, "--layer", "0", "--neuron", "4000", "--text", "x",
-          match="neurons 0-47")
+    fails(
+        "show",
+        "--db",
+        small_db,
+        "--model",
+        "other",
+        "--layer",
+        "0",
+        "--neuron",
+        "0",
+        match="model 'other' is not in",
+    )
+    fails(
+        "trace",
+        "--db",
+        small_db,
+        "--layer",
+        "0",
+        "--neuron",
+        "4000",
+        "--text",
+        "x",
+        match="neurons 0-47",
+    )
 
 
 def test_several_models_need_model_flag(small_db, tmp_path, tiny_hf_dir, tiny_corpus):
     db = tmp_path / "two.db"
     db.write_bytes(small_db.read_bytes())
-    result = CliRunner().invoke(cli, ["scan", "--db", str(db), "--model", str(tiny_hf_dir),
-                                      "--dataset", str(tiny_corpus), "--tokens", "200",
-                                      "--ctx", "16", "--layers", "0"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "scan",
+            "--db",
+            str(db),
+            "--model",
+            str(tiny_hf_dir),
+            "--dataset",
+            str(tiny_corpus),
+            "--tokens",
+            "200",
+            "--ctx",
+            "16",
+            "--layers",
+            "0",
+        ],
+    )
     assert result.exit_code == 0, result.output
     fails("show", "--db", db, "--layer", "0", "--neuron", "0", match="holds several models")
 
 
 def test_console_script_prints_one_line(tmp_path):
     env = {**os.environ, "LABELLER_DB": str(tmp_path / "missing.db")}
-    proc = subprocess.run([sys.executable, "-m", "labeller", "scans"], capture_output=True,
-                          text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "labeller", "scans"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"error: no catalogue at {tmp_path / 'missing.db'}; run `labeller scan` first or pass "

@@ -22,11 +22,26 @@ def test_sigint_checkpoints_and_rerun_resumes(tmp_path: Path, tiny_model_dir: Pa
         for text in synthetic_documents(2500, seed=5):
             handle.write(json.dumps({"text": text}) + "\n")
     db = tmp_path / "c.db"
-    command = [sys.executable, "-m", "labeller", "scan", "--db", str(db), "--model",
-               str(tiny_model_dir), "--dataset", str(corpus), "--ctx", "16", "--batch-size", "2"]
+    command = [
+        sys.executable,
+        "-m",
+        "labeller",
+        "scan",
+        "--db",
+        str(db),
+        "--model",
+        str(tiny_model_dir),
+        "--dataset",
+        str(corpus),
+        "--ctx",
+        "16",
+        "--batch-size",
+        "2",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env)
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         time.sleep(0.5)

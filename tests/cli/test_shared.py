@@ -1,0 +1,292 @@
+"""A shared catalogue: rank, review agreement, backup under writes, kill -9 at any moment."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from labeller.cli import cli
+
+
+def run(*args: object, ok: bool = True):
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    if ok:
+        assert result.exit_code == 0, (result.output, result.stderr, result.exception)
+    return result
+
+
+@pytest.fixture(scope="module")
+def scored_db(tmp_path_factory, tiny_model_dir, tiny_corpus) -> Path:
+    db = tmp_path_factory.mktemp("shared") / "c.db"
+    run(
+        "scan",
+        "--db",
+        db,
+        "--model",
+        tiny_model_dir,
+        "--dataset",
+        tiny_corpus,
+        "--ctx",
+        "16",
+        "--top-k",
+        "8",
+        "--random",
+        "6",
+    )
+    run("explain", "--db", db, "--layer", "1")
+    run("score", "--db", db, "--layer", "1")
+    return db
+
+
+@pytest.fixture()
+def db(scored_db, tmp_path) -> Path:
+    copy = tmp_path / "c.db"
+    copy.write_bytes(scored_db.read_bytes())
+    return copy
+
+
+def test_rank_by_score_puts_unscored_last(db):
+    rows = json.loads(run("rank", "--db", db, "--format", "json").output)
+    assert len(rows) == 96
+    assert set(rows[0]) == {"layer", "neuron", "score", "label", "source", "status"}
+    scores = [r["score"] for r in rows]
+    scored = [s for s in scores if s is not None]
+    assert scored == sorted(scored, reverse=True)
+    assert scores[: len(scored)] == scored  # every unscored row after every scored one
+    assert all(r["layer"] == 0 for r in rows[len(scored) :] if r["label"] is None)
+    top = json.loads(
+        run("rank", "--db", db, "--limit", "3", "--layers", "1", "--format", "json").output
+    )
+    assert [r["score"] for r in top] == scored[:3]
+    by_max = json.loads(run("rank", "--db", db, "--by", "max", "--format", "json").output)
+    maxes = [
+        json.loads(
+            run(
+                "show",
+                "--db",
+                db,
+                "--layer",
+                r["layer"],
+                "--neuron",
+                r["neuron"],
+                "--format",
+                "json",
+            ).output
+        )["stats"]["max"]
+        for r in by_max[:4]
+    ]
+    assert maxes == sorted(maxes, reverse=True)
+    csv_out = run("rank", "--db", db, "--format", "csv", "--limit", "2").output.splitlines()
+    assert csv_out[0] == "layer,neuron,score,label,source,status,max,density"
+
+
+def test_rank_status_filter_and_agreement(db):
+    run(
+        "label",
+        "--db",
+        db,
+        "--layer",
+        "1",
+        "--neuron",
+        "0",
+        "--text",
+        'fires on "a"',
+        "--accept",
+        "--annotator",
+        "alice",
+    )
+    label_id = json.loads(
+        run("history", "--db", db, "--layer", "1", "--neuron", "0", "--format", "json").output
+    )["entries"][-1]["after"]["explanation_id"]
+    run(
+        "label",
+        "--db",
+        db,
+        "--layer",
+        "1",
+        "--neuron",
+        "0",
+        "--explanation",
+        label_id,
+        "--confirm",
+        "--annotator",
+        "bob",
+    )
+    run(
+        "label",
+        "--db",
+        db,
+        "--layer",
+        "1",
+        "--neuron",
+        "1",
+        "--text",
+        'fires on "b"',
+        "--accept",
+        "--annotator",
+        "alice",
+    )
+    neuron_1 = json.loads(
+        run("history", "--db", db, "--layer", "1", "--neuron", "1", "--format", "json").output
+    )["entries"][-1]["after"]
+    run(
+        "label",
+        "--db",
+        db,
+        "--layer",
+        "1",
+        "--neuron",
+        "1",
+        "--explanation",
+        neuron_1["explanation_id"],
+        "--dispute",
+        "--annotator",
+        "bob",
+    )
+    accepted = json.loads(
+        run("rank", "--db", db, "--status", "accepted", "--format", "json").output
+    )
+    assert [(r["layer"], r["neuron"], r["label"]) for r in accepted] == [(1, 0, 'fires on "a"')]
+    report = json.loads(run("agreement", "--db", db, "--format", "json").output)
+    by_name = {a["annotator"]: a for a in report["annotators"]}
+    assert (by_name["alice"]["written"], by_name["alice"]["accepted"]) == (2, 2)
+    assert by_name["bob"]["reviewed"] == 2
+    assert report["pairs"] == [
+        {"first": "alice", "second": "bob", "both_judged": 2, "agreed": 1, "rate": 0.5}
+    ]
+    refused = run(
+        "label",
+        "--db",
+        db,
+        "--layer",
+        "1",
+        "--neuron",
+        "2",
+        "--explanation",
+        label_id,
+        "--confirm",
+        ok=False,
+    )
+    assert refused.exit_code == 2 and "is not a label of neuron 1.2" in refused.stderr
+
+
+WRITER = """
+import sys
+from labeller.catalogue import Catalogue
+with Catalogue.open(sys.argv[1]) as catalogue:
+    ref = catalogue.neuron_ref(None, 1, int(sys.argv[2]))
+    i = 0
+    while True:
+        catalogue.apply_label_change(ref, annotator="writer", expected_version=None,
+                                     text=f"label {i}")
+        i += 1
+"""
+
+
+def start_writer(db: Path, neuron: int) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(db), str(neuron)], env=env, stderr=subprocess.PIPE
+    )
+
+
+def history_count(db: Path) -> int:
+    with sqlite3.connect(db) as conn:
+        return conn.execute("select count(*) from label_history").fetchone()[0]
+
+
+def wait_for_writes(db: Path, at_least: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while history_count(db) < at_least and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_backup_while_another_process_writes(db, tmp_path):
+    before = history_count(db)
+    writer = start_writer(db, 3)
+    try:
+        wait_for_writes(db, before + 20)
+        run("backup", "--db", db, tmp_path / "copy.db")
+    finally:
+        writer.kill()
+        writer.wait()
+    with sqlite3.connect(tmp_path / "copy.db") as conn:
+        assert conn.execute("pragma integrity_check").fetchone()[0] == "ok"
+        assert conn.execute("select count(*) from label_history").fetchone()[0] > before
+    assert "copy.db" in run("backup", "--db", db, tmp_path / "copy.db", ok=False).stderr
+
+
+@pytest.mark.slow
+def test_kill_9_at_any_moment_leaves_a_consistent_catalogue(
+    db, tmp_path, tiny_model_dir, tiny_corpus
+):
+    rng = random.Random(0)
+    for round_ in range(6):
+        writer = start_writer(db, round_ % 4)
+        wait_for_writes(db, history_count(db) + 1)
+        time.sleep(rng.uniform(0.0, 0.4))
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+        with sqlite3.connect(db) as conn:
+            assert conn.execute("pragma integrity_check").fetchone()[0] == "ok"
+            orphans = conn.execute(
+                "select count(*) from label_history h left join explanations e "
+                "on e.id = h.explanation_id where e.id is null"
+            ).fetchone()[0]
+            assert orphans == 0  # every history entry's label exists: no half-written change
+        assert run("history", "--db", db, "--layer", "1", "--neuron", round_ % 4).exit_code == 0
+    # a scan killed mid-way stays resumable or complete, never half-written
+    scan_db = tmp_path / "scan.db"
+    command = [
+        sys.executable,
+        "-m",
+        "labeller",
+        "scan",
+        "--db",
+        str(scan_db),
+        "--model",
+        str(tiny_model_dir),
+        "--dataset",
+        str(tiny_corpus),
+        "--ctx",
+        "8",
+        "--batch-size",
+        "1",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for delay in (3.0, 4.0, 5.0):
+        proc = subprocess.Popen(
+            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if scan_db.exists():
+            with sqlite3.connect(scan_db) as conn:
+                assert conn.execute("pragma integrity_check").fetchone()[0] == "ok"
+    final = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert final.returncode == 0, final.stderr
+    with sqlite3.connect(scan_db) as conn:
+        assert conn.execute("select count(*) from neurons").fetchone()[0] == 96
+
+
+def test_corrupted_catalogue_is_detected(db, tmp_path):
+    damaged = tmp_path / "damaged.db"
+    data = bytearray(db.read_bytes())
+    for offset in range(8192, len(data), 4096):  # scribble over every page after the first two
+        data[offset + 100 : offset + 400] = os.urandom(300)
+    damaged.write_bytes(bytes(data))
+    result = run("show", "--db", damaged, "--layer", "1", "--neuron", "0", ok=False)
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
