@@ -989,6 +989,110 @@ def backup(db_path: Path | None, destination: Path) -> None:
     click.echo(f"backed up {catalogue.path} to {destination}")
 
 
+@cli.command()
+@db_option
+@click.option(
+    "--model", "model_name", default=None, help="Needed when the catalogue holds several."
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["json", "openai", "neuronpedia"]),
+    default="json",
+    show_default=True,
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="File to write (default: stdout).",
+)
+@click.option("--layers", default=None, help="e.g. 0,2-5 (default: all scanned).")
+@click.option(
+    "--status",
+    default="all",
+    show_default=True,
+    help="all, or only labels with this status (e.g. accepted).",
+)
+@click.option(
+    "--min-score",
+    type=float,
+    default=None,
+    help="Only labels whose top-and-random valid score is at least this.",
+)
+def export(
+    db_path: Path | None,
+    model_name: str | None,
+    fmt: str,
+    output: Path | None,
+    layers: str | None,
+    status: str,
+    min_score: float | None,
+) -> None:
+    """Export the catalogue: our versioned JSON, OpenAI neuron-explainer records, or
+    Neuronpedia JSONL. Streams neuron by neuron, so memory does not grow with the catalogue.
+
+    \b
+    Example:
+      labeller export --format json -o catalogue.json
+      labeller export --format openai --layers 0 --status accepted -o records.jsonl
+    """
+    from labeller.exchange import count_export, export_catalogue
+
+    with Catalogue.open(db_path) as catalogue:
+        layer_list = None
+        if layers is not None:
+            n_layers = catalogue.resolve_model(model_name).n_layers
+            layer_list = parse_layers(layers, n_layers)
+        options = {
+            "fmt": fmt,
+            "model": model_name,
+            "layers": layer_list,
+            "status": status,
+            "min_score": min_score,
+        }
+        total = count_export(catalogue, **options)
+        if output is None:
+            written = export_catalogue(catalogue, sys.stdout, on_progress=None, **options)
+        else:
+            partial = output.with_name(output.name + ".partial")
+            with (
+                partial.open("w", encoding="utf-8") as handle,
+                _progress(total, "exporting", "neurons") as advance,
+            ):
+                written = export_catalogue(catalogue, handle, on_progress=advance, **options)
+            partial.replace(output)  # never leave a half-written export under the real name
+    if output is not None:
+        click.echo(f"exported {written:,} neurons as {fmt} to {output}", err=True)
+
+
+@cli.command("import")
+@db_option
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+def import_(db_path: Path | None, file: Path) -> None:
+    """Merge a `labeller export --format json` file into the catalogue.
+
+    Importing twice changes nothing; both sides' label history is kept; a neuron accepted with
+    different labels on the two sides is reported as a conflict and left for a person.
+
+    \b
+    Example:
+      labeller import --db shared.db alice-export.json
+    """
+    from labeller.exchange import export_header, import_catalogue
+
+    total = export_header(file).neuron_count
+    with (
+        Catalogue.open(db_path, create=True) as catalogue,
+        _progress(total, "importing", "neurons") as advance,
+    ):
+        report = import_catalogue(catalogue, file, on_progress=advance)
+    click.echo(report.summary())
+    for conflict in report.conflicts:
+        click.echo(f"conflict (left for a person): {conflict}", err=True)
+
+
 @cli.command("train-demo")
 @click.option(
     "--out",

@@ -290,3 +290,37 @@ def test_corrupted_catalogue_is_detected(db, tmp_path):
     result = run("show", "--db", damaged, "--layer", "1", "--neuron", "0", ok=False)
     assert result.exit_code == 2
     assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_export_import_round_trip_through_the_cli(db, tmp_path):
+    run(
+        "label",
+        "--db",
+        db,
+        "--layer",
+        "1",
+        "--neuron",
+        "0",
+        "--text",
+        'fires on "a"',
+        "--accept",
+        "--annotator",
+        "alice",
+    )
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    run("export", "--db", db, "-o", first)
+    fresh = tmp_path / "fresh.db"
+    out = run("import", "--db", fresh, first).output
+    assert "96 neurons added" in out
+    assert "0 neurons added" in run("import", "--db", fresh, first).output
+    run("export", "--db", fresh, "-o", second)
+    strip = lambda p: json.loads(p.read_text()) | {"exported_at": None}  # noqa: E731
+    assert strip(first) == strip(second)
+    assert not list(tmp_path.glob("*.partial"))
+    history = json.loads(
+        run("history", "--db", fresh, "--layer", "1", "--neuron", "0", "--format", "json").output
+    )["entries"]
+    assert [(h["annotator"], h["action"]) for h in history][-2:] == [
+        ("alice", "write"),
+        ("alice", "accept"),
+    ]

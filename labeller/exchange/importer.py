@@ -1,0 +1,393 @@
+"""`labeller import FILE`: merge a `json` export into this catalogue without losing either side.
+
+Rules (the SQL is in `labeller.catalogue.exchange`; this module only decides):
+
+- models match by name, scans by (model, parameters, start time), neurons by (model, layer,
+  neuron), windows by (scan, document, offset), explanations by (neuron, source, text), scores by
+  (explanation, simulator, split, method, prompt version), history entries by (neuron,
+  explanation, action, annotator, time, before, after). What is already here is not added again,
+  so importing the same file twice changes nothing.
+- A neuron we lack comes in with its stats and examples; one we have keeps ours (one set of
+  evidence per neuron; a different scan on their side is counted in `kept_our_evidence`).
+- Their history entries we lack are appended (label_history is append-only), in their order.
+- A new explanation comes in with its status. For one we both have, ours stands unless ours is
+  `proposed` and theirs is not, and the neuron has no conflict.
+- Conflict: the neuron has an accepted label here and a different accepted label there. Nothing
+  of ours changes, their label comes in as `proposed`, and the report says so for a person.
+- The file is validated in full before anything is written; then neurons are written in batches,
+  each batch one transaction, so an interrupted import leaves a consistent catalogue and running
+  it again finishes the job.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from labeller.catalogue import Catalogue
+from labeller.catalogue import exchange as store
+from labeller.exchange.json_format import (
+    ExportExplanation,
+    ExportHeader,
+    ExportHistoryEntry,
+    ExportLabelState,
+    ExportNeuron,
+    read_export,
+)
+from labeller.records import (
+    Example,
+    Explanation,
+    LabelState,
+    LabelStatus,
+    Record,
+    utc_now,
+)
+
+BATCH_SIZE = 100
+ACCEPTED = LabelStatus.ACCEPTED.value
+PROPOSED = LabelStatus.PROPOSED.value
+
+
+class ImportReport(Record):
+    """What an import added or changed; `conflicts` are left for a person to resolve."""
+
+    models_added: int = 0
+    scans_added: int = 0
+    neurons_added: int = 0
+    neurons_updated: int = 0
+    neurons_unchanged: int = 0
+    kept_our_evidence: int = Field(
+        default=0, description="neurons scanned differently on each side: our evidence kept"
+    )
+    explanations_added: int = 0
+    statuses_changed: int = 0
+    scores_added: int = 0
+    history_added: int = 0
+    conflicts: list[str] = Field(default_factory=list)
+
+    def summary(self) -> str:
+        line = (
+            f"{self.neurons_added} neurons added, {self.neurons_updated} updated, "
+            f"{self.neurons_unchanged} unchanged; {self.explanations_added} labels, "
+            f"{self.scores_added} scores, {self.history_added} history entries added; "
+            f"{self.statuses_changed} statuses changed; {self.models_added} models and "
+            f"{self.scans_added} scans added"
+        )
+        if self.conflicts:
+            line += f"; {len(self.conflicts)} conflicts left for review"
+        return line
+
+
+def import_catalogue(
+    catalogue: Catalogue,
+    path: Path,
+    *,
+    on_progress: Callable[[int], None] | None = None,
+    batch_size: int = BATCH_SIZE,
+) -> ImportReport:
+    """Merge the `json` export at `path`; `on_progress(n)` after each of its neurons."""
+    path = Path(path)
+    with read_export(path) as reader:
+        for _ in reader.neurons():
+            pass  # validate everything first: a broken file writes nothing
+    report = ImportReport()
+    with read_export(path) as reader:
+        header = reader.header
+        with catalogue.write_transaction():
+            model_ids, scan_ids = _models_and_scans(catalogue, header, report)
+        done = 0
+        batch: list[ExportNeuron] = []
+
+        def flush() -> None:
+            nonlocal done
+            with catalogue.write_transaction():
+                for neuron in batch:
+                    _merge_neuron(catalogue, neuron, model_ids, scan_ids, report)
+                    done += 1
+                    if on_progress:
+                        on_progress(done)
+            batch.clear()
+
+        for neuron in reader.neurons():
+            batch.append(neuron)
+            if len(batch) >= batch_size:
+                flush()
+        if batch:
+            flush()
+    return report
+
+
+def _models_and_scans(
+    catalogue: Catalogue, header: ExportHeader, report: ImportReport
+) -> tuple[dict[str, int], list[int]]:
+    model_ids: dict[str, int] = {}
+    for model in header.models:
+        found = store.find_model_id(catalogue, model.name)
+        if found is None:
+            found = store.insert_model(catalogue, model)
+            report.models_added += 1
+        model_ids[model.name] = found
+    scan_ids: list[int] = []
+    for scan in header.scans:
+        model_id = model_ids[scan.model]
+        found = store.find_scan_id(catalogue, model_id, scan.params, scan.started_at)
+        if found is None:
+            found = store.insert_scan(
+                catalogue,
+                model_id,
+                store.ScanRow(
+                    id=0,
+                    model=scan.model,
+                    params=scan.params,
+                    status=scan.status,
+                    tokens_seen=scan.tokens_seen,
+                    windows_seen=scan.windows_seen,
+                    started_at=scan.started_at,
+                    updated_at=scan.updated_at,
+                ),
+            )
+            report.scans_added += 1
+        scan_ids.append(found)
+    return model_ids, scan_ids
+
+
+def _merge_neuron(
+    catalogue: Catalogue,
+    neuron: ExportNeuron,
+    model_ids: dict[str, int],
+    scan_ids: list[int],
+    report: ImportReport,
+) -> None:
+    scan_id = scan_ids[neuron.scan] if neuron.scan is not None else None
+    neuron_id = store.find_neuron(catalogue, model_ids[neuron.model], neuron.layer, neuron.neuron)
+    added = neuron_id is None
+    if neuron_id is None:
+        neuron_id = store.insert_neuron(
+            catalogue,
+            model_ids[neuron.model],
+            scan_id,
+            neuron.layer,
+            neuron.neuron,
+            neuron.stats,
+            neuron.weights,
+            [
+                store.StoredExample(
+                    example=Example(**e.model_dump(exclude={"token_ids"})), token_ids=e.token_ids
+                )
+                for e in (*neuron.top_examples, *neuron.random_examples)
+            ],
+        )
+        report.neurons_added += 1
+    elif store.neuron_scan_id(catalogue, neuron_id) != scan_id:
+        report.kept_our_evidence += 1
+
+    ours = store.our_explanations(catalogue, neuron_id)
+    conflict = _conflict(catalogue, neuron, ours)
+    if conflict:
+        report.conflicts.append(conflict)
+    local, changed = _merge_explanations(
+        catalogue, neuron, neuron_id, ours, scan_ids, conflict is not None, report
+    )
+    changed |= _merge_scores(catalogue, neuron, local, report)
+    changed |= _merge_history(catalogue, neuron, neuron_id, local, report)
+    if not added:
+        if changed:
+            report.neurons_updated += 1
+        else:
+            report.neurons_unchanged += 1
+
+
+def _conflict(
+    catalogue: Catalogue, neuron: ExportNeuron, ours: list[store.OurExplanation]
+) -> str | None:
+    """One line for a person when the two sides accepted different labels, else None."""
+    our_accepted = [o for o in ours if o.status == ACCEPTED]
+    their_accepted = [e for e in neuron.explanations if e.status == ACCEPTED]
+    keys = {(o.source, o.text) for o in our_accepted} | {(e.source, e.text) for e in their_accepted}
+    if not their_accepted or len(keys) <= 1:
+        return None
+    mine = [
+        (o.text, store.accepted_by(catalogue, o.id) or o.annotator or o.source)
+        for o in our_accepted
+    ]
+    theirs = [(e.text, _their_acceptor(e)) for e in their_accepted]
+    return (
+        f"{neuron.model} {neuron.layer}.{neuron.neuron}: ours {_side(mine)}, theirs {_side(theirs)}"
+    )
+
+
+def _side(labels: list[tuple[str, str]]) -> str:
+    if not labels:
+        return "nothing accepted"
+    return " and ".join(f"'{text}' accepted by {who}" for text, who in labels)
+
+
+def _their_acceptor(explanation: ExportExplanation) -> str:
+    for entry in sorted(explanation.history, key=lambda h: h.seq, reverse=True):
+        if entry.after is not None and entry.after.status is LabelStatus.ACCEPTED:
+            return entry.annotator or "unknown"
+    return explanation.annotator or explanation.source
+
+
+def _merge_explanations(
+    catalogue: Catalogue,
+    neuron: ExportNeuron,
+    neuron_id: int,
+    ours: list[store.OurExplanation],
+    scan_ids: list[int],
+    conflict: bool,
+    report: ImportReport,
+) -> tuple[dict[int, int], bool]:
+    """Their explanation index -> our explanation id, and whether anything was written."""
+    by_key = {(o.source, o.text): o for o in ours}
+    best_sources = {o.source for o in ours if o.best}
+    local: dict[int, int] = {}
+    changed = False
+    for index, theirs in enumerate(neuron.explanations):
+        mine = by_key.get((theirs.source, theirs.text))
+        if mine is not None:
+            local[index] = mine.id
+            if not conflict and mine.status == PROPOSED and theirs.status != PROPOSED:
+                store.set_explanation_status(
+                    catalogue, mine.id, theirs.status, theirs.updated_at or utc_now()
+                )
+                report.statuses_changed += 1
+                changed = True
+            continue
+        status = PROPOSED if conflict and theirs.status == ACCEPTED else theirs.status
+        best = theirs.best and theirs.source not in best_sources
+        if best:
+            best_sources.add(theirs.source)
+        local[index] = store.insert_explanation(
+            catalogue,
+            neuron_id,
+            Explanation(
+                text=theirs.text,
+                source=theirs.source,
+                status=status,
+                prompt_version=theirs.prompt_version,
+                producer_model=theirs.producer_model,
+                annotator=theirs.annotator,
+                best=best,
+                created_at=theirs.created_at,
+            ),
+            status=status,
+            best=best,
+            scan_id=scan_ids[theirs.scan] if theirs.scan is not None else None,
+            updated_at=theirs.updated_at,
+        )
+        report.explanations_added += 1
+        changed = True
+    return local, changed
+
+
+def _merge_scores(
+    catalogue: Catalogue, neuron: ExportNeuron, local: dict[int, int], report: ImportReport
+) -> bool:
+    changed = False
+    for index, theirs in enumerate(neuron.explanations):
+        existing = store.score_keys(catalogue, local[index])
+        for score in theirs.scores:
+            key = (score.simulator, score.split.value, score.method, score.prompt_version)
+            if key in existing:
+                continue
+            store.insert_score(catalogue, local[index], score)
+            existing.add(key)
+            report.scores_added += 1
+            changed = True
+    return changed
+
+
+HistoryKey = tuple[Any, ...]
+
+
+def _canon(state: dict[str, Any] | ExportLabelState | None) -> tuple[str, str, str] | None:
+    if state is None:
+        return None
+    if isinstance(state, ExportLabelState):
+        return (state.text, state.status.value, state.source)
+    return (state["text"], str(state["status"]), state["source"])
+
+
+def _merge_history(
+    catalogue: Catalogue,
+    neuron: ExportNeuron,
+    neuron_id: int,
+    local: dict[int, int],
+    report: ImportReport,
+) -> bool:
+    """Append their entries we lack, oldest first; the k-th copy of an entry matches our k-th."""
+    explanation_keys = {
+        o.id: (o.source, o.text) for o in store.our_explanations(catalogue, neuron_id)
+    }
+    available: dict[HistoryKey, list[int]] = defaultdict(list)
+    for h in store.our_history(catalogue, neuron_id):
+        key = (
+            explanation_keys.get(h.explanation_id) if h.explanation_id is not None else None,
+            h.action,
+            h.annotator,
+            h.at,
+            _canon(h.before),
+            _canon(h.after),
+        )
+        available[key].append(h.id)
+
+    theirs: list[tuple[ExportHistoryEntry, int | None]] = [(h, None) for h in neuron.history]
+    for index, explanation in enumerate(neuron.explanations):
+        theirs += [(h, index) for h in explanation.history]
+    theirs.sort(key=lambda pair: pair[0].seq)
+
+    seen: Counter[HistoryKey] = Counter()
+    ours_for_seq: dict[int, int] = {}
+    changed = False
+    for entry, owner in theirs:
+        owner_key = (
+            (neuron.explanations[owner].source, neuron.explanations[owner].text)
+            if owner is not None
+            else None
+        )
+        key = (
+            owner_key,
+            entry.action,
+            entry.annotator,
+            entry.at,
+            _canon(entry.before),
+            _canon(entry.after),
+        )
+        copy = seen[key]
+        seen[key] += 1
+        if copy < len(available[key]):
+            ours_for_seq[entry.seq] = available[key][copy]
+            continue
+        explanation_id = local[owner] if owner is not None else None
+        ours_for_seq[entry.seq] = store.append_history(
+            catalogue,
+            neuron_id,
+            explanation_id=explanation_id,
+            action=entry.action,
+            before=_state(entry.before, local, explanation_id),
+            after=_state(entry.after, local, explanation_id),
+            undoes=ours_for_seq.get(entry.undoes) if entry.undoes is not None else None,
+            annotator=entry.annotator,
+            at=entry.at,
+        )
+        report.history_added += 1
+        changed = True
+    return changed
+
+
+def _state(
+    state: ExportLabelState | None, local: dict[int, int], owner: int | None
+) -> LabelState | None:
+    """Their label state with our explanation id (the owning explanation when none is named)."""
+    if state is None:
+        return None
+    target = local[state.explanation] if state.explanation is not None else owner
+    assert target is not None  # validated: a state outside any explanation names one
+    return LabelState(
+        explanation_id=target, text=state.text, status=state.status, source=state.source
+    )

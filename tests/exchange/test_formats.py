@@ -1,0 +1,193 @@
+"""The openai and neuronpedia layouts, and the --status / --min-score / --layers filters."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from exchange_factory import build_catalogue
+from exchange_helpers import export_text
+
+from labeller.catalogue import Catalogue
+from labeller.errors import UserError
+from labeller.exchange import export_catalogue
+from labeller.exchange.neuronpedia_format import ACTIVATION_FIELDS, EXPLANATION_FIELDS
+
+NEURON_RECORD_FIELDS = {
+    "dataclass_name",
+    "neuron_id",
+    "random_sample",
+    "random_sample_by_quantile",
+    "quantile_boundaries",
+    "mean",
+    "variance",
+    "skewness",
+    "kurtosis",
+    "most_positive_activation_records",
+}
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_catalogue(tmp_path_factory.mktemp("formats") / "c.db")
+
+
+def lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def objects(value: Any) -> list[dict[str, Any]]:
+    """Every JSON object nested anywhere in `value`."""
+    if isinstance(value, dict):
+        return [value, *(o for v in value.values() for o in objects(v))]
+    if isinstance(value, list):
+        return [o for v in value for o in objects(v)]
+    return []
+
+
+def test_openai_records_carry_dataclass_name_everywhere(db: Path):
+    records = lines(export_text(db, "openai"))
+    assert all("dataclass_name" in o for record in records for o in objects(record))
+    neuron_records = [r for r in records if r["dataclass_name"] == "NeuronRecord"]
+    results = [r for r in records if r["dataclass_name"] == "NeuronSimulationResults"]
+    assert len(neuron_records) == 12
+    assert [(r["neuron_id"]["layer_index"], r["neuron_id"]["neuron_index"]) for r in results] == [
+        (0, 0),
+        (0, 1),
+        (0, 2),
+    ]
+    first = neuron_records[0]
+    assert set(first) == NEURON_RECORD_FIELDS
+    assert first["neuron_id"] == {"dataclass_name": "NeuronId", "layer_index": 0, "neuron_index": 0}
+    assert first["random_sample_by_quantile"] == [] and first["quantile_boundaries"] == []
+    assert len(first["most_positive_activation_records"]) == 4 and len(first["random_sample"]) == 3
+    record = first["most_positive_activation_records"][0]
+    assert set(record) == {"dataclass_name", "tokens", "activations"}
+    assert len(record["tokens"]) == len(record["activations"])
+    with Catalogue.open(db) as catalogue:
+        view = catalogue.neuron_view("tiny", 0, 0)
+    assert first["variance"] == pytest.approx(view.stats.std**2)
+    assert record["activations"] == view.top_examples[0].activations
+
+    scored = results[0]["scored_explanations"]
+    assert {s["explanation"] for s in scored} == {"fires on token 0", "code, variant 0"}
+    simulation = scored[0]["scored_simulation"]
+    label = next(e for e in view.explanations if e.text == scored[0]["explanation"])
+    primary = next(s for s in label.scores if s.method == "top_and_random")
+    assert simulation["ev_correlation_score"] == primary.score
+    sequence = simulation["scored_sequence_simulations"][0]
+    assert set(sequence) == {
+        "dataclass_name",
+        "simulation",
+        "true_activations",
+        "ev_correlation_score",
+        "rsquared_score",
+        "absolute_dev_explained_score",
+    }
+    assert set(sequence["simulation"]) == {
+        "dataclass_name",
+        "tokens",
+        "expected_activations",
+        "activation_scale",
+        "distribution_values",
+        "distribution_probabilities",
+        "uncalibrated_simulation",
+    }
+    assert sequence["simulation"]["activation_scale"] == "simulated_normalized_activations"
+
+
+def test_openai_takes_one_model(db: Path, tmp_path: Path):
+    two = tmp_path / "two.db"
+    two.write_bytes(db.read_bytes())
+    build_catalogue(two, model="other", layers=1, neurons=2, seed=3, labelled=False)
+    with pytest.raises(UserError, match="several models"):
+        export_text(two, "openai")
+    assert len(lines(export_text(two, "openai", model="other"))) == 2
+
+
+def test_neuronpedia_lines_have_the_bulk_export_fields(db: Path):
+    records = lines(export_text(db, "neuronpedia"))
+    explanations = [r for r in records if "description" in r]
+    activations = [r for r in records if "values" in r]
+    assert len(explanations) + len(activations) == len(records)
+    assert all(tuple(r) == EXPLANATION_FIELDS for r in explanations)
+    assert all(tuple(r) == ACTIVATION_FIELDS for r in activations)
+    assert len(explanations) == 3 * 2 + 2  # LLM labels on 0.0-0.2, two human ones on 0.1
+    assert len(activations) == 12 * (4 + 3)
+    human = next(r for r in explanations if r["description"] == "def keyword")
+    assert (human["modelId"], human["layer"], human["index"]) == ("tiny", "0-mlp-neurons", "1")
+    assert (human["authorId"], human["explanationModelName"]) == ("carol", None)
+    window = activations[0]
+    assert window["values"][window["maxValueTokenIndex"]] == window["maxValue"]
+    assert window["dataSource"] == "synthetic"
+    assert len({r["id"] for r in records}) == len(records)
+    assert lines(export_text(db, "neuronpedia")) == records  # ids are stable
+
+
+def test_status_accepted_keeps_accepted_labels_only(db: Path):
+    document = json.loads(export_text(db, status="accepted"))
+    assert [(n["layer"], n["neuron"]) for n in document["neurons"]] == [(0, 1)]
+    (neuron,) = document["neurons"]
+    assert [(e["text"], e["status"]) for e in neuron["explanations"]] == [
+        ("def keyword", "accepted")
+    ]
+    assert [h["action"] for h in neuron["explanations"][0]["history"]] == ["write", "accept"]
+    nps = lines(export_text(db, "neuronpedia", status="accepted"))
+    assert [r["description"] for r in nps if "description" in r] == ["def keyword"]
+
+
+def test_min_score_keeps_labels_scoring_at_least_that(db: Path):
+    with Catalogue.open(db) as catalogue:
+        scores = {
+            (view.neuron, e.text): s.score
+            for view in (catalogue.neuron_view("tiny", 0, n) for n in range(3))
+            for e in view.explanations
+            for s in e.scores
+            if s.method == "top_and_random" and s.split.value == "valid" and s.score is not None
+        }
+    threshold = sorted(scores.values())[len(scores) // 2]
+    expected = {key for key, score in scores.items() if score >= threshold}
+    document = json.loads(export_text(db, min_score=threshold))
+    kept = {(n["neuron"], e["text"]) for n in document["neurons"] for e in n["explanations"]}
+    assert kept == expected and 0 < len(kept) < len(scores)
+    results = [
+        r
+        for r in lines(export_text(db, "openai", min_score=threshold))
+        if r["dataclass_name"] == "NeuronSimulationResults"
+    ]
+    assert {s["explanation"] for r in results for s in r["scored_explanations"]} == {
+        text for _, text in expected
+    }
+
+
+def test_layers_and_model_filters(db: Path):
+    document = json.loads(export_text(db, layers=[1], model="tiny"))
+    assert {n["layer"] for n in document["neurons"]} == {1}
+    assert len(document["neurons"]) == document["neuron_count"] == 6
+    assert document["neurons"][0]["explanations"] == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"fmt": "csv"}, "--format"),
+        ({"status": "great"}, "--status"),
+        ({"model": "missing"}, "not in"),
+    ],
+)
+def test_bad_export_arguments_are_one_line_errors(db: Path, kwargs: dict[str, Any], message):
+    arguments: dict[str, Any] = {
+        "fmt": "json",
+        "model": None,
+        "layers": None,
+        "status": "all",
+        "min_score": None,
+        "on_progress": None,
+        **kwargs,
+    }
+    with Catalogue.open(db) as catalogue, pytest.raises(UserError, match=message) as caught:
+        export_catalogue(catalogue, io.StringIO(), **arguments)
+    assert "\n" not in str(caught.value)
