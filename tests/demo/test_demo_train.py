@@ -6,7 +6,13 @@ import pytest
 import torch
 from transformer_lens.model_bridge.sources.native import boot
 
-from labeller.demo.train import DEMO_MODELS, demo_model_config, train_demo_models
+from labeller.demo.train import (
+    BATCH_SIZE,
+    DEMO_MODELS,
+    N_CTX,
+    demo_model_config,
+    train_demo_models,
+)
 from labeller.model.native_dir import load_native_model, native_model_metadata
 
 
@@ -14,7 +20,7 @@ from labeller.model.native_dir import load_native_model, native_model_metadata
 def test_tiny_training_run_writes_loadable_models(tmp_path: Path) -> None:
     vocab_size = 300
     result = train_demo_models(
-        tmp_path, tokens=20 * 32 * 64, seed=5, vocab_size=vocab_size, progress=False
+        tmp_path, tokens=20 * BATCH_SIZE * N_CTX, seed=5, vocab_size=vocab_size, progress=False
     )
 
     assert result["train_steps"] == 20
