@@ -71,6 +71,7 @@ def scan_pass(model: LoadedModel, batches: list[list[Window]], params: ScanParam
     scanner = Scanner(model, params)
     for batch in batches:
         scanner.process(batch)
+    scanner.flush()
     synchronise(model)
     return scanner
 

@@ -32,17 +32,21 @@ class TopWindows:
     def update(
         self,
         acts: torch.Tensor,
-        mask: torch.Tensor,
+        window_max: torch.Tensor,
         window_index: torch.Tensor,
         window_hash: torch.Tensor,
     ) -> torch.Tensor:
-        """Merge a batch ([B, T, N] activations); returns the batch rows that entered any top-k."""
+        """Merge a batch: `acts` [B, T, N] with padding at -inf, `window_max` [B, N] its max over
+        T. Returns the batch rows that entered any top-k.
+
+        Only the columns (neurons) where some window beats the current k-th best are touched, so
+        after the first few batches an update costs little more than the comparison.
+        """
         width = acts.shape[1]
-        padded = acts if bool(mask.all()) else acts.masked_fill(~mask[:, :, None], -math.inf)
-        window_max, window_argmax = padded.max(dim=1)
         same = window_hash[:, None] == window_hash[None, :]
         repeated_in_batch = torch.tril(same, diagonal=-1).any(dim=1)
-        window_max[repeated_in_batch] = -math.inf
+        if bool(repeated_in_batch.any()):
+            window_max = window_max.masked_fill(repeated_in_batch[:, None], -math.inf)
         candidate = window_max > self.values[-1][None, :]
         cols = candidate.any(dim=0).nonzero().squeeze(1)
         if cols.numel() == 0:
@@ -60,14 +64,15 @@ class TopWindows:
         def pick(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
             return torch.where(from_old, old[:, cols].gather(0, old_i), new)
 
-        self.argmax[:, cols] = pick(self.argmax, window_argmax[:, cols].gather(0, new_b))
+        entrants = acts[new_b, :, cols[None, :]]  # [k, C, T], padding at -inf
+        self.argmax[:, cols] = pick(self.argmax, entrants.argmax(dim=2))
         self.window[:, cols] = pick(self.window, window_index[new_b])
         self.hash[:, cols] = pick(self.hash, window_hash[new_b])
         old_acts = self.acts[:, cols, :].gather(
             0, old_i[:, :, None].expand(-1, -1, self.acts.shape[2])
         )
         new_acts = torch.zeros_like(old_acts)
-        new_acts[:, :, :width] = acts[new_b, :, cols[None, :]]
+        new_acts[:, :, :width] = entrants.masked_fill(torch.isneginf(entrants), 0.0)
         self.acts[:, cols, :] = torch.where(from_old[:, :, None], old_acts, new_acts)
         self.values[:, cols] = top_values
         return torch.unique(new_b[~from_old & torch.isfinite(top_values)])
@@ -87,7 +92,12 @@ class TopWindows:
 
 
 class Moments:
-    """Count, mean and central moments M2..M4 per neuron, merged exactly batch by batch (Pébay)."""
+    """Count, mean and central moments M2..M4 per neuron, merged exactly batch by batch (Pébay).
+
+    Each batch is summarised by power sums about the running mean (so float32 sums stay well
+    conditioned), computed in place in reused buffers: on CPU, allocating fresh batch-sized
+    tensors costs more than the arithmetic.
+    """
 
     def __init__(self, n: int, device: torch.device) -> None:
         zeros = lambda: torch.zeros(n, dtype=torch.float64, device=device)  # noqa: E731
@@ -97,16 +107,37 @@ class Moments:
         self.min = torch.full((n,), math.inf, dtype=torch.float64, device=device)
         self.max = torch.full((n,), -math.inf, dtype=torch.float64, device=device)
 
-    def update(self, x: torch.Tensor, batch_min: torch.Tensor, batch_max: torch.Tensor) -> None:
-        """x: [tokens, N] activations of real (unpadded) tokens."""
-        nb = float(x.shape[0])
-        mean_b = x.mean(dim=0)
-        d = x - mean_b
-        d2 = d * d
-        m2_b = d2.sum(dim=0).double()
-        m3_b = (d2 * d).sum(dim=0).double()
-        m4_b = (d2 * d2).sum(dim=0).double()
-        mean_b = mean_b.double()
+    def update(
+        self,
+        x: torch.Tensor,
+        batch_min: torch.Tensor,
+        batch_max: torch.Tensor,
+        scratch: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    ) -> None:
+        """x: [..., N] activations of real (unpadded) tokens, possibly a strided view; scratch:
+        two float buffers and one bool buffer shaped like x."""
+        y, y2, positive = scratch
+        dims = tuple(range(x.dim() - 1))
+        nb = float(x.numel() // x.shape[-1])
+        shift = (self.mean.float() if float(self.count) > 0 else (batch_min + batch_max) / 2).to(
+            x.dtype
+        )
+        torch.sub(x, shift, out=y)
+        torch.mul(y, y, out=y2)
+        s1 = y.sum(dim=dims).double()
+        s2 = y2.sum(dim=dims).double()
+        y2.mul_(y)
+        s3 = y2.sum(dim=dims).double()
+        y2.mul_(y)
+        s4 = y2.sum(dim=dims).double()
+        torch.gt(x, 0, out=positive)
+        self.positive += positive.sum(dim=dims).double()
+
+        a = s1 / nb  # batch mean minus shift
+        m2_b = s2 - nb * a**2
+        m3_b = s3 - 3 * a * s2 + 2 * nb * a**3
+        m4_b = s4 - 4 * a * s3 + 6 * a**2 * s2 - 3 * nb * a**4
+        mean_b = shift.double() + a
         na = self.count
         n = na + nb
         delta = mean_b - self.mean
@@ -127,7 +158,6 @@ class Moments:
         self.m2 = m2_a + m2_b + delta**2 * na * nb / n
         self.mean = self.mean + delta * nb / n
         self.count = n
-        self.positive += (x > 0).sum(dim=0).double()
         self.min = torch.minimum(self.min, batch_min.double())
         self.max = torch.maximum(self.max, batch_max.double())
 
@@ -163,14 +193,34 @@ class AdaptiveHistogram:
         self.inverse_width = torch.zeros(n, device=device)  # 1 / width, a power of two
         self.first = torch.zeros(n, dtype=torch.long, device=device)  # low edge / width
         self.offsets = torch.arange(n, device=device) * bins
+        self.started = False
 
-    def update(self, x: torch.Tensor, batch_min: torch.Tensor, batch_max: torch.Tensor) -> None:
-        if not bool((self.inverse_width > 0).all()):
+    def update(
+        self,
+        x: torch.Tensor,
+        batch_min: torch.Tensor,
+        batch_max: torch.Tensor,
+        scratch: tuple[torch.Tensor, torch.Tensor],
+    ) -> None:
+        """x: [..., N], possibly a strided view; scratch: a float and a long buffer shaped like x.
+
+        The bin index is computed in float32 when it is exactly representable there (one fewer
+        pass over a long tensor), else in int64."""
+        if not self.started:
             self._initialise(batch_min, batch_max)
+            self.started = True
         self._cover(batch_min, batch_max)
-        index = torch.floor(x * self.inverse_width).long()
-        index -= self.first - self.offsets
-        self.counts += torch.bincount(index.flatten(), minlength=self.counts.numel()).view_as(
+        scaled, index = scratch
+        torch.mul(x, self.inverse_width, out=scaled)
+        scaled.floor_()
+        shift = self.first - self.offsets
+        if int(shift.abs().max()) < 2**23 and float(scaled.abs().amax()) < 2**23:
+            scaled -= shift.to(scaled.dtype)
+            index.copy_(scaled)
+        else:
+            index.copy_(scaled)
+            index -= shift
+        self.counts += torch.bincount(index.view(-1), minlength=self.counts.numel()).view_as(
             self.counts
         )
 
@@ -222,6 +272,7 @@ class AdaptiveHistogram:
     def load(self, state: State) -> None:
         for name, tensor in state.items():
             setattr(self, name, tensor.clone())
+        self.started = bool((self.inverse_width > 0).all())
 
 
 @dataclass

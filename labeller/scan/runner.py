@@ -13,6 +13,7 @@ import math
 import signal
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import FrameType
 
@@ -61,25 +62,63 @@ class LayerState:
         self.moments = Moments(n, device)
         self.histogram = AdaptiveHistogram(n, params.histogram_bins, device)
         self.random_acts = torch.zeros((params.random, params.ctx, n), device=device)
+        self.n = n
+        self.device = device
+        self._buffers: dict[int, tuple[torch.Tensor, ...]] = {}
+
+    def _scratch(self, tokens: int) -> tuple[torch.Tensor, ...]:
+        """Batch-sized work buffers, allocated once per size and reused every batch."""
+        if tokens not in self._buffers:
+            if len(self._buffers) > 4:
+                self._buffers.clear()
+            shape = (tokens, self.n)
+            self._buffers[tokens] = (
+                torch.empty(shape, device=self.device),
+                torch.empty(shape, device=self.device),
+                torch.empty(shape, device=self.device),
+                torch.empty(shape, device=self.device),
+                torch.empty(shape, dtype=torch.bool, device=self.device),
+                torch.empty(shape, dtype=torch.long, device=self.device),
+            )
+        return self._buffers[tokens]
 
     def update(
         self,
         acts: torch.Tensor,
         mask: torch.Tensor,
+        full: bool,
         window_index: torch.Tensor,
         hashes: torch.Tensor,
         reservoir_rows: list[tuple[int, int]],
     ) -> torch.Tensor:
-        full = bool(mask.all())
-        real = acts.reshape(-1, acts.shape[2]) if full else acts[mask]
-        batch_min = real.min(dim=0).values
-        batch_max = real.max(dim=0).values
-        self.moments.update(real, batch_min, batch_max)
-        self.histogram.update(real, batch_min, batch_max)
+        """acts: [B, T, N] (a view of the hook's output); mask: [B, T] real tokens."""
+        batch, width, n = acts.shape
+        work, gathered, y, y2, positive, index = self._scratch(batch * width)
+        if full:
+            # Reduce over the hook's strided view directly: no copy of the batch.
+            real = acts
+            shape: tuple[int, ...] = (batch, width, n)
+            padded = acts
+        else:
+            rows = mask.view(-1).nonzero().squeeze(1)
+            shape = (rows.numel(), n)
+            real = gathered[: shape[0]]
+            flat = work.view(batch, width, n)
+            flat.copy_(acts)
+            torch.index_select(flat.view(-1, n), 0, rows, out=real)
+            padded = flat.masked_fill_(~mask[:, :, None], -math.inf)
+        count = shape[0] if len(shape) == 2 else batch * width
+        y, y2 = y[:count].view(shape), y2[:count].view(shape)
+        positive, index = positive[:count].view(shape), index[:count].view(shape)
+        dims = tuple(range(len(shape) - 1))
+        batch_min = real.amin(dim=dims)
+        batch_max = real.amax(dim=dims)
+        self.moments.update(real, batch_min, batch_max, (y, y2, positive))
+        self.histogram.update(real, batch_min, batch_max, (y, index))
         for row, slot in reservoir_rows:
             self.random_acts[slot].zero_()
-            self.random_acts[slot, : acts.shape[1]] = acts[row]
-        return self.top.update(acts, mask, window_index, hashes)
+            self.random_acts[slot, :width] = acts[row]
+        return self.top.update(padded, padded.amax(dim=1), window_index, hashes)
 
     def state(self) -> dict[str, object]:
         return {
@@ -107,27 +146,59 @@ class Scanner:
         self.windows: dict[int, WindowMeta] = {}
         self.tokens_seen = 0
         self.windows_seen = 0
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="labeller-scan")
+        self._pending: Future[None] | None = None
 
     def process(self, batch: list[Window]) -> None:
+        """Run the model on a batch, then hand its activations to the accumulating thread.
+
+        The accumulators of batch i run while the model computes batch i+1 (torch releases the
+        GIL), so on a machine with a spare core the scan costs about what the forward pass costs.
+        At most one batch waits, so memory stays bounded.
+        """
         first = self.windows_seen
         index = torch.arange(first, first + len(batch), device=self.model.device)
         hashes = torch.tensor([window_hash(w.token_ids) for w in batch], device=self.model.device)
         reservoir_rows = []
-        for row, window in enumerate(batch):
+        for row in range(len(batch)):
             slot = self.reservoir.offer(first + row)
             if slot is not None:
                 reservoir_rows.append((row, slot))
-                self.windows[first + row] = _meta(window)
         ids, mask = batch_inputs(self.model, [w.token_ids for w in batch])
+        full = all(len(w.token_ids) == mask.shape[1] for w in batch)
         activations = neuron_activations(self.model, ids, self.params.layers)
+        self.flush()
+        self._pending = self._worker.submit(
+            self._accumulate, first, batch, activations, mask, full, index, hashes, reservoir_rows
+        )
+        self.windows_seen += len(batch)
+        self.tokens_seen += sum(len(w.token_ids) for w in batch)
+
+    def flush(self) -> None:
+        """Wait for the batch being accumulated; re-raises its error, if any."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def _accumulate(
+        self,
+        first: int,
+        batch: list[Window],
+        activations: dict[int, torch.Tensor],
+        mask: torch.Tensor,
+        full: bool,
+        index: torch.Tensor,
+        hashes: torch.Tensor,
+        reservoir_rows: list[tuple[int, int]],
+    ) -> None:
+        for row, _ in reservoir_rows:
+            self.windows[first + row] = _meta(batch[row])
         entered: set[int] = set()
         for layer, state in self.layers.items():
-            rows = state.update(activations[layer], mask, index, hashes, reservoir_rows)
+            rows = state.update(activations[layer], mask, full, index, hashes, reservoir_rows)
             entered.update(rows.tolist())
         for row in entered:
             self.windows[first + row] = _meta(batch[row])
-        self.windows_seen += len(batch)
-        self.tokens_seen += int(mask.sum())
         if len(self.windows) > 4 * self._referenced_bound():
             self._forget_unreferenced()
 
@@ -147,6 +218,7 @@ class Scanner:
     # --- checkpoints ----------------------------------------------------------------------
 
     def checkpoint(self) -> bytes:
+        self.flush()
         self._forget_unreferenced()
         state = {
             "format": CHECKPOINT_FORMAT,
@@ -182,6 +254,7 @@ class Scanner:
     # --- results ------------------------------------------------------------------------
 
     def results(self) -> tuple[list[WindowRow], Iterator[NeuronRow]]:
+        self.flush()
         kept = self._referenced()
         windows = [
             WindowRow(
