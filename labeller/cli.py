@@ -1123,6 +1123,26 @@ def train_demo(out: Path, tokens: int | None, seed: int) -> None:
 
 
 @cli.command()
+@db_option
+@click.option("--annotator", default=None, help="Default: git user.name, else $USER.")
+@click.option("--model", "model_name", default=None, help="Start on this model's neurons.")
+def annotate(db_path: Path | None, annotator: str | None, model_name: str | None) -> None:
+    """Open the annotation TUI: browse neurons, test them live, perturb inputs, label them.
+
+    Every action is stored with the annotator's name. Press ? inside for the keys.
+
+    \b
+    Example:
+      labeller annotate --annotator alice
+    """
+    from labeller.tui.app import run_annotate
+
+    with Catalogue.open(db_path):
+        pass  # a missing or foreign catalogue is a one-line error before the screen opens
+    run_annotate(db_path, annotator or default_annotator(), model_name)
+
+
+@cli.command()
 @click.option(
     "--db",
     "db_path",
@@ -1132,27 +1152,29 @@ def train_demo(out: Path, tokens: int | None, seed: int) -> None:
     help="Where the demo catalogue is built.",
 )
 @click.option("--tokens", type=click.IntRange(min=1000), default=DEMO_TOKENS, show_default=True)
-def demo(db_path: Path, tokens: int) -> None:
-    """Build the demo catalogue (both bundled models on the demo corpus) and show a neuron.
-
-    Needs no network. The first run scans; later runs reuse the catalogue.
+@click.option("--annotator", default=None, help="Default: git user.name, else $USER.")
+@click.option("--no-tui", is_flag=True, help="Build the catalogue and print a neuron instead.")
+def demo(db_path: Path, tokens: int, annotator: str | None, no_tui: bool) -> None:
+    """Open the TUI on the demo catalogue: both bundled models scanned over the demo corpus,
+    labelled and scored by the offline baseline. Needs no network; the first run builds it.
 
     \b
     Example:
       labeller demo
     """
+    import asyncio
+
     from labeller.demo import DEMO_MODEL_NAMES
+    from labeller.explain.service import explain_neurons, score_neurons
     from labeller.model.loading import load_model
     from labeller.scan.runner import run_scan
 
     with Catalogue.open(db_path, create=True) as catalogue:
-        present = {m.name for m in catalogue.models()} & {
-            name for (name, _layer) in catalogue.neuron_counts()
-        }
+        present = {name for (name, _layer) in catalogue.neuron_counts()}
         for name in DEMO_MODEL_NAMES:
             if name in present:
                 continue
-            click.echo(f"scanning {name} over {tokens:,} tokens of the demo corpus", err=True)
+            click.echo(f"building the demo: scanning {name} over {tokens:,} tokens", err=True)
             model = load_model(name, device="cpu")
             params = ScanParams(
                 model=name,
@@ -1167,14 +1189,23 @@ def demo(db_path: Path, tokens: int) -> None:
             )
             with _progress(tokens) as advance:
                 run_scan(catalogue, model, params, batch_size=32, on_progress=advance)
-        for model_name, layer, neuron in catalogue.strongest_neurons(limit=1):
-            print_neuron(catalogue.neuron_view(model_name, layer, neuron), 5)
-    click.echo(
-        f"\nThe demo catalogue is {db_path}. Try:\n"
-        f"  labeller models --db {db_path}\n"
-        f"  labeller show --db {db_path} --model demo-solu-1l --layer 0 --neuron 7\n"
-        f"  labeller trace --model demo-solu-1l --layer 0 --neuron 7 --text 'def f(x):'"
-    )
+            refs = catalogue.neuron_refs(name, None, None)
+            asyncio.run(explain_neurons(catalogue, refs, explainer="baseline", client=None))
+            asyncio.run(score_neurons(catalogue, refs, simulator="baseline", client=None))
+        if no_tui:
+            for model_name, layer, neuron in catalogue.strongest_neurons(limit=1):
+                print_neuron(catalogue.neuron_view(model_name, layer, neuron), 5)
+    if no_tui:
+        click.echo(
+            f"\nThe demo catalogue is {db_path}. Try:\n"
+            f"  labeller annotate --db {db_path}\n"
+            f"  labeller rank --db {db_path} --model demo-solu-1l --limit 10\n"
+            f"  labeller trace --model demo-solu-1l --layer 0 --neuron 7 --text 'def f(x):'"
+        )
+        return
+    from labeller.tui.app import run_annotate
+
+    run_annotate(db_path, annotator or default_annotator(), None)
 
 
 class _status:

@@ -190,3 +190,18 @@ def test_hugging_face_model_directory(tiny_hf_dir, tiny_corpus, tmp_path):
         )
         checked += 1
     assert checked >= 1
+
+
+@pytest.mark.slow
+def test_demo_builds_a_labelled_catalogue_offline(tmp_path):
+    db = tmp_path / "demo.db"
+    out = run("demo", "--db", db, "--tokens", "20000", "--no-tui").output
+    assert "Top examples" in out and "labeller annotate --db" in out
+    models = json.loads(run("models", "--db", db, "--format", "json").output)
+    assert sorted((m["name"], m["neurons"]) for m in models) == [
+        ("demo-gelu-1l", 512), ("demo-solu-1l", 512)]
+    ranked = json.loads(run("rank", "--db", db, "--model", "demo-solu-1l", "--limit", "5",
+                            "--format", "json").output)
+    assert all(r["source"] == "baseline" and r["score"] is not None for r in ranked)
+    again = run("demo", "--db", db, "--no-tui")
+    assert "building the demo" not in again.stderr
