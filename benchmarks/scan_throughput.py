@@ -137,16 +137,7 @@ def main() -> None:
         start = time.perf_counter()
         with Catalogue.open(path, create=True) as catalogue:
             model_id = catalogue.upsert_model(model.record())
-            scan_id = catalogue.create_scan(model_id, params)
-            window_rows, neuron_rows = scanner.results()
-            catalogue.write_scan_results(
-                scan_id,
-                model_id,
-                window_rows,
-                neuron_rows,
-                tokens_seen=scanner.tokens_seen,
-                windows_seen=scanner.windows_seen,
-            )
+            scanner.write_results(catalogue, catalogue.create_scan(model_id, params), model_id)
         written = time.perf_counter() - start
         neurons = len(layers) * model.d_mlp
         size = sum(p.stat().st_size for p in Path(tmp).iterdir())

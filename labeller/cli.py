@@ -269,7 +269,8 @@ def print_neuron(view: NeuronView, limit: int | None) -> None:
     console = Console(highlight=False)
     s = view.stats
     console.print(
-        f"[bold]{view.model}[/bold]  layer {view.layer}  neuron {view.neuron}  (scan {view.scan_id})"
+        f"[bold]{view.model}[/bold]  layer {view.layer}  neuron {view.neuron}  "
+        f"(scan {view.scan_id})"
     )
     skew = "n/a" if s.skewness is None else f"{s.skewness:.2f}"
     kurt = "n/a" if s.kurtosis is None else f"{s.kurtosis:.2f}"

@@ -9,17 +9,50 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import json  # noqa: E402
-import random  # noqa: E402
-import shutil  # noqa: E402
-from pathlib import Path  # noqa: E402
+import json
+import random
+import shutil
+from pathlib import Path
 
-import pytest  # noqa: E402
+import pytest
 
-WORDS = (
-    "the neuron fires on def class return import from while for if else print self value "
-    "list dict string token model layer activation window corpus python code text and of to"
-).split()
+WORDS = [
+    *[
+        "the",
+        "neuron",
+        "fires",
+        "on",
+        "def",
+        "class",
+        "return",
+        "import",
+        "from",
+        "while",
+        "for",
+        "if",
+        "else",
+        "print",
+        "self",
+        "value",
+    ],
+    *[
+        "list",
+        "dict",
+        "string",
+        "token",
+        "model",
+        "layer",
+        "activation",
+        "window",
+        "corpus",
+        "python",
+        "code",
+        "text",
+        "and",
+    ],
+    "of",
+    "to",
+]
 
 
 def synthetic_documents(count: int, seed: int = 0) -> list[str]:
@@ -35,7 +68,8 @@ def synthetic_documents(count: int, seed: int = 0) -> list[str]:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 1-layer SoLU-LN native model with a byte-level BPE tokenizer, random weights, seed 0."""
+    """A 2-layer SoLU-LN native model with a byte-level BPE tokenizer, random weights, seed 0."""
+    import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformer_lens.config import TransformerBridgeConfig
     from transformer_lens.model_bridge.sources.native import boot
@@ -52,7 +86,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         show_progress=False,
     )
     tok.train_from_iterator(synthetic_documents(200, seed=1), trainer)
-    special = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}
+    special = dict.fromkeys(("bos_token", "eos_token", "pad_token"), "<|endoftext|>")
     hf_tok = hf_tokenizer_for_bridge(tok, special, "tiny")
     cfg = TransformerBridgeConfig(
         d_model=32,
@@ -70,7 +104,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     bridge = boot(cfg, tokenizer=hf_tok, model_name="tiny")
     path = tmp_path_factory.mktemp("models") / "tiny-solu-2l"
-    save_native_model(bridge, hf_tok, path, {"purpose": "tests"}, storage_dtype=__import__("torch").float32)
+    save_native_model(bridge, hf_tok, path, {"purpose": "tests"}, storage_dtype=torch.float32)
     return path
 
 
@@ -137,8 +171,13 @@ def tiny_hf_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) 
         tokenizer_object=tok, bos_token=special, eos_token=special, pad_token=special
     )
     cfg = GPT2Config(
-        n_layer=2, n_embd=32, n_head=2, n_positions=80, vocab_size=tok.get_vocab_size(),
-        bos_token_id=0, eos_token_id=0,
+        n_layer=2,
+        n_embd=32,
+        n_head=2,
+        n_positions=80,
+        vocab_size=tok.get_vocab_size(),
+        bos_token_id=0,
+        eos_token_id=0,
     )
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("hf") / "tiny-gpt2"

@@ -11,7 +11,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,9 +31,9 @@ from labeller.records import (
     LabelStatus,
     ModelRecord,
     NeuronStats,
-    RankRow,
     NeuronView,
     OutputToken,
+    RankRow,
     ScanParams,
     ScanRecord,
     ScanStatus,
@@ -171,10 +171,9 @@ class Catalogue:
 
     def close(self) -> None:
         """Fold the WAL back into the main file, so a plain copy of it is complete."""
-        try:
+        # Another process may hold the database busy: then its own close checkpoints.
+        with suppress(sqlite3.OperationalError):
             self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except sqlite3.OperationalError:
-            pass  # another process holds the database busy: its own close will checkpoint
         self.db.conn.close()
 
     def __enter__(self) -> Catalogue:
@@ -442,20 +441,11 @@ class Catalogue:
     def _examples(self, neuron_id: int) -> Iterator[Example]:
         for row in self.db.query(
             """select e.*, w.tokens, w.document, w.offset from examples e
-            join windows w on w.id = e.window_id where e.neuron_id = ? order by e.kind desc, e.rank""",
+            join windows w on w.id = e.window_id where e.neuron_id = ?
+            order by e.kind desc, e.rank""",
             [neuron_id],
         ):
-            yield Example(
-                kind=ExampleKind(row["kind"]),
-                rank=row["rank"],
-                split=Split(row["split"]),
-                tokens=json.loads(row["tokens"]),
-                activations=decode_activations(row["activations"]),
-                max_index=row["max_index"],
-                max_activation=row["max_activation"],
-                document=row["document"],
-                offset=row["offset"],
-            )
+            yield example_from_row(row)
 
     def _explanations(self, neuron_id: int) -> list[Explanation]:
         explanations = []
@@ -666,7 +656,7 @@ class Catalogue:
                 self.db.execute("BEGIN IMMEDIATE")
                 break
             except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc) or attempt == 4:
+                if ("locked" not in str(exc) and "busy" not in str(exc)) or attempt == 4:
                     raise
                 time.sleep(0.2 * (attempt + 1))
         try:
@@ -794,9 +784,8 @@ class Catalogue:
                 "select neuron_id from explanations where id = ?", [explanation_id]
             ).fetchone()
             if row is None or row[0] != ref.id:
-                raise UserError(
-                    f"explanation {explanation_id} is not a label of neuron {ref.layer}.{ref.neuron}"
-                )
+                neuron = f"{ref.layer}.{ref.neuron}"
+                raise UserError(f"explanation {explanation_id} is not a label of neuron {neuron}")
             if review is not None:
                 before = self._label_state(explanation_id)
                 if before.status is not LabelStatus.ACCEPTED:
@@ -1072,6 +1061,21 @@ def _state(raw: str | None) -> LabelState | None:
     data = json.loads(raw)
     data.pop("undoes", None)
     return LabelState(**data)
+
+
+def example_from_row(row: dict[str, Any]) -> Example:
+    """An examples row joined with its window's tokens, document and offset."""
+    return Example(
+        kind=ExampleKind(row["kind"]),
+        rank=row["rank"],
+        split=Split(row["split"]),
+        tokens=json.loads(row["tokens"]),
+        activations=decode_activations(row["activations"]),
+        max_index=row["max_index"],
+        max_activation=row["max_activation"],
+        document=row["document"],
+        offset=row["offset"],
+    )
 
 
 def _tokens_json(tokens: list[OutputToken]) -> str:

@@ -22,8 +22,8 @@ from labeller.catalogue import (
     _state,
     _stats_from_row,
     _weights_from_row,
-    decode_activations,
     encode_activations,
+    example_from_row,
     params_key,
 )
 from labeller.records import (
@@ -278,17 +278,7 @@ def _examples(catalogue: Catalogue, neuron_id: int) -> Iterator[StoredExample]:
         [neuron_id],
     ):
         yield StoredExample(
-            example=Example(
-                kind=ExampleKind(row["kind"]),
-                rank=row["rank"],
-                split=Split(row["split"]),
-                tokens=json.loads(row["tokens"]),
-                activations=decode_activations(row["activations"]),
-                max_index=row["max_index"],
-                max_activation=row["max_activation"],
-                document=row["document"],
-                offset=row["offset"],
-            ),
+            example=example_from_row(row),
             token_ids=json.loads(row["token_ids"] or "[]"),
         )
 

@@ -269,6 +269,17 @@ class Scanner:
         ]
         return windows, self._neuron_rows()
 
+    def write_results(self, catalogue: Catalogue, scan_id: int, model_id: int) -> None:
+        window_rows, neuron_rows = self.results()
+        catalogue.write_scan_results(
+            scan_id,
+            model_id,
+            window_rows,
+            neuron_rows,
+            tokens_seen=self.tokens_seen,
+            windows_seen=self.windows_seen,
+        )
+
     def _neuron_rows(self) -> Iterator[NeuronRow]:
         for layer, state in self.layers.items():
             weights = layer_weight_facts(self.model, layer)
@@ -450,15 +461,7 @@ def run_scan(
             catalogue.set_scan_status(scan_id, ScanStatus.INTERRUPTED)
             raise ScanInterrupted(scan_id, scanner.tokens_seen) from None
         save(ScanStatus.RUNNING)
-        window_rows, neuron_rows = scanner.results()
-        catalogue.write_scan_results(
-            scan_id,
-            model_id,
-            window_rows,
-            neuron_rows,
-            tokens_seen=scanner.tokens_seen,
-            windows_seen=scanner.windows_seen,
-        )
+        scanner.write_results(catalogue, scan_id, model_id)
     return ScanOutcome(
         scan_id=scan_id,
         tokens_seen=scanner.tokens_seen,

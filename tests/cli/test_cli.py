@@ -43,7 +43,7 @@ def scanned_db(tmp_path_factory, tiny_model_dir, tiny_corpus) -> Path:
 
 
 def test_every_command_has_help_with_an_example():
-    for name, command in cli.commands.items():
+    for name in cli.commands:
         result = run(name, "--help")
         assert "Example" in result.output, name
         assert f"labeller {name}" in result.output, name
@@ -199,9 +199,14 @@ def test_demo_builds_a_labelled_catalogue_offline(tmp_path):
     assert "Top examples" in out and "labeller annotate --db" in out
     models = json.loads(run("models", "--db", db, "--format", "json").output)
     assert sorted((m["name"], m["neurons"]) for m in models) == [
-        ("demo-gelu-1l", 512), ("demo-solu-1l", 512)]
-    ranked = json.loads(run("rank", "--db", db, "--model", "demo-solu-1l", "--limit", "5",
-                            "--format", "json").output)
+        ("demo-gelu-1l", 512),
+        ("demo-solu-1l", 512),
+    ]
+    ranked = json.loads(
+        run(
+            "rank", "--db", db, "--model", "demo-solu-1l", "--limit", "5", "--format", "json"
+        ).output
+    )
     assert all(r["source"] == "baseline" and r["score"] is not None for r in ranked)
     again = run("demo", "--db", db, "--no-tui")
     assert "building the demo" not in again.stderr

@@ -27,7 +27,8 @@ def reply_lines(values: list[int], tokens: list[str] = TOKENS) -> str:
         (" return keywords in Python.", "return keywords in Python."),
         ("the main thing this neuron does is find commas in lists", "commas in lists"),
         (
-            "Explanation of neuron 3 behavior: the main thing this neuron does is find dates.\nmore",
+            "Explanation of neuron 3 behavior: "
+            "the main thing this neuron does is find dates.\nmore",
             "dates.",
         ),
     ],

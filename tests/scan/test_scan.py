@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -20,9 +21,7 @@ from labeller.scan.runner import run_scan
 
 def all_window_activations(model, params) -> tuple[list, dict[int, list[np.ndarray]]]:
     """Every window of the corpus and, per layer, its [tokens, d_mlp] activations, one by one."""
-    windows = list(
-        iter_windows(iter_documents(params.dataset), model.encode, params.ctx)
-    )
+    windows = list(iter_windows(iter_documents(params.dataset), model.encode, params.ctx))
     per_layer: dict[int, list[np.ndarray]] = {layer: [] for layer in params.layers}
     for window in windows:
         ids, _ = batch_inputs(model, [window.token_ids])
@@ -62,7 +61,7 @@ def test_top_k_equals_brute_force(scanned, tiny_model):
             boundary = [c[0] for c in candidates[: params.top_k + 1]]
             # Where two windows tie (to float noise between batched and single runs), either
             # order is right; elsewhere the windows themselves must agree.
-            distinct = all(a - b > 1e-5 * abs(a) + 1e-7 for a, b in zip(boundary, boundary[1:]))
+            distinct = all(a - b > 1e-5 * abs(a) + 1e-7 for a, b in itertools.pairwise(boundary))
             if distinct:
                 assert [(g[1], g[2]) for g in got] == [
                     (e[1].document, e[1].offset) for e in expected
@@ -135,12 +134,16 @@ def test_weight_facts(scanned, tiny_model):
     assert weights.top_negative_tokens[0].weight == pytest.approx(float(logits.min()), rel=1e-5)
 
 
-def test_interrupt_and_resume_equals_uninterrupted(scanned, tiny_model, tiny_model_dir, tiny_corpus, tmp_path):
+def test_interrupt_and_resume_equals_uninterrupted(
+    scanned, tiny_model, tiny_model_dir, tiny_corpus, tmp_path
+):
     catalogue_full, params, outcome, _, _ = scanned
     catalogue = Catalogue.open(tmp_path / "resume.db", create=True)
     batches = iter(range(1000))
     with pytest.raises(ScanInterrupted):
-        run_scan(catalogue, tiny_model, params, batch_size=5, stop_requested=lambda: next(batches) == 20)
+        run_scan(
+            catalogue, tiny_model, params, batch_size=5, stop_requested=lambda: next(batches) == 20
+        )
     (scan,) = catalogue.scans()
     assert scan.status == "interrupted" and 0 < scan.tokens_seen < outcome.tokens_seen
     resumed = run_scan(catalogue, tiny_model, params, batch_size=7)
@@ -203,9 +206,17 @@ def test_rescan_keeps_explanations(tiny_model, tiny_model_dir, tiny_corpus, tmp_
     params = scan_params(tiny_model_dir, tiny_corpus, tokens=300)
     catalogue = Catalogue.open(tmp_path / "c.db", create=True)
     run_scan(catalogue, tiny_model, params, batch_size=4)
-    neuron_id = catalogue.db.execute("select id from neurons where layer=0 and neuron=2").fetchone()[0]
+    neuron_id = catalogue.db.execute(
+        "select id from neurons where layer=0 and neuron=2"
+    ).fetchone()[0]
     catalogue.db["explanations"].insert(
-        {"neuron_id": neuron_id, "text": "fires on x", "source": "human", "status": "accepted", "created_at": "2026-01-01T00:00:00+00:00"}
+        {
+            "neuron_id": neuron_id,
+            "text": "fires on x",
+            "source": "human",
+            "status": "accepted",
+            "created_at": "2026-01-01T00:00:00+00:00",
+        }
     )
     run_scan(catalogue, tiny_model, params.model_copy(update={"tokens": 400}), batch_size=4)
     view = catalogue.neuron_view(None, 0, 2)
