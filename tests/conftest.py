@@ -10,60 +10,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import json
-import random
-import shutil
 from pathlib import Path
 
 import pytest
-
-WORDS = [
-    *[
-        "the",
-        "neuron",
-        "fires",
-        "on",
-        "def",
-        "class",
-        "return",
-        "import",
-        "from",
-        "while",
-        "for",
-        "if",
-        "else",
-        "print",
-        "self",
-        "value",
-    ],
-    *[
-        "list",
-        "dict",
-        "string",
-        "token",
-        "model",
-        "layer",
-        "activation",
-        "window",
-        "corpus",
-        "python",
-        "code",
-        "text",
-        "and",
-    ],
-    "of",
-    "to",
-]
-
-
-def synthetic_documents(count: int, seed: int = 0) -> list[str]:
-    rng = random.Random(seed)
-    docs = []
-    for _ in range(count):
-        lines = []
-        for _ in range(rng.randint(1, 12)):
-            lines.append(" ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 14))))
-        docs.append("\n".join(lines))
-    return docs
+from builders import synthetic_documents
 
 
 @pytest.fixture(scope="session")
@@ -118,44 +68,11 @@ def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture()
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "catalogue.db"
-
-
-@pytest.fixture()
-def copy_of(tmp_path: Path):
-    def copy(path: Path) -> Path:
-        target = tmp_path / path.name
-        shutil.copytree(path, target) if path.is_dir() else shutil.copy(path, target)
-        return target
-
-    return copy
-
-
 @pytest.fixture(scope="session")
 def tiny_model(tiny_model_dir: Path):
     from labeller.model.loading import load_model
 
     return load_model(str(tiny_model_dir), device="cpu")
-
-
-def scan_params(model_dir: Path, corpus: Path, **overrides: object):
-    from labeller.records import ScanParams
-
-    values: dict[str, object] = {
-        "model": str(model_dir),
-        "dataset": str(corpus),
-        "layers": [0, 1],
-        "tokens": None,
-        "ctx": 16,
-        "top_k": 6,
-        "random": 7,
-        "seed": 0,
-        "histogram_bins": 32,
-    }
-    values.update(overrides)
-    return ScanParams(**values)
 
 
 @pytest.fixture(scope="session")

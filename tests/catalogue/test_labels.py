@@ -6,7 +6,7 @@ import multiprocessing
 from pathlib import Path
 
 import pytest
-from conftest import scan_params
+from builders import scan_params
 
 from labeller.catalogue import Catalogue, StaleLabel
 from labeller.records import LabelStatus

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import synthetic_documents
+from builders import synthetic_documents
 
 
 @pytest.mark.slow

@@ -8,8 +8,8 @@ import re
 from pathlib import Path
 
 import pytest
+from builders import scan_params
 from click.testing import CliRunner
-from conftest import scan_params
 from fake_openai import (
     FakeOpenAI,
     Reply,

@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-
-# Tests directories are not packages; make `from fake_openai import FakeOpenAI` work from here.
-sys.path.insert(0, str(Path(__file__).parent))
-
 from fake_openai import FakeOpenAI
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import scan_params
+from builders import scan_params
 
 from labeller.catalogue import Catalogue
 from labeller.corpus import iter_documents, iter_windows

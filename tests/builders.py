@@ -1,0 +1,73 @@
+"""Builders shared by tests (a module of its own: every tests folder may have a conftest)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from labeller.records import ScanParams
+
+WORDS = [
+    *[
+        "the",
+        "neuron",
+        "fires",
+        "on",
+        "def",
+        "class",
+        "return",
+        "import",
+        "from",
+        "while",
+        "for",
+        "if",
+        "else",
+        "print",
+        "self",
+        "value",
+    ],
+    *[
+        "list",
+        "dict",
+        "string",
+        "token",
+        "model",
+        "layer",
+        "activation",
+        "window",
+        "corpus",
+        "python",
+        "code",
+        "text",
+        "and",
+    ],
+    "of",
+    "to",
+]
+
+
+def synthetic_documents(count: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    docs = []
+    for _ in range(count):
+        lines = []
+        for _ in range(rng.randint(1, 12)):
+            lines.append(" ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 14))))
+        docs.append("\n".join(lines))
+    return docs
+
+
+def scan_params(model_dir: Path, corpus: Path, **overrides: object):
+    values: dict[str, object] = {
+        "model": str(model_dir),
+        "dataset": str(corpus),
+        "layers": [0, 1],
+        "tokens": None,
+        "ctx": 16,
+        "top_k": 6,
+        "random": 7,
+        "seed": 0,
+        "histogram_bins": 32,
+    }
+    values.update(overrides)
+    return ScanParams(**values)
