@@ -6,12 +6,15 @@ token such as `[/]` or an escape sequence cannot restyle or clear the terminal.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from rich.text import Text
 
 VISIBLE = {"\n": "⏎", "\t": "⇥", "\r": "␍"}
 SPARK = " ▁▂▃▄▅▆▇█"
 
 
+@lru_cache(maxsize=65536)
 def visible_token(token: str) -> str:
     out = []
     for char in token:

@@ -16,6 +16,7 @@ GET /_fake/stats returns the counters as JSON.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import re
@@ -62,7 +63,7 @@ def echo_responder(request: dict[str, Any]) -> Reply:
 
 
 RECORD = re.compile(r"<start>\n(.*?)\n<end>", re.S)
-NEURON_EXPLANATION = ' the "return" keyword in Python code.'
+NEURON_EXPLANATION = ' the "return" keyword in Python code'
 
 
 def is_explainer_request(request: dict[str, Any]) -> bool:
@@ -102,7 +103,9 @@ def simulation_reply(tokens: list[str], drop_last: bool = False) -> Reply:
 def neuron_responder(request: dict[str, Any]) -> Reply:
     """Plays both roles of labeller's prompts: explainer and (well-aligned) simulator."""
     if is_explainer_request(request):
-        return Reply(content=NEURON_EXPLANATION)
+        # Distinct per prompt (so per neuron), like a real explainer's labels.
+        digest = hashlib.sha256(request["messages"][-1]["content"].encode()).hexdigest()[:6]
+        return Reply(content=f"{NEURON_EXPLANATION} (variant {digest}).")
     (tokens,) = prompt_records(request)
     return simulation_reply(tokens)
 
