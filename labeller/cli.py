@@ -1127,7 +1127,16 @@ def train_demo(out: Path, tokens: int | None, seed: int) -> None:
 @db_option
 @click.option("--annotator", default=None, help="Default: git user.name, else $USER.")
 @click.option("--model", "model_name", default=None, help="Start on this model's neurons.")
-def annotate(db_path: Path | None, annotator: str | None, model_name: str | None) -> None:
+@click.option(
+    "--llm-config",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="LABELLER_LLM_CONFIG",
+    default=None,
+    help="TOML [llm] settings for LLM scoring and suggested tests.",
+)
+def annotate(
+    db_path: Path | None, annotator: str | None, model_name: str | None, llm_config: Path | None
+) -> None:
     """Open the annotation TUI: browse neurons, test them live, perturb inputs, label them.
 
     Every action is stored with the annotator's name. Press ? inside for the keys.
@@ -1140,7 +1149,7 @@ def annotate(db_path: Path | None, annotator: str | None, model_name: str | None
 
     with Catalogue.open(db_path):
         pass  # a missing or foreign catalogue is a one-line error before the screen opens
-    run_annotate(db_path, annotator or default_annotator(), model_name)
+    run_annotate(db_path, annotator or default_annotator(), model_name, llm_config)
 
 
 @cli.command()
@@ -1155,7 +1164,16 @@ def annotate(db_path: Path | None, annotator: str | None, model_name: str | None
 @click.option("--tokens", type=click.IntRange(min=1000), default=DEMO_TOKENS, show_default=True)
 @click.option("--annotator", default=None, help="Default: git user.name, else $USER.")
 @click.option("--no-tui", is_flag=True, help="Build the catalogue and print a neuron instead.")
-def demo(db_path: Path, tokens: int, annotator: str | None, no_tui: bool) -> None:
+@click.option(
+    "--llm-config",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="LABELLER_LLM_CONFIG",
+    default=None,
+    help="TOML [llm] settings, if an LLM endpoint is available.",
+)
+def demo(
+    db_path: Path, tokens: int, annotator: str | None, no_tui: bool, llm_config: Path | None
+) -> None:
     """Open the TUI on the demo catalogue: both bundled models scanned over the demo corpus,
     labelled and scored by the offline baseline. Needs no network; the first run builds it.
 
@@ -1206,7 +1224,7 @@ def demo(db_path: Path, tokens: int, annotator: str | None, no_tui: bool) -> Non
         return
     from labeller.tui.app import run_annotate
 
-    run_annotate(db_path, annotator or default_annotator(), None)
+    run_annotate(db_path, annotator or default_annotator(), None, llm_config)
 
 
 class _status:

@@ -66,7 +66,7 @@ _STATUS_FILTER = {
     NeuronStatus.UNLABELLED: f"not {_has(None)}",
     NeuronStatus.ACCEPTED: _has(("accepted",)),
     NeuronStatus.NEEDS_REVIEW: f"{_has(('needs_review',))} and not {_has(('accepted',))}",
-    NeuronStatus.PROPOSED: (f"{_has(('proposed',))} and not {_has(('accepted', 'needs_review'))}"),
+    NeuronStatus.PROPOSED: f"{_has(('proposed',))} and not {_has(('accepted', 'needs_review'))}",
     NeuronStatus.REJECTED: (
         f"{_has(None)} and not {_has(('accepted', 'needs_review', 'proposed'))}"
     ),
@@ -115,15 +115,14 @@ class NeuronSummary:
     explanation_id: int | None
 
 
-def _model_id(catalogue: Catalogue, model: str | None) -> tuple[str, int]:
+def _model_id(catalogue: Catalogue, model: str | None) -> int:
     name = catalogue.resolve_model(model).name
-    row = catalogue.db.execute("select id from models where name = ?", [name]).fetchone()
-    return name, int(row[0])
+    return int(catalogue.db.execute("select id from models where name = ?", [name]).fetchone()[0])
 
 
 def scanned_layers(catalogue: Catalogue, model: str | None) -> list[int]:
     """The layers that have neurons in the catalogue (for the layer filter's choices)."""
-    _, model_id = _model_id(catalogue, model)
+    model_id = _model_id(catalogue, model)
     return [
         int(row[0])
         for row in catalogue.db.execute(
@@ -152,7 +151,7 @@ def neuron_page(
     come first. Plain sorts and filters use indexes and stop at the page; a derived sort or score
     filter computes each neuron's best label once (a materialised CTE) and counts in the same pass.
     """
-    _, model_id = _model_id(catalogue, model)
+    model_id = _model_id(catalogue, model)
     clauses, values = ["n.model_id = ?"], [model_id]
     if layer is not None:
         clauses.append("n.layer = ?")
@@ -275,7 +274,7 @@ def next_in_queue(
     Without `below`: the next unlabelled neuron. With it: the next neuron not yet accepted whose
     best label scores under `below` (or has no score at all, which is weaker still).
     """
-    _, model_id = _model_id(catalogue, model)
+    model_id = _model_id(catalogue, model)
     clauses, values = ["n.model_id = ?"], [model_id]
     if after is not None:
         clauses.append("(n.layer, n.neuron) > (?, ?)")
@@ -299,7 +298,7 @@ def example_token_ids(
 ) -> list[int]:
     """The exact token ids of a stored example window, so perturbing it perturbs what the scan
     saw (re-encoding the decoded text can split differently)."""
-    _, model_id = _model_id(catalogue, model)
+    model_id = _model_id(catalogue, model)
     row = catalogue.db.execute(
         """select w.token_ids from examples e join windows w on w.id = e.window_id
         join neurons n on n.id = e.neuron_id

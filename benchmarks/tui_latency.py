@@ -1,0 +1,316 @@
+"""How fast the annotation TUI answers: first screen, live trace, and the list at GPT-2 XL scale.
+
+- first screen: from starting a fresh `python` to the neuron list painted, and to its rows shown
+  (headless Textual, so terminal I/O is left out; interpreter start and imports are counted);
+- live trace: from the last keystroke in the Live tab to the activations of the new text shown,
+  over many short typing bursts on a demo model (median, p90, worst);
+- `--large`: a synthetic catalogue of 307,200 neurons (70% labelled and scored), timing the
+  list's page queries (sorts and filters) and its first screen;
+- `--screenshots DIR`: SVG screenshots of the list, a neuron page and the perturbation view.
+
+Targets: first screen under 1 s; live trace within 100 ms of the last keystroke.
+
+    labeller demo --db db/demo.db          # or any scanned, explained and scored catalogue
+    python benchmarks/tui_latency.py --db db/demo.db --model demo-solu-1l
+    python benchmarks/tui_latency.py --db db/demo.db --large --screenshots docs/screenshots
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+FIRST_SCREEN = """
+import asyncio, time
+from labeller.tui.app import create_app
+from labeller.tui.neuron_list import NeuronListScreen
+app = create_app({db!r}, "benchmark", {model!r})
+marks = []
+async def main():
+    async with app.run_test(size=(100, 30)) as pilot:
+        while not isinstance(app.screen, NeuronListScreen):
+            await asyncio.sleep(0.002)
+        await asyncio.sleep(0.02)  # one frame (60 Hz) to paint
+        marks.append(time.time())
+        while not app.screen.rows:
+            await asyncio.sleep(0.002)
+        await asyncio.sleep(0.02)  # one frame (60 Hz) to paint
+        marks.append(time.time())
+asyncio.run(main())
+print(*marks)
+"""
+
+
+def first_screen(db: Path, model: str | None, runs: int) -> None:
+    """Fresh interpreters, timed from just before they are spawned (wall clock, shared)."""
+    frames, rows = [], []
+    for _ in range(runs):
+        spawned = time.time()
+        out = subprocess.run(
+            [sys.executable, "-c", FIRST_SCREEN.format(db=str(db), model=model)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        frame, shown = (float(x) - spawned for x in out.stdout.split())
+        frames.append(frame)
+        rows.append(shown)
+    print(f"first screen  frame painted    median {_ms(frames)}  worst {max(frames) * 1000:.0f} ms")
+    print(f"              rows shown       median {_ms(rows)}  worst {max(rows) * 1000:.0f} ms")
+
+
+def _ms(values: list[float]) -> str:
+    return f"{statistics.median(values) * 1000:.0f} ms"
+
+
+def _ready(app: Any) -> bool:
+    state = app.model_states.get(app.initial_model)
+    return state is not None and state.state == "ready"
+
+
+async def _until(pilot: Any, condition: Callable[[], object], timeout: float = 20.0) -> None:
+    deadline = time.perf_counter() + timeout
+    while not condition():
+        if time.perf_counter() > deadline:
+            raise TimeoutError("the app did not get there")
+        await pilot.pause(0.001)
+
+
+def live_trace(db: Path, model: str | None, bursts: int) -> None:
+    """Timestamps from the app's own message stream: the text box reporting the last edit, and
+    the worker delivering that exact text's activations (the next frame then paints them)."""
+    from textual.message import Message
+    from textual.widgets import TextArea
+
+    from labeller.tui.app import create_app
+    from labeller.tui.live_pane import LivePane
+    from labeller.tui.neuron_list import NeuronListScreen
+    from labeller.tui.neuron_screen import NeuronScreen
+
+    words = ("def", "return", "self", "value", "import", "class", "for", "while", "the", "if")
+    rng = random.Random(0)
+    edits: dict[str, float] = {}
+    traces: dict[str, float] = {}
+
+    def hook(message: Message) -> None:
+        if isinstance(message, TextArea.Changed):
+            edits[message.text_area.text] = time.perf_counter()
+        elif isinstance(message, LivePane.Traced):
+            traces.setdefault("".join(message.trace.tokens), time.perf_counter())
+
+    latencies: list[float] = []
+    app = create_app(db, "benchmark", model)
+
+    async def main() -> None:
+        async with app.run_test(size=(100, 30), message_hook=hook) as pilot:
+            await _until(
+                pilot, lambda: isinstance(app.screen, NeuronListScreen) and app.screen.rows
+            )
+            await _until(pilot, lambda: _ready(app))
+            await pilot.press("enter")
+            await _until(pilot, lambda: isinstance(app.screen, NeuronScreen) and app.screen.page)
+            screen = app.screen
+            await pilot.press("3")
+            area = screen.query_one("#live-text", TextArea)
+            live = screen.query_one(LivePane)
+            area.clear()
+            for _ in range(bursts):
+                if len(area.text) > 150:
+                    area.clear()
+                burst = " " + " ".join(rng.choice(words) for _ in range(2))
+                for key in burst:
+                    await pilot.press("space" if key == " " else key)
+                    await asyncio.sleep(0.02)  # a fast typist: 50 keys a second
+                text = area.text
+                await _until(pilot, lambda text=text: live.trace and text in traces)
+                latencies.append(traces[text] - edits[text])
+
+    asyncio.run(main())
+    latencies.sort()
+    p90 = latencies[int(0.9 * (len(latencies) - 1))]
+    print(
+        f"live trace    last key -> activations  median {_ms(latencies)}  "
+        f"p90 {p90 * 1000:.0f} ms  worst {latencies[-1] * 1000:.0f} ms  "
+        f"({len(latencies)} bursts, {app.initial_model})"
+    )
+
+
+def large_catalogue(path: Path, layers: int = 48, width: int = 6400) -> None:
+    """GPT-2 XL's shape: 307,200 neurons, 70% with a scored baseline label (about 2 minutes)."""
+    from labeller.catalogue import Catalogue, NeuronRow
+    from labeller.records import Histogram, ModelRecord, NeuronStats, ScanParams, Score, Split
+
+    rng = random.Random(0)
+    with Catalogue.open(path, create=True) as catalogue:
+        model_id = catalogue.upsert_model(
+            ModelRecord(
+                name="xl-shaped",
+                source="benchmark",
+                n_layers=layers,
+                d_mlp=width,
+                d_model=1600,
+                d_vocab=50257,
+                act_fn="gelu",
+                neuron_hook="blocks.{layer}.mlp.hook_post",
+            )
+        )
+        params = ScanParams(
+            model="xl-shaped",
+            dataset="synthetic",
+            layers=list(range(layers)),
+            tokens=1,
+            ctx=64,
+            top_k=20,
+            random=20,
+            seed=0,
+            histogram_bins=8,
+        )
+        scan_id = catalogue.create_scan(model_id, params)
+        histogram = Histogram(low=0.0, high=1.0, counts=[1] * 8)
+
+        def rows():
+            for layer in range(layers):
+                for neuron in range(width):
+                    stats = NeuronStats(
+                        max=rng.random() * 10,
+                        min=0.0,
+                        mean=0.0,
+                        std=1.0,
+                        density=rng.random(),
+                        skewness=0.0,
+                        kurtosis=0.0,
+                        tokens=1,
+                        histogram=histogram,
+                    )
+                    yield NeuronRow(layer, neuron, stats, None, [])
+
+        catalogue.write_scan_results(scan_id, model_id, [], rows(), tokens_seen=1, windows_seen=1)
+        with catalogue.db.atomic():
+            for ref in catalogue.neuron_refs("xl-shaped", None, None):
+                if rng.random() >= 0.7:
+                    continue
+                text = f'fires on "{rng.randint(0, 5000)}"'
+                explanation = catalogue.add_explanation(
+                    ref, text, source="baseline", prompt_version="baseline-v1", producer_model=None
+                )
+                assert explanation is not None
+                catalogue.save_scores(
+                    explanation,
+                    [
+                        Score(
+                            method=method,
+                            split=Split.VALID,
+                            score=rng.uniform(-0.2, 1.0),
+                            simulator="baseline",
+                            prompt_version="baseline-v1",
+                        )
+                        for method in ("top_and_random", "top_only", "random_only")
+                    ],
+                )
+                catalogue.mark_best(ref.id, "baseline", "top_and_random", Split.VALID)
+
+
+def list_queries(path: Path) -> None:
+    from labeller.catalogue import Catalogue
+    from labeller.catalogue.browse import NeuronStatus, SortKey, neuron_page
+
+    cases: list[tuple[str, dict[str, Any]]] = [
+        ("layer order, first page", {}),
+        ("max activation, largest first", {"sort": SortKey.MAX, "descending": True}),
+        ("max, page 2,500", {"sort": SortKey.MAX, "descending": True, "offset": 249_900}),
+        ("neuron index order", {"sort": SortKey.NEURON}),
+        ("one layer by density", {"sort": SortKey.DENSITY, "layer": 20}),
+        ("score, best first", {"sort": SortKey.SCORE, "descending": True}),
+        ("label text order", {"sort": SortKey.LABEL}),
+        ("status order", {"sort": SortKey.STATUS}),
+        ("unlabelled only", {"status": NeuronStatus.UNLABELLED}),
+        ("score 0.5-0.6", {"min_score": 0.5, "max_score": 0.6}),
+        ("text in labels", {"text": "123"}),
+    ]
+    with Catalogue.open(path) as catalogue:
+        for name, kwargs in cases:
+            times = []
+            for _ in range(3):
+                started = time.perf_counter()
+                _, total = neuron_page(catalogue, None, limit=100, **kwargs)
+                times.append(time.perf_counter() - started)
+            print(f"  {name:<32} {min(times) * 1000:7.1f} ms  ({total:,} match)")
+
+
+def screenshots(db: Path, model: str | None, out: Path) -> None:
+    from labeller.tui.app import create_app
+    from labeller.tui.experiment_view import ExperimentView
+    from labeller.tui.live_pane import LivePane
+    from labeller.tui.neuron_list import NeuronListScreen
+    from labeller.tui.neuron_screen import NeuronScreen
+
+    out.mkdir(parents=True, exist_ok=True)
+    app = create_app(db, "alice", model)
+
+    async def main() -> None:
+        async with app.run_test(size=(110, 34)) as pilot:
+            await _until(
+                pilot, lambda: isinstance(app.screen, NeuronListScreen) and app.screen.rows
+            )
+            await _until(pilot, lambda: _ready(app))
+            await pilot.press("s", "s", "s", "s")  # sort by score, best first
+            await pilot.pause(1.0)
+            app.save_screenshot("neuron-list.svg", path=str(out))
+            await pilot.press("enter")
+            await _until(pilot, lambda: isinstance(app.screen, NeuronScreen) and app.screen.page)
+            screen = app.screen
+            await _until(pilot, lambda: screen.query_one(LivePane).trace is not None)
+            await pilot.pause(0.5)
+            app.save_screenshot("neuron-page.svg", path=str(out))
+            await pilot.press("down", "p")  # perturb the second top example around its max
+            views = list(screen.query(ExperimentView))
+            await _until(
+                pilot,
+                lambda: all("base" in str(v.render()) or "full" in str(v.render()) for v in views),
+            )
+            await pilot.pause(0.5)
+            app.save_screenshot("perturbations.svg", path=str(out))
+
+    asyncio.run(main())
+    print(f"screenshots   {', '.join(sorted(p.name for p in out.glob('*.svg')))} in {out}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--db", type=Path, default=Path("db") / "demo.db")
+    parser.add_argument("--model", default=None, help="Default: the catalogue's first model.")
+    parser.add_argument("--runs", type=int, default=5, help="Fresh starts for the first screen.")
+    parser.add_argument("--bursts", type=int, default=30, help="Typing bursts for the trace.")
+    parser.add_argument("--large", action="store_true", help="Also time a 307,200-neuron list.")
+    parser.add_argument("--screenshots", type=Path, default=None, help="Write SVGs here.")
+    args = parser.parse_args()
+    if not args.db.exists():
+        sys.exit(f"no catalogue at {args.db}: build one with `labeller demo --db {args.db}`")
+    first_screen(args.db, args.model, args.runs)
+    live_trace(args.db, args.model, args.bursts)
+    if args.large:
+        with tempfile.TemporaryDirectory() as folder:
+            big = Path(folder) / "xl.db"
+            started = time.perf_counter()
+            large_catalogue(big)
+            print(f"large list    built 307,200 neurons in {time.perf_counter() - started:.0f} s")
+            list_queries(big)
+            first_screen(big, None, max(1, args.runs // 2))
+    if args.screenshots is not None:
+        screenshots(args.db, args.model, args.screenshots)
+
+
+if __name__ == "__main__":
+    main()

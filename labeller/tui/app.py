@@ -1,0 +1,122 @@
+"""`labeller annotate`: the Textual app, its factory (for tests) and the entry point.
+
+The app owns the backend (catalogue path, annotator, loaded models) and the model-loading
+worker; screens subscribe to `model_signal` to hear when a model is ready.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+from textual import work
+from textual.app import App
+from textual.binding import Binding, BindingType
+from textual.message import Message
+from textual.signal import Signal
+
+from labeller.tui.backend import Backend, ModelStatus
+from labeller.tui.errors import ReportsWorkerErrors, describe
+from labeller.tui.help_screen import HelpScreen
+from labeller.tui.neuron_list import NeuronListScreen
+
+
+class AnnotateApp(ReportsWorkerErrors, App[None]):
+    TITLE = "labeller annotate"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("question_mark", "help", "Help", id="app.help", show=False),
+        Binding("ctrl+q", "quit", "Quit", id="app.quit", priority=True),
+    ]
+
+    class ModelProgress(Message):
+        def __init__(self, status: ModelStatus) -> None:
+            super().__init__()
+            self.status = status
+
+    def __init__(self, backend: Backend, model: str, model_names: list[str]) -> None:
+        super().__init__()
+        self.backend = backend
+        self.initial_model = model
+        self.model_names = model_names
+        self.model_signal: Signal[ModelStatus] = Signal(self, "model")
+        self.model_states: dict[str, ModelStatus] = {}
+
+    def on_mount(self) -> None:
+        """The list comes first; it starts the model loading once its first page is shown
+        (loading imports torch in a thread, which would slow the first paint)."""
+        self.push_screen(NeuronListScreen(self.initial_model))
+
+    def ensure_model(self, name: str) -> None:
+        """Start loading `name` unless it is loaded or loading; announce its state either way."""
+        state = self.model_states.get(name)
+        if state is not None and state.state != "failed":
+            self.model_signal.publish(state)
+            return
+        self._progress(ModelStatus(name, "loading", "starting"))
+        self.load_model(name)
+
+    @work(thread=True, group="model", exit_on_error=False)
+    def load_model(self, name: str) -> None:
+        def step(detail: str) -> None:
+            self.post_message(self.ModelProgress(ModelStatus(name, "loading", detail)))
+
+        try:
+            self.backend.load_model(name, step)
+        except Exception as exc:  # any failure to load is reported, never raised into the UI
+            self.post_message(self.ModelProgress(ModelStatus(name, "failed", describe(exc))))
+            raise
+        self.post_message(self.ModelProgress(ModelStatus(name, "ready")))
+
+    def on_annotate_app_model_progress(self, event: AnnotateApp.ModelProgress) -> None:
+        self._progress(event.status)
+
+    def _progress(self, status: ModelStatus) -> None:
+        self.model_states[status.name] = status
+        self.model_signal.publish(status)
+
+    def action_help(self) -> None:
+        from labeller.tui.neuron_screen import NeuronScreen
+        from labeller.tui.perturb_pane import PerturbPane
+        from labeller.tui.token_view import TokenView
+
+        if isinstance(self.screen, HelpScreen):
+            return
+        self.push_screen(
+            HelpScreen(
+                [
+                    ("Everywhere", self.BINDINGS),
+                    ("Neuron list", NeuronListScreen.BINDINGS),
+                    ("Neuron list filters", [Binding("tab", "", "Next filter / the table")]),
+                    ("Neuron page", NeuronScreen.BINDINGS),
+                    ("Token views (Live and Perturb tabs)", TokenView.BINDINGS),
+                    ("Perturb tab", PerturbPane.BINDINGS),
+                ]
+            )
+        )
+
+
+def create_app(
+    db_path: Path | None,
+    annotator: str,
+    model: str | None = None,
+    llm_config: Path | None = None,
+) -> AnnotateApp:
+    """The app on a catalogue, checked first: a bad path or model is a UserError, not a screen."""
+    from labeller.catalogue import Catalogue, default_db_path
+
+    path = Path(db_path) if db_path is not None else default_db_path()
+    with Catalogue.open(path) as catalogue:
+        models = [m.name for m in catalogue.models()]
+        name = catalogue.resolve_model(model).name if model or len(models) <= 1 else models[0]
+    backend = Backend(db_path=path, annotator=annotator, llm_config=llm_config)
+    return AnnotateApp(backend, name, models)
+
+
+def run_annotate(
+    db_path: Path | None,
+    annotator: str,
+    model: str | None = None,
+    llm_config: Path | None = None,
+) -> None:
+    """Open the annotation TUI on the catalogue at `db_path` (default: $LABELLER_DB)."""
+    create_app(db_path, annotator, model, llm_config).run()

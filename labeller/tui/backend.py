@@ -1,0 +1,339 @@
+"""What the TUI's workers call: the catalogue, the model and the LLM, safe to use from threads.
+
+No Textual here, no SQL (that is `labeller.catalogue.browse`) and no tensors (that is
+`labeller.model.perturb`). SQLite connections are per thread: every call opens its own
+`Catalogue` and closes it. A model is loaded once and shared, but forward passes take a lock,
+because hooks are registered on the shared modules and two passes at once would mix them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from labeller.errors import UserError
+from labeller.records import Explanation, HistoryEntry, LabelStatus, NeuronView
+from labeller.tui.falsify import Verdict, judge, parse_suggestions, suggest_request
+
+if TYPE_CHECKING:
+    from labeller.catalogue import Catalogue, NeuronRef
+    from labeller.catalogue.browse import NeuronStatus, NeuronSummary, SortKey
+    from labeller.llm.config import LLMConfig
+    from labeller.model.loading import LoadedModel
+    from labeller.model.perturb import Perturbation
+
+NO_LLM = (
+    "no LLM configured: set OPENAI_API_KEY (or OPENAI_BASE_URL for a local server) and name "
+    "explainer_model / simulator_model in an [llm] table passed with --llm-config "
+    "(or $LABELLER_LLM_CONFIG)"
+)
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    """Everything the neuron list shows: which model, sort, filters and page."""
+
+    model: str
+    sort: SortKey
+    descending: bool = False
+    layer: int | None = None
+    status: NeuronStatus | None = None
+    min_score: float | None = None
+    max_score: float | None = None
+    text: str = ""
+    offset: int = 0
+    limit: int = 100
+
+
+@dataclass(frozen=True)
+class NeuronPage:
+    """The neuron page's data as read at one label version (what a change must not overwrite)."""
+
+    ref: NeuronRef
+    view: NeuronView
+    version: int
+    history: list[HistoryEntry]
+
+    @property
+    def candidates(self) -> list[Explanation]:
+        return self.view.explanations
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A text as token ids, cut to the model's context; `dropped` tokens did not fit."""
+
+    token_ids: list[int]
+    tokens: list[str]
+    dropped: int = 0
+
+
+@dataclass(frozen=True)
+class LiveTrace:
+    token_ids: list[int]
+    tokens: list[str]
+    activations: list[float]
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """Where loading a model has got to: `state` is loading, ready or failed."""
+
+    name: str
+    state: str
+    detail: str = ""
+
+    def describe(self) -> str:
+        if self.state == "loading":
+            return f"model: {self.detail}…"
+        if self.state == "ready":
+            return "model ready"
+        return f"model failed: {self.detail}"
+
+
+@dataclass
+class Backend:
+    """The TUI's one way to the catalogue file, the models and the LLM."""
+
+    db_path: Path
+    annotator: str
+    llm_config: Path | None = None
+    _models: dict[str, LoadedModel] = field(default_factory=dict)
+    _load_lock: threading.Lock = field(default_factory=threading.Lock)
+    _forward_lock: threading.Lock = field(default_factory=threading.Lock)
+    _tokenizer_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # --- catalogue -------------------------------------------------------------------------
+
+    @contextmanager
+    def catalogue(self) -> Iterator[Catalogue]:
+        """A connection for the calling thread only, closed when the block ends."""
+        from labeller.catalogue import Catalogue
+
+        with Catalogue.open(self.db_path) as catalogue:
+            yield catalogue
+
+    def layers(self, model: str) -> list[int]:
+        from labeller.catalogue.browse import scanned_layers
+
+        with self.catalogue() as catalogue:
+            return scanned_layers(catalogue, model)
+
+    def page(self, query: ListQuery) -> tuple[list[NeuronSummary], int]:
+        from labeller.catalogue.browse import neuron_page
+
+        with self.catalogue() as catalogue:
+            return neuron_page(
+                catalogue,
+                query.model,
+                sort=query.sort,
+                descending=query.descending,
+                layer=query.layer,
+                status=query.status,
+                min_score=query.min_score,
+                max_score=query.max_score,
+                text=query.text,
+                offset=query.offset,
+                limit=query.limit,
+            )
+
+    def next_in_queue(
+        self, model: str, after: tuple[int, int] | None, below: float | None
+    ) -> tuple[int, int] | None:
+        from labeller.catalogue.browse import next_in_queue
+
+        with self.catalogue() as catalogue:
+            return next_in_queue(catalogue, model, after, below=below)
+
+    def neuron(self, model: str, layer: int, neuron: int) -> NeuronPage:
+        with self.catalogue() as catalogue:
+            view = catalogue.neuron_view(model, layer, neuron)  # says why a neuron is missing
+            ref = catalogue.neuron_ref(model, layer, neuron)
+            return NeuronPage(
+                ref=ref,
+                view=view,
+                version=catalogue.label_version(ref.id),
+                history=catalogue.history(ref),
+            )
+
+    def example_token_ids(
+        self, model: str, layer: int, neuron: int, kind: str, rank: int
+    ) -> list[int]:
+        from labeller.catalogue.browse import example_token_ids
+
+        with self.catalogue() as catalogue:
+            return example_token_ids(catalogue, model, layer, neuron, kind, rank)
+
+    # --- labels ----------------------------------------------------------------------------
+
+    def change_label(
+        self,
+        page: NeuronPage,
+        *,
+        explanation_id: int | None = None,
+        text: str | None = None,
+        status: LabelStatus | None = None,
+    ) -> list[HistoryEntry]:
+        """Refused with `StaleLabel` if anyone changed the neuron's labels since `page` was read."""
+        with self.catalogue() as catalogue:
+            return catalogue.apply_label_change(
+                page.ref,
+                annotator=self.annotator,
+                expected_version=page.version,
+                explanation_id=explanation_id,
+                text=text,
+                status=status,
+            )
+
+    def undo(self, page: NeuronPage) -> list[HistoryEntry]:
+        with self.catalogue() as catalogue:
+            return catalogue.undo_last(
+                page.ref, annotator=self.annotator, expected_version=page.version
+            )
+
+    def score_baseline(self, page: NeuronPage) -> str:
+        """Score the neuron's unscored labels offline at once; say how it went in one line."""
+        from labeller.explain.service import BASELINE, score_neurons
+
+        with self.catalogue() as catalogue:
+            report = asyncio.run(
+                score_neurons(catalogue, [page.ref], simulator=BASELINE, client=None)
+            )
+        if report.not_scorable:
+            return 'the offline baseline cannot score it: quote the tokens it fires on in "..."'
+        return "scored with the offline baseline" if report.written else "already scored"
+
+    def llm_settings(self) -> LLMConfig:
+        """The configured LLM, or a UserError that says what to configure."""
+        from labeller.llm.config import load_llm_config
+
+        path = self.llm_config or os.environ.get("LABELLER_LLM_CONFIG") or None
+        config = load_llm_config(Path(path) if path else None)
+        if not (config.explainer_model or config.simulator_model):
+            raise UserError(NO_LLM)
+        return config
+
+    def _llm_client(self, catalogue: Catalogue) -> Any:
+        from labeller.llm.client import LLMClient
+
+        config = self.llm_settings()
+        try:
+            return LLMClient(config, cache=catalogue)
+        except UserError as exc:
+            raise UserError(f"{NO_LLM} ({exc})") from None
+
+    def score_llm(self, page: NeuronPage) -> str:
+        from labeller.explain.service import score_neurons
+
+        config = self.llm_settings()
+        simulator = config.simulator_model or config.explainer_model
+        assert simulator is not None
+        with self.catalogue() as catalogue:
+            client = self._llm_client(catalogue)
+
+            async def run() -> Any:
+                try:
+                    return await score_neurons(
+                        catalogue, [page.ref], simulator=simulator, client=client
+                    )
+                finally:
+                    await client.aclose()
+
+            report = asyncio.run(run())
+        if report.failed:
+            return f"{simulator} could not score {report.failed} label(s); see failed_attempts"
+        return f"scored {report.written} label(s) with {simulator}"
+
+    # --- model -----------------------------------------------------------------------------
+
+    def loaded(self, name: str) -> LoadedModel | None:
+        return self._models.get(name)
+
+    def load_model(self, name: str, step: Callable[[str], None]) -> LoadedModel:
+        """Load once (later calls return the same model); `step` hears what is happening."""
+        with self._load_lock:
+            if name in self._models:
+                return self._models[name]
+            step("importing torch and TransformerLens")
+            from labeller.model.loading import load_model
+
+            step(f"reading {name}")
+            model = load_model(name, device="cpu")
+            self._models[name] = model
+            return model
+
+    def encode(self, model: LoadedModel, text: str) -> Encoded:
+        """The text's tokens, cut to the context. A fast tokenizer called from two threads at
+        once can fail ("Already borrowed"), so every tokenizer call takes a lock."""
+        from labeller.model.perturb import context_limit
+
+        with self._tokenizer_lock:
+            ids = model.encode(text)
+            kept = ids[: context_limit(model)]
+            return Encoded(kept, model.token_strings(kept), len(ids) - len(kept))
+
+    def decode(self, model: LoadedModel, token_ids: list[int]) -> str:
+        with self._tokenizer_lock:
+            return str(model.tokenizer.decode(token_ids))
+
+    def token_strings(self, model: LoadedModel, token_ids: list[int]) -> list[str]:
+        with self._tokenizer_lock:
+            return model.token_strings(token_ids)
+
+    def trace(self, model: LoadedModel, token_ids: list[int], layer: int, neuron: int) -> LiveTrace:
+        from labeller.model.perturb import trace_neuron
+
+        with self._forward_lock:
+            values = trace_neuron(model, token_ids, layer, neuron)
+        return LiveTrace(token_ids, self.token_strings(model, token_ids), values)
+
+    def perturb(
+        self,
+        kind: str,
+        model: LoadedModel,
+        token_ids: list[int],
+        layer: int,
+        neuron: int,
+        target: int | None,
+    ) -> Perturbation:
+        from labeller.model.perturb import EXPERIMENTS
+
+        with self._forward_lock:
+            return EXPERIMENTS[kind](model, token_ids, layer, neuron, target)
+
+    def suggest_tests(
+        self, model: LoadedModel, layer: int, neuron: int, label: str, neuron_max: float
+    ) -> tuple[str, list[Verdict]]:
+        """Ask the LLM for texts that should and should not fire, and run them: (llm, verdicts)."""
+        from labeller.explain.client import ReplyError
+        from labeller.llm.client import LLMCallError
+        from labeller.model.perturb import trace_many
+
+        config = self.llm_settings()
+        llm = config.explainer_model or config.simulator_model
+        assert llm is not None
+        with self.catalogue() as catalogue:
+            client = self._llm_client(catalogue)
+
+            async def ask() -> str:
+                try:
+                    return (await client.complete(suggest_request(llm, label))).text
+                finally:
+                    await client.aclose()
+
+            try:
+                suggestions = parse_suggestions(asyncio.run(ask()))
+            except (ReplyError, LLMCallError) as exc:
+                raise UserError(f"{llm} gave no usable test texts: {exc}") from None
+        encoded = [self.encode(model, s.text) for s in suggestions]
+        ids = [e.token_ids or [model.pad_id] for e in encoded]
+        with self._forward_lock:
+            activations = trace_many(model, ids, layer, neuron)
+        tokens = [self.token_strings(model, i) for i in ids]
+        return llm, judge(suggestions, tokens, activations, neuron_max)

@@ -1,0 +1,84 @@
+"""The neuron page's evidence: statistics, histogram, output tokens and the example windows.
+
+Every example is coloured on the same scale (the neuron's maximum), the max token is underlined,
+and a long window is cut around its max; enter or a click shows the whole window.
+"""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.widgets import ListItem, ListView, Static
+
+from labeller.records import Example, NeuronView
+from labeller.tui.example_item import ExampleItem
+from labeller.tui.example_line import ExampleLine
+from labeller.tui.text import fmt, legend, shown, spark
+
+
+class ExamplesPane(Vertical):
+    """Statistics on top, then top and random examples in one keyboard-navigable list."""
+
+    DEFAULT_CSS = """
+    ExamplesPane { height: 1fr; }
+    ExamplesPane #stats { height: auto; padding: 0 1; }
+    ExamplesPane ListView { height: 1fr; }
+    ExamplesPane .section { color: $text-muted; text-style: bold; }
+    """
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="stats")
+        yield ListView(id="example-list")
+
+    def show(self, view: NeuronView) -> None:
+        scale = max(view.stats.max, 1e-9)
+        self.query_one("#stats", Static).update(self._stats(view, scale))
+        items: list[ListItem] = [
+            ListItem(Static(Text(f"Top {len(view.top_examples)} examples")), classes="section")
+        ]
+        items += [ExampleItem(e, scale) for e in view.top_examples]
+        items.append(
+            ListItem(
+                Static(Text(f"Random {len(view.random_examples)} examples")), classes="section"
+            )
+        )
+        items += [ExampleItem(e, scale) for e in view.random_examples]
+        for item in items:
+            if not isinstance(item, ExampleItem):
+                item.disabled = True
+        examples = self.query_one("#example-list", ListView)
+        examples.clear()
+        examples.extend(items)
+        examples.index = 1 if view.top_examples else None
+
+    def _stats(self, view: NeuronView, scale: float) -> Text:
+        s = view.stats
+        out = Text(f"max {fmt(s.max)} min {fmt(s.min)} mean {fmt(s.mean, 4)} std {fmt(s.std, 4)}")
+        out.append(f" density {s.density:.1%}")
+        if view.weights is not None:
+            out.append(f" cos(w_in,w_out) {view.weights.w_in_w_out_cosine:+.2f}")
+        out.append("\nhistogram (log) ", "dim")
+        out.append(f"{s.histogram.low:.3g} ")
+        out.append(spark([float(c) for c in s.histogram.counts], 48, log=True), "cyan")
+        out.append(f" {s.histogram.high:.3g}")
+        if view.weights is not None:
+            for sign, tokens in (
+                ("+", view.weights.top_positive_tokens),
+                ("−", view.weights.top_negative_tokens),
+            ):
+                out.append(f"\n{sign} output ", "dim")
+                for token in tokens[:8]:
+                    out.append(f"'{shown(token.token)}' ")
+        out.append("\n")
+        out.append_text(legend(scale))
+        out.append("  underlined: max · enter: whole window · p: perturb", "dim")
+        return out
+
+    def highlighted(self) -> Example | None:
+        item = self.query_one("#example-list", ListView).highlighted_child
+        return item.example if isinstance(item, ExampleItem) else None
+
+    def on_list_view_selected(self, event: ListView.Selected) -> None:
+        if isinstance(event.item, ExampleItem):
+            event.item.query_one(ExampleLine).toggle()

@@ -1,0 +1,115 @@
+"""The neuron's label candidates with their scores, and the evidence behind the selected one.
+
+For the selected candidate, each scored window shows the true activations and the simulator's
+prediction on the same tokens, one above the other, so a reader sees where the label misses.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Vertical, VerticalScroll
+from textual.message import Message
+from textual.widgets import DataTable, Static
+
+from labeller.records import Explanation, Score
+from labeller.tui.score_windows import ScoreWindows
+from labeller.tui.scores import METHODS, preferred_scores
+from labeller.tui.text import fmt, plain, status_text
+
+
+class LabelsPane(Vertical):
+    """Candidates table on top; the selected label's text, scores and windows below."""
+
+    DEFAULT_CSS = """
+    LabelsPane { height: 1fr; }
+    LabelsPane DataTable { height: auto; max-height: 9; }
+    LabelsPane #label-detail { height: auto; padding: 0 1; border-top: solid $primary-darken-2; }
+    LabelsPane #windows { height: 1fr; padding: 0 1; }
+    """
+
+    class Selected(Message):
+        """The candidate under the cursor changed (what accept, edit and reject act on)."""
+
+        def __init__(self, explanation: Explanation | None) -> None:
+            super().__init__()
+            self.explanation = explanation
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.explanations: list[Explanation] = []
+
+    def compose(self) -> ComposeResult:
+        table: DataTable[Any] = DataTable(cursor_type="row", zebra_stripes=True, id="candidates")
+        yield table
+        yield Static(id="label-detail")
+        yield VerticalScroll(ScoreWindows(), id="windows")
+
+    def show(self, explanations: list[Explanation], select: int | None) -> None:
+        self.explanations = explanations
+        table = self.query_one("#candidates", DataTable)
+        table.clear(columns=True)
+        table.add_column("id", key="id")
+        table.add_column("status", key="status")
+        table.add_column("source", key="source")
+        for method, title in zip(METHODS, ("T&R", "top", "rand"), strict=True):
+            table.add_column(title, key=method)
+        table.add_column("label", key="label")
+        for e in explanations:
+            scores = preferred_scores(e)
+            table.add_row(
+                Text(str(e.id)),
+                status_text(e.status),
+                plain(e.annotator if e.source == "human" and e.annotator else e.source),
+                *(Text(fmt(scores[m].score if m in scores else None)) for m in METHODS),
+                plain(e.text),
+                key=str(e.id),
+            )
+        if not explanations:
+            self._detail(None)
+            return
+        row = next((i for i, e in enumerate(explanations) if e.id == select), 0)
+        table.move_cursor(row=row)
+        self._detail(explanations[row])
+
+    def selected(self) -> Explanation | None:
+        table = self.query_one("#candidates", DataTable)
+        if not self.explanations or table.cursor_row < 0:
+            return None
+        return self.explanations[min(table.cursor_row, len(self.explanations) - 1)]
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        event.stop()
+        explanation = self.selected()
+        self._detail(explanation)
+        self.post_message(self.Selected(explanation))
+
+    def _detail(self, explanation: Explanation | None) -> None:
+        detail = self.query_one("#label-detail", Static)
+        self.query_one(ScoreWindows).show(explanation)
+        if explanation is None:
+            detail.update(Text("No labels yet: press w to write one.", "dim"))
+            return
+        text = Text()
+        text.append_text(status_text(explanation.status))
+        text.append("  ")
+        text.append_text(plain(explanation.text, "bold"))
+        who = explanation.annotator or explanation.producer_model or explanation.source
+        text.append(f"\n#{explanation.id} by ", "dim")
+        text.append_text(plain(who, "dim"))
+        text.append(f" · {explanation.created_at}", "dim")
+        by_simulator: dict[str, list[Score]] = {}
+        for score in explanation.scores:
+            by_simulator.setdefault(score.simulator or "?", []).append(score)
+        for simulator, scores in by_simulator.items():
+            text.append("\n")
+            text.append_text(plain(simulator, "dim"))
+            for score in scores:
+                text.append(f"  {score.method} ({score.split.value}) {fmt(score.score)}")
+            reasons = {str(s.details.get("reason")) for s in scores if s.details.get("reason")}
+            for reason in reasons:
+                text.append("\n  ")
+                text.append_text(plain(reason, "yellow"))
+        detail.update(text)

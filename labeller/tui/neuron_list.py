@@ -1,0 +1,343 @@
+"""The first screen: every scanned neuron, a page at a time, sorted and filtered in SQL."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import ClassVar
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.message import Message
+from textual.screen import Screen
+from textual.timer import Timer
+from textual.widgets import DataTable, Footer, Input, Static
+from textual.worker import get_current_worker
+
+from labeller.catalogue.browse import NeuronSummary, SortKey
+from labeller.tui.backend import ListQuery, ModelStatus
+from labeller.tui.context import annotate_app, backend_of
+from labeller.tui.errors import ReportsWorkerErrors, say
+from labeller.tui.filter_bar import FilterBar
+from labeller.tui.goto_dialog import GotoDialog
+from labeller.tui.model_picker import ModelPicker
+from labeller.tui.neuron_table import NeuronTable
+from labeller.tui.queue_dialog import QueueDialog, QueueSpec
+from labeller.tui.text import fmt, plain, status_text
+
+PAGE_SIZE = 100
+# Column key, title, width (None: the label column takes what is left).
+COLUMNS: tuple[tuple[SortKey, str, int | None], ...] = (
+    (SortKey.LAYER, "L", 3),
+    (SortKey.NEURON, "N", 6),
+    (SortKey.MAX, "max", 7),
+    (SortKey.DENSITY, "dens", 6),
+    (SortKey.SCORE, "score", 6),
+    (SortKey.STATUS, "status", 12),
+    (SortKey.LABEL, "label", None),
+)
+SORT_CYCLE = [key for key, _, _ in COLUMNS]
+SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+
+
+class NeuronListScreen(ReportsWorkerErrors, Screen[None]):
+    DEFAULT_CSS = """
+    NeuronListScreen #list-title { height: 1; padding: 0 1; background: $primary-darken-2; }
+    NeuronListScreen FilterBar { padding: 0 1; margin: 0; }
+    NeuronListScreen NeuronTable { height: 1fr; }
+    NeuronListScreen #list-status { height: 1; padding: 0 1; background: $panel; }
+    """
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("slash", "focus_filter('text')", "Find", id="list.find"),
+        Binding("f", "focus_filter('layer')", "Filters", id="list.filters"),
+        Binding("s", "cycle_sort", "Sort", id="list.sort"),
+        Binding("r", "reverse", "Reverse", id="list.reverse"),
+        Binding("g", "goto", "Go to L.N", id="list.goto"),
+        Binding("u", "queue", "Queue", id="list.queue"),
+        Binding("m", "pick_model", "Model", id="list.model"),
+        Binding("right_square_bracket", "page(1)", "Next page", id="list.next_page"),
+        Binding("left_square_bracket", "page(-1)", "Prev page", id="list.prev_page"),
+        Binding("escape", "focus_table", "To the table", id="list.table", show=False),
+        Binding("question_mark", "app.help", "Help", id="list.help"),
+        Binding("q", "app.quit", "Quit", id="list.quit"),
+    ]
+
+    class PageLoaded(Message):
+        def __init__(self, query: ListQuery, rows: list[NeuronSummary], total: int) -> None:
+            super().__init__()
+            self.query = query
+            self.rows = rows
+            self.total = total
+
+    class LayersLoaded(Message):
+        def __init__(self, model: str, layers: list[int]) -> None:
+            super().__init__()
+            self.model = model
+            self.scanned = layers
+
+    class QueueFound(Message):
+        def __init__(self, spec: QueueSpec, found: tuple[int, int] | None) -> None:
+            super().__init__()
+            self.spec = spec
+            self.found = found
+
+    def __init__(self, model: str) -> None:
+        super().__init__()
+        self.query_state = ListQuery(model=model, sort=SortKey.LAYER, limit=PAGE_SIZE)
+        self.scanned: list[int] = []
+        self.rows: list[NeuronSummary] = []
+        self.total = 0
+        self.busy = False
+        self._cursor_after_load: int | None = 0
+        self._model_note = ""
+        self._spinner: Timer | None = None
+        self._loading_since = 0.0
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="list-title")
+        yield FilterBar(id="filters")
+        yield NeuronTable(id="neurons")
+        yield Static(id="list-status")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        annotate_app(self).model_signal.subscribe(self, self._model_status)
+        self._title()
+        self.reload()
+        self.load_layers(self.query_state.model)
+        self.query_one(NeuronTable).focus()
+
+    def on_screen_resume(self) -> None:
+        """Back from a neuron: its label may have changed, so re-read the page in place."""
+        if self.rows:
+            self._cursor_after_load = self.query_one(NeuronTable).cursor_row
+            self.reload()
+
+    def _model_status(self, status: ModelStatus) -> None:
+        """Loading shows a spinner and the seconds so far; torch takes a few to import."""
+        if status.name != self.query_state.model:
+            return
+        self._model_note = status.describe()
+        if status.state == "loading" and self._spinner is None:
+            self._loading_since = time.monotonic()
+            self._spinner = self.set_interval(0.2, self._status)
+        elif status.state != "loading" and self._spinner is not None:
+            self._spinner.stop()
+            self._spinner = None
+        self._status()
+
+    def _title(self) -> None:
+        app = annotate_app(self)
+        title = Text("labeller annotate", "bold")
+        title.append(" · ")
+        title.append_text(plain(self.query_state.model, "bold"))
+        title.append(" · ")
+        title.append_text(plain(str(app.backend.db_path)))
+        title.append(" · annotator ")
+        title.append_text(plain(app.backend.annotator, "bold"))
+        self.query_one("#list-title", Static).update(title)
+
+    # --- loading --------------------------------------------------------------------------
+
+    def reload(self) -> None:
+        self.busy = True
+        self._status()
+        self.load_page(self.query_state)
+
+    @work(thread=True, exclusive=True, group="page", exit_on_error=False)
+    def load_page(self, query: ListQuery) -> None:
+        rows, total = backend_of(self).page(query)
+        if not get_current_worker().is_cancelled:
+            self.post_message(self.PageLoaded(query, rows, total))
+
+    @work(thread=True, exclusive=True, group="layers", exit_on_error=False)
+    def load_layers(self, model: str) -> None:
+        self.post_message(self.LayersLoaded(model, backend_of(self).layers(model)))
+
+    def on_neuron_list_screen_layers_loaded(self, event: LayersLoaded) -> None:
+        if event.model == self.query_state.model:
+            self.scanned = event.scanned
+            self.query_one(FilterBar).set_layers(event.scanned)
+
+    def on_neuron_list_screen_page_loaded(self, event: PageLoaded) -> None:
+        if event.query != self.query_state:
+            return
+        self.busy = False
+        if event.total and event.query.offset >= event.total:
+            last = (event.total - 1) // PAGE_SIZE * PAGE_SIZE
+            self.query_state = dataclasses.replace(self.query_state, offset=last)
+            self.reload()
+            return
+        self.rows, self.total = event.rows, event.total
+        self._populate()
+        self._status()
+        if not self._model_note:
+            self.call_after_refresh(annotate_app(self).ensure_model, self.query_state.model)
+
+    def _populate(self) -> None:
+        table = self.query_one(NeuronTable)
+        table.clear(columns=True)
+        query = self.query_state
+        fixed = sum((width or 0) + 2 for _, _, width in COLUMNS)
+        label_width = max(16, self.size.width - fixed - 3)
+        for key, title, width in COLUMNS:
+            arrow = ("▼" if query.descending else "▲") if key is query.sort else ""
+            table.add_column(Text(f"{title}{arrow}"), key=key.value, width=width or label_width)
+        for row in self.rows:
+            label = row.label or ""
+            if len(label) > label_width:
+                label = label[: label_width - 1] + "…"
+            table.add_row(
+                Text(str(row.layer), justify="right"),
+                Text(str(row.neuron), justify="right"),
+                Text(fmt(row.max), justify="right"),
+                Text(f"{row.density:.1%}" if row.density is not None else "–", justify="right"),
+                Text(fmt(row.score, 2), justify="right"),
+                status_text(row.status.value),
+                plain(label),
+                key=f"{row.layer}.{row.neuron}",
+            )
+        table.has_previous = query.offset > 0
+        table.has_next = query.offset + len(self.rows) < self.total
+        if self._cursor_after_load is not None and self.rows:
+            row = self._cursor_after_load if self._cursor_after_load >= 0 else len(self.rows) - 1
+            table.move_cursor(row=min(row, len(self.rows) - 1))
+        self._cursor_after_load = None
+
+    def _status(self) -> None:
+        query = self.query_state
+        if self.busy:
+            text = Text("loading…", "italic")
+        elif not self.total:
+            text = Text("no neurons match these filters", "yellow")
+        else:
+            pages = math.ceil(self.total / PAGE_SIZE)
+            text = Text(
+                f"{query.offset + 1:,}–{query.offset + len(self.rows):,} of {self.total:,}"
+                f" · page {query.offset // PAGE_SIZE + 1}/{pages}"
+            )
+            text.append(f" · sorted by {query.sort.value}", "dim")
+            text.append(" ▼" if query.descending else " ▲", "dim")
+        if self._spinner is not None:
+            elapsed = time.monotonic() - self._loading_since
+            text.append(f" · {SPINNER[int(elapsed * 5) % len(SPINNER)]}", "bold")
+            text.append(f" {self._model_note} {elapsed:.0f} s", "dim")
+        elif self._model_note:
+            text.append(f" · {self._model_note}", "dim")
+        self.query_one("#list-status", Static).update(text)
+
+    def on_resize(self) -> None:
+        if self.rows:
+            self._cursor_after_load = self.query_one(NeuronTable).cursor_row
+            self._populate()
+
+    # --- changing the query ---------------------------------------------------------------
+
+    def _requery(self, cursor: int | None = 0, **changes: object) -> None:
+        self.query_state = dataclasses.replace(self.query_state, **changes)  # type: ignore[arg-type]
+        self._cursor_after_load = cursor
+        self.reload()
+
+    def on_filter_bar_changed(self, event: FilterBar.Changed) -> None:
+        f = event.filters
+        self._requery(
+            offset=0,
+            layer=f.layer,
+            status=f.status,
+            min_score=f.min_score,
+            max_score=f.max_score,
+            text=f.text,
+        )
+
+    def on_data_table_header_selected(self, event: DataTable.HeaderSelected) -> None:
+        key = SortKey(str(event.column_key.value))
+        descending = not self.query_state.descending if key is self.query_state.sort else False
+        self._requery(offset=0, sort=key, descending=descending)
+
+    def action_cycle_sort(self) -> None:
+        index = SORT_CYCLE.index(self.query_state.sort)
+        key = SORT_CYCLE[(index + 1) % len(SORT_CYCLE)]
+        # Numbers are most interesting largest first; names and positions in order.
+        descending = key in (SortKey.MAX, SortKey.DENSITY, SortKey.SCORE)
+        self._requery(offset=0, sort=key, descending=descending)
+
+    def action_reverse(self) -> None:
+        self._requery(offset=0, descending=not self.query_state.descending)
+
+    def on_neuron_table_page_requested(self, event: NeuronTable.PageRequested) -> None:
+        self._page(event.step, cursor=0 if event.step > 0 else -1)
+
+    def action_page(self, step: int) -> None:
+        self._page(step, cursor=0)
+
+    def _page(self, step: int, cursor: int) -> None:
+        offset = self.query_state.offset + step * PAGE_SIZE
+        if offset < 0 or (step > 0 and offset >= self.total):
+            return
+        self._requery(cursor=cursor, offset=offset)
+
+    def action_focus_filter(self, which: str) -> None:
+        self.query_one(f"#{which}").focus()
+
+    def action_focus_table(self) -> None:
+        self.query_one(NeuronTable).focus()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.query_one(NeuronTable).focus()
+
+    # --- going places ---------------------------------------------------------------------
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        if 0 <= event.cursor_row < len(self.rows):
+            row = self.rows[event.cursor_row]
+            self.open_neuron(row.layer, row.neuron)
+
+    def open_neuron(self, layer: int, neuron: int, queue: QueueSpec | None = None) -> None:
+        # Imported on first use: the neuron page's widgets are not needed for the first paint.
+        from labeller.tui.neuron_screen import NeuronScreen
+
+        self.app.push_screen(NeuronScreen(self.query_state.model, layer, neuron, queue))
+
+    def action_goto(self) -> None:
+        def chosen(found: tuple[int, int] | None) -> None:
+            if found is not None:
+                self.open_neuron(*found)
+
+        self.app.push_screen(GotoDialog(self.scanned), chosen)
+
+    def action_queue(self) -> None:
+        def chosen(spec: QueueSpec | None) -> None:
+            if spec is not None:
+                self.find_in_queue(spec)
+
+        self.app.push_screen(QueueDialog(), chosen)
+
+    @work(thread=True, exclusive=True, group="queue", exit_on_error=False)
+    def find_in_queue(self, spec: QueueSpec) -> None:
+        found = backend_of(self).next_in_queue(self.query_state.model, None, spec.below)
+        self.post_message(self.QueueFound(spec, found))
+
+    def on_neuron_list_screen_queue_found(self, event: QueueFound) -> None:
+        if event.found is None:
+            say(self.app, f"no neurons in the queue ({event.spec.describe()})")
+            return
+        self.open_neuron(*event.found, queue=event.spec)
+
+    def action_pick_model(self) -> None:
+        names = annotate_app(self).model_names
+
+        def chosen(name: str | None) -> None:
+            if name is None or name == self.query_state.model:
+                return
+            self.query_state = ListQuery(model=name, sort=SortKey.LAYER, limit=PAGE_SIZE)
+            self._model_note = ""
+            self.query_one(FilterBar).reset()
+            self._title()
+            self.reload()
+            self.load_layers(name)
+            annotate_app(self).ensure_model(name)
+
+        self.app.push_screen(ModelPicker(names, self.query_state.model), chosen)

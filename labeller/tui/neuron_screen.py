@@ -1,0 +1,405 @@
+"""One neuron: its examples, its label candidates, live text and perturbations, and labelling.
+
+The page remembers the label version it read; every change is made against that version, so if
+someone else changed the neuron's labels meanwhile the change is refused, their change is shown,
+and the page reloads before anything is overwritten.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import Footer, Static, TabbedContent, TabPane, TextArea
+from textual.worker import Worker, WorkerState
+
+from labeller.catalogue import StaleLabel
+from labeller.records import Explanation, LabelStatus
+from labeller.tui.backend import ModelStatus, NeuronPage
+from labeller.tui.context import annotate_app, backend_of
+from labeller.tui.errors import ReportsWorkerErrors, say
+from labeller.tui.examples_pane import ExamplesPane
+from labeller.tui.history_screen import HistoryScreen
+from labeller.tui.label_editor import LabelDraft, LabelEditor
+from labeller.tui.labels_pane import LabelsPane
+from labeller.tui.live_pane import LivePane
+from labeller.tui.perturb_pane import PerturbPane
+from labeller.tui.queue_dialog import QueueSpec
+from labeller.tui.scores import preferred_scores
+from labeller.tui.suggestions_screen import SuggestionsScreen
+from labeller.tui.text import editable, fmt, plain, status_text
+
+if TYPE_CHECKING:
+    from labeller.model.loading import LoadedModel
+
+FOCUS_IN_TAB = {
+    "examples": "#example-list",
+    "labels": "#candidates",
+    "live": "#live-text",
+    "perturb": "#perturb-tokens",
+}
+
+
+class NeuronScreen(ReportsWorkerErrors, Screen[None]):
+    DEFAULT_CSS = """
+    NeuronScreen #neuron-title {
+        height: auto; max-height: 3; padding: 0 1; background: $primary-darken-2;
+    }
+    NeuronScreen TabbedContent { height: 1fr; }
+    NeuronScreen TabPane { padding: 0; }
+    """
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "back", "Back", id="neuron.back"),
+        Binding("a", "accept", "Accept", id="label.accept"),
+        Binding("e", "edit", "Edit", id="label.edit"),
+        Binding("w", "write", "Write new", id="label.write"),
+        Binding("x", "set_status('rejected')", "Reject", id="label.reject"),
+        Binding("v", "set_status('needs_review')", "Needs review", id="label.review"),
+        Binding("u", "undo", "Undo", id="label.undo"),
+        Binding("h", "history", "History", id="label.history"),
+        Binding("l", "llm_score", "LLM score", id="label.llm_score"),
+        Binding("t", "suggest", "Suggest tests", id="label.suggest"),
+        Binding("p", "perturb_example", "Perturb example", id="neuron.perturb_example"),
+        Binding("n", "next_in_queue", "Next in queue", id="neuron.next"),
+        Binding("1,alt+1", "tab('examples')", "Examples tab", id="tab.examples", show=False),
+        Binding("2,alt+2", "tab('labels')", "Labels tab", id="tab.labels", show=False),
+        Binding("3,alt+3", "tab('live')", "Live tab", id="tab.live", show=False),
+        Binding("4,alt+4", "tab('perturb')", "Perturb tab", id="tab.perturb", show=False),
+        Binding("question_mark", "app.help", "Help", id="neuron.help"),
+    ]
+
+    class Loaded(Message):
+        def __init__(self, page: NeuronPage, select: int | None) -> None:
+            super().__init__()
+            self.page = page
+            self.select = select
+
+    class Changed(Message):
+        """A label change went through; `notes` say what happened, `select` what to show."""
+
+        def __init__(self, notes: list[str], select: int | None) -> None:
+            super().__init__()
+            self.notes = notes
+            self.select = select
+
+    class ExampleTokens(Message):
+        """A stored example's exact tokens, for the live text and the perturbations."""
+
+        def __init__(self, token_ids: list[int], target: int, switch: bool) -> None:
+            super().__init__()
+            self.token_ids = token_ids
+            self.target = target
+            self.switch = switch
+
+    class QueueNext(Message):
+        def __init__(self, found: tuple[int, int] | None) -> None:
+            super().__init__()
+            self.found = found
+
+    def __init__(self, model: str, layer: int, neuron: int, queue: QueueSpec | None) -> None:
+        super().__init__()
+        self.model_name = model
+        self.layer_index = layer
+        self.neuron = neuron
+        self.queue = queue
+        self.page: NeuronPage | None = None
+        self.selected: Explanation | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Static(
+            plain(f"{self.model_name} {self.layer_index}.{self.neuron} · loading…"),
+            id="neuron-title",
+        )
+        with TabbedContent(initial="examples"):
+            with TabPane("Examples", id="examples"):
+                yield ExamplesPane()
+            with TabPane("Labels", id="labels"):
+                yield LabelsPane()
+            with TabPane("Live", id="live"):
+                yield LivePane()
+            with TabPane("Perturb", id="perturb"):
+                yield PerturbPane()
+        yield Footer()
+
+    def on_mount(self) -> None:
+        app = annotate_app(self)
+        app.model_signal.subscribe(self, self._model_status)
+        app.ensure_model(self.model_name)
+        self.load()
+
+    # --- loading --------------------------------------------------------------------------
+
+    def load(self, select: int | None = None) -> None:
+        self.load_page(self.model_name, self.layer_index, self.neuron, select)
+
+    @work(thread=True, exclusive=True, group="load", exit_on_error=False)
+    def load_page(self, model: str, layer: int, neuron: int, select: int | None) -> None:
+        self.post_message(self.Loaded(backend_of(self).neuron(model, layer, neuron), select))
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        worker = event.worker
+        if event.state is not WorkerState.ERROR:
+            return
+        if worker.group == "load" and self.page is None:
+            self.dismiss()  # no such neuron: the notification says why
+        elif worker.group == "label" and isinstance(worker.error, StaleLabel):
+            self.load()  # show the other person's change before anything else happens
+
+    def on_neuron_screen_loaded(self, event: Loaded) -> None:
+        first = self.page is None
+        page = self.page = event.page
+        view = page.view
+        ids = {e.id for e in page.candidates}
+        select = next(
+            (
+                i
+                for i in (event.select, self.selected.id if self.selected else None)
+                if i is not None and i in ids
+            ),
+            _default_selection(page),
+        )
+        labels = self.query_one(LabelsPane)
+        labels.show(page.candidates, select)
+        self.selected = labels.selected()
+        self._title()
+        if not first:
+            return
+        self.query_one(ExamplesPane).show(view)
+        if self.query_one(TabbedContent).active == "examples":
+            self.query_one("#example-list").focus()
+        self.query_one(LivePane).configure(self.layer_index, self.neuron, max(view.stats.max, 1e-9))
+        self.query_one(PerturbPane).configure(self.layer_index, self.neuron)
+        if view.top_examples:
+            top = view.top_examples[0]
+            self.fetch_example(top.kind.value, top.rank, top.max_index, switch=False)
+
+    def _title(self) -> None:
+        page = self.page
+        if page is None:
+            return
+        s = page.view.stats
+        title = plain(self.model_name, "bold")
+        title.append(f" L{self.layer_index} N{self.neuron}", "bold")
+        title.append(f" · max {fmt(s.max)} · density {s.density:.1%}")
+        if self.queue is not None:
+            title.append(f" · queue: {self.queue.describe()} (n: next)", "yellow")
+        title.append(f" · v{page.version}", "dim")
+        chosen = self.selected
+        title.append("\n")
+        if chosen is None:
+            title.append("no label yet · w: write one", "dim")
+        else:
+            title.append_text(status_text(chosen.status))
+            title.append(f" #{chosen.id} ")
+            title.append_text(plain(chosen.text, "bold"))
+            score = preferred_scores(chosen).get("top_and_random")
+            title.append(f"  score {fmt(score.score if score else None)}", "dim")
+        self.query_one("#neuron-title", Static).update(title)
+
+    def _model_status(self, status: ModelStatus) -> None:
+        if status.name != self.model_name:
+            return
+        model = annotate_app(self).backend.loaded(self.model_name)
+        if status.state == "ready" and model is not None:
+            self.query_one(LivePane).set_model(model)
+            self.query_one(PerturbPane).set_model(model)
+        elif status.state == "failed":
+            self.query_one(LivePane).query_one("#live-status", Static).update(
+                plain(status.describe(), "red")
+            )
+
+    def _model(self) -> LoadedModel | None:
+        model = annotate_app(self).backend.loaded(self.model_name)
+        if model is None:
+            say(self.app, f"the model {self.model_name} is still loading", severity="warning")
+        return model
+
+    # --- tabs, live text and perturbations -------------------------------------------------
+
+    def action_tab(self, tab: str) -> None:
+        self.query_one(TabbedContent).active = tab
+
+    def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        """Focus moves into the shown pane: focus left in a hidden pane would pull it back."""
+        self.query_one(PerturbPane).set_active(event.pane.id == "perturb")
+        self.query_one(FOCUS_IN_TAB[event.pane.id or "examples"]).focus()
+
+    def on_live_pane_traced(self, event: LivePane.Traced) -> None:
+        self.query_one(PerturbPane).set_input(event.trace, event.target)
+
+    def on_labels_pane_selected(self, event: LabelsPane.Selected) -> None:
+        self.selected = event.explanation
+        self._title()
+
+    def action_perturb_example(self) -> None:
+        example = self.query_one(ExamplesPane).highlighted()
+        if example is None:
+            say(self.app, "highlight an example in the Examples tab first", severity="warning")
+            return
+        self.fetch_example(example.kind.value, example.rank, example.max_index, switch=True)
+
+    @work(thread=True, exclusive=True, group="example", exit_on_error=False)
+    def fetch_example(self, kind: str, rank: int, target: int, switch: bool) -> None:
+        ids = backend_of(self).example_token_ids(
+            self.model_name, self.layer_index, self.neuron, kind, rank
+        )
+        self.post_message(self.ExampleTokens(ids, target, switch))
+
+    def on_neuron_screen_example_tokens(self, event: ExampleTokens) -> None:
+        self.query_one(LivePane).load_tokens(event.token_ids, event.target)
+        if event.switch:
+            self.action_tab("perturb")
+
+    # --- labels ---------------------------------------------------------------------------
+
+    def _candidate(self, verb: str) -> Explanation | None:
+        if self.page is None:
+            return None
+        if self.selected is None:
+            say(self.app, f"no label to {verb}: press w to write one", severity="warning")
+        return self.selected
+
+    def action_accept(self) -> None:
+        chosen = self._candidate("accept")
+        if chosen is not None and self.page is not None:
+            self.change(self.page, explanation_id=chosen.id, status=LabelStatus.ACCEPTED)
+
+    def action_set_status(self, status: str) -> None:
+        chosen = self._candidate(status.replace("_", " "))
+        if chosen is not None and self.page is not None:
+            self.change(self.page, explanation_id=chosen.id, status=LabelStatus(status))
+
+    def action_edit(self) -> None:
+        chosen = self._candidate("edit")
+        if chosen is not None:
+            self._editor("Edit label (saved as a new label of yours)", chosen.text)
+
+    def action_write(self) -> None:
+        if self.page is not None:
+            self._editor("New label")
+
+    def _editor(self, title: str, text: str = "") -> None:
+        page = self.page
+
+        def done(draft: LabelDraft | None) -> None:
+            if draft is not None and page is not None:
+                status = LabelStatus.ACCEPTED if draft.accept else None
+                self.change(page, text=draft.text, status=status, rescore=True)
+
+        self.app.push_screen(LabelEditor(title, editable(text)), done)
+
+    @work(thread=True, exclusive=True, group="label", exit_on_error=False)
+    def change(
+        self,
+        page: NeuronPage,
+        *,
+        explanation_id: int | None = None,
+        text: str | None = None,
+        status: LabelStatus | None = None,
+        rescore: bool = False,
+    ) -> None:
+        backend = backend_of(self)
+        entries = backend.change_label(
+            page, explanation_id=explanation_id, text=text, status=status
+        )
+        notes = [f"{e.action} #{e.explanation_id}" for e in entries] or ["no change"]
+        select = next((e.explanation_id for e in reversed(entries)), explanation_id)
+        if rescore:
+            notes.append(backend.score_baseline(page))
+        self.post_message(self.Changed(notes, select))
+
+    def action_undo(self) -> None:
+        if self.page is not None:
+            self.undo(self.page)
+
+    @work(thread=True, exclusive=True, group="label", exit_on_error=False)
+    def undo(self, page: NeuronPage) -> None:
+        entries = backend_of(self).undo(page)
+        notes = [
+            f"undid: #{e.explanation_id} back to {e.after.status.value}" for e in entries if e.after
+        ]
+        self.post_message(self.Changed(notes, entries[0].explanation_id if entries else None))
+
+    def on_neuron_screen_changed(self, event: Changed) -> None:
+        say(self.app, "; ".join(event.notes), title=f"{self.layer_index}.{self.neuron}")
+        self.selected = None
+        self.load(select=event.select)
+
+    def action_llm_score(self) -> None:
+        if self.page is not None:
+            say(self.app, "scoring with the LLM simulator…")
+            self.llm_score(self.page)
+
+    @work(thread=True, exclusive=True, group="llm", exit_on_error=False)
+    def llm_score(self, page: NeuronPage) -> None:
+        note = backend_of(self).score_llm(page)
+        self.post_message(self.Changed([note], self.selected.id if self.selected else None))
+
+    def action_history(self) -> None:
+        self.app.push_screen(HistoryScreen(self.model_name, self.layer_index, self.neuron))
+
+    def action_suggest(self) -> None:
+        chosen = self._candidate("test")
+        model = self._model() if chosen is not None else None
+        if chosen is None or model is None or self.page is None:
+            return
+
+        def picked(text: str | None) -> None:
+            if text is not None:
+                self.query_one(LivePane).load_text(text)
+                self.action_tab("live")
+
+        self.app.push_screen(
+            SuggestionsScreen(
+                model, self.layer_index, self.neuron, chosen.text, self.page.view.stats.max
+            ),
+            picked,
+        )
+
+    # --- navigation -----------------------------------------------------------------------
+
+    def action_back(self) -> None:
+        if isinstance(self.focused, TextArea):
+            self.query_one("#live-tokens").focus()  # out of the text box first
+            return
+        self.dismiss()
+
+    def action_next_in_queue(self) -> None:
+        if self.queue is None:
+            say(self.app, "no queue: start one with u in the neuron list", severity="warning")
+            return
+        self.find_next(self.queue)
+
+    @work(thread=True, exclusive=True, group="queue", exit_on_error=False)
+    def find_next(self, queue: QueueSpec) -> None:
+        found = backend_of(self).next_in_queue(
+            self.model_name, (self.layer_index, self.neuron), queue.below
+        )
+        self.post_message(self.QueueNext(found))
+
+    def on_neuron_screen_queue_next(self, event: QueueNext) -> None:
+        if event.found is None:
+            say(self.app, f"the queue ({self.queue.describe() if self.queue else ''}) is done")
+            return
+        self.app.switch_screen(NeuronScreen(self.model_name, *event.found, self.queue))
+
+
+def _default_selection(page: NeuronPage) -> int | None:
+    """The accepted label, else the best-scoring candidate marked best, else the newest."""
+    candidates = page.candidates
+    for explanation in candidates:
+        if explanation.status == LabelStatus.ACCEPTED.value:
+            return explanation.id
+    best = [e for e in candidates if e.best]
+    if best:
+        return max(best, key=_score).id
+    return candidates[-1].id if candidates else None
+
+
+def _score(explanation: Explanation) -> float:
+    score = preferred_scores(explanation).get("top_and_random")
+    return score.score if score is not None and score.score is not None else -2.0

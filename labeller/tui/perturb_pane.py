@@ -1,0 +1,193 @@
+"""Live perturbations of the current text (typed, or a stored example) around a target token.
+
+All five experiments run one after another in a worker whenever the text or the target changes
+while this tab is shown; a newer change cancels the older run between experiments, and each
+result appears as soon as it is ready.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Vertical, VerticalScroll
+from textual.message import Message
+from textual.timer import Timer
+from textual.widgets import Static
+from textual.worker import get_current_worker
+
+from labeller.tui.backend import LiveTrace
+from labeller.tui.context import backend_of
+from labeller.tui.errors import ReportsWorkerErrors
+from labeller.tui.experiment_view import TITLES, ExperimentView
+from labeller.tui.text import fmt, shown
+from labeller.tui.token_view import TokenView
+
+if TYPE_CHECKING:
+    from labeller.model.loading import LoadedModel
+    from labeller.model.perturb import Perturbation
+
+ORDER = tuple(TITLES)
+DEBOUNCE_S = 0.15
+
+
+class PerturbPane(ReportsWorkerErrors, Vertical):
+    DEFAULT_CSS = """
+    PerturbPane { height: 1fr; }
+    PerturbPane #perturb-head, PerturbPane #perturb-cursor { height: auto; padding: 0 1; }
+    PerturbPane #perturb-tokens { max-height: 6; }
+    PerturbPane #experiments { height: 1fr; border-top: solid $primary-darken-2; }
+    """
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("m", "target_max", "Target: max", id="perturb.max"),
+        Binding("R", "rerun", "Rerun", id="perturb.rerun"),
+    ]
+
+    class Done(Message):
+        def __init__(self, generation: int, kind: str, result: Perturbation) -> None:
+            super().__init__()
+            self.generation = generation
+            self.kind = kind
+            self.result = result
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.model: LoadedModel | None = None
+        self.layer_index = 0
+        self.neuron = 0
+        self.trace: LiveTrace | None = None
+        self.target: int | None = None
+        self.active = False
+        self.generation = 0
+        self._ran_generation = -1
+        self._debounce: Timer | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="perturb-head")
+        yield TokenView(id="perturb-tokens")
+        yield Static(id="perturb-cursor")
+        with VerticalScroll(id="experiments"):
+            for kind in ORDER:
+                yield ExperimentView(kind)
+
+    def on_mount(self) -> None:
+        self._head()
+        self.query_one(TokenView).clear("type a text in the Live tab, or press p on an example")
+
+    def configure(self, layer: int, neuron: int) -> None:
+        self.layer_index, self.neuron = layer, neuron
+
+    def set_model(self, model: LoadedModel) -> None:
+        self.model = model
+        self._changed()
+
+    def set_input(self, trace: LiveTrace, target: int | None) -> None:
+        """A new text (or a new trace of it): perturb it around `target` (None: its max)."""
+        self.trace = trace
+        self.target = target if target is not None and target < len(trace.tokens) else None
+        self._changed()
+
+    def set_active(self, active: bool) -> None:
+        self.active = active
+        if active and self._ran_generation != self.generation:
+            self._schedule()
+
+    def _target(self) -> int | None:
+        trace = self.trace
+        if trace is None or not trace.tokens:
+            return None
+        if self.target is not None:
+            return self.target
+        return max(range(len(trace.activations)), key=trace.activations.__getitem__)
+
+    def _changed(self) -> None:
+        self.generation += 1
+        self._head()
+        trace, target = self.trace, self._target()
+        view = self.query_one(TokenView)
+        if trace is None or target is None:
+            view.clear("type a text in the Live tab, or press p on an example")
+            return
+        view.show(trace.tokens, trace.activations, _scale(trace), mark=target, cursor=target)
+        self._cursor_note(target)
+        for experiment in self.query(ExperimentView):
+            experiment.show_state("waiting for the run…" if self.active else "runs when shown")
+        if self.active:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        if self._debounce is not None:
+            self._debounce.stop()
+        self._debounce = self.set_timer(DEBOUNCE_S, self._start)
+
+    def _start(self) -> None:
+        trace, target, model = self.trace, self._target(), self.model
+        if trace is None or target is None or model is None or not self.active:
+            return
+        self._ran_generation = self.generation
+        self.run_experiments(self.generation, model, list(trace.token_ids), target)
+
+    @work(thread=True, exclusive=True, group="perturb", exit_on_error=False)
+    def run_experiments(
+        self, generation: int, model: LoadedModel, token_ids: list[int], target: int
+    ) -> None:
+        backend = backend_of(self)
+        worker = get_current_worker()
+        for kind in ORDER:
+            if worker.is_cancelled:
+                return
+            result = backend.perturb(kind, model, token_ids, self.layer_index, self.neuron, target)
+            if not worker.is_cancelled:
+                self.post_message(self.Done(generation, kind, result))
+
+    def on_perturb_pane_done(self, event: PerturbPane.Done) -> None:
+        if event.generation != self.generation or self.trace is None:
+            return
+        view = self.query_one(f"#experiment-{event.kind}", ExperimentView)
+        view.show_result(event.result, self.trace.tokens)
+
+    def _head(self) -> None:
+        trace, target = self.trace, self._target()
+        head = Text()
+        if trace is None or target is None:
+            head.append("Perturbations of the live text", "bold")
+        else:
+            head.append("Target ", "bold")
+            head.append(f"'{shown(trace.tokens[target])}'", "bold underline")
+            head.append(f" #{target} · activation {fmt(trace.activations[target])}")
+            peak = max(range(len(trace.activations)), key=trace.activations.__getitem__)
+            head.append(" (the max)" if target == peak else " (chosen)", "dim")
+        head.append("\n←/→ + enter or click: choose the target · m: back to the max", "dim")
+        self.query_one("#perturb-head", Static).update(head)
+
+    def on_token_view_moved(self, event: TokenView.Moved) -> None:
+        event.stop()
+        self._cursor_note(event.index)
+
+    def _cursor_note(self, index: int) -> None:
+        trace = self.trace
+        note = Text()
+        if trace is not None and 0 <= index < len(trace.tokens):
+            note.append(f"cursor #{index} ")
+            note.append(f"'{shown(trace.tokens[index])}'", "bold")
+            note.append(f" {trace.activations[index]:.4g}")
+        self.query_one("#perturb-cursor", Static).update(note)
+
+    def on_token_view_chosen(self, event: TokenView.Chosen) -> None:
+        event.stop()
+        self.target = event.index
+        self._changed()
+
+    def action_target_max(self) -> None:
+        self.target = None
+        self._changed()
+
+    def action_rerun(self) -> None:
+        self._changed()
+
+
+def _scale(trace: LiveTrace) -> float:
+    return max([abs(v) for v in trace.activations] + [1e-9])

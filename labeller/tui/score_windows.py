@@ -1,0 +1,52 @@
+"""The selected label's scored windows: true activations above the simulator's, token by token."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widget import Widget
+
+from labeller.records import Explanation
+from labeller.tui.scores import preferred_scores
+from labeller.tui.text import aligned_rows
+
+
+class ScoreWindows(Widget):
+    """The selected label's scored windows, wrapped to whatever width the pane has now."""
+
+    DEFAULT_CSS = "ScoreWindows { height: auto; }"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.explanation: Explanation | None = None
+
+    def show(self, explanation: Explanation | None) -> None:
+        self.explanation = explanation
+        self.refresh(layout=True)
+
+    def _text(self, width: int) -> Text:
+        explanation = self.explanation
+        if explanation is None:
+            return Text()
+        primary = preferred_scores(explanation).get("top_and_random")
+        windows = primary.details.get("windows", []) if primary else []
+        if primary is None or not windows:
+            return Text("No scored windows for this label yet.", "dim")
+        out = Text(f"Scored windows: true activations, then {primary.simulator}'s\n", "dim")
+        true_scale = max((max(w["true"], default=0.0) for w in windows), default=0.0) or 1.0
+        sim_scale = max((max(w["simulated"], default=0.0) for w in windows), default=0.0) or 1.0
+        for window in windows:
+            out.append(f"{window['kind']} #{window['rank']}\n", "bold")
+            for line in aligned_rows(
+                window["tokens"],
+                [("true", window["true"], true_scale), ("sim", window["simulated"], sim_scale)],
+                width,
+            ):
+                out.append_text(line)
+                out.append("\n")
+        return out
+
+    def render(self) -> Text:
+        return self._text(self.content_size.width or 80)
+
+    def get_content_height(self, container: object, viewport: object, width: int) -> int:
+        return self._text(width).plain.count("\n") + 1

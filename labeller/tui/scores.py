@@ -1,0 +1,18 @@
+"""Which of a label's scores to show: valid split, an LLM simulator's before the baseline's."""
+
+from __future__ import annotations
+
+from labeller.records import Explanation, Score
+
+METHODS = ("top_and_random", "top_only", "random_only")
+
+
+def preferred_scores(explanation: Explanation) -> dict[str, Score]:
+    """Valid-split scores by method, from an LLM simulator when there is one, else the baseline."""
+    chosen: dict[str, Score] = {}
+    for score in sorted(
+        explanation.scores, key=lambda s: (s.simulator != "baseline", s.created_at)
+    ):
+        if score.split.value == "valid":
+            chosen[score.method] = score
+    return chosen

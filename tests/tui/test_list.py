@@ -1,0 +1,191 @@
+"""The neuron list: open, filter, sort, page, jump, queue, help."""
+
+from __future__ import annotations
+
+import pytest
+import tui_support as support
+from tui_support import notifications, until
+
+from labeller.catalogue.browse import NeuronStatus, SortKey
+from labeller.tui import neuron_list
+from labeller.tui.filter_bar import FilterBar
+from labeller.tui.help_screen import HelpScreen
+from labeller.tui.neuron_list import NeuronListScreen
+from labeller.tui.neuron_screen import NeuronScreen
+from labeller.tui.neuron_table import NeuronTable
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture()
+def tui(tmp_path_factory, tiny_model_dir, tiny_corpus, tmp_path, monkeypatch) -> support.Tui:
+    return support.environment(tmp_path_factory, tiny_model_dir, tiny_corpus, tmp_path, monkeypatch)
+
+
+def list_screen(app) -> NeuronListScreen:
+    screen = app.screen
+    assert isinstance(screen, NeuronListScreen)
+    return screen
+
+
+def shown(app) -> list[tuple[int, int]]:
+    return [(r.layer, r.neuron) for r in list_screen(app).rows]
+
+
+async def loaded(pilot) -> NeuronListScreen:
+    await until(pilot, lambda: isinstance(pilot.app.screen, NeuronListScreen))
+    screen = list_screen(pilot.app)
+    await until(pilot, lambda: not screen.busy and screen.rows)
+    return screen
+
+
+async def test_opens_on_the_list_of_every_neuron(tui):
+    app = tui.app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = await loaded(pilot)
+        assert screen.total == 96
+        assert shown(app)[:3] == [(0, 0), (0, 1), (0, 2)]
+        table = screen.query_one(NeuronTable)
+        assert table.row_count == 96
+        first = screen.rows[0]
+        assert first.status is NeuronStatus.PROPOSED and first.label and first.score is not None
+        assert screen.rows[48].status is NeuronStatus.UNLABELLED
+        assert app.focused is table
+        await until(pilot, lambda: support.model_ready(app))
+
+
+async def test_filters_by_status_layer_text_and_score(tui):
+    app = tui.app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = await loaded(pilot)
+        bar = screen.query_one(FilterBar)
+        bar.query_one("#status").value = NeuronStatus.UNLABELLED
+        await until(pilot, lambda: screen.total == 48 and not screen.busy)
+        assert {layer for layer, _ in shown(app)} == {1}
+        bar.query_one("#status").clear()
+        bar.query_one("#layer").value = 0
+        await until(pilot, lambda: screen.query_state.layer == 0 and not screen.busy)
+        assert screen.total == 48
+        word = screen.rows[3].label.split('"')[1].strip()
+        await pilot.press("slash")
+        assert app.focused is bar.query_one("#text")
+        await pilot.press(*word)
+        await until(pilot, lambda: screen.query_state.text == word and not screen.busy)
+        assert all(word.lower() in r.label.lower() for r in screen.rows)
+        await pilot.press("enter")
+        assert app.focused is screen.query_one(NeuronTable)
+        bar.query_one("#text").value = ""
+        bar.query_one("#min").value = "0.5"
+        bar.query_one("#max").value = "0.9"
+        await until(pilot, lambda: screen.query_state.max_score == 0.9 and not screen.busy)
+        assert screen.rows and all(0.5 <= r.score <= 0.9 for r in screen.rows)
+
+
+async def test_sorts_by_key_and_by_header_click(tui):
+    app = tui.app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = await loaded(pilot)
+        await pilot.press("s")  # layer -> neuron
+        await until(pilot, lambda: screen.query_state.sort is SortKey.NEURON and not screen.busy)
+        assert shown(app)[:2] == [(0, 0), (1, 0)]
+        await pilot.press("s")  # -> max, largest first
+        await until(pilot, lambda: screen.query_state.sort is SortKey.MAX and not screen.busy)
+        maxes = [r.max for r in screen.rows]
+        assert maxes == sorted(maxes, reverse=True)
+        await pilot.press("r")
+        await until(pilot, lambda: not screen.query_state.descending and not screen.busy)
+        assert [r.max for r in screen.rows] == sorted(maxes)
+        table = screen.query_one(NeuronTable)
+        table.post_message(
+            NeuronTable.HeaderSelected(
+                table, table.columns["score"].key, 4, table.columns["score"].label
+            )
+        )
+        await until(pilot, lambda: screen.query_state.sort is SortKey.SCORE and not screen.busy)
+        scores = [r.score for r in screen.rows if r.score is not None]
+        assert scores == sorted(scores)
+
+
+async def test_pages_with_the_cursor_and_brackets(tui, monkeypatch):
+    monkeypatch.setattr(neuron_list, "PAGE_SIZE", 10)
+    app = tui.app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = await loaded(pilot)
+        assert len(screen.rows) == 10 and screen.total == 96
+        await pilot.press(*["down"] * 9)
+        assert screen.query_one(NeuronTable).cursor_row == 9
+        await pilot.press("down")  # past the end: the next page, cursor on its first row
+        await until(pilot, lambda: screen.query_state.offset == 10 and not screen.busy)
+        assert shown(app)[0] == (0, 10)
+        assert screen.query_one(NeuronTable).cursor_row == 0
+        await pilot.press("up")
+        await until(pilot, lambda: screen.query_state.offset == 0 and not screen.busy)
+        assert screen.query_one(NeuronTable).cursor_row == 9
+        await pilot.press("right_square_bracket", "right_square_bracket")
+        await until(pilot, lambda: screen.query_state.offset == 20 and not screen.busy)
+        assert shown(app)[0] == (0, 20)
+
+
+async def test_goto_opens_a_neuron_and_back_returns(tui):
+    app = tui.app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        await loaded(pilot)
+        await pilot.press("g", *"1.5", "enter")
+        await until(pilot, lambda: isinstance(app.screen, NeuronScreen))
+        screen = app.screen
+        await until(pilot, lambda: screen.page is not None)
+        assert (screen.page.view.layer, screen.page.view.neuron) == (1, 5)
+        await pilot.press("escape")
+        await until(pilot, lambda: isinstance(app.screen, NeuronListScreen))
+
+
+async def test_goto_a_missing_neuron_is_a_notification(tui):
+    app = tui.app()
+    async with app.run_test(size=(100, 30), notifications=True) as pilot:
+        await loaded(pilot)
+        await pilot.press("g", *"7.3", "enter")
+        await until(pilot, lambda: any("not been scanned" in n for n in notifications(app)))
+        await until(pilot, lambda: isinstance(app.screen, NeuronListScreen))
+
+
+async def test_queue_walks_the_unlabelled_neurons(tui):
+    app = tui.app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        await loaded(pilot)
+        await pilot.press("u")
+        await pilot.click("#start")
+        await until(pilot, lambda: isinstance(app.screen, NeuronScreen))
+        await until(pilot, lambda: app.screen.page is not None)
+        assert (app.screen.layer_index, app.screen.neuron) == (1, 0)
+        await pilot.press("n")
+        await until(pilot, lambda: app.screen.neuron == 1 and app.screen.page is not None)
+        assert app.screen.queue is not None
+
+
+async def test_queue_of_low_scores(tui):
+    app = tui.app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = await loaded(pilot)
+        low = min((r for r in screen.rows if r.score is not None), key=lambda r: r.score)
+        await pilot.press("u")
+        await pilot.click("#below")
+        threshold = f"{low.score + 1e-6:.6f}"
+        app.screen.query_one("#threshold").value = threshold
+        await pilot.click("#start")
+        await until(pilot, lambda: isinstance(app.screen, NeuronScreen))
+        assert app.screen.queue.below == float(threshold)
+        first = app.screen
+        assert first.layer_index == 0 and first.neuron <= low.neuron
+
+
+async def test_help_lists_the_keys(tui):
+    app = tui.app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await loaded(pilot)
+        await pilot.press("question_mark")
+        await until(pilot, lambda: isinstance(app.screen, HelpScreen))
+        text = str(app.screen.query_one("Static").render())
+        for phrase in ("Neuron list", "Go to L.N", "Accept", "Needs review", "Choose token"):
+            assert phrase in text
+        await pilot.press("escape")
+        await until(pilot, lambda: isinstance(app.screen, NeuronListScreen))

@@ -1,0 +1,256 @@
+"""The neuron page: examples, label candidates, live text, token edits, perturbations, tests."""
+
+from __future__ import annotations
+
+import pytest
+import tui_support as support
+from textual.widgets import DataTable, TabbedContent, TextArea
+from tui_support import notifications, until
+
+from labeller.llm.config import LLMConfig
+from labeller.model.perturb import trace_neuron
+from labeller.records import ChatResponse
+from labeller.tui.backend import Backend
+from labeller.tui.example_item import ExampleItem
+from labeller.tui.example_line import ExampleLine
+from labeller.tui.examples_pane import ExamplesPane
+from labeller.tui.experiment_view import TITLES, ExperimentView
+from labeller.tui.labels_pane import LabelsPane
+from labeller.tui.live_pane import LivePane
+from labeller.tui.neuron_list import NeuronListScreen
+from labeller.tui.neuron_screen import NeuronScreen
+from labeller.tui.perturb_pane import PerturbPane
+from labeller.tui.replace_token import ReplaceToken
+from labeller.tui.score_windows import ScoreWindows
+from labeller.tui.suggestions_screen import SuggestionsScreen
+from labeller.tui.token_view import TokenView
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture()
+def tui(tmp_path_factory, tiny_model_dir, tiny_corpus, tmp_path, monkeypatch) -> support.Tui:
+    return support.environment(tmp_path_factory, tiny_model_dir, tiny_corpus, tmp_path, monkeypatch)
+
+
+async def open_neuron(pilot, layer: int = 0, neuron: int = 3) -> NeuronScreen:
+    app = pilot.app
+    await until(pilot, lambda: isinstance(app.screen, NeuronListScreen) and app.screen.rows)
+    await pilot.press("g", *f"{layer}.{neuron}", "enter")
+    await until(pilot, lambda: isinstance(app.screen, NeuronScreen) and app.screen.page)
+    return app.screen
+
+
+async def model_ready(pilot) -> None:
+    await until(pilot, lambda: support.model_ready(pilot.app))
+
+
+async def test_examples_are_cut_around_the_max_and_expand(tui):
+    app = tui.app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await open_neuron(pilot)
+        view = screen.page.view
+        items = list(screen.query(ExampleItem))
+        assert len(items) == len(view.top_examples) + len(view.random_examples)
+        line = items[0].query_one(ExampleLine)
+        example = line.example
+        assert example == view.top_examples[0]
+        collapsed = line.render()
+        marked = [span for span in collapsed.spans if "underline" in str(span.style)]
+        assert [collapsed.plain[s.start : s.end] for s in marked] == [
+            example.tokens[example.max_index].replace(" ", "·")
+            if not example.tokens[example.max_index].strip(" ")
+            else example.tokens[example.max_index].replace("\n", "⏎")
+        ]
+        await pilot.press("enter")
+        expanded = line.render()
+        assert len(expanded.plain.replace("\n", "")) >= len(collapsed.plain.replace("\n", ""))
+        assert line.expanded
+        stats = str(screen.query_one(ExamplesPane).query_one("#stats").render())
+        assert "histogram" in stats and "output" in stats and "cos(w_in,w_out)" in stats
+
+
+async def test_labels_tab_shows_scores_and_true_versus_simulated(tui):
+    app = tui.app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = await open_neuron(pilot)
+        await pilot.press("2")
+        pane = screen.query_one(LabelsPane)
+        table = pane.query_one(DataTable)
+        assert table.row_count == len(screen.page.candidates) == 1
+        explanation = screen.page.candidates[0]
+        assert screen.selected == explanation
+        windows = pane.query_one(ScoreWindows)
+        rendered = windows.render().plain
+        assert "true" in rendered and "sim" in rendered
+        assert rendered.count("\ntrue ") == rendered.count("\nsim  ")
+
+
+async def test_typing_text_traces_it_live(tui, tiny_model):
+    app = tui.app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = await open_neuron(pilot)
+        await model_ready(pilot)
+        await pilot.press("3")
+        area = screen.query_one("#live-text", TextArea)
+        assert app.focused is area
+        area.clear()
+        await pilot.press(*"def value", "enter", *"x")
+        text = "def value\nx"
+        live = screen.query_one(LivePane)
+        await until(
+            pilot, lambda: live.trace is not None and live.trace.tokens and area.text == text
+        )
+        await until(pilot, lambda: "".join(live.trace.tokens) == text)
+        ids = tiny_model.encode(text)
+        assert live.trace.token_ids == ids
+        assert live.trace.activations == pytest.approx(
+            trace_neuron(tiny_model, ids, 0, 3), abs=1e-5
+        )
+        view = screen.query_one("#live-tokens", TokenView)
+        assert view.tokens == tiny_model.token_strings(ids)
+        assert "⏎" in view.render().plain
+
+
+async def test_replacing_a_token_keeps_the_tokens_and_warns_when_it_splits(tui, tiny_model):
+    app = tui.app()
+    async with app.run_test(size=(100, 30), notifications=True) as pilot:
+        screen = await open_neuron(pilot)
+        await model_ready(pilot)
+        await pilot.press("3")
+        area = screen.query_one("#live-text", TextArea)
+        area.load_text("def value(self): return")
+        live = screen.query_one(LivePane)
+        await until(pilot, lambda: live.trace and "".join(live.trace.tokens) == area.text)
+        before = list(live.trace.token_ids)
+        await pilot.press("escape")  # out of the text box, onto the tokens
+        assert isinstance(app.focused, TokenView)
+        await pilot.press("home", "right", "enter")
+        await until(pilot, lambda: isinstance(app.screen, ReplaceToken))
+        word = next(w for w in (" to", "x", "e") if len(tiny_model.encode(w)) == 1)
+        app.screen.query_one("#replacement").value = word
+        await until(pilot, lambda: "✓" in str(app.screen.query_one("#feedback").render()))
+        await pilot.press("enter")
+        single = tiny_model.encode(word)
+        await until(pilot, lambda: live.trace.token_ids == [before[0], *single, *before[2:]])
+        # A replacement that is two tokens: it goes in, and the user is told.
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, ReplaceToken))
+        app.screen.query_one("#replacement").value = " selfish value"
+        await pilot.press("enter")
+        several = tiny_model.encode(" selfish value")
+        await until(pilot, lambda: live.trace.token_ids[1 : 1 + len(several)] == several)
+        assert any("no longer maps to a single token" in n for n in notifications(app))
+
+
+async def test_every_perturbation_runs_on_a_selected_example(tui, tiny_model):
+    app = tui.app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = await open_neuron(pilot)
+        await model_ready(pilot)
+        pane = screen.query_one(ExamplesPane)
+        await pilot.press("down")  # the second top example
+        example = pane.highlighted()
+        assert example is not None and example.rank == 1
+        await pilot.press("p")
+        await until(pilot, lambda: screen.query_one(TabbedContent).active == "perturb")
+        perturb = screen.query_one(PerturbPane)
+        await until(
+            pilot, lambda: perturb.trace is not None and perturb.trace.tokens == example.tokens
+        )
+        assert perturb._target() == example.max_index
+        views = {v.kind: v for v in screen.query(ExperimentView)}
+        assert set(views) == set(TITLES)
+        await until(
+            pilot,
+            lambda: all(
+                "base" in str(v.render()) or "full" in str(v.render()) for v in views.values()
+            ),
+            timeout=30,
+        )
+        # Choose another target: everything reruns around it.
+        await pilot.press("home", "right", "right", "enter")
+        await until(pilot, lambda: perturb.target == 2)
+        await until(pilot, lambda: "#2 " in str(screen.query_one("#perturb-head").render()))
+        await until(pilot, lambda: "full" in str(views["truncate"].render()), timeout=30)
+        await pilot.press("m")
+        assert perturb.target is None
+
+
+async def test_typing_while_perturbing_updates_the_perturbations(tui):
+    app = tui.app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = await open_neuron(pilot)
+        await model_ready(pilot)
+        await pilot.press("3")
+        area = screen.query_one("#live-text", TextArea)
+        area.load_text("return self.value")
+        await pilot.press("escape", "4")
+        perturb = screen.query_one(PerturbPane)
+        await until(pilot, lambda: perturb.trace and "".join(perturb.trace.tokens) == area.text)
+        await until(pilot, lambda: "base" in str(screen.query_one("#experiment-delete").render()))
+
+
+async def test_suggest_tests_without_an_llm_says_what_to_configure(tui):
+    app = tui.app()
+    async with app.run_test(size=(100, 30), notifications=True) as pilot:
+        await open_neuron(pilot)
+        await model_ready(pilot)
+        await pilot.press("t")
+        await until(pilot, lambda: isinstance(app.screen, SuggestionsScreen))
+        status = app.screen.query_one("#suggest-status")
+        await until(pilot, lambda: "OPENAI_API_KEY" in str(status.render()))
+        assert "--llm-config" in str(status.render())
+        await pilot.press("escape")
+        await pilot.press("l")  # LLM scoring says the same
+        await until(pilot, lambda: any("OPENAI_BASE_URL" in n for n in notifications(app)))
+
+
+class FakeLLM:
+    async def complete(self, request) -> ChatResponse:
+        self.request = request
+        return ChatResponse(
+            text='```json\n{"fire": ["def value(self):", "return self"], "quiet": ["the the"]}\n```'
+        )
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def test_suggest_tests_runs_the_llms_texts_through_the_model(tui, monkeypatch):
+    fake = FakeLLM()
+    monkeypatch.setattr(Backend, "llm_settings", lambda self: LLMConfig(explainer_model="fake-llm"))
+    monkeypatch.setattr(Backend, "_llm_client", lambda self, catalogue: fake)
+    app = tui.app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = await open_neuron(pilot)
+        await model_ready(pilot)
+        await pilot.press("t")
+        await until(pilot, lambda: isinstance(app.screen, SuggestionsScreen))
+        dialog = app.screen
+        await until(pilot, lambda: len(dialog.verdicts) == 3)
+        assert screen.selected.text in fake.request.messages[1].content
+        assert [v.suggestion.should_fire for v in dialog.verdicts] == [True, True, False]
+        assert "fake-llm" in str(dialog.query_one("#suggest-status").render())
+        await pilot.press("enter")  # try the first one live
+        live = screen.query_one(LivePane)
+        await until(pilot, lambda: live.trace and "".join(live.trace.tokens) == "def value(self):")
+        assert screen.query_one(TabbedContent).active == "live"
+
+
+async def test_history_shows_who_changed_what(tui):
+    app = tui.app("carol")
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = await open_neuron(pilot)
+        await pilot.press("a")
+        await until(pilot, lambda: screen.page and screen.page.version > 1)
+        await pilot.press("h")
+        await until(pilot, lambda: app.screen.query_one(DataTable).row_count >= 2)
+        rows = [
+            [str(c) for c in app.screen.query_one(DataTable).get_row_at(i)]
+            for i in range(app.screen.query_one(DataTable).row_count)
+        ]
+        assert rows[0][1:3] == ["baseline", "propose"]
+        assert rows[-1][1:3] == ["carol", "accept"]
+        await pilot.press("escape")
+        assert app.screen is screen

@@ -1,0 +1,103 @@
+"""A scanned, explained and scored tiny catalogue for the TUI tests, and pilot helpers.
+
+The model is scanned under the relative name `tiny-solu-2l` from a working folder that also
+holds `catalogue.db`, so screens (and snapshots) read the same on every machine. (A module, not
+a conftest.py: a second conftest module would shadow the `conftest` other tests import.)
+
+Each test module wires it up with a three-line `tui` fixture calling `environment`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from builders import scan_params
+
+from labeller.catalogue import Catalogue
+from labeller.explain.service import explain_neurons, score_neurons
+from labeller.tui.app import AnnotateApp, create_app
+
+MODEL = "tiny-solu-2l"
+
+
+_ROOTS: dict[tuple[Path, Path], Path] = {}
+
+
+def _root(factory: pytest.TempPathFactory, model_dir: Path, corpus: Path) -> Path:
+    """Built once per test process: the model folder and the scanned catalogue beside it."""
+    from labeller.model.loading import load_model
+    from labeller.scan.runner import run_scan
+
+    key = (model_dir, corpus)
+    if key in _ROOTS:
+        return _ROOTS[key]
+    root = factory.mktemp("tui")
+    shutil.copytree(model_dir, root / MODEL)
+    with contextlib.chdir(root):
+        model = load_model(MODEL, device="cpu")
+        params = scan_params(Path(MODEL), corpus, tokens=300)
+        with Catalogue.open("catalogue.db", create=True) as catalogue:
+            run_scan(catalogue, model, params, batch_size=4)
+            refs = catalogue.neuron_refs(None, [0], None)
+            asyncio.run(explain_neurons(catalogue, refs, explainer="baseline", client=None))
+            asyncio.run(score_neurons(catalogue, refs, simulator="baseline", client=None))
+    _ROOTS[key] = root
+    return root
+
+
+@dataclass
+class Tui:
+    """One test's working folder: a fresh copy of the catalogue beside the model."""
+
+    workdir: Path
+
+    def app(self, annotator: str = "alice") -> AnnotateApp:
+        return create_app(Path("catalogue.db"), annotator)
+
+    @contextlib.contextmanager
+    def catalogue(self) -> Iterator[Catalogue]:
+        """Another connection: another annotator, or the test's own eyes."""
+        with Catalogue.open(self.workdir / "catalogue.db") as catalogue:
+            yield catalogue
+
+
+def environment(
+    factory: pytest.TempPathFactory,
+    model_dir: Path,
+    corpus: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Tui:
+    root = _root(factory, model_dir, corpus)
+    shutil.copy(root / "catalogue.db", tmp_path / "catalogue.db")
+    os.symlink(root / MODEL, tmp_path / MODEL)
+    monkeypatch.chdir(tmp_path)
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "LABELLER_LLM_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    return Tui(tmp_path)
+
+
+async def until(pilot, condition: Callable[[], object], timeout: float = 15.0) -> None:
+    """Let the app run until `condition()` holds (workers post their results meanwhile)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {condition}")
+        await pilot.pause(0.05)
+
+
+def model_ready(app: AnnotateApp) -> bool:
+    state = app.model_states.get(MODEL)
+    return state is not None and state.state == "ready"
+
+
+def notifications(app: AnnotateApp) -> list[str]:
+    return [n.message for n in app._notifications]
