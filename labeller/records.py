@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -216,15 +216,17 @@ class ChatRequest(Record):
     )
 
 
-class TopLogprob(Record):
+class TopLogprob(NamedTuple):
+    """Tuples, not models: a reply carries hundreds of these, built and read on the event loop."""
+
     token: str
     logprob: float
 
 
-class TokenLogprob(Record):
+class TokenLogprob(NamedTuple):
     token: str
     logprob: float
-    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+    top_logprobs: list[TopLogprob]
 
 
 class ChatResponse(Record):

@@ -169,13 +169,12 @@ def _parse_logprobs(block: Any) -> list[TokenLogprob] | None:
     """`choice.logprobs.content` as records; None when the server sent none."""
     if not block or block.get("content") is None:
         return None
-    # model_construct: hundreds of entries per reply, already type-checked here.
     return [
-        TokenLogprob.model_construct(
-            token=str(item["token"]),
-            logprob=float(item["logprob"]),
-            top_logprobs=[
-                TopLogprob.model_construct(token=str(top["token"]), logprob=float(top["logprob"]))
+        TokenLogprob(
+            str(item["token"]),
+            float(item["logprob"]),
+            [
+                TopLogprob(str(top["token"]), float(top["logprob"]))
                 for top in item.get("top_logprobs") or []
             ],
         )
@@ -346,12 +345,14 @@ class LLMClient:
                 attempts=1,
             ) from None
         text, logprobs, prompt_tokens, completion_tokens, model = parse_completion(body)
-        return ChatResponse(
+        # Built without re-validating the logprobs that parse_completion just typed.
+        return ChatResponse.model_construct(
             text=text,
             logprobs=logprobs,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             model=model,
+            cached=False,
         )
 
     def _status_error(self, exc: openai.APIStatusError, request: ChatRequest) -> Exception:

@@ -103,8 +103,9 @@ def test_explain_and_score_with_a_model(db, tmp_path):
             run("show", "--db", db, "--layer", "1", "--neuron", "2", "--format", "json").output
         )
         (explanation,) = view["explanations"]
-        assert re.fullmatch(r'the "return" keyword in Python code \(variant \w{6}\)\.',
-                            explanation["text"])
+        assert re.fullmatch(
+            r'the "return" keyword in Python code \(variant \w{6}\)\.', explanation["text"]
+        )
         assert explanation["source"] == MODEL and explanation["best"] is True
         assert explanation["prompt_version"] == "explainer-v1"
         scores = {s["method"]: s for s in explanation["scores"]}
