@@ -31,10 +31,12 @@ def neuron_activations(
     input_ids: torch.Tensor,
     layers: Sequence[int],
     keep: bool = True,
+    extra_hooks: Sequence[tuple[str, Callable[..., torch.Tensor | None]]] = (),
 ) -> dict[int, torch.Tensor]:
     """Activations [batch, text tokens, d_mlp] per layer, float32, BOS position dropped.
 
-    `keep=False` runs the same hooked forward pass but keeps nothing (the benchmark's baseline).
+    `keep=False` runs the same hooked forward pass but keeps nothing (the benchmark's baseline);
+    `extra_hooks` run first, e.g. to perturb embeddings.
     """
     captured: dict[int, torch.Tensor] = {}
     skip = 1 if model.bos_id is not None else 0
@@ -46,7 +48,7 @@ def neuron_activations(
 
         return hook
 
-    hooks = [(model.neuron_hook(layer), capture(layer)) for layer in layers]
+    hooks = [*extra_hooks, *((model.neuron_hook(layer), capture(layer)) for layer in layers)]
     last = max(layers) + 1
     stop = last if last < model.n_layers else None
     with torch.inference_mode():

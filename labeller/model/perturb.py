@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from labeller.model.activations import batch_inputs
+from labeller.model.activations import batch_inputs, neuron_activations
 from labeller.model.loading import LoadedModel
 
 # The token embedding's output (before positions are added). In TransformerLens 4.3's bridge both
@@ -262,21 +262,8 @@ def _neuron_acts(
     extra_hooks: list[tuple[str, Callable[..., torch.Tensor | None]]],
 ) -> torch.Tensor:
     """[batch, text tokens] activations of one neuron (BOS dropped), float32 on the CPU."""
-    captured: dict[str, torch.Tensor] = {}
-    skip = 1 if model.bos_id is not None else 0
-
-    def capture(activation: torch.Tensor, hook: object) -> None:
-        captured["acts"] = activation[:, skip:, neuron].float().cpu()
-
-    stop = layer + 1 if layer + 1 < model.n_layers else None
-    with torch.inference_mode():
-        model.bridge.run_with_hooks(
-            input_ids,
-            fwd_hooks=[*extra_hooks, (model.neuron_hook(layer), capture)],
-            return_type=None,
-            stop_at_layer=stop,
-        )
-    return captured["acts"]
+    acts = neuron_activations(model, input_ids, [layer], extra_hooks=extra_hooks)
+    return acts[layer][:, :, neuron].cpu()
 
 
 def _at_targets(
