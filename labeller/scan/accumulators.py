@@ -45,8 +45,7 @@ class TopWindows:
         width = acts.shape[1]
         same = window_hash[:, None] == window_hash[None, :]
         repeated_in_batch = torch.tril(same, diagonal=-1).any(dim=1)
-        if bool(repeated_in_batch.any()):
-            window_max = window_max.masked_fill(repeated_in_batch[:, None], -math.inf)
+        window_max = window_max.masked_fill(repeated_in_batch[:, None], -math.inf)
         candidate = window_max > self.values[-1][None, :]
         cols = candidate.any(dim=0).nonzero().squeeze(1)
         if cols.numel() == 0:
@@ -106,6 +105,7 @@ class Moments:
         self.positive = torch.zeros(n, dtype=torch.float64, device=device)
         self.min = torch.full((n,), math.inf, dtype=torch.float64, device=device)
         self.max = torch.full((n,), -math.inf, dtype=torch.float64, device=device)
+        self.batches = 0  # kept on the host: asking the device if count > 0 would synchronise
 
     def update(
         self,
@@ -119,9 +119,9 @@ class Moments:
         y, y2, positive = scratch
         dims = tuple(range(x.dim() - 1))
         nb = float(x.numel() // x.shape[-1])
-        shift = (self.mean.float() if float(self.count) > 0 else (batch_min + batch_max) / 2).to(
-            x.dtype
-        )
+        shift = self.mean.float() if self.batches else (batch_min + batch_max) / 2
+        shift = shift.to(x.dtype)
+        self.batches += 1
         torch.sub(x, shift, out=y)
         torch.mul(y, y, out=y2)
         s1 = y.sum(dim=dims).double()
@@ -176,6 +176,7 @@ class Moments:
     def load(self, state: State) -> None:
         for name, tensor in state.items():
             setattr(self, name, tensor.clone())
+        self.batches = int(float(self.count) > 0)
 
 
 class AdaptiveHistogram:
@@ -214,7 +215,11 @@ class AdaptiveHistogram:
         torch.mul(x, self.inverse_width, out=scaled)
         scaled.floor_()
         shift = self.first - self.offsets
-        if int(shift.abs().max()) < 2**23 and float(scaled.abs().amax()) < 2**23:
+        # On a GPU the exactness check would synchronise: take the int64 path there.
+        exact_in_float = not x.is_cuda and (
+            int(shift.abs().max()) < 2**23 and float(scaled.abs().amax()) < 2**23
+        )
+        if exact_in_float:
             scaled -= shift.to(scaled.dtype)
             index.copy_(scaled)
         else:

@@ -194,11 +194,11 @@ class Scanner:
     ) -> None:
         for row, _ in reservoir_rows:
             self.windows[first + row] = _meta(batch[row])
-        entered: set[int] = set()
-        for layer, state in self.layers.items():
-            rows = state.update(activations[layer], mask, full, index, hashes, reservoir_rows)
-            entered.update(rows.tolist())
-        for row in entered:
+        rows = [
+            state.update(activations[layer], mask, full, index, hashes, reservoir_rows)
+            for layer, state in self.layers.items()
+        ]
+        for row in torch.cat(rows).unique().tolist():  # one device sync per batch, not per layer
             self.windows[first + row] = _meta(batch[row])
         if len(self.windows) > 4 * self._referenced_bound():
             self._forget_unreferenced()
