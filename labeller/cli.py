@@ -61,6 +61,24 @@ def model_load_options(func: F) -> F:
     )(func)
 
 
+def neuron_target(func: F) -> F:
+    """--model (when the catalogue holds several), --layer and --neuron: one neuron."""
+    for option in reversed(
+        [
+            click.option(
+                "--model",
+                "model_name",
+                default=None,
+                help="Needed when the catalogue holds several.",
+            ),
+            click.option("--layer", type=click.IntRange(min=0), required=True),
+            click.option("--neuron", type=click.IntRange(min=0), required=True),
+        ]
+    ):
+        func = option(func)
+    return func
+
+
 def format_option(func: F) -> F:
     return click.option(
         "--format",
@@ -227,11 +245,7 @@ def scan(
 
 @cli.command()
 @db_option
-@click.option(
-    "--model", "model_name", default=None, help="Needed when the catalogue holds several."
-)
-@click.option("--layer", type=click.IntRange(min=0), required=True)
-@click.option("--neuron", type=click.IntRange(min=0), required=True)
+@neuron_target
 @click.option("--examples", type=click.IntRange(min=0), default=None, help="Top windows to print.")
 @format_option
 def show(
@@ -711,11 +725,7 @@ def default_annotator() -> str:
 
 @cli.command()
 @db_option
-@click.option(
-    "--model", "model_name", default=None, help="Needed when the catalogue holds several."
-)
-@click.option("--layer", type=click.IntRange(min=0), required=True)
-@click.option("--neuron", type=click.IntRange(min=0), required=True)
+@neuron_target
 @click.option("--text", default=None, help="A new label, written by you.")
 @click.option(
     "--explanation", "explanation_id", type=int, default=None, help="An existing label's id."
@@ -809,11 +819,7 @@ def label(
 
 @cli.command()
 @db_option
-@click.option(
-    "--model", "model_name", default=None, help="Needed when the catalogue holds several."
-)
-@click.option("--layer", type=click.IntRange(min=0), required=True)
-@click.option("--neuron", type=click.IntRange(min=0), required=True)
+@neuron_target
 @format_option
 def history(
     db_path: Path | None, model_name: str | None, layer: int, neuron: int, output_format: str

@@ -71,3 +71,15 @@ def scan_params(model_dir: Path, corpus: Path, **overrides: object):
     }
     values.update(overrides)
     return ScanParams(**values)
+
+
+def run_cli(*args: object, env: dict[str, str | None] | None = None, ok: bool = True):
+    """Invoke the CLI in-process; with ok, fail the test (showing stderr) on a non-zero exit."""
+    from click.testing import CliRunner
+
+    from labeller.cli import cli
+
+    result = CliRunner().invoke(cli, [str(a) for a in args], env=env)
+    if ok:
+        assert result.exit_code == 0, (result.output, result.stderr, result.exception)
+    return result

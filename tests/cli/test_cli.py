@@ -7,16 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from builders import run_cli as run
 
 from labeller.cli import cli
-
-
-def run(*args: str, ok: bool = True):
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    if ok:
-        assert result.exit_code == 0, (result.output, result.stderr, result.exception)
-    return result
 
 
 @pytest.fixture(scope="module")

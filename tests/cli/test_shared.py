@@ -13,16 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
-
-from labeller.cli import cli
-
-
-def run(*args: object, ok: bool = True):
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    if ok:
-        assert result.exit_code == 0, (result.output, result.stderr, result.exception)
-    return result
+from builders import run_cli as run
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import re
 from pathlib import Path
 
 import pytest
+from builders import run_cli as run
 from builders import scan_params
-from click.testing import CliRunner
 from fake_openai import (
     FakeOpenAI,
     Reply,
@@ -20,7 +20,6 @@ from fake_openai import (
 )
 
 from labeller.catalogue import Catalogue
-from labeller.cli import cli
 from labeller.scan.runner import run_scan
 
 MODEL = "fake-model"
@@ -40,13 +39,6 @@ def db(tmp_path, tiny_model, tiny_model_dir, tiny_corpus) -> Path:
             batch_size=8,
         )
     return path
-
-
-def run(*args: object, env: dict | None = None, ok: bool = True):
-    result = CliRunner().invoke(cli, [str(a) for a in args], env=env)
-    if ok:
-        assert result.exit_code == 0, (result.output, result.stderr, result.exception)
-    return result
 
 
 def llm_config(tmp_path: Path, server: FakeOpenAI) -> Path:
