@@ -59,6 +59,44 @@ class ExampleKind(StrEnum):
     RANDOM = "random"
 
 
+class ScoreMethod(StrEnum):
+    """Which held-out windows a score correlates over; top-and-random is the primary score
+    (what `rank`, best-of-K and `--min-score` read)."""
+
+    TOP_AND_RANDOM = "top_and_random"
+    TOP_ONLY = "top_only"
+    RANDOM_ONLY = "random_only"
+
+
+PRIMARY_METHOD = ScoreMethod.TOP_AND_RANDOM
+
+
+class HistoryAction(StrEnum):
+    """What one label-history entry did to a neuron's labels."""
+
+    PROPOSE = "propose"  # an explainer (LLM or baseline) added a label
+    WRITE = "write"  # a person wrote a label
+    ACCEPT = "accept"
+    REJECT = "reject"
+    NEEDS_REVIEW = "needs_review"
+    REOPEN = "reopen"  # back to proposed
+    WITHDRAW = "withdraw"
+    DEMOTE = "demote"  # an accepted label made proposed because another was accepted
+    CONFIRM = "confirm"  # a review agreeing with an accepted label
+    DISPUTE = "dispute"  # a review disagreeing: the label goes to needs_review
+    UNDO = "undo"
+
+
+# The history action that sets a label to each status.
+STATUS_ACTIONS = {
+    LabelStatus.ACCEPTED: HistoryAction.ACCEPT,
+    LabelStatus.REJECTED: HistoryAction.REJECT,
+    LabelStatus.NEEDS_REVIEW: HistoryAction.NEEDS_REVIEW,
+    LabelStatus.PROPOSED: HistoryAction.REOPEN,
+    LabelStatus.WITHDRAWN: HistoryAction.WITHDRAW,
+}
+
+
 class Record(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -146,7 +184,7 @@ class Example(Record):
 
 
 class Score(Record):
-    method: str = Field(description="top_and_random | top_only | random_only")
+    method: ScoreMethod
     split: Split
     score: float | None = Field(description="None when undefined: constant vectors, not scorable")
     simulator: str | None = None
@@ -161,7 +199,7 @@ class Explanation(Record):
     id: int | None = None
     text: str
     source: str
-    status: str
+    status: LabelStatus
     prompt_version: str | None = None
     producer_model: str | None = None
     annotator: str | None = None
@@ -252,7 +290,7 @@ class HistoryEntry(Record):
     layer: int
     neuron: int
     explanation_id: int | None
-    action: str
+    action: HistoryAction
     before: LabelState | None
     after: LabelState | None
     annotator: str | None
@@ -265,6 +303,6 @@ class RankRow(Record):
     score: float | None
     label: str | None
     source: str | None
-    status: str | None
+    status: LabelStatus | None
     max: float
     density: float
