@@ -28,14 +28,17 @@ from rich.text import Text
 
 from labeller.catalogue import Catalogue
 from labeller.corpus import check_dataset_spec
+from labeller.demo import DEMO_TOKENS
 from labeller.errors import ScanInterrupted, UserError
-from labeller.records import Example, NeuronView, ScanParams
+from labeller.records import SCAN_BATCH_SIZE, Example, NeuronView, ScanParams
 from labeller.render import heat_text, sparkline, visible_token
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 DEMO_DB = Path("db") / "demo.db"
-DEMO_TOKENS = 200_000
+SCAN_DEFAULTS = {
+    name: info.default for name, info in ScanParams.model_fields.items() if not info.is_required()
+}
 
 
 def db_option(func: F) -> F:
@@ -171,15 +174,36 @@ def cli(verbose: bool) -> None:
 )
 @click.option("--layers", default="all", show_default=True, help="Layers to scan, e.g. 0,2-5.")
 @click.option("--tokens", type=click.IntRange(min=1), default=None, help="Stop after N tokens.")
-@click.option("--ctx", type=click.IntRange(min=2), default=64, show_default=True)
-@click.option("--top-k", type=click.IntRange(min=1), default=20, show_default=True)
-@click.option("--random", "n_random", type=click.IntRange(min=0), default=20, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--ctx", type=click.IntRange(min=2), default=SCAN_DEFAULTS["ctx"], show_default=True)
+@click.option(
+    "--top-k", type=click.IntRange(min=1), default=SCAN_DEFAULTS["top_k"], show_default=True
+)
+@click.option(
+    "--random",
+    "n_random",
+    type=click.IntRange(min=0),
+    default=SCAN_DEFAULTS["random"],
+    show_default=True,
+)
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=SCAN_BATCH_SIZE, show_default=True
+)
 @click.option(
     "--text-field", default="text", show_default=True, help="Field of .jsonl/.parquet/HF."
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random windows.")
-@click.option("--histogram-bins", type=click.IntRange(min=4), default=64, show_default=True)
+@click.option(
+    "--seed",
+    type=int,
+    default=SCAN_DEFAULTS["seed"],
+    show_default=True,
+    help="Seed of the random windows.",
+)
+@click.option(
+    "--histogram-bins",
+    type=click.IntRange(min=4),
+    default=SCAN_DEFAULTS["histogram_bins"],
+    show_default=True,
+)
 @model_load_options
 def scan(
     db_path: Path | None,
@@ -1187,36 +1211,13 @@ def demo(
     Example:
       labeller demo
     """
-    import asyncio
-
-    from labeller.demo import DEMO_MODEL_NAMES
-    from labeller.explain.service import explain_neurons, score_neurons
-    from labeller.model.loading import load_model
-    from labeller.scan.runner import run_scan
+    from labeller.demo.build import build_demo_model, missing_demo_models
 
     with Catalogue.open(db_path, create=True) as catalogue:
-        present = {name for (name, _layer) in catalogue.neuron_counts()}
-        for name in DEMO_MODEL_NAMES:
-            if name in present:
-                continue
+        for name in missing_demo_models(catalogue):
             click.echo(f"building the demo: scanning {name} over {tokens:,} tokens", err=True)
-            model = load_model(name, device="cpu")
-            params = ScanParams(
-                model=name,
-                dataset="demo",
-                layers=list(range(model.n_layers)),
-                tokens=tokens,
-                ctx=64,
-                top_k=20,
-                random=20,
-                seed=0,
-                histogram_bins=64,
-            )
             with _progress(tokens) as advance:
-                run_scan(catalogue, model, params, batch_size=32, on_progress=advance)
-            refs = catalogue.neuron_refs(name, None, None)
-            asyncio.run(explain_neurons(catalogue, refs, explainer="baseline", client=None))
-            asyncio.run(score_neurons(catalogue, refs, simulator="baseline", client=None))
+                build_demo_model(catalogue, name, tokens, on_progress=advance)
         if no_tui:
             for model_name, layer, neuron in catalogue.strongest_neurons(limit=1):
                 print_neuron(catalogue.neuron_view(model_name, layer, neuron), 5)

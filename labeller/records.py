@@ -113,18 +113,26 @@ class ModelRecord(Record):
     created_at: str = Field(default_factory=utc_now)
 
 
+# Windows per forward pass: a run setting, not part of what a scan keeps.
+SCAN_BATCH_SIZE = 32
+
+
 class ScanParams(Record):
-    """Everything that must match for a scan to be resumed rather than restarted."""
+    """Everything that must match for a scan to be resumed rather than restarted.
+
+    The defaults are the CLI's and the demo's: 64-token windows, 20 top and 20 random windows
+    per neuron, as in Bills et al.
+    """
 
     model: str
     dataset: str
     layers: list[int]
-    tokens: int | None
-    ctx: int
-    top_k: int
-    random: int
-    seed: int
-    histogram_bins: int
+    tokens: int | None = None
+    ctx: int = 64
+    top_k: int = 20
+    random: int = 20
+    seed: int = 0
+    histogram_bins: int = 64
 
 
 class ScanRecord(Record):

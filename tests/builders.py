@@ -62,11 +62,9 @@ def scan_params(model_dir: Path, corpus: Path, **overrides: object):
         "model": str(model_dir),
         "dataset": str(corpus),
         "layers": [0, 1],
-        "tokens": None,
         "ctx": 16,
         "top_k": 6,
         "random": 7,
-        "seed": 0,
         "histogram_bins": 32,
     }
     values.update(overrides)

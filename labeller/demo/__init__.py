@@ -8,6 +8,7 @@ from pathlib import Path
 
 DEMO_MODELS_DIR: Path = Path(__file__).parent / "assets"
 DEMO_MODEL_NAMES: tuple[str, ...] = ("demo-gelu-1l", "demo-solu-1l")
+DEMO_TOKENS = 200_000  # tokens of the demo corpus `labeller demo` scans per model
 
 
 def demo_model_path(name: str) -> Path:

@@ -27,6 +27,7 @@ from labeller.model.activations import batch_inputs, neuron_activations
 from labeller.model.loading import LoadedModel
 from labeller.model.weights import layer_weight_facts
 from labeller.records import (
+    SCAN_BATCH_SIZE,
     ExampleKind,
     Histogram,
     NeuronStats,
@@ -404,7 +405,7 @@ def run_scan(
     model: LoadedModel,
     params: ScanParams,
     *,
-    batch_size: int,
+    batch_size: int = SCAN_BATCH_SIZE,
     text_field: str = "text",
     on_progress: Callable[[int], None] | None = None,
     stop_requested: Callable[[], bool] | None = None,

@@ -21,7 +21,6 @@ import pytest
 from builders import scan_params
 
 from labeller.catalogue import Catalogue
-from labeller.explain.service import explain_neurons, score_neurons
 from labeller.tui.app import AnnotateApp, create_app
 
 MODEL = "tiny-solu-2l"
@@ -32,8 +31,8 @@ _ROOTS: dict[tuple[Path, Path], Path] = {}
 
 def _root(factory: pytest.TempPathFactory, model_dir: Path, corpus: Path) -> Path:
     """Built once per test process: the model folder and the scanned catalogue beside it."""
+    from labeller.demo.build import scan_and_label_offline
     from labeller.model.loading import load_model
-    from labeller.scan.runner import run_scan
 
     key = (model_dir, corpus)
     if key in _ROOTS:
@@ -44,10 +43,7 @@ def _root(factory: pytest.TempPathFactory, model_dir: Path, corpus: Path) -> Pat
         model = load_model(MODEL, device="cpu")
         params = scan_params(Path(MODEL), corpus, tokens=300)
         with Catalogue.open("catalogue.db", create=True) as catalogue:
-            run_scan(catalogue, model, params, batch_size=4)
-            refs = catalogue.neuron_refs(None, [0], None)
-            asyncio.run(explain_neurons(catalogue, refs, explainer="baseline", client=None))
-            asyncio.run(score_neurons(catalogue, refs, simulator="baseline", client=None))
+            scan_and_label_offline(catalogue, model, params, batch_size=4, label_layers=[0])
     _ROOTS[key] = root
     return root
 
