@@ -113,14 +113,18 @@ def parse_layers(spec: str, n_layers: int, flag: str = "--layers") -> list[int]:
 
 
 class CliError(click.ClickException):
-    """A user mistake or an interruption: one line on stderr, a non-zero exit, no traceback."""
+    """A user mistake: one line on stderr, a non-zero exit, no traceback."""
 
-    def __init__(self, message: str, exit_code: int = 2) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
+    exit_code = 2
 
     def show(self, file: Any = None) -> None:
         click.echo(f"error: {self.format_message()}", err=True)
+
+
+class CliInterrupted(CliError):
+    """Ctrl-C during a resumable command: exit like an interrupted shell command."""
+
+    exit_code = 130
 
 
 class EchoHandler(logging.Handler):
@@ -137,7 +141,7 @@ class LabellerGroup(click.Group):
         except UserError as exc:
             raise CliError(str(exc)) from None
         except ScanInterrupted as exc:
-            raise CliError(f"{exc}; run the same command again to resume", 130) from None
+            raise CliInterrupted(f"{exc}; run the same command again to resume") from None
         except sqlite3.DatabaseError as exc:
             raise CliError(
                 f"the catalogue is damaged ({exc}); restore it from a backup "
@@ -1076,7 +1080,7 @@ def export(
         if layers is not None:
             n_layers = catalogue.resolve_model(model_name).n_layers
             layer_list = parse_layers(layers, n_layers)
-        options = {
+        options: dict[str, Any] = {
             "fmt": fmt,
             "model": model_name,
             "layers": layer_list,
@@ -1244,7 +1248,7 @@ class _status:
     def __enter__(self) -> None:
         self.status.__enter__()
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, *exc: Any) -> None:
         self.status.__exit__(*exc)
 
 

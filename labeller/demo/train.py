@@ -97,6 +97,7 @@ def encode_windows(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cut the corpus part into ``(inputs, targets)`` windows of shape ``[n_windows, n_ctx]``."""
     bos = tokenizer.token_to_id(END_OF_TEXT)
+    assert bos is not None, "the demo tokenizer always has the end-of-text token"
     texts = [doc.text for doc in iter_demo_documents(part)]
     inputs: list[list[int]] = []
     targets: list[list[int]] = []

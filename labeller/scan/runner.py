@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import FrameType
+from typing import Any
 
 import torch
 
@@ -352,11 +353,8 @@ def _meta(window: Window) -> WindowMeta:
     return WindowMeta(window.document, window.offset, window.token_ids)
 
 
-def _to_cpu(state: dict[str, object]) -> dict[str, object]:
-    return {
-        k: (_to_cpu(v) if isinstance(v, dict) else v.cpu())  # type: ignore[union-attr]
-        for k, v in state.items()
-    }
+def _to_cpu(state: dict[str, Any]) -> dict[str, Any]:
+    return {k: (_to_cpu(v) if isinstance(v, dict) else v.cpu()) for k, v in state.items()}
 
 
 def _rng_state_to_list(state: tuple) -> list:
