@@ -1074,6 +1074,7 @@ def export(
       labeller export --format openai --layers 0 --status accepted -o records.jsonl
     """
     from labeller.exchange import count_export, export_catalogue
+    from labeller.output_files import open_output
 
     with Catalogue.open(db_path) as catalogue:
         layer_list = None
@@ -1091,13 +1092,11 @@ def export(
         if output is None:
             written = export_catalogue(catalogue, sys.stdout, on_progress=None, **options)
         else:
-            partial = output.with_name(output.name + ".partial")
             with (
-                partial.open("w", encoding="utf-8") as handle,
+                open_output(output) as handle,
                 _progress(total, "exporting", "neurons") as advance,
             ):
                 written = export_catalogue(catalogue, handle, on_progress=advance, **options)
-            partial.replace(output)  # never leave a half-written export under the real name
     if output is not None:
         click.echo(f"exported {written:,} neurons as {fmt} to {output}", err=True)
 

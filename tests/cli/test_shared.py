@@ -315,3 +315,16 @@ def test_export_import_round_trip_through_the_cli(db, tmp_path):
         ("alice", "write"),
         ("alice", "accept"),
     ]
+
+
+def test_export_writes_through_a_symlink_and_fails_cleanly_on_a_full_device(db, tmp_path):
+    target = tmp_path / "real.json"
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    run("export", "--db", db, "-o", link)
+    assert link.is_symlink() and json.loads(target.read_text())["neurons"]
+    if Path("/dev/full").exists():
+        result = run("export", "--db", db, "-o", "/dev/full", ok=False)
+        assert result.exit_code == 2
+        assert result.stderr.startswith("error: cannot write /dev/full: No space left")
+        assert Path("/dev/full").is_char_device()
