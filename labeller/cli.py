@@ -7,7 +7,8 @@ import json
 import logging
 import sqlite3
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,10 +27,10 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from labeller.catalogue import Catalogue
+from labeller.catalogue import Catalogue, default_db_path
 from labeller.corpus import check_dataset_spec
 from labeller.demo import DEMO_TOKENS
-from labeller.errors import ScanInterrupted, UserError
+from labeller.errors import ScanAlreadyComplete, ScanInterrupted, UserError
 from labeller.records import SCAN_BATCH_SIZE, Example, NeuronView, ScanParams
 from labeller.render import heat_text, sparkline, visible_token
 
@@ -238,31 +239,37 @@ def scan(
     from labeller.scan.runner import run_scan
 
     check_dataset_spec(dataset)
-    catalogue = Catalogue.open(db_path, create=True)
-    with _status(f"loading {model_spec}"):
-        model = load_model(model_spec, device=device, dtype=dtype)
-    params = ScanParams(
-        model=model_spec,
-        dataset=dataset,
-        layers=parse_layers(layers, model.n_layers),
-        tokens=tokens,
-        ctx=ctx,
-        top_k=top_k,
-        random=n_random,
-        seed=seed,
-        histogram_bins=histogram_bins,
-    )
-    if ctx > int(model.bridge.cfg.n_ctx) - (1 if model.bos_id is not None else 0):
-        raise UserError(f"--ctx {ctx} is longer than {model_spec}'s context; use a smaller --ctx")
-    with catalogue, _progress(tokens) as advance:
-        outcome = run_scan(
-            catalogue,
-            model,
-            params,
-            batch_size=batch_size,
-            text_field=text_field,
-            on_progress=advance,
+    with _new_catalogue_kept_only_if_used(db_path) as catalogue:
+        with _status(f"loading {model_spec}"):
+            model = load_model(model_spec, device=device, dtype=dtype)
+        params = ScanParams(
+            model=model_spec,
+            dataset=dataset,
+            layers=parse_layers(layers, model.n_layers),
+            tokens=tokens,
+            ctx=ctx,
+            top_k=top_k,
+            random=n_random,
+            seed=seed,
+            histogram_bins=histogram_bins,
         )
+        if ctx > int(model.bridge.cfg.n_ctx) - (1 if model.bos_id is not None else 0):
+            raise UserError(
+                f"--ctx {ctx} is longer than {model_spec}'s context; use a smaller --ctx"
+            )
+        try:
+            with _progress(tokens) as advance:
+                outcome = run_scan(
+                    catalogue,
+                    model,
+                    params,
+                    batch_size=batch_size,
+                    text_field=text_field,
+                    on_progress=advance,
+                )
+        except ScanAlreadyComplete as done:
+            click.echo(str(done))
+            return
     for note in outcome.notes:
         click.echo(note, err=True)
     click.echo(
@@ -1235,6 +1242,26 @@ def demo(
     from labeller.tui.app import run_annotate
 
     run_annotate(db_path, annotator or default_annotator(), None, llm_config)
+
+
+@contextmanager
+def _new_catalogue_kept_only_if_used(db_path: Path | None) -> Iterator[Catalogue]:
+    """Open (creating) a catalogue for a scan; if the file is new and the command fails before
+    storing anything, remove it again, so a failed first scan leaves no empty catalogue."""
+    path = db_path or default_db_path()
+    new = not path.exists() or path.stat().st_size == 0
+    catalogue = Catalogue.open(path, create=True)
+    try:
+        with catalogue:
+            yield catalogue
+    except BaseException:
+        if new:
+            with Catalogue.open(path) as check:
+                unused = not check.models()
+            if unused:
+                for leftover in (path, *(Path(f"{path}{x}") for x in ("-wal", "-shm"))):
+                    leftover.unlink(missing_ok=True)
+        raise
 
 
 class _status:

@@ -12,3 +12,15 @@ class ScanInterrupted(Exception):
         super().__init__(f"scan {scan_id} interrupted after {tokens_seen:,} tokens")
         self.scan_id = scan_id
         self.tokens_seen = tokens_seen
+
+
+class ScanAlreadyComplete(Exception):
+    """The same scan (same model, corpus and settings) already finished: rerunning the command
+    is not an error, and must not store a second copy."""
+
+    def __init__(self, scan_id: int) -> None:
+        super().__init__(
+            f"scan {scan_id} with these settings is already complete; nothing to do "
+            "(change --tokens, --seed or --layers to scan again)"
+        )
+        self.scan_id = scan_id

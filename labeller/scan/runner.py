@@ -23,7 +23,7 @@ import torch
 
 from labeller.catalogue import Catalogue, ExampleRow, NeuronRow, WindowRow, encode_activations
 from labeller.corpus import Window, iter_documents, iter_windows
-from labeller.errors import ScanInterrupted, UserError
+from labeller.errors import ScanAlreadyComplete, ScanInterrupted, UserError
 from labeller.model.activations import batch_inputs, neuron_activations
 from labeller.model.loading import LoadedModel
 from labeller.model.weights import layer_weight_facts
@@ -416,7 +416,11 @@ def run_scan(
     )
     if first_window is None:
         raise UserError(f"corpus {params.dataset!r} is empty: it holds no text to scan")
-    model_id = catalogue.upsert_model(model.record())
+    complete = [
+        s.id for s in catalogue.scans() if s.params == params and s.status is ScanStatus.COMPLETE
+    ]
+    if complete:
+        raise ScanAlreadyComplete(complete[-1])
     scanner = Scanner(model, params)
     notes: list[str] = []
     resumed_from: int | None = None
@@ -434,10 +438,15 @@ def run_scan(
             notes.append(f"cannot resume scan {unfinished.id} ({exc}); starting clean")
             catalogue.discard_scan(unfinished.id)
             scanner = Scanner(model, params)
-    if scan_id is None:
-        scan_id = catalogue.create_scan(model_id, params)
+    model_id = 0
 
-    def save(status: ScanStatus) -> None:
+    def save(status: ScanStatus) -> int:
+        """The scan row is created with its first checkpoint: a scan that fails before it has
+        anything to resume leaves nothing behind."""
+        nonlocal scan_id, model_id
+        model_id = catalogue.upsert_model(model.record())
+        if scan_id is None:
+            scan_id = catalogue.create_scan(model_id, params)
         catalogue.save_checkpoint(
             scan_id,
             scanner.checkpoint(),
@@ -445,6 +454,7 @@ def run_scan(
             windows_seen=scanner.windows_seen,
             status=status,
         )
+        return scan_id
 
     windows = _limited(
         iter_windows(iter_documents(params.dataset, text_field), model.encode, params.ctx),
@@ -459,19 +469,20 @@ def run_scan(
                 if on_progress:
                     on_progress(scanner.tokens_seen)
                 if interrupt.requested or (stop_requested and stop_requested()):
-                    save(ScanStatus.INTERRUPTED)
-                    raise ScanInterrupted(scan_id, scanner.tokens_seen)
+                    raise ScanInterrupted(save(ScanStatus.INTERRUPTED), scanner.tokens_seen)
                 if time.monotonic() - last_save > CHECKPOINT_EVERY_S:
                     save(ScanStatus.RUNNING)
                     last_save = time.monotonic()
         except KeyboardInterrupt:
             # A second Ctrl-C: the last checkpoint stands, the scan stays resumable.
+            if scan_id is None:
+                raise
             catalogue.set_scan_status(scan_id, ScanStatus.INTERRUPTED)
             raise ScanInterrupted(scan_id, scanner.tokens_seen) from None
-        save(ScanStatus.RUNNING)
-        scanner.write_results(catalogue, scan_id, model_id)
+        finished_id = save(ScanStatus.RUNNING)
+        scanner.write_results(catalogue, finished_id, model_id)
     return ScanOutcome(
-        scan_id=scan_id,
+        scan_id=finished_id,
         tokens_seen=scanner.tokens_seen,
         windows_seen=scanner.windows_seen,
         neurons=len(params.layers) * model.d_mlp,

@@ -325,3 +325,68 @@ def test_cheap_commands_do_not_import_torch(small_db):
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_a_failed_first_scan_leaves_no_catalogue(tmp_path, tiny_model_dir, tiny_corpus):
+    db = tmp_path / "new.db"
+    fails(
+        "scan",
+        "--db",
+        db,
+        "--model",
+        tmp_path / "no-model-here",
+        "--dataset",
+        tiny_corpus,
+        match="could not load model",
+        env={"HF_HUB_OFFLINE": "1"},
+    )
+    corpus = tmp_path / "bad.jsonl"
+    corpus.write_text(json.dumps({"text": "fine " * 40}) + "\n" + json.dumps({"body": "x"}) + "\n")
+    fails("scan", "--db", db, "--model", tiny_model_dir, "--dataset", corpus, match="bad.jsonl:2")
+    assert list(tmp_path.iterdir()) == [corpus]
+
+
+def test_a_scan_failing_midway_leaves_no_running_scan(small_db, tmp_path, tiny_model_dir):
+    db = tmp_path / "c.db"
+    db.write_bytes(small_db.read_bytes())
+    before = CliRunner().invoke(cli, ["scans", "--db", str(db), "--format", "json"]).output
+    corpus = tmp_path / "bad.jsonl"
+    corpus.write_text(json.dumps({"text": "fine " * 40}) + "\n" + json.dumps({"body": "x"}) + "\n")
+    fails("scan", "--db", db, "--model", tiny_model_dir, "--dataset", corpus, match="bad.jsonl:2")
+    after = CliRunner().invoke(cli, ["scans", "--db", str(db), "--format", "json"]).output
+    assert json.loads(after) == json.loads(before)
+
+
+def test_rerunning_a_complete_scan_says_so_and_stores_nothing(small_db, tmp_path):
+    db = tmp_path / "c.db"
+    db.write_bytes(small_db.read_bytes())
+    (scan,) = json.loads(
+        CliRunner().invoke(cli, ["scans", "--db", str(db), "--format", "json"]).output
+    )
+    p = scan["params"]
+    again = CliRunner().invoke(
+        cli,
+        [
+            "scan",
+            "--db",
+            str(db),
+            "--model",
+            p["model"],
+            "--dataset",
+            p["dataset"],
+            "--tokens",
+            str(p["tokens"]),
+            "--ctx",
+            str(p["ctx"]),
+            "--top-k",
+            str(p["top_k"]),
+            "--random",
+            str(p["random"]),
+        ],
+    )
+    assert again.exit_code == 0, again.output
+    assert f"scan {scan['id']} with these settings is already complete" in again.output
+    scans = json.loads(
+        CliRunner().invoke(cli, ["scans", "--db", str(db), "--format", "json"]).output
+    )
+    assert [s["id"] for s in scans] == [scan["id"]]
