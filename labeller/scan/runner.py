@@ -461,7 +461,7 @@ def run_scan(
         skip=scanner.windows_seen,
         tokens_left=None if params.tokens is None else params.tokens - scanner.tokens_seen,
     )
-    last_save = time.monotonic()
+    last_save = -math.inf  # the first checkpoint follows the first batch: a kill after it resumes
     with _DeferredInterrupt() as interrupt:
         try:
             for batch in _batched(windows, batch_size):
