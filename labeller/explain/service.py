@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from labeller.catalogue import Catalogue, NeuronRef
 from labeller.explain import baseline
-from labeller.explain.client import ChatClient
+from labeller.explain.client import ChatClient, LLMCallError, LogprobsUnsupported
 from labeller.explain.explainer import explain, explainer_request
 from labeller.explain.prompts import load_template
 from labeller.explain.scoring import correlation_score
@@ -97,8 +97,6 @@ async def explain_neurons(
         if explainer == BASELINE:
             texts = [baseline.explain_baseline(windows)]
         else:
-            from labeller.llm.client import LLMCallError
-
             assert client is not None
             try:
                 found = await explain(
@@ -252,7 +250,6 @@ async def _simulate_llm(
     state: dict[str, bool],
 ) -> list[list[float]] | None:
     """All windows simulated, or None after recording why (a partial score would mislead)."""
-    from labeller.llm.client import LLMCallError, LogprobsUnsupported
 
     async def window(example: Example) -> list[float] | None:
         while True:
