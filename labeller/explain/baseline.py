@@ -32,17 +32,17 @@ def _peak(acts: Sequence[float]) -> int:
 
 def explain_baseline(windows: Sequence[tuple[Sequence[str], Sequence[float]]]) -> str:
     """E.g. `fires on " def" and " class"`, or `fires on " the" after " love"`."""
-    weight: Counter[str] = Counter()
+    weight: dict[str, float] = {}
     peaks: Counter[str] = Counter()
     before: dict[str, Counter[str]] = {}
     for tokens, acts in windows:
         peak = _peak(acts)
         token = tokens[peak]
-        weight[token] += max(acts[peak], 0.0) or 1e-9
+        weight[token] = weight.get(token, 0.0) + (max(acts[peak], 0.0) or 1e-9)
         peaks[token] += 1
         if peak > 0:
             before.setdefault(token, Counter())[tokens[peak - 1]] += 1
-    named = [t for t, _ in weight.most_common(MAX_TOKENS_NAMED)]
+    named = sorted(weight, key=weight.__getitem__, reverse=True)[:MAX_TOKENS_NAMED]
     label = "fires on " + " and ".join(_quote(t) for t in named)
     lead = named[0]
     if lead in before and peaks[lead] >= 2:

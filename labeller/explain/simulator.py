@@ -94,11 +94,11 @@ def _expected_values(
         position += len(token.token)
     values = []
     for offset in offsets:
-        token = starts.get(offset)
-        if token is None:
+        at = starts.get(offset)
+        if at is None:
             return None
-        weights = {}
-        for alternative in token.top_logprobs or []:
+        weights: dict[int, float] = {}
+        for alternative in at.top_logprobs or []:
             key = alternative.token.strip()
             if key in VALUES:
                 weights[VALUES[key]] = weights.get(VALUES[key], 0.0) + math.exp(alternative.logprob)
