@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from labeller.errors import UserError
+from labeller.explain.falsify import Suggestion, Verdict, judge, suggest_tests
 from labeller.records import Explanation, HistoryEntry, LabelStatus, NeuronView
-from labeller.tui.falsify import Verdict, judge, parse_suggestions, suggest_request
 
 if TYPE_CHECKING:
     from labeller.catalogue import Catalogue, NeuronRef
@@ -311,8 +311,6 @@ class Backend:
         self, model: LoadedModel, layer: int, neuron: int, label: str, neuron_max: float
     ) -> tuple[str, list[Verdict]]:
         """Ask the LLM for texts that should and should not fire, and run them: (llm, verdicts)."""
-        from labeller.explain.client import ReplyError
-        from labeller.llm.client import LLMCallError
         from labeller.model.perturb import trace_many
 
         config = self.llm_settings()
@@ -321,16 +319,13 @@ class Backend:
         with self.catalogue() as catalogue:
             client = self._llm_client(catalogue)
 
-            async def ask() -> str:
+            async def ask() -> list[Suggestion]:
                 try:
-                    return (await client.complete(suggest_request(llm, label))).text
+                    return await suggest_tests(client, llm, label)
                 finally:
                     await client.aclose()
 
-            try:
-                suggestions = parse_suggestions(asyncio.run(ask()))
-            except (ReplyError, LLMCallError) as exc:
-                raise UserError(f"{llm} gave no usable test texts: {exc}") from None
+            suggestions = asyncio.run(ask())
         encoded = [self.encode(model, s.text) for s in suggestions]
         ids = [e.token_ids or [model.pad_id] for e in encoded]
         with self._forward_lock:
