@@ -21,6 +21,7 @@ import pytest
 from builders import scan_params
 
 from labeller.catalogue import Catalogue
+from labeller.explain.baseline import BaselineExplainer, BaselineSimulator
 from labeller.explain.service import explain_neurons, score_neurons
 from labeller.tui.app import AnnotateApp, create_app
 
@@ -46,8 +47,8 @@ def _root(factory: pytest.TempPathFactory, model_dir: Path, corpus: Path) -> Pat
         with Catalogue.open("catalogue.db", create=True) as catalogue:
             run_scan(catalogue, model, params, batch_size=4)
             refs = catalogue.neuron_refs(None, [0], None)
-            asyncio.run(explain_neurons(catalogue, refs, explainer="baseline", client=None))
-            asyncio.run(score_neurons(catalogue, refs, simulator="baseline", client=None))
+            asyncio.run(explain_neurons(catalogue, refs, BaselineExplainer()))
+            asyncio.run(score_neurons(catalogue, refs, BaselineSimulator()))
     _ROOTS[key] = root
     return root
 
