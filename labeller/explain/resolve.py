@@ -36,8 +36,8 @@ class Resolver:
     """Builds explainers and simulators by name and owns the LLM client the LLM ones share.
 
     `async with` (or `run`) opens the client only if something built needs it, reading the LLM
-    settings and the API key then, and closes it after. Not opened, the resolver serves dry runs:
-    nothing is read, nothing is sent.
+    settings and the API key the first time, and closes its connections after. Not opened, the
+    resolver serves dry runs: nothing is read, nothing is sent.
     """
 
     def __init__(
@@ -72,7 +72,7 @@ class Resolver:
         return await self._client.complete(request)
 
     async def __aenter__(self) -> Resolver:
-        if self._needs_llm:
+        if self._needs_llm and self._client is None:
             from labeller.llm.client import LLMClient
 
             config = self._settings()
