@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import tui_support as support
-from fake_openai import FakeOpenAI, Reply
+from fake_openai import FakeOpenAI, Reply, neuron_responder
 from textual.widgets import DataTable, TabbedContent, TextArea
 from tui_support import notifications, until
 
@@ -231,6 +231,22 @@ async def test_suggest_tests_runs_the_llms_texts_through_the_model(tui, monkeypa
                 pilot, lambda: live.trace and "".join(live.trace.tokens) == "def value(self):"
             )
             assert screen.query_one(TabbedContent).active == "live"
+
+
+async def test_llm_scoring_uses_the_configured_simulator(tui, monkeypatch):
+    with FakeOpenAI(neuron_responder) as server:
+        config = tui.workdir / "llm.toml"
+        config.write_text(f'[llm]\nbase_url = "{server.base_url}"\nsimulator_model = "fake-sim"\n')
+        monkeypatch.setenv("LABELLER_LLM_CONFIG", str(config))
+        app = tui.app()
+        async with app.run_test(size=(100, 30), notifications=True) as pilot:
+            screen = await open_neuron(pilot)
+            await pilot.press("l")
+            await until(pilot, lambda: any("with fake-sim" in n for n in notifications(app)))
+        assert {r["model"] for r in server.requests} == {"fake-sim"}
+    with tui.catalogue() as catalogue:
+        explanations = catalogue.explanations_of(screen.page.ref.id)
+    assert any(s.simulator == "fake-sim" for e in explanations for s in e.scores)
 
 
 async def test_history_shows_who_changed_what(tui):
