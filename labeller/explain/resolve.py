@@ -12,8 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
 
 from labeller.errors import UserError
-from labeller.explain import baseline
-from labeller.explain.baseline import BaselineExplainer, BaselineSimulator
+from labeller.explain.baseline import SOURCE, BaselineExplainer, BaselineSimulator
 from labeller.explain.client import ChatClient
 from labeller.explain.explainer import Explainer, LLMExplainer
 from labeller.explain.simulator import LLMSimulator, Simulator
@@ -23,7 +22,7 @@ if TYPE_CHECKING:
     from labeller.llm.client import LLMClient, ResponseCache
     from labeller.llm.config import LLMConfig
 
-BASELINE = baseline.SOURCE
+BASELINE = SOURCE
 
 T = TypeVar("T")
 
@@ -49,6 +48,7 @@ class Resolver:
         self._client: LLMClient | None = None
 
     def explainer(self, name: str, *, candidates: int = 1, temperature: float = 1.0) -> Explainer:
+        """The offline baseline, or the LLM `name` sampling `candidates` labels per neuron."""
         if name == BASELINE:
             return BaselineExplainer()
         return LLMExplainer(
@@ -56,6 +56,7 @@ class Resolver:
         )
 
     def simulator(self, name: str, *, logprobs: bool = True) -> Simulator:
+        """The offline baseline, or the LLM `name` (asking for logprobs unless told not to)."""
         if name == BASELINE:
             return BaselineSimulator()
         return LLMSimulator(self.chat_client(), name, logprobs=logprobs)
