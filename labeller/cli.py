@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.console import Console
@@ -33,6 +33,11 @@ from labeller.demo import DEMO_TOKENS
 from labeller.errors import ScanAlreadyComplete, ScanInterrupted, UserError
 from labeller.records import SCAN_BATCH_SIZE, Example, NeuronView, ScanParams
 from labeller.render import heat_text, sparkline, visible_token
+
+if TYPE_CHECKING:
+    from labeller.explain.client import DryRun
+    from labeller.explain.resolve import Resolver
+    from labeller.explain.service import Report
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -545,51 +550,28 @@ def _selected_refs(
     return catalogue.neuron_refs(model.name, layer_list, neuron_list)
 
 
-def _run_llm_stage(
-    catalogue: Catalogue,
-    refs: list[Any],
-    stage: str,
-    model: str,
-    llm_settings: dict[str, Any],
-    work: Callable[[Any, Callable[[int], None]], Any],
-) -> Any:
-    """Run `work(client, advance)` with a progress bar; the LLM client only when not baseline."""
-    import asyncio
+def _resolver(catalogue: Catalogue, flags: dict[str, Any]) -> Resolver:
+    """Builds explainers and simulators from names; the LLM settings are read only if one
+    needs the LLM (never for the baseline or a dry run)."""
+    from functools import partial
 
-    from labeller.explain.service import BASELINE
+    from labeller.explain.resolve import Resolver
+    from labeller.llm.config import load_llm_config
 
-    client = None
-    if model != BASELINE:
-        from labeller.llm.client import LLMClient
-        from labeller.llm.config import load_llm_config
-
-        client = LLMClient(load_llm_config(**llm_settings), cache=catalogue)
-
-    async def main(advance: Callable[[int], None]) -> Any:
-        try:
-            return await work(client, advance)
-        finally:
-            if client is not None:
-                await client.aclose()
-
-    with _progress(len(refs), stage, "neurons") as advance:
-        report = asyncio.run(main(advance))
-    if client is not None:
-        click.echo(client.summary_line())
-    return report
+    path = flags.pop("llm_config")
+    return Resolver(partial(load_llm_config, path, **flags), cache=catalogue)
 
 
-def _dry_run(catalogue: Catalogue, refs: list[Any], stage: str, model: str, **kwargs: Any) -> None:
-    from labeller.explain.service import BASELINE, dry_run_requests
-
-    if model == BASELINE:
-        click.echo(f"{stage} with the offline baseline: {len(refs):,} neurons, no LLM calls")
+def _print_dry_run(stage: str, name: str, refs: list[Any], plan: DryRun) -> None:
+    if plan.offline:
+        click.echo(f"{stage} with the offline {name}: {len(refs):,} neurons, no LLM calls")
         return
-    request, calls, tokens = dry_run_requests(catalogue, refs, stage=stage, model=model, **kwargs)
-    if request is not None:
-        for message in request.messages:
+    if plan.example is not None:
+        for message in plan.example.messages:
             click.echo(f"--- {message.role}\n{message.content}")
-    click.echo(f"{stage}: {len(refs):,} neurons, {calls:,} calls, about {tokens:,} prompt tokens")
+    click.echo(
+        f"{stage}: {len(refs):,} neurons, {plan.calls:,} calls, about {plan.tokens:,} prompt tokens"
+    )
 
 
 @cli.command()
@@ -629,32 +611,24 @@ def explain(
       labeller explain --explainer baseline --layer 0 --neurons all
       labeller explain --explainer gpt-4o-mini --layer 5 --neurons 0-99 --candidates 5
     """
-    from labeller.explain.service import explain_neurons
+    from labeller.explain.service import dry_run_explain, explain_neurons
 
-    settings = _llm_settings(llm_settings)
     with Catalogue.open(db_path) as catalogue:
         refs = _selected_refs(catalogue, model_name, layers, neurons)
-        if dry_run:
-            _dry_run(catalogue, refs, "explain", explainer, candidates=candidates)
-            return
-        report = _run_llm_stage(
-            catalogue,
-            refs,
-            "explaining",
+        resolver = _resolver(catalogue, llm_settings)
+        chosen = resolver.explainer(
             explainer,
-            settings,
-            lambda client, advance: explain_neurons(
-                catalogue,
-                refs,
-                explainer=explainer,
-                client=client,
-                candidates=candidates,
-                temperature=1.0 if temperature is None else temperature,
-                force=force,
-                on_progress=advance,
-            ),
+            candidates=candidates,
+            temperature=1.0 if temperature is None else temperature,
         )
-    _print_report("explain", report, "labels written")
+        if dry_run:
+            _print_dry_run("explain", explainer, refs, dry_run_explain(catalogue, refs, chosen))
+            return
+        with _progress(len(refs), "explaining", "neurons") as advance:
+            report = resolver.run(
+                lambda: explain_neurons(catalogue, refs, chosen, force=force, on_progress=advance)
+            )
+    _print_report("explain", report, "labels written", resolver.summary_line())
 
 
 @cli.command()
@@ -695,43 +669,29 @@ def score(
       labeller score --simulator baseline --layer 0
       labeller score --simulator gpt-4o-mini --layer 5 --split test
     """
-    from labeller.explain.service import score_neurons
+    from labeller.explain.service import dry_run_score, score_neurons
     from labeller.records import Split
 
-    settings = _llm_settings(llm_settings)
     with Catalogue.open(db_path) as catalogue:
         refs = _selected_refs(catalogue, model_name, layers, neurons)
+        resolver = _resolver(catalogue, llm_settings)
+        chosen = resolver.simulator(simulator, logprobs=not no_logprobs)
         if dry_run:
-            _dry_run(
-                catalogue, refs, "score", simulator, split=Split(split), logprobs=not no_logprobs
-            )
+            plan = dry_run_score(catalogue, refs, chosen, Split(split))
+            _print_dry_run("score", simulator, refs, plan)
             return
-        report = _run_llm_stage(
-            catalogue,
-            refs,
-            "scoring",
-            simulator,
-            settings,
-            lambda client, advance: score_neurons(
-                catalogue,
-                refs,
-                simulator=simulator,
-                client=client,
-                split=Split(split),
-                force=force,
-                logprobs=not no_logprobs,
-                on_progress=advance,
-            ),
-        )
-    _print_report("score", report, "labels scored")
+        with _progress(len(refs), "scoring", "neurons") as advance:
+            report = resolver.run(
+                lambda: score_neurons(
+                    catalogue, refs, chosen, split=Split(split), force=force, on_progress=advance
+                )
+            )
+    _print_report("score", report, "labels scored", resolver.summary_line())
 
 
-def _llm_settings(flags: dict[str, Any]) -> dict[str, Any]:
-    path = flags.pop("llm_config")
-    return {"path": path, **flags}
-
-
-def _print_report(stage: str, report: Any, written: str) -> None:
+def _print_report(stage: str, report: Report, written: str, llm_summary: str | None) -> None:
+    if llm_summary is not None:
+        click.echo(llm_summary)
     for note in report.notes[:20]:
         click.echo(f"note: {note}", err=True)
     parts = [f"{report.neurons:,} neurons", f"{report.written:,} {written}"]

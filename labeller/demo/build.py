@@ -47,10 +47,11 @@ def scan_and_label_offline(
 ) -> None:
     """Scan, then label the neurons of `label_layers` (default: every scanned layer) with the
     baseline and score them on valid."""
+    from labeller.explain.baseline import BaselineExplainer, BaselineSimulator
     from labeller.explain.service import explain_neurons, score_neurons
     from labeller.scan.runner import run_scan
 
     run_scan(catalogue, model, params, batch_size=batch_size, on_progress=on_progress)
     refs = catalogue.neuron_refs(params.model, label_layers or params.layers, None)
-    asyncio.run(explain_neurons(catalogue, refs, explainer="baseline", client=None))
-    asyncio.run(score_neurons(catalogue, refs, simulator="baseline", client=None))
+    asyncio.run(explain_neurons(catalogue, refs, BaselineExplainer()))
+    asyncio.run(score_neurons(catalogue, refs, BaselineSimulator()))

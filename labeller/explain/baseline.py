@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+
+from labeller.explain.client import DryRun
+from labeller.explain.explainer import Candidate, Explainer, Windows
+from labeller.explain.simulator import Job, NotScorable, Simulator
 
 SOURCE = "baseline"
 VERSION = "baseline-v1"
@@ -18,7 +22,7 @@ MAX_TOKENS_NAMED = 3
 QUOTED = re.compile(r'(after )?"([^"]+)"')
 
 
-class NotScorableOffline(Exception):
+class NotScorableOffline(NotScorable):
     """The label quotes no token the offline simulator could look for."""
 
 
@@ -30,19 +34,19 @@ def _peak(acts: Sequence[float]) -> int:
     return max(range(len(acts)), key=lambda i: acts[i])
 
 
-def explain_baseline(windows: Sequence[tuple[Sequence[str], Sequence[float]]]) -> str:
+def explain_baseline(windows: Windows) -> str:
     """E.g. `fires on " def" and " class"`, or `fires on " the" after " love"`."""
-    weight: Counter[str] = Counter()
+    weight: dict[str, float] = {}
     peaks: Counter[str] = Counter()
     before: dict[str, Counter[str]] = {}
     for tokens, acts in windows:
         peak = _peak(acts)
         token = tokens[peak]
-        weight[token] += max(acts[peak], 0.0) or 1e-9
+        weight[token] = weight.get(token, 0.0) + (max(acts[peak], 0.0) or 1e-9)
         peaks[token] += 1
         if peak > 0:
             before.setdefault(token, Counter())[tokens[peak - 1]] += 1
-    named = [t for t, _ in weight.most_common(MAX_TOKENS_NAMED)]
+    named = sorted(weight, key=weight.__getitem__, reverse=True)[:MAX_TOKENS_NAMED]
     label = "fires on " + " and ".join(_quote(t) for t in named)
     lead = named[0]
     if lead in before and peaks[lead] >= 2:
@@ -65,7 +69,9 @@ def simulate_baseline(label: str, windows: Sequence[Sequence[str]]) -> list[list
     targets = [text for after, text in quoted if not after]
     contexts = [text for after, text in quoted if after]
     if not targets:
-        raise NotScorableOffline("the label quotes no token (put tokens in double quotes)")
+        raise NotScorableOffline(
+            "not scorable offline: the label quotes no token (put tokens in double quotes)"
+        )
     predictions = []
     for tokens in windows:
         values = []
@@ -76,3 +82,33 @@ def simulate_baseline(label: str, windows: Sequence[Sequence[str]]) -> list[list
             values.append(10.0 if hit else 0.0)
         predictions.append(values)
     return predictions
+
+
+class BaselineExplainer(Explainer):
+    """One label per neuron, from its peak tokens; makes no LLM calls."""
+
+    name = SOURCE
+    prompt_version = VERSION
+    producer_model = None
+
+    async def explain(self, windows: Windows) -> list[Candidate]:
+        return [Candidate(0, explain_baseline(windows), "", None, 1)]
+
+    def dry_run(self, neurons: Iterable[Windows]) -> DryRun:
+        return DryRun(offline=True)
+
+
+class BaselineSimulator(Simulator):
+    """10 on the tokens a label quotes; labels that quote none are not scorable offline."""
+
+    name = SOURCE
+    prompt_version = VERSION
+    producer_model = None
+
+    async def simulate(
+        self, explanation: str, windows: Sequence[Sequence[str]]
+    ) -> list[list[float]]:
+        return simulate_baseline(explanation, windows)
+
+    def dry_run(self, jobs: Iterable[Job]) -> DryRun:
+        return DryRun(offline=True)

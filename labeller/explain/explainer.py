@@ -1,13 +1,18 @@
-"""LLM explainer: train-split top windows in the Bills et al. format -> one-sentence labels."""
+"""Explainers: a neuron's train-split top windows -> label candidates.
+
+`Explainer` is the interface the service runs (after neuron-explainer's `NeuronExplainer`);
+`LLMExplainer` asks an LLM in the Bills et al. format. The offline one is in `baseline`.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from labeller.explain.client import ChatClient, ReplyError
+from labeller.explain.client import ChatClient, DryRun, LLMCallError, ReplyError
 from labeller.explain.prompts import activation_records, explainer_messages, load_template
 from labeller.records import ChatRequest
 
@@ -15,6 +20,8 @@ PREFIX = re.compile(
     r"^\s*(explanation[^:]*:\s*)?(the main thing this neuron does is find)\s*", re.I
 )
 MAX_LENGTH = 400
+
+Windows = Sequence[tuple[Sequence[str], Sequence[float]]]
 
 
 @dataclass(frozen=True)
@@ -26,6 +33,23 @@ class Candidate:
     raw: str
     error: str | None
     attempts: int
+
+
+class Explainer(ABC):
+    """Proposes labels for one neuron at a time, and says what the service records with them."""
+
+    name: str  # each label's source
+    prompt_version: str
+    producer_model: str | None  # the LLM that writes the labels; None when none does
+
+    @abstractmethod
+    async def explain(self, windows: Windows) -> list[Candidate]:
+        """Candidates for one neuron; a failure is a candidate without text (never raised), so
+        the service keeps it in failed_attempts."""
+
+    @abstractmethod
+    def dry_run(self, neurons: Iterable[Windows]) -> DryRun:
+        """What explaining these neurons would send, without sending it."""
 
 
 def parse_explanation(reply: str) -> str:
@@ -42,9 +66,7 @@ def parse_explanation(reply: str) -> str:
     return text
 
 
-def explainer_request(
-    model: str, windows: Sequence[tuple[Sequence[str], Sequence[float]]], temperature: float
-) -> ChatRequest:
+def explainer_request(model: str, windows: Windows, temperature: float) -> ChatRequest:
     template = load_template("explainer")
     return ChatRequest(
         model=model,
@@ -54,28 +76,50 @@ def explainer_request(
     )
 
 
-async def explain(
-    client: ChatClient,
-    model: str,
-    windows: Sequence[tuple[Sequence[str], Sequence[float]]],
-    *,
-    candidates: int,
-    temperature: float,
-    max_attempts: int = 3,
-) -> list[Candidate]:
-    """K samples at once; an unparseable reply is retried with a fresh sample, then kept as
-    a failed candidate with its raw reply (never as a label)."""
-    base = explainer_request(model, windows, temperature)
+class LLMExplainer(Explainer):
+    """Best-of-K: `candidates` samples at once. An unparseable reply is retried with a fresh
+    sample, then kept as a failed candidate with its raw reply (never as a label); a failed call
+    fails the neuron's whole batch, as one failed candidate."""
 
-    async def sample(index: int) -> Candidate:
-        raw, error = "", ""
-        for attempt in range(max_attempts):
-            request = base.model_copy(update={"n_sample": index, "attempt": attempt})
-            raw = (await client.complete(request)).text
-            try:
-                return Candidate(index, parse_explanation(raw), raw, None, attempt + 1)
-            except ReplyError as exc:
-                error = str(exc)
-        return Candidate(index, None, raw, error, max_attempts)
+    def __init__(
+        self,
+        client: ChatClient,
+        model: str,
+        *,
+        candidates: int = 1,
+        temperature: float = 1.0,
+        max_attempts: int = 3,
+    ) -> None:
+        self.client = client
+        self.name = self.producer_model = model
+        self.prompt_version = load_template("explainer").version
+        self.candidates = candidates
+        self.temperature = temperature
+        self.max_attempts = max_attempts
 
-    return list(await asyncio.gather(*(sample(i) for i in range(candidates))))
+    async def explain(self, windows: Windows) -> list[Candidate]:
+        base = explainer_request(self.name, windows, self.temperature)
+
+        async def sample(index: int) -> Candidate:
+            raw, error = "", ""
+            for attempt in range(self.max_attempts):
+                request = base.model_copy(update={"n_sample": index, "attempt": attempt})
+                raw = (await self.client.complete(request)).text
+                try:
+                    return Candidate(index, parse_explanation(raw), raw, None, attempt + 1)
+                except ReplyError as exc:
+                    error = str(exc)
+            return Candidate(index, None, raw, error, self.max_attempts)
+
+        try:
+            return list(await asyncio.gather(*(sample(i) for i in range(self.candidates))))
+        except LLMCallError as exc:
+            return [Candidate(0, None, "", str(exc), exc.attempts)]
+
+    def dry_run(self, neurons: Iterable[Windows]) -> DryRun:
+        return DryRun.of(
+            request
+            for windows in neurons
+            for request in [explainer_request(self.name, windows, self.temperature)]
+            * self.candidates
+        )

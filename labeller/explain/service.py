@@ -1,29 +1,32 @@
-"""Explain and score batches of neurons against the catalogue: what the CLI (and the TUI) call.
+"""Explain and score batches of neurons against the catalogue: what the CLI and the TUI call.
 
-Work is written neuron by neuron as it completes, so an interrupted run keeps what it finished
-and the next run skips it (unless `force`).
+They run any `Explainer` or `Simulator` (see `resolve` for how one is chosen by name) and record
+what it reports, never asking which kind it is. Work is written neuron by neuron as it completes,
+so an interrupted run keeps what it finished and the next run skips it (unless `force`).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from labeller.catalogue import Catalogue, NeuronRef
-from labeller.explain import baseline
-from labeller.explain.client import ChatClient
-from labeller.explain.explainer import explain, explainer_request
-from labeller.explain.prompts import load_template
+from labeller.explain.client import DryRun
+from labeller.explain.explainer import Explainer, Windows
 from labeller.explain.scoring import correlation_score
-from labeller.explain.simulator import simulate_window, simulator_request
-from labeller.records import ChatRequest, Example, Explanation, Score, Split
+from labeller.explain.simulator import Job, NotScorable, SimulationFailed, Simulator
+from labeller.records import (
+    PRIMARY_METHOD,
+    Example,
+    ExampleKind,
+    Explanation,
+    Score,
+    ScoreMethod,
+    Split,
+)
 
-BASELINE = "baseline"
 NEURON_WORKERS = 64
-METHODS = ("top_and_random", "top_only", "random_only")
-
-Windows = list[tuple[list[str], list[float]]]
 
 
 @dataclass
@@ -73,19 +76,16 @@ async def _for_each(
 async def explain_neurons(
     catalogue: Catalogue,
     refs: Sequence[NeuronRef],
+    explainer: Explainer,
     *,
-    explainer: str,
-    client: ChatClient | None,
-    candidates: int = 1,
-    temperature: float = 1.0,
     force: bool = False,
     on_progress: Callable[[int], None] | None = None,
 ) -> Report:
+    """Label each neuron from its train windows, unless this explainer already did (`force`)."""
     report = Report(neurons=len(refs))
-    version = baseline.VERSION if explainer == BASELINE else load_template("explainer").version
 
     async def one(ref: NeuronRef) -> None:
-        if not force and any(e.source == explainer for e in catalogue.explanations_of(ref.id)):
+        if not force and any(e.source == explainer.name for e in catalogue.explanations_of(ref.id)):
             report.skipped += 1
             return
         view = catalogue.neuron_view(ref.model, ref.layer, ref.neuron)
@@ -94,48 +94,24 @@ async def explain_neurons(
             report.notes.append(f"{ref.layer}.{ref.neuron}: no train windows; rescan it")
             report.failed += 1
             return
-        if explainer == BASELINE:
-            texts = [baseline.explain_baseline(windows)]
-        else:
-            from labeller.llm.client import LLMCallError
-
-            assert client is not None
-            try:
-                found = await explain(
-                    client, explainer, windows, candidates=candidates, temperature=temperature
-                )
-            except LLMCallError as exc:
+        for candidate in await explainer.explain(windows):
+            if candidate.text is None:
                 report.failed += 1
                 catalogue.record_failure(
                     ref.id,
                     stage="explain",
-                    producer_model=explainer,
-                    prompt_version=version,
-                    error=str(exc),
-                    raw="",
+                    producer_model=explainer.producer_model,
+                    prompt_version=explainer.prompt_version,
+                    error=candidate.error or "unusable reply",
+                    raw=candidate.raw,
                 )
-                return
-            texts = []
-            for candidate in found:
-                if candidate.text is None:
-                    report.failed += 1
-                    catalogue.record_failure(
-                        ref.id,
-                        stage="explain",
-                        producer_model=explainer,
-                        prompt_version=version,
-                        error=candidate.error or "unusable reply",
-                        raw=candidate.raw,
-                    )
-                else:
-                    texts.append(candidate.text)
-        for text in texts:
+                continue
             added = catalogue.add_explanation(
                 ref,
-                text,
-                source=explainer,
-                prompt_version=version,
-                producer_model=None if explainer == BASELINE else explainer,
+                candidate.text,
+                source=explainer.name,
+                prompt_version=explainer.prompt_version,
+                producer_model=explainer.producer_model,
             )
             report.written += added is not None
 
@@ -146,25 +122,22 @@ async def explain_neurons(
 async def score_neurons(
     catalogue: Catalogue,
     refs: Sequence[NeuronRef],
+    simulator: Simulator,
     *,
-    simulator: str,
-    client: ChatClient | None,
     split: Split = Split.VALID,
     force: bool = False,
-    logprobs: bool = True,
     on_progress: Callable[[int], None] | None = None,
 ) -> Report:
     """Score every explanation of each neuron (LLM, baseline or human alike) on `split`."""
     report = Report(neurons=len(refs))
-    version = baseline.VERSION if simulator == BASELINE else load_template("simulator").version
-    state = {"logprobs": logprobs}
 
     async def one(ref: NeuronRef) -> None:
         explanations = catalogue.explanations_of(ref.id)
         todo = [
             e
             for e in explanations
-            if force or not catalogue.has_scores(e.id or 0, simulator, split, version)
+            if force
+            or not catalogue.has_scores(e.id or 0, simulator.name, split, simulator.prompt_version)
         ]
         report.skipped += len(explanations) - len(todo)
         if not todo:
@@ -172,21 +145,10 @@ async def score_neurons(
         view = catalogue.neuron_view(ref.model, ref.layer, ref.neuron)
         windows = scored_windows(view.top_examples, view.random_examples, split)
         for explanation in todo:
-            await _score_one(
-                catalogue,
-                ref,
-                explanation,
-                windows,
-                simulator,
-                client,
-                split,
-                version,
-                state,
-                report,
-            )
+            await _score_one(catalogue, ref, explanation, windows, simulator, split, report)
         if split is Split.VALID:
             for source in {e.source for e in explanations}:
-                catalogue.mark_best(ref.id, source, "top_and_random", split)
+                catalogue.mark_best(ref.id, source, PRIMARY_METHOD, split)
 
     await _for_each(refs, one, on_progress)
     return report
@@ -197,99 +159,50 @@ async def _score_one(
     ref: NeuronRef,
     explanation: Explanation,
     windows: list[Example],
-    simulator: str,
-    client: ChatClient | None,
+    simulator: Simulator,
     split: Split,
-    version: str,
-    state: dict[str, bool],
     report: Report,
 ) -> None:
+    """Scores, or null scores with the reason when the simulator cannot read the label, or
+    nothing but the failures when it could not predict every window."""
     assert explanation.id is not None
-    if simulator == BASELINE:
-        try:
-            simulated = baseline.simulate_baseline(explanation.text, [w.tokens for w in windows])
-        except baseline.NotScorableOffline as exc:
-            report.not_scorable += 1
-            reason = f"not scorable offline: {exc}"
-            catalogue.save_scores(
-                explanation.id,
-                [
-                    Score(
-                        method=m,
-                        split=split,
-                        score=None,
-                        simulator=simulator,
-                        prompt_version=version,
-                        details={"reason": reason},
-                    )
-                    for m in METHODS
-                ],
-            )
-            return
-    else:
-        assert client is not None
-        simulated_or_none = await _simulate_llm(
-            catalogue, ref, explanation, windows, simulator, client, version, state
+    try:
+        simulated = await simulator.simulate(explanation.text, [w.tokens for w in windows])
+    except NotScorable as exc:
+        report.not_scorable += 1
+        catalogue.save_scores(
+            explanation.id,
+            [
+                Score(
+                    method=method,
+                    split=split,
+                    score=None,
+                    simulator=simulator.name,
+                    prompt_version=simulator.prompt_version,
+                    details={"reason": str(exc)},
+                )
+                for method in ScoreMethod
+            ],
         )
-        if simulated_or_none is None:
-            report.failed += 1
-            return
-        simulated = simulated_or_none
+        return
+    except SimulationFailed as exc:
+        report.failed += 1
+        for failure in exc.failures:
+            catalogue.record_failure(
+                ref.id,
+                stage="simulate",
+                producer_model=simulator.producer_model,
+                prompt_version=simulator.prompt_version,
+                error=failure.error,
+                raw=failure.raw,
+                explanation_id=explanation.id,
+            )
+        return
     catalogue.save_scores(
-        explanation.id, build_scores(windows, simulated, simulator, version, split)
+        explanation.id,
+        build_scores(windows, simulated, simulator.name, simulator.prompt_version, split),
     )
     report.written += 1
-
-
-async def _simulate_llm(
-    catalogue: Catalogue,
-    ref: NeuronRef,
-    explanation: Explanation,
-    windows: list[Example],
-    model: str,
-    client: ChatClient,
-    version: str,
-    state: dict[str, bool],
-) -> list[list[float]] | None:
-    """All windows simulated, or None after recording why (a partial score would mislead)."""
-    from labeller.llm.client import LLMCallError, LogprobsUnsupported
-
-    async def window(example: Example) -> list[float] | None:
-        while True:
-            try:
-                result = await simulate_window(
-                    client, model, explanation.text, example.tokens, logprobs=state["logprobs"]
-                )
-            except LogprobsUnsupported:
-                state["logprobs"] = False  # this endpoint has none: use the written values
-                continue
-            except LLMCallError as exc:
-                catalogue.record_failure(
-                    ref.id,
-                    stage="simulate",
-                    producer_model=model,
-                    prompt_version=version,
-                    error=str(exc),
-                    raw="",
-                    explanation_id=explanation.id,
-                )
-                return None
-            if result.values is None:
-                catalogue.record_failure(
-                    ref.id,
-                    stage="simulate",
-                    producer_model=model,
-                    prompt_version=version,
-                    error=result.error or "",
-                    raw=result.raw,
-                    explanation_id=explanation.id,
-                )
-            return result.values
-
-    results = await asyncio.gather(*(window(e) for e in windows))
-    if any(r is None for r in results):
-        return None
-    return [r for r in results if r is not None]
 
 
 def build_scores(
@@ -301,9 +214,9 @@ def build_scores(
 ) -> list[Score]:
     """Top-and-random (primary), top-only and random-only; per-window detail on the primary."""
     groups = {
-        "top_and_random": [True] * len(windows),
-        "top_only": [w.kind.value == "top" for w in windows],
-        "random_only": [w.kind.value == "random" for w in windows],
+        ScoreMethod.TOP_AND_RANDOM: [True] * len(windows),
+        ScoreMethod.TOP_ONLY: [w.kind == ExampleKind.TOP for w in windows],
+        ScoreMethod.RANDOM_ONLY: [w.kind == ExampleKind.RANDOM for w in windows],
     }
     detail = {
         "windows": [
@@ -328,43 +241,37 @@ def build_scores(
                 score=correlation_score(true, sim),
                 simulator=simulator,
                 prompt_version=version,
-                details=detail if method == "top_and_random" else {},
+                details=detail if method is PRIMARY_METHOD else {},
             )
         )
     return scores
 
 
-def dry_run_requests(
-    catalogue: Catalogue,
-    refs: Sequence[NeuronRef],
-    *,
-    stage: str,
-    model: str,
-    candidates: int = 1,
-    split: Split = Split.VALID,
-    logprobs: bool = True,
-) -> tuple[ChatRequest | None, int, int]:
-    """One example request, and the calls and prompt tokens (about 4 characters a token) the
-    run would need at most, without retries."""
-    example: ChatRequest | None = None
-    calls = tokens = 0
-    for ref in refs:
-        view = catalogue.neuron_view(ref.model, ref.layer, ref.neuron)
-        if stage == "explain":
+def dry_run_explain(
+    catalogue: Catalogue, refs: Sequence[NeuronRef], explainer: Explainer
+) -> DryRun:
+    """What `explain_neurons` would send for these neurons (train windows read only if asked)."""
+
+    def neurons() -> Iterator[Windows]:
+        for ref in refs:
+            view = catalogue.neuron_view(ref.model, ref.layer, ref.neuron)
             windows = train_windows(view.top_examples)
-            if not windows:
-                continue
-            request = explainer_request(model, windows, 1.0)
-            requests = [request] * candidates
-        else:
-            windows_held = scored_windows(view.top_examples, view.random_examples, split)
-            requests = [
-                simulator_request(model, e.text, w.tokens, logprobs=logprobs, temperature=0.0)
-                for e in view.explanations
-                for w in windows_held
-            ]
-        for request in requests:
-            example = example or request
-            calls += 1
-            tokens += sum(len(m.content) for m in request.messages) // 4
-    return example, calls, tokens
+            if windows:
+                yield windows
+
+    return explainer.dry_run(neurons())
+
+
+def dry_run_score(
+    catalogue: Catalogue, refs: Sequence[NeuronRef], simulator: Simulator, split: Split
+) -> DryRun:
+    """What `score_neurons` would send to score every label of these neurons on `split`."""
+
+    def jobs() -> Iterator[Job]:
+        for ref in refs:
+            view = catalogue.neuron_view(ref.model, ref.layer, ref.neuron)
+            windows = scored_windows(view.top_examples, view.random_examples, split)
+            for explanation in view.explanations:
+                yield explanation.text, [w.tokens for w in windows]
+
+    return simulator.dry_run(jobs())

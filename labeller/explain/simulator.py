@@ -1,23 +1,78 @@
-"""LLM simulator: from a label alone, predict 0-10 for every token of a held-out window.
+"""Simulators: from a label alone, predict 0-10 for every token of held-out windows.
 
-With logprobs, each prediction is the expected value over "0".."10" (renormalised over those
-eleven tokens); without, the integer the model wrote. Every reply must reprint the window's
-tokens in order: a mismatch is an error for that window, never silent zeros.
+`Simulator` is the interface the service runs (after neuron-explainer's `NeuronSimulator`);
+`LLMSimulator` asks an LLM one window at a time. With logprobs, each prediction is the expected
+value over "0".."10" (renormalised over those eleven tokens); without, the integer the model
+wrote. Every reply must reprint the window's tokens in order: a mismatch is an error for that
+window, never silent zeros. The offline simulator is in `baseline`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
-from collections.abc import Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from labeller.explain.client import ChatClient, ReplyError
+from labeller.explain.client import (
+    ChatClient,
+    DryRun,
+    LLMCallError,
+    LogprobsUnsupported,
+    ReplyError,
+)
 from labeller.explain.prompts import load_template, simulator_messages
 from labeller.records import ChatRequest, ChatResponse, TokenLogprob
 from labeller.render import visible_token
 
 VALUES = {str(v): v for v in range(11)}
 TOP_LOGPROBS = 15
+TEMPERATURE = 0.0  # predictions, not samples
+
+# What a simulator is asked about: one label and the tokens of each window to predict.
+Job = tuple[str, Sequence[Sequence[str]]]
+
+
+class NotScorable(Exception):
+    """The simulator cannot work from this label; the message is the reason stored with the
+    null scores."""
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why one window got no prediction, and the raw reply if there was one."""
+
+    error: str
+    raw: str
+
+
+class SimulationFailed(Exception):
+    """Some window got no prediction (a partial score would mislead); the service keeps each
+    failure in failed_attempts."""
+
+    def __init__(self, failures: Sequence[Failure]) -> None:
+        super().__init__("; ".join(f.error for f in failures))
+        self.failures = list(failures)
+
+
+class Simulator(ABC):
+    """Predicts a neuron's activations from a label, and says what the service records."""
+
+    name: str  # each score's simulator
+    prompt_version: str
+    producer_model: str | None  # the LLM that predicts; None when none does
+
+    @abstractmethod
+    async def simulate(
+        self, explanation: str, windows: Sequence[Sequence[str]]
+    ) -> list[list[float]]:
+        """One prediction per token of every window; raises `NotScorable` or
+        `SimulationFailed`."""
+
+    @abstractmethod
+    def dry_run(self, jobs: Iterable[Job]) -> DryRun:
+        """What simulating these labels on their windows would send, without sending it."""
 
 
 @dataclass(frozen=True)
@@ -94,11 +149,11 @@ def _expected_values(
         position += len(token.token)
     values = []
     for offset in offsets:
-        token = starts.get(offset)
-        if token is None:
+        at = starts.get(offset)
+        if at is None:
             return None
-        weights = {}
-        for alternative in token.top_logprobs or []:
+        weights: dict[int, float] = {}
+        for alternative in at.top_logprobs or []:
             key = alternative.token.strip()
             if key in VALUES:
                 weights[VALUES[key]] = weights.get(VALUES[key], 0.0) + math.exp(alternative.logprob)
@@ -116,7 +171,7 @@ async def simulate_window(
     tokens: Sequence[str],
     *,
     logprobs: bool,
-    temperature: float = 0.0,
+    temperature: float = TEMPERATURE,
     max_attempts: int = 3,
 ) -> WindowSimulation:
     base = simulator_request(model, explanation, tokens, logprobs=logprobs, temperature=temperature)
@@ -131,3 +186,47 @@ async def simulate_window(
             continue
         return WindowSimulation(values, raw, None, attempt + 1, used_logprobs)
     return WindowSimulation(None, raw, error, max_attempts, False)
+
+
+class LLMSimulator(Simulator):
+    """All windows of a label at once, one request each. Asks for logprobs (unless told not to)
+    until the endpoint refuses them, then uses the written values for the rest of the run."""
+
+    def __init__(self, client: ChatClient, model: str, *, logprobs: bool = True) -> None:
+        self.client = client
+        self.name = self.producer_model = model
+        self.prompt_version = load_template("simulator").version
+        self.logprobs = logprobs
+
+    async def simulate(
+        self, explanation: str, windows: Sequence[Sequence[str]]
+    ) -> list[list[float]]:
+        results = await asyncio.gather(*(self._window(explanation, w) for w in windows))
+        failures = [r for r in results if isinstance(r, Failure)]
+        if failures:
+            raise SimulationFailed(failures)
+        return [r for r in results if not isinstance(r, Failure)]
+
+    async def _window(self, explanation: str, tokens: Sequence[str]) -> list[float] | Failure:
+        while True:
+            try:
+                result = await simulate_window(
+                    self.client, self.name, explanation, tokens, logprobs=self.logprobs
+                )
+            except LogprobsUnsupported:
+                self.logprobs = False  # this endpoint has none: use the written values
+                continue
+            except LLMCallError as exc:
+                return Failure(str(exc), "")
+            if result.values is None:
+                return Failure(result.error or "", result.raw)
+            return result.values
+
+    def dry_run(self, jobs: Iterable[Job]) -> DryRun:
+        return DryRun.of(
+            simulator_request(
+                self.name, explanation, tokens, logprobs=self.logprobs, temperature=TEMPERATURE
+            )
+            for explanation, windows in jobs
+            for tokens in windows
+        )

@@ -28,6 +28,7 @@ import openai
 from pydantic import ValidationError
 
 from labeller.errors import UserError
+from labeller.explain.client import LLMCallError, LogprobsUnsupported
 from labeller.llm.config import LLMConfig
 from labeller.records import ChatRequest, ChatResponse, TokenLogprob, TopLogprob
 
@@ -48,19 +49,6 @@ class ResponseCache(Protocol):
     def cached_response(self, key: str) -> str | None: ...
 
     def cache_response(self, key: str, request: str, response: str) -> None: ...
-
-
-class LLMCallError(Exception):
-    """A request that failed for good: not retryable, or out of retries. One-line message."""
-
-    def __init__(self, message: str, *, attempts: int, status: int | None = None) -> None:
-        super().__init__(message)
-        self.attempts = attempts
-        self.status = status
-
-
-class LogprobsUnsupported(LLMCallError):
-    """The endpoint refused a logprobs request; the simulator falls back to the reprint prompt."""
 
 
 class _Retryable(Exception):

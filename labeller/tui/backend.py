@@ -8,22 +8,23 @@ because hooks are registered on the shared modules and two passes at once would 
 
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypeVar
 
 from labeller.errors import UserError
+from labeller.explain.falsify import Verdict, judge, suggest_tests
+from labeller.explain.resolve import BASELINE, LLMUnavailable, Resolver
 from labeller.records import Explanation, HistoryEntry, LabelStatus, NeuronView
-from labeller.tui.falsify import Verdict, judge, parse_suggestions, suggest_request
 
 if TYPE_CHECKING:
     from labeller.catalogue import Catalogue, NeuronRef
     from labeller.catalogue.browse import NeuronStatus, NeuronSummary, SortKey
+    from labeller.explain.service import Report
     from labeller.llm.config import LLMConfig
     from labeller.model.loading import LoadedModel
     from labeller.model.perturb import Perturbation
@@ -33,6 +34,8 @@ NO_LLM = (
     "explainer_model / simulator_model in an [llm] table passed with --llm-config "
     "(or $LABELLER_LLM_CONFIG)"
 )
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -199,12 +202,7 @@ class Backend:
 
     def score_baseline(self, page: NeuronPage) -> str:
         """Score the neuron's unscored labels offline at once; say how it went in one line."""
-        from labeller.explain.service import BASELINE, score_neurons
-
-        with self.catalogue() as catalogue:
-            report = asyncio.run(
-                score_neurons(catalogue, [page.ref], simulator=BASELINE, client=None)
-            )
+        report = self._score(page, BASELINE, self.llm_settings)
         if report.not_scorable:
             return 'the offline baseline cannot score it: quote the tokens it fires on in "..."'
         return "scored with the offline baseline" if report.written else "already scored"
@@ -219,36 +217,22 @@ class Backend:
             raise UserError(NO_LLM)
         return config
 
-    def _llm_client(self, catalogue: Catalogue) -> Any:
-        from labeller.llm.client import LLMClient
-
-        config = self.llm_settings()
-        try:
-            return LLMClient(config, cache=catalogue)
-        except UserError as exc:
-            raise UserError(f"{NO_LLM} ({exc})") from None
-
     def score_llm(self, page: NeuronPage) -> str:
-        from labeller.explain.service import score_neurons
-
         config = self.llm_settings()
         simulator = config.simulator_model or config.explainer_model
         assert simulator is not None
-        with self.catalogue() as catalogue:
-            client = self._llm_client(catalogue)
-
-            async def run() -> Any:
-                try:
-                    return await score_neurons(
-                        catalogue, [page.ref], simulator=simulator, client=client
-                    )
-                finally:
-                    await client.aclose()
-
-            report = asyncio.run(run())
+        report = self._score(page, simulator, lambda: config)
         if report.failed:
             return f"{simulator} could not score {report.failed} label(s); see failed_attempts"
         return f"scored {report.written} label(s) with {simulator}"
+
+    def _score(self, page: NeuronPage, simulator: str, settings: Callable[[], LLMConfig]) -> Report:
+        from labeller.explain.service import score_neurons
+
+        with self.catalogue() as catalogue:
+            resolver = Resolver(settings, cache=catalogue)
+            chosen = resolver.simulator(simulator)
+            return _run(resolver, lambda: score_neurons(catalogue, [page.ref], chosen))
 
     # --- model -----------------------------------------------------------------------------
 
@@ -311,29 +295,26 @@ class Backend:
         self, model: LoadedModel, layer: int, neuron: int, label: str, neuron_max: float
     ) -> tuple[str, list[Verdict]]:
         """Ask the LLM for texts that should and should not fire, and run them: (llm, verdicts)."""
-        from labeller.explain.client import ReplyError
-        from labeller.llm.client import LLMCallError
         from labeller.model.perturb import trace_many
 
         config = self.llm_settings()
         llm = config.explainer_model or config.simulator_model
         assert llm is not None
         with self.catalogue() as catalogue:
-            client = self._llm_client(catalogue)
-
-            async def ask() -> str:
-                try:
-                    return (await client.complete(suggest_request(llm, label))).text
-                finally:
-                    await client.aclose()
-
-            try:
-                suggestions = parse_suggestions(asyncio.run(ask()))
-            except (ReplyError, LLMCallError) as exc:
-                raise UserError(f"{llm} gave no usable test texts: {exc}") from None
+            resolver = Resolver(lambda: config, cache=catalogue)
+            client = resolver.chat_client()
+            suggestions = _run(resolver, lambda: suggest_tests(client, llm, label))
         encoded = [self.encode(model, s.text) for s in suggestions]
         ids = [e.token_ids or [model.pad_id] for e in encoded]
         with self._forward_lock:
             activations = trace_many(model, ids, layer, neuron)
         tokens = [self.token_strings(model, i) for i in ids]
         return llm, judge(suggestions, tokens, activations, neuron_max)
+
+
+def _run(resolver: Resolver, work: Callable[[], Awaitable[T]]) -> T:
+    """`resolver.run(work)`, saying what to configure when no LLM client can be opened."""
+    try:
+        return resolver.run(work)
+    except LLMUnavailable as exc:
+        raise UserError(f"{NO_LLM} ({exc})") from None

@@ -14,9 +14,9 @@ from textual.screen import ModalScreen
 from textual.widgets import DataTable, Static
 from textual.worker import Worker, WorkerState
 
+from labeller.explain.falsify import FIRE_SHARE, Verdict
 from labeller.tui.context import backend_of
 from labeller.tui.errors import ReportsWorkerErrors, describe
-from labeller.tui.falsify import FIRE_SHARE, Verdict
 from labeller.tui.text import cut_around, heat, plain
 
 if TYPE_CHECKING:

@@ -18,6 +18,7 @@ from labeller.catalogue.browse import (
     next_in_queue,
     scanned_layers,
 )
+from labeller.explain.baseline import BaselineExplainer, BaselineSimulator
 from labeller.explain.service import explain_neurons, score_neurons
 from labeller.records import LabelStatus, Score, Split
 from labeller.scan.runner import run_scan
@@ -35,8 +36,8 @@ def browse_db(tmp_path_factory, tiny_model, tiny_model_dir, tiny_corpus) -> Path
             batch_size=4,
         )
         refs = catalogue.neuron_refs(None, [0], None)
-        asyncio.run(explain_neurons(catalogue, refs, explainer="baseline", client=None))
-        asyncio.run(score_neurons(catalogue, refs, simulator="baseline", client=None))
+        asyncio.run(explain_neurons(catalogue, refs, BaselineExplainer()))
+        asyncio.run(score_neurons(catalogue, refs, BaselineSimulator()))
     return path
 
 

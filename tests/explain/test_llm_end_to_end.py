@@ -219,6 +219,14 @@ def test_dry_run_prints_a_prompt_and_counts_without_calling(db, tmp_path):
         assert server.calls == 0
 
 
+def test_baseline_runs_read_no_llm_settings(db, tmp_path):
+    missing = tmp_path / "missing.toml"
+    out = run("score", "--db", db, "--layer", "1", "--dry-run", "--llm-config", missing).stdout
+    assert out == "score with the offline baseline: 48 neurons, no LLM calls\n"
+    out = run("explain", "--db", db, "--layer", "1", "--neurons", "0", "--llm-config", missing)
+    assert out.stdout == "explain: 1 neurons, 1 labels written\n"  # and no LLM summary line
+
+
 def test_logprob_free_endpoint_falls_back_to_written_values(db, tmp_path):
     with FakeOpenAI(responder, logprobs=False) as server:
         config = llm_config(tmp_path, server)

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import pytest
 import tui_support as support
+from fake_openai import FakeOpenAI, Reply, neuron_responder
 from textual.widgets import DataTable, TabbedContent, TextArea
 from tui_support import notifications, until
 
-from labeller.llm.config import LLMConfig
 from labeller.model.perturb import trace_neuron
-from labeller.records import ChatResponse
-from labeller.tui.backend import Backend
 from labeller.tui.example_item import ExampleItem
 from labeller.tui.example_line import ExampleLine
 from labeller.tui.examples_pane import ExamplesPane
@@ -206,36 +204,49 @@ async def test_suggest_tests_without_an_llm_says_what_to_configure(tui):
         await until(pilot, lambda: any("OPENAI_BASE_URL" in n for n in notifications(app)))
 
 
-class FakeLLM:
-    async def complete(self, request) -> ChatResponse:
-        self.request = request
-        return ChatResponse(
-            text='```json\n{"fire": ["def value(self):", "return self"], "quiet": ["the the"]}\n```'
-        )
-
-    async def aclose(self) -> None:
-        return None
+SUGGESTIONS = '```json\n{"fire": ["def value(self):", "return self"], "quiet": ["the the"]}\n```'
 
 
 async def test_suggest_tests_runs_the_llms_texts_through_the_model(tui, monkeypatch):
-    fake = FakeLLM()
-    monkeypatch.setattr(Backend, "llm_settings", lambda self: LLMConfig(explainer_model="fake-llm"))
-    monkeypatch.setattr(Backend, "_llm_client", lambda self, catalogue: fake)
-    app = tui.app()
-    async with app.run_test(size=(100, 30)) as pilot:
-        screen = await open_neuron(pilot)
-        await model_ready(pilot)
-        await pilot.press("t")
-        await until(pilot, lambda: isinstance(app.screen, SuggestionsScreen))
-        dialog = app.screen
-        await until(pilot, lambda: len(dialog.verdicts) == 3)
-        assert screen.selected.text in fake.request.messages[1].content
-        assert [v.suggestion.should_fire for v in dialog.verdicts] == [True, True, False]
-        assert "fake-llm" in str(dialog.query_one("#suggest-status").render())
-        await pilot.press("enter")  # try the first one live
-        live = screen.query_one(LivePane)
-        await until(pilot, lambda: live.trace and "".join(live.trace.tokens) == "def value(self):")
-        assert screen.query_one(TabbedContent).active == "live"
+    with FakeOpenAI(lambda request: Reply(content=SUGGESTIONS)) as server:
+        config = tui.workdir / "llm.toml"
+        config.write_text(f'[llm]\nbase_url = "{server.base_url}"\nexplainer_model = "fake-llm"\n')
+        monkeypatch.setenv("LABELLER_LLM_CONFIG", str(config))
+        app = tui.app()
+        async with app.run_test(size=(100, 30)) as pilot:
+            screen = await open_neuron(pilot)
+            await model_ready(pilot)
+            await pilot.press("t")
+            await until(pilot, lambda: isinstance(app.screen, SuggestionsScreen))
+            dialog = app.screen
+            await until(pilot, lambda: len(dialog.verdicts) == 3)
+            (request,) = server.requests
+            assert request["model"] == "fake-llm"
+            assert screen.selected.text in request["messages"][1]["content"]
+            assert [v.suggestion.should_fire for v in dialog.verdicts] == [True, True, False]
+            assert "fake-llm" in str(dialog.query_one("#suggest-status").render())
+            await pilot.press("enter")  # try the first one live
+            live = screen.query_one(LivePane)
+            await until(
+                pilot, lambda: live.trace and "".join(live.trace.tokens) == "def value(self):"
+            )
+            assert screen.query_one(TabbedContent).active == "live"
+
+
+async def test_llm_scoring_uses_the_configured_simulator(tui, monkeypatch):
+    with FakeOpenAI(neuron_responder) as server:
+        config = tui.workdir / "llm.toml"
+        config.write_text(f'[llm]\nbase_url = "{server.base_url}"\nsimulator_model = "fake-sim"\n')
+        monkeypatch.setenv("LABELLER_LLM_CONFIG", str(config))
+        app = tui.app()
+        async with app.run_test(size=(100, 30), notifications=True) as pilot:
+            screen = await open_neuron(pilot)
+            await pilot.press("l")
+            await until(pilot, lambda: any("with fake-sim" in n for n in notifications(app)))
+        assert {r["model"] for r in server.requests} == {"fake-sim"}
+    with tui.catalogue() as catalogue:
+        explanations = catalogue.explanations_of(screen.page.ref.id)
+    assert any(s.simulator == "fake-sim" for e in explanations for s in e.scores)
 
 
 async def test_history_shows_who_changed_what(tui):

@@ -1,7 +1,8 @@
 """Falsification help: ask an LLM for texts that should and should not fire a neuron, given a
 label, then judge the label by what the model actually does on them.
 
-Pure functions (no UI, no model): the request, strict reply parsing, and the verdicts.
+No UI and no model: the request, strict reply parsing, and the verdicts. The caller runs the
+texts through the model between `suggest_tests` and `judge`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from labeller.explain.client import ReplyError
+from labeller.errors import UserError
+from labeller.explain.client import ChatClient, LLMCallError, ReplyError
 from labeller.explain.prompts import load_template
 from labeller.records import ChatMessage, ChatRequest
 
@@ -79,6 +81,16 @@ def parse_suggestions(reply: str) -> list[Suggestion]:
     if not suggestions:
         raise ReplyError("reply suggests no texts", reply)
     return suggestions
+
+
+async def suggest_tests(client: ChatClient, model: str, label: str) -> list[Suggestion]:
+    """The texts `model` expects to fire or not fire a neuron with this label; a UserError when
+    the call fails or the reply holds none."""
+    try:
+        reply = await client.complete(suggest_request(model, label))
+        return parse_suggestions(reply.text)
+    except (ReplyError, LLMCallError) as exc:
+        raise UserError(f"{model} gave no usable test texts: {exc}") from None
 
 
 def judge(
