@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from labeller.catalogue import Catalogue, ExampleRow, NeuronRow, WindowRow, encode_activations
+from labeller.catalogue import Catalogue
+from labeller.catalogue.rows import ExampleRow, NeuronRow, WindowRow, encode_activations
 from labeller.explain.service import build_scores
 from labeller.records import (
     Example,

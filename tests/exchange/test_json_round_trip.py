@@ -58,9 +58,9 @@ def test_round_trip_keeps_undo_links_and_shared_windows(source: Path, tmp_path: 
         import_catalogue(catalogue, first)
         ref = catalogue.neuron_ref("tiny", 0, 1)
         history = store.our_history(catalogue, ref.id)
-        (undo,) = [h for h in history if h.action == "undo"]
-        undone = next(h for h in history if h.id == undo.undoes)
-        assert (undone.action, undone.after["text"]) == ("write", "function headers")
+        (undo,) = [h for h in history if h.entry.action == "undo"]
+        undone = next(h.entry for h in history if h.entry.id == undo.undoes)
+        assert (undone.action, undone.after.text) == ("write", "function headers")
         # The stored layout is the catalogue's own: `labeller history` reads it back.
         assert [h.action for h in catalogue.history(ref)][-1] == "undo"
     with Catalogue.open(source) as catalogue:
