@@ -19,6 +19,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from labeller.catalogue import rows
+from labeller.catalogue.labels import append_history
 from labeller.catalogue.migrations import KNOWN_MIGRATIONS, MIGRATION_SET, migrations
 from labeller.catalogue.rows import NeuronRow, Row, WindowRow, params_key
 from labeller.errors import UserError
@@ -448,7 +449,16 @@ class Catalogue:
             after = LabelState(
                 explanation_id=explanation_id, text=text, status=status, source=source
             )
-            self._append_history(ref.id, "propose", None, after, annotator or source, now)
+            append_history(
+                self,
+                ref.id,
+                explanation_id,
+                HistoryAction.PROPOSE,
+                None,
+                after,
+                annotator=annotator or source,
+                at=now,
+            )
         return explanation_id
 
     def record_failure(
@@ -550,209 +560,6 @@ class Catalogue:
     def neuron_ref(self, model_name: str | None, layer: int, neuron: int) -> NeuronRef:
         refs = self.neuron_refs(model_name, [layer], [neuron])
         return refs[0]
-
-    def _label_state(self, explanation_id: int) -> LabelState:
-        return rows.label_state_from_row(self.db.table("explanations").get(explanation_id))
-
-    def _append_history(
-        self,
-        neuron_id: int,
-        action: str,
-        before: LabelState | None,
-        after: LabelState | None,
-        annotator: str | None,
-        at: str,
-    ) -> int:
-        state = after or before
-        explanation = state.explanation_id if state else None
-        return self.insert(
-            "label_history",
-            rows.history_to_row(
-                neuron_id,
-                explanation,
-                HistoryAction(action),
-                before,
-                after,
-                annotator=annotator,
-                at=at,
-            ),
-        )
-
-    def _check_fresh(self, ref: NeuronRef, expected_version: int | None) -> None:
-        if expected_version is None:
-            return
-        current = self.label_version(ref.id)
-        if current != expected_version:
-            newest = self.history(ref)[-1]
-            raise StaleLabel(ref, newest)
-
-    def apply_label_change(
-        self,
-        ref: NeuronRef,
-        *,
-        annotator: str,
-        expected_version: int | None,
-        explanation_id: int | None = None,
-        text: str | None = None,
-        status: LabelStatus | None = None,
-        review: str | None = None,
-    ) -> list[HistoryEntry]:
-        """Write a new label, change a label's status, or review it, refusing a stale view.
-
-        `review="confirm"` records agreement with an accepted label without changing it;
-        `review="dispute"` records disagreement and sends the label to needs_review.
-
-        Accepting a label demotes the neuron's previously accepted label to proposed, so a
-        neuron has at most one accepted label.
-        """
-        now = utc_now()
-        entries: list[int] = []
-        with self.write_transaction():
-            self._check_fresh(ref, expected_version)
-            if explanation_id is None:
-                if not text or not text.strip():
-                    raise UserError("a new label needs some text")
-                new_status = status or LabelStatus.PROPOSED
-                existing = list(
-                    self.db.query(
-                        "select id from explanations where neuron_id = ? and source = 'human' "
-                        "and text = ?",
-                        [ref.id, text.strip()],
-                    )
-                )
-                if existing:
-                    explanation_id = int(existing[0]["id"])
-                else:
-                    explanation = Explanation(
-                        text=text.strip(),
-                        source="human",
-                        status=LabelStatus.PROPOSED,
-                        annotator=annotator,
-                        created_at=now,
-                    )
-                    explanation_id = self.insert(
-                        "explanations",
-                        rows.explanation_to_row(explanation, ref.id, ref.scan_id, now),
-                    )
-                    entries.append(
-                        self._append_history(
-                            ref.id, "write", None, self._label_state(explanation_id), annotator, now
-                        )
-                    )
-                status = new_status
-            row = self.db.execute(
-                "select neuron_id from explanations where id = ?", [explanation_id]
-            ).fetchone()
-            if row is None or row[0] != ref.id:
-                neuron = f"{ref.layer}.{ref.neuron}"
-                raise UserError(f"explanation {explanation_id} is not a label of neuron {neuron}")
-            if review is not None:
-                before = self._label_state(explanation_id)
-                if before.status is not LabelStatus.ACCEPTED:
-                    raise UserError(
-                        f"only an accepted label can be confirmed or disputed; #{explanation_id} "
-                        f"is {before.status.value}"
-                    )
-                if review == "dispute":
-                    self.db.table("explanations").update(
-                        explanation_id,
-                        {"status": LabelStatus.NEEDS_REVIEW.value, "updated_at": now},
-                    )
-                entries.append(
-                    self._append_history(
-                        ref.id, review, before, self._label_state(explanation_id), annotator, now
-                    )
-                )
-            if status is not None:
-                if status is LabelStatus.ACCEPTED:
-                    for other in self.db.query(
-                        "select id from explanations where neuron_id = ? and status = ? "
-                        "and id != ?",
-                        [ref.id, LabelStatus.ACCEPTED.value, explanation_id],
-                    ):
-                        entries.append(
-                            self._set_status(
-                                ref,
-                                int(other["id"]),
-                                LabelStatus.PROPOSED,
-                                "demote",
-                                annotator,
-                                now,
-                            )
-                        )
-                before = self._label_state(explanation_id)
-                if before.status is not status:
-                    entries.append(
-                        self._set_status(
-                            ref, explanation_id, status, _ACTIONS[status], annotator, now
-                        )
-                    )
-        return [e for e in self.history(ref) if e.id in entries]
-
-    def _set_status(
-        self,
-        ref: NeuronRef,
-        explanation_id: int,
-        status: LabelStatus,
-        action: str,
-        annotator: str,
-        at: str,
-    ) -> int:
-        before = self._label_state(explanation_id)
-        self.db.table("explanations").update(
-            explanation_id, {"status": status.value, "updated_at": at}
-        )
-        return self._append_history(
-            ref.id, action, before, self._label_state(explanation_id), annotator, at
-        )
-
-    def undo_last(
-        self, ref: NeuronRef, *, annotator: str, expected_version: int | None
-    ) -> list[HistoryEntry]:
-        """Revert this annotator's latest change to the neuron (itself recorded as a change)."""
-        now = utc_now()
-        entries: list[int] = []
-        with self.write_transaction():
-            self._check_fresh(ref, expected_version)
-            undone = {
-                rows.undone_id(r)
-                for r in self.db.query(
-                    "select after from label_history where neuron_id = ? and action = 'undo'",
-                    [ref.id],
-                )
-            }
-            candidates = [
-                e
-                for e in reversed(self.history(ref))
-                if e.annotator == annotator and e.action != "undo" and e.id not in undone
-            ]
-            if not candidates:
-                raise UserError(f"nothing of {annotator}'s to undo on {ref.layer}.{ref.neuron}")
-            target = candidates[0]
-            assert target.after is not None
-            restore = target.before.status if target.before else LabelStatus.WITHDRAWN
-            explanation_id = target.after.explanation_id
-            before = self._label_state(explanation_id)
-            self.db.table("explanations").update(
-                explanation_id, {"status": restore.value, "updated_at": now}
-            )
-            after = self._label_state(explanation_id)
-            entries.append(
-                self.insert(
-                    "label_history",
-                    rows.history_to_row(
-                        ref.id,
-                        explanation_id,
-                        HistoryAction.UNDO,
-                        before,
-                        after,
-                        annotator=annotator,
-                        at=now,
-                        undoes=target.id,
-                    ),
-                )
-            )
-        return [e for e in self.history(ref) if e.id in entries]
 
     def history(self, ref: NeuronRef) -> list[HistoryEntry]:
         """Every change to the neuron's labels, oldest first."""
@@ -876,25 +683,3 @@ class Catalogue:
                 join models m on m.id = n.model_id group by m.name, n.layer"""
             )
         }
-
-
-_ACTIONS = {
-    LabelStatus.ACCEPTED: "accept",
-    LabelStatus.REJECTED: "reject",
-    LabelStatus.NEEDS_REVIEW: "needs_review",
-    LabelStatus.PROPOSED: "reopen",
-    LabelStatus.WITHDRAWN: "withdraw",
-}
-
-
-class StaleLabel(UserError):
-    """The neuron's labels changed since the caller read them: show the newer change first."""
-
-    def __init__(self, ref: NeuronRef, newest: HistoryEntry) -> None:
-        state = newest.after or newest.before
-        shown = f'"{state.text}" ({state.status.value})' if state else "a change"
-        super().__init__(
-            f"neuron {ref.layer}.{ref.neuron} changed since you read it: {newest.annotator} "
-            f"{newest.action} {shown} at {newest.at}; review it and try again"
-        )
-        self.newest = newest

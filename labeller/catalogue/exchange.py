@@ -22,9 +22,7 @@ from labeller.records import (
     Example,
     ExampleKind,
     Explanation,
-    HistoryAction,
     HistoryEntry,
-    LabelState,
     LabelStatus,
     ModelRecord,
     NeuronStats,
@@ -413,34 +411,6 @@ def score_keys(catalogue: Catalogue, explanation_id: int) -> set[tuple[Any, ...]
 
 def insert_score(catalogue: Catalogue, explanation_id: int, score: Score) -> None:
     catalogue.db.table("scores").insert(rows.score_to_row(score, explanation_id))
-
-
-def append_history(
-    catalogue: Catalogue,
-    neuron_id: int,
-    *,
-    explanation_id: int | None,
-    action: HistoryAction,
-    before: LabelState | None,
-    after: LabelState | None,
-    undoes: int | None,
-    annotator: str | None,
-    at: str,
-) -> int:
-    """Append one entry (label_history is append-only), in the layout the catalogue writes."""
-    return catalogue.insert(
-        "label_history",
-        rows.history_to_row(
-            neuron_id,
-            explanation_id,
-            action,
-            before,
-            after,
-            annotator=annotator,
-            at=at,
-            undoes=undoes,
-        ),
-    )
 
 
 def table_counts(catalogue: Catalogue) -> dict[str, int]:

@@ -30,6 +30,7 @@ from pydantic import Field
 
 from labeller.catalogue import Catalogue
 from labeller.catalogue import exchange as store
+from labeller.catalogue.labels import append_history
 from labeller.exchange.json_format import (
     ExportExplanation,
     ExportHeader,
@@ -371,16 +372,16 @@ def _merge_history(
             ours_for_seq[entry.seq] = available[key][copy]
             continue
         explanation_id = local[owner] if owner is not None else None
-        ours_for_seq[entry.seq] = store.append_history(
+        ours_for_seq[entry.seq] = append_history(
             catalogue,
             neuron_id,
-            explanation_id=explanation_id,
-            action=HistoryAction(entry.action),
-            before=_state(entry.before, local, explanation_id),
-            after=_state(entry.after, local, explanation_id),
-            undoes=ours_for_seq.get(entry.undoes) if entry.undoes is not None else None,
+            explanation_id,
+            HistoryAction(entry.action),
+            _state(entry.before, local, explanation_id),
+            _state(entry.after, local, explanation_id),
             annotator=entry.annotator,
             at=entry.at,
+            undoes=ours_for_seq.get(entry.undoes) if entry.undoes is not None else None,
         )
         report.history_added += 1
         changed = True
