@@ -42,7 +42,6 @@ from labeller.exchange.json_format import (
 from labeller.records import (
     Example,
     Explanation,
-    HistoryAction,
     LabelState,
     LabelStatus,
     Record,
@@ -202,7 +201,7 @@ def _conflict(
 ) -> str | None:
     """One line for a person when the two sides accepted different labels, else None."""
     our_accepted = [o for o in ours if o.explanation.status is LabelStatus.ACCEPTED]
-    their_accepted = [e for e in neuron.explanations if e.status == LabelStatus.ACCEPTED]
+    their_accepted = [e for e in neuron.explanations if e.status is LabelStatus.ACCEPTED]
     keys = {(o.explanation.source, o.explanation.text) for o in our_accepted} | {
         (e.source, e.text) for e in their_accepted
     }
@@ -255,19 +254,16 @@ def _merge_explanations(
             if (
                 not conflict
                 and mine.explanation.status is LabelStatus.PROPOSED
-                and theirs.status != LabelStatus.PROPOSED
+                and theirs.status is not LabelStatus.PROPOSED
             ):
                 store.set_explanation_status(
-                    catalogue, mine.id, LabelStatus(theirs.status), theirs.updated_at or utc_now()
+                    catalogue, mine.id, theirs.status, theirs.updated_at or utc_now()
                 )
                 report.statuses_changed += 1
                 changed = True
             continue
-        status = (
-            LabelStatus.PROPOSED
-            if conflict and theirs.status == LabelStatus.ACCEPTED
-            else LabelStatus(theirs.status)
-        )
+        accepted = theirs.status is LabelStatus.ACCEPTED
+        status = LabelStatus.PROPOSED if conflict and accepted else theirs.status
         best = theirs.best and theirs.source not in best_sources
         if best:
             best_sources.add(theirs.source)
@@ -360,7 +356,7 @@ def _merge_history(
         )
         key = (
             owner_key,
-            entry.action,
+            entry.action.value,
             entry.annotator,
             entry.at,
             _canon(entry.before),
@@ -376,7 +372,7 @@ def _merge_history(
             catalogue,
             neuron_id,
             explanation_id,
-            HistoryAction(entry.action),
+            entry.action,
             _state(entry.before, local, explanation_id),
             _state(entry.after, local, explanation_id),
             annotator=entry.annotator,

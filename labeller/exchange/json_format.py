@@ -37,6 +37,7 @@ from labeller.catalogue import exchange as store
 from labeller.errors import UserError
 from labeller.records import (
     Example,
+    HistoryAction,
     LabelState,
     LabelStatus,
     ModelRecord,
@@ -81,7 +82,7 @@ class ExportLabelState(Record):
 
 class ExportHistoryEntry(Record):
     seq: int = Field(description="position of the entry in the neuron's history, from 0")
-    action: str
+    action: HistoryAction
     annotator: str | None
     at: str
     before: ExportLabelState | None
@@ -92,7 +93,7 @@ class ExportHistoryEntry(Record):
 class ExportExplanation(Record):
     text: str
     source: str
-    status: str
+    status: LabelStatus
     prompt_version: str | None
     producer_model: str | None
     annotator: str | None

@@ -278,6 +278,23 @@ def test_a_cut_off_or_corrupted_export_writes_nothing(source: Path, tmp_path: Pa
         assert store.table_counts(catalogue)["neurons"] == 0
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "unknown"),
+    [("status", "accepted", "approved"), ("action", "undo", "erase")],
+)
+def test_an_unknown_label_status_or_history_action_is_refused_before_writing(
+    source: Path, tmp_path: Path, field: str, value: str, unknown: str
+):
+    text = export_text(source)
+    assert f'"{field}": "{value}"' in text
+    bad = tmp_path / "bad.json"
+    bad.write_text(text.replace(f'"{field}": "{value}"', f'"{field}": "{unknown}"', 1))
+    with Catalogue.open(tmp_path / "target.db", create=True) as catalogue:
+        with pytest.raises(UserError, match=rf"explanations\.\d+\.(history\.\d+\.)?{field}"):
+            import_catalogue(catalogue, bad)
+        assert store.table_counts(catalogue)["neurons"] == 0
+
+
 def test_a_reformatted_export_still_imports(source: Path, tmp_path: Path):
     text = export_text(source)
     pretty = tmp_path / "pretty.json"
