@@ -149,7 +149,8 @@ def live_trace(db: Path, model: str | None, bursts: int) -> None:
 
 def large_catalogue(path: Path, layers: int = 48, width: int = 6400) -> None:
     """GPT-2 XL's shape: 307,200 neurons, 70% with a scored baseline label (about 2 minutes)."""
-    from labeller.catalogue import Catalogue, NeuronRow
+    from labeller.catalogue import Catalogue
+    from labeller.catalogue.rows import NeuronRow
     from labeller.records import Histogram, ModelRecord, NeuronStats, ScanParams, Score, Split
 
     rng = random.Random(0)

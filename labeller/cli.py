@@ -27,11 +27,19 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from labeller.catalogue import Catalogue, default_db_path
+from labeller.catalogue import Catalogue, default_db_path, labels
 from labeller.corpus import check_dataset_spec
 from labeller.demo import DEMO_TOKENS
 from labeller.errors import ScanAlreadyComplete, ScanInterrupted, UserError
-from labeller.records import SCAN_BATCH_SIZE, Example, NeuronView, ScanParams
+from labeller.records import (
+    SCAN_BATCH_SIZE,
+    Example,
+    HistoryEntry,
+    LabelState,
+    LabelStatus,
+    NeuronView,
+    ScanParams,
+)
 from labeller.render import heat_text, sparkline, visible_token
 
 if TYPE_CHECKING:
@@ -725,20 +733,20 @@ def default_annotator() -> str:
 @click.option(
     "--explanation", "explanation_id", type=int, default=None, help="An existing label's id."
 )
-@click.option("--accept", "status", flag_value="accepted", default=None)
-@click.option("--reject", "status", flag_value="rejected")
-@click.option("--needs-review", "status", flag_value="needs_review")
+@click.option("--accept", "status", flag_value=LabelStatus.ACCEPTED.value, default=None)
+@click.option("--reject", "status", flag_value=LabelStatus.REJECTED.value)
+@click.option("--needs-review", "status", flag_value=LabelStatus.NEEDS_REVIEW.value)
 @click.option(
     "--confirm",
     "review",
-    flag_value="confirm",
+    flag_value=labels.Review.CONFIRM.value,
     default=None,
     help="Review: agree with an accepted label.",
 )
 @click.option(
     "--dispute",
     "review",
-    flag_value="dispute",
+    flag_value=labels.Review.DISPUTE.value,
     help="Review: disagree; the label goes to needs_review.",
 )
 @click.option("--undo", is_flag=True, help="Revert your latest change to this neuron.")
@@ -772,8 +780,6 @@ def label(
       labeller label --layer 0 --neuron 5 --explanation 12 --reject --annotator alice
       labeller label --layer 0 --neuron 5 --explanation 12 --confirm --annotator bob
     """
-    from labeller.records import LabelStatus
-
     if sum(x is not None and x is not False for x in (text, explanation_id, undo or None)) != 1:
         raise UserError("give exactly one of --text, --explanation or --undo")
     if explanation_id is not None and status is None and review is None:
@@ -783,20 +789,43 @@ def label(
     if review is not None and explanation_id is None:
         raise UserError("--confirm and --dispute review an existing label: add --explanation ID")
     who = annotator or default_annotator()
+    new_status = None if status is None else LabelStatus(status)
     with Catalogue.open(db_path) as catalogue:
         ref = catalogue.neuron_ref(model_name, layer, neuron)
+        entries: list[HistoryEntry] = []
         if undo:
-            entries = catalogue.undo_last(ref, annotator=who, expected_version=expect_version)
-        else:
-            entries = catalogue.apply_label_change(
+            entries = labels.undo(catalogue, ref, annotator=who, expected_version=expect_version)
+        elif text is not None:
+            entries = labels.write_label(
+                catalogue,
                 ref,
+                text,
+                status=new_status or LabelStatus.PROPOSED,
                 annotator=who,
                 expected_version=expect_version,
-                explanation_id=explanation_id,
-                text=text,
-                status=None if status is None else LabelStatus(status),
-                review=review,
             )
+        else:
+            assert explanation_id is not None  # exactly one of --text, --explanation, --undo
+            expected = expect_version
+            if review is not None:
+                entries = labels.review(
+                    catalogue,
+                    ref,
+                    explanation_id,
+                    labels.Review(review),
+                    annotator=who,
+                    expected_version=expected,
+                )
+                expected = entries[-1].id  # a status given too changes the label as reviewed
+            if new_status is not None:
+                entries += labels.set_status(
+                    catalogue,
+                    ref,
+                    explanation_id,
+                    new_status,
+                    annotator=who,
+                    expected_version=expected,
+                )
         version = catalogue.label_version(ref.id)
     if output_format == "json":
         click.echo(
@@ -843,12 +872,12 @@ def history(
         click.echo(_history_line(entry))
 
 
-def _history_line(entry: Any) -> str:
-    def state(s: Any) -> str:
+def _history_line(entry: HistoryEntry) -> str:
+    def state(s: LabelState | None) -> str:
         return "-" if s is None else f'#{s.explanation_id} "{s.text}" [{s.status.value}]'
 
     return (
-        f"{entry.at}  {entry.annotator or '?'}  {entry.action}  "
+        f"{entry.at}  {entry.annotator or '?'}  {entry.action.value}  "
         f"{state(entry.before)} -> {state(entry.after)}"
     )
 

@@ -1,17 +1,20 @@
 """Review statistics from the label history: who wrote, accepted and reviewed what, and how often
-annotators agree on the neurons they both judged. Pure functions over history rows."""
+annotators agree on the neurons they both judged. Pure functions over history entries."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
 from itertools import combinations
-from typing import Any
 
 from pydantic import BaseModel
 
-POSITIVE = {"accept", "confirm"}
-NEGATIVE = {"reject", "dispute", "needs_review"}
+from labeller.records import HistoryAction, HistoryEntry
+
+POSITIVE = {HistoryAction.ACCEPT, HistoryAction.CONFIRM}
+NEGATIVE = {HistoryAction.REJECT, HistoryAction.DISPUTE, HistoryAction.NEEDS_REVIEW}
+# Entries no person chose: an explainer's proposal, the demotion an accept causes, an undo.
+NOT_JUDGEMENTS = {HistoryAction.PROPOSE, HistoryAction.DEMOTE, HistoryAction.UNDO}
 
 
 class AnnotatorCounts(BaseModel):
@@ -33,26 +36,29 @@ class PairAgreement(BaseModel):
         return self.agreed / self.both_judged if self.both_judged else None
 
 
-def agreement(rows: Iterable[dict[str, Any]]) -> tuple[list[AnnotatorCounts], list[PairAgreement]]:
+def agreement(
+    entries: Iterable[HistoryEntry],
+) -> tuple[list[AnnotatorCounts], list[PairAgreement]]:
     """A person's verdict on a neuron is their latest accept/confirm (for that label) or
     reject/dispute/needs-review (against it); two people agree when their verdicts match."""
     counts: dict[str, AnnotatorCounts] = {}
-    verdicts: dict[str, dict[int, tuple[int, bool]]] = defaultdict(dict)
-    for row in rows:
-        who, action = row["annotator"], row["action"]
-        if who is None or action in ("propose", "demote", "undo"):
+    verdicts: dict[str, dict[tuple[int, int], tuple[int | None, bool]]] = defaultdict(dict)
+    for entry in entries:
+        who, action = entry.annotator, entry.action
+        if who is None or action in NOT_JUDGEMENTS:
             continue
         count = counts.setdefault(who, AnnotatorCounts(annotator=who))
-        if action == "write":
+        if action is HistoryAction.WRITE:
             count.written += 1
-        elif action == "accept":
+        elif action is HistoryAction.ACCEPT:
             count.accepted += 1
-        elif action == "reject":
+        elif action is HistoryAction.REJECT:
             count.rejected += 1
-        elif action in ("confirm", "dispute"):
+        elif action in (HistoryAction.CONFIRM, HistoryAction.DISPUTE):
             count.reviewed += 1
         if action in POSITIVE | NEGATIVE:
-            verdicts[who][row["neuron_id"]] = (row["explanation_id"], action in POSITIVE)
+            neuron = (entry.layer, entry.neuron)
+            verdicts[who][neuron] = (entry.explanation_id, action in POSITIVE)
     pairs = []
     for first, second in combinations(sorted(verdicts), 2):
         shared = verdicts[first].keys() & verdicts[second].keys()

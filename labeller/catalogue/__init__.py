@@ -1,66 +1,61 @@
 """The catalogue: the only code that speaks SQL.
 
 One SQLite file (WAL, foreign keys on), written through sqlite-utils, schema by migrations.
-Everything goes in and out as records from `labeller.records`.
+Everything goes in and out as records from `labeller.records`, mapped to and from rows once in
+`labeller.catalogue.rows`; people's label changes go through `labeller.catalogue.labels`.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from sqlite_utils import Database
 
+from labeller.catalogue import rows
+from labeller.catalogue.labels import append_history
 from labeller.catalogue.migrations import KNOWN_MIGRATIONS, MIGRATION_SET, migrations
+from labeller.catalogue.rows import NeuronRow, Row, WindowRow, params_key
 from labeller.errors import UserError
 from labeller.records import (
+    PRIMARY_METHOD,
     Example,
     ExampleKind,
     Explanation,
-    Histogram,
+    HistoryAction,
     HistoryEntry,
     LabelState,
     LabelStatus,
     ModelRecord,
-    NeuronStats,
     NeuronView,
-    OutputToken,
     RankRow,
     ScanParams,
     ScanRecord,
     ScanStatus,
     Score,
+    ScoreMethod,
     Split,
-    WeightFacts,
     utc_now,
 )
 
 DEFAULT_DB = Path("db") / "labeller.db"
 BUSY_TIMEOUT_MS = 30_000
 
+# Scans with their model's name, as `rows.scan_from_row` reads them.
+_SCANS_SQL = "select s.*, m.name as model from scans s join models m on m.id = s.model_id"
+# History entries with their neuron's layer and index, as `rows.history_from_row` reads them.
+_HISTORY_SQL = """select h.*, n.layer, n.neuron from label_history h
+    join neurons n on n.id = h.neuron_id join models m on m.id = n.model_id"""
+
 
 def default_db_path() -> Path:
     return Path(os.environ.get("LABELLER_DB") or DEFAULT_DB)
-
-
-def encode_activations(values: np.ndarray) -> bytes:
-    return np.asarray(values, dtype="<f4").tobytes()
-
-
-def decode_activations(blob: bytes) -> list[float]:
-    return np.frombuffer(blob, dtype="<f4").astype(float).tolist()
-
-
-def params_key(params: ScanParams) -> str:
-    return params.model_dump_json()
 
 
 @dataclass(frozen=True)
@@ -70,37 +65,6 @@ class NeuronRef:
     layer: int
     neuron: int
     scan_id: int
-
-
-@dataclass(frozen=True)
-class WindowRow:
-    """A stored text window, written once and shared by every neuron that keeps it."""
-
-    key: int
-    document: str
-    offset: int
-    token_ids: list[int]
-    tokens: list[str]
-
-
-@dataclass(frozen=True)
-class ExampleRow:
-    window_key: int
-    kind: ExampleKind
-    rank: int
-    split: Split
-    activations: bytes
-    max_activation: float
-    max_index: int
-
-
-@dataclass(frozen=True)
-class NeuronRow:
-    layer: int
-    neuron: int
-    stats: NeuronStats
-    weights: WeightFacts | None
-    examples: list[ExampleRow]
 
 
 def _inspect_existing(path: Path) -> None:
@@ -182,22 +146,27 @@ class Catalogue:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def insert(self, table: str, row: Row) -> int:
+        """Insert one row and return its id (every table's `id` is SQLite's rowid)."""
+        rowid = self.db.table(table).insert(row).last_rowid
+        assert rowid is not None  # sqlite-utils sets it for every single-row insert
+        return rowid
+
     # --- models ---------------------------------------------------------------------------
 
     def upsert_model(self, model: ModelRecord) -> int:
         existing = self._model_row(model.name)
         if existing:
             return int(existing["id"])
-        return int(self.db["models"].insert(model.model_dump()).last_pk)
+        return self.insert("models", rows.model_to_row(model))
 
-    def _model_row(self, name: str) -> dict[str, Any] | None:
-        rows = list(self.db["models"].rows_where("name = ?", [name]))
-        return rows[0] if rows else None
+    def _model_row(self, name: str) -> Row | None:
+        found = list(self.db.table("models").rows_where("name = ?", [name]))
+        return found[0] if found else None
 
     def models(self) -> list[ModelRecord]:
         return [
-            ModelRecord(**{k: v for k, v in row.items() if k != "id"})
-            for row in self.db["models"].rows_where(order_by="id")
+            rows.model_from_row(row) for row in self.db.table("models").rows_where(order_by="id")
         ]
 
     def resolve_model(self, name: str | None) -> ModelRecord:
@@ -220,69 +189,51 @@ class Catalogue:
 
     def create_scan(self, model_id: int, params: ScanParams) -> int:
         now = utc_now()
-        return int(
-            self.db["scans"]
-            .insert(
-                {
-                    "model_id": model_id,
-                    "params": params.model_dump_json(),
-                    "params_key": params_key(params),
-                    "status": ScanStatus.RUNNING.value,
-                    "tokens_seen": 0,
-                    "windows_seen": 0,
-                    "started_at": now,
-                    "updated_at": now,
-                }
-            )
-            .last_pk
+        return self.insert(
+            "scans",
+            rows.scan_to_row(
+                model_id,
+                params,
+                ScanStatus.RUNNING,
+                tokens_seen=0,
+                windows_seen=0,
+                started_at=now,
+                updated_at=now,
+            ),
         )
 
     def unfinished_scan(self, params: ScanParams) -> ScanRecord | None:
-        rows = self.db.query(
-            "select * from scans where params_key = ? and status != ? order by id desc limit 1",
+        for row in self.db.query(
+            f"{_SCANS_SQL} where s.params_key = ? and s.status != ? order by s.id desc limit 1",
             [params_key(params), ScanStatus.COMPLETE.value],
-        )
-        for row in rows:
-            return self._scan_record(row)
+        ):
+            return rows.scan_from_row(row)
         return None
 
     def scans(self) -> list[ScanRecord]:
-        return [self._scan_record(row) for row in self.db["scans"].rows_where(order_by="id")]
-
-    def _scan_record(self, row: dict[str, Any]) -> ScanRecord:
-        params = ScanParams.model_validate_json(row["params"])
-        return ScanRecord(
-            id=row["id"],
-            model=params.model,
-            params=params,
-            status=ScanStatus(row["status"]),
-            tokens_seen=row["tokens_seen"],
-            windows_seen=row["windows_seen"],
-            started_at=row["started_at"],
-            updated_at=row["updated_at"],
-        )
+        return [rows.scan_from_row(row) for row in self.db.query(f"{_SCANS_SQL} order by s.id")]
 
     def save_checkpoint(
         self, scan_id: int, state: bytes, *, tokens_seen: int, windows_seen: int, status: ScanStatus
     ) -> None:
         """Progress and resumable state land together or not at all."""
         with self.db.atomic():
-            self.db["scan_checkpoints"].upsert(
+            self.db.table("scan_checkpoints").upsert(
                 {"scan_id": scan_id, "state": state, "saved_at": utc_now()}, pk="scan_id"
             )
             self._set_scan_progress(scan_id, tokens_seen, windows_seen, status)
 
     def load_checkpoint(self, scan_id: int) -> bytes | None:
-        rows = list(self.db["scan_checkpoints"].rows_where("scan_id = ?", [scan_id]))
-        return rows[0]["state"] if rows else None
+        found = list(self.db.table("scan_checkpoints").rows_where("scan_id = ?", [scan_id]))
+        return found[0]["state"] if found else None
 
     def set_scan_status(self, scan_id: int, status: ScanStatus) -> None:
-        self.db["scans"].update(scan_id, {"status": status.value, "updated_at": utc_now()})
+        self.db.table("scans").update(scan_id, {"status": status.value, "updated_at": utc_now()})
 
     def _set_scan_progress(
         self, scan_id: int, tokens_seen: int, windows_seen: int, status: ScanStatus
     ) -> None:
-        self.db["scans"].update(
+        self.db.table("scans").update(
             scan_id,
             {
                 "tokens_seen": tokens_seen,
@@ -295,8 +246,10 @@ class Catalogue:
     def discard_scan(self, scan_id: int) -> None:
         """Drop an unfinished scan that cannot be resumed; completed results are never touched."""
         with self.db.atomic():
-            self.db["scan_checkpoints"].delete_where("scan_id = ?", [scan_id])
-            self.db["scans"].delete_where("id = ? and status != ?", [scan_id, "complete"])
+            self.db.table("scan_checkpoints").delete_where("scan_id = ?", [scan_id])
+            self.db.table("scans").delete_where(
+                "id = ? and status != ?", [scan_id, ScanStatus.COMPLETE.value]
+            )
 
     def write_scan_results(
         self,
@@ -314,82 +267,50 @@ class Catalogue:
         evidence, it never loses people's work.
         """
         with self.db.atomic():
-            window_ids: dict[int, int] = {}
-            for window in windows:
-                window_ids[window.key] = int(
-                    self.db["windows"]
-                    .insert(
-                        {
-                            "scan_id": scan_id,
-                            "document": window.document,
-                            "offset": window.offset,
-                            "token_ids": json.dumps(window.token_ids),
-                            "tokens": json.dumps(window.tokens, ensure_ascii=False),
-                        }
-                    )
-                    .last_pk
-                )
-            self.db["examples"].insert_all(
-                self._neuron_example_rows(model_id, scan_id, neurons, window_ids), batch_size=500
-            )
+            window_ids = {
+                window.key: self.insert("windows", rows.window_to_row(window, scan_id))
+                for window in windows
+            }
+            self.write_neurons(model_id, scan_id, neurons, window_ids)
             self.db.execute(
                 "delete from windows where scan_id != ? and id not in "
                 "(select window_id from examples)",
                 [scan_id],
             )
-            self.db["scan_checkpoints"].delete_where("scan_id = ?", [scan_id])
+            self.db.table("scan_checkpoints").delete_where("scan_id = ?", [scan_id])
             self._set_scan_progress(scan_id, tokens_seen, windows_seen, ScanStatus.COMPLETE)
 
-    def _neuron_example_rows(
+    def write_neurons(
         self,
         model_id: int,
-        scan_id: int,
+        scan_id: int | None,
         neurons: Iterable[NeuronRow],
-        window_ids: dict[int, int],
-    ) -> Iterator[dict[str, Any]]:
-        for row in neurons:
-            neuron_id = self._upsert_neuron(model_id, scan_id, row)
-            self.db.execute("delete from examples where neuron_id = ?", [neuron_id])
-            for example in row.examples:
-                yield {
-                    "neuron_id": neuron_id,
-                    "window_id": window_ids[example.window_key],
-                    "kind": example.kind.value,
-                    "rank": example.rank,
-                    "split": example.split.value,
-                    "activations": example.activations,
-                    "max_activation": example.max_activation,
-                    "max_index": example.max_index,
-                }
+        window_ids: Mapping[int, int],
+    ) -> list[int]:
+        """Insert or replace these neurons' rows and examples (windows by `window_ids`); their
+        ids, in order. Neurons are read lazily and examples inserted in large batches."""
+        ids: list[int] = []
 
-    def _upsert_neuron(self, model_id: int, scan_id: int, row: NeuronRow) -> int:
-        stats = row.stats
-        weights = row.weights
-        values = {
-            "model_id": model_id,
-            "layer": row.layer,
-            "neuron": row.neuron,
-            "scan_id": scan_id,
-            "max": stats.max,
-            "min": stats.min,
-            "mean": stats.mean,
-            "std": stats.std,
-            "density": stats.density,
-            "skewness": stats.skewness,
-            "kurtosis": stats.kurtosis,
-            "tokens": stats.tokens,
-            "histogram": stats.histogram.model_dump_json(),
-            "w_in_w_out_cosine": weights.w_in_w_out_cosine if weights else None,
-            "top_positive_tokens": _tokens_json(weights.top_positive_tokens) if weights else None,
-            "top_negative_tokens": _tokens_json(weights.top_negative_tokens) if weights else None,
-        }
-        existing = self._neuron_id(model_id, row.layer, row.neuron)
-        if existing is None:
-            return int(self.db["neurons"].insert(values).last_pk)
-        self.db["neurons"].update(existing, values)
-        return existing
+        def examples() -> Iterator[Row]:
+            for neuron in neurons:
+                neuron_id = self._write_neuron(model_id, scan_id, neuron)
+                ids.append(neuron_id)
+                for example in neuron.examples:
+                    yield rows.example_to_row(example, neuron_id, window_ids[example.window_key])
 
-    def _neuron_id(self, model_id: int, layer: int, neuron: int) -> int | None:
+        self.db.table("examples").insert_all(examples(), batch_size=500)
+        return ids
+
+    def _write_neuron(self, model_id: int, scan_id: int | None, neuron: NeuronRow) -> int:
+        values = rows.neuron_to_row(neuron, model_id, scan_id)
+        neuron_id = self.neuron_id(model_id, neuron.layer, neuron.neuron)
+        if neuron_id is None:
+            return self.insert("neurons", values)
+        self.db.table("neurons").update(neuron_id, values)
+        self.db.execute("delete from examples where neuron_id = ?", [neuron_id])
+        return neuron_id
+
+    def neuron_id(self, model_id: int, layer: int, neuron: int) -> int | None:
         for row in self.db.query(
             "select id from neurons where model_id = ? and layer = ? and neuron = ?",
             [model_id, layer, neuron],
@@ -402,13 +323,13 @@ class Catalogue:
     def neuron_view(self, model_name: str | None, layer: int, neuron: int) -> NeuronView:
         model = self.resolve_model(model_name)
         model_id = int(self._model_row(model.name)["id"])  # type: ignore[index]
-        rows = list(
+        found = list(
             self.db.query(
                 "select * from neurons where model_id = ? and layer = ? and neuron = ?",
                 [model_id, layer, neuron],
             )
         )
-        if not rows:
+        if not found:
             layers = [
                 r["layer"]
                 for r in self.db.query(
@@ -424,18 +345,18 @@ class Catalogue:
             raise UserError(
                 f"{model.name} layer {layer} has no neuron {neuron} (d_mlp={model.d_mlp})"
             )
-        row = rows[0]
+        row = found[0]
         examples = list(self._examples(int(row["id"])))
         return NeuronView(
             model=model.name,
             layer=layer,
             neuron=neuron,
             scan_id=row["scan_id"],
-            stats=_stats_from_row(row),
-            weights=_weights_from_row(row),
+            stats=rows.stats_from_row(row),
+            weights=rows.weights_from_row(row),
             top_examples=[e for e in examples if e.kind is ExampleKind.TOP],
             random_examples=[e for e in examples if e.kind is ExampleKind.RANDOM],
-            explanations=self._explanations(int(row["id"])),
+            explanations=self.explanations_of(int(row["id"])),
         )
 
     def _examples(self, neuron_id: int) -> Iterator[Example]:
@@ -445,42 +366,7 @@ class Catalogue:
             order by e.kind desc, e.rank""",
             [neuron_id],
         ):
-            yield example_from_row(row)
-
-    def _explanations(self, neuron_id: int) -> list[Explanation]:
-        explanations = []
-        for row in self.db.query(
-            "select * from explanations where neuron_id = ? order by id", [neuron_id]
-        ):
-            scores = [
-                Score(
-                    method=s["method"],
-                    split=Split(s["split"]),
-                    score=s["score"],
-                    simulator=s["simulator"],
-                    prompt_version=s["prompt_version"],
-                    details=json.loads(s["details"] or "{}"),
-                    created_at=s["created_at"],
-                )
-                for s in self.db.query(
-                    "select * from scores where explanation_id = ? order by id", [row["id"]]
-                )
-            ]
-            explanations.append(
-                Explanation(
-                    id=row["id"],
-                    text=row["text"],
-                    source=row["source"],
-                    status=row["status"],
-                    prompt_version=row["prompt_version"],
-                    producer_model=row["producer_model"],
-                    annotator=row["annotator"],
-                    best=bool(row["best"]),
-                    created_at=row["created_at"],
-                    scores=scores,
-                )
-            )
-        return explanations
+            yield rows.example_from_row(row)
 
     # --- explanations and scores --------------------------------------------------------------
 
@@ -489,26 +375,42 @@ class Catalogue:
     ) -> list[NeuronRef]:
         """The scanned neurons a batch command works on, in (layer, neuron) order."""
         model = self.resolve_model(model_name)
-        clauses, values = ["m.name = ?"], [model.name]
+        clauses: list[str] = ["m.name = ?"]
+        values: list[Any] = [model.name]
         if layers is not None:
             clauses.append(f"n.layer in ({','.join('?' * len(layers))})")
             values += layers
         if neurons is not None:
             clauses.append(f"n.neuron in ({','.join('?' * len(neurons))})")
             values += neurons
-        rows = self.db.query(
+        found = self.db.query(
             f"""select n.id, n.layer, n.neuron, n.scan_id from neurons n
             join models m on m.id = n.model_id where {" and ".join(clauses)}
             order by n.layer, n.neuron""",
             values,
         )
-        refs = [NeuronRef(r["id"], model.name, r["layer"], r["neuron"], r["scan_id"]) for r in rows]
+        refs = [
+            NeuronRef(r["id"], model.name, r["layer"], r["neuron"], r["scan_id"]) for r in found
+        ]
         if not refs:
             raise UserError(f"no scanned neurons of {model.name} match --layer/--neurons")
         return refs
 
     def explanations_of(self, neuron_id: int) -> list[Explanation]:
-        return self._explanations(neuron_id)
+        return [
+            rows.explanation_from_row(
+                row,
+                [
+                    rows.score_from_row(s)
+                    for s in self.db.query(
+                        "select * from scores where explanation_id = ? order by id", [row["id"]]
+                    )
+                ],
+            )
+            for row in self.db.query(
+                "select * from explanations where neuron_id = ? order by id", [neuron_id]
+            )
+        ]
 
     def add_explanation(
         self,
@@ -519,7 +421,7 @@ class Catalogue:
         prompt_version: str | None,
         producer_model: str | None,
         annotator: str | None = None,
-        status: str = "proposed",
+        status: LabelStatus = LabelStatus.PROPOSED,
     ) -> int | None:
         """Store a label and its history entry together; None if this source already said it."""
         now = utc_now()
@@ -532,37 +434,30 @@ class Catalogue:
             )
             if existing:
                 return None
-            explanation_id = int(
-                self.db["explanations"]
-                .insert(
-                    {
-                        "neuron_id": ref.id,
-                        "text": text,
-                        "source": source,
-                        "status": status,
-                        "prompt_version": prompt_version,
-                        "producer_model": producer_model,
-                        "annotator": annotator,
-                        "scan_id": ref.scan_id,
-                        "created_at": now,
-                        "updated_at": now,
-                        "best": 0,
-                    }
-                )
-                .last_pk
+            explanation = Explanation(
+                text=text,
+                source=source,
+                status=status,
+                prompt_version=prompt_version,
+                producer_model=producer_model,
+                annotator=annotator,
+                created_at=now,
             )
-            self._append_history(
+            explanation_id = self.insert(
+                "explanations", rows.explanation_to_row(explanation, ref.id, ref.scan_id, now)
+            )
+            after = LabelState(
+                explanation_id=explanation_id, text=text, status=status, source=source
+            )
+            append_history(
+                self,
                 ref.id,
-                "propose",
+                explanation_id,
+                HistoryAction.PROPOSE,
                 None,
-                LabelState(
-                    explanation_id=explanation_id,
-                    text=text,
-                    status=LabelStatus(status),
-                    source=source,
-                ),
-                annotator or source,
-                now,
+                after,
+                annotator=annotator or source,
+                at=now,
             )
         return explanation_id
 
@@ -578,7 +473,7 @@ class Catalogue:
         explanation_id: int | None = None,
     ) -> None:
         """An LLM reply that could not be used: kept for inspection, never as a label or score."""
-        self.db["failed_attempts"].insert(
+        self.db.table("failed_attempts").insert(
             {
                 "neuron_id": neuron_id,
                 "explanation_id": explanation_id,
@@ -592,15 +487,15 @@ class Catalogue:
         )
 
     def failures(self, neuron_id: int) -> list[dict[str, Any]]:
-        return list(self.db["failed_attempts"].rows_where("neuron_id = ?", [neuron_id]))
+        return list(self.db.table("failed_attempts").rows_where("neuron_id = ?", [neuron_id]))
 
     def has_scores(self, explanation_id: int, simulator: str, split: Split, version: str) -> bool:
-        rows = self.db.query(
+        found = self.db.query(
             "select 1 from scores where explanation_id = ? and simulator = ? and split = ? "
             "and prompt_version = ? limit 1",
             [explanation_id, simulator, split.value, version],
         )
-        return any(True for _ in rows)
+        return any(True for _ in found)
 
     def save_scores(self, explanation_id: int, scores: list[Score]) -> None:
         """Replace this simulator's scores of the explanation on those splits, atomically."""
@@ -613,24 +508,13 @@ class Catalogue:
                         explanation_id,
                         score.simulator,
                         score.split.value,
-                        score.method,
+                        score.method.value,
                         score.prompt_version,
                     ],
                 )
-                self.db["scores"].insert(
-                    {
-                        "explanation_id": explanation_id,
-                        "method": score.method,
-                        "split": score.split.value,
-                        "score": score.score,
-                        "simulator": score.simulator,
-                        "prompt_version": score.prompt_version,
-                        "details": json.dumps(score.details, ensure_ascii=False),
-                        "created_at": score.created_at,
-                    }
-                )
+                self.db.table("scores").insert(rows.score_to_row(score, explanation_id))
 
-    def mark_best(self, neuron_id: int, source: str, method: str, split: Split) -> None:
+    def mark_best(self, neuron_id: int, source: str, method: ScoreMethod, split: Split) -> None:
         """Among one source's candidates, mark the best-scoring one (on `split`) as best."""
         with self.db.atomic():
             self.db.execute(
@@ -645,7 +529,7 @@ class Catalogue:
                 [neuron_id, source, method, split.value],
             )
 
-    # --- labels by people -------------------------------------------------------------------
+    # --- label history ----------------------------------------------------------------------
 
     @contextmanager
     def write_transaction(self) -> Iterator[None]:
@@ -677,255 +561,20 @@ class Catalogue:
         refs = self.neuron_refs(model_name, [layer], [neuron])
         return refs[0]
 
-    def _label_state(self, explanation_id: int) -> LabelState:
-        row = self.db["explanations"].get(explanation_id)
-        return LabelState(
-            explanation_id=explanation_id,
-            text=row["text"],
-            status=LabelStatus(row["status"]),
-            source=row["source"],
-        )
-
-    def _append_history(
-        self,
-        neuron_id: int,
-        action: str,
-        before: LabelState | None,
-        after: LabelState | None,
-        annotator: str | None,
-        at: str,
-    ) -> int:
-        explanation = (after or before).explanation_id if (after or before) else None
-        return int(
-            self.db["label_history"]
-            .insert(
-                {
-                    "neuron_id": neuron_id,
-                    "explanation_id": explanation,
-                    "action": action,
-                    "before": before.model_dump_json() if before else None,
-                    "after": after.model_dump_json() if after else None,
-                    "annotator": annotator,
-                    "at": at,
-                }
-            )
-            .last_pk
-        )
-
-    def _check_fresh(self, ref: NeuronRef, expected_version: int | None) -> None:
-        if expected_version is None:
-            return
-        current = self.label_version(ref.id)
-        if current != expected_version:
-            newest = self.history(ref)[-1]
-            raise StaleLabel(ref, newest)
-
-    def apply_label_change(
-        self,
-        ref: NeuronRef,
-        *,
-        annotator: str,
-        expected_version: int | None,
-        explanation_id: int | None = None,
-        text: str | None = None,
-        status: LabelStatus | None = None,
-        review: str | None = None,
-    ) -> list[HistoryEntry]:
-        """Write a new label, change a label's status, or review it, refusing a stale view.
-
-        `review="confirm"` records agreement with an accepted label without changing it;
-        `review="dispute"` records disagreement and sends the label to needs_review.
-
-        Accepting a label demotes the neuron's previously accepted label to proposed, so a
-        neuron has at most one accepted label.
-        """
-        now = utc_now()
-        entries: list[int] = []
-        with self.write_transaction():
-            self._check_fresh(ref, expected_version)
-            if explanation_id is None:
-                if not text or not text.strip():
-                    raise UserError("a new label needs some text")
-                new_status = status or LabelStatus.PROPOSED
-                existing = list(
-                    self.db.query(
-                        "select id from explanations where neuron_id = ? and source = 'human' "
-                        "and text = ?",
-                        [ref.id, text.strip()],
-                    )
-                )
-                if existing:
-                    explanation_id = int(existing[0]["id"])
-                else:
-                    explanation_id = int(
-                        self.db["explanations"]
-                        .insert(
-                            {
-                                "neuron_id": ref.id,
-                                "text": text.strip(),
-                                "source": "human",
-                                "status": LabelStatus.PROPOSED.value,
-                                "annotator": annotator,
-                                "scan_id": ref.scan_id,
-                                "created_at": now,
-                                "updated_at": now,
-                                "best": 0,
-                            }
-                        )
-                        .last_pk
-                    )
-                    entries.append(
-                        self._append_history(
-                            ref.id, "write", None, self._label_state(explanation_id), annotator, now
-                        )
-                    )
-                status = new_status
-            row = self.db.execute(
-                "select neuron_id from explanations where id = ?", [explanation_id]
-            ).fetchone()
-            if row is None or row[0] != ref.id:
-                neuron = f"{ref.layer}.{ref.neuron}"
-                raise UserError(f"explanation {explanation_id} is not a label of neuron {neuron}")
-            if review is not None:
-                before = self._label_state(explanation_id)
-                if before.status is not LabelStatus.ACCEPTED:
-                    raise UserError(
-                        f"only an accepted label can be confirmed or disputed; #{explanation_id} "
-                        f"is {before.status.value}"
-                    )
-                if review == "dispute":
-                    self.db["explanations"].update(
-                        explanation_id,
-                        {"status": LabelStatus.NEEDS_REVIEW.value, "updated_at": now},
-                    )
-                entries.append(
-                    self._append_history(
-                        ref.id, review, before, self._label_state(explanation_id), annotator, now
-                    )
-                )
-            if status is not None:
-                if status is LabelStatus.ACCEPTED:
-                    for other in self.db.query(
-                        "select id from explanations where neuron_id = ? and status = ? "
-                        "and id != ?",
-                        [ref.id, LabelStatus.ACCEPTED.value, explanation_id],
-                    ):
-                        entries.append(
-                            self._set_status(
-                                ref,
-                                int(other["id"]),
-                                LabelStatus.PROPOSED,
-                                "demote",
-                                annotator,
-                                now,
-                            )
-                        )
-                before = self._label_state(explanation_id)
-                if before.status is not status:
-                    entries.append(
-                        self._set_status(
-                            ref, explanation_id, status, _ACTIONS[status], annotator, now
-                        )
-                    )
-        return [e for e in self.history(ref) if e.id in entries]
-
-    def _set_status(
-        self,
-        ref: NeuronRef,
-        explanation_id: int,
-        status: LabelStatus,
-        action: str,
-        annotator: str,
-        at: str,
-    ) -> int:
-        before = self._label_state(explanation_id)
-        self.db["explanations"].update(explanation_id, {"status": status.value, "updated_at": at})
-        return self._append_history(
-            ref.id, action, before, self._label_state(explanation_id), annotator, at
-        )
-
-    def undo_last(
-        self, ref: NeuronRef, *, annotator: str, expected_version: int | None
-    ) -> list[HistoryEntry]:
-        """Revert this annotator's latest change to the neuron (itself recorded as a change)."""
-        now = utc_now()
-        entries: list[int] = []
-        with self.write_transaction():
-            self._check_fresh(ref, expected_version)
-            undone = {
-                json.loads(r["after"])["undoes"]
-                for r in self.db.query(
-                    "select after from label_history where neuron_id = ? and action = 'undo'",
-                    [ref.id],
-                )
-                if r["after"] and "undoes" in json.loads(r["after"])
-            }
-            candidates = [
-                e
-                for e in reversed(self.history(ref))
-                if e.annotator == annotator and e.action != "undo" and e.id not in undone
-            ]
-            if not candidates:
-                raise UserError(f"nothing of {annotator}'s to undo on {ref.layer}.{ref.neuron}")
-            target = candidates[0]
-            assert target.after is not None
-            restore = target.before.status if target.before else LabelStatus.WITHDRAWN
-            explanation_id = target.after.explanation_id
-            before = self._label_state(explanation_id)
-            self.db["explanations"].update(
-                explanation_id, {"status": restore.value, "updated_at": now}
-            )
-            after = self._label_state(explanation_id)
-            entries.append(
-                int(
-                    self.db["label_history"]
-                    .insert(
-                        {
-                            "neuron_id": ref.id,
-                            "explanation_id": explanation_id,
-                            "action": "undo",
-                            "before": before.model_dump_json(),
-                            "after": json.dumps(
-                                {**json.loads(after.model_dump_json()), "undoes": target.id}
-                            ),
-                            "annotator": annotator,
-                            "at": now,
-                        }
-                    )
-                    .last_pk
-                )
-            )
-        return [e for e in self.history(ref) if e.id in entries]
-
     def history(self, ref: NeuronRef) -> list[HistoryEntry]:
-        return [
-            HistoryEntry(
-                id=row["id"],
-                layer=ref.layer,
-                neuron=ref.neuron,
-                explanation_id=row["explanation_id"],
-                action=row["action"],
-                before=_state(row["before"]),
-                after=_state(row["after"]),
-                annotator=row["annotator"],
-                at=row["at"],
-            )
-            for row in self.db.query(
-                "select * from label_history where neuron_id = ? order by id", [ref.id]
-            )
-        ]
+        """Every change to the neuron's labels, oldest first."""
+        return self._history("h.neuron_id = ?", [ref.id])
 
-    def judgements(self, model_name: str | None) -> list[dict[str, Any]]:
-        """Every verdict people gave, oldest first: for review statistics."""
-        model = self.resolve_model(model_name)
-        return list(
-            self.db.query(
-                """select h.annotator, h.neuron_id, h.explanation_id, h.action from label_history h
-                join neurons n on n.id = h.neuron_id join models m on m.id = n.model_id
-                where m.name = ? order by h.id""",
-                [model.name],
-            )
-        )
+    def judgements(self, model_name: str | None) -> list[HistoryEntry]:
+        """Every change people and explainers made to the model's labels, oldest first: what
+        review statistics count."""
+        return self._history("m.name = ?", [self.resolve_model(model_name).name])
+
+    def _history(self, where: str, values: list[Any]) -> list[HistoryEntry]:
+        return [
+            rows.history_from_row(row)
+            for row in self.db.query(f"{_HISTORY_SQL} where {where} order by h.id", values)
+        ]
 
     def backup(self, destination: Path) -> None:
         """A consistent copy while others write (SQLite's online backup API)."""
@@ -947,16 +596,19 @@ class Catalogue:
         status: str | None = None,
         limit: int | None = None,
     ) -> list[RankRow]:
-        """Neurons by their best label's top-and-random score (unscored and NaN last), or by
-        max activation or density; `status` keeps only labels with that status."""
+        """Neurons by their best label's primary score (unscored and NaN last), or by max
+        activation or density; `status` keeps only labels with that status (a LabelStatus)."""
         model = self.resolve_model(model_name)
         order = {
             "score": "(b.score is null), b.score desc",
             "max": "n.max desc",
             "density": "n.density desc",
         }[by]
-        label_filter = "and e.status != 'withdrawn'" if status is None else "and e.status = ?"
-        values: list[Any] = [split.value] + ([] if status is None else [status]) + [model.name]
+        if status is None:
+            label_filter, label_status = "e.status != ?", LabelStatus.WITHDRAWN
+        else:
+            label_filter, label_status = "e.status = ?", LabelStatus(status)
+        values: list[Any] = [PRIMARY_METHOD.value, split.value, label_status.value, model.name]
         where = ["m.name = ?"]
         if layers is not None:
             where.append(f"n.layer in ({','.join('?' * len(layers))})")
@@ -972,8 +624,8 @@ class Catalogue:
                     ) as position
                 from explanations e
                 left join scores s on s.explanation_id = e.id
-                    and s.method = 'top_and_random' and s.split = ?
-                where 1 = 1 {label_filter}
+                    and s.method = ? and s.split = ?
+                where {label_filter}
             )
             select n.layer, n.neuron, n.max, n.density, b.neuron_id, b.score, b.text, b.source,
                 b.status
@@ -991,7 +643,7 @@ class Catalogue:
                 score=r["score"],
                 label=r["text"],
                 source=r["source"],
-                status=r["status"],
+                status=None if r["status"] is None else LabelStatus(r["status"]),
                 max=r["max"],
                 density=r["density"],
             )
@@ -1006,7 +658,7 @@ class Catalogue:
         return None
 
     def cache_response(self, key: str, request: str, response: str) -> None:
-        self.db["llm_cache"].upsert(
+        self.db.table("llm_cache").upsert(
             {"key": key, "request": request, "response": response, "created_at": utc_now()},
             pk="key",
         )
@@ -1031,76 +683,3 @@ class Catalogue:
                 join models m on m.id = n.model_id group by m.name, n.layer"""
             )
         }
-
-
-_ACTIONS = {
-    LabelStatus.ACCEPTED: "accept",
-    LabelStatus.REJECTED: "reject",
-    LabelStatus.NEEDS_REVIEW: "needs_review",
-    LabelStatus.PROPOSED: "reopen",
-    LabelStatus.WITHDRAWN: "withdraw",
-}
-
-
-class StaleLabel(UserError):
-    """The neuron's labels changed since the caller read them: show the newer change first."""
-
-    def __init__(self, ref: NeuronRef, newest: HistoryEntry) -> None:
-        state = newest.after or newest.before
-        shown = f'"{state.text}" ({state.status.value})' if state else "a change"
-        super().__init__(
-            f"neuron {ref.layer}.{ref.neuron} changed since you read it: {newest.annotator} "
-            f"{newest.action} {shown} at {newest.at}; review it and try again"
-        )
-        self.newest = newest
-
-
-def _state(raw: str | None) -> LabelState | None:
-    if not raw:
-        return None
-    data = json.loads(raw)
-    data.pop("undoes", None)
-    return LabelState(**data)
-
-
-def example_from_row(row: dict[str, Any]) -> Example:
-    """An examples row joined with its window's tokens, document and offset."""
-    return Example(
-        kind=ExampleKind(row["kind"]),
-        rank=row["rank"],
-        split=Split(row["split"]),
-        tokens=json.loads(row["tokens"]),
-        activations=decode_activations(row["activations"]),
-        max_index=row["max_index"],
-        max_activation=row["max_activation"],
-        document=row["document"],
-        offset=row["offset"],
-    )
-
-
-def _tokens_json(tokens: list[OutputToken]) -> str:
-    return json.dumps([t.model_dump() for t in tokens], ensure_ascii=False)
-
-
-def _stats_from_row(row: dict[str, Any]) -> NeuronStats:
-    return NeuronStats(
-        max=row["max"],
-        min=row["min"],
-        mean=row["mean"],
-        std=row["std"],
-        density=row["density"],
-        skewness=row["skewness"],
-        kurtosis=row["kurtosis"],
-        tokens=row["tokens"],
-        histogram=Histogram.model_validate_json(row["histogram"]),
-    )
-
-
-def _weights_from_row(row: dict[str, Any]) -> WeightFacts | None:
-    if row["w_in_w_out_cosine"] is None:
-        return None
-    return WeightFacts(
-        w_in_w_out_cosine=row["w_in_w_out_cosine"],
-        top_positive_tokens=[OutputToken(**t) for t in json.loads(row["top_positive_tokens"])],
-        top_negative_tokens=[OutputToken(**t) for t in json.loads(row["top_negative_tokens"])],
-    )

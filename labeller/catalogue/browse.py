@@ -14,6 +14,7 @@ from typing import Any
 
 from labeller.catalogue import Catalogue
 from labeller.errors import UserError
+from labeller.records import PRIMARY_METHOD, LabelStatus, Split
 
 
 class NeuronStatus(StrEnum):
@@ -40,49 +41,62 @@ class SortKey(StrEnum):
 STATUS_RANK: dict[NeuronStatus, int] = {status: rank for rank, status in enumerate(NeuronStatus)}
 _STATUS_OF_RANK = {rank: status for status, rank in STATUS_RANK.items()}
 
+
+def _sql(value: StrEnum) -> str:
+    """A vocabulary value as an SQL literal: the fragments below are composed into many queries,
+    so their values are written in rather than bound as parameters."""
+    return f"'{value.value}'"
+
+
+_ACCEPTED, _NEEDS_REVIEW, _PROPOSED = (
+    _sql(LabelStatus.ACCEPTED),
+    _sql(LabelStatus.NEEDS_REVIEW),
+    _sql(LabelStatus.PROPOSED),
+)
+
 # Any accepted -> accepted; else any needs_review -> needs review; else any proposed -> proposed;
 # else only rejected/withdrawn -> rejected; no explanations -> unlabelled. One index lookup.
-_STATUS_SQL = """(select case
-    when count(*) = 0 then 0
-    when max(e.status = 'accepted') then 3
-    when max(e.status = 'needs_review') then 2
-    when max(e.status = 'proposed') then 1
-    else 4 end
+_STATUS_SQL = f"""(select case
+    when count(*) = 0 then {STATUS_RANK[NeuronStatus.UNLABELLED]}
+    when max(e.status = {_ACCEPTED}) then {STATUS_RANK[NeuronStatus.ACCEPTED]}
+    when max(e.status = {_NEEDS_REVIEW}) then {STATUS_RANK[NeuronStatus.NEEDS_REVIEW]}
+    when max(e.status = {_PROPOSED}) then {STATUS_RANK[NeuronStatus.PROPOSED]}
+    else {STATUS_RANK[NeuronStatus.REJECTED]} end
   from explanations e where e.neuron_id = n.id)"""
 
 
 def _has(statuses: tuple[str, ...] | None) -> str:
-    """EXISTS test for an explanation of the neuron (with one of `statuses`): an index probe,
-    much cheaper per row than deriving the status when only filtering on it."""
+    """EXISTS test for an explanation of the neuron (with one of `statuses`, SQL literals): an
+    index probe, much cheaper per row than deriving the status when only filtering on it."""
     if statuses is None:
         return "exists (select 1 from explanations e where e.neuron_id = n.id)"
-    quoted = ", ".join(f"'{s}'" for s in statuses)
+    listed = ", ".join(statuses)
     return (
-        f"exists (select 1 from explanations e where e.neuron_id = n.id and e.status in ({quoted}))"
+        f"exists (select 1 from explanations e where e.neuron_id = n.id and e.status in ({listed}))"
     )
 
 
 _STATUS_FILTER = {
     NeuronStatus.UNLABELLED: f"not {_has(None)}",
-    NeuronStatus.ACCEPTED: _has(("accepted",)),
-    NeuronStatus.NEEDS_REVIEW: f"{_has(('needs_review',))} and not {_has(('accepted',))}",
-    NeuronStatus.PROPOSED: f"{_has(('proposed',))} and not {_has(('accepted', 'needs_review'))}",
-    NeuronStatus.REJECTED: (
-        f"{_has(None)} and not {_has(('accepted', 'needs_review', 'proposed'))}"
-    ),
+    NeuronStatus.ACCEPTED: _has((_ACCEPTED,)),
+    NeuronStatus.NEEDS_REVIEW: f"{_has((_NEEDS_REVIEW,))} and not {_has((_ACCEPTED,))}",
+    NeuronStatus.PROPOSED: f"{_has((_PROPOSED,))} and not {_has((_ACCEPTED, _NEEDS_REVIEW))}",
+    NeuronStatus.REJECTED: f"{_has(None)} and not {_has((_ACCEPTED, _NEEDS_REVIEW, _PROPOSED))}",
 }
 
 # The label a neuron is known by: the accepted one, else a live candidate marked best (highest
-# score first), else the newest. Its score is top-and-random on the valid split, preferring an
+# score first), else the newest. Its score is the primary one on the valid split, preferring an
 # LLM simulator's over the offline baseline's.
-_SCORE_OF = """(select s.score from scores s
-    where s.explanation_id = {e}.id and s.method = 'top_and_random' and s.split = 'valid'
+_SCORE_OF = f"""(select s.score from scores s
+    where s.explanation_id = {{e}}.id and s.method = {_sql(PRIMARY_METHOD)}
+    and s.split = {_sql(Split.VALID)}
     and s.score is not null
     order by s.simulator = 'baseline', s.created_at desc, s.id desc limit 1)"""
 _BEST = f"""(select best.{{column}} from (
   select e.id, e.text, {_SCORE_OF.format(e="e")} as sc from explanations e
   where e.neuron_id = n.id
-  order by e.status = 'accepted' desc, e.status in ('rejected', 'withdrawn'),
+  order by e.status = {_ACCEPTED} desc,
+  e.status in ({_sql(LabelStatus.REJECTED)}, {_sql(LabelStatus.WITHDRAWN)}),
   coalesce(e.best, 0) desc, sc desc nulls last, e.id desc limit 1) best)"""
 _BEST_ID_SQL = _BEST.format(column="id")
 _BEST_SCORE_SQL = _BEST.format(column="sc")
@@ -152,7 +166,8 @@ def neuron_page(
     filter computes each neuron's best label once (a materialised CTE) and counts in the same pass.
     """
     model_id = _model_id(catalogue, model)
-    clauses, values = ["n.model_id = ?"], [model_id]
+    clauses: list[str] = ["n.model_id = ?"]
+    values: list[Any] = [model_id]
     if layer is not None:
         clauses.append("n.layer = ?")
         values.append(layer)
@@ -275,7 +290,8 @@ def next_in_queue(
     best label scores under `below` (or has no score at all, which is weaker still).
     """
     model_id = _model_id(catalogue, model)
-    clauses, values = ["n.model_id = ?"], [model_id]
+    clauses: list[str] = ["n.model_id = ?"]
+    values: list[Any] = [model_id]
     if after is not None:
         clauses.append("(n.layer, n.neuron) > (?, ?)")
         values += list(after)

@@ -15,7 +15,7 @@ migrations = Migrations(MIGRATION_SET)
 
 @migrations()
 def m001_initial(db: Database) -> None:
-    db["models"].create(
+    db.table("models").create(
         {
             "id": int,
             "name": str,
@@ -31,9 +31,9 @@ def m001_initial(db: Database) -> None:
         pk="id",
         not_null={"name", "source"},
     )
-    db["models"].create_index(["name"], unique=True)
+    db.table("models").create_index(["name"], unique=True)
 
-    db["scans"].create(
+    db.table("scans").create(
         {
             "id": int,
             "model_id": int,
@@ -49,16 +49,16 @@ def m001_initial(db: Database) -> None:
         foreign_keys=[("model_id", "models", "id")],
         not_null={"model_id", "params", "params_key", "status"},
     )
-    db["scans"].create_index(["params_key"])
+    db.table("scans").create_index(["params_key"])
 
     # Resumable state of a running scan: opaque bytes written by the scan stage.
-    db["scan_checkpoints"].create(
+    db.table("scan_checkpoints").create(
         {"scan_id": int, "state": bytes, "saved_at": str},
         pk="scan_id",
         foreign_keys=[("scan_id", "scans", "id")],
     )
 
-    db["windows"].create(
+    db.table("windows").create(
         {
             "id": int,
             "scan_id": int,
@@ -70,9 +70,9 @@ def m001_initial(db: Database) -> None:
         pk="id",
         foreign_keys=[("scan_id", "scans", "id")],
     )
-    db["windows"].create_index(["scan_id", "document", "offset"], unique=True)
+    db.table("windows").create_index(["scan_id", "document", "offset"], unique=True)
 
-    db["neurons"].create(
+    db.table("neurons").create(
         {
             "id": int,
             "model_id": int,
@@ -96,11 +96,11 @@ def m001_initial(db: Database) -> None:
         foreign_keys=[("model_id", "models", "id"), ("scan_id", "scans", "id")],
         not_null={"model_id", "layer", "neuron"},
     )
-    db["neurons"].create_index(["model_id", "layer", "neuron"], unique=True)
-    db["neurons"].create_index(["model_id", "max"])
-    db["neurons"].create_index(["model_id", "density"])
+    db.table("neurons").create_index(["model_id", "layer", "neuron"], unique=True)
+    db.table("neurons").create_index(["model_id", "max"])
+    db.table("neurons").create_index(["model_id", "density"])
 
-    db["examples"].create(
+    db.table("examples").create(
         {
             "id": int,
             "neuron_id": int,
@@ -116,10 +116,10 @@ def m001_initial(db: Database) -> None:
         foreign_keys=[("neuron_id", "neurons", "id"), ("window_id", "windows", "id")],
         not_null={"neuron_id", "window_id", "kind", "rank", "split"},
     )
-    db["examples"].create_index(["neuron_id", "kind", "rank"], unique=True)
-    db["examples"].create_index(["window_id"])
+    db.table("examples").create_index(["neuron_id", "kind", "rank"], unique=True)
+    db.table("examples").create_index(["window_id"])
 
-    db["explanations"].create(
+    db.table("explanations").create(
         {
             "id": int,
             "neuron_id": int,
@@ -137,9 +137,9 @@ def m001_initial(db: Database) -> None:
         foreign_keys=[("neuron_id", "neurons", "id"), ("scan_id", "scans", "id")],
         not_null={"neuron_id", "text", "source", "status"},
     )
-    db["explanations"].create_index(["neuron_id"])
+    db.table("explanations").create_index(["neuron_id"])
 
-    db["scores"].create(
+    db.table("scores").create(
         {
             "id": int,
             "explanation_id": int,
@@ -155,9 +155,9 @@ def m001_initial(db: Database) -> None:
         foreign_keys=[("explanation_id", "explanations", "id")],
         not_null={"explanation_id", "method", "split"},
     )
-    db["scores"].create_index(["explanation_id"])
+    db.table("scores").create_index(["explanation_id"])
 
-    db["label_history"].create(
+    db.table("label_history").create(
         {
             "id": int,
             "neuron_id": int,
@@ -172,7 +172,7 @@ def m001_initial(db: Database) -> None:
         foreign_keys=[("neuron_id", "neurons", "id")],
         not_null={"neuron_id", "action", "at"},
     )
-    db["label_history"].create_index(["neuron_id"])
+    db.table("label_history").create_index(["neuron_id"])
     for verb in ("UPDATE", "DELETE"):
         db.execute(
             f"""CREATE TRIGGER label_history_append_only_{verb.lower()}
@@ -180,7 +180,7 @@ def m001_initial(db: Database) -> None:
             BEGIN SELECT RAISE(ABORT, 'label_history is append-only'); END"""
         )
 
-    db["llm_cache"].create(
+    db.table("llm_cache").create(
         {"key": str, "request": str, "response": str, "created_at": str},
         pk="key",
     )
@@ -189,12 +189,12 @@ def m001_initial(db: Database) -> None:
 @migrations()
 def m002_candidates_and_failures(db: Database) -> None:
     """Best-of-K marks and a record of LLM replies that could not be used."""
-    db["explanations"].add_column("best", int)
-    db["explanations"].create_index(["neuron_id", "source", "text"], unique=True)
-    db["scores"].create_index(
+    db.table("explanations").add_column("best", int)
+    db.table("explanations").create_index(["neuron_id", "source", "text"], unique=True)
+    db.table("scores").create_index(
         ["explanation_id", "simulator", "split", "method", "prompt_version"], unique=True
     )
-    db["failed_attempts"].create(
+    db.table("failed_attempts").create(
         {
             "id": int,
             "neuron_id": int,

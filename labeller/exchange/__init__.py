@@ -58,7 +58,7 @@ def _selection(
     return store.Selection(
         models=models,
         layers=sorted(set(layers)) if layers is not None else None,
-        status=None if status == "all" else status,
+        status=None if status == "all" else LabelStatus(status),
         min_score=min_score,
     )
 

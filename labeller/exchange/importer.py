@@ -30,6 +30,7 @@ from pydantic import Field
 
 from labeller.catalogue import Catalogue
 from labeller.catalogue import exchange as store
+from labeller.catalogue.labels import append_history
 from labeller.exchange.json_format import (
     ExportExplanation,
     ExportHeader,
@@ -48,8 +49,6 @@ from labeller.records import (
 )
 
 BATCH_SIZE = 100
-ACCEPTED = LabelStatus.ACCEPTED.value
-PROPOSED = LabelStatus.PROPOSED.value
 
 
 class ImportReport(Record):
@@ -139,16 +138,12 @@ def _models_and_scans(
             found = store.insert_scan(
                 catalogue,
                 model_id,
-                store.ScanRow(
-                    id=0,
-                    model=scan.model,
-                    params=scan.params,
-                    status=scan.status,
-                    tokens_seen=scan.tokens_seen,
-                    windows_seen=scan.windows_seen,
-                    started_at=scan.started_at,
-                    updated_at=scan.updated_at,
-                ),
+                scan.params,
+                scan.status,
+                tokens_seen=scan.tokens_seen,
+                windows_seen=scan.windows_seen,
+                started_at=scan.started_at,
+                updated_at=scan.updated_at,
             )
             report.scans_added += 1
         scan_ids.append(found)
@@ -163,7 +158,7 @@ def _merge_neuron(
     report: ImportReport,
 ) -> None:
     scan_id = scan_ids[neuron.scan] if neuron.scan is not None else None
-    neuron_id = store.find_neuron(catalogue, model_ids[neuron.model], neuron.layer, neuron.neuron)
+    neuron_id = catalogue.neuron_id(model_ids[neuron.model], neuron.layer, neuron.neuron)
     added = neuron_id is None
     if neuron_id is None:
         neuron_id = store.insert_neuron(
@@ -202,16 +197,21 @@ def _merge_neuron(
 
 
 def _conflict(
-    catalogue: Catalogue, neuron: ExportNeuron, ours: list[store.OurExplanation]
+    catalogue: Catalogue, neuron: ExportNeuron, ours: list[store.StoredExplanation]
 ) -> str | None:
     """One line for a person when the two sides accepted different labels, else None."""
-    our_accepted = [o for o in ours if o.status == ACCEPTED]
-    their_accepted = [e for e in neuron.explanations if e.status == ACCEPTED]
-    keys = {(o.source, o.text) for o in our_accepted} | {(e.source, e.text) for e in their_accepted}
+    our_accepted = [o for o in ours if o.explanation.status is LabelStatus.ACCEPTED]
+    their_accepted = [e for e in neuron.explanations if e.status is LabelStatus.ACCEPTED]
+    keys = {(o.explanation.source, o.explanation.text) for o in our_accepted} | {
+        (e.source, e.text) for e in their_accepted
+    }
     if not their_accepted or len(keys) <= 1:
         return None
     mine = [
-        (o.text, store.accepted_by(catalogue, o.id) or o.annotator or o.source)
+        (
+            o.explanation.text,
+            store.accepted_by(catalogue, o.id) or o.explanation.annotator or o.explanation.source,
+        )
         for o in our_accepted
     ]
     theirs = [(e.text, _their_acceptor(e)) for e in their_accepted]
@@ -237,28 +237,33 @@ def _merge_explanations(
     catalogue: Catalogue,
     neuron: ExportNeuron,
     neuron_id: int,
-    ours: list[store.OurExplanation],
+    ours: list[store.StoredExplanation],
     scan_ids: list[int],
     conflict: bool,
     report: ImportReport,
 ) -> tuple[dict[int, int], bool]:
     """Their explanation index -> our explanation id, and whether anything was written."""
-    by_key = {(o.source, o.text): o for o in ours}
-    best_sources = {o.source for o in ours if o.best}
+    by_key = {(o.explanation.source, o.explanation.text): o for o in ours}
+    best_sources = {o.explanation.source for o in ours if o.explanation.best}
     local: dict[int, int] = {}
     changed = False
     for index, theirs in enumerate(neuron.explanations):
         mine = by_key.get((theirs.source, theirs.text))
         if mine is not None:
             local[index] = mine.id
-            if not conflict and mine.status == PROPOSED and theirs.status != PROPOSED:
+            if (
+                not conflict
+                and mine.explanation.status is LabelStatus.PROPOSED
+                and theirs.status is not LabelStatus.PROPOSED
+            ):
                 store.set_explanation_status(
                     catalogue, mine.id, theirs.status, theirs.updated_at or utc_now()
                 )
                 report.statuses_changed += 1
                 changed = True
             continue
-        status = PROPOSED if conflict and theirs.status == ACCEPTED else theirs.status
+        accepted = theirs.status is LabelStatus.ACCEPTED
+        status = LabelStatus.PROPOSED if conflict and accepted else theirs.status
         best = theirs.best and theirs.source not in best_sources
         if best:
             best_sources.add(theirs.source)
@@ -275,8 +280,6 @@ def _merge_explanations(
                 best=best,
                 created_at=theirs.created_at,
             ),
-            status=status,
-            best=best,
             scan_id=scan_ids[theirs.scan] if theirs.scan is not None else None,
             updated_at=theirs.updated_at,
         )
@@ -292,7 +295,7 @@ def _merge_scores(
     for index, theirs in enumerate(neuron.explanations):
         existing = store.score_keys(catalogue, local[index])
         for score in theirs.scores:
-            key = (score.simulator, score.split.value, score.method, score.prompt_version)
+            key = (score.simulator, score.split.value, score.method.value, score.prompt_version)
             if key in existing:
                 continue
             store.insert_score(catalogue, local[index], score)
@@ -305,12 +308,11 @@ def _merge_scores(
 HistoryKey = tuple[Any, ...]
 
 
-def _canon(state: dict[str, Any] | ExportLabelState | None) -> tuple[str, str, str] | None:
+def _canon(state: LabelState | ExportLabelState | None) -> tuple[str, str, str] | None:
+    """What makes two label states the same on both sides (not their explanation ids)."""
     if state is None:
         return None
-    if isinstance(state, ExportLabelState):
-        return (state.text, state.status.value, state.source)
-    return (state["text"], str(state["status"]), state["source"])
+    return (state.text, state.status.value, state.source)
 
 
 def _merge_history(
@@ -322,13 +324,15 @@ def _merge_history(
 ) -> bool:
     """Append their entries we lack, oldest first; the k-th copy of an entry matches our k-th."""
     explanation_keys = {
-        o.id: (o.source, o.text) for o in store.our_explanations(catalogue, neuron_id)
+        o.id: (o.explanation.source, o.explanation.text)
+        for o in store.our_explanations(catalogue, neuron_id)
     }
     available: dict[HistoryKey, list[int]] = defaultdict(list)
-    for h in store.our_history(catalogue, neuron_id):
+    for stored in store.our_history(catalogue, neuron_id):
+        h = stored.entry
         key = (
             explanation_keys.get(h.explanation_id) if h.explanation_id is not None else None,
-            h.action,
+            h.action.value,
             h.annotator,
             h.at,
             _canon(h.before),
@@ -352,7 +356,7 @@ def _merge_history(
         )
         key = (
             owner_key,
-            entry.action,
+            entry.action.value,
             entry.annotator,
             entry.at,
             _canon(entry.before),
@@ -364,16 +368,16 @@ def _merge_history(
             ours_for_seq[entry.seq] = available[key][copy]
             continue
         explanation_id = local[owner] if owner is not None else None
-        ours_for_seq[entry.seq] = store.append_history(
+        ours_for_seq[entry.seq] = append_history(
             catalogue,
             neuron_id,
-            explanation_id=explanation_id,
-            action=entry.action,
-            before=_state(entry.before, local, explanation_id),
-            after=_state(entry.after, local, explanation_id),
-            undoes=ours_for_seq.get(entry.undoes) if entry.undoes is not None else None,
+            explanation_id,
+            entry.action,
+            _state(entry.before, local, explanation_id),
+            _state(entry.after, local, explanation_id),
             annotator=entry.annotator,
             at=entry.at,
+            undoes=ours_for_seq.get(entry.undoes) if entry.undoes is not None else None,
         )
         report.history_added += 1
         changed = True

@@ -28,7 +28,7 @@ import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import Any, Final, Literal, TextIO
 
 from pydantic import Field, ValidationError
 
@@ -37,6 +37,8 @@ from labeller.catalogue import exchange as store
 from labeller.errors import UserError
 from labeller.records import (
     Example,
+    HistoryAction,
+    LabelState,
     LabelStatus,
     ModelRecord,
     NeuronStats,
@@ -48,8 +50,8 @@ from labeller.records import (
     utc_now,
 )
 
-FORMAT_NAME = "labeller-export"
-FORMAT_VERSION = 1
+FORMAT_NAME: Final = "labeller-export"
+FORMAT_VERSION: Final = 1
 _NEURONS_OPEN = ', "neurons": ['
 
 
@@ -80,7 +82,7 @@ class ExportLabelState(Record):
 
 class ExportHistoryEntry(Record):
     seq: int = Field(description="position of the entry in the neuron's history, from 0")
-    action: str
+    action: HistoryAction
     annotator: str | None
     at: str
     before: ExportLabelState | None
@@ -91,7 +93,7 @@ class ExportHistoryEntry(Record):
 class ExportExplanation(Record):
     text: str
     source: str
-    status: str
+    status: LabelStatus
     prompt_version: str | None
     producer_model: str | None
     annotator: str | None
@@ -161,18 +163,7 @@ def write_json(
         exported_at=utc_now(),
         neuron_count=store.count_neurons(catalogue, selection),
         models=store.models_for(catalogue, selection),
-        scans=[
-            ExportScan(
-                model=s.model,
-                params=s.params,
-                status=s.status,
-                tokens_seen=s.tokens_seen,
-                windows_seen=s.windows_seen,
-                started_at=s.started_at,
-                updated_at=s.updated_at,
-            )
-            for s in scans
-        ],
+        scans=[ExportScan(**s.model_dump(exclude={"id"})) for s in scans],
     )
     head = _dumps(header.model_dump(mode="json"))
     out.write(head[:-1] + _NEURONS_OPEN + "\n")
@@ -197,21 +188,23 @@ def _dumps(value: Any) -> str:
 def export_neuron(stored: store.StoredNeuron, scan_index: dict[int, int]) -> ExportNeuron:
     """A stored neuron with its database ids replaced by positions within the file."""
     explanation_index = {e.id: i for i, e in enumerate(stored.explanations)}
-    seq = {h.id: i for i, h in enumerate(stored.history)}
+    seq = {h.entry.id: i for i, h in enumerate(stored.history)}
 
-    def state(raw: dict[str, Any] | None) -> ExportLabelState | None:
-        if raw is None:
+    def state(label: LabelState | None) -> ExportLabelState | None:
+        if label is None:
             return None
         return ExportLabelState(
-            explanation=explanation_index.get(raw.get("explanation_id")),
-            text=raw["text"],
-            status=LabelStatus(raw["status"]),
-            source=raw["source"],
+            explanation=explanation_index.get(label.explanation_id),
+            text=label.text,
+            status=label.status,
+            source=label.source,
         )
 
     entries: dict[int | None, list[ExportHistoryEntry]] = {}
-    for h in stored.history:
-        owner = explanation_index.get(h.explanation_id)
+    for stored_entry in stored.history:
+        h = stored_entry.entry
+        owner = explanation_index.get(h.explanation_id) if h.explanation_id is not None else None
+        undoes = stored_entry.undoes
         entries.setdefault(owner, []).append(
             ExportHistoryEntry(
                 seq=seq[h.id],
@@ -220,14 +213,14 @@ def export_neuron(stored: store.StoredNeuron, scan_index: dict[int, int]) -> Exp
                 at=h.at,
                 before=state(h.before),
                 after=state(h.after),
-                undoes=seq.get(h.undoes) if h.undoes is not None else None,
+                undoes=seq.get(undoes) if undoes is not None else None,
             )
         )
     return ExportNeuron(
         model=stored.model,
         layer=stored.layer,
         neuron=stored.neuron,
-        scan=scan_index.get(stored.scan_id),
+        scan=scan_index.get(stored.scan_id) if stored.scan_id is not None else None,
         stats=stored.stats,
         weights=stored.weights,
         top_examples=[_example(e) for e in stored.top_examples],

@@ -38,8 +38,7 @@ from typing import Any, TextIO
 from labeller.catalogue import Catalogue
 from labeller.catalogue import exchange as store
 from labeller.explain.scoring import correlation_score
-
-SCORED_METHOD = "top_and_random"
+from labeller.records import PRIMARY_METHOD
 
 
 def _obj(name: str, **fields: Any) -> dict[str, Any]:
@@ -81,7 +80,7 @@ def simulation_results(stored: store.StoredNeuron) -> dict[str, Any] | None:
     for stored_explanation in stored.explanations:
         explanation = stored_explanation.explanation
         for score in explanation.scores:
-            windows = score.details.get("windows") if score.method == SCORED_METHOD else None
+            windows = score.details.get("windows") if score.method is PRIMARY_METHOD else None
             if not windows:
                 continue
             scored.append(

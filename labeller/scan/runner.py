@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 
-from labeller.catalogue import Catalogue, ExampleRow, NeuronRow, WindowRow, encode_activations
+from labeller.catalogue import Catalogue
+from labeller.catalogue.rows import ExampleRow, NeuronRow, WindowRow, encode_activations
 from labeller.corpus import Window, iter_documents, iter_windows
 from labeller.errors import ScanAlreadyComplete, ScanInterrupted, UserError
 from labeller.model.activations import batch_inputs, neuron_activations

@@ -183,21 +183,37 @@ class Backend:
         text: str | None = None,
         status: LabelStatus | None = None,
     ) -> list[HistoryEntry]:
-        """Refused with `StaleLabel` if anyone changed the neuron's labels since `page` was read."""
+        """Write a label (`text`, proposed unless `status`) or set one's status; refused with
+        `StaleLabel` if anyone changed the neuron's labels since `page` was read."""
+        from labeller.catalogue import labels
+
         with self.catalogue() as catalogue:
-            return catalogue.apply_label_change(
+            if text is not None:
+                return labels.write_label(
+                    catalogue,
+                    page.ref,
+                    text,
+                    status=status or LabelStatus.PROPOSED,
+                    annotator=self.annotator,
+                    expected_version=page.version,
+                )
+            if explanation_id is None or status is None:
+                raise ValueError("change_label takes text, or an explanation id and a status")
+            return labels.set_status(
+                catalogue,
                 page.ref,
+                explanation_id,
+                status,
                 annotator=self.annotator,
                 expected_version=page.version,
-                explanation_id=explanation_id,
-                text=text,
-                status=status,
             )
 
     def undo(self, page: NeuronPage) -> list[HistoryEntry]:
+        from labeller.catalogue import labels
+
         with self.catalogue() as catalogue:
-            return catalogue.undo_last(
-                page.ref, annotator=self.annotator, expected_version=page.version
+            return labels.undo(
+                catalogue, page.ref, annotator=self.annotator, expected_version=page.version
             )
 
     def score_baseline(self, page: NeuronPage) -> str:

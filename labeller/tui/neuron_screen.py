@@ -17,7 +17,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Static, TabbedContent, TabPane, TextArea
 from textual.worker import Worker, WorkerState
 
-from labeller.catalogue import StaleLabel
+from labeller.catalogue.labels import StaleLabel
 from labeller.records import Explanation, LabelStatus
 from labeller.tui.backend import ModelStatus, NeuronPage
 from labeller.tui.context import annotate_app, backend_of

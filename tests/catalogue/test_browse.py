@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from builders import scan_params
 
-from labeller.catalogue import Catalogue
+from labeller.catalogue import Catalogue, labels
 from labeller.catalogue.browse import (
     NeuronStatus,
     SortKey,
@@ -79,46 +79,26 @@ def test_status_is_derived_from_all_the_neurons_labels(catalogue):
     def first_id(n):
         return catalogue.explanations_of(ref(n).id)[0].id
 
-    catalogue.apply_label_change(
-        ref(1),
-        annotator="a",
-        expected_version=None,
-        explanation_id=first_id(1),
-        status=LabelStatus.ACCEPTED,
-    )
-    catalogue.apply_label_change(
-        ref(2),
-        annotator="a",
-        expected_version=None,
-        explanation_id=first_id(2),
-        status=LabelStatus.REJECTED,
-    )
-    catalogue.apply_label_change(
-        ref(3),
-        annotator="a",
-        expected_version=None,
-        explanation_id=first_id(3),
-        status=LabelStatus.NEEDS_REVIEW,
-    )
+    def set_status(n, status):
+        labels.set_status(
+            catalogue, ref(n), first_id(n), status, annotator="a", expected_version=None
+        )
+
+    def write(n, text, status=LabelStatus.PROPOSED):
+        labels.write_label(
+            catalogue, ref(n), text, status=status, annotator="a", expected_version=None
+        )
+
+    set_status(1, LabelStatus.ACCEPTED)
+    set_status(2, LabelStatus.REJECTED)
+    set_status(3, LabelStatus.NEEDS_REVIEW)
     # A rejected candidate beside a proposed one leaves the neuron proposed.
-    catalogue.apply_label_change(ref(4), annotator="a", expected_version=None, text='"x" tokens')
-    catalogue.apply_label_change(
-        ref(4),
-        annotator="a",
-        expected_version=None,
-        explanation_id=first_id(4),
-        status=LabelStatus.REJECTED,
-    )
+    write(4, '"x" tokens')
+    set_status(4, LabelStatus.REJECTED)
     # Needs review outranks proposed; accepted outranks both.
-    catalogue.apply_label_change(
-        ref(5), annotator="a", expected_version=None, text='"y"', status=LabelStatus.NEEDS_REVIEW
-    )
-    catalogue.apply_label_change(
-        ref(6), annotator="a", expected_version=None, text='"z"', status=LabelStatus.NEEDS_REVIEW
-    )
-    catalogue.apply_label_change(
-        ref(6), annotator="a", expected_version=None, text='"w"', status=LabelStatus.ACCEPTED
-    )
+    write(5, '"y"', LabelStatus.NEEDS_REVIEW)
+    write(6, '"z"', LabelStatus.NEEDS_REVIEW)
+    write(6, '"w"', LabelStatus.ACCEPTED)
     by_neuron = {(r.layer, r.neuron): r.status for r in everything(catalogue)}
     expected = {
         (0, 1): NeuronStatus.ACCEPTED,
@@ -213,12 +193,13 @@ def test_queue_walks_unlabelled_then_low_scores(catalogue):
     assert walked == weak
     # An accepted neuron has had its human: it leaves the queue.
     first = next(r for r in rows if (r.layer, r.neuron) == weak[0])
-    catalogue.apply_label_change(
+    labels.set_status(
+        catalogue,
         catalogue.neuron_ref(None, *weak[0]),
+        first.explanation_id,
+        LabelStatus.ACCEPTED,
         annotator="a",
         expected_version=None,
-        explanation_id=first.explanation_id,
-        status=LabelStatus.ACCEPTED,
     )
     assert next_in_queue(catalogue, None, None, below=below) == weak[1]
 

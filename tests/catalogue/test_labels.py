@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from builders import scan_params
 
-from labeller.catalogue import Catalogue, StaleLabel
+from labeller.catalogue import Catalogue, labels
+from labeller.catalogue.labels import StaleLabel
 from labeller.records import LabelStatus
 from labeller.scan.runner import run_scan
 
@@ -37,12 +38,13 @@ def catalogue(labelled_db, tmp_path):
 def test_write_accept_and_history(catalogue):
     ref = catalogue.neuron_ref(None, 0, 1)
     assert catalogue.label_version(ref.id) == 0
-    changes = catalogue.apply_label_change(
+    changes = labels.write_label(
+        catalogue,
         ref,
+        'fires on "def"',
+        status=LabelStatus.ACCEPTED,
         annotator="alice",
         expected_version=0,
-        text='fires on "def"',
-        status=LabelStatus.ACCEPTED,
     )
     assert [c.action for c in changes] == ["write", "accept"]
     (explanation,) = catalogue.explanations_of(ref.id)
@@ -52,16 +54,17 @@ def test_write_accept_and_history(catalogue):
         "human",
         "alice",
     )
-    other = catalogue.apply_label_change(
-        ref, annotator="bob", expected_version=None, text="function definitions"
+    other = labels.write_label(
+        catalogue, ref, "function definitions", annotator="bob", expected_version=None
     )
     assert other[0].after.status is LabelStatus.PROPOSED
-    catalogue.apply_label_change(
+    labels.set_status(
+        catalogue,
         ref,
+        other[0].after.explanation_id,
+        LabelStatus.ACCEPTED,
         annotator="bob",
         expected_version=None,
-        explanation_id=other[0].after.explanation_id,
-        status=LabelStatus.ACCEPTED,
     )
     statuses = {e.text: e.status for e in catalogue.explanations_of(ref.id)}
     assert statuses == {'fires on "def"': "proposed", "function definitions": "accepted"}
@@ -80,37 +83,31 @@ def test_write_accept_and_history(catalogue):
 def test_stale_view_is_refused_and_shows_the_newer_label(catalogue):
     ref = catalogue.neuron_ref(None, 1, 2)
     seen = catalogue.label_version(ref.id)
-    catalogue.apply_label_change(ref, annotator="alice", expected_version=seen, text='"x" tokens')
+    labels.write_label(catalogue, ref, '"x" tokens', annotator="alice", expected_version=seen)
     with pytest.raises(StaleLabel, match='alice write "\\"x\\" tokens" \\(proposed\\)'):
-        catalogue.apply_label_change(ref, annotator="bob", expected_version=seen, text="other")
+        labels.write_label(catalogue, ref, "other", annotator="bob", expected_version=seen)
     assert [e.text for e in catalogue.explanations_of(ref.id)] == ['"x" tokens']
 
 
 def test_undo_reverts_only_your_own_latest_change(catalogue):
     ref = catalogue.neuron_ref(None, 0, 7)
-    written = catalogue.apply_label_change(
-        ref, annotator="alice", expected_version=None, text="commas"
-    )
+    written = labels.write_label(catalogue, ref, "commas", annotator="alice", expected_version=None)
     label_id = written[0].after.explanation_id
-    catalogue.apply_label_change(
-        ref,
-        annotator="alice",
-        expected_version=None,
-        explanation_id=label_id,
-        status=LabelStatus.REJECTED,
+    labels.set_status(
+        catalogue, ref, label_id, LabelStatus.REJECTED, annotator="alice", expected_version=None
     )
-    (undo,) = catalogue.undo_last(ref, annotator="alice", expected_version=None)
+    (undo,) = labels.undo(catalogue, ref, annotator="alice", expected_version=None)
     assert undo.before.status is LabelStatus.REJECTED and undo.after.status is LabelStatus.PROPOSED
-    catalogue.undo_last(ref, annotator="alice", expected_version=None)
+    labels.undo(catalogue, ref, annotator="alice", expected_version=None)
     assert catalogue.explanations_of(ref.id)[0].status == "withdrawn"
     with pytest.raises(Exception, match="nothing of bob's to undo"):
-        catalogue.undo_last(ref, annotator="bob", expected_version=None)
+        labels.undo(catalogue, ref, annotator="bob", expected_version=None)
     assert len(catalogue.history(ref)) == 4
 
 
 def test_history_is_append_only(catalogue):
     ref = catalogue.neuron_ref(None, 0, 3)
-    catalogue.apply_label_change(ref, annotator="alice", expected_version=None, text="y")
+    labels.write_label(catalogue, ref, "y", annotator="alice", expected_version=None)
     with pytest.raises(Exception, match="append-only"):
         catalogue.db.execute("update label_history set annotator = 'mallory'")
     with pytest.raises(Exception, match="append-only"):
@@ -125,11 +122,12 @@ def _writer(path: str, worker: int, writes: int, neurons: list[int], queue) -> N
             while True:
                 seen = catalogue.label_version(ref.id)
                 try:
-                    catalogue.apply_label_change(
+                    labels.write_label(
+                        catalogue,
                         ref,
+                        f"label {worker}-{i}",
                         annotator=f"w{worker}",
                         expected_version=seen,
-                        text=f"label {worker}-{i}",
                     )
                     done += 1
                     break

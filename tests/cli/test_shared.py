@@ -173,13 +173,12 @@ def test_rank_status_filter_and_agreement(db):
 
 WRITER = """
 import sys
-from labeller.catalogue import Catalogue
+from labeller.catalogue import Catalogue, labels
 with Catalogue.open(sys.argv[1]) as catalogue:
     ref = catalogue.neuron_ref(None, 1, int(sys.argv[2]))
     i = 0
     while True:
-        catalogue.apply_label_change(ref, annotator="writer", expected_version=None,
-                                     text=f"label {i}")
+        labels.write_label(catalogue, ref, f"label {i}", annotator="writer", expected_version=None)
         i += 1
 """
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from labeller.catalogue import Catalogue, ExampleRow, NeuronRow, WindowRow, encode_activations
+from labeller.catalogue import Catalogue, labels
+from labeller.catalogue.rows import ExampleRow, NeuronRow, WindowRow, encode_activations
 from labeller.explain.service import build_scores
 from labeller.records import (
     Example,
@@ -162,17 +163,16 @@ def label(catalogue: Catalogue, model: str) -> None:
             assert explanation_id is not None
             add_scores(catalogue, model, 0, neuron, explanation_id, shift=k)
     ref = catalogue.neuron_ref(model, 0, 1)
-    catalogue.apply_label_change(
+    labels.write_label(
+        catalogue,
         ref,
+        "def keyword",
+        status=LabelStatus.ACCEPTED,
         annotator="carol",
         expected_version=None,
-        text="def keyword",
-        status=LabelStatus.ACCEPTED,
     )
-    catalogue.apply_label_change(
-        ref, annotator="carol", expected_version=None, text="function headers"
-    )
-    catalogue.undo_last(ref, annotator="carol", expected_version=None)
+    labels.write_label(catalogue, ref, "function headers", annotator="carol", expected_version=None)
+    labels.undo(catalogue, ref, annotator="carol", expected_version=None)
 
 
 def add_scores(

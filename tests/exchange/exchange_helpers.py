@@ -11,6 +11,7 @@ from typing import Any
 from labeller.catalogue import Catalogue
 from labeller.catalogue import exchange as store
 from labeller.exchange import export_catalogue
+from labeller.records import LabelState
 
 EXPORTED_AT = re.compile(r'"exported_at": "[^"]*"')
 
@@ -62,7 +63,7 @@ def state(path: Path) -> dict[str, Any]:
         history = {
             (r["layer"], r["neuron"]): [
                 (h.action, h.annotator, h.at, _plain(h.before), _plain(h.after))
-                for h in store.our_history(catalogue, r["id"])
+                for h in (s.entry for s in store.our_history(catalogue, r["id"]))
             ]
             for r in catalogue.db.query("select id, layer, neuron from neurons order by id")
         }
@@ -76,5 +77,5 @@ def state(path: Path) -> dict[str, Any]:
     return {"counts": counts, "history": history, "statuses": statuses}
 
 
-def _plain(raw: dict[str, Any] | None) -> tuple[str, str, str] | None:
-    return None if raw is None else (raw["text"], raw["status"], raw["source"])
+def _plain(state: LabelState | None) -> tuple[str, str, str] | None:
+    return None if state is None else (state.text, state.status, state.source)

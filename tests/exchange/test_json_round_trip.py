@@ -58,9 +58,9 @@ def test_round_trip_keeps_undo_links_and_shared_windows(source: Path, tmp_path: 
         import_catalogue(catalogue, first)
         ref = catalogue.neuron_ref("tiny", 0, 1)
         history = store.our_history(catalogue, ref.id)
-        (undo,) = [h for h in history if h.action == "undo"]
-        undone = next(h for h in history if h.id == undo.undoes)
-        assert (undone.action, undone.after["text"]) == ("write", "function headers")
+        (undo,) = [h for h in history if h.entry.action == "undo"]
+        undone = next(h.entry for h in history if h.entry.id == undo.undoes)
+        assert (undone.action, undone.after.text) == ("write", "function headers")
         # The stored layout is the catalogue's own: `labeller history` reads it back.
         assert [h.action for h in catalogue.history(ref)][-1] == "undo"
     with Catalogue.open(source) as catalogue:
@@ -275,6 +275,23 @@ def test_a_cut_off_or_corrupted_export_writes_nothing(source: Path, tmp_path: Pa
             with pytest.raises(UserError) as caught:
                 import_catalogue(catalogue, path)
             assert "\n" not in str(caught.value)
+        assert store.table_counts(catalogue)["neurons"] == 0
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "unknown"),
+    [("status", "accepted", "approved"), ("action", "undo", "erase")],
+)
+def test_an_unknown_label_status_or_history_action_is_refused_before_writing(
+    source: Path, tmp_path: Path, field: str, value: str, unknown: str
+):
+    text = export_text(source)
+    assert f'"{field}": "{value}"' in text
+    bad = tmp_path / "bad.json"
+    bad.write_text(text.replace(f'"{field}": "{value}"', f'"{field}": "{unknown}"', 1))
+    with Catalogue.open(tmp_path / "target.db", create=True) as catalogue:
+        with pytest.raises(UserError, match=rf"explanations\.\d+\.(history\.\d+\.)?{field}"):
+            import_catalogue(catalogue, bad)
         assert store.table_counts(catalogue)["neurons"] == 0
 
 

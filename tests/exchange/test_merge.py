@@ -8,7 +8,7 @@ import pytest
 from exchange_factory import build_catalogue
 from exchange_helpers import copy_db, export_file, state
 
-from labeller.catalogue import Catalogue
+from labeller.catalogue import Catalogue, labels
 from labeller.exchange import import_catalogue
 from labeller.records import LabelStatus
 
@@ -27,12 +27,13 @@ def ours_and_theirs(base_db: Path, tmp_path: Path) -> tuple[Path, Path]:
 def write(path: Path, annotator: str, layer: int, neuron: int, text: str, accept: bool) -> None:
     with Catalogue.open(path) as catalogue:
         ref = catalogue.neuron_ref("tiny", layer, neuron)
-        catalogue.apply_label_change(
+        labels.write_label(
+            catalogue,
             ref,
+            text,
+            status=LabelStatus.ACCEPTED if accept else LabelStatus.PROPOSED,
             annotator=annotator,
             expected_version=None,
-            text=text,
-            status=LabelStatus.ACCEPTED if accept else None,
         )
 
 
@@ -40,12 +41,9 @@ def set_status(path: Path, annotator: str, neuron: int, text: str, status: Label
     with Catalogue.open(path) as catalogue:
         ref = catalogue.neuron_ref("tiny", 0, neuron)
         (explanation,) = [e for e in catalogue.explanations_of(ref.id) if e.text == text]
-        catalogue.apply_label_change(
-            ref,
-            annotator=annotator,
-            expected_version=None,
-            explanation_id=explanation.id,
-            status=status,
+        assert explanation.id is not None
+        labels.set_status(
+            catalogue, ref, explanation.id, status, annotator=annotator, expected_version=None
         )
 
 

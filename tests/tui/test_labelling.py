@@ -9,6 +9,7 @@ import tui_support as support
 from click.testing import CliRunner
 from tui_support import notifications, until
 
+from labeller.catalogue.labels import set_status
 from labeller.cli import cli
 from labeller.records import LabelStatus
 from labeller.tui.label_editor import LabelEditor
@@ -147,12 +148,8 @@ async def test_someone_elses_change_is_shown_before_anything_is_overwritten(tui)
         label = screen.selected
         with tui.catalogue() as other:
             ref = other.neuron_ref(None, 0, 3)
-            other.apply_label_change(
-                ref,
-                annotator="bob",
-                expected_version=None,
-                explanation_id=label.id,
-                status=LabelStatus.REJECTED,
+            set_status(
+                other, ref, label.id, LabelStatus.REJECTED, annotator="bob", expected_version=None
             )
         await pilot.press("a")
         await until(

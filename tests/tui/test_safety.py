@@ -10,6 +10,7 @@ import tui_support as support
 from textual.widgets import TextArea
 from tui_support import until
 
+from labeller.catalogue import labels
 from labeller.tui.live_pane import LivePane
 from labeller.tui.neuron_list import NeuronListScreen
 from labeller.tui.neuron_screen import NeuronScreen
@@ -36,9 +37,7 @@ def test_shown_text_has_no_control_characters():
 async def test_markup_and_escapes_in_labels_and_text_are_shown_literally(tui):
     with tui.catalogue() as catalogue:
         ref = catalogue.neuron_ref(None, 0, 0)
-        catalogue.apply_label_change(
-            ref, annotator="mallory", expected_version=None, text=NASTY, status=None
-        )
+        labels.write_label(catalogue, ref, NASTY, annotator="mallory", expected_version=None)
     app = tui.app()
     async with app.run_test(size=(120, 30)) as pilot:
         await until(pilot, lambda: isinstance(app.screen, NeuronListScreen) and app.screen.rows)

@@ -1,0 +1,376 @@
+"""Each catalogue row mapped to its record and back, once (as llm's `models.py` does).
+
+Plain functions over sqlite-utils rows (dicts): no queries here, so the catalogue, its exchange
+SQL and the TUI's list queries all read and write a table's columns the same way. The scan's
+write shapes (`WindowRow`, `ExampleRow`, `NeuronRow`) live here too: they are rows before ids.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from labeller.records import (
+    Example,
+    ExampleKind,
+    Explanation,
+    Histogram,
+    HistoryAction,
+    HistoryEntry,
+    LabelState,
+    LabelStatus,
+    ModelRecord,
+    NeuronStats,
+    OutputToken,
+    ScanParams,
+    ScanRecord,
+    ScanStatus,
+    Score,
+    ScoreMethod,
+    Split,
+    WeightFacts,
+)
+
+Row = dict[str, Any]
+
+
+def encode_activations(values: np.ndarray) -> bytes:
+    """Little-endian float32: a window's activations in a quarter of the JSON's space."""
+    return np.asarray(values, dtype="<f4").tobytes()
+
+
+def decode_activations(blob: bytes) -> list[float]:
+    return np.frombuffer(blob, dtype="<f4").astype(float).tolist()
+
+
+def params_key(params: ScanParams) -> str:
+    """What a resumed or imported scan is matched on: its parameters, serialised one way."""
+    return params.model_dump_json()
+
+
+@dataclass(frozen=True)
+class WindowRow:
+    """A stored text window, written once and shared by every neuron that keeps it."""
+
+    key: int
+    document: str
+    offset: int
+    token_ids: list[int]
+    tokens: list[str]
+
+
+@dataclass(frozen=True)
+class ExampleRow:
+    window_key: int
+    kind: ExampleKind
+    rank: int
+    split: Split
+    activations: bytes
+    max_activation: float
+    max_index: int
+
+
+@dataclass(frozen=True)
+class NeuronRow:
+    layer: int
+    neuron: int
+    stats: NeuronStats
+    weights: WeightFacts | None
+    examples: list[ExampleRow]
+
+
+# --- models and scans ---------------------------------------------------------------------------
+
+
+def model_from_row(row: Row) -> ModelRecord:
+    return ModelRecord(**{k: v for k, v in row.items() if k != "id"})
+
+
+def model_to_row(model: ModelRecord) -> Row:
+    return model.model_dump()
+
+
+def scan_from_row(row: Row) -> ScanRecord:
+    """A scans row with its model's name as `model` (queries join `models` for it)."""
+    return ScanRecord(
+        id=row["id"],
+        model=row["model"],
+        params=ScanParams.model_validate_json(row["params"]),
+        status=ScanStatus(row["status"]),
+        tokens_seen=row["tokens_seen"],
+        windows_seen=row["windows_seen"],
+        started_at=row["started_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+def scan_to_row(
+    model_id: int,
+    params: ScanParams,
+    status: ScanStatus,
+    *,
+    tokens_seen: int,
+    windows_seen: int,
+    started_at: str,
+    updated_at: str,
+) -> Row:
+    """A new scans row (a fresh scan, or one imported from an export); SQLite gives its id."""
+    return {
+        "model_id": model_id,
+        "params": params.model_dump_json(),
+        "params_key": params_key(params),
+        "status": status.value,
+        "tokens_seen": tokens_seen,
+        "windows_seen": windows_seen,
+        "started_at": started_at,
+        "updated_at": updated_at,
+    }
+
+
+# --- neurons, windows and examples --------------------------------------------------------------
+
+
+def stats_from_row(row: Row) -> NeuronStats:
+    return NeuronStats(
+        max=row["max"],
+        min=row["min"],
+        mean=row["mean"],
+        std=row["std"],
+        density=row["density"],
+        skewness=row["skewness"],
+        kurtosis=row["kurtosis"],
+        tokens=row["tokens"],
+        histogram=Histogram.model_validate_json(row["histogram"]),
+    )
+
+
+def weights_from_row(row: Row) -> WeightFacts | None:
+    if row["w_in_w_out_cosine"] is None:
+        return None
+    return WeightFacts(
+        w_in_w_out_cosine=row["w_in_w_out_cosine"],
+        top_positive_tokens=[OutputToken(**t) for t in json.loads(row["top_positive_tokens"])],
+        top_negative_tokens=[OutputToken(**t) for t in json.loads(row["top_negative_tokens"])],
+    )
+
+
+def neuron_to_row(neuron: NeuronRow, model_id: int, scan_id: int | None) -> Row:
+    """The neurons row: statistics and weight facts (the examples go in their own table)."""
+    stats, weights = neuron.stats, neuron.weights
+    return {
+        "model_id": model_id,
+        "layer": neuron.layer,
+        "neuron": neuron.neuron,
+        "scan_id": scan_id,
+        "max": stats.max,
+        "min": stats.min,
+        "mean": stats.mean,
+        "std": stats.std,
+        "density": stats.density,
+        "skewness": stats.skewness,
+        "kurtosis": stats.kurtosis,
+        "tokens": stats.tokens,
+        "histogram": stats.histogram.model_dump_json(),
+        "w_in_w_out_cosine": weights.w_in_w_out_cosine if weights else None,
+        "top_positive_tokens": _tokens_json(weights.top_positive_tokens) if weights else None,
+        "top_negative_tokens": _tokens_json(weights.top_negative_tokens) if weights else None,
+    }
+
+
+def _tokens_json(tokens: list[OutputToken]) -> str:
+    return json.dumps([t.model_dump() for t in tokens], ensure_ascii=False)
+
+
+def window_to_row(window: WindowRow, scan_id: int | None) -> Row:
+    return {
+        "scan_id": scan_id,
+        "document": window.document,
+        "offset": window.offset,
+        "token_ids": json.dumps(window.token_ids),
+        "tokens": json.dumps(window.tokens, ensure_ascii=False),
+    }
+
+
+def example_to_row(example: ExampleRow, neuron_id: int, window_id: int) -> Row:
+    return {
+        "neuron_id": neuron_id,
+        "window_id": window_id,
+        "kind": example.kind.value,
+        "rank": example.rank,
+        "split": example.split.value,
+        "activations": example.activations,
+        "max_activation": example.max_activation,
+        "max_index": example.max_index,
+    }
+
+
+def example_rows(example: Example, token_ids: list[int], key: int) -> tuple[WindowRow, ExampleRow]:
+    """An example read back (or from an export) as the window and examples rows it came from."""
+    window = WindowRow(
+        key=key,
+        document=example.document,
+        offset=example.offset,
+        token_ids=token_ids,
+        tokens=example.tokens,
+    )
+    row = ExampleRow(
+        window_key=key,
+        kind=example.kind,
+        rank=example.rank,
+        split=example.split,
+        activations=encode_activations(np.asarray(example.activations)),
+        max_activation=example.max_activation,
+        max_index=example.max_index,
+    )
+    return window, row
+
+
+def example_from_row(row: Row) -> Example:
+    """An examples row joined with its window's tokens, document and offset."""
+    return Example(
+        kind=ExampleKind(row["kind"]),
+        rank=row["rank"],
+        split=Split(row["split"]),
+        tokens=json.loads(row["tokens"]),
+        activations=decode_activations(row["activations"]),
+        max_index=row["max_index"],
+        max_activation=row["max_activation"],
+        document=row["document"],
+        offset=row["offset"],
+    )
+
+
+# --- explanations and scores --------------------------------------------------------------------
+
+
+def explanation_from_row(row: Row, scores: list[Score]) -> Explanation:
+    return Explanation(
+        id=row["id"],
+        text=row["text"],
+        source=row["source"],
+        status=LabelStatus(row["status"]),
+        prompt_version=row["prompt_version"],
+        producer_model=row["producer_model"],
+        annotator=row["annotator"],
+        best=bool(row["best"]),
+        created_at=row["created_at"],
+        scores=scores,
+    )
+
+
+def explanation_to_row(
+    explanation: Explanation, neuron_id: int, scan_id: int | None, updated_at: str | None
+) -> Row:
+    """A new explanations row (its scores go in their own table)."""
+    return {
+        "neuron_id": neuron_id,
+        "text": explanation.text,
+        "source": explanation.source,
+        "status": explanation.status.value,
+        "prompt_version": explanation.prompt_version,
+        "producer_model": explanation.producer_model,
+        "annotator": explanation.annotator,
+        "scan_id": scan_id,
+        "created_at": explanation.created_at,
+        "updated_at": updated_at,
+        "best": int(explanation.best),
+    }
+
+
+def label_state_from_row(row: Row) -> LabelState:
+    """An explanations row as the label state a history entry records."""
+    return LabelState(
+        explanation_id=row["id"],
+        text=row["text"],
+        status=LabelStatus(row["status"]),
+        source=row["source"],
+    )
+
+
+def score_from_row(row: Row) -> Score:
+    return Score(
+        method=ScoreMethod(row["method"]),
+        split=Split(row["split"]),
+        score=row["score"],
+        simulator=row["simulator"],
+        prompt_version=row["prompt_version"],
+        details=json.loads(row["details"] or "{}"),
+        created_at=row["created_at"],
+    )
+
+
+def score_to_row(score: Score, explanation_id: int) -> Row:
+    return {
+        "explanation_id": explanation_id,
+        "method": score.method.value,
+        "split": score.split.value,
+        "score": score.score,
+        "simulator": score.simulator,
+        "prompt_version": score.prompt_version,
+        "details": json.dumps(score.details, ensure_ascii=False),
+        "created_at": score.created_at,
+    }
+
+
+# --- label history ------------------------------------------------------------------------------
+# `before` and `after` are LabelState JSON; an undo's `after` also names the entry it undid.
+
+
+def history_from_row(row: Row) -> HistoryEntry:
+    """A label_history row with its neuron's `layer` and `neuron` (queries join `neurons`)."""
+    return HistoryEntry(
+        id=row["id"],
+        layer=row["layer"],
+        neuron=row["neuron"],
+        explanation_id=row["explanation_id"],
+        action=HistoryAction(row["action"]),
+        before=label_state_from_json(row["before"]),
+        after=label_state_from_json(row["after"]),
+        annotator=row["annotator"],
+        at=row["at"],
+    )
+
+
+def undone_id(row: Row) -> int | None:
+    """The id of the entry an undo entry reverted; None for every other entry."""
+    if not row["after"]:
+        return None
+    value = json.loads(row["after"]).get("undoes")
+    return int(value) if value is not None else None
+
+
+def history_to_row(
+    neuron_id: int,
+    explanation_id: int | None,
+    action: HistoryAction,
+    before: LabelState | None,
+    after: LabelState | None,
+    *,
+    annotator: str | None,
+    at: str,
+    undoes: int | None = None,
+) -> Row:
+    after_json = after.model_dump_json() if after else None
+    if after is not None and undoes is not None:
+        after_json = json.dumps({**after.model_dump(mode="json"), "undoes": undoes})
+    return {
+        "neuron_id": neuron_id,
+        "explanation_id": explanation_id,
+        "action": action.value,
+        "before": before.model_dump_json() if before else None,
+        "after": after_json,
+        "annotator": annotator,
+        "at": at,
+    }
+
+
+def label_state_from_json(raw: str | None) -> LabelState | None:
+    """A history entry's `before` or `after` column."""
+    if not raw:
+        return None
+    data = json.loads(raw)
+    data.pop("undoes", None)
+    return LabelState(**data)
