@@ -47,11 +47,6 @@ class Perturbation:
         return [value - self.base for value in self.values]
 
 
-def context_limit(model: LoadedModel) -> int:
-    """Most text tokens one input may hold (the context minus the BOS the inputs start with)."""
-    return int(model.bridge.cfg.n_ctx) - (1 if model.bos_id is not None else 0)
-
-
 def trace_neuron(
     model: LoadedModel, token_ids: Sequence[int], layer: int, neuron: int
 ) -> list[float]:
@@ -187,7 +182,7 @@ def insert_each(
     When the longer input no longer fits the context, its first token is dropped.
     """
     ids, target, base = _prepare(model, token_ids, layer, neuron, target)
-    limit = context_limit(model)
+    limit = model.context_limit
     extra = _random_tokens(model, target * samples, seed)
     inputs, targets = [], []
     for p in range(target):
@@ -246,7 +241,7 @@ def _prepare(
 
 
 def _check_lengths(model: LoadedModel, texts: Sequence[Sequence[int]]) -> None:
-    limit = context_limit(model)
+    limit = model.context_limit
     longest = max((len(t) for t in texts), default=0)
     if longest > limit:
         raise ValueError(f"text is {longest} tokens; {model.name} reads at most {limit}")

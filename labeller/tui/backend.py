@@ -271,11 +271,9 @@ class Backend:
     def encode(self, model: LoadedModel, text: str) -> Encoded:
         """The text's tokens, cut to the context. A fast tokenizer called from two threads at
         once can fail ("Already borrowed"), so every tokenizer call takes a lock."""
-        from labeller.model.perturb import context_limit
-
         with self._tokenizer_lock:
             ids = model.encode(text)
-            kept = ids[: context_limit(model)]
+            kept = ids[: model.context_limit]
             return Encoded(kept, model.token_strings(kept), len(ids) - len(kept))
 
     def decode(self, model: LoadedModel, token_ids: list[int]) -> str:

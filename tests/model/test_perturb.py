@@ -98,7 +98,7 @@ def test_insert_a_random_token_after_each_position(tiny_model, ids):
 
 
 def test_insert_drops_the_first_token_when_the_context_is_full(tiny_model):
-    limit = perturb.context_limit(tiny_model)
+    limit = tiny_model.context_limit
     ids = tiny_model.encode(" value" * (limit + 5))[:limit]
     result = insert_each(tiny_model, ids, LAYER, NEURON, limit - 1, samples=1)
     assert len(result.values) == limit - 1
@@ -121,7 +121,7 @@ def test_batching_does_not_change_results(tiny_model, ids):
 
 
 def test_bad_inputs_are_value_errors(tiny_model, ids):
-    limit = perturb.context_limit(tiny_model)
+    limit = tiny_model.context_limit
     with pytest.raises(ValueError, match="reads at most"):
         delete_each(tiny_model, [ids[0]] * (limit + 1), LAYER, NEURON)
     with pytest.raises(ValueError, match="no tokens"):
