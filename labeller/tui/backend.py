@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from labeller.llm.config import LLMConfig
     from labeller.model.loading import LoadedModel
     from labeller.model.perturb import Perturbation
+    from labeller.model.perturb_kinds import PerturbationKind
 
 NO_LLM = (
     "no LLM configured: set OPENAI_API_KEY (or OPENAI_BASE_URL for a local server) and name "
@@ -293,7 +294,7 @@ class Backend:
 
     def perturb(
         self,
-        kind: str,
+        kind: PerturbationKind,
         model: LoadedModel,
         token_ids: list[int],
         layer: int,

@@ -1,8 +1,8 @@
 """Live perturbations of the current text (typed, or a stored example) around a target token.
 
-All five experiments run one after another in a worker whenever the text or the target changes
-while this tab is shown; a newer change cancels the older run between experiments, and each
-result appears as soon as it is ready.
+Every experiment (each `PerturbationKind`, in its order) runs one after another in a worker
+whenever the text or the target changes while this tab is shown; a newer change cancels the
+older run between experiments, and each result appears as soon as it is ready.
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ from textual.timer import Timer
 from textual.widgets import Static
 from textual.worker import get_current_worker
 
+from labeller.model.perturb_kinds import PerturbationKind
 from labeller.tui.backend import LiveTrace
 from labeller.tui.context import backend_of
 from labeller.tui.errors import ReportsWorkerErrors
-from labeller.tui.experiment_view import TITLES, ExperimentView
+from labeller.tui.experiment_view import ExperimentView
 from labeller.tui.text import fmt, shown
 from labeller.tui.token_view import TokenView
 
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
     from labeller.model.loading import LoadedModel
     from labeller.model.perturb import Perturbation
 
-ORDER = tuple(TITLES)
 DEBOUNCE_S = 0.15
 
 
@@ -47,7 +47,7 @@ class PerturbPane(ReportsWorkerErrors, Vertical):
     ]
 
     class Done(Message):
-        def __init__(self, generation: int, kind: str, result: Perturbation) -> None:
+        def __init__(self, generation: int, kind: PerturbationKind, result: Perturbation) -> None:
             super().__init__()
             self.generation = generation
             self.kind = kind
@@ -70,7 +70,7 @@ class PerturbPane(ReportsWorkerErrors, Vertical):
         yield TokenView(id="perturb-tokens")
         yield Static(id="perturb-cursor")
         with VerticalScroll(id="experiments"):
-            for kind in ORDER:
+            for kind in PerturbationKind:
                 yield ExperimentView(kind)
 
     def on_mount(self) -> None:
@@ -136,7 +136,7 @@ class PerturbPane(ReportsWorkerErrors, Vertical):
     ) -> None:
         backend = backend_of(self)
         worker = get_current_worker()
-        for kind in ORDER:
+        for kind in PerturbationKind:
             if worker.is_cancelled:
                 return
             result = backend.perturb(kind, model, token_ids, self.layer_index, self.neuron, target)

@@ -16,6 +16,7 @@ from labeller.model.perturb import (
     trace_neuron,
     truncate,
 )
+from labeller.model.perturb_kinds import PerturbationKind
 
 TEXT = "def value(self):\n    return self.token for the model"
 LAYER, NEURON = 1, 5
@@ -114,8 +115,10 @@ def test_noise_on_the_embedding_moves_only_with_noise(tiny_model, ids):
 
 
 def test_batching_does_not_change_results(tiny_model, ids):
+    assert list(EXPERIMENTS) == list(PerturbationKind), "every kind has its experiment"
     for name, experiment in EXPERIMENTS.items():
         whole = experiment(tiny_model, ids, LAYER, NEURON, 7)
+        assert whole.kind is name
         chunked = experiment(tiny_model, ids, LAYER, NEURON, 7, max_batch=3)
         assert chunked.values == pytest.approx(whole.values, abs=1e-5), name
 
