@@ -14,10 +14,17 @@ from textual.containers import Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import DataTable, Static
 
-from labeller.records import Explanation, Score
+from labeller.records import Explanation, Score, ScoreMethod
 from labeller.tui.score_windows import ScoreWindows
-from labeller.tui.scores import METHODS, preferred_scores
+from labeller.tui.scores import preferred_scores
 from labeller.tui.text import fmt, plain, status_text
+
+# The candidates table's score columns, primary score first.
+SCORE_COLUMNS = {
+    ScoreMethod.TOP_AND_RANDOM: "T&R",
+    ScoreMethod.TOP_ONLY: "top",
+    ScoreMethod.RANDOM_ONLY: "rand",
+}
 
 
 class LabelsPane(Vertical):
@@ -54,7 +61,7 @@ class LabelsPane(Vertical):
         table.add_column("id", key="id")
         table.add_column("status", key="status")
         table.add_column("source", key="source")
-        for method, title in zip(METHODS, ("T&R", "top", "rand"), strict=True):
+        for method, title in SCORE_COLUMNS.items():
             table.add_column(title, key=method)
         table.add_column("label", key="label")
         for e in explanations:
@@ -63,7 +70,7 @@ class LabelsPane(Vertical):
                 Text(str(e.id)),
                 status_text(e.status),
                 plain(e.annotator if e.source == "human" and e.annotator else e.source),
-                *(Text(fmt(scores[m].score if m in scores else None)) for m in METHODS),
+                *(Text(fmt(scores[m].score if m in scores else None)) for m in SCORE_COLUMNS),
                 plain(e.text),
                 key=str(e.id),
             )

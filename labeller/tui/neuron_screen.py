@@ -18,7 +18,7 @@ from textual.widgets import Footer, Static, TabbedContent, TabPane, TextArea
 from textual.worker import Worker, WorkerState
 
 from labeller.catalogue import StaleLabel
-from labeller.records import Explanation, LabelStatus
+from labeller.records import PRIMARY_METHOD, Explanation, LabelStatus
 from labeller.tui.backend import ModelStatus, NeuronPage
 from labeller.tui.context import annotate_app, backend_of
 from labeller.tui.errors import ReportsWorkerErrors, say
@@ -196,7 +196,7 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
             title.append_text(status_text(chosen.status))
             title.append(f" #{chosen.id} ")
             title.append_text(plain(chosen.text, "bold"))
-            score = preferred_scores(chosen).get("top_and_random")
+            score = preferred_scores(chosen).get(PRIMARY_METHOD)
             title.append(f"  score {fmt(score.score if score else None)}", "dim")
         self.query_one("#neuron-title", Static).update(title)
 
@@ -392,7 +392,7 @@ def _default_selection(page: NeuronPage) -> int | None:
     """The accepted label, else the best-scoring candidate marked best, else the newest."""
     candidates = page.candidates
     for explanation in candidates:
-        if explanation.status == LabelStatus.ACCEPTED.value:
+        if explanation.status is LabelStatus.ACCEPTED:
             return explanation.id
     best = [e for e in candidates if e.best]
     if best:
@@ -401,5 +401,5 @@ def _default_selection(page: NeuronPage) -> int | None:
 
 
 def _score(explanation: Explanation) -> float:
-    score = preferred_scores(explanation).get("top_and_random")
+    score = preferred_scores(explanation).get(PRIMARY_METHOD)
     return score.score if score is not None and score.score is not None else -2.0
