@@ -6,6 +6,7 @@ worker; screens subscribe to `model_signal` to hear when a model is ready.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -28,10 +29,9 @@ class AnnotateApp(ReportsWorkerErrors, App[None]):
         Binding("ctrl+q", "quit", "Quit", id="app.quit", priority=True),
     ]
 
+    @dataclass
     class ModelProgress(Message):
-        def __init__(self, status: ModelStatus) -> None:
-            super().__init__()
-            self.status = status
+        status: ModelStatus
 
     def __init__(self, backend: Backend, model: str, model_names: list[str]) -> None:
         super().__init__()

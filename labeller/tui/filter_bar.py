@@ -41,10 +41,9 @@ class FilterBar(Horizontal):
     FilterBar #text { width: 1fr; }
     """
 
+    @dataclass
     class Changed(Message):
-        def __init__(self, filters: Filters) -> None:
-            super().__init__()
-            self.filters = filters
+        filters: Filters
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from rich.text import Text
@@ -39,10 +40,9 @@ class HistoryScreen(ReportsWorkerErrors, ModalScreen[None]):
         Binding("escape,h,q", "close", "Close", id="dialog.close")
     ]
 
+    @dataclass
     class Loaded(Message):
-        def __init__(self, entries: list[HistoryEntry]) -> None:
-            super().__init__()
-            self.entries = entries
+        entries: list[HistoryEntry]
 
     def __init__(self, model: str, layer: int, neuron: int) -> None:
         super().__init__()

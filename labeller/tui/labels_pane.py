@@ -6,6 +6,7 @@ prediction on the same tokens, one above the other, so a reader sees where the l
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from rich.text import Text
@@ -37,12 +38,11 @@ class LabelsPane(Vertical):
     LabelsPane #windows { height: 1fr; padding: 0 1; }
     """
 
+    @dataclass
     class Selected(Message):
         """The candidate under the cursor changed (what accept, edit and reject act on)."""
 
-        def __init__(self, explanation: Explanation | None) -> None:
-            super().__init__()
-            self.explanation = explanation
+        explanation: Explanation | None
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)

@@ -7,6 +7,7 @@ tokens, and the pane says when they are no longer how the tokenizer would split 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from rich.text import Text
@@ -40,20 +41,17 @@ class LivePane(ReportsWorkerErrors, Vertical):
     LivePane #live-tokens { height: auto; max-height: 100%; }
     """
 
+    @dataclass
     class Traced(Message):
         """New activations for the current text (the perturbations follow them).
 
         `native` is False when the tokens are not how the tokenizer splits their own text.
         """
 
-        def __init__(
-            self, trace: LiveTrace, target: int | None, native: bool = True, dropped: int = 0
-        ) -> None:
-            super().__init__()
-            self.trace = trace
-            self.target = target
-            self.native = native
-            self.dropped = dropped
+        trace: LiveTrace
+        target: int | None
+        native: bool = True
+        dropped: int = 0
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from rich.text import Text
@@ -65,24 +65,21 @@ class NeuronListScreen(ReportsWorkerErrors, Screen[None]):
         Binding("q", "app.quit", "Quit", id="list.quit"),
     ]
 
+    @dataclass
     class PageLoaded(Message):
-        def __init__(self, query: ListQuery, rows: list[NeuronSummary], total: int) -> None:
-            super().__init__()
-            self.query = query
-            self.rows = rows
-            self.total = total
+        query: ListQuery
+        rows: list[NeuronSummary]
+        total: int
 
+    @dataclass
     class LayersLoaded(Message):
-        def __init__(self, model: str, layers: list[int]) -> None:
-            super().__init__()
-            self.model = model
-            self.scanned = layers
+        model: str
+        layers: list[int]
 
+    @dataclass
     class QueueFound(Message):
-        def __init__(self, spec: QueueSpec, found: tuple[int, int] | None) -> None:
-            super().__init__()
-            self.spec = spec
-            self.found = found
+        spec: QueueSpec
+        found: tuple[int, int] | None
 
     def __init__(self, model: str) -> None:
         super().__init__()
@@ -159,8 +156,8 @@ class NeuronListScreen(ReportsWorkerErrors, Screen[None]):
 
     def on_neuron_list_screen_layers_loaded(self, event: LayersLoaded) -> None:
         if event.model == self.query_state.model:
-            self.scanned = event.scanned
-            self.query_one(FilterBar).set_layers(event.scanned)
+            self.scanned = event.layers
+            self.query_one(FilterBar).set_layers(event.layers)
 
     def on_neuron_list_screen_page_loaded(self, event: PageLoaded) -> None:
         if event.query != self.query_state:
@@ -168,7 +165,7 @@ class NeuronListScreen(ReportsWorkerErrors, Screen[None]):
         self.busy = False
         if event.total and event.query.offset >= event.total:
             last = (event.total - 1) // PAGE_SIZE * PAGE_SIZE
-            self.query_state = dataclasses.replace(self.query_state, offset=last)
+            self.query_state = replace(self.query_state, offset=last)
             self.reload()
             return
         self.rows, self.total = event.rows, event.total
@@ -237,7 +234,7 @@ class NeuronListScreen(ReportsWorkerErrors, Screen[None]):
     # --- changing the query ---------------------------------------------------------------
 
     def _requery(self, cursor: int | None = 0, **changes: object) -> None:
-        self.query_state = dataclasses.replace(self.query_state, **changes)  # type: ignore[arg-type]
+        self.query_state = replace(self.query_state, **changes)  # type: ignore[arg-type]
         self._cursor_after_load = cursor
         self.reload()
 

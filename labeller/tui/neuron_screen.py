@@ -7,6 +7,7 @@ and the page reloads before anything is overwritten.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 from textual import work
@@ -72,33 +73,29 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
         Binding("question_mark", "app.help", "Help", id="neuron.help"),
     ]
 
+    @dataclass
     class Loaded(Message):
-        def __init__(self, page: NeuronPage, select: int | None) -> None:
-            super().__init__()
-            self.page = page
-            self.select = select
+        page: NeuronPage
+        select: int | None
 
+    @dataclass
     class Changed(Message):
         """A label change went through; `notes` say what happened, `select` what to show."""
 
-        def __init__(self, notes: list[str], select: int | None) -> None:
-            super().__init__()
-            self.notes = notes
-            self.select = select
+        notes: list[str]
+        select: int | None
 
+    @dataclass
     class ExampleTokens(Message):
         """A stored example's exact tokens, for the live text and the perturbations."""
 
-        def __init__(self, token_ids: list[int], target: int, switch: bool) -> None:
-            super().__init__()
-            self.token_ids = token_ids
-            self.target = target
-            self.switch = switch
+        token_ids: list[int]
+        target: int
+        switch: bool
 
+    @dataclass
     class QueueNext(Message):
-        def __init__(self, found: tuple[int, int] | None) -> None:
-            super().__init__()
-            self.found = found
+        found: tuple[int, int] | None
 
     def __init__(self, model: str, layer: int, neuron: int, queue: QueueSpec | None) -> None:
         super().__init__()

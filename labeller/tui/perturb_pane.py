@@ -7,6 +7,7 @@ older run between experiments, and each result appears as soon as it is ready.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 from rich.text import Text
@@ -46,12 +47,11 @@ class PerturbPane(ReportsWorkerErrors, Vertical):
         Binding("R", "rerun", "Rerun", id="perturb.rerun"),
     ]
 
+    @dataclass
     class Done(Message):
-        def __init__(self, generation: int, kind: PerturbationKind, result: Perturbation) -> None:
-            super().__init__()
-            self.generation = generation
-            self.kind = kind
-            self.result = result
+        generation: int
+        kind: PerturbationKind
+        result: Perturbation
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)

@@ -47,25 +47,23 @@ class TokenView(Widget, can_focus=True):
 
     cursor: reactive[int] = reactive(0)
 
+    @dataclass
     class Chosen(Message):
         """A token was chosen (enter or click)."""
 
-        def __init__(self, view: TokenView, index: int) -> None:
-            super().__init__()
-            self.view = view
-            self.index = index
+        view: TokenView
+        index: int
 
         @property
         def control(self) -> TokenView:
             return self.view
 
+    @dataclass
     class Moved(Message):
         """The cursor moved to another token (so its owner can show that token's numbers)."""
 
-        def __init__(self, view: TokenView, index: int) -> None:
-            super().__init__()
-            self.view = view
-            self.index = index
+        view: TokenView
+        index: int
 
         @property
         def control(self) -> TokenView:
