@@ -24,6 +24,7 @@ from labeller.tui.neuron_list import NeuronListScreen
 
 class AnnotateApp(ReportsWorkerErrors, App[None]):
     TITLE = "labeller annotate"
+    CSS_PATH = "app.tcss"
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("question_mark", "help", "Help", id="app.help", show=False),
         Binding("ctrl+q", "quit", "Quit", id="app.quit", priority=True),

@@ -8,9 +8,10 @@ from typing import ClassVar
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Vertical, VerticalScroll
-from textual.screen import ModalScreen
+from textual.containers import VerticalScroll
 from textual.widgets import Static
+
+from labeller.tui.dialog import Dialog
 
 MOUSE = (
     "Mouse: click a column header to sort by it (again to reverse); click a row to highlight "
@@ -19,24 +20,17 @@ MOUSE = (
 )
 
 
-class HelpScreen(ModalScreen[None]):
-    DEFAULT_CSS = """
-    HelpScreen { align: center middle; }
-    HelpScreen > Vertical {
-        width: 90; max-width: 100%; height: 90%; border: thick $primary; background: $surface;
-    }
-    HelpScreen VerticalScroll { padding: 0 1; }
-    """
+class HelpScreen(Dialog[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape,question_mark,q", "close", "Close", id="dialog.close")
+        Binding("question_mark,q", "close", "Close", id="help.close")
     ]
 
     def __init__(self, sections: Sequence[tuple[str, Sequence[BindingType]]]) -> None:
         super().__init__()
         self.sections = sections
 
-    def compose(self) -> ComposeResult:
-        with Vertical(), VerticalScroll():
+    def compose_body(self) -> ComposeResult:
+        with VerticalScroll():
             yield Static(self._text())
 
     def _text(self) -> Text:
@@ -55,6 +49,3 @@ class HelpScreen(ModalScreen[None]):
                 out.append(f"{binding.description}\n")
         out.append(f"\n{MOUSE}\n", "dim")
         return out
-
-    def action_close(self) -> None:
-        self.dismiss(None)
