@@ -31,13 +31,6 @@ SCORE_COLUMNS = {
 class LabelsPane(Vertical):
     """Candidates table on top; the selected label's text, scores and windows below."""
 
-    DEFAULT_CSS = """
-    LabelsPane { height: 1fr; }
-    LabelsPane DataTable { height: auto; max-height: 9; }
-    LabelsPane #label-detail { height: auto; padding: 0 1; border-top: solid $primary-darken-2; }
-    LabelsPane #windows { height: 1fr; padding: 0 1; }
-    """
-
     @dataclass
     class Selected(Message):
         """The candidate under the cursor changed (what accept, edit and reject act on)."""

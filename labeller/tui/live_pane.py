@@ -33,14 +33,6 @@ DEBOUNCE_S = 0.03
 
 
 class LivePane(ReportsWorkerErrors, Vertical):
-    DEFAULT_CSS = """
-    LivePane { height: 1fr; }
-    LivePane #live-help { height: auto; padding: 0 1; }
-    LivePane #live-text { height: 6; }
-    LivePane #live-status, LivePane #live-cursor { height: auto; padding: 0 1; }
-    LivePane #live-tokens { height: auto; max-height: 100%; }
-    """
-
     @dataclass
     class Traced(Message):
         """New activations for the current text (the perturbations follow them).

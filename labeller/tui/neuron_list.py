@@ -44,12 +44,6 @@ SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 
 
 class NeuronListScreen(ReportsWorkerErrors, Screen[None]):
-    DEFAULT_CSS = """
-    NeuronListScreen #list-title { height: 1; padding: 0 1; background: $primary-darken-2; }
-    NeuronListScreen FilterBar { padding: 0 1; margin: 0; }
-    NeuronListScreen NeuronTable { height: 1fr; }
-    NeuronListScreen #list-status { height: 1; padding: 0 1; background: $panel; }
-    """
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("slash", "focus_filter('text')", "Find", id="list.find"),
         Binding("f", "focus_filter('layer')", "Filters", id="list.filters"),

@@ -46,13 +46,6 @@ FOCUS_IN_TAB = {
 
 
 class NeuronScreen(ReportsWorkerErrors, Screen[None]):
-    DEFAULT_CSS = """
-    NeuronScreen #neuron-title {
-        height: auto; max-height: 3; padding: 0 1; background: $primary-darken-2;
-    }
-    NeuronScreen TabbedContent { height: 1fr; }
-    NeuronScreen TabPane { padding: 0; }
-    """
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "back", "Back", id="neuron.back"),
         Binding("a", "accept", "Accept", id="label.accept"),

@@ -36,12 +36,6 @@ DEBOUNCE_S = 0.15
 
 
 class PerturbPane(ReportsWorkerErrors, Vertical):
-    DEFAULT_CSS = """
-    PerturbPane { height: 1fr; }
-    PerturbPane #perturb-head, PerturbPane #perturb-cursor { height: auto; padding: 0 1; }
-    PerturbPane #perturb-tokens { max-height: 6; }
-    PerturbPane #experiments { height: 1fr; border-top: solid $primary-darken-2; }
-    """
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("m", "target_max", "Target: max", id="perturb.max"),
         Binding("R", "rerun", "Rerun", id="perturb.rerun"),
