@@ -44,6 +44,7 @@ SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 
 
 class NeuronListScreen(ReportsWorkerErrors, Screen[None]):
+    BINDING_GROUP_TITLE = "Neuron list"
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("slash", "focus_filter('text')", "Find", id="list.find"),
         Binding("f", "focus_filter('layer')", "Filters", id="list.filters"),

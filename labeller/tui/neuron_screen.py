@@ -46,6 +46,7 @@ FOCUS_IN_TAB = {
 
 
 class NeuronScreen(ReportsWorkerErrors, Screen[None]):
+    BINDING_GROUP_TITLE = "Neuron page"
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "back", "Back", id="neuron.back"),
         Binding("a", "accept", "Accept", id="label.accept"),

@@ -10,6 +10,8 @@ from textual.widgets import DataTable
 
 
 class NeuronTable(DataTable[Any]):
+    BINDING_GROUP_TITLE = "Table"
+
     @dataclass
     class PageRequested(Message):
         """The cursor tried to leave the page: `step` is +1 (next) or -1 (previous)."""

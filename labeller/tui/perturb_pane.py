@@ -36,6 +36,7 @@ DEBOUNCE_S = 0.15
 
 
 class PerturbPane(ReportsWorkerErrors, Vertical):
+    BINDING_GROUP_TITLE = "Perturb tab"
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("m", "target_max", "Target: max", id="perturb.max"),
         Binding("R", "rerun", "Rerun", id="perturb.rerun"),

@@ -32,6 +32,8 @@ class _Cell:
 class TokenView(Widget, can_focus=True):
     """Tokens wrapped to the width, each selectable with the keyboard or the mouse."""
 
+    BINDING_GROUP_TITLE = "Tokens"
+
     DEFAULT_CSS = """
     TokenView { height: auto; min-height: 1; padding: 0 1; }
     TokenView:focus { background: $boost; }
