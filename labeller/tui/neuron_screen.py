@@ -10,10 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
+from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.message import Message
+from textual.reactive import var
 from textual.screen import Screen
 from textual.widgets import Footer, Static, TabbedContent, TabPane, TextArea
 from textual.worker import Worker, WorkerState
@@ -91,20 +93,20 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
     class QueueNext(Message):
         found: tuple[int, int] | None
 
+    # The page as last read and the label it acts on; the heading follows them.
+    page: var[NeuronPage | None] = var(None)
+    selected: var[Explanation | None] = var(None)
+    heading: var[Text] = var(Text)
+
     def __init__(self, model: str, layer: int, neuron: int, queue: QueueSpec | None) -> None:
         super().__init__()
         self.model_name = model
         self.layer_index = layer
         self.neuron = neuron
         self.queue = queue
-        self.page: NeuronPage | None = None
-        self.selected: Explanation | None = None
 
     def compose(self) -> ComposeResult:
-        yield Static(
-            plain(f"{self.model_name} {self.layer_index}.{self.neuron} · loading…"),
-            id="neuron-title",
-        )
+        yield Static(id="neuron-title")
         with TabbedContent(initial="examples"):
             with TabPane("Examples", id="examples"):
                 yield ExamplesPane()
@@ -156,7 +158,6 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
         labels = self.query_one(LabelsPane)
         labels.show(page.candidates, select)
         self.selected = labels.selected()
-        self._title()
         if not first:
             return
         self.query_one(ExamplesPane).show(view)
@@ -168,10 +169,10 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
             top = view.top_examples[0]
             self.fetch_example(top.kind.value, top.rank, top.max_index, switch=False)
 
-    def _title(self) -> None:
+    def compute_heading(self) -> Text:
         page = self.page
         if page is None:
-            return
+            return plain(f"{self.model_name} {self.layer_index}.{self.neuron} · loading…")
         s = page.view.stats
         title = plain(self.model_name, "bold")
         title.append(f" L{self.layer_index} N{self.neuron}", "bold")
@@ -189,7 +190,10 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
             title.append_text(plain(chosen.text, "bold"))
             score = preferred_scores(chosen).get(PRIMARY_METHOD)
             title.append(f"  score {fmt(score.score if score else None)}", "dim")
-        self.query_one("#neuron-title", Static).update(title)
+        return title
+
+    def watch_heading(self, heading: Text) -> None:
+        self.query_one("#neuron-title", Static).update(heading)
 
     def _model_status(self, status: ModelStatus) -> None:
         if status.name != self.model_name:
@@ -199,9 +203,7 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
             self.query_one(LivePane).set_model(model)
             self.query_one(PerturbPane).set_model(model)
         elif status.state == "failed":
-            self.query_one(LivePane).query_one("#live-status", Static).update(
-                plain(status.describe(), "red")
-            )
+            self.query_one(LivePane).failure = status.describe()
 
     def _model(self) -> LoadedModel | None:
         model = annotate_app(self).backend.loaded(self.model_name)
@@ -224,7 +226,6 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
 
     def on_labels_pane_selected(self, event: LabelsPane.Selected) -> None:
         self.selected = event.explanation
-        self._title()
 
     def action_perturb_example(self) -> None:
         example = self.query_one(ExamplesPane).highlighted()
@@ -317,7 +318,8 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
 
     def on_neuron_screen_changed(self, event: Changed) -> None:
         say(self.app, "; ".join(event.notes), title=f"{self.layer_index}.{self.neuron}")
-        self.selected = None
+        # Forget the selection (the reload chooses again) but keep showing it until then.
+        self.set_reactive(NeuronScreen.selected, None)
         self.load(select=event.select)
 
     def action_llm_score(self) -> None:

@@ -16,6 +16,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical, VerticalScroll
 from textual.message import Message
+from textual.reactive import var
 from textual.timer import Timer
 from textual.widgets import Static
 from textual.worker import get_current_worker
@@ -25,7 +26,7 @@ from labeller.tui.backend import LiveTrace
 from labeller.tui.context import backend_of
 from labeller.tui.errors import ReportsWorkerErrors
 from labeller.tui.experiment_view import ExperimentView
-from labeller.tui.text import fmt, shown
+from labeller.tui.text import fmt, peak, shown
 from labeller.tui.token_view import TokenView
 
 if TYPE_CHECKING:
@@ -48,13 +49,16 @@ class PerturbPane(ReportsWorkerErrors, Vertical):
         kind: PerturbationKind
         result: Perturbation
 
+    # The text and the chosen target (None: its max); the heading follows them.
+    trace: var[LiveTrace | None] = var(None)
+    target: var[int | None] = var(None)
+    heading: var[Text] = var(Text)
+
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.model: LoadedModel | None = None
         self.layer_index = 0
         self.neuron = 0
-        self.trace: LiveTrace | None = None
-        self.target: int | None = None
         self.active = False
         self.generation = 0
         self._ran_generation = -1
@@ -69,7 +73,6 @@ class PerturbPane(ReportsWorkerErrors, Vertical):
                 yield ExperimentView(kind)
 
     def on_mount(self) -> None:
-        self._head()
         self.query_one(TokenView).clear("type a text in the Live tab, or press p on an example")
 
     def configure(self, layer: int, neuron: int) -> None:
@@ -91,16 +94,16 @@ class PerturbPane(ReportsWorkerErrors, Vertical):
             self._schedule()
 
     def _target(self) -> int | None:
+        """The chosen target, else the max (also while a new text has replaced a longer one)."""
         trace = self.trace
         if trace is None or not trace.tokens:
             return None
-        if self.target is not None:
+        if self.target is not None and self.target < len(trace.tokens):
             return self.target
-        return max(range(len(trace.activations)), key=trace.activations.__getitem__)
+        return peak(trace.activations)
 
     def _changed(self) -> None:
         self.generation += 1
-        self._head()
         trace, target = self.trace, self._target()
         view = self.query_one(TokenView)
         if trace is None or target is None:
@@ -144,7 +147,7 @@ class PerturbPane(ReportsWorkerErrors, Vertical):
         view = self.query_one(f"#experiment-{event.kind}", ExperimentView)
         view.show_result(event.result, self.trace.tokens)
 
-    def _head(self) -> None:
+    def compute_heading(self) -> Text:
         trace, target = self.trace, self._target()
         head = Text()
         if trace is None or target is None:
@@ -153,10 +156,12 @@ class PerturbPane(ReportsWorkerErrors, Vertical):
             head.append("Target ", "bold")
             head.append(f"'{shown(trace.tokens[target])}'", "bold underline")
             head.append(f" #{target} · activation {fmt(trace.activations[target])}")
-            peak = max(range(len(trace.activations)), key=trace.activations.__getitem__)
-            head.append(" (the max)" if target == peak else " (chosen)", "dim")
+            head.append(" (the max)" if target == peak(trace.activations) else " (chosen)", "dim")
         head.append("\n←/→ + enter or click: choose the target · m: back to the max", "dim")
-        self.query_one("#perturb-head", Static).update(head)
+        return head
+
+    def watch_heading(self, heading: Text) -> None:
+        self.query_one("#perturb-head", Static).update(heading)
 
     def on_token_view_moved(self, event: TokenView.Moved) -> None:
         event.stop()
