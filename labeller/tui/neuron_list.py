@@ -209,8 +209,8 @@ class NeuronListScreen(ReportsWorkerErrors, Screen[None]):
         table.has_previous = query.offset > 0
         table.has_next = query.offset + len(self.rows) < self.total
         if self._cursor_after_load is not None and self.rows:
-            row = self._cursor_after_load if self._cursor_after_load >= 0 else len(self.rows) - 1
-            table.move_cursor(row=min(row, len(self.rows) - 1))
+            at = self._cursor_after_load if self._cursor_after_load >= 0 else len(self.rows) - 1
+            table.move_cursor(row=min(at, len(self.rows) - 1))
         self._cursor_after_load = None
 
     def compute_status_line(self) -> Text:
