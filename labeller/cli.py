@@ -266,7 +266,7 @@ def scan(
             seed=seed,
             histogram_bins=histogram_bins,
         )
-        if ctx > int(model.bridge.cfg.n_ctx) - (1 if model.bos_id is not None else 0):
+        if ctx > model.context_limit:
             raise UserError(
                 f"--ctx {ctx} is longer than {model_spec}'s context; use a smaller --ctx"
             )
@@ -420,7 +420,7 @@ def trace(
     ids = model.encode(text)
     if not ids:
         raise UserError("--text is empty; give some text to trace")
-    limit = int(model.bridge.cfg.n_ctx) - (1 if model.bos_id is not None else 0)
+    limit = model.context_limit
     if len(ids) > limit:
         raise UserError(f"--text is {len(ids)} tokens; {model_spec} reads at most {limit}")
     values = trace_activations(model, ids, layer)[:, neuron].tolist()

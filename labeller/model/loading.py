@@ -88,6 +88,11 @@ class LoadedModel:
         return self.tokenizer.bos_token_id
 
     @property
+    def context_limit(self) -> int:
+        """Most text tokens one input may hold (the context minus the BOS the inputs start with)."""
+        return int(self.bridge.cfg.n_ctx) - (1 if self.bos_id is not None else 0)
+
+    @property
     def pad_id(self) -> int:
         for candidate in (self.tokenizer.pad_token_id, self.bos_id, self.tokenizer.eos_token_id):
             if candidate is not None:

@@ -19,6 +19,7 @@ import torch
 
 from labeller.model.activations import batch_inputs, neuron_activations
 from labeller.model.loading import LoadedModel
+from labeller.model.perturb_kinds import PerturbationKind
 
 # The token embedding's output (before positions are added). In TransformerLens 4.3's bridge both
 # names are the same HookPoint and fire on native and Hugging Face models alike; the alias is kept
@@ -35,7 +36,7 @@ class Perturbation:
     over the random samples (0 where the experiment is deterministic).
     """
 
-    kind: str
+    kind: PerturbationKind
     target: int
     base: float
     positions: list[int]
@@ -45,11 +46,6 @@ class Perturbation:
     @property
     def deltas(self) -> list[float]:
         return [value - self.base for value in self.values]
-
-
-def context_limit(model: LoadedModel) -> int:
-    """Most text tokens one input may hold (the context minus the BOS the inputs start with)."""
-    return int(model.bridge.cfg.n_ctx) - (1 if model.bos_id is not None else 0)
 
 
 def trace_neuron(
@@ -91,7 +87,9 @@ def delete_each(
     ids, target, base = _prepare(model, token_ids, layer, neuron, target)
     inputs = [ids[:p] + ids[p + 1 :] for p in range(target)]
     values = _at_targets(model, inputs, [target - 1] * target, layer, neuron, max_batch)
-    return Perturbation("delete", target, base, list(range(target)), values, [0.0] * target)
+    return Perturbation(
+        PerturbationKind.DELETE, target, base, list(range(target)), values, [0.0] * target
+    )
 
 
 def resample_each(
@@ -116,7 +114,9 @@ def resample_each(
             inputs.append(changed)
     values = _at_targets(model, inputs, [target] * len(inputs), layer, neuron, max_batch)
     means, spreads = _mean_spread(values, samples)
-    return Perturbation("resample", target, base, list(range(target + 1)), means, spreads)
+    return Perturbation(
+        PerturbationKind.RESAMPLE, target, base, list(range(target + 1)), means, spreads
+    )
 
 
 def noise_each(
@@ -168,7 +168,9 @@ def noise_each(
         acts = _neuron_acts(model, batch, layer, neuron, [(hook_name, add_noise)])
         values += acts[:, target].tolist()
     means, spreads = _mean_spread(values, samples)
-    return Perturbation("noise", target, base, list(range(target + 1)), means, spreads)
+    return Perturbation(
+        PerturbationKind.NOISE, target, base, list(range(target + 1)), means, spreads
+    )
 
 
 def insert_each(
@@ -187,7 +189,7 @@ def insert_each(
     When the longer input no longer fits the context, its first token is dropped.
     """
     ids, target, base = _prepare(model, token_ids, layer, neuron, target)
-    limit = context_limit(model)
+    limit = model.context_limit
     extra = _random_tokens(model, target * samples, seed)
     inputs, targets = [], []
     for p in range(target):
@@ -198,7 +200,7 @@ def insert_each(
             targets.append(target + 1 - cut)
     values = _at_targets(model, inputs, targets, layer, neuron, max_batch)
     means, spreads = _mean_spread(values, samples)
-    return Perturbation("insert", target, base, list(range(target)), means, spreads)
+    return Perturbation(PerturbationKind.INSERT, target, base, list(range(target)), means, spreads)
 
 
 def truncate(
@@ -215,17 +217,17 @@ def truncate(
     ks = list(range(1, target + 2))
     inputs = [ids[target + 1 - k :] for k in ks]
     values = _at_targets(model, inputs, [k - 1 for k in ks], layer, neuron, max_batch)
-    return Perturbation("truncate", target, base, ks, values, [0.0] * len(ks))
+    return Perturbation(PerturbationKind.TRUNCATE, target, base, ks, values, [0.0] * len(ks))
 
 
 Experiment = Callable[..., Perturbation]
 
-EXPERIMENTS: dict[str, Experiment] = {
-    "delete": delete_each,
-    "resample": resample_each,
-    "noise": noise_each,
-    "insert": insert_each,
-    "truncate": truncate,
+EXPERIMENTS: dict[PerturbationKind, Experiment] = {
+    PerturbationKind.DELETE: delete_each,
+    PerturbationKind.RESAMPLE: resample_each,
+    PerturbationKind.NOISE: noise_each,
+    PerturbationKind.INSERT: insert_each,
+    PerturbationKind.TRUNCATE: truncate,
 }
 
 
@@ -246,7 +248,7 @@ def _prepare(
 
 
 def _check_lengths(model: LoadedModel, texts: Sequence[Sequence[int]]) -> None:
-    limit = context_limit(model)
+    limit = model.context_limit
     longest = max((len(t) for t in texts), default=0)
     if longest > limit:
         raise ValueError(f"text is {longest} tokens; {model.name} reads at most {limit}")

@@ -6,6 +6,7 @@ worker; screens subscribe to `model_signal` to hear when a model is ready.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -23,15 +24,16 @@ from labeller.tui.neuron_list import NeuronListScreen
 
 class AnnotateApp(ReportsWorkerErrors, App[None]):
     TITLE = "labeller annotate"
+    CSS_PATH = "app.tcss"
+    BINDING_GROUP_TITLE = "Everywhere"
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("question_mark", "help", "Help", id="app.help", show=False),
         Binding("ctrl+q", "quit", "Quit", id="app.quit", priority=True),
     ]
 
+    @dataclass
     class ModelProgress(Message):
-        def __init__(self, status: ModelStatus) -> None:
-            super().__init__()
-            self.status = status
+        status: ModelStatus
 
     def __init__(self, backend: Backend, model: str, model_names: list[str]) -> None:
         super().__init__()
@@ -75,24 +77,7 @@ class AnnotateApp(ReportsWorkerErrors, App[None]):
         self.model_signal.publish(status)
 
     def action_help(self) -> None:
-        from labeller.tui.neuron_screen import NeuronScreen
-        from labeller.tui.perturb_pane import PerturbPane
-        from labeller.tui.token_view import TokenView
-
-        if isinstance(self.screen, HelpScreen):
-            return
-        self.push_screen(
-            HelpScreen(
-                [
-                    ("Everywhere", self.BINDINGS),
-                    ("Neuron list", NeuronListScreen.BINDINGS),
-                    ("Neuron list filters", [Binding("tab", "", "Next filter / the table")]),
-                    ("Neuron page", NeuronScreen.BINDINGS),
-                    ("Token views (Live and Perturb tabs)", TokenView.BINDINGS),
-                    ("Perturb tab", PerturbPane.BINDINGS),
-                ]
-            )
-        )
+        self.push_screen(HelpScreen(self.screen.active_bindings.values()))
 
 
 def create_app(

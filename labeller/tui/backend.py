@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from labeller.llm.config import LLMConfig
     from labeller.model.loading import LoadedModel
     from labeller.model.perturb import Perturbation
+    from labeller.model.perturb_kinds import PerturbationKind
 
 NO_LLM = (
     "no LLM configured: set OPENAI_API_KEY (or OPENAI_BASE_URL for a local server) and name "
@@ -271,11 +272,9 @@ class Backend:
     def encode(self, model: LoadedModel, text: str) -> Encoded:
         """The text's tokens, cut to the context. A fast tokenizer called from two threads at
         once can fail ("Already borrowed"), so every tokenizer call takes a lock."""
-        from labeller.model.perturb import context_limit
-
         with self._tokenizer_lock:
             ids = model.encode(text)
-            kept = ids[: context_limit(model)]
+            kept = ids[: model.context_limit]
             return Encoded(kept, model.token_strings(kept), len(ids) - len(kept))
 
     def decode(self, model: LoadedModel, token_ids: list[int]) -> str:
@@ -295,7 +294,7 @@ class Backend:
 
     def perturb(
         self,
-        kind: str,
+        kind: PerturbationKind,
         model: LoadedModel,
         token_ids: list[int],
         layer: int,

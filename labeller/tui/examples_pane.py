@@ -20,13 +20,6 @@ from labeller.tui.text import fmt, legend, shown, spark
 class ExamplesPane(Vertical):
     """Statistics on top, then top and random examples in one keyboard-navigable list."""
 
-    DEFAULT_CSS = """
-    ExamplesPane { height: 1fr; }
-    ExamplesPane #stats { height: auto; padding: 0 1; }
-    ExamplesPane ListView { height: 1fr; }
-    ExamplesPane .section { color: $text-muted; text-style: bold; }
-    """
-
     def compose(self) -> ComposeResult:
         yield Static(id="stats")
         yield ListView(id="example-list")

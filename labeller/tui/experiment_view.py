@@ -8,17 +8,31 @@ from typing import TYPE_CHECKING
 from rich.text import Text
 from textual.widgets import Static
 
+from labeller.model.perturb_kinds import PerturbationKind
 from labeller.tui.text import fmt, heat, shown, spark
 
 if TYPE_CHECKING:
     from labeller.model.perturb import Perturbation
 
-TITLES = {
-    "delete": ("Delete each earlier token", "the target without that token"),
-    "resample": ("Resample each token", "8 random vocabulary tokens in its place; mean ± spread"),
-    "noise": ("Noise on each token's embedding", "Gaussian, σ = the embeddings' std; 8 draws"),
-    "insert": ("Insert a random token after each position", "4 random tokens; mean ± spread"),
-    "truncate": ("Truncate to the last k tokens", "colour: Δ when the text starts at that token"),
+# Each experiment's title and what its numbers mean.
+TITLES: dict[PerturbationKind, tuple[str, str]] = {
+    PerturbationKind.DELETE: ("Delete each earlier token", "the target without that token"),
+    PerturbationKind.RESAMPLE: (
+        "Resample each token",
+        "8 random vocabulary tokens in its place; mean ± spread",
+    ),
+    PerturbationKind.NOISE: (
+        "Noise on each token's embedding",
+        "Gaussian, σ = the embeddings' std; 8 draws",
+    ),
+    PerturbationKind.INSERT: (
+        "Insert a random token after each position",
+        "4 random tokens; mean ± spread",
+    ),
+    PerturbationKind.TRUNCATE: (
+        "Truncate to the last k tokens",
+        "colour: Δ when the text starts at that token",
+    ),
 }
 MOVERS = 4
 
@@ -28,7 +42,7 @@ class ExperimentView(Static):
     ExperimentView { height: auto; padding: 0 1; margin-bottom: 1; }
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: PerturbationKind) -> None:
         super().__init__(id=f"experiment-{kind}")
         self.kind = kind
 
@@ -46,7 +60,7 @@ class ExperimentView(Static):
     def show_result(self, result: Perturbation, tokens: list[str]) -> None:
         text = self._head("")
         deltas = [0.0] * (result.target + 1)
-        if result.kind == "truncate":
+        if result.kind is PerturbationKind.TRUNCATE:
             for k, delta in zip(result.positions, result.deltas, strict=True):
                 deltas[result.target + 1 - k] = delta
         else:
@@ -58,7 +72,7 @@ class ExperimentView(Static):
             heat(tokens[: result.target + 1], deltas, scale, result.target, separator="│")
         )
         text.append("\n")
-        if result.kind == "truncate":
+        if result.kind is PerturbationKind.TRUNCATE:
             text.append_text(self._truncation(result, tokens))
         elif not result.positions:
             text.append("nothing before the target to perturb", "dim")

@@ -33,18 +33,9 @@ def _number(value: str) -> float | None:
 
 
 class FilterBar(Horizontal):
-    DEFAULT_CSS = """
-    FilterBar { height: 1; margin: 0 0 1 0; }
-    FilterBar Select { width: 16; margin-right: 1; }
-    FilterBar #status { width: 18; }
-    FilterBar .score { width: 9; margin-right: 1; }
-    FilterBar #text { width: 1fr; }
-    """
-
+    @dataclass
     class Changed(Message):
-        def __init__(self, filters: Filters) -> None:
-            super().__init__()
-            self.filters = filters
+        filters: Filters
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import re
-from typing import ClassVar
 
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.binding import Binding, BindingType
-from textual.containers import Vertical
-from textual.screen import ModalScreen
 from textual.widgets import Input, Static
+
+from labeller.tui.dialog import Dialog
 
 PATTERN = re.compile(r"^\s*(?:L?(\d+)\s*[.:/ ]\s*)?N?(\d+)\s*$", re.I)
 
@@ -27,27 +25,16 @@ def parse_neuron(text: str, layers: list[int]) -> tuple[int, int] | None:
     return int(match.group(1)), int(match.group(2))
 
 
-class GotoDialog(ModalScreen[tuple[int, int] | None]):
-    DEFAULT_CSS = """
-    GotoDialog { align: center middle; }
-    GotoDialog > Vertical {
-        width: 46; height: auto; border: thick $primary; padding: 0 1; background: $surface;
-    }
-    """
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "cancel", "Cancel", id="dialog.cancel")
-    ]
-
+class GotoDialog(Dialog[tuple[int, int]]):
     def __init__(self, layers: list[int]) -> None:
         super().__init__()
         self.scanned = layers
 
-    def compose(self) -> ComposeResult:
-        with Vertical():
-            yield Static(Text("Go to neuron", "bold"))
-            hint = "layer.neuron, e.g. 0.42" + (" or just 42" if len(self.scanned) == 1 else "")
-            yield Input(placeholder=hint)
-            yield Static(id="problem")
+    def compose_body(self) -> ComposeResult:
+        yield Static(Text("Go to neuron", "bold"))
+        hint = "layer.neuron, e.g. 0.42" + (" or just 42" if len(self.scanned) == 1 else "")
+        yield Input(placeholder=hint)
+        yield Static(id="problem")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         found = parse_neuron(event.value, self.scanned)
@@ -57,6 +44,3 @@ class GotoDialog(ModalScreen[tuple[int, int] | None]):
             )
             return
         self.dismiss(found)
-
-    def action_cancel(self) -> None:
-        self.dismiss(None)

@@ -1,16 +1,23 @@
-"""Every key, by screen, generated from the bindings themselves so it cannot drift."""
+"""The keys that work where help was asked for: that screen's active bindings, so it cannot drift.
+
+What is active depends on the focus (the table's keys, a text box's, the token view's), so the
+help lists exactly what the footer and the key dispatch see, grouped by the widget that binds it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable
 from typing import ClassVar
 
 from rich.text import Text
-from textual.app import ComposeResult
-from textual.binding import Binding, BindingType
-from textual.containers import Vertical, VerticalScroll
-from textual.screen import ModalScreen
+from textual.app import App, ComposeResult
+from textual.binding import ActiveBinding, Binding, BindingType
+from textual.containers import VerticalScroll
+from textual.dom import DOMNode
 from textual.widgets import Static
+
+from labeller.tui.dialog import Dialog
 
 MOUSE = (
     "Mouse: click a column header to sort by it (again to reverse); click a row to highlight "
@@ -19,42 +26,50 @@ MOUSE = (
 )
 
 
-class HelpScreen(ModalScreen[None]):
-    DEFAULT_CSS = """
-    HelpScreen { align: center middle; }
-    HelpScreen > Vertical {
-        width: 90; max-width: 100%; height: 90%; border: thick $primary; background: $surface;
-    }
-    HelpScreen VerticalScroll { padding: 0 1; }
-    """
+class HelpScreen(Dialog[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape,question_mark,q", "close", "Close", id="dialog.close")
+        Binding("question_mark,q", "close", "Close", id="help.close")
     ]
 
-    def __init__(self, sections: Sequence[tuple[str, Sequence[BindingType]]]) -> None:
+    def __init__(self, active: Iterable[ActiveBinding]) -> None:
+        """`active`: the bindings of the screen help was asked on, read before this covers it."""
         super().__init__()
-        self.sections = sections
+        self.groups = _by_node(active)
 
-    def compose(self) -> ComposeResult:
-        with Vertical(), VerticalScroll():
+    def compose_body(self) -> ComposeResult:
+        with VerticalScroll():
             yield Static(self._text())
 
     def _text(self) -> Text:
         out = Text("Keys", "bold")
         out.append("  (escape closes this)\n", "dim")
-        for title, bindings in self.sections:
-            out.append(f"\n{title}\n", "bold underline")
-            for binding in bindings:
-                if not isinstance(binding, Binding) or not binding.description:
-                    continue
-                keys = ", ".join(
-                    self.app.get_key_display(Binding(key, binding.action))
-                    for key in binding.key.split(",")
-                )
-                out.append(f"  {keys:<18}", "bold cyan")
-                out.append(f"{binding.description}\n")
+        for node, actions in self.groups:
+            out.append(f"\n{_title(node)}\n", "bold underline")
+            for bindings, enabled in actions.values():
+                keys = ", ".join(dict.fromkeys(self.app.get_key_display(b) for b in bindings))
+                out.append(f"  {keys:<18}", "bold cyan" if enabled else "dim")
+                out.append(f"{bindings[0].description}\n", "" if enabled else "dim")
         out.append(f"\n{MOUSE}\n", "dim")
         return out
 
-    def action_close(self) -> None:
-        self.dismiss(None)
+
+def _by_node(
+    active: Iterable[ActiveBinding],
+) -> list[tuple[DOMNode, dict[str, tuple[list[Binding], bool]]]]:
+    """Described bindings by the node that binds them, each action once with all its keys: the
+    screen's first, then those of the focused widget's containers and its own, the app's last."""
+    groups: dict[DOMNode, dict[str, tuple[list[Binding], bool]]] = {}
+    for node, binding, enabled, _tooltip in active:
+        if binding.description and not binding.system:
+            actions = groups.setdefault(node, {})
+            actions.setdefault(binding.action, ([], enabled))[0].append(binding)
+    return sorted(
+        groups.items(), key=lambda group: (isinstance(group[0], App), len(group[0].ancestors))
+    )
+
+
+def _title(node: DOMNode) -> str:
+    """The node's `BINDING_GROUP_TITLE`, else its class in words ("DataTable": "Data table")."""
+    if node.BINDING_GROUP_TITLE:
+        return node.BINDING_GROUP_TITLE
+    return re.sub(r"(?<=[a-z])(?=[A-Z])", " ", type(node).__name__).capitalize()

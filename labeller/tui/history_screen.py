@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Vertical
 from textual.message import Message
-from textual.screen import ModalScreen
 from textual.widgets import DataTable, Static
 
 from labeller.records import HistoryEntry, LabelState
 from labeller.tui.context import backend_of
+from labeller.tui.dialog import Dialog
 from labeller.tui.errors import ReportsWorkerErrors
 from labeller.tui.text import plain
 
@@ -27,32 +27,21 @@ def _state(state: LabelState | None) -> Text:
     return out
 
 
-class HistoryScreen(ReportsWorkerErrors, ModalScreen[None]):
-    DEFAULT_CSS = """
-    HistoryScreen { align: center middle; }
-    HistoryScreen > Vertical {
-        width: 95%; height: 80%; border: thick $primary; padding: 0 1; background: $surface;
-    }
-    HistoryScreen DataTable { height: 1fr; }
-    """
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape,h,q", "close", "Close", id="dialog.close")
-    ]
+class HistoryScreen(ReportsWorkerErrors, Dialog[None]):
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("h,q", "close", "Close", id="history.close")]
 
+    @dataclass
     class Loaded(Message):
-        def __init__(self, entries: list[HistoryEntry]) -> None:
-            super().__init__()
-            self.entries = entries
+        entries: list[HistoryEntry]
 
     def __init__(self, model: str, layer: int, neuron: int) -> None:
         super().__init__()
         self.model, self.layer_index, self.neuron = model, layer, neuron
 
-    def compose(self) -> ComposeResult:
-        with Vertical():
-            yield Static(Text(f"History of {self.model} {self.layer_index}.{self.neuron}", "bold"))
-            table: DataTable[Any] = DataTable(cursor_type="row", zebra_stripes=True)
-            yield table
+    def compose_body(self) -> ComposeResult:
+        yield Static(Text(f"History of {self.model} {self.layer_index}.{self.neuron}", "bold"))
+        table: DataTable[Any] = DataTable(cursor_type="row", zebra_stripes=True)
+        yield table
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
@@ -78,6 +67,3 @@ class HistoryScreen(ReportsWorkerErrors, ModalScreen[None]):
         if not event.entries:
             table.add_row(Text("no changes yet", "dim"), "", "", "", "")
         table.move_cursor(row=max(table.row_count - 1, 0))
-
-    def action_close(self) -> None:
-        self.dismiss(None)

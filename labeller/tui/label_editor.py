@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.binding import Binding, BindingType
-from textual.containers import Horizontal, Vertical
-from textual.screen import ModalScreen
+from textual.containers import Horizontal
 from textual.widgets import Button, Checkbox, Input, Static
+
+from labeller.tui.dialog import Dialog
 
 
 @dataclass(frozen=True)
@@ -19,40 +18,26 @@ class LabelDraft:
     accept: bool
 
 
-class LabelEditor(ModalScreen[LabelDraft | None]):
-    DEFAULT_CSS = """
-    LabelEditor { align: center middle; }
-    LabelEditor > Vertical {
-        width: 90; max-width: 100%; height: auto; border: thick $primary; padding: 0 1;
-        background: $surface;
-    }
-    LabelEditor Horizontal { height: auto; }
-    LabelEditor Button { margin-right: 2; }
-    """
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "cancel", "Cancel", id="dialog.cancel")
-    ]
-
+class LabelEditor(Dialog[LabelDraft]):
     def __init__(self, title: str, text: str = "") -> None:
         super().__init__()
         self.title_text = title
         self.initial = text
 
-    def compose(self) -> ComposeResult:
-        with Vertical():
-            yield Static(Text(self.title_text, "bold"))
-            yield Input(value=self.initial, placeholder='e.g. fires on " def" after a newline')
-            yield Static(
-                Text(
-                    'Quote the tokens it fires on in "..." so the offline baseline can score '
-                    "it. Enter saves.",
-                    "dim",
-                )
+    def compose_body(self) -> ComposeResult:
+        yield Static(Text(self.title_text, "bold"))
+        yield Input(value=self.initial, placeholder='e.g. fires on " def" after a newline')
+        yield Static(
+            Text(
+                'Quote the tokens it fires on in "..." so the offline baseline can score '
+                "it. Enter saves.",
+                "dim",
             )
-            with Horizontal():
-                yield Checkbox("accept it", id="accept")
-                yield Button("Save", variant="primary", id="save")
-                yield Button("Cancel", id="cancel")
+        )
+        with Horizontal():
+            yield Checkbox("accept it", id="accept")
+            yield Button("Save", variant="primary", id="save")
+            yield Button("Cancel", id="cancel")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         self._save()
@@ -61,7 +46,7 @@ class LabelEditor(ModalScreen[LabelDraft | None]):
         if event.button.id == "save":
             self._save()
         else:
-            self.dismiss(None)
+            self.action_close()
 
     def _save(self) -> None:
         text = self.query_one(Input).value.strip()
@@ -69,6 +54,3 @@ class LabelEditor(ModalScreen[LabelDraft | None]):
             self.query_one(Input).focus()
             return
         self.dismiss(LabelDraft(text, self.query_one("#accept", Checkbox).value))
-
-    def action_cancel(self) -> None:
-        self.dismiss(None)

@@ -6,6 +6,7 @@ prediction on the same tokens, one above the other, so a reader sees where the l
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from rich.text import Text
@@ -14,28 +15,27 @@ from textual.containers import Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import DataTable, Static
 
-from labeller.records import Explanation, Score
+from labeller.records import Explanation, Score, ScoreMethod
 from labeller.tui.score_windows import ScoreWindows
-from labeller.tui.scores import METHODS, preferred_scores
+from labeller.tui.scores import preferred_scores
 from labeller.tui.text import fmt, plain, status_text
+
+# The candidates table's score columns, primary score first.
+SCORE_COLUMNS = {
+    ScoreMethod.TOP_AND_RANDOM: "T&R",
+    ScoreMethod.TOP_ONLY: "top",
+    ScoreMethod.RANDOM_ONLY: "rand",
+}
 
 
 class LabelsPane(Vertical):
     """Candidates table on top; the selected label's text, scores and windows below."""
 
-    DEFAULT_CSS = """
-    LabelsPane { height: 1fr; }
-    LabelsPane DataTable { height: auto; max-height: 9; }
-    LabelsPane #label-detail { height: auto; padding: 0 1; border-top: solid $primary-darken-2; }
-    LabelsPane #windows { height: 1fr; padding: 0 1; }
-    """
-
+    @dataclass
     class Selected(Message):
         """The candidate under the cursor changed (what accept, edit and reject act on)."""
 
-        def __init__(self, explanation: Explanation | None) -> None:
-            super().__init__()
-            self.explanation = explanation
+        explanation: Explanation | None
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
@@ -54,7 +54,7 @@ class LabelsPane(Vertical):
         table.add_column("id", key="id")
         table.add_column("status", key="status")
         table.add_column("source", key="source")
-        for method, title in zip(METHODS, ("T&R", "top", "rand"), strict=True):
+        for method, title in SCORE_COLUMNS.items():
             table.add_column(title, key=method)
         table.add_column("label", key="label")
         for e in explanations:
@@ -63,7 +63,7 @@ class LabelsPane(Vertical):
                 Text(str(e.id)),
                 status_text(e.status),
                 plain(e.annotator if e.source == "human" and e.annotator else e.source),
-                *(Text(fmt(scores[m].score if m in scores else None)) for m in METHODS),
+                *(Text(fmt(scores[m].score if m in scores else None)) for m in SCORE_COLUMNS),
                 plain(e.text),
                 key=str(e.id),
             )

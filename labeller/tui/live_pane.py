@@ -7,6 +7,7 @@ tokens, and the pane says when they are no longer how the tokenizer would split 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from rich.text import Text
@@ -14,6 +15,7 @@ from textual import work
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.message import Message
+from textual.reactive import var
 from textual.timer import Timer
 from textual.widgets import Static, TextArea
 from textual.worker import get_current_worker
@@ -22,7 +24,7 @@ from labeller.tui.backend import LiveTrace
 from labeller.tui.context import backend_of
 from labeller.tui.errors import ReportsWorkerErrors, say
 from labeller.tui.replace_token import ReplaceToken
-from labeller.tui.text import editable, fmt, shown
+from labeller.tui.text import editable, fmt, peak, plain, shown
 from labeller.tui.token_view import TokenView
 
 if TYPE_CHECKING:
@@ -32,28 +34,26 @@ DEBOUNCE_S = 0.03
 
 
 class LivePane(ReportsWorkerErrors, Vertical):
-    DEFAULT_CSS = """
-    LivePane { height: 1fr; }
-    LivePane #live-help { height: auto; padding: 0 1; }
-    LivePane #live-text { height: 6; }
-    LivePane #live-status, LivePane #live-cursor { height: auto; padding: 0 1; }
-    LivePane #live-tokens { height: auto; max-height: 100%; }
-    """
-
+    @dataclass
     class Traced(Message):
         """New activations for the current text (the perturbations follow them).
 
         `native` is False when the tokens are not how the tokenizer splits their own text.
         """
 
-        def __init__(
-            self, trace: LiveTrace, target: int | None, native: bool = True, dropped: int = 0
-        ) -> None:
-            super().__init__()
-            self.trace = trace
-            self.target = target
-            self.native = native
-            self.dropped = dropped
+        trace: LiveTrace
+        target: int | None
+        native: bool = True
+        dropped: int = 0
+
+    # The status line follows these: the last trace (with what the model could not read and
+    # whether its tokens are the tokenizer's own), a trace waiting for the model, a failed model.
+    trace: var[LiveTrace | None] = var(None)
+    dropped = var(0)
+    native = var(True)
+    waiting = var(False)
+    failure = var("")
+    status_line: var[Text] = var(Text)
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
@@ -62,7 +62,6 @@ class LivePane(ReportsWorkerErrors, Vertical):
         self.neuron = 0
         self.scale = 1.0
         self.token_ids: list[int] = []
-        self.trace: LiveTrace | None = None
         self._programmatic: str | None = None
         self._debounce: Timer | None = None
         self._pending_target: int | None = None
@@ -85,7 +84,6 @@ class LivePane(ReportsWorkerErrors, Vertical):
 
     def on_mount(self) -> None:
         self.query_one(TokenView).clear("type above; the tokens appear here")
-        self._status(Text("model loading…", "dim"))
 
     def configure(self, layer: int, neuron: int, scale: float) -> None:
         self.layer_index, self.neuron, self.scale = layer, neuron, scale
@@ -143,7 +141,7 @@ class LivePane(ReportsWorkerErrors, Vertical):
 
     def _trace_now(self) -> None:
         if self.model is None:
-            self._status(Text("model loading… the trace starts when it is ready", "dim"))
+            self.waiting = True
             return
         if self._follow_tokens:
             self.trace_tokens(self.token_ids)
@@ -177,31 +175,41 @@ class LivePane(ReportsWorkerErrors, Vertical):
             self.post_message(self.Traced(trace, self._pending_target, native))
 
     def on_live_pane_traced(self, event: LivePane.Traced) -> None:
+        self.dropped, self.native = event.dropped, event.native
         trace = self.trace = event.trace
         self.token_ids = trace.token_ids
         view = self.query_one(TokenView)
         if not trace.tokens:
             view.clear("type above; the tokens appear here")
-            self._status(Text("no text", "dim"))
             return
-        peak = max(range(len(trace.activations)), key=trace.activations.__getitem__)
-        view.show(trace.tokens, trace.activations, self.scale, mark=peak)
-        status = Text(f"{len(trace.tokens)} tokens · max {fmt(trace.activations[peak])} at ")
-        status.append(f"'{shown(trace.tokens[peak])}'", "bold")
-        status.append(f" (#{peak}) · colour scale 0–{self.scale:.3g}", "dim")
-        if event.dropped:
+        view.show(trace.tokens, trace.activations, self.scale, mark=peak(trace.activations))
+        self._cursor_line(view.cursor)
+
+    def compute_status_line(self) -> Text:
+        trace = self.trace
+        if self.failure:
+            return plain(self.failure, "red")
+        if trace is None:
+            waiting = " the trace starts when it is ready" if self.waiting else ""
+            return Text(f"model loading…{waiting}", "dim")
+        if not trace.tokens:
+            return Text("no text", "dim")
+        top = peak(trace.activations)
+        status = Text(f"{len(trace.tokens)} tokens · max {fmt(trace.activations[top])} at ")
+        status.append(f"'{shown(trace.tokens[top])}'", "bold")
+        status.append(f" (#{top}) · colour scale 0–{self.scale:.3g}", "dim")
+        if self.dropped:
             status.append(
-                f"\nthe model reads {len(trace.tokens)} tokens: the last {event.dropped} are "
+                f"\nthe model reads {len(trace.tokens)} tokens: the last {self.dropped} are "
                 "not traced",
                 "yellow",
             )
-        if not event.native:
+        if not self.native:
             status.append("\nthese tokens are not how the tokenizer splits this text", "yellow")
-        self._status(status)
-        self._cursor_line(view.cursor)
+        return status
 
-    def _status(self, text: Text) -> None:
-        self.query_one("#live-status", Static).update(text)
+    def watch_status_line(self, line: Text) -> None:
+        self.query_one("#live-status", Static).update(line)
 
     def _cursor_line(self, index: int) -> None:
         """The exact activation of the token under the cursor (colours only approximate it)."""

@@ -2,39 +2,23 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.binding import Binding, BindingType
-from textual.containers import Vertical
-from textual.screen import ModalScreen
 from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 
+from labeller.tui.dialog import Dialog
 
-class ModelPicker(ModalScreen[str | None]):
-    DEFAULT_CSS = """
-    ModelPicker { align: center middle; }
-    ModelPicker > Vertical {
-        width: 60; max-width: 100%; height: auto; max-height: 80%; border: thick $primary;
-        padding: 0 1; background: $surface;
-    }
-    ModelPicker OptionList { height: auto; max-height: 20; }
-    """
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "cancel", "Cancel", id="dialog.cancel")
-    ]
 
+class ModelPicker(Dialog[str]):
     def __init__(self, models: list[str], current: str) -> None:
         super().__init__()
         self.models = models
         self.current = current
 
-    def compose(self) -> ComposeResult:
-        with Vertical():
-            yield Static(Text("Model", "bold"))
-            yield OptionList(*(Option(Text(name), id=name) for name in self.models))
+    def compose_body(self) -> ComposeResult:
+        yield Static(Text("Model", "bold"))
+        yield OptionList(*(Option(Text(name), id=name) for name in self.models))
 
     def on_mount(self) -> None:
         options = self.query_one(OptionList)
@@ -43,6 +27,3 @@ class ModelPicker(ModalScreen[str | None]):
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         self.dismiss(event.option.id)
-
-    def action_cancel(self) -> None:
-        self.dismiss(None)

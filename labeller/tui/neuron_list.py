@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from rich.text import Text
@@ -12,6 +12,7 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.message import Message
+from textual.reactive import var
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Input, Static
@@ -44,12 +45,9 @@ SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 
 
 class NeuronListScreen(ReportsWorkerErrors, Screen[None]):
-    DEFAULT_CSS = """
-    NeuronListScreen #list-title { height: 1; padding: 0 1; background: $primary-darken-2; }
-    NeuronListScreen FilterBar { padding: 0 1; margin: 0; }
-    NeuronListScreen NeuronTable { height: 1fr; }
-    NeuronListScreen #list-status { height: 1; padding: 0 1; background: $panel; }
-    """
+    """The title and status lines follow the reactives below: set them, and the lines repaint."""
+
+    BINDING_GROUP_TITLE = "Neuron list"
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("slash", "focus_filter('text')", "Find", id="list.find"),
         Binding("f", "focus_filter('layer')", "Filters", id="list.filters"),
@@ -65,34 +63,38 @@ class NeuronListScreen(ReportsWorkerErrors, Screen[None]):
         Binding("q", "app.quit", "Quit", id="list.quit"),
     ]
 
+    @dataclass
     class PageLoaded(Message):
-        def __init__(self, query: ListQuery, rows: list[NeuronSummary], total: int) -> None:
-            super().__init__()
-            self.query = query
-            self.rows = rows
-            self.total = total
+        query: ListQuery
+        rows: list[NeuronSummary]
+        total: int
 
+    @dataclass
     class LayersLoaded(Message):
-        def __init__(self, model: str, layers: list[int]) -> None:
-            super().__init__()
-            self.model = model
-            self.scanned = layers
+        model: str
+        layers: list[int]
 
+    @dataclass
     class QueueFound(Message):
-        def __init__(self, spec: QueueSpec, found: tuple[int, int] | None) -> None:
-            super().__init__()
-            self.spec = spec
-            self.found = found
+        spec: QueueSpec
+        found: tuple[int, int] | None
+
+    query_state: var[ListQuery] = var(ListQuery(model="", sort=SortKey.LAYER))  # see __init__
+    rows: var[list[NeuronSummary]] = var(list)
+    total = var(0)
+    busy = var(False)
+    model_note = var("")
+    # Seconds the model has been loading, while it loads (the spinner's clock).
+    loading_for: var[float | None] = var(None)
+    heading: var[Text] = var(Text)
+    status_line: var[Text] = var(Text)
 
     def __init__(self, model: str) -> None:
         super().__init__()
-        self.query_state = ListQuery(model=model, sort=SortKey.LAYER, limit=PAGE_SIZE)
+        query = ListQuery(model=model, sort=SortKey.LAYER, limit=PAGE_SIZE)
+        self.set_reactive(NeuronListScreen.query_state, query)
         self.scanned: list[int] = []
-        self.rows: list[NeuronSummary] = []
-        self.total = 0
-        self.busy = False
         self._cursor_after_load: int | None = 0
-        self._model_note = ""
         self._spinner: Timer | None = None
         self._loading_since = 0.0
 
@@ -105,7 +107,6 @@ class NeuronListScreen(ReportsWorkerErrors, Screen[None]):
 
     def on_mount(self) -> None:
         annotate_app(self).model_signal.subscribe(self, self._model_status)
-        self._title()
         self.reload()
         self.load_layers(self.query_state.model)
         self.query_one(NeuronTable).focus()
@@ -120,31 +121,37 @@ class NeuronListScreen(ReportsWorkerErrors, Screen[None]):
         """Loading shows a spinner and the seconds so far; torch takes a few to import."""
         if status.name != self.query_state.model:
             return
-        self._model_note = status.describe()
+        self.model_note = status.describe()
         if status.state == "loading" and self._spinner is None:
             self._loading_since = time.monotonic()
-            self._spinner = self.set_interval(0.2, self._status)
+            self._spinner = self.set_interval(0.2, self._tick)
+            self.loading_for = 0.0
         elif status.state != "loading" and self._spinner is not None:
             self._spinner.stop()
             self._spinner = None
-        self._status()
+            self.loading_for = None
 
-    def _title(self) -> None:
-        app = annotate_app(self)
+    def _tick(self) -> None:
+        self.loading_for = time.monotonic() - self._loading_since
+
+    def compute_heading(self) -> Text:
+        backend = backend_of(self)
         title = Text("labeller annotate", "bold")
         title.append(" · ")
         title.append_text(plain(self.query_state.model, "bold"))
         title.append(" · ")
-        title.append_text(plain(str(app.backend.db_path)))
+        title.append_text(plain(str(backend.db_path)))
         title.append(" · annotator ")
-        title.append_text(plain(app.backend.annotator, "bold"))
-        self.query_one("#list-title", Static).update(title)
+        title.append_text(plain(backend.annotator, "bold"))
+        return title
+
+    def watch_heading(self, heading: Text) -> None:
+        self.query_one("#list-title", Static).update(heading)
 
     # --- loading --------------------------------------------------------------------------
 
     def reload(self) -> None:
         self.busy = True
-        self._status()
         self.load_page(self.query_state)
 
     @work(thread=True, exclusive=True, group="page", exit_on_error=False)
@@ -159,22 +166,21 @@ class NeuronListScreen(ReportsWorkerErrors, Screen[None]):
 
     def on_neuron_list_screen_layers_loaded(self, event: LayersLoaded) -> None:
         if event.model == self.query_state.model:
-            self.scanned = event.scanned
-            self.query_one(FilterBar).set_layers(event.scanned)
+            self.scanned = event.layers
+            self.query_one(FilterBar).set_layers(event.layers)
 
     def on_neuron_list_screen_page_loaded(self, event: PageLoaded) -> None:
         if event.query != self.query_state:
             return
-        self.busy = False
         if event.total and event.query.offset >= event.total:
             last = (event.total - 1) // PAGE_SIZE * PAGE_SIZE
-            self.query_state = dataclasses.replace(self.query_state, offset=last)
+            self.query_state = replace(self.query_state, offset=last)
             self.reload()
             return
         self.rows, self.total = event.rows, event.total
+        self.busy = False
         self._populate()
-        self._status()
-        if not self._model_note:
+        if not self.model_note:
             self.call_after_refresh(annotate_app(self).ensure_model, self.query_state.model)
 
     def _populate(self) -> None:
@@ -203,11 +209,11 @@ class NeuronListScreen(ReportsWorkerErrors, Screen[None]):
         table.has_previous = query.offset > 0
         table.has_next = query.offset + len(self.rows) < self.total
         if self._cursor_after_load is not None and self.rows:
-            row = self._cursor_after_load if self._cursor_after_load >= 0 else len(self.rows) - 1
-            table.move_cursor(row=min(row, len(self.rows) - 1))
+            at = self._cursor_after_load if self._cursor_after_load >= 0 else len(self.rows) - 1
+            table.move_cursor(row=min(at, len(self.rows) - 1))
         self._cursor_after_load = None
 
-    def _status(self) -> None:
+    def compute_status_line(self) -> Text:
         query = self.query_state
         if self.busy:
             text = Text("loading…", "italic")
@@ -221,13 +227,16 @@ class NeuronListScreen(ReportsWorkerErrors, Screen[None]):
             )
             text.append(f" · sorted by {query.sort.value}", "dim")
             text.append(" ▼" if query.descending else " ▲", "dim")
-        if self._spinner is not None:
-            elapsed = time.monotonic() - self._loading_since
+        if self.loading_for is not None:
+            elapsed = self.loading_for
             text.append(f" · {SPINNER[int(elapsed * 5) % len(SPINNER)]}", "bold")
-            text.append(f" {self._model_note} {elapsed:.0f} s", "dim")
-        elif self._model_note:
-            text.append(f" · {self._model_note}", "dim")
-        self.query_one("#list-status", Static).update(text)
+            text.append(f" {self.model_note} {elapsed:.0f} s", "dim")
+        elif self.model_note:
+            text.append(f" · {self.model_note}", "dim")
+        return text
+
+    def watch_status_line(self, line: Text) -> None:
+        self.query_one("#list-status", Static).update(line)
 
     def on_resize(self) -> None:
         if self.rows:
@@ -237,7 +246,7 @@ class NeuronListScreen(ReportsWorkerErrors, Screen[None]):
     # --- changing the query ---------------------------------------------------------------
 
     def _requery(self, cursor: int | None = 0, **changes: object) -> None:
-        self.query_state = dataclasses.replace(self.query_state, **changes)  # type: ignore[arg-type]
+        self.query_state = replace(self.query_state, **changes)  # type: ignore[arg-type]
         self._cursor_after_load = cursor
         self.reload()
 
@@ -333,9 +342,8 @@ class NeuronListScreen(ReportsWorkerErrors, Screen[None]):
             if name is None or name == self.query_state.model:
                 return
             self.query_state = ListQuery(model=name, sort=SortKey.LAYER, limit=PAGE_SIZE)
-            self._model_note = ""
+            self.model_note = ""
             self.query_one(FilterBar).reset()
-            self._title()
             self.reload()
             self.load_layers(name)
             annotate_app(self).ensure_model(name)

@@ -7,18 +7,21 @@ and the page reloads before anything is overwritten.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
+from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.message import Message
+from textual.reactive import var
 from textual.screen import Screen
 from textual.widgets import Footer, Static, TabbedContent, TabPane, TextArea
 from textual.worker import Worker, WorkerState
 
 from labeller.catalogue.labels import StaleLabel
-from labeller.records import Explanation, LabelStatus
+from labeller.records import PRIMARY_METHOD, Explanation, LabelStatus
 from labeller.tui.backend import ModelStatus, NeuronPage
 from labeller.tui.context import annotate_app, backend_of
 from labeller.tui.errors import ReportsWorkerErrors, say
@@ -45,13 +48,7 @@ FOCUS_IN_TAB = {
 
 
 class NeuronScreen(ReportsWorkerErrors, Screen[None]):
-    DEFAULT_CSS = """
-    NeuronScreen #neuron-title {
-        height: auto; max-height: 3; padding: 0 1; background: $primary-darken-2;
-    }
-    NeuronScreen TabbedContent { height: 1fr; }
-    NeuronScreen TabPane { padding: 0; }
-    """
+    BINDING_GROUP_TITLE = "Neuron page"
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "back", "Back", id="neuron.back"),
         Binding("a", "accept", "Accept", id="label.accept"),
@@ -72,33 +69,34 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
         Binding("question_mark", "app.help", "Help", id="neuron.help"),
     ]
 
+    @dataclass
     class Loaded(Message):
-        def __init__(self, page: NeuronPage, select: int | None) -> None:
-            super().__init__()
-            self.page = page
-            self.select = select
+        page: NeuronPage
+        select: int | None
 
+    @dataclass
     class Changed(Message):
         """A label change went through; `notes` say what happened, `select` what to show."""
 
-        def __init__(self, notes: list[str], select: int | None) -> None:
-            super().__init__()
-            self.notes = notes
-            self.select = select
+        notes: list[str]
+        select: int | None
 
+    @dataclass
     class ExampleTokens(Message):
         """A stored example's exact tokens, for the live text and the perturbations."""
 
-        def __init__(self, token_ids: list[int], target: int, switch: bool) -> None:
-            super().__init__()
-            self.token_ids = token_ids
-            self.target = target
-            self.switch = switch
+        token_ids: list[int]
+        target: int
+        switch: bool
 
+    @dataclass
     class QueueNext(Message):
-        def __init__(self, found: tuple[int, int] | None) -> None:
-            super().__init__()
-            self.found = found
+        found: tuple[int, int] | None
+
+    # The page as last read and the label it acts on; the heading follows them.
+    page: var[NeuronPage | None] = var(None)
+    selected: var[Explanation | None] = var(None)
+    heading: var[Text] = var(Text)
 
     def __init__(self, model: str, layer: int, neuron: int, queue: QueueSpec | None) -> None:
         super().__init__()
@@ -106,14 +104,9 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
         self.layer_index = layer
         self.neuron = neuron
         self.queue = queue
-        self.page: NeuronPage | None = None
-        self.selected: Explanation | None = None
 
     def compose(self) -> ComposeResult:
-        yield Static(
-            plain(f"{self.model_name} {self.layer_index}.{self.neuron} · loading…"),
-            id="neuron-title",
-        )
+        yield Static(id="neuron-title")
         with TabbedContent(initial="examples"):
             with TabPane("Examples", id="examples"):
                 yield ExamplesPane()
@@ -165,7 +158,6 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
         labels = self.query_one(LabelsPane)
         labels.show(page.candidates, select)
         self.selected = labels.selected()
-        self._title()
         if not first:
             return
         self.query_one(ExamplesPane).show(view)
@@ -177,10 +169,10 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
             top = view.top_examples[0]
             self.fetch_example(top.kind.value, top.rank, top.max_index, switch=False)
 
-    def _title(self) -> None:
+    def compute_heading(self) -> Text:
         page = self.page
         if page is None:
-            return
+            return plain(f"{self.model_name} {self.layer_index}.{self.neuron} · loading…")
         s = page.view.stats
         title = plain(self.model_name, "bold")
         title.append(f" L{self.layer_index} N{self.neuron}", "bold")
@@ -196,9 +188,12 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
             title.append_text(status_text(chosen.status))
             title.append(f" #{chosen.id} ")
             title.append_text(plain(chosen.text, "bold"))
-            score = preferred_scores(chosen).get("top_and_random")
+            score = preferred_scores(chosen).get(PRIMARY_METHOD)
             title.append(f"  score {fmt(score.score if score else None)}", "dim")
-        self.query_one("#neuron-title", Static).update(title)
+        return title
+
+    def watch_heading(self, heading: Text) -> None:
+        self.query_one("#neuron-title", Static).update(heading)
 
     def _model_status(self, status: ModelStatus) -> None:
         if status.name != self.model_name:
@@ -208,9 +203,7 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
             self.query_one(LivePane).set_model(model)
             self.query_one(PerturbPane).set_model(model)
         elif status.state == "failed":
-            self.query_one(LivePane).query_one("#live-status", Static).update(
-                plain(status.describe(), "red")
-            )
+            self.query_one(LivePane).failure = status.describe()
 
     def _model(self) -> LoadedModel | None:
         model = annotate_app(self).backend.loaded(self.model_name)
@@ -233,7 +226,6 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
 
     def on_labels_pane_selected(self, event: LabelsPane.Selected) -> None:
         self.selected = event.explanation
-        self._title()
 
     def action_perturb_example(self) -> None:
         example = self.query_one(ExamplesPane).highlighted()
@@ -326,7 +318,8 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
 
     def on_neuron_screen_changed(self, event: Changed) -> None:
         say(self.app, "; ".join(event.notes), title=f"{self.layer_index}.{self.neuron}")
-        self.selected = None
+        # Forget the selection (the reload chooses again) but keep showing it until then.
+        self.set_reactive(NeuronScreen.selected, None)
         self.load(select=event.select)
 
     def action_llm_score(self) -> None:
@@ -392,7 +385,7 @@ def _default_selection(page: NeuronPage) -> int | None:
     """The accepted label, else the best-scoring candidate marked best, else the newest."""
     candidates = page.candidates
     for explanation in candidates:
-        if explanation.status == LabelStatus.ACCEPTED.value:
+        if explanation.status is LabelStatus.ACCEPTED:
             return explanation.id
     best = [e for e in candidates if e.best]
     if best:
@@ -401,5 +394,5 @@ def _default_selection(page: NeuronPage) -> int | None:
 
 
 def _score(explanation: Explanation) -> float:
-    score = preferred_scores(explanation).get("top_and_random")
+    score = preferred_scores(explanation).get(PRIMARY_METHOD)
     return score.score if score is not None and score.score is not None else -2.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from textual.message import Message
@@ -9,12 +10,13 @@ from textual.widgets import DataTable
 
 
 class NeuronTable(DataTable[Any]):
+    BINDING_GROUP_TITLE = "Table"
+
+    @dataclass
     class PageRequested(Message):
         """The cursor tried to leave the page: `step` is +1 (next) or -1 (previous)."""
 
-        def __init__(self, step: int) -> None:
-            super().__init__()
-            self.step = step
+        step: int
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, id=id)

@@ -1,12 +1,13 @@
 """Live perturbations of the current text (typed, or a stored example) around a target token.
 
-All five experiments run one after another in a worker whenever the text or the target changes
-while this tab is shown; a newer change cancels the older run between experiments, and each
-result appears as soon as it is ready.
+Every experiment (each `PerturbationKind`, in its order) runs one after another in a worker
+whenever the text or the target changes while this tab is shown; a newer change cancels the
+older run between experiments, and each result appears as soon as it is ready.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 from rich.text import Text
@@ -15,51 +16,49 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical, VerticalScroll
 from textual.message import Message
+from textual.reactive import var
 from textual.timer import Timer
 from textual.widgets import Static
 from textual.worker import get_current_worker
 
+from labeller.model.perturb_kinds import PerturbationKind
 from labeller.tui.backend import LiveTrace
 from labeller.tui.context import backend_of
 from labeller.tui.errors import ReportsWorkerErrors
-from labeller.tui.experiment_view import TITLES, ExperimentView
-from labeller.tui.text import fmt, shown
+from labeller.tui.experiment_view import ExperimentView
+from labeller.tui.text import fmt, peak, shown
 from labeller.tui.token_view import TokenView
 
 if TYPE_CHECKING:
     from labeller.model.loading import LoadedModel
     from labeller.model.perturb import Perturbation
 
-ORDER = tuple(TITLES)
 DEBOUNCE_S = 0.15
 
 
 class PerturbPane(ReportsWorkerErrors, Vertical):
-    DEFAULT_CSS = """
-    PerturbPane { height: 1fr; }
-    PerturbPane #perturb-head, PerturbPane #perturb-cursor { height: auto; padding: 0 1; }
-    PerturbPane #perturb-tokens { max-height: 6; }
-    PerturbPane #experiments { height: 1fr; border-top: solid $primary-darken-2; }
-    """
+    BINDING_GROUP_TITLE = "Perturb tab"
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("m", "target_max", "Target: max", id="perturb.max"),
         Binding("R", "rerun", "Rerun", id="perturb.rerun"),
     ]
 
+    @dataclass
     class Done(Message):
-        def __init__(self, generation: int, kind: str, result: Perturbation) -> None:
-            super().__init__()
-            self.generation = generation
-            self.kind = kind
-            self.result = result
+        generation: int
+        kind: PerturbationKind
+        result: Perturbation
+
+    # The text and the chosen target (None: its max); the heading follows them.
+    trace: var[LiveTrace | None] = var(None)
+    target: var[int | None] = var(None)
+    heading: var[Text] = var(Text)
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.model: LoadedModel | None = None
         self.layer_index = 0
         self.neuron = 0
-        self.trace: LiveTrace | None = None
-        self.target: int | None = None
         self.active = False
         self.generation = 0
         self._ran_generation = -1
@@ -70,11 +69,10 @@ class PerturbPane(ReportsWorkerErrors, Vertical):
         yield TokenView(id="perturb-tokens")
         yield Static(id="perturb-cursor")
         with VerticalScroll(id="experiments"):
-            for kind in ORDER:
+            for kind in PerturbationKind:
                 yield ExperimentView(kind)
 
     def on_mount(self) -> None:
-        self._head()
         self.query_one(TokenView).clear("type a text in the Live tab, or press p on an example")
 
     def configure(self, layer: int, neuron: int) -> None:
@@ -96,16 +94,16 @@ class PerturbPane(ReportsWorkerErrors, Vertical):
             self._schedule()
 
     def _target(self) -> int | None:
+        """The chosen target, else the max (also while a new text has replaced a longer one)."""
         trace = self.trace
         if trace is None or not trace.tokens:
             return None
-        if self.target is not None:
+        if self.target is not None and self.target < len(trace.tokens):
             return self.target
-        return max(range(len(trace.activations)), key=trace.activations.__getitem__)
+        return peak(trace.activations)
 
     def _changed(self) -> None:
         self.generation += 1
-        self._head()
         trace, target = self.trace, self._target()
         view = self.query_one(TokenView)
         if trace is None or target is None:
@@ -136,7 +134,7 @@ class PerturbPane(ReportsWorkerErrors, Vertical):
     ) -> None:
         backend = backend_of(self)
         worker = get_current_worker()
-        for kind in ORDER:
+        for kind in PerturbationKind:
             if worker.is_cancelled:
                 return
             result = backend.perturb(kind, model, token_ids, self.layer_index, self.neuron, target)
@@ -149,7 +147,7 @@ class PerturbPane(ReportsWorkerErrors, Vertical):
         view = self.query_one(f"#experiment-{event.kind}", ExperimentView)
         view.show_result(event.result, self.trace.tokens)
 
-    def _head(self) -> None:
+    def compute_heading(self) -> Text:
         trace, target = self.trace, self._target()
         head = Text()
         if trace is None or target is None:
@@ -158,10 +156,12 @@ class PerturbPane(ReportsWorkerErrors, Vertical):
             head.append("Target ", "bold")
             head.append(f"'{shown(trace.tokens[target])}'", "bold underline")
             head.append(f" #{target} · activation {fmt(trace.activations[target])}")
-            peak = max(range(len(trace.activations)), key=trace.activations.__getitem__)
-            head.append(" (the max)" if target == peak else " (chosen)", "dim")
+            head.append(" (the max)" if target == peak(trace.activations) else " (chosen)", "dim")
         head.append("\n←/→ + enter or click: choose the target · m: back to the max", "dim")
-        self.query_one("#perturb-head", Static).update(head)
+        return head
+
+    def watch_heading(self, heading: Text) -> None:
+        self.query_one("#perturb-head", Static).update(heading)
 
     def on_token_view_moved(self, event: TokenView.Moved) -> None:
         event.stop()

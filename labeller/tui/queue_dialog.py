@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.binding import Binding, BindingType
-from textual.containers import Vertical
-from textual.screen import ModalScreen
 from textual.widgets import Button, Input, RadioButton, RadioSet, Static
+
+from labeller.tui.dialog import Dialog
 
 
 @dataclass(frozen=True)
@@ -23,29 +21,17 @@ class QueueSpec:
         return "unlabelled" if self.below is None else f"score < {self.below:g}"
 
 
-class QueueDialog(ModalScreen[QueueSpec | None]):
+class QueueDialog(Dialog[QueueSpec]):
     AUTO_FOCUS = "#start"  # enter starts the usual queue; tab reaches the other choices
-    DEFAULT_CSS = """
-    QueueDialog { align: center middle; }
-    QueueDialog > Vertical {
-        width: 60; max-width: 100%; height: auto; border: thick $primary; padding: 0 1;
-        background: $surface;
-    }
-    QueueDialog Input { width: 16; }
-    """
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "cancel", "Cancel", id="dialog.cancel")
-    ]
 
-    def compose(self) -> ComposeResult:
-        with Vertical():
-            yield Static(Text("Walk a queue of neurons (n: next one)", "bold"))
-            with RadioSet(id="mode"):
-                yield RadioButton("unlabelled neurons", value=True, id="unlabelled")
-                yield RadioButton("labels scoring under (not yet accepted):", id="below")
-            yield Input(value="0.3", type="number", id="threshold")
-            yield Static(id="problem")
-            yield Button("Start", variant="primary", id="start")
+    def compose_body(self) -> ComposeResult:
+        yield Static(Text("Walk a queue of neurons (n: next one)", "bold"))
+        with RadioSet(id="mode"):
+            yield RadioButton("unlabelled neurons", value=True, id="unlabelled")
+            yield RadioButton("labels scoring under (not yet accepted):", id="below")
+        yield Input(value="0.3", type="number", id="threshold")
+        yield Static(id="problem")
+        yield Button("Start", variant="primary", id="start")
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         self._start()
@@ -64,6 +50,3 @@ class QueueDialog(ModalScreen[QueueSpec | None]):
             self.query_one("#problem", Static).update(Text("give a number, e.g. 0.3", "red"))
             return
         self.dismiss(QueueSpec(below))
-
-    def action_cancel(self) -> None:
-        self.dismiss(None)

@@ -3,47 +3,31 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar
 
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.binding import Binding, BindingType
-from textual.containers import Vertical
-from textual.screen import ModalScreen
 from textual.widgets import Input, Static
 
+from labeller.tui.dialog import Dialog
 from labeller.tui.errors import describe
 from labeller.tui.text import escaped, shown
 
 
-class ReplaceToken(ModalScreen[str | None]):
+class ReplaceToken(Dialog[str]):
     """Returns the replacement text (enter), or None (escape)."""
-
-    DEFAULT_CSS = """
-    ReplaceToken { align: center middle; }
-    ReplaceToken > Vertical {
-        width: 70; max-width: 100%; height: auto; border: thick $primary; padding: 0 1;
-        background: $surface;
-    }
-    ReplaceToken #feedback { height: auto; }
-    """
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "cancel", "Cancel", id="dialog.cancel")
-    ]
 
     def __init__(self, token: str, tokenize: Callable[[str], list[str]]) -> None:
         super().__init__()
         self.token = token
         self.tokenize = tokenize
 
-    def compose(self) -> ComposeResult:
-        with Vertical():
-            title = Text("Replace token ")
-            title.append(f"'{shown(self.token)}'", "bold")
-            title.append(" (\\n for a newline)", "dim")
-            yield Static(title)
-            yield Input(value=_escape(self.token), id="replacement")
-            yield Static(id="feedback")
+    def compose_body(self) -> ComposeResult:
+        title = Text("Replace token ")
+        title.append(f"'{shown(self.token)}'", "bold")
+        title.append(" (\\n for a newline)", "dim")
+        yield Static(title)
+        yield Input(value=_escape(self.token), id="replacement")
+        yield Static(id="feedback")
 
     def on_mount(self) -> None:
         self._feedback(self.query_one(Input).value)
@@ -70,9 +54,6 @@ class ReplaceToken(ModalScreen[str | None]):
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         self.dismiss(_unescape(event.value))
-
-    def action_cancel(self) -> None:
-        self.dismiss(None)
 
 
 def _escape(token: str) -> str:

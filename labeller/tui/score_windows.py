@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widget import Widget
 
-from labeller.records import Explanation
+from labeller.records import PRIMARY_METHOD, Explanation
 from labeller.tui.scores import preferred_scores
 from labeller.tui.text import aligned_rows
 
@@ -27,7 +27,7 @@ class ScoreWindows(Widget):
         explanation = self.explanation
         if explanation is None:
             return Text()
-        primary = preferred_scores(explanation).get("top_and_random")
+        primary = preferred_scores(explanation).get(PRIMARY_METHOD)
         windows = primary.details.get("windows", []) if primary else []
         if primary is None or not windows:
             return Text("No scored windows for this label yet.", "dim")

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from labeller.records import Explanation, Score
-
-METHODS = ("top_and_random", "top_only", "random_only")
+from labeller.records import Explanation, Score, ScoreMethod, Split
 
 
-def preferred_scores(explanation: Explanation) -> dict[str, Score]:
+def preferred_scores(explanation: Explanation) -> dict[ScoreMethod, Score]:
     """Valid-split scores by method, from an LLM simulator when there is one, else the baseline."""
-    chosen: dict[str, Score] = {}
+    chosen: dict[ScoreMethod, Score] = {}
     for score in sorted(
         explanation.scores, key=lambda s: (s.simulator != "baseline", s.created_at)
     ):
-        if score.split.value == "valid":
+        if score.split is Split.VALID:
             chosen[score.method] = score
     return chosen

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
-from textual.binding import Binding, BindingType
-from textual.containers import Vertical
 from textual.message import Message
-from textual.screen import ModalScreen
 from textual.widgets import DataTable, Static
 from textual.worker import Worker, WorkerState
 
 from labeller.explain.falsify import FIRE_SHARE, Verdict
 from labeller.tui.context import backend_of
+from labeller.tui.dialog import Dialog
 from labeller.tui.errors import ReportsWorkerErrors, describe
 from labeller.tui.text import cut_around, heat, plain
 
@@ -23,20 +21,8 @@ if TYPE_CHECKING:
     from labeller.model.loading import LoadedModel
 
 
-class SuggestionsScreen(ReportsWorkerErrors, ModalScreen[str | None]):
+class SuggestionsScreen(ReportsWorkerErrors, Dialog[str]):
     """Returns the text of the chosen row (enter) to load it into Live, or None."""
-
-    DEFAULT_CSS = """
-    SuggestionsScreen { align: center middle; }
-    SuggestionsScreen > Vertical {
-        width: 95%; height: 85%; border: thick $primary; padding: 0 1; background: $surface;
-    }
-    SuggestionsScreen #suggest-status { height: auto; }
-    SuggestionsScreen DataTable { height: 1fr; }
-    """
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "close", "Close", id="dialog.close"),
-    ]
 
     class Ready(Message):
         def __init__(self, llm: str, verdicts: list[Verdict]) -> None:
@@ -52,14 +38,13 @@ class SuggestionsScreen(ReportsWorkerErrors, ModalScreen[str | None]):
         self.label, self.neuron_max = label, neuron_max
         self.verdicts: list[Verdict] = []
 
-    def compose(self) -> ComposeResult:
-        with Vertical():
-            title = Text("Suggested tests for ", "bold")
-            title.append_text(plain(self.label, "bold italic"))
-            yield Static(title)
-            yield Static(Text("asking the LLM…", "dim"), id="suggest-status")
-            table: DataTable[Any] = DataTable(cursor_type="row", zebra_stripes=True)
-            yield table
+    def compose_body(self) -> ComposeResult:
+        title = Text("Suggested tests for ", "bold")
+        title.append_text(plain(self.label, "bold italic"))
+        yield Static(title)
+        yield Static(Text("asking the LLM…", "dim"), id="suggest-status")
+        table: DataTable[Any] = DataTable(cursor_type="row", zebra_stripes=True)
+        yield table
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
@@ -105,6 +90,3 @@ class SuggestionsScreen(ReportsWorkerErrors, ModalScreen[str | None]):
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         if 0 <= event.cursor_row < len(self.verdicts):
             self.dismiss(self.verdicts[event.cursor_row].suggestion.text)
-
-    def action_close(self) -> None:
-        self.dismiss(None)

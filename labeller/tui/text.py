@@ -110,6 +110,11 @@ def heat(
     return out
 
 
+def peak(values: Sequence[float]) -> int:
+    """The position of the first maximum: the token a trace is shown and perturbed around."""
+    return max(range(len(values)), key=values.__getitem__)
+
+
 def cut_around(tokens: Sequence[str], center: int, budget: int) -> tuple[int, int]:
     """The widest token range around `center` whose text fits in `budget` cells (a bit more
     context before the max than after, as the past is what the neuron can see)."""

@@ -32,6 +32,8 @@ class _Cell:
 class TokenView(Widget, can_focus=True):
     """Tokens wrapped to the width, each selectable with the keyboard or the mouse."""
 
+    BINDING_GROUP_TITLE = "Tokens"
+
     DEFAULT_CSS = """
     TokenView { height: auto; min-height: 1; padding: 0 1; }
     TokenView:focus { background: $boost; }
@@ -47,25 +49,23 @@ class TokenView(Widget, can_focus=True):
 
     cursor: reactive[int] = reactive(0)
 
+    @dataclass
     class Chosen(Message):
         """A token was chosen (enter or click)."""
 
-        def __init__(self, view: TokenView, index: int) -> None:
-            super().__init__()
-            self.view = view
-            self.index = index
+        view: TokenView
+        index: int
 
         @property
         def control(self) -> TokenView:
             return self.view
 
+    @dataclass
     class Moved(Message):
         """The cursor moved to another token (so its owner can show that token's numbers)."""
 
-        def __init__(self, view: TokenView, index: int) -> None:
-            super().__init__()
-            self.view = view
-            self.index = index
+        view: TokenView
+        index: int
 
         @property
         def control(self) -> TokenView:

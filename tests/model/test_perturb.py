@@ -16,6 +16,7 @@ from labeller.model.perturb import (
     trace_neuron,
     truncate,
 )
+from labeller.model.perturb_kinds import PerturbationKind
 
 TEXT = "def value(self):\n    return self.token for the model"
 LAYER, NEURON = 1, 5
@@ -98,7 +99,7 @@ def test_insert_a_random_token_after_each_position(tiny_model, ids):
 
 
 def test_insert_drops_the_first_token_when_the_context_is_full(tiny_model):
-    limit = perturb.context_limit(tiny_model)
+    limit = tiny_model.context_limit
     ids = tiny_model.encode(" value" * (limit + 5))[:limit]
     result = insert_each(tiny_model, ids, LAYER, NEURON, limit - 1, samples=1)
     assert len(result.values) == limit - 1
@@ -114,14 +115,16 @@ def test_noise_on_the_embedding_moves_only_with_noise(tiny_model, ids):
 
 
 def test_batching_does_not_change_results(tiny_model, ids):
+    assert list(EXPERIMENTS) == list(PerturbationKind), "every kind has its experiment"
     for name, experiment in EXPERIMENTS.items():
         whole = experiment(tiny_model, ids, LAYER, NEURON, 7)
+        assert whole.kind is name
         chunked = experiment(tiny_model, ids, LAYER, NEURON, 7, max_batch=3)
         assert chunked.values == pytest.approx(whole.values, abs=1e-5), name
 
 
 def test_bad_inputs_are_value_errors(tiny_model, ids):
-    limit = perturb.context_limit(tiny_model)
+    limit = tiny_model.context_limit
     with pytest.raises(ValueError, match="reads at most"):
         delete_each(tiny_model, [ids[0]] * (limit + 1), LAYER, NEURON)
     with pytest.raises(ValueError, match="no tokens"):

@@ -8,11 +8,15 @@ from tui_support import notifications, until
 
 from labeller.catalogue.browse import NeuronStatus, SortKey
 from labeller.tui import neuron_list
+from labeller.tui.dialog import Dialog
 from labeller.tui.filter_bar import FilterBar
+from labeller.tui.goto_dialog import GotoDialog
 from labeller.tui.help_screen import HelpScreen
+from labeller.tui.model_picker import ModelPicker
 from labeller.tui.neuron_list import NeuronListScreen
 from labeller.tui.neuron_screen import NeuronScreen
 from labeller.tui.neuron_table import NeuronTable
+from labeller.tui.queue_dialog import QueueDialog
 
 pytestmark = pytest.mark.anyio
 
@@ -178,14 +182,28 @@ async def test_queue_of_low_scores(tui):
         assert first.layer_index == 0 and first.neuron <= low.neuron
 
 
-async def test_help_lists_the_keys(tui):
+async def test_help_lists_the_keys_active_on_the_list(tui):
     app = tui.app()
     async with app.run_test(size=(80, 24)) as pilot:
         await loaded(pilot)
-        await pilot.press("question_mark")
-        await until(pilot, lambda: isinstance(app.screen, HelpScreen))
-        text = str(app.screen.query_one("Static").render())
-        for phrase in ("Neuron list", "Go to L.N", "Accept", "Needs review", "Choose token"):
+        text = await support.open_help(pilot)
+        for phrase in ("Neuron list", "Go to L.N", "Table", "Cursor down", "Everywhere", "Quit"):
             assert phrase in text
+        assert "Accept" not in text, "the neuron page's keys are not active here"
         await pilot.press("escape")
         await until(pilot, lambda: isinstance(app.screen, NeuronListScreen))
+
+
+async def test_every_dialog_on_the_list_opens_framed_and_escape_closes_it(tui):
+    app = tui.app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = await loaded(pilot)
+        query = screen.query_state
+        dialogs = {"g": GotoDialog, "u": QueueDialog, "m": ModelPicker, "question_mark": HelpScreen}
+        for key, dialog in dialogs.items():
+            await pilot.press(key)
+            await until(pilot, lambda dialog=dialog: isinstance(app.screen, dialog))
+            assert isinstance(app.screen, Dialog) and app.screen.query_one(".frame").region
+            await pilot.press("escape")
+            await until(pilot, lambda: app.screen is screen)
+        assert screen.query_state == query and not screen.busy, "closing chose nothing"

@@ -175,6 +175,22 @@ async def test_every_perturbation_runs_on_a_selected_example(tui, tiny_model):
         assert perturb.target is None
 
 
+async def test_help_lists_the_keys_active_where_it_was_asked(tui):
+    app = tui.app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = await open_neuron(pilot)
+        await pilot.press("4")
+        assert isinstance(app.focused, TokenView)
+        text = await support.open_help(pilot)
+        sections = ("Neuron page", "Perturb tab", "Tokens", "Everywhere")
+        assert [line for line in text.splitlines() if line in sections] == list(sections)
+        for phrase in ("Accept", "Needs review", "Choose token", "Target: max", "Live tab"):
+            assert phrase in text
+        assert "Go to L.N" not in text, "the list's keys are not active here"
+        await pilot.press("escape")
+        assert app.screen is screen
+
+
 async def test_typing_while_perturbing_updates_the_perturbations(tui):
     app = tui.app()
     async with app.run_test(size=(100, 30)) as pilot:

@@ -22,6 +22,7 @@ from builders import scan_params
 
 from labeller.catalogue import Catalogue
 from labeller.tui.app import AnnotateApp, create_app
+from labeller.tui.help_screen import HelpScreen
 
 MODEL = "tiny-solu-2l"
 
@@ -93,6 +94,23 @@ async def until(pilot, condition: Callable[[], object], timeout: float = 15.0) -
 def model_ready(app: AnnotateApp) -> bool:
     state = app.model_states.get(MODEL)
     return state is not None and state.state == "ready"
+
+
+async def open_help(pilot) -> str:
+    """Open help on the screen in front, check that it lists each active binding there (key and
+    description on one line) and return its text."""
+    app = pilot.app
+    active = [
+        (app.get_key_display(b), b.description)
+        for b in (a.binding for a in app.screen.active_bindings.values())
+        if b.description and not b.system
+    ]
+    await pilot.press("question_mark")
+    await until(pilot, lambda: isinstance(app.screen, HelpScreen))
+    lines = str(app.screen.query_one("Static").render()).splitlines()
+    for key, description in active:
+        assert any(key in line and line.endswith(description) for line in lines), key
+    return "\n".join(lines)
 
 
 def notifications(app: AnnotateApp) -> list[str]:
