@@ -16,7 +16,7 @@ from textual.binding import Binding, BindingType
 from textual.message import Message
 from textual.signal import Signal
 
-from labeller.tui.backend import Backend, ModelStatus
+from labeller.tui.backend import Backend, LoadState, ModelStatus
 from labeller.tui.errors import ReportsWorkerErrors, describe
 from labeller.tui.help_screen import HelpScreen
 from labeller.tui.neuron_list import NeuronListScreen
@@ -51,23 +51,25 @@ class AnnotateApp(ReportsWorkerErrors, App[None]):
     def ensure_model(self, name: str) -> None:
         """Start loading `name` unless it is loaded or loading; announce its state either way."""
         state = self.model_states.get(name)
-        if state is not None and state.state != "failed":
+        if state is not None and state.state is not LoadState.FAILED:
             self.model_signal.publish(state)
             return
-        self._progress(ModelStatus(name, "loading", "starting"))
+        self._progress(ModelStatus(name, LoadState.LOADING, "starting"))
         self.load_model(name)
 
     @work(thread=True, group="model", exit_on_error=False)
     def load_model(self, name: str) -> None:
         def step(detail: str) -> None:
-            self.post_message(self.ModelProgress(ModelStatus(name, "loading", detail)))
+            self.post_message(self.ModelProgress(ModelStatus(name, LoadState.LOADING, detail)))
 
         try:
             self.backend.load_model(name, step)
         except Exception as exc:  # any failure to load is reported, never raised into the UI
-            self.post_message(self.ModelProgress(ModelStatus(name, "failed", describe(exc))))
+            self.post_message(
+                self.ModelProgress(ModelStatus(name, LoadState.FAILED, describe(exc)))
+            )
             raise
-        self.post_message(self.ModelProgress(ModelStatus(name, "ready")))
+        self.post_message(self.ModelProgress(ModelStatus(name, LoadState.READY)))
 
     def on_annotate_app_model_progress(self, event: AnnotateApp.ModelProgress) -> None:
         self._progress(event.status)

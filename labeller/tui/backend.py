@@ -13,6 +13,7 @@ import threading
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -85,18 +86,24 @@ class LiveTrace:
     activations: list[float]
 
 
+class LoadState(StrEnum):
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+
+
 @dataclass(frozen=True)
 class ModelStatus:
-    """Where loading a model has got to: `state` is loading, ready or failed."""
+    """Where loading a model has got to."""
 
     name: str
-    state: str
+    state: LoadState
     detail: str = ""
 
     def describe(self) -> str:
-        if self.state == "loading":
+        if self.state is LoadState.LOADING:
             return f"model: {self.detail}…"
-        if self.state == "ready":
+        if self.state is LoadState.READY:
             return "model ready"
         return f"model failed: {self.detail}"
 

@@ -19,7 +19,7 @@ from textual.widgets import DataTable, Footer, Input, Static
 from textual.worker import get_current_worker
 
 from labeller.catalogue.browse import NeuronSummary, SortKey
-from labeller.tui.backend import ListQuery, ModelStatus
+from labeller.tui.backend import ListQuery, LoadState, ModelStatus
 from labeller.tui.context import annotate_app, backend_of
 from labeller.tui.errors import ReportsWorkerErrors, say
 from labeller.tui.filter_bar import FilterBar
@@ -122,11 +122,11 @@ class NeuronListScreen(ReportsWorkerErrors, Screen[None]):
         if status.name != self.query_state.model:
             return
         self.model_note = status.describe()
-        if status.state == "loading" and self._spinner is None:
+        if status.state is LoadState.LOADING and self._spinner is None:
             self._loading_since = time.monotonic()
             self._spinner = self.set_interval(0.2, self._tick)
             self.loading_for = 0.0
-        elif status.state != "loading" and self._spinner is not None:
+        elif status.state is not LoadState.LOADING and self._spinner is not None:
             self._spinner.stop()
             self._spinner = None
             self.loading_for = None

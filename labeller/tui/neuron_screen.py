@@ -22,7 +22,7 @@ from textual.worker import Worker, WorkerState
 
 from labeller.catalogue.labels import StaleLabel
 from labeller.records import PRIMARY_METHOD, Explanation, LabelStatus
-from labeller.tui.backend import ModelStatus, NeuronPage
+from labeller.tui.backend import LoadState, ModelStatus, NeuronPage
 from labeller.tui.context import annotate_app, backend_of
 from labeller.tui.errors import ReportsWorkerErrors, say
 from labeller.tui.examples_pane import ExamplesPane
@@ -199,10 +199,10 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
         if status.name != self.model_name:
             return
         model = annotate_app(self).backend.loaded(self.model_name)
-        if status.state == "ready" and model is not None:
+        if status.state is LoadState.READY and model is not None:
             self.query_one(LivePane).set_model(model)
             self.query_one(PerturbPane).set_model(model)
-        elif status.state == "failed":
+        elif status.state is LoadState.FAILED:
             self.query_one(LivePane).failure = status.describe()
 
     def _model(self) -> LoadedModel | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
@@ -24,11 +25,12 @@ if TYPE_CHECKING:
 class SuggestionsScreen(ReportsWorkerErrors, Dialog[str]):
     """Returns the text of the chosen row (enter) to load it into Live, or None."""
 
+    @dataclass
     class Ready(Message):
-        def __init__(self, llm: str, verdicts: list[Verdict]) -> None:
-            super().__init__()
-            self.llm = llm
-            self.verdicts = verdicts
+        """The LLM's suggested texts, run through the model and judged."""
+
+        llm: str
+        verdicts: list[Verdict]
 
     def __init__(
         self, model: LoadedModel, layer: int, neuron: int, label: str, neuron_max: float

@@ -22,6 +22,7 @@ from builders import scan_params
 
 from labeller.catalogue import Catalogue
 from labeller.tui.app import AnnotateApp, create_app
+from labeller.tui.backend import LoadState
 from labeller.tui.help_screen import HelpScreen
 
 MODEL = "tiny-solu-2l"
@@ -93,7 +94,7 @@ async def until(pilot, condition: Callable[[], object], timeout: float = 15.0) -
 
 def model_ready(app: AnnotateApp) -> bool:
     state = app.model_states.get(MODEL)
-    return state is not None and state.state == "ready"
+    return state is not None and state.state is LoadState.READY
 
 
 async def open_help(pilot) -> str:
