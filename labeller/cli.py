@@ -1100,11 +1100,13 @@ def export(
 @cli.command("import")
 @db_option
 @click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
-def import_(db_path: Path | None, file: Path) -> None:
+@click.option("--annotator", default=None, help="Default: git user.name, else $USER.")
+def import_(db_path: Path | None, file: Path, annotator: str | None) -> None:
     """Merge a `labeller export --format json` file into the catalogue.
 
     Importing twice changes nothing; both sides' label history is kept; a neuron accepted with
-    different labels on the two sides is reported as a conflict and left for a person.
+    different labels on the two sides, or a decision in the file older than ours, is reported as
+    a conflict and left for a person. Changes the import decides are recorded under --annotator.
 
     \b
     Example:
@@ -1117,7 +1119,9 @@ def import_(db_path: Path | None, file: Path) -> None:
         Catalogue.open(db_path, create=True) as catalogue,
         _progress(total, "importing", "neurons") as advance,
     ):
-        report = import_catalogue(catalogue, file, on_progress=advance)
+        report = import_catalogue(
+            catalogue, file, on_progress=advance, annotator=annotator or default_annotator()
+        )
     click.echo(report.summary())
     for conflict in report.conflicts:
         click.echo(f"conflict (left for a person): {conflict}", err=True)

@@ -23,6 +23,7 @@ from labeller.records import (
     ExampleKind,
     Explanation,
     HistoryEntry,
+    LabelState,
     LabelStatus,
     ModelRecord,
     NeuronStats,
@@ -275,6 +276,17 @@ def our_history(catalogue: Catalogue, neuron_id: int) -> list[StoredHistory]:
     ]
 
 
+def latest_entry(catalogue: Catalogue, explanation_id: int) -> HistoryEntry | None:
+    """The explanation's newest history entry: the state `history` shows it in."""
+    for row in catalogue.db.query(
+        """select h.*, n.layer, n.neuron from label_history h join neurons n on n.id = h.neuron_id
+        where h.explanation_id = ? order by h.id desc limit 1""",
+        [explanation_id],
+    ):
+        return rows.history_from_row(row)
+    return None
+
+
 def accepted_by(catalogue: Catalogue, explanation_id: int) -> str | None:
     """Who made this label accepted: the latest history entry that left it accepted."""
     for row in catalogue.db.query(
@@ -396,6 +408,11 @@ def set_explanation_status(
     catalogue.db.table("explanations").update(
         explanation_id, {"status": status.value, "updated_at": updated_at}
     )
+
+
+def our_label_state(catalogue: Catalogue, explanation_id: int) -> LabelState:
+    """The label as it is stored now, as a history entry records it."""
+    return rows.label_state_from_row(catalogue.db.table("explanations").get(explanation_id))
 
 
 def score_keys(catalogue: Catalogue, explanation_id: int) -> set[tuple[Any, ...]]:

@@ -111,12 +111,18 @@ def count_export(
 
 
 def import_catalogue(
-    catalogue: Catalogue, path: Path, *, on_progress: Callable[[int], None] | None = None
+    catalogue: Catalogue,
+    path: Path,
+    *,
+    on_progress: Callable[[int], None] | None = None,
+    annotator: str | None = None,
 ) -> ImportReport:
-    """Merge the `json` export at `path` into `catalogue` (see `labeller.exchange.importer`)."""
+    """Merge the `json` export at `path` into `catalogue` (see `labeller.exchange.importer`);
+    `annotator` is who the history names for the changes the import decides itself."""
+    from labeller.exchange.importer import IMPORTER
     from labeller.exchange.importer import import_catalogue as run
 
-    return run(catalogue, Path(path), on_progress=on_progress)
+    return run(catalogue, Path(path), on_progress=on_progress, annotator=annotator or IMPORTER)
 
 
 def export_header(path: Path) -> ExportHeader:

@@ -11,9 +11,16 @@ Rules (the SQL is in `labeller.catalogue.exchange`; this module only decides):
   evidence per neuron; a different scan on their side is counted in `kept_our_evidence`).
 - Their history entries we lack are appended (label_history is append-only), in their order.
 - A new explanation comes in with its status. For one we both have, ours stands unless ours is
-  `proposed` and theirs is not, and the neuron has no conflict.
+  `proposed` and theirs is not, the neuron has no conflict, and their decision is newer than our
+  latest entry for that label. An older decision (one we already hold, or one made before ours)
+  never overwrites a newer one: ours stays and the report lists it as a conflict.
 - Conflict: the neuron has an accepted label here and a different accepted label there. Nothing
   of ours changes, their label comes in as `proposed`, and the report says so for a person.
+- Every status an import sets is recorded like a person's change: the history entry that made it
+  (theirs, or one by the importing annotator), so the neuron's version moves and a stale
+  `--expect-version` is refused. When their entries leave a label's history in a state we did not
+  take (a conflict, an older decision), an entry by the importing annotator follows them and
+  records the state the label is really in, so the history always ends in the stored status.
 - The file is validated in full before anything is written; then neurons are written in batches,
   each batch one transaction, so an interrupted import leaves a consistent catalogue and running
   it again finishes the job.
@@ -40,8 +47,11 @@ from labeller.exchange.json_format import (
     read_export,
 )
 from labeller.records import (
+    STATUS_ACTIONS,
     Example,
     Explanation,
+    HistoryAction,
+    HistoryEntry,
     LabelState,
     LabelStatus,
     Record,
@@ -49,6 +59,7 @@ from labeller.records import (
 )
 
 BATCH_SIZE = 100
+IMPORTER = "import"  # the annotator of an import's own entries when the caller names nobody
 
 
 class ImportReport(Record):
@@ -87,8 +98,13 @@ def import_catalogue(
     *,
     on_progress: Callable[[int], None] | None = None,
     batch_size: int = BATCH_SIZE,
+    annotator: str = IMPORTER,
 ) -> ImportReport:
-    """Merge the `json` export at `path`; `on_progress(n)` after each of its neurons."""
+    """Merge the `json` export at `path`; `on_progress(n)` after each of its neurons.
+
+    `annotator` is who the history names for the changes the import itself decides (the person
+    running it), as for any change a person makes.
+    """
     path = Path(path)
     with read_export(path) as reader:
         for _ in reader.neurons():
@@ -105,7 +121,7 @@ def import_catalogue(
             nonlocal done
             with catalogue.write_transaction():
                 for neuron in batch:
-                    _merge_neuron(catalogue, neuron, model_ids, scan_ids, report)
+                    _merge_neuron(catalogue, neuron, model_ids, scan_ids, report, annotator)
                     done += 1
                     if on_progress:
                         on_progress(done)
@@ -156,6 +172,7 @@ def _merge_neuron(
     model_ids: dict[str, int],
     scan_ids: list[int],
     report: ImportReport,
+    annotator: str,
 ) -> None:
     scan_id = scan_ids[neuron.scan] if neuron.scan is not None else None
     neuron_id = catalogue.neuron_id(model_ids[neuron.model], neuron.layer, neuron.neuron)
@@ -181,6 +198,7 @@ def _merge_neuron(
         report.kept_our_evidence += 1
 
     ours = store.our_explanations(catalogue, neuron_id)
+    our_latest = {o.id: store.latest_entry(catalogue, o.id) for o in ours}
     conflict = _conflict(catalogue, neuron, ours)
     if conflict:
         report.conflicts.append(conflict)
@@ -188,7 +206,25 @@ def _merge_neuron(
         catalogue, neuron, neuron_id, ours, scan_ids, conflict is not None, report
     )
     changed |= _merge_scores(catalogue, neuron, local, report)
-    changed |= _merge_history(catalogue, neuron, neuron_id, local, report)
+    appended = _merge_history(catalogue, neuron, neuron_id, local, report)
+    changed |= bool(appended)
+    at = utc_now()
+    changed |= _settle_statuses(
+        catalogue,
+        neuron,
+        neuron_id,
+        ours,
+        our_latest,
+        local,
+        appended,
+        conflict is not None,
+        report,
+        annotator=annotator,
+        at=at,
+    )
+    _close_histories(
+        catalogue, neuron_id, {local[i] for i in appended}, conflict is not None, annotator, at
+    )
     if not added:
         if changed:
             report.neurons_updated += 1
@@ -251,16 +287,6 @@ def _merge_explanations(
         mine = by_key.get((theirs.source, theirs.text))
         if mine is not None:
             local[index] = mine.id
-            if (
-                not conflict
-                and mine.explanation.status is LabelStatus.PROPOSED
-                and theirs.status is not LabelStatus.PROPOSED
-            ):
-                store.set_explanation_status(
-                    catalogue, mine.id, theirs.status, theirs.updated_at or utc_now()
-                )
-                report.statuses_changed += 1
-                changed = True
             continue
         accepted = theirs.status is LabelStatus.ACCEPTED
         status = LabelStatus.PROPOSED if conflict and accepted else theirs.status
@@ -321,8 +347,11 @@ def _merge_history(
     neuron_id: int,
     local: dict[int, int],
     report: ImportReport,
-) -> bool:
-    """Append their entries we lack, oldest first; the k-th copy of an entry matches our k-th."""
+) -> dict[int, set[int]]:
+    """Append their entries we lack, oldest first; the k-th copy of an entry matches our k-th.
+
+    Returns, per explanation index, the `seq`s of their entries that were new here.
+    """
     explanation_keys = {
         o.id: (o.explanation.source, o.explanation.text)
         for o in store.our_explanations(catalogue, neuron_id)
@@ -347,7 +376,7 @@ def _merge_history(
 
     seen: Counter[HistoryKey] = Counter()
     ours_for_seq: dict[int, int] = {}
-    changed = False
+    appended: dict[int, set[int]] = {}
     for entry, owner in theirs:
         owner_key = (
             (neuron.explanations[owner].source, neuron.explanations[owner].text)
@@ -380,8 +409,96 @@ def _merge_history(
             undoes=ours_for_seq.get(entry.undoes) if entry.undoes is not None else None,
         )
         report.history_added += 1
+        if owner is not None:
+            appended.setdefault(owner, set()).add(entry.seq)
+    return appended
+
+
+def _settle_statuses(
+    catalogue: Catalogue,
+    neuron: ExportNeuron,
+    neuron_id: int,
+    ours: list[store.StoredExplanation],
+    our_latest: dict[int, HistoryEntry | None],
+    local: dict[int, int],
+    appended: dict[int, set[int]],
+    conflict: bool,
+    report: ImportReport,
+    *,
+    annotator: str,
+    at: str,
+) -> bool:
+    """Take their decision on a label still proposed here, when it is newer than ours."""
+    by_id = {o.id: o for o in ours}
+    changed = False
+    for index, theirs in enumerate(neuron.explanations):
+        mine = by_id.get(local[index])
+        if (
+            mine is None
+            or conflict
+            or mine.explanation.status is not LabelStatus.PROPOSED
+            or theirs.status is LabelStatus.PROPOSED
+        ):
+            continue
+        last = max(theirs.history, key=lambda h: h.seq, default=None)
+        their_at = last.at if last else (theirs.updated_at or theirs.created_at)
+        latest = our_latest.get(mine.id)
+        our_at = latest.at if latest else (mine.updated_at or mine.explanation.created_at)
+        known = last is not None and last.seq not in appended.get(index, set())
+        if known or their_at < our_at:
+            who = latest.annotator if latest and latest.annotator else "someone"
+            report.conflicts.append(
+                f"{neuron.model} {neuron.layer}.{neuron.neuron}: '{theirs.text}' is "
+                f"{theirs.status.value} in the file but {who} made it proposed here at {our_at}, "
+                f"after that decision ({their_at}): kept ours"
+            )
+            continue
+        before = store.our_label_state(catalogue, mine.id)
+        store.set_explanation_status(catalogue, mine.id, theirs.status, at)
+        if last is None or last.after is None or last.after.status is not theirs.status:
+            # Their file holds no entry that made this status: the import records it itself.
+            append_history(
+                catalogue,
+                neuron_id,
+                mine.id,
+                STATUS_ACTIONS[theirs.status],
+                before,
+                store.our_label_state(catalogue, mine.id),
+                annotator=annotator,
+                at=at,
+            )
+        report.statuses_changed += 1
         changed = True
     return changed
+
+
+def _close_histories(
+    catalogue: Catalogue,
+    neuron_id: int,
+    explanation_ids: set[int],
+    conflict: bool,
+    annotator: str,
+    at: str,
+) -> None:
+    """After their entries, record the state each label is really in when theirs ended elsewhere:
+    `history` then never shows their accept on a label that stayed proposed here."""
+    for explanation_id in sorted(explanation_ids):
+        latest = store.latest_entry(catalogue, explanation_id)
+        stored = store.our_label_state(catalogue, explanation_id)
+        shown = latest.after if latest is not None else None
+        if shown is not None and shown.status is stored.status:
+            continue
+        action = (
+            HistoryAction.DEMOTE  # their accepted label, kept proposed beside our accepted one
+            if conflict
+            and shown is not None
+            and shown.status is LabelStatus.ACCEPTED
+            and stored.status is LabelStatus.PROPOSED
+            else STATUS_ACTIONS[stored.status]
+        )
+        append_history(
+            catalogue, neuron_id, explanation_id, action, shown, stored, annotator=annotator, at=at
+        )
 
 
 def _state(

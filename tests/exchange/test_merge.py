@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -98,12 +99,15 @@ def test_conflict_is_reported_and_nothing_is_overwritten(ours_and_theirs, tmp_pa
     assert {k: v for k, v in after["statuses"].items() if k != (0, 5, "human", "strings")} == (
         before["statuses"]
     )
-    # Their history comes along (bob wrote and accepted "strings" over there) after ours.
+    # Their history comes along (bob wrote and accepted "strings" over there) after ours, and
+    # an entry by the importer says what happened here: the history ends in the stored status.
     assert after["history"][(0, 5)][: len(before["history"][(0, 5)])] == before["history"][(0, 5)]
-    assert [(a, who) for a, who, *_ in after["history"][(0, 5)][-2:]] == [
+    assert [(a, who) for a, who, *_ in after["history"][(0, 5)][-3:]] == [
         ("write", "bob"),
         ("accept", "bob"),
+        ("demote", "import"),
     ]
+    assert after["history"][(0, 5)][-1][4] == ("strings", "proposed", "human")
 
     again = merge(ours, theirs, tmp_path)
     assert again.conflicts == report.conflicts  # still there for a person to resolve
@@ -141,3 +145,84 @@ def test_neurons_we_lack_come_in_and_ours_keep_their_evidence(tmp_path: Path):
         assert [e.text for e in kept.explanations] == ["fires on token 0", "code, variant 0"]
         assert kept.explanations[0].scores  # their scores come with their labels
         assert catalogue.neuron_view("tiny", 1, 2).top_examples
+
+
+def version(path: Path, neuron: int) -> int:
+    with Catalogue.open(path) as catalogue:
+        return catalogue.label_version(catalogue.neuron_ref("tiny", 0, neuron).id)
+
+
+def test_an_older_export_never_reverts_an_undo(ours_and_theirs, tmp_path: Path):
+    """The finding: alice accepts, someone exports, alice undoes; the older file comes back."""
+    ours, _ = ours_and_theirs
+    write(ours, "alice", 0, 2, "alice's idea", accept=True)
+    older = export_file(ours, tmp_path / "older.json")
+    with Catalogue.open(ours) as catalogue:
+        labels.undo(
+            catalogue, catalogue.neuron_ref("tiny", 0, 2), annotator="alice", expected_version=None
+        )
+    before, seen = state(ours), version(ours, 2)
+
+    with Catalogue.open(ours) as catalogue:
+        report = import_catalogue(catalogue, older)
+    assert report.statuses_changed == 0
+    (conflict,) = report.conflicts
+    assert re.fullmatch(
+        r"tiny 0\.2: 'alice's idea' is accepted in the file but alice made it proposed here "
+        r"at \S+, after that decision \(\S+\): kept ours",
+        conflict,
+    )
+    assert state(ours) == before  # still proposed, no entry added
+    assert version(ours, 2) == seen
+
+
+def test_an_older_unseen_decision_does_not_overwrite_a_newer_one(
+    ours_and_theirs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    ours, theirs = ours_and_theirs
+    monkeypatch.setattr(labels, "utc_now", lambda: "2030-01-01T00:00:00+00:00")
+    set_status(theirs, "bob", 0, "fires on token 0", LabelStatus.ACCEPTED)
+    monkeypatch.setattr(labels, "utc_now", lambda: "2030-01-02T00:00:00+00:00")
+    set_status(ours, "alice", 0, "fires on token 0", LabelStatus.ACCEPTED)
+    set_status(ours, "alice", 0, "fires on token 0", LabelStatus.PROPOSED)  # reopened later
+
+    report = merge(ours, theirs, tmp_path)
+    assert report.statuses_changed == 0
+    assert len(report.conflicts) == 1 and "'fires on token 0'" in report.conflicts[0]
+    merged = state(ours)
+    assert merged["statuses"][(0, 0, "gpt-test", "fires on token 0")] == "proposed"
+    # bob's accept is kept in the history, and an entry after it says it did not stand here.
+    assert [(a, who) for a, who, *_ in merged["history"][(0, 0)][-2:]] == [
+        ("accept", "bob"),
+        ("reopen", "import"),
+    ]
+    assert merged["history"][(0, 0)][-1][4][1] == "proposed"
+
+
+def test_a_status_taken_from_a_file_is_in_history_and_moves_the_version(
+    ours_and_theirs, tmp_path: Path
+):
+    ours, theirs = ours_and_theirs
+    set_status(theirs, "bob", 0, "fires on token 0", LabelStatus.ACCEPTED)
+    seen = version(ours, 0)
+
+    report = merge(ours, theirs, tmp_path)
+    assert report.statuses_changed == 1
+    merged = state(ours)
+    assert merged["statuses"][(0, 0, "gpt-test", "fires on token 0")] == "accepted"
+    last = merged["history"][(0, 0)][-1]
+    assert (last[0], last[1], last[4][1]) == ("accept", "bob", "accepted")
+    assert version(ours, 0) != seen
+    with Catalogue.open(ours) as catalogue:
+        ref = catalogue.neuron_ref("tiny", 0, 0)
+        (label,) = [e for e in catalogue.explanations_of(ref.id) if e.text == "fires on token 0"]
+        assert label.id is not None
+        with pytest.raises(labels.StaleLabel, match="bob accept"):
+            labels.set_status(
+                catalogue,
+                ref,
+                label.id,
+                LabelStatus.REJECTED,
+                annotator="carol",
+                expected_version=seen,
+            )
