@@ -1123,6 +1123,8 @@ def import_(db_path: Path | None, file: Path, annotator: str | None) -> None:
             catalogue, file, on_progress=advance, annotator=annotator or default_annotator()
         )
     click.echo(report.summary())
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}", err=True)
     for conflict in report.conflicts:
         click.echo(f"conflict (left for a person): {conflict}", err=True)
 

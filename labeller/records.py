@@ -111,6 +111,11 @@ class ModelRecord(Record):
     act_fn: str
     neuron_hook: str = Field(description="hook name template with {layer}")
     created_at: str = Field(default_factory=utc_now)
+    weights_fingerprint: str | None = Field(
+        default=None,
+        description="sha256 over the model's parameters (names, shapes, float32 bytes), taken at "
+        "scan time; None for catalogues scanned before it was recorded",
+    )
 
 
 # Windows per forward pass: a run setting, not part of what a scan keeps.
@@ -149,12 +154,19 @@ class ScanRecord(Record):
 class Histogram(Record):
     """Counts over equal-width bins between `low` and `high` (the neuron's min and max)."""
 
+    # NaN stays NaN in JSON (the token Python's json reads back), not null.
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")
+
     low: float
     high: float
     counts: list[int]
 
 
 class NeuronStats(Record):
+    """A neuron's statistics; any of them may be NaN (from a degenerate scan or an import)."""
+
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")
+
     max: float
     min: float
     mean: float

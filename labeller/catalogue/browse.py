@@ -266,8 +266,8 @@ def _summaries(catalogue: Catalogue, ids: list[int]) -> list[NeuronSummary]:
         NeuronSummary(
             layer=rows[i][1],
             neuron=rows[i][2],
-            max=rows[i][3],
-            density=rows[i][4],
+            max=float(rows[i][3]),  # may be stored as the text NaN
+            density=float(rows[i][4]),
             status=_STATUS_OF_RANK[rows[i][5]],
             explanation_id=rows[i][6],
             label=rows[i][7],

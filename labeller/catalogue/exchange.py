@@ -307,6 +307,12 @@ def find_model_id(catalogue: Catalogue, name: str) -> int | None:
     return int(row[0]) if row else None
 
 
+def find_model(catalogue: Catalogue, name: str) -> ModelRecord | None:
+    for row in catalogue.db.query("select * from models where name = ?", [name]):
+        return rows.model_from_row(row)
+    return None
+
+
 def insert_model(catalogue: Catalogue, model: ModelRecord) -> int:
     return catalogue.insert("models", rows.model_to_row(model))
 

@@ -212,4 +212,10 @@ def m002_candidates_and_failures(db: Database) -> None:
     )
 
 
+@migrations()
+def m003_model_fingerprint(db: Database) -> None:
+    """A fingerprint of the model's weights, so an import can tell two models of one name apart."""
+    db.table("models").add_column("weights_fingerprint", str)
+
+
 KNOWN_MIGRATIONS = frozenset(m.name for m in migrations.pending(Database(memory=True)))

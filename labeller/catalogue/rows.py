@@ -8,6 +8,7 @@ write shapes (`WindowRow`, `ExampleRow`, `NeuronRow`) live here too: they are ro
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,15 +134,29 @@ def scan_to_row(
 # --- neurons, windows and examples --------------------------------------------------------------
 
 
+# SQLite stores a float NaN as NULL, which already means "undefined" for skewness and kurtosis:
+# NaN statistics are stored as the text 'NaN' and read back as float('nan').
+NAN_TEXT = "NaN"
+
+
+def real_to_db(value: float | None) -> float | str | None:
+    return NAN_TEXT if value is not None and math.isnan(value) else value
+
+
+def real_from_db(value: float | str | None) -> float | None:
+    """A nullable REAL column that may hold 'NaN' (`float()` reads it in a required one)."""
+    return float(value) if value is not None else None
+
+
 def stats_from_row(row: Row) -> NeuronStats:
     return NeuronStats(
-        max=row["max"],
-        min=row["min"],
-        mean=row["mean"],
-        std=row["std"],
-        density=row["density"],
-        skewness=row["skewness"],
-        kurtosis=row["kurtosis"],
+        max=float(row["max"]),
+        min=float(row["min"]),
+        mean=float(row["mean"]),
+        std=float(row["std"]),
+        density=float(row["density"]),
+        skewness=real_from_db(row["skewness"]),
+        kurtosis=real_from_db(row["kurtosis"]),
         tokens=row["tokens"],
         histogram=Histogram.model_validate_json(row["histogram"]),
     )
@@ -165,13 +180,13 @@ def neuron_to_row(neuron: NeuronRow, model_id: int, scan_id: int | None) -> Row:
         "layer": neuron.layer,
         "neuron": neuron.neuron,
         "scan_id": scan_id,
-        "max": stats.max,
-        "min": stats.min,
-        "mean": stats.mean,
-        "std": stats.std,
-        "density": stats.density,
-        "skewness": stats.skewness,
-        "kurtosis": stats.kurtosis,
+        "max": real_to_db(stats.max),
+        "min": real_to_db(stats.min),
+        "mean": real_to_db(stats.mean),
+        "std": real_to_db(stats.std),
+        "density": real_to_db(stats.density),
+        "skewness": real_to_db(stats.skewness),
+        "kurtosis": real_to_db(stats.kurtosis),
         "tokens": stats.tokens,
         "histogram": stats.histogram.model_dump_json(),
         "w_in_w_out_cosine": weights.w_in_w_out_cosine if weights else None,

@@ -10,6 +10,7 @@ regenerates the committed schema) runs without a second copy of that module.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -50,6 +51,8 @@ def _selection(
         raise UserError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
     if status not in STATUSES:
         raise UserError(f"--status {status!r}: use one of {', '.join(STATUSES)}")
+    if min_score is not None and math.isnan(min_score):
+        raise UserError("--min-score nan selects nothing; give a number, e.g. 0.3")
     if fmt == "openai" or model is not None:
         # OpenAI's NeuronId has no model: that format takes exactly one.
         models = [catalogue.resolve_model(model).name]

@@ -38,6 +38,7 @@ from pydantic import Field
 from labeller.catalogue import Catalogue
 from labeller.catalogue import exchange as store
 from labeller.catalogue.labels import append_history
+from labeller.errors import UserError
 from labeller.exchange.json_format import (
     ExportExplanation,
     ExportHeader,
@@ -54,6 +55,7 @@ from labeller.records import (
     HistoryEntry,
     LabelState,
     LabelStatus,
+    ModelRecord,
     Record,
     utc_now,
 )
@@ -78,6 +80,9 @@ class ImportReport(Record):
     scores_added: int = 0
     history_added: int = 0
     conflicts: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(
+        default_factory=list, description="checks that could not be made (older files)"
+    )
 
     def summary(self) -> str:
         line = (
@@ -106,10 +111,11 @@ def import_catalogue(
     running it), as for any change a person makes.
     """
     path = Path(path)
+    report = ImportReport()
     with read_export(path) as reader:
+        _check_models(catalogue, path, reader.header, report)
         for _ in reader.neurons():
             pass  # validate everything first: a broken file writes nothing
-    report = ImportReport()
     with read_export(path) as reader:
         header = reader.header
         with catalogue.write_transaction():
@@ -134,6 +140,39 @@ def import_catalogue(
         if batch:
             flush()
     return report
+
+
+def _check_models(
+    catalogue: Catalogue, path: Path, header: ExportHeader, report: ImportReport
+) -> None:
+    """A model of the same name here must be the same model: same shape and activation, and the
+    same weights where both sides recorded a fingerprint (a renamed export of another model
+    would otherwise attach its labels to our neurons)."""
+    for theirs in header.models:
+        ours = store.find_model(catalogue, theirs.name)
+        if ours is None:
+            continue
+        if _shape(ours) != _shape(theirs):
+            raise UserError(
+                f"{path}: its model {theirs.name!r} is not the model of that name here "
+                f"(layers, d_mlp, d_model, d_vocab, activation: {_shape(theirs)} there, "
+                f"{_shape(ours)} here); import it into another catalogue"
+            )
+        if ours.weights_fingerprint and theirs.weights_fingerprint:
+            if ours.weights_fingerprint != theirs.weights_fingerprint:
+                raise UserError(
+                    f"{path}: its model {theirs.name!r} is not the model of that name here "
+                    "(its weights differ); import it into another catalogue"
+                )
+        else:
+            report.warnings.append(
+                f"model {theirs.name}: same shape, but the weights fingerprint could not be "
+                "checked (recorded on only one side or neither)"
+            )
+
+
+def _shape(model: ModelRecord) -> tuple[int, int, int, int, str]:
+    return (model.n_layers, model.d_mlp, model.d_model, model.d_vocab, model.act_fn)
 
 
 def _models_and_scans(

@@ -15,7 +15,8 @@ it, and a history entry names its explanation by index within the neuron and the
 by `seq` (its position in the neuron's history). So the file is the same whichever catalogue
 wrote it: export, import into an empty catalogue, export again gives the same bytes apart from
 `exported_at`. Numbers are Python's `json` output: exact round trips (activations are stored as
-float32, so they come back bit for bit); a NaN statistic would appear as `NaN`, as Python writes it.
+float32, so they come back bit for bit); a NaN statistic is written as the bare token `NaN`, as
+Python's `json` (and JSON5) writes and reads it, and imports back as NaN.
 
 Regenerate the committed schema after changing these records:
 
@@ -124,7 +125,7 @@ class ExportHeader(Record):
     format: Literal["labeller-export"]
     format_version: Literal[1]
     exported_at: str
-    neuron_count: int = Field(description="number of entries in `neurons`")
+    neuron_count: int = Field(ge=0, description="number of entries in `neurons`")
     models: list[ModelRecord]
     scans: list[ExportScan]
 
@@ -262,7 +263,15 @@ class ExportReader:
         self._raw = neurons
 
     def neurons(self) -> Iterator[ExportNeuron]:
+        """Each neuron, validated; the count must be the header's `neuron_count`."""
+        expected = self.header.neuron_count
+        position = -1
         for position, raw in enumerate(self._raw):
+            if position >= expected:
+                raise UserError(
+                    f"{self.path} holds more neurons than its header's neuron_count ({expected}); "
+                    "the file was edited or is damaged: re-export it"
+                )
             try:
                 neuron = ExportNeuron.model_validate(raw)
             except ValidationError as exc:
@@ -272,6 +281,11 @@ class ExportReader:
                 ) from None
             _check_references(self.path, self.header, neuron)
             yield neuron
+        if position + 1 != expected:
+            raise UserError(
+                f"{self.path} holds {position + 1} neurons but its header's neuron_count is "
+                f"{expected}; the file was edited or is damaged: re-export it"
+            )
 
 
 @contextmanager
@@ -372,10 +386,29 @@ def _header(path: Path, raw: dict[str, Any]) -> ExportHeader:
 
 
 def _check_references(path: Path, header: ExportHeader, neuron: ExportNeuron) -> None:
-    """Indices inside a neuron must point at things the file holds."""
+    """Indices inside a neuron must point at things the file holds, and the neuron must fit its
+    model: nothing an import writes may later break `show`, `rank` or `export`."""
     where = f"{path}: neuron {neuron.model} {neuron.layer}.{neuron.neuron}"
-    if neuron.model not in {m.name for m in header.models}:
+    models = {m.name: m for m in header.models}
+    model = models.get(neuron.model)
+    if model is None:
         raise UserError(f"{where} names a model absent from `models`")
+    if not 0 <= neuron.layer < model.n_layers:
+        raise UserError(
+            f"{where}: layer {neuron.layer} does not exist; model {model.name} has layers "
+            f"0-{model.n_layers - 1}"
+        )
+    if not 0 <= neuron.neuron < model.d_mlp:
+        raise UserError(
+            f"{where}: neuron {neuron.neuron} does not exist; model {model.name} has neurons "
+            f"0-{model.d_mlp - 1}"
+        )
+    for kind, examples in (("top", neuron.top_examples), ("random", neuron.random_examples)):
+        for example in examples:
+            _check_example(f"{where}, {kind} window {example.rank}", example)
+    for explanation in neuron.explanations:
+        if not explanation.text.strip():
+            raise UserError(f"{where} has a label with empty label text")
     scans = len(header.scans)
     for scan in [neuron.scan, *(e.scan for e in neuron.explanations)]:
         if scan is not None and not 0 <= scan < scans:
@@ -397,6 +430,16 @@ def _check_references(path: Path, header: ExportHeader, neuron: ExportNeuron) ->
     for entry in entries:
         if entry.undoes is not None and entry.undoes not in seq_set:
             raise UserError(f"{where}: history entry seq {entry.seq} undoes a missing entry")
+
+
+def _check_example(where: str, example: ExportExample) -> None:
+    tokens = len(example.tokens)
+    if len(example.activations) != tokens:
+        raise UserError(f"{where} has {len(example.activations)} activations for {tokens} tokens")
+    if len(example.token_ids) != tokens:
+        raise UserError(f"{where} has {len(example.token_ids)} token ids for {tokens} tokens")
+    if not 0 <= example.max_index < max(tokens, 1):
+        raise UserError(f"{where} has max_index {example.max_index} outside its {tokens} tokens")
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -6,6 +6,7 @@ format), a legacy TransformerLens toy model name (tl_legacy source), a Hugging F
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,7 +117,19 @@ class LoadedModel:
             d_vocab=int(cfg.d_vocab),
             act_fn=self.act_fn,
             neuron_hook=self.neuron_hook_template,
+            weights_fingerprint=self.weights_fingerprint(),
         )
+
+    def weights_fingerprint(self) -> str:
+        """sha256 over every parameter's name, shape and value rounded to bfloat16, so an export
+        can be matched to the model it came from; the rounding makes a float32 and a float16
+        load of the same checkpoint agree."""
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.bridge.state_dict().items()):
+            values = tensor.detach().to("cpu", torch.bfloat16).contiguous().view(torch.int16)
+            digest.update(f"{name}:{tuple(values.shape)}\n".encode())
+            digest.update(values.numpy().tobytes())
+        return f"sha256:{digest.hexdigest()}"
 
     def check_layers(self, layers: list[int]) -> None:
         bad = [layer for layer in layers if not 0 <= layer < self.n_layers]

@@ -44,20 +44,23 @@ def build_catalogue(
     random: int = 3,
     seed: int = 0,
     labelled: bool = True,
+    n_layers: int | None = None,
 ) -> Path:
+    """A catalogue of model `model` (`n_layers` deep, default `layers`) scanned on `layers`."""
     rng = np.random.default_rng(seed)
     with Catalogue.open(path, create=True) as catalogue:
         model_id = catalogue.upsert_model(
             ModelRecord(
                 name=model,
                 source="native-dir",
-                n_layers=layers,
+                n_layers=n_layers or layers,
                 d_mlp=neurons,
                 d_model=16,
                 d_vocab=len(WORDS),
                 act_fn="solu_ln",
                 neuron_hook="blocks.{layer}.mlp.hook_post",
                 created_at="2024-01-01T00:00:00+00:00",
+                weights_fingerprint=f"sha256:{model}-weights",
             )
         )
         params = ScanParams(

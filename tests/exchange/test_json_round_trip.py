@@ -88,6 +88,7 @@ def test_import_twice_changes_nothing(source: Path, tmp_path: Path):
         "scores_added": 0,
         "history_added": 0,
         "conflicts": [],
+        "warnings": [],
     }
     assert report.neurons_unchanged == 15
     # Importing a catalogue's own export into itself is a no-op too.

@@ -130,7 +130,7 @@ def test_a_proposed_label_takes_their_decision_but_not_over_ours(ours_and_theirs
 
 
 def test_neurons_we_lack_come_in_and_ours_keep_their_evidence(tmp_path: Path):
-    ours = build_catalogue(tmp_path / "ours.db", layers=1, neurons=3, labelled=False)
+    ours = build_catalogue(tmp_path / "ours.db", layers=1, n_layers=2, neurons=3, labelled=False)
     theirs = build_catalogue(tmp_path / "theirs.db", layers=2, neurons=3, seed=1)
     with Catalogue.open(ours) as catalogue:
         mine = catalogue.neuron_view("tiny", 0, 0)
