@@ -216,6 +216,7 @@ class LLMClient:
         self._openai: openai.AsyncOpenAI | None = None
         self._semaphore: asyncio.Semaphore | None = None
         self._resume_at = 0.0  # loop time before which no request starts (shared Retry-After)
+        self._fatal: LLMFatal | None = None  # once one is raised, no request of this run is sent
 
     def __repr__(self) -> str:
         return f"LLMClient(base_url={self.config.base_url!r})"
@@ -238,6 +239,7 @@ class LLMClient:
         if self._openai is None or self._semaphore is None or self._loop is not loop:
             self._loop = loop
             self._resume_at = 0.0
+            self._fatal = None
             self._semaphore = asyncio.Semaphore(self.config.max_concurrency)
             self._openai = openai.AsyncOpenAI(
                 api_key=self._key,
@@ -265,9 +267,15 @@ class LLMClient:
                 f"{self.config.base_url} does not return logprobs", attempts=0, status=None
             )
         client, semaphore = self._bind()
-        self.stats.calls += 1
         async with semaphore:
-            response = await self._attempts(client, request)
+            if self._fatal is not None:  # queued behind the request that hit it: the same answer
+                raise self._fatal
+            self.stats.calls += 1
+            try:
+                response = await self._attempts(client, request)
+            except LLMFatal as exc:
+                self._fatal = exc
+                raise
         self.stats.prompt_tokens += response.prompt_tokens
         self.stats.completion_tokens += response.completion_tokens
         if self.cache is not None:

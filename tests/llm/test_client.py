@@ -366,20 +366,22 @@ def test_api_key_never_leaks(
     messages: list[str] = [repr(config), config.model_dump_json()]
     with Catalogue.open(tmp_path / "c.db", create=True) as catalogue:
         # A server that echoes the key back in its error messages, as some proxies do.
-        failures = [
-            Reply(status=401, error=f"Incorrect API key provided: {KEY}"),
-            Reply(status=500, error=f"upstream rejected {KEY}"),
-            Reply(status=400, error=f"logprobs refused for {KEY}"),
-        ]
-        requests = [chat("a"), chat("b"), chat("c", logprobs=True), chat("d")]
+        failures = {
+            0: Reply(status=500, error=f"upstream rejected {KEY}"),
+            1: Reply(status=400, error=f"logprobs refused for {KEY}"),
+            3: Reply(
+                status=401, error=f"Incorrect API key provided: {KEY}"
+            ),  # last: it ends the run
+        }
+        requests = [chat("a"), chat("b", logprobs=True), chat("c"), chat("d")]
 
         async def run() -> tuple[LLMClient, list[Any]]:
             results = []
             async with LLMClient(config, catalogue) as client:
                 for index, request in enumerate(requests):
-                    if index == 1:  # fails on both attempts
-                        fake_openai.fail_next(failures[1])
-                    if index < len(failures):
+                    if index == 0:  # fails on both attempts
+                        fake_openai.fail_next(failures[0])
+                    if index in failures:
                         fake_openai.fail_next(failures[index])
                     try:
                         results.append(await client.complete(request))
@@ -389,8 +391,8 @@ def test_api_key_never_leaks(
 
         client, results = asyncio.run(run())
         errors = [r for r in results if isinstance(r, Exception)]
-        assert [type(e) for e in errors] == [LLMFatal, LLMCallError, LogprobsUnsupported]
-        assert isinstance(results[3], ChatResponse)
+        assert [type(e) for e in errors] == [LLMCallError, LogprobsUnsupported, LLMFatal]
+        assert isinstance(results[2], ChatResponse)
         messages += [str(e) for e in errors] + [repr(e) for e in errors]
         messages += [client.summary_line(), repr(client)]
     messages += [record.getMessage() for record in caplog.records]
