@@ -43,6 +43,8 @@ from labeller.records import (
 from labeller.render import heat_text, sparkline, visible_token
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
     from labeller.explain.client import DryRun
     from labeller.explain.resolve import Resolver
     from labeller.explain.service import Report
@@ -632,10 +634,14 @@ def explain(
         if dry_run:
             _print_dry_run("explain", explainer, refs, dry_run_explain(catalogue, refs, chosen))
             return
-        with _progress(len(refs), "explaining", "neurons") as advance:
-            report = resolver.run(
-                lambda: explain_neurons(catalogue, refs, chosen, force=force, on_progress=advance)
-            )
+        report = _run_neurons(
+            resolver,
+            "explaining",
+            len(refs),
+            lambda advance: explain_neurons(
+                catalogue, refs, chosen, force=force, on_progress=advance
+            ),
+        )
     _print_report("explain", report, "labels written", resolver.summary_line())
 
 
@@ -688,16 +694,48 @@ def score(
             plan = dry_run_score(catalogue, refs, chosen, Split(split))
             _print_dry_run("score", simulator, refs, plan)
             return
-        with _progress(len(refs), "scoring", "neurons") as advance:
-            report = resolver.run(
-                lambda: score_neurons(
-                    catalogue, refs, chosen, split=Split(split), force=force, on_progress=advance
-                )
-            )
+        report = _run_neurons(
+            resolver,
+            "scoring",
+            len(refs),
+            lambda advance: score_neurons(
+                catalogue, refs, chosen, split=Split(split), force=force, on_progress=advance
+            ),
+        )
     _print_report("score", report, "labels scored", resolver.summary_line())
 
 
+def _run_neurons(
+    resolver: Resolver,
+    label: str,
+    total: int,
+    work: Callable[[Callable[[int], None]], Awaitable[Report]],
+) -> Report:
+    """`work(advance)` under a progress bar that shows the LLM's retries as they happen.
+
+    Ctrl-C cancels it: what was written stays (written neuron by neuron, replies cached), so a
+    rerun continues; one line says so, exit 130. An `LLMFatal` passes up as a user error.
+    """
+
+    def retries() -> str:
+        stats = resolver.stats()
+        if stats is None or not stats.retries:
+            return ""
+        return f"retries {stats.retries:,} (last: {stats.last_retry})"
+
+    bar = _progress(total, label, "neurons", status=retries)
+    try:
+        with bar as advance:
+            return resolver.run(lambda: work(advance))
+    except KeyboardInterrupt:
+        raise CliInterrupted(
+            f"interrupted after {bar.seen:,} of {total:,} neurons; "
+            "finished work is kept, rerun to continue"
+        ) from None
+
+
 def _print_report(stage: str, report: Report, written: str, llm_summary: str | None) -> None:
+    """The run's one summary line; exits 1 when anything failed, so scripts notice."""
     if llm_summary is not None:
         click.echo(llm_summary)
     for note in report.notes[:20]:
@@ -708,8 +746,12 @@ def _print_report(stage: str, report: Report, written: str, llm_summary: str | N
     if report.not_scorable:
         parts.append(f"{report.not_scorable:,} not scorable offline")
     if report.failed:
-        parts.append(f"{report.failed:,} failed (kept in failed_attempts)")
+        parts.append(
+            f"{report.failed:,} failed: {report.failures_by_cause()} (kept in failed_attempts)"
+        )
     click.echo(f"{stage}: " + ", ".join(parts))
+    if report.failed:
+        click.get_current_context().exit(1)
 
 
 def default_annotator() -> str:
@@ -1283,10 +1325,27 @@ class RateColumn(ProgressColumn):
         return Text("" if speed is None else f"{speed:,.1f} {self.unit}/s")
 
 
+class StatusColumn(ProgressColumn):
+    """Text from a callable, read at every refresh (e.g. LLM retries while no item finishes)."""
+
+    def __init__(self, status: Callable[[], str]) -> None:
+        super().__init__()
+        self.status = status
+
+    def render(self, task: Task) -> Text:
+        return Text(self.status(), style="yellow")
+
+
 class _progress:
     """Progress bar on stderr with rate and ETA; yields a callback taking the count done."""
 
-    def __init__(self, total: int | None, label: str = "scanning", unit: str = "tokens") -> None:
+    def __init__(
+        self,
+        total: int | None,
+        label: str = "scanning",
+        unit: str = "tokens",
+        status: Callable[[], str] | None = None,
+    ) -> None:
         self.progress = Progress(
             TextColumn(label),
             BarColumn(),
@@ -1296,10 +1355,12 @@ class _progress:
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
+            *([StatusColumn(status)] if status else []),
             console=Console(stderr=True),
         )
         self.task = self.progress.add_task("scan", total=total)
         self.started = False
+        self.seen = 0
 
     def __enter__(self) -> Callable[[int], None]:
         return self.advance
@@ -1309,6 +1370,7 @@ class _progress:
         if not self.started:
             self.progress.start()
             self.started = True
+        self.seen = seen
         self.progress.update(self.task, completed=seen)
 
     def __exit__(self, *exc: object) -> None:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Protocol
 
+from labeller.errors import UserError
 from labeller.records import ChatRequest, ChatResponse
 
 CHARS_PER_TOKEN = 4
@@ -19,12 +21,49 @@ class ChatClient(Protocol):
     async def complete(self, request: ChatRequest) -> ChatResponse: ...
 
 
-class LLMCallError(Exception):
-    """A request that failed for good: not retryable, or out of retries. One-line message."""
+class Cause(StrEnum):
+    """Why one neuron's work failed, as the end-of-run summary groups it."""
 
-    def __init__(self, message: str, *, attempts: int, status: int | None = None) -> None:
+    TIMEOUT = "timeout"
+    RATE_LIMITED = "rate limited (HTTP 429)"
+    SERVER_ERROR = "server error (HTTP 5xx)"
+    CONNECTION = "connection error"
+    MALFORMED = "malformed reply"
+    REFUSED = "request refused (HTTP 4xx)"
+    UNPARSEABLE = "unparseable reply"
+    NO_WINDOWS = "no train windows"
+
+
+class LLMCallError(Exception):
+    """A request that failed for good: not retryable, or out of retries. One-line message.
+
+    Only this neuron's work is lost: the service records it and goes on with the others.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        attempts: int,
+        status: int | None = None,
+        cause: Cause = Cause.REFUSED,
+    ) -> None:
         super().__init__(message)
         self.attempts = attempts
+        self.status = status
+        self.cause = cause
+
+
+class LLMFatal(UserError):
+    """A failure every other call would repeat (key refused, model unknown, endpoint
+    unreachable): the run stops at once with this one line, which names the cause and the fix.
+
+    Deliberately not an `LLMCallError`, so explainers and simulators, which record those per
+    neuron, let it through.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
         self.status = status
 
 

@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from labeller.explain.client import ChatClient, DryRun, LLMCallError, ReplyError
+from labeller.explain.client import Cause, ChatClient, DryRun, LLMCallError, ReplyError
 from labeller.explain.prompts import activation_records, explainer_messages, load_template
 from labeller.records import ChatRequest
 
@@ -26,13 +26,14 @@ Windows = Sequence[tuple[Sequence[str], Sequence[float]]]
 
 @dataclass(frozen=True)
 class Candidate:
-    """One sample of best-of-K: a label, or the raw reply of a failed attempt."""
+    """One sample of best-of-K: a label, or the raw reply of a failed attempt and why."""
 
     sample: int
     text: str | None
     raw: str
     error: str | None
     attempts: int
+    cause: Cause | None = None  # set when text is None: how the run's summary counts it
 
 
 class Explainer(ABC):
@@ -109,12 +110,12 @@ class LLMExplainer(Explainer):
                     return Candidate(index, parse_explanation(raw), raw, None, attempt + 1)
                 except ReplyError as exc:
                     error = str(exc)
-            return Candidate(index, None, raw, error, self.max_attempts)
+            return Candidate(index, None, raw, error, self.max_attempts, Cause.UNPARSEABLE)
 
         try:
             return list(await asyncio.gather(*(sample(i) for i in range(self.candidates))))
         except LLMCallError as exc:
-            return [Candidate(0, None, "", str(exc), exc.attempts)]
+            return [Candidate(0, None, "", str(exc), exc.attempts, exc.cause)]
 
     def dry_run(self, neurons: Iterable[Windows]) -> DryRun:
         return DryRun.of(

@@ -19,7 +19,7 @@ from labeller.explain.simulator import LLMSimulator, Simulator
 from labeller.records import ChatRequest, ChatResponse
 
 if TYPE_CHECKING:
-    from labeller.llm.client import LLMClient, ResponseCache
+    from labeller.llm.client import LLMClient, LLMStats, ResponseCache
     from labeller.llm.config import LLMConfig
 
 BASELINE = SOURCE
@@ -96,6 +96,11 @@ class Resolver:
                 return await work()
 
         return asyncio.run(main())
+
+    def stats(self) -> LLMStats | None:
+        """The LLM client's running counters (a progress bar polls the retries); None before
+        the client opens or when the run needs no LLM."""
+        return None if self._client is None else self._client.stats
 
     def summary_line(self) -> str | None:
         """The LLM client's calls, tokens and cost; None when the run used no LLM."""

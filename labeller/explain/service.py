@@ -3,16 +3,21 @@
 They run any `Explainer` or `Simulator` (see `resolve` for how one is chosen by name) and record
 what it reports, never asking which kind it is. Work is written neuron by neuron as it completes,
 so an interrupted run keeps what it finished and the next run skips it (unless `force`).
+
+A neuron whose work fails is recorded (failed_attempts) and counted by cause in the `Report`;
+an `LLMFatal` error (bad key, unknown model, no endpoint) is not: it cancels every worker and
+propagates, since every other neuron would fail the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from labeller.catalogue import Catalogue, NeuronRef
-from labeller.explain.client import DryRun
+from labeller.explain.client import Cause, DryRun
 from labeller.explain.explainer import Explainer, Windows
 from labeller.explain.scoring import correlation_score
 from labeller.explain.simulator import Job, NotScorable, SimulationFailed, Simulator
@@ -37,6 +42,16 @@ class Report:
     failed: int = 0
     not_scorable: int = 0
     notes: list[str] = field(default_factory=list)
+    causes: Counter[Cause] = field(default_factory=Counter)
+
+    def fail(self, cause: Cause) -> None:
+        """Count one failure under its cause, so the run can end with failures by cause."""
+        self.failed += 1
+        self.causes[cause] += 1
+
+    def failures_by_cause(self) -> str:
+        """E.g. "2 timeout, 1 unparseable reply", most frequent first."""
+        return ", ".join(f"{n:,} {cause}" for cause, n in self.causes.most_common())
 
 
 def train_windows(view_examples: Sequence[Example]) -> Windows:
@@ -58,9 +73,15 @@ async def _for_each(
     on_progress: Callable[[int], None] | None,
 ) -> None:
     """A fixed pool of neuron workers: enough in flight to keep the LLM client's concurrency
-    busy, without one coroutine per neuron for 300,000 neurons."""
+    busy, without one coroutine per neuron for 300,000 neurons.
+
+    Progress is reported once before any work (so a bar can show at once) and after each
+    neuron. The first exception a worker lets through cancels the others and propagates.
+    """
     pending = iter(refs)
     done = 0
+    if on_progress:
+        on_progress(0)
 
     async def worker() -> None:
         nonlocal done
@@ -70,7 +91,14 @@ async def _for_each(
             if on_progress:
                 on_progress(done)
 
-    await asyncio.gather(*(worker() for _ in range(min(NEURON_WORKERS, len(refs)))))
+    tasks = [asyncio.ensure_future(worker()) for _ in range(min(NEURON_WORKERS, len(refs)))]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 async def explain_neurons(
@@ -92,11 +120,11 @@ async def explain_neurons(
         windows = train_windows(view.top_examples)
         if not windows:
             report.notes.append(f"{ref.layer}.{ref.neuron}: no train windows; rescan it")
-            report.failed += 1
+            report.fail(Cause.NO_WINDOWS)
             return
         for candidate in await explainer.explain(windows):
             if candidate.text is None:
-                report.failed += 1
+                report.fail(candidate.cause or Cause.UNPARSEABLE)
                 catalogue.record_failure(
                     ref.id,
                     stage="explain",
@@ -186,7 +214,7 @@ async def _score_one(
         )
         return
     except SimulationFailed as exc:
-        report.failed += 1
+        report.fail(Counter(f.cause for f in exc.failures).most_common(1)[0][0])
         for failure in exc.failures:
             catalogue.record_failure(
                 ref.id,

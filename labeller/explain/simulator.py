@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from labeller.explain.client import (
+    Cause,
     ChatClient,
     DryRun,
     LLMCallError,
@@ -45,6 +46,7 @@ class Failure:
 
     error: str
     raw: str
+    cause: Cause = Cause.UNPARSEABLE
 
 
 class SimulationFailed(Exception):
@@ -217,7 +219,7 @@ class LLMSimulator(Simulator):
                 self.logprobs = False  # this endpoint has none: use the written values
                 continue
             except LLMCallError as exc:
-                return Failure(str(exc), "")
+                return Failure(str(exc), "", exc.cause)
             if result.values is None:
                 return Failure(result.error or "", result.raw)
             return result.values

@@ -3,8 +3,12 @@
 Works with OpenAI, vLLM, Ollama, llama.cpp server and OpenRouter through the `openai` package.
 The package's own retries are off (`max_retries=0`) so that one place decides: 429, 5xx, timeouts,
 dropped connections and unparsable bodies are retried with exponential backoff and jitter, and a
-Retry-After header wins (and pauses every request, since the limit is shared). Successful replies
-are cached by the full request, so a re-run never pays twice.
+Retry-After header wins (and pauses every request, since the limit is shared). A request keeps its
+concurrency slot through its retries, so they are not queued behind every request not yet sent.
+Successful replies are cached by the full request, so a re-run never pays twice.
+
+Failures that every other call would repeat raise `LLMFatal` at once (401, 403, 404) or when the
+retries run out on an endpoint that cannot be reached; the run stops there with one line.
 
 The API key is read from `OPENAI_API_KEY` here and kept out of every message this module makes.
 """
@@ -28,7 +32,7 @@ import openai
 from pydantic import ValidationError
 
 from labeller.errors import UserError
-from labeller.explain.client import LLMCallError, LogprobsUnsupported
+from labeller.explain.client import Cause, LLMCallError, LLMFatal, LogprobsUnsupported
 from labeller.llm.config import LLMConfig
 from labeller.records import ChatRequest, ChatResponse, TokenLogprob, TopLogprob
 
@@ -41,6 +45,9 @@ NO_KEY = "not-needed"
 MAX_RETRY_AFTER_S = 300.0
 # Error bodies end up in messages; keep them to one readable line.
 MAX_DETAIL_CHARS = 200
+# A server that has not accepted a connection in this time is not there (the per-request
+# timeout may be minutes, for long generations).
+CONNECT_TIMEOUT_S = 10.0
 
 
 class ResponseCache(Protocol):
@@ -54,10 +61,20 @@ class ResponseCache(Protocol):
 class _Retryable(Exception):
     """One failed attempt worth another try (internal)."""
 
-    def __init__(self, detail: str, *, status: int | None = None, retry_after: float | None = None):
+    def __init__(
+        self,
+        detail: str,
+        *,
+        cause: Cause,
+        status: int | None = None,
+        retry_after: float | None = None,
+        unreachable: bool = False,
+    ):
         super().__init__(detail)
+        self.cause = cause
         self.status = status
         self.retry_after = retry_after
+        self.unreachable = unreachable  # no connection at all: fatal once the retries run out
 
 
 @dataclass
@@ -66,6 +83,7 @@ class LLMStats:
 
     calls: int = 0
     retries: int = 0
+    last_retry: str | None = None  # why the latest retry happened (for the progress bar)
     cache_hits: int = 0
     failures: int = 0
     prompt_tokens: int = 0
@@ -124,12 +142,16 @@ def parse_completion(body: str) -> tuple[str, list[TokenLogprob] | None, int, in
     try:
         data = json.loads(body)
     except ValueError:
-        raise _Retryable(f"reply is not valid JSON ({len(body)} bytes)") from None
+        raise _Retryable(
+            f"reply is not valid JSON ({len(body)} bytes)", cause=Cause.MALFORMED
+        ) from None
     if isinstance(data, dict) and "choices" not in data and data.get("error"):
         # Some gateways (OpenRouter, proxies) report upstream failures with status 200.
         error = data["error"]
         message = error.get("message") if isinstance(error, dict) else error
-        raise _Retryable(f"reply carries an error: {_one_line(str(message))}")
+        raise _Retryable(
+            f"reply carries an error: {_one_line(str(message))}", cause=Cause.SERVER_ERROR
+        )
     try:
         choice = data["choices"][0]
         text = choice["message"]["content"]
@@ -143,7 +165,9 @@ def parse_completion(body: str) -> tuple[str, list[TokenLogprob] | None, int, in
         completion_tokens = int(usage.get("completion_tokens") or 0)
         model = data.get("model")
     except (KeyError, IndexError, TypeError, AttributeError, ValueError, ValidationError) as exc:
-        raise _Retryable(f"reply is not a chat completion ({type(exc).__name__}: {exc})") from None
+        raise _Retryable(
+            f"reply is not a chat completion ({type(exc).__name__}: {exc})", cause=Cause.MALFORMED
+        ) from None
     return (
         text,
         logprobs,
@@ -192,6 +216,7 @@ class LLMClient:
         self._openai: openai.AsyncOpenAI | None = None
         self._semaphore: asyncio.Semaphore | None = None
         self._resume_at = 0.0  # loop time before which no request starts (shared Retry-After)
+        self._fatal: LLMFatal | None = None  # once one is raised, no request of this run is sent
 
     def __repr__(self) -> str:
         return f"LLMClient(base_url={self.config.base_url!r})"
@@ -214,11 +239,14 @@ class LLMClient:
         if self._openai is None or self._semaphore is None or self._loop is not loop:
             self._loop = loop
             self._resume_at = 0.0
+            self._fatal = None
             self._semaphore = asyncio.Semaphore(self.config.max_concurrency)
             self._openai = openai.AsyncOpenAI(
                 api_key=self._key,
                 base_url=self.config.base_url,
-                timeout=self.config.timeout_s,
+                timeout=openai.Timeout(
+                    self.config.timeout_s, connect=min(self.config.timeout_s, CONNECT_TIMEOUT_S)
+                ),
                 max_retries=0,
             )
         return self._openai, self._semaphore
@@ -227,7 +255,7 @@ class LLMClient:
         """The reply to `request`: from the cache if it was ever answered, else over HTTP.
 
         Raises `LogprobsUnsupported` when the endpoint refuses logprobs, `LLMCallError` when the
-        request fails for good.
+        request fails for good, `LLMFatal` when no other request can succeed either.
         """
         key = request_key(request, self.config.base_url)
         cached = self._from_cache(key)
@@ -239,34 +267,14 @@ class LLMClient:
                 f"{self.config.base_url} does not return logprobs", attempts=0, status=None
             )
         client, semaphore = self._bind()
-        self.stats.calls += 1
-        attempts = 0
-        while True:
-            attempts += 1
+        async with semaphore:
+            if self._fatal is not None:  # queued behind the request that hit it: the same answer
+                raise self._fatal
+            self.stats.calls += 1
             try:
-                await self._wait_for_resume()
-                async with semaphore:
-                    response = await self._attempt(client, request)
-                break
-            except _Retryable as exc:
-                detail = self._redact(str(exc))
-                if attempts > self.config.max_retries:
-                    self.stats.failures += 1
-                    raise LLMCallError(
-                        f"{request.model} at {self.config.base_url}: {detail} "
-                        f"(gave up after {attempts} attempts)",
-                        attempts=attempts,
-                        status=exc.status,
-                    ) from None
-                delay = self._delay(attempts - 1, exc.retry_after)
-                if exc.retry_after is not None:
-                    self._resume_at = max(self._resume_at, time.monotonic() + delay)
-                self.stats.retries += 1
-                log.info("LLM attempt %d failed (%s); retrying in %.1fs", attempts, detail, delay)
-                await asyncio.sleep(delay)
-            except LLMCallError as exc:
-                exc.attempts = attempts
-                self.stats.failures += 1
+                response = await self._attempts(client, request)
+            except LLMFatal as exc:
+                self._fatal = exc
                 raise
         self.stats.prompt_tokens += response.prompt_tokens
         self.stats.completion_tokens += response.completion_tokens
@@ -275,6 +283,46 @@ class LLMClient:
                 key, canonical_request(request, self.config.base_url), response.model_dump_json()
             )
         return response
+
+    async def _attempts(self, client: openai.AsyncOpenAI, request: ChatRequest) -> ChatResponse:
+        """The first attempt and its retries, all in the one concurrency slot."""
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                await self._wait_for_resume()
+                return await self._attempt(client, request)
+            except _Retryable as exc:
+                detail = self._redact(str(exc))
+                if attempts > self.config.max_retries:
+                    self.stats.failures += 1
+                    if exc.unreachable:
+                        raise LLMFatal(
+                            f"cannot reach the endpoint at {self.config.base_url} ({detail}, "
+                            f"{attempts} attempts); check --base-url / OPENAI_BASE_URL and that "
+                            "the server is running"
+                        ) from None
+                    raise LLMCallError(
+                        f"{request.model} at {self.config.base_url}: {detail} "
+                        f"(gave up after {attempts} attempts)",
+                        attempts=attempts,
+                        status=exc.status,
+                        cause=exc.cause,
+                    ) from None
+                delay = self._delay(attempts - 1, exc.retry_after)
+                if exc.retry_after is not None:
+                    self._resume_at = max(self._resume_at, time.monotonic() + delay)
+                self.stats.retries += 1
+                self.stats.last_retry = str(exc.cause)
+                log.info("LLM attempt %d failed (%s); retrying in %.1fs", attempts, detail, delay)
+                await asyncio.sleep(delay)
+            except LLMCallError as exc:
+                exc.attempts = attempts
+                self.stats.failures += 1
+                raise
+            except LLMFatal:
+                self.stats.failures += 1
+                raise
 
     def _from_cache(self, key: str) -> ChatResponse | None:
         if self.cache is None:
@@ -321,12 +369,25 @@ class LLMClient:
             body = raw.text
         except openai.APIStatusError as exc:
             raise self._status_error(exc, request) from None
-        except openai.APITimeoutError:
-            raise _Retryable(f"no reply within {self.config.timeout_s:g}s") from None
+        except openai.APITimeoutError as exc:
+            if _never_connected(exc.__cause__):
+                raise _Retryable(
+                    f"no connection within {CONNECT_TIMEOUT_S:g}s",
+                    cause=Cause.CONNECTION,
+                    unreachable=True,
+                ) from None
+            raise _Retryable(
+                f"no reply within {self.config.timeout_s:g}s", cause=Cause.TIMEOUT
+            ) from None
         except openai.APIConnectionError as exc:
             cause = exc.__cause__
             reason = f"{type(cause).__name__}: {cause}" if cause else "connection failed"
-            raise _Retryable(f"connection error ({_one_line(reason)})") from None
+            raise _Retryable(
+                f"connection error ({_one_line(reason)})",
+                cause=Cause.CONNECTION,
+                # Refused or unresolvable, as opposed to a connection dropped mid-reply.
+                unreachable=_never_connected(cause),
+            ) from None
         except openai.OpenAIError as exc:
             raise LLMCallError(
                 f"{request.model} at {self.config.base_url}: {self._redact(_one_line(str(exc)))}",
@@ -348,7 +409,27 @@ class LLMClient:
         detail = f"HTTP {status}: {self._redact(_one_line(_error_message(exc)))}"
         if status == 429 or status >= 500 or status == 408:
             return _Retryable(
-                detail, status=status, retry_after=parse_retry_after(exc.response.headers)
+                detail,
+                cause={429: Cause.RATE_LIMITED, 408: Cause.TIMEOUT}.get(status, Cause.SERVER_ERROR),
+                status=status,
+                retry_after=parse_retry_after(exc.response.headers),
+            )
+        endpoint = f"the endpoint at {self.config.base_url}"
+        if status == 401:
+            return LLMFatal(
+                f"{endpoint} refused the API key ({detail}); check OPENAI_API_KEY", status=status
+            )
+        if status == 403:
+            return LLMFatal(
+                f"{endpoint} does not let this API key use {request.model} ({detail}); "
+                "check OPENAI_API_KEY and the key's permissions",
+                status=status,
+            )
+        if status == 404:
+            return LLMFatal(
+                f"{endpoint} has no model {request.model} ({detail}); check the model name "
+                "(--explainer / --simulator) and --base-url",
+                status=status,
             )
         where = f"{request.model} at {self.config.base_url}"
         if request.logprobs and status in (400, 422):
@@ -357,12 +438,7 @@ class LLMClient:
             return LogprobsUnsupported(
                 f"{where} refused a logprobs request ({detail})", attempts=1, status=status
             )
-        hint = ""
-        if status in (401, 403):
-            hint = "; check OPENAI_API_KEY"
-        elif status == 404:
-            hint = "; check the model name and base_url"
-        return LLMCallError(f"{where}: {detail}{hint}", attempts=1, status=status)
+        return LLMCallError(f"{where}: {detail}", attempts=1, status=status)
 
     def _redact(self, text: str) -> str:
         for secret in self._secrets:
@@ -408,6 +484,13 @@ def _error_message(exc: openai.APIStatusError) -> str:
     except Exception:  # a streamed or closed body: the status says enough
         text = ""
     return text or exc.message
+
+
+def _never_connected(error: BaseException | None) -> bool:
+    """Refused, unresolvable or no answer to connect, as opposed to dropped mid-reply. By class
+    name, since the openai package may bundle its own copy of httpx (`httpx2`)."""
+    names = {cls.__name__ for cls in type(error).__mro__} if error is not None else set()
+    return bool(names & {"ConnectError", "ConnectTimeout"})
 
 
 def _one_line(text: str) -> str:

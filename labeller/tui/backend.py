@@ -247,7 +247,10 @@ class Backend:
         assert simulator is not None
         report = self._score(page, simulator, lambda: config)
         if report.failed:
-            return f"{simulator} could not score {report.failed} label(s); see failed_attempts"
+            return (
+                f"{simulator} could not score {report.failed} label(s) "
+                f"({report.failures_by_cause()}); see failed_attempts"
+            )
         return f"scored {report.written} label(s) with {simulator}"
 
     def _score(self, page: NeuronPage, simulator: str, settings: Callable[[], LLMConfig]) -> Report:

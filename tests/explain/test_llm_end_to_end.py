@@ -167,8 +167,10 @@ def test_misaligned_simulations_and_bad_explanations_are_recorded_not_stored(db,
             "0",
             "--neurons",
             "1",
-        ).output
-        assert "1 failed" in out and "0 labels written" in out
+            ok=False,
+        )
+        assert out.exit_code == 1  # a run in which anything failed says so
+        assert "0 labels written, 1 failed: 1 unparseable reply" in out.stdout
         assert server.calls == 3  # retried with fresh samples, then given up
         run("explain", "--db", db, "--layer", "0", "--neurons", "1")  # the baseline's label
         out = run(
@@ -183,8 +185,10 @@ def test_misaligned_simulations_and_bad_explanations_are_recorded_not_stored(db,
             "0",
             "--neurons",
             "1",
-        ).output
-        assert "1 failed" in out
+            ok=False,
+        )
+        assert out.exit_code == 1
+        assert "0 labels scored, 1 failed: 1 unparseable reply" in out.stdout
     with Catalogue.open(db) as catalogue:
         ref = catalogue.neuron_ref(None, 0, 1)
         (explanation,) = catalogue.explanations_of(ref.id)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from fake_openai import FakeOpenAI, Reply, neuron_responder, prompt_records, simulation_reply
 
-from labeller.explain.client import DryRun
+from labeller.explain.client import Cause, DryRun, LLMFatal
 from labeller.explain.explainer import explainer_request
 from labeller.explain.resolve import BASELINE, LLMUnavailable, Resolver
 from labeller.explain.simulator import SimulationFailed, simulator_request
@@ -95,12 +95,31 @@ def test_the_llm_simulator_fails_with_each_windows_reason():
             resolver.run(lambda: simulator.simulate("return", TOKENS))
     assert len(failed.value.failures) == len(TOKENS)
     assert all("token lines" in f.error and "<start>" in f.raw for f in failed.value.failures)
+    assert all(f.cause is Cause.UNPARSEABLE for f in failed.value.failures)
 
 
 def test_a_failed_llm_call_is_one_failed_candidate():
-    with FakeOpenAI(lambda request: Reply(status=404, error="no such model")) as server:
+    with FakeOpenAI(lambda request: Reply(status=503, error="overloaded")) as server:
         resolver = served(server)
         explainer = resolver.explainer("fake-model", candidates=3)
         (candidate,) = resolver.run(lambda: explainer.explain(WINDOWS))
     assert candidate.text is None and candidate.raw == ""
-    assert "no such model" in (candidate.error or "")
+    assert "overloaded" in (candidate.error or "")
+    assert candidate.cause is Cause.SERVER_ERROR
+
+
+@pytest.mark.parametrize("role", ["explainer", "simulator"])
+def test_a_refused_key_is_raised_not_recorded(role):
+    """Every other call would be refused too: the error leaves the explainer or simulator,
+    after one request, instead of becoming one failed neuron."""
+    with FakeOpenAI(lambda request: Reply(status=401, error="bad key")) as server:
+        resolver = served(server)
+        explainer = resolver.explainer("fake-model", candidates=3)
+        simulator = resolver.simulator("fake-model")
+        work = {
+            "explainer": lambda: explainer.explain(WINDOWS),
+            "simulator": lambda: simulator.simulate("return", TOKENS),
+        }[role]
+        with pytest.raises(LLMFatal, match=r"refused the API key \(HTTP 401: bad key\)"):
+            resolver.run(work)
+    assert 1 <= server.calls <= 3  # the calls already in flight, not one per retry

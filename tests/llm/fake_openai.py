@@ -2,7 +2,8 @@
 
 `FakeOpenAI` serves POST /v1/chat/completions on 127.0.0.1 from a daemon thread. Replies are
 scripted: a `responder` maps each request's JSON to a `Reply` (content, logprobs, status, headers,
-raw or truncated bodies, delay), one-shot failures queue up with `fail_next`, and `latency_s` is
+raw or truncated bodies, delay), one-shot failures queue up with `fail_next`, `fail_always` answers
+every request with one failure (a refused key: `fail_always(status=401)`), and `latency_s` is
 added to every call. It counts calls and keeps every request, so tests can assert what the client
 really sent (and that a cached re-run sent nothing).
 
@@ -158,6 +159,7 @@ class FakeOpenAI:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._scripted: deque[Reply] = deque()
+        self._always: Reply | None = None
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.calls = 0
@@ -209,9 +211,15 @@ class FakeOpenAI:
         with self._lock:
             self._scripted.append(reply if reply is not None else Reply(**fields))
 
+    def fail_always(self, reply: Reply | None = None, **fields: Any) -> None:
+        """Answer every request with this reply (after any `fail_next` ones) until `reset`."""
+        with self._lock:
+            self._always = reply if reply is not None else Reply(**fields)
+
     def reset(self) -> None:
         with self._lock:
             self._scripted.clear()
+            self._always = None
             self.calls = 0
             self.requests.clear()
             self.authorizations.clear()
@@ -236,7 +244,7 @@ class FakeOpenAI:
             self.authorizations.append(authorization)
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
-            return self._scripted.popleft() if self._scripted else None
+            return self._scripted.popleft() if self._scripted else self._always
 
     def _leave(self) -> None:
         with self._lock:
@@ -383,6 +391,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every call")
     parser.add_argument("--no-logprobs", action="store_true", help="answer logprobs requests 400")
+    parser.add_argument("--status", type=int, default=None, help="answer every request so (401)")
     parser.add_argument(
         "--responder", choices=["echo", "neuron"], default="echo", help="neuron: labeller prompts"
     )
@@ -393,6 +402,8 @@ def main() -> None:
         logprobs=not args.no_logprobs,
         port=args.port,
     ).start()
+    if args.status is not None:
+        server.fail_always(status=args.status)
     print(f"serving {server.base_url}", flush=True)
     try:
         threading.Event().wait()

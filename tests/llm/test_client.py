@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from email.utils import formatdate
 from pathlib import Path
@@ -14,6 +15,7 @@ from fake_openai import FakeOpenAI, Reply
 
 from labeller.catalogue import Catalogue
 from labeller.errors import UserError
+from labeller.explain.client import Cause, LLMFatal
 from labeller.llm.client import (
     LLMCallError,
     LLMClient,
@@ -168,17 +170,76 @@ def test_exhausted_retries_raise_with_attempts(fake_openai: FakeOpenAI) -> None:
     assert fake_openai.calls == 3
     assert "\n" not in str(error)
     assert "HTTP 500" in str(error) and "3 attempts" in str(error)
+    assert error.cause is Cause.SERVER_ERROR
     assert (client.stats.calls, client.stats.retries, client.stats.failures) == (1, 2, 1)
 
 
-@pytest.mark.parametrize("status", [400, 401, 404])
+def test_exhausted_timeouts_say_timeout(fake_openai: FakeOpenAI) -> None:
+    fake_openai.fail_always(delay=1.0)
+    _client, [error] = complete(config_for(fake_openai, timeout_s=0.1, max_retries=1), chat())
+    assert type(error) is LLMCallError and error.cause is Cause.TIMEOUT
+
+
+@pytest.mark.parametrize("status", [400, 422])
 def test_client_errors_are_not_retried(fake_openai: FakeOpenAI, status: int) -> None:
-    fake_openai.fail_next(status=status, error="no such model")
+    fake_openai.fail_next(status=status, error="context too long")
     _client, [error] = complete(config_for(fake_openai), chat())
     assert type(error) is LLMCallError
-    assert error.status == status and error.attempts == 1
-    assert "no such model" in str(error)
+    assert error.status == status and error.attempts == 1 and error.cause is Cause.REFUSED
+    assert "context too long" in str(error)
     assert fake_openai.calls == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "cause", "fix"),
+    [
+        (401, "refused the API key", "check OPENAI_API_KEY"),
+        (403, "does not let this API key use test-model", "check OPENAI_API_KEY"),
+        (404, "has no model test-model", "check the model name"),
+    ],
+)
+def test_key_and_model_errors_are_fatal_at_once(
+    fake_openai: FakeOpenAI, status: int, cause: str, fix: str
+) -> None:
+    fake_openai.fail_always(status=status, error="the server's words")
+    _client, [error] = complete(config_for(fake_openai), chat())
+    assert isinstance(error, LLMFatal) and isinstance(error, UserError)
+    assert not isinstance(error, LLMCallError)  # explainers and simulators let it through
+    assert error.status == status
+    message = str(error)
+    assert "\n" not in message
+    assert f"the endpoint at {fake_openai.base_url} {cause}" in message
+    assert f"HTTP {status}: the server's words" in message and fix in message
+    assert fake_openai.calls == 1  # never retried
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (bound, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_unreachable_endpoint_is_fatal_after_the_retry_budget() -> None:
+    url = f"http://127.0.0.1:{closed_port()}/v1"
+    config = LLMConfig(base_url=url, max_retries=2, backoff_base_s=0.01, backoff_cap_s=0.02)
+    client, [error] = complete(config, chat())
+    assert isinstance(error, LLMFatal)
+    assert str(error).startswith(f"cannot reach the endpoint at {url} (connection error")
+    assert "3 attempts" in str(error) and "check --base-url / OPENAI_BASE_URL" in str(error)
+    assert (client.stats.retries, client.stats.last_retry) == (2, "connection error")
+
+
+def test_a_request_keeps_its_slot_through_its_retries(fake_openai: FakeOpenAI) -> None:
+    """Retries are not queued behind requests not yet sent (else, with an endpoint down, the
+    first failure surfaces only after every queued request has had its first try)."""
+    fake_openai.fail_next(status=500)
+    fake_openai.fail_next(status=503)
+    config = config_for(fake_openai, max_concurrency=1)
+    _client, results = complete(config, chat("first"), chat("second"), chat("third"))
+    assert all(isinstance(r, ChatResponse) for r in results)
+    sent = [r["messages"][0]["content"] for r in fake_openai.requests]
+    assert sent == ["first", "first", "first", "second", "third"]
 
 
 def test_logprobs_are_requested_and_parsed(fake_openai: FakeOpenAI) -> None:
@@ -305,31 +366,33 @@ def test_api_key_never_leaks(
     messages: list[str] = [repr(config), config.model_dump_json()]
     with Catalogue.open(tmp_path / "c.db", create=True) as catalogue:
         # A server that echoes the key back in its error messages, as some proxies do.
-        failures = [
-            Reply(status=401, error=f"Incorrect API key provided: {KEY}"),
-            Reply(status=500, error=f"upstream rejected {KEY}"),
-            Reply(status=400, error=f"logprobs refused for {KEY}"),
-        ]
-        requests = [chat("a"), chat("b"), chat("c", logprobs=True), chat("d")]
+        failures = {
+            0: Reply(status=500, error=f"upstream rejected {KEY}"),
+            1: Reply(status=400, error=f"logprobs refused for {KEY}"),
+            3: Reply(
+                status=401, error=f"Incorrect API key provided: {KEY}"
+            ),  # last: it ends the run
+        }
+        requests = [chat("a"), chat("b", logprobs=True), chat("c"), chat("d")]
 
         async def run() -> tuple[LLMClient, list[Any]]:
             results = []
             async with LLMClient(config, catalogue) as client:
                 for index, request in enumerate(requests):
-                    if index == 1:  # fails on both attempts
-                        fake_openai.fail_next(failures[1])
-                    if index < len(failures):
+                    if index == 0:  # fails on both attempts
+                        fake_openai.fail_next(failures[0])
+                    if index in failures:
                         fake_openai.fail_next(failures[index])
                     try:
                         results.append(await client.complete(request))
-                    except LLMCallError as exc:
+                    except (LLMCallError, LLMFatal) as exc:
                         results.append(exc)
             return client, results
 
         client, results = asyncio.run(run())
         errors = [r for r in results if isinstance(r, Exception)]
-        assert [type(e) for e in errors] == [LLMCallError, LLMCallError, LogprobsUnsupported]
-        assert isinstance(results[3], ChatResponse)
+        assert [type(e) for e in errors] == [LLMCallError, LogprobsUnsupported, LLMFatal]
+        assert isinstance(results[2], ChatResponse)
         messages += [str(e) for e in errors] + [repr(e) for e in errors]
         messages += [client.summary_line(), repr(client)]
     messages += [record.getMessage() for record in caplog.records]
