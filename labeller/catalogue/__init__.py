@@ -601,8 +601,9 @@ class Catalogue:
         model = self.resolve_model(model_name)
         order = {
             "score": "(b.score is null), b.score desc",
-            "max": "n.max desc",
-            "density": "n.density desc",
+            # NaN statistics are stored as the text 'NaN' (SQLite has no NaN): they go last.
+            "max": "typeof(n.max) = 'text', n.max desc",
+            "density": "typeof(n.density) = 'text', n.density desc",
         }[by]
         if status is None:
             label_filter, label_status = "e.status != ?", LabelStatus.WITHDRAWN
