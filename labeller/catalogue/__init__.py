@@ -217,7 +217,7 @@ class Catalogue:
         self, scan_id: int, state: bytes, *, tokens_seen: int, windows_seen: int, status: ScanStatus
     ) -> None:
         """Progress and resumable state land together or not at all."""
-        with self.db.atomic():
+        with self.write_transaction():
             self.db.table("scan_checkpoints").upsert(
                 {"scan_id": scan_id, "state": state, "saved_at": utc_now()}, pk="scan_id"
             )
@@ -245,7 +245,7 @@ class Catalogue:
 
     def discard_scan(self, scan_id: int) -> None:
         """Drop an unfinished scan that cannot be resumed; completed results are never touched."""
-        with self.db.atomic():
+        with self.write_transaction():
             self.db.table("scan_checkpoints").delete_where("scan_id = ?", [scan_id])
             self.db.table("scans").delete_where(
                 "id = ? and status != ?", [scan_id, ScanStatus.COMPLETE.value]
@@ -266,7 +266,7 @@ class Catalogue:
         Explanations and label history stay attached to the neuron: a rescan refreshes the
         evidence, it never loses people's work.
         """
-        with self.db.atomic():
+        with self.write_transaction():
             window_ids = {
                 window.key: self.insert("windows", rows.window_to_row(window, scan_id))
                 for window in windows
@@ -425,7 +425,7 @@ class Catalogue:
     ) -> int | None:
         """Store a label and its history entry together; None if this source already said it."""
         now = utc_now()
-        with self.db.atomic():
+        with self.write_transaction():
             existing = list(
                 self.db.query(
                     "select id from explanations where neuron_id = ? and source = ? and text = ?",
@@ -499,7 +499,7 @@ class Catalogue:
 
     def save_scores(self, explanation_id: int, scores: list[Score]) -> None:
         """Replace this simulator's scores of the explanation on those splits, atomically."""
-        with self.db.atomic():
+        with self.write_transaction():
             for score in scores:
                 self.db.execute(
                     "delete from scores where explanation_id = ? and simulator = ? and split = ? "
@@ -516,7 +516,7 @@ class Catalogue:
 
     def mark_best(self, neuron_id: int, source: str, method: ScoreMethod, split: Split) -> None:
         """Among one source's candidates, mark the best-scoring one (on `split`) as best."""
-        with self.db.atomic():
+        with self.write_transaction():
             self.db.execute(
                 "update explanations set best = 0 where neuron_id = ? and source = ?",
                 [neuron_id, source],
@@ -534,7 +534,16 @@ class Catalogue:
     @contextmanager
     def write_transaction(self) -> Iterator[None]:
         """BEGIN IMMEDIATE: take the write lock before reading what the change depends on, so
-        two writers cannot both act on the same stale read. Waits up to the busy timeout."""
+        two writers cannot both act on the same stale read. Waits up to the busy timeout.
+
+        Every write goes through here: a deferred transaction that reads first fails at once
+        with 'database is locked' (SQLITE_BUSY_SNAPSHOT) when another process wrote since, and
+        the busy timeout never applies to it. Nested inside one, it is a savepoint.
+        """
+        if self.db.conn.in_transaction:
+            with self.db.atomic():
+                yield
+            return
         for attempt in range(5):
             try:
                 self.db.execute("BEGIN IMMEDIATE")
