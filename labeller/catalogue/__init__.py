@@ -118,7 +118,15 @@ def _integrity_problems(conn: sqlite3.Connection, limit: int) -> list[str]:
         if getattr(exc, "sqlite_errorcode", 0) & 0xFF in _CORRUPT:
             return [str(exc)]
         raise
-    return [] if found == ["ok"] else found
+    return _problem_lines(found)
+
+
+def _problem_lines(found: list[str]) -> list[str]:
+    """SQLite's check rows as one problem a line ([] for "ok")."""
+    if found == ["ok"]:
+        return []
+    lines = (line.strip() for problem in found for line in problem.splitlines())
+    return [line for line in lines if line and not line.startswith("*** in database")]
 
 
 def _read_only_uri(path: Path) -> str:
@@ -137,15 +145,18 @@ def _interrupted_after(conn: sqlite3.Connection, seconds: float) -> Iterator[Non
 
 
 def _quick_check(conn: sqlite3.Connection, path: Path) -> None:
-    """`PRAGMA quick_check` for at most QUICK_CHECK_SECONDS: unfinished means unknown, not bad."""
+    """`PRAGMA quick_check` for at most QUICK_CHECK_SECONDS (0: none): unfinished means
+    unknown, not bad."""
+    if QUICK_CHECK_SECONDS <= 0:
+        return
     try:
         with _interrupted_after(conn, QUICK_CHECK_SECONDS):
-            problems = [r[0] for r in conn.execute("PRAGMA quick_check(5)")]
+            problems = _problem_lines([str(r[0]) for r in conn.execute("PRAGMA quick_check(5)")])
     except sqlite3.OperationalError as exc:
         if "interrupted" in str(exc):
             return
         raise
-    if problems != ["ok"]:
+    if problems:
         raise CatalogueDamaged(path, problems[0])
 
 
@@ -234,19 +245,14 @@ class Catalogue:
                     f"cannot create {path}: {exc.strerror or exc}; pass --db with another path"
                 ) from None
         try:
-            if read_only:
-                conn = sqlite3.connect(
-                    _read_only_uri(path),
-                    uri=True,
-                    timeout=BUSY_TIMEOUT_MS / 1000,
-                    isolation_level=None,
-                )
-            else:
-                conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+            conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
             db = Database(conn)
             db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             db.execute("PRAGMA foreign_keys = ON")
             if read_only:
+                # Not `mode=ro`: a read-write connection that refuses writes still removes the
+                # WAL files on close, as any other reader does.
+                db.execute("PRAGMA query_only = ON")
                 if migrations.pending(db):
                     conn.close()
                     raise UserError(
