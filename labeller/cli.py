@@ -27,7 +27,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from labeller.catalogue import Catalogue, default_db_path, labels
+from labeller.catalogue import Catalogue, default_db_path, describe_sqlite_error, labels
 from labeller.corpus import check_dataset_spec
 from labeller.demo import DEMO_TOKENS
 from labeller.errors import ScanAlreadyComplete, ScanInterrupted, UserError
@@ -158,11 +158,8 @@ class LabellerGroup(click.Group):
             raise CliError(str(exc)) from None
         except ScanInterrupted as exc:
             raise CliInterrupted(f"{exc}; run the same command again to resume") from None
-        except sqlite3.DatabaseError as exc:
-            raise CliError(
-                f"the catalogue is damaged ({exc}); restore it from a backup "
-                "(`labeller backup` makes one)"
-            ) from None
+        except sqlite3.Error as exc:
+            raise CliError(describe_sqlite_error(exc)) from None
 
 
 @click.group(
@@ -313,7 +310,7 @@ def show(
       labeller show --layer 0 --neuron 42
       labeller show --model demo-gelu-1l --layer 0 --neuron 42 --format json
     """
-    with Catalogue.open(db_path) as catalogue:
+    with Catalogue.open(db_path, read_only=True) as catalogue:
         view = catalogue.neuron_view(model_name, layer, neuron)
     if output_format == "json":
         click.echo(json.dumps(neuron_json(view), indent=2, ensure_ascii=False))
@@ -413,7 +410,7 @@ def trace(
     if text == "-":
         text = sys.stdin.read()
     if model_spec is None:
-        with Catalogue.open(db_path) as catalogue:
+        with Catalogue.open(db_path, read_only=True) as catalogue:
             model_spec = catalogue.resolve_model(None).name
     model = load_model(model_spec, device=device, dtype=dtype)
     model.check_layers([layer])
@@ -457,7 +454,7 @@ def models(db_path: Path | None, output_format: str) -> None:
     Example:
       labeller models --db db/demo.db
     """
-    with Catalogue.open(db_path) as catalogue:
+    with Catalogue.open(db_path, read_only=True) as catalogue:
         counts = catalogue.neuron_counts()
         rows = [
             {
@@ -494,7 +491,7 @@ def scans(db_path: Path | None, output_format: str) -> None:
     Example:
       labeller scans --db db/demo.db --format json
     """
-    with Catalogue.open(db_path) as catalogue:
+    with Catalogue.open(db_path, read_only=True) as catalogue:
         records = catalogue.scans()
     if output_format == "json":
         click.echo(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
@@ -896,7 +893,7 @@ def history(
     Example:
       labeller history --layer 0 --neuron 5
     """
-    with Catalogue.open(db_path) as catalogue:
+    with Catalogue.open(db_path, read_only=True) as catalogue:
         ref = catalogue.neuron_ref(model_name, layer, neuron)
         entries = catalogue.history(ref)
         version = catalogue.label_version(ref.id)
@@ -969,7 +966,7 @@ def rank(
 
     from labeller.records import Split
 
-    with Catalogue.open(db_path) as catalogue:
+    with Catalogue.open(db_path, read_only=True) as catalogue:
         n_layers = catalogue.resolve_model(model_name).n_layers
         layer_list = None if layers is None else parse_layers(layers, n_layers)
         rows = catalogue.rank(
@@ -1016,7 +1013,7 @@ def agreement(db_path: Path | None, model_name: str | None, output_format: str) 
     """
     from labeller.review import agreement as compute
 
-    with Catalogue.open(db_path) as catalogue:
+    with Catalogue.open(db_path, read_only=True) as catalogue:
         counts, pairs = compute(catalogue.judgements(model_name))
     if output_format == "json":
         click.echo(
@@ -1057,9 +1054,33 @@ def backup(db_path: Path | None, destination: Path) -> None:
     Example:
       labeller backup backups/catalogue-2026-11-25.db
     """
-    with Catalogue.open(db_path) as catalogue:
+    with Catalogue.open(db_path, read_only=True) as catalogue:
         catalogue.backup(destination)
-    click.echo(f"backed up {catalogue.path} to {destination}")
+    click.echo(f"backed up {catalogue.path} to {destination} (full integrity check passed)")
+
+
+@cli.command()
+@db_option
+def check(db_path: Path | None) -> None:
+    """Run SQLite's full integrity check on the catalogue; exit non-zero if it is damaged.
+
+    Every open runs a quick check bounded in time; this one reads every page and index entry
+    (seconds per GB). `backup` runs it too and refuses to copy a damaged catalogue.
+
+    \b
+    Example:
+      labeller check --db db/labeller.db
+    """
+    with Catalogue.open(db_path, read_only=True, verify=False) as catalogue:
+        problems = catalogue.integrity_problems()
+    if problems:
+        for problem in problems:
+            click.echo(problem)
+        raise UserError(
+            f"{catalogue.path} is damaged ({len(problems)} problem(s) above); "
+            "restore it from a backup"
+        )
+    click.echo(f"ok: {catalogue.path} passed the full integrity check")
 
 
 @cli.command()
@@ -1114,7 +1135,7 @@ def export(
     from labeller.exchange import count_export, export_catalogue
     from labeller.output_files import open_output
 
-    with Catalogue.open(db_path) as catalogue:
+    with Catalogue.open(db_path, read_only=True) as catalogue:
         layer_list = None
         if layers is not None:
             n_layers = catalogue.resolve_model(model_name).n_layers
@@ -1224,7 +1245,7 @@ def annotate(
     """
     from labeller.tui.app import run_annotate
 
-    with Catalogue.open(db_path):
+    with Catalogue.open(db_path, read_only=True):
         pass  # a missing or foreign catalogue is a one-line error before the screen opens
     run_annotate(db_path, annotator or default_annotator(), model_name, llm_config)
 
@@ -1293,7 +1314,7 @@ def _new_catalogue_kept_only_if_used(db_path: Path | None) -> Iterator[Catalogue
             yield catalogue
     except BaseException:
         if new:
-            with Catalogue.open(path) as check:
+            with Catalogue.open(path, read_only=True) as check:
                 unused = not check.models()
             if unused:
                 for leftover in (path, *(Path(f"{path}{x}") for x in ("-wal", "-shm"))):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import closing, contextmanager, suppress
@@ -23,6 +24,7 @@ from labeller.catalogue.labels import append_history
 from labeller.catalogue.migrations import KNOWN_MIGRATIONS, MIGRATION_SET, migrations
 from labeller.catalogue.rows import NeuronRow, Row, WindowRow, params_key
 from labeller.errors import UserError
+from labeller.output_files import replaced_atomically
 from labeller.records import (
     PRIMARY_METHOD,
     Example,
@@ -67,17 +69,117 @@ class NeuronRef:
     scan_id: int
 
 
-def _inspect_existing(path: Path) -> None:
-    """Refuse files that are not ours, read-only, before anything can write to them."""
+# The quick check on open stops after this long (it reads every page: ~3.6 s for 500 MB), so it
+# covers small catalogues whole and bounds the cost of every command on big ones.
+QUICK_CHECK_SECONDS = 0.15
+_CORRUPT = {sqlite3.SQLITE_CORRUPT}
+
+
+class CatalogueDamaged(UserError):
+    """The file's pages or records are corrupt: only a backup brings them back."""
+
+    def __init__(self, path: Path | str, detail: str) -> None:
+        super().__init__(
+            f"{path} is damaged ({detail}); restore it from a backup "
+            "(`labeller check` says what is wrong)"
+        )
+
+
+def describe_sqlite_error(exc: sqlite3.Error) -> str:
+    """What went wrong, in words: only real corruption is called damage."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = None if code is None else code & 0xFF
+    if primary in _CORRUPT:
+        return f"the catalogue is damaged ({exc}); restore it from a backup"
+    if primary == sqlite3.SQLITE_NOTADB:
+        return f"the catalogue is not an SQLite file ({exc}); restore it from a backup"
+    if primary in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return (
+            f"the catalogue is locked by another process ({exc}) and stayed locked for "
+            f"{BUSY_TIMEOUT_MS // 1000} s; try again when it finishes"
+        )
+    if primary == sqlite3.SQLITE_FULL:
+        return f"the disk is full ({exc}); free some space and run the command again"
+    if primary == sqlite3.SQLITE_READONLY:
+        return f"the catalogue cannot be written ({exc}); check the file's and folder's permissions"
+    if primary == sqlite3.SQLITE_CANTOPEN:
+        return f"cannot open the catalogue ({exc}); check the path and its permissions"
+    if primary == sqlite3.SQLITE_IOERR:
+        return f"a disk I/O error ({exc}); check the disk and run the command again"
+    if "too many SQL variables" in str(exc) or primary == sqlite3.SQLITE_TOOBIG:
+        return f"the request is too large for one query ({exc}); ask for fewer neurons at once"
+    return f"SQLite failed ({exc})"
+
+
+def _integrity_problems(conn: sqlite3.Connection, limit: int) -> list[str]:
     try:
-        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
-            tables = {
-                r[0] for r in conn.execute("select name from sqlite_master where type='table'")
-            }
-            if not tables:
-                return
+        found = [str(r[0]) for r in conn.execute(f"PRAGMA integrity_check({int(limit)})")]
+    except sqlite3.DatabaseError as exc:
+        if getattr(exc, "sqlite_errorcode", 0) & 0xFF in _CORRUPT:
+            return [str(exc)]
+        raise
+    return _problem_lines(found)
+
+
+def _problem_lines(found: list[str]) -> list[str]:
+    """SQLite's check rows as one problem a line ([] for "ok")."""
+    if found == ["ok"]:
+        return []
+    lines = (line.strip() for problem in found for line in problem.splitlines())
+    return [line for line in lines if line and not line.startswith("*** in database")]
+
+
+def _read_only_uri(path: Path) -> str:
+    """A `mode=ro` URI naming exactly `path` (`#`, `?` and `%` in it percent-escaped)."""
+    return f"{path.absolute().as_uri()}?mode=ro"
+
+
+@contextmanager
+def _interrupted_after(conn: sqlite3.Connection, seconds: float) -> Iterator[None]:
+    timer = threading.Timer(seconds, conn.interrupt)
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def _quick_check(conn: sqlite3.Connection, path: Path) -> None:
+    """`PRAGMA quick_check` for at most QUICK_CHECK_SECONDS (0: none): unfinished means
+    unknown, not bad."""
+    if QUICK_CHECK_SECONDS <= 0:
+        return
+    try:
+        with _interrupted_after(conn, QUICK_CHECK_SECONDS):
+            problems = _problem_lines([str(r[0]) for r in conn.execute("PRAGMA quick_check(5)")])
+    except sqlite3.OperationalError as exc:
+        if "interrupted" in str(exc):
+            return
+        raise
+    if problems:
+        raise CatalogueDamaged(path, problems[0])
+
+
+def _inspect_existing(path: Path, *, adopt_empty: bool, verify: bool = True) -> None:
+    """Refuse files that are not ours, and damaged ones, through a read-only connection, before
+    anything can write to them. An SQLite file holding nothing at all may become a catalogue
+    (`adopt_empty`, for write commands); one with any schema object of its own never does."""
+    try:
+        with closing(
+            sqlite3.connect(_read_only_uri(path), uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+        ) as conn:
+            objects = {(r[0], r[1]) for r in conn.execute("select type, name from sqlite_master")}
+            tables = {name for kind, name in objects if kind == "table"}
             if migrations.migrations_table not in tables:
-                raise UserError(f"{path} is not a labeller catalogue; pass --db with another path")
+                if objects or conn.execute("PRAGMA user_version").fetchone()[0]:
+                    raise UserError(
+                        f"{path} is not a labeller catalogue; pass --db with another path"
+                    )
+                if adopt_empty:
+                    return
+                raise UserError(
+                    f"{path} holds no catalogue yet; run `labeller scan` first or pass --db"
+                )
             applied = {
                 r[0]
                 for r in conn.execute(
@@ -85,11 +187,18 @@ def _inspect_existing(path: Path) -> None:
                     [MIGRATION_SET],
                 )
             }
+            if verify and applied and not applied - KNOWN_MIGRATIONS:
+                _quick_check(conn, path)
     except sqlite3.DatabaseError as exc:
-        raise UserError(
-            f"{path} is not a readable SQLite catalogue ({exc}); restore it from a backup "
-            "or pass --db with another path"
-        ) from None
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+        if code in _CORRUPT:
+            raise CatalogueDamaged(path, str(exc)) from None
+        if code == sqlite3.SQLITE_NOTADB:
+            raise UserError(
+                f"{path} is not a readable SQLite catalogue ({exc}); restore it from a backup "
+                "or pass --db with another path"
+            ) from None
+        raise UserError(f"cannot read {path}: {describe_sqlite_error(exc)}") from None
     if not applied:
         raise UserError(f"{path} is not a labeller catalogue; pass --db with another path")
     newer = applied - KNOWN_MIGRATIONS
@@ -101,41 +210,74 @@ def _inspect_existing(path: Path) -> None:
 
 
 class Catalogue:
-    def __init__(self, db: Database, path: Path) -> None:
+    def __init__(self, db: Database, path: Path, *, read_only: bool = False) -> None:
         self.db = db
         self.path = path
+        self.read_only = read_only
 
     @classmethod
-    def open(cls, path: Path | str | None = None, *, create: bool = False) -> Catalogue:
-        """Open (and, for write commands, create or upgrade) the catalogue at `path`."""
+    def open(
+        cls,
+        path: Path | str | None = None,
+        *,
+        create: bool = False,
+        read_only: bool = False,
+        verify: bool = True,
+    ) -> Catalogue:
+        """Open the catalogue at `path`: `read_only` for read commands (never writes, never
+        migrates), else writable, and `create` (scan, import) also makes a new one.
+        Write commands upgrade an older schema. `verify`: the bounded quick check first."""
         path = Path(path) if path is not None else default_db_path()
         if path.is_dir():
             raise UserError(f"{path} is a directory; pass --db with a catalogue file path")
         exists = path.exists() and path.stat().st_size > 0
         if exists:
-            _inspect_existing(path)
-        elif not create:
+            _inspect_existing(path, adopt_empty=create and not read_only, verify=verify)
+        elif not create or read_only:
             raise UserError(
                 f"no catalogue at {path}; run `labeller scan` first or pass --db / LABELLER_DB"
             )
         else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-        db = Database(conn)
-        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        db.execute("PRAGMA foreign_keys = ON")
-        # Safe with WAL: a crash loses nothing committed; only power loss can drop the last few.
-        db.execute("PRAGMA synchronous = NORMAL")
-        if not exists or migrations.pending(db):
-            # Upgrading an older catalogue is a write that read commands do too: each migration
-            # is atomic, so an interrupted upgrade leaves the previous schema intact.
-            db.enable_wal()
-            migrations.apply(db)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise UserError(
+                    f"cannot create {path}: {exc.strerror or exc}; pass --db with another path"
+                ) from None
+        try:
+            conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+            db = Database(conn)
+            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            db.execute("PRAGMA foreign_keys = ON")
+            if read_only:
+                # Not `mode=ro`: a read-write connection that refuses writes still removes the
+                # WAL files on close, as any other reader does.
+                db.execute("PRAGMA query_only = ON")
+                if migrations.pending(db):
+                    conn.close()
+                    raise UserError(
+                        f"{path} has an older schema; a write command (label, explain, score, "
+                        "import) upgrades it"
+                    )
+                return cls(db, path, read_only=True)
+            # Safe with WAL: a crash loses nothing committed; only power loss can drop the last.
+            db.execute("PRAGMA synchronous = NORMAL")
+            if not exists or migrations.pending(db):
+                # Each migration is atomic: an interrupted upgrade leaves the previous schema.
+                db.enable_wal()
+                migrations.apply(db)
+        except sqlite3.DatabaseError as exc:
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF in _CORRUPT:
+                raise CatalogueDamaged(path, str(exc)) from None
+            raise UserError(f"cannot open {path}: {describe_sqlite_error(exc)}") from None
         return cls(db, path)
 
     def close(self) -> None:
         """Fold the WAL back into the main file, so a plain copy of it is complete."""
         # Another process may hold the database busy: then its own close checkpoints.
+        if self.read_only:
+            self.db.conn.close()
+            return
         with suppress(sqlite3.OperationalError):
             self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self.db.conn.close()
@@ -217,7 +359,7 @@ class Catalogue:
         self, scan_id: int, state: bytes, *, tokens_seen: int, windows_seen: int, status: ScanStatus
     ) -> None:
         """Progress and resumable state land together or not at all."""
-        with self.db.atomic():
+        with self.write_transaction():
             self.db.table("scan_checkpoints").upsert(
                 {"scan_id": scan_id, "state": state, "saved_at": utc_now()}, pk="scan_id"
             )
@@ -245,7 +387,7 @@ class Catalogue:
 
     def discard_scan(self, scan_id: int) -> None:
         """Drop an unfinished scan that cannot be resumed; completed results are never touched."""
-        with self.db.atomic():
+        with self.write_transaction():
             self.db.table("scan_checkpoints").delete_where("scan_id = ?", [scan_id])
             self.db.table("scans").delete_where(
                 "id = ? and status != ?", [scan_id, ScanStatus.COMPLETE.value]
@@ -266,7 +408,7 @@ class Catalogue:
         Explanations and label history stay attached to the neuron: a rescan refreshes the
         evidence, it never loses people's work.
         """
-        with self.db.atomic():
+        with self.write_transaction():
             window_ids = {
                 window.key: self.insert("windows", rows.window_to_row(window, scan_id))
                 for window in windows
@@ -425,7 +567,7 @@ class Catalogue:
     ) -> int | None:
         """Store a label and its history entry together; None if this source already said it."""
         now = utc_now()
-        with self.db.atomic():
+        with self.write_transaction():
             existing = list(
                 self.db.query(
                     "select id from explanations where neuron_id = ? and source = ? and text = ?",
@@ -499,7 +641,7 @@ class Catalogue:
 
     def save_scores(self, explanation_id: int, scores: list[Score]) -> None:
         """Replace this simulator's scores of the explanation on those splits, atomically."""
-        with self.db.atomic():
+        with self.write_transaction():
             for score in scores:
                 self.db.execute(
                     "delete from scores where explanation_id = ? and simulator = ? and split = ? "
@@ -516,7 +658,7 @@ class Catalogue:
 
     def mark_best(self, neuron_id: int, source: str, method: ScoreMethod, split: Split) -> None:
         """Among one source's candidates, mark the best-scoring one (on `split`) as best."""
-        with self.db.atomic():
+        with self.write_transaction():
             self.db.execute(
                 "update explanations set best = 0 where neuron_id = ? and source = ?",
                 [neuron_id, source],
@@ -534,7 +676,16 @@ class Catalogue:
     @contextmanager
     def write_transaction(self) -> Iterator[None]:
         """BEGIN IMMEDIATE: take the write lock before reading what the change depends on, so
-        two writers cannot both act on the same stale read. Waits up to the busy timeout."""
+        two writers cannot both act on the same stale read. Waits up to the busy timeout.
+
+        Every write goes through here: a deferred transaction that reads first fails at once
+        with 'database is locked' (SQLITE_BUSY_SNAPSHOT) when another process wrote since, and
+        the busy timeout never applies to it. Nested inside one, it is a savepoint.
+        """
+        if self.db.conn.in_transaction:
+            with self.db.atomic():
+                yield
+            return
         for attempt in range(5):
             try:
                 self.db.execute("BEGIN IMMEDIATE")
@@ -576,13 +727,32 @@ class Catalogue:
             for row in self.db.query(f"{_HISTORY_SQL} where {where} order by h.id", values)
         ]
 
+    def integrity_problems(self, limit: int = 100) -> list[str]:
+        """SQLite's full `integrity_check` (every page, every index entry): [] when sound."""
+        return _integrity_problems(self.db.conn, limit)
+
     def backup(self, destination: Path) -> None:
-        """A consistent copy while others write (SQLite's online backup API)."""
-        if destination.exists():
+        """A consistent copy while others write (SQLite's online backup API), checked in full
+        before it takes the name: a damaged catalogue is refused, a failed copy leaves nothing."""
+        if destination.exists() or destination.is_symlink():
             raise UserError(f"{destination} exists; choose a new backup path")
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        with closing(sqlite3.connect(destination)) as target:
-            self.db.conn.backup(target)
+        with replaced_atomically(destination) as partial:
+            leftovers = [Path(f"{partial}{suffix}") for suffix in ("-journal", "-wal", "-shm")]
+            try:
+                with closing(sqlite3.connect(partial)) as target:
+                    self.db.conn.backup(target)
+                    problems = _integrity_problems(target, 1)
+            except sqlite3.Error as exc:
+                if getattr(exc, "sqlite_errorcode", 0) & 0xFF in _CORRUPT:
+                    raise CatalogueDamaged(self.path, f"{exc}; no backup written") from None
+                raise UserError(
+                    f"cannot write {destination}: {describe_sqlite_error(exc)}"
+                ) from None
+            finally:
+                for leftover in leftovers:
+                    leftover.unlink(missing_ok=True)
+            if problems:
+                raise CatalogueDamaged(self.path, f"{problems[0]}; no backup written")
 
     # --- ranking ----------------------------------------------------------------------------
 

@@ -92,7 +92,7 @@ def create_app(
     from labeller.catalogue import Catalogue, default_db_path
 
     path = Path(db_path) if db_path is not None else default_db_path()
-    with Catalogue.open(path) as catalogue:
+    with Catalogue.open(path, read_only=True) as catalogue:
         models = [m.name for m in catalogue.models()]
         name = catalogue.resolve_model(model).name if model or len(models) <= 1 else models[0]
     backend = Backend(db_path=path, annotator=annotator, llm_config=llm_config)

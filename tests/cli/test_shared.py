@@ -271,6 +271,111 @@ def test_kill_9_at_any_moment_leaves_a_consistent_catalogue(
         assert conn.execute("select count(*) from neurons").fetchone()[0] == 96
 
 
+UNTIL_WRITER = """
+import sys
+from pathlib import Path
+from labeller.catalogue import Catalogue, labels
+stop = Path(sys.argv[3])
+written = 0
+with Catalogue.open(sys.argv[1]) as catalogue:
+    ref = catalogue.neuron_ref(None, 1, int(sys.argv[2]))
+    while not stop.exists():
+        labels.write_label(
+            catalogue, ref, f"label {written}", annotator=sys.argv[4], expected_version=None
+        )
+        written += 1
+print(written)
+"""
+
+
+def labeller_process(*args: object) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, *map(str, args)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.slow
+def test_explain_and_score_run_beside_annotators(db, tmp_path):
+    """`explain` and `score` read then write; beside label writers they wait for the write lock
+    (BEGIN IMMEDIATE) instead of failing with 'database is locked', and no write is lost."""
+    before = history_count(db)
+    stop = tmp_path / "stop"
+    writers = [
+        labeller_process("-c", UNTIL_WRITER, db, neuron, stop, f"annotator-{neuron}")
+        for neuron in range(4)
+    ]
+    wait_for_writes(db, before + 4)
+    batch = [
+        labeller_process(
+            "-m",
+            "labeller",
+            "explain",
+            "--db",
+            db,
+            "--layer",
+            "0",
+            "--force",
+            "--explainer",
+            "baseline",
+        ),
+        labeller_process(
+            "-m",
+            "labeller",
+            "score",
+            "--db",
+            db,
+            "--layer",
+            "1",
+            "--force",
+            "--simulator",
+            "baseline",
+        ),
+        labeller_process(
+            "-m",
+            "labeller",
+            "explain",
+            "--db",
+            db,
+            "--layer",
+            "1",
+            "--force",
+            "--explainer",
+            "baseline",
+        ),
+    ]
+    failures = []
+    for proc in batch:
+        _, stderr = proc.communicate(timeout=300)
+        failures += [stderr] if proc.returncode else []
+    stop.touch()
+    written = {}
+    for neuron, proc in enumerate(writers):
+        stdout, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 0, stderr
+        written[f"annotator-{neuron}"] = int(stdout)
+    assert failures == []
+    assert min(written.values()) > 0
+    with sqlite3.connect(db) as conn:
+        by_annotator = dict(
+            conn.execute(
+                "select annotator, count(*) from label_history where annotator like 'annotator-%' "
+                "group by annotator"
+            ).fetchall()
+        )
+        assert by_annotator == written  # every write a writer saw succeed is kept
+        layer_0 = conn.execute(
+            "select count(*) from explanations e join neurons n on n.id = e.neuron_id "
+            "where n.layer = 0 and e.source = 'baseline'"
+        ).fetchone()[0]
+        assert layer_0 == 48  # every layer-0 neuron got its baseline label
+        assert conn.execute("pragma integrity_check").fetchone()[0] == "ok"
+
+
 def test_corrupted_catalogue_is_detected(db, tmp_path):
     damaged = tmp_path / "damaged.db"
     data = bytearray(db.read_bytes())
