@@ -45,6 +45,7 @@ from labeller.records import (
     LabelState,
     LabelStatus,
     Record,
+    neuron_name,
     utc_now,
 )
 
@@ -216,7 +217,8 @@ def _conflict(
     ]
     theirs = [(e.text, _their_acceptor(e)) for e in their_accepted]
     return (
-        f"{neuron.model} {neuron.layer}.{neuron.neuron}: ours {_side(mine)}, theirs {_side(theirs)}"
+        f"{neuron.model} {neuron_name(neuron.layer, neuron.neuron)}: "
+        f"ours {_side(mine)}, theirs {_side(theirs)}"
     )
 
 

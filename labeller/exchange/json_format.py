@@ -47,6 +47,7 @@ from labeller.records import (
     ScanStatus,
     Score,
     WeightFacts,
+    neuron_name,
     utc_now,
 )
 
@@ -373,7 +374,7 @@ def _header(path: Path, raw: dict[str, Any]) -> ExportHeader:
 
 def _check_references(path: Path, header: ExportHeader, neuron: ExportNeuron) -> None:
     """Indices inside a neuron must point at things the file holds."""
-    where = f"{path}: neuron {neuron.model} {neuron.layer}.{neuron.neuron}"
+    where = f"{path}: neuron {neuron.model} {neuron_name(neuron.layer, neuron.neuron)}"
     if neuron.model not in {m.name for m in header.models}:
         raise UserError(f"{where} names a model absent from `models`")
     scans = len(header.scans)

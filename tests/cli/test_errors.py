@@ -390,3 +390,63 @@ def test_rerunning_a_complete_scan_says_so_and_stores_nothing(small_db, tmp_path
         CliRunner().invoke(cli, ["scans", "--db", str(db), "--format", "json"]).output
     )
     assert [s["id"] for s in scans] == [scan["id"]]
+
+
+def test_click_usage_errors_are_one_error_line():
+    fails("show", "--layer", "x", "--neuron", "0", match="'--layer'")
+    fails("rank", "--format", "nope", match="'--format'")
+    fails("nosuch", match="'nosuch'")
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--layer", str(10**20), "--neuron", "0", "--text", "x"],
+        ["--layer", "0", "--neuron", str(10**20), "--text", "x"],
+        ["--layer", "0", "--neuron", "0", "--explanation", str(10**20), "--accept"],
+        ["--layer", "0", "--neuron", "0", "--text", "x", "--expect-version", str(10**20)],
+    ],
+)
+def test_huge_integers_are_usage_errors(small_db, flags):
+    fails("label", "--db", small_db, *flags, match="is not in the range")
+
+
+def test_contradicting_label_flags_are_a_usage_error(small_db):
+    before = digest(small_db)
+    common = ["label", "--db", small_db, "--layer", "0", "--neuron", "0"]
+    fails(*common, "--text", "x", "--accept", "--reject", match="--accept and --reject")
+    fails(*common, "--explanation", "1", "--confirm", "--dispute", match="--confirm and --dispute")
+    assert digest(small_db) == before
+
+
+def test_expect_version_on_a_neuron_without_history(small_db):
+    line = fails(
+        "label",
+        "--db",
+        small_db,
+        "--layer",
+        "0",
+        "--neuron",
+        "1",
+        "--text",
+        "x",
+        "--expect-version",
+        "5",
+        match="neuron L0 N1 has no label history yet",
+    )
+    assert "--expect-version" in line
+
+
+def test_a_closed_stdout_ends_the_command_quietly(small_db):
+    """`labeller rank | head` must not turn the reader leaving into an error."""
+    command = [sys.executable, "-m", "labeller", "show", "--db", str(small_db)]
+    proc = subprocess.Popen(
+        [*command, "--layer", "0", "--neuron", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
+    )
+    proc.stdout.close()  # the reader goes away before anything is written
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0, stderr
+    assert stderr == ""
