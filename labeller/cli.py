@@ -112,8 +112,11 @@ def format_option(func: F) -> F:
     )(func)
 
 
-def parse_layers(spec: str, n_layers: int, flag: str = "--layers") -> list[int]:
-    """'0,2-5' or 'all' -> sorted unique numbers."""
+def parse_layers(
+    spec: str, n_layers: int, flag: str = "--layers", what: str = "layers"
+) -> list[int]:
+    """'0,2-5' or 'all' -> sorted unique numbers below `n_layers`; each range is checked
+    before it is expanded, so `0-99999999` is an error, not gigabytes of numbers."""
     if spec.strip() == "all":
         return list(range(n_layers))
     layers: set[int] = set()
@@ -124,9 +127,11 @@ def parse_layers(spec: str, n_layers: int, flag: str = "--layers") -> list[int]:
                 start, end = (int(x) for x in part.split("-", 1))
                 if end < start:
                     raise ValueError
-                layers.update(range(start, end + 1))
             else:
-                layers.add(int(part))
+                start = end = int(part)
+            if end >= n_layers:
+                raise UserError(f"{flag} {spec!r}: the model has {what} 0-{n_layers - 1}")
+            layers.update(range(start, end + 1))
     except ValueError:
         raise UserError(f"{flag} {spec!r}: use numbers and ranges like 0,2-5, or all") from None
     return sorted(layers)
@@ -467,7 +472,7 @@ def trace(
         with Catalogue.open(db_path) as catalogue:
             model_spec = catalogue.resolve_model(None).name
     model = load_model(model_spec, device=device, dtype=dtype)
-    model.check_layers([layer])
+    model.check_layers([layer], "--layer")
     if neuron >= model.d_mlp:
         raise UserError(f"{model_spec} has neurons 0-{model.d_mlp - 1} per layer")
     ids = model.encode(text)
@@ -611,7 +616,7 @@ def _selected_refs(
 ) -> list[Any]:
     model = catalogue.resolve_model(model_name)
     layer_list = None if layers is None else parse_layers(layers, model.n_layers, "--layer")
-    neuron_list = None if neurons == "all" else parse_layers(neurons, model.d_mlp, "--neurons")
+    neuron_list = None if neurons == "all" else parse_layers(neurons, model.d_mlp, "--neurons", "neurons")
     return catalogue.neuron_refs(model.name, layer_list, neuron_list)
 
 

@@ -118,11 +118,11 @@ class LoadedModel:
             neuron_hook=self.neuron_hook_template,
         )
 
-    def check_layers(self, layers: list[int]) -> None:
+    def check_layers(self, layers: list[int], flag: str = "--layers") -> None:
         bad = [layer for layer in layers if not 0 <= layer < self.n_layers]
         if bad:
             raise UserError(
-                f"{self.name} has layers 0-{self.n_layers - 1}; --layers asked for {bad[0]}"
+                f"{self.name} has layers 0-{self.n_layers - 1}; {flag} asked for {bad[0]}"
             )
 
 

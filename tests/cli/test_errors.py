@@ -450,3 +450,25 @@ def test_a_closed_stdout_ends_the_command_quietly(small_db):
     stderr = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 0, stderr
     assert stderr == ""
+
+
+def test_ranges_are_checked_against_the_model_before_expansion(small_db, tmp_path):
+    fails(
+        "explain",
+        "--db",
+        small_db,
+        "--neurons",
+        "0-99999999",
+        match="--neurons '0-99999999': the model has neurons 0-47",
+    )
+    fails("rank", "--db", small_db, "--layers", "9", match="--layers '9': the model has layers")
+    out = tmp_path / "out.json"
+    fails("export", "--db", small_db, "--layers", "1-9", "-o", out, match="--layers '1-9'")
+    assert not out.exists()
+
+
+def test_messages_name_the_flags_typed(small_db):
+    fails(
+        "trace", "--db", small_db, "--layer", "5", "--neuron", "0", "--text", "x",
+        match="--layer asked for 5",
+    )  # fmt: skip
