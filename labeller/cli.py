@@ -208,6 +208,11 @@ class LabellerGroup(click.Group):
             raise _usage_error(exc) from None
         except BrokenPipeError:
             raise _quiet_broken_pipe() from None
+        except OSError as exc:
+            if exc.filename is None:
+                raise
+            # a path the user named cannot be created, read or written
+            raise CliError(f"{exc.filename}: {exc.strerror or exc}") from None
         except UserError as exc:
             raise CliError(str(exc)) from None
         except ScanInterrupted as exc:
@@ -467,7 +472,7 @@ def trace(
     from labeller.records import Trace
 
     if text == "-":
-        text = sys.stdin.read()
+        text = _read_stdin_text()
     if model_spec is None:
         with Catalogue.open(db_path) as catalogue:
             model_spec = catalogue.resolve_model(None).name
@@ -502,6 +507,19 @@ def trace(
     console.print(heat_text(result.tokens, values, scale, values.index(max(values))))
     for token, value in zip(result.tokens, values, strict=True):
         console.print(f"{value:9.4f}  {visible_token(token)!r}", markup=False)
+
+
+def _read_stdin_text() -> str:
+    """stdin as UTF-8: other bytes are a user error, not a decoding traceback."""
+    data = getattr(sys.stdin, "buffer", sys.stdin).read()
+    if isinstance(data, str):
+        return data
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(
+            f"--text -: stdin is not UTF-8 (byte {exc.start}); convert it, e.g. with iconv"
+        ) from None
 
 
 @cli.command()
@@ -616,7 +634,9 @@ def _selected_refs(
 ) -> list[Any]:
     model = catalogue.resolve_model(model_name)
     layer_list = None if layers is None else parse_layers(layers, model.n_layers, "--layer")
-    neuron_list = None if neurons == "all" else parse_layers(neurons, model.d_mlp, "--neurons", "neurons")
+    neuron_list = (
+        None if neurons == "all" else parse_layers(neurons, model.d_mlp, "--neurons", "neurons")
+    )
     return catalogue.neuron_refs(model.name, layer_list, neuron_list)
 
 

@@ -472,3 +472,75 @@ def test_messages_name_the_flags_typed(small_db):
         "trace", "--db", small_db, "--layer", "5", "--neuron", "0", "--text", "x",
         match="--layer asked for 5",
     )  # fmt: skip
+
+
+def test_trace_refuses_stdin_that_is_not_utf8(small_db):
+    result = CliRunner().invoke(
+        cli,
+        ["trace", "--db", str(small_db), "--layer", "0", "--neuron", "0", "--text", "-"],
+        input=b"caf\xe9 \xff",
+    )
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert (
+        result.stderr.strip()
+        == "error: --text -: stdin is not UTF-8 (byte 3); convert it, e.g. with iconv"
+    )
+
+
+def _broken_copy(source: Path, tmp_path: Path, damage: str) -> Path:
+    import shutil
+
+    copy = tmp_path / "model"
+    shutil.copytree(source, copy)
+    weights = next(copy.glob("*.safetensors"))
+    if damage == "missing weights":
+        weights.unlink()
+    elif damage == "truncated weights":
+        weights.write_bytes(weights.read_bytes()[:1000])
+    elif damage == "bad config":
+        (copy / "config.json").write_text("{not json")
+    elif damage == "no tokenizer":
+        for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"):
+            (copy / name).unlink(missing_ok=True)
+    return copy
+
+
+@pytest.mark.parametrize(
+    ("fixture", "damage"),
+    [
+        ("tiny_model_dir", "missing weights"),
+        ("tiny_model_dir", "truncated weights"),
+        ("tiny_model_dir", "no tokenizer"),
+        ("tiny_hf_dir", "missing weights"),
+        ("tiny_hf_dir", "truncated weights"),
+        ("tiny_hf_dir", "bad config"),
+        ("tiny_hf_dir", "no tokenizer"),
+    ],
+)
+def test_a_damaged_model_directory_is_one_line(request, tmp_path, tiny_corpus, fixture, damage):
+    model = _broken_copy(request.getfixturevalue(fixture), tmp_path, damage)
+    db = tmp_path / "c.db"
+    line = fails(
+        "scan", "--db", db, "--model", model, "--dataset", tiny_corpus, "--tokens", "200",
+        match=str(model), env={"HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert "corpus" not in line
+    assert not db.exists()
+
+
+def test_a_missing_local_folder_says_so(tmp_path, tiny_corpus):
+    fails(
+        "scan", "--db", tmp_path / "c.db", "--model", "./no-such-dir", "--dataset", tiny_corpus,
+        match="no model directory at no-such-dir",
+    )  # fmt: skip
+
+
+def test_paths_that_cannot_be_written_are_one_line(small_db, tmp_path, tiny_model_dir, tiny_corpus):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    fails("backup", "--db", small_db, blocker / "sub" / "b.db", match=str(blocker))
+    fails("export", "--db", small_db, "-o", blocker / "out.json", match=str(blocker))
+    fails(
+        "scan", "--db", blocker / "sub" / "c.db", "--model", tiny_model_dir,
+        "--dataset", tiny_corpus, match=str(blocker),
+    )  # fmt: skip
