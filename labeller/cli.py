@@ -1392,7 +1392,9 @@ class _progress:
             TimeRemainingColumn(),
             console=Console(stderr=True),
         )
-        self.task = self.progress.add_task("scan", total=total)
+        # a total from a file's header may be wrong; an unknown total beats `1/-3`
+        known = total if total is not None and total >= 0 else None
+        self.task = self.progress.add_task("scan", total=known)
         self.started = False
 
     def __enter__(self) -> Callable[[int], None]:

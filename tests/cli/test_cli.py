@@ -203,3 +203,11 @@ def test_demo_builds_a_labelled_catalogue_offline(tmp_path):
     assert all(r["source"] == "baseline" and r["score"] is not None for r in ranked)
     again = run("demo", "--db", db, "--no-tui")
     assert "building the demo" not in again.stderr
+
+
+def test_progress_never_shows_a_negative_total():
+    """An import header may claim -3 neurons; the bar then shows no total, never `1/-3`."""
+    from labeller.cli import _progress
+
+    assert _progress(-3, "importing", "neurons").progress.tasks[0].total is None
+    assert _progress(5, "importing", "neurons").progress.tasks[0].total == 5

@@ -218,7 +218,7 @@ def test_undecodable_bytes_are_replaced_with_a_warning(tmp_path, tiny_model_dir)
         ],
     )
     assert result.exit_code == 0, result.output
-    assert "undecodable bytes replaced" in result.stderr
+    assert result.stderr.count("undecodable bytes replaced") == 1, result.stderr
 
 
 def test_bad_layers_and_neurons(small_db, tmp_path, tiny_model_dir, tiny_corpus):
