@@ -237,7 +237,7 @@ def cli(verbose: bool) -> None:
     Quick look:
       labeller demo
       labeller scan --model demo-solu-1l --dataset demo --tokens 200000
-      labeller show --layer 0 --neuron 5
+      labeller show --layer 0 --neuron 9
     """
     log = logging.getLogger("labeller")
     log.setLevel(logging.INFO if verbose else logging.WARNING)
@@ -369,7 +369,7 @@ def show(
 
     \b
     Example:
-      labeller show --layer 0 --neuron 42
+      labeller show --layer 0 --neuron 9
       labeller show --model demo-gelu-1l --layer 0 --neuron 42 --format json
     """
     with Catalogue.open(db_path) as catalogue:
@@ -465,7 +465,7 @@ def trace(
 
     \b
     Example:
-      labeller trace --model demo-solu-1l --layer 0 --neuron 42 --text "def main():"
+      labeller trace --model demo-solu-1l --layer 0 --neuron 9 --text "def main():"
     """
     from labeller.model.activations import trace_activations
     from labeller.model.loading import load_model
@@ -850,9 +850,9 @@ def label(
 
     \b
     Example:
-      labeller label --layer 0 --neuron 5 --text 'fires on "def" at line starts' --accept
-      labeller label --layer 0 --neuron 5 --explanation 12 --reject --annotator alice
-      labeller label --layer 0 --neuron 5 --explanation 12 --confirm --annotator bob
+      labeller label --layer 0 --neuron 9 --text 'fires on "def" at line starts' --accept
+      labeller label --layer 0 --neuron 9 --explanation 12 --reject --annotator alice
+      labeller label --layer 0 --neuron 9 --explanation 12 --confirm --annotator bob
     """
     status = _one_flag(
         {
@@ -948,7 +948,7 @@ def history(
 
     \b
     Example:
-      labeller history --layer 0 --neuron 5
+      labeller history --layer 0 --neuron 9
     """
     with Catalogue.open(db_path) as catalogue:
         ref = catalogue.neuron_ref(model_name, layer, neuron)
@@ -1325,7 +1325,7 @@ def demo(
             f"\nThe demo catalogue is {db_path}. Try:\n"
             f"  labeller annotate --db {db_path}\n"
             f"  labeller rank --db {db_path} --model demo-solu-1l --limit 10\n"
-            f"  labeller trace --model demo-solu-1l --layer 0 --neuron 7 --text 'def f(x):'"
+            f"  labeller trace --model demo-solu-1l --layer 0 --neuron 9 --text 'def main():'"
         )
         return
     from labeller.tui.app import run_annotate

@@ -211,3 +211,15 @@ def test_progress_never_shows_a_negative_total():
 
     assert _progress(-3, "importing", "neurons").progress.tasks[0].total is None
     assert _progress(5, "importing", "neurons").progress.tasks[0].total == 5
+
+
+def test_the_trace_help_example_names_a_live_neuron():
+    """A newcomer's first trace should show a neuron that fires, not a row of zeros."""
+    import re
+    import shlex
+
+    help_text = run("trace", "--help").output
+    line = next(x.strip() for x in help_text.splitlines() if "labeller trace --model" in x)
+    result = run(*shlex.split(line)[1:])
+    top = float(re.search(r"max (-?[0-9.]+)", result.output).group(1))
+    assert top >= 0.02, result.output  # the demo SoLU neurons' median maximum is about 0.04
