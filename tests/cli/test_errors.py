@@ -337,7 +337,7 @@ def test_a_failed_first_scan_leaves_no_catalogue(tmp_path, tiny_model_dir, tiny_
         tmp_path / "no-model-here",
         "--dataset",
         tiny_corpus,
-        match="could not load model",
+        match="no model directory at",
         env={"HF_HUB_OFFLINE": "1"},
     )
     corpus = tmp_path / "bad.jsonl"
