@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+import labeller
 from labeller.cli import cli
 
 
@@ -444,7 +445,7 @@ def test_a_closed_stdout_ends_the_command_quietly(small_db):
         [*command, "--layer", "0", "--neuron", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
+        env={**os.environ, "PYTHONPATH": str(Path(labeller.__file__).parents[1])},
     )
     proc.stdout.close()  # the reader goes away before anything is written
     stderr = proc.stderr.read().decode()
