@@ -3,8 +3,10 @@ a model, so `--help`, `show`, `models` and `scans` start fast."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import os
 import sqlite3
 import sys
 from collections.abc import Callable, Iterator
@@ -39,8 +41,9 @@ from labeller.records import (
     LabelStatus,
     NeuronView,
     ScanParams,
+    neuron_name,
 )
-from labeller.render import heat_text, sparkline, visible_token
+from labeller.render import heat_text, printable, sparkline, visible_token
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable
@@ -52,6 +55,9 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 DEMO_DB = Path("db") / "demo.db"
+# layers, neurons, label ids and versions: SQLite integers, so a larger number is a usage error
+# rather than an OverflowError deep in a query
+ID = click.IntRange(min=0, max=2**63 - 1)
 SCAN_DEFAULTS = {
     name: info.default for name, info in ScanParams.model_fields.items() if not info.is_required()
 }
@@ -90,8 +96,8 @@ def neuron_target(func: F) -> F:
                 default=None,
                 help="Needed when the catalogue holds several.",
             ),
-            click.option("--layer", type=click.IntRange(min=0), required=True),
-            click.option("--neuron", type=click.IntRange(min=0), required=True),
+            click.option("--layer", type=ID, required=True),
+            click.option("--neuron", type=ID, required=True),
         ]
     ):
         func = option(func)
@@ -108,8 +114,11 @@ def format_option(func: F) -> F:
     )(func)
 
 
-def parse_layers(spec: str, n_layers: int, flag: str = "--layers") -> list[int]:
-    """'0,2-5' or 'all' -> sorted unique numbers."""
+def parse_layers(
+    spec: str, n_layers: int, flag: str = "--layers", what: str = "layers"
+) -> list[int]:
+    """'0,2-5' or 'all' -> sorted unique numbers below `n_layers`; each range is checked
+    before it is expanded, so `0-99999999` is an error, not gigabytes of numbers."""
     if spec.strip() == "all":
         return list(range(n_layers))
     layers: set[int] = set()
@@ -120,9 +129,11 @@ def parse_layers(spec: str, n_layers: int, flag: str = "--layers") -> list[int]:
                 start, end = (int(x) for x in part.split("-", 1))
                 if end < start:
                     raise ValueError
-                layers.update(range(start, end + 1))
             else:
-                layers.add(int(part))
+                start = end = int(part)
+            if end >= n_layers:
+                raise UserError(f"{flag} {spec!r}: the model has {what} 0-{n_layers - 1}")
+            layers.update(range(start, end + 1))
     except ValueError:
         raise UserError(f"{flag} {spec!r}: use numbers and ranges like 0,2-5, or all") from None
     return sorted(layers)
@@ -134,7 +145,7 @@ class CliError(click.ClickException):
     exit_code = 2
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
+        click.echo(f"error: {printable(self.format_message())}", err=True)
 
 
 class CliInterrupted(CliError):
@@ -147,13 +158,63 @@ class EchoHandler(logging.Handler):
     """Log records as `warning: ...` lines on whatever stderr is current."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        click.echo(f"{record.levelname.lower()}: {record.getMessage()}", err=True)
+        click.echo(f"{record.levelname.lower()}: {printable(record.getMessage())}", err=True)
+
+
+def _usage_error(exc: click.UsageError) -> CliError:
+    """Click's usage errors as our one `error:` line (exit 2), pointing at the command's help."""
+    where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+    return CliError(" ".join(exc.format_message().split()) + where)
+
+
+def _quiet_broken_pipe() -> click.exceptions.Exit:
+    """The reader of our stdout went away (`| head`): stop quietly, as `cat` does, and keep the
+    interpreter's final flush from failing on the closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):
+        pass  # stdout is not a file descriptor (a test runner's buffer)
+    return click.exceptions.Exit(0)
+
+
+class StdoutConsole(Console):
+    """Rich exits with status 1 when the reader of stdout goes away; we hand the broken pipe to
+    LabellerGroup, which ends the command quietly like any other output to a closed pipe."""
+
+    def on_broken_pipe(self) -> None:
+        raise BrokenPipeError
 
 
 class LabellerGroup(click.Group):
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:
+            raise _usage_error(exc) from None
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:
+            raise _usage_error(exc) from None
+        except BrokenPipeError:
+            raise _quiet_broken_pipe() from None
+        except OSError as exc:
+            if exc.filename is None:
+                raise
+            # a path the user named cannot be created, read or written
+            raise CliError(f"{exc.filename}: {exc.strerror or exc}") from None
         except UserError as exc:
             raise CliError(str(exc)) from None
         except ScanInterrupted as exc:
@@ -175,7 +236,7 @@ def cli(verbose: bool) -> None:
     Quick look:
       labeller demo
       labeller scan --model demo-solu-1l --dataset demo --tokens 200000
-      labeller show --layer 0 --neuron 5
+      labeller show --layer 0 --neuron 9
     """
     log = logging.getLogger("labeller")
     log.setLevel(logging.INFO if verbose else logging.WARNING)
@@ -307,7 +368,7 @@ def show(
 
     \b
     Example:
-      labeller show --layer 0 --neuron 42
+      labeller show --layer 0 --neuron 9
       labeller show --model demo-gelu-1l --layer 0 --neuron 42 --format json
     """
     with Catalogue.open(db_path, read_only=True) as catalogue:
@@ -327,11 +388,12 @@ def neuron_json(view: NeuronView) -> dict[str, Any]:
 
 
 def print_neuron(view: NeuronView, limit: int | None) -> None:
-    console = Console(highlight=False)
+    console = StdoutConsole(highlight=False)
     s = view.stats
     console.print(
-        f"[bold]{view.model}[/bold]  layer {view.layer}  neuron {view.neuron}  "
-        f"(scan {view.scan_id})"
+        Text(printable(view.model), "bold"),
+        f" layer {view.layer}  neuron {view.neuron}  (scan {view.scan_id})",
+        markup=False,
     )
     skew = "n/a" if s.skewness is None else f"{s.skewness:.2f}"
     kurt = "n/a" if s.kurtosis is None else f"{s.kurtosis:.2f}"
@@ -368,7 +430,8 @@ def print_neuron(view: NeuronView, limit: int | None) -> None:
             for sc in explanation.scores
         )
         console.print(
-            f"- [{explanation.status}] {explanation.text} ({explanation.source}) {scores}",
+            f"- #{explanation.id} [{explanation.status}] {printable(explanation.text)} "
+            f"({printable(explanation.source)}) {scores}",
             markup=False,
         )
 
@@ -382,8 +445,8 @@ def _print_example(console: Console, example: Example, scale: float) -> None:
 @cli.command()
 @db_option
 @click.option("--model", "model_spec", default=None, help="Default: the catalogue's only model.")
-@click.option("--layer", type=click.IntRange(min=0), required=True)
-@click.option("--neuron", type=click.IntRange(min=0), required=True)
+@click.option("--layer", type=ID, required=True)
+@click.option("--neuron", type=ID, required=True)
 @click.option("--text", required=True, help="Text to run through the model; - reads stdin.")
 @model_load_options
 @format_option
@@ -401,19 +464,19 @@ def trace(
 
     \b
     Example:
-      labeller trace --model demo-solu-1l --layer 0 --neuron 42 --text "def main():"
+      labeller trace --model demo-solu-1l --layer 0 --neuron 9 --text "def main():"
     """
     from labeller.model.activations import trace_activations
     from labeller.model.loading import load_model
     from labeller.records import Trace
 
     if text == "-":
-        text = sys.stdin.read()
+        text = _read_stdin_text()
     if model_spec is None:
         with Catalogue.open(db_path, read_only=True) as catalogue:
             model_spec = catalogue.resolve_model(None).name
     model = load_model(model_spec, device=device, dtype=dtype)
-    model.check_layers([layer])
+    model.check_layers([layer], "--layer")
     if neuron >= model.d_mlp:
         raise UserError(f"{model_spec} has neurons 0-{model.d_mlp - 1} per layer")
     ids = model.encode(text)
@@ -434,14 +497,28 @@ def trace(
     if output_format == "json":
         click.echo(result.model_dump_json(indent=2))
         return
-    console = Console(highlight=False)
+    console = StdoutConsole(highlight=False)
     scale = max(max(values), 1e-9)
     console.print(
-        f"{model_spec} layer {layer} neuron {neuron}: max {max(values):.3f}", markup=False
+        f"{printable(model_spec)} layer {layer} neuron {neuron}: max {max(values):.3f}",
+        markup=False,
     )
     console.print(heat_text(result.tokens, values, scale, values.index(max(values))))
     for token, value in zip(result.tokens, values, strict=True):
         console.print(f"{value:9.4f}  {visible_token(token)!r}", markup=False)
+
+
+def _read_stdin_text() -> str:
+    """stdin as UTF-8: other bytes are a user error, not a decoding traceback."""
+    data = getattr(sys.stdin, "buffer", sys.stdin).read()
+    if isinstance(data, str):
+        return data
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(
+            f"--text -: stdin is not UTF-8 (byte {exc.start}); convert it, e.g. with iconv"
+        ) from None
 
 
 @cli.command()
@@ -468,17 +545,18 @@ def models(db_path: Path | None, output_format: str) -> None:
         click.echo(json.dumps(rows, indent=2))
         return
     table = Table("model", "source", "layers", "d_mlp", "act_fn", "scanned layers", "neurons")
+    table.columns[0].overflow = table.columns[1].overflow = "fold"
     for row in rows:
         table.add_row(
-            row["name"],
-            row["source"],
+            Text(printable(row["name"])),
+            Text(printable(row["source"])),
             str(row["n_layers"]),
             str(row["d_mlp"]),
             row["act_fn"],
             ",".join(map(str, row["scanned_layers"])) or "-",
             f"{row['neurons']:,}",
         )
-    Console().print(table)
+    StdoutConsole().print(table)
 
 
 @cli.command()
@@ -497,12 +575,14 @@ def scans(db_path: Path | None, output_format: str) -> None:
         click.echo(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
         return
     table = Table("id", "model", "dataset", "layers", "ctx", "top-k", "random", "tokens", "status")
+    # long model and corpus paths fold onto more lines instead of being cut with an ellipsis
+    table.columns[1].overflow = table.columns[2].overflow = "fold"
     for r in records:
         p = r.params
         table.add_row(
             str(r.id),
-            p.model,
-            p.dataset,
+            Text(printable(p.model)),
+            Text(printable(p.dataset)),
             ",".join(map(str, p.layers)),
             str(p.ctx),
             str(p.top_k),
@@ -510,7 +590,7 @@ def scans(db_path: Path | None, output_format: str) -> None:
             f"{r.tokens_seen:,}",
             r.status.value,
         )
-    Console().print(table)
+    StdoutConsole().print(table)
 
 
 def llm_options(func: F) -> F:
@@ -553,7 +633,9 @@ def _selected_refs(
 ) -> list[Any]:
     model = catalogue.resolve_model(model_name)
     layer_list = None if layers is None else parse_layers(layers, model.n_layers, "--layer")
-    neuron_list = None if neurons == "all" else parse_layers(neurons, model.d_mlp, "--neurons")
+    neuron_list = (
+        None if neurons == "all" else parse_layers(neurons, model.d_mlp, "--neurons", "neurons")
+    )
     return catalogue.neuron_refs(model.name, layer_list, neuron_list)
 
 
@@ -736,7 +818,7 @@ def _print_report(stage: str, report: Report, written: str, llm_summary: str | N
     if llm_summary is not None:
         click.echo(llm_summary)
     for note in report.notes[:20]:
-        click.echo(f"note: {note}", err=True)
+        click.echo(f"note: {printable(note)}", err=True)
     parts = [f"{report.neurons:,} neurons", f"{report.written:,} {written}"]
     if report.skipped:
         parts.append(f"{report.skipped:,} already done (use --force to redo)")
@@ -770,29 +852,18 @@ def default_annotator() -> str:
 @neuron_target
 @click.option("--text", default=None, help="A new label, written by you.")
 @click.option(
-    "--explanation", "explanation_id", type=int, default=None, help="An existing label's id."
+    "--explanation", "explanation_id", type=ID, default=None, help="An existing label's id."
 )
-@click.option("--accept", "status", flag_value=LabelStatus.ACCEPTED.value, default=None)
-@click.option("--reject", "status", flag_value=LabelStatus.REJECTED.value)
-@click.option("--needs-review", "status", flag_value=LabelStatus.NEEDS_REVIEW.value)
-@click.option(
-    "--confirm",
-    "review",
-    flag_value=labels.Review.CONFIRM.value,
-    default=None,
-    help="Review: agree with an accepted label.",
-)
-@click.option(
-    "--dispute",
-    "review",
-    flag_value=labels.Review.DISPUTE.value,
-    help="Review: disagree; the label goes to needs_review.",
-)
+@click.option("--accept", is_flag=True)
+@click.option("--reject", is_flag=True)
+@click.option("--needs-review", is_flag=True)
+@click.option("--confirm", is_flag=True, help="Review: agree with an accepted label.")
+@click.option("--dispute", is_flag=True, help="Review: disagree; the label goes to needs_review.")
 @click.option("--undo", is_flag=True, help="Revert your latest change to this neuron.")
 @click.option("--annotator", default=None, help="Default: git user.name, else $USER.")
 @click.option(
     "--expect-version",
-    type=int,
+    type=ID,
     default=None,
     help="Refuse if the neuron's history moved past this version (from `history`).",
 )
@@ -804,8 +875,11 @@ def label(
     neuron: int,
     text: str | None,
     explanation_id: int | None,
-    status: str | None,
-    review: str | None,
+    accept: bool,
+    reject: bool,
+    needs_review: bool,
+    confirm: bool,
+    dispute: bool,
     undo: bool,
     annotator: str | None,
     expect_version: int | None,
@@ -815,10 +889,23 @@ def label(
 
     \b
     Example:
-      labeller label --layer 0 --neuron 5 --text 'fires on "def" at line starts' --accept
-      labeller label --layer 0 --neuron 5 --explanation 12 --reject --annotator alice
-      labeller label --layer 0 --neuron 5 --explanation 12 --confirm --annotator bob
+      labeller label --layer 0 --neuron 9 --text 'fires on "def" at line starts' --accept
+      labeller label --layer 0 --neuron 9 --explanation 12 --reject --annotator alice
+      labeller label --layer 0 --neuron 9 --explanation 12 --confirm --annotator bob
     """
+    status = _one_flag(
+        {
+            "--accept": (accept, LabelStatus.ACCEPTED.value),
+            "--reject": (reject, LabelStatus.REJECTED.value),
+            "--needs-review": (needs_review, LabelStatus.NEEDS_REVIEW.value),
+        }
+    )
+    review = _one_flag(
+        {
+            "--confirm": (confirm, labels.Review.CONFIRM.value),
+            "--dispute": (dispute, labels.Review.DISPUTE.value),
+        }
+    )
     if sum(x is not None and x is not False for x in (text, explanation_id, undo or None)) != 1:
         raise UserError("give exactly one of --text, --explanation or --undo")
     if explanation_id is not None and status is None and review is None:
@@ -880,6 +967,15 @@ def label(
         click.echo(_history_line(entry))
 
 
+def _one_flag(flags: dict[str, tuple[bool, str]]) -> str | None:
+    """The value of the one flag given, if any; two that contradict each other are a usage
+    error (otherwise the last would silently win)."""
+    given = [name for name, (on, _) in flags.items() if on]
+    if len(given) > 1:
+        raise click.UsageError(f"{' and '.join(given)} exclude each other; give one")
+    return flags[given[0]][1] if given else None
+
+
 @cli.command()
 @db_option
 @neuron_target
@@ -891,7 +987,7 @@ def history(
 
     \b
     Example:
-      labeller history --layer 0 --neuron 5
+      labeller history --layer 0 --neuron 9
     """
     with Catalogue.open(db_path, read_only=True) as catalogue:
         ref = catalogue.neuron_ref(model_name, layer, neuron)
@@ -906,17 +1002,17 @@ def history(
         )
         return
     if not entries:
-        click.echo(f"neuron {layer}.{neuron} has no label history yet")
+        click.echo(f"neuron {neuron_name(layer, neuron)} has no label history yet")
     for entry in entries:
         click.echo(_history_line(entry))
 
 
 def _history_line(entry: HistoryEntry) -> str:
     def state(s: LabelState | None) -> str:
-        return "-" if s is None else f'#{s.explanation_id} "{s.text}" [{s.status.value}]'
+        return "-" if s is None else f'#{s.explanation_id} "{printable(s.text)}" [{s.status.value}]'
 
     return (
-        f"{entry.at}  {entry.annotator or '?'}  {entry.action.value}  "
+        f"{entry.at}  {printable(entry.annotator or '?')}  {entry.action.value}  "
         f"{state(entry.before)} -> {state(entry.after)}"
     )
 
@@ -990,11 +1086,11 @@ def rank(
             "-" if r.score is None else f"{r.score:.3f}",
             f"{r.max:.3f}",
             f"{100 * r.density:.2f}%",
-            Text(r.label or "-"),
-            r.source or "-",
+            Text(printable(r.label or "-")),
+            Text(printable(r.source or "-")),
             r.status or "unlabelled",
         )
-    Console().print(table)
+    StdoutConsole().print(table)
 
 
 @cli.command()
@@ -1029,16 +1125,20 @@ def agreement(db_path: Path | None, model_name: str | None, output_format: str) 
     table = Table("annotator", "written", "accepted", "rejected", "reviewed")
     for c in counts:
         table.add_row(
-            Text(c.annotator), str(c.written), str(c.accepted), str(c.rejected), str(c.reviewed)
+            Text(printable(c.annotator)),
+            str(c.written),
+            str(c.accepted),
+            str(c.rejected),
+            str(c.reviewed),
         )
-    console = Console()
+    console = StdoutConsole()
     console.print(table)
     if not pairs:
         console.print("no two annotators have judged the same neuron yet")
     for p in pairs:
         rate = "n/a" if p.rate is None else f"{100 * p.rate:.0f}%"
         console.print(
-            f"{p.first} & {p.second}: agree on {p.agreed} of {p.both_judged} "
+            f"{printable(p.first)} & {printable(p.second)}: agree on {p.agreed} of {p.both_judged} "
             f"neurons both judged ({rate})",
             markup=False,
         )
@@ -1189,7 +1289,7 @@ def import_(db_path: Path | None, file: Path, annotator: str | None) -> None:
     for warning in report.warnings:
         click.echo(f"warning: {warning}", err=True)
     for conflict in report.conflicts:
-        click.echo(f"conflict (left for a person): {conflict}", err=True)
+        click.echo(f"conflict (left for a person): {printable(conflict)}", err=True)
 
 
 @cli.command("train-demo")
@@ -1294,7 +1394,7 @@ def demo(
             f"\nThe demo catalogue is {db_path}. Try:\n"
             f"  labeller annotate --db {db_path}\n"
             f"  labeller rank --db {db_path} --model demo-solu-1l --limit 10\n"
-            f"  labeller trace --model demo-solu-1l --layer 0 --neuron 7 --text 'def f(x):'"
+            f"  labeller trace --model demo-solu-1l --layer 0 --neuron 9 --text 'def main():'"
         )
         return
     from labeller.tui.app import run_annotate
@@ -1379,7 +1479,9 @@ class _progress:
             *([StatusColumn(status)] if status else []),
             console=Console(stderr=True),
         )
-        self.task = self.progress.add_task("scan", total=total)
+        # a total from a file's header may be wrong; an unknown total beats `1/-3`
+        known = total if total is not None and total >= 0 else None
+        self.task = self.progress.add_task("scan", total=known)
         self.started = False
         self.seen = 0
 

@@ -17,6 +17,11 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def neuron_name(layer: int, neuron: int) -> str:
+    """How messages name a neuron: `L5 N131`, which cannot be misread as the number 5.131."""
+    return f"L{layer} N{neuron}"
+
+
 class Split(StrEnum):
     """Held-out splits are fixed at scan time so explain and score can never overlap."""
 

@@ -16,6 +16,10 @@ SPARK = " ▁▂▃▄▅▆▇█"
 
 @lru_cache(maxsize=65536)
 def visible_token(token: str) -> str:
+    return _visible(token)
+
+
+def _visible(token: str) -> str:
     out = []
     for char in token:
         if char in VISIBLE:
@@ -25,6 +29,13 @@ def visible_token(token: str) -> str:
         else:
             out.append(char)
     return "".join(out)
+
+
+def printable(text: str) -> str:
+    """User-supplied text (labels, names, tokens, imported strings) safe to print: control
+    characters, escape sequences included, shown as `\\xNN` so they cannot move the cursor, clear
+    the screen or retitle the terminal; newlines and tabs shown as in tokens."""
+    return visible_token(text) if len(text) < 256 else _visible(text)
 
 
 def heat_style(value: float, scale: float) -> str:

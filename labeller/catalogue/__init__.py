@@ -513,9 +513,14 @@ class Catalogue:
     # --- explanations and scores --------------------------------------------------------------
 
     def neuron_refs(
-        self, model_name: str | None, layers: list[int] | None, neurons: list[int] | None
+        self,
+        model_name: str | None,
+        layers: list[int] | None,
+        neurons: list[int] | None,
+        flags: str = "--layer/--neurons",
     ) -> list[NeuronRef]:
-        """The scanned neurons a batch command works on, in (layer, neuron) order."""
+        """The scanned neurons a batch command works on, in (layer, neuron) order; `flags` names
+        the options the user gave them with, for the message when none match."""
         model = self.resolve_model(model_name)
         clauses: list[str] = ["m.name = ?"]
         values: list[Any] = [model.name]
@@ -535,7 +540,7 @@ class Catalogue:
             NeuronRef(r["id"], model.name, r["layer"], r["neuron"], r["scan_id"]) for r in found
         ]
         if not refs:
-            raise UserError(f"no scanned neurons of {model.name} match --layer/--neurons")
+            raise UserError(f"no scanned neurons of {model.name} match {flags}")
         return refs
 
     def explanations_of(self, neuron_id: int) -> list[Explanation]:
@@ -709,7 +714,7 @@ class Catalogue:
         return int(row[0])
 
     def neuron_ref(self, model_name: str | None, layer: int, neuron: int) -> NeuronRef:
-        refs = self.neuron_refs(model_name, [layer], [neuron])
+        refs = self.neuron_refs(model_name, [layer], [neuron], "--layer/--neuron")
         return refs[0]
 
     def history(self, ref: NeuronRef) -> list[HistoryEntry]:

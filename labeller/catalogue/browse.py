@@ -14,7 +14,7 @@ from typing import Any
 
 from labeller.catalogue import Catalogue
 from labeller.errors import UserError
-from labeller.records import PRIMARY_METHOD, LabelStatus, Split
+from labeller.records import PRIMARY_METHOD, LabelStatus, Split, neuron_name
 
 
 class NeuronStatus(StrEnum):
@@ -322,5 +322,5 @@ def example_token_ids(
         [model_id, layer, neuron, kind, rank],
     ).fetchone()
     if row is None:
-        raise UserError(f"neuron {layer}.{neuron} has no {kind} example {rank}")
+        raise UserError(f"neuron {neuron_name(layer, neuron)} has no {kind} example {rank}")
     return [int(i) for i in json.loads(row[0])]

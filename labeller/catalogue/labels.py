@@ -22,6 +22,7 @@ from labeller.records import (
     HistoryEntry,
     LabelState,
     LabelStatus,
+    neuron_name,
     utc_now,
 )
 
@@ -45,7 +46,8 @@ class StaleLabel(UserError):
         state = newest.after or newest.before
         shown = f'"{state.text}" ({state.status.value})' if state else "a change"
         super().__init__(
-            f"neuron {ref.layer}.{ref.neuron} changed since you read it: {newest.annotator} "
+            f"neuron {neuron_name(ref.layer, ref.neuron)} changed since you read it: "
+            f"{newest.annotator} "
             f"{newest.action.value} {shown} at {newest.at}; review it and try again"
         )
         self.newest = newest
@@ -136,7 +138,9 @@ def undo(
             and e.id not in undone
         ]
         if not candidates:
-            raise UserError(f"nothing of {annotator}'s to undo on {ref.layer}.{ref.neuron}")
+            raise UserError(
+                f"nothing of {annotator}'s to undo on {neuron_name(ref.layer, ref.neuron)}"
+            )
         target = candidates[0]
         assert target.after is not None  # every change a person makes leaves a label state
         restore = target.before.status if target.before else LabelStatus.WITHDRAWN
@@ -171,7 +175,13 @@ def _changing(
     at = utc_now()
     with catalogue.write_transaction():
         if expected_version is not None and catalogue.label_version(ref.id) != expected_version:
-            raise StaleLabel(ref, catalogue.history(ref)[-1])
+            history = catalogue.history(ref)
+            if not history:
+                raise UserError(
+                    f"neuron {neuron_name(ref.layer, ref.neuron)} has no label history yet "
+                    f"(version 0), not version {expected_version}; check --expect-version"
+                )
+            raise StaleLabel(ref, history[-1])
         yield _Change(catalogue, ref, annotator, at)
 
 
@@ -195,7 +205,7 @@ class _Change:
             "select neuron_id from explanations where id = ?", [explanation_id]
         ).fetchone()
         if row is None or row[0] != self.ref.id:
-            neuron = f"{self.ref.layer}.{self.ref.neuron}"
+            neuron = neuron_name(self.ref.layer, self.ref.neuron)
             raise UserError(f"explanation {explanation_id} is not a label of neuron {neuron}")
 
     def write(self, text: str) -> int:

@@ -57,6 +57,7 @@ from labeller.records import (
     LabelStatus,
     ModelRecord,
     Record,
+    neuron_name,
     utc_now,
 )
 
@@ -291,7 +292,8 @@ def _conflict(
     ]
     theirs = [(e.text, _their_acceptor(e)) for e in their_accepted]
     return (
-        f"{neuron.model} {neuron.layer}.{neuron.neuron}: ours {_side(mine)}, theirs {_side(theirs)}"
+        f"{neuron.model} {neuron_name(neuron.layer, neuron.neuron)}: "
+        f"ours {_side(mine)}, theirs {_side(theirs)}"
     )
 
 

@@ -48,6 +48,7 @@ from labeller.records import (
     ScanStatus,
     Score,
     WeightFacts,
+    neuron_name,
     utc_now,
 )
 
@@ -388,7 +389,7 @@ def _header(path: Path, raw: dict[str, Any]) -> ExportHeader:
 def _check_references(path: Path, header: ExportHeader, neuron: ExportNeuron) -> None:
     """Indices inside a neuron must point at things the file holds, and the neuron must fit its
     model: nothing an import writes may later break `show`, `rank` or `export`."""
-    where = f"{path}: neuron {neuron.model} {neuron.layer}.{neuron.neuron}"
+    where = f"{path}: neuron {neuron.model} {neuron_name(neuron.layer, neuron.neuron)}"
     models = {m.name: m for m in header.models}
     model = models.get(neuron.model)
     if model is None:

@@ -29,6 +29,7 @@ from labeller.records import (
     Score,
     ScoreMethod,
     Split,
+    neuron_name,
 )
 
 NEURON_WORKERS = 64
@@ -119,7 +120,8 @@ async def explain_neurons(
         view = catalogue.neuron_view(ref.model, ref.layer, ref.neuron)
         windows = train_windows(view.top_examples)
         if not windows:
-            report.notes.append(f"{ref.layer}.{ref.neuron}: no train windows; rescan it")
+            where = neuron_name(ref.layer, ref.neuron)
+            report.notes.append(f"{where}: no train windows; rescan it")
             report.fail(Cause.NO_WINDOWS)
             return
         for candidate in await explainer.explain(windows):

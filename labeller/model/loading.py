@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import warnings
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -131,11 +132,11 @@ class LoadedModel:
             digest.update(values.numpy().tobytes())
         return f"sha256:{digest.hexdigest()}"
 
-    def check_layers(self, layers: list[int]) -> None:
+    def check_layers(self, layers: list[int], flag: str = "--layers") -> None:
         bad = [layer for layer in layers if not 0 <= layer < self.n_layers]
         if bad:
             raise UserError(
-                f"{self.name} has layers 0-{self.n_layers - 1}; --layers asked for {bad[0]}"
+                f"{self.name} has layers 0-{self.n_layers - 1}; {flag} asked for {bad[0]}"
             )
 
 
@@ -152,14 +153,26 @@ def load_model(spec: str, device: str = "auto", dtype: str = "float32") -> Loade
     path = Path(spec).expanduser()
     if path.is_dir():
         if is_native_model_dir(path):
-            bridge = load_native_model(path, torch_device, torch_dtype, spec)
-            return _loaded(spec, "native-dir", bridge, torch_device)
-        if (path / "config.json").exists():
-            return _loaded(spec, "hf-dir", _boot_hf(spec, torch_device, torch_dtype), torch_device)
-        raise UserError(
-            f"{path} is a directory but holds neither labeller_model.json nor a Hugging Face "
-            "config.json; point --model at a model directory"
-        )
+            kind, source = "labeller-native", "native-dir"
+            load = partial(load_native_model, path, torch_device, torch_dtype, spec)
+        elif (path / "config.json").exists():
+            kind, source = "Hugging Face", "hf-dir"
+            load = partial(_boot_hf, spec, torch_device, torch_dtype)
+        else:
+            raise UserError(
+                f"{path} is a directory but holds neither labeller_model.json nor a Hugging Face "
+                "config.json; point --model at a model directory"
+            )
+        try:
+            bridge = load()
+        except Exception as exc:  # missing, truncated or malformed files raise many types
+            raise UserError(
+                f"{path} is not a loadable {kind} model directory ({_reason(exc)}); "
+                "check that its config, weights and tokenizer files are complete"
+            ) from None
+        return _loaded(spec, source, bridge, torch_device)
+    if spec.startswith(("/", "./", "../", "~", ".\\")) or spec.count("/") > 1:
+        raise UserError(f"no model directory at {path}; check the path given to --model")
     tried.append("local directory")
 
     from transformer_lens.model_bridge.sources.tl_legacy import TL_LEGACY_PREFIXES, boot
@@ -198,14 +211,23 @@ def _boot_hf(name: str, device: torch.device, dtype: torch.dtype) -> Any:
 def _loaded(name: str, source: str, bridge: Any, device: torch.device) -> LoadedModel:
     bridge.eval()
     model = LoadedModel(name=name, source=source, bridge=bridge, device=device)
-    if model.tokenizer is None:
-        raise UserError(f"{name} has no tokenizer; labeller needs one to read text")
+    # a Hugging Face folder without tokenizer files loads an empty tokenizer that reads no text
+    if model.tokenizer is None or not model.encode("text"):
+        raise UserError(
+            f"{name} has no tokenizer; labeller needs one to read text (add the tokenizer files)"
+        )
     return model
 
 
-def _not_loaded(spec: str, tried: list[str], exc: Exception) -> str:
+def _reason(exc: Exception) -> str:
+    """An exception's first line, short enough for a one-line error."""
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return reason[:200]
+
+
+def _not_loaded(spec: str, tried: list[str], exc: Exception) -> str:
+    reason = _reason(exc)
     return (
-        f"could not load model {spec!r}: tried {', '.join(tried)} ({reason[:200]}); "
+        f"could not load model {spec!r}: tried {', '.join(tried)} ({reason}); "
         "check the name, or pass a local model directory"
     )

@@ -16,6 +16,7 @@ that need them, so commands that only read metadata stay fast.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -112,6 +113,10 @@ def save_native_model(
         for key, value in bridge.state_dict().items()
     }
     save_file(state, str(path / WEIGHTS_FILE), metadata={"format": "pt"})
+    # safetensors creates the file owner-only (0600); give it the mode of every other file here
+    umask = os.umask(0)
+    os.umask(umask)
+    (path / WEIGHTS_FILE).chmod(0o666 & ~umask)
     hf_tokenizer.backend_tokenizer.save(str(path / TOKENIZER_FILE))
     document = {
         "format_version": FORMAT_VERSION,

@@ -412,9 +412,10 @@ def run_scan(
     """Scan, resuming an unfinished scan with the same parameters when one exists."""
     model.check_layers(params.layers)
     reserve_core_for_accumulation(model.device)
-    first_window = next(
-        iter_windows(iter_documents(params.dataset, text_field), model.encode, params.ctx), None
-    )
+    # one pass over the corpus: the probe for an empty corpus is put back in front, so reading
+    # it (and any warning about it) happens once
+    all_windows = iter_windows(iter_documents(params.dataset, text_field), model.encode, params.ctx)
+    first_window = next(all_windows, None)
     if first_window is None:
         raise UserError(f"corpus {params.dataset!r} is empty: it holds no text to scan")
     complete = [
@@ -458,7 +459,7 @@ def run_scan(
         return scan_id
 
     windows = _limited(
-        iter_windows(iter_documents(params.dataset, text_field), model.encode, params.ctx),
+        itertools.chain([first_window], all_windows),
         skip=scanner.windows_seen,
         tokens_left=None if params.tokens is None else params.tokens - scanner.tokens_seen,
     )

@@ -203,3 +203,23 @@ def test_demo_builds_a_labelled_catalogue_offline(tmp_path):
     assert all(r["source"] == "baseline" and r["score"] is not None for r in ranked)
     again = run("demo", "--db", db, "--no-tui")
     assert "building the demo" not in again.stderr
+
+
+def test_progress_never_shows_a_negative_total():
+    """An import header may claim -3 neurons; the bar then shows no total, never `1/-3`."""
+    from labeller.cli import _progress
+
+    assert _progress(-3, "importing", "neurons").progress.tasks[0].total is None
+    assert _progress(5, "importing", "neurons").progress.tasks[0].total == 5
+
+
+def test_the_trace_help_example_names_a_live_neuron():
+    """A newcomer's first trace should show a neuron that fires, not a row of zeros."""
+    import re
+    import shlex
+
+    help_text = run("trace", "--help").output
+    line = next(x.strip() for x in help_text.splitlines() if "labeller trace --model" in x)
+    result = run(*shlex.split(line)[1:])
+    top = float(re.search(r"max (-?[0-9.]+)", result.output).group(1))
+    assert top >= 0.02, result.output  # the demo SoLU neurons' median maximum is about 0.04

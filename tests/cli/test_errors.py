@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+import labeller
 from labeller.cli import cli
 
 
@@ -218,7 +219,7 @@ def test_undecodable_bytes_are_replaced_with_a_warning(tmp_path, tiny_model_dir)
         ],
     )
     assert result.exit_code == 0, result.output
-    assert "undecodable bytes replaced" in result.stderr
+    assert result.stderr.count("undecodable bytes replaced") == 1, result.stderr
 
 
 def test_bad_layers_and_neurons(small_db, tmp_path, tiny_model_dir, tiny_corpus):
@@ -337,7 +338,7 @@ def test_a_failed_first_scan_leaves_no_catalogue(tmp_path, tiny_model_dir, tiny_
         tmp_path / "no-model-here",
         "--dataset",
         tiny_corpus,
-        match="could not load model",
+        match="no model directory at",
         env={"HF_HUB_OFFLINE": "1"},
     )
     corpus = tmp_path / "bad.jsonl"
@@ -390,3 +391,157 @@ def test_rerunning_a_complete_scan_says_so_and_stores_nothing(small_db, tmp_path
         CliRunner().invoke(cli, ["scans", "--db", str(db), "--format", "json"]).output
     )
     assert [s["id"] for s in scans] == [scan["id"]]
+
+
+def test_click_usage_errors_are_one_error_line():
+    fails("show", "--layer", "x", "--neuron", "0", match="'--layer'")
+    fails("rank", "--format", "nope", match="'--format'")
+    fails("nosuch", match="'nosuch'")
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--layer", str(10**20), "--neuron", "0", "--text", "x"],
+        ["--layer", "0", "--neuron", str(10**20), "--text", "x"],
+        ["--layer", "0", "--neuron", "0", "--explanation", str(10**20), "--accept"],
+        ["--layer", "0", "--neuron", "0", "--text", "x", "--expect-version", str(10**20)],
+    ],
+)
+def test_huge_integers_are_usage_errors(small_db, flags):
+    fails("label", "--db", small_db, *flags, match="is not in the range")
+
+
+def test_contradicting_label_flags_are_a_usage_error(small_db):
+    before = digest(small_db)
+    common = ["label", "--db", small_db, "--layer", "0", "--neuron", "0"]
+    fails(*common, "--text", "x", "--accept", "--reject", match="--accept and --reject")
+    fails(*common, "--explanation", "1", "--confirm", "--dispute", match="--confirm and --dispute")
+    assert digest(small_db) == before
+
+
+def test_expect_version_on_a_neuron_without_history(small_db):
+    line = fails(
+        "label",
+        "--db",
+        small_db,
+        "--layer",
+        "0",
+        "--neuron",
+        "1",
+        "--text",
+        "x",
+        "--expect-version",
+        "5",
+        match="neuron L0 N1 has no label history yet",
+    )
+    assert "--expect-version" in line
+
+
+def test_a_closed_stdout_ends_the_command_quietly(small_db):
+    """`labeller rank | head` must not turn the reader leaving into an error."""
+    command = [sys.executable, "-m", "labeller", "show", "--db", str(small_db)]
+    proc = subprocess.Popen(
+        [*command, "--layer", "0", "--neuron", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(Path(labeller.__file__).parents[1])},
+    )
+    proc.stdout.close()  # the reader goes away before anything is written
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0, stderr
+    assert stderr == ""
+
+
+def test_ranges_are_checked_against_the_model_before_expansion(small_db, tmp_path):
+    fails(
+        "explain",
+        "--db",
+        small_db,
+        "--neurons",
+        "0-99999999",
+        match="--neurons '0-99999999': the model has neurons 0-47",
+    )
+    fails("rank", "--db", small_db, "--layers", "9", match="--layers '9': the model has layers")
+    out = tmp_path / "out.json"
+    fails("export", "--db", small_db, "--layers", "1-9", "-o", out, match="--layers '1-9'")
+    assert not out.exists()
+
+
+def test_messages_name_the_flags_typed(small_db):
+    fails(
+        "trace", "--db", small_db, "--layer", "5", "--neuron", "0", "--text", "x",
+        match="--layer asked for 5",
+    )  # fmt: skip
+
+
+def test_trace_refuses_stdin_that_is_not_utf8(small_db):
+    result = CliRunner().invoke(
+        cli,
+        ["trace", "--db", str(small_db), "--layer", "0", "--neuron", "0", "--text", "-"],
+        input=b"caf\xe9 \xff",
+    )
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert (
+        result.stderr.strip()
+        == "error: --text -: stdin is not UTF-8 (byte 3); convert it, e.g. with iconv"
+    )
+
+
+def _broken_copy(source: Path, tmp_path: Path, damage: str) -> Path:
+    import shutil
+
+    copy = tmp_path / "model"
+    shutil.copytree(source, copy)
+    weights = next(copy.glob("*.safetensors"))
+    if damage == "missing weights":
+        weights.unlink()
+    elif damage == "truncated weights":
+        weights.write_bytes(weights.read_bytes()[:1000])
+    elif damage == "bad config":
+        (copy / "config.json").write_text("{not json")
+    elif damage == "no tokenizer":
+        for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"):
+            (copy / name).unlink(missing_ok=True)
+    return copy
+
+
+@pytest.mark.parametrize(
+    ("fixture", "damage"),
+    [
+        ("tiny_model_dir", "missing weights"),
+        ("tiny_model_dir", "truncated weights"),
+        ("tiny_model_dir", "no tokenizer"),
+        ("tiny_hf_dir", "missing weights"),
+        ("tiny_hf_dir", "truncated weights"),
+        ("tiny_hf_dir", "bad config"),
+        ("tiny_hf_dir", "no tokenizer"),
+    ],
+)
+def test_a_damaged_model_directory_is_one_line(request, tmp_path, tiny_corpus, fixture, damage):
+    model = _broken_copy(request.getfixturevalue(fixture), tmp_path, damage)
+    db = tmp_path / "c.db"
+    line = fails(
+        "scan", "--db", db, "--model", model, "--dataset", tiny_corpus, "--tokens", "200",
+        match=str(model), env={"HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert "corpus" not in line
+    assert not db.exists()
+
+
+def test_a_missing_local_folder_says_so(tmp_path, tiny_corpus):
+    fails(
+        "scan", "--db", tmp_path / "c.db", "--model", "./no-such-dir", "--dataset", tiny_corpus,
+        match="no model directory at no-such-dir",
+    )  # fmt: skip
+
+
+def test_paths_that_cannot_be_written_are_one_line(small_db, tmp_path, tiny_model_dir, tiny_corpus):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    fails("backup", "--db", small_db, blocker / "sub" / "b.db", match=str(blocker))
+    fails("export", "--db", small_db, "-o", blocker / "out.json", match=str(blocker))
+    fails(
+        "scan", "--db", blocker / "sub" / "c.db", "--model", tiny_model_dir,
+        "--dataset", tiny_corpus, match=str(blocker),
+    )  # fmt: skip

@@ -168,7 +168,7 @@ def test_rank_status_filter_and_agreement(db):
         "--confirm",
         ok=False,
     )
-    assert refused.exit_code == 2 and "is not a label of neuron 1.2" in refused.stderr
+    assert refused.exit_code == 2 and "is not a label of neuron L1 N2" in refused.stderr
 
 
 WRITER = """

@@ -91,7 +91,7 @@ def test_conflict_is_reported_and_nothing_is_overwritten(ours_and_theirs, tmp_pa
 
     report = merge(ours, theirs, tmp_path)
     assert report.conflicts == [
-        "tiny 0.5: ours 'quotes' accepted by alice, theirs 'strings' accepted by bob"
+        "tiny L0 N5: ours 'quotes' accepted by alice, theirs 'strings' accepted by bob"
     ]
     after = state(ours)
     assert after["statuses"][(0, 5, "human", "quotes")] == "accepted"

@@ -111,3 +111,9 @@ def test_unknown_format_version_is_refused(tmp_path: Path) -> None:
     (tmp_path / MODEL_JSON).write_text(json.dumps(document))
     with pytest.raises(ValueError, match="format_version"):
         load_native_model(tmp_path)
+
+
+def test_weights_get_the_same_file_mode_as_the_other_files(tiny_model_dir):
+    """safetensors writes 0600; a model folder others read must not be owner-only."""
+    weights = (tiny_model_dir / "model.safetensors").stat().st_mode & 0o777
+    assert weights == (tiny_model_dir / "tokenizer.json").stat().st_mode & 0o777
