@@ -122,7 +122,7 @@ def test_neuronpedia_lines_have_the_bulk_export_fields(db: Path):
     assert len(explanations) == 3 * 2 + 2  # LLM labels on 0.0-0.2, two human ones on 0.1
     assert len(activations) == 12 * (4 + 3)
     human = next(r for r in explanations if r["description"] == "def keyword")
-    assert (human["modelId"], human["layer"], human["index"]) == ("tiny", "0-mlp-neurons", "1")
+    assert (human["modelId"], human["layer"], human["index"]) == ("tiny", "0", "1")
     assert (human["authorId"], human["explanationModelName"]) == ("carol", None)
     window = activations[0]
     assert window["values"][window["maxValueTokenIndex"]] == window["maxValue"]
