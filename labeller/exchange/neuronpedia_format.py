@@ -9,8 +9,9 @@ have `values` (e.g. `jq -c 'select(has("description"))'`).
 Explanation line (one per exported label):
     id                     stable id: hash of model, layer, neuron, source and text
     modelId                our model name
-    layer                  Neuronpedia's source id: "{layer}-mlp-neurons" (rename on upload if
-                           your source set uses another id)
+    layer                  Neuronpedia's source id for MLP neurons: the bare layer number
+                           ("5"); their `isNeuronLayerSource` takes an integer id as a layer of
+                           the model's `neurons` source set
     index                  the neuron, as a string (Neuronpedia keys are strings)
     authorId               the annotator, else "labeller"
     description            the label text
@@ -28,6 +29,16 @@ Activation line (one per stored window: top windows by rank, then random ones):
     maxValue, minValue, maxValueTokenIndex   over the window
     dfaValues []           dfaMaxValue, dfaTargetIndex null (attention only)
     binMin, binMax, binContains   null (we keep no activation-quantile bins)
+
+What Neuronpedia's importer (`apps/webapp/app/api/admin/import`) still needs on their side:
+it reads one directory per model and source, `{model}/{source}/` with `model.jsonl`,
+`sourceset.jsonl`, `source.jsonl`, `features/`, `activations/` and `explanations/` batches, and
+takes each batch's columns from its first line; split this stream by field into those batch
+files. The Model, SourceSet ("neurons") and Source rows and the Neuron (feature) rows that the
+foreign keys need are not written here. `authorId` / `creatorId` must be ids of users in their
+database (their own exporter replaces them with one default creator id) and `typeName` an
+existing ExplanationType: map ours ("carol", "labeller", "labeller_...") to theirs on import.
+Neuronpedia's MLP-neuron model ids are their own (e.g. "gpt2-small"): map `modelId` too.
 
 Scores, statuses and history have no Neuronpedia column; use `--status accepted` to send only
 labels a person accepted, and `--format json` to keep everything.
@@ -80,8 +91,12 @@ ACTIVATION_FIELDS = (
 )
 
 
+NEURONS_SOURCE_SET = "neurons"
+
+
 def source_id(layer: int) -> str:
-    return f"{layer}-mlp-neurons"
+    """Neuronpedia names a layer of MLP neurons by its number alone (source set `neurons`)."""
+    return str(layer)
 
 
 def _stable_id(*parts: object) -> str:

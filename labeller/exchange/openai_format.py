@@ -13,15 +13,23 @@ To lay out their directory tree, write each line to the file its `neuron_id` and
 
 Mapping and gaps:
 - `most_positive_activation_records`: our top windows by rank; `random_sample`: our random
-  windows by index. Both keep the scan-time split order, so their interleaved slicing
-  (train/calibration/valid/test) picks the same windows as ours when top_k is a multiple of 4.
+  windows by index, all of them, in scan order.
+- `random_sample_by_quantile`, `quantile_boundaries`: we keep no quantile samples: `[]`.
 - `mean`, `variance` (std squared), `skewness`, `kurtosis` (ours is excess kurtosis) from our
   stats; an undefined moment is null, as orjson writes their NaN.
-- `random_sample_by_quantile`, `quantile_boundaries`: we keep no quantile samples: `[]`.
-- One `ScoredExplanation` per top-and-random score that has per-window simulations (a label
-  scored by several simulators or on several splits appears once per score; unscorable ones are
-  left out). `ev_correlation_score` is our score (Pearson r over all tokens concatenated, their
-  definition); per window, the window's own r, null when undefined.
+- One `ScoredExplanation` per label, never two: its valid-split top-and-random score (valid is
+  the split their `valid_activation_records` evaluates on), from an LLM simulator before the
+  offline baseline, the newest first. Scores on calibration or test, and the other simulators'
+  valid scores, are in `--format json` only; their record has no field to tell splits apart.
+- Its `scored_sequence_simulations` are exactly the windows their default slicing
+  (`ActivationRecordSliceParams(n_examples_per_split=None)`) calls valid, in their order: top
+  ranks 2, 6, .. below 4 * (top count // 4), then random indices 1, 4, .. below
+  3 * (random count // 3). Our scan's stride puts every such window in valid but, when a count
+  is not a multiple of 4 (top) or 3 (random), also a few past the end of their slices (20
+  random windows: 7 valid here, 6 there); those are dropped and `ev_correlation_score` is
+  recomputed over the rest (Pearson r over all tokens concatenated, their definition; equal to
+  our stored score when nothing is dropped). A score missing one of their valid windows is left
+  out. Per window, the window's own r, null when undefined.
 - `SequenceSimulation`: `expected_activations` are the simulator's 0-10 values
   (`activation_scale` "simulated_normalized_activations"); we keep no per-token distributions,
   so `distribution_values` / `distribution_probabilities` hold an empty list per token;
@@ -37,8 +45,9 @@ from typing import Any, TextIO
 
 from labeller.catalogue import Catalogue
 from labeller.catalogue import exchange as store
+from labeller.explain.baseline import SOURCE as BASELINE
 from labeller.explain.scoring import correlation_score
-from labeller.records import PRIMARY_METHOD
+from labeller.records import PRIMARY_METHOD, ExampleKind, Explanation, Score, Split
 
 
 def _obj(name: str, **fields: Any) -> dict[str, Any]:
@@ -74,28 +83,76 @@ def neuron_record(stored: store.StoredNeuron) -> dict[str, Any]:
     )
 
 
+def reference_valid_slices(n_top: int, n_random: int) -> tuple[list[int], list[int]]:
+    """Top ranks and random indices that neuron-explainer's default slicing calls valid.
+
+    Their `get_slices_for_splits`: n = count // splits per split, split i takes
+    `slice(i, n * splits, splits)`; valid is split 2 of (train, calibration, valid, test) for
+    top records and split 1 of (calibration, valid, test) for random ones."""
+    return (
+        list(range(2, (n_top // 4) * 4, 4)),
+        list(range(1, (n_random // 3) * 3, 3)),
+    )
+
+
+def _chosen_score(explanation: Explanation) -> Score | None:
+    """The label's one exported score: valid split, primary method, with per-window detail;
+    an LLM simulator's before the baseline's, newest first."""
+    candidates = [
+        s
+        for s in explanation.scores
+        if s.method is PRIMARY_METHOD and s.split is Split.VALID and s.details.get("windows")
+    ]
+    candidates.sort(key=lambda s: (s.simulator != BASELINE, s.created_at), reverse=True)
+    return candidates[0] if candidates else None
+
+
+def _reference_windows(
+    score: Score, top_ranks: list[int], random_indices: list[int]
+) -> list[dict[str, Any]] | None:
+    """The score's windows that their valid slice holds, in their order; None when one of
+    theirs is missing."""
+    by_key = {(w["kind"], w["rank"]): w for w in score.details["windows"]}
+    wanted = [(ExampleKind.TOP.value, r) for r in top_ranks] + [
+        (ExampleKind.RANDOM.value, i) for i in random_indices
+    ]
+    if any(key not in by_key for key in wanted):
+        return None
+    return [by_key[key] for key in wanted]
+
+
 def simulation_results(stored: store.StoredNeuron) -> dict[str, Any] | None:
     """NeuronSimulationResults of the neuron's scored labels, or None when none is scored."""
+    top_ranks, random_indices = reference_valid_slices(
+        len(stored.top_examples), len(stored.random_examples)
+    )
     scored = []
     for stored_explanation in stored.explanations:
         explanation = stored_explanation.explanation
-        for score in explanation.scores:
-            windows = score.details.get("windows") if score.method is PRIMARY_METHOD else None
-            if not windows:
-                continue
-            scored.append(
-                _obj(
-                    "ScoredExplanation",
-                    explanation=explanation.text,
-                    scored_simulation=_obj(
-                        "ScoredSimulation",
-                        scored_sequence_simulations=[_sequence(w) for w in windows],
-                        ev_correlation_score=score.score,
-                        rsquared_score=None,
-                        absolute_dev_explained_score=None,
-                    ),
-                )
+        score = _chosen_score(explanation)
+        if score is None:
+            continue
+        windows = _reference_windows(score, top_ranks, random_indices)
+        if not windows:
+            continue
+        value = score.score
+        if len(windows) != len(score.details["windows"]):
+            value = correlation_score(
+                [w["true"] for w in windows], [w["simulated"] for w in windows]
             )
+        scored.append(
+            _obj(
+                "ScoredExplanation",
+                explanation=explanation.text,
+                scored_simulation=_obj(
+                    "ScoredSimulation",
+                    scored_sequence_simulations=[_sequence(w) for w in windows],
+                    ev_correlation_score=value,
+                    rsquared_score=None,
+                    absolute_dev_explained_score=None,
+                ),
+            )
+        )
     if not scored:
         return None
     return _obj(

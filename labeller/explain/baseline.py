@@ -1,13 +1,24 @@
 """The offline token-lookup baseline that LLM labels have to beat; needs no network.
 
-The explainer names the tokens that carry each top window's maximum (and the token before them
-when it is consistent); the simulator predicts 10 on tokens matching a label's quoted strings.
+Explainer (`baseline-v2`): every token of every train window counts, not only each window's
+peak. For each token type (its exact string) we take the mean of relu(activation) over all its
+occurrences in the train windows; a type is named when its mean is at least `SHARE` (half) of
+the strongest type's mean, strongest first, at most `MAX_TOKENS_NAMED` (8) of them. Each named
+token carries its strength, round(10 * mean / strongest mean), so a neuron that fires equally on
+" def", " class" and " return" reads `fires on " def" (10), " class" (10) and " return" (10)`.
+Why the mean per type: a class of tokens that all drive the neuron is named as a class, and a
+token that fires once at a peak but stays quiet elsewhere is not overrated. Why half: below it
+the label names tokens the neuron barely prefers, which only adds false positives to the floor.
+
+Simulator: predicts each quoted token's strength where a token matches it (10 when the label
+gives no strength, as a person's `fires on "def"` does), 0 elsewhere; `after "X"` still
+restricts matches to tokens that follow X. v1 labels (peak tokens, no strengths) still parse,
+but v1 and v2 scores are not comparable: the VERSION records which made them.
 """
 
 from __future__ import annotations
 
 import re
-from collections import Counter
 from collections.abc import Iterable, Sequence
 
 from labeller.explain.client import DryRun
@@ -15,11 +26,12 @@ from labeller.explain.explainer import Candidate, Explainer, Windows
 from labeller.explain.simulator import Job, NotScorable, Simulator
 
 SOURCE = "baseline"
-VERSION = "baseline-v1"
-CONTEXT_SHARE = 0.6
-MAX_TOKENS_NAMED = 3
+VERSION = "baseline-v2"
+SHARE = 0.5
+MAX_TOKENS_NAMED = 8
+FULL = 10
 
-QUOTED = re.compile(r'(after )?"([^"]+)"')
+QUOTED = re.compile(r'(after )?"([^"]+)"(?:\s*\((\d+(?:\.\d+)?)\))?')
 
 
 class NotScorableOffline(NotScorable):
@@ -30,30 +42,33 @@ def _quote(token: str) -> str:
     return '"' + token.replace('"', "'").replace("\n", "\\n") + '"'
 
 
-def _peak(acts: Sequence[float]) -> int:
-    return max(range(len(acts)), key=lambda i: acts[i])
+def token_strengths(windows: Windows) -> list[tuple[str, int]]:
+    """The named token types and their 0-10 strengths, strongest first (see module doc)."""
+    total: dict[str, float] = {}
+    raw: dict[str, float] = {}
+    count: dict[str, int] = {}
+    for tokens, acts in windows:
+        for token, act in zip(tokens, acts, strict=False):
+            total[token] = total.get(token, 0.0) + max(act, 0.0)
+            raw[token] = raw.get(token, 0.0) + act
+            count[token] = count.get(token, 0) + 1
+    if not total:
+        return []
+    mean = {token: total[token] / count[token] for token in total}
+    ranked = sorted(mean, key=lambda t: (-mean[t], -count[t], t))
+    top = mean[ranked[0]]
+    if top <= 0:  # nothing fires: the least negative token type is the only guess left
+        return [(max(raw, key=lambda t: (raw[t] / count[t], t)), FULL)]
+    kept = [t for t in ranked if mean[t] >= SHARE * top][:MAX_TOKENS_NAMED]
+    return [(t, round(FULL * mean[t] / top)) for t in kept]
 
 
 def explain_baseline(windows: Windows) -> str:
-    """E.g. `fires on " def" and " class"`, or `fires on " the" after " love"`."""
-    weight: dict[str, float] = {}
-    peaks: Counter[str] = Counter()
-    before: dict[str, Counter[str]] = {}
-    for tokens, acts in windows:
-        peak = _peak(acts)
-        token = tokens[peak]
-        weight[token] = weight.get(token, 0.0) + (max(acts[peak], 0.0) or 1e-9)
-        peaks[token] += 1
-        if peak > 0:
-            before.setdefault(token, Counter())[tokens[peak - 1]] += 1
-    named = sorted(weight, key=weight.__getitem__, reverse=True)[:MAX_TOKENS_NAMED]
-    label = "fires on " + " and ".join(_quote(t) for t in named)
-    lead = named[0]
-    if lead in before and peaks[lead] >= 2:
-        context, seen = before[lead].most_common(1)[0]
-        if seen / peaks[lead] >= CONTEXT_SHARE:
-            label += f" after {_quote(context)}"
-    return label
+    """E.g. `fires on " def" (10), " class" (9) and " return" (6)`."""
+    named = [f"{_quote(token)} ({strength})" for token, strength in token_strengths(windows)]
+    if len(named) > 1:
+        named = [", ".join(named[:-1]), named[-1]]
+    return "fires on " + " and ".join(named)
 
 
 def _matches(token: str, target: str) -> bool:
@@ -64,10 +79,15 @@ def _matches(token: str, target: str) -> bool:
 
 
 def simulate_baseline(label: str, windows: Sequence[Sequence[str]]) -> list[list[float]]:
-    """10 where a token matches a quoted string (and the previous token any `after "..."`)."""
+    """Each quoted token's strength (10 if none given) where a token matches it and the
+    previous token any `after "..."`; 0 elsewhere."""
     quoted = QUOTED.findall(label.replace("\\n", "\n"))
-    targets = [text for after, text in quoted if not after]
-    contexts = [text for after, text in quoted if after]
+    targets = [
+        (text, min(float(value), FULL) if value else FULL)
+        for after, text, value in quoted
+        if not after
+    ]
+    contexts = [text for after, text, _ in quoted if after]
     if not targets:
         raise NotScorableOffline(
             "not scorable offline: the label quotes no token (put tokens in double quotes)"
@@ -76,16 +96,20 @@ def simulate_baseline(label: str, windows: Sequence[Sequence[str]]) -> list[list
     for tokens in windows:
         values = []
         for i, token in enumerate(tokens):
-            hit = any(_matches(token, t) for t in targets)
-            if hit and contexts:
-                hit = i > 0 and any(_matches(tokens[i - 1], c) for c in contexts)
-            values.append(10.0 if hit else 0.0)
+            value = max((v for t, v in targets if _matches(token, t)), default=0.0)
+            if (
+                value
+                and contexts
+                and not (i > 0 and any(_matches(tokens[i - 1], c) for c in contexts))
+            ):
+                value = 0.0
+            values.append(float(value))
         predictions.append(values)
     return predictions
 
 
 class BaselineExplainer(Explainer):
-    """One label per neuron, from its peak tokens; makes no LLM calls."""
+    """One label per neuron, from the token types that drive it; makes no LLM calls."""
 
     name = SOURCE
     prompt_version = VERSION
@@ -99,7 +123,8 @@ class BaselineExplainer(Explainer):
 
 
 class BaselineSimulator(Simulator):
-    """10 on the tokens a label quotes; labels that quote none are not scorable offline."""
+    """Graded predictions on the tokens a label quotes; labels that quote none are not
+    scorable offline."""
 
     name = SOURCE
     prompt_version = VERSION

@@ -15,6 +15,10 @@ from labeller.catalogue import Catalogue
 from labeller.errors import UserError
 from labeller.exchange import export_catalogue
 from labeller.exchange.neuronpedia_format import ACTIVATION_FIELDS, EXPLANATION_FIELDS
+from labeller.exchange.openai_format import reference_valid_slices
+from labeller.explain.scoring import correlation_score
+from labeller.explain.service import build_scores
+from labeller.records import Split
 
 NEURON_RECORD_FIELDS = {
     "dataclass_name",
@@ -118,7 +122,7 @@ def test_neuronpedia_lines_have_the_bulk_export_fields(db: Path):
     assert len(explanations) == 3 * 2 + 2  # LLM labels on 0.0-0.2, two human ones on 0.1
     assert len(activations) == 12 * (4 + 3)
     human = next(r for r in explanations if r["description"] == "def keyword")
-    assert (human["modelId"], human["layer"], human["index"]) == ("tiny", "0-mlp-neurons", "1")
+    assert (human["modelId"], human["layer"], human["index"]) == ("tiny", "0", "1")
     assert (human["authorId"], human["explanationModelName"]) == ("carol", None)
     window = activations[0]
     assert window["values"][window["maxValueTokenIndex"]] == window["maxValue"]
@@ -191,3 +195,61 @@ def test_bad_export_arguments_are_one_line_errors(db: Path, kwargs: dict[str, An
     with Catalogue.open(db) as catalogue, pytest.raises(UserError, match=message) as caught:
         export_catalogue(catalogue, io.StringIO(), **arguments)
     assert "\n" not in str(caught.value)
+
+
+def _reference_valid(records: list[Any], splits: int, index: int) -> list[Any]:
+    """neuron-explainer's `get_slices_for_splits` with n_examples_per_split=None, written out."""
+    n = len(records) // splits
+    return records[slice(index, n * splits, splits)]
+
+
+def test_openai_scored_windows_are_neuron_explainers_valid_slice_once_per_label(tmp_path: Path):
+    # 23 top and 20 random windows: neither count is a multiple of its stride, so our scan's
+    # valid split holds windows that the reference's slicing leaves out.
+    db = build_catalogue(
+        tmp_path / "odd.db", layers=1, neurons=1, windows=48, top_k=23, random=20, labelled=False
+    )
+    with Catalogue.open(db) as catalogue:
+        ref = catalogue.neuron_ref("tiny", 0, 0)
+        label_id = catalogue.add_explanation(
+            ref,
+            "digits",
+            source="gpt-test",
+            prompt_version="explainer-v1",
+            producer_model="gpt-test",
+        )
+        assert label_id is not None
+        view = catalogue.neuron_view("tiny", 0, 0)
+        for split, shift in ((Split.VALID, 0), (Split.TEST, 1), (Split.VALID, 2)):
+            windows = [e for e in (*view.top_examples, *view.random_examples) if e.split is split]
+            simulated = [
+                [float((i * 7 + shift) % 5) for i in range(len(w.tokens))] for w in windows
+            ]
+            simulator = "baseline" if shift == 2 else "sim-test"
+            catalogue.save_scores(label_id, build_scores(windows, simulated, simulator, "v", split))
+        ours_valid = [
+            e for e in (*view.top_examples, *view.random_examples) if e.split is Split.VALID
+        ]
+    records = lines(export_text(db, "openai"))
+    record, results = records
+    (scored,) = results["scored_explanations"]  # one entry per label, not per split or simulator
+    top = _reference_valid(record["most_positive_activation_records"], 4, 2)
+    random = _reference_valid(record["random_sample"], 3, 1)
+    assert (len(top), len(random)) == (5, 6)
+    assert len(ours_valid) == 6 + 7  # what the scan calls valid: one top and one random more
+    sequences = scored["scored_simulation"]["scored_sequence_simulations"]
+    assert [s["simulation"]["tokens"] for s in sequences] == [r["tokens"] for r in top + random]
+    assert [s["true_activations"] for s in sequences] == [r["activations"] for r in top + random]
+    # the LLM simulator's valid score, not the baseline's, and not the test one
+    assert sequences[0]["simulation"]["expected_activations"][:3] == [0.0, 2.0, 4.0]
+    expected = correlation_score(
+        [s["true_activations"] for s in sequences],
+        [s["simulation"]["expected_activations"] for s in sequences],
+    )
+    assert scored["scored_simulation"]["ev_correlation_score"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_reference_valid_slices_follow_their_strides():
+    assert reference_valid_slices(20, 20) == ([2, 6, 10, 14, 18], [1, 4, 7, 10, 13, 16])
+    assert reference_valid_slices(4, 3) == ([2], [1])
+    assert reference_valid_slices(3, 2) == ([], [])

@@ -31,11 +31,11 @@ def test_the_baseline_reads_no_llm_settings_and_opens_no_client():
     for made in (explainer, simulator):
         assert (made.name, made.prompt_version, made.producer_model) == (
             "baseline",
-            "baseline-v1",
+            "baseline-v2",
             None,
         )
     (candidate,) = resolver.run(lambda: explainer.explain(WINDOWS))
-    assert candidate.text == 'fires on "def" and " return"'
+    assert candidate.text == 'fires on "def" (10) and " return" (7)'
     assert resolver.run(lambda: simulator.simulate('"def"', TOKENS)) == [[10, 0, 0], [0, 0]]
     assert resolver.summary_line() is None
     assert explainer.dry_run([WINDOWS]) == simulator.dry_run([]) == DryRun(offline=True)
