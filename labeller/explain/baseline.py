@@ -9,6 +9,9 @@ token carries its strength, round(10 * mean / strongest mean), so a neuron that 
 Why the mean per type: a class of tokens that all drive the neuron is named as a class, and a
 token that fires once at a peak but stays quiet elsewhere is not overrated. Why half: below it
 the label names tokens the neuron barely prefers, which only adds false positives to the floor.
+The strongest type seen at least twice (`MIN_OCCURRENCES`) sets the yardstick (any type, if
+none recurs): a type seen once has a mean of one sample, and a rare token at one peak would
+otherwise raise the bar until the recurring class went unnamed. Strengths are capped at 10.
 
 Simulator: predicts each quoted token's strength where a token matches it (10 when the label
 gives no strength, as a person's `fires on "def"` does), 0 elsewhere; `after "X"` still
@@ -29,6 +32,7 @@ SOURCE = "baseline"
 VERSION = "baseline-v2"
 SHARE = 0.5
 MAX_TOKENS_NAMED = 8
+MIN_OCCURRENCES = 2
 FULL = 10
 
 QUOTED = re.compile(r'(after )?"([^"]+)"(?:\s*\((\d+(?:\.\d+)?)\))?')
@@ -56,11 +60,14 @@ def token_strengths(windows: Windows) -> list[tuple[str, int]]:
         return []
     mean = {token: total[token] / count[token] for token in total}
     ranked = sorted(mean, key=lambda t: (-mean[t], -count[t], t))
-    top = mean[ranked[0]]
+    # The yardstick is the strongest type seen at least twice: one sample at a peak must not
+    # raise the bar so high that the recurring class goes unnamed.
+    recurring = (mean[t] for t in ranked if count[t] >= MIN_OCCURRENCES and mean[t] > 0)
+    top = next(recurring, mean[ranked[0]])
     if top <= 0:  # nothing fires: the least negative token type is the only guess left
         return [(max(raw, key=lambda t: (raw[t] / count[t], t)), FULL)]
     kept = [t for t in ranked if mean[t] >= SHARE * top][:MAX_TOKENS_NAMED]
-    return [(t, round(FULL * mean[t] / top)) for t in kept]
+    return [(t, min(FULL, round(FULL * mean[t] / top))) for t in kept]
 
 
 def explain_baseline(windows: Windows) -> str:

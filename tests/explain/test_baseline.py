@@ -91,3 +91,13 @@ def test_labels_without_quoted_tokens_are_not_scorable():
 def test_baseline_label_round_trips_newline_tokens():
     label = explain_baseline([(["a", "\n", "b"], [0.0, 1.0, 0.0])])
     assert simulate_baseline(label, [["a", "\n", "b"]]) == [[0, 10, 0]]
+
+
+def test_one_rare_peak_does_not_push_the_recurring_class_out():
+    """A token seen once at a high peak is named, but the bar is set by what recurs."""
+    windows = [
+        ([" f", "ires", " def", " x"], [0.0, 9.0, 3.0, 0.0]),
+        ([" def", " y", " class"], [3.0, 0.0, 2.0]),
+        ([" class", " def"], [2.0, 3.0]),
+    ]
+    assert token_strengths(windows) == [("ires", 10), (" def", 10), (" class", 7)]
