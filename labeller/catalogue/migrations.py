@@ -218,4 +218,16 @@ def m003_model_fingerprint(db: Database) -> None:
     db.table("models").add_column("weights_fingerprint", str)
 
 
+@migrations()
+def m004_score_prediction(db: Database) -> None:
+    """What each score's predictions are (expected_value, integer, rule).
+
+    Scores written before this: the baseline's are `rule` (it has only ever had one kind);
+    LLM scores stay NULL, unknown, since the old simulator could mix expected values and
+    written integers inside one score without saying so.
+    """
+    db.table("scores").add_column("prediction", str)
+    db.execute("update scores set prediction = 'rule' where simulator = 'baseline'")
+
+
 KNOWN_MIGRATIONS = frozenset(m.name for m in migrations.pending(Database(memory=True)))

@@ -26,6 +26,7 @@ from labeller.records import (
     ModelRecord,
     NeuronStats,
     OutputToken,
+    PredictionKind,
     ScanParams,
     ScanRecord,
     ScanStatus,
@@ -312,6 +313,7 @@ def score_from_row(row: Row) -> Score:
         score=row["score"],
         simulator=row["simulator"],
         prompt_version=row["prompt_version"],
+        prediction=None if row["prediction"] is None else PredictionKind(row["prediction"]),
         details=json.loads(row["details"] or "{}"),
         created_at=row["created_at"],
     )
@@ -325,6 +327,7 @@ def score_to_row(score: Score, explanation_id: int) -> Row:
         "score": score.score,
         "simulator": score.simulator,
         "prompt_version": score.prompt_version,
+        "prediction": None if score.prediction is None else score.prediction.value,
         "details": json.dumps(score.details, ensure_ascii=False),
         "created_at": score.created_at,
     }

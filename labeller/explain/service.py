@@ -26,6 +26,7 @@ from labeller.records import (
     Example,
     ExampleKind,
     Explanation,
+    PredictionKind,
     Score,
     ScoreMethod,
     Split,
@@ -179,6 +180,7 @@ async def score_neurons(
                 catalogue.mark_best(ref.id, source, PRIMARY_METHOD, split)
 
     await _for_each(refs, one, on_progress)
+    report.notes[:0] = simulator.run_notes()
     return report
 
 
@@ -195,7 +197,7 @@ async def _score_one(
     nothing but the failures when it could not predict every window."""
     assert explanation.id is not None
     try:
-        simulated = await simulator.simulate(explanation.text, [w.tokens for w in windows])
+        simulation = await simulator.simulation(explanation.text, [w.tokens for w in windows])
     except NotScorable as exc:
         report.not_scorable += 1
         catalogue.save_scores(
@@ -207,6 +209,7 @@ async def _score_one(
                     score=None,
                     simulator=simulator.name,
                     prompt_version=simulator.prompt_version,
+                    prediction=simulator.prediction,
                     details={"reason": str(exc)},
                 )
                 for method in ScoreMethod
@@ -228,7 +231,14 @@ async def _score_one(
         return
     catalogue.save_scores(
         explanation.id,
-        build_scores(windows, simulated, simulator.name, simulator.prompt_version, split),
+        build_scores(
+            windows,
+            simulation.values,
+            simulator.name,
+            simulator.prompt_version,
+            split,
+            simulation.prediction,
+        ),
     )
     report.written += 1
 
@@ -239,6 +249,7 @@ def build_scores(
     simulator: str,
     version: str,
     split: Split,
+    prediction: PredictionKind,
 ) -> list[Score]:
     """Top-and-random (primary), top-only and random-only; per-window detail on the primary."""
     groups = {
@@ -269,6 +280,7 @@ def build_scores(
                 score=correlation_score(true, sim),
                 simulator=simulator,
                 prompt_version=version,
+                prediction=prediction,
                 details=detail if method is PRIMARY_METHOD else {},
             )
         )
