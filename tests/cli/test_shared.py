@@ -46,6 +46,26 @@ def db(scored_db, tmp_path) -> Path:
     return copy
 
 
+def test_baseline_scores_are_rule_predictions(db):
+    """`show --format json` says what every score's predictions are; the baseline's are a rule."""
+    (top,) = json.loads(run("rank", "--db", db, "--limit", "1", "--format", "json").output)
+    view = json.loads(
+        run(
+            "show",
+            "--db",
+            db,
+            "--layer",
+            top["layer"],
+            "--neuron",
+            top["neuron"],
+            "--format",
+            "json",
+        ).output
+    )
+    scores = [s for e in view["explanations"] for s in e["scores"]]
+    assert scores and {s["prediction"] for s in scores} == {"rule"}
+
+
 def test_rank_by_score_puts_unscored_last(db):
     rows = json.loads(run("rank", "--db", db, "--format", "json").output)
     assert len(rows) == 96
