@@ -36,6 +36,7 @@ from labeller.records import (
     LabelStatus,
     ModelRecord,
     NeuronView,
+    PredictionKind,
     RankRow,
     ScanParams,
     ScanRecord,
@@ -765,10 +766,17 @@ class Catalogue:
         layers: list[int] | None = None,
         status: str | None = None,
         limit: int | None = None,
+        prediction: PredictionKind | None = None,
     ) -> list[RankRow]:
         """Neurons by their best label's primary score (unscored and NaN last), or by max
-        activation or density; `status` keeps only labels with that status (a LabelStatus)."""
+        activation or density; `status` keeps only labels with that status (a LabelStatus).
+
+        Like with like: only scores of one prediction kind count (`prediction`, else
+        `rank_prediction`'s choice); scores of unknown kind (LLM scores from before kinds were
+        recorded) never do."""
         model = self.resolve_model(model_name)
+        if prediction is None:
+            prediction = self.rank_prediction(model.name, split)
         order = {
             "score": "(b.score is null), b.score desc",
             # NaN statistics are stored as the text 'NaN' (SQLite has no NaN): they go last.
@@ -779,7 +787,13 @@ class Catalogue:
             label_filter, label_status = "e.status != ?", LabelStatus.WITHDRAWN
         else:
             label_filter, label_status = "e.status = ?", LabelStatus(status)
-        values: list[Any] = [PRIMARY_METHOD.value, split.value, label_status.value, model.name]
+        values: list[Any] = [
+            PRIMARY_METHOD.value,
+            split.value,
+            prediction.value,
+            label_status.value,
+            model.name,
+        ]
         where = ["m.name = ?"]
         if layers is not None:
             where.append(f"n.layer in ({','.join('?' * len(layers))})")
@@ -795,7 +809,7 @@ class Catalogue:
                     ) as position
                 from explanations e
                 left join scores s on s.explanation_id = e.id
-                    and s.method = ? and s.split = ?
+                    and s.method = ? and s.split = ? and s.prediction = ?
                 where {label_filter}
             )
             select n.layer, n.neuron, n.max, n.density, b.neuron_id, b.score, b.text, b.source,
@@ -820,6 +834,21 @@ class Catalogue:
             )
             for r in self.db.query(sql, values)
         ]
+
+    def rank_prediction(self, model_name: str, split: Split) -> PredictionKind:
+        """The kind `rank` compares by default: the first of expected_value, integer, rule that
+        any primary score of this model on `split` has (rule when none is scored)."""
+        found = {
+            r["prediction"]
+            for r in self.db.query(
+                """select distinct s.prediction from scores s
+                join explanations e on e.id = s.explanation_id
+                join neurons n on n.id = e.neuron_id join models m on m.id = n.model_id
+                where m.name = ? and s.method = ? and s.split = ?""",
+                [model_name, PRIMARY_METHOD.value, split.value],
+            )
+        }
+        return next((kind for kind in PredictionKind if kind.value in found), PredictionKind.RULE)
 
     # --- LLM response cache -------------------------------------------------------------------
 
