@@ -239,6 +239,15 @@ class Explanation(Record):
     producer_model: str | None = None
     annotator: str | None = None
     best: bool = False
+    chosen_on: Split | None = Field(
+        default=None,
+        description="best of several candidates: the split whose scores chose it (calibration); "
+        "None when it was not chosen by score (a lone label, or marked before this was recorded)",
+    )
+    reported_on: Split | None = Field(
+        default=None,
+        description="best label: the split of the score it reports (valid; test is sealed)",
+    )
     created_at: str = Field(default_factory=utc_now)
     scores: list[Score] = Field(default_factory=list)
 

@@ -42,7 +42,6 @@ from labeller.records import (
     ScanRecord,
     ScanStatus,
     Score,
-    ScoreMethod,
     Split,
     utc_now,
 )
@@ -657,19 +656,54 @@ class Catalogue:
                 )
                 self.db.table("scores").insert(rows.score_to_row(score, explanation_id))
 
-    def mark_best(self, neuron_id: int, source: str, method: ScoreMethod, split: Split) -> None:
-        """Among one source's candidates, mark the best-scoring one (on `split`) as best."""
+    def mark_best(
+        self,
+        neuron_id: int,
+        source: str,
+        simulator: str,
+        *,
+        chosen_on: Split | None = Split.CALIBRATION,
+        reported_on: Split = Split.VALID,
+    ) -> None:
+        """Among one source's candidates, mark as best the one whose primary score by
+        `simulator` on `chosen_on` is highest; it reports its score on `reported_on`.
+
+        Choosing and reporting on different splits keeps best-of-K from inflating the reported
+        score (the maximum of K noisy scores is biased upwards). `chosen_on` None: a lone label,
+        best if it has a score on `reported_on`. Only scores of one prediction kind compete
+        (the first of expected_value, integer, rule present).
+        """
+        on = chosen_on or reported_on
+        where = """e.neuron_id = ? and e.source = ? and s.method = ? and s.split = ?
+            and s.simulator = ? and s.score is not null"""
+        values = [neuron_id, source, PRIMARY_METHOD.value, on.value, simulator]
         with self.write_transaction():
             self.db.execute(
-                "update explanations set best = 0 where neuron_id = ? and source = ?",
+                "update explanations set best = 0, chosen_on = null, reported_on = null "
+                "where neuron_id = ? and source = ?",
                 [neuron_id, source],
             )
+            found = {
+                r["prediction"]
+                for r in self.db.query(
+                    "select distinct s.prediction from explanations e join scores s "
+                    f"on s.explanation_id = e.id where {where}",
+                    values,
+                )
+            }
+            kind = next((k for k in PredictionKind if k.value in found), None)
+            if kind is None:
+                return
             self.db.execute(
-                """update explanations set best = 1 where id = (
+                f"""update explanations set best = 1, chosen_on = ?, reported_on = ? where id = (
                     select e.id from explanations e join scores s on s.explanation_id = e.id
-                    where e.neuron_id = ? and e.source = ? and s.method = ? and s.split = ?
-                    and s.score is not null order by s.score desc, e.id limit 1)""",
-                [neuron_id, source, method, split.value],
+                    where {where} and s.prediction = ? order by s.score desc, e.id limit 1)""",
+                [
+                    None if chosen_on is None else chosen_on.value,
+                    reported_on.value,
+                    *values,
+                    kind.value,
+                ],
             )
 
     # --- label history ----------------------------------------------------------------------

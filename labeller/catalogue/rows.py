@@ -272,6 +272,8 @@ def explanation_from_row(row: Row, scores: list[Score]) -> Explanation:
         producer_model=row["producer_model"],
         annotator=row["annotator"],
         best=bool(row["best"]),
+        chosen_on=None if row["chosen_on"] is None else Split(row["chosen_on"]),
+        reported_on=None if row["reported_on"] is None else Split(row["reported_on"]),
         created_at=row["created_at"],
         scores=scores,
     )
@@ -293,6 +295,8 @@ def explanation_to_row(
         "created_at": explanation.created_at,
         "updated_at": updated_at,
         "best": int(explanation.best),
+        "chosen_on": None if explanation.chosen_on is None else explanation.chosen_on.value,
+        "reported_on": None if explanation.reported_on is None else explanation.reported_on.value,
     }
 
 

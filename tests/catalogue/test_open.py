@@ -243,7 +243,7 @@ def test_upgrading_an_older_catalogue_says_baseline_scores_are_rule_and_others_u
 
     path = tmp_path / "old.db"
     db = Database(path)
-    migrations.apply(db, stop_before="m004_score_prediction")
+    migrations.apply(db, stop_before="m004_prediction_and_selection")
     model = db.table("models").insert({"name": "m", "source": "demo"}).last_pk
     neuron = db.table("neurons").insert({"model_id": model, "layer": 0, "neuron": 0}).last_pk
     explanation = (
