@@ -96,7 +96,7 @@ def test_best_of_k_is_chosen_on_calibration_and_reports_valid(db):
         labels["alone"],
     )
     valid = {
-        t: next(s.score for s in e.scores if s.split is Split.VALID and s.method == "top_and_random")
+        t: next(s.score for s in e.scores if (s.split, s.method) == ("valid", "top_and_random"))
         for t, e in labels.items()
     }
     assert valid["lucky on valid"] > valid["chosen on calibration"]  # choosing on valid would err
