@@ -805,6 +805,9 @@ class Catalogue:
         """Neurons by their best label's primary score (unscored and NaN last), or by max
         activation or density; `status` keeps only labels with that status (a LabelStatus).
 
+        A source's best-of-K candidates are represented by the one chosen on calibration
+        (its valid score), never by the luckiest on valid.
+
         Like with like: only scores of one prediction kind count (`prediction`, else
         `rank_prediction`'s choice); scores of unknown kind (LLM scores from before kinds were
         recorded) never do."""
@@ -844,7 +847,9 @@ class Catalogue:
                 from explanations e
                 left join scores s on s.explanation_id = e.id
                     and s.method = ? and s.split = ? and s.prediction = ?
-                where {label_filter}
+                where {label_filter} and (e.best = 1 or not exists (
+                    select 1 from explanations o
+                    where o.neuron_id = e.neuron_id and o.source = e.source and o.best = 1))
             )
             select n.layer, n.neuron, n.max, n.density, b.neuron_id, b.score, b.text, b.source,
                 b.status
