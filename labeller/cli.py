@@ -1033,6 +1033,13 @@ def _history_line(entry: HistoryEntry) -> str:
     default=None,
     help="Only labels with this status.",
 )
+@click.option(
+    "--prediction",
+    type=click.Choice(["expected_value", "integer", "rule"]),
+    default=None,
+    help="Compare scores of this kind only (default: expected_value if any, else integer, "
+    "else rule).",
+)
 @click.option("--limit", type=click.IntRange(min=1), default=None)
 @click.option(
     "--format",
@@ -1048,10 +1055,13 @@ def rank(
     split: str,
     layers: str | None,
     status: str | None,
+    prediction: str | None,
     limit: int | None,
     output_format: str,
 ) -> None:
     """Rank neurons by their best explanation score (unscored last), or by max or density.
+
+    Scores are compared like with like: only one prediction kind is ranked (see --prediction).
 
     \b
     Example:
@@ -1060,13 +1070,24 @@ def rank(
     """
     import csv
 
-    from labeller.records import Split
+    from labeller.records import PredictionKind, Split
 
     with Catalogue.open(db_path, read_only=True) as catalogue:
-        n_layers = catalogue.resolve_model(model_name).n_layers
-        layer_list = None if layers is None else parse_layers(layers, n_layers)
+        model = catalogue.resolve_model(model_name)
+        layer_list = None if layers is None else parse_layers(layers, model.n_layers)
+        kind = (
+            PredictionKind(prediction)
+            if prediction is not None
+            else catalogue.rank_prediction(model.name, Split(split))
+        )
         rows = catalogue.rank(
-            model_name, by=by, split=Split(split), layers=layer_list, status=status, limit=limit
+            model_name,
+            by=by,
+            split=Split(split),
+            layers=layer_list,
+            status=status,
+            limit=limit,
+            prediction=kind,
         )
     fields = ["layer", "neuron", "score", "label", "source", "status"]
     if output_format == "json":
@@ -1078,7 +1099,17 @@ def rank(
         for r in rows:
             writer.writerow(r.model_dump())
         return
-    table = Table("layer", "neuron", "score", "max", "density", "label", "source", "status")
+    table = Table(
+        "layer",
+        "neuron",
+        "score",
+        "max",
+        "density",
+        "label",
+        "source",
+        "status",
+        caption=f"scores: {split}, {kind} predictions only",
+    )
     for r in rows:
         table.add_row(
             str(r.layer),

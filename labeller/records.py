@@ -76,6 +76,16 @@ class ScoreMethod(StrEnum):
 PRIMARY_METHOD = ScoreMethod.TOP_AND_RANDOM
 
 
+class PredictionKind(StrEnum):
+    """What a score's simulated activations are; one kind per score, never mixed, and scores of
+    different kinds are not ranked against each other (an expected value over "0".."10" is
+    smoother than a written integer, so the two give different correlations for one label)."""
+
+    EXPECTED_VALUE = "expected_value"  # from the LLM's logprobs over "0".."10"
+    INTEGER = "integer"  # the integers the LLM wrote (no logprobs)
+    RULE = "rule"  # an offline rule (the baseline, detectors)
+
+
 class HistoryAction(StrEnum):
     """What one label-history entry did to a neuron's labels."""
 
@@ -214,6 +224,11 @@ class Score(Record):
     score: float | None = Field(description="None when undefined: constant vectors, not scorable")
     simulator: str | None = None
     prompt_version: str | None = None
+    prediction: PredictionKind | None = Field(
+        default=None,
+        description="what the simulated activations are; None for LLM scores made before it "
+        "was recorded (unknown: possibly mixed)",
+    )
     details: dict[str, Any] = Field(
         default_factory=dict, description="per-window true and simulated activations, or reason"
     )
@@ -229,6 +244,15 @@ class Explanation(Record):
     producer_model: str | None = None
     annotator: str | None = None
     best: bool = False
+    chosen_on: Split | None = Field(
+        default=None,
+        description="best of several candidates: the split whose scores chose it (calibration); "
+        "None when it was not chosen by score (a lone label, or marked before this was recorded)",
+    )
+    reported_on: Split | None = Field(
+        default=None,
+        description="best label: the split of the score it reports (valid; test is sealed)",
+    )
     created_at: str = Field(default_factory=utc_now)
     scores: list[Score] = Field(default_factory=list)
 
@@ -290,6 +314,9 @@ class TokenLogprob(NamedTuple):
     token: str
     logprob: float
     top_logprobs: list[TopLogprob]
+    # The token's UTF-8 bytes as the API sends them: a token that ends inside a multi-byte
+    # character has a lossy `token` string, so alignment with the reply goes by bytes.
+    bytes: list[int] | None = None
 
 
 class ChatResponse(Record):

@@ -36,12 +36,12 @@ from labeller.records import (
     LabelStatus,
     ModelRecord,
     NeuronView,
+    PredictionKind,
     RankRow,
     ScanParams,
     ScanRecord,
     ScanStatus,
     Score,
-    ScoreMethod,
     Split,
     utc_now,
 )
@@ -661,19 +661,54 @@ class Catalogue:
                 )
                 self.db.table("scores").insert(rows.score_to_row(score, explanation_id))
 
-    def mark_best(self, neuron_id: int, source: str, method: ScoreMethod, split: Split) -> None:
-        """Among one source's candidates, mark the best-scoring one (on `split`) as best."""
+    def mark_best(
+        self,
+        neuron_id: int,
+        source: str,
+        simulator: str,
+        *,
+        chosen_on: Split | None = Split.CALIBRATION,
+        reported_on: Split = Split.VALID,
+    ) -> None:
+        """Among one source's candidates, mark as best the one whose primary score by
+        `simulator` on `chosen_on` is highest; it reports its score on `reported_on`.
+
+        Choosing and reporting on different splits keeps best-of-K from inflating the reported
+        score (the maximum of K noisy scores is biased upwards). `chosen_on` None: a lone label,
+        best if it has a score on `reported_on`. Only scores of one prediction kind compete
+        (the first of expected_value, integer, rule present).
+        """
+        on = chosen_on or reported_on
+        where = """e.neuron_id = ? and e.source = ? and s.method = ? and s.split = ?
+            and s.simulator = ? and s.score is not null"""
+        values = [neuron_id, source, PRIMARY_METHOD.value, on.value, simulator]
         with self.write_transaction():
             self.db.execute(
-                "update explanations set best = 0 where neuron_id = ? and source = ?",
+                "update explanations set best = 0, chosen_on = null, reported_on = null "
+                "where neuron_id = ? and source = ?",
                 [neuron_id, source],
             )
+            found = {
+                r["prediction"]
+                for r in self.db.query(
+                    "select distinct s.prediction from explanations e join scores s "
+                    f"on s.explanation_id = e.id where {where}",
+                    values,
+                )
+            }
+            kind = next((k for k in PredictionKind if k.value in found), None)
+            if kind is None:
+                return
             self.db.execute(
-                """update explanations set best = 1 where id = (
+                f"""update explanations set best = 1, chosen_on = ?, reported_on = ? where id = (
                     select e.id from explanations e join scores s on s.explanation_id = e.id
-                    where e.neuron_id = ? and e.source = ? and s.method = ? and s.split = ?
-                    and s.score is not null order by s.score desc, e.id limit 1)""",
-                [neuron_id, source, method, split.value],
+                    where {where} and s.prediction = ? order by s.score desc, e.id limit 1)""",
+                [
+                    None if chosen_on is None else chosen_on.value,
+                    reported_on.value,
+                    *values,
+                    kind.value,
+                ],
             )
 
     # --- label history ----------------------------------------------------------------------
@@ -770,10 +805,20 @@ class Catalogue:
         layers: list[int] | None = None,
         status: str | None = None,
         limit: int | None = None,
+        prediction: PredictionKind | None = None,
     ) -> list[RankRow]:
         """Neurons by their best label's primary score (unscored and NaN last), or by max
-        activation or density; `status` keeps only labels with that status (a LabelStatus)."""
+        activation or density; `status` keeps only labels with that status (a LabelStatus).
+
+        A source's best-of-K candidates are represented by the one chosen on calibration
+        (its valid score), never by the luckiest on valid.
+
+        Like with like: only scores of one prediction kind count (`prediction`, else
+        `rank_prediction`'s choice); scores of unknown kind (LLM scores from before kinds were
+        recorded) never do."""
         model = self.resolve_model(model_name)
+        if prediction is None:
+            prediction = self.rank_prediction(model.name, split)
         order = {
             "score": "(b.score is null), b.score desc",
             # NaN statistics are stored as the text 'NaN' (SQLite has no NaN): they go last.
@@ -784,7 +829,13 @@ class Catalogue:
             label_filter, label_status = "e.status != ?", LabelStatus.WITHDRAWN
         else:
             label_filter, label_status = "e.status = ?", LabelStatus(status)
-        values: list[Any] = [PRIMARY_METHOD.value, split.value, label_status.value, model.name]
+        values: list[Any] = [
+            PRIMARY_METHOD.value,
+            split.value,
+            prediction.value,
+            label_status.value,
+            model.name,
+        ]
         where = ["m.name = ?"]
         if layers is not None:
             where.append(f"n.layer in ({','.join('?' * len(layers))})")
@@ -800,8 +851,10 @@ class Catalogue:
                     ) as position
                 from explanations e
                 left join scores s on s.explanation_id = e.id
-                    and s.method = ? and s.split = ?
-                where {label_filter}
+                    and s.method = ? and s.split = ? and s.prediction = ?
+                where {label_filter} and (e.best = 1 or not exists (
+                    select 1 from explanations o
+                    where o.neuron_id = e.neuron_id and o.source = e.source and o.best = 1))
             )
             select n.layer, n.neuron, n.max, n.density, b.neuron_id, b.score, b.text, b.source,
                 b.status
@@ -825,6 +878,21 @@ class Catalogue:
             )
             for r in self.db.query(sql, values)
         ]
+
+    def rank_prediction(self, model_name: str, split: Split) -> PredictionKind:
+        """The kind `rank` compares by default: the first of expected_value, integer, rule that
+        any primary score of this model on `split` has (rule when none is scored)."""
+        found = {
+            r["prediction"]
+            for r in self.db.query(
+                """select distinct s.prediction from scores s
+                join explanations e on e.id = s.explanation_id
+                join neurons n on n.id = e.neuron_id join models m on m.id = n.model_id
+                where m.name = ? and s.method = ? and s.split = ?""",
+                [model_name, PRIMARY_METHOD.value, split.value],
+            )
+        }
+        return next((kind for kind in PredictionKind if kind.value in found), PredictionKind.RULE)
 
     # --- LLM response cache -------------------------------------------------------------------
 

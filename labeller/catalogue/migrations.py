@@ -218,4 +218,20 @@ def m003_model_fingerprint(db: Database) -> None:
     db.table("models").add_column("weights_fingerprint", str)
 
 
+@migrations()
+def m004_prediction_and_selection(db: Database) -> None:
+    """What each score's predictions are (expected_value, integer, rule), and for a best label
+    the split that chose it and the split it reports.
+
+    Scores written before this: the baseline's are `rule` (it has only ever had one kind);
+    LLM scores stay NULL, unknown, since the old simulator could mix expected values and
+    written integers inside one score without saying so. Best marks made before this were
+    chosen on valid: their `chosen_on` stays NULL (not chosen on calibration) until rescored.
+    """
+    db.table("scores").add_column("prediction", str)
+    db.execute("update scores set prediction = 'rule' where simulator = 'baseline'")
+    db.table("explanations").add_column("chosen_on", str)
+    db.table("explanations").add_column("reported_on", str)
+
+
 KNOWN_MIGRATIONS = frozenset(m.name for m in migrations.pending(Database(memory=True)))

@@ -26,6 +26,7 @@ from labeller.records import (
     ModelRecord,
     NeuronStats,
     OutputToken,
+    PredictionKind,
     ScanParams,
     ScanRecord,
     ScanStatus,
@@ -271,6 +272,8 @@ def explanation_from_row(row: Row, scores: list[Score]) -> Explanation:
         producer_model=row["producer_model"],
         annotator=row["annotator"],
         best=bool(row["best"]),
+        chosen_on=None if row["chosen_on"] is None else Split(row["chosen_on"]),
+        reported_on=None if row["reported_on"] is None else Split(row["reported_on"]),
         created_at=row["created_at"],
         scores=scores,
     )
@@ -292,6 +295,8 @@ def explanation_to_row(
         "created_at": explanation.created_at,
         "updated_at": updated_at,
         "best": int(explanation.best),
+        "chosen_on": None if explanation.chosen_on is None else explanation.chosen_on.value,
+        "reported_on": None if explanation.reported_on is None else explanation.reported_on.value,
     }
 
 
@@ -312,6 +317,7 @@ def score_from_row(row: Row) -> Score:
         score=row["score"],
         simulator=row["simulator"],
         prompt_version=row["prompt_version"],
+        prediction=None if row["prediction"] is None else PredictionKind(row["prediction"]),
         details=json.loads(row["details"] or "{}"),
         created_at=row["created_at"],
     )
@@ -325,6 +331,7 @@ def score_to_row(score: Score, explanation_id: int) -> Row:
         "score": score.score,
         "simulator": score.simulator,
         "prompt_version": score.prompt_version,
+        "prediction": None if score.prediction is None else score.prediction.value,
         "details": json.dumps(score.details, ensure_ascii=False),
         "created_at": score.created_at,
     }

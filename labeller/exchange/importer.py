@@ -345,6 +345,8 @@ def _merge_explanations(
                 producer_model=theirs.producer_model,
                 annotator=theirs.annotator,
                 best=best,
+                chosen_on=theirs.chosen_on if best else None,
+                reported_on=theirs.reported_on if best else None,
                 created_at=theirs.created_at,
             ),
             scan_id=scan_ids[theirs.scan] if theirs.scan is not None else None,

@@ -47,6 +47,7 @@ from labeller.records import (
     ScanParams,
     ScanStatus,
     Score,
+    Split,
     WeightFacts,
     neuron_name,
     utc_now,
@@ -100,6 +101,13 @@ class ExportExplanation(Record):
     producer_model: str | None
     annotator: str | None
     best: bool
+    chosen_on: Split | None = Field(
+        default=None,
+        description="best of several candidates: the split whose scores chose it (calibration)",
+    )
+    reported_on: Split | None = Field(
+        default=None, description="best label: the split of the score it reports (valid)"
+    )
     created_at: str
     updated_at: str | None
     scan: int | None = Field(description="index in `scans` of the scan it was made from")
@@ -236,6 +244,8 @@ def export_neuron(stored: store.StoredNeuron, scan_index: dict[int, int]) -> Exp
                 producer_model=e.explanation.producer_model,
                 annotator=e.explanation.annotator,
                 best=e.explanation.best,
+                chosen_on=e.explanation.chosen_on,
+                reported_on=e.explanation.reported_on,
                 created_at=e.explanation.created_at,
                 updated_at=e.updated_at,
                 scan=scan_index.get(e.scan_id) if e.scan_id is not None else None,

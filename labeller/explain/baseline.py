@@ -27,6 +27,7 @@ from collections.abc import Iterable, Sequence
 from labeller.explain.client import DryRun
 from labeller.explain.explainer import Candidate, Explainer, Windows
 from labeller.explain.simulator import Job, NotScorable, Simulator
+from labeller.records import PredictionKind
 
 SOURCE = "baseline"
 VERSION = "baseline-v2"
@@ -136,6 +137,7 @@ class BaselineSimulator(Simulator):
     name = SOURCE
     prompt_version = VERSION
     producer_model = None
+    prediction = PredictionKind.RULE
 
     async def simulate(
         self, explanation: str, windows: Sequence[Sequence[str]]

@@ -26,6 +26,7 @@ from labeller.records import (
     Example,
     ExampleKind,
     Explanation,
+    PredictionKind,
     Score,
     ScoreMethod,
     Split,
@@ -158,29 +159,47 @@ async def score_neurons(
     force: bool = False,
     on_progress: Callable[[int], None] | None = None,
 ) -> Report:
-    """Score every explanation of each neuron (LLM, baseline or human alike) on `split`."""
+    """Score every explanation of each neuron (LLM, baseline or human alike) on `split`.
+
+    On valid, a source with several candidates (best-of-K) also has them scored on
+    calibration: the best is chosen there and reports its valid score, so choosing does not
+    inflate what is reported. Test is scored only when asked, and never chooses.
+    """
     report = Report(neurons=len(refs))
 
-    async def one(ref: NeuronRef) -> None:
-        explanations = catalogue.explanations_of(ref.id)
-        todo = [
+    def todo(explanations: list[Explanation], on: Split) -> list[Explanation]:
+        return [
             e
             for e in explanations
             if force
-            or not catalogue.has_scores(e.id or 0, simulator.name, split, simulator.prompt_version)
+            or not catalogue.has_scores(e.id or 0, simulator.name, on, simulator.prompt_version)
         ]
-        report.skipped += len(explanations) - len(todo)
-        if not todo:
+
+    async def one(ref: NeuronRef) -> None:
+        explanations = catalogue.explanations_of(ref.id)
+        reported = todo(explanations, split)
+        report.skipped += len(explanations) - len(reported)
+        sources = Counter(e.source for e in explanations)
+        choosing = []
+        if split is Split.VALID:
+            candidates = [e for e in explanations if sources[e.source] > 1]
+            choosing = todo(candidates, Split.CALIBRATION)
+        if not reported and not choosing:
             return
         view = catalogue.neuron_view(ref.model, ref.layer, ref.neuron)
-        windows = scored_windows(view.top_examples, view.random_examples, split)
-        for explanation in todo:
-            await _score_one(catalogue, ref, explanation, windows, simulator, split, report)
+        for on, labels in ((Split.CALIBRATION, choosing), (split, reported)):
+            windows = scored_windows(view.top_examples, view.random_examples, on)
+            for explanation in labels:
+                await _score_one(
+                    catalogue, ref, explanation, windows, simulator, on, report, counted=on is split
+                )
         if split is Split.VALID:
-            for source in {e.source for e in explanations}:
-                catalogue.mark_best(ref.id, source, PRIMARY_METHOD, split)
+            for source, count in sources.items():
+                chosen_on = Split.CALIBRATION if count > 1 else None
+                catalogue.mark_best(ref.id, source, simulator.name, chosen_on=chosen_on)
 
     await _for_each(refs, one, on_progress)
+    report.notes[:0] = simulator.run_notes()
     return report
 
 
@@ -192,14 +211,17 @@ async def _score_one(
     simulator: Simulator,
     split: Split,
     report: Report,
+    *,
+    counted: bool = True,
 ) -> None:
     """Scores, or null scores with the reason when the simulator cannot read the label, or
-    nothing but the failures when it could not predict every window."""
+    nothing but the failures when it could not predict every window. `counted`: whether a
+    success counts as a label scored (calibration scores only choose)."""
     assert explanation.id is not None
     try:
-        simulated = await simulator.simulate(explanation.text, [w.tokens for w in windows])
+        simulation = await simulator.simulation(explanation.text, [w.tokens for w in windows])
     except NotScorable as exc:
-        report.not_scorable += 1
+        report.not_scorable += counted
         catalogue.save_scores(
             explanation.id,
             [
@@ -209,6 +231,7 @@ async def _score_one(
                     score=None,
                     simulator=simulator.name,
                     prompt_version=simulator.prompt_version,
+                    prediction=simulator.prediction,
                     details={"reason": str(exc)},
                 )
                 for method in ScoreMethod
@@ -230,9 +253,16 @@ async def _score_one(
         return
     catalogue.save_scores(
         explanation.id,
-        build_scores(windows, simulated, simulator.name, simulator.prompt_version, split),
+        build_scores(
+            windows,
+            simulation.values,
+            simulator.name,
+            simulator.prompt_version,
+            split,
+            simulation.prediction,
+        ),
     )
-    report.written += 1
+    report.written += counted
 
 
 def build_scores(
@@ -241,6 +271,7 @@ def build_scores(
     simulator: str,
     version: str,
     split: Split,
+    prediction: PredictionKind,
 ) -> list[Score]:
     """Top-and-random (primary), top-only and random-only; per-window detail on the primary."""
     groups = {
@@ -271,6 +302,7 @@ def build_scores(
                 score=correlation_score(true, sim),
                 simulator=simulator,
                 prompt_version=version,
+                prediction=prediction,
                 details=detail if method is PRIMARY_METHOD else {},
             )
         )

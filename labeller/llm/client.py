@@ -177,6 +177,14 @@ def parse_completion(body: str) -> tuple[str, list[TokenLogprob] | None, int, in
     )
 
 
+def _token_bytes(value: Any) -> list[int] | None:
+    """OpenAI's per-token `bytes` (what aligns multi-byte tokens with the reply); None when the
+    server sent none or something else."""
+    if isinstance(value, list) and all(isinstance(b, int) and 0 <= b < 256 for b in value):
+        return value
+    return None
+
+
 def _parse_logprobs(block: Any) -> list[TokenLogprob] | None:
     """`choice.logprobs.content` as records; None when the server sent none."""
     if not block or block.get("content") is None:
@@ -189,6 +197,7 @@ def _parse_logprobs(block: Any) -> list[TokenLogprob] | None:
                 TopLogprob(str(top["token"]), float(top["logprob"]))
                 for top in item.get("top_logprobs") or []
             ],
+            _token_bytes(item.get("bytes")),
         )
         for item in block["content"]
     ]

@@ -20,6 +20,7 @@ from builders import run_cli, scan_params
 import labeller.catalogue as catalogue_module
 from labeller.catalogue import Catalogue, describe_sqlite_error
 from labeller.errors import UserError
+from labeller.records import PredictionKind
 from labeller.scan.runner import run_scan
 
 
@@ -231,3 +232,47 @@ def test_sqlite_errors_say_what_happened(db, tmp_path):
             errors.append(describe_sqlite_error(exc))
     conn.close()
     assert errors and all("damaged" in message for message in errors)
+
+
+def test_upgrading_an_older_catalogue_says_baseline_scores_are_rule_and_others_unknown(tmp_path):
+    """m004: a baseline score has only ever been a rule; an older LLM score may have mixed
+    expected values and written integers, so its kind stays unknown (None), not a guess."""
+    from sqlite_utils import Database
+
+    from labeller.catalogue.migrations import migrations
+
+    path = tmp_path / "old.db"
+    db = Database(path)
+    migrations.apply(db, stop_before="m004_prediction_and_selection")
+    model = db.table("models").insert({"name": "m", "source": "demo"}).last_pk
+    neuron = db.table("neurons").insert({"model_id": model, "layer": 0, "neuron": 0}).last_pk
+    explanation = (
+        db.table("explanations")
+        .insert(
+            {
+                "neuron_id": neuron,
+                "text": "t",
+                "source": "s",
+                "status": "proposed",
+                "created_at": "x",
+            }
+        )
+        .last_pk
+    )
+    for simulator in ("baseline", "gpt-4o-mini"):
+        db.table("scores").insert(
+            {
+                "explanation_id": explanation,
+                "method": "top_and_random",
+                "split": "valid",
+                "score": 0.5,
+                "simulator": simulator,
+                "prompt_version": "v1",
+                "created_at": "2026-01-01T00:00:00+00:00",
+            }
+        )
+    db.close()
+    with Catalogue.open(path) as catalogue:
+        (stored,) = catalogue.explanations_of(neuron)
+    kinds = {s.simulator: s.prediction for s in stored.scores}
+    assert kinds == {"baseline": PredictionKind.RULE, "gpt-4o-mini": None}

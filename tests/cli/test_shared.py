@@ -46,6 +46,61 @@ def db(scored_db, tmp_path) -> Path:
     return copy
 
 
+def test_baseline_scores_are_rule_predictions(db):
+    """`show --format json` says what every score's predictions are; the baseline's are a rule."""
+    (top,) = json.loads(run("rank", "--db", db, "--limit", "1", "--format", "json").output)
+    view = json.loads(
+        run(
+            "show",
+            "--db",
+            db,
+            "--layer",
+            top["layer"],
+            "--neuron",
+            top["neuron"],
+            "--format",
+            "json",
+        ).output
+    )
+    scores = [s for e in view["explanations"] for s in e["scores"]]
+    assert scores and {s["prediction"] for s in scores} == {"rule"}
+
+
+def test_rank_compares_scores_of_one_prediction_kind(db):
+    """An LLM expected-value score is never ranked against baseline rule scores: by default the
+    best kind present is ranked alone; `--prediction rule` ranks the baseline's."""
+    from labeller.catalogue import Catalogue
+    from labeller.records import PredictionKind, Score, ScoreMethod, Split
+
+    rule = json.loads(run("rank", "--db", db, "--format", "json").output)
+    (low,) = [r for r in rule if r["score"] is not None][-1:]
+    with Catalogue.open(db) as catalogue:
+        ref = catalogue.neuron_ref(None, low["layer"], low["neuron"])
+        (explanation, *_) = catalogue.explanations_of(ref.id)
+        assert explanation.id is not None
+        catalogue.save_scores(
+            explanation.id,
+            [
+                Score(
+                    method=ScoreMethod.TOP_AND_RANDOM,
+                    split=Split.VALID,
+                    score=0.01,
+                    simulator="some-llm",
+                    prompt_version="simulator-v1",
+                    prediction=PredictionKind.EXPECTED_VALUE,
+                )
+            ],
+        )
+    ranked = json.loads(run("rank", "--db", db, "--format", "json").output)
+    assert [(r["layer"], r["neuron"], r["score"]) for r in ranked if r["score"] is not None] == [
+        (low["layer"], low["neuron"], 0.01)
+    ]
+    again = run("rank", "--db", db, "--prediction", "rule", "--format", "json").output
+    assert json.loads(again) == rule
+    table = run("rank", "--db", db, "--limit", "1").output
+    assert "expected_value predictions only" in table
+
+
 def test_rank_by_score_puts_unscored_last(db):
     rows = json.loads(run("rank", "--db", db, "--format", "json").output)
     assert len(rows) == 96

@@ -22,6 +22,7 @@ from labeller.records import (
     ModelRecord,
     NeuronStats,
     OutputToken,
+    PredictionKind,
     ScanParams,
     Split,
     WeightFacts,
@@ -185,7 +186,15 @@ def add_scores(
     windows = [e for e in (*view.top_examples, *view.random_examples) if e.split is Split.VALID]
     simulated = [[float((i + shift) % 3) for i, _ in enumerate(w.tokens)] for w in windows]
     catalogue.save_scores(
-        explanation_id, build_scores(windows, simulated, "sim-test", "simulator-v1", Split.VALID)
+        explanation_id,
+        build_scores(
+            windows,
+            simulated,
+            "sim-test",
+            "simulator-v1",
+            Split.VALID,
+            PredictionKind.EXPECTED_VALUE,
+        ),
     )
 
 

@@ -104,6 +104,7 @@ def test_explain_and_score_with_a_model(db, tmp_path):
         assert set(scores) == {"top_and_random", "top_only", "random_only"}
         primary = scores["top_and_random"]
         assert primary["split"] == "valid" and primary["simulator"] == MODEL
+        assert {s["prediction"] for s in scores.values()} == {"expected_value"}
         windows = primary["details"]["windows"]
         valid = [e for e in view["top_examples"] + view["random_examples"] if e["split"] == "valid"]
         assert [w["true"] for w in windows] == [e["activations"] for e in valid]
@@ -235,7 +236,7 @@ def test_logprob_free_endpoint_falls_back_to_written_values(db, tmp_path):
     with FakeOpenAI(responder, logprobs=False) as server:
         config = llm_config(tmp_path, server)
         run("explain", "--db", db, "--layer", "1", "--neurons", "5")
-        run(
+        scored = run(
             "score",
             "--db",
             db,
@@ -248,8 +249,11 @@ def test_logprob_free_endpoint_falls_back_to_written_values(db, tmp_path):
             "--neurons",
             "5",
         )
+    assert scored.stderr.count("gives no logprobs") == 1  # said once, not per window
+    assert "prediction: integer" in scored.stderr
     with Catalogue.open(db) as catalogue:
         (explanation,) = catalogue.explanations_of(catalogue.neuron_ref(None, 1, 5).id)
+        assert {s.prediction for s in explanation.scores} == {"integer"}
         (primary,) = [s for s in explanation.scores if s.method == "top_and_random"]
         for window in primary.details["windows"]:
             assert set(window["simulated"]) <= {0.0, 10.0}

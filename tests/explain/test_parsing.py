@@ -9,7 +9,7 @@ import pytest
 from labeller.explain.client import ReplyError
 from labeller.explain.explainer import parse_explanation
 from labeller.explain.simulator import parse_simulation
-from labeller.records import ChatResponse, TokenLogprob, TopLogprob
+from labeller.records import ChatResponse, PredictionKind, TokenLogprob, TopLogprob
 
 TOKENS = [" if", " x", ":", "\n", "return"]
 
@@ -44,8 +44,18 @@ def test_unusable_explanations_are_errors(reply):
 
 
 def test_simulation_without_logprobs_uses_written_values():
-    values, used = parse_simulation(ChatResponse(text=reply_lines([0, 0, 1, 0, 10])), TOKENS)
-    assert values == [0, 0, 1, 0, 10] and not used
+    text = reply_lines([0, 0, 1, 0, 10])
+    values = parse_simulation(ChatResponse(text=text), TOKENS, PredictionKind.INTEGER)
+    assert values == [0, 0, 1, 0, 10]
+
+
+def test_expected_values_never_fall_back_to_written_integers():
+    """A reply without logprobs cannot give expected values: an error (retried, then a
+    recorded failure), not integers mixed into an expected-value score."""
+    with pytest.raises(ReplyError, match="no logprobs"):
+        parse_simulation(
+            ChatResponse(text=reply_lines([0, 0, 1, 0, 10])), TOKENS, PredictionKind.EXPECTED_VALUE
+        )
 
 
 @pytest.mark.parametrize(
@@ -60,7 +70,7 @@ def test_simulation_without_logprobs_uses_written_values():
 )
 def test_misaligned_or_malformed_simulations_are_errors(text):
     with pytest.raises(ReplyError):
-        parse_simulation(ChatResponse(text=text), TOKENS)
+        parse_simulation(ChatResponse(text=text), TOKENS, PredictionKind.INTEGER)
 
 
 def logprob_tokens(text: str, distributions: dict[int, dict[str, float]]) -> list[TokenLogprob]:
@@ -91,7 +101,56 @@ def test_simulation_with_logprobs_takes_expected_value():
     distributions = {offset: {"0": 0.9, "10": 0.1} for offset in offsets}
     distributions[offsets[4]] = {"10": 0.5, "8": 0.25, "6": 0.2, " the": 0.05}
     response = ChatResponse(text=text, logprobs=logprob_tokens(text, distributions))
-    values, used = parse_simulation(response, TOKENS)
-    assert used
+    values = parse_simulation(response, TOKENS, PredictionKind.EXPECTED_VALUE)
     assert values[0] == pytest.approx(1.0)
     assert values[4] == pytest.approx((10 * 0.5 + 8 * 0.25 + 6 * 0.2) / 0.95)
+
+
+def byte_split(tokens: list[TokenLogprob], *, with_bytes: bool) -> list[TokenLogprob]:
+    """Each non-ASCII character's bytes as one-byte tokens whose strings are lossy, as OpenAI
+    sends tokens that end inside a character (`bytes` exact, `token` not)."""
+    out = []
+    for token in tokens:
+        if token.token.isascii():
+            out.append(token._replace(bytes=list(token.token.encode()) if with_bytes else None))
+            continue
+        for byte in token.token.encode():
+            out.append(
+                TokenLogprob(f"bytes:\\x{byte:02x}", 0.0, [], [byte] if with_bytes else None)
+            )
+    return out
+
+
+def test_expected_values_align_by_bytes_where_strings_do_not_spell_the_reply():
+    text = reply_lines([0, 0, 1, 3, 10])  # "\n" is shown as a multi-byte marker
+    assert not text.isascii()
+    offsets = [i + 1 for i, c in enumerate(text) if c == "\t"]
+    distributions = {offset: {"0": 0.5, "2": 0.5} for offset in offsets}
+    distributions[offsets[3]] = {"3": 0.75, "7": 0.25}
+    split = logprob_tokens(text, distributions)
+    aligned = parse_simulation(
+        ChatResponse(text=text, logprobs=byte_split(split, with_bytes=True)),
+        TOKENS,
+        PredictionKind.EXPECTED_VALUE,
+    )
+    assert aligned == pytest.approx([1.0, 1.0, 1.0, 4.0, 1.0])
+    with pytest.raises(ReplyError, match="do not spell the reply"):  # the strings alone fail
+        parse_simulation(
+            ChatResponse(text=text, logprobs=byte_split(split, with_bytes=False)),
+            TOKENS,
+            PredictionKind.EXPECTED_VALUE,
+        )
+
+
+def test_a_value_split_across_tokens_is_an_error_not_a_guess():
+    text = reply_lines([0, 0, 1, 0, 10])
+    tokens = []
+    for piece in logprob_tokens(text, {}):
+        if piece.token == "10":  # "1" then "0": the logprobs at "1" are not the value's
+            tokens += [TokenLogprob("1", 0.0, [TopLogprob("1", 0.0)]), TokenLogprob("0", 0.0, [])]
+        else:
+            tokens.append(piece._replace(top_logprobs=[TopLogprob(piece.token, 0.0)]))
+    with pytest.raises(ReplyError, match="not one token of its own"):
+        parse_simulation(
+            ChatResponse(text=text, logprobs=tokens), TOKENS, PredictionKind.EXPECTED_VALUE
+        )

@@ -79,9 +79,22 @@ def prompt_records(request: dict[str, Any]) -> list[list[str]]:
     ]
 
 
-def simulation_reply(tokens: list[str], drop_last: bool = False) -> Reply:
+def split_bytes(entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """An entry whose token is not ASCII as one-byte tokens, as OpenAI sends tokens that end
+    inside a character: exact `bytes`, lossy `token` strings ("bytes:\\xe2")."""
+    if entry["token"].isascii():
+        return [entry]
+    return [
+        {"token": f"bytes:\\x{b:02x}", "bytes": [b], "logprob": 0.0, "top_logprobs": []}
+        for b in entry["token"].encode()
+    ]
+
+
+def simulation_reply(tokens: list[str], drop_last: bool = False, multi_byte: bool = False) -> Reply:
     """A well-formed simulator reply (10 on tokens containing "return"), with logprobs that put
-    0.8 on the written value and 0.2 on "5" at each value position."""
+    0.8 on the written value and 0.2 on "5" at each value position. `multi_byte`: non-ASCII
+    tokens (the visible markers) come split into byte tokens whose strings do not spell the
+    reply; only their `bytes` do."""
     lines = [(t, 10 if "return" in t else 0) for t in tokens]
     if drop_last:
         lines = lines[:-1]
@@ -98,6 +111,8 @@ def simulation_reply(tokens: list[str], drop_last: bool = False) -> Reply:
             {"token": "\n", "logprob": 0.0, "top_logprobs": []},
         ]
     logprobs.append({"token": "<end>", "logprob": 0.0, "top_logprobs": []})
+    if multi_byte:
+        logprobs = [piece for entry in logprobs for piece in split_bytes(entry)]
     return Reply(content=content, logprobs=logprobs)
 
 
