@@ -18,7 +18,7 @@ from labeller.exchange.neuronpedia_format import ACTIVATION_FIELDS, EXPLANATION_
 from labeller.exchange.openai_format import reference_valid_slices
 from labeller.explain.scoring import correlation_score
 from labeller.explain.service import build_scores
-from labeller.records import Split
+from labeller.records import PredictionKind, Split
 
 NEURON_RECORD_FIELDS = {
     "dataclass_name",
@@ -226,7 +226,10 @@ def test_openai_scored_windows_are_neuron_explainers_valid_slice_once_per_label(
                 [float((i * 7 + shift) % 5) for i in range(len(w.tokens))] for w in windows
             ]
             simulator = "baseline" if shift == 2 else "sim-test"
-            catalogue.save_scores(label_id, build_scores(windows, simulated, simulator, "v", split))
+            kind = PredictionKind.RULE if shift == 2 else PredictionKind.EXPECTED_VALUE
+            catalogue.save_scores(
+                label_id, build_scores(windows, simulated, simulator, "v", split, kind)
+            )
         ours_valid = [
             e for e in (*view.top_examples, *view.random_examples) if e.split is Split.VALID
         ]
