@@ -7,7 +7,11 @@ format), a legacy TransformerLens toy model name (tl_legacy source), a Hugging F
 from __future__ import annotations
 
 import hashlib
+import os
+import socket
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -185,17 +189,60 @@ def load_model(spec: str, device: str = "auto", dtype: str = "float32") -> Loade
     if official.startswith(TL_LEGACY_PREFIXES):
         tried.append(f"TransformerLens legacy {official}")
         try:
-            bridge = boot(official, device=torch_device, dtype=torch_dtype)
+            with hub_access(official):
+                bridge = boot(official, device=torch_device, dtype=torch_dtype)
+        except UserError:
+            raise
         except Exception as exc:  # hub and network errors come in many types
             raise UserError(_not_loaded(spec, tried, exc)) from None
         return _loaded(spec, "tl-legacy", bridge, torch_device)
 
     tried.append(f"Hugging Face hub {official}")
     try:
-        bridge = _boot_hf(official, torch_device, torch_dtype)
+        with hub_access(official):
+            bridge = _boot_hf(official, torch_device, torch_dtype)
+    except UserError:
+        raise
     except Exception as exc:  # hub and network errors come in many types
         raise UserError(_not_loaded(spec, tried, exc)) from None
     return _loaded(spec, "hf", bridge, torch_device)
+
+
+HUB_PROBE_TIMEOUT_S = 5.0
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")
+
+
+@contextmanager
+def hub_access(name: str) -> Iterator[None]:
+    """Without a network the hub client retries for about 30 s, printing a warning per retry.
+    Probe the hub first: if it cannot be reached, a cached model loads quietly from the cache and
+    an uncached one is one error at once. Behind a proxy the probe is skipped (the client knows
+    the proxy, a bare socket does not)."""
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if constants.HF_HUB_OFFLINE or any(os.environ.get(v) for v in PROXY_VARIABLES):
+        yield
+        return
+    endpoint = urlparse(constants.ENDPOINT)
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname or "", port), HUB_PROBE_TIMEOUT_S).close()
+    except OSError as exc:
+        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+            raise UserError(
+                f"cannot reach the Hugging Face hub at {constants.ENDPOINT} to download {name} "
+                f"({exc.strerror or exc}) and it is not in the local cache; check the network, "
+                "or pass a local model directory to --model"
+            ) from None
+        constants.HF_HUB_OFFLINE = True  # read at call time by the hub client and transformers
+        try:
+            yield
+        finally:
+            constants.HF_HUB_OFFLINE = False
+        return
+    yield
 
 
 def _boot_hf(name: str, device: torch.device, dtype: torch.dtype) -> Any:
