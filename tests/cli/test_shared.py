@@ -487,3 +487,60 @@ def test_export_writes_through_a_symlink_and_fails_cleanly_on_a_full_device(db, 
         assert result.exit_code == 2
         assert result.stderr.startswith("error: cannot write /dev/full: No space left")
         assert Path("/dev/full").is_char_device()
+
+
+def label_tables(db: Path) -> tuple[int, int, int]:
+    """Labels, scores, and labels without the history entry written with them."""
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("pragma integrity_check").fetchone()[0] == "ok"
+        assert conn.execute("pragma foreign_key_check").fetchall() == []
+        labels_without_history = conn.execute(
+            "select count(*) from explanations e where not exists "
+            "(select 1 from label_history h where h.explanation_id = e.id)"
+        ).fetchone()[0]
+        return (
+            conn.execute("select count(*) from explanations").fetchone()[0],
+            conn.execute("select count(*) from scores").fetchone()[0],
+            labels_without_history,
+        )
+
+
+def kill_once_writing(db: Path, *command: object, table: str) -> int:
+    """Start a command, kill -9 it as soon as it has written to `table`; the rows it left."""
+    with sqlite3.connect(db) as conn:
+        start = conn.execute(f"select count(*) from {table}").fetchone()[0]
+    proc = labeller_process("-m", "labeller", command[0], "--db", db, *command[1:])
+    deadline = time.monotonic() + 120
+    count = start
+    while count == start and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+        with sqlite3.connect(db) as conn:
+            count = conn.execute(f"select count(*) from {table}").fetchone()[0]
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    with sqlite3.connect(db) as conn:
+        return conn.execute(f"select count(*) from {table}").fetchone()[0] - start
+
+
+@pytest.mark.slow
+def test_kill_9_during_explain_and_score_then_rerun_equals_an_uninterrupted_run(db, tmp_path):
+    """explain and score write neuron by neuron: a kill at any moment loses at most the neuron
+    in flight, never half of one, and a rerun finishes exactly what an uninterrupted run does."""
+    explain = ("explain", "--layer", "0", "--explainer", "baseline")
+    score = ("score", "--layer", "0", "--simulator", "baseline")
+    uninterrupted = tmp_path / "whole.db"
+    uninterrupted.write_bytes(db.read_bytes())
+    for command in (explain, score):
+        run(command[0], "--db", uninterrupted, *command[1:])
+    full_labels, full_scores, _ = label_tables(uninterrupted)
+    labels_before, scores_before, _ = label_tables(db)
+
+    written = kill_once_writing(db, *explain, table="explanations")
+    assert 0 < written < full_labels - labels_before  # killed mid-run
+    assert label_tables(db)[2] == 0  # no label without its history entry
+    run(explain[0], "--db", db, *explain[1:])
+    written = kill_once_writing(db, *score, table="scores")
+    assert 0 < written < full_scores - scores_before
+    assert written % 3 == 0  # a label's three scores land together
+    run(score[0], "--db", db, *score[1:])
+    assert label_tables(db) == label_tables(uninterrupted)
