@@ -7,13 +7,16 @@ write shapes (`WindowRow`, `ExampleRow`, `NeuronRow`) live here too: they are ro
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
+from labeller.errors import UserError
 from labeller.records import (
     Example,
     ExampleKind,
@@ -37,6 +40,30 @@ from labeller.records import (
 )
 
 Row = dict[str, Any]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class UnreadableRecord(UserError):
+    """A stored value does not decode: the file was damaged below what SQLite checks."""
+
+
+def reads_stored(decode: F) -> F:
+    """A decoder of stored values: one that fails means damage, said as such, never a traceback
+    (SQLite's page checks cannot see a corrupt JSON column or a truncated activations blob)."""
+
+    @functools.wraps(decode)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return decode(*args, **kwargs)
+        except (ValueError, TypeError, KeyError) as exc:  # JSON, pydantic, numpy, missing keys
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UnreadableRecord(
+                f"the catalogue holds a record that cannot be read ({decode.__name__}: "
+                f"{reason[:120]}); run `labeller check`, and restore it from a backup "
+                "(`labeller backup` makes one)"
+            ) from None
+
+    return cast(F, checked)
 
 
 def encode_activations(values: np.ndarray) -> bytes:
@@ -44,6 +71,7 @@ def encode_activations(values: np.ndarray) -> bytes:
     return np.asarray(values, dtype="<f4").tobytes()
 
 
+@reads_stored
 def decode_activations(blob: bytes) -> list[float]:
     return np.frombuffer(blob, dtype="<f4").astype(float).tolist()
 
@@ -87,6 +115,7 @@ class NeuronRow:
 # --- models and scans ---------------------------------------------------------------------------
 
 
+@reads_stored
 def model_from_row(row: Row) -> ModelRecord:
     return ModelRecord(**{k: v for k, v in row.items() if k != "id"})
 
@@ -95,6 +124,7 @@ def model_to_row(model: ModelRecord) -> Row:
     return model.model_dump()
 
 
+@reads_stored
 def scan_from_row(row: Row) -> ScanRecord:
     """A scans row with its model's name as `model` (queries join `models` for it)."""
     return ScanRecord(
@@ -149,6 +179,7 @@ def real_from_db(value: float | str | None) -> float | None:
     return float(value) if value is not None else None
 
 
+@reads_stored
 def stats_from_row(row: Row) -> NeuronStats:
     return NeuronStats(
         max=float(row["max"]),
@@ -163,6 +194,7 @@ def stats_from_row(row: Row) -> NeuronStats:
     )
 
 
+@reads_stored
 def weights_from_row(row: Row) -> WeightFacts | None:
     if row["w_in_w_out_cosine"] is None:
         return None
@@ -244,6 +276,7 @@ def example_rows(example: Example, token_ids: list[int], key: int) -> tuple[Wind
     return window, row
 
 
+@reads_stored
 def example_from_row(row: Row) -> Example:
     """An examples row joined with its window's tokens, document and offset."""
     return Example(
@@ -262,6 +295,7 @@ def example_from_row(row: Row) -> Example:
 # --- explanations and scores --------------------------------------------------------------------
 
 
+@reads_stored
 def explanation_from_row(row: Row, scores: list[Score]) -> Explanation:
     return Explanation(
         id=row["id"],
@@ -300,6 +334,7 @@ def explanation_to_row(
     }
 
 
+@reads_stored
 def label_state_from_row(row: Row) -> LabelState:
     """An explanations row as the label state a history entry records."""
     return LabelState(
@@ -310,6 +345,7 @@ def label_state_from_row(row: Row) -> LabelState:
     )
 
 
+@reads_stored
 def score_from_row(row: Row) -> Score:
     return Score(
         method=ScoreMethod(row["method"]),
@@ -341,6 +377,7 @@ def score_to_row(score: Score, explanation_id: int) -> Row:
 # `before` and `after` are LabelState JSON; an undo's `after` also names the entry it undid.
 
 
+@reads_stored
 def history_from_row(row: Row) -> HistoryEntry:
     """A label_history row with its neuron's `layer` and `neuron` (queries join `neurons`)."""
     return HistoryEntry(
@@ -356,6 +393,7 @@ def history_from_row(row: Row) -> HistoryEntry:
     )
 
 
+@reads_stored
 def undone_id(row: Row) -> int | None:
     """The id of the entry an undo entry reverted; None for every other entry."""
     if not row["after"]:
@@ -389,6 +427,7 @@ def history_to_row(
     }
 
 
+@reads_stored
 def label_state_from_json(raw: str | None) -> LabelState | None:
     """A history entry's `before` or `after` column."""
     if not raw:

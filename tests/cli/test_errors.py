@@ -545,3 +545,20 @@ def test_paths_that_cannot_be_written_are_one_line(small_db, tmp_path, tiny_mode
         "scan", "--db", blocker / "sub" / "c.db", "--model", tiny_model_dir,
         "--dataset", tiny_corpus, match=str(blocker),
     )  # fmt: skip
+
+
+def test_a_record_damaged_below_sqlites_checks_is_one_line(small_db, tmp_path):
+    """A corrupt JSON column or a truncated blob passes SQLite's page checks: reading it says
+    the catalogue holds an unreadable record, never a JSONDecodeError traceback."""
+    db = tmp_path / "c.db"
+    db.write_bytes(small_db.read_bytes())
+    with sqlite3.connect(db) as conn:
+        conn.execute("update windows set tokens = '[\"a\", broken'")
+        conn.execute("update neurons set histogram = '{' where layer = 1 and neuron = 0")
+    for command in (
+        ["show", "--layer", "0", "--neuron", "0"],
+        ["show", "--layer", "1", "--neuron", "0"],
+        ["export", "-o", tmp_path / "out.json"],
+    ):
+        fails(*command, "--db", db, match="holds a record that cannot be read")
+    assert not (tmp_path / "out.json").exists()
