@@ -81,3 +81,23 @@ def run_cli(*args: object, env: dict[str, str | None] | None = None, ok: bool = 
     if ok:
         assert result.exit_code == 0, (result.output, result.stderr, result.exception)
     return result
+
+
+def scanned_catalogue(path: Path, model, params) -> Path:
+    """A catalogue at `path` holding one finished scan (no labels yet)."""
+    from labeller.catalogue import Catalogue
+    from labeller.scan.runner import run_scan
+
+    with Catalogue.open(path, create=True) as catalogue:
+        run_scan(catalogue, model, params, batch_size=8)
+    return path
+
+
+def llm_config_file(tmp_path: Path, base_url: str, extra: str = "") -> Path:
+    """An [llm] table for the local test server: fast retries, so failures show in seconds."""
+    path = tmp_path / "llm.toml"
+    path.write_text(
+        f'[llm]\nbase_url = "{base_url}"\nmax_concurrency = 4\ntimeout_s = 5\n'
+        "backoff_base_s = 0.01\nbackoff_cap_s = 0.05\nmax_retries = 2\n" + extra
+    )
+    return path

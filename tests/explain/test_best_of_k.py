@@ -10,14 +10,13 @@ from pathlib import Path
 
 import pytest
 from builders import run_cli as run
-from builders import scan_params
+from builders import scan_params, scanned_catalogue
 
 from labeller.catalogue import Catalogue
 from labeller.explain.client import DryRun
 from labeller.explain.service import score_neurons
 from labeller.explain.simulator import Job, Simulator
 from labeller.records import PredictionKind, Split
-from labeller.scan.runner import run_scan
 
 SOURCE = "some-llm"
 
@@ -53,15 +52,8 @@ class SplitAwareSimulator(Simulator):
 
 @pytest.fixture()
 def db(tmp_path, tiny_model, tiny_model_dir, tiny_corpus) -> Path:
-    path = tmp_path / "c.db"
-    with Catalogue.open(path, create=True) as catalogue:
-        run_scan(
-            catalogue,
-            tiny_model,
-            scan_params(tiny_model_dir, tiny_corpus, top_k=8, random=6),
-            batch_size=8,
-        )
-    return path
+    params = scan_params(tiny_model_dir, tiny_corpus, top_k=8, random=6)
+    return scanned_catalogue(tmp_path / "c.db", tiny_model, params)
 
 
 def candidates(db: Path) -> tuple[SplitAwareSimulator, int]:

@@ -8,8 +8,8 @@ import re
 from pathlib import Path
 
 import pytest
+from builders import llm_config_file, scan_params, scanned_catalogue
 from builders import run_cli as run
-from builders import scan_params
 from fake_openai import (
     FakeOpenAI,
     Reply,
@@ -20,7 +20,6 @@ from fake_openai import (
 )
 
 from labeller.catalogue import Catalogue
-from labeller.scan.runner import run_scan
 
 MODEL = "fake-model"
 is_explainer = is_explainer_request
@@ -30,25 +29,13 @@ responder = neuron_responder
 
 @pytest.fixture()
 def db(tmp_path, tiny_model, tiny_model_dir, tiny_corpus) -> Path:
-    path = tmp_path / "c.db"
-    with Catalogue.open(path, create=True) as catalogue:
-        run_scan(
-            catalogue,
-            tiny_model,
-            scan_params(tiny_model_dir, tiny_corpus, top_k=8, random=6),
-            batch_size=8,
-        )
-    return path
+    params = scan_params(tiny_model_dir, tiny_corpus, top_k=8, random=6)
+    return scanned_catalogue(tmp_path / "c.db", tiny_model, params)
 
 
 def llm_config(tmp_path: Path, server: FakeOpenAI) -> Path:
-    path = tmp_path / "llm.toml"
-    path.write_text(
-        f'[llm]\nbase_url = "{server.base_url}"\nmax_concurrency = 4\ntimeout_s = 5\n'
-        "backoff_base_s = 0.01\nbackoff_cap_s = 0.05\nmax_retries = 2\n"
-        "price_per_million_input = 0.15\nprice_per_million_output = 0.6\n"
-    )
-    return path
+    prices = "price_per_million_input = 0.15\nprice_per_million_output = 0.6\n"
+    return llm_config_file(tmp_path, server.base_url, prices)
 
 
 def test_explain_and_score_with_a_model(db, tmp_path):

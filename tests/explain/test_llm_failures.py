@@ -15,36 +15,19 @@ import time
 from pathlib import Path
 
 import pytest
+from builders import llm_config_file, scan_params, scanned_catalogue
 from builders import run_cli as run
-from builders import scan_params
 from fake_openai import FakeOpenAI, Reply, is_explainer_request, neuron_responder
 
 from labeller.catalogue import Catalogue
-from labeller.scan.runner import run_scan
 
 MODEL = "fake-model"
 
 
 @pytest.fixture()
 def db(tmp_path, tiny_model, tiny_model_dir, tiny_corpus) -> Path:
-    path = tmp_path / "c.db"
-    with Catalogue.open(path, create=True) as catalogue:
-        run_scan(
-            catalogue,
-            tiny_model,
-            scan_params(tiny_model_dir, tiny_corpus, top_k=8, random=6),
-            batch_size=8,
-        )
-    return path
-
-
-def llm_config(tmp_path: Path, base_url: str) -> Path:
-    path = tmp_path / "llm.toml"
-    path.write_text(
-        f'[llm]\nbase_url = "{base_url}"\nmax_concurrency = 4\ntimeout_s = 5\n'
-        "backoff_base_s = 0.01\nbackoff_cap_s = 0.05\nmax_retries = 2\n"
-    )
-    return path
+    params = scan_params(tiny_model_dir, tiny_corpus, top_k=8, random=6)
+    return scanned_catalogue(tmp_path / "c.db", tiny_model, params)
 
 
 def llm_run(command: str, db: Path, config: Path, *flags: str):
@@ -73,7 +56,7 @@ def test_a_refused_key_or_unknown_model_stops_the_run_at_once(db, tmp_path, comm
     with FakeOpenAI(neuron_responder) as server:
         server.fail_always(status=status, error="bad key")
         url = server.base_url
-        result = llm_run(command, db, llm_config(tmp_path, url), "--layer", "1")
+        result = llm_run(command, db, llm_config_file(tmp_path, url), "--layer", "1")
         calls = server.calls
     assert result.exit_code == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -92,7 +75,7 @@ def closed_port() -> int:
 
 def test_an_unreachable_endpoint_stops_the_run_with_the_bar_showing_retries(db, tmp_path):
     url = f"http://127.0.0.1:{closed_port()}/v1"
-    result = llm_run("explain", db, llm_config(tmp_path, url), "--layer", "1")
+    result = llm_run("explain", db, llm_config_file(tmp_path, url), "--layer", "1")
     assert result.exit_code == 2
     assert f"error: cannot reach the endpoint at {url} (connection error" in result.stderr
     assert "check --base-url / OPENAI_BASE_URL and that the server is running" in result.stderr
@@ -119,7 +102,7 @@ def test_failures_are_summarised_by_cause_and_exit_1(db, tmp_path):
         return neuron_responder(request)
 
     with FakeOpenAI(responder) as server:
-        config = llm_config(tmp_path, server.base_url)
+        config = llm_config_file(tmp_path, server.base_url)
         result = llm_run("explain", db, config, "--layer", "0", "--neurons", "0-3")
     assert result.exit_code == 1
     assert (
@@ -133,7 +116,7 @@ def test_failures_are_summarised_by_cause_and_exit_1(db, tmp_path):
 @pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_a_rerun_continues(db, tmp_path):
     with FakeOpenAI(neuron_responder, latency_s=0.3) as server:
-        config = llm_config(tmp_path, server.base_url)
+        config = llm_config_file(tmp_path, server.base_url)
         command = [sys.executable, "-m", "labeller", "explain", "--db", str(db)]
         command += ["--explainer", MODEL, "--llm-config", str(config), "--layer", "1"]
         proc = subprocess.Popen(
