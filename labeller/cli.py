@@ -738,6 +738,14 @@ def explain(
     help="valid marks the best candidate; test gives an unbiased final number.",
 )
 @click.option("--no-logprobs", is_flag=True, help="Endpoint has no logprobs: use written values.")
+@click.option(
+    "--null-sample",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.1,
+    show_default=True,
+    help="Share of labels an LLM simulator also scores against another neuron (the null "
+    "control); a rule-based simulator scores all of them.",
+)
 @llm_options
 def score(
     db_path: Path | None,
@@ -749,20 +757,22 @@ def score(
     simulator: str,
     split: str,
     no_logprobs: bool,
+    null_sample: float,
     **llm_settings: Any,
 ) -> None:
     """Score every label of each neuron by simulation on held-out windows (Pearson r).
 
     The simulator sees only the label and the held-out tokens; the score is the correlation of
     its predictions with the true activations over all those tokens (top-and-random, plus
-    top-only and random-only).
+    top-only and random-only). A null control scores a seeded sample of the labels against
+    another neuron's windows; scores at or below its 95th percentile are not above chance.
 
     \b
     Example:
       labeller score --simulator baseline --layer 0
       labeller score --simulator gpt-4o-mini --layer 5 --split test
     """
-    from labeller.explain.service import dry_run_score, score_neurons
+    from labeller.explain.service import dry_run_score, null_line, null_plan, score_neurons
     from labeller.records import Split
 
     with Catalogue.open(db_path) as catalogue:
@@ -770,18 +780,33 @@ def score(
         resolver = _resolver(catalogue, llm_settings)
         chosen = resolver.simulator(simulator, logprobs=not no_logprobs)
         if dry_run:
-            plan = dry_run_score(catalogue, refs, chosen, Split(split))
+            plan = dry_run_score(catalogue, refs, chosen, Split(split), null_sample)
             _print_dry_run("score", simulator, refs, plan)
+            if not plan.offline:
+                nulls = len(null_plan(catalogue, refs, chosen, Split(split), null_sample))
+                click.echo(f"null control: {nulls:,} labels against other neurons (counted above)")
             return
         report = _run_neurons(
             resolver,
             "scoring",
             len(refs),
             lambda advance: score_neurons(
-                catalogue, refs, chosen, split=Split(split), force=force, on_progress=advance
+                catalogue,
+                refs,
+                chosen,
+                split=Split(split),
+                force=force,
+                null_sample=null_sample,
+                on_progress=advance,
             ),
         )
-    _print_report("score", report, "labels scored", resolver.summary_line())
+    _print_report(
+        "score",
+        report,
+        "labels scored",
+        resolver.summary_line(),
+        after=None if report.null is None else null_line(report.null),
+    )
 
 
 def _run_neurons(
@@ -813,8 +838,16 @@ def _run_neurons(
         ) from None
 
 
-def _print_report(stage: str, report: Report, written: str, llm_summary: str | None) -> None:
-    """The run's one summary line; exits 1 when anything failed, so scripts notice."""
+def _print_report(
+    stage: str,
+    report: Report,
+    written: str,
+    llm_summary: str | None,
+    *,
+    after: str | None = None,
+) -> None:
+    """The run's one summary line (then `after`, e.g. the null control's); exits 1 when
+    anything failed, so scripts notice."""
     if llm_summary is not None:
         click.echo(llm_summary)
     for note in report.notes[:20]:
@@ -829,6 +862,8 @@ def _print_report(stage: str, report: Report, written: str, llm_summary: str | N
             f"{report.failed:,} failed: {report.failures_by_cause()} (kept in failed_attempts)"
         )
     click.echo(f"{stage}: " + ", ".join(parts))
+    if after is not None:
+        click.echo(after)
     if report.failed:
         click.get_current_context().exit(1)
 

@@ -235,6 +235,30 @@ class Score(Record):
     created_at: str = Field(default_factory=utc_now)
 
 
+class NullControl(Record):
+    """One scoring run's chance level: its labels scored against other neurons' windows.
+
+    `values` are the r of the sampled labels that got one; `excluded` counts those that did not
+    (constant vectors, not scorable, failed). Summary numbers are None when no label got an r.
+    """
+
+    model: str
+    simulator: str
+    prompt_version: str
+    split: Split
+    prediction: PredictionKind
+    values: list[float]
+    excluded: int = 0
+    mean: float | None = None
+    std: float | None = None
+    p95: float | None = None
+    created_at: str = Field(default_factory=utc_now)
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+
 class Explanation(Record):
     id: int | None = None
     text: str

@@ -36,6 +36,7 @@ from labeller.records import (
     LabelStatus,
     ModelRecord,
     NeuronView,
+    NullControl,
     PredictionKind,
     RankRow,
     ScanParams,
@@ -710,6 +711,33 @@ class Catalogue:
                     kind.value,
                 ],
             )
+
+    # --- null controls ------------------------------------------------------------------------
+
+    def save_null_control(self, null: NullControl) -> None:
+        model_id = int(self._model_row(null.model)["id"])  # type: ignore[index]
+        self.insert("null_controls", rows.null_control_to_row(null, model_id))
+
+    def latest_null_control(
+        self,
+        model_name: str,
+        simulator: str | None,
+        prompt_version: str | None,
+        split: Split,
+        prediction: PredictionKind | None,
+    ) -> NullControl | None:
+        """The newest null control a score of these is read against; None when there is none
+        (or the score's kind is unknown)."""
+        if simulator is None or prediction is None:
+            return None
+        for row in self.db.query(
+            """select c.*, m.name as model from null_controls c join models m on m.id = c.model_id
+            where m.name = ? and c.simulator = ? and coalesce(c.prompt_version, '') = ?
+            and c.split = ? and c.prediction = ? order by c.id desc limit 1""",
+            [model_name, simulator, prompt_version or "", split.value, prediction.value],
+        ):
+            return rows.null_control_from_row(row)
+        return None
 
     # --- label history ----------------------------------------------------------------------
 

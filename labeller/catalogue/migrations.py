@@ -234,4 +234,33 @@ def m004_prediction_and_selection(db: Database) -> None:
     db.table("explanations").add_column("reported_on", str)
 
 
+@migrations()
+def m005_null_controls(db: Database) -> None:
+    """Each scoring run's null control: its labels scored against other neurons' windows, so
+    every score can be read against chance for its simulator, prompt, split and kind."""
+    db.table("null_controls").create(
+        {
+            "id": int,
+            "model_id": int,
+            "simulator": str,
+            "prompt_version": str,
+            "split": str,
+            "prediction": str,
+            "n": int,
+            "excluded": int,
+            "mean": float,
+            "std": float,
+            "p95": float,
+            "r_values": str,
+            "created_at": str,
+        },
+        pk="id",
+        foreign_keys=[("model_id", "models", "id")],
+        not_null={"model_id", "simulator", "split", "prediction", "n", "r_values"},
+    )
+    db.table("null_controls").create_index(
+        ["model_id", "simulator", "prompt_version", "split", "prediction"]
+    )
+
+
 KNOWN_MIGRATIONS = frozenset(m.name for m in migrations.pending(Database(memory=True)))

@@ -28,6 +28,7 @@ from labeller.records import (
     LabelStatus,
     ModelRecord,
     NeuronStats,
+    NullControl,
     OutputToken,
     PredictionKind,
     ScanParams,
@@ -370,6 +371,41 @@ def score_to_row(score: Score, explanation_id: int) -> Row:
         "prediction": None if score.prediction is None else score.prediction.value,
         "details": json.dumps(score.details, ensure_ascii=False),
         "created_at": score.created_at,
+    }
+
+
+@reads_stored
+def null_control_from_row(row: Row) -> NullControl:
+    """`row` joined with its model's name as `model`."""
+    return NullControl(
+        model=row["model"],
+        simulator=row["simulator"],
+        prompt_version=row["prompt_version"] or "",
+        split=Split(row["split"]),
+        prediction=PredictionKind(row["prediction"]),
+        values=json.loads(row["r_values"]),
+        excluded=row["excluded"] or 0,
+        mean=row["mean"],
+        std=row["std"],
+        p95=row["p95"],
+        created_at=row["created_at"],
+    )
+
+
+def null_control_to_row(null: NullControl, model_id: int) -> Row:
+    return {
+        "model_id": model_id,
+        "simulator": null.simulator,
+        "prompt_version": null.prompt_version,
+        "split": null.split.value,
+        "prediction": null.prediction.value,
+        "n": null.n,
+        "excluded": null.excluded,
+        "mean": null.mean,
+        "std": null.std,
+        "p95": null.p95,
+        "r_values": json.dumps(null.values),
+        "created_at": null.created_at,
     }
 
 

@@ -32,3 +32,20 @@ def normalise_for_prompt(activations: Sequence[float], max_activation: float) ->
     if max_activation <= 0:
         return [0] * len(activations)
     return [min(10, int(np.floor(10 * max(a, 0.0) / max_activation))) for a in activations]
+
+
+def null_summary(values: Sequence[float]) -> tuple[float | None, float | None, float | None]:
+    """Mean, standard deviation (population) and 95th percentile (linear) of null r values;
+    all None when there are none."""
+    if not values:
+        return None, None, None
+    r = np.asarray(values, dtype=np.float64)
+    return float(r.mean()), float(r.std()), float(np.percentile(r, 95))
+
+
+def above_chance(score: float | None, null_p95: float | None) -> bool | None:
+    """Whether a score clears its null control's 95th percentile; None when either is unknown
+    (no score, or no null control for that simulator, prompt, split and prediction kind)."""
+    if score is None or null_p95 is None or score != score:  # NaN: no verdict
+        return None
+    return score > null_p95

@@ -12,6 +12,8 @@ propagates, since every other neuron would fail the same way.
 from __future__ import annotations
 
 import asyncio
+import math
+import random
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -19,13 +21,14 @@ from dataclasses import dataclass, field
 from labeller.catalogue import Catalogue, NeuronRef
 from labeller.explain.client import Cause, DryRun
 from labeller.explain.explainer import Explainer, Windows
-from labeller.explain.scoring import correlation_score
+from labeller.explain.scoring import correlation_score, null_summary
 from labeller.explain.simulator import Job, NotScorable, SimulationFailed, Simulator
 from labeller.records import (
     PRIMARY_METHOD,
     Example,
     ExampleKind,
     Explanation,
+    NullControl,
     PredictionKind,
     Score,
     ScoreMethod,
@@ -34,6 +37,7 @@ from labeller.records import (
 )
 
 NEURON_WORKERS = 64
+NULL_SAMPLE = 0.1  # share of an LLM run's labels also scored against another neuron
 
 
 @dataclass
@@ -45,6 +49,7 @@ class Report:
     not_scorable: int = 0
     notes: list[str] = field(default_factory=list)
     causes: Counter[Cause] = field(default_factory=Counter)
+    null: NullControl | None = None
 
     def fail(self, cause: Cause) -> None:
         """Count one failure under its cause, so the run can end with failures by cause."""
@@ -157,9 +162,11 @@ async def score_neurons(
     *,
     split: Split = Split.VALID,
     force: bool = False,
+    null_sample: float = NULL_SAMPLE,
     on_progress: Callable[[int], None] | None = None,
 ) -> Report:
-    """Score every explanation of each neuron (LLM, baseline or human alike) on `split`.
+    """Score every explanation of each neuron (LLM, baseline or human alike) on `split`, then
+    the run's null control (see `null_plan`), stored and returned in `Report.null`.
 
     On valid, a source with several candidates (best-of-K) also has them scored on
     calibration: the best is chosen there and reports its valid score, so choosing does not
@@ -199,8 +206,109 @@ async def score_neurons(
                 catalogue.mark_best(ref.id, source, simulator.name, chosen_on=chosen_on)
 
     await _for_each(refs, one, on_progress)
+    plan = null_plan(catalogue, refs, simulator, split, null_sample)
+    if plan:
+        report.null = await _null_control(catalogue, plan, simulator, split)
+        catalogue.save_null_control(report.null)
     report.notes[:0] = simulator.run_notes()
     return report
+
+
+@dataclass(frozen=True)
+class NullJob:
+    """One label scored against another neuron's held-out windows."""
+
+    explanation: Explanation
+    own: NeuronRef
+    other: NeuronRef
+    windows: list[Example]
+
+
+def null_plan(
+    catalogue: Catalogue,
+    refs: Sequence[NeuronRef],
+    simulator: Simulator,
+    split: Split,
+    fraction: float = NULL_SAMPLE,
+) -> list[NullJob]:
+    """The labels of these neurons a run scores against chance, each paired with a different
+    neuron of the same model and layers, chosen at random (never itself).
+
+    All labels for a rule-based simulator (free); `fraction` of them, rounded up, for an LLM.
+    Seeded by the simulator, split and neurons, so the same run samples the same pairs.
+    """
+    labels = [(ref, e) for ref in refs for e in catalogue.explanations_of(ref.id)]
+    if not labels:
+        return []
+    layers = sorted({ref.layer for ref in refs})
+    pool = catalogue.neuron_refs(refs[0].model, layers, None)
+    if len(pool) < 2:
+        return []
+    rng = random.Random(f"null:{simulator.name}:{split}:{','.join(str(r.id) for r in refs)}")
+    if simulator.prediction is PredictionKind.RULE:
+        count = len(labels)
+    else:
+        count = min(len(labels), math.ceil(max(fraction, 0.0) * len(labels)))
+    views: dict[int, list[Example]] = {}
+    jobs = []
+    for own, explanation in sorted(rng.sample(labels, count), key=lambda p: p[1].id or 0):
+        other = rng.choice([r for r in pool if r.id != own.id])
+        if other.id not in views:
+            view = catalogue.neuron_view(other.model, other.layer, other.neuron)
+            views[other.id] = scored_windows(view.top_examples, view.random_examples, split)
+        jobs.append(NullJob(explanation, own, other, views[other.id]))
+    return jobs
+
+
+async def _null_control(
+    catalogue: Catalogue, plan: Sequence[NullJob], simulator: Simulator, split: Split
+) -> NullControl:
+    """Each planned label's r against its other neuron's windows, by the same Pearson code.
+
+    A label with no r (constant vectors, not scorable, failed, or predictions of another kind
+    than the run settled on) is excluded and counted."""
+    gate = asyncio.Semaphore(NEURON_WORKERS)
+
+    async def one(job: NullJob) -> tuple[float | None, PredictionKind | None]:
+        async with gate:
+            try:
+                simulation = await simulator.simulation(
+                    job.explanation.text, [w.tokens for w in job.windows]
+                )
+            except (NotScorable, SimulationFailed):
+                return None, None
+        true = [w.activations for w in job.windows]
+        return correlation_score(true, simulation.values), simulation.prediction
+
+    results = await asyncio.gather(*(one(job) for job in plan))
+    kind = simulator.prediction
+    values = [r for r, k in results if r is not None and k is kind]
+    mean, std, p95 = null_summary(values)
+    return NullControl(
+        model=plan[0].own.model,
+        simulator=simulator.name,
+        prompt_version=simulator.prompt_version,
+        split=split,
+        prediction=kind,
+        values=values,
+        excluded=len(results) - len(values),
+        mean=mean,
+        std=std,
+        p95=p95,
+    )
+
+
+def null_line(null: NullControl) -> str:
+    """`score`'s line for the run's null control."""
+    if null.mean is None or null.std is None or null.p95 is None:
+        return f"null: no r over {null.excluded:,} labels (all excluded: no score)"
+    line = (
+        f"null: mean r {null.mean:.2f} +/- {null.std:.2f} over {null.n:,} labels, "
+        f"95th percentile {null.p95:.2f}"
+    )
+    if null.excluded:
+        line += f" ({null.excluded:,} excluded: no score)"
+    return line
 
 
 async def _score_one(
@@ -325,9 +433,14 @@ def dry_run_explain(
 
 
 def dry_run_score(
-    catalogue: Catalogue, refs: Sequence[NeuronRef], simulator: Simulator, split: Split
+    catalogue: Catalogue,
+    refs: Sequence[NeuronRef],
+    simulator: Simulator,
+    split: Split,
+    null_sample: float = NULL_SAMPLE,
 ) -> DryRun:
-    """What `score_neurons` would send to score every label of these neurons on `split`."""
+    """What `score_neurons` would send to score every label of these neurons on `split`,
+    null control included."""
 
     def jobs() -> Iterator[Job]:
         for ref in refs:
@@ -335,5 +448,7 @@ def dry_run_score(
             windows = scored_windows(view.top_examples, view.random_examples, split)
             for explanation in view.explanations:
                 yield explanation.text, [w.tokens for w in windows]
+        for job in null_plan(catalogue, refs, simulator, split, null_sample):
+            yield job.explanation.text, [w.tokens for w in job.windows]
 
     return simulator.dry_run(jobs())

@@ -40,6 +40,9 @@ class SplitAwareSimulator(Simulator):
     ) -> list[list[float]]:
         out = []
         for tokens in windows:
+            if tuple(tokens) not in self.truth:  # another neuron's window: the null control
+                out.append([0.0] * len(tokens))
+                continue
             split, true = self.truth[tuple(tokens)]
             self.seen.add(split)
             good = self.good.get(explanation) in (split, "any") or explanation == "alone"
