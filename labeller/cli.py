@@ -373,21 +373,42 @@ def show(
     """
     with Catalogue.open(db_path, read_only=True) as catalogue:
         view = catalogue.neuron_view(model_name, layer, neuron)
+        chances = score_chances(catalogue, view)
     if output_format == "json":
-        click.echo(json.dumps(neuron_json(view), indent=2, ensure_ascii=False))
+        click.echo(json.dumps(neuron_json(view, chances), indent=2, ensure_ascii=False))
         return
-    print_neuron(view, examples)
+    print_neuron(view, examples, chances)
 
 
-def neuron_json(view: NeuronView) -> dict[str, Any]:
+Chances = list[list[tuple[bool | None, float | None]]]
+
+
+def score_chances(catalogue: Catalogue, view: NeuronView) -> Chances:
+    """Each explanation's scores' (above chance, null p95), in the view's order."""
+    memo: dict[tuple[Any, ...], Any] = {}
+    return [[catalogue.chance(view.model, s, memo) for s in e.scores] for e in view.explanations]
+
+
+def neuron_json(view: NeuronView, chances: Chances | None = None) -> dict[str, Any]:
     data = view.model_dump(mode="json")
     for key in ("top_examples", "random_examples"):
         for example in data[key]:
             example.pop("kind")
+    if chances is not None:
+        for explanation, verdicts in zip(data["explanations"], chances, strict=True):
+            for score, (verdict, _) in zip(explanation["scores"], verdicts, strict=True):
+                score["above_chance"] = verdict
     return data
 
 
-def print_neuron(view: NeuronView, limit: int | None) -> None:
+def chance_note(verdict: bool | None, p95: float | None) -> str:
+    """What a score shows beside it when it does not clear its null control."""
+    return (
+        f" (not above chance: null p95 {p95:.2f})" if verdict is False and p95 is not None else ""
+    )
+
+
+def print_neuron(view: NeuronView, limit: int | None, chances: Chances | None = None) -> None:
     console = StdoutConsole(highlight=False)
     s = view.stats
     console.print(
@@ -424,10 +445,12 @@ def print_neuron(view: NeuronView, limit: int | None) -> None:
     console.print("\n[bold]Explanations[/bold]")
     if not view.explanations:
         console.print("none yet")
-    for explanation in view.explanations:
+    for i, explanation in enumerate(view.explanations):
+        verdicts = chances[i] if chances is not None else [(None, None)] * len(explanation.scores)
         scores = ", ".join(
             f"{sc.method}/{sc.split}: {'n/a' if sc.score is None else f'{sc.score:.3f}'}"
-            for sc in explanation.scores
+            + chance_note(*verdict)
+            for sc, verdict in zip(explanation.scores, verdicts, strict=True)
         )
         console.print(
             f"- #{explanation.id} [{explanation.status}] {printable(explanation.text)} "
@@ -1124,7 +1147,7 @@ def rank(
             limit=limit,
             prediction=kind,
         )
-    fields = ["layer", "neuron", "score", "label", "source", "status"]
+    fields = ["layer", "neuron", "score", "above_chance", "label", "source", "status"]
     if output_format == "json":
         click.echo(json.dumps([r.model_dump(include=set(fields)) for r in rows], indent=2))
         return
@@ -1143,13 +1166,13 @@ def rank(
         "label",
         "source",
         "status",
-        caption=f"scores: {split}, {kind} predictions only",
+        caption=f"scores: {split}, {kind} predictions only; ≈chance: not above the null's p95",
     )
     for r in rows:
         table.add_row(
             str(r.layer),
             str(r.neuron),
-            "-" if r.score is None else f"{r.score:.3f}",
+            "-" if r.score is None else f"{r.score:.3f}" + (" ≈chance" * (r.above_chance is False)),
             f"{r.max:.3f}",
             f"{100 * r.density:.2f}%",
             Text(printable(r.label or "-")),

@@ -377,6 +377,9 @@ class RankRow(Record):
     layer: int
     neuron: int
     score: float | None
+    above_chance: bool | None = Field(
+        default=None, description="score over its null control's 95th percentile; None: unknown"
+    )
     label: str | None
     source: str | None
     status: LabelStatus | None

@@ -24,6 +24,7 @@ from labeller.catalogue.labels import append_history
 from labeller.catalogue.migrations import KNOWN_MIGRATIONS, MIGRATION_SET, migrations
 from labeller.catalogue.rows import NeuronRow, Row, WindowRow, params_key
 from labeller.errors import UserError
+from labeller.explain.scoring import above_chance
 from labeller.output_files import replaced_atomically
 from labeller.records import (
     PRIMARY_METHOD,
@@ -739,6 +740,22 @@ class Catalogue:
             return rows.null_control_from_row(row)
         return None
 
+    def chance(
+        self,
+        model_name: str,
+        score: Score,
+        memo: dict[tuple[Any, ...], NullControl | None] | None = None,
+    ) -> tuple[bool | None, float | None]:
+        """Whether `score` is above chance, and the 95th percentile it was held to: the one
+        place every view (show, rank, TUI) gets the verdict. `memo` spares repeated look-ups."""
+        key = (score.simulator, score.prompt_version, score.split, score.prediction)
+        memo = {} if memo is None else memo
+        if key not in memo:
+            memo[key] = self.latest_null_control(model_name, *key)
+        null = memo[key]
+        p95 = None if null is None else null.p95
+        return above_chance(score.score, p95), p95
+
     # --- label history ----------------------------------------------------------------------
 
     @contextmanager
@@ -872,7 +889,8 @@ class Catalogue:
             where.append("b.neuron_id is not null")
         sql = f"""
             with best as (
-                select e.neuron_id, e.text, e.source, e.status, s.score,
+                select e.neuron_id, e.text, e.source, e.status, s.score, s.simulator,
+                    s.prompt_version,
                     row_number() over (
                         partition by e.neuron_id
                         order by (s.score is null), s.score desc, e.best desc, e.id
@@ -885,7 +903,7 @@ class Catalogue:
                     where o.neuron_id = e.neuron_id and o.source = e.source and o.best = 1))
             )
             select n.layer, n.neuron, n.max, n.density, b.neuron_id, b.score, b.text, b.source,
-                b.status
+                b.status, b.simulator, b.prompt_version
             from neurons n join models m on m.id = n.model_id
             left join best b on b.neuron_id = n.id and b.position = 1
             where {" and ".join(where)}
@@ -893,11 +911,25 @@ class Catalogue:
             {"limit ?" if limit is not None else ""}"""
         if limit is not None:
             values.append(limit)
+        memo: dict[tuple[Any, ...], NullControl | None] = {}
+
+        def verdict(r: Row) -> bool | None:
+            score = Score(
+                method=PRIMARY_METHOD,
+                split=split,
+                score=r["score"],
+                simulator=r["simulator"],
+                prompt_version=r["prompt_version"],
+                prediction=prediction,
+            )
+            return self.chance(model.name, score, memo)[0]
+
         return [
             RankRow(
                 layer=r["layer"],
                 neuron=r["neuron"],
                 score=r["score"],
+                above_chance=verdict(r),
                 label=r["text"],
                 source=r["source"],
                 status=None if r["status"] is None else LabelStatus(r["status"]),

@@ -4,6 +4,7 @@ different neuron's held-out windows, stored, printed, and recomputable from scra
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -20,7 +21,7 @@ from labeller.explain.client import DryRun
 from labeller.explain.scoring import correlation_score
 from labeller.explain.service import null_plan, score_neurons, scored_windows
 from labeller.explain.simulator import Job, NotScorable, Simulator
-from labeller.records import PredictionKind, Split
+from labeller.records import NullControl, PredictionKind, Split
 
 
 @pytest.fixture()
@@ -157,3 +158,52 @@ def test_dry_run_counts_the_null_calls(db, tmp_path):
     assert "null control: 2 labels against other neurons" in out
     more = run(*args, "--null-sample", "0.5", "--llm-config", missing).stdout
     assert "null control: 10 labels against other neurons" in more
+
+
+def test_show_and_rank_hold_each_score_to_the_latest_matching_null(db):
+    run("explain", "--db", db, "--layer", "1")
+    run("score", "--db", db, "--layer", "1")
+    ranked = json.loads(run("rank", "--db", db, "--format", "json").stdout)
+    scored = sorted(r["score"] for r in ranked if r["score"] is not None)
+    p95 = scored[len(scored) // 2]
+    with Catalogue.open(db) as catalogue:
+        model = catalogue.resolve_model(None).name
+        for simulator, cut in (("baseline", p95), ("other-sim", -1.0)):  # latest of each key
+            catalogue.save_null_control(
+                NullControl(
+                    model=model,
+                    simulator=simulator,
+                    prompt_version=BaselineSimulator.prompt_version,
+                    split=Split.VALID,
+                    prediction=PredictionKind.RULE,
+                    values=[cut],
+                    mean=cut,
+                    std=0.0,
+                    p95=cut,
+                )
+            )
+    ranked = json.loads(run("rank", "--db", db, "--format", "json").stdout)
+    assert all(r["above_chance"] is None for r in ranked if r["score"] is None)
+    assert {r["above_chance"] for r in ranked if r["score"] is not None} == {True, False}
+    for r in ranked:
+        if r["score"] is not None:
+            assert r["above_chance"] is (r["score"] > p95)
+    table = run("rank", "--db", db).stdout
+    assert "≈chance" in table
+
+    low = next(r for r in ranked if r["above_chance"] is False)
+    target = ("--layer", low["layer"], "--neuron", low["neuron"])
+    shown = json.loads(run("show", "--db", db, *target, "--format", "json").stdout)
+    verdicts = {
+        (s["split"], s["method"]): s["above_chance"]
+        for e in shown["explanations"]
+        for s in e["scores"]
+        if s["simulator"] == "baseline"
+    }
+    assert verdicts[("valid", "top_and_random")] is False
+    text = run("show", "--db", db, *target).stdout
+    assert f"(not above chance: null p95 {p95:.2f})" in text
+
+    high = next(r for r in ranked if r["above_chance"] is True)
+    shown = run("show", "--db", db, "--layer", high["layer"], "--neuron", high["neuron"])
+    assert "not above chance" not in shown.stdout
