@@ -163,6 +163,7 @@ async def score_neurons(
     split: Split = Split.VALID,
     force: bool = False,
     null_sample: float = NULL_SAMPLE,
+    null_control: bool = True,
     on_progress: Callable[[int], None] | None = None,
 ) -> Report:
     """Score every explanation of each neuron (LLM, baseline or human alike) on `split`, then
@@ -171,6 +172,9 @@ async def score_neurons(
     On valid, a source with several candidates (best-of-K) also has them scored on
     calibration: the best is chosen there and reports its valid score, so choosing does not
     inflate what is reported. Test is scored only when asked, and never chooses.
+
+    `null_control` False: no null control (the TUI's one-neuron scoring, whose sample of one
+    or two labels would replace a batch run's as the latest chance level).
     """
     report = Report(neurons=len(refs))
 
@@ -206,7 +210,7 @@ async def score_neurons(
                 catalogue.mark_best(ref.id, source, simulator.name, chosen_on=chosen_on)
 
     await _for_each(refs, one, on_progress)
-    plan = null_plan(catalogue, refs, simulator, split, null_sample)
+    plan = null_plan(catalogue, refs, simulator, split, null_sample) if null_control else []
     if plan:
         report.null = await _null_control(catalogue, plan, simulator, split)
         catalogue.save_null_control(report.null)

@@ -259,7 +259,10 @@ class Backend:
         with self.catalogue() as catalogue:
             resolver = Resolver(settings, cache=catalogue)
             chosen = resolver.simulator(simulator)
-            return _run(resolver, lambda: score_neurons(catalogue, [page.ref], chosen))
+            return _run(
+                resolver,
+                lambda: score_neurons(catalogue, [page.ref], chosen, null_control=False),
+            )
 
     # --- model -----------------------------------------------------------------------------
 

@@ -207,3 +207,21 @@ def test_show_and_rank_hold_each_score_to_the_latest_matching_null(db):
     high = next(r for r in ranked if r["above_chance"] is True)
     shown = run("show", "--db", db, "--layer", high["layer"], "--neuron", high["neuron"])
     assert "not above chance" not in shown.stdout
+
+
+def test_one_neuron_scoring_without_a_null_keeps_the_batch_runs_null(db):
+    labelled(db, 6)
+    simulator = Recording()
+    with Catalogue.open(db) as catalogue:
+        refs = catalogue.neuron_refs(None, [1], None)
+        batch = asyncio.run(score_neurons(catalogue, refs, simulator, null_sample=1.0)).null
+        report = asyncio.run(
+            score_neurons(catalogue, refs[:1], simulator, force=True, null_control=False)
+        )
+        latest = catalogue.latest_null_control(
+            refs[0].model, simulator.name, simulator.prompt_version, Split.VALID,
+            PredictionKind.EXPECTED_VALUE,
+        )  # fmt: skip
+    assert report.null is None and len(simulator.calls) == 6 + 6 + 1
+    assert batch is not None and batch.n > 0
+    assert latest is not None and latest.values == batch.values
