@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from labeller.errors import UserError
 from labeller.explain.falsify import Verdict, judge, suggest_tests
@@ -64,6 +64,8 @@ class NeuronPage:
     view: NeuronView
     version: int
     history: list[HistoryEntry]
+    # Per explanation id, its scores' (above chance, null p95), aligned with its scores.
+    chances: dict[int, list[tuple[bool | None, float | None]]] = field(default_factory=dict)
 
     @property
     def candidates(self) -> list[Explanation]:
@@ -166,11 +168,17 @@ class Backend:
         with self.catalogue() as catalogue:
             view = catalogue.neuron_view(model, layer, neuron)  # says why a neuron is missing
             ref = catalogue.neuron_ref(model, layer, neuron)
+            memo: dict[tuple[Any, ...], Any] = {}
             return NeuronPage(
                 ref=ref,
                 view=view,
                 version=catalogue.label_version(ref.id),
                 history=catalogue.history(ref),
+                chances={
+                    e.id: [catalogue.chance(view.model, s, memo) for s in e.scores]
+                    for e in view.explanations
+                    if e.id is not None
+                },
             )
 
     def example_token_ids(

@@ -40,6 +40,7 @@ class LabelsPane(Vertical):
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.explanations: list[Explanation] = []
+        self.chances: dict[int, list[tuple[bool | None, float | None]]] = {}
 
     def compose(self) -> ComposeResult:
         table: DataTable[Any] = DataTable(cursor_type="row", zebra_stripes=True, id="candidates")
@@ -47,8 +48,16 @@ class LabelsPane(Vertical):
         yield Static(id="label-detail")
         yield VerticalScroll(ScoreWindows(), id="windows")
 
-    def show(self, explanations: list[Explanation], select: int | None) -> None:
+    def show(
+        self,
+        explanations: list[Explanation],
+        select: int | None,
+        chances: dict[int, list[tuple[bool | None, float | None]]] | None = None,
+    ) -> None:
+        """`chances`: per explanation id, its scores' (above chance, null p95); a score that
+        does not clear its null control is dimmed and marked ≈chance."""
         self.explanations = explanations
+        self.chances = chances or {}
         table = self.query_one("#candidates", DataTable)
         table.clear(columns=True)
         table.add_column("id", key="id")
@@ -63,7 +72,7 @@ class LabelsPane(Vertical):
                 Text(str(e.id)),
                 status_text(e.status),
                 plain(e.annotator if e.source == "human" and e.annotator else e.source),
-                *(Text(fmt(scores[m].score if m in scores else None)) for m in SCORE_COLUMNS),
+                *(self._score_cell(e, scores.get(m)) for m in SCORE_COLUMNS),
                 plain(e.text),
                 key=str(e.id),
             )
@@ -73,6 +82,20 @@ class LabelsPane(Vertical):
         row = next((i for i, e in enumerate(explanations) if e.id == select), 0)
         table.move_cursor(row=row)
         self._detail(explanations[row])
+
+    def _chance(self, explanation: Explanation, score: Score) -> tuple[bool | None, float | None]:
+        verdicts = self.chances.get(explanation.id or 0, [])
+        for candidate, verdict in zip(explanation.scores, verdicts, strict=False):
+            if candidate is score:
+                return verdict
+        return None, None
+
+    def _score_cell(self, explanation: Explanation, score: Score | None) -> Text:
+        if score is None:
+            return Text(fmt(None))
+        if self._chance(explanation, score)[0] is False:
+            return Text(f"{fmt(score.score)} ≈chance", "dim")
+        return Text(fmt(score.score))
 
     def selected(self) -> Explanation | None:
         table = self.query_one("#candidates", DataTable)
@@ -108,6 +131,9 @@ class LabelsPane(Vertical):
             text.append_text(plain(simulator, "dim"))
             for score in scores:
                 text.append(f"  {score.method} ({score.split.value}) {fmt(score.score)}")
+                verdict, p95 = self._chance(explanation, score)
+                if verdict is False and p95 is not None:
+                    text.append(f" ≈chance (null p95 {p95:.2f})", "dim")
             reasons = {str(s.details.get("reason")) for s in scores if s.details.get("reason")}
             for reason in reasons:
                 text.append("\n  ")

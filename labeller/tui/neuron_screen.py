@@ -156,7 +156,7 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
             _default_selection(page),
         )
         labels = self.query_one(LabelsPane)
-        labels.show(page.candidates, select)
+        labels.show(page.candidates, select, page.chances)
         self.selected = labels.selected()
         if not first:
             return

@@ -9,6 +9,7 @@ from textual.widgets import DataTable, TabbedContent, TextArea
 from tui_support import notifications, until
 
 from labeller.model.perturb import trace_neuron
+from labeller.records import NullControl, ScoreMethod, Split
 from labeller.tui.example_item import ExampleItem
 from labeller.tui.example_line import ExampleLine
 from labeller.tui.examples_pane import ExamplesPane
@@ -281,3 +282,36 @@ async def test_history_shows_who_changed_what(tui):
         assert rows[-1][1:3] == ["carol", "accept"]
         await pilot.press("escape")
         assert app.screen is screen
+
+
+async def test_labels_tab_marks_scores_not_above_chance(tui):
+    with tui.catalogue() as catalogue:
+        view = catalogue.neuron_view(None, 0, 3)
+        score = next(
+            s
+            for s in view.explanations[0].scores
+            if s.split is Split.VALID and s.method is ScoreMethod.TOP_AND_RANDOM
+        )
+        assert score.score is not None and score.prediction is not None
+        catalogue.save_null_control(
+            NullControl(
+                model=view.model,
+                simulator=score.simulator or "",
+                prompt_version=score.prompt_version or "",
+                split=Split.VALID,
+                prediction=score.prediction,
+                values=[0.999],
+                mean=0.999,
+                std=0.0,
+                p95=0.999,
+            )
+        )
+    app = tui.app()
+    async with app.run_test(size=(120, 30)) as pilot:
+        screen = await open_neuron(pilot)
+        await pilot.press("2")
+        pane = screen.query_one(LabelsPane)
+        table = pane.query_one(DataTable)
+        cell = table.get_row_at(0)[3]
+        assert "≈chance" in cell.plain and "dim" in str(cell.style)
+        assert "≈chance (null p95 1.00)" in str(pane.query_one("#label-detail").render())
