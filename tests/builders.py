@@ -83,13 +83,13 @@ def run_cli(*args: object, env: dict[str, str | None] | None = None, ok: bool = 
     return result
 
 
-def scanned_catalogue(path: Path, model, params) -> Path:
+def scanned_catalogue(path: Path, model, params, batch_size: int = 8) -> Path:
     """A catalogue at `path` holding one finished scan (no labels yet)."""
     from labeller.catalogue import Catalogue
     from labeller.scan.runner import run_scan
 
     with Catalogue.open(path, create=True) as catalogue:
-        run_scan(catalogue, model, params, batch_size=8)
+        run_scan(catalogue, model, params, batch_size=batch_size)
     return path
 
 

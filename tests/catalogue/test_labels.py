@@ -6,25 +6,18 @@ import multiprocessing
 from pathlib import Path
 
 import pytest
-from builders import scan_params
+from builders import scan_params, scanned_catalogue
 
 from labeller.catalogue import Catalogue, labels
 from labeller.catalogue.labels import StaleLabel
 from labeller.records import LabelStatus
-from labeller.scan.runner import run_scan
 
 
 @pytest.fixture(scope="module")
 def labelled_db(tmp_path_factory, tiny_model, tiny_model_dir, tiny_corpus) -> Path:
+    params = scan_params(tiny_model_dir, tiny_corpus, tokens=300)
     path = tmp_path_factory.mktemp("labels") / "c.db"
-    with Catalogue.open(path, create=True) as catalogue:
-        run_scan(
-            catalogue,
-            tiny_model,
-            scan_params(tiny_model_dir, tiny_corpus, tokens=300),
-            batch_size=4,
-        )
-    return path
+    return scanned_catalogue(path, tiny_model, params, batch_size=4)
 
 
 @pytest.fixture()

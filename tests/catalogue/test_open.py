@@ -15,26 +15,19 @@ import sys
 from pathlib import Path
 
 import pytest
-from builders import run_cli, scan_params
+from builders import run_cli, scan_params, scanned_catalogue
 
 import labeller.catalogue as catalogue_module
 from labeller.catalogue import Catalogue, describe_sqlite_error
 from labeller.errors import UserError
 from labeller.records import PredictionKind
-from labeller.scan.runner import run_scan
 
 
 @pytest.fixture(scope="module")
 def scanned_db(tmp_path_factory, tiny_model, tiny_model_dir, tiny_corpus) -> Path:
+    params = scan_params(tiny_model_dir, tiny_corpus, tokens=300)
     path = tmp_path_factory.mktemp("open") / "c.db"
-    with Catalogue.open(path, create=True) as catalogue:
-        run_scan(
-            catalogue,
-            tiny_model,
-            scan_params(tiny_model_dir, tiny_corpus, tokens=300),
-            batch_size=4,
-        )
-    return path
+    return scanned_catalogue(path, tiny_model, params, batch_size=4)
 
 
 @pytest.fixture()
