@@ -35,6 +35,7 @@ from labeller.demo import DEMO_TOKENS
 from labeller.errors import ScanAlreadyComplete, ScanInterrupted, UserError
 from labeller.records import (
     SCAN_BATCH_SIZE,
+    CompletionRequest,
     Example,
     HistoryEntry,
     LabelState,
@@ -678,9 +679,17 @@ def _print_dry_run(stage: str, name: str, refs: list[Any], plan: DryRun) -> None
     if plan.offline:
         click.echo(f"{stage} with the offline {name}: {len(refs):,} neurons, no LLM calls")
         return
-    if plan.example is not None:
-        for message in plan.example.messages:
+    example = plan.example
+    if isinstance(example, CompletionRequest):
+        click.echo(
+            f"--- prompt (POST /completions, echo, max_tokens {example.max_tokens}, "
+            f"logprobs {example.logprobs})\n{example.prompt}"
+        )
+    elif example is not None:
+        for message in example.messages:
             click.echo(f"--- {message.role}\n{message.content}")
+    for note in plan.notes:
+        click.echo(note)
     click.echo(
         f"{stage}: {len(refs):,} neurons, {plan.calls:,} calls, about {plan.tokens:,} prompt tokens"
     )

@@ -352,6 +352,42 @@ class ChatResponse(Record):
     cached: bool = False
 
 
+class CompletionRequest(Record):
+    """One legacy `/v1/completions` call; its JSON (sorted keys) is the response-cache key.
+
+    The all-at-once simulator sends its prompt with `echo` and `max_tokens=0`: nothing is
+    generated, and the reply carries the prompt's own tokens with their top `logprobs`.
+    """
+
+    model: str
+    prompt: str
+    max_tokens: int = 0
+    echo: bool = True
+    logprobs: int = Field(default=15, description="top alternatives per token")
+    temperature: float = 0.0
+
+
+class PromptToken(NamedTuple):
+    """One echoed prompt token: its text, its character offset as the server reports it (the
+    all-at-once reader counts its own, from the token strings), and its top alternatives (None
+    for the first token, which nothing predicts)."""
+
+    token: str
+    offset: int
+    top_logprobs: list[TopLogprob] | None
+
+
+class CompletionResponse(Record):
+    text: str
+    tokens: list[PromptToken] | None = Field(
+        default=None, description="the echoed prompt's tokens; None when the server sent none"
+    )
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    model: str | None = None
+    cached: bool = False
+
+
 class LabelState(Record):
     """One explanation's label as a history entry records it, before or after a change."""
 

@@ -1,7 +1,8 @@
 """What explainers and simulators need from an LLM: one async call, and the errors it may raise.
 
-They are handed a client that satisfies `ChatClient` (the real one in `labeller.llm.client`, or
-another backend); they never build one. `DryRun` is what they would send, counted unsent.
+They are handed a client that satisfies `ChatClient` (or `CompletionClient`, for the legacy
+`/v1/completions` endpoint: the real one in `labeller.llm.client` does both, or another backend);
+they never build one. `DryRun` is what they would send, counted unsent.
 """
 
 from __future__ import annotations
@@ -12,13 +13,20 @@ from enum import StrEnum
 from typing import Protocol
 
 from labeller.errors import UserError
-from labeller.records import ChatRequest, ChatResponse
+from labeller.records import ChatRequest, ChatResponse, CompletionRequest, CompletionResponse
 
 CHARS_PER_TOKEN = 4
 
 
 class ChatClient(Protocol):
     async def complete(self, request: ChatRequest) -> ChatResponse: ...
+
+
+class CompletionClient(Protocol):
+    """The legacy `/v1/completions` endpoint (prompt in, text and per-token logprobs out), with
+    the same retry and fatal rules as `ChatClient`."""
+
+    async def completion(self, request: CompletionRequest) -> CompletionResponse: ...
 
 
 class Cause(StrEnum):
@@ -83,19 +91,29 @@ class ReplyError(Exception):
 class DryRun:
     """What a run would send, without sending it: one example request, and the calls and prompt
     tokens (about 4 characters a token) it needs at most, without retries. `offline` says the
-    run makes no LLM calls at all."""
+    run makes no LLM calls at all; `notes` are lines the run's plan must also say (a probe call
+    before the others)."""
 
     offline: bool = False
-    example: ChatRequest | None = None
+    example: ChatRequest | CompletionRequest | None = None
     calls: int = 0
     tokens: int = 0
+    notes: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, requests: Iterable[ChatRequest]) -> DryRun:
-        example: ChatRequest | None = None
+    def of(
+        cls, requests: Iterable[ChatRequest | CompletionRequest], notes: tuple[str, ...] = ()
+    ) -> DryRun:
+        example: ChatRequest | CompletionRequest | None = None
         calls = tokens = 0
         for request in requests:
             example = example or request
             calls += 1
-            tokens += sum(len(m.content) for m in request.messages) // CHARS_PER_TOKEN
-        return cls(example=example, calls=calls, tokens=tokens)
+            tokens += prompt_chars(request) // CHARS_PER_TOKEN
+        return cls(example=example, calls=calls, tokens=tokens, notes=notes)
+
+
+def prompt_chars(request: ChatRequest | CompletionRequest) -> int:
+    if isinstance(request, CompletionRequest):
+        return len(request.prompt)
+    return sum(len(m.content) for m in request.messages)

@@ -1,6 +1,8 @@
 """Async client for OpenAI-compatible chat completions: bounded, retried, cached, accounted.
 
 Works with OpenAI, vLLM, Ollama, llama.cpp server and OpenRouter through the `openai` package.
+It also speaks the legacy `/v1/completions` endpoint (`completion`), which the all-at-once
+simulator needs for prompt logprobs (`echo`), under the same rules below.
 The package's own retries are off (`max_retries=0`) so that one place decides: 429, 5xx, timeouts,
 dropped connections and unparsable bodies are retried with exponential backoff and jitter, and a
 Retry-After header wins (and pauses every request, since the limit is shared). A request keeps its
@@ -23,8 +25,9 @@ import logging
 import os
 import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -34,7 +37,15 @@ from pydantic import ValidationError
 from labeller.errors import UserError
 from labeller.explain.client import Cause, LLMCallError, LLMFatal, LogprobsUnsupported
 from labeller.llm.config import LLMConfig
-from labeller.records import ChatRequest, ChatResponse, TokenLogprob, TopLogprob
+from labeller.records import (
+    ChatRequest,
+    ChatResponse,
+    CompletionRequest,
+    CompletionResponse,
+    PromptToken,
+    TokenLogprob,
+    TopLogprob,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +59,9 @@ MAX_DETAIL_CHARS = 200
 # A server that has not accepted a connection in this time is not there (the per-request
 # timeout may be minutes, for long generations).
 CONNECT_TIMEOUT_S = 10.0
+
+Request = ChatRequest | CompletionRequest
+R = TypeVar("R", ChatResponse, CompletionResponse)
 
 
 class ResponseCache(Protocol):
@@ -90,17 +104,20 @@ class LLMStats:
     completion_tokens: int = 0
 
 
-def canonical_request(request: ChatRequest, base_url: str) -> str:
-    """The exact text the cache key hashes (and the cache row stores): request + endpoint."""
-    return json.dumps(
-        {"base_url": base_url.rstrip("/"), "request": request.model_dump(mode="json")},
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )
+def canonical_request(request: Request, base_url: str) -> str:
+    """The exact text the cache key hashes (and the cache row stores): request + endpoint.
+
+    A completions request also names its path, so it can never share a key with a chat one."""
+    document: dict[str, Any] = {
+        "base_url": base_url.rstrip("/"),
+        "request": request.model_dump(mode="json"),
+    }
+    if isinstance(request, CompletionRequest):
+        document["path"] = "/completions"
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def request_key(request: ChatRequest, base_url: str) -> str:
+def request_key(request: Request, base_url: str) -> str:
     """sha256 of the canonical request and endpoint; the API key never takes part."""
     return hashlib.sha256(canonical_request(request, base_url).encode()).hexdigest()
 
@@ -203,6 +220,69 @@ def _parse_logprobs(block: Any) -> list[TokenLogprob] | None:
     ]
 
 
+def parse_text_completion(body: str) -> CompletionResponse:
+    """A `/v1/completions` reply: its text and, when the server sent them, its tokens with their
+    offsets and top logprobs (`choices[0].logprobs` with `tokens`, `text_offset` and
+    `top_logprobs`, a list of {token: logprob} dicts, None for the first echoed token).
+
+    Raises `_Retryable` for bodies that are not a completion, as `parse_completion` does.
+    """
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise _Retryable(
+            f"reply is not valid JSON ({len(body)} bytes)", cause=Cause.MALFORMED
+        ) from None
+    if isinstance(data, dict) and "choices" not in data and data.get("error"):
+        error = data["error"]
+        message = error.get("message") if isinstance(error, dict) else error
+        raise _Retryable(
+            f"reply carries an error: {_one_line(str(message))}", cause=Cause.SERVER_ERROR
+        )
+    try:
+        choice = data["choices"][0]
+        text = choice.get("text") or ""
+        if not isinstance(text, str):
+            raise TypeError("text is not a string")
+        tokens = _parse_prompt_tokens(choice.get("logprobs"))
+        usage = data.get("usage") or {}
+        model = data.get("model")
+        return CompletionResponse.model_construct(
+            text=text,
+            tokens=tokens,
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+            model=model if isinstance(model, str) else None,
+            cached=False,
+        )
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
+        raise _Retryable(
+            f"reply is not a completion ({type(exc).__name__}: {exc})", cause=Cause.MALFORMED
+        ) from None
+
+
+def _parse_prompt_tokens(block: Any) -> list[PromptToken] | None:
+    """Legacy-format logprobs as records; None when the server sent no tokens (llama.cpp's
+    server sends none for the prompt)."""
+    if not block or not block.get("tokens"):
+        return None
+    tokens = block["tokens"]
+    offsets = block.get("text_offset") or []
+    tops = block.get("top_logprobs") or []
+    if len(offsets) != len(tokens):  # offsets as the sum of the token strings before
+        offsets = [sum(len(str(t)) for t in tokens[:i]) for i in range(len(tokens))]
+    return [
+        PromptToken(
+            str(token),
+            int(offset),
+            None
+            if i >= len(tops) or tops[i] is None
+            else [TopLogprob(str(k), float(v)) for k, v in tops[i].items()],
+        )
+        for i, (token, offset) in enumerate(zip(tokens, offsets, strict=True))
+    ]
+
+
 class LLMClient:
     """Sends chat requests with bounded concurrency; the explainer and simulator receive one.
 
@@ -266,22 +346,40 @@ class LLMClient:
         Raises `LogprobsUnsupported` when the endpoint refuses logprobs, `LLMCallError` when the
         request fails for good, `LLMFatal` when no other request can succeed either.
         """
+        if request.logprobs and self._logprobs_supported is False:
+            key = request_key(request, self.config.base_url)
+            if self._from_cache(key, ChatResponse) is None:
+                raise LogprobsUnsupported(
+                    f"{self.config.base_url} does not return logprobs", attempts=0, status=None
+                )
+        return await self._send(request, ChatResponse, lambda c: self._attempt(c, request))
+
+    async def completion(self, request: CompletionRequest) -> CompletionResponse:
+        """The `/v1/completions` reply to `request`, cached, retried and refused like
+        `complete`'s (a 400 is an `LLMCallError`: the caller knows what it asked for)."""
+        return await self._send(
+            request, CompletionResponse, lambda c: self._text_attempt(c, request)
+        )
+
+    async def _send(
+        self,
+        request: Request,
+        kind: type[R],
+        attempt: Callable[[openai.AsyncOpenAI], Awaitable[R]],
+    ) -> R:
+        """From the cache, else `attempt` with its retries in one concurrency slot; cached."""
         key = request_key(request, self.config.base_url)
-        cached = self._from_cache(key)
+        cached = self._from_cache(key, kind)
         if cached is not None:
             self.stats.cache_hits += 1
             return cached
-        if request.logprobs and self._logprobs_supported is False:
-            raise LogprobsUnsupported(
-                f"{self.config.base_url} does not return logprobs", attempts=0, status=None
-            )
         client, semaphore = self._bind()
         async with semaphore:
             if self._fatal is not None:  # queued behind the request that hit it: the same answer
                 raise self._fatal
             self.stats.calls += 1
             try:
-                response = await self._attempts(client, request)
+                response = await self._attempts(request, lambda: attempt(client))
             except LLMFatal as exc:
                 self._fatal = exc
                 raise
@@ -293,14 +391,14 @@ class LLMClient:
             )
         return response
 
-    async def _attempts(self, client: openai.AsyncOpenAI, request: ChatRequest) -> ChatResponse:
+    async def _attempts(self, request: Request, attempt: Callable[[], Awaitable[R]]) -> R:
         """The first attempt and its retries, all in the one concurrency slot."""
         attempts = 0
         while True:
             attempts += 1
             try:
                 await self._wait_for_resume()
-                return await self._attempt(client, request)
+                return await attempt()
             except _Retryable as exc:
                 detail = self._redact(str(exc))
                 if attempts > self.config.max_retries:
@@ -333,14 +431,14 @@ class LLMClient:
                 self.stats.failures += 1
                 raise
 
-    def _from_cache(self, key: str) -> ChatResponse | None:
+    def _from_cache(self, key: str, kind: type[R]) -> R | None:
         if self.cache is None:
             return None
         stored = self.cache.cached_response(key)
         if stored is None:
             return None
         try:
-            return ChatResponse.model_validate_json(stored).model_copy(update={"cached": True})
+            return kind.model_validate_json(stored).model_copy(update={"cached": True})
         except ValidationError:
             log.warning("ignoring an unreadable cached LLM reply (key %s)", key[:12])
             return None
@@ -371,11 +469,41 @@ class LLMClient:
             kwargs["logprobs"] = True
             if request.top_logprobs is not None:
                 kwargs["top_logprobs"] = request.top_logprobs
+        # The generic POST skips the SDK's per-call typed transform of every message, which
+        # costs milliseconds of event-loop time per request at our prompt sizes.
+        body = await self._post(client, "/chat/completions", kwargs, request)
+        text, logprobs, prompt_tokens, completion_tokens, model = parse_completion(body)
+        # Built without re-validating the logprobs that parse_completion just typed.
+        return ChatResponse.model_construct(
+            text=text,
+            logprobs=logprobs,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            model=model,
+            cached=False,
+        )
+
+    async def _text_attempt(
+        self, client: openai.AsyncOpenAI, request: CompletionRequest
+    ) -> CompletionResponse:
+        """One `/v1/completions` request (prompt logprobs: `echo` with `logprobs`)."""
+        body = {
+            "model": request.model,
+            "prompt": request.prompt,
+            "max_tokens": request.max_tokens,
+            "echo": request.echo,
+            "logprobs": request.logprobs,
+            "temperature": request.temperature,
+        }
+        return parse_text_completion(await self._post(client, "/completions", body, request))
+
+    async def _post(
+        self, client: openai.AsyncOpenAI, path: str, body: dict[str, Any], request: Request
+    ) -> str:
+        """The reply body of one POST; failures become `_Retryable` or `LLMCallError`."""
         try:
-            # The generic POST skips the SDK's per-call typed transform of every message, which
-            # costs milliseconds of event-loop time per request at our prompt sizes.
-            raw = await client.post("/chat/completions", cast_to=httpx.Response, body=kwargs)
-            body = raw.text
+            raw = await client.post(path, cast_to=httpx.Response, body=body)
+            return raw.text
         except openai.APIStatusError as exc:
             raise self._status_error(exc, request) from None
         except openai.APITimeoutError as exc:
@@ -402,18 +530,8 @@ class LLMClient:
                 f"{request.model} at {self.config.base_url}: {self._redact(_one_line(str(exc)))}",
                 attempts=1,
             ) from None
-        text, logprobs, prompt_tokens, completion_tokens, model = parse_completion(body)
-        # Built without re-validating the logprobs that parse_completion just typed.
-        return ChatResponse.model_construct(
-            text=text,
-            logprobs=logprobs,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            model=model,
-            cached=False,
-        )
 
-    def _status_error(self, exc: openai.APIStatusError, request: ChatRequest) -> Exception:
+    def _status_error(self, exc: openai.APIStatusError, request: Request) -> Exception:
         status = exc.status_code
         detail = f"HTTP {status}: {self._redact(_one_line(_error_message(exc)))}"
         if status == 429 or status >= 500 or status == 408:
@@ -434,6 +552,13 @@ class LLMClient:
                 "check OPENAI_API_KEY and the key's permissions",
                 status=status,
             )
+        if status == 404 and isinstance(request, CompletionRequest):
+            return LLMFatal(
+                f"{endpoint} has no completions model {request.model}, or no /v1/completions "
+                f"({detail}); check the model name (--simulator) and --base-url, or use "
+                "--simulator-mode chat",
+                status=status,
+            )
         if status == 404:
             return LLMFatal(
                 f"{endpoint} has no model {request.model} ({detail}); check the model name "
@@ -441,7 +566,7 @@ class LLMClient:
                 status=status,
             )
         where = f"{request.model} at {self.config.base_url}"
-        if request.logprobs and status in (400, 422):
+        if isinstance(request, ChatRequest) and request.logprobs and status in (400, 422):
             if "logprob" in detail.lower():
                 self._logprobs_supported = False
             return LogprobsUnsupported(

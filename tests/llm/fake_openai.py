@@ -1,6 +1,7 @@
 """A real local OpenAI-compatible HTTP server for tests and benchmarks (no monkeypatching).
 
-`FakeOpenAI` serves POST /v1/chat/completions on 127.0.0.1 from a daemon thread. Replies are
+`FakeOpenAI` serves POST /v1/chat/completions and /v1/completions on 127.0.0.1 from a daemon
+thread. Replies are
 scripted: a `responder` maps each request's JSON to a `Reply` (content, logprobs, status, headers,
 raw or truncated bodies, delay), one-shot failures queue up with `fail_next`, `fail_always` answers
 every request with one failure (a refused key: `fail_always(status=401)`), and `latency_s` is
@@ -9,6 +10,13 @@ really sent (and that a cached re-run sent nothing).
 
     with FakeOpenAI(latency_s=0.2) as server:
         config = LLMConfig(base_url=server.base_url)
+
+/v1/completions answers as vLLM does: with `echo` it returns the prompt's tokens (a simple
+word-ish tokenizer; "\t" and "unknown" are tokens of their own) in `choices[0].logprobs`
+(`tokens`, `token_logprobs`, `top_logprobs` as {token: logprob} dicts, the first None,
+`text_offset`), and at each "unknown" the `predictor`'s digit distribution for that line.
+`prompt_logprobs=False` imitates llama.cpp's server, which returns none for the prompt; `bos`
+prepends a begin-of-sequence token, as vLLM echoes one for Llama-style tokenizers.
 
 Run it alone for manual tries: `python tests/llm/fake_openai.py --port 8000 --latency 0.2`;
 GET /_fake/stats returns the counters as JSON.
@@ -126,6 +134,63 @@ def neuron_responder(request: dict[str, Any]) -> Reply:
     return simulation_reply(tokens)
 
 
+# Every character lands in exactly one token, so the tokens spell the prompt.
+PROMPT_TOKEN = re.compile(
+    r"<\|endofprompt\|>|\n+|\t|unknown|[ ]?[A-Za-z]+|[ ]?\d|[ ]?[^\sA-Za-z\d]|\s", re.S
+)
+
+Predictor = Callable[[str], dict[str, float]]
+
+
+def tokenize_prompt(prompt: str) -> list[str]:
+    tokens = PROMPT_TOKEN.findall(prompt)
+    assert "".join(tokens) == prompt, "the fake tokenizer lost characters"
+    return tokens
+
+
+def return_predictor(line: str) -> dict[str, float]:
+    """Labeller's neuron: 0.8 on "10" and 0.2 on "5" for a token containing "return", else 0.9
+    on "0" and 0.1 on "1" (expected values 9.0 and 0.1); "unknown" and a spaced " 7" are among
+    the alternatives, as a real model's would be, and count for nothing."""
+    if "return" in line:
+        weights = {"10": 0.8, "5": 0.2, "unknown": 0.05, " 7": 0.05}
+    else:
+        weights = {"0": 0.9, "1": 0.1, "unknown": 0.05, " 7": 0.05}
+    return {token: math.log(p) for token, p in weights.items()}
+
+
+def echo_logprobs(prompt: str, predictor: Predictor, top: int, bos: str | None) -> dict[str, Any]:
+    """vLLM's legacy-format logprobs for an echoed prompt (`max_tokens=0`)."""
+    tokens = ([bos] if bos else []) + tokenize_prompt(prompt)
+    offsets, token_logprobs, tops = [], [], []
+    offset = 0
+    for i, token in enumerate(tokens):
+        offsets.append(offset)
+        offset += len(token)
+        if i == 0:
+            token_logprobs.append(None)
+            tops.append(None)
+            continue
+        if token == "unknown" and tokens[i - 1] == "\t":
+            text = "".join(tokens[:i])
+            line = text[text.rfind("\n", 0, len(text) - 1) + 1 : -1]
+            alternatives = predictor(line)
+            alternatives.setdefault(token, -3.0)  # vLLM adds the prompt's own token
+        else:
+            alternatives = {token: -0.01}
+        ranked = sorted(alternatives.items(), key=lambda kv: -kv[1])
+        kept = dict(ranked[:top])
+        kept.setdefault(token, alternatives[token])
+        token_logprobs.append(alternatives[token])
+        tops.append(kept)
+    return {
+        "tokens": tokens,
+        "token_logprobs": token_logprobs,
+        "top_logprobs": tops,
+        "text_offset": offsets,
+    }
+
+
 def approx_tokens(text: str) -> int:
     return max(1, len(text) // 4)
 
@@ -155,6 +220,7 @@ class FakeOpenAI:
 
     `logprobs`: True answers logprobs requests; False answers them 400 (endpoints without
     logprobs); "ignore" answers 200 without them (endpoints that drop unknown fields).
+    `predictor`, `prompt_logprobs`, `bos`: how /v1/completions answers (see the module).
     """
 
     def __init__(
@@ -165,8 +231,14 @@ class FakeOpenAI:
         logprobs: bool | Literal["ignore"] = True,
         model: str = "fake-model",
         port: int = 0,
+        predictor: Predictor | None = None,
+        prompt_logprobs: bool = True,
+        bos: str | None = None,
     ) -> None:
         self.responder: Responder = responder or echo_responder
+        self.predictor: Predictor = predictor or return_predictor
+        self.prompt_logprobs = prompt_logprobs
+        self.bos = bos
         self.latency_s = latency_s
         self.logprobs = logprobs
         self.model = model
@@ -269,8 +341,15 @@ class FakeOpenAI:
         if seconds > 0:
             self._stopping.wait(seconds)
 
-    def _answer(self, request: dict[str, Any], scripted: Reply | None) -> tuple[Reply, bytes]:
+    def _answer(
+        self, request: dict[str, Any], scripted: Reply | None, path: str = "/v1/chat/completions"
+    ) -> tuple[Reply, bytes]:
         """The reply to send and its full body."""
+        if path == "/v1/completions":
+            if scripted is None:
+                return Reply(), json.dumps(self._text_completion(request)).encode()
+            if scripted.raw is None and scripted.status < 400:
+                return scripted, json.dumps(self._text_completion(request)).encode()
         wants_logprobs = bool(request.get("logprobs"))
         if scripted is None and wants_logprobs and self.logprobs is False:
             scripted = Reply(status=400, error="logprobs are not supported by this endpoint")
@@ -294,6 +373,37 @@ class FakeOpenAI:
             }
             return reply, json.dumps({"error": error}).encode()
         return reply, json.dumps(self._completion(request, reply, wants_logprobs)).encode()
+
+    def _text_completion(self, request: dict[str, Any]) -> dict[str, Any]:
+        """A legacy completion: the prompt echoed with its logprobs (or, imitating llama.cpp,
+        without them), and nothing generated (`max_tokens=0`)."""
+        prompt = str(request.get("prompt", ""))
+        echo = bool(request.get("echo"))
+        top = int(request.get("logprobs") or 0)
+        logprobs = None
+        if echo and top and self.prompt_logprobs:
+            logprobs = echo_logprobs(prompt, self.predictor, top, self.bos)
+        generated = "" if request.get("max_tokens") == 0 else " fake"
+        prompt_tokens = len(tokenize_prompt(prompt))
+        return {
+            "id": f"cmpl-fake-{self.calls}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": request.get("model") or self.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "text": (prompt if echo and self.prompt_logprobs else "") + generated,
+                    "logprobs": logprobs,
+                    "finish_reason": "length",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": len(generated.split()),
+                "total_tokens": prompt_tokens + len(generated.split()),
+            },
+        }
 
     def _completion(
         self, request: dict[str, Any], reply: Reply, wants_logprobs: bool
@@ -361,7 +471,8 @@ class _Handler(BaseHTTPRequestHandler):
         fake = self.server.fake
         length = int(self.headers.get("Content-Length") or 0)
         data = self.rfile.read(length)
-        if self.path.rstrip("/") != "/v1/chat/completions":
+        path = self.path.rstrip("/")
+        if path not in ("/v1/chat/completions", "/v1/completions"):
             self._send(404, b'{"error": {"message": "not found"}}')
             return
         try:
@@ -371,7 +482,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         scripted = fake._enter(request, self.headers.get("Authorization", ""))
         try:
-            reply, body = fake._answer(request, scripted)
+            reply, body = fake._answer(request, scripted, path)
             fake._sleep(fake.latency_s + reply.delay)
             self._send(reply.status, body, reply.headers, reply.truncate)
         except (BrokenPipeError, ConnectionResetError):

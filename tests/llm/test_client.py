@@ -24,7 +24,13 @@ from labeller.llm.client import (
     request_key,
 )
 from labeller.llm.config import LLMConfig, load_llm_config
-from labeller.records import ChatMessage, ChatRequest, ChatResponse
+from labeller.records import (
+    ChatMessage,
+    ChatRequest,
+    ChatResponse,
+    CompletionRequest,
+    CompletionResponse,
+)
 
 KEY = "sk-test-SENTINEL-4f9c2b7d1e"
 
@@ -447,3 +453,81 @@ def test_load_llm_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
         load_llm_config(path)
     with pytest.raises(UserError, match="does not exist"):
         load_llm_config(tmp_path / "missing.toml")
+
+
+# --- /v1/completions (the all-at-once simulator's endpoint) --------------------------------------
+
+
+def text_request(prompt: str = "<start>\n a\tunknown\n<end>\n") -> CompletionRequest:
+    return CompletionRequest(model="test-model", prompt=prompt)
+
+
+def completion(config: LLMConfig, *requests: CompletionRequest, cache: Any = None) -> Any:
+    async def run() -> tuple[LLMClient, list[Any]]:
+        async with LLMClient(config, cache) as client:
+            results = await asyncio.gather(
+                *(client.completion(r) for r in requests), return_exceptions=True
+            )
+        return client, results
+
+    return asyncio.run(run())
+
+
+def test_completion_echoes_the_prompt_with_its_logprobs(tmp_path: Path) -> None:
+    with (
+        FakeOpenAI(bos="<s>") as server,
+        Catalogue.open(tmp_path / "c.db", create=True) as catalogue,
+    ):
+        _, [response] = completion(config_for(server), text_request(), cache=catalogue)
+        client, [again] = completion(config_for(server), text_request(), cache=catalogue)
+    (sent,) = server.requests
+    assert sent == {
+        "model": "test-model",
+        "prompt": "<start>\n a\tunknown\n<end>\n",
+        "max_tokens": 0,
+        "echo": True,
+        "logprobs": 15,
+        "temperature": 0.0,
+    }
+    assert isinstance(response, CompletionResponse) and response.text == sent["prompt"]
+    tokens = response.tokens
+    assert tokens is not None and [t.token for t in tokens][:4] == ["<s>", "<", "start", ">"]
+    assert tokens[0].top_logprobs is None  # nothing predicts the first token
+    assert [t.offset for t in tokens][:3] == [0, 3, 4]
+    unknown = next(t for t in tokens if t.token == "unknown")
+    assert unknown.top_logprobs is not None
+    assert {"0", "1", "unknown"} <= {top.token for top in unknown.top_logprobs}
+    assert again == response.model_copy(update={"cached": True})  # cached as chat replies are
+    assert (client.stats.calls, client.stats.cache_hits) == (0, 1)
+
+
+def test_completion_without_prompt_logprobs_has_no_tokens() -> None:
+    with FakeOpenAI(prompt_logprobs=False) as server:  # as llama.cpp's server answers
+        _, [response] = completion(config_for(server), text_request())
+    assert isinstance(response, CompletionResponse) and response.tokens is None
+
+
+def test_completion_retries_and_fatal_errors_follow_the_chat_rules(fake_openai: FakeOpenAI) -> None:
+    fake_openai.fail_next(status=429, headers={"Retry-After": "0"})
+    fake_openai.fail_next(status=503)
+    client, [response] = completion(config_for(fake_openai), text_request())
+    assert isinstance(response, CompletionResponse) and client.stats.retries == 2
+
+    fake_openai.reset()
+    fake_openai.fail_next(status=400, error="echo is not supported")
+    _, [error] = completion(config_for(fake_openai), text_request())
+    assert type(error) is LLMCallError and error.status == 400  # the caller knows what it asked
+
+    for status, words in [(401, "refused the API key"), (404, "no /v1/completions")]:
+        fake_openai.reset()
+        fake_openai.fail_always(status=status)
+        _, [error] = completion(config_for(fake_openai), text_request())
+        assert isinstance(error, LLMFatal) and words in str(error)
+        assert fake_openai.calls == 1
+    assert "--simulator-mode chat" in str(error)
+
+
+def test_completion_and_chat_requests_never_share_a_cache_key() -> None:
+    base = "http://127.0.0.1:1/v1"
+    assert request_key(text_request("a"), base) != request_key(text_request("b"), base)
+    assert request_key(text_request("a"), base) != request_key(chat("a"), base)
