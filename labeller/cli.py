@@ -42,6 +42,7 @@ from labeller.records import (
     LabelStatus,
     NeuronView,
     ScanParams,
+    SimulatorMode,
     neuron_name,
 )
 from labeller.render import heat_text, printable, sparkline, visible_token
@@ -771,6 +772,14 @@ def explain(
 )
 @click.option("--no-logprobs", is_flag=True, help="Endpoint has no logprobs: use written values.")
 @click.option(
+    "--simulator-mode",
+    type=click.Choice([m.value for m in SimulatorMode]),
+    default=SimulatorMode.CHAT.value,
+    show_default=True,
+    help="all-at-once: neuron-explainer's prompt on /v1/completions with echo (vLLM; not "
+    "llama.cpp), for scores comparable with the paper's.",
+)
+@click.option(
     "--null-sample",
     type=click.FloatRange(0.0, 1.0),
     default=0.1,
@@ -789,6 +798,7 @@ def score(
     simulator: str,
     split: str,
     no_logprobs: bool,
+    simulator_mode: str,
     null_sample: float,
     **llm_settings: Any,
 ) -> None:
@@ -803,6 +813,7 @@ def score(
     Example:
       labeller score --simulator baseline --layer 0
       labeller score --simulator gpt-4o-mini --layer 5 --split test
+      labeller score --simulator my-model --simulator-mode all-at-once --base-url URL
     """
     from labeller.explain.service import dry_run_score, null_line, null_plan, score_neurons
     from labeller.records import Split
@@ -810,10 +821,12 @@ def score(
     with Catalogue.open(db_path) as catalogue:
         refs = _selected_refs(catalogue, model_name, layers, neurons)
         resolver = _resolver(catalogue, llm_settings)
-        chosen = resolver.simulator(simulator, logprobs=not no_logprobs)
+        chosen = resolver.simulator(
+            simulator, logprobs=not no_logprobs, mode=SimulatorMode(simulator_mode)
+        )
         if dry_run:
             plan = dry_run_score(catalogue, refs, chosen, Split(split), null_sample)
-            _print_dry_run("score", simulator, refs, plan)
+            _print_dry_run("score", chosen.name, refs, plan)
             if not plan.offline:
                 nulls = len(null_plan(catalogue, refs, chosen, Split(split), null_sample))
                 click.echo(f"null control: {nulls:,} labels against other neurons (counted above)")

@@ -86,6 +86,15 @@ class PredictionKind(StrEnum):
     RULE = "rule"  # an offline rule (the baseline, detectors)
 
 
+class SimulatorMode(StrEnum):
+    """How an LLM simulator asks for its predictions (`score --simulator-mode`)."""
+
+    CHAT = "chat"  # labeller's chat prompt: the model reprints each token with its value
+    # neuron-explainer's prompt with every value "unknown", read from the echoed prompt's
+    # logprobs on /v1/completions; its scores name the simulator "<model>:all-at-once"
+    ALL_AT_ONCE = "all-at-once"
+
+
 class HistoryAction(StrEnum):
     """What one label-history entry did to a neuron's labels."""
 

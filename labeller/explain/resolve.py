@@ -1,8 +1,9 @@
 """Explainers and simulators by name, and the one LLM client they share.
 
-"baseline" names the offline pair; any other name is an LLM model at the configured endpoint.
-Another kind (an all-at-once simulator, a detector) is one class and one entry here: the service
-runs whatever it is handed.
+"baseline" names the offline pair; any other name is an LLM model at the configured endpoint,
+which simulates in one of the `SimulatorMode`s: labeller's chat prompt, or neuron-explainer's
+all-at-once prompt on /v1/completions. Another kind (a detector) is one class and one entry here:
+the service runs whatever it is handed.
 """
 
 from __future__ import annotations
@@ -12,11 +13,18 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
 
 from labeller.errors import UserError
+from labeller.explain.all_at_once import AllAtOnceSimulator
 from labeller.explain.baseline import SOURCE, BaselineExplainer, BaselineSimulator
-from labeller.explain.client import ChatClient
+from labeller.explain.client import ChatClient, CompletionClient
 from labeller.explain.explainer import Explainer, LLMExplainer
 from labeller.explain.simulator import LLMSimulator, Simulator
-from labeller.records import ChatRequest, ChatResponse
+from labeller.records import (
+    ChatRequest,
+    ChatResponse,
+    CompletionRequest,
+    CompletionResponse,
+    SimulatorMode,
+)
 
 if TYPE_CHECKING:
     from labeller.llm.client import LLMClient, LLMStats, ResponseCache
@@ -55,10 +63,22 @@ class Resolver:
             self.chat_client(), name, candidates=candidates, temperature=temperature
         )
 
-    def simulator(self, name: str, *, logprobs: bool = True) -> Simulator:
-        """The offline baseline, or the LLM `name` (asking for logprobs unless told not to)."""
+    def simulator(
+        self, name: str, *, logprobs: bool = True, mode: SimulatorMode = SimulatorMode.CHAT
+    ) -> Simulator:
+        """The offline baseline, or the LLM `name` in `mode`: chat (asking for logprobs unless
+        told not to), or all-at-once (which reads nothing but logprobs)."""
         if name == BASELINE:
+            if mode is not SimulatorMode.CHAT:
+                raise UserError(f"--simulator-mode {mode} needs an LLM model, not the baseline")
             return BaselineSimulator()
+        if mode is SimulatorMode.ALL_AT_ONCE:
+            if not logprobs:
+                raise UserError(
+                    f"--simulator-mode {mode} reads only logprobs: drop --no-logprobs, or use "
+                    "--simulator-mode chat"
+                )
+            return AllAtOnceSimulator(self.completion_client(), name)
         return LLMSimulator(self.chat_client(), name, logprobs=logprobs)
 
     def chat_client(self) -> ChatClient:
@@ -67,10 +87,20 @@ class Resolver:
         self._needs_llm = True
         return self
 
+    def completion_client(self) -> CompletionClient:
+        """The shared LLM client's `/v1/completions` side; it sends once the resolver is open."""
+        self._needs_llm = True
+        return self
+
     async def complete(self, request: ChatRequest) -> ChatResponse:
         if self._client is None:
             raise RuntimeError("LLM requests are sent inside `async with` the resolver")
         return await self._client.complete(request)
+
+    async def completion(self, request: CompletionRequest) -> CompletionResponse:
+        if self._client is None:
+            raise RuntimeError("LLM requests are sent inside `async with` the resolver")
+        return await self._client.completion(request)
 
     async def __aenter__(self) -> Resolver:
         if self._needs_llm and self._client is None:
