@@ -250,7 +250,10 @@ def read_window(response: CompletionResponse, tokens: Sequence[str]) -> Reading:
         and echoed[i].token == UNKNOWN
         and echoed[i - 1].token == "\t"
     ]
-    raw = "|".join(t.token for t, at in zip(echoed, offsets, strict=True) if at >= scoring_start)
+    # What a failure keeps: the echoed window's tokens, as the simulator's tokenizer split it.
+    raw = "|".join(
+        t.token for t, at in zip(echoed, offsets, strict=True) if at >= max(scoring_start, 0)
+    )
     if scoring_start < 0 or len(positions) != len(tokens):
         raise WindowUnreadable(
             f"the echoed window has {len(positions)} tab-then-unknown positions for "

@@ -169,8 +169,9 @@ def test_expected_values_follow_the_reference():
 
 def test_a_window_whose_tab_is_merged_cannot_be_read():
     response = tokens_of("<start>", "\n", " a", "\t", unknown(_1=1.0), "\n", " b\t", "unknown")
-    with pytest.raises(WindowUnreadable, match="1 tab-then-unknown positions for 2 tokens"):
+    with pytest.raises(WindowUnreadable, match="1 tab-then-unknown positions for 2 tokens") as e:
         read_window(response, [" a", " b"])
+    assert e.value.raw == "<start>|\n| a|\t|unknown|\n| b\t|unknown"  # kept with the failure
 
 
 @pytest.fixture()
