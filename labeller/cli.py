@@ -1309,9 +1309,9 @@ def check(db_path: Path | None) -> None:
 @click.option(
     "-o",
     "--output",
-    type=click.Path(path_type=Path, dir_okay=False),
+    type=click.Path(path_type=Path),
     default=None,
-    help="File to write (default: stdout).",
+    help="File to write (default: stdout); for neuronpedia, the folder to write (needed).",
 )
 @click.option("--layers", default=None, help="e.g. 0,2-5 (default: all scanned).")
 @click.option(
@@ -1326,6 +1326,12 @@ def check(db_path: Path | None) -> None:
     default=None,
     help="Only labels whose top-and-random valid score is at least this.",
 )
+@click.option(
+    "--neuronpedia-user",
+    default=None,
+    help="neuronpedia: the Neuronpedia user id every row is credited to "
+    "(default: the bot user their seed creates).",
+)
 def export(
     db_path: Path | None,
     model_name: str | None,
@@ -1334,17 +1340,25 @@ def export(
     layers: str | None,
     status: str,
     min_score: float | None,
+    neuronpedia_user: str | None,
 ) -> None:
-    """Export the catalogue: our versioned JSON, OpenAI neuron-explainer records, or
-    Neuronpedia JSONL. Streams neuron by neuron, so memory does not grow with the catalogue.
+    """Export the catalogue: our versioned JSON, OpenAI neuron-explainer records, or the
+    dataset folder Neuronpedia's importer reads. Streams neuron by neuron, so memory does not
+    grow with the catalogue.
 
     \b
     Example:
       labeller export --format json -o catalogue.json
       labeller export --format openai --layers 0 --status accepted -o records.jsonl
+      labeller export --format neuronpedia --status accepted -o np-datasets
     """
-    from labeller.exchange import count_export, export_catalogue
+    from labeller.exchange import count_export, export_catalogue, export_neuronpedia
     from labeller.output_files import open_output
+
+    if fmt == "neuronpedia" and output is None:
+        raise UserError("--format neuronpedia writes a folder: give one with -o DIR")
+    if fmt != "neuronpedia" and neuronpedia_user is not None:
+        raise UserError("--neuronpedia-user is for --format neuronpedia only")
 
     with Catalogue.open(db_path, read_only=True) as catalogue:
         layer_list = None
@@ -1359,7 +1373,14 @@ def export(
             "min_score": min_score,
         }
         total = count_export(catalogue, **options)
-        if output is None:
+        if fmt == "neuronpedia":
+            assert output is not None
+            del options["fmt"]
+            with _progress(total, "exporting", "neurons") as advance:
+                written = export_neuronpedia(
+                    catalogue, output, on_progress=advance, user_id=neuronpedia_user, **options
+                )
+        elif output is None:
             written = export_catalogue(catalogue, sys.stdout, on_progress=None, **options)
         else:
             with (

@@ -10,6 +10,7 @@ names the path and says what went wrong.
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -82,3 +83,38 @@ def open_output(path: Path) -> Iterator[TextIO]:
             raise cannot_write(path, exc) from None
         with handle:
             yield handle
+
+
+@contextmanager
+def replaced_dir_atomically(path: Path, *, marker: str) -> Iterator[Path]:
+    """Yield an empty `NAME.partial` folder to fill; on success it becomes `path`, on any failure
+    it is removed. An existing `path` is replaced only when it is empty or holds `marker` (a
+    folder this program wrote); the old one is moved aside first and removed after the swap, so
+    `path` holds the old tree or the new one, never a mix."""
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path} is a file; this format writes a folder, choose a folder path")
+    if path.is_dir() and any(path.iterdir()) and not (path / marker).exists():
+        raise UserError(f"{path} is a folder with other files in it; choose a new or empty folder")
+    partial = partial_path(path)
+    old = path.with_name(path.name + ".old")
+    try:
+        for leftover in (partial, old):
+            if leftover.exists():
+                shutil.rmtree(leftover)
+        partial.mkdir(parents=True)
+    except OSError as exc:
+        raise cannot_write(path, exc) from None
+    try:
+        yield partial
+        if path.exists():
+            os.replace(path, old)
+        os.replace(partial, path)
+    except OSError as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        if old.exists() and not path.exists():
+            os.replace(old, path)
+        raise cannot_write(path, exc) from None
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

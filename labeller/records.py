@@ -302,6 +302,11 @@ class NeuronView(Record):
     top_examples: list[Example]
     random_examples: list[Example]
     explanations: list[Explanation]
+    label: int | None = Field(
+        default=None,
+        description="id of the neuron's label (its accepted label, else its best-scoring "
+        "proposed one; see labeller.catalogue.label_state), or None",
+    )
 
 
 class Trace(Record):

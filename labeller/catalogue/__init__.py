@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from labeller.catalogue import rows
+from labeller.catalogue import label_state, rows
 from labeller.catalogue.labels import append_history
 from labeller.catalogue.migrations import KNOWN_MIGRATIONS, MIGRATION_SET, migrations
 from labeller.catalogue.rows import NeuronRow, Row, WindowRow, params_key
@@ -501,6 +501,7 @@ class Catalogue:
             top_examples=[e for e in examples if e.kind is ExampleKind.TOP],
             random_examples=[e for e in examples if e.kind is ExampleKind.RANDOM],
             explanations=self.explanations_of(int(row["id"])),
+            label=self.label_id(int(row["id"])),
         )
 
     def _examples(self, neuron_id: int) -> Iterator[Example]:
@@ -673,7 +674,8 @@ class Catalogue:
         reported_on: Split = Split.VALID,
     ) -> None:
         """Among one source's candidates, mark as best the one whose primary score by
-        `simulator` on `chosen_on` is highest; it reports its score on `reported_on`.
+        `simulator` on `chosen_on` is highest; it reports its score on `reported_on`. Rejected
+        and withdrawn labels never compete.
 
         Choosing and reporting on different splits keeps best-of-K from inflating the reported
         score (the maximum of K noisy scores is biased upwards). `chosen_on` None: a lone label,
@@ -681,8 +683,9 @@ class Catalogue:
         (the first of expected_value, integer, rule present).
         """
         on = chosen_on or reported_on
-        where = """e.neuron_id = ? and e.source = ? and s.method = ? and s.split = ?
-            and s.simulator = ? and s.score is not null"""
+        live = ", ".join(f"'{status.value}'" for status in label_state.LIVE_STATUSES)
+        where = f"""e.neuron_id = ? and e.source = ? and s.method = ? and s.split = ?
+            and s.simulator = ? and s.score is not null and e.status in ({live})"""
         values = [neuron_id, source, PRIMARY_METHOD.value, on.value, simulator]
         with self.write_transaction():
             self.db.execute(
@@ -786,6 +789,13 @@ class Catalogue:
             raise
         self.db.execute("COMMIT")
 
+    def label_id(self, neuron_id: int) -> int | None:
+        """The neuron's label (an explanation id), by the one definition in `label_state`."""
+        return label_state.label_ids(self.db, [neuron_id]).get(neuron_id)
+
+    def label_ids(self, neuron_ids: list[int]) -> dict[int, int | None]:
+        return label_state.label_ids(self.db, neuron_ids)
+
     def label_version(self, neuron_id: int) -> int:
         """The id of the neuron's latest history entry: what a client saw when it read."""
         row = self.db.execute(
@@ -852,8 +862,9 @@ class Catalogue:
         limit: int | None = None,
         prediction: PredictionKind | None = None,
     ) -> list[RankRow]:
-        """Neurons by their best label's primary score (unscored and NaN last), or by max
-        activation or density; `status` keeps only labels with that status (a LabelStatus).
+        """Neurons with their label (`label_state`: accepted, else best-scoring proposed, else
+        none) and its primary score on `split`, by that score (unscored and NaN last), or by max
+        activation or density; `status` keeps only neurons whose label has that status.
 
         A source's best-of-K candidates are represented by the one chosen on calibration
         (its valid score), never by the luckiest on valid.
@@ -865,48 +876,38 @@ class Catalogue:
         if prediction is None:
             prediction = self.rank_prediction(model.name, split)
         order = {
-            "score": "(b.score is null), b.score desc",
+            "score": "(s.score is null), s.score desc",
             # NaN statistics are stored as the text 'NaN' (SQLite has no NaN): they go last.
             "max": "typeof(n.max) = 'text', n.max desc",
             "density": "typeof(n.density) = 'text', n.density desc",
         }[by]
-        if status is None:
-            label_filter, label_status = "e.status != ?", LabelStatus.WITHDRAWN
-        else:
-            label_filter, label_status = "e.status = ?", LabelStatus(status)
-        values: list[Any] = [
-            PRIMARY_METHOD.value,
-            split.value,
-            prediction.value,
-            label_status.value,
-            model.name,
-        ]
+        values: list[Any] = [model.name]
         where = ["m.name = ?"]
         if layers is not None:
             where.append(f"n.layer in ({','.join('?' * len(layers))})")
             values += layers
+        values += [PRIMARY_METHOD.value, split.value, prediction.value]
+        outer = ""
         if status is not None:
-            where.append("b.neuron_id is not null")
+            outer = "where e.status = ?"
+            values.append(LabelStatus(status).value)
         sql = f"""
-            with best as (
-                select e.neuron_id, e.text, e.source, e.status, s.score, s.simulator,
-                    s.prompt_version,
-                    row_number() over (
-                        partition by e.neuron_id
-                        order by (s.score is null), s.score desc, e.best desc, e.id
-                    ) as position
-                from explanations e
-                left join scores s on s.explanation_id = e.id
-                    and s.method = ? and s.split = ? and s.prediction = ?
-                where {label_filter} and (e.best = 1 or not exists (
-                    select 1 from explanations o
-                    where o.neuron_id = e.neuron_id and o.source = e.source and o.best = 1))
+            with labelled as (
+                select n.id, n.layer, n.neuron, n.max, n.density,
+                    {label_state.LABEL_ID_SQL} as label_id
+                from neurons n join models m on m.id = n.model_id
+                where {" and ".join(where)}
             )
-            select n.layer, n.neuron, n.max, n.density, b.neuron_id, b.score, b.text, b.source,
-                b.status, b.simulator, b.prompt_version
-            from neurons n join models m on m.id = n.model_id
-            left join best b on b.neuron_id = n.id and b.position = 1
-            where {" and ".join(where)}
+            select n.layer, n.neuron, n.max, n.density, e.text, e.source, e.status,
+                s.score, s.simulator, s.prompt_version
+            from labelled n
+            left join explanations e on e.id = n.label_id
+            left join scores s on s.id = (
+                select s2.id from scores s2 where s2.explanation_id = e.id
+                and s2.method = ? and s2.split = ? and s2.prediction = ?
+                order by s2.score is null, s2.simulator = 'baseline', s2.created_at desc, s2.id desc
+                limit 1)
+            {outer}
             order by {order}, n.layer, n.neuron
             {"limit ?" if limit is not None else ""}"""
         if limit is not None:

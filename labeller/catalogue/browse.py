@@ -13,8 +13,14 @@ from enum import StrEnum
 from typing import Any
 
 from labeller.catalogue import Catalogue
+from labeller.catalogue.label_state import (
+    LABEL_ID_SQL,
+    LABEL_SCORE_SQL,
+    LABEL_TEXT_SQL,
+    SCORE_OF,
+)
 from labeller.errors import UserError
-from labeller.records import PRIMARY_METHOD, LabelStatus, Split, neuron_name
+from labeller.records import LabelStatus, neuron_name
 
 
 class NeuronStatus(StrEnum):
@@ -84,23 +90,11 @@ _STATUS_FILTER = {
     NeuronStatus.REJECTED: f"{_has(None)} and not {_has((_ACCEPTED, _NEEDS_REVIEW, _PROPOSED))}",
 }
 
-# The label a neuron is known by: the accepted one, else a live candidate marked best (highest
-# score first), else the newest. Its score is the primary one on the valid split, preferring an
-# LLM simulator's over the offline baseline's.
-_SCORE_OF = f"""(select s.score from scores s
-    where s.explanation_id = {{e}}.id and s.method = {_sql(PRIMARY_METHOD)}
-    and s.split = {_sql(Split.VALID)}
-    and s.score is not null
-    order by s.simulator = 'baseline', s.created_at desc, s.id desc limit 1)"""
-_BEST = f"""(select best.{{column}} from (
-  select e.id, e.text, {_SCORE_OF.format(e="e")} as sc from explanations e
-  where e.neuron_id = n.id
-  order by e.status = {_ACCEPTED} desc,
-  e.status in ({_sql(LabelStatus.REJECTED)}, {_sql(LabelStatus.WITHDRAWN)}),
-  coalesce(e.best, 0) desc, sc desc nulls last, e.id desc limit 1) best)"""
-_BEST_ID_SQL = _BEST.format(column="id")
-_BEST_SCORE_SQL = _BEST.format(column="sc")
-_BEST_TEXT_SQL = _BEST.format(column="text")
+# The neuron's label and its score: the one definition (`labeller.catalogue.label_state`).
+_SCORE_OF = SCORE_OF
+_BEST_ID_SQL = LABEL_ID_SQL
+_BEST_SCORE_SQL = LABEL_SCORE_SQL
+_BEST_TEXT_SQL = LABEL_TEXT_SQL
 
 # Sort columns: an optional derived one (alias, SQL), which may be NULL and then sorts last, and
 # plain ones that keep SQLite's default NULL order so their indexes still serve the ORDER BY.

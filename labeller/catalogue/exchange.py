@@ -89,6 +89,7 @@ class StoredNeuron:
     random_examples: list[StoredExample]
     explanations: list[StoredExplanation]
     history: list[StoredHistory]
+    label_id: int | None = None  # the neuron's label (`label_state`); may be filtered out
 
 
 # --- reading ------------------------------------------------------------------------------------
@@ -221,6 +222,7 @@ def _stored_neuron(catalogue: Catalogue, row: Row, selection: Selection) -> Stor
         random_examples=[e for e in examples if e.example.kind is ExampleKind.RANDOM],
         explanations=explanations,
         history=history,
+        label_id=catalogue.label_id(neuron_id),
     )
 
 

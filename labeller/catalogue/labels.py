@@ -120,9 +120,16 @@ def review(
 def undo(
     catalogue: Catalogue, ref: NeuronRef, *, annotator: str, expected_version: int | None
 ) -> list[HistoryEntry]:
-    """Revert this annotator's latest change to the neuron not yet undone (itself recorded as a
-    change that names the entry it undid)."""
+    """Revert this annotator's latest change to the neuron not yet undone (each reverted entry
+    recorded as an undo that names it), only while nobody else has changed the neuron since.
+
+    A change is one entry, or an accept with the demotions it caused. When anyone else (another
+    person, an explainer, an import) has changed the neuron after it, nothing is undone and the
+    error names that later change: undo never reverts over someone else's decision, so it can
+    never withdraw or demote a label another annotator accepted.
+    """
     with _changing(catalogue, ref, annotator, expected_version) as change:
+        history = catalogue.history(ref)
         undone = {
             rows.undone_id(row)
             for row in catalogue.db.query(
@@ -130,22 +137,60 @@ def undo(
                 [ref.id, HistoryAction.UNDO.value],
             )
         }
-        candidates = [
-            e
-            for e in reversed(catalogue.history(ref))
+        mine = [
+            i
+            for i, e in enumerate(history)
             if e.annotator == annotator
             and e.action is not HistoryAction.UNDO
             and e.id not in undone
         ]
-        if not candidates:
+        name = neuron_name(ref.layer, ref.neuron)
+        if not mine:
+            raise UserError(f"nothing of {annotator}'s to undo on {name}")
+        group = _one_change(history, mine[-1])
+        target = history[mine[-1]]
+        later = [e for e in history[group[0] :] if e.annotator != annotator]
+        if later:
             raise UserError(
-                f"nothing of {annotator}'s to undo on {neuron_name(ref.layer, ref.neuron)}"
+                f"not undone: {_describe(later[-1], 'someone')} after your latest change on "
+                f"{name} ({_describe(target, annotator)}); undo reverts only your own change "
+                "while nobody else has changed the neuron since"
             )
-        target = candidates[0]
-        assert target.after is not None  # every change a person makes leaves a label state
-        restore = target.before.status if target.before else LabelStatus.WITHDRAWN
-        change.move(target.after.explanation_id, restore, HistoryAction.UNDO, undoes=target.id)
+        for i in reversed(group):
+            entry = history[i]
+            assert entry.after is not None  # every change a person makes leaves a label state
+            if change.state(entry.after.explanation_id).status is not entry.after.status:
+                raise UserError(
+                    f"not undone: label #{entry.after.explanation_id} on {name} is no longer "
+                    f"{entry.after.status.value}; look at `labeller history` first"
+                )
+            restore = entry.before.status if entry.before else LabelStatus.WITHDRAWN
+            change.move(entry.after.explanation_id, restore, HistoryAction.UNDO, undoes=entry.id)
     return change.entries()
+
+
+def _one_change(history: list[HistoryEntry], last: int) -> list[int]:
+    """Positions in `history` of the change that ends at `last`: an accept and the demotions it
+    made just before it (same annotator, same time), else the entry alone."""
+    target = history[last]
+    group = [last]
+    if target.action is HistoryAction.ACCEPT:
+        i = last - 1
+        while i >= 0 and (
+            history[i].action is HistoryAction.DEMOTE
+            and history[i].annotator == target.annotator
+            and history[i].at == target.at
+        ):
+            group.insert(0, i)
+            i -= 1
+    return group
+
+
+def _describe(entry: HistoryEntry, nobody: str) -> str:
+    """`bob accept "def keyword" (accepted) at 2026-11-30T10:00:00+00:00`: who, what, when."""
+    state = entry.after or entry.before
+    shown = f' "{state.text}" ({state.status.value})' if state else ""
+    return f"{entry.annotator or nobody} {entry.action.value}{shown} at {entry.at}"
 
 
 def append_history(

@@ -306,7 +306,9 @@ def explanation_from_row(row: Row, scores: list[Score]) -> Explanation:
         prompt_version=row["prompt_version"],
         producer_model=row["producer_model"],
         annotator=row["annotator"],
-        best=bool(row["best"]),
+        # A rejected or withdrawn label is never best, whatever a scoring run once marked.
+        best=bool(row["best"])
+        and row["status"] not in (LabelStatus.REJECTED.value, LabelStatus.WITHDRAWN.value),
         chosen_on=None if row["chosen_on"] is None else Split(row["chosen_on"]),
         reported_on=None if row["reported_on"] is None else Split(row["reported_on"]),
         created_at=row["created_at"],

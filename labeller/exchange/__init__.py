@@ -34,6 +34,7 @@ __all__ = [
     "count_export",
     "export_catalogue",
     "export_header",
+    "export_neuronpedia",
     "import_catalogue",
 ]
 
@@ -83,18 +84,57 @@ def export_catalogue(
     top-and-random score on the valid split), only labels that pass are written, and only neurons
     that have one. `on_progress(n)` is called after each neuron with the count so far.
     """
-    from labeller.exchange import json_format, neuronpedia_format, openai_format
+    from labeller.exchange import json_format, openai_format
 
+    if fmt == "neuronpedia":
+        raise UserError("--format neuronpedia writes a folder: give one with -o DIR")
     writers: dict[str, Callable[..., int]] = {
         "json": json_format.write_json,
         "openai": openai_format.write_openai,
-        "neuronpedia": neuronpedia_format.write_neuronpedia,
     }
     selection = _selection(
         catalogue, fmt=fmt, model=model, layers=layers, status=status, min_score=min_score
     )
     with store.read_snapshot(catalogue):
         return writers[fmt](catalogue, selection, out, on_progress=on_progress)
+
+
+def export_neuronpedia(
+    catalogue: Catalogue,
+    folder: Path,
+    *,
+    model: str | None,
+    layers: list[int] | None,
+    status: str,
+    min_score: float | None,
+    on_progress: Callable[[int], None] | None,
+    user_id: str | None = None,
+) -> int:
+    """Write the selected neurons as the dataset folder Neuronpedia's importer reads (see
+    `labeller.exchange.neuronpedia_format`), atomically: `folder` ends up holding the whole new
+    export or is left as it was. `user_id` is the Neuronpedia user every row is credited to."""
+    from labeller.exchange import neuronpedia_format as np
+    from labeller.output_files import replaced_dir_atomically
+
+    selection = _selection(
+        catalogue,
+        fmt="neuronpedia",
+        model=model,
+        layers=layers,
+        status=status,
+        min_score=min_score,
+    )
+    with (
+        replaced_dir_atomically(Path(folder), marker=np.MARKER) as partial,
+        store.read_snapshot(catalogue),
+    ):
+        return np.write_neuronpedia(
+            catalogue,
+            selection,
+            partial,
+            user_id=user_id or np.NEURONPEDIA_BOT_USER,
+            on_progress=on_progress,
+        )
 
 
 def count_export(

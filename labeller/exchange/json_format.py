@@ -128,6 +128,11 @@ class ExportNeuron(Record):
     history: list[ExportHistoryEntry] = Field(
         default_factory=list, description="entries tied to no explanation (rare)"
     )
+    label: int | None = Field(
+        default=None,
+        description="index in `explanations` of the neuron's label (its accepted label, else "
+        "its best-scoring proposed one); None when it has none or the label was filtered out",
+    )
 
 
 class ExportHeader(Record):
@@ -255,6 +260,7 @@ def export_neuron(stored: store.StoredNeuron, scan_index: dict[int, int]) -> Exp
             for i, e in enumerate(stored.explanations)
         ],
         history=entries.get(None, []),
+        label=explanation_index.get(stored.label_id) if stored.label_id is not None else None,
     )
 
 

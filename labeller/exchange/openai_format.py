@@ -122,12 +122,15 @@ def _reference_windows(
 
 
 def simulation_results(stored: store.StoredNeuron) -> dict[str, Any] | None:
-    """NeuronSimulationResults of the neuron's scored labels, or None when none is scored."""
+    """NeuronSimulationResults of the neuron's scored labels, the neuron's label first, or None
+    when none is scored."""
     top_ranks, random_indices = reference_valid_slices(
         len(stored.top_examples), len(stored.random_examples)
     )
     scored = []
-    for stored_explanation in stored.explanations:
+    # The neuron's label (`label_state`) first: neuron-explainer has no status field.
+    ordered = sorted(stored.explanations, key=lambda e: e.id != stored.label_id)
+    for stored_explanation in ordered:
         explanation = stored_explanation.explanation
         score = _chosen_score(explanation)
         if score is None:

@@ -18,11 +18,18 @@ class LabelDraft:
     accept: bool
 
 
+ACCEPT_OFF = "accept it: no, save as proposed"
+ACCEPT_ON = "accept it: YES, save as accepted"
+
+
 class LabelEditor(Dialog[LabelDraft]):
-    def __init__(self, title: str, text: str = "") -> None:
+    """`accept` starts the checkbox on (a draft brought back after a refused save keeps it)."""
+
+    def __init__(self, title: str, text: str = "", *, accept: bool = False) -> None:
         super().__init__()
         self.title_text = title
         self.initial = text
+        self.accept = accept
 
     def compose_body(self) -> ComposeResult:
         yield Static(Text(self.title_text, "bold"))
@@ -35,9 +42,13 @@ class LabelEditor(Dialog[LabelDraft]):
             )
         )
         with Horizontal():
-            yield Checkbox("accept it", id="accept")
+            # The label says the state in words: the box alone looked the same on and off.
+            yield Checkbox(ACCEPT_ON if self.accept else ACCEPT_OFF, self.accept, id="accept")
             yield Button("Save", variant="primary", id="save")
             yield Button("Cancel", id="cancel")
+
+    def on_checkbox_changed(self, event: Checkbox.Changed) -> None:
+        event.checkbox.label = ACCEPT_ON if event.value else ACCEPT_OFF
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         self._save()

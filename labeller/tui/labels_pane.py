@@ -53,9 +53,11 @@ class LabelsPane(Vertical):
         explanations: list[Explanation],
         select: int | None,
         chances: dict[int, list[tuple[bool | None, float | None]]] | None = None,
+        label: int | None = None,
     ) -> None:
         """`chances`: per explanation id, its scores' (above chance, null p95); a score that
-        does not clear its null control is dimmed and marked ≈chance."""
+        does not clear its null control is dimmed and marked ≈chance. `label`: the neuron's
+        label (`label_state`), marked ▶ in the id column."""
         self.explanations = explanations
         self.chances = chances or {}
         table = self.query_one("#candidates", DataTable)
@@ -69,7 +71,7 @@ class LabelsPane(Vertical):
         for e in explanations:
             scores = preferred_scores(e)
             table.add_row(
-                Text(str(e.id)),
+                Text(f"▶{e.id}", "bold") if e.id == label else Text(f" {e.id}"),
                 status_text(e.status),
                 plain(e.annotator if e.source == "human" and e.annotator else e.source),
                 *(self._score_cell(e, scores.get(m)) for m in SCORE_COLUMNS),

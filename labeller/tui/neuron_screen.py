@@ -104,6 +104,7 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
         self.layer_index = layer
         self.neuron = neuron
         self.queue = queue
+        self._draft: tuple[str, LabelDraft] | None = None  # the save in flight, as typed
 
     def compose(self) -> ComposeResult:
         yield Static(id="neuron-title")
@@ -135,12 +136,19 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         worker = event.worker
+        if worker.group == "label" and event.state is WorkerState.SUCCESS:
+            self._draft = None
         if event.state is not WorkerState.ERROR:
             return
         if worker.group == "load" and self.page is None:
             self.dismiss()  # no such neuron: the notification says why
-        elif worker.group == "label" and isinstance(worker.error, StaleLabel):
-            self.load()  # show the other person's change before anything else happens
+        elif worker.group == "label":
+            if isinstance(worker.error, StaleLabel):
+                self.load()  # show the other person's change before anything else happens
+            if self._draft is not None:  # a refused save: the typed text is not lost
+                title, draft = self._draft
+                self._draft = None
+                self._editor(title, draft.text, accept=draft.accept)
 
     def on_neuron_screen_loaded(self, event: Loaded) -> None:
         first = self.page is None
@@ -156,7 +164,7 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
             _default_selection(page),
         )
         labels = self.query_one(LabelsPane)
-        labels.show(page.candidates, select, page.chances)
+        labels.show(page.candidates, select, page.chances, page.view.label)
         self.selected = labels.selected()
         if not first:
             return
@@ -180,16 +188,21 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
         if self.queue is not None:
             title.append(f" · queue: {self.queue.describe()} (n: next)", "yellow")
         title.append(f" · v{page.version}", "dim")
-        chosen = self.selected
+        # The neuron's label (accepted, else best-scoring proposed: `label_state`), not merely
+        # the row selected in the labels table; the selection follows when it differs.
+        label = next((e for e in page.candidates if e.id == page.view.label), None)
         title.append("\n")
-        if chosen is None:
+        if label is None:
             title.append("no label yet · w: write one", "dim")
         else:
-            title.append_text(status_text(chosen.status))
-            title.append(f" #{chosen.id} ")
-            title.append_text(plain(chosen.text, "bold"))
-            score = preferred_scores(chosen).get(PRIMARY_METHOD)
+            title.append_text(status_text(label.status))
+            title.append(f" #{label.id} ")
+            title.append_text(plain(label.text, "bold"))
+            score = preferred_scores(label).get(PRIMARY_METHOD)
             title.append(f"  score {fmt(score.score if score else None)}", "dim")
+        chosen = self.selected
+        if chosen is not None and chosen.id != page.view.label:
+            title.append(f"  · selected #{chosen.id} ({chosen.status.value})", "dim")
         return title
 
     def watch_heading(self, heading: Text) -> None:
@@ -274,15 +287,16 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
         if self.page is not None:
             self._editor("New label")
 
-    def _editor(self, title: str, text: str = "") -> None:
+    def _editor(self, title: str, text: str = "", *, accept: bool = False) -> None:
         page = self.page
 
         def done(draft: LabelDraft | None) -> None:
             if draft is not None and page is not None:
                 status = LabelStatus.ACCEPTED if draft.accept else None
+                self._draft = (title, draft)  # reopened with it if the save is refused
                 self.change(page, text=draft.text, status=status, rescore=True)
 
-        self.app.push_screen(LabelEditor(title, editable(text)), done)
+        self.app.push_screen(LabelEditor(title, editable(text), accept=accept), done)
 
     @work(thread=True, exclusive=True, group="label", exit_on_error=False)
     def change(
@@ -382,17 +396,7 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
 
 
 def _default_selection(page: NeuronPage) -> int | None:
-    """The accepted label, else the best-scoring candidate marked best, else the newest."""
-    candidates = page.candidates
-    for explanation in candidates:
-        if explanation.status is LabelStatus.ACCEPTED:
-            return explanation.id
-    best = [e for e in candidates if e.best]
-    if best:
-        return max(best, key=_score).id
-    return candidates[-1].id if candidates else None
-
-
-def _score(explanation: Explanation) -> float:
-    score = preferred_scores(explanation).get(PRIMARY_METHOD)
-    return score.score if score is not None and score.score is not None else -2.0
+    """The neuron's label (`label_state`), else the newest candidate."""
+    if page.view.label is not None:
+        return page.view.label
+    return page.candidates[-1].id if page.candidates else None

@@ -10,6 +10,7 @@ from builders import scan_params, scanned_catalogue
 
 from labeller.catalogue import Catalogue, labels
 from labeller.catalogue.labels import StaleLabel
+from labeller.errors import UserError
 from labeller.records import LabelStatus
 
 
@@ -96,6 +97,50 @@ def test_undo_reverts_only_your_own_latest_change(catalogue):
     with pytest.raises(Exception, match="nothing of bob's to undo"):
         labels.undo(catalogue, ref, annotator="bob", expected_version=None)
     assert len(catalogue.history(ref)) == 4
+
+
+def test_undo_never_reverts_over_someone_elses_change(catalogue):
+    """The TUI walk: alice wrote a label, bob accepted it; alice's undo used to withdraw bob's
+    accepted label. Now it is refused, naming bob's change, and nothing moves."""
+    ref = catalogue.neuron_ref(None, 0, 5)
+    written = labels.write_label(catalogue, ref, "commas", annotator="alice", expected_version=None)
+    label_id = written[0].after.explanation_id
+    labels.set_status(
+        catalogue, ref, label_id, LabelStatus.ACCEPTED, annotator="bob", expected_version=None
+    )
+    before = catalogue.history(ref)
+    with pytest.raises(UserError) as refused:
+        labels.undo(catalogue, ref, annotator="alice", expected_version=None)
+    message = str(refused.value)
+    assert 'bob accept "commas" (accepted) at ' in message
+    assert 'your latest change on L0 N5 (alice write "commas" (proposed)' in message
+    assert catalogue.history(ref) == before
+    assert catalogue.explanations_of(ref.id)[0].status is LabelStatus.ACCEPTED
+    # bob's own latest change is his to undo: back to proposed.
+    (undo,) = labels.undo(catalogue, ref, annotator="bob", expected_version=None)
+    assert undo.after.status is LabelStatus.PROPOSED
+
+
+def test_undo_of_an_accept_restores_the_label_it_demoted(catalogue):
+    ref = catalogue.neuron_ref(None, 0, 6)
+    first = labels.write_label(
+        catalogue, ref, "first", status=LabelStatus.ACCEPTED, annotator="bob", expected_version=None
+    )
+    second = labels.write_label(catalogue, ref, "second", annotator="alice", expected_version=None)
+    labels.set_status(
+        catalogue,
+        ref,
+        second[0].after.explanation_id,
+        LabelStatus.ACCEPTED,
+        annotator="alice",
+        expected_version=None,
+    )
+    undone = labels.undo(catalogue, ref, annotator="alice", expected_version=None)
+    assert [(u.after.text, u.after.status) for u in undone] == [
+        ("second", LabelStatus.PROPOSED),
+        ("first", LabelStatus.ACCEPTED),
+    ]
+    assert first[0].after.explanation_id == catalogue.label_id(ref.id)
 
 
 def test_history_is_append_only(catalogue):

@@ -29,6 +29,11 @@ def hostile_db(tmp_path_factory, tiny_model_dir, tiny_corpus) -> Path:
         "label", "--db", db, "--layer", "0", "--neuron", "0", "--text", "other",
         "--accept", "--annotator", "bob",
     )  # fmt: skip
+    # Neuron 0.1's label is the hostile one (on 0.0 bob's accepted "other" is the label).
+    run_cli(
+        "label", "--db", db, "--layer", "0", "--neuron", "1", "--text", HOSTILE,
+        "--accept", "--annotator", ANNOTATOR,
+    )  # fmt: skip
     return db
 
 

@@ -1,4 +1,4 @@
-"""The openai and neuronpedia layouts, and the --status / --min-score / --layers filters."""
+"""The openai layout, and the --status / --min-score / --layers filters."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from exchange_helpers import export_text
 from labeller.catalogue import Catalogue
 from labeller.errors import UserError
 from labeller.exchange import export_catalogue
-from labeller.exchange.neuronpedia_format import ACTIVATION_FIELDS, EXPLANATION_FIELDS
 from labeller.exchange.openai_format import reference_valid_slices
 from labeller.explain.scoring import correlation_score
 from labeller.explain.service import build_scores
@@ -112,25 +111,6 @@ def test_openai_takes_one_model(db: Path, tmp_path: Path):
     assert len(lines(export_text(two, "openai", model="other"))) == 2
 
 
-def test_neuronpedia_lines_have_the_bulk_export_fields(db: Path):
-    records = lines(export_text(db, "neuronpedia"))
-    explanations = [r for r in records if "description" in r]
-    activations = [r for r in records if "values" in r]
-    assert len(explanations) + len(activations) == len(records)
-    assert all(tuple(r) == EXPLANATION_FIELDS for r in explanations)
-    assert all(tuple(r) == ACTIVATION_FIELDS for r in activations)
-    assert len(explanations) == 3 * 2 + 2  # LLM labels on 0.0-0.2, two human ones on 0.1
-    assert len(activations) == 12 * (4 + 3)
-    human = next(r for r in explanations if r["description"] == "def keyword")
-    assert (human["modelId"], human["layer"], human["index"]) == ("tiny", "0", "1")
-    assert (human["authorId"], human["explanationModelName"]) == ("carol", None)
-    window = activations[0]
-    assert window["values"][window["maxValueTokenIndex"]] == window["maxValue"]
-    assert window["dataSource"] == "synthetic"
-    assert len({r["id"] for r in records}) == len(records)
-    assert lines(export_text(db, "neuronpedia")) == records  # ids are stable
-
-
 def test_status_accepted_keeps_accepted_labels_only(db: Path):
     document = json.loads(export_text(db, status="accepted"))
     assert [(n["layer"], n["neuron"]) for n in document["neurons"]] == [(0, 1)]
@@ -139,8 +119,6 @@ def test_status_accepted_keeps_accepted_labels_only(db: Path):
         ("def keyword", "accepted")
     ]
     assert [h["action"] for h in neuron["explanations"][0]["history"]] == ["write", "accept"]
-    nps = lines(export_text(db, "neuronpedia", status="accepted"))
-    assert [r["description"] for r in nps if "description" in r] == ["def keyword"]
 
 
 def test_min_score_keeps_labels_scoring_at_least_that(db: Path):
