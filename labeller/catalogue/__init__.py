@@ -11,7 +11,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +47,7 @@ from labeller.records import (
     Split,
     utc_now,
 )
+from labeller.sealing import EXPLAINER_SEES
 
 DEFAULT_DB = Path("db") / "labeller.db"
 BUSY_TIMEOUT_MS = 30_000
@@ -501,7 +502,21 @@ class Catalogue:
             top_examples=[e for e in examples if e.kind is ExampleKind.TOP],
             random_examples=[e for e in examples if e.kind is ExampleKind.RANDOM],
             explanations=self.explanations_of(int(row["id"])),
+            unsealed_by=self.unsealed_by(int(row["id"])),
         )
+
+    def unsealed_by(self, neuron_id: int, *, before: int | None = None) -> list[str]:
+        """Who unsealed the neuron's held-out windows (history entries `unseal`), first first;
+        `before`: only by entries older than that history id."""
+        return [
+            str(r["annotator"])
+            for r in self.db.query(
+                """select annotator, min(id) as first from label_history
+                where neuron_id = ? and action = ? and annotator is not null and id < ?
+                group by annotator order by first""",
+                [neuron_id, HistoryAction.UNSEAL.value, before if before is not None else 2**62],
+            )
+        ]
 
     def _examples(self, neuron_id: int) -> Iterator[Example]:
         for row in self.db.query(
@@ -571,8 +586,10 @@ class Catalogue:
         producer_model: str | None,
         annotator: str | None = None,
         status: LabelStatus = LabelStatus.PROPOSED,
+        seen: Sequence[Split] = EXPLAINER_SEES,
     ) -> int | None:
-        """Store a label and its history entry together; None if this source already said it."""
+        """Store a label and its history entry together; None if this source already said it.
+        `seen`: the splits the explainer was shown (train, the only ones `explain` gives it)."""
         now = utc_now()
         with self.write_transaction():
             existing = list(
@@ -590,6 +607,7 @@ class Catalogue:
                 prompt_version=prompt_version,
                 producer_model=producer_model,
                 annotator=annotator,
+                seen=list(seen),
                 created_at=now,
             )
             explanation_id = self.insert(
@@ -851,6 +869,7 @@ class Catalogue:
         status: str | None = None,
         limit: int | None = None,
         prediction: PredictionKind | None = None,
+        blind: bool = False,
     ) -> list[RankRow]:
         """Neurons by their best label's primary score (unscored and NaN last), or by max
         activation or density; `status` keeps only labels with that status (a LabelStatus).
@@ -860,7 +879,8 @@ class Catalogue:
 
         Like with like: only scores of one prediction kind count (`prediction`, else
         `rank_prediction`'s choice); scores of unknown kind (LLM scores from before kinds were
-        recorded) never do."""
+        recorded) never do. `blind`: only blind scores count (a label without one ranks as
+        unscored)."""
         model = self.resolve_model(model_name)
         if prediction is None:
             prediction = self.rank_prediction(model.name, split)
@@ -878,6 +898,7 @@ class Catalogue:
             PRIMARY_METHOD.value,
             split.value,
             prediction.value,
+            int(blind),
             label_status.value,
             model.name,
         ]
@@ -890,7 +911,7 @@ class Catalogue:
         sql = f"""
             with best as (
                 select e.neuron_id, e.text, e.source, e.status, s.score, s.simulator,
-                    s.prompt_version,
+                    s.prompt_version, s.blind,
                     row_number() over (
                         partition by e.neuron_id
                         order by (s.score is null), s.score desc, e.best desc, e.id
@@ -898,12 +919,13 @@ class Catalogue:
                 from explanations e
                 left join scores s on s.explanation_id = e.id
                     and s.method = ? and s.split = ? and s.prediction = ?
+                    and (s.blind = 1 or ? = 0)
                 where {label_filter} and (e.best = 1 or not exists (
                     select 1 from explanations o
                     where o.neuron_id = e.neuron_id and o.source = e.source and o.best = 1))
             )
             select n.layer, n.neuron, n.max, n.density, b.neuron_id, b.score, b.text, b.source,
-                b.status, b.simulator, b.prompt_version
+                b.status, b.simulator, b.prompt_version, b.blind
             from neurons n join models m on m.id = n.model_id
             left join best b on b.neuron_id = n.id and b.position = 1
             where {" and ".join(where)}
@@ -930,6 +952,7 @@ class Catalogue:
                 neuron=r["neuron"],
                 score=r["score"],
                 above_chance=verdict(r),
+                blind=None if r["score"] is None else bool(r["blind"]),
                 label=r["text"],
                 source=r["source"],
                 status=None if r["status"] is None else LabelStatus(r["status"]),

@@ -1,4 +1,4 @@
-"""People's label workflow: write a label, set its status, review it, undo a change.
+"""People's label workflow: write a label, set its status, review it, undo a change, unseal.
 
 One function per action. Each runs inside `_changing`, the one place that takes the write lock,
 refuses a stale view (`StaleLabel`) and appends what the action did to the neuron's history; each
@@ -25,6 +25,7 @@ from labeller.records import (
     neuron_name,
     utc_now,
 )
+from labeller.sealing import person_sees
 
 if TYPE_CHECKING:  # the catalogue imports this module: the types only, to avoid a cycle
     from labeller.catalogue import Catalogue, NeuronRef
@@ -44,7 +45,7 @@ class StaleLabel(UserError):
 
     def __init__(self, ref: NeuronRef, newest: HistoryEntry) -> None:
         state = newest.after or newest.before
-        shown = f'"{state.text}" ({state.status.value})' if state else "a change"
+        shown = f'"{state.text}" ({state.status.value})' if state else "its held-out windows"
         super().__init__(
             f"neuron {neuron_name(ref.layer, ref.neuron)} changed since you read it: "
             f"{newest.annotator} "
@@ -134,7 +135,7 @@ def undo(
             e
             for e in reversed(catalogue.history(ref))
             if e.annotator == annotator
-            and e.action is not HistoryAction.UNDO
+            and e.action not in (HistoryAction.UNDO, HistoryAction.UNSEAL)
             and e.id not in undone
         ]
         if not candidates:
@@ -145,6 +146,21 @@ def undo(
         assert target.after is not None  # every change a person makes leaves a label state
         restore = target.before.status if target.before else LabelStatus.WITHDRAWN
         change.move(target.after.explanation_id, restore, HistoryAction.UNDO, undoes=target.id)
+    return change.entries()
+
+
+def unseal(catalogue: Catalogue, ref: NeuronRef, *, annotator: str) -> list[HistoryEntry]:
+    """Open the neuron's held-out (valid, test) windows to `annotator`, recorded in its history.
+
+    From then on that person sees every window of the neuron, and the labels they write on it
+    are not blind on valid and test (see `labeller.sealing`). Labels written before keep their
+    blind scores. It cannot be undone (what was read stays read); unsealing again records
+    nothing and returns no entries.
+    """
+    with _changing(catalogue, ref, annotator, None) as change:
+        if annotator in catalogue.unsealed_by(ref.id):
+            return []
+        change.record(HistoryAction.UNSEAL, None, None)
     return change.entries()
 
 
@@ -216,11 +232,13 @@ class _Change:
         ).fetchone()
         if existing:
             return int(existing[0])
+        unsealed = self.annotator in self.catalogue.unsealed_by(self.ref.id)
         explanation = Explanation(
             text=text,
             source=HUMAN,
             status=LabelStatus.PROPOSED,
             annotator=self.annotator,
+            seen=person_sees(unsealed),
             created_at=self.at,
         )
         explanation_id = self.catalogue.insert(
