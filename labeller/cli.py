@@ -460,8 +460,9 @@ def print_neuron(
     held_out = sealing.held_out_count(view)
     if sealed and held_out:
         console.print(
-            f"\n{held_out} held-out windows (valid, test) sealed: `labeller unseal --layer "
-            f"{view.layer} --neuron {view.neuron}` shows them to you, recorded in the history; "
+            f"\n{held_out} held-out windows (valid, test) sealed: `labeller unseal --model "
+            f"{printable(view.model)} --layer {view.layer} --neuron {view.neuron}` shows them to "
+            "you, recorded in the history; "
             "your labels on this neuron written after that are scored as not blind",
             markup=False,
         )

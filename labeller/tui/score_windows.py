@@ -40,10 +40,9 @@ class ScoreWindows(Widget):
             return Text("No scored windows for this label yet.", "dim")
         if self.sealed and primary.split in HELD_OUT:
             return Text(
-                f"Scored on {len(windows)} {primary.split.value} windows: held out and sealed, "
-                "so their tokens and activations are not shown. U unseals this neuron's held-out "
-                "windows for you (recorded in its history; your labels written after it are not "
-                "blind).",
+                f"Scored on {len(windows)} {primary.split.value} windows, held out and sealed:\n"
+                "their tokens and activations are not shown. U unseals them for you\n"
+                "(recorded in the neuron's history; labels you write after it are not blind).",
                 "dim",
             )
         out = Text(f"Scored windows: true activations, then {primary.simulator}'s\n", "dim")

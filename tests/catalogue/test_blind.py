@@ -78,7 +78,7 @@ def test_show_text_seals_held_out_windows_until_you_unseal(db):
         e["split"] in ("valid", "test") for e in data["top_examples"] + data["random_examples"]
     )
     assert f"{held_out} held-out windows (valid, test) sealed" in sealed
-    assert "labeller unseal --layer 1 --neuron 3" in sealed
+    assert "--layer 1 --neuron 3` shows them to you" in sealed
     run("unseal", "--db", db, *TARGET, "--annotator", "bob")
     opened = run("show", "--db", db, *TARGET, "--annotator", "bob").output
     assert shown_splits(opened) == {"train", "calibration", "valid", "test"}
