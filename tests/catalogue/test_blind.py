@@ -77,8 +77,9 @@ def test_show_text_seals_held_out_windows_until_you_unseal(db):
     held_out = sum(
         e["split"] in ("valid", "test") for e in data["top_examples"] + data["random_examples"]
     )
-    assert f"{held_out} held-out windows (valid, test) sealed" in sealed
-    assert "--layer 1 --neuron 3` shows them to you" in sealed
+    words = " ".join(sealed.split())  # the console wraps long lines
+    assert f"{held_out} held-out windows (valid, test) sealed" in words
+    assert "--layer 1 --neuron 3` shows them to you" in words
     run("unseal", "--db", db, *TARGET, "--annotator", "bob")
     opened = run("show", "--db", db, *TARGET, "--annotator", "bob").output
     assert shown_splits(opened) == {"train", "calibration", "valid", "test"}
