@@ -29,6 +29,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from labeller import sealing
 from labeller.catalogue import Catalogue, default_db_path, describe_sqlite_error, labels
 from labeller.corpus import check_dataset_spec
 from labeller.demo import DEMO_TOKENS
@@ -357,6 +358,12 @@ def scan(
 @db_option
 @neuron_target
 @click.option("--examples", type=click.IntRange(min=0), default=None, help="Top windows to print.")
+@click.option(
+    "--annotator",
+    default=None,
+    help="Whose view: held-out windows show once this person unsealed the neuron "
+    "(default: git user.name, else $USER).",
+)
 @format_option
 def show(
     db_path: Path | None,
@@ -364,9 +371,13 @@ def show(
     layer: int,
     neuron: int,
     examples: int | None,
+    annotator: str | None,
     output_format: str,
 ) -> None:
     """Show one neuron: statistics, weight facts, top and random examples, explanations.
+
+    The text keeps held-out windows (valid, test) sealed until you unseal the neuron
+    (`labeller unseal`); the JSON, for programs, holds every window with its split.
 
     \b
     Example:
@@ -379,7 +390,8 @@ def show(
     if output_format == "json":
         click.echo(json.dumps(neuron_json(view, chances), indent=2, ensure_ascii=False))
         return
-    print_neuron(view, examples, chances)
+    sealed = sealing.is_sealed(view, annotator or default_annotator())
+    print_neuron(view, examples, chances, sealed=sealed)
 
 
 Chances = list[list[tuple[bool | None, float | None]]]
@@ -410,7 +422,10 @@ def chance_note(verdict: bool | None, p95: float | None) -> str:
     )
 
 
-def print_neuron(view: NeuronView, limit: int | None, chances: Chances | None = None) -> None:
+def print_neuron(
+    view: NeuronView, limit: int | None, chances: Chances | None = None, *, sealed: bool = True
+) -> None:
+    """The neuron as a person reads it: held-out windows left out while `sealed`."""
     console = StdoutConsole(highlight=False)
     s = view.stats
     console.print(
@@ -439,11 +454,20 @@ def print_neuron(view: NeuronView, limit: int | None, chances: Chances | None = 
     console.print(
         f"\n[bold]Top examples[/bold] (colour scale 0 to {scale:.3f}; max token underlined)"
     )
-    for example in view.top_examples[:limit]:
+    for example in sealing.visible(view.top_examples, sealed)[:limit]:
         _print_example(console, example, scale)
     console.print("\n[bold]Random examples[/bold]")
-    for example in view.random_examples[:limit]:
+    for example in sealing.visible(view.random_examples, sealed)[:limit]:
         _print_example(console, example, scale)
+    held_out = sealing.held_out_count(view)
+    if sealed and held_out:
+        console.print(
+            f"\n{held_out} held-out windows (valid, test) sealed: `labeller unseal --model "
+            f"{printable(view.model)} --layer {view.layer} --neuron {view.neuron}` shows them to "
+            "you, recorded in the history; "
+            "your labels on this neuron written after that are scored as not blind",
+            markup=False,
+        )
     console.print("\n[bold]Explanations[/bold]")
     if not view.explanations:
         console.print("none yet")
@@ -451,6 +475,7 @@ def print_neuron(view: NeuronView, limit: int | None, chances: Chances | None = 
         verdicts = chances[i] if chances is not None else [(None, None)] * len(explanation.scores)
         scores = ", ".join(
             f"{sc.method}/{sc.split}: {'n/a' if sc.score is None else f'{sc.score:.3f}'}"
+            + (" blind" if sc.blind else "")
             + chance_note(*verdict)
             for sc, verdict in zip(explanation.scores, verdicts, strict=True)
         )
@@ -1087,6 +1112,43 @@ def history(
         click.echo(_history_line(entry))
 
 
+@cli.command()
+@db_option
+@neuron_target
+@click.option("--annotator", default=None, help="Default: git user.name, else $USER.")
+@format_option
+def unseal(
+    db_path: Path | None,
+    model_name: str | None,
+    layer: int,
+    neuron: int,
+    annotator: str | None,
+    output_format: str,
+) -> None:
+    """Unseal a neuron's held-out windows (valid, test) for you, recorded in its history.
+
+    After this, `show` and the TUI show you every window of the neuron, and the labels you write
+    on it from then on are scored as not blind on valid and test. It cannot be undone.
+
+    \b
+    Example:
+      labeller unseal --layer 0 --neuron 9 --annotator alice
+    """
+    who = annotator or default_annotator()
+    with Catalogue.open(db_path) as catalogue:
+        ref = catalogue.neuron_ref(model_name, layer, neuron)
+        entries = labels.unseal(catalogue, ref, annotator=who)
+        version = catalogue.label_version(ref.id)
+    if output_format == "json":
+        changes = [e.model_dump(mode="json") for e in entries]
+        click.echo(json.dumps({"version": version, "changes": changes}, indent=2))
+        return
+    if not entries:
+        click.echo(f"{printable(who)} had already unsealed {neuron_name(layer, neuron)}: no change")
+    for entry in entries:
+        click.echo(_history_line(entry))
+
+
 def _history_line(entry: HistoryEntry) -> str:
     def state(s: LabelState | None) -> str:
         return "-" if s is None else f'#{s.explanation_id} "{printable(s.text)}" [{s.status.value}]'
@@ -1120,6 +1182,11 @@ def _history_line(entry: HistoryEntry) -> str:
     help="Compare scores of this kind only (default: expected_value if any, else integer, "
     "else rule).",
 )
+@click.option(
+    "--blind",
+    is_flag=True,
+    help="Only blind scores: labels whose author saw none of the scored windows.",
+)
 @click.option("--limit", type=click.IntRange(min=1), default=None)
 @click.option(
     "--format",
@@ -1136,17 +1203,20 @@ def rank(
     layers: str | None,
     status: str | None,
     prediction: str | None,
+    blind: bool,
     limit: int | None,
     output_format: str,
 ) -> None:
     """Rank neurons by their best explanation score (unscored last), or by max or density.
 
     Scores are compared like with like: only one prediction kind is ranked (see --prediction).
+    With --blind, only scores whose label's author saw none of the scored windows count.
 
     \b
     Example:
       labeller rank --limit 50
       labeller rank --by score --split test --status accepted --format csv > ranked.csv
+      labeller rank --blind --limit 20
     """
     import csv
 
@@ -1168,8 +1238,9 @@ def rank(
             status=status,
             limit=limit,
             prediction=kind,
+            blind=blind,
         )
-    fields = ["layer", "neuron", "score", "above_chance", "label", "source", "status"]
+    fields = ["layer", "neuron", "score", "above_chance", "blind", "label", "source", "status"]
     if output_format == "json":
         click.echo(json.dumps([r.model_dump(include=set(fields)) for r in rows], indent=2))
         return
@@ -1188,13 +1259,18 @@ def rank(
         "label",
         "source",
         "status",
-        caption=f"scores: {split}, {kind} predictions only; ≈chance: not above the null's p95",
+        caption=f"scores: {split}, {kind} predictions only{', blind only' * blind}; "
+        "≈chance: not above the null's p95; seen: the label's author had seen the scored windows",
     )
     for r in rows:
         table.add_row(
             str(r.layer),
             str(r.neuron),
-            "-" if r.score is None else f"{r.score:.3f}" + (" ≈chance" * (r.above_chance is False)),
+            "-"
+            if r.score is None
+            else f"{r.score:.3f}"
+            + (" ≈chance" * (r.above_chance is False))
+            + (" seen" * (r.blind is False)),
             f"{r.max:.3f}",
             f"{100 * r.density:.2f}%",
             Text(printable(r.label or "-")),

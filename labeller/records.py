@@ -109,6 +109,7 @@ class HistoryAction(StrEnum):
     CONFIRM = "confirm"  # a review agreeing with an accepted label
     DISPUTE = "dispute"  # a review disagreeing: the label goes to needs_review
     UNDO = "undo"
+    UNSEAL = "unseal"  # a person opened the neuron's held-out (valid, test) windows to read
 
 
 # The history action that sets a label to each status.
@@ -238,6 +239,11 @@ class Score(Record):
         description="what the simulated activations are; None for LLM scores made before it "
         "was recorded (unknown: possibly mixed)",
     )
+    blind: bool = Field(
+        default=False,
+        description="true when the label's author (person or LLM explainer) had been shown none "
+        "of the scored windows when writing it; false when they had, or when that is unknown",
+    )
     details: dict[str, Any] = Field(
         default_factory=dict, description="per-window true and simulated activations, or reason"
     )
@@ -286,6 +292,12 @@ class Explanation(Record):
         default=None,
         description="best label: the split of the score it reports (valid; test is sealed)",
     )
+    seen: list[Split] | None = Field(
+        default=None,
+        description="the splits whose windows the label's author had been shown when writing "
+        "it (an explainer: train; a person: train and calibration, all four after unsealing); "
+        "None when unknown. A score on a split in here is not blind",
+    )
     created_at: str = Field(default_factory=utc_now)
     scores: list[Score] = Field(default_factory=list)
 
@@ -306,6 +318,10 @@ class NeuronView(Record):
         default=None,
         description="id of the neuron's label (its accepted label, else its best-scoring "
         "proposed one; see labeller.catalogue.label_state), or None",
+    )
+    unsealed_by: list[str] = Field(
+        default_factory=list,
+        description="the people who unsealed the neuron's held-out windows (see `sealing`)",
     )
 
 
@@ -429,6 +445,9 @@ class RankRow(Record):
     score: float | None
     above_chance: bool | None = Field(
         default=None, description="score over its null control's 95th percentile; None: unknown"
+    )
+    blind: bool | None = Field(
+        default=None, description="whether the score is blind (see Score.blind); None: no score"
     )
     label: str | None
     source: str | None

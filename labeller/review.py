@@ -13,8 +13,14 @@ from labeller.records import HistoryAction, HistoryEntry
 
 POSITIVE = {HistoryAction.ACCEPT, HistoryAction.CONFIRM}
 NEGATIVE = {HistoryAction.REJECT, HistoryAction.DISPUTE, HistoryAction.NEEDS_REVIEW}
-# Entries no person chose: an explainer's proposal, the demotion an accept causes, an undo.
-NOT_JUDGEMENTS = {HistoryAction.PROPOSE, HistoryAction.DEMOTE, HistoryAction.UNDO}
+# Entries that judge no label: an explainer's proposal, the demotion an accept causes, an undo,
+# an unseal.
+NOT_JUDGEMENTS = {
+    HistoryAction.PROPOSE,
+    HistoryAction.DEMOTE,
+    HistoryAction.UNDO,
+    HistoryAction.UNSEAL,
+}
 
 
 class AnnotatorCounts(BaseModel):

@@ -11,7 +11,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +47,7 @@ from labeller.records import (
     Split,
     utc_now,
 )
+from labeller.sealing import EXPLAINER_SEES
 
 DEFAULT_DB = Path("db") / "labeller.db"
 BUSY_TIMEOUT_MS = 30_000
@@ -502,7 +503,21 @@ class Catalogue:
             random_examples=[e for e in examples if e.kind is ExampleKind.RANDOM],
             explanations=self.explanations_of(int(row["id"])),
             label=self.label_id(int(row["id"])),
+            unsealed_by=self.unsealed_by(int(row["id"])),
         )
+
+    def unsealed_by(self, neuron_id: int, *, before: int | None = None) -> list[str]:
+        """Who unsealed the neuron's held-out windows (history entries `unseal`), first first;
+        `before`: only by entries older than that history id."""
+        return [
+            str(r["annotator"])
+            for r in self.db.query(
+                """select annotator, min(id) as first from label_history
+                where neuron_id = ? and action = ? and annotator is not null and id < ?
+                group by annotator order by first""",
+                [neuron_id, HistoryAction.UNSEAL.value, before if before is not None else 2**62],
+            )
+        ]
 
     def _examples(self, neuron_id: int) -> Iterator[Example]:
         for row in self.db.query(
@@ -572,8 +587,10 @@ class Catalogue:
         producer_model: str | None,
         annotator: str | None = None,
         status: LabelStatus = LabelStatus.PROPOSED,
+        seen: Sequence[Split] = EXPLAINER_SEES,
     ) -> int | None:
-        """Store a label and its history entry together; None if this source already said it."""
+        """Store a label and its history entry together; None if this source already said it.
+        `seen`: the splits the explainer was shown (train, the only ones `explain` gives it)."""
         now = utc_now()
         with self.write_transaction():
             existing = list(
@@ -591,6 +608,7 @@ class Catalogue:
                 prompt_version=prompt_version,
                 producer_model=producer_model,
                 annotator=annotator,
+                seen=list(seen),
                 created_at=now,
             )
             explanation_id = self.insert(
@@ -861,6 +879,7 @@ class Catalogue:
         status: str | None = None,
         limit: int | None = None,
         prediction: PredictionKind | None = None,
+        blind: bool = False,
     ) -> list[RankRow]:
         """Neurons with their label (`label_state`: accepted, else best-scoring proposed, else
         none) and its primary score on `split`, by that score (unscored and NaN last), or by max
@@ -871,7 +890,8 @@ class Catalogue:
 
         Like with like: only scores of one prediction kind count (`prediction`, else
         `rank_prediction`'s choice); scores of unknown kind (LLM scores from before kinds were
-        recorded) never do."""
+        recorded) never do. `blind`: only blind scores count (a label without one ranks as
+        unscored)."""
         model = self.resolve_model(model_name)
         if prediction is None:
             prediction = self.rank_prediction(model.name, split)
@@ -886,7 +906,7 @@ class Catalogue:
         if layers is not None:
             where.append(f"n.layer in ({','.join('?' * len(layers))})")
             values += layers
-        values += [PRIMARY_METHOD.value, split.value, prediction.value]
+        values += [PRIMARY_METHOD.value, split.value, prediction.value, int(blind)]
         outer = ""
         if status is not None:
             outer = "where e.status = ?"
@@ -899,12 +919,13 @@ class Catalogue:
                 where {" and ".join(where)}
             )
             select n.layer, n.neuron, n.max, n.density, e.text, e.source, e.status,
-                s.score, s.simulator, s.prompt_version
+                s.score, s.simulator, s.prompt_version, s.blind
             from labelled n
             left join explanations e on e.id = n.label_id
             left join scores s on s.id = (
                 select s2.id from scores s2 where s2.explanation_id = e.id
                 and s2.method = ? and s2.split = ? and s2.prediction = ?
+                and (s2.blind = 1 or ? = 0)
                 order by s2.score is null, s2.simulator = 'baseline', s2.created_at desc, s2.id desc
                 limit 1)
             {outer}
@@ -931,6 +952,7 @@ class Catalogue:
                 neuron=r["neuron"],
                 score=r["score"],
                 above_chance=verdict(r),
+                blind=None if r["score"] is None else bool(r["blind"]),
                 label=r["text"],
                 source=r["source"],
                 status=None if r["status"] is None else LabelStatus(r["status"]),

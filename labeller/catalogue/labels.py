@@ -1,4 +1,4 @@
-"""People's label workflow: write a label, set its status, review it, undo a change.
+"""People's label workflow: write a label, set its status, review it, undo a change, unseal.
 
 One function per action. Each runs inside `_changing`, the one place that takes the write lock,
 refuses a stale view (`StaleLabel`) and appends what the action did to the neuron's history; each
@@ -25,6 +25,7 @@ from labeller.records import (
     neuron_name,
     utc_now,
 )
+from labeller.sealing import person_sees
 
 if TYPE_CHECKING:  # the catalogue imports this module: the types only, to avoid a cycle
     from labeller.catalogue import Catalogue, NeuronRef
@@ -44,7 +45,7 @@ class StaleLabel(UserError):
 
     def __init__(self, ref: NeuronRef, newest: HistoryEntry) -> None:
         state = newest.after or newest.before
-        shown = f'"{state.text}" ({state.status.value})' if state else "a change"
+        shown = f'"{state.text}" ({state.status.value})' if state else "its held-out windows"
         super().__init__(
             f"neuron {neuron_name(ref.layer, ref.neuron)} changed since you read it: "
             f"{newest.annotator} "
@@ -141,7 +142,7 @@ def undo(
             i
             for i, e in enumerate(history)
             if e.annotator == annotator
-            and e.action is not HistoryAction.UNDO
+            and e.action not in (HistoryAction.UNDO, HistoryAction.UNSEAL)
             and e.id not in undone
         ]
         name = neuron_name(ref.layer, ref.neuron)
@@ -191,6 +192,21 @@ def _describe(entry: HistoryEntry, nobody: str) -> str:
     state = entry.after or entry.before
     shown = f' "{state.text}" ({state.status.value})' if state else ""
     return f"{entry.annotator or nobody} {entry.action.value}{shown} at {entry.at}"
+
+
+def unseal(catalogue: Catalogue, ref: NeuronRef, *, annotator: str) -> list[HistoryEntry]:
+    """Open the neuron's held-out (valid, test) windows to `annotator`, recorded in its history.
+
+    From then on that person sees every window of the neuron, and the labels they write on it
+    are not blind on valid and test (see `labeller.sealing`). Labels written before keep their
+    blind scores. It cannot be undone (what was read stays read); unsealing again records
+    nothing and returns no entries.
+    """
+    with _changing(catalogue, ref, annotator, None) as change:
+        if annotator in catalogue.unsealed_by(ref.id):
+            return []
+        change.record(HistoryAction.UNSEAL, None, None)
+    return change.entries()
 
 
 def append_history(
@@ -261,11 +277,13 @@ class _Change:
         ).fetchone()
         if existing:
             return int(existing[0])
+        unsealed = self.annotator in self.catalogue.unsealed_by(self.ref.id)
         explanation = Explanation(
             text=text,
             source=HUMAN,
             status=LabelStatus.PROPOSED,
             annotator=self.annotator,
+            seen=person_sees(unsealed),
             created_at=self.at,
         )
         explanation_id = self.catalogue.insert(

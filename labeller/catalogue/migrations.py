@@ -263,4 +263,27 @@ def m005_null_controls(db: Database) -> None:
     )
 
 
+@migrations()
+def m007_blind_scores(db: Database) -> None:
+    """What each label's author had been shown (`explanations.seen`, a JSON list of splits) and
+    whether each score is blind (`scores.blind`: its split is not among them).
+
+    Labels written before this: an explainer's (any source but `human`) saw train windows only,
+    as `explain` has always given it; a person's may have seen all four splits (the TUI and
+    `show` showed valid and test), so its `seen` is all four and its scores are not blind.
+    Every old score is computed from that: explainers' blind, people's not.
+    """
+    db.table("explanations").add_column("seen", str)
+    db.table("scores").add_column("blind", int)
+    db.execute(
+        """update explanations set seen = case when source = 'human'
+        then '["train", "calibration", "valid", "test"]' else '["train"]' end"""
+    )
+    db.execute(
+        """update scores set blind = (select case when e.source = 'human' then 0
+            when scores.split = 'train' then 0 else 1 end
+        from explanations e where e.id = scores.explanation_id)"""
+    )
+
+
 KNOWN_MIGRATIONS = frozenset(m.name for m in migrations.pending(Database(memory=True)))

@@ -311,6 +311,7 @@ def explanation_from_row(row: Row, scores: list[Score]) -> Explanation:
         and row["status"] not in (LabelStatus.REJECTED.value, LabelStatus.WITHDRAWN.value),
         chosen_on=None if row["chosen_on"] is None else Split(row["chosen_on"]),
         reported_on=None if row["reported_on"] is None else Split(row["reported_on"]),
+        seen=None if row["seen"] is None else [Split(s) for s in json.loads(row["seen"])],
         created_at=row["created_at"],
         scores=scores,
     )
@@ -334,7 +335,15 @@ def explanation_to_row(
         "best": int(explanation.best),
         "chosen_on": None if explanation.chosen_on is None else explanation.chosen_on.value,
         "reported_on": None if explanation.reported_on is None else explanation.reported_on.value,
+        "seen": None
+        if explanation.seen is None
+        else json.dumps([s.value for s in explanation.seen]),
     }
+
+
+def seen_to_json(seen: list[Split] | None) -> str | None:
+    """An explanation's `seen` column: the splits as a JSON list, NULL when unknown."""
+    return None if seen is None else json.dumps([s.value for s in seen])
 
 
 @reads_stored
@@ -357,6 +366,7 @@ def score_from_row(row: Row) -> Score:
         simulator=row["simulator"],
         prompt_version=row["prompt_version"],
         prediction=None if row["prediction"] is None else PredictionKind(row["prediction"]),
+        blind=bool(row["blind"]),
         details=json.loads(row["details"] or "{}"),
         created_at=row["created_at"],
     )
@@ -371,6 +381,7 @@ def score_to_row(score: Score, explanation_id: int) -> Row:
         "simulator": score.simulator,
         "prompt_version": score.prompt_version,
         "prediction": None if score.prediction is None else score.prediction.value,
+        "blind": int(score.blind),
         "details": json.dumps(score.details, ensure_ascii=False),
         "created_at": score.created_at,
     }

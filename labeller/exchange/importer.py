@@ -347,6 +347,7 @@ def _merge_explanations(
                 best=best,
                 chosen_on=theirs.chosen_on if best else None,
                 reported_on=theirs.reported_on if best else None,
+                seen=theirs.seen,
                 created_at=theirs.created_at,
             ),
             scan_id=scan_ids[theirs.scan] if theirs.scan is not None else None,

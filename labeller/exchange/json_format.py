@@ -108,6 +108,11 @@ class ExportExplanation(Record):
     reported_on: Split | None = Field(
         default=None, description="best label: the split of the score it reports (valid)"
     )
+    seen: list[Split] | None = Field(
+        default=None,
+        description="the splits whose windows the label's author had been shown when writing it; "
+        "null when unknown (then none of its scores is blind)",
+    )
     created_at: str
     updated_at: str | None
     scan: int | None = Field(description="index in `scans` of the scan it was made from")
@@ -251,6 +256,7 @@ def export_neuron(stored: store.StoredNeuron, scan_index: dict[int, int]) -> Exp
                 best=e.explanation.best,
                 chosen_on=e.explanation.chosen_on,
                 reported_on=e.explanation.reported_on,
+                seen=e.explanation.seen,
                 created_at=e.explanation.created_at,
                 updated_at=e.updated_at,
                 scan=scan_index.get(e.scan_id) if e.scan_id is not None else None,

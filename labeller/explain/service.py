@@ -35,6 +35,7 @@ from labeller.records import (
     Split,
     neuron_name,
 )
+from labeller.sealing import is_blind
 
 NEURON_WORKERS = 64
 NULL_SAMPLE = 0.1  # share of an LLM run's labels also scored against another neuron
@@ -330,6 +331,7 @@ async def _score_one(
     nothing but the failures when it could not predict every window. `counted`: whether a
     success counts as a label scored (calibration scores only choose)."""
     assert explanation.id is not None
+    blind = is_blind(explanation.seen, split)
     try:
         simulation = await simulator.simulation(explanation.text, [w.tokens for w in windows])
     except NotScorable as exc:
@@ -344,6 +346,7 @@ async def _score_one(
                     simulator=simulator.name,
                     prompt_version=simulator.prompt_version,
                     prediction=simulator.prediction,
+                    blind=blind,
                     details={"reason": str(exc)},
                 )
                 for method in ScoreMethod
@@ -372,6 +375,7 @@ async def _score_one(
             simulator.prompt_version,
             split,
             simulation.prediction,
+            blind=blind,
         ),
     )
     report.written += counted
@@ -384,8 +388,11 @@ def build_scores(
     version: str,
     split: Split,
     prediction: PredictionKind,
+    *,
+    blind: bool = False,
 ) -> list[Score]:
-    """Top-and-random (primary), top-only and random-only; per-window detail on the primary."""
+    """Top-and-random (primary), top-only and random-only; per-window detail on the primary.
+    `blind`: the label's author saw none of `windows` (see `labeller.sealing`)."""
     groups = {
         ScoreMethod.TOP_AND_RANDOM: [True] * len(windows),
         ScoreMethod.TOP_ONLY: [w.kind == ExampleKind.TOP for w in windows],
@@ -415,6 +422,7 @@ def build_scores(
                 simulator=simulator,
                 prompt_version=version,
                 prediction=prediction,
+                blind=blind,
                 details=detail if method is PRIMARY_METHOD else {},
             )
         )

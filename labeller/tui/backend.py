@@ -21,6 +21,7 @@ from labeller.errors import UserError
 from labeller.explain.falsify import Verdict, judge, suggest_tests
 from labeller.explain.resolve import BASELINE, LLMUnavailable, Resolver
 from labeller.records import Explanation, HistoryEntry, LabelStatus, NeuronView
+from labeller.sealing import is_sealed
 
 if TYPE_CHECKING:
     from labeller.catalogue import Catalogue, NeuronRef
@@ -66,6 +67,8 @@ class NeuronPage:
     history: list[HistoryEntry]
     # Per explanation id, its scores' (above chance, null p95), aligned with its scores.
     chances: dict[int, list[tuple[bool | None, float | None]]] = field(default_factory=dict)
+    # Whether the held-out windows (valid, test) are sealed for the TUI's annotator.
+    sealed: bool = True
 
     @property
     def candidates(self) -> list[Explanation]:
@@ -179,6 +182,7 @@ class Backend:
                     for e in view.explanations
                     if e.id is not None
                 },
+                sealed=is_sealed(view, self.annotator),
             )
 
     def example_token_ids(
@@ -223,6 +227,13 @@ class Backend:
                 annotator=self.annotator,
                 expected_version=page.version,
             )
+
+    def unseal(self, page: NeuronPage) -> list[HistoryEntry]:
+        """Open the neuron's held-out windows to this annotator, recorded in its history."""
+        from labeller.catalogue import labels
+
+        with self.catalogue() as catalogue:
+            return labels.unseal(catalogue, page.ref, annotator=self.annotator)
 
     def undo(self, page: NeuronPage) -> list[HistoryEntry]:
         from labeller.catalogue import labels

@@ -1,7 +1,8 @@
 """The neuron page's evidence: statistics, histogram, output tokens and the example windows.
 
 Every example is coloured on the same scale (the neuron's maximum), the max token is underlined,
-and a long window is cut around its max; enter or a click shows the whole window.
+and a long window is cut around its max; enter or a click shows the whole window. Held-out
+windows (valid, test) are left out while sealed for the annotator (see `labeller.sealing`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from textual.containers import Vertical
 from textual.widgets import ListItem, ListView, Static
 
 from labeller.records import Example, NeuronView
+from labeller.sealing import held_out_count, visible
 from labeller.tui.example_item import ExampleItem
 from labeller.tui.example_line import ExampleLine
 from labeller.tui.text import fmt, legend, shown, spark
@@ -24,26 +26,28 @@ class ExamplesPane(Vertical):
         yield Static(id="stats")
         yield ListView(id="example-list")
 
-    def show(self, view: NeuronView) -> None:
+    def show(self, view: NeuronView, *, sealed: bool = True) -> None:
         scale = max(view.stats.max, 1e-9)
         self.query_one("#stats", Static).update(self._stats(view, scale))
+        top = visible(view.top_examples, sealed)
+        random = visible(view.random_examples, sealed)
         items: list[ListItem] = [
-            ListItem(Static(Text(f"Top {len(view.top_examples)} examples")), classes="section")
+            ListItem(Static(Text(f"Top {len(top)} examples")), classes="section")
         ]
-        items += [ExampleItem(e, scale) for e in view.top_examples]
-        items.append(
-            ListItem(
-                Static(Text(f"Random {len(view.random_examples)} examples")), classes="section"
-            )
-        )
-        items += [ExampleItem(e, scale) for e in view.random_examples]
+        items += [ExampleItem(e, scale) for e in top]
+        items.append(ListItem(Static(Text(f"Random {len(random)} examples")), classes="section"))
+        items += [ExampleItem(e, scale) for e in random]
+        held_out = held_out_count(view)
+        if sealed and held_out:
+            note = f"{held_out} held-out windows (valid, test) sealed · U: unseal (recorded)"
+            items.append(ListItem(Static(Text(note, "dim")), classes="section"))
         for item in items:
             if not isinstance(item, ExampleItem):
                 item.disabled = True
         examples = self.query_one("#example-list", ListView)
         examples.clear()
         examples.extend(items)
-        examples.index = 1 if view.top_examples else None
+        examples.index = 1 if top else None
 
     def _stats(self, view: NeuronView, scale: float) -> Text:
         s = view.stats

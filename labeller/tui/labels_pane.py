@@ -15,7 +15,7 @@ from textual.containers import Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import DataTable, Static
 
-from labeller.records import Explanation, Score, ScoreMethod
+from labeller.records import PRIMARY_METHOD, Explanation, Score, ScoreMethod
 from labeller.tui.score_windows import ScoreWindows
 from labeller.tui.scores import preferred_scores
 from labeller.tui.text import fmt, plain, status_text
@@ -41,6 +41,7 @@ class LabelsPane(Vertical):
         super().__init__(id=id)
         self.explanations: list[Explanation] = []
         self.chances: dict[int, list[tuple[bool | None, float | None]]] = {}
+        self.sealed = True
 
     def compose(self) -> ComposeResult:
         table: DataTable[Any] = DataTable(cursor_type="row", zebra_stripes=True, id="candidates")
@@ -54,12 +55,16 @@ class LabelsPane(Vertical):
         select: int | None,
         chances: dict[int, list[tuple[bool | None, float | None]]] | None = None,
         label: int | None = None,
+        *,
+        sealed: bool = True,
     ) -> None:
         """`chances`: per explanation id, its scores' (above chance, null p95); a score that
         does not clear its null control is dimmed and marked ≈chance. `label`: the neuron's
-        label (`label_state`), marked ▶ in the id column."""
+        label (`label_state`), marked ▶ in the id column. `sealed`: whether the held-out windows
+        are sealed for the annotator (the scored windows then stay hidden)."""
         self.explanations = explanations
         self.chances = chances or {}
+        self.sealed = sealed
         table = self.query_one("#candidates", DataTable)
         table.clear(columns=True)
         table.add_column("id", key="id")
@@ -67,6 +72,7 @@ class LabelsPane(Vertical):
         table.add_column("source", key="source")
         for method, title in SCORE_COLUMNS.items():
             table.add_column(title, key=method)
+        table.add_column("blind", key="blind")
         table.add_column("label", key="label")
         for e in explanations:
             scores = preferred_scores(e)
@@ -75,6 +81,7 @@ class LabelsPane(Vertical):
                 status_text(e.status),
                 plain(e.annotator if e.source == "human" and e.annotator else e.source),
                 *(self._score_cell(e, scores.get(m)) for m in SCORE_COLUMNS),
+                _blind_cell(scores.get(PRIMARY_METHOD)),
                 plain(e.text),
                 key=str(e.id),
             )
@@ -113,7 +120,7 @@ class LabelsPane(Vertical):
 
     def _detail(self, explanation: Explanation | None) -> None:
         detail = self.query_one("#label-detail", Static)
-        self.query_one(ScoreWindows).show(explanation)
+        self.query_one(ScoreWindows).show(explanation, sealed=self.sealed)
         if explanation is None:
             detail.update(Text("No labels yet: press w to write one.", "dim"))
             return
@@ -133,6 +140,7 @@ class LabelsPane(Vertical):
             text.append_text(plain(simulator, "dim"))
             for score in scores:
                 text.append(f"  {score.method} ({score.split.value}) {fmt(score.score)}")
+                text.append(" blind" if score.blind else " seen", "dim")
                 verdict, p95 = self._chance(explanation, score)
                 if verdict is False and p95 is not None:
                     text.append(f" ≈chance (null p95 {p95:.2f})", "dim")
@@ -141,3 +149,10 @@ class LabelsPane(Vertical):
                 text.append("\n  ")
                 text.append_text(plain(reason, "yellow"))
         detail.update(text)
+
+
+def _blind_cell(score: Score | None) -> Text:
+    """yes: the label's author saw none of the scored windows; seen: they had seen them."""
+    if score is None:
+        return Text(fmt(None))
+    return Text("yes") if score.blind else Text("seen", "dim")

@@ -22,6 +22,7 @@ from textual.worker import Worker, WorkerState
 
 from labeller.catalogue.labels import StaleLabel
 from labeller.records import PRIMARY_METHOD, Explanation, LabelStatus
+from labeller.sealing import held_out_count
 from labeller.tui.backend import LoadState, ModelStatus, NeuronPage
 from labeller.tui.context import annotate_app, backend_of
 from labeller.tui.errors import ReportsWorkerErrors, say
@@ -35,6 +36,7 @@ from labeller.tui.queue_dialog import QueueSpec
 from labeller.tui.scores import preferred_scores
 from labeller.tui.suggestions_screen import SuggestionsScreen
 from labeller.tui.text import editable, fmt, plain, status_text
+from labeller.tui.unseal_dialog import UnsealDialog
 
 if TYPE_CHECKING:
     from labeller.model.loading import LoadedModel
@@ -62,6 +64,7 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
         Binding("t", "suggest", "Suggest tests", id="label.suggest"),
         Binding("p", "perturb_example", "Perturb example", id="neuron.perturb_example"),
         Binding("n", "next_in_queue", "Next in queue", id="neuron.next"),
+        Binding("U", "unseal", "Unseal held-out", id="neuron.unseal"),
         Binding("1,alt+1", "tab('examples')", "Examples tab", id="tab.examples", show=False),
         Binding("2,alt+2", "tab('labels')", "Labels tab", id="tab.labels", show=False),
         Binding("3,alt+3", "tab('live')", "Live tab", id="tab.live", show=False),
@@ -105,6 +108,7 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
         self.neuron = neuron
         self.queue = queue
         self._draft: tuple[str, LabelDraft] | None = None  # the save in flight, as typed
+        self.examples_sealed: bool | None = None  # as the Examples tab last showed them
 
     def compose(self) -> ComposeResult:
         yield Static(id="neuron-title")
@@ -164,11 +168,14 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
             _default_selection(page),
         )
         labels = self.query_one(LabelsPane)
-        labels.show(page.candidates, select, page.chances, page.view.label)
+        labels.show(page.candidates, select, page.chances, page.view.label, sealed=page.sealed)
         self.selected = labels.selected()
+        if not first and page.sealed == self.examples_sealed:
+            return
+        self.examples_sealed = page.sealed
+        self.query_one(ExamplesPane).show(view, sealed=page.sealed)
         if not first:
             return
-        self.query_one(ExamplesPane).show(view)
         if self.query_one(TabbedContent).active == "examples":
             self.query_one("#example-list").focus()
         self.query_one(LivePane).configure(self.layer_index, self.neuron, max(view.stats.max, 1e-9))
@@ -344,6 +351,32 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
     @work(thread=True, exclusive=True, group="llm", exit_on_error=False)
     def llm_score(self, page: NeuronPage) -> None:
         note = backend_of(self).score_llm(page)
+        self.post_message(self.Changed([note], self.selected.id if self.selected else None))
+
+    def action_unseal(self) -> None:
+        page = self.page
+        if page is None:
+            return
+        if not page.sealed:
+            say(self.app, "this neuron's held-out windows are already unsealed for you")
+            return
+        held_out = held_out_count(page.view)
+        if not held_out:
+            say(self.app, "this neuron has no held-out windows to unseal")
+            return
+
+        def confirmed(yes: bool | None) -> None:
+            if yes:
+                self.unseal(page)
+
+        backend = annotate_app(self).backend
+        name = f"L{self.layer_index} N{self.neuron}"
+        self.app.push_screen(UnsealDialog(name, held_out, backend.annotator), confirmed)
+
+    @work(thread=True, exclusive=True, group="label", exit_on_error=False)
+    def unseal(self, page: NeuronPage) -> None:
+        entries = backend_of(self).unseal(page)
+        note = "held-out windows unsealed (recorded)" if entries else "already unsealed"
         self.post_message(self.Changed([note], self.selected.id if self.selected else None))
 
     def action_history(self) -> None:

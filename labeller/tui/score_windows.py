@@ -1,4 +1,8 @@
-"""The selected label's scored windows: true activations above the simulator's, token by token."""
+"""The selected label's scored windows: true activations above the simulator's, token by token.
+
+Its windows are valid ones, held out: while they are sealed for the annotator the view says so
+and how to unseal, and shows none of their tokens or activations.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ from rich.text import Text
 from textual.widget import Widget
 
 from labeller.records import PRIMARY_METHOD, Explanation
+from labeller.sealing import HELD_OUT
 from labeller.tui.scores import preferred_scores
 from labeller.tui.text import aligned_rows
 
@@ -18,9 +23,11 @@ class ScoreWindows(Widget):
     def __init__(self) -> None:
         super().__init__()
         self.explanation: Explanation | None = None
+        self.sealed = True
 
-    def show(self, explanation: Explanation | None) -> None:
+    def show(self, explanation: Explanation | None, *, sealed: bool = True) -> None:
         self.explanation = explanation
+        self.sealed = sealed
         self.refresh(layout=True)
 
     def _text(self, width: int) -> Text:
@@ -31,6 +38,13 @@ class ScoreWindows(Widget):
         windows = primary.details.get("windows", []) if primary else []
         if primary is None or not windows:
             return Text("No scored windows for this label yet.", "dim")
+        if self.sealed and primary.split in HELD_OUT:
+            return Text(
+                f"Scored on {len(windows)} {primary.split.value} windows, held out and sealed:\n"
+                "their tokens and activations are not shown. U unseals them for you\n"
+                "(recorded in the neuron's history; labels you write after it are not blind).",
+                "dim",
+            )
         out = Text(f"Scored windows: true activations, then {primary.simulator}'s\n", "dim")
         true_scale = max((max(w["true"], default=0.0) for w in windows), default=0.0) or 1.0
         sim_scale = max((max(w["simulated"], default=0.0) for w in windows), default=0.0) or 1.0

@@ -104,7 +104,16 @@ def test_rank_compares_scores_of_one_prediction_kind(db):
 def test_rank_by_score_puts_unscored_last(db):
     rows = json.loads(run("rank", "--db", db, "--format", "json").output)
     assert len(rows) == 96
-    assert set(rows[0]) == {"layer", "neuron", "score", "above_chance", "label", "source", "status"}
+    assert set(rows[0]) == {
+        "layer",
+        "neuron",
+        "score",
+        "above_chance",
+        "blind",
+        "label",
+        "source",
+        "status",
+    }
     scores = [r["score"] for r in rows]
     scored = [s for s in scores if s is not None]
     assert scored == sorted(scored, reverse=True)
@@ -133,7 +142,7 @@ def test_rank_by_score_puts_unscored_last(db):
     ]
     assert maxes == sorted(maxes, reverse=True)
     csv_out = run("rank", "--db", db, "--format", "csv", "--limit", "2").output.splitlines()
-    assert csv_out[0] == "layer,neuron,score,above_chance,label,source,status,max,density"
+    assert csv_out[0] == "layer,neuron,score,above_chance,blind,label,source,status,max,density"
 
 
 def test_rank_status_filter_and_agreement(db):

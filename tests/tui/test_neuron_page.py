@@ -8,8 +8,9 @@ from fake_openai import FakeOpenAI, Reply, neuron_responder
 from textual.widgets import DataTable, TabbedContent, TextArea
 from tui_support import notifications, until
 
+from labeller.catalogue import labels
 from labeller.model.perturb import trace_neuron
-from labeller.records import NullControl, ScoreMethod, Split
+from labeller.records import HistoryAction, NullControl, ScoreMethod, Split
 from labeller.tui.example_item import ExampleItem
 from labeller.tui.example_line import ExampleLine
 from labeller.tui.examples_pane import ExamplesPane
@@ -23,8 +24,10 @@ from labeller.tui.replace_token import ReplaceToken
 from labeller.tui.score_windows import ScoreWindows
 from labeller.tui.suggestions_screen import SuggestionsScreen
 from labeller.tui.token_view import TokenView
+from labeller.tui.unseal_dialog import UnsealDialog
 
 pytestmark = pytest.mark.anyio
+PEOPLE_SEE = {Split.TRAIN, Split.CALIBRATION}
 
 
 @pytest.fixture()
@@ -50,7 +53,8 @@ async def test_examples_are_cut_around_the_max_and_expand(tui):
         screen = await open_neuron(pilot)
         view = screen.page.view
         items = list(screen.query(ExampleItem))
-        assert len(items) == len(view.top_examples) + len(view.random_examples)
+        shown = [e for e in (*view.top_examples, *view.random_examples) if e.split in PEOPLE_SEE]
+        assert len(items) == len(shown)
         line = items[0].query_one(ExampleLine)
         example = line.example
         assert example == view.top_examples[0]
@@ -70,7 +74,9 @@ async def test_examples_are_cut_around_the_max_and_expand(tui):
 
 
 async def test_labels_tab_shows_scores_and_true_versus_simulated(tui):
-    app = tui.app()
+    with tui.catalogue() as catalogue:
+        labels.unseal(catalogue, catalogue.neuron_ref(None, 0, 3), annotator="alice")
+    app = tui.app("alice")
     async with app.run_test(size=(100, 30)) as pilot:
         screen = await open_neuron(pilot)
         await pilot.press("2")
@@ -83,6 +89,46 @@ async def test_labels_tab_shows_scores_and_true_versus_simulated(tui):
         rendered = windows.render().plain
         assert "true" in rendered and "sim" in rendered
         assert rendered.count("\ntrue ") == rendered.count("\nsim  ")
+
+
+async def test_held_out_windows_are_sealed_until_you_unseal_them(tui):
+    """Valid and test windows are in neither the Examples tab nor the scored-windows view until
+    the annotator unseals the neuron (U, then y), which is recorded in its history as theirs."""
+    app = tui.app("bob")
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await open_neuron(pilot)
+        view = screen.page.view
+        assert screen.page.sealed
+        shown = {item.example.split for item in screen.query(ExampleItem)}
+        assert shown <= PEOPLE_SEE and shown
+        pane_text = " ".join(
+            str(item.render()) for item in screen.query_one(ExamplesPane).query("Static")
+        )
+        assert "held-out windows (valid, test) sealed" in pane_text
+        await pilot.press("2")
+        windows = screen.query_one(ScoreWindows).render().plain
+        assert "sealed" in windows and "true " not in windows and "sim " not in windows
+        table = screen.query_one(LabelsPane).query_one(DataTable)
+        assert table.get_row_at(0)[6].plain == "yes"  # the baseline saw train windows only
+        await pilot.press("U")
+        await until(pilot, lambda: isinstance(app.screen, UnsealDialog))
+        await pilot.press("n")
+        await until(pilot, lambda: app.screen is screen)
+        with tui.catalogue() as catalogue:
+            assert catalogue.unsealed_by(screen.page.ref.id) == []
+        await pilot.press("U")
+        await until(pilot, lambda: isinstance(app.screen, UnsealDialog))
+        await pilot.press("y")
+        await until(pilot, lambda: screen.page is not None and not screen.page.sealed)
+        await until(
+            pilot, lambda: {i.example.split for i in screen.query(ExampleItem)} > PEOPLE_SEE
+        )
+        assert len(list(screen.query(ExampleItem))) == len(view.top_examples) + len(
+            view.random_examples
+        )
+        assert "\ntrue " in screen.query_one(ScoreWindows).render().plain
+        history = screen.page.history
+        assert (history[-1].action, history[-1].annotator) == (HistoryAction.UNSEAL, "bob")
 
 
 async def test_typing_text_traces_it_live(tui, tiny_model):
