@@ -274,13 +274,20 @@ def cli(verbose: bool) -> None:
     type=int,
     default=SCAN_DEFAULTS["seed"],
     show_default=True,
-    help="Seed of the random windows.",
+    help="Seed of the random windows and of the activation-band samples.",
 )
 @click.option(
     "--histogram-bins",
     type=click.IntRange(min=4),
     default=SCAN_DEFAULTS["histogram_bins"],
     show_default=True,
+)
+@click.option(
+    "--band-windows",
+    type=click.IntRange(min=0),
+    default=SCAN_DEFAULTS["band_windows"],
+    show_default=True,
+    help="Windows sampled per activation band per neuron (5-8 bands from 0 to the max); 0: none.",
 )
 @model_load_options
 def scan(
@@ -296,10 +303,12 @@ def scan(
     text_field: str,
     seed: int,
     histogram_bins: int,
+    band_windows: int,
     device: str,
     dtype: str,
 ) -> None:
-    """Run a model over a corpus and store every neuron's top and random windows and statistics.
+    """Run a model over a corpus and store every neuron's top, random and activation-band windows
+    and statistics.
 
     Ctrl-C stops at the next batch and keeps what was done; the same command resumes.
 
@@ -325,6 +334,7 @@ def scan(
             random=n_random,
             seed=seed,
             histogram_bins=histogram_bins,
+            band_windows=band_windows,
         )
         if ctx > model.context_limit:
             raise UserError(

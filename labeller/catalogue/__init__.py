@@ -500,6 +500,7 @@ class Catalogue:
             weights=rows.weights_from_row(row),
             top_examples=[e for e in examples if e.kind is ExampleKind.TOP],
             random_examples=[e for e in examples if e.kind is ExampleKind.RANDOM],
+            quantile_examples=[e for e in examples if e.kind is ExampleKind.QUANTILE],
             explanations=self.explanations_of(int(row["id"])),
         )
 

@@ -263,4 +263,19 @@ def m005_null_controls(db: Database) -> None:
     )
 
 
+@migrations()
+def m006_activation_bands(db: Database) -> None:
+    """Windows sampled from each neuron's activation bands (examples of kind `quantile`, with
+    the band's index and edges), and which held-out windows each score and null control was
+    computed on (`score --on`). Everything scored before this was on top and random windows;
+    catalogues scanned before this have no bands (rescan to get them)."""
+    examples = db.table("examples")
+    examples.add_column("band", int)
+    examples.add_column("band_low", float)
+    examples.add_column("band_high", float)
+    for table in ("scores", "null_controls"):
+        db.table(table).add_column("windows", str)
+        db.execute(f"update {table} set windows = 'top_and_random'")
+
+
 KNOWN_MIGRATIONS = frozenset(m.name for m in migrations.pending(Database(memory=True)))
