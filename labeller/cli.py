@@ -4,6 +4,7 @@ a model, so `--help`, `show`, `models` and `scans` start fast."""
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
 import os
@@ -403,7 +404,10 @@ def neuron_json(view: NeuronView, chances: Chances | None = None) -> dict[str, A
     data = view.model_dump(mode="json")
     for key in ("top_examples", "random_examples"):
         for example in data[key]:
-            example.pop("kind")
+            for name in ("kind", "band", "band_low", "band_high"):
+                example.pop(name)
+    for example in data["quantile_examples"]:
+        example.pop("kind")
     if chances is not None:
         for explanation, verdicts in zip(data["explanations"], chances, strict=True):
             for score, (verdict, _) in zip(explanation["scores"], verdicts, strict=True):
@@ -452,6 +456,15 @@ def print_neuron(view: NeuronView, limit: int | None, chances: Chances | None = 
     console.print("\n[bold]Random examples[/bold]")
     for example in view.random_examples[:limit]:
         _print_example(console, example, scale)
+    if view.quantile_examples:
+        console.print(
+            "\n[bold]Examples by activation band[/bold] (windows whose max is in the band)"
+        )
+    for band, examples in itertools.groupby(view.quantile_examples, key=lambda e: e.band):
+        first = next(examples)
+        console.print(f"band {band}: {band_range(first, s.max)}", markup=False)
+        for example in [first, *examples][:limit]:
+            _print_example(console, example, scale)
     console.print("\n[bold]Explanations[/bold]")
     if not view.explanations:
         console.print("none yet")
@@ -467,6 +480,12 @@ def print_neuron(view: NeuronView, limit: int | None, chances: Chances | None = 
             f"({printable(explanation.source)}) {scores}",
             markup=False,
         )
+
+
+def band_range(example: Example, neuron_max: float) -> str:
+    """A band's bounds as an interval: [low, high), the top band closed at the neuron's max."""
+    low, high = example.band_low or 0.0, example.band_high or 0.0
+    return f"[{low:.3f}, {high:.3f}" + ("]" if high >= neuron_max else ")")
 
 
 def _print_example(console: Console, example: Example, scale: float) -> None:
