@@ -42,6 +42,7 @@ from labeller.records import (
     LabelStatus,
     NeuronView,
     ScanParams,
+    ScoreWindows,
     neuron_name,
 )
 from labeller.render import heat_text, printable, sparkline, visible_token
@@ -789,6 +790,15 @@ def explain(
     show_default=True,
     help="valid marks the best candidate; test gives an unbiased final number.",
 )
+@click.option(
+    "--on",
+    "on",
+    type=click.Choice([w.value for w in ScoreWindows]),
+    default=ScoreWindows.TOP_AND_RANDOM.value,
+    show_default=True,
+    help="Held-out windows to simulate: top and random (the reference's), the activation-band "
+    "windows, or all of them; every score records which.",
+)
 @click.option("--no-logprobs", is_flag=True, help="Endpoint has no logprobs: use written values.")
 @click.option(
     "--null-sample",
@@ -808,6 +818,7 @@ def score(
     dry_run: bool,
     simulator: str,
     split: str,
+    on: str,
     no_logprobs: bool,
     null_sample: float,
     **llm_settings: Any,
@@ -816,26 +827,30 @@ def score(
 
     The simulator sees only the label and the held-out tokens; the score is the correlation of
     its predictions with the true activations over all those tokens (top-and-random, plus
-    top-only and random-only). A null control scores a seeded sample of the labels against
-    another neuron's windows; scores at or below its 95th percentile are not above chance.
+    top-only and random-only; with --on quantiles or all, over the activation-band windows
+    too). A null control scores a seeded sample of the labels against another neuron's
+    windows; scores at or below its 95th percentile are not above chance.
 
     \b
     Example:
       labeller score --simulator baseline --layer 0
+      labeller score --simulator baseline --layer 0 --on quantiles
       labeller score --simulator gpt-4o-mini --layer 5 --split test
     """
     from labeller.explain.service import dry_run_score, null_line, null_plan, score_neurons
     from labeller.records import Split
+
+    windows = ScoreWindows(on)
 
     with Catalogue.open(db_path) as catalogue:
         refs = _selected_refs(catalogue, model_name, layers, neurons)
         resolver = _resolver(catalogue, llm_settings)
         chosen = resolver.simulator(simulator, logprobs=not no_logprobs)
         if dry_run:
-            plan = dry_run_score(catalogue, refs, chosen, Split(split), null_sample)
+            plan = dry_run_score(catalogue, refs, chosen, Split(split), null_sample, windows)
             _print_dry_run("score", simulator, refs, plan)
             if not plan.offline:
-                nulls = len(null_plan(catalogue, refs, chosen, Split(split), null_sample))
+                nulls = len(null_plan(catalogue, refs, chosen, Split(split), null_sample, windows))
                 click.echo(f"null control: {nulls:,} labels against other neurons (counted above)")
             return
         report = _run_neurons(
@@ -847,6 +862,7 @@ def score(
                 refs,
                 chosen,
                 split=Split(split),
+                on=windows,
                 force=force,
                 null_sample=null_sample,
                 on_progress=advance,
