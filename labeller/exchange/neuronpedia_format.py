@@ -20,7 +20,7 @@ Explanation line (one per exported label):
     explanationModelName   the LLM that wrote it; null for people and the offline baseline
     umap_x, umap_y, umap_cluster, umap_log_feature_sparsity   null
 
-Activation line (one per stored window: top windows by rank, then random ones):
+Activation line (one per stored window: top windows by rank, random ones, then band windows):
     id                     stable id: hash of model, layer, neuron, kind, rank, document, offset
     modelId, layer, index  as above
     creatorId              "labeller"
@@ -28,7 +28,9 @@ Activation line (one per stored window: top windows by rank, then random ones):
     tokens, values         the window's tokens and this neuron's activations
     maxValue, minValue, maxValueTokenIndex   over the window
     dfaValues []           dfaMaxValue, dfaTargetIndex null (attention only)
-    binMin, binMax, binContains   null (we keep no activation-quantile bins)
+    binMin, binMax         a band window's band edges (its max lies in [binMin, binMax));
+                           null for top and random windows
+    binContains            null (we do not count what share of windows falls in a band)
 
 What Neuronpedia's importer (`apps/webapp/app/api/admin/import`) still needs on their side:
 it reads one directory per model and source, `{model}/{source}/` with `model.jsonl`,
@@ -131,7 +133,11 @@ def explanation_lines(stored: store.StoredNeuron) -> list[dict[str, Any]]:
 
 def activation_lines(stored: store.StoredNeuron, dataset: str | None) -> list[dict[str, Any]]:
     lines = []
-    for stored_example in (*stored.top_examples, *stored.random_examples):
+    for stored_example in (
+        *stored.top_examples,
+        *stored.random_examples,
+        *stored.quantile_examples,
+    ):
         x = stored_example.example
         values = x.activations
         lines.append(
@@ -159,8 +165,8 @@ def activation_lines(stored: store.StoredNeuron, dataset: str | None) -> list[di
                 "dfaMaxValue": None,
                 "dfaTargetIndex": None,
                 "binContains": None,
-                "binMin": None,
-                "binMax": None,
+                "binMin": x.band_low,
+                "binMax": x.band_high,
             }
         )
     return lines
