@@ -6,6 +6,8 @@ and a long window is cut around its max; enter or a click shows the whole window
 
 from __future__ import annotations
 
+import itertools
+
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
@@ -17,8 +19,18 @@ from labeller.tui.example_line import ExampleLine
 from labeller.tui.text import fmt, legend, shown, spark
 
 
+def band_heading(band: int | None, examples: list[Example], view: NeuronView) -> Text:
+    """`Band 3 [1.50, 2.00) · 4 sampled`: a band's edges, the top one closed at the max."""
+    low, high = examples[0].band_low or 0.0, examples[0].band_high or 0.0
+    closing = "]" if high >= view.stats.max else ")"
+    heading = Text(f"Band {band} [{fmt(low)}, {fmt(high)}{closing}")
+    heading.append(f" · {len(examples)} sampled", "dim")
+    return heading
+
+
 class ExamplesPane(Vertical):
-    """Statistics on top, then top and random examples in one keyboard-navigable list."""
+    """Statistics on top, then top, random and activation-band examples in one
+    keyboard-navigable list."""
 
     def compose(self) -> ComposeResult:
         yield Static(id="stats")
@@ -37,6 +49,10 @@ class ExamplesPane(Vertical):
             )
         )
         items += [ExampleItem(e, scale) for e in view.random_examples]
+        for band, group in itertools.groupby(view.quantile_examples, key=lambda e: e.band):
+            examples = list(group)
+            items.append(ListItem(Static(band_heading(band, examples, view)), classes="section"))
+            items += [ExampleItem(e, scale) for e in examples]
         for item in items:
             if not isinstance(item, ExampleItem):
                 item.disabled = True
