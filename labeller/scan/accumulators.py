@@ -191,20 +191,27 @@ class BandSample:
             chosen = torch.where(from_old, old[:, cols].gather(0, old_i), new)
             return chosen.masked_fill(empty, blank)
 
-        entrants = acts[new_b, :, cols[None, :]]  # [S, C, T], padding at -inf
+        # Per-token values move only where a slot's occupant changed (a few slots per batch once
+        # the bands fill): gather those before any is overwritten. Empty slots keep stale values
+        # (never read: their window is -1).
+        slot_ids = torch.arange(slots, device=acts.device)[:, None]
+        changed = ~empty & ~(from_old & (old_i == slot_ids))
+        slot_at, col_at = changed.nonzero(as_tuple=True)
+        neuron_at = cols[col_at]
+        moved = from_old[slot_at, col_at]
+        kept_acts = self.acts[old_i[slot_at, col_at], neuron_at]  # [K, ctx]
+        rows = acts[new_b[slot_at, col_at], :, neuron_at]  # [K, T], padding at -inf
+        new_argmax = rows.argmax(dim=1)
+        fresh = torch.zeros_like(kept_acts)
+        fresh[:, :width] = rows.masked_fill(torch.isneginf(rows), 0.0)
+        self.acts[slot_at, neuron_at] = torch.where(moved[:, None], kept_acts, fresh)
+        argmax = self.argmax[:, cols].gather(0, old_i)
+        argmax[slot_at, col_at] = torch.where(moved, argmax[slot_at, col_at], new_argmax)
+        self.argmax[:, cols] = argmax.masked_fill(empty, 0)
         self.priority[:, cols] = pick(self.priority, priority[new_b], EMPTY_PRIORITY)
         self.values[:, cols] = pick(self.values, window_max[new_b, cols[None, :]], 0.0)
-        self.argmax[:, cols] = pick(self.argmax, entrants.argmax(dim=2), 0)
         self.window[:, cols] = pick(self.window, window_index[new_b], -1)
-        old_acts = self.acts[:, cols, :].gather(
-            0, old_i[:, :, None].expand(-1, -1, self.acts.shape[2])
-        )
-        new_acts = torch.zeros_like(old_acts)
-        new_acts[:, :, :width] = entrants.masked_fill(torch.isneginf(entrants), 0.0)
-        acts_kept = torch.where(from_old[:, :, None], old_acts, new_acts)
-        self.acts[:, cols, :] = acts_kept.masked_fill(empty[:, :, None], 0.0)
-        entered = ~from_old & ~empty
-        return torch.unique(new_b[entered])
+        return torch.unique(new_b[~from_old & ~empty])
 
     def bands(self, neuron: int) -> list[tuple[int, int, float, int]]:
         """A neuron's kept windows as (bin, slot, window max, window index), bin by bin, each
