@@ -50,9 +50,9 @@ class ExamplesPane(Vertical):
         )
         items += [ExampleItem(e, scale) for e in view.random_examples]
         for band, group in itertools.groupby(view.quantile_examples, key=lambda e: e.band):
-            examples = list(group)
-            items.append(ListItem(Static(band_heading(band, examples, view)), classes="section"))
-            items += [ExampleItem(e, scale) for e in examples]
+            members = list(group)
+            items.append(ListItem(Static(band_heading(band, members, view)), classes="section"))
+            items += [ExampleItem(e, scale) for e in members]
         for item in items:
             if not isinstance(item, ExampleItem):
                 item.disabled = True
