@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import tui_support as support
 from fake_openai import FakeOpenAI, Reply, neuron_responder
-from textual.widgets import DataTable, TabbedContent, TextArea
+from textual.widgets import DataTable, Static, TabbedContent, TextArea
 from tui_support import notifications, until
 
 from labeller.model.perturb import trace_neuron
@@ -50,7 +50,15 @@ async def test_examples_are_cut_around_the_max_and_expand(tui):
         screen = await open_neuron(pilot)
         view = screen.page.view
         items = list(screen.query(ExampleItem))
-        assert len(items) == len(view.top_examples) + len(view.random_examples)
+        assert view.quantile_examples
+        assert [i.example for i in items] == [
+            *view.top_examples,
+            *view.random_examples,
+            *view.quantile_examples,
+        ]
+        for item in items[-2:]:  # band rows are marked with their band
+            prefix = str(item.query_one(".prefix", Static).render())
+            assert prefix.startswith(f"b{item.example.band} ")
         line = items[0].query_one(ExampleLine)
         example = line.example
         assert example == view.top_examples[0]
