@@ -2,8 +2,10 @@
 
 Both passes see the same pre-tokenised windows in the same batches and run the same hooked
 forward pass; the bare pass's hooks keep nothing. Runs are interleaved (bare, scan, bare, scan,
-...) and the median of each is compared, because these machines are noisy. Also prints the
-catalogue bytes per neuron after writing the scan's results.
+...) and the median of each is compared, because these machines are noisy. With activation
+bands on (`--band-windows`, default 4 as `labeller scan`), a scan without them runs in the same
+rotation, so their cost is measured side by side too. Also prints the catalogue bytes per neuron
+after writing the scan's results (with bands, and without).
 
     python benchmarks/scan_throughput.py                       # demo-solu-1l on CPU
     python benchmarks/scan_throughput.py --config gpt2-small --device cuda --tokens 2000000
@@ -86,6 +88,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--top-k", type=int, default=20)
     parser.add_argument("--random", type=int, default=20)
+    parser.add_argument("--band-windows", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
@@ -112,41 +115,55 @@ def main() -> None:
         random=args.random,
         seed=0,
         histogram_bins=64,
+        band_windows=args.band_windows,
     )
+    variants = {"scan": params}
+    if args.band_windows:
+        variants["scan, no bands"] = params.model_copy(update={"band_windows": 0})
     print(
         f"model {model.name} ({model.n_layers} layers x {model.d_mlp} neurons) on "
         f"{model.device}, torch threads {torch.get_num_threads()}; {seen:,} tokens in "
         f"{len(batches)} batches of {args.batch_size} x {args.ctx}"
     )
     bare_pass(model, batches[:3], layers)  # warm-up
-    scan_pass(model, batches[:3], params)
-    bare_times, scan_times = [], []
-    scanner = None
+    for variant in variants.values():
+        scan_pass(model, batches[:3], variant)
+    bare_times: list[float] = []
+    scan_times: dict[str, list[float]] = {name: [] for name in variants}
+    scanners: dict[str, Scanner] = {}
     for _ in range(args.repeats):
         bare_times.append(bare_pass(model, batches, layers))
-        start = time.perf_counter()
-        scanner = scan_pass(model, batches, params)
-        scan_times.append(time.perf_counter() - start)
-    bare, scan = statistics.median(bare_times), statistics.median(scan_times)
+        for name, variant in variants.items():
+            start = time.perf_counter()
+            scanners[name] = scan_pass(model, batches, variant)
+            scan_times[name].append(time.perf_counter() - start)
+    bare = statistics.median(bare_times)
     print(f"bare forward pass: {seen / bare:12,.0f} tokens/s  (runs: {_fmt(bare_times)})")
-    print(f"scan             : {seen / scan:12,.0f} tokens/s  (runs: {_fmt(scan_times)})")
-    print(f"throughput ratio scan / bare = {bare / scan:.3f}  (goal >= 0.9)")
+    for name, times in scan_times.items():
+        scan = statistics.median(times)
+        print(f"{name:<17}: {seen / scan:12,.0f} tokens/s  (runs: {_fmt(times)})")
+        print(f"  throughput ratio {name} / bare = {bare / scan:.3f}  (goal >= 0.9)")
+    if len(scan_times) == 2:
+        with_bands, without = (statistics.median(t) for t in scan_times.values())
+        print(f"bands cost: scan with / without bands throughput = {without / with_bands:.3f}")
 
-    assert scanner is not None
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "bench.db"
-        start = time.perf_counter()
-        with Catalogue.open(path, create=True) as catalogue:
-            model_id = catalogue.upsert_model(model.record())
-            scanner.write_results(catalogue, catalogue.create_scan(model_id, params), model_id)
-        written = time.perf_counter() - start
-        neurons = len(layers) * model.d_mlp
-        size = sum(p.stat().st_size for p in Path(tmp).iterdir())
-        print(
-            f"catalogue: {size:,} bytes for {neurons:,} neurons = {size / neurons:,.0f} bytes per "
-            f"neuron (top-k {args.top_k}, random {args.random}, ctx {args.ctx}); "
-            f"written in {written:.1f} s"
-        )
+    for name, variant in variants.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "bench.db"
+            start = time.perf_counter()
+            with Catalogue.open(path, create=True) as catalogue:
+                model_id = catalogue.upsert_model(model.record())
+                scan_id = catalogue.create_scan(model_id, variant)
+                scanners[name].write_results(catalogue, scan_id, model_id)
+            written = time.perf_counter() - start
+            neurons = len(layers) * model.d_mlp
+            size = sum(p.stat().st_size for p in Path(tmp).iterdir())
+            print(
+                f"catalogue ({name}): {size:,} bytes for {neurons:,} neurons = "
+                f"{size / neurons:,.0f} bytes per neuron (top-k {args.top_k}, random "
+                f"{args.random}, band windows {variant.band_windows}, ctx {args.ctx}); "
+                f"written in {written:.1f} s"
+            )
 
 
 def _fmt(times: list[float]) -> str:

@@ -4,6 +4,7 @@ a model, so `--help`, `show`, `models` and `scans` start fast."""
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
 import os
@@ -43,6 +44,7 @@ from labeller.records import (
     LabelStatus,
     NeuronView,
     ScanParams,
+    ScoreWindows,
     SimulatorMode,
     neuron_name,
 )
@@ -277,13 +279,20 @@ def cli(verbose: bool) -> None:
     type=int,
     default=SCAN_DEFAULTS["seed"],
     show_default=True,
-    help="Seed of the random windows.",
+    help="Seed of the random windows and of the activation-band samples.",
 )
 @click.option(
     "--histogram-bins",
     type=click.IntRange(min=4),
     default=SCAN_DEFAULTS["histogram_bins"],
     show_default=True,
+)
+@click.option(
+    "--band-windows",
+    type=click.IntRange(min=0),
+    default=SCAN_DEFAULTS["band_windows"],
+    show_default=True,
+    help="Windows sampled per activation band per neuron (5-8 bands from 0 to the max); 0: none.",
 )
 @model_load_options
 def scan(
@@ -299,10 +308,12 @@ def scan(
     text_field: str,
     seed: int,
     histogram_bins: int,
+    band_windows: int,
     device: str,
     dtype: str,
 ) -> None:
-    """Run a model over a corpus and store every neuron's top and random windows and statistics.
+    """Run a model over a corpus and store every neuron's top, random and activation-band windows
+    and statistics.
 
     Ctrl-C stops at the next batch and keeps what was done; the same command resumes.
 
@@ -328,6 +339,7 @@ def scan(
             random=n_random,
             seed=seed,
             histogram_bins=histogram_bins,
+            band_windows=band_windows,
         )
         if ctx > model.context_limit:
             raise UserError(
@@ -407,7 +419,10 @@ def neuron_json(view: NeuronView, chances: Chances | None = None) -> dict[str, A
     data = view.model_dump(mode="json")
     for key in ("top_examples", "random_examples"):
         for example in data[key]:
-            example.pop("kind")
+            for name in ("kind", "band", "band_low", "band_high"):
+                example.pop(name)
+    for example in data["quantile_examples"]:
+        example.pop("kind")
     if chances is not None:
         for explanation, verdicts in zip(data["explanations"], chances, strict=True):
             for score, (verdict, _) in zip(explanation["scores"], verdicts, strict=True):
@@ -459,6 +474,15 @@ def print_neuron(
     console.print("\n[bold]Random examples[/bold]")
     for example in sealing.visible(view.random_examples, sealed)[:limit]:
         _print_example(console, example, scale)
+    if view.quantile_examples:
+        console.print(
+            "\n[bold]Examples by activation band[/bold] (windows whose max is in the band)"
+        )
+    for band, examples in itertools.groupby(view.quantile_examples, key=lambda e: e.band):
+        first = next(examples)
+        console.print(f"band {band}: {band_range(first, s.max)}", markup=False)
+        for example in sealing.visible([first, *examples], sealed)[:limit]:
+            _print_example(console, example, scale)
     held_out = sealing.held_out_count(view)
     if sealed and held_out:
         console.print(
@@ -484,6 +508,12 @@ def print_neuron(
             f"({printable(explanation.source)}) {scores}",
             markup=False,
         )
+
+
+def band_range(example: Example, neuron_max: float) -> str:
+    """A band's bounds as an interval: [low, high), the top band closed at the neuron's max."""
+    low, high = example.band_low or 0.0, example.band_high or 0.0
+    return f"[{low:.3f}, {high:.3f}" + ("]" if high >= neuron_max else ")")
 
 
 def _print_example(console: Console, example: Example, scale: float) -> None:
@@ -795,6 +825,15 @@ def explain(
     show_default=True,
     help="valid marks the best candidate; test gives an unbiased final number.",
 )
+@click.option(
+    "--on",
+    "on",
+    type=click.Choice([w.value for w in ScoreWindows]),
+    default=ScoreWindows.TOP_AND_RANDOM.value,
+    show_default=True,
+    help="Held-out windows to simulate: top and random (the reference's), the activation-band "
+    "windows, or all of them; every score records which.",
+)
 @click.option("--no-logprobs", is_flag=True, help="Endpoint has no logprobs: use written values.")
 @click.option(
     "--simulator-mode",
@@ -822,6 +861,7 @@ def score(
     dry_run: bool,
     simulator: str,
     split: str,
+    on: str,
     no_logprobs: bool,
     simulator_mode: str,
     null_sample: float,
@@ -831,17 +871,21 @@ def score(
 
     The simulator sees only the label and the held-out tokens; the score is the correlation of
     its predictions with the true activations over all those tokens (top-and-random, plus
-    top-only and random-only). A null control scores a seeded sample of the labels against
-    another neuron's windows; scores at or below its 95th percentile are not above chance.
+    top-only and random-only; with --on quantiles or all, over the activation-band windows
+    too). A null control scores a seeded sample of the labels against another neuron's
+    windows; scores at or below its 95th percentile are not above chance.
 
     \b
     Example:
       labeller score --simulator baseline --layer 0
+      labeller score --simulator baseline --layer 0 --on quantiles
       labeller score --simulator gpt-4o-mini --layer 5 --split test
       labeller score --simulator my-model --simulator-mode all-at-once --base-url URL
     """
     from labeller.explain.service import dry_run_score, null_line, null_plan, score_neurons
     from labeller.records import Split
+
+    windows = ScoreWindows(on)
 
     with Catalogue.open(db_path) as catalogue:
         refs = _selected_refs(catalogue, model_name, layers, neurons)
@@ -850,10 +894,10 @@ def score(
             simulator, logprobs=not no_logprobs, mode=SimulatorMode(simulator_mode)
         )
         if dry_run:
-            plan = dry_run_score(catalogue, refs, chosen, Split(split), null_sample)
+            plan = dry_run_score(catalogue, refs, chosen, Split(split), null_sample, windows)
             _print_dry_run("score", chosen.name, refs, plan)
             if not plan.offline:
-                nulls = len(null_plan(catalogue, refs, chosen, Split(split), null_sample))
+                nulls = len(null_plan(catalogue, refs, chosen, Split(split), null_sample, windows))
                 click.echo(f"null control: {nulls:,} labels against other neurons (counted above)")
             return
         report = _run_neurons(
@@ -865,6 +909,7 @@ def score(
                 refs,
                 chosen,
                 split=Split(split),
+                on=windows,
                 force=force,
                 null_sample=null_sample,
                 on_progress=advance,

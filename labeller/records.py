@@ -6,6 +6,7 @@ without pulling in the model stack.
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, NamedTuple
@@ -45,6 +46,35 @@ def random_split(index: int) -> Split:
     return RANDOM_SPLITS[index % 3]
 
 
+def quantile_split(position: int) -> Split:
+    """A band's windows, in their sampling order within the band, interleaved like top windows
+    (train, calibration, valid, test): with 4 windows a band, one of each."""
+    return TOP_SPLITS[position % 4]
+
+
+BANDS = 8  # bins on a neuron's band grid; a neuron ends with 5 to 8 bands
+
+
+def band_width(max_activation: float) -> float | None:
+    """The width of a neuron's activation bands: the power of two w with 4w <= max < 8w, so the
+    bands [0, w), [w, 2w), .. up to the max number 5 to 8. None when the max is not positive
+    (no window is banded)."""
+    if not max_activation > 0 or math.isinf(max_activation):
+        return None
+    _, exponent = math.frexp(max_activation)  # max = m * 2**exponent, 0.5 <= m < 1
+    return math.ldexp(1.0, exponent - 3)
+
+
+def band_edges(max_activation: float) -> list[float]:
+    """The edges of a neuron's bands, from 0 to its max (the top band's upper edge is the max);
+    empty when the max is not positive."""
+    width = band_width(max_activation)
+    if width is None:
+        return []
+    top = min(BANDS - 1, math.floor(max_activation / width))
+    return [i * width for i in range(top + 1)] + [max_activation]
+
+
 class ScanStatus(StrEnum):
     RUNNING = "running"
     INTERRUPTED = "interrupted"
@@ -62,6 +92,7 @@ class LabelStatus(StrEnum):
 class ExampleKind(StrEnum):
     TOP = "top"
     RANDOM = "random"
+    QUANTILE = "quantile"  # sampled from one of the neuron's activation bands
 
 
 class ScoreMethod(StrEnum):
@@ -71,9 +102,57 @@ class ScoreMethod(StrEnum):
     TOP_AND_RANDOM = "top_and_random"
     TOP_ONLY = "top_only"
     RANDOM_ONLY = "random_only"
+    QUANTILES = "quantiles"  # the activation-band windows only
+    ALL = "all"  # top, random and activation-band windows together
 
 
 PRIMARY_METHOD = ScoreMethod.TOP_AND_RANDOM
+
+
+class ScoreWindows(StrEnum):
+    """Which held-out windows a scoring run simulated (`score --on`); every score records it.
+    Its score's method then says which of them its r correlates over."""
+
+    TOP_AND_RANDOM = "top_and_random"  # Bills et al.'s: top and random windows
+    QUANTILES = "quantiles"  # the activation-band windows
+    ALL = "all"  # both
+
+    @property
+    def kinds(self) -> tuple[ExampleKind, ...]:
+        return {
+            ScoreWindows.TOP_AND_RANDOM: (ExampleKind.TOP, ExampleKind.RANDOM),
+            ScoreWindows.QUANTILES: (ExampleKind.QUANTILE,),
+            ScoreWindows.ALL: (ExampleKind.TOP, ExampleKind.RANDOM, ExampleKind.QUANTILE),
+        }[self]
+
+    @property
+    def methods(self) -> tuple[ScoreMethod, ...]:
+        """The scores a run on these windows writes; the first has the per-window detail."""
+        return {
+            ScoreWindows.TOP_AND_RANDOM: (
+                ScoreMethod.TOP_AND_RANDOM,
+                ScoreMethod.TOP_ONLY,
+                ScoreMethod.RANDOM_ONLY,
+            ),
+            ScoreWindows.QUANTILES: (ScoreMethod.QUANTILES,),
+            ScoreWindows.ALL: (
+                ScoreMethod.ALL,
+                ScoreMethod.TOP_AND_RANDOM,
+                ScoreMethod.TOP_ONLY,
+                ScoreMethod.RANDOM_ONLY,
+                ScoreMethod.QUANTILES,
+            ),
+        }[self]
+
+
+# The window kinds each score method correlates over.
+METHOD_KINDS = {
+    ScoreMethod.TOP_AND_RANDOM: (ExampleKind.TOP, ExampleKind.RANDOM),
+    ScoreMethod.TOP_ONLY: (ExampleKind.TOP,),
+    ScoreMethod.RANDOM_ONLY: (ExampleKind.RANDOM,),
+    ScoreMethod.QUANTILES: (ExampleKind.QUANTILE,),
+    ScoreMethod.ALL: (ExampleKind.TOP, ExampleKind.RANDOM, ExampleKind.QUANTILE),
+}
 
 
 class PredictionKind(StrEnum):
@@ -163,6 +242,11 @@ class ScanParams(Record):
     random: int = 20
     seed: int = 0
     histogram_bins: int = 64
+    band_windows: int = Field(
+        default=4,
+        description="windows sampled per activation band per neuron (0: no bands); scans "
+        "recorded before bands existed read as 0",
+    )
 
 
 class ScanRecord(Record):
@@ -218,7 +302,10 @@ class Example(Record):
     """One stored window with one neuron's per-token activations."""
 
     kind: ExampleKind
-    rank: int = Field(description="rank among top windows, or index among random windows")
+    rank: int = Field(
+        description="rank among top windows, index among random windows, or among the "
+        "neuron's band windows (band by band, each in sampling order)"
+    )
     split: Split
     tokens: list[str]
     activations: list[float]
@@ -226,6 +313,17 @@ class Example(Record):
     max_activation: float
     document: str
     offset: int = Field(description="token offset of the window in its document")
+    band: int | None = Field(
+        default=None, description="quantile windows: the band's index, 0 the lowest"
+    )
+    band_low: float | None = Field(
+        default=None, description="quantile windows: the band's lower edge (inclusive)"
+    )
+    band_high: float | None = Field(
+        default=None,
+        description="quantile windows: the band's upper edge (exclusive; the neuron's max, "
+        "inclusive, for the top band)",
+    )
 
 
 class Score(Record):
@@ -243,6 +341,11 @@ class Score(Record):
         default=False,
         description="true when the label's author (person or LLM explainer) had been shown none "
         "of the scored windows when writing it; false when they had, or when that is unknown",
+    )
+    windows: ScoreWindows = Field(
+        default=ScoreWindows.TOP_AND_RANDOM,
+        description="the held-out windows the scoring run simulated (`score --on`); `method` "
+        "says which of them this r is over",
     )
     details: dict[str, Any] = Field(
         default_factory=dict, description="per-window true and simulated activations, or reason"
@@ -262,6 +365,10 @@ class NullControl(Record):
     prompt_version: str
     split: Split
     prediction: PredictionKind
+    windows: ScoreWindows = Field(
+        default=ScoreWindows.TOP_AND_RANDOM,
+        description="the held-out windows its labels were scored on (the run's `--on`)",
+    )
     values: list[float]
     excluded: int = 0
     mean: float | None = None
@@ -313,6 +420,7 @@ class NeuronView(Record):
     weights: WeightFacts | None
     top_examples: list[Example]
     random_examples: list[Example]
+    quantile_examples: list[Example] = Field(default_factory=list)
     explanations: list[Explanation]
     label: int | None = Field(
         default=None,

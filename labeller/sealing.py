@@ -51,4 +51,5 @@ def visible(examples: Iterable[Example], sealed: bool) -> list[Example]:
 
 def held_out_count(view: NeuronView) -> int:
     """How many of the neuron's windows are held out (what sealing hides)."""
-    return sum(e.split in HELD_OUT for e in (*view.top_examples, *view.random_examples))
+    windows = (*view.top_examples, *view.random_examples, *view.quantile_examples)
+    return sum(e.split in HELD_OUT for e in windows)

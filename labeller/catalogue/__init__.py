@@ -44,6 +44,8 @@ from labeller.records import (
     ScanRecord,
     ScanStatus,
     Score,
+    ScoreMethod,
+    ScoreWindows,
     Split,
     utc_now,
 )
@@ -501,6 +503,7 @@ class Catalogue:
             weights=rows.weights_from_row(row),
             top_examples=[e for e in examples if e.kind is ExampleKind.TOP],
             random_examples=[e for e in examples if e.kind is ExampleKind.RANDOM],
+            quantile_examples=[e for e in examples if e.kind is ExampleKind.QUANTILE],
             explanations=self.explanations_of(int(row["id"])),
             label=self.label_id(int(row["id"])),
             unsealed_by=self.unsealed_by(int(row["id"])),
@@ -657,11 +660,18 @@ class Catalogue:
     def failures(self, neuron_id: int) -> list[dict[str, Any]]:
         return list(self.db.table("failed_attempts").rows_where("neuron_id = ?", [neuron_id]))
 
-    def has_scores(self, explanation_id: int, simulator: str, split: Split, version: str) -> bool:
+    def has_scores(
+        self,
+        explanation_id: int,
+        simulator: str,
+        split: Split,
+        version: str,
+        method: ScoreMethod = PRIMARY_METHOD,
+    ) -> bool:
         found = self.db.query(
             "select 1 from scores where explanation_id = ? and simulator = ? and split = ? "
-            "and prompt_version = ? limit 1",
-            [explanation_id, simulator, split.value, version],
+            "and prompt_version = ? and method = ? limit 1",
+            [explanation_id, simulator, split.value, version, method.value],
         )
         return any(True for _ in found)
 
@@ -747,16 +757,24 @@ class Catalogue:
         prompt_version: str | None,
         split: Split,
         prediction: PredictionKind | None,
+        windows: ScoreWindows = ScoreWindows.TOP_AND_RANDOM,
     ) -> NullControl | None:
-        """The newest null control a score of these is read against; None when there is none
-        (or the score's kind is unknown)."""
+        """The newest null control a score of these is read against (one scored on the same
+        kinds of windows); None when there is none (or the score's kind is unknown)."""
         if simulator is None or prediction is None:
             return None
         for row in self.db.query(
             """select c.*, m.name as model from null_controls c join models m on m.id = c.model_id
             where m.name = ? and c.simulator = ? and coalesce(c.prompt_version, '') = ?
-            and c.split = ? and c.prediction = ? order by c.id desc limit 1""",
-            [model_name, simulator, prompt_version or "", split.value, prediction.value],
+            and c.split = ? and c.prediction = ? and c.windows = ? order by c.id desc limit 1""",
+            [
+                model_name,
+                simulator,
+                prompt_version or "",
+                split.value,
+                prediction.value,
+                windows.value,
+            ],
         ):
             return rows.null_control_from_row(row)
         return None
@@ -769,7 +787,7 @@ class Catalogue:
     ) -> tuple[bool | None, float | None]:
         """Whether `score` is above chance, and the 95th percentile it was held to: the one
         place every view (show, rank, TUI) gets the verdict. `memo` spares repeated look-ups."""
-        key = (score.simulator, score.prompt_version, score.split, score.prediction)
+        key = (score.simulator, score.prompt_version, score.split, score.prediction, score.windows)
         memo = {} if memo is None else memo
         if key not in memo:
             memo[key] = self.latest_null_control(model_name, *key)

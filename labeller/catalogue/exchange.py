@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from labeller.catalogue import Catalogue, rows
@@ -90,6 +90,7 @@ class StoredNeuron:
     explanations: list[StoredExplanation]
     history: list[StoredHistory]
     label_id: int | None = None  # the neuron's label (`label_state`); may be filtered out
+    quantile_examples: list[StoredExample] = field(default_factory=list)
 
 
 # --- reading ------------------------------------------------------------------------------------
@@ -220,6 +221,7 @@ def _stored_neuron(catalogue: Catalogue, row: Row, selection: Selection) -> Stor
         weights=rows.weights_from_row(row),
         top_examples=[e for e in examples if e.example.kind is ExampleKind.TOP],
         random_examples=[e for e in examples if e.example.kind is ExampleKind.RANDOM],
+        quantile_examples=[e for e in examples if e.example.kind is ExampleKind.QUANTILE],
         explanations=explanations,
         history=history,
         label_id=catalogue.label_id(neuron_id),
@@ -229,7 +231,7 @@ def _stored_neuron(catalogue: Catalogue, row: Row, selection: Selection) -> Stor
 def _examples(catalogue: Catalogue, neuron_id: int) -> Iterator[StoredExample]:
     for row in catalogue.db.query(
         """select e.kind, e.rank, e.split, e.activations, e.max_activation, e.max_index,
-        w.document, w.offset, w.tokens, w.token_ids from examples e
+        e.band, e.band_low, e.band_high, w.document, w.offset, w.tokens, w.token_ids from examples e
         join windows w on w.id = e.window_id where e.neuron_id = ? order by e.kind desc, e.rank""",
         [neuron_id],
     ):

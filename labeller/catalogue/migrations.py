@@ -264,6 +264,21 @@ def m005_null_controls(db: Database) -> None:
 
 
 @migrations()
+def m006_activation_bands(db: Database) -> None:
+    """Windows sampled from each neuron's activation bands (examples of kind `quantile`, with
+    the band's index and edges), and which held-out windows each score and null control was
+    computed on (`score --on`). Everything scored before this was on top and random windows;
+    catalogues scanned before this have no bands (rescan to get them)."""
+    examples = db.table("examples")
+    examples.add_column("band", int)
+    examples.add_column("band_low", float)
+    examples.add_column("band_high", float)
+    for table in ("scores", "null_controls"):
+        db.table(table).add_column("windows", str)
+        db.execute(f"update {table} set windows = 'top_and_random'")
+
+
+@migrations()
 def m007_blind_scores(db: Database) -> None:
     """What each label's author had been shown (`explanations.seen`, a JSON list of splits) and
     whether each score is blind (`scores.blind`: its split is not among them).

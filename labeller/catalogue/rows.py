@@ -36,6 +36,7 @@ from labeller.records import (
     ScanStatus,
     Score,
     ScoreMethod,
+    ScoreWindows,
     Split,
     WeightFacts,
 )
@@ -102,6 +103,9 @@ class ExampleRow:
     activations: bytes
     max_activation: float
     max_index: int
+    band: int | None = None
+    band_low: float | None = None
+    band_high: float | None = None
 
 
 @dataclass(frozen=True)
@@ -131,13 +135,20 @@ def scan_from_row(row: Row) -> ScanRecord:
     return ScanRecord(
         id=row["id"],
         model=row["model"],
-        params=ScanParams.model_validate_json(row["params"]),
+        params=params_from_json(row["params"]),
         status=ScanStatus(row["status"]),
         tokens_seen=row["tokens_seen"],
         windows_seen=row["windows_seen"],
         started_at=row["started_at"],
         updated_at=row["updated_at"],
     )
+
+
+def params_from_json(raw: str) -> ScanParams:
+    """Stored scan parameters; a scan recorded before activation bands existed kept none."""
+    data = json.loads(raw)
+    data.setdefault("band_windows", 0)
+    return ScanParams.model_validate(data)
 
 
 def scan_to_row(
@@ -253,6 +264,9 @@ def example_to_row(example: ExampleRow, neuron_id: int, window_id: int) -> Row:
         "activations": example.activations,
         "max_activation": example.max_activation,
         "max_index": example.max_index,
+        "band": example.band,
+        "band_low": example.band_low,
+        "band_high": example.band_high,
     }
 
 
@@ -273,6 +287,9 @@ def example_rows(example: Example, token_ids: list[int], key: int) -> tuple[Wind
         activations=encode_activations(np.asarray(example.activations)),
         max_activation=example.max_activation,
         max_index=example.max_index,
+        band=example.band,
+        band_low=example.band_low,
+        band_high=example.band_high,
     )
     return window, row
 
@@ -290,6 +307,9 @@ def example_from_row(row: Row) -> Example:
         max_activation=row["max_activation"],
         document=row["document"],
         offset=row["offset"],
+        band=row.get("band"),
+        band_low=row.get("band_low"),
+        band_high=row.get("band_high"),
     )
 
 
@@ -367,6 +387,7 @@ def score_from_row(row: Row) -> Score:
         prompt_version=row["prompt_version"],
         prediction=None if row["prediction"] is None else PredictionKind(row["prediction"]),
         blind=bool(row["blind"]),
+        windows=ScoreWindows(row["windows"] or ScoreWindows.TOP_AND_RANDOM),
         details=json.loads(row["details"] or "{}"),
         created_at=row["created_at"],
     )
@@ -382,6 +403,7 @@ def score_to_row(score: Score, explanation_id: int) -> Row:
         "prompt_version": score.prompt_version,
         "prediction": None if score.prediction is None else score.prediction.value,
         "blind": int(score.blind),
+        "windows": score.windows.value,
         "details": json.dumps(score.details, ensure_ascii=False),
         "created_at": score.created_at,
     }
@@ -396,6 +418,7 @@ def null_control_from_row(row: Row) -> NullControl:
         prompt_version=row["prompt_version"] or "",
         split=Split(row["split"]),
         prediction=PredictionKind(row["prediction"]),
+        windows=ScoreWindows(row["windows"] or ScoreWindows.TOP_AND_RANDOM),
         values=json.loads(row["r_values"]),
         excluded=row["excluded"] or 0,
         mean=row["mean"],
@@ -412,6 +435,7 @@ def null_control_to_row(null: NullControl, model_id: int) -> Row:
         "prompt_version": null.prompt_version,
         "split": null.split.value,
         "prediction": null.prediction.value,
+        "windows": null.windows.value,
         "n": null.n,
         "excluded": null.excluded,
         "mean": null.mean,

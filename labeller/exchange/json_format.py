@@ -54,7 +54,9 @@ from labeller.records import (
 )
 
 FORMAT_NAME: Final = "labeller-export"
-FORMAT_VERSION: Final = 1
+# 2: activation-band windows (`quantile_examples`, band fields) and each score's `windows`;
+# version 1 files read as having no bands and scores on top and random windows.
+FORMAT_VERSION: Final = 2
 _NEURONS_OPEN = ', "neurons": ['
 
 
@@ -129,6 +131,10 @@ class ExportNeuron(Record):
     weights: WeightFacts | None
     top_examples: list[ExportExample]
     random_examples: list[ExportExample]
+    quantile_examples: list[ExportExample] = Field(
+        default_factory=list,
+        description="windows sampled from the neuron's activation bands, band by band",
+    )
     explanations: list[ExportExplanation]
     history: list[ExportHistoryEntry] = Field(
         default_factory=list, description="entries tied to no explanation (rare)"
@@ -142,7 +148,7 @@ class ExportNeuron(Record):
 
 class ExportHeader(Record):
     format: Literal["labeller-export"]
-    format_version: Literal[1]
+    format_version: Literal[1, 2]
     exported_at: str
     neuron_count: int = Field(ge=0, description="number of entries in `neurons`")
     models: list[ModelRecord]
@@ -245,6 +251,7 @@ def export_neuron(stored: store.StoredNeuron, scan_index: dict[int, int]) -> Exp
         weights=stored.weights,
         top_examples=[_example(e) for e in stored.top_examples],
         random_examples=[_example(e) for e in stored.random_examples],
+        quantile_examples=[_example(e) for e in stored.quantile_examples],
         explanations=[
             ExportExplanation(
                 text=e.explanation.text,
@@ -397,6 +404,10 @@ def _check_format(path: Path, raw: Any) -> None:
 
 
 def _header(path: Path, raw: dict[str, Any]) -> ExportHeader:
+    if raw.get("format_version") == 1:  # scanned before bands existed: it kept none
+        for scan in raw.get("scans") or []:
+            if isinstance(scan, dict) and isinstance(scan.get("params"), dict):
+                scan["params"].setdefault("band_windows", 0)
     try:
         header = ExportHeader.model_validate(raw)
     except ValidationError as exc:
@@ -426,9 +437,18 @@ def _check_references(path: Path, header: ExportHeader, neuron: ExportNeuron) ->
             f"{where}: neuron {neuron.neuron} does not exist; model {model.name} has neurons "
             f"0-{model.d_mlp - 1}"
         )
-    for kind, examples in (("top", neuron.top_examples), ("random", neuron.random_examples)):
+    for kind, examples in (
+        ("top", neuron.top_examples),
+        ("random", neuron.random_examples),
+        ("quantile", neuron.quantile_examples),
+    ):
         for example in examples:
             _check_example(f"{where}, {kind} window {example.rank}", example)
+            if (example.kind.value == "quantile") != (kind == "quantile"):
+                raise UserError(f"{where}, {kind} window {example.rank} is of kind {example.kind}")
+    for example in neuron.quantile_examples:
+        if example.band is None or example.band_low is None or example.band_high is None:
+            raise UserError(f"{where}, quantile window {example.rank} has no band")
     for explanation in neuron.explanations:
         if not explanation.text.strip():
             raise UserError(f"{where} has a label with empty label text")

@@ -32,8 +32,17 @@ Rules their code sets, and how this follows them:
 - An empty batch file would make their importer parse an empty first line: none is written.
 - 1,024 neurons per batch file, as their exporter.
 
-The activation row builder (`activation_line`) takes one stored window and optional bin fields,
-so new kinds of windows (e.g. activation-quantile samples) add rows without touching the rest.
+Activation line (one per stored window: top windows by rank, random ones, then band windows):
+    id                     stable id: hash of model, layer, neuron, kind, rank, document, offset
+    modelId, layer, index  as above
+    creatorId              the export's Neuronpedia user id
+    dataSource             the scanned dataset
+    tokens, values         the window's tokens and this neuron's activations
+    maxValue, minValue, maxValueTokenIndex   over the window
+    dfaValues []           dfaMaxValue, dfaTargetIndex null (attention only)
+    binMin, binMax         a band window's band edges (its max lies in [binMin, binMax));
+                           null for top and random windows
+    binContains            null (we do not count what share of windows falls in a band)
 """
 
 from __future__ import annotations
@@ -234,10 +243,17 @@ def activation_line(
 def activation_lines(
     stored: store.StoredNeuron, dataset: str | None, user_id: str = NEURONPEDIA_BOT_USER
 ) -> list[dict[str, Any]]:
-    """Top windows by rank, then random ones."""
+    """Top windows by rank, then random ones, then band windows with their band's edges."""
     return [
-        activation_line(stored, s.example, dataset, user_id)
-        for s in (*stored.top_examples, *stored.random_examples)
+        activation_line(
+            stored,
+            s.example,
+            dataset,
+            user_id,
+            bin_min=s.example.band_low,
+            bin_max=s.example.band_high,
+        )
+        for s in (*stored.top_examples, *stored.random_examples, *stored.quantile_examples)
     ]
 
 

@@ -14,7 +14,12 @@ To lay out their directory tree, write each line to the file its `neuron_id` and
 Mapping and gaps:
 - `most_positive_activation_records`: our top windows by rank; `random_sample`: our random
   windows by index, all of them, in scan order.
-- `random_sample_by_quantile`, `quantile_boundaries`: we keep no quantile samples: `[]`.
+- `random_sample_by_quantile`: our activation-band windows, one list per band from the lowest
+  (band i holds windows whose max lies in [boundaries[i], boundaries[i+1]); a band the corpus
+  left empty is an empty list), each band's windows in sampling order, all splits;
+  `quantile_boundaries`: the band edges, 0 to the neuron's max (one more than the bands). Our
+  bands are equal-width activation bands, not quantiles of the activation distribution; both
+  are null (their "quantile tracking disabled") when the scan kept no band windows.
 - `mean`, `variance` (std squared), `skewness`, `kurtosis` (ours is excess kurtosis) from our
   stats; an undefined moment is null, as orjson writes their NaN.
 - One `ScoredExplanation` per label, never two: its valid-split top-and-random score (valid is
@@ -47,7 +52,7 @@ from labeller.catalogue import Catalogue
 from labeller.catalogue import exchange as store
 from labeller.explain.baseline import SOURCE as BASELINE
 from labeller.explain.scoring import correlation_score
-from labeller.records import PRIMARY_METHOD, ExampleKind, Explanation, Score, Split
+from labeller.records import PRIMARY_METHOD, ExampleKind, Explanation, Score, Split, band_edges
 
 
 def _obj(name: str, **fields: Any) -> dict[str, Any]:
@@ -64,6 +69,7 @@ def activation_record(tokens: list[str], activations: list[float]) -> dict[str, 
 
 def neuron_record(stored: store.StoredNeuron) -> dict[str, Any]:
     stats = stored.stats
+    by_band, edges = quantile_fields(stored)
     return _obj(
         "NeuronRecord",
         neuron_id=neuron_id(stored.layer, stored.neuron),
@@ -71,8 +77,8 @@ def neuron_record(stored: store.StoredNeuron) -> dict[str, Any]:
             activation_record(e.example.tokens, e.example.activations)
             for e in stored.random_examples
         ],
-        random_sample_by_quantile=[],
-        quantile_boundaries=[],
+        random_sample_by_quantile=by_band,
+        quantile_boundaries=edges,
         mean=stats.mean,
         variance=stats.std**2,
         skewness=stats.skewness,
@@ -81,6 +87,21 @@ def neuron_record(stored: store.StoredNeuron) -> dict[str, Any]:
             activation_record(e.example.tokens, e.example.activations) for e in stored.top_examples
         ],
     )
+
+
+def quantile_fields(
+    stored: store.StoredNeuron,
+) -> tuple[list[list[dict[str, Any]]] | None, list[float] | None]:
+    """`random_sample_by_quantile` and `quantile_boundaries`: None, None with no band windows."""
+    if not stored.quantile_examples:
+        return None, None
+    edges = band_edges(stored.stats.max)
+    bands: list[list[dict[str, Any]]] = [[] for _ in range(max(len(edges) - 1, 0))]
+    for e in stored.quantile_examples:
+        band = e.example.band
+        if band is not None and band < len(bands):
+            bands[band].append(activation_record(e.example.tokens, e.example.activations))
+    return bands, edges
 
 
 def reference_valid_slices(n_top: int, n_random: int) -> tuple[list[int], list[int]]:

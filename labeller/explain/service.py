@@ -24,14 +24,15 @@ from labeller.explain.explainer import Explainer, Windows
 from labeller.explain.scoring import correlation_score, null_summary
 from labeller.explain.simulator import Job, NotScorable, SimulationFailed, Simulator
 from labeller.records import (
-    PRIMARY_METHOD,
+    METHOD_KINDS,
     Example,
     ExampleKind,
     Explanation,
+    NeuronView,
     NullControl,
     PredictionKind,
     Score,
-    ScoreMethod,
+    ScoreWindows,
     Split,
     neuron_name,
 )
@@ -67,12 +68,14 @@ def train_windows(view_examples: Sequence[Example]) -> Windows:
 
 
 def scored_windows(
-    top: Sequence[Example], random: Sequence[Example], split: Split
+    view: NeuronView, split: Split, on: ScoreWindows = ScoreWindows.TOP_AND_RANDOM
 ) -> list[Example]:
-    """Held-out windows of one split; never a train window (those are the explainer's)."""
+    """Held-out windows of one split, of the kinds `on` names (top, random, then band windows
+    band by band); never a train window (those are the explainer's)."""
     if split is Split.TRAIN:
         raise ValueError("scoring on the train split would grade the explainer on its own input")
-    return [e for e in (*top, *random) if e.split is split]
+    examples = (*view.top_examples, *view.random_examples, *view.quantile_examples)
+    return [e for e in examples if e.split is split and e.kind in on.kinds]
 
 
 async def _for_each(
@@ -162,29 +165,36 @@ async def score_neurons(
     simulator: Simulator,
     *,
     split: Split = Split.VALID,
+    on: ScoreWindows = ScoreWindows.TOP_AND_RANDOM,
     force: bool = False,
     null_sample: float = NULL_SAMPLE,
     null_control: bool = True,
     on_progress: Callable[[int], None] | None = None,
 ) -> Report:
-    """Score every explanation of each neuron (LLM, baseline or human alike) on `split`, then
-    the run's null control (see `null_plan`), stored and returned in `Report.null`.
+    """Score every explanation of each neuron (LLM, baseline or human alike) on `split`'s
+    windows of the kinds `on` names, then the run's null control (see `null_plan`) on the
+    same kinds, stored and returned in `Report.null`.
 
     On valid, a source with several candidates (best-of-K) also has them scored on
     calibration: the best is chosen there and reports its valid score, so choosing does not
-    inflate what is reported. Test is scored only when asked, and never chooses.
+    inflate what is reported. Test is scored only when asked, and never chooses. Choosing
+    reads the primary (top-and-random) score, so a run `on` quantiles only chooses nothing.
 
     `null_control` False: no null control (the TUI's one-neuron scoring, whose sample of one
     or two labels would replace a batch run's as the latest chance level).
     """
     report = Report(neurons=len(refs))
 
-    def todo(explanations: list[Explanation], on: Split) -> list[Explanation]:
+    chooses = split is Split.VALID and ExampleKind.TOP in on.kinds
+
+    def todo(explanations: list[Explanation], at: Split) -> list[Explanation]:
         return [
             e
             for e in explanations
             if force
-            or not catalogue.has_scores(e.id or 0, simulator.name, on, simulator.prompt_version)
+            or not catalogue.has_scores(
+                e.id or 0, simulator.name, at, simulator.prompt_version, on.methods[0]
+            )
         ]
 
     async def one(ref: NeuronRef) -> None:
@@ -193,27 +203,35 @@ async def score_neurons(
         report.skipped += len(explanations) - len(reported)
         sources = Counter(e.source for e in explanations)
         choosing = []
-        if split is Split.VALID:
+        if chooses:
             candidates = [e for e in explanations if sources[e.source] > 1]
             choosing = todo(candidates, Split.CALIBRATION)
         if not reported and not choosing:
             return
         view = catalogue.neuron_view(ref.model, ref.layer, ref.neuron)
-        for on, labels in ((Split.CALIBRATION, choosing), (split, reported)):
-            windows = scored_windows(view.top_examples, view.random_examples, on)
+        for at, labels in ((Split.CALIBRATION, choosing), (split, reported)):
+            windows = scored_windows(view, at, on)
             for explanation in labels:
                 await _score_one(
-                    catalogue, ref, explanation, windows, simulator, on, report, counted=on is split
+                    catalogue,
+                    ref,
+                    explanation,
+                    windows,
+                    simulator,
+                    at,
+                    on,
+                    report,
+                    counted=at is split,
                 )
-        if split is Split.VALID:
+        if chooses:
             for source, count in sources.items():
                 chosen_on = Split.CALIBRATION if count > 1 else None
                 catalogue.mark_best(ref.id, source, simulator.name, chosen_on=chosen_on)
 
     await _for_each(refs, one, on_progress)
-    plan = null_plan(catalogue, refs, simulator, split, null_sample) if null_control else []
+    plan = null_plan(catalogue, refs, simulator, split, null_sample, on) if null_control else []
     if plan:
-        report.null = await _null_control(catalogue, plan, simulator, split)
+        report.null = await _null_control(catalogue, plan, simulator, split, on)
         catalogue.save_null_control(report.null)
     report.notes[:0] = simulator.run_notes()
     return report
@@ -235,6 +253,7 @@ def null_plan(
     simulator: Simulator,
     split: Split,
     fraction: float = NULL_SAMPLE,
+    on: ScoreWindows = ScoreWindows.TOP_AND_RANDOM,
 ) -> list[NullJob]:
     """The labels of these neurons a run scores against chance, each paired with a different
     neuron of the same model and layers, chosen at random (never itself).
@@ -260,13 +279,17 @@ def null_plan(
         other = rng.choice([r for r in pool if r.id != own.id])
         if other.id not in views:
             view = catalogue.neuron_view(other.model, other.layer, other.neuron)
-            views[other.id] = scored_windows(view.top_examples, view.random_examples, split)
+            views[other.id] = scored_windows(view, split, on)
         jobs.append(NullJob(explanation, own, other, views[other.id]))
     return jobs
 
 
 async def _null_control(
-    catalogue: Catalogue, plan: Sequence[NullJob], simulator: Simulator, split: Split
+    catalogue: Catalogue,
+    plan: Sequence[NullJob],
+    simulator: Simulator,
+    split: Split,
+    on: ScoreWindows,
 ) -> NullControl:
     """Each planned label's r against its other neuron's windows, by the same Pearson code.
 
@@ -295,6 +318,7 @@ async def _null_control(
         prompt_version=simulator.prompt_version,
         split=split,
         prediction=kind,
+        windows=on,
         values=values,
         excluded=len(results) - len(values),
         mean=mean,
@@ -323,6 +347,7 @@ async def _score_one(
     windows: list[Example],
     simulator: Simulator,
     split: Split,
+    on: ScoreWindows,
     report: Report,
     *,
     counted: bool = True,
@@ -347,9 +372,10 @@ async def _score_one(
                     prompt_version=simulator.prompt_version,
                     prediction=simulator.prediction,
                     blind=blind,
+                    windows=on,
                     details={"reason": str(exc)},
                 )
-                for method in ScoreMethod
+                for method in on.methods
             ],
         )
         return
@@ -375,6 +401,7 @@ async def _score_one(
             simulator.prompt_version,
             split,
             simulation.prediction,
+            on,
             blind=blind,
         ),
     )
@@ -388,21 +415,21 @@ def build_scores(
     version: str,
     split: Split,
     prediction: PredictionKind,
+    on: ScoreWindows = ScoreWindows.TOP_AND_RANDOM,
     *,
     blind: bool = False,
 ) -> list[Score]:
-    """Top-and-random (primary), top-only and random-only; per-window detail on the primary.
-    `blind`: the label's author saw none of `windows` (see `labeller.sealing`)."""
-    groups = {
-        ScoreMethod.TOP_AND_RANDOM: [True] * len(windows),
-        ScoreMethod.TOP_ONLY: [w.kind == ExampleKind.TOP for w in windows],
-        ScoreMethod.RANDOM_ONLY: [w.kind == ExampleKind.RANDOM for w in windows],
-    }
+    """One score per method `on` gives, each over its kinds of the windows (top-and-random,
+    top-only and random-only for the reference's windows); the per-window detail goes on the
+    first, the one over all the windows simulated. `blind`: the label's author saw none of
+    `windows` (see `labeller.sealing`)."""
+    groups = {method: [w.kind in METHOD_KINDS[method] for w in windows] for method in on.methods}
     detail = {
         "windows": [
             {
                 "kind": w.kind.value,
                 "rank": w.rank,
+                **({"band": w.band} if w.band is not None else {}),
                 "tokens": w.tokens,
                 "true": w.activations,
                 "simulated": list(s),
@@ -423,7 +450,8 @@ def build_scores(
                 prompt_version=version,
                 prediction=prediction,
                 blind=blind,
-                details=detail if method is PRIMARY_METHOD else {},
+                windows=on,
+                details=detail if method is on.methods[0] else {},
             )
         )
     return scores
@@ -450,17 +478,18 @@ def dry_run_score(
     simulator: Simulator,
     split: Split,
     null_sample: float = NULL_SAMPLE,
+    on: ScoreWindows = ScoreWindows.TOP_AND_RANDOM,
 ) -> DryRun:
-    """What `score_neurons` would send to score every label of these neurons on `split`,
-    null control included."""
+    """What `score_neurons` would send to score every label of these neurons on `split`'s
+    windows of the kinds `on` names, null control included."""
 
     def jobs() -> Iterator[Job]:
         for ref in refs:
             view = catalogue.neuron_view(ref.model, ref.layer, ref.neuron)
-            windows = scored_windows(view.top_examples, view.random_examples, split)
+            windows = scored_windows(view, split, on)
             for explanation in view.explanations:
                 yield explanation.text, [w.tokens for w in windows]
-        for job in null_plan(catalogue, refs, simulator, split, null_sample):
+        for job in null_plan(catalogue, refs, simulator, split, null_sample, on):
             yield job.explanation.text, [w.tokens for w in job.windows]
 
     return simulator.dry_run(jobs())

@@ -90,6 +90,155 @@ class TopWindows:
             getattr(self, name).copy_(tensor)
 
 
+EMPTY_PRIORITY = torch.iinfo(torch.long).max
+
+
+class BandSample:
+    """Per neuron, a uniform sample of `m` windows from each activation band, exact and
+    unbiased whatever the order and batching of the stream.
+
+    Every window has a random priority (a seeded hash of its tokens, shared by all neurons).
+    Per neuron, bins are `bins` equal-width intervals [i w, (i+1) w) on a power-of-two grid
+    anchored at 0, with w the power of two for which 4 w <= running max < 8 w (so the width
+    only ever doubles as the max grows, and bins merge in pairs). Each bin keeps the `m`
+    windows with the smallest priorities among the windows whose maximum activation for the
+    neuron falls in it: a uniform sample without replacement of that band. Keeping the bottom
+    `m` commutes with merging (the bottom m of a union is the bottom m of the two bottom-m
+    sets), so the final bins hold exactly the bottom m of every window that ever fell in them.
+    Windows with max <= 0 are not banded; windows with the same tokens count once (they have
+    the same priority). Memory: bins x m x ctx floats per neuron.
+    """
+
+    def __init__(self, m: int, bins: int, n: int, ctx: int, device: torch.device) -> None:
+        self.m = m
+        self.bins = bins
+        slots = m * bins
+        self.exponent = torch.full((n,), -(2**20), dtype=torch.long, device=device)  # log2 w
+        self.priority = torch.full((slots, n), EMPTY_PRIORITY, dtype=torch.long, device=device)
+        self.values = torch.zeros((slots, n), device=device)
+        self.argmax = torch.zeros((slots, n), dtype=torch.long, device=device)
+        self.window = torch.full((slots, n), -1, dtype=torch.long, device=device)
+        self.acts = torch.zeros((slots, n, ctx), device=device)
+
+    def _bin(self, values: torch.Tensor, exponent: torch.Tensor) -> torch.Tensor:
+        """floor(value / w) for values >= 0, exact: 1 / w is built from its float32 bits, and
+        scaling by a power of two only moves the exponent."""
+        inverse = ((127 - exponent.clamp(-126, 126)) << 23).to(torch.int32).view(torch.float32)
+        return (values.float() * inverse).floor().long().clamp(0, self.bins - 1)
+
+    def update(
+        self,
+        acts: torch.Tensor,
+        window_max: torch.Tensor,
+        window_index: torch.Tensor,
+        priority: torch.Tensor,
+    ) -> torch.Tensor:
+        """Merge a batch: `acts` [B, T, N] with padding at -inf, `window_max` [B, N], `priority`
+        [B]. Returns the batch rows that entered any band sample.
+
+        A window is a candidate for a neuron only if its priority beats the m-th of its bin,
+        which after the first batches is rare (about m ln(n / m) entrants over a band of n
+        windows), so an update mostly costs the comparison.
+        """
+        width = acts.shape[1]
+        window_max = window_max.float()
+        positive = window_max > 0
+        column_max = window_max.amax(dim=0)
+        _, needed = torch.frexp(column_max)
+        exponent = torch.where(
+            column_max > 0, torch.maximum(self.exponent, needed.long() - 3), self.exponent
+        )
+        grown = exponent != self.exponent
+        self.exponent = exponent
+        batch_bin = self._bin(window_max.clamp(min=0), exponent[None, :])  # [B, N]
+        sorted_priority = self.priority.view(self.bins, self.m, -1)
+        threshold = sorted_priority[:, -1, :].gather(0, batch_bin)  # m-th priority of the bin
+        candidate = positive & ((priority[:, None] < threshold) | grown[None, :])
+        cols = (candidate.any(dim=0) | grown).nonzero().squeeze(1)
+        if cols.numel() == 0:
+            return torch.zeros(0, dtype=torch.long, device=acts.device)
+
+        slots, batch = self.m * self.bins, window_max.shape[0]
+        exp_c = exponent[cols]
+        old_priority = self.priority[:, cols]  # [S, C]
+        old_bin = self._bin(self.values[:, cols], exp_c[None, :])
+        new_priority = priority[:, None].expand(-1, cols.numel())
+        new_priority = new_priority.masked_fill(~candidate[:, cols], EMPTY_PRIORITY)
+        pool_priority = torch.cat([old_priority, new_priority], dim=0)  # [P, C]
+        pool_bin = torch.cat([old_bin, batch_bin[:, cols]], dim=0)
+        order = pool_priority.argsort(dim=0, stable=True)  # old before new on equal priority
+        pool_priority = pool_priority.gather(0, order)
+        pool_bin = pool_bin.gather(0, order)
+        valid = pool_priority != EMPTY_PRIORITY
+        repeat = torch.zeros_like(valid)
+        repeat[1:] = pool_priority[1:] == pool_priority[:-1]  # the same tokens seen again
+        valid &= ~repeat
+        one_hot = torch.nn.functional.one_hot(pool_bin, self.bins) * valid[:, :, None]
+        rank = one_hot.cumsum(dim=0).gather(2, pool_bin[:, :, None]).squeeze(2) - 1
+        keep = valid & (rank < self.m)
+        target = torch.where(keep, pool_bin * self.m + rank, slots)  # slots: discarded
+
+        # Source of each kept slot: an old slot (< slots) or a batch row (slots + b).
+        source = torch.full((slots + 1, cols.numel()), -1, dtype=torch.long, device=acts.device)
+        source.scatter_(0, target, order)
+        source = source[:slots]
+        empty = source < 0
+        from_old = (source < slots) & ~empty
+        old_i = source.clamp(0, slots - 1)
+        new_b = (source - slots).clamp(0, batch - 1)
+
+        def pick(old: torch.Tensor, new: torch.Tensor, blank: float | int) -> torch.Tensor:
+            chosen = torch.where(from_old, old[:, cols].gather(0, old_i), new)
+            return chosen.masked_fill(empty, blank)
+
+        # Per-token values move only where a slot's occupant changed (a few slots per batch once
+        # the bands fill): gather those before any is overwritten. Empty slots keep stale values
+        # (never read: their window is -1).
+        slot_ids = torch.arange(slots, device=acts.device)[:, None]
+        changed = ~empty & ~(from_old & (old_i == slot_ids))
+        slot_at, col_at = changed.nonzero(as_tuple=True)
+        neuron_at = cols[col_at]
+        moved = from_old[slot_at, col_at]
+        kept_acts = self.acts[old_i[slot_at, col_at], neuron_at]  # [K, ctx]
+        rows = acts[new_b[slot_at, col_at], :, neuron_at]  # [K, T], padding at -inf
+        new_argmax = rows.argmax(dim=1)
+        fresh = torch.zeros_like(kept_acts)
+        fresh[:, :width] = rows.masked_fill(torch.isneginf(rows), 0.0)
+        self.acts[slot_at, neuron_at] = torch.where(moved[:, None], kept_acts, fresh)
+        argmax = self.argmax[:, cols].gather(0, old_i)
+        argmax[slot_at, col_at] = torch.where(moved, argmax[slot_at, col_at], new_argmax)
+        self.argmax[:, cols] = argmax.masked_fill(empty, 0)
+        self.priority[:, cols] = pick(self.priority, priority[new_b], EMPTY_PRIORITY)
+        self.values[:, cols] = pick(self.values, window_max[new_b, cols[None, :]], 0.0)
+        self.window[:, cols] = pick(self.window, window_index[new_b], -1)
+        return torch.unique(new_b[~from_old & ~empty])
+
+    def bands(self, neuron: int) -> list[tuple[int, int, float, int]]:
+        """A neuron's kept windows as (bin, slot, window max, window index), bin by bin, each
+        bin in priority order (its sampling order)."""
+        found = []
+        window = self.window[:, neuron].tolist()
+        values = self.values[:, neuron].tolist()
+        for slot, index in enumerate(window):
+            if index >= 0:
+                found.append((slot // self.m, slot, values[slot], index))
+        return found
+
+    def state(self) -> State:
+        return {
+            "exponent": self.exponent,
+            "priority": self.priority,
+            "values": self.values,
+            "argmax": self.argmax,
+            "window": self.window,
+            "acts": self.acts,
+        }
+
+    def load(self, state: State) -> None:
+        for name, tensor in state.items():
+            setattr(self, name, tensor.clone())
+
+
 class Moments:
     """Count, mean and central moments M2..M4 per neuron, merged exactly batch by batch (Pébay).
 

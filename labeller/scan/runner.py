@@ -29,18 +29,28 @@ from labeller.model.activations import batch_inputs, neuron_activations
 from labeller.model.loading import LoadedModel
 from labeller.model.weights import layer_weight_facts
 from labeller.records import (
+    BANDS,
     SCAN_BATCH_SIZE,
     ExampleKind,
     Histogram,
     NeuronStats,
     ScanParams,
     ScanStatus,
+    band_edges,
+    quantile_split,
     random_split,
     top_split,
 )
-from labeller.scan.accumulators import AdaptiveHistogram, Moments, Reservoir, TopWindows, WindowMeta
+from labeller.scan.accumulators import (
+    AdaptiveHistogram,
+    BandSample,
+    Moments,
+    Reservoir,
+    TopWindows,
+    WindowMeta,
+)
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: activation-band samples
 CHECKPOINT_EVERY_S = 60.0
 
 
@@ -60,9 +70,22 @@ def window_hash(token_ids: list[int]) -> int:
     return int.from_bytes(digest, "little", signed=True)
 
 
+def window_priority(token_ids: list[int], seed: int) -> int:
+    """A window's random priority for the band samples: a seeded hash of its tokens, the same
+    for every neuron and every process (so a resumed scan samples as an uninterrupted one)."""
+    key = f"labeller-bands:{seed}".encode()
+    digest = hashlib.blake2b(repr(token_ids).encode(), digest_size=8, key=key).digest()
+    return int.from_bytes(digest, "little", signed=True)
+
+
 class LayerState:
     def __init__(self, params: ScanParams, n: int, device: torch.device) -> None:
         self.top = TopWindows(params.top_k, n, params.ctx, device)
+        self.bands = (
+            BandSample(params.band_windows, BANDS, n, params.ctx, device)
+            if params.band_windows
+            else None
+        )
         self.moments = Moments(n, device)
         self.histogram = AdaptiveHistogram(n, params.histogram_bins, device)
         self.random_acts = torch.zeros((params.random, params.ctx, n), device=device)
@@ -93,9 +116,11 @@ class LayerState:
         full: bool,
         window_index: torch.Tensor,
         hashes: torch.Tensor,
+        priorities: torch.Tensor,
         reservoir_rows: list[tuple[int, int]],
     ) -> torch.Tensor:
-        """acts: [B, T, N] (a view of the hook's output); mask: [B, T] real tokens."""
+        """acts: [B, T, N] (a view of the hook's output); mask: [B, T] real tokens. Returns the
+        batch rows some neuron keeps."""
         batch, width, n = acts.shape
         work, gathered, y, y2, positive, index = self._scratch(batch * width)
         if full:
@@ -122,10 +147,17 @@ class LayerState:
         for row, slot in reservoir_rows:
             self.random_acts[slot].zero_()
             self.random_acts[slot, :width] = acts[row]
-        return self.top.update(padded, padded.amax(dim=1), window_index, hashes)
+        window_max = padded.amax(dim=1)
+        kept = self.top.update(padded, window_max, window_index, hashes)
+        if self.bands is not None:
+            kept = torch.cat(
+                [kept, self.bands.update(padded, window_max, window_index, priorities)]
+            )
+        return kept
 
     def state(self) -> dict[str, object]:
         return {
+            **({"bands": self.bands.state()} if self.bands is not None else {}),
             "top": self.top.state(),
             "moments": self.moments.state(),
             "histogram": self.histogram.state(),
@@ -134,6 +166,8 @@ class LayerState:
 
     def load(self, state: dict[str, object]) -> None:
         self.top.load(state["top"])  # type: ignore[arg-type]
+        if self.bands is not None:
+            self.bands.load(state["bands"])  # type: ignore[arg-type]
         self.moments.load(state["moments"])  # type: ignore[arg-type]
         self.histogram.load(state["histogram"])  # type: ignore[arg-type]
         self.random_acts.copy_(state["random_acts"])  # type: ignore[arg-type]
@@ -163,6 +197,10 @@ class Scanner:
         first = self.windows_seen
         index = torch.arange(first, first + len(batch), device=self.model.device)
         hashes = torch.tensor([window_hash(w.token_ids) for w in batch], device=self.model.device)
+        priorities = torch.tensor(
+            [window_priority(w.token_ids, self.params.seed) for w in batch],
+            device=self.model.device,
+        )
         reservoir_rows = []
         for row in range(len(batch)):
             slot = self.reservoir.offer(first + row)
@@ -173,7 +211,16 @@ class Scanner:
         activations = neuron_activations(self.model, ids, self.params.layers)
         self.flush()
         self._pending = self._worker.submit(
-            self._accumulate, first, batch, activations, mask, full, index, hashes, reservoir_rows
+            self._accumulate,
+            first,
+            batch,
+            activations,
+            mask,
+            full,
+            index,
+            hashes,
+            priorities,
+            reservoir_rows,
         )
         self.windows_seen += len(batch)
         self.tokens_seen += sum(len(w.token_ids) for w in batch)
@@ -193,12 +240,13 @@ class Scanner:
         full: bool,
         index: torch.Tensor,
         hashes: torch.Tensor,
+        priorities: torch.Tensor,
         reservoir_rows: list[tuple[int, int]],
     ) -> None:
         for row, _ in reservoir_rows:
             self.windows[first + row] = _meta(batch[row])
         rows = [
-            state.update(activations[layer], mask, full, index, hashes, reservoir_rows)
+            state.update(activations[layer], mask, full, index, hashes, priorities, reservoir_rows)
             for layer, state in self.layers.items()
         ]
         for row in torch.cat(rows).unique().tolist():  # one device sync per batch, not per layer
@@ -207,12 +255,16 @@ class Scanner:
             self._forget_unreferenced()
 
     def _referenced_bound(self) -> int:
-        return len(self.layers) * self.params.top_k * self.model.d_mlp + self.params.random + 1024
+        per_neuron = self.params.top_k + self.params.band_windows * BANDS
+        return len(self.layers) * per_neuron * self.model.d_mlp + self.params.random + 1024
 
     def _referenced(self) -> set[int]:
         kept = set(self.reservoir.slots)
         for state in self.layers.values():
             kept.update(torch.unique(state.top.window).tolist())
+            if state.bands is not None:
+                kept.update(torch.unique(state.bands.window).tolist())
+        kept.discard(-1)
         return kept
 
     def _forget_unreferenced(self) -> None:
@@ -290,13 +342,22 @@ class Scanner:
             top = {name: t.cpu() for name, t in state.top.state().items()}
             random_acts = state.random_acts.cpu()
             moments = {name: t.cpu() for name, t in state.moments.state().items()}
+            bands = None
+            if state.bands is not None:
+                bands = BandSample(state.bands.m, state.bands.bins, 0, 0, torch.device("cpu"))
+                bands.load({name: t.cpu() for name, t in state.bands.state().items()})
             for n in range(self.model.d_mlp):
+                stats = self._stats(state, moments, n)
                 yield NeuronRow(
                     layer=layer,
                     neuron=n,
-                    stats=self._stats(state, moments, n),
+                    stats=stats,
                     weights=weights[n],
-                    examples=[*self._top_examples(top, n), *self._random_examples(random_acts, n)],
+                    examples=[
+                        *self._top_examples(top, n),
+                        *self._random_examples(random_acts, n),
+                        *(self._band_examples(bands, stats.max, n) if bands else ()),
+                    ],
                 )
 
     def _top_examples(self, top: dict[str, torch.Tensor], n: int) -> Iterator[ExampleRow]:
@@ -330,6 +391,36 @@ class Scanner:
                 max_activation=float(values.max()),
                 max_index=int(values.argmax()),
             )
+
+    def _band_examples(
+        self, bands: BandSample, max_activation: float, n: int
+    ) -> Iterator[ExampleRow]:
+        """The neuron's band samples, band by band; band i is [edges[i], edges[i+1]) (the top
+        one closed at the neuron's max). A window's split is its position in its band's sample,
+        interleaved like top windows."""
+        edges = band_edges(max_activation)
+        rank = 0
+        position: dict[int, int] = {}
+        for band, slot, _, index in bands.bands(n):
+            if band + 1 >= len(edges):  # cannot happen: the max bounds every window's max
+                continue
+            length = len(self.windows[index].token_ids)
+            values = bands.acts[slot, n, :length]
+            at = position.get(band, 0)
+            position[band] = at + 1
+            yield ExampleRow(
+                window_key=index,
+                kind=ExampleKind.QUANTILE,
+                rank=rank,
+                split=quantile_split(at),
+                activations=encode_activations(values.numpy()),
+                max_activation=float(bands.values[slot, n]),
+                max_index=int(bands.argmax[slot, n]),
+                band=band,
+                band_low=edges[band],
+                band_high=edges[band + 1],
+            )
+            rank += 1
 
     def _stats(self, state: LayerState, m: dict[str, torch.Tensor], n: int) -> NeuronStats:
         count = float(m["count"])

@@ -1,4 +1,5 @@
-"""A row of the examples list: rank, max and split, then the window with a hanging indent."""
+"""A row of the examples list: rank (or band), max and split, then the window with a hanging
+indent."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ class ExampleItem(ListItem):
     """
 
     def __init__(self, example: Example, scale: float) -> None:
-        prefix = Text(f"{example.rank:>2} ", "dim")
+        place = f"b{example.band}" if example.band is not None else f"{example.rank:>2}"
+        prefix = Text(f"{place:>2} ", "dim")
         prefix.append(f"{example.max_activation:>7.3f} ", "bold")
         prefix.append(f"{example.split.value[:5]:<5}", "dim")
         super().__init__(Horizontal(Static(prefix, classes="prefix"), ExampleLine(example, scale)))

@@ -7,6 +7,8 @@ windows (valid, test) are left out while sealed for the annotator (see `labeller
 
 from __future__ import annotations
 
+import itertools
+
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
@@ -19,8 +21,18 @@ from labeller.tui.example_line import ExampleLine
 from labeller.tui.text import fmt, legend, shown, spark
 
 
+def band_heading(band: int | None, examples: list[Example], view: NeuronView) -> Text:
+    """`Band 3 [1.50, 2.00) · 4 sampled`: a band's edges, the top one closed at the max."""
+    low, high = examples[0].band_low or 0.0, examples[0].band_high or 0.0
+    closing = "]" if high >= view.stats.max else ")"
+    heading = Text(f"Band {band} [{fmt(low)}, {fmt(high)}{closing}")
+    heading.append(f" · {len(examples)} sampled", "dim")
+    return heading
+
+
 class ExamplesPane(Vertical):
-    """Statistics on top, then top and random examples in one keyboard-navigable list."""
+    """Statistics on top, then top, random and activation-band examples in one
+    keyboard-navigable list."""
 
     def compose(self) -> ComposeResult:
         yield Static(id="stats")
@@ -37,6 +49,11 @@ class ExamplesPane(Vertical):
         items += [ExampleItem(e, scale) for e in top]
         items.append(ListItem(Static(Text(f"Random {len(random)} examples")), classes="section"))
         items += [ExampleItem(e, scale) for e in random]
+        for band, group in itertools.groupby(view.quantile_examples, key=lambda e: e.band):
+            members = list(group)
+            shown = visible(members, sealed)
+            items.append(ListItem(Static(band_heading(band, members, view)), classes="section"))
+            items += [ExampleItem(e, scale) for e in shown]
         held_out = held_out_count(view)
         if sealed and held_out:
             note = f"{held_out} held-out windows (valid, test) sealed · U: unseal (recorded)"

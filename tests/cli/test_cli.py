@@ -54,6 +54,7 @@ def test_show_json_layout(scanned_db):
         "weights",
         "top_examples",
         "random_examples",
+        "quantile_examples",
         "explanations",
     } <= set(data)
     assert data["explanations"] == []
@@ -71,9 +72,29 @@ def test_show_json_layout(scanned_db):
     assert len(data["weights"]["top_positive_tokens"]) == 10
 
 
+def test_show_json_quantile_examples(scanned_db):
+    data = json.loads(
+        run("show", "--db", scanned_db, "--layer", "0", "--neuron", "3", "--format", "json").output
+    )
+    examples = data["quantile_examples"]
+    assert examples and "band" not in data["top_examples"][0]
+    top = data["stats"]["max"]
+    bands = sorted({e["band"] for e in examples})
+    assert bands[0] >= 0 and bands[-1] <= 7
+    for example in examples:
+        assert set(example) >= {"band", "band_low", "band_high", "rank", "split", "tokens"}
+        assert example["band_low"] <= example["max_activation"] <= example["band_high"] <= top
+        assert example["band_high"] - example["band_low"] <= top / 4
+        assert len(example["tokens"]) == len(example["activations"])
+    per_band = [sum(e["band"] == b for e in examples) for b in bands]
+    assert max(per_band) <= 4  # the default --band-windows
+    assert [e["band"] for e in examples] == sorted(e["band"] for e in examples)
+
+
 def test_show_text_mode(scanned_db):
     out = run("show", "--db", scanned_db, "--layer", "1", "--neuron", "0").output
     assert "Top examples" in out and "Random examples" in out and "density" in out
+    assert "Examples by activation band" in out and "band 0: [0.000, " in out
 
 
 def test_trace_reproduces_stored_activations(scanned_db, tiny_model, tiny_model_dir):

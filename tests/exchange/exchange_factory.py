@@ -7,13 +7,14 @@ every kind of row to lose.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 
 from labeller.catalogue import Catalogue, labels
 from labeller.catalogue.rows import ExampleRow, NeuronRow, WindowRow, encode_activations
-from labeller.explain.service import build_scores
+from labeller.explain.service import build_scores, scored_windows
 from labeller.records import (
     Example,
     ExampleKind,
@@ -24,8 +25,11 @@ from labeller.records import (
     OutputToken,
     PredictionKind,
     ScanParams,
+    ScoreWindows,
     Split,
     WeightFacts,
+    band_edges,
+    quantile_split,
     random_split,
     top_split,
 )
@@ -74,6 +78,7 @@ def build_catalogue(
             random=random,
             seed=seed,
             histogram_bins=4,
+            band_windows=3,
         )
         scan_id = catalogue.create_scan(model_id, params)
         token_ids = rng.integers(0, len(WORDS), size=(windows, CTX))
@@ -103,6 +108,7 @@ def build_catalogue(
                     for r, k in enumerate(rand)
                 ]
                 flat = values.ravel()
+                examples += _band_examples(values, float(flat.max()))
                 rows.append(
                     NeuronRow(
                         layer=layer,
@@ -152,6 +158,25 @@ def _example(
     )
 
 
+def _band_examples(values: np.ndarray, top: float) -> list[ExampleRow]:
+    """Up to three windows a band, as a scan samples them (the first by window index here)."""
+    edges = band_edges(top)
+    found: list[ExampleRow] = []
+    for band in range(len(edges) - 1):
+        width = edges[1] - edges[0]
+        inside = [
+            k
+            for k in range(values.shape[0])
+            if values[k].max() > 0 and min(len(edges) - 2, int(values[k].max() // width)) == band
+        ][:3]
+        for position, k in enumerate(inside):
+            row = _example(values[k], k, ExampleKind.QUANTILE, len(found), quantile_split(position))
+            found.append(
+                dataclasses.replace(row, band=band, band_low=edges[band], band_high=edges[band + 1])
+            )
+    return found
+
+
 def label(catalogue: Catalogue, model: str) -> None:
     """LLM labels with scores on 0.x, an accepted human label and an undo on 0.1."""
     for neuron in range(3):
@@ -183,19 +208,21 @@ def add_scores(
     catalogue: Catalogue, model: str, layer: int, neuron: int, explanation_id: int, shift: int
 ) -> None:
     view = catalogue.neuron_view(model, layer, neuron)
-    windows = [e for e in (*view.top_examples, *view.random_examples) if e.split is Split.VALID]
-    simulated = [[float((i + shift) % 3) for i, _ in enumerate(w.tokens)] for w in windows]
-    catalogue.save_scores(
-        explanation_id,
-        build_scores(
-            windows,
-            simulated,
-            "sim-test",
-            "simulator-v1",
-            Split.VALID,
-            PredictionKind.EXPECTED_VALUE,
-        ),
-    )
+    for on in (ScoreWindows.TOP_AND_RANDOM, ScoreWindows.QUANTILES):
+        windows = scored_windows(view, Split.VALID, on)
+        simulated = [[float((i + shift) % 3) for i, _ in enumerate(w.tokens)] for w in windows]
+        catalogue.save_scores(
+            explanation_id,
+            build_scores(
+                windows,
+                simulated,
+                "sim-test",
+                "simulator-v1",
+                Split.VALID,
+                PredictionKind.EXPECTED_VALUE,
+                on,
+            ),
+        )
 
 
 def examples_of(catalogue: Catalogue, model: str, layer: int, neuron: int) -> list[Example]:

@@ -17,7 +17,7 @@ from labeller.exchange import export_catalogue
 from labeller.exchange.openai_format import reference_valid_slices
 from labeller.explain.scoring import correlation_score
 from labeller.explain.service import build_scores
-from labeller.records import PredictionKind, Split
+from labeller.records import PredictionKind, Split, band_edges
 
 NEURON_RECORD_FIELDS = {
     "dataclass_name",
@@ -65,13 +65,21 @@ def test_openai_records_carry_dataclass_name_everywhere(db: Path):
     first = neuron_records[0]
     assert set(first) == NEURON_RECORD_FIELDS
     assert first["neuron_id"] == {"dataclass_name": "NeuronId", "layer_index": 0, "neuron_index": 0}
-    assert first["random_sample_by_quantile"] == [] and first["quantile_boundaries"] == []
     assert len(first["most_positive_activation_records"]) == 4 and len(first["random_sample"]) == 3
     record = first["most_positive_activation_records"][0]
     assert set(record) == {"dataclass_name", "tokens", "activations"}
     assert len(record["tokens"]) == len(record["activations"])
     with Catalogue.open(db) as catalogue:
         view = catalogue.neuron_view("tiny", 0, 0)
+    # one list of records per band, band i bounded by boundaries i and i + 1
+    bands, boundaries = first["random_sample_by_quantile"], first["quantile_boundaries"]
+    assert boundaries == band_edges(view.stats.max) and len(bands) == len(boundaries) - 1
+    assert [[r["activations"] for r in band] for band in bands] == [
+        [e.activations for e in view.quantile_examples if e.band == i] for i in range(len(bands))
+    ]
+    for i, band in enumerate(bands):
+        for r in band:
+            assert boundaries[i] <= max(r["activations"]) <= boundaries[i + 1]
     assert first["variance"] == pytest.approx(view.stats.std**2)
     assert record["activations"] == view.top_examples[0].activations
 

@@ -168,7 +168,13 @@ def test_export_has_no_database_ids(source: Path):
         "offset",
         "kind",
         "rank",
+        "band",
+        "band_low",
+        "band_high",
     }
+    assert neuron["top_examples"][0]["band"] is None
+    quantile = neuron["quantile_examples"]
+    assert quantile and all(q["kind"] == "quantile" and q["band"] is not None for q in quantile)
 
 
 class Sink(io.TextIOBase):
@@ -237,7 +243,7 @@ def test_export_memory_does_not_grow_with_the_catalogue(tmp_path: Path):
     [
         "this is not json\n",
         '{"id": "x", "modelId": "tiny", "description": "a neuronpedia line"}\n',
-        '{"format": "labeller-export", "format_version": 2, "neurons": [\n]}\n',
+        '{"format": "labeller-export", "format_version": 3, "neurons": [\n]}\n',
         '{"format": "labeller-export", "format_version": "one"}\n',
         b"\x89PNG\r\n\x1a\n\x00\x00",
         "",
@@ -257,7 +263,7 @@ def test_a_file_that_is_not_an_export_is_refused_in_one_line(tmp_path: Path, con
         assert store.table_counts(catalogue)["models"] == 0
     message = str(caught.value)
     assert "\n" not in message and str(path) in message
-    if 'format_version": 2' in str(content):
+    if 'format_version": 3' in str(content):
         assert "newer" in message and "upgrade labeller" in message
 
 
@@ -322,3 +328,32 @@ def test_an_empty_selection_exports_and_imports(source: Path, tmp_path: Path):
     with Catalogue.open(target, create=True) as catalogue:
         report = import_catalogue(catalogue, export)
     assert report.neurons_added == 0 and export_header(export).neuron_count == 0
+
+
+def test_a_version_1_export_imports_as_scanned_without_bands(source: Path, tmp_path: Path):
+    """Files written before activation bands: no quantile fields, scan params without
+    band_windows (so the scan kept none), scores with no `windows` (top and random)."""
+    document = json.loads(export_text(source))
+    document["format_version"] = 1
+    for scan in document["scans"]:
+        del scan["params"]["band_windows"]
+    for neuron in document["neurons"]:
+        del neuron["quantile_examples"]
+        for example in (*neuron["top_examples"], *neuron["random_examples"]):
+            for name in ("band", "band_low", "band_high"):
+                del example[name]
+        for explanation in neuron["explanations"]:
+            explanation["scores"] = [
+                {k: v for k, v in s.items() if k != "windows"}
+                for s in explanation["scores"]
+                if s["windows"] == "top_and_random"
+            ]
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(document))
+    target = tmp_path / "target.db"
+    with Catalogue.open(target, create=True) as catalogue:
+        import_catalogue(catalogue, old)
+        assert {s.params.band_windows for s in catalogue.scans()} == {0}
+        view = catalogue.neuron_view("tiny", 0, 0)
+        assert view.quantile_examples == []
+        assert {s.windows for e in view.explanations for s in e.scores} == {"top_and_random"}

@@ -270,7 +270,10 @@ def test_the_folder_has_one_table_per_file_with_their_columns(db: Path, tmp_path
     assert all(tuple(r) == NEURON_FIELDS for r in features) and len(features) == 6
     assert all(tuple(r) == ACTIVATION_FIELDS for r in activations)
     assert all(tuple(r) == EXPLANATION_FIELDS for r in explanations)
-    assert len(activations) == 6 * (4 + 3)
+    banded = [r for r in activations if r["binMin"] is not None]
+    assert len(activations) - len(banded) == 6 * (4 + 3) and banded
+    for r in banded:  # band windows carry their band's edges
+        assert r["binMin"] <= r["maxValue"] <= r["binMax"]
     assert len(explanations) == 3 * 2 + 2  # LLM labels on 0.0-0.2, two human ones on 0.1
     assert not (root / "tiny" / "1" / "explanations").exists()  # never an empty batch file
     (source_row,) = _rows(source / "source.jsonl")
@@ -294,6 +297,13 @@ def test_the_folder_has_one_table_per_file_with_their_columns(db: Path, tmp_path
 def test_their_importer_takes_every_row_with_foreign_keys_on(db: Path, tmp_path: Path):
     root = export(db, tmp_path / "np", user_id="u-alice")
     imported = import_like_neuronpedia(root, {"u-alice"})
+    with Catalogue.open(db) as catalogue:
+        bands = sum(
+            len(catalogue.neuron_view("tiny", layer, n).quantile_examples)
+            for layer in (0, 1)
+            for n in range(6)
+        )
+    assert bands
     count = {
         t: imported.execute(f'select count(*) from "{t}"').fetchone()[0]
         for t in ("Model", "SourceSet", "Source", "Neuron", "Activation", "Explanation")
@@ -303,7 +313,7 @@ def test_their_importer_takes_every_row_with_foreign_keys_on(db: Path, tmp_path:
         "SourceSet": 1,
         "Source": 2,
         "Neuron": 12,
-        "Activation": 12 * 7,
+        "Activation": 12 * 7 + bands,
         "Explanation": 8,
     }
     with Catalogue.open(db) as catalogue:

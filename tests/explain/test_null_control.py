@@ -109,12 +109,8 @@ def test_null_windows_are_always_another_neurons(db):
                 assert job.other.id != job.own.id and job.other.layer == 1
                 view = catalogue.neuron_view(None, job.other.layer, job.other.neuron)
                 own = catalogue.neuron_view(None, job.own.layer, job.own.neuron)
-                assert job.windows == scored_windows(
-                    view.top_examples, view.random_examples, Split.VALID
-                )
-                assert job.windows != scored_windows(
-                    own.top_examples, own.random_examples, Split.VALID
-                )
+                assert job.windows == scored_windows(view, Split.VALID)
+                assert job.windows != scored_windows(own, Split.VALID)
         plan = null_plan(catalogue, refs, simulator, Split.VALID, 1.0)
         report = asyncio.run(score_neurons(catalogue, refs, simulator, null_sample=1.0))
     # the service scored exactly the planned pairs after the labels' own scoring
@@ -149,7 +145,7 @@ def test_dry_run_counts_the_null_calls(db, tmp_path):
         own = 0
         for ref in refs:
             view = catalogue.neuron_view(None, ref.layer, ref.neuron)
-            held = scored_windows(view.top_examples, view.random_examples, Split.VALID)
+            held = scored_windows(view, Split.VALID)
             own += len(view.explanations) * len(held)
         plan = null_plan(catalogue, refs, Recording(), Split.VALID, 0.1)
     null_calls = sum(len(j.windows) for j in plan)

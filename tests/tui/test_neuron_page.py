@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import tui_support as support
 from fake_openai import FakeOpenAI, Reply, neuron_responder
-from textual.widgets import DataTable, TabbedContent, TextArea
+from textual.widgets import DataTable, Static, TabbedContent, TextArea
 from tui_support import notifications, until
 
 from labeller.catalogue import labels
@@ -53,8 +53,18 @@ async def test_examples_are_cut_around_the_max_and_expand(tui):
         screen = await open_neuron(pilot)
         view = screen.page.view
         items = list(screen.query(ExampleItem))
-        shown = [e for e in (*view.top_examples, *view.random_examples) if e.split in PEOPLE_SEE]
-        assert len(items) == len(shown)
+        shown = [
+            e
+            for e in (*view.top_examples, *view.random_examples, *view.quantile_examples)
+            if e.split in PEOPLE_SEE
+        ]
+        assert view.quantile_examples
+        assert [i.example for i in items] == shown
+        banded = [i for i in items if i.example.band is not None]
+        assert banded
+        for item in banded:  # band rows are marked with their band
+            prefix = str(item.query_one(".prefix", Static).render())
+            assert prefix.startswith(f"b{item.example.band} ")
         line = items[0].query_one(ExampleLine)
         example = line.example
         assert example == view.top_examples[0]
@@ -125,7 +135,7 @@ async def test_held_out_windows_are_sealed_until_you_unseal_them(tui):
         )
         assert len(list(screen.query(ExampleItem))) == len(view.top_examples) + len(
             view.random_examples
-        )
+        ) + len(view.quantile_examples)
         assert "\ntrue " in screen.query_one(ScoreWindows).render().plain
         history = screen.page.history
         assert (history[-1].action, history[-1].annotator) == (HistoryAction.UNSEAL, "bob")

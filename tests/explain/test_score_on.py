@@ -1,0 +1,82 @@
+"""`score --on`: which held-out windows a run simulates, and every score recording it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+from builders import run_cli as run
+from builders import scan_params, scanned_catalogue
+from test_null_control import Recording, labelled
+
+from labeller.catalogue import Catalogue
+from labeller.explain.scoring import correlation_score
+from labeller.explain.service import score_neurons, scored_windows
+from labeller.records import ExampleKind, ScoreMethod, ScoreWindows, Split
+
+
+@pytest.fixture()
+def db(tmp_path, tiny_model, tiny_model_dir, tiny_corpus) -> Path:
+    params = scan_params(tiny_model_dir, tiny_corpus, top_k=8, random=6)
+    return scanned_catalogue(tmp_path / "c.db", tiny_model, params)
+
+
+def scores_of(db: Path, neuron: int) -> dict[tuple[str, str], dict]:
+    data = json.loads(
+        run("show", "--db", db, "--layer", 1, "--neuron", neuron, "--format", "json").stdout
+    )
+    (explanation,) = data["explanations"]
+    return {(s["method"], s["windows"]): s for s in explanation["scores"]}
+
+
+def test_on_chooses_the_windows_and_every_score_records_it(db):
+    run("explain", "--db", db, "--layer", 1, "--neurons", "0-2")  # baseline labels
+    base = ("score", "--db", db, "--layer", 1, "--neurons", "0-2")
+    run(*base)
+    assert set(scores_of(db, 0)) == {
+        ("top_and_random", "top_and_random"),
+        ("top_only", "top_and_random"),
+        ("random_only", "top_and_random"),
+    }
+    run(*base, "--on", "quantiles")
+    scores = scores_of(db, 0)
+    assert ("quantiles", "quantiles") in scores and len(scores) == 4  # added, nothing replaced
+    detail = scores[("quantiles", "quantiles")]["details"]["windows"]
+    assert detail and {w["kind"] for w in detail} == {"quantile"}
+    assert all("band" in w for w in detail)
+    run(*base, "--on", "all")
+    scores = scores_of(db, 0)
+    assert {m for m, w in scores if w == "all"} == {m.value for m in ScoreMethod}
+    kinds = {w["kind"] for w in scores[("all", "all")]["details"]["windows"]}
+    assert kinds == {"top", "random", "quantile"}
+    with Catalogue.open(db, read_only=True) as catalogue:
+        nulls = [
+            row["windows"]
+            for row in catalogue.db.query("select windows from null_controls order by id")
+        ]
+    assert nulls == ["top_and_random", "quantiles", "all"]
+
+
+def test_quantile_scores_are_over_held_out_band_windows(db):
+    labelled(db, 1)
+    simulator = Recording()
+    with Catalogue.open(db) as catalogue:
+        refs = catalogue.neuron_refs(None, [1], None)[:1]
+        asyncio.run(
+            score_neurons(catalogue, refs, simulator, on=ScoreWindows.QUANTILES, null_control=False)
+        )
+        view = catalogue.neuron_view(None, 1, 0)
+        windows = scored_windows(view, Split.VALID, ScoreWindows.QUANTILES)
+    assert windows and all(
+        w.kind is ExampleKind.QUANTILE and w.split is Split.VALID for w in windows
+    )
+    (score,) = view.explanations[0].scores
+    assert score.method is ScoreMethod.QUANTILES and score.windows is ScoreWindows.QUANTILES
+    expected = correlation_score(
+        [w.activations for w in windows], [[float(len(t)) for t in w.tokens] for w in windows]
+    )
+    assert score.score == pytest.approx(expected)
+    # the simulator saw exactly those windows: no train, calibration or test window
+    assert [w for _, call in simulator.calls for w in call] == [tuple(w.tokens) for w in windows]
