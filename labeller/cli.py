@@ -932,6 +932,13 @@ def default_annotator() -> str:
 @neuron_target
 @click.option("--text", default=None, help="A new label, written by you.")
 @click.option(
+    "--edit",
+    "edited_from",
+    type=ID,
+    default=None,
+    help="With --text: the text is an edit of this label id (its history records it).",
+)
+@click.option(
     "--explanation", "explanation_id", type=ID, default=None, help="An existing label's id."
 )
 @click.option("--accept", is_flag=True)
@@ -954,6 +961,7 @@ def label(
     layer: int,
     neuron: int,
     text: str | None,
+    edited_from: int | None,
     explanation_id: int | None,
     accept: bool,
     reject: bool,
@@ -970,6 +978,7 @@ def label(
     \b
     Example:
       labeller label --layer 0 --neuron 9 --text 'fires on "def" at line starts' --accept
+      labeller label --layer 0 --neuron 9 --edit 12 --text 'fires on "def" and "class"'
       labeller label --layer 0 --neuron 9 --explanation 12 --reject --annotator alice
       labeller label --layer 0 --neuron 9 --explanation 12 --confirm --annotator bob
     """
@@ -986,6 +995,8 @@ def label(
             "--dispute": (dispute, labels.Review.DISPUTE.value),
         }
     )
+    if edited_from is not None and text is None:
+        raise UserError("--edit ID needs --text: the edited label's new text")
     if sum(x is not None and x is not False for x in (text, explanation_id, undo or None)) != 1:
         raise UserError("give exactly one of --text, --explanation or --undo")
     if explanation_id is not None and status is None and review is None:
@@ -1009,6 +1020,7 @@ def label(
                 status=new_status or LabelStatus.PROPOSED,
                 annotator=who,
                 expected_version=expect_version,
+                edited_from=edited_from,
             )
         else:
             assert explanation_id is not None  # exactly one of --text, --explanation, --undo
@@ -1091,9 +1103,10 @@ def _history_line(entry: HistoryEntry) -> str:
     def state(s: LabelState | None) -> str:
         return "-" if s is None else f'#{s.explanation_id} "{printable(s.text)}" [{s.status.value}]'
 
+    edit = "" if entry.edited_from is None else f"  (edited from #{entry.edited_from})"
     return (
         f"{entry.at}  {printable(entry.annotator or '?')}  {entry.action.value}  "
-        f"{state(entry.before)} -> {state(entry.after)}"
+        f"{state(entry.before)} -> {state(entry.after)}{edit}"
     )
 
 

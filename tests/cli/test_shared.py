@@ -544,3 +544,18 @@ def test_kill_9_during_explain_and_score_then_rerun_equals_an_uninterrupted_run(
     assert written % 3 == 0  # a label's three scores land together
     run(score[0], "--db", db, *score[1:])
     assert label_tables(db) == label_tables(uninterrupted)
+
+
+def test_label_edit_is_named_in_history(db):
+    where = ["--db", db, "--layer", "1", "--neuron", "2"]
+    run("label", *where, "--text", 'fires on "a"', "--annotator", "alice")
+    source = json.loads(run("history", *where, "--format", "json").output)["entries"][-1]
+    source_id = source["after"]["explanation_id"]
+    run(
+        "label", *where, "--edit", source_id, "--text", 'fires on "a" and "b"', "--annotator", "bob"
+    )
+    entries = json.loads(run("history", *where, "--format", "json").output)["entries"]
+    assert (entries[-1]["action"], entries[-1]["edited_from"]) == ("write", source_id)
+    assert f"(edited from #{source_id})" in run("history", *where).output.splitlines()[-1]
+    refused = run("label", *where, "--edit", source_id, "--accept", ok=False)
+    assert refused.exit_code != 0 and "--edit ID needs --text" in refused.output
