@@ -295,9 +295,11 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
     def _editor(
         self, title: str, text: str = "", *, accept: bool = False, edited_from: int | None = None
     ) -> None:
-        page = self.page
-
         def done(draft: LabelDraft | None) -> None:
+            # Checked against the page as it is now: after a refusal the page reloads behind
+            # the reopened editor (showing the other person's change, which the refusal named),
+            # and the save made after that must not be refused again for the same change.
+            page = self.page
             if draft is not None and page is not None:
                 status = LabelStatus.ACCEPTED if draft.accept else None
                 self._draft = (title, draft, edited_from)  # reopened if the save is refused
