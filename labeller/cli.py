@@ -1133,6 +1133,12 @@ def _history_line(entry: HistoryEntry) -> str:
     help="Compare scores of this kind only (default: expected_value if any, else integer, "
     "else rule).",
 )
+@click.option(
+    "--simulator",
+    default=None,
+    help="Rank by this simulator's scores only (default: the one with the most scores of the "
+    "kind ranked; the others are named on stderr).",
+)
 @click.option("--limit", type=click.IntRange(min=1), default=None)
 @click.option(
     "--format",
@@ -1149,12 +1155,14 @@ def rank(
     layers: str | None,
     status: str | None,
     prediction: str | None,
+    simulator: str | None,
     limit: int | None,
     output_format: str,
 ) -> None:
-    """Rank neurons by their best explanation score (unscored last), or by max or density.
+    """Rank neurons by their label's score (unscored last), or by max or density.
 
-    Scores are compared like with like: only one prediction kind is ranked (see --prediction).
+    Scores are compared like with like: one prediction kind (see --prediction) and one
+    simulator (see --simulator), so a label scored by two simulators never gets the higher.
 
     \b
     Example:
@@ -1171,8 +1179,26 @@ def rank(
         kind = (
             PredictionKind(prediction)
             if prediction is not None
-            else catalogue.rank_prediction(model.name, Split(split))
+            else catalogue.rank_prediction(model.name, Split(split), simulator)
         )
+        scored_by = catalogue.rank_simulators(model.name, Split(split), kind)
+        if simulator is not None and simulator not in dict(scored_by):
+            anyone = catalogue.rank_simulators(model.name, Split(split), None)
+            known = ", ".join(name for name, _ in anyone) or "none"
+            what = f"{kind} scores" if prediction is not None else "scores"
+            raise UserError(
+                f"simulator {simulator!r} has no {what} on {split} for {model.name}; "
+                f"simulators with scores there: {known}"
+            )
+        if simulator is None and scored_by:
+            simulator = scored_by[0][0]
+            if len(scored_by) > 1:
+                others = ", ".join(f"{name} ({n:,})" for name, n in scored_by[1:])
+                click.echo(
+                    f"ranking by {simulator}'s scores ({scored_by[0][1]:,}); also scored: "
+                    f"{others}: pass --simulator NAME to rank by another",
+                    err=True,
+                )
         rows = catalogue.rank(
             model_name,
             by=by,
@@ -1181,6 +1207,7 @@ def rank(
             status=status,
             limit=limit,
             prediction=kind,
+            simulator=simulator,
         )
     fields = ["layer", "neuron", "score", "above_chance", "label", "source", "status"]
     if output_format == "json":
@@ -1201,7 +1228,8 @@ def rank(
         "label",
         "source",
         "status",
-        caption=f"scores: {split}, {kind} predictions only; ≈chance: not above the null's p95",
+        caption=f"scores: {split}, {kind} predictions by {simulator or 'no simulator'} only; "
+        "≈chance: not above the null's p95",
     )
     for r in rows:
         table.add_row(
