@@ -486,7 +486,7 @@ def print_neuron(
     held_out = sealing.held_out_count(view)
     if sealed and held_out:
         console.print(
-            f"\n{held_out} held-out windows (valid, test) sealed: `labeller unseal --model "
+            f"\nSealed: {held_out} held-out windows (valid, test). `labeller unseal --model "
             f"{printable(view.model)} --layer {view.layer} --neuron {view.neuron}` shows them to "
             "you, recorded in the history; "
             "your labels on this neuron written after that are scored as not blind",
@@ -1002,6 +1002,13 @@ def default_annotator() -> str:
 @neuron_target
 @click.option("--text", default=None, help="A new label, written by you.")
 @click.option(
+    "--edit",
+    "edited_from",
+    type=ID,
+    default=None,
+    help="With --text: the text is an edit of this label id (its history records it).",
+)
+@click.option(
     "--explanation", "explanation_id", type=ID, default=None, help="An existing label's id."
 )
 @click.option("--accept", is_flag=True)
@@ -1024,6 +1031,7 @@ def label(
     layer: int,
     neuron: int,
     text: str | None,
+    edited_from: int | None,
     explanation_id: int | None,
     accept: bool,
     reject: bool,
@@ -1040,6 +1048,7 @@ def label(
     \b
     Example:
       labeller label --layer 0 --neuron 9 --text 'fires on "def" at line starts' --accept
+      labeller label --layer 0 --neuron 9 --edit 12 --text 'fires on "def" and "class"'
       labeller label --layer 0 --neuron 9 --explanation 12 --reject --annotator alice
       labeller label --layer 0 --neuron 9 --explanation 12 --confirm --annotator bob
     """
@@ -1056,6 +1065,8 @@ def label(
             "--dispute": (dispute, labels.Review.DISPUTE.value),
         }
     )
+    if edited_from is not None and text is None:
+        raise UserError("--edit ID needs --text: the edited label's new text")
     if sum(x is not None and x is not False for x in (text, explanation_id, undo or None)) != 1:
         raise UserError("give exactly one of --text, --explanation or --undo")
     if explanation_id is not None and status is None and review is None:
@@ -1079,6 +1090,7 @@ def label(
                 status=new_status or LabelStatus.PROPOSED,
                 annotator=who,
                 expected_version=expect_version,
+                edited_from=edited_from,
             )
         else:
             assert explanation_id is not None  # exactly one of --text, --explanation, --undo
@@ -1198,9 +1210,10 @@ def _history_line(entry: HistoryEntry) -> str:
     def state(s: LabelState | None) -> str:
         return "-" if s is None else f'#{s.explanation_id} "{printable(s.text)}" [{s.status.value}]'
 
+    edit = "" if entry.edited_from is None else f"  (edited from #{entry.edited_from})"
     return (
         f"{entry.at}  {printable(entry.annotator or '?')}  {entry.action.value}  "
-        f"{state(entry.before)} -> {state(entry.after)}"
+        f"{state(entry.before)} -> {state(entry.after)}{edit}"
     )
 
 
@@ -1228,6 +1241,12 @@ def _history_line(entry: HistoryEntry) -> str:
     "else rule).",
 )
 @click.option(
+    "--simulator",
+    default=None,
+    help="Rank by this simulator's scores only (default: the one with the most scores of the "
+    "kind ranked; the others are named on stderr).",
+)
+@click.option(
     "--blind",
     is_flag=True,
     help="Only blind scores: labels whose author saw none of the scored windows.",
@@ -1249,12 +1268,14 @@ def rank(
     status: str | None,
     prediction: str | None,
     blind: bool,
+    simulator: str | None,
     limit: int | None,
     output_format: str,
 ) -> None:
-    """Rank neurons by their best explanation score (unscored last), or by max or density.
+    """Rank neurons by their label's score (unscored last), or by max or density.
 
-    Scores are compared like with like: only one prediction kind is ranked (see --prediction).
+    Scores are compared like with like: one prediction kind (see --prediction) and one
+    simulator (see --simulator), so a label scored by two simulators never gets the higher.
     With --blind, only scores whose label's author saw none of the scored windows count.
 
     \b
@@ -1273,8 +1294,26 @@ def rank(
         kind = (
             PredictionKind(prediction)
             if prediction is not None
-            else catalogue.rank_prediction(model.name, Split(split))
+            else catalogue.rank_prediction(model.name, Split(split), simulator)
         )
+        scored_by = catalogue.rank_simulators(model.name, Split(split), kind)
+        if simulator is not None and simulator not in dict(scored_by):
+            anyone = catalogue.rank_simulators(model.name, Split(split), None)
+            known = ", ".join(name for name, _ in anyone) or "none"
+            what = f"{kind} scores" if prediction is not None else "scores"
+            raise UserError(
+                f"simulator {simulator!r} has no {what} on {split} for {model.name}; "
+                f"simulators with scores there: {known}"
+            )
+        if simulator is None and scored_by:
+            simulator = scored_by[0][0]
+            if len(scored_by) > 1:
+                others = ", ".join(f"{name} ({n:,})" for name, n in scored_by[1:])
+                click.echo(
+                    f"ranking by {simulator}'s scores ({scored_by[0][1]:,}); also scored: "
+                    f"{others}: pass --simulator NAME to rank by another",
+                    err=True,
+                )
         rows = catalogue.rank(
             model_name,
             by=by,
@@ -1284,6 +1323,7 @@ def rank(
             limit=limit,
             prediction=kind,
             blind=blind,
+            simulator=simulator,
         )
     fields = ["layer", "neuron", "score", "above_chance", "blind", "label", "source", "status"]
     if output_format == "json":
@@ -1304,8 +1344,9 @@ def rank(
         "label",
         "source",
         "status",
-        caption=f"scores: {split}, {kind} predictions only{', blind only' * blind}; "
-        "≈chance: not above the null's p95; seen: the label's author had seen the scored windows",
+        caption=f"scores: {split}, {kind} predictions by {simulator or 'no simulator'} only"
+        f"{', blind only' * blind}; ≈chance: not above the null's p95; "
+        "seen: the label's author had seen the scored windows",
     )
     for r in rows:
         table.add_row(

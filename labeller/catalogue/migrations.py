@@ -301,4 +301,11 @@ def m007_blind_scores(db: Database) -> None:
     )
 
 
+@migrations()
+def m008_edited_from(db: Database) -> None:
+    """An edit's history entry names the label it was edited from (the `e` key, `label --text
+    ... --edited-from ID`). Entries written before this stay NULL: not recorded."""
+    db.table("label_history").add_column("edited_from", int)
+
+
 KNOWN_MIGRATIONS = frozenset(m.name for m in migrations.pending(Database(memory=True)))
