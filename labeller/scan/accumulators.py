@@ -55,7 +55,10 @@ class TopWindows:
         already_kept = (window_hash[:, None, None] == self.hash[None, :, cols]).any(dim=1)
         cand_max = cand_max.masked_fill(already_kept, -math.inf)
         merged = torch.cat([self.values[:, cols], cand_max], dim=0)
-        top_values, top_index = merged.topk(self.k, dim=0)
+        # A stable sort, not topk: equal maxima keep stream order (old slots, then the batch in
+        # order), so ties go to the window seen first, the rule merge_top follows too.
+        top_values, top_index = merged.sort(dim=0, descending=True, stable=True)
+        top_values, top_index = top_values[: self.k], top_index[: self.k]
         from_old = top_index < self.k
         old_i = top_index.clamp(max=self.k - 1)
         new_b = (top_index - self.k).clamp(min=0)
