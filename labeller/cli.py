@@ -323,9 +323,31 @@ def scan(
       labeller scan --model gpt2 --dataset NeelNanda/pile-10k --layers 0-11 --tokens 10000000
     """
     from labeller.model.loading import load_model
+    from labeller.scan import distributed
     from labeller.scan.runner import run_scan
 
     check_dataset_spec(dataset)
+    world = distributed.world_from_env()
+    if world is not None:
+        _sharded_scan(
+            world,
+            db_path,
+            model_spec,
+            dataset,
+            layers,
+            tokens,
+            ctx,
+            top_k,
+            n_random,
+            batch_size,
+            text_field,
+            seed,
+            histogram_bins,
+            band_windows,
+            device,
+            dtype,
+        )
+        return
     with _new_catalogue_kept_only_if_used(db_path) as catalogue:
         with _status(f"loading {model_spec}"):
             model = load_model(model_spec, device=device, dtype=dtype)
@@ -363,6 +385,85 @@ def scan(
     click.echo(
         f"scan {outcome.scan_id}: {outcome.tokens_seen:,} tokens in {outcome.windows_seen:,} "
         f"windows; {outcome.neurons:,} neurons of {model_spec} stored in {catalogue.path}"
+    )
+
+
+def _sharded_scan(
+    world: Any,
+    db_path: Path | None,
+    model_spec: str,
+    dataset: str,
+    layers: str,
+    tokens: int | None,
+    ctx: int,
+    top_k: int,
+    n_random: int,
+    batch_size: int,
+    text_field: str,
+    seed: int,
+    histogram_bins: int,
+    band_windows: int,
+    device: str,
+    dtype: str,
+) -> None:
+    """`scan` as one rank of a torchrun job: every rank scans its share of the windows; rank 0
+    alone opens the catalogue, shows progress and reports; the others exit quietly (0 when the
+    scan succeeds, 1 with no message when rank 0 reports an error)."""
+    from labeller.model.loading import load_model
+    from labeller.scan import distributed
+    from labeller.scan.runner import run_scan
+
+    leader = world.leader
+    model = load_model(model_spec, device=distributed.device_for(world, device), dtype=dtype)
+    params = ScanParams(
+        model=model_spec,
+        dataset=dataset,
+        layers=parse_layers(layers, model.n_layers),
+        tokens=tokens,
+        ctx=ctx,
+        top_k=top_k,
+        random=n_random,
+        seed=seed,
+        histogram_bins=histogram_bins,
+        band_windows=band_windows,
+    )
+    if ctx > model.context_limit:
+        raise UserError(f"--ctx {ctx} is longer than {model_spec}'s context; use a smaller --ctx")
+    distributed.init(world, model.device)
+    try:
+        if not leader:
+            try:
+                run_scan(
+                    None, model, params, batch_size=batch_size, text_field=text_field, world=world
+                )
+            except ScanAlreadyComplete:
+                return
+            except (UserError, ScanInterrupted):
+                raise SystemExit(1) from None  # rank 0 says why
+            return
+        with _new_catalogue_kept_only_if_used(db_path) as catalogue:
+            try:
+                with _progress(tokens) as advance:
+                    outcome = run_scan(
+                        catalogue,
+                        model,
+                        params,
+                        batch_size=batch_size,
+                        text_field=text_field,
+                        on_progress=advance,
+                        world=world,
+                    )
+            except ScanAlreadyComplete as done:
+                click.echo(str(done))
+                return
+    finally:
+        distributed.finish()
+    for note in outcome.notes:
+        click.echo(note, err=True)
+    click.echo(
+        f"scan {outcome.scan_id}: {outcome.tokens_seen:,} tokens in {outcome.windows_seen:,} "
+        f"windows on {world.size} ranks; {outcome.neurons:,} neurons of {model_spec} stored in "
+        f"{catalogue.path}"
     )
 
 
