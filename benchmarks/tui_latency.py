@@ -148,10 +148,19 @@ def live_trace(db: Path, model: str | None, bursts: int) -> None:
 
 
 def large_catalogue(path: Path, layers: int = 48, width: int = 6400) -> None:
-    """GPT-2 XL's shape: 307,200 neurons, 70% with a scored baseline label (about 2 minutes)."""
+    """GPT-2 XL's shape: 307,200 neurons, 70% with a scored baseline label (about 2 minutes);
+    skew, kurtosis (1% undefined) and cos(w_in, w_out) drawn at random."""
     from labeller.catalogue import Catalogue
     from labeller.catalogue.rows import NeuronRow
-    from labeller.records import Histogram, ModelRecord, NeuronStats, ScanParams, Score, Split
+    from labeller.records import (
+        Histogram,
+        ModelRecord,
+        NeuronStats,
+        ScanParams,
+        Score,
+        Split,
+        WeightFacts,
+    )
 
     rng = random.Random(0)
     with Catalogue.open(path, create=True) as catalogue:
@@ -190,12 +199,17 @@ def large_catalogue(path: Path, layers: int = 48, width: int = 6400) -> None:
                         mean=0.0,
                         std=1.0,
                         density=rng.random(),
-                        skewness=0.0,
-                        kurtosis=0.0,
+                        skewness=rng.gauss(0.0, 2.0),
+                        kurtosis=rng.expovariate(0.1) if rng.random() > 0.01 else None,
                         tokens=1,
                         histogram=histogram,
                     )
-                    yield NeuronRow(layer, neuron, stats, None, [])
+                    weights = WeightFacts(
+                        w_in_w_out_cosine=rng.uniform(-1.0, 1.0),
+                        top_positive_tokens=[],
+                        top_negative_tokens=[],
+                    )
+                    yield NeuronRow(layer, neuron, stats, weights, [])
 
         catalogue.write_scan_results(scan_id, model_id, [], rows(), tokens_seen=1, windows_seen=1)
         with catalogue.db.atomic():
@@ -220,7 +234,7 @@ def large_catalogue(path: Path, layers: int = 48, width: int = 6400) -> None:
                         for method in ("top_and_random", "top_only", "random_only")
                     ],
                 )
-                catalogue.mark_best(ref.id, "baseline", "top_and_random", Split.VALID)
+                catalogue.mark_best(ref.id, "baseline", "baseline", chosen_on=Split.VALID)
 
 
 def list_queries(path: Path) -> None:

@@ -24,8 +24,8 @@ from labeller.model.perturb import _check_lengths
 class NeuronHit:
     """One neuron's activation at one token of the searched text.
 
-    `relative` is the activation as a share of the neuron's scanned max (None when no max was
-    given); `key` is what the ranking is by.
+    `relative` is the activation as a share of the neuron's scanned max (None when no positive
+    max is known for it).
     """
 
     layer: int
@@ -34,21 +34,19 @@ class NeuronHit:
     activation: float
     relative: float | None
 
-    @property
-    def key(self) -> float:
-        return self.activation if self.relative is None else self.relative
-
 
 @dataclass(frozen=True)
 class NeuronSearch:
     """The neurons that fire most on a text: `overall` ranks each neuron once, by its largest
-    value over the text's tokens; `per_token[i]` ranks the neurons at token i."""
+    value over the text's tokens; `per_token[i]` ranks the neurons at token i; `traces` holds
+    every found neuron's activation on each token of the text, by (layer, neuron)."""
 
     layers: list[int]
     neurons_searched: int
     overall: list[NeuronHit]
     per_token: list[list[NeuronHit]]
     relative: bool
+    traces: dict[tuple[int, int], list[float]]
 
 
 def search_neurons(
@@ -59,13 +57,17 @@ def search_neurons(
     top: int = 50,
     per_token: int = 5,
     scale: Mapping[int, torch.Tensor | Sequence[float]] | None = None,
+    relative: bool = False,
 ) -> NeuronSearch:
     """Run the text once and rank every neuron of `layers` by its activation on it.
 
-    With `scale` (per layer, each neuron's scanned max), neurons are ranked by activation as a
-    share of their own max, so a neuron that rarely fires stands out when it does; neurons whose
-    max is not positive are then left out (they never fire in the scan).
+    `scale` (per layer, each neuron's scanned max) gives each hit its share of its own max.
+    With `relative`, neurons are ranked by that share instead, so a neuron that rarely fires
+    stands out when it does; neurons whose max is not positive are then left out (they never
+    fire in the scan).
     """
+    if relative and scale is None:
+        raise ValueError("ranking relative to each neuron's max needs the maxima (scale)")
     ids = [int(i) for i in token_ids]
     _check_lengths(model, [ids])
     layers = sorted(set(layers))
@@ -77,20 +79,24 @@ def search_neurons(
     acts = torch.cat([captured[layer][0] for layer in layers], dim=1).cpu()
     d_mlp = captured[layers[0]].shape[-1]
     keys = acts
+    shares: torch.Tensor | None = None
     if scale is not None:
         maxes = torch.cat(
             [torch.as_tensor(scale[layer], dtype=torch.float32).reshape(-1) for layer in layers]
         )
         usable = torch.isfinite(maxes) & (maxes > 0)
-        keys = torch.where(usable, acts / maxes.clamp_min(1e-12), torch.tensor(float("-inf")))
+        shares = torch.where(usable, acts / maxes.clamp_min(1e-12), torch.tensor(float("nan")))
+        if relative:
+            keys = torch.where(usable, shares, torch.tensor(float("-inf")))
 
     def hit(position: int, column: int) -> NeuronHit:
+        share = None if shares is None else float(shares[position, column])
         return NeuronHit(
             layer=layers[column // d_mlp],
             neuron=column % d_mlp,
             position=position,
             activation=float(acts[position, column]),
-            relative=None if scale is None else float(keys[position, column]),
+            relative=share if share is not None and share == share else None,
         )
 
     best, where = keys.max(dim=0)  # per neuron: its largest value over the text, and the token
@@ -102,12 +108,21 @@ def search_neurons(
     tokens = [
         [hit(p, c) for c in row if torch.isfinite(keys[p, c])] for p, row in enumerate(token_top)
     ]
+    index = {layer: i for i, layer in enumerate(layers)}
+    found = sorted(
+        {index[h.layer] * d_mlp + h.neuron for h in overall + [h for r in tokens for h in r]}
+    )
+    columns = acts[:, found].T.tolist() if found else []
     return NeuronSearch(
         layers=list(layers),
         neurons_searched=int(acts.shape[1]),
         overall=overall,
         per_token=tokens,
-        relative=scale is not None,
+        relative=relative,
+        traces={
+            (layers[c // d_mlp], c % d_mlp): values
+            for c, values in zip(found, columns, strict=True)
+        },
     )
 
 

@@ -50,10 +50,10 @@ def test_relative_ranking_divides_by_each_neurons_max(tiny_model, ids):
     d_mlp = tiny_model.d_mlp
     maxes = {0: [1.0] * d_mlp, 1: [float(n + 1) for n in range(d_mlp)]}
     maxes[1][3] = 0.0  # never fired in the scan: left out
-    found = search_neurons(tiny_model, ids, [0, 1], top=2 * d_mlp, scale=maxes)
+    found = search_neurons(tiny_model, ids, [0, 1], top=2 * d_mlp, scale=maxes, relative=True)
     assert found.relative
     assert (1, 3) not in {(h.layer, h.neuron) for h in found.overall}
-    keys = [h.key for h in found.overall]
+    keys = [h.relative for h in found.overall]
     assert keys == sorted(keys, reverse=True)
     for hit in found.overall:
         assert hit.relative == pytest.approx(hit.activation / maxes[hit.layer][hit.neuron])
@@ -73,3 +73,26 @@ def test_byte_tokens_read_as_hex_not_replacement_characters(tiny_model):
     assert "\ufffd" not in "".join(tokens)
     assert "<0xE2>" in "".join(tokens)  # the snowman's first byte, on its own
     assert token_text(tiny_model.tokenizer, ids[0]) == tokens[0]
+
+
+def test_traces_of_every_found_neuron(tiny_model, ids):
+    found = search_neurons(tiny_model, ids, [0, 1], top=3, per_token=2)
+    wanted = {(h.layer, h.neuron) for h in found.overall}
+    wanted |= {(h.layer, h.neuron) for row in found.per_token for h in row}
+    assert set(found.traces) == wanted
+    for (layer, neuron), values in found.traces.items():
+        expected = trace_activations(tiny_model, ids, layer)[:, neuron].tolist()
+        assert values == pytest.approx(expected, abs=1e-5)
+
+
+def test_raw_ranking_still_reports_each_share(tiny_model, ids):
+    d_mlp = tiny_model.d_mlp
+    maxes = {1: [2.0] * d_mlp}
+    raw = search_neurons(tiny_model, ids, [1], top=5)
+    shared = search_neurons(tiny_model, ids, [1], top=5, scale=maxes)
+    assert not shared.relative
+    assert [(h.neuron, h.activation) for h in shared.overall] == [
+        (h.neuron, h.activation) for h in raw.overall
+    ]
+    assert all(h.relative == pytest.approx(h.activation / 2.0) for h in shared.overall)
+    assert all(h.relative is None for h in raw.overall)
