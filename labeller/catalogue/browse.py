@@ -300,7 +300,13 @@ def neuron_page(
     window = [limit, max(offset, 0)]
     sort_stat = _STAT_OF_SORT.get(sort)
     if sort_stat is not None and not derived and status is None and not text.strip():
-        return _stat_sorted(catalogue, where, values, sort_stat, direction, offset, limit)
+        # Through the statistic's index, unless one layer's rows (found by the layer index)
+        # are fewer, or a range on another statistic narrows the count more than it does.
+        index = layer is None
+        narrow = index and not any(r.stat is not sort_stat for r in ranges)
+        return _stat_sorted(
+            catalogue, where, values, sort_stat, direction, offset, limit, index, narrow
+        )
     if sort_stat is not None:
         column = STAT_COLUMN[sort_stat]
         derived["stat_value"] = (
@@ -308,10 +314,16 @@ def neuron_page(
         )
         order = f"stat_value {direction} nulls last, id {direction}"
     if not derived and status is None and not text.strip():
+        # A statistic range is checked row by row in the sort's own order (which stops at the
+        # page) rather than found through its index and then sorted; the count uses the index.
+        in_order = where
+        for wanted in ranges:
+            column = f"n.{STAT_COLUMN[wanted.stat]}"
+            in_order = in_order.replace(f"{column} between", f"+{column} between")
         ids = [
             int(row[0])
             for row in catalogue.db.execute(
-                f"select id from neurons n where {where} order by {order} limit ? offset ?",
+                f"select id from neurons n where {in_order} order by {order} limit ? offset ?",
                 [*values, *window],
             )
         ]
@@ -358,21 +370,28 @@ def _stat_sorted(
     direction: str,
     offset: int,
     limit: int,
+    index: bool = True,
+    count_by_index: bool = True,
 ) -> tuple[list[NeuronSummary], int]:
-    """Sorted by a statistic through its (model_id, column) index: first the neurons that have a
-    value, in order, then those that do not (NULL or NaN), by id, wherever the page falls."""
+    """Sorted by a statistic: first the neurons that have a value, in order, then those that do
+    not (NULL or NaN), by id, wherever the page falls. With `index` the rows are read in the
+    order of the statistic's (model_id, column) index and reading stops at the page; without it
+    (`+column`: SQLite then uses another index, e.g. the layer's) they are sorted. The count
+    uses the index too unless `count_by_index` is off."""
     column = f"n.{STAT_COLUMN[stat]}"
-    number = _IS_NUMBER.format(column=column)
+    plain = column if index else f"+{column}"
+    number = _IS_NUMBER.format(column=plain)
     offset = max(offset, 0)
     ids = [
         int(row[0])
         for row in catalogue.db.execute(
             f"""select id from neurons n where {where} and {number}
-            order by {column} {direction}, id {direction} limit ? offset ?""",
+            order by {plain} {direction}, id {direction} limit ? offset ?""",
             [*values, limit, offset],
         )
     ]
-    numbered = _count(catalogue, f"{where} and {number}", values)
+    counted = number if count_by_index else _IS_NUMBER.format(column=f"+{column}")
+    numbered = _count(catalogue, f"{where} and {counted}", values)
     if len(ids) < limit:
         ids += [
             int(row[0])
