@@ -431,7 +431,7 @@ def print_neuron(view: NeuronView, limit: int | None, chances: Chances | None = 
             ("promotes", w.top_positive_tokens),
             ("suppresses", w.top_negative_tokens),
         ):
-            words = "  ".join(repr(visible_token(t.token)) for t in tokens)
+            words = "  ".join(f"{visible_token(t.token)!r} {t.weight:+.2f}" for t in tokens)
             console.print(f"{label}: {words}", markup=False)
     scale = max(s.max, 1e-9)
     console.print(

@@ -71,6 +71,9 @@ class TokenView(Widget, can_focus=True):
         def control(self) -> TokenView:
             return self.view
 
+    class Hovered(Moved):
+        """The mouse is over a token (the cursor stays): owners show its numbers as for a move."""
+
     def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes)
         self.tokens: list[str] = []
@@ -79,6 +82,7 @@ class TokenView(Widget, can_focus=True):
         self.mark: int | None = None
         self.empty_text = ""
         self._cells: list[_Cell] = []
+        self._hovered: int | None = None
 
     def show(
         self,
@@ -157,10 +161,27 @@ class TokenView(Widget, can_focus=True):
         if self.tokens:
             self.post_message(self.Chosen(self, self.cursor))
 
-    def on_click(self, event: events.Click) -> None:
-        x, y = event.x - 1, event.y  # one cell of left padding
+    def _at(self, x: int, y: int) -> int | None:
+        x -= 1  # one cell of left padding
         for cell in self._cells:
             if cell.line == y and cell.x <= x < cell.x + cell.width:
-                self.cursor = cell.index
-                self.post_message(self.Chosen(self, cell.index))
-                return
+                return cell.index
+        return None
+
+    def on_click(self, event: events.Click) -> None:
+        index = self._at(event.x, event.y)
+        if index is not None:
+            self.cursor = index
+            self.post_message(self.Chosen(self, index))
+
+    def on_mouse_move(self, event: events.MouseMove) -> None:
+        index = self._at(event.x, event.y)
+        if index is not None and index != self._hovered:
+            self._hovered = index
+            self.post_message(self.Hovered(self, index))
+
+    def on_leave(self, event: events.Leave) -> None:
+        """Back to the cursor's token when the mouse leaves."""
+        self._hovered = None
+        if self.tokens:
+            self.post_message(self.Moved(self, self.cursor))
