@@ -83,11 +83,11 @@ class ExampleLine(Widget):
         self.refresh(layout=True)
 
     def move_cursor(self, step: int) -> None:
-        """Move the token cursor (from the max the first time) and announce the token."""
+        """Move the token cursor (from the max, the first time) and announce the token."""
         count = len(self.example.tokens)
         if not count:
             return
-        start = self.example.max_index if self.cursor is None else self.cursor + step
+        start = (self.example.max_index if self.cursor is None else self.cursor) + step
         self.cursor = min(max(start, 0), count - 1)
         if not self.expanded:
             low, high = self._range(self.content_size.width or 80)

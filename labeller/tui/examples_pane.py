@@ -48,6 +48,7 @@ class ExamplesPane(Vertical):
         self._view = view
         scale = max(view.stats.max, 1e-9)
         self.query_one("#stats", Static).update(self._stats(view, scale))
+        self._rank_summary()
         items: list[ListItem] = [
             ListItem(Static(Text(f"Top {len(view.top_examples)} examples")), classes="section")
         ]
@@ -102,20 +103,25 @@ class ExamplesPane(Vertical):
         """The neuron's rank in its layer at each top example's max token (computed by the
         model once the page is open)."""
         self.ranks, self.layer_width = ranks, layer_width
-        view = self._view
-        if view is not None and ranks:
-            stats = self._stats(view, max(view.stats.max, 1e-9))
-            first = sum(1 for r in ranks.values() if r == 1)
-            median = sorted(ranks.values())[len(ranks) // 2]
-            stats.append(
-                f"\nthe layer's most active neuron at the max token of {first} of "
-                f"{len(ranks)} top examples (median rank {median})",
-                "dim",
-            )
-            self.query_one("#stats", Static).update(stats)
+        self._rank_summary()
         example = self.highlighted()
         if example is not None:
             self._detail(example, self._pointed)
+
+    def _rank_summary(self) -> None:
+        """The statistics, with how often the neuron leads its layer at its top examples."""
+        view, ranks = self._view, self.ranks
+        if view is None or not ranks:
+            return
+        stats = self._stats(view, max(view.stats.max, 1e-9))
+        first = sum(1 for r in ranks.values() if r == 1)
+        median = sorted(ranks.values())[len(ranks) // 2]
+        stats.append(
+            f"\nthe layer's most active neuron at the max token of {first} of "
+            f"{len(ranks)} top examples (median rank {median})",
+            "dim",
+        )
+        self.query_one("#stats", Static).update(stats)
 
     def on_list_view_highlighted(self, event: ListView.Highlighted) -> None:
         for line in self.query(ExampleLine):
