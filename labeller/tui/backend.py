@@ -143,11 +143,13 @@ class Backend:
     # --- catalogue -------------------------------------------------------------------------
 
     @contextmanager
-    def catalogue(self) -> Iterator[Catalogue]:
-        """A connection for the calling thread only, closed when the block ends."""
+    def catalogue(self, verify: bool = True) -> Iterator[Catalogue]:
+        """A connection for the calling thread only, closed when the block ends. `verify=False`
+        skips the bounded integrity check (up to 0.15 s) for reads on the typing path, which
+        the app's first open and every other call still make."""
         from labeller.catalogue import Catalogue
 
-        with Catalogue.open(self.db_path) as catalogue:
+        with Catalogue.open(self.db_path, verify=verify) as catalogue:
             yield catalogue
 
     def layers(self, model: str) -> list[int]:
@@ -384,7 +386,7 @@ class Backend:
             )
         hits = {(h.layer, h.neuron) for h in found.overall}
         hits |= {(h.layer, h.neuron) for row in found.per_token for h in row}
-        with self.catalogue() as catalogue:
+        with self.catalogue(verify=False) as catalogue:
             rows = neuron_summaries(catalogue, catalogue_model, hits)
         return SearchResult(text, encoded, found, rows, time.perf_counter() - started)
 

@@ -62,7 +62,8 @@ class TokenView(Widget, can_focus=True):
 
     @dataclass
     class Moved(Message):
-        """The cursor moved to another token (so its owner can show that token's numbers)."""
+        """The cursor moved to another token, or the mouse is over one while the cursor stays
+        (so its owner can show that token's numbers)."""
 
         view: TokenView
         index: int
@@ -70,9 +71,6 @@ class TokenView(Widget, can_focus=True):
         @property
         def control(self) -> TokenView:
             return self.view
-
-    class Hovered(Moved):
-        """The mouse is over a token (the cursor stays): owners show its numbers as for a move."""
 
     def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes)
@@ -161,24 +159,27 @@ class TokenView(Widget, can_focus=True):
         if self.tokens:
             self.post_message(self.Chosen(self, self.cursor))
 
-    def _at(self, x: int, y: int) -> int | None:
-        x -= 1  # one cell of left padding
+    def _at(self, event: events.MouseEvent) -> int | None:
+        """The token under the mouse (the offset counts from the content, inside the padding)."""
+        offset = event.get_content_offset(self)
+        if offset is None:
+            return None
         for cell in self._cells:
-            if cell.line == y and cell.x <= x < cell.x + cell.width:
+            if cell.line == offset.y and cell.x <= offset.x < cell.x + cell.width:
                 return cell.index
         return None
 
     def on_click(self, event: events.Click) -> None:
-        index = self._at(event.x, event.y)
+        index = self._at(event)
         if index is not None:
             self.cursor = index
             self.post_message(self.Chosen(self, index))
 
     def on_mouse_move(self, event: events.MouseMove) -> None:
-        index = self._at(event.x, event.y)
+        index = self._at(event)
         if index is not None and index != self._hovered:
             self._hovered = index
-            self.post_message(self.Hovered(self, index))
+            self.post_message(self.Moved(self, index))
 
     def on_leave(self, event: events.Leave) -> None:
         """Back to the cursor's token when the mouse leaves."""

@@ -18,6 +18,7 @@ from labeller.tui.neuron_list import NeuronListScreen
 from labeller.tui.neuron_screen import NeuronScreen
 from labeller.tui.neuron_table import NeuronTable
 from labeller.tui.perturb_pane import PerturbPane
+from labeller.tui.token_view import TokenView
 
 pytestmark = pytest.mark.anyio
 
@@ -94,7 +95,14 @@ async def test_live_text_clears_with_one_key(tui):
         area = screen.query_one("#live-text", TextArea)
         area.load_text("def value(self): return")
         live = screen.query_one(LivePane)
-        await until(pilot, lambda: live.trace and live.trace.tokens)
+        await until(pilot, lambda: live.trace and "".join(live.trace.tokens) == area.text)
+        # The mouse over a token gives its exact value, as the cursor does.
+        tokens = screen.query_one("#live-tokens", TokenView)
+        await pilot.pause()
+        await pilot.hover(tokens, offset=(1 + tokens._cells[1].x, 0))  # the second token
+        cursor = screen.query_one("#live-cursor")
+        await until(pilot, lambda: "#1 " in str(cursor.render()))
+        assert f"{live.trace.activations[1]:.4g}" in str(cursor.render())
         await pilot.press("escape")  # on the tokens: the key works there too
         await pilot.press("ctrl+l")
         assert area.text == "" and app.focused is area
