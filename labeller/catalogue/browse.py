@@ -390,9 +390,9 @@ def _stat_sorted(
             [*values, limit, offset],
         )
     ]
-    counted = number if count_by_index else _IS_NUMBER.format(column=f"+{column}")
-    numbered = _count(catalogue, f"{where} and {counted}", values)
-    if len(ids) < limit:
+    if len(ids) < limit:  # the page runs past the neurons with a value: then those without
+        counted = number if count_by_index else _IS_NUMBER.format(column=f"+{column}")
+        numbered = _count(catalogue, f"{where} and {counted}", values)
         ids += [
             int(row[0])
             for row in catalogue.db.execute(
