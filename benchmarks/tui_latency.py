@@ -425,7 +425,9 @@ def screenshots(db: Path, model: str | None, out: Path) -> None:
             await pilot.press("ctrl+f")
             await _until(pilot, lambda: isinstance(app.screen, SearchScreen))
             search = app.screen
-            search.query_one("#search-text", Input).value = "    def value(self):\n        return"
+            search.query_one(
+                "#search-text", Input
+            ).value = "def value(self): return self.cache[key]"
             await _until(pilot, lambda: search.result is not None)
             await pilot.press("tab", "tab")
             await pilot.pause(0.5)
