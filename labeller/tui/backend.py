@@ -99,7 +99,6 @@ class SearchResult:
     encoded: Encoded
     search: NeuronSearch
     rows: dict[tuple[int, int], NeuronSummary]
-    seconds: float
 
 
 class LoadState(StrEnum):
@@ -359,12 +358,9 @@ class Backend:
         per_token: int = 10,
     ) -> SearchResult:
         """Run `text` once and rank every neuron of the catalogue's scanned layers on it."""
-        import time
-
         from labeller.catalogue.browse import layer_maxes, neuron_summaries
         from labeller.model.search import search_neurons
 
-        started = time.perf_counter()
         maxes = self._maxes.get(catalogue_model)
         if maxes is None:
             with self.catalogue() as catalogue:
@@ -388,7 +384,7 @@ class Backend:
         hits |= {(h.layer, h.neuron) for row in found.per_token for h in row}
         with self.catalogue(verify=False) as catalogue:
             rows = neuron_summaries(catalogue, catalogue_model, hits)
-        return SearchResult(text, encoded, found, rows, time.perf_counter() - started)
+        return SearchResult(text, encoded, found, rows)
 
     def example_ranks(
         self, model: LoadedModel, catalogue_model: str, layer: int, neuron: int

@@ -263,7 +263,7 @@ class SearchScreen(ReportsWorkerErrors, Screen[None]):
         line.append(
             "share of each neuron's scanned max" if found.relative else "activation", "bold"
         )
-        line.append(f" (ctrl+r switches) · {result.seconds * 1000:.0f} ms", "dim")
+        line.append(" (ctrl+r switches)", "dim")
         if result.encoded.dropped:
             line.append(
                 f"\nthe last {result.encoded.dropped} tokens do not fit: not searched", "yellow"
