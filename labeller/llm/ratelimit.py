@@ -120,7 +120,9 @@ class Bucket:
         """Seconds until `cost` may be taken (a cost over capacity waits for a full bucket)."""
         self.refill(now)
         need = min(cost, self.capacity)
-        return 0.0 if self.level >= need else (need - self.level) / self.rate
+        if self.level >= need - 1e-6:  # float dust is no reason to wait
+            return 0.0
+        return (need - self.level) / self.rate
 
 
 class RateLimiter:
@@ -176,6 +178,7 @@ class RateLimiter:
                         wait = max(wait, bucket.wait(cost, now))
                 if wait <= 0:
                     break
+                wait = max(wait, 1e-3)  # a wait the clock can see
                 self.waited_s += wait
                 await self.sleep(wait)
             for kind, cost in (("requests", 1), ("tokens", tokens)):
