@@ -969,7 +969,19 @@ def _resolver(catalogue: Catalogue, flags: dict[str, Any]) -> Resolver:
     return Resolver(partial(load_llm_config, path, **flags), cache=catalogue)
 
 
-def _print_dry_run(stage: str, name: str, refs: list[Any], plan: DryRun) -> None:
+def _llm_settings(flags: dict[str, Any]) -> Any:
+    """The LLM settings the flags and config file give (no API key is read)."""
+    from labeller.llm.config import load_llm_config
+
+    overrides = {k: v for k, v in flags.items() if k != "llm_config"}
+    return load_llm_config(flags.get("llm_config"), **overrides)
+
+
+def _print_dry_run(
+    stage: str, name: str, refs: list[Any], plan: DryRun, flags: dict[str, Any]
+) -> None:
+    """The plan, and for an LLM run the time its rate limits allow and its cost (settings read
+    from the config, never the key)."""
     if plan.offline:
         click.echo(f"{stage} with the offline {name}: {len(refs):,} neurons, no LLM calls")
         return
@@ -987,6 +999,19 @@ def _print_dry_run(stage: str, name: str, refs: list[Any], plan: DryRun) -> None
     click.echo(
         f"{stage}: {len(refs):,} neurons, {plan.calls:,} calls, about {plan.tokens:,} prompt tokens"
     )
+    from labeller.llm.ratelimit import run_estimate
+
+    config = _llm_settings(flags)
+    estimate = run_estimate(
+        plan.calls,
+        plan.tokens,
+        plan.reply_tokens,
+        requests_per_minute=config.max_requests_per_minute,
+        tokens_per_minute=config.max_tokens_per_minute,
+        price_per_million_input=config.price_per_million_input,
+        price_per_million_output=config.price_per_million_output,
+    )
+    click.echo(f"estimate: {estimate}")
 
 
 @cli.command()
@@ -1030,6 +1055,7 @@ def explain(
 
     with Catalogue.open(db_path) as catalogue:
         refs = _selected_refs(catalogue, model_name, layers, neurons)
+        flags = dict(llm_settings)
         resolver = _resolver(catalogue, llm_settings)
         chosen = resolver.explainer(
             explainer,
@@ -1037,7 +1063,8 @@ def explain(
             temperature=1.0 if temperature is None else temperature,
         )
         if dry_run:
-            _print_dry_run("explain", explainer, refs, dry_run_explain(catalogue, refs, chosen))
+            plan = dry_run_explain(catalogue, refs, chosen)
+            _print_dry_run("explain", explainer, refs, plan, flags)
             return
         report = _run_neurons(
             resolver,
@@ -1127,13 +1154,14 @@ def score(
 
     with Catalogue.open(db_path) as catalogue:
         refs = _selected_refs(catalogue, model_name, layers, neurons)
+        flags = dict(llm_settings)
         resolver = _resolver(catalogue, llm_settings)
         chosen = resolver.simulator(
             simulator, logprobs=not no_logprobs, mode=SimulatorMode(simulator_mode)
         )
         if dry_run:
             plan = dry_run_score(catalogue, refs, chosen, Split(split), null_sample, windows)
-            _print_dry_run("score", chosen.name, refs, plan)
+            _print_dry_run("score", chosen.name, refs, plan, flags)
             if not plan.offline:
                 nulls = len(null_plan(catalogue, refs, chosen, Split(split), null_sample, windows))
                 click.echo(f"null control: {nulls:,} labels against other neurons (counted above)")
