@@ -1001,7 +1001,11 @@ def _print_dry_run(
     )
     from labeller.llm.ratelimit import run_estimate
 
-    config = _llm_settings(flags)
+    try:
+        config = _llm_settings(flags)
+    except UserError as exc:  # a dry run never needs the config: the plan above stands
+        click.echo(f"estimate: none, the LLM settings are unreadable ({exc})")
+        return
     estimate = run_estimate(
         plan.calls,
         plan.tokens,

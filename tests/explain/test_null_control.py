@@ -152,6 +152,7 @@ def test_dry_run_counts_the_null_calls(db, tmp_path):
     assert len(plan) == 2 and null_calls > 0
     assert f"48 neurons, {own + null_calls:,} calls" in out
     assert "null control: 2 labels against other neurons" in out
+    assert "estimate: none, the LLM settings are unreadable (config file" in out
     more = run(*args, "--null-sample", "0.5", "--llm-config", missing).stdout
     assert "null control: 10 labels against other neurons" in more
 
