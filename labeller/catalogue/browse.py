@@ -7,12 +7,11 @@ A neuron's status and best label are derived here from its explanations, never s
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from labeller.catalogue import Catalogue
+from labeller.catalogue import Catalogue, rows
 from labeller.catalogue.label_state import (
     LABEL_ID_SQL,
     LABEL_SCORE_SQL,
@@ -309,12 +308,12 @@ def example_token_ids(
     """The exact token ids of a stored example window, so perturbing it perturbs what the scan
     saw (re-encoding the decoded text can split differently)."""
     model_id = _model_id(catalogue, model)
-    row = catalogue.db.execute(
-        """select w.token_ids from examples e join windows w on w.id = e.window_id
-        join neurons n on n.id = e.neuron_id
-        where n.model_id = ? and n.layer = ? and n.neuron = ? and e.kind = ? and e.rank = ?""",
-        [model_id, layer, neuron, kind, rank],
+    found = catalogue.db.execute(
+        "select id from neurons where model_id = ? and layer = ? and neuron = ?",
+        [model_id, layer, neuron],
     ).fetchone()
-    if row is None:
-        raise UserError(f"neuron {neuron_name(layer, neuron)} has no {kind} example {rank}")
-    return [int(i) for i in json.loads(row[0])]
+    stored = [] if found is None else catalogue.packed_examples(int(found[0]), "token_ids")
+    for example, window in stored:
+        if example.kind.value == kind and example.rank == rank:
+            return rows.token_ids_from_db(window["token_ids"])
+    raise UserError(f"neuron {neuron_name(layer, neuron)} has no {kind} example {rank}")

@@ -169,7 +169,7 @@ def test_unusable_checkpoint_starts_clean(tiny_model, tiny_model_dir, tiny_corpu
     with pytest.raises(ScanInterrupted):
         run_scan(catalogue, tiny_model, params, batch_size=4, stop_requested=lambda: True)
     (scan,) = catalogue.scans()
-    catalogue.db["scan_checkpoints"].update(scan.id, {"state": b"garbage"})
+    catalogue.checkpoint_path(scan.id).write_bytes(b"garbage")
     outcome = run_scan(catalogue, tiny_model, params, batch_size=4)
     assert outcome.resumed_from is None
     assert any("starting clean" in note for note in outcome.notes)
