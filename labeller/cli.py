@@ -323,9 +323,31 @@ def scan(
       labeller scan --model gpt2 --dataset NeelNanda/pile-10k --layers 0-11 --tokens 10000000
     """
     from labeller.model.loading import load_model
+    from labeller.scan import distributed
     from labeller.scan.runner import run_scan
 
     check_dataset_spec(dataset)
+    world = distributed.world_from_env()
+    if world is not None:
+        _sharded_scan(
+            world,
+            db_path,
+            model_spec,
+            dataset,
+            layers,
+            tokens,
+            ctx,
+            top_k,
+            n_random,
+            batch_size,
+            text_field,
+            seed,
+            histogram_bins,
+            band_windows,
+            device,
+            dtype,
+        )
+        return
     with _new_catalogue_kept_only_if_used(db_path) as catalogue:
         with _status(f"loading {model_spec}"):
             model = load_model(model_spec, device=device, dtype=dtype)
@@ -363,6 +385,85 @@ def scan(
     click.echo(
         f"scan {outcome.scan_id}: {outcome.tokens_seen:,} tokens in {outcome.windows_seen:,} "
         f"windows; {outcome.neurons:,} neurons of {model_spec} stored in {catalogue.path}"
+    )
+
+
+def _sharded_scan(
+    world: Any,
+    db_path: Path | None,
+    model_spec: str,
+    dataset: str,
+    layers: str,
+    tokens: int | None,
+    ctx: int,
+    top_k: int,
+    n_random: int,
+    batch_size: int,
+    text_field: str,
+    seed: int,
+    histogram_bins: int,
+    band_windows: int,
+    device: str,
+    dtype: str,
+) -> None:
+    """`scan` as one rank of a torchrun job: every rank scans its share of the windows; rank 0
+    alone opens the catalogue, shows progress and reports; the others exit quietly (0 when the
+    scan succeeds, 1 with no message when rank 0 reports an error)."""
+    from labeller.model.loading import load_model
+    from labeller.scan import distributed
+    from labeller.scan.runner import run_scan
+
+    leader = world.leader
+    model = load_model(model_spec, device=distributed.device_for(world, device), dtype=dtype)
+    params = ScanParams(
+        model=model_spec,
+        dataset=dataset,
+        layers=parse_layers(layers, model.n_layers),
+        tokens=tokens,
+        ctx=ctx,
+        top_k=top_k,
+        random=n_random,
+        seed=seed,
+        histogram_bins=histogram_bins,
+        band_windows=band_windows,
+    )
+    if ctx > model.context_limit:
+        raise UserError(f"--ctx {ctx} is longer than {model_spec}'s context; use a smaller --ctx")
+    distributed.init(world, model.device)
+    try:
+        if not leader:
+            try:
+                run_scan(
+                    None, model, params, batch_size=batch_size, text_field=text_field, world=world
+                )
+            except ScanAlreadyComplete:
+                return
+            except (UserError, ScanInterrupted):
+                raise SystemExit(1) from None  # rank 0 says why
+            return
+        with _new_catalogue_kept_only_if_used(db_path) as catalogue:
+            try:
+                with _progress(tokens) as advance:
+                    outcome = run_scan(
+                        catalogue,
+                        model,
+                        params,
+                        batch_size=batch_size,
+                        text_field=text_field,
+                        on_progress=advance,
+                        world=world,
+                    )
+            except ScanAlreadyComplete as done:
+                click.echo(str(done))
+                return
+    finally:
+        distributed.finish()
+    for note in outcome.notes:
+        click.echo(note, err=True)
+    click.echo(
+        f"scan {outcome.scan_id}: {outcome.tokens_seen:,} tokens in {outcome.windows_seen:,} "
+        f"windows on {world.size} ranks; {outcome.neurons:,} neurons of {model_spec} stored in "
+        f"{catalogue.path}"
     )
 
 
@@ -486,7 +587,7 @@ def print_neuron(
     held_out = sealing.held_out_count(view)
     if sealed and held_out:
         console.print(
-            f"\n{held_out} held-out windows (valid, test) sealed: `labeller unseal --model "
+            f"\nSealed: {held_out} held-out windows (valid, test). `labeller unseal --model "
             f"{printable(view.model)} --layer {view.layer} --neuron {view.neuron}` shows them to "
             "you, recorded in the history; "
             "your labels on this neuron written after that are scored as not blind",
@@ -1002,6 +1103,13 @@ def default_annotator() -> str:
 @neuron_target
 @click.option("--text", default=None, help="A new label, written by you.")
 @click.option(
+    "--edit",
+    "edited_from",
+    type=ID,
+    default=None,
+    help="With --text: the text is an edit of this label id (its history records it).",
+)
+@click.option(
     "--explanation", "explanation_id", type=ID, default=None, help="An existing label's id."
 )
 @click.option("--accept", is_flag=True)
@@ -1024,6 +1132,7 @@ def label(
     layer: int,
     neuron: int,
     text: str | None,
+    edited_from: int | None,
     explanation_id: int | None,
     accept: bool,
     reject: bool,
@@ -1040,6 +1149,7 @@ def label(
     \b
     Example:
       labeller label --layer 0 --neuron 9 --text 'fires on "def" at line starts' --accept
+      labeller label --layer 0 --neuron 9 --edit 12 --text 'fires on "def" and "class"'
       labeller label --layer 0 --neuron 9 --explanation 12 --reject --annotator alice
       labeller label --layer 0 --neuron 9 --explanation 12 --confirm --annotator bob
     """
@@ -1056,6 +1166,8 @@ def label(
             "--dispute": (dispute, labels.Review.DISPUTE.value),
         }
     )
+    if edited_from is not None and text is None:
+        raise UserError("--edit ID needs --text: the edited label's new text")
     if sum(x is not None and x is not False for x in (text, explanation_id, undo or None)) != 1:
         raise UserError("give exactly one of --text, --explanation or --undo")
     if explanation_id is not None and status is None and review is None:
@@ -1079,6 +1191,7 @@ def label(
                 status=new_status or LabelStatus.PROPOSED,
                 annotator=who,
                 expected_version=expect_version,
+                edited_from=edited_from,
             )
         else:
             assert explanation_id is not None  # exactly one of --text, --explanation, --undo
@@ -1198,9 +1311,10 @@ def _history_line(entry: HistoryEntry) -> str:
     def state(s: LabelState | None) -> str:
         return "-" if s is None else f'#{s.explanation_id} "{printable(s.text)}" [{s.status.value}]'
 
+    edit = "" if entry.edited_from is None else f"  (edited from #{entry.edited_from})"
     return (
         f"{entry.at}  {printable(entry.annotator or '?')}  {entry.action.value}  "
-        f"{state(entry.before)} -> {state(entry.after)}"
+        f"{state(entry.before)} -> {state(entry.after)}{edit}"
     )
 
 
@@ -1228,6 +1342,12 @@ def _history_line(entry: HistoryEntry) -> str:
     "else rule).",
 )
 @click.option(
+    "--simulator",
+    default=None,
+    help="Rank by this simulator's scores only (default: the one with the most scores of the "
+    "kind ranked; the others are named on stderr).",
+)
+@click.option(
     "--blind",
     is_flag=True,
     help="Only blind scores: labels whose author saw none of the scored windows.",
@@ -1249,12 +1369,14 @@ def rank(
     status: str | None,
     prediction: str | None,
     blind: bool,
+    simulator: str | None,
     limit: int | None,
     output_format: str,
 ) -> None:
-    """Rank neurons by their best explanation score (unscored last), or by max or density.
+    """Rank neurons by their label's score (unscored last), or by max or density.
 
-    Scores are compared like with like: only one prediction kind is ranked (see --prediction).
+    Scores are compared like with like: one prediction kind (see --prediction) and one
+    simulator (see --simulator), so a label scored by two simulators never gets the higher.
     With --blind, only scores whose label's author saw none of the scored windows count.
 
     \b
@@ -1273,8 +1395,26 @@ def rank(
         kind = (
             PredictionKind(prediction)
             if prediction is not None
-            else catalogue.rank_prediction(model.name, Split(split))
+            else catalogue.rank_prediction(model.name, Split(split), simulator)
         )
+        scored_by = catalogue.rank_simulators(model.name, Split(split), kind)
+        if simulator is not None and simulator not in dict(scored_by):
+            anyone = catalogue.rank_simulators(model.name, Split(split), None)
+            known = ", ".join(name for name, _ in anyone) or "none"
+            what = f"{kind} scores" if prediction is not None else "scores"
+            raise UserError(
+                f"simulator {simulator!r} has no {what} on {split} for {model.name}; "
+                f"simulators with scores there: {known}"
+            )
+        if simulator is None and scored_by:
+            simulator = scored_by[0][0]
+            if len(scored_by) > 1:
+                others = ", ".join(f"{name} ({n:,})" for name, n in scored_by[1:])
+                click.echo(
+                    f"ranking by {simulator}'s scores ({scored_by[0][1]:,}); also scored: "
+                    f"{others}: pass --simulator NAME to rank by another",
+                    err=True,
+                )
         rows = catalogue.rank(
             model_name,
             by=by,
@@ -1284,6 +1424,7 @@ def rank(
             limit=limit,
             prediction=kind,
             blind=blind,
+            simulator=simulator,
         )
     fields = ["layer", "neuron", "score", "above_chance", "blind", "label", "source", "status"]
     if output_format == "json":
@@ -1304,8 +1445,9 @@ def rank(
         "label",
         "source",
         "status",
-        caption=f"scores: {split}, {kind} predictions only{', blind only' * blind}; "
-        "≈chance: not above the null's p95; seen: the label's author had seen the scored windows",
+        caption=f"scores: {split}, {kind} predictions by {simulator or 'no simulator'} only"
+        f"{', blind only' * blind}; ≈chance: not above the null's p95; "
+        "seen: the label's author had seen the scored windows",
     )
     for r in rows:
         table.add_row(

@@ -118,8 +118,17 @@ class NeuronSummary:
     density: float
     label: str | None
     score: float | None
-    status: NeuronStatus
+    status: NeuronStatus  # the neuron's workflow state: what the status filter and sort use
     explanation_id: int | None
+    label_status: LabelStatus | None = None  # the status of `label`, the neuron's label
+    to_review: bool = False  # a label of the neuron needs review (never the one shown)
+
+    @property
+    def shown_status(self) -> str:
+        """What the list's status column says beside `label`: that label's own status, so it
+        never reads "needs_review" beside another label's text; with no label, the neuron's
+        state (unlabelled, needs_review, rejected) says why there is none."""
+        return self.label_status.value if self.label_status else self.status.value
 
 
 def _model_id(catalogue: Catalogue, model: str | None) -> int:
@@ -249,7 +258,7 @@ def _summaries(catalogue: Catalogue, ids: list[int]) -> list[NeuronSummary]:
         int(row[0]): row
         for row in catalogue.db.execute(
             f"""select n.id, n.layer, n.neuron, n.max, n.density, {_STATUS_SQL}, b.id, b.text,
-            {_SCORE_OF.format(e="b")}
+            {_SCORE_OF.format(e="b")}, b.status, {_has((_NEEDS_REVIEW,))}
             from neurons n left join explanations b on b.id = {_BEST_ID_SQL}
             where n.id in ({marks})""",
             ids,
@@ -265,6 +274,8 @@ def _summaries(catalogue: Catalogue, ids: list[int]) -> list[NeuronSummary]:
             explanation_id=rows[i][6],
             label=rows[i][7],
             score=rows[i][8],
+            label_status=None if rows[i][9] is None else LabelStatus(rows[i][9]),
+            to_review=bool(rows[i][10]),
         )
         for i in ids
     ]

@@ -303,13 +303,20 @@ def m007_blind_scores(db: Database) -> None:
     )
 
 
+@migrations()
+def m008_edited_from(db: Database) -> None:
+    """An edit's history entry names the label it was edited from (the `e` key, `label --text
+    ... --edited-from ID`). Entries written before this stay NULL: not recorded."""
+    db.table("label_history").add_column("edited_from", int)
+
+
 class _Identity(dict[int, int]):
     def __missing__(self, key: int) -> int:
         return key
 
 
 @migrations()
-def m009_packed_examples(db: Database) -> None:
+def m010_packed_examples(db: Database) -> None:
     """Each neuron's examples packed into one row (`neuron_examples`: per-token activations as
     float16, each example's max_activation and band edges exact; `rows.encode_examples`), and
     windows' token ids as a uint32 blob instead of JSON text. The old `examples` table (one row

@@ -76,7 +76,7 @@ def encode_activations(values: np.ndarray) -> bytes:
     return np.asarray(values, dtype="<f4").tobytes()
 
 
-# --- a neuron's examples, packed (the `neuron_examples` table, from m009) ------------------------
+# --- a neuron's examples, packed (the `neuron_examples` table, from m010) ------------------------
 #
 # One row per neuron: a header, one fixed-size record per example (zlib), then every example's
 # per-token activations as little-endian float16, one window after another. Each example's
@@ -211,8 +211,8 @@ def example_from_packed(example: PackedExample, window: Row) -> Example:
 
 
 def examples_of_rows(legacy: list[Row]) -> list[ExampleRow]:
-    """Old `examples` rows (float32 blobs, m001-m008) as the rows `encode_examples` packs, their
-    window keys being their window ids: what m009 converts."""
+    """Old `examples` rows (float32 blobs, m001-m009) as the rows `encode_examples` packs, their
+    window keys being their window ids: what m010 converts."""
     return [
         ExampleRow(
             window_key=row["window_id"],
@@ -433,13 +433,13 @@ def window_to_row(window: WindowRow, scan_id: int | None) -> Row:
 
 
 def token_ids_to_db(token_ids: list[int]) -> bytes:
-    """A window's token ids: little-endian uint32 (JSON text before m009)."""
+    """A window's token ids: little-endian uint32 (JSON text before m010)."""
     return np.asarray(token_ids, dtype="<u4").tobytes()
 
 
 @reads_stored
 def token_ids_from_db(value: bytes | str | None) -> list[int]:
-    """A window's `token_ids`: uint32 blob, JSON text (before m009), or NULL (none known)."""
+    """A window's `token_ids`: uint32 blob, JSON text (before m010), or NULL (none known)."""
     if value is None:
         return []
     if isinstance(value, str):
@@ -630,6 +630,7 @@ def history_from_row(row: Row) -> HistoryEntry:
         after=label_state_from_json(row["after"]),
         annotator=row["annotator"],
         at=row["at"],
+        edited_from=row["edited_from"],
     )
 
 
@@ -652,6 +653,7 @@ def history_to_row(
     annotator: str | None,
     at: str,
     undoes: int | None = None,
+    edited_from: int | None = None,
 ) -> Row:
     after_json = after.model_dump_json() if after else None
     if after is not None and undoes is not None:
@@ -664,6 +666,7 @@ def history_to_row(
         "after": after_json,
         "annotator": annotator,
         "at": at,
+        "edited_from": edited_from,
     }
 
 

@@ -202,9 +202,11 @@ class Backend:
         explanation_id: int | None = None,
         text: str | None = None,
         status: LabelStatus | None = None,
+        edited_from: int | None = None,
     ) -> list[HistoryEntry]:
-        """Write a label (`text`, proposed unless `status`) or set one's status; refused with
-        `StaleLabel` if anyone changed the neuron's labels since `page` was read."""
+        """Write a label (`text`, proposed unless `status`, an edit of label `edited_from` when
+        given) or set one's status; refused with `StaleLabel` if anyone changed the neuron's
+        labels since `page` was read."""
         from labeller.catalogue import labels
 
         with self.catalogue() as catalogue:
@@ -216,6 +218,7 @@ class Backend:
                     status=status or LabelStatus.PROPOSED,
                     annotator=self.annotator,
                     expected_version=page.version,
+                    edited_from=edited_from,
                 )
             if explanation_id is None or status is None:
                 raise ValueError("change_label takes text, or an explanation id and a status")

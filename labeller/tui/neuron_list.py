@@ -44,6 +44,15 @@ SORT_CYCLE = [key for key, _, _ in COLUMNS]
 SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 
 
+def _status_cell(row: NeuronSummary) -> Text:
+    """The status of the label shown beside it; `!` when another of the neuron's labels needs
+    review (the status filter's "needs review" finds those neurons)."""
+    cell = status_text(row.shown_status)
+    if row.to_review and row.label_status is not None:
+        cell.append(" !", "bold yellow")
+    return cell
+
+
 class NeuronListScreen(ReportsWorkerErrors, Screen[None]):
     """The title and status lines follow the reactives below: set them, and the lines repaint."""
 
@@ -202,7 +211,7 @@ class NeuronListScreen(ReportsWorkerErrors, Screen[None]):
                 Text(fmt(row.max), justify="right"),
                 Text(f"{row.density:.1%}" if row.density is not None else "–", justify="right"),
                 Text(fmt(row.score, 2), justify="right"),
-                status_text(row.status.value),
+                _status_cell(row),
                 plain(label),
                 key=f"{row.layer}.{row.neuron}",
             )

@@ -107,7 +107,8 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
         self.layer_index = layer
         self.neuron = neuron
         self.queue = queue
-        self._draft: tuple[str, LabelDraft] | None = None  # the save in flight, as typed
+        # The save in flight, as typed: title, draft, and the label it edits.
+        self._draft: tuple[str, LabelDraft, int | None] | None = None
         self.examples_sealed: bool | None = None  # as the Examples tab last showed them
 
     def compose(self) -> ComposeResult:
@@ -150,9 +151,9 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
             if isinstance(worker.error, StaleLabel):
                 self.load()  # show the other person's change before anything else happens
             if self._draft is not None:  # a refused save: the typed text is not lost
-                title, draft = self._draft
+                title, draft, edited_from = self._draft
                 self._draft = None
-                self._editor(title, draft.text, accept=draft.accept)
+                self._editor(title, draft.text, accept=draft.accept, edited_from=edited_from)
 
     def on_neuron_screen_loaded(self, event: Loaded) -> None:
         first = self.page is None
@@ -288,20 +289,30 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
     def action_edit(self) -> None:
         chosen = self._candidate("edit")
         if chosen is not None:
-            self._editor("Edit label (saved as a new label of yours)", chosen.text)
+            self._editor(
+                f"Edit label #{chosen.id} (saved as a new label of yours)",
+                chosen.text,
+                edited_from=chosen.id,
+            )
 
     def action_write(self) -> None:
         if self.page is not None:
             self._editor("New label")
 
-    def _editor(self, title: str, text: str = "", *, accept: bool = False) -> None:
-        page = self.page
-
+    def _editor(
+        self, title: str, text: str = "", *, accept: bool = False, edited_from: int | None = None
+    ) -> None:
         def done(draft: LabelDraft | None) -> None:
+            # Checked against the page as it is now: after a refusal the page reloads behind
+            # the reopened editor (showing the other person's change, which the refusal named),
+            # and the save made after that must not be refused again for the same change.
+            page = self.page
             if draft is not None and page is not None:
                 status = LabelStatus.ACCEPTED if draft.accept else None
-                self._draft = (title, draft)  # reopened with it if the save is refused
-                self.change(page, text=draft.text, status=status, rescore=True)
+                self._draft = (title, draft, edited_from)  # reopened if the save is refused
+                self.change(
+                    page, text=draft.text, status=status, rescore=True, edited_from=edited_from
+                )
 
         self.app.push_screen(LabelEditor(title, editable(text), accept=accept), done)
 
@@ -314,10 +325,11 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
         text: str | None = None,
         status: LabelStatus | None = None,
         rescore: bool = False,
+        edited_from: int | None = None,
     ) -> None:
         backend = backend_of(self)
         entries = backend.change_label(
-            page, explanation_id=explanation_id, text=text, status=status
+            page, explanation_id=explanation_id, text=text, status=status, edited_from=edited_from
         )
         notes = [f"{e.action} #{e.explanation_id}" for e in entries] or ["no change"]
         select = next((e.explanation_id for e in reversed(entries)), explanation_id)

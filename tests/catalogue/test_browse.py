@@ -117,6 +117,22 @@ def test_status_is_derived_from_all_the_neurons_labels(catalogue):
     # The accepted label is the one a neuron is known by, whatever the scores say.
     row6 = next(r for r in everything(catalogue) if (r.layer, r.neuron) == (0, 6))
     assert row6.label == '"w"'
+    # The status column says the status of the label beside it, never another label's; a
+    # neuron with a label that needs review, besides the one shown, is marked `to_review`.
+    shown = {
+        (r.layer, r.neuron): (r.label is not None, r.shown_status, r.to_review)
+        for r in everything(catalogue)
+    }
+    assert {k: shown[k] for k in expected} == {
+        (0, 1): (True, "accepted", False),
+        (0, 2): (False, "rejected", False),
+        (0, 3): (False, "needs_review", True),  # no label to show: the neuron's state says why
+        (0, 4): (True, "proposed", False),
+        (0, 5): (True, "proposed", True),  # the baseline's proposed label; "y" needs review
+        (0, 6): (True, "accepted", True),
+        (0, 7): (True, "proposed", False),
+        (1, 7): (False, "unlabelled", False),
+    }
 
 
 def test_an_llm_score_is_preferred_to_the_baseline(catalogue):

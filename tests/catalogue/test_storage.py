@@ -1,5 +1,5 @@
 """How the catalogue stores a scan: packed float16 examples with exact maxima, checkpoints
-beside the file, old catalogues converted by m009, and rescans that keep people's labels."""
+beside the file, old catalogues converted by m010, and rescans that keep people's labels."""
 
 from __future__ import annotations
 
@@ -157,9 +157,9 @@ def test_rescan_replaces_examples_and_keeps_labels(tmp_path: Path):
 
 
 def _old_catalogue(path: Path) -> None:
-    """A catalogue as labeller wrote it before m009: float32 example rows, JSON token ids."""
+    """A catalogue as labeller wrote it before m010: float32 example rows, JSON token ids."""
     db = Database(path)
-    migrations.apply(db, stop_before="m009_packed_examples")
+    migrations.apply(db, stop_before="m010_packed_examples")
     db["models"].insert(
         {
             "id": 1,
@@ -216,7 +216,7 @@ def _old_catalogue(path: Path) -> None:
     db.conn.close()
 
 
-def test_m009_converts_an_old_catalogue(tmp_path: Path):
+def test_m010_converts_an_old_catalogue(tmp_path: Path):
     path = tmp_path / "old.db"
     _old_catalogue(path)
     with Catalogue.open(path) as catalogue:  # a write command upgrades it
