@@ -226,6 +226,14 @@ class LabellerGroup(click.Group):
             raise CliInterrupted(f"{exc}; run the same command again to resume") from None
         except sqlite3.Error as exc:
             raise CliError(describe_sqlite_error(exc)) from None
+        except UnicodeDecodeError as exc:
+            # sqlite3 cannot decode an error message that quotes garbled schema bytes
+            if not (isinstance(exc.object, bytes) and exc.object.startswith(b"malformed database")):
+                raise
+            raise CliError(
+                "the catalogue is damaged (SQLite: malformed database schema); restore it from a "
+                "backup (`labeller check` says what is wrong)"
+            ) from None
 
 
 @click.group(

@@ -81,7 +81,8 @@ def encode_activations(values: np.ndarray) -> bytes:
 # One row per neuron: a header, one fixed-size record per example (zlib), then every example's
 # per-token activations as little-endian float16, one window after another. Each example's
 # max_activation, and the band edges, are kept exactly (float64); only the per-token values are
-# rounded (float16: relative error at most 2^-11, values beyond +-65504 clamp to it).
+# rounded (float16: relative error at most 2^-11, values beyond +-65504 clamp to it). On reading,
+# no value exceeds its example's exact max and the value at max_index is that max exactly.
 
 PACK_FORMAT = 1
 _HEADER = struct.Struct("<BII")  # format, number of examples, bytes of compressed records
@@ -168,13 +169,21 @@ def decode_examples(blob: bytes) -> list[PackedExample]:
     found, at = [], 0
     for m in meta.tolist():
         window_id, kind, split, rank, length, max_index, band, top, low, high = m
+        window = values64[at : at + length]
+        if not math.isnan(top):
+            # float16 rounding can lift a value just above the exact max: clamp to it, and give
+            # the max's own token its exact value, so activations[max_index] is the window's
+            # max and equals max_activation, as before m010.
+            np.minimum(window, top, out=window)
+            if 0 <= max_index < length:
+                window[max_index] = top
         found.append(
             PackedExample(
                 window_id=window_id,
                 kind=ExampleKind(_KINDS[kind]),
                 rank=rank,
                 split=Split(_SPLITS[split]),
-                activations=values64[at : at + length].tolist(),
+                activations=window.tolist(),
                 max_activation=top,
                 max_index=max_index,
                 band=None if band < 0 else band,
