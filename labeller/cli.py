@@ -1532,13 +1532,18 @@ def agreement(db_path: Path | None, model_name: str | None, output_format: str) 
 def backup(db_path: Path | None, destination: Path) -> None:
     """Copy the catalogue consistently, even while others are writing to it.
 
+    An unfinished scan's checkpoint file (CATALOGUE.scan-ID.checkpoint) is copied beside the
+    copy as DESTINATION.scan-ID.checkpoint, so the scan resumes from the backup.
+
     \b
     Example:
       labeller backup backups/catalogue-2026-11-25.db
     """
     with Catalogue.open(db_path, read_only=True) as catalogue:
-        catalogue.backup(destination)
+        checkpoints = catalogue.backup(destination)
     click.echo(f"backed up {catalogue.path} to {destination} (full integrity check passed)")
+    for checkpoint in checkpoints:
+        click.echo(f"with an unfinished scan's checkpoint: {checkpoint}")
 
 
 @cli.command()

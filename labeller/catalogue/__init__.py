@@ -84,6 +84,11 @@ QUICK_CHECK_SECONDS = 0.15
 _CORRUPT = {sqlite3.SQLITE_CORRUPT}
 
 
+def checkpoint_file(catalogue: Path, scan_id: int) -> Path:
+    """`CATALOGUE.scan-ID.checkpoint`, beside the catalogue file (or its backup)."""
+    return catalogue.with_name(f"{catalogue.name}.scan-{scan_id}.checkpoint")
+
+
 class CatalogueDamaged(UserError):
     """The file's pages or records are corrupt: only a backup brings them back."""
 
@@ -368,7 +373,7 @@ class Catalogue:
         """Where an unfinished scan's resumable state lives: a file beside the catalogue, so
         checkpoints (rewritten every minute, each as large as the scan's state) never churn
         the catalogue's pages; removed when the scan completes or is discarded."""
-        return self.path.with_name(f"{self.path.name}.scan-{scan_id}.checkpoint")
+        return checkpoint_file(self.path, scan_id)
 
     def save_checkpoint(
         self, scan_id: int, state: bytes, *, tokens_seen: int, windows_seen: int, status: ScanStatus
@@ -988,9 +993,33 @@ class Catalogue:
         """SQLite's full `integrity_check` (every page, every index entry): [] when sound."""
         return _integrity_problems(self.db.conn, limit)
 
-    def backup(self, destination: Path) -> None:
+    def backup(self, destination: Path) -> list[Path]:
         """A consistent copy while others write (SQLite's online backup API), checked in full
-        before it takes the name: a damaged catalogue is refused, a failed copy leaves nothing."""
+        before it takes the name: a damaged catalogue is refused, a failed copy leaves nothing.
+        An unfinished scan's checkpoint file is copied too, beside the copy under the copy's
+        name (`checkpoint_file(destination, id)`), so the backup resumes it; those copies are
+        returned."""
+        self._backup_database(destination)
+        copied = []
+        for scan in self.scans():
+            if scan.status is ScanStatus.COMPLETE:
+                continue
+            try:
+                state = self.checkpoint_path(scan.id).read_bytes()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise UserError(
+                    f"backed up the catalogue to {destination}, but cannot read scan "
+                    f"{scan.id}'s checkpoint ({exc})"
+                ) from None
+            target = checkpoint_file(destination, scan.id)
+            with replaced_atomically(target) as partial:
+                partial.write_bytes(state)
+            copied.append(target)
+        return copied
+
+    def _backup_database(self, destination: Path) -> None:
         if destination.exists() or destination.is_symlink():
             raise UserError(f"{destination} exists; choose a new backup path")
         with replaced_atomically(destination) as partial:

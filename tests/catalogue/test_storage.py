@@ -21,6 +21,7 @@ from labeller.records import (
     ModelRecord,
     NeuronStats,
     ScanParams,
+    ScanStatus,
     Split,
 )
 from labeller.scan import runner
@@ -246,3 +247,37 @@ def test_a_completed_scan_leaves_few_free_pages(
         pages = conn.execute("pragma page_count").fetchone()[0]
         free = conn.execute("pragma freelist_count").fetchone()[0]
     assert free / pages < 0.05, (free, pages)
+
+
+def test_no_stored_value_exceeds_the_exact_max(tmp_path: Path):
+    """float16 rounds 3.0660367 up to 3.0664062: read back, the value at max_index is the exact
+    max and no value exceeds it (band edges, `show`'s colours and exports rely on that)."""
+    values = np.array(
+        [[3.0660367, 3.0660360, -1.0], [0.5, 0.2, 0.1], [0.3, 0.4, 0.2]], dtype=np.float32
+    )
+    assert float(np.float16(values[0, 1])) > float(values[0, 0])  # rounding overshoots the max
+    with Catalogue.open(tmp_path / "c.db", create=True) as catalogue:
+        _write(catalogue, values)
+        view = catalogue.neuron_view("m", 0, 0)
+    for example in [*view.top_examples, *view.random_examples]:
+        assert max(example.activations) == example.activations[example.max_index]
+        assert example.activations[example.max_index] == example.max_activation
+    top = view.top_examples[0]
+    assert top.max_activation == float(values[0, 0])
+    assert top.activations[1] == top.max_activation  # clamped, not above it
+
+
+def test_backup_copies_an_unfinished_scans_checkpoint(tmp_path: Path):
+    path, copy = tmp_path / "c.db", tmp_path / "backups" / "copy.db"
+    with Catalogue.open(path, create=True) as catalogue:
+        model_id = catalogue.upsert_model(MODEL)
+        scan_id = catalogue.create_scan(model_id, ScanParams(model="m", dataset="d", layers=[0]))
+        catalogue.save_checkpoint(
+            scan_id, b"state", tokens_seen=9, windows_seen=3, status=ScanStatus.INTERRUPTED
+        )
+        copied = catalogue.backup(copy)
+    assert copied == [tmp_path / "backups" / f"copy.db.scan-{scan_id}.checkpoint"]
+    with Catalogue.open(copy) as restored:
+        assert restored.load_checkpoint(scan_id) == b"state"
+        (scan,) = restored.scans()
+        assert scan.status is ScanStatus.INTERRUPTED
