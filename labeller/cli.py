@@ -572,7 +572,7 @@ def print_neuron(
             ("promotes", w.top_positive_tokens),
             ("suppresses", w.top_negative_tokens),
         ):
-            words = "  ".join(repr(visible_token(t.token)) for t in tokens)
+            words = "  ".join(f"{visible_token(t.token)!r} {t.weight:+.2f}" for t in tokens)
             console.print(f"{label}: {words}", markup=False)
     scale = max(s.max, 1e-9)
     console.print(
@@ -695,6 +695,143 @@ def trace(
     console.print(heat_text(result.tokens, values, scale, values.index(max(values))))
     for token, value in zip(result.tokens, values, strict=True):
         console.print(f"{value:9.4f}  {visible_token(token)!r}", markup=False)
+
+
+@cli.command("search-neurons")
+@db_option
+@click.argument("text")
+@click.option("--model", "model_spec", default=None, help="Default: the catalogue's only model.")
+@click.option("--top", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option(
+    "--per-token",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Also list the N most active neurons at every token.",
+)
+@click.option(
+    "--relative", is_flag=True, help="Rank by share of each neuron's scanned max, not activation."
+)
+@model_load_options
+@format_option
+def search_neurons_command(
+    db_path: Path | None,
+    text: str,
+    model_spec: str | None,
+    top: int,
+    per_token: int,
+    relative: bool,
+    device: str,
+    dtype: str,
+    output_format: str,
+) -> None:
+    """Which neurons fire most on TEXT, across every scanned layer (- reads stdin).
+
+    The text runs once through the model; each neuron of the catalogue's scanned layers is
+    ranked by its largest activation on the text (or, with --relative, by that as a share of
+    its max in the scan), with the token it peaks on and its label.
+
+    \b
+    Example:
+      labeller search-neurons --db db/demo.db --model demo-solu-1l " the cat sat on the"
+    """
+    from labeller.catalogue.browse import layer_maxes, neuron_summaries
+    from labeller.model.loading import load_model
+    from labeller.model.search import search_neurons
+
+    if text == "-":
+        text = _read_stdin_text()
+    with Catalogue.open(db_path, read_only=True) as catalogue:
+        model_spec = catalogue.resolve_model(model_spec).name
+        maxes = layer_maxes(catalogue, model_spec)
+    model = load_model(model_spec, device=device, dtype=dtype)
+    layers = sorted(layer for layer in maxes if layer < model.n_layers)
+    ids = model.encode(text)
+    if not ids:
+        raise UserError("TEXT is empty; give some text to search with")
+    limit = model.context_limit
+    if len(ids) > limit:
+        raise UserError(f"TEXT is {len(ids)} tokens; {model_spec} reads at most {limit}")
+    found = search_neurons(
+        model,
+        ids,
+        layers,
+        top=top,
+        per_token=per_token or 1,
+        scale={layer: maxes[layer][: model.d_mlp] for layer in layers},
+        relative=relative,
+    )
+    tokens = model.token_strings(ids)
+    hits = {(h.layer, h.neuron) for h in found.overall}
+    if per_token:
+        hits |= {(h.layer, h.neuron) for row in found.per_token for h in row}
+    with Catalogue.open(db_path, read_only=True) as catalogue:
+        rows = neuron_summaries(catalogue, model_spec, hits)
+
+    def hit_json(hit: Any) -> dict[str, Any]:
+        row = rows.get((hit.layer, hit.neuron))
+        return {
+            "layer": hit.layer,
+            "neuron": hit.neuron,
+            "position": hit.position,
+            "token": tokens[hit.position],
+            "activation": hit.activation,
+            "share_of_max": hit.relative,
+            "label": row.label if row else None,
+        }
+
+    if output_format == "json":
+        out: dict[str, Any] = {
+            "model": model_spec,
+            "text": text,
+            "tokens": tokens,
+            "layers": found.layers,
+            "neurons_searched": found.neurons_searched,
+            "ranked_by": "share_of_max" if relative else "activation",
+            "overall": [hit_json(h) for h in found.overall],
+        }
+        if per_token:
+            out["per_token"] = [[hit_json(h) for h in row] for row in found.per_token]
+        click.echo(json.dumps(out, indent=2, ensure_ascii=False))
+        return
+    console = StdoutConsole(highlight=False)
+    console.print(
+        f"{printable(model_spec)}: {found.neurons_searched:,} neurons in "
+        f"layer{'s' if len(found.layers) > 1 else ''} {', '.join(map(str, found.layers))} "
+        f"on {len(tokens)} tokens, ranked by "
+        f"{'share of max' if relative else 'activation'}",
+        markup=False,
+    )
+    table = Table(box=None, pad_edge=False)
+    for name, justify in (
+        ("#", "right"),
+        ("layer", "right"),
+        ("neuron", "right"),
+        ("act", "right"),
+        ("÷max", "right"),
+        ("at token", "left"),
+        ("label", "left"),
+    ):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for rank, hit in enumerate(found.overall, 1):
+        item = hit_json(hit)
+        share = hit.relative
+        table.add_row(
+            str(rank),
+            str(hit.layer),
+            str(hit.neuron),
+            f"{hit.activation:.3f}",
+            "–" if share is None else f"{share:.0%}",
+            Text(f"#{hit.position} {visible_token(item['token'])!r}"),
+            Text(printable(item["label"] or "")),
+        )
+    console.print(table)
+    if per_token:
+        for position, row in enumerate(found.per_token):
+            best = "  ".join(f"L{h.layer}N{h.neuron} {h.activation:.2f}" for h in row)
+            console.print(
+                f"{position:4} {visible_token(tokens[position])!r:>14}  {best}", markup=False
+            )
 
 
 def _read_stdin_text() -> str:
@@ -840,7 +977,19 @@ def _resolver(catalogue: Catalogue, flags: dict[str, Any]) -> Resolver:
     return Resolver(partial(load_llm_config, path, **flags), cache=catalogue)
 
 
-def _print_dry_run(stage: str, name: str, refs: list[Any], plan: DryRun) -> None:
+def _llm_settings(flags: dict[str, Any]) -> Any:
+    """The LLM settings the flags and config file give (no API key is read)."""
+    from labeller.llm.config import load_llm_config
+
+    overrides = {k: v for k, v in flags.items() if k != "llm_config"}
+    return load_llm_config(flags.get("llm_config"), **overrides)
+
+
+def _print_dry_run(
+    stage: str, name: str, refs: list[Any], plan: DryRun, flags: dict[str, Any]
+) -> None:
+    """The plan, and for an LLM run the time its rate limits allow and its cost (settings read
+    from the config, never the key)."""
     if plan.offline:
         click.echo(f"{stage} with the offline {name}: {len(refs):,} neurons, no LLM calls")
         return
@@ -858,6 +1007,19 @@ def _print_dry_run(stage: str, name: str, refs: list[Any], plan: DryRun) -> None
     click.echo(
         f"{stage}: {len(refs):,} neurons, {plan.calls:,} calls, about {plan.tokens:,} prompt tokens"
     )
+    from labeller.llm.ratelimit import run_estimate
+
+    config = _llm_settings(flags)
+    estimate = run_estimate(
+        plan.calls,
+        plan.tokens,
+        plan.reply_tokens,
+        requests_per_minute=config.max_requests_per_minute,
+        tokens_per_minute=config.max_tokens_per_minute,
+        price_per_million_input=config.price_per_million_input,
+        price_per_million_output=config.price_per_million_output,
+    )
+    click.echo(f"estimate: {estimate}")
 
 
 @cli.command()
@@ -901,6 +1063,7 @@ def explain(
 
     with Catalogue.open(db_path) as catalogue:
         refs = _selected_refs(catalogue, model_name, layers, neurons)
+        flags = dict(llm_settings)
         resolver = _resolver(catalogue, llm_settings)
         chosen = resolver.explainer(
             explainer,
@@ -908,7 +1071,8 @@ def explain(
             temperature=1.0 if temperature is None else temperature,
         )
         if dry_run:
-            _print_dry_run("explain", explainer, refs, dry_run_explain(catalogue, refs, chosen))
+            plan = dry_run_explain(catalogue, refs, chosen)
+            _print_dry_run("explain", explainer, refs, plan, flags)
             return
         report = _run_neurons(
             resolver,
@@ -998,13 +1162,14 @@ def score(
 
     with Catalogue.open(db_path) as catalogue:
         refs = _selected_refs(catalogue, model_name, layers, neurons)
+        flags = dict(llm_settings)
         resolver = _resolver(catalogue, llm_settings)
         chosen = resolver.simulator(
             simulator, logprobs=not no_logprobs, mode=SimulatorMode(simulator_mode)
         )
         if dry_run:
             plan = dry_run_score(catalogue, refs, chosen, Split(split), null_sample, windows)
-            _print_dry_run("score", chosen.name, refs, plan)
+            _print_dry_run("score", chosen.name, refs, plan, flags)
             if not plan.offline:
                 nulls = len(null_plan(catalogue, refs, chosen, Split(split), null_sample, windows))
                 click.echo(f"null control: {nulls:,} labels against other neurons (counted above)")

@@ -7,6 +7,9 @@ A neuron's status and best label are derived here from its explanations, never s
 
 from __future__ import annotations
 
+import math
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -18,8 +21,9 @@ from labeller.catalogue.label_state import (
     LABEL_TEXT_SQL,
     SCORE_OF,
 )
+from labeller.catalogue.rows import real_from_db
 from labeller.errors import UserError
-from labeller.records import LabelStatus, neuron_name
+from labeller.records import ExampleKind, LabelStatus, neuron_name
 
 
 class NeuronStatus(StrEnum):
@@ -40,6 +44,83 @@ class SortKey(StrEnum):
     LABEL = "label"
     SCORE = "score"
     STATUS = "status"
+    COSINE = "cos"
+    KURTOSIS = "kurtosis"
+    SKEW = "skew"
+
+
+class Stat(StrEnum):
+    """A neuron statistic the list sorts and filters by (its `SortKey` has the same value)."""
+
+    COSINE = "cos"  # cos(w_in, w_out): negative erases what it reads, positive boosts it
+    KURTOSIS = "kurtosis"  # excess kurtosis of the activations: heavy tails, rare strong firing
+    SKEW = "skew"  # skewness of the activations
+
+
+STAT_COLUMN: dict[Stat, str] = {
+    Stat.COSINE: "w_in_w_out_cosine",
+    Stat.KURTOSIS: "kurtosis",
+    Stat.SKEW: "skewness",
+}
+# Names a person may type for each statistic in a range filter ("kurt>10 cos<-0.3").
+STAT_NAMES: dict[str, Stat] = {
+    "cos": Stat.COSINE,
+    "cosine": Stat.COSINE,
+    "kurt": Stat.KURTOSIS,
+    "kurtosis": Stat.KURTOSIS,
+    "skew": Stat.SKEW,
+    "skewness": Stat.SKEW,
+}
+# A stored statistic that is a number: NULL (no weights, a constant neuron) and the text 'NaN'
+# are neither; a range scan on the (model_id, column) index serves it.
+_IS_NUMBER = "{column} between -9e999 and 9e999"
+
+
+@dataclass(frozen=True)
+class StatRange:
+    """Neurons whose `stat` lies in [low, high] (either bound may be open); neurons without a
+    value for it never match."""
+
+    stat: Stat
+    low: float | None = None
+    high: float | None = None
+
+    def describe(self) -> str:
+        if self.low is not None and self.high is not None:
+            return f"{self.low:g}≤{self.stat.value}≤{self.high:g}"
+        if self.low is not None:
+            return f"{self.stat.value}≥{self.low:g}"
+        return f"{self.stat.value}≤{self.high:g}"
+
+
+_RANGE_TERM = re.compile(r"([a-z]+)\s*(<=|>=|<|>|=|≤|≥)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?)")
+
+
+def parse_stat_ranges(text: str) -> list[StatRange]:
+    """`kurt>10 cos<-0.3` as ranges (< and <= alike: the values are continuous); a term that does
+    not parse is a UserError naming it."""
+    ranges: list[StatRange] = []
+    rest = text.strip().lower().replace(",", " ")
+    position = 0
+    for match in _RANGE_TERM.finditer(rest):
+        skipped = rest[position : match.start()].strip()
+        if skipped:
+            raise UserError(f"cannot read {skipped!r}: write e.g. kurt>10 cos<-0.3 skew>=2")
+        position = match.end()
+        name, op, number = match.groups()
+        stat = STAT_NAMES.get(name)
+        if stat is None:
+            raise UserError(f"no statistic {name!r}: use cos, kurt or skew")
+        value = float(number)
+        if not math.isfinite(value):
+            raise UserError(f"{name}{op}{number}: give a finite number")
+        low = value if op in (">", ">=", "≥", "=") else None
+        high = value if op in ("<", "<=", "≤", "=") else None
+        ranges.append(StatRange(stat, low, high))
+    skipped = rest[position:].strip()
+    if skipped:
+        raise UserError(f"cannot read {skipped!r}: write e.g. kurt>10 cos<-0.3 skew>=2")
+    return ranges
 
 
 # Sort rank of each status (also the value the SQL below computes): the order of the workflow.
@@ -105,7 +186,12 @@ _SORT_SQL: dict[SortKey, tuple[tuple[str, str] | None, list[str]]] = {
     SortKey.LABEL: (("best_text", _BEST_TEXT_SQL), ["layer", "neuron"]),
     SortKey.SCORE: (("best_score", _BEST_SCORE_SQL), ["layer", "neuron"]),
     SortKey.STATUS: (("status_rank", _STATUS_SQL), ["layer", "neuron"]),
+    SortKey.COSINE: (None, [STAT_COLUMN[Stat.COSINE], "id"]),
+    SortKey.KURTOSIS: (None, [STAT_COLUMN[Stat.KURTOSIS], "id"]),
+    SortKey.SKEW: (None, [STAT_COLUMN[Stat.SKEW], "id"]),
 }
+# Sorts by a statistic some neurons lack: those neurons come after the rest either way.
+_STAT_OF_SORT: dict[SortKey, Stat] = {SortKey(stat.value): stat for stat in Stat}
 
 
 @dataclass(frozen=True)
@@ -120,6 +206,9 @@ class NeuronSummary:
     score: float | None
     status: NeuronStatus  # the neuron's workflow state: what the status filter and sort use
     explanation_id: int | None
+    cosine: float | None = None
+    kurtosis: float | None = None
+    skewness: float | None = None
     label_status: LabelStatus | None = None  # the status of `label`, the neuron's label
     to_review: bool = False  # a label of the neuron needs review (never the one shown)
 
@@ -129,6 +218,11 @@ class NeuronSummary:
         never reads "needs_review" beside another label's text; with no label, the neuron's
         state (unlabelled, needs_review, rejected) says why there is none."""
         return self.label_status.value if self.label_status else self.status.value
+
+    def stat(self, stat: Stat) -> float | None:
+        return {Stat.COSINE: self.cosine, Stat.KURTOSIS: self.kurtosis, Stat.SKEW: self.skewness}[
+            stat
+        ]
 
 
 def _model_id(catalogue: Catalogue, model: str | None) -> int:
@@ -158,6 +252,7 @@ def neuron_page(
     min_score: float | None = None,
     max_score: float | None = None,
     text: str = "",
+    ranges: Sequence[StatRange] = (),
     offset: int = 0,
     limit: int = 100,
 ) -> tuple[list[NeuronSummary], int]:
@@ -182,6 +277,10 @@ def neuron_page(
             "and t.text like ? escape '\\')"
         )
         values.append(f"%{escaped}%")
+    for wanted in ranges:
+        clauses.append(f"n.{STAT_COLUMN[wanted.stat]} between ? and ?")
+        low = -math.inf if wanted.low is None else wanted.low
+        values += [low, math.inf if wanted.high is None else wanted.high]
     derived: dict[str, str] = {}
     outer: list[str] = []
     outer_values: list[float] = []
@@ -201,11 +300,32 @@ def neuron_page(
         order = f"{alias} {direction} nulls last, {order}"
     where = " and ".join(clauses)
     window = [limit, max(offset, 0)]
+    sort_stat = _STAT_OF_SORT.get(sort)
+    if sort_stat is not None and not derived and status is None and not text.strip():
+        # Through the statistic's index, unless one layer's rows (found by the layer index)
+        # are fewer, or a range on another statistic narrows the count more than it does.
+        index = layer is None
+        narrow = index and not any(r.stat is not sort_stat for r in ranges)
+        return _stat_sorted(
+            catalogue, where, values, sort_stat, direction, offset, limit, index, narrow
+        )
+    if sort_stat is not None:
+        column = STAT_COLUMN[sort_stat]
+        derived["stat_value"] = (
+            f"case when {_IS_NUMBER.format(column=f'n.{column}')} then n.{column} end"
+        )
+        order = f"stat_value {direction} nulls last, id {direction}"
     if not derived and status is None and not text.strip():
+        # A statistic range is checked row by row in the sort's own order (which stops at the
+        # page) rather than found through its index and then sorted; the count uses the index.
+        in_order = where
+        for wanted in ranges:
+            column = f"n.{STAT_COLUMN[wanted.stat]}"
+            in_order = in_order.replace(f"{column} between", f"+{column} between")
         ids = [
             int(row[0])
             for row in catalogue.db.execute(
-                f"select id from neurons n where {where} order by {order} limit ? offset ?",
+                f"select id from neurons n where {in_order} order by {order} limit ? offset ?",
                 [*values, *window],
             )
         ]
@@ -237,10 +357,53 @@ def neuron_page(
         min_score=min_score,
         max_score=max_score,
         text=text,
+        ranges=ranges,
         offset=0,
         limit=1,
     )
     return [], total
+
+
+def _stat_sorted(
+    catalogue: Catalogue,
+    where: str,
+    values: list[Any],
+    stat: Stat,
+    direction: str,
+    offset: int,
+    limit: int,
+    index: bool = True,
+    count_by_index: bool = True,
+) -> tuple[list[NeuronSummary], int]:
+    """Sorted by a statistic: first the neurons that have a value, in order, then those that do
+    not (NULL or NaN), by id, wherever the page falls. With `index` the rows are read in the
+    order of the statistic's (model_id, column) index and reading stops at the page; without it
+    (`+column`: SQLite then uses another index, e.g. the layer's) they are sorted. The count
+    uses the index too unless `count_by_index` is off."""
+    column = f"n.{STAT_COLUMN[stat]}"
+    plain = column if index else f"+{column}"
+    number = _IS_NUMBER.format(column=plain)
+    offset = max(offset, 0)
+    ids = [
+        int(row[0])
+        for row in catalogue.db.execute(
+            f"""select id from neurons n where {where} and {number}
+            order by {plain} {direction}, id {direction} limit ? offset ?""",
+            [*values, limit, offset],
+        )
+    ]
+    if len(ids) < limit:  # the page runs past the neurons with a value: then those without
+        counted = number if count_by_index else _IS_NUMBER.format(column=f"+{column}")
+        numbered = _count(catalogue, f"{where} and {counted}", values)
+        ids += [
+            int(row[0])
+            for row in catalogue.db.execute(
+                f"""select id from neurons n where {where} and not coalesce({number}, 0)
+                order by id {direction} limit ? offset ?""",
+                [*values, limit - len(ids), max(0, offset - numbered)],
+            )
+        ]
+    return _summaries(catalogue, ids), _count(catalogue, where, values)
 
 
 def _count(catalogue: Catalogue, where: str, values: list[Any]) -> int:
@@ -258,7 +421,8 @@ def _summaries(catalogue: Catalogue, ids: list[int]) -> list[NeuronSummary]:
         int(row[0]): row
         for row in catalogue.db.execute(
             f"""select n.id, n.layer, n.neuron, n.max, n.density, {_STATUS_SQL}, b.id, b.text,
-            {_SCORE_OF.format(e="b")}, b.status, {_has((_NEEDS_REVIEW,))}
+            {_SCORE_OF.format(e="b")}, b.status, {_has((_NEEDS_REVIEW,))},
+            n.w_in_w_out_cosine, n.kurtosis, n.skewness
             from neurons n left join explanations b on b.id = {_BEST_ID_SQL}
             where n.id in ({marks})""",
             ids,
@@ -276,6 +440,9 @@ def _summaries(catalogue: Catalogue, ids: list[int]) -> list[NeuronSummary]:
             score=rows[i][8],
             label_status=None if rows[i][9] is None else LabelStatus(rows[i][9]),
             to_review=bool(rows[i][10]),
+            cosine=real_from_db(rows[i][11]),
+            kurtosis=real_from_db(rows[i][12]),
+            skewness=real_from_db(rows[i][13]),
         )
         for i in ids
     ]
@@ -328,3 +495,57 @@ def example_token_ids(
         if example.kind.value == kind and example.rank == rank:
             return rows.token_ids_from_db(window["token_ids"])
     raise UserError(f"neuron {neuron_name(layer, neuron)} has no {kind} example {rank}")
+
+
+def layer_maxes(catalogue: Catalogue, model: str | None) -> dict[int, list[float]]:
+    """Per scanned layer, each neuron's scanned max by neuron index (NaN where unknown): what
+    the search across neurons divides by to rank neurons against their own maxima."""
+    model_id = _model_id(catalogue, model)
+    width = catalogue.resolve_model(model).d_mlp
+    out: dict[int, list[float]] = {}
+    for layer, neuron, value in catalogue.db.execute(
+        "select layer, neuron, max from neurons where model_id = ?", [model_id]
+    ):
+        row = out.setdefault(int(layer), [math.nan] * max(width, neuron + 1))
+        if neuron >= len(row):
+            row.extend([math.nan] * (neuron + 1 - len(row)))
+        row[int(neuron)] = float(value)
+    return out
+
+
+def neuron_summaries(
+    catalogue: Catalogue, model: str | None, neurons: Iterable[tuple[int, int]]
+) -> dict[tuple[int, int], NeuronSummary]:
+    """The list's row (label, score, status, statistics) of each (layer, neuron) in the catalogue;
+    neurons it does not hold are left out."""
+    model_id = _model_id(catalogue, model)
+    wanted = list(dict.fromkeys(neurons))
+    ids: list[int] = []
+    for start in range(0, len(wanted), 400):
+        chunk = wanted[start : start + 400]
+        pairs = " or ".join("(layer = ? and neuron = ?)" for _ in chunk)
+        ids += [
+            int(row[0])
+            for row in catalogue.db.execute(
+                f"select id from neurons where model_id = ? and ({pairs})",
+                [model_id, *(v for pair in chunk for v in pair)],
+            )
+        ]
+    return {(s.layer, s.neuron): s for s in _summaries(catalogue, ids)}
+
+
+def top_example_windows(
+    catalogue: Catalogue, model: str | None, layer: int, neuron: int
+) -> list[tuple[int, list[int], int]]:
+    """The neuron's top examples as (rank, the window's token ids, the max token's position)."""
+    model_id = _model_id(catalogue, model)
+    found = catalogue.db.execute(
+        "select id from neurons where model_id = ? and layer = ? and neuron = ?",
+        [model_id, layer, neuron],
+    ).fetchone()
+    stored = [] if found is None else catalogue.packed_examples(int(found[0]), "token_ids")
+    return [
+        (example.rank, rows.token_ids_from_db(window["token_ids"]), example.max_index)
+        for example, window in stored
+        if example.kind is ExampleKind.TOP
+    ]

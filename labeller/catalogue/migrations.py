@@ -310,6 +310,15 @@ def m008_edited_from(db: Database) -> None:
     db.table("label_history").add_column("edited_from", int)
 
 
+@migrations()
+def m009_statistic_indexes(db: Database) -> None:
+    """Indexes for sorting and filtering the neuron list by cos(w_in, w_out), kurtosis and
+    skewness: without them a page of a 307,200-neuron catalogue sorts the whole table (seconds);
+    with them it reads the page's rows in index order."""
+    for column in ("w_in_w_out_cosine", "kurtosis", "skewness"):
+        db.table("neurons").create_index(["model_id", column], if_not_exists=True)
+
+
 class _Identity(dict[int, int]):
     def __missing__(self, key: int) -> int:
         return key

@@ -93,6 +93,13 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
         switch: bool
 
     @dataclass
+    class Ranks(Message):
+        """Per top example: the neuron's rank in its layer at the example's max token."""
+
+        ranks: dict[int, int]
+        layer_width: int
+
+    @dataclass
     class QueueNext(Message):
         found: tuple[int, int] | None
 
@@ -223,8 +230,19 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
         if status.state is LoadState.READY and model is not None:
             self.query_one(LivePane).set_model(model)
             self.query_one(PerturbPane).set_model(model)
+            self.example_ranks(model)
         elif status.state is LoadState.FAILED:
             self.query_one(LivePane).failure = status.describe()
+
+    @work(thread=True, exclusive=True, group="ranks", exit_on_error=False)
+    def example_ranks(self, model: LoadedModel) -> None:
+        ranks = backend_of(self).example_ranks(
+            model, self.model_name, self.layer_index, self.neuron
+        )
+        self.post_message(self.Ranks(ranks, model.d_mlp))
+
+    def on_neuron_screen_ranks(self, event: Ranks) -> None:
+        self.query_one(ExamplesPane).set_ranks(event.ranks, event.layer_width)
 
     def _model(self) -> LoadedModel | None:
         model = annotate_app(self).backend.loaded(self.model_name)
