@@ -226,6 +226,14 @@ class LabellerGroup(click.Group):
             raise CliInterrupted(f"{exc}; run the same command again to resume") from None
         except sqlite3.Error as exc:
             raise CliError(describe_sqlite_error(exc)) from None
+        except UnicodeDecodeError as exc:
+            # sqlite3 cannot decode an error message that quotes garbled schema bytes
+            if not (isinstance(exc.object, bytes) and exc.object.startswith(b"malformed database")):
+                raise
+            raise CliError(
+                "the catalogue is damaged (SQLite: malformed database schema); restore it from a "
+                "backup (`labeller check` says what is wrong)"
+            ) from None
 
 
 @click.group(
@@ -1693,13 +1701,18 @@ def agreement(db_path: Path | None, model_name: str | None, output_format: str) 
 def backup(db_path: Path | None, destination: Path) -> None:
     """Copy the catalogue consistently, even while others are writing to it.
 
+    An unfinished scan's checkpoint file (CATALOGUE.scan-ID.checkpoint) is copied beside the
+    copy as DESTINATION.scan-ID.checkpoint, so the scan resumes from the backup.
+
     \b
     Example:
       labeller backup backups/catalogue-2026-11-25.db
     """
     with Catalogue.open(db_path, read_only=True) as catalogue:
-        catalogue.backup(destination)
+        checkpoints = catalogue.backup(destination)
     click.echo(f"backed up {catalogue.path} to {destination} (full integrity check passed)")
+    for checkpoint in checkpoints:
+        click.echo(f"with an unfinished scan's checkpoint: {checkpoint}")
 
 
 @cli.command()

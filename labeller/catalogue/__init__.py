@@ -53,6 +53,10 @@ from labeller.sealing import EXPLAINER_SEES
 
 DEFAULT_DB = Path("db") / "labeller.db"
 BUSY_TIMEOUT_MS = 30_000
+# A scan's results are written in batches of this many rows (neurons), with this much page cache.
+BULK_BATCH = 20_000
+BULK_NEURONS = 1_000
+BULK_CACHE_KIB = 256 * 1024
 
 # Scans with their model's name, as `rows.scan_from_row` reads them.
 _SCANS_SQL = "select s.*, m.name as model from scans s join models m on m.id = s.model_id"
@@ -78,6 +82,11 @@ class NeuronRef:
 # covers small catalogues whole and bounds the cost of every command on big ones.
 QUICK_CHECK_SECONDS = 0.15
 _CORRUPT = {sqlite3.SQLITE_CORRUPT}
+
+
+def checkpoint_file(catalogue: Path, scan_id: int) -> Path:
+    """`CATALOGUE.scan-ID.checkpoint`, beside the catalogue file (or its backup)."""
+    return catalogue.with_name(f"{catalogue.name}.scan-{scan_id}.checkpoint")
 
 
 class CatalogueDamaged(UserError):
@@ -360,19 +369,45 @@ class Catalogue:
     def scans(self) -> list[ScanRecord]:
         return [rows.scan_from_row(row) for row in self.db.query(f"{_SCANS_SQL} order by s.id")]
 
+    def checkpoint_path(self, scan_id: int) -> Path:
+        """Where an unfinished scan's resumable state lives: a file beside the catalogue, so
+        checkpoints (rewritten every minute, each as large as the scan's state) never churn
+        the catalogue's pages; removed when the scan completes or is discarded."""
+        return checkpoint_file(self.path, scan_id)
+
     def save_checkpoint(
         self, scan_id: int, state: bytes, *, tokens_seen: int, windows_seen: int, status: ScanStatus
     ) -> None:
-        """Progress and resumable state land together or not at all."""
+        """The state replaces the old checkpoint file whole (never half of one), then the
+        scan's progress is recorded; a resume reads its progress from the state itself."""
+        try:
+            with (
+                replaced_atomically(self.checkpoint_path(scan_id)) as partial,
+                partial.open("wb") as handle,
+            ):
+                handle.write(state)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except UserError as exc:
+            raise UserError(f"cannot save the scan's checkpoint: {exc}") from None
         with self.write_transaction():
-            self.db.table("scan_checkpoints").upsert(
-                {"scan_id": scan_id, "state": state, "saved_at": utc_now()}, pk="scan_id"
-            )
+            # A checkpoint an older labeller kept inside the catalogue is superseded.
+            self.db.execute("delete from scan_checkpoints where scan_id = ?", [scan_id])
             self._set_scan_progress(scan_id, tokens_seen, windows_seen, status)
 
     def load_checkpoint(self, scan_id: int) -> bytes | None:
+        """The scan's resumable state: its checkpoint file, else one an older labeller kept in
+        the `scan_checkpoints` table; None when there is none."""
+        try:
+            return self.checkpoint_path(scan_id).read_bytes()
+        except FileNotFoundError:
+            pass
         found = list(self.db.table("scan_checkpoints").rows_where("scan_id = ?", [scan_id]))
         return found[0]["state"] if found else None
+
+    def _remove_checkpoint(self, scan_id: int) -> None:
+        with suppress(OSError):
+            self.checkpoint_path(scan_id).unlink(missing_ok=True)
 
     def set_scan_status(self, scan_id: int, status: ScanStatus) -> None:
         self.db.table("scans").update(scan_id, {"status": status.value, "updated_at": utc_now()})
@@ -397,6 +432,7 @@ class Catalogue:
             self.db.table("scans").delete_where(
                 "id = ? and status != ?", [scan_id, ScanStatus.COMPLETE.value]
             )
+        self._remove_checkpoint(scan_id)
 
     def write_scan_results(
         self,
@@ -413,19 +449,57 @@ class Catalogue:
         Explanations and label history stay attached to the neuron: a rescan refreshes the
         evidence, it never loses people's work.
         """
-        with self.write_transaction():
-            window_ids = {
-                window.key: self.insert("windows", rows.window_to_row(window, scan_id))
-                for window in windows
-            }
+        with self.write_transaction(), self._bulk_cache():
+            window_ids = self._insert_rows(
+                "windows",
+                rows.WINDOW_COLUMNS,
+                ((window.key, rows.window_values(window, scan_id)) for window in windows),
+            )
             self.write_neurons(model_id, scan_id, neurons, window_ids)
+            # A window belongs to the scan (or import) of the neurons that keep it: the windows of
+            # a scan no neuron belongs to any more are dropped.
             self.db.execute(
-                "delete from windows where scan_id != ? and id not in "
-                "(select window_id from examples)",
+                "delete from windows where scan_id != ? and scan_id not in "
+                "(select distinct scan_id from neurons where scan_id is not null)",
                 [scan_id],
             )
             self.db.table("scan_checkpoints").delete_where("scan_id = ?", [scan_id])
             self._set_scan_progress(scan_id, tokens_seen, windows_seen, ScanStatus.COMPLETE)
+        self._remove_checkpoint(scan_id)
+
+    @contextmanager
+    def _bulk_cache(self) -> Iterator[None]:
+        """A larger page cache for one big write, so its pages reach the WAL about once rather
+        than spilling and being written again (back to the default after)."""
+        before = self.db.execute("PRAGMA cache_size").fetchone()[0]
+        self.db.execute(f"PRAGMA cache_size = {-BULK_CACHE_KIB}")
+        try:
+            yield
+        finally:
+            self.db.execute(f"PRAGMA cache_size = {int(before)}")
+
+    def _insert_rows(
+        self, table: str, columns: Sequence[str], keyed: Iterable[tuple[Any, tuple[Any, ...]]]
+    ) -> dict[Any, int]:
+        """Insert (key, values) rows in batches, ids assigned here (inside the write
+        transaction, so no other writer can take them); returns key -> id."""
+        ids: dict[Any, int] = {}
+        next_id = int(self.db.execute(f"select coalesce(max(id), 0) from {table}").fetchone()[0])
+        sql = (
+            f"insert into {table} (id, {', '.join(columns)}) "
+            f"values ({', '.join('?' * (len(columns) + 1))})"
+        )
+        batch: list[tuple[Any, ...]] = []
+        for key, values in keyed:
+            next_id += 1
+            ids[key] = next_id
+            batch.append((next_id, *values))
+            if len(batch) >= BULK_BATCH:
+                self.db.conn.executemany(sql, batch)
+                batch = []
+        if batch:
+            self.db.conn.executemany(sql, batch)
+        return ids
 
     def write_neurons(
         self,
@@ -435,27 +509,60 @@ class Catalogue:
         window_ids: Mapping[int, int],
     ) -> list[int]:
         """Insert or replace these neurons' rows and examples (windows by `window_ids`); their
-        ids, in order. Neurons are read lazily and examples inserted in large batches."""
+        ids, in order. Neurons are read lazily and written in batches, in one transaction: a
+        neuron already stored keeps its id (so its explanations and history stay attached) and
+        has its statistics updated and its examples replaced."""
         ids: list[int] = []
+        with self.write_transaction():
+            existing = {
+                (int(r[0]), int(r[1])): int(r[2])
+                for r in self.db.execute(
+                    "select layer, neuron, id from neurons where model_id = ?", [model_id]
+                )
+            }
+            next_id = int(self.db.execute("select coalesce(max(id), 0) from neurons").fetchone()[0])
+            insert_neuron = (
+                f"insert into neurons (id, {', '.join(rows.NEURON_COLUMNS)}) "
+                f"values ({', '.join('?' * (len(rows.NEURON_COLUMNS) + 1))})"
+            )
+            update_neuron = (
+                f"update neurons set {', '.join(f'{c} = ?' for c in rows.NEURON_COLUMNS)} "
+                "where id = ?"
+            )
+            new: list[tuple[Any, ...]] = []
+            updated: list[tuple[Any, ...]] = []
+            examples: list[tuple[int, bytes]] = []
 
-        def examples() -> Iterator[Row]:
+            def flush() -> None:
+                conn = self.db.conn
+                if updated:
+                    conn.executemany(update_neuron, updated)
+                if new:
+                    conn.executemany(insert_neuron, new)
+                if examples:
+                    conn.executemany(
+                        "insert or replace into neuron_examples (neuron_id, data) values (?, ?)",
+                        examples,
+                    )
+                new.clear()
+                updated.clear()
+                examples.clear()
+
             for neuron in neurons:
-                neuron_id = self._write_neuron(model_id, scan_id, neuron)
+                values = rows.neuron_values(neuron, model_id, scan_id)
+                neuron_id = existing.get((neuron.layer, neuron.neuron))
+                if neuron_id is None:
+                    next_id += 1
+                    neuron_id = existing[(neuron.layer, neuron.neuron)] = next_id
+                    new.append((neuron_id, *values))
+                else:
+                    updated.append((*values, neuron_id))
                 ids.append(neuron_id)
-                for example in neuron.examples:
-                    yield rows.example_to_row(example, neuron_id, window_ids[example.window_key])
-
-        self.db.table("examples").insert_all(examples(), batch_size=500)
+                examples.append((neuron_id, rows.encode_examples(neuron.examples, window_ids)))
+                if len(examples) >= BULK_NEURONS:
+                    flush()
+            flush()
         return ids
-
-    def _write_neuron(self, model_id: int, scan_id: int | None, neuron: NeuronRow) -> int:
-        values = rows.neuron_to_row(neuron, model_id, scan_id)
-        neuron_id = self.neuron_id(model_id, neuron.layer, neuron.neuron)
-        if neuron_id is None:
-            return self.insert("neurons", values)
-        self.db.table("neurons").update(neuron_id, values)
-        self.db.execute("delete from examples where neuron_id = ?", [neuron_id])
-        return neuron_id
 
     def neuron_id(self, model_id: int, layer: int, neuron: int) -> int | None:
         for row in self.db.query(
@@ -523,13 +630,37 @@ class Catalogue:
         ]
 
     def _examples(self, neuron_id: int) -> Iterator[Example]:
-        for row in self.db.query(
-            """select e.*, w.tokens, w.document, w.offset from examples e
-            join windows w on w.id = e.window_id where e.neuron_id = ?
-            order by e.kind desc, e.rank""",
-            [neuron_id],
-        ):
-            yield rows.example_from_row(row)
+        """The neuron's examples (top, random, then band windows, by rank) with their windows."""
+        for example, window in self.packed_examples(neuron_id, "tokens, document, offset"):
+            yield rows.example_from_packed(example, window)
+
+    def packed_examples(
+        self, neuron_id: int, window_columns: str
+    ) -> list[tuple[rows.PackedExample, Row]]:
+        """The neuron's stored examples, in order, each with these columns of its window."""
+        found = self.db.execute(
+            "select data from neuron_examples where neuron_id = ?", [neuron_id]
+        ).fetchone()
+        if found is None:
+            return []
+        examples = sorted(rows.decode_examples(found[0]), key=rows.example_order)
+        wanted = sorted({e.window_id for e in examples})
+        windows: dict[int, Row] = {}
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            for row in self.db.query(
+                f"select id, {window_columns} from windows "
+                f"where id in ({', '.join('?' * len(chunk))})",
+                chunk,
+            ):
+                windows[int(row["id"])] = row
+        missing = [e.window_id for e in examples if e.window_id not in windows]
+        if missing:
+            raise rows.UnreadableRecord(
+                f"the catalogue's neuron {neuron_id} keeps window {missing[0]}, which is not "
+                "there; run `labeller check`, and restore it from a backup"
+            )
+        return [(e, windows[e.window_id]) for e in examples]
 
     # --- explanations and scores --------------------------------------------------------------
 
@@ -862,9 +993,33 @@ class Catalogue:
         """SQLite's full `integrity_check` (every page, every index entry): [] when sound."""
         return _integrity_problems(self.db.conn, limit)
 
-    def backup(self, destination: Path) -> None:
+    def backup(self, destination: Path) -> list[Path]:
         """A consistent copy while others write (SQLite's online backup API), checked in full
-        before it takes the name: a damaged catalogue is refused, a failed copy leaves nothing."""
+        before it takes the name: a damaged catalogue is refused, a failed copy leaves nothing.
+        An unfinished scan's checkpoint file is copied too, beside the copy under the copy's
+        name (`checkpoint_file(destination, id)`), so the backup resumes it; those copies are
+        returned."""
+        self._backup_database(destination)
+        copied = []
+        for scan in self.scans():
+            if scan.status is ScanStatus.COMPLETE:
+                continue
+            try:
+                state = self.checkpoint_path(scan.id).read_bytes()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise UserError(
+                    f"backed up the catalogue to {destination}, but cannot read scan "
+                    f"{scan.id}'s checkpoint ({exc})"
+                ) from None
+            target = checkpoint_file(destination, scan.id)
+            with replaced_atomically(target) as partial:
+                partial.write_bytes(state)
+            copied.append(target)
+        return copied
+
+    def _backup_database(self, destination: Path) -> None:
         if destination.exists() or destination.is_symlink():
             raise UserError(f"{destination} exists; choose a new backup path")
         with replaced_atomically(destination) as partial:

@@ -7,7 +7,6 @@ A neuron's status and best label are derived here from its explanations, never s
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -15,7 +14,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from labeller.catalogue import Catalogue
+from labeller.catalogue import Catalogue, rows
 from labeller.catalogue.label_state import (
     LABEL_ID_SQL,
     LABEL_SCORE_SQL,
@@ -487,15 +486,15 @@ def example_token_ids(
     """The exact token ids of a stored example window, so perturbing it perturbs what the scan
     saw (re-encoding the decoded text can split differently)."""
     model_id = _model_id(catalogue, model)
-    row = catalogue.db.execute(
-        """select w.token_ids from examples e join windows w on w.id = e.window_id
-        join neurons n on n.id = e.neuron_id
-        where n.model_id = ? and n.layer = ? and n.neuron = ? and e.kind = ? and e.rank = ?""",
-        [model_id, layer, neuron, kind, rank],
+    found = catalogue.db.execute(
+        "select id from neurons where model_id = ? and layer = ? and neuron = ?",
+        [model_id, layer, neuron],
     ).fetchone()
-    if row is None:
-        raise UserError(f"neuron {neuron_name(layer, neuron)} has no {kind} example {rank}")
-    return [int(i) for i in json.loads(row[0])]
+    stored = [] if found is None else catalogue.packed_examples(int(found[0]), "token_ids")
+    for example, window in stored:
+        if example.kind.value == kind and example.rank == rank:
+            return rows.token_ids_from_db(window["token_ids"])
+    raise UserError(f"neuron {neuron_name(layer, neuron)} has no {kind} example {rank}")
 
 
 def layer_maxes(catalogue: Catalogue, model: str | None) -> dict[int, list[float]]:
@@ -540,11 +539,13 @@ def top_example_windows(
 ) -> list[tuple[int, list[int], int]]:
     """The neuron's top examples as (rank, the window's token ids, the max token's position)."""
     model_id = _model_id(catalogue, model)
-    rows = catalogue.db.execute(
-        """select e.rank, w.token_ids, e.max_index from examples e
-        join windows w on w.id = e.window_id join neurons n on n.id = e.neuron_id
-        where n.model_id = ? and n.layer = ? and n.neuron = ? and e.kind = ?
-        order by e.rank""",
-        [model_id, layer, neuron, ExampleKind.TOP.value],
-    ).fetchall()
-    return [(int(r[0]), [int(i) for i in json.loads(r[1])], int(r[2])) for r in rows]
+    found = catalogue.db.execute(
+        "select id from neurons where model_id = ? and layer = ? and neuron = ?",
+        [model_id, layer, neuron],
+    ).fetchone()
+    stored = [] if found is None else catalogue.packed_examples(int(found[0]), "token_ids")
+    return [
+        (example.rank, rows.token_ids_from_db(window["token_ids"]), example.max_index)
+        for example, window in stored
+        if example.kind is ExampleKind.TOP
+    ]

@@ -9,7 +9,6 @@ Rows become records through `labeller.catalogue.rows`, as everywhere in the cata
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -229,15 +228,12 @@ def _stored_neuron(catalogue: Catalogue, row: Row, selection: Selection) -> Stor
 
 
 def _examples(catalogue: Catalogue, neuron_id: int) -> Iterator[StoredExample]:
-    for row in catalogue.db.query(
-        """select e.kind, e.rank, e.split, e.activations, e.max_activation, e.max_index,
-        e.band, e.band_low, e.band_high, w.document, w.offset, w.tokens, w.token_ids from examples e
-        join windows w on w.id = e.window_id where e.neuron_id = ? order by e.kind desc, e.rank""",
-        [neuron_id],
+    for example, window in catalogue.packed_examples(
+        neuron_id, "document, offset, tokens, token_ids"
     ):
         yield StoredExample(
-            example=rows.example_from_row(row),
-            token_ids=json.loads(row["token_ids"] or "[]"),
+            example=rows.example_from_packed(example, window),
+            token_ids=rows.token_ids_from_db(window["token_ids"]),
         )
 
 
@@ -442,7 +438,15 @@ def insert_score(catalogue: Catalogue, explanation_id: int, score: Score) -> Non
 
 def table_counts(catalogue: Catalogue) -> dict[str, int]:
     """Rows per table an import writes: what tests and summaries compare."""
-    tables = ("models", "scans", "windows", "neurons", "examples", "explanations", "scores")
+    tables = (
+        "models",
+        "scans",
+        "windows",
+        "neurons",
+        "neuron_examples",
+        "explanations",
+        "scores",
+    )
     return {
         t: int(catalogue.db.execute(f"select count(*) from {t}").fetchone()[0])
         for t in (*tables, "label_history")

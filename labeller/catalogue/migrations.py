@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from sqlite_utils import Database, Migrations
 
+from labeller.catalogue import rows
+
 MIGRATION_SET = "labeller"
 
 migrations = Migrations(MIGRATION_SET)
@@ -315,6 +317,54 @@ def m009_statistic_indexes(db: Database) -> None:
     with them it reads the page's rows in index order."""
     for column in ("w_in_w_out_cosine", "kurtosis", "skewness"):
         db.table("neurons").create_index(["model_id", column], if_not_exists=True)
+
+
+class _Identity(dict[int, int]):
+    def __missing__(self, key: int) -> int:
+        return key
+
+
+@migrations()
+def m010_packed_examples(db: Database) -> None:
+    """Each neuron's examples packed into one row (`neuron_examples`: per-token activations as
+    float16, each example's max_activation and band edges exact; `rows.encode_examples`), and
+    windows' token ids as a uint32 blob instead of JSON text. The old `examples` table (one row
+    per example, float32 activations) is converted and dropped; the values' rounding is the
+    only change to what the catalogue shows."""
+    db.table("neuron_examples").create(
+        {"neuron_id": int, "data": bytes},
+        pk="neuron_id",
+        foreign_keys=[("neuron_id", "neurons", "id")],
+        not_null={"data"},
+    )
+    if "examples" in db.table_names():
+        columns = """neuron_id, window_id, kind, rank, split, activations, max_activation,
+            max_index, band, band_low, band_high"""
+        current: int | None = None
+        group: list[rows.Row] = []
+        window_ids = _Identity()
+
+        def flush() -> None:
+            if current is not None:
+                db.execute(
+                    "insert into neuron_examples (neuron_id, data) values (?, ?)",
+                    [current, rows.encode_examples(rows.examples_of_rows(group), window_ids)],
+                )
+
+        for row in db.query(f"select {columns} from examples order by neuron_id, kind, rank"):
+            if row["neuron_id"] != current:
+                flush()
+                current, group = row["neuron_id"], []
+            group.append(row)
+        flush()
+        db.table("examples").drop()
+    for window_id, token_ids in db.execute(
+        "select id, token_ids from windows where typeof(token_ids) = 'text'"
+    ).fetchall():
+        db.execute(
+            "update windows set token_ids = ? where id = ?",
+            [rows.token_ids_to_db(rows.token_ids_from_db(token_ids)), window_id],
+        )
 
 
 KNOWN_MIGRATIONS = frozenset(m.name for m in migrations.pending(Database(memory=True)))

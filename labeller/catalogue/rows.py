@@ -10,7 +10,9 @@ from __future__ import annotations
 import functools
 import json
 import math
-from collections.abc import Callable
+import struct
+import zlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -69,13 +71,172 @@ def reads_stored(decode: F) -> F:
 
 
 def encode_activations(values: np.ndarray) -> bytes:
-    """Little-endian float32: a window's activations in a quarter of the JSON's space."""
+    """Little-endian float32: one window's activations as the scan hands them over (the
+    catalogue stores them rounded to float16: `encode_examples`)."""
     return np.asarray(values, dtype="<f4").tobytes()
 
 
+# --- a neuron's examples, packed (the `neuron_examples` table, from m010) ------------------------
+#
+# One row per neuron: a header, one fixed-size record per example (zlib), then every example's
+# per-token activations as little-endian float16, one window after another. Each example's
+# max_activation, and the band edges, are kept exactly (float64); only the per-token values are
+# rounded (float16: relative error at most 2^-11, values beyond +-65504 clamp to it). On reading,
+# no value exceeds its example's exact max and the value at max_index is that max exactly.
+
+PACK_FORMAT = 1
+_HEADER = struct.Struct("<BII")  # format, number of examples, bytes of compressed records
+_KINDS = ("top", "random", "quantile")
+_SPLITS = ("train", "calibration", "valid", "test")
+_KIND_CODES = {ExampleKind(k): i for i, k in enumerate(_KINDS)}
+_SPLIT_CODES = {Split(k): i for i, k in enumerate(_SPLITS)}
+_EXAMPLE = np.dtype(
+    [
+        ("window_id", "<i8"),
+        ("kind", "u1"),
+        ("split", "u1"),
+        ("rank", "<u4"),
+        ("length", "<u4"),
+        ("max_index", "<i4"),
+        ("band", "<i2"),  # -1: not a band window
+        ("max_activation", "<f8"),
+        ("band_low", "<f8"),  # NaN: none
+        ("band_high", "<f8"),
+    ]
+)
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+@dataclass(frozen=True)
+class PackedExample:
+    """One example as stored in its neuron's packed row (its window by id)."""
+
+    window_id: int
+    kind: ExampleKind
+    rank: int
+    split: Split
+    activations: list[float]
+    max_activation: float
+    max_index: int
+    band: int | None
+    band_low: float | None
+    band_high: float | None
+
+
+def to_float16(values: np.ndarray) -> np.ndarray:
+    """Per-token activations as stored: float16, out-of-range values clamped to +-65504."""
+    as32 = np.asarray(values, dtype=np.float32)
+    return np.clip(as32, -FLOAT16_MAX, FLOAT16_MAX).astype("<f2")
+
+
+def encode_examples(examples: list[ExampleRow], window_ids: Mapping[int, int]) -> bytes:
+    """A neuron's examples (`window_ids[example.window_key]` their windows' ids) as one blob:
+    header, zlib-compressed records, then the float16 activations uncompressed (compressing
+    them saves about a fifth and costs more time than the whole write)."""
+    meta = np.zeros(len(examples), dtype=_EXAMPLE)
+    kinds, splits = _KIND_CODES, _SPLIT_CODES
+    meta["window_id"] = [window_ids[e.window_key] for e in examples]
+    meta["kind"] = [kinds[e.kind] for e in examples]
+    meta["split"] = [splits[e.split] for e in examples]
+    meta["rank"] = [e.rank for e in examples]
+    meta["length"] = [len(e.activations) // 4 for e in examples]
+    meta["max_index"] = [e.max_index for e in examples]
+    meta["band"] = [-1 if e.band is None else e.band for e in examples]
+    meta["max_activation"] = [e.max_activation for e in examples]
+    meta["band_low"] = [math.nan if e.band_low is None else e.band_low for e in examples]
+    meta["band_high"] = [math.nan if e.band_high is None else e.band_high for e in examples]
+    values = to_float16(np.frombuffer(b"".join(e.activations for e in examples), dtype="<f4"))
+    records = zlib.compress(meta.tobytes(), 1)
+    return _HEADER.pack(PACK_FORMAT, len(examples), len(records)) + records + values.tobytes()
+
+
 @reads_stored
-def decode_activations(blob: bytes) -> list[float]:
-    return np.frombuffer(blob, dtype="<f4").astype(float).tolist()
+def decode_examples(blob: bytes) -> list[PackedExample]:
+    """A neuron's examples, in stored order (as `encode_examples` was given them)."""
+    version, count, size = _HEADER.unpack_from(blob)
+    if version != PACK_FORMAT:
+        raise ValueError(f"unknown examples format {version}")
+    start = _HEADER.size
+    try:
+        records = zlib.decompress(blob[start : start + size])
+    except zlib.error as exc:
+        raise ValueError(str(exc)) from None
+    meta = np.frombuffer(records, dtype=_EXAMPLE, count=count)
+    values = np.frombuffer(blob, dtype="<f2", offset=start + size)
+    if values.size != int(meta["length"].sum()):
+        raise ValueError("truncated activations")
+    values64 = values.astype(float)
+    found, at = [], 0
+    for m in meta.tolist():
+        window_id, kind, split, rank, length, max_index, band, top, low, high = m
+        window = values64[at : at + length]
+        if not math.isnan(top):
+            # float16 rounding can lift a value just above the exact max: clamp to it, and give
+            # the max's own token its exact value, so activations[max_index] is the window's
+            # max and equals max_activation, as before m010.
+            np.minimum(window, top, out=window)
+            if 0 <= max_index < length:
+                window[max_index] = top
+        found.append(
+            PackedExample(
+                window_id=window_id,
+                kind=ExampleKind(_KINDS[kind]),
+                rank=rank,
+                split=Split(_SPLITS[split]),
+                activations=window.tolist(),
+                max_activation=top,
+                max_index=max_index,
+                band=None if band < 0 else band,
+                band_low=None if math.isnan(low) else low,
+                band_high=None if math.isnan(high) else high,
+            )
+        )
+        at += length
+    return found
+
+
+def example_order(example: PackedExample) -> tuple[int, int]:
+    """Top, random, then band windows, each by rank (as the catalogue has always listed them)."""
+    return (_KINDS.index(example.kind.value), example.rank)
+
+
+@reads_stored
+def example_from_packed(example: PackedExample, window: Row) -> Example:
+    """A packed example with its window's row (tokens, document, offset)."""
+    return Example(
+        kind=example.kind,
+        rank=example.rank,
+        split=example.split,
+        tokens=json.loads(window["tokens"]),
+        activations=example.activations,
+        max_index=example.max_index,
+        max_activation=example.max_activation,
+        document=window["document"],
+        offset=window["offset"],
+        band=example.band,
+        band_low=example.band_low,
+        band_high=example.band_high,
+    )
+
+
+def examples_of_rows(legacy: list[Row]) -> list[ExampleRow]:
+    """Old `examples` rows (float32 blobs, m001-m009) as the rows `encode_examples` packs, their
+    window keys being their window ids: what m010 converts."""
+    return [
+        ExampleRow(
+            window_key=row["window_id"],
+            kind=ExampleKind(row["kind"]),
+            rank=row["rank"],
+            split=Split(row["split"]),
+            activations=row["activations"] or b"",
+            max_activation=row["max_activation"],
+            max_index=row["max_index"],
+            band=row["band"],
+            band_low=row["band_low"],
+            band_high=row["band_high"],
+        )
+        for row in legacy
+    ]
 
 
 def params_key(params: ScanParams) -> str:
@@ -240,6 +401,32 @@ def neuron_to_row(neuron: NeuronRow, model_id: int, scan_id: int | None) -> Row:
     }
 
 
+NEURON_COLUMNS = (
+    "model_id",
+    "layer",
+    "neuron",
+    "scan_id",
+    "max",
+    "min",
+    "mean",
+    "std",
+    "density",
+    "skewness",
+    "kurtosis",
+    "tokens",
+    "histogram",
+    "w_in_w_out_cosine",
+    "top_positive_tokens",
+    "top_negative_tokens",
+)
+
+
+def neuron_values(neuron: NeuronRow, model_id: int, scan_id: int | None) -> tuple[Any, ...]:
+    """`neuron_to_row`'s values in NEURON_COLUMNS order (the scan's bulk write)."""
+    row = neuron_to_row(neuron, model_id, scan_id)
+    return tuple(row[column] for column in NEURON_COLUMNS)
+
+
 def _tokens_json(tokens: list[OutputToken]) -> str:
     return json.dumps([t.model_dump() for t in tokens], ensure_ascii=False)
 
@@ -249,25 +436,33 @@ def window_to_row(window: WindowRow, scan_id: int | None) -> Row:
         "scan_id": scan_id,
         "document": window.document,
         "offset": window.offset,
-        "token_ids": json.dumps(window.token_ids),
+        "token_ids": token_ids_to_db(window.token_ids),
         "tokens": json.dumps(window.tokens, ensure_ascii=False),
     }
 
 
-def example_to_row(example: ExampleRow, neuron_id: int, window_id: int) -> Row:
-    return {
-        "neuron_id": neuron_id,
-        "window_id": window_id,
-        "kind": example.kind.value,
-        "rank": example.rank,
-        "split": example.split.value,
-        "activations": example.activations,
-        "max_activation": example.max_activation,
-        "max_index": example.max_index,
-        "band": example.band,
-        "band_low": example.band_low,
-        "band_high": example.band_high,
-    }
+def token_ids_to_db(token_ids: list[int]) -> bytes:
+    """A window's token ids: little-endian uint32 (JSON text before m010)."""
+    return np.asarray(token_ids, dtype="<u4").tobytes()
+
+
+@reads_stored
+def token_ids_from_db(value: bytes | str | None) -> list[int]:
+    """A window's `token_ids`: uint32 blob, JSON text (before m010), or NULL (none known)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [int(i) for i in json.loads(value)]
+    return np.frombuffer(value, dtype="<u4").astype(int).tolist()
+
+
+WINDOW_COLUMNS = ("scan_id", "document", "offset", "token_ids", "tokens")
+
+
+def window_values(window: WindowRow, scan_id: int | None) -> tuple[Any, ...]:
+    """`window_to_row`'s values in WINDOW_COLUMNS order (the scan's bulk write)."""
+    row = window_to_row(window, scan_id)
+    return tuple(row[column] for column in WINDOW_COLUMNS)
 
 
 def example_rows(example: Example, token_ids: list[int], key: int) -> tuple[WindowRow, ExampleRow]:
@@ -292,25 +487,6 @@ def example_rows(example: Example, token_ids: list[int], key: int) -> tuple[Wind
         band_high=example.band_high,
     )
     return window, row
-
-
-@reads_stored
-def example_from_row(row: Row) -> Example:
-    """An examples row joined with its window's tokens, document and offset."""
-    return Example(
-        kind=ExampleKind(row["kind"]),
-        rank=row["rank"],
-        split=Split(row["split"]),
-        tokens=json.loads(row["tokens"]),
-        activations=decode_activations(row["activations"]),
-        max_index=row["max_index"],
-        max_activation=row["max_activation"],
-        document=row["document"],
-        offset=row["offset"],
-        band=row.get("band"),
-        band_low=row.get("band_low"),
-        band_high=row.get("band_high"),
-    )
 
 
 # --- explanations and scores --------------------------------------------------------------------

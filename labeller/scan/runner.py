@@ -1,7 +1,8 @@
 """The scan: stream a corpus through a model and keep, per neuron, what the catalogue stores.
 
-A scan checkpoints its whole state into the catalogue at batch boundaries; Ctrl-C finishes the
-current batch, checkpoints and exits, and the same command resumes from there.
+A scan checkpoints its whole state (sharded: every rank's, gathered on rank 0) at batch
+boundaries, into the file `Catalogue.checkpoint_path` names beside the catalogue; Ctrl-C finishes
+the current batch, checkpoints and exits, and the same command resumes from there.
 """
 
 from __future__ import annotations

@@ -1,0 +1,283 @@
+"""How the catalogue stores a scan: packed float16 examples with exact maxima, checkpoints
+beside the file, old catalogues converted by m010, and rescans that keep people's labels."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+from builders import scan_params
+from sqlite_utils import Database
+
+from labeller.catalogue import Catalogue, rows
+from labeller.catalogue.migrations import migrations
+from labeller.catalogue.rows import ExampleRow, NeuronRow, WindowRow, encode_activations
+from labeller.records import (
+    ExampleKind,
+    Histogram,
+    ModelRecord,
+    NeuronStats,
+    ScanParams,
+    ScanStatus,
+    Split,
+)
+from labeller.scan import runner
+
+MODEL = ModelRecord(
+    name="m",
+    source="test",
+    n_layers=1,
+    d_mlp=4,
+    d_model=8,
+    d_vocab=100,
+    act_fn="gelu",
+    neuron_hook="blocks.{layer}.mlp.hook_post",
+)
+STATS = NeuronStats(
+    max=3.0,
+    min=-0.5,
+    mean=0.1,
+    std=0.4,
+    density=0.5,
+    skewness=None,
+    kurtosis=None,
+    tokens=100,
+    histogram=Histogram(low=-0.5, high=3.0, counts=[1, 2, 3]),
+)
+
+
+def _windows() -> list[WindowRow]:
+    return [
+        WindowRow(
+            key=k,
+            document=f"d{k}",
+            offset=8 * k,
+            token_ids=[k, 70_000 + k, 3],
+            tokens=["a", "é", "c"],
+        )
+        for k in range(3)
+    ]
+
+
+def _neuron(n: int, values: np.ndarray, *, band: bool = False) -> NeuronRow:
+    examples = [
+        ExampleRow(
+            window_key=i,
+            kind=ExampleKind.TOP,
+            rank=i,
+            split=Split.TRAIN,
+            activations=encode_activations(values[i]),
+            max_activation=float(values[i].max()),
+            max_index=int(values[i].argmax()),
+        )
+        for i in range(2)
+    ]
+    examples.append(
+        ExampleRow(
+            window_key=2,
+            kind=ExampleKind.QUANTILE if band else ExampleKind.RANDOM,
+            rank=0,
+            split=Split.VALID,
+            activations=encode_activations(values[2]),
+            max_activation=float(values[2].max()),
+            max_index=int(values[2].argmax()),
+            band=1 if band else None,
+            band_low=0.1 if band else None,
+            band_high=0.30000000000000004 if band else None,
+        )
+    )
+    return NeuronRow(layer=0, neuron=n, stats=STATS, weights=None, examples=examples)
+
+
+def _write(catalogue: Catalogue, values: np.ndarray, seed: int = 0) -> int:
+    model_id = catalogue.upsert_model(MODEL)
+    scan_id = catalogue.create_scan(
+        model_id, ScanParams(model="m", dataset="d", layers=[0], seed=seed)
+    )
+    catalogue.write_scan_results(
+        scan_id,
+        model_id,
+        _windows(),
+        [_neuron(0, values), _neuron(1, values * 2, band=True)],
+        tokens_seen=9,
+        windows_seen=3,
+    )
+    return scan_id
+
+
+def test_activations_round_trip_within_float16_and_the_max_exactly(tmp_path: Path):
+    rng = np.random.default_rng(0)
+    values = (rng.standard_normal((3, 3)) * 7).astype(np.float32)
+    values[0, 1] = 1 / 3  # not a float16
+    with Catalogue.open(tmp_path / "c.db", create=True) as catalogue:
+        _write(catalogue, values)
+        view = catalogue.neuron_view("m", 0, 0)
+        banded = catalogue.neuron_view("m", 0, 1)
+    for i, example in enumerate([*view.top_examples, *view.random_examples]):
+        stored = np.asarray(example.activations)
+        assert np.allclose(stored, values[i], rtol=2**-11, atol=0)
+        assert example.max_activation == float(values[i].max())  # exact, not rounded
+        assert example.tokens == ["a", "é", "c"]
+        assert (example.document, example.offset) == (f"d{i}", 8 * i)
+    assert view.top_examples[0].activations[1] != float(np.float32(1 / 3))  # it was rounded
+    (band,) = banded.quantile_examples
+    assert (band.band, band.band_low, band.band_high) == (1, 0.1, 0.30000000000000004)
+    assert band.max_activation == float((values[2] * 2).max())
+
+
+def test_token_ids_are_exact(tmp_path: Path):
+    from labeller.catalogue.browse import example_token_ids
+
+    with Catalogue.open(tmp_path / "c.db", create=True) as catalogue:
+        _write(catalogue, np.ones((3, 3), dtype=np.float32))
+        found = [example_token_ids(catalogue, "m", 0, 0, "top", rank) for rank in (0, 1)]
+        found.append(example_token_ids(catalogue, "m", 0, 0, "random", 0))
+    assert found == [[k, 70_000 + k, 3] for k in range(3)]
+
+
+def test_rescan_replaces_examples_and_keeps_labels(tmp_path: Path):
+    with Catalogue.open(tmp_path / "c.db", create=True) as catalogue:
+        _write(catalogue, np.ones((3, 3), dtype=np.float32))
+        ref = catalogue.neuron_ref("m", 0, 0)
+        catalogue.add_explanation(
+            ref, "ones", source="human", prompt_version=None, producer_model=None
+        )
+        second = _write(catalogue, np.full((3, 3), 2.0, dtype=np.float32), seed=1)
+        view = catalogue.neuron_view("m", 0, 0)
+        assert catalogue.neuron_ref("m", 0, 0).id == ref.id
+        assert [e.text for e in view.explanations] == ["ones"]
+        assert [h.action for h in catalogue.history(ref)] == ["propose"]
+        assert view.scan_id == second
+        assert [e.max_activation for e in view.top_examples] == [2.0, 2.0]
+        # The first scan's windows went with its last neuron.
+        (windows,) = catalogue.db.execute("select count(*) from windows").fetchone()
+        assert windows == 3
+
+
+def _old_catalogue(path: Path) -> None:
+    """A catalogue as labeller wrote it before m010: float32 example rows, JSON token ids."""
+    db = Database(path)
+    migrations.apply(db, stop_before="m010_packed_examples")
+    db["models"].insert(
+        {
+            "id": 1,
+            "name": "m",
+            "source": "test",
+            "n_layers": 1,
+            "d_mlp": 4,
+            "d_model": 8,
+            "d_vocab": 100,
+            "act_fn": "gelu",
+            "neuron_hook": "h",
+            "created_at": "2026",
+        }
+    )
+    params = ScanParams(model="m", dataset="d", layers=[0])
+    db["scans"].insert(
+        {
+            "id": 1,
+            "model_id": 1,
+            "params": params.model_dump_json(),
+            "params_key": params.model_dump_json(),
+            "status": "complete",
+            "tokens_seen": 9,
+            "windows_seen": 3,
+            "started_at": "t",
+            "updated_at": "t",
+        }
+    )
+    db["windows"].insert(
+        {
+            "id": 5,
+            "scan_id": 1,
+            "document": "doc",
+            "offset": 0,
+            "token_ids": json.dumps([1, 2]),
+            "tokens": json.dumps(["x", "y"]),
+        }
+    )
+    neuron = rows.neuron_to_row(NeuronRow(0, 2, STATS, None, []), 1, 1)
+    db["neurons"].insert({"id": 7, **neuron})
+    for rank, values in enumerate([[0.1, 2.5], [1 / 3, -1.0]]):
+        db["examples"].insert(
+            {
+                "neuron_id": 7,
+                "window_id": 5,
+                "kind": "top",
+                "rank": rank,
+                "split": "train",
+                "activations": encode_activations(np.asarray(values)),
+                "max_activation": max(values),
+                "max_index": values.index(max(values)),
+            }
+        )
+    db.conn.close()
+
+
+def test_m010_converts_an_old_catalogue(tmp_path: Path):
+    path = tmp_path / "old.db"
+    _old_catalogue(path)
+    with Catalogue.open(path) as catalogue:  # a write command upgrades it
+        view = catalogue.neuron_view("m", 0, 2)
+        tables = set(catalogue.db.table_names())
+    assert "examples" not in tables and "neuron_examples" in tables
+    first, second = view.top_examples
+    assert first.activations == pytest.approx([0.1, 2.5], rel=2**-11)
+    assert second.activations == pytest.approx([1 / 3, -1.0], rel=2**-11)
+    assert (first.max_activation, second.max_activation) == (2.5, 1 / 3)
+    assert first.tokens == ["x", "y"]
+    with sqlite3.connect(path) as conn:
+        (blob,) = conn.execute("select token_ids from windows").fetchone()
+    assert rows.token_ids_from_db(blob) == [1, 2]
+
+
+def test_a_completed_scan_leaves_few_free_pages(
+    tiny_model, tiny_model_dir, tiny_corpus, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(runner, "CHECKPOINT_EVERY_S", 0.0)  # a checkpoint after every batch
+    path = tmp_path / "c.db"
+    params = scan_params(tiny_model_dir, tiny_corpus, tokens=2000)
+    with Catalogue.open(path, create=True) as catalogue:
+        runner.run_scan(catalogue, tiny_model, params, batch_size=4)
+        assert not catalogue.checkpoint_path(1).exists()
+    with sqlite3.connect(path) as conn:
+        pages = conn.execute("pragma page_count").fetchone()[0]
+        free = conn.execute("pragma freelist_count").fetchone()[0]
+    assert free / pages < 0.05, (free, pages)
+
+
+def test_no_stored_value_exceeds_the_exact_max(tmp_path: Path):
+    """float16 rounds 3.0660367 up to 3.0664062: read back, the value at max_index is the exact
+    max and no value exceeds it (band edges, `show`'s colours and exports rely on that)."""
+    values = np.array(
+        [[3.0660367, 3.0660360, -1.0], [0.5, 0.2, 0.1], [0.3, 0.4, 0.2]], dtype=np.float32
+    )
+    assert float(np.float16(values[0, 1])) > float(values[0, 0])  # rounding overshoots the max
+    with Catalogue.open(tmp_path / "c.db", create=True) as catalogue:
+        _write(catalogue, values)
+        view = catalogue.neuron_view("m", 0, 0)
+    for example in [*view.top_examples, *view.random_examples]:
+        assert max(example.activations) == example.activations[example.max_index]
+        assert example.activations[example.max_index] == example.max_activation
+    top = view.top_examples[0]
+    assert top.max_activation == float(values[0, 0])
+    assert top.activations[1] == top.max_activation  # clamped, not above it
+
+
+def test_backup_copies_an_unfinished_scans_checkpoint(tmp_path: Path):
+    path, copy = tmp_path / "c.db", tmp_path / "backups" / "copy.db"
+    with Catalogue.open(path, create=True) as catalogue:
+        model_id = catalogue.upsert_model(MODEL)
+        scan_id = catalogue.create_scan(model_id, ScanParams(model="m", dataset="d", layers=[0]))
+        catalogue.save_checkpoint(
+            scan_id, b"state", tokens_seen=9, windows_seen=3, status=ScanStatus.INTERRUPTED
+        )
+        copied = catalogue.backup(copy)
+    assert copied == [tmp_path / "backups" / f"copy.db.scan-{scan_id}.checkpoint"]
+    with Catalogue.open(copy) as restored:
+        assert restored.load_checkpoint(scan_id) == b"state"
+        (scan,) = restored.scans()
+        assert scan.status is ScanStatus.INTERRUPTED
