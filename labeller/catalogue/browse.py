@@ -139,6 +139,160 @@ def scanned_layers(catalogue: Catalogue, model: str | None) -> list[int]:
     ]
 
 
+class Todo(StrEnum):
+    """What a queue walks, on top of the list's own filters: the neurons still needing a person."""
+
+    NOT_ACCEPTED = "no accepted label"
+    UNLABELLED = "unlabelled"
+    SCORE_BELOW = "best score below"
+
+
+@dataclass(frozen=True)
+class ListSpec:
+    """Which neurons the list shows and in what order: everything but the page.
+
+    `todo` narrows it to a queue; with `Todo.SCORE_BELOW`, `below` is the threshold (a neuron
+    not yet accepted whose best label scores under it, or has no score at all).
+    """
+
+    sort: SortKey = SortKey.LAYER
+    descending: bool = False
+    layer: int | None = None
+    status: NeuronStatus | None = None
+    min_score: float | None = None
+    max_score: float | None = None
+    text: str = ""
+    todo: Todo | None = None
+    below: float | None = None
+
+
+@dataclass(frozen=True)
+class ListPlace:
+    """A neuron's place in a sorted list: its sort values as SQL stores them, so a walk can step
+    from it to its neighbours with the list's own ORDER BY and WHERE, one row at a time, even
+    after the neuron's label (and so its place) changed or it left the list."""
+
+    layer: int
+    neuron: int
+    key: tuple[Any, ...]
+
+
+@dataclass
+class _ListSQL:
+    """One list's SQL pieces, shared by its pages and its walk."""
+
+    where: str
+    values: list[Any]
+    derived: dict[str, str]  # alias -> SQL, computed per neuron in the materialised CTE
+    outer: list[str]  # conditions on the derived columns
+    outer_values: list[Any]
+    sort_alias: str | None  # the derived sort column (NULLs last in either direction)
+    columns: list[str]  # the plain sort columns, never NULL
+    descending: bool
+    # Only indexed columns and no per-neuron subqueries: the page stops early, counted apart.
+    plain: bool
+
+    def order(self, backward: bool = False) -> str:
+        """The list's ORDER BY; `backward` is its exact reverse (derived NULLs first)."""
+        descending = self.descending != backward
+        direction = "desc" if descending else "asc"
+        order = ", ".join(f"{column} {direction}" for column in self.columns)
+        if self.sort_alias is not None:
+            nulls = "first" if backward else "last"
+            order = f"{self.sort_alias} {direction} nulls {nulls}, {order}"
+        return order
+
+    def key_columns(self) -> list[str]:
+        return ([self.sort_alias] if self.sort_alias else []) + self.columns
+
+    def beyond(self, key: tuple[Any, ...], backward: bool) -> tuple[str, list[Any]]:
+        """Rows after `key` in the list's order (before it, `backward`)."""
+        later = ">" if self.descending == backward else "<"
+        marks = ", ".join("?" * len(self.columns))
+        rest = f"({', '.join(self.columns)}) {later} ({marks})"
+        if self.sort_alias is None:
+            return rest, list(key)
+        alias, value, plain = self.sort_alias, key[0], list(key[1:])
+        if not backward:
+            if value is None:
+                return f"({alias} is null and {rest})", plain
+            return (
+                f"({alias} is null or {alias} {later} ? or ({alias} = ? and {rest}))",
+                [value, value, *plain],
+            )
+        if value is None:
+            return f"({alias} is not null or {rest})", plain
+        return (
+            f"({alias} is not null and ({alias} {later} ? or ({alias} = ? and {rest})))",
+            [value, value, *plain],
+        )
+
+
+def _list_sql(catalogue: Catalogue, model: str | None, spec: ListSpec) -> _ListSQL:
+    model_id = _model_id(catalogue, model)
+    clauses: list[str] = ["n.model_id = ?"]
+    values: list[Any] = [model_id]
+    if spec.layer is not None:
+        clauses.append("n.layer = ?")
+        values.append(spec.layer)
+    if spec.status is not None:
+        clauses.append(_STATUS_FILTER[spec.status])
+    if spec.todo is Todo.UNLABELLED:
+        clauses.append(_STATUS_FILTER[NeuronStatus.UNLABELLED])
+    elif spec.todo is not None:
+        clauses.append(f"not {_has((_ACCEPTED,))}")
+    if spec.text.strip():
+        escaped = spec.text.strip().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        clauses.append(
+            "exists (select 1 from explanations t where t.neuron_id = n.id "
+            "and t.text like ? escape '\\')"
+        )
+        values.append(f"%{escaped}%")
+    derived: dict[str, str] = {}
+    outer: list[str] = []
+    outer_values: list[Any] = []
+    if spec.min_score is not None or spec.max_score is not None:
+        derived["best_score"] = _BEST_SCORE_SQL
+        outer.append("best_score is not null")
+        for bound, op in ((spec.min_score, ">="), (spec.max_score, "<=")):
+            if bound is not None:
+                outer.append(f"best_score {op} ?")
+                outer_values.append(bound)
+    if spec.todo is Todo.SCORE_BELOW and spec.below is not None:
+        derived["best_score"] = _BEST_SCORE_SQL
+        outer.append("coalesce(best_score < ?, 1)")  # no score at all is weaker still
+        outer_values.append(spec.below)
+    sort_derived, columns = _SORT_SQL[spec.sort]
+    sort_alias = None
+    if sort_derived is not None:
+        sort_alias, sql = sort_derived
+        derived[sort_alias] = sql
+    return _ListSQL(
+        where=" and ".join(clauses),
+        values=values,
+        derived=derived,
+        outer=outer,
+        outer_values=outer_values,
+        sort_alias=sort_alias,
+        columns=columns,
+        descending=spec.descending,
+        plain=not derived and spec.status is None and spec.todo is None and not spec.text.strip(),
+    )
+
+
+def _materialised(sql: _ListSQL, select: str, where: list[str], tail: str) -> str:
+    """Every matching neuron with its derived columns computed once, then filtered and sorted."""
+    extra = "".join(f", {expr} as {alias}" for alias, expr in sql.derived.items())
+    inner = sql.where
+    if "n.layer = ?" not in inner:
+        # Every row is visited anyway: read the table in rowid order rather than through an
+        # index on another column, which costs a random lookup per row (4x slower at 300k).
+        inner = inner.replace("n.model_id = ?", "+n.model_id = ?", 1)
+    return f"""with page as materialized (
+        select n.id, n.layer, n.neuron, n.max, n.density{extra} from neurons n where {inner})
+        select {select} from page where {" and ".join(where) or "1"} {tail}"""
+
+
 def neuron_page(
     catalogue: Catalogue,
     model: str | None,
@@ -150,6 +304,8 @@ def neuron_page(
     min_score: float | None = None,
     max_score: float | None = None,
     text: str = "",
+    todo: Todo | None = None,
+    below: float | None = None,
     offset: int = 0,
     limit: int = 100,
 ) -> tuple[list[NeuronSummary], int]:
@@ -159,80 +315,94 @@ def neuron_page(
     come first. Plain sorts and filters use indexes and stop at the page; a derived sort or score
     filter computes each neuron's best label once (a materialised CTE) and counts in the same pass.
     """
-    model_id = _model_id(catalogue, model)
-    clauses: list[str] = ["n.model_id = ?"]
-    values: list[Any] = [model_id]
-    if layer is not None:
-        clauses.append("n.layer = ?")
-        values.append(layer)
-    if status is not None:
-        clauses.append(_STATUS_FILTER[status])
-    if text.strip():
-        escaped = text.strip().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        clauses.append(
-            "exists (select 1 from explanations t where t.neuron_id = n.id "
-            "and t.text like ? escape '\\')"
-        )
-        values.append(f"%{escaped}%")
-    derived: dict[str, str] = {}
-    outer: list[str] = []
-    outer_values: list[float] = []
-    if min_score is not None or max_score is not None:
-        derived["best_score"] = _BEST_SCORE_SQL
-        outer.append("best_score is not null")
-        for bound, op in ((min_score, ">="), (max_score, "<=")):
-            if bound is not None:
-                outer.append(f"best_score {op} ?")
-                outer_values.append(bound)
-    direction = "desc" if descending else "asc"
-    sort_derived, columns = _SORT_SQL[sort]
-    order = ", ".join(f"{column} {direction}" for column in columns)
-    if sort_derived is not None:
-        alias, sql = sort_derived
-        derived[alias] = sql
-        order = f"{alias} {direction} nulls last, {order}"
-    where = " and ".join(clauses)
+    spec = ListSpec(sort, descending, layer, status, min_score, max_score, text, todo, below)
+    return list_page(catalogue, model, spec, offset=offset, limit=limit)
+
+
+def list_page(
+    catalogue: Catalogue, model: str | None, spec: ListSpec, *, offset: int = 0, limit: int = 100
+) -> tuple[list[NeuronSummary], int]:
+    """`neuron_page` for a `ListSpec`."""
+    sql = _list_sql(catalogue, model, spec)
     window = [limit, max(offset, 0)]
-    if not derived and status is None and not text.strip():
+    if sql.plain:
         ids = [
             int(row[0])
             for row in catalogue.db.execute(
-                f"select id from neurons n where {where} order by {order} limit ? offset ?",
-                [*values, *window],
+                f"select id from neurons n where {sql.where} order by {sql.order()} "
+                "limit ? offset ?",
+                [*sql.values, *window],
             )
         ]
-        total = _count(catalogue, where, values)
-        return _summaries(catalogue, ids), total
-    extra = "".join(f", {sql} as {alias}" for alias, sql in derived.items())
-    if layer is None:
-        # Every row is visited anyway: read the table in rowid order rather than through an
-        # index on another column, which costs a random lookup per row (4x slower at 300k).
-        where = where.replace("n.model_id = ?", "+n.model_id = ?", 1)
+        return _summaries(catalogue, ids), _count(catalogue, sql.where, sql.values)
     rows = catalogue.db.execute(
-        f"""with page as materialized (
-            select n.id, n.layer, n.neuron, n.max, n.density{extra} from neurons n where {where})
-        select id, count(*) over () from page where {" and ".join(outer) or "1"}
-        order by {order} limit ? offset ?""",
-        [*values, *outer_values, *window],
+        _materialised(
+            sql, "id, count(*) over ()", sql.outer, f"order by {sql.order()} limit ? offset ?"
+        ),
+        [*sql.values, *sql.outer_values, *window],
     ).fetchall()
     if rows:
         return _summaries(catalogue, [int(r[0]) for r in rows]), int(rows[0][1])
     if offset <= 0:
         return [], 0
-    _, total = neuron_page(
-        catalogue,
-        model,
-        sort=sort,
-        descending=descending,
-        layer=layer,
-        status=status,
-        min_score=min_score,
-        max_score=max_score,
-        text=text,
-        offset=0,
-        limit=1,
-    )
+    _, total = list_page(catalogue, model, spec, offset=0, limit=1)
     return [], total
+
+
+def list_place(
+    catalogue: Catalogue, model: str | None, spec: ListSpec, layer: int, neuron: int
+) -> ListPlace:
+    """Where the neuron sits in the list's order (it need not match the list's filters)."""
+    sql = _list_sql(catalogue, model, spec)
+    expressions = [sql.derived.get(column, f"n.{column}") for column in sql.key_columns()]
+    row = catalogue.db.execute(
+        f"select {', '.join(expressions)} from neurons n "
+        "where n.model_id = ? and n.layer = ? and n.neuron = ?",
+        [_model_id(catalogue, model), layer, neuron],
+    ).fetchone()
+    if row is None:
+        raise UserError(f"neuron {neuron_name(layer, neuron)} has not been scanned")
+    return ListPlace(layer, neuron, tuple(row))
+
+
+def list_step(
+    catalogue: Catalogue,
+    model: str | None,
+    spec: ListSpec,
+    place: ListPlace,
+    *,
+    backward: bool = False,
+) -> tuple[ListPlace | None, int]:
+    """The neuron just after `place` in the list (just before it, `backward`), and how many of
+    the list's neurons lie beyond `place` that way: one row of the list's own ORDER BY and WHERE,
+    so a walk costs one page query per step however long the list."""
+    sql = _list_sql(catalogue, model, spec)
+    beyond, beyond_values = sql.beyond(place.key, backward)
+    keys = ", ".join(sql.key_columns())
+    order = sql.order(backward)
+    if sql.plain:
+        where = f"{sql.where} and {beyond}"
+        values = [*sql.values, *beyond_values]
+        row = catalogue.db.execute(
+            f"select layer, neuron, {keys} from neurons n where {where} order by {order} limit 1",
+            values,
+        ).fetchone()
+        count = _count(catalogue, where, values) if row is not None else 0
+    else:
+        row = catalogue.db.execute(
+            _materialised(
+                sql,
+                f"layer, neuron, {keys}, count(*) over ()",
+                [*sql.outer, beyond],
+                f"order by {order} limit 1",
+            ),
+            [*sql.values, *sql.outer_values, *beyond_values],
+        ).fetchone()
+        count = int(row[-1]) if row is not None else 0
+        row = row[:-1] if row is not None else None
+    if row is None:
+        return None, 0
+    return ListPlace(int(row[0]), int(row[1]), tuple(row[2:])), count
 
 
 def _count(catalogue: Catalogue, where: str, values: list[Any]) -> int:
@@ -269,38 +439,6 @@ def _summaries(catalogue: Catalogue, ids: list[int]) -> list[NeuronSummary]:
         )
         for i in ids
     ]
-
-
-def next_in_queue(
-    catalogue: Catalogue,
-    model: str | None,
-    after: tuple[int, int] | None,
-    *,
-    below: float | None = None,
-) -> tuple[int, int] | None:
-    """The next neuron, in (layer, neuron) order after `after`, that still needs a person.
-
-    Without `below`: the next unlabelled neuron. With it: the next neuron not yet accepted whose
-    best label scores under `below` (or has no score at all, which is weaker still).
-    """
-    model_id = _model_id(catalogue, model)
-    clauses: list[str] = ["n.model_id = ?"]
-    values: list[Any] = [model_id]
-    if after is not None:
-        clauses.append("(n.layer, n.neuron) > (?, ?)")
-        values += list(after)
-    if below is None:
-        clauses.append("not exists (select 1 from explanations e where e.neuron_id = n.id)")
-    else:
-        clauses.append(f"{_STATUS_SQL} != {STATUS_RANK[NeuronStatus.ACCEPTED]}")
-        clauses.append(f"coalesce({_BEST_SCORE_SQL} < ?, 1)")
-        values.append(below)
-    row = catalogue.db.execute(
-        f"""select n.layer, n.neuron from neurons n where {" and ".join(clauses)}
-        order by n.layer, n.neuron limit 1""",
-        values,
-    ).fetchone()
-    return None if row is None else (int(row[0]), int(row[1]))
 
 
 def example_token_ids(

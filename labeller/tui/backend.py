@@ -25,7 +25,14 @@ from labeller.sealing import is_sealed
 
 if TYPE_CHECKING:
     from labeller.catalogue import Catalogue, NeuronRef
-    from labeller.catalogue.browse import NeuronStatus, NeuronSummary, SortKey
+    from labeller.catalogue.browse import (
+        ListPlace,
+        ListSpec,
+        NeuronStatus,
+        NeuronSummary,
+        SortKey,
+        Todo,
+    )
     from labeller.explain.service import Report
     from labeller.llm.config import LLMConfig
     from labeller.model.loading import LoadedModel
@@ -53,8 +60,27 @@ class ListQuery:
     min_score: float | None = None
     max_score: float | None = None
     text: str = ""
+    todo: Todo | None = None  # a queue: the list narrowed to what still needs a person
+    below: float | None = None
     offset: int = 0
     limit: int = 100
+
+    @property
+    def spec(self) -> ListSpec:
+        """The list without its page: what a walk steps through."""
+        from labeller.catalogue.browse import ListSpec
+
+        return ListSpec(
+            sort=self.sort,
+            descending=self.descending,
+            layer=self.layer,
+            status=self.status,
+            min_score=self.min_score,
+            max_score=self.max_score,
+            text=self.text,
+            todo=self.todo,
+            below=self.below,
+        )
 
 
 @dataclass(frozen=True)
@@ -144,30 +170,27 @@ class Backend:
             return scanned_layers(catalogue, model)
 
     def page(self, query: ListQuery) -> tuple[list[NeuronSummary], int]:
-        from labeller.catalogue.browse import neuron_page
+        from labeller.catalogue.browse import list_page
 
         with self.catalogue() as catalogue:
-            return neuron_page(
-                catalogue,
-                query.model,
-                sort=query.sort,
-                descending=query.descending,
-                layer=query.layer,
-                status=query.status,
-                min_score=query.min_score,
-                max_score=query.max_score,
-                text=query.text,
-                offset=query.offset,
-                limit=query.limit,
+            return list_page(
+                catalogue, query.model, query.spec, offset=query.offset, limit=query.limit
             )
 
-    def next_in_queue(
-        self, model: str, after: tuple[int, int] | None, below: float | None
-    ) -> tuple[int, int] | None:
-        from labeller.catalogue.browse import next_in_queue
+    def place(self, model: str, spec: ListSpec, layer: int, neuron: int) -> ListPlace:
+        from labeller.catalogue.browse import list_place
 
         with self.catalogue() as catalogue:
-            return next_in_queue(catalogue, model, after, below=below)
+            return list_place(catalogue, model, spec, layer, neuron)
+
+    def step(
+        self, model: str, spec: ListSpec, place: ListPlace, *, backward: bool = False
+    ) -> tuple[ListPlace | None, int]:
+        """The neighbour of `place` in the list and how many lie beyond `place` that way."""
+        from labeller.catalogue.browse import list_step
+
+        with self.catalogue() as catalogue:
+            return list_step(catalogue, model, spec, place, backward=backward)
 
     def neuron(self, model: str, layer: int, neuron: int) -> NeuronPage:
         with self.catalogue() as catalogue:

@@ -7,7 +7,7 @@ and the page reloads before anything is overwritten.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 from rich.text import Text
@@ -17,8 +17,8 @@ from textual.binding import Binding, BindingType
 from textual.message import Message
 from textual.reactive import var
 from textual.screen import Screen
-from textual.widgets import Footer, Static, TabbedContent, TabPane, TextArea
-from textual.worker import Worker, WorkerState
+from textual.widgets import Footer, ListView, Static, TabbedContent, TabPane, TextArea
+from textual.worker import Worker, WorkerState, get_current_worker
 
 from labeller.catalogue.labels import StaleLabel
 from labeller.records import PRIMARY_METHOD, Explanation, LabelStatus
@@ -32,13 +32,14 @@ from labeller.tui.label_editor import LabelDraft, LabelEditor
 from labeller.tui.labels_pane import LabelsPane
 from labeller.tui.live_pane import LivePane
 from labeller.tui.perturb_pane import PerturbPane
-from labeller.tui.queue_dialog import QueueSpec
 from labeller.tui.scores import preferred_scores
 from labeller.tui.suggestions_screen import SuggestionsScreen
 from labeller.tui.text import editable, fmt, plain, status_text
 from labeller.tui.unseal_dialog import UnsealDialog
+from labeller.tui.walk import Neuron, Walk
 
 if TYPE_CHECKING:
+    from labeller.catalogue.browse import ListPlace
     from labeller.model.loading import LoadedModel
 
 FOCUS_IN_TAB = {
@@ -47,6 +48,18 @@ FOCUS_IN_TAB = {
     "live": "#live-text",
     "perturb": "#perturb-tokens",
 }
+# What the next neuron's page scrolls as this one was: the examples, the label's windows, the
+# perturbations.
+KEPT_SCROLLS = ("#example-list", "#windows", "#experiments")
+
+
+@dataclass(frozen=True)
+class PageKeep:
+    """Where a person was on a neuron's page, for the next neuron's page to open the same way."""
+
+    tab: str = "examples"
+    example: int | None = None
+    scrolls: dict[str, float] = field(default_factory=dict)
 
 
 class NeuronScreen(ReportsWorkerErrors, Screen[None]):
@@ -63,8 +76,11 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
         Binding("l", "llm_score", "LLM score", id="label.llm_score"),
         Binding("t", "suggest", "Suggest tests", id="label.suggest"),
         Binding("p", "perturb_example", "Perturb example", id="neuron.perturb_example"),
-        Binding("n", "next_in_queue", "Next in queue", id="neuron.next"),
+        Binding("n", "walk(1)", "Next neuron", id="neuron.next"),
+        Binding("N", "walk(-1)", "Previous neuron", id="neuron.previous"),
         Binding("U", "unseal", "Unseal held-out", id="neuron.unseal"),
+        # Plain digits first (alt+digit is often the terminal's own); in the live text box,
+        # where digits type, escape first.
         Binding("1,alt+1", "tab('examples')", "Examples tab", id="tab.examples", show=False),
         Binding("2,alt+2", "tab('labels')", "Labels tab", id="tab.labels", show=False),
         Binding("3,alt+3", "tab('live')", "Live tab", id="tab.live", show=False),
@@ -93,26 +109,47 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
         switch: bool
 
     @dataclass
-    class QueueNext(Message):
-        found: tuple[int, int] | None
+    class WalkAhead(Message):
+        """The current neuron's place in the walked list, the next one, and how many are left."""
+
+        place: ListPlace
+        after: ListPlace | None
+        left: int
+
+    @dataclass
+    class Stepped(Message):
+        step: int
+        found: ListPlace | None
 
     # The page as last read and the label it acts on; the heading follows them.
     page: var[NeuronPage | None] = var(None)
     selected: var[Explanation | None] = var(None)
     heading: var[Text] = var(Text)
+    walk_note = var("")  # "queue: ... · k of N · m left"
+    columns = var(80)  # the screen's width, for the heading's first line
 
-    def __init__(self, model: str, layer: int, neuron: int, queue: QueueSpec | None) -> None:
+    def __init__(
+        self,
+        model: str,
+        layer: int,
+        neuron: int,
+        walk: Walk | None = None,
+        keep: PageKeep | None = None,
+    ) -> None:
+        """`walk`: the list or queue this page is a step of (n and N step it); `keep`: how
+        the previous neuron's page was left (tab, example, scroll positions)."""
         super().__init__()
         self.model_name = model
         self.layer_index = layer
         self.neuron = neuron
-        self.queue = queue
+        self.walk = walk
+        self.keep = keep or PageKeep()
         self._draft: tuple[str, LabelDraft] | None = None  # the save in flight, as typed
         self.examples_sealed: bool | None = None  # as the Examples tab last showed them
 
     def compose(self) -> ComposeResult:
         yield Static(id="neuron-title")
-        with TabbedContent(initial="examples"):
+        with TabbedContent(initial=self.keep.tab):
             with TabPane("Examples", id="examples"):
                 yield ExamplesPane()
             with TabPane("Labels", id="labels"):
@@ -128,6 +165,8 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
         app.model_signal.subscribe(self, self._model_status)
         app.ensure_model(self.model_name)
         self.load()
+        if self.walk is not None:
+            self.look_ahead(self.walk)
 
     # --- loading --------------------------------------------------------------------------
 
@@ -178,6 +217,7 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
             return
         if self.query_one(TabbedContent).active == "examples":
             self.query_one("#example-list").focus()
+        self._restore(self.keep)
         self.query_one(LivePane).configure(self.layer_index, self.neuron, max(view.stats.max, 1e-9))
         self.query_one(PerturbPane).configure(self.layer_index, self.neuron)
         if view.top_examples:
@@ -186,15 +226,24 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
 
     def compute_heading(self) -> Text:
         page = self.page
+        # First line: where the walk is (what matters most when walking), then the neuron; cut
+        # to the width so the label below always starts on the second line.
+        title = Text()
+        width = max(self.columns - 2, 20)
+        if self.walk is not None:
+            title.append(self.walk_note or self.walk.describe(), "yellow")
+            title.append(" · n/N · ", "dim")
         if page is None:
-            return plain(f"{self.model_name} {self.layer_index}.{self.neuron} · loading…")
+            title.append_text(plain(f"{self.model_name} {self.layer_index}.{self.neuron}"))
+            title.append(" · loading…")
+            title.truncate(width, overflow="ellipsis")
+            return title
         s = page.view.stats
-        title = plain(self.model_name, "bold")
+        title.append_text(plain(self.model_name, "bold"))
         title.append(f" L{self.layer_index} N{self.neuron}", "bold")
         title.append(f" · max {fmt(s.max)} · density {s.density:.1%}")
-        if self.queue is not None:
-            title.append(f" · queue: {self.queue.describe()} (n: next)", "yellow")
         title.append(f" · v{page.version}", "dim")
+        title.truncate(width, overflow="ellipsis")
         # The neuron's label (accepted, else best-scoring proposed: `label_state`), not merely
         # the row selected in the labels table; the selection follows when it differs.
         label = next((e for e in page.candidates if e.id == page.view.label), None)
@@ -211,6 +260,9 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
         if chosen is not None and chosen.id != page.view.label:
             title.append(f"  · selected #{chosen.id} ({chosen.status.value})", "dim")
         return title
+
+    def on_resize(self) -> None:
+        self.columns = self.size.width
 
     def watch_heading(self, heading: Text) -> None:
         self.query_one("#neuron-title", Static).update(heading)
@@ -408,24 +460,92 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
             return
         self.dismiss()
 
-    def action_next_in_queue(self) -> None:
-        if self.queue is None:
-            say(self.app, "no queue: start one with u in the neuron list", severity="warning")
+    # --- walking the list ------------------------------------------------------------------
+
+    @work(thread=True, exclusive=True, group="walk", exit_on_error=False)
+    def look_ahead(self, walk: Walk) -> None:
+        """Ask for the next neuron now, so `n` need not wait for it, and count what is left."""
+        backend = backend_of(self)
+        place = walk.places.get(walk.current) or backend.place(walk.model, walk.spec, *walk.current)
+        after, left = backend.step(walk.model, walk.spec, place)
+        if not get_current_worker().is_cancelled:
+            self.post_message(self.WalkAhead(place, after, left))
+
+    def on_neuron_screen_walk_ahead(self, event: WalkAhead) -> None:
+        walk = self.walk
+        if walk is None:
             return
-        self.find_next(self.queue)
+        walk.places[walk.current] = event.place
+        walk.left = event.left
+        if event.after is not None and walk.known(1) is None:
+            walk.extend(1, event.after)
+        self.walk_note = walk.describe()
 
-    @work(thread=True, exclusive=True, group="queue", exit_on_error=False)
-    def find_next(self, queue: QueueSpec) -> None:
-        found = backend_of(self).next_in_queue(
-            self.model_name, (self.layer_index, self.neuron), queue.below
-        )
-        self.post_message(self.QueueNext(found))
+    def action_walk(self, step: int) -> None:
+        walk = self.walk
+        if walk is None:
+            say(
+                self.app,
+                "not opened from the list: open a neuron with enter there, or start a queue (d)",
+                severity="warning",
+            )
+            return
+        if walk.known(step) is not None:
+            self._go(walk, step)
+        elif step > 0 and walk.left == 0:
+            say(self.app, f"the end of the {_walked(walk)}: {walk.rank:,} of {walk.total:,}")
+        else:
+            self.find_step(walk, step)
 
-    def on_neuron_screen_queue_next(self, event: QueueNext) -> None:
+    @work(thread=True, exclusive=True, group="walk", exit_on_error=False)
+    def find_step(self, walk: Walk, step: int) -> None:
+        backend = backend_of(self)
+        edge = walk.trail[-1] if step > 0 else walk.trail[0]
+        place = walk.places.get(edge) or backend.place(walk.model, walk.spec, *edge)
+        walk.places[edge] = place
+        found, _ = backend.step(walk.model, walk.spec, place, backward=step < 0)
+        self.post_message(self.Stepped(step, found))
+
+    def on_neuron_screen_stepped(self, event: Stepped) -> None:
+        walk = self.walk
+        if walk is None:
+            return
         if event.found is None:
-            say(self.app, f"the queue ({self.queue.describe() if self.queue else ''}) is done")
+            where = "end" if event.step > 0 else "start"
+            say(self.app, f"the {where} of the {_walked(walk)}: {walk.rank:,} of {walk.total:,}")
             return
-        self.app.switch_screen(NeuronScreen(self.model_name, *event.found, self.queue))
+        if walk.known(event.step) is None:
+            walk.extend(event.step, event.found)
+        self._go(walk, event.step)
+
+    def _go(self, walk: Walk, step: int) -> None:
+        neuron: Neuron = walk.move(step)
+        keep = self._keep()
+        self.app.switch_screen(NeuronScreen(self.model_name, *neuron, walk=walk, keep=keep))
+
+    def _keep(self) -> PageKeep:
+        """How this page is being used: its tab, highlighted example and scroll positions."""
+        tab = self.query_one(TabbedContent).active or "examples"
+        scrolls = {selector: self.query_one(selector).scroll_y for selector in KEPT_SCROLLS}
+        return PageKeep(tab, self.query_one("#example-list", ListView).index, scrolls)
+
+    def _restore(self, keep: PageKeep) -> None:
+        examples = self.query_one("#example-list", ListView)
+        if keep.example is not None and examples.children:
+            index = min(keep.example, len(examples.children) - 1)
+            if not examples.children[index].disabled:
+                examples.index = index
+
+        def scroll() -> None:
+            for selector, y in keep.scrolls.items():
+                self.query_one(selector).scroll_to(y=y, animate=False, immediate=True)
+
+        if keep.scrolls:
+            self.call_after_refresh(scroll)
+
+
+def _walked(walk: Walk) -> str:
+    return "queue" if walk.spec.todo is not None else "list"
 
 
 def _default_selection(page: NeuronPage) -> int | None:

@@ -156,14 +156,15 @@ async def test_queue_walks_the_unlabelled_neurons(tui):
     app = tui.app()
     async with app.run_test(size=(100, 30)) as pilot:
         await loaded(pilot)
-        await pilot.press("u")
+        await pilot.press("d")
+        await pilot.click("#unlabelled")
         await pilot.click("#start")
         await until(pilot, lambda: isinstance(app.screen, NeuronScreen))
         await until(pilot, lambda: app.screen.page is not None)
         assert (app.screen.layer_index, app.screen.neuron) == (1, 0)
         await pilot.press("n")
         await until(pilot, lambda: app.screen.neuron == 1 and app.screen.page is not None)
-        assert app.screen.queue is not None
+        assert app.screen.walk is not None and app.screen.walk.rank == 2
 
 
 async def test_queue_of_low_scores(tui):
@@ -171,15 +172,16 @@ async def test_queue_of_low_scores(tui):
     async with app.run_test(size=(100, 30)) as pilot:
         screen = await loaded(pilot)
         low = min((r for r in screen.rows if r.score is not None), key=lambda r: r.score)
-        await pilot.press("u")
+        await pilot.press("d")
         await pilot.click("#below")
         threshold = f"{low.score + 1e-6:.6f}"
         app.screen.query_one("#threshold").value = threshold
         await pilot.click("#start")
         await until(pilot, lambda: isinstance(app.screen, NeuronScreen))
-        assert app.screen.queue.below == float(threshold)
-        first = app.screen
-        assert first.layer_index == 0 and first.neuron <= low.neuron
+        assert screen.query_state.below == float(threshold)
+        assert (app.screen.layer_index, app.screen.neuron) == (low.layer, low.neuron)
+        # The others scoring that low or lower are unscored (weaker still): the unlabelled.
+        assert all(r.score is None or r == low for r in screen.rows)
 
 
 async def test_help_lists_the_keys_active_on_the_list(tui):
@@ -199,7 +201,7 @@ async def test_every_dialog_on_the_list_opens_framed_and_escape_closes_it(tui):
     async with app.run_test(size=(100, 30)) as pilot:
         screen = await loaded(pilot)
         query = screen.query_state
-        dialogs = {"g": GotoDialog, "u": QueueDialog, "m": ModelPicker, "question_mark": HelpScreen}
+        dialogs = {"g": GotoDialog, "d": QueueDialog, "M": ModelPicker, "question_mark": HelpScreen}
         for key, dialog in dialogs.items():
             await pilot.press(key)
             await until(pilot, lambda dialog=dialog: isinstance(app.screen, dialog))
