@@ -192,6 +192,11 @@ class Backend:
         with self.catalogue() as catalogue:
             return list_step(catalogue, model, spec, place, backward=backward)
 
+    def check_neuron(self, model: str, layer: int, neuron: int) -> None:
+        """A UserError saying why, unless the neuron was scanned."""
+        with self.catalogue() as catalogue:
+            catalogue.neuron_view(model, layer, neuron)
+
     def neuron(self, model: str, layer: int, neuron: int) -> NeuronPage:
         with self.catalogue() as catalogue:
             view = catalogue.neuron_view(model, layer, neuron)  # says why a neuron is missing

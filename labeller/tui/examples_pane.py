@@ -18,6 +18,7 @@ from labeller.records import Example, NeuronView
 from labeller.sealing import held_out_count, visible
 from labeller.tui.example_item import ExampleItem
 from labeller.tui.example_line import ExampleLine
+from labeller.tui.example_list import ExampleList
 from labeller.tui.text import fmt, legend, shown, spark
 
 
@@ -36,7 +37,7 @@ class ExamplesPane(Vertical):
 
     def compose(self) -> ComposeResult:
         yield Static(id="stats")
-        yield ListView(id="example-list")
+        yield ExampleList(id="example-list")
 
     def show(self, view: NeuronView, *, sealed: bool = True) -> None:
         scale = max(view.stats.max, 1e-9)

@@ -72,7 +72,7 @@ class LivePane(ReportsWorkerErrors, Vertical):
         yield Static(
             Text(
                 "Type or paste text: the neuron's activation on each token appears below. "
-                "esc: to the tokens (enter replaces one) · 4 or alt+4: perturb it",
+                "esc: to the tokens (enter replaces one), then 4: perturb it (alt+4 from the box)",
                 "dim",
             ),
             id="live-help",

@@ -107,6 +107,7 @@ class NeuronListScreen(ReportsWorkerErrors, Screen[None]):
         yield Static(id="list-title")
         yield FilterBar(id="filters")
         yield NeuronTable(id="neurons")
+        yield Static(id="list-detail")
         yield Static(id="list-status")
         yield Footer()
 
@@ -237,6 +238,8 @@ class NeuronListScreen(ReportsWorkerErrors, Screen[None]):
                 plain(label),
                 key=f"{row.layer}.{row.neuron}",
             )
+        if not self.rows:
+            self.query_one("#list-detail", Static).update("")
         table.has_previous = query.offset > 0
         table.has_next = query.offset + len(self.rows) < self.total
         if self._cursor_after_load is not None and self.rows:
@@ -332,6 +335,21 @@ class NeuronListScreen(ReportsWorkerErrors, Screen[None]):
 
     # --- going places ---------------------------------------------------------------------
 
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        """The highlighted neuron's whole label below the table: the label column is cut to
+        the width, to a few characters at 80 columns."""
+        detail = self.query_one("#list-detail", Static)
+        if not 0 <= event.cursor_row < len(self.rows):
+            detail.update("")
+            return
+        row = self.rows[event.cursor_row]
+        text = Text(f"{row.layer}.{row.neuron} ", "bold")
+        if row.label:
+            text.append_text(plain(row.label))
+        else:
+            text.append("no label yet", "dim")
+        detail.update(text)
+
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         if 0 <= event.cursor_row < len(self.rows):
             self._open_row(event.cursor_row)
@@ -358,7 +376,7 @@ class NeuronListScreen(ReportsWorkerErrors, Screen[None]):
             if found is not None:
                 self.open_neuron(*found)
 
-        self.app.push_screen(GotoDialog(self.scanned), chosen)
+        self.app.push_screen(GotoDialog(self.query_state.model, self.scanned), chosen)
 
     def action_queue(self) -> None:
         """Narrow the list to a queue (or widen it back) and open its first neuron."""

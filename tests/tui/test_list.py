@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import tui_support as support
-from tui_support import notifications, until
+from tui_support import until
 
 from labeller.catalogue.browse import NeuronStatus, SortKey
 from labeller.tui import neuron_list
@@ -143,13 +143,23 @@ async def test_goto_opens_a_neuron_and_back_returns(tui):
         await until(pilot, lambda: isinstance(app.screen, NeuronListScreen))
 
 
-async def test_goto_a_missing_neuron_is_a_notification(tui):
+async def test_goto_a_missing_neuron_keeps_the_dialog_open_with_the_reason(tui):
     app = tui.app()
-    async with app.run_test(size=(100, 30), notifications=True) as pilot:
+    async with app.run_test(size=(100, 30)) as pilot:
         await loaded(pilot)
         await pilot.press("g", *"7.3", "enter")
-        await until(pilot, lambda: any("not been scanned" in n for n in notifications(app)))
-        await until(pilot, lambda: isinstance(app.screen, NeuronListScreen))
+        dialog = app.screen
+        assert isinstance(dialog, GotoDialog)
+        problem = dialog.query_one("#problem")
+        await until(pilot, lambda: "not been scanned" in str(problem.render()))
+        await pilot.press("enter")  # the same target again: still there, still open
+        await pilot.pause(0.2)
+        assert app.screen is dialog
+        await pilot.press(*["backspace"] * 3, *"1.900", "enter")
+        await until(pilot, lambda: "has no neuron 900" in str(problem.render()))
+        await pilot.press(*["backspace"] * 5, *"1.9", "enter")
+        await until(pilot, lambda: isinstance(app.screen, NeuronScreen))
+        assert (app.screen.layer_index, app.screen.neuron) == (1, 9)
 
 
 async def test_queue_walks_the_unlabelled_neurons(tui):
