@@ -4,11 +4,14 @@
   (headless Textual, so terminal I/O is left out; interpreter start and imports are counted);
 - live trace: from the last keystroke in the Live tab to the activations of the new text shown,
   over many short typing bursts on a demo model (median, p90, worst);
+- next neuron: from `n` on a neuron page (walking a queue: the list sorted by score, without an
+  accepted label) to the next neuron's page painted with its examples, on the tab left open;
 - `--large`: a synthetic catalogue of 307,200 neurons (70% labelled and scored), timing the
-  list's page queries (sorts and filters) and its first screen;
+  list's page queries (sorts and filters), one step of a walk through them, and its first screen;
 - `--screenshots DIR`: SVG screenshots of the list, a neuron page and the perturbation view.
 
-Targets: first screen under 1 s; live trace within 100 ms of the last keystroke.
+Targets: first screen under 1 s; live trace within 100 ms of the last keystroke; next neuron
+painted within 150 ms of `n`.
 
     labeller demo --db db/demo.db          # or any scanned, explained and scored catalogue
     python benchmarks/tui_latency.py --db db/demo.db --model demo-solu-1l
@@ -147,6 +150,67 @@ def live_trace(db: Path, model: str | None, bursts: int) -> None:
     )
 
 
+def next_neuron(db: Path, model: str | None, steps: int) -> None:
+    """A person walking a queue: each `n` comes after the page has been read (the next neuron
+    has been looked up meanwhile), once on the Examples tab and once on the Labels tab."""
+    from labeller.tui.app import create_app
+    from labeller.tui.examples_pane import ExamplesPane
+    from labeller.tui.neuron_list import NeuronListScreen
+    from labeller.tui.neuron_screen import NeuronScreen
+    from labeller.tui.queue_dialog import QueueDialog
+
+    app = create_app(db, "benchmark", model)
+    times: dict[str, list[float]] = {"examples": [], "labels": []}
+    cpu: dict[str, list[float]] = {"examples": [], "labels": []}
+
+    def painted(before: tuple[int, int] | None) -> bool:
+        """The page shows another neuron than `before`, read and laid out (its examples)."""
+        screen = app.screen
+        return (
+            isinstance(screen, NeuronScreen)
+            and (screen.layer_index, screen.neuron) != before
+            and screen.page is not None
+            and bool(screen.query_one(ExamplesPane).query("ExampleItem"))
+        )
+
+    async def main() -> None:
+        async with app.run_test(size=(100, 30)) as pilot:
+            await _until(
+                pilot, lambda: isinstance(app.screen, NeuronListScreen) and app.screen.rows
+            )
+            await _until(pilot, lambda: _ready(app), timeout=180)
+            await pilot.press("s", "s", "s", "s")  # score, best first
+            await pilot.pause(0.5)
+            await pilot.press("d")
+            await _until(pilot, lambda: isinstance(app.screen, QueueDialog))
+            await pilot.press("enter")  # no accepted label
+            await _until(pilot, lambda: painted(None))
+            for tab, key in (("examples", "1"), ("labels", "2")):
+                await pilot.press(key)
+                for _ in range(steps):
+                    screen = app.screen
+                    walk = screen.walk
+                    await _until(pilot, lambda walk=walk: walk.left is not None)
+                    await pilot.pause(0.05)  # reading the page
+                    before = (screen.layer_index, screen.neuron)
+                    started, cpu_started = time.perf_counter(), time.process_time()
+                    await pilot.press("n")
+                    await _until(pilot, lambda before=before: painted(before))
+                    await pilot.pause()  # the frame that shows it
+                    times[tab].append(time.perf_counter() - started)
+                    cpu[tab].append(time.process_time() - cpu_started)
+
+    asyncio.run(main())
+    for tab, values in times.items():
+        values.sort()
+        p90 = values[int(0.9 * (len(values) - 1))]
+        print(
+            f"next neuron   n -> page painted ({tab} tab)  median {_ms(values)}  "
+            f"p90 {p90 * 1000:.0f} ms  worst {values[-1] * 1000:.0f} ms  ({len(values)} steps; "
+            f"CPU time of all threads median {_ms(cpu[tab])}: wall time on a busy machine)"
+        )
+
+
 def large_catalogue(path: Path, layers: int = 48, width: int = 6400) -> None:
     """GPT-2 XL's shape: 307,200 neurons, 70% with a scored baseline label (about 2 minutes)."""
     from labeller.catalogue import Catalogue
@@ -225,7 +289,16 @@ def large_catalogue(path: Path, layers: int = 48, width: int = 6400) -> None:
 
 def list_queries(path: Path) -> None:
     from labeller.catalogue import Catalogue
-    from labeller.catalogue.browse import NeuronStatus, SortKey, neuron_page
+    from labeller.catalogue.browse import (
+        ListSpec,
+        NeuronStatus,
+        SortKey,
+        Todo,
+        list_page,
+        list_place,
+        list_step,
+        neuron_page,
+    )
 
     cases: list[tuple[str, dict[str, Any]]] = [
         ("layer order, first page", {}),
@@ -248,6 +321,23 @@ def list_queries(path: Path) -> None:
                 _, total = neuron_page(catalogue, None, limit=100, **kwargs)
                 times.append(time.perf_counter() - started)
             print(f"  {name:<32} {min(times) * 1000:7.1f} ms  ({total:,} match)")
+    walks: list[tuple[str, ListSpec]] = [
+        ("walk: layer order", ListSpec()),
+        ("walk: max, largest first", ListSpec(sort=SortKey.MAX, descending=True)),
+        ("walk: no accepted label", ListSpec(todo=Todo.NOT_ACCEPTED)),
+        ("walk: score, not accepted", ListSpec(sort=SortKey.SCORE, todo=Todo.NOT_ACCEPTED)),
+        ("walk: best score below 0.3", ListSpec(todo=Todo.SCORE_BELOW, below=0.3)),
+    ]
+    with Catalogue.open(path) as catalogue:
+        for name, spec in walks:
+            rows, _ = list_page(catalogue, None, spec, offset=150_000, limit=1)
+            place = list_place(catalogue, None, spec, rows[0].layer, rows[0].neuron)
+            times = []
+            for _ in range(3):
+                started = time.perf_counter()
+                _, left = list_step(catalogue, None, spec, place)
+                times.append(time.perf_counter() - started)
+            print(f"  {name + ', one step':<32} {min(times) * 1000:7.1f} ms  ({left:,} left)")
 
 
 def screenshots(db: Path, model: str | None, out: Path) -> None:
@@ -294,6 +384,7 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="Default: the catalogue's first model.")
     parser.add_argument("--runs", type=int, default=5, help="Fresh starts for the first screen.")
     parser.add_argument("--bursts", type=int, default=30, help="Typing bursts for the trace.")
+    parser.add_argument("--steps", type=int, default=15, help="n presses per tab.")
     parser.add_argument("--large", action="store_true", help="Also time a 307,200-neuron list.")
     parser.add_argument("--screenshots", type=Path, default=None, help="Write SVGs here.")
     args = parser.parse_args()
@@ -301,6 +392,7 @@ def main() -> None:
         sys.exit(f"no catalogue at {args.db}: build one with `labeller demo --db {args.db}`")
     first_screen(args.db, args.model, args.runs)
     live_trace(args.db, args.model, args.bursts)
+    next_neuron(args.db, args.model, args.steps)
     if args.large:
         with tempfile.TemporaryDirectory() as folder:
             big = Path(folder) / "xl.db"

@@ -40,29 +40,40 @@ class ExamplesPane(Vertical):
         yield ExampleList(id="example-list")
 
     def show(self, view: NeuronView, *, sealed: bool = True) -> None:
+        """Show the neuron's examples. The next neuron's page (same sections, same counts)
+        updates the rows in place: mounting some 170 widgets anew costs most of a page paint,
+        and in place the highlighted example and the scroll position stay where they were."""
         scale = max(view.stats.max, 1e-9)
         self.query_one("#stats", Static).update(self._stats(view, scale))
         top = visible(view.top_examples, sealed)
         random = visible(view.random_examples, sealed)
-        items: list[ListItem] = [
-            ListItem(Static(Text(f"Top {len(top)} examples")), classes="section")
-        ]
-        items += [ExampleItem(e, scale) for e in top]
-        items.append(ListItem(Static(Text(f"Random {len(random)} examples")), classes="section"))
-        items += [ExampleItem(e, scale) for e in random]
+        rows: list[Text | Example] = [Text(f"Top {len(top)} examples"), *top]
+        rows += [Text(f"Random {len(random)} examples"), *random]
         for band, group in itertools.groupby(view.quantile_examples, key=lambda e: e.band):
             members = list(group)
-            shown = visible(members, sealed)
-            items.append(ListItem(Static(band_heading(band, members, view)), classes="section"))
-            items += [ExampleItem(e, scale) for e in shown]
+            rows += [band_heading(band, members, view), *visible(members, sealed)]
         held_out = held_out_count(view)
         if sealed and held_out:
             note = f"{held_out} held-out windows (valid, test) sealed · U: unseal (recorded)"
-            items.append(ListItem(Static(Text(note, "dim")), classes="section"))
-        for item in items:
-            if not isinstance(item, ExampleItem):
-                item.disabled = True
+            rows.append(Text(note, "dim"))
         examples = self.query_one("#example-list", ListView)
+        present = list(examples.children)
+        if len(present) == len(rows) and all(
+            isinstance(item, ExampleItem) == isinstance(row, Example)
+            for item, row in zip(present, rows, strict=True)
+        ):
+            for item, row in zip(present, rows, strict=True):
+                if isinstance(item, ExampleItem) and isinstance(row, Example):
+                    item.show(row, scale)
+                elif isinstance(row, Text):
+                    item.query_one(Static).update(row, layout=False)  # one line either way
+            return
+        items = [
+            ExampleItem(row, scale)
+            if isinstance(row, Example)
+            else ListItem(Static(row), classes="section", disabled=True)
+            for row in rows
+        ]
         examples.clear()
         examples.extend(items)
         examples.index = 1 if top else None

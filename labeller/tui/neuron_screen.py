@@ -7,7 +7,7 @@ and the page reloads before anything is overwritten.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 from rich.text import Text
@@ -17,7 +17,7 @@ from textual.binding import Binding, BindingType
 from textual.message import Message
 from textual.reactive import var
 from textual.screen import Screen
-from textual.widgets import Footer, ListView, Static, TabbedContent, TabPane, TextArea
+from textual.widgets import Footer, Static, TabbedContent, TabPane, TextArea
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from labeller.catalogue.labels import StaleLabel
@@ -48,18 +48,6 @@ FOCUS_IN_TAB = {
     "live": "#live-text",
     "perturb": "#perturb-tokens",
 }
-# What the next neuron's page scrolls as this one was: the examples, the label's windows, the
-# perturbations.
-KEPT_SCROLLS = ("#example-list", "#windows", "#experiments")
-
-
-@dataclass(frozen=True)
-class PageKeep:
-    """Where a person was on a neuron's page, for the next neuron's page to open the same way."""
-
-    tab: str = "examples"
-    example: int | None = None
-    scrolls: dict[str, float] = field(default_factory=dict)
 
 
 class NeuronScreen(ReportsWorkerErrors, Screen[None]):
@@ -134,22 +122,22 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
         layer: int,
         neuron: int,
         walk: Walk | None = None,
-        keep: PageKeep | None = None,
     ) -> None:
-        """`walk`: the list or queue this page is a step of (n and N step it); `keep`: how
-        the previous neuron's page was left (tab, example, scroll positions)."""
+        """`walk`: the list or queue this page is a step of (n and N step it: the page turns
+        to that neuron in place, so its tab, highlighted example and scrolling stay)."""
         super().__init__()
         self.model_name = model
         self.layer_index = layer
         self.neuron = neuron
         self.walk = walk
-        self.keep = keep or PageKeep()
         self._draft: tuple[str, LabelDraft] | None = None  # the save in flight, as typed
         self.examples_sealed: bool | None = None  # as the Examples tab last showed them
+        # While the page turns to another neuron: the heading shown until its data arrives.
+        self._held_heading: Text | None = None
 
     def compose(self) -> ComposeResult:
         yield Static(id="neuron-title")
-        with TabbedContent(initial=self.keep.tab):
+        with TabbedContent(initial="examples"):
             with TabPane("Examples", id="examples"):
                 yield ExamplesPane()
             with TabPane("Labels", id="labels"):
@@ -165,8 +153,6 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
         app.model_signal.subscribe(self, self._model_status)
         app.ensure_model(self.model_name)
         self.load()
-        if self.walk is not None:
-            self.look_ahead(self.walk)
 
     # --- loading --------------------------------------------------------------------------
 
@@ -194,7 +180,16 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
                 self._editor(title, draft.text, accept=draft.accept)
 
     def on_neuron_screen_loaded(self, event: Loaded) -> None:
+        if (event.page.view.layer, event.page.view.neuron) != (self.layer_index, self.neuron):
+            return  # read before the page turned to another neuron
+        with self.app.batch_update():  # one repaint for the heading and every pane
+            self._show(event)
+
+    def _show(self, event: Loaded) -> None:
         first = self.page is None
+        self._held_heading = None
+        if self.walk is not None:
+            self.walk_note = self.walk.describe()
         page = self.page = event.page
         view = page.view
         ids = {e.id for e in page.candidates}
@@ -215,9 +210,10 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
         self.query_one(ExamplesPane).show(view, sealed=page.sealed)
         if not first:
             return
+        if self.walk is not None:  # once this page is painted
+            self.call_after_refresh(self.look_ahead, self.walk)
         if self.query_one(TabbedContent).active == "examples":
             self.query_one("#example-list").focus()
-        self._restore(self.keep)
         self.query_one(LivePane).configure(self.layer_index, self.neuron, max(view.stats.max, 1e-9))
         self.query_one(PerturbPane).configure(self.layer_index, self.neuron)
         if view.top_examples:
@@ -228,6 +224,8 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
         page = self.page
         # First line: where the walk is (what matters most when walking), then the neuron; cut
         # to the width so the label below always starts on the second line.
+        if page is None and self._held_heading is not None:
+            return self._held_heading  # turning to the next neuron: no flash of "loading…"
         title = Text()
         width = max(self.columns - 2, 20)
         if self.walk is not None:
@@ -520,28 +518,17 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
 
     def _go(self, walk: Walk, step: int) -> None:
         neuron: Neuron = walk.move(step)
-        keep = self._keep()
-        self.app.switch_screen(NeuronScreen(self.model_name, *neuron, walk=walk, keep=keep))
+        self.show_neuron(*neuron)
 
-    def _keep(self) -> PageKeep:
-        """How this page is being used: its tab, highlighted example and scroll positions."""
-        tab = self.query_one(TabbedContent).active or "examples"
-        scrolls = {selector: self.query_one(selector).scroll_y for selector in KEPT_SCROLLS}
-        return PageKeep(tab, self.query_one("#example-list", ListView).index, scrolls)
-
-    def _restore(self, keep: PageKeep) -> None:
-        examples = self.query_one("#example-list", ListView)
-        if keep.example is not None and examples.children:
-            index = min(keep.example, len(examples.children) - 1)
-            if not examples.children[index].disabled:
-                examples.index = index
-
-        def scroll() -> None:
-            for selector, y in keep.scrolls.items():
-                self.query_one(selector).scroll_to(y=y, animate=False, immediate=True)
-
-        if keep.scrolls:
-            self.call_after_refresh(scroll)
+    def show_neuron(self, layer: int, neuron: int) -> None:
+        """Turn the page to another neuron: the same widgets show its data (a new screen would
+        mount every widget again, several times the 150 ms a step may take), and the tab, the
+        highlighted example and the scroll positions stay as the person left them."""
+        self.layer_index, self.neuron = layer, neuron
+        self._held_heading = self.heading
+        self.set_reactive(NeuronScreen.selected, None)
+        self.page = None  # label keys wait for the new neuron's data
+        self.load()
 
 
 def _walked(walk: Walk) -> str:
