@@ -121,7 +121,7 @@ def live_trace(db: Path, model: str | None, bursts: int) -> None:
             await _until(
                 pilot, lambda: isinstance(app.screen, NeuronListScreen) and app.screen.rows
             )
-            await _until(pilot, lambda: _ready(app))
+            await _until(pilot, lambda: _ready(app), timeout=180)
             await pilot.press("enter")
             await _until(pilot, lambda: isinstance(app.screen, NeuronScreen) and app.screen.page)
             screen = app.screen
@@ -284,7 +284,7 @@ def large_catalogue(path: Path, layers: int = 48, width: int = 6400) -> None:
                         for method in ("top_and_random", "top_only", "random_only")
                     ],
                 )
-                catalogue.mark_best(ref.id, "baseline", "top_and_random", Split.VALID)
+                catalogue.mark_best(ref.id, "baseline", "baseline", chosen_on=None)
 
 
 def list_queries(path: Path) -> None:
@@ -346,6 +346,7 @@ def screenshots(db: Path, model: str | None, out: Path) -> None:
     from labeller.tui.live_pane import LivePane
     from labeller.tui.neuron_list import NeuronListScreen
     from labeller.tui.neuron_screen import NeuronScreen
+    from labeller.tui.queue_dialog import QueueDialog
 
     out.mkdir(parents=True, exist_ok=True)
     app = create_app(db, "alice", model)
@@ -355,7 +356,7 @@ def screenshots(db: Path, model: str | None, out: Path) -> None:
             await _until(
                 pilot, lambda: isinstance(app.screen, NeuronListScreen) and app.screen.rows
             )
-            await _until(pilot, lambda: _ready(app))
+            await _until(pilot, lambda: _ready(app), timeout=180)
             await pilot.press("s", "s", "s", "s")  # sort by score, best first
             await pilot.pause(1.0)
             app.save_screenshot("neuron-list.svg", path=str(out))
@@ -373,6 +374,31 @@ def screenshots(db: Path, model: str | None, out: Path) -> None:
             )
             await pilot.pause(0.5)
             app.save_screenshot("perturbations.svg", path=str(out))
+            # A queue: the strongest neurons whose best label scores below 0.3, two steps in.
+            await pilot.press("escape")
+            await _until(pilot, lambda: isinstance(app.screen, NeuronListScreen))
+            listed = app.screen
+            await pilot.press(*"sssss")  # score -> status, label, layer, neuron, max
+            await _until(pilot, lambda: listed.query_state.sort == "max" and not listed.busy)
+            await pilot.press("d")
+            await _until(pilot, lambda: isinstance(app.screen, QueueDialog))
+            await pilot.click("#below")
+            await pilot.click("#start")
+            for _ in range(3):
+                await _until(
+                    pilot,
+                    lambda: (
+                        isinstance(app.screen, NeuronScreen)
+                        and app.screen.page is not None
+                        and app.screen.walk is not None
+                        and app.screen.walk.left is not None
+                    ),
+                )
+                if app.screen.walk.rank < 3:
+                    await pilot.press("n")
+            await pilot.press("2")  # the labels tab: what a person checks before accepting
+            await pilot.pause(0.5)
+            app.save_screenshot("queue.svg", path=str(out))
 
     asyncio.run(main())
     print(f"screenshots   {', '.join(sorted(p.name for p in out.glob('*.svg')))} in {out}")
