@@ -332,12 +332,15 @@ def list_queries(path: Path) -> None:
         for name, spec in walks:
             rows, _ = list_page(catalogue, None, spec, offset=150_000, limit=1)
             place = list_place(catalogue, None, spec, rows[0].layer, rows[0].neuron)
-            times = []
-            for _ in range(3):
-                started = time.perf_counter()
-                _, left = list_step(catalogue, None, spec, place)
-                times.append(time.perf_counter() - started)
-            print(f"  {name + ', one step':<32} {min(times) * 1000:7.1f} ms  ({left:,} left)")
+            for counted in (False, True):
+                times = []
+                for _ in range(3):
+                    started = time.perf_counter()
+                    _, left = list_step(catalogue, None, spec, place, count=counted)
+                    times.append(time.perf_counter() - started)
+                what = f"{name}, {'count left' if counted else 'next'}"
+                shown = f"{left:,} left" if left is not None else "left not counted"
+                print(f"  {what:<44} {min(times) * 1000:7.1f} ms  ({shown})")
 
 
 def screenshots(db: Path, model: str | None, out: Path) -> None:

@@ -372,22 +372,29 @@ def list_step(
     place: ListPlace,
     *,
     backward: bool = False,
-) -> tuple[ListPlace | None, int]:
+    count: bool = True,
+) -> tuple[ListPlace | None, int | None]:
     """The neuron just after `place` in the list (just before it, `backward`), and how many of
     the list's neurons lie beyond `place` that way: one row of the list's own ORDER BY and WHERE,
-    so a walk costs one page query per step however long the list."""
+    so a walk costs one page query per step however long the list.
+
+    Without a derived sort or score filter the neighbour is read in index order, stopping at the
+    first row that matches, and `count=False` skips counting (None): on 307,200 neurons a
+    filtered count visits every row, the neighbour only as many as it takes.
+    """
     sql = _list_sql(catalogue, model, spec)
     beyond, beyond_values = sql.beyond(place.key, backward)
     keys = ", ".join(sql.key_columns())
     order = sql.order(backward)
-    if sql.plain:
+    left: int | None
+    if not sql.derived:
         where = f"{sql.where} and {beyond}"
         values = [*sql.values, *beyond_values]
         row = catalogue.db.execute(
             f"select layer, neuron, {keys} from neurons n where {where} order by {order} limit 1",
             values,
         ).fetchone()
-        count = _count(catalogue, where, values) if row is not None else 0
+        left = (_count(catalogue, where, values) if row is not None else 0) if count else None
     else:
         row = catalogue.db.execute(
             _materialised(
@@ -398,11 +405,11 @@ def list_step(
             ),
             [*sql.values, *sql.outer_values, *beyond_values],
         ).fetchone()
-        count = int(row[-1]) if row is not None else 0
+        left = int(row[-1]) if row is not None else 0
         row = row[:-1] if row is not None else None
     if row is None:
         return None, 0
-    return ListPlace(int(row[0]), int(row[1]), tuple(row[2:])), count
+    return ListPlace(int(row[0]), int(row[1]), tuple(row[2:])), left
 
 
 def _count(catalogue: Catalogue, where: str, values: list[Any]) -> int:

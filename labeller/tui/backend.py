@@ -184,13 +184,20 @@ class Backend:
             return list_place(catalogue, model, spec, layer, neuron)
 
     def step(
-        self, model: str, spec: ListSpec, place: ListPlace, *, backward: bool = False
-    ) -> tuple[ListPlace | None, int]:
-        """The neighbour of `place` in the list and how many lie beyond `place` that way."""
+        self,
+        model: str,
+        spec: ListSpec,
+        place: ListPlace,
+        *,
+        backward: bool = False,
+        count: bool = True,
+    ) -> tuple[ListPlace | None, int | None]:
+        """The neighbour of `place` in the list and how many lie beyond `place` that way
+        (None when `count` is False and counting would cost more than finding it)."""
         from labeller.catalogue.browse import list_step
 
         with self.catalogue() as catalogue:
-            return list_step(catalogue, model, spec, place, backward=backward)
+            return list_step(catalogue, model, spec, place, backward=backward, count=count)
 
     def check_neuron(self, model: str, layer: int, neuron: int) -> None:
         """A UserError saying why, unless the neuron was scanned."""

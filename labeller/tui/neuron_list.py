@@ -136,7 +136,7 @@ class NeuronListScreen(ReportsWorkerErrors, Screen[None]):
         )
         _, before = backend.step(query.model, query.spec, place, backward=True)
         if not get_current_worker().is_cancelled:
-            self.post_message(self.Located(query, before))
+            self.post_message(self.Located(query, before or 0))
 
     def on_neuron_list_screen_located(self, event: Located) -> None:
         if event.query == self.query_state:

@@ -102,7 +102,7 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
 
         place: ListPlace
         after: ListPlace | None
-        left: int
+        left: int | None  # None: still counting
 
     @dataclass
     class Stepped(Message):
@@ -465,16 +465,22 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
         """Ask for the next neuron now, so `n` need not wait for it, and count what is left."""
         backend = backend_of(self)
         place = walk.places.get(walk.current) or backend.place(walk.model, walk.spec, *walk.current)
-        after, left = backend.step(walk.model, walk.spec, place)
-        if not get_current_worker().is_cancelled:
-            self.post_message(self.WalkAhead(place, after, left))
+        after, left = backend.step(walk.model, walk.spec, place, count=False)
+        if get_current_worker().is_cancelled:
+            return
+        self.post_message(self.WalkAhead(place, after, left))
+        if left is None:  # the next neuron first; what is left may take a full pass
+            _, left = backend.step(walk.model, walk.spec, place)
+            if not get_current_worker().is_cancelled:
+                self.post_message(self.WalkAhead(place, after, left))
 
     def on_neuron_screen_walk_ahead(self, event: WalkAhead) -> None:
         walk = self.walk
         if walk is None:
             return
         walk.places[walk.current] = event.place
-        walk.left = event.left
+        if event.left is not None:
+            walk.left = event.left
         if event.after is not None and walk.known(1) is None:
             walk.extend(1, event.after)
         self.walk_note = walk.describe()

@@ -204,6 +204,8 @@ def test_a_walk_steps_through_the_list_in_its_order_both_ways(catalogue, spec):
     while True:
         step, left = list_step(catalogue, None, spec, place)
         assert left == len(listed) - len(walked)
+        quick, uncounted = list_step(catalogue, None, spec, place, count=False)
+        assert quick == step and uncounted in (left, None)
         if step is None:
             break
         walked.append((step.layer, step.neuron))
