@@ -74,9 +74,15 @@ class ExamplesPane(Vertical):
             else ListItem(Static(row), classes="section", disabled=True)
             for row in rows
         ]
+        # Another neuron with other sections (sealed windows and bands vary): the person's row
+        # stays highlighted if there is still an example there.
+        kept = examples.index if present else None
         examples.clear()
         examples.extend(items)
-        examples.index = 1 if top else None
+        if kept is not None and kept < len(items) and isinstance(items[kept], ExampleItem):
+            examples.index = kept
+        else:
+            examples.index = 1 if top else None
 
     def _stats(self, view: NeuronView, scale: float) -> Text:
         s = view.stats
