@@ -6,12 +6,19 @@
   over many short typing bursts on a demo model (median, p90, worst);
 - next neuron: from `n` on a neuron page (walking a queue: the list sorted by score, without an
   accepted label) to the next neuron's page painted with its examples, on the tab left open;
+- search across neurons: on every model of the catalogue, the search the TUI runs (one forward
+  pass, every scanned neuron ranked, the found neurons' labels read) on texts of 8, 64 and the
+  context's tokens; and in the app, from the last keystroke in the search box to the ranked
+  neurons delivered (this includes the box's 120 ms debounce);
 - `--large`: a synthetic catalogue of 307,200 neurons (70% labelled and scored), timing the
-  list's page queries (sorts and filters), one step of a walk through them, and its first screen;
-- `--screenshots DIR`: SVG screenshots of the list, a neuron page and the perturbation view.
+  list's page queries (sorts and filters, by cos(w_in, w_out), kurtosis and skew too), one step
+  of a walk through them, and its first screen;
+- `--screenshots DIR`: SVG screenshots of the list, a neuron page, the perturbation view, a queue
+  and the search across neurons.
 
 Targets: first screen under 1 s; live trace within 100 ms of the last keystroke; next neuron
-painted within 150 ms of `n`.
+painted within 150 ms of `n`; the search across neurons under 300 ms; a page of the
+307,200-neuron list under 100 ms.
 
     labeller demo --db db/demo.db          # or any scanned, explained and scored catalogue
     python benchmarks/tui_latency.py --db db/demo.db --model demo-solu-1l
@@ -83,7 +90,7 @@ def _ready(app: Any) -> bool:
     return state is not None and state.state == "ready"
 
 
-async def _until(pilot: Any, condition: Callable[[], object], timeout: float = 20.0) -> None:
+async def _until(pilot: Any, condition: Callable[[], object], timeout: float = 90.0) -> None:
     deadline = time.perf_counter() + timeout
     while not condition():
         if time.perf_counter() > deadline:
@@ -211,11 +218,115 @@ def next_neuron(db: Path, model: str | None, steps: int) -> None:
         )
 
 
+def search_latency(db: Path, runs: int) -> None:
+    """The backend call the search screen makes, on each model, three text lengths."""
+    from labeller.catalogue import Catalogue
+    from labeller.tui.backend import Backend
+
+    with Catalogue.open(db, read_only=True) as catalogue:
+        names = [m.name for m in catalogue.models()]
+    backend = Backend(db_path=db, annotator="benchmark")
+    words = [
+        "the",
+        "cat",
+        "sat",
+        "on",
+        "the",
+        "mat",
+        "and",
+        "def",
+        "value(self):",
+        "return",
+        "self.x",
+    ]
+    for name in names:
+        model = backend.load_model(name, lambda _: None)
+        backend.search_neurons(model, name, "warm up")  # reads the maxima once, as the TUI does
+        for target in (8, 64, model.context_limit):
+            text, rng = "", random.Random(target)
+            while len(model.encode(text)) < target:
+                text += " " + rng.choice(words)
+            ids = model.encode(text)[:target]
+            text = backend.decode(model, ids)
+            times = []
+            for _ in range(runs):
+                started = time.perf_counter()
+                result = backend.search_neurons(model, name, text, top=50, per_token=10)
+                times.append(time.perf_counter() - started)
+            times.sort()
+            print(
+                f"search        {name:<14} {len(result.encoded.tokens):>4} tokens  "
+                f"median {_ms(times)}  worst {times[-1] * 1000:.0f} ms  "
+                f"({result.search.neurons_searched:,} neurons)"
+            )
+
+
+def search_typing(db: Path, model: str | None, bursts: int) -> None:
+    """In the app: last keystroke in the search box -> that text's ranked neurons delivered."""
+    from textual.message import Message
+    from textual.widgets import Input
+
+    from labeller.tui.app import create_app
+    from labeller.tui.neuron_list import NeuronListScreen
+    from labeller.tui.search_screen import SearchScreen
+
+    words = ("def", "return", "self", "value", "import", "class", "for", "while", "the", "if")
+    rng = random.Random(1)
+    edits: dict[str, float] = {}
+    found: dict[str, float] = {}
+
+    def hook(message: Message) -> None:
+        if isinstance(message, Input.Changed):
+            edits[message.value] = time.perf_counter()
+        elif isinstance(message, SearchScreen.Found):
+            found.setdefault(message.result.text, time.perf_counter())
+
+    latencies: list[float] = []
+    app = create_app(db, "benchmark", model)
+
+    async def main() -> None:
+        async with app.run_test(size=(100, 30), message_hook=hook) as pilot:
+            await _until(
+                pilot, lambda: isinstance(app.screen, NeuronListScreen) and app.screen.rows
+            )
+            await _until(pilot, lambda: _ready(app))
+            await pilot.press("ctrl+f")
+            await _until(pilot, lambda: isinstance(app.screen, SearchScreen))
+            box = app.screen.query_one("#search-text", Input)
+            for _ in range(bursts):
+                if len(box.value) > 150:
+                    box.value = ""
+                burst = " " + " ".join(rng.choice(words) for _ in range(2))
+                for key in burst:
+                    await pilot.press("space" if key == " " else key)
+                    await asyncio.sleep(0.02)
+                text = box.value
+                await _until(pilot, lambda text=text: text in found)
+                latencies.append(found[text] - edits[text])
+
+    asyncio.run(main())
+    latencies.sort()
+    print(
+        f"search box    last key -> ranked neurons  median {_ms(latencies)}  "
+        f"worst {latencies[-1] * 1000:.0f} ms  ({len(latencies)} bursts, {app.initial_model}; "
+        "includes the 120 ms debounce)"
+    )
+
+
 def large_catalogue(path: Path, layers: int = 48, width: int = 6400) -> None:
-    """GPT-2 XL's shape: 307,200 neurons, 70% with a scored baseline label (about 2 minutes)."""
+    """GPT-2 XL's shape: 307,200 neurons, 70% with a scored baseline label (about 2 minutes);
+    skew, kurtosis (1% undefined) and cos(w_in, w_out) drawn at random."""
     from labeller.catalogue import Catalogue
     from labeller.catalogue.rows import NeuronRow
-    from labeller.records import Histogram, ModelRecord, NeuronStats, ScanParams, Score, Split
+    from labeller.records import (
+        Histogram,
+        ModelRecord,
+        NeuronStats,
+        ScanParams,
+        Score,
+        Split,
+        WeightFacts,
+    )
 
     rng = random.Random(0)
     with Catalogue.open(path, create=True) as catalogue:
@@ -254,12 +365,17 @@ def large_catalogue(path: Path, layers: int = 48, width: int = 6400) -> None:
                         mean=0.0,
                         std=1.0,
                         density=rng.random(),
-                        skewness=0.0,
-                        kurtosis=0.0,
+                        skewness=rng.gauss(0.0, 2.0),
+                        kurtosis=rng.expovariate(0.1) if rng.random() > 0.01 else None,
                         tokens=1,
                         histogram=histogram,
                     )
-                    yield NeuronRow(layer, neuron, stats, None, [])
+                    weights = WeightFacts(
+                        w_in_w_out_cosine=rng.uniform(-1.0, 1.0),
+                        top_positive_tokens=[],
+                        top_negative_tokens=[],
+                    )
+                    yield NeuronRow(layer, neuron, stats, weights, [])
 
         catalogue.write_scan_results(scan_id, model_id, [], rows(), tokens_seen=1, windows_seen=1)
         with catalogue.db.atomic():
@@ -284,7 +400,7 @@ def large_catalogue(path: Path, layers: int = 48, width: int = 6400) -> None:
                         for method in ("top_and_random", "top_only", "random_only")
                     ],
                 )
-                catalogue.mark_best(ref.id, "baseline", "baseline", chosen_on=None)
+                catalogue.mark_best(ref.id, "baseline", "baseline", chosen_on=Split.VALID)
 
 
 def list_queries(path: Path) -> None:
@@ -293,6 +409,8 @@ def list_queries(path: Path) -> None:
         ListSpec,
         NeuronStatus,
         SortKey,
+        Stat,
+        StatRange,
         Todo,
         list_page,
         list_place,
@@ -312,6 +430,25 @@ def list_queries(path: Path) -> None:
         ("unlabelled only", {"status": NeuronStatus.UNLABELLED}),
         ("score 0.5-0.6", {"min_score": 0.5, "max_score": 0.6}),
         ("text in labels", {"text": "123"}),
+        ("cos, most negative first", {"sort": SortKey.COSINE}),
+        ("kurtosis, largest first", {"sort": SortKey.KURTOSIS, "descending": True}),
+        ("kurtosis, last page", {"sort": SortKey.KURTOSIS, "descending": True, "offset": 307_100}),
+        ("skew, largest first", {"sort": SortKey.SKEW, "descending": True}),
+        ("one layer by skew", {"sort": SortKey.SKEW, "descending": True, "layer": 20}),
+        ("kurt>20 (layer order)", {"ranges": (StatRange(Stat.KURTOSIS, low=20.0),)}),
+        ("skew>5 (layer order)", {"ranges": (StatRange(Stat.SKEW, low=5.0),)}),
+        (
+            "cos<-0.9 by kurtosis",
+            {
+                "ranges": (StatRange(Stat.COSINE, high=-0.9),),
+                "sort": SortKey.KURTOSIS,
+                "descending": True,
+            },
+        ),
+        (
+            "kurtosis, proposed only",
+            {"sort": SortKey.KURTOSIS, "descending": True, "status": NeuronStatus.PROPOSED},
+        ),
     ]
     with Catalogue.open(path) as catalogue:
         for name, kwargs in cases:
@@ -344,12 +481,15 @@ def list_queries(path: Path) -> None:
 
 
 def screenshots(db: Path, model: str | None, out: Path) -> None:
+    from textual.widgets import Input
+
     from labeller.tui.app import create_app
     from labeller.tui.experiment_view import ExperimentView
     from labeller.tui.live_pane import LivePane
     from labeller.tui.neuron_list import NeuronListScreen
     from labeller.tui.neuron_screen import NeuronScreen
     from labeller.tui.queue_dialog import QueueDialog
+    from labeller.tui.search_screen import SearchScreen
 
     out.mkdir(parents=True, exist_ok=True)
     app = create_app(db, "alice", model)
@@ -381,8 +521,9 @@ def screenshots(db: Path, model: str | None, out: Path) -> None:
             await pilot.press("escape")
             await _until(pilot, lambda: isinstance(app.screen, NeuronListScreen))
             listed = app.screen
-            await pilot.press(*"sssss")  # score -> status, label, layer, neuron, max
-            await _until(pilot, lambda: listed.query_state.sort == "max" and not listed.busy)
+            while listed.query_state.sort != "max":  # s cycles the sorts round to max
+                await pilot.press("s")
+            await _until(pilot, lambda: not listed.busy)
             await pilot.press("d")
             await _until(pilot, lambda: isinstance(app.screen, QueueDialog))
             await pilot.click("#below")
@@ -402,6 +543,18 @@ def screenshots(db: Path, model: str | None, out: Path) -> None:
             await pilot.press("2")  # the labels tab: what a person checks before accepting
             await pilot.pause(0.5)
             app.save_screenshot("queue.svg", path=str(out))
+            await pilot.press("escape")  # back to the list, then search across neurons
+            await _until(pilot, lambda: isinstance(app.screen, NeuronListScreen))
+            await pilot.press("ctrl+f")
+            await _until(pilot, lambda: isinstance(app.screen, SearchScreen))
+            search = app.screen
+            search.query_one(
+                "#search-text", Input
+            ).value = "def value(self): return self.cache[key]"
+            await _until(pilot, lambda: search.result is not None)
+            await pilot.press("tab", "tab")
+            await pilot.pause(0.5)
+            app.save_screenshot("search.svg", path=str(out))
 
     asyncio.run(main())
     print(f"screenshots   {', '.join(sorted(p.name for p in out.glob('*.svg')))} in {out}")
@@ -414,22 +567,44 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="Fresh starts for the first screen.")
     parser.add_argument("--bursts", type=int, default=30, help="Typing bursts for the trace.")
     parser.add_argument("--steps", type=int, default=15, help="n presses per tab.")
+    parser.add_argument("--searches", type=int, default=20, help="Timed searches per text.")
+    parser.add_argument(
+        "--parts",
+        default="first,trace,next,search,large",
+        help="Which measurements, comma-separated: first,trace,next,search,large.",
+    )
     parser.add_argument("--large", action="store_true", help="Also time a 307,200-neuron list.")
+    parser.add_argument(
+        "--large-db",
+        type=Path,
+        default=None,
+        help="Reuse (or build once, here) the 307,200-neuron catalogue instead of a temporary one.",
+    )
     parser.add_argument("--screenshots", type=Path, default=None, help="Write SVGs here.")
     args = parser.parse_args()
     if not args.db.exists():
         sys.exit(f"no catalogue at {args.db}: build one with `labeller demo --db {args.db}`")
-    first_screen(args.db, args.model, args.runs)
-    live_trace(args.db, args.model, args.bursts)
-    next_neuron(args.db, args.model, args.steps)
-    if args.large:
+    parts = set(args.parts.split(","))
+    if "first" in parts:
+        first_screen(args.db, args.model, args.runs)
+    if "trace" in parts:
+        live_trace(args.db, args.model, args.bursts)
+    if "next" in parts:
+        next_neuron(args.db, args.model, args.steps)
+    if "search" in parts:
+        search_latency(args.db, args.searches)
+        search_typing(args.db, args.model, max(5, args.bursts // 2))
+    if (args.large or args.large_db) and "large" in parts:
         with tempfile.TemporaryDirectory() as folder:
-            big = Path(folder) / "xl.db"
-            started = time.perf_counter()
-            large_catalogue(big)
-            print(f"large list    built 307,200 neurons in {time.perf_counter() - started:.0f} s")
+            big = args.large_db or Path(folder) / "xl.db"
+            if not big.exists():
+                started = time.perf_counter()
+                large_catalogue(big)
+                took = time.perf_counter() - started
+                print(f"large list    built 307,200 neurons in {took:.0f} s")
             list_queries(big)
-            first_screen(big, None, max(1, args.runs // 2))
+            if "first" in parts:
+                first_screen(big, None, max(1, args.runs // 2))
     if args.screenshots is not None:
         screenshots(args.db, args.model, args.screenshots)
 

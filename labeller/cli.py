@@ -323,9 +323,31 @@ def scan(
       labeller scan --model gpt2 --dataset NeelNanda/pile-10k --layers 0-11 --tokens 10000000
     """
     from labeller.model.loading import load_model
+    from labeller.scan import distributed
     from labeller.scan.runner import run_scan
 
     check_dataset_spec(dataset)
+    world = distributed.world_from_env()
+    if world is not None:
+        _sharded_scan(
+            world,
+            db_path,
+            model_spec,
+            dataset,
+            layers,
+            tokens,
+            ctx,
+            top_k,
+            n_random,
+            batch_size,
+            text_field,
+            seed,
+            histogram_bins,
+            band_windows,
+            device,
+            dtype,
+        )
+        return
     with _new_catalogue_kept_only_if_used(db_path) as catalogue:
         with _status(f"loading {model_spec}"):
             model = load_model(model_spec, device=device, dtype=dtype)
@@ -363,6 +385,85 @@ def scan(
     click.echo(
         f"scan {outcome.scan_id}: {outcome.tokens_seen:,} tokens in {outcome.windows_seen:,} "
         f"windows; {outcome.neurons:,} neurons of {model_spec} stored in {catalogue.path}"
+    )
+
+
+def _sharded_scan(
+    world: Any,
+    db_path: Path | None,
+    model_spec: str,
+    dataset: str,
+    layers: str,
+    tokens: int | None,
+    ctx: int,
+    top_k: int,
+    n_random: int,
+    batch_size: int,
+    text_field: str,
+    seed: int,
+    histogram_bins: int,
+    band_windows: int,
+    device: str,
+    dtype: str,
+) -> None:
+    """`scan` as one rank of a torchrun job: every rank scans its share of the windows; rank 0
+    alone opens the catalogue, shows progress and reports; the others exit quietly (0 when the
+    scan succeeds, 1 with no message when rank 0 reports an error)."""
+    from labeller.model.loading import load_model
+    from labeller.scan import distributed
+    from labeller.scan.runner import run_scan
+
+    leader = world.leader
+    model = load_model(model_spec, device=distributed.device_for(world, device), dtype=dtype)
+    params = ScanParams(
+        model=model_spec,
+        dataset=dataset,
+        layers=parse_layers(layers, model.n_layers),
+        tokens=tokens,
+        ctx=ctx,
+        top_k=top_k,
+        random=n_random,
+        seed=seed,
+        histogram_bins=histogram_bins,
+        band_windows=band_windows,
+    )
+    if ctx > model.context_limit:
+        raise UserError(f"--ctx {ctx} is longer than {model_spec}'s context; use a smaller --ctx")
+    distributed.init(world, model.device)
+    try:
+        if not leader:
+            try:
+                run_scan(
+                    None, model, params, batch_size=batch_size, text_field=text_field, world=world
+                )
+            except ScanAlreadyComplete:
+                return
+            except (UserError, ScanInterrupted):
+                raise SystemExit(1) from None  # rank 0 says why
+            return
+        with _new_catalogue_kept_only_if_used(db_path) as catalogue:
+            try:
+                with _progress(tokens) as advance:
+                    outcome = run_scan(
+                        catalogue,
+                        model,
+                        params,
+                        batch_size=batch_size,
+                        text_field=text_field,
+                        on_progress=advance,
+                        world=world,
+                    )
+            except ScanAlreadyComplete as done:
+                click.echo(str(done))
+                return
+    finally:
+        distributed.finish()
+    for note in outcome.notes:
+        click.echo(note, err=True)
+    click.echo(
+        f"scan {outcome.scan_id}: {outcome.tokens_seen:,} tokens in {outcome.windows_seen:,} "
+        f"windows on {world.size} ranks; {outcome.neurons:,} neurons of {model_spec} stored in "
+        f"{catalogue.path}"
     )
 
 
@@ -463,7 +564,7 @@ def print_neuron(
             ("promotes", w.top_positive_tokens),
             ("suppresses", w.top_negative_tokens),
         ):
-            words = "  ".join(repr(visible_token(t.token)) for t in tokens)
+            words = "  ".join(f"{visible_token(t.token)!r} {t.weight:+.2f}" for t in tokens)
             console.print(f"{label}: {words}", markup=False)
     scale = max(s.max, 1e-9)
     console.print(
@@ -486,7 +587,7 @@ def print_neuron(
     held_out = sealing.held_out_count(view)
     if sealed and held_out:
         console.print(
-            f"\n{held_out} held-out windows (valid, test) sealed: `labeller unseal --model "
+            f"\nSealed: {held_out} held-out windows (valid, test). `labeller unseal --model "
             f"{printable(view.model)} --layer {view.layer} --neuron {view.neuron}` shows them to "
             "you, recorded in the history; "
             "your labels on this neuron written after that are scored as not blind",
@@ -586,6 +687,143 @@ def trace(
     console.print(heat_text(result.tokens, values, scale, values.index(max(values))))
     for token, value in zip(result.tokens, values, strict=True):
         console.print(f"{value:9.4f}  {visible_token(token)!r}", markup=False)
+
+
+@cli.command("search-neurons")
+@db_option
+@click.argument("text")
+@click.option("--model", "model_spec", default=None, help="Default: the catalogue's only model.")
+@click.option("--top", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option(
+    "--per-token",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Also list the N most active neurons at every token.",
+)
+@click.option(
+    "--relative", is_flag=True, help="Rank by share of each neuron's scanned max, not activation."
+)
+@model_load_options
+@format_option
+def search_neurons_command(
+    db_path: Path | None,
+    text: str,
+    model_spec: str | None,
+    top: int,
+    per_token: int,
+    relative: bool,
+    device: str,
+    dtype: str,
+    output_format: str,
+) -> None:
+    """Which neurons fire most on TEXT, across every scanned layer (- reads stdin).
+
+    The text runs once through the model; each neuron of the catalogue's scanned layers is
+    ranked by its largest activation on the text (or, with --relative, by that as a share of
+    its max in the scan), with the token it peaks on and its label.
+
+    \b
+    Example:
+      labeller search-neurons --db db/demo.db --model demo-solu-1l " the cat sat on the"
+    """
+    from labeller.catalogue.browse import layer_maxes, neuron_summaries
+    from labeller.model.loading import load_model
+    from labeller.model.search import search_neurons
+
+    if text == "-":
+        text = _read_stdin_text()
+    with Catalogue.open(db_path, read_only=True) as catalogue:
+        model_spec = catalogue.resolve_model(model_spec).name
+        maxes = layer_maxes(catalogue, model_spec)
+    model = load_model(model_spec, device=device, dtype=dtype)
+    layers = sorted(layer for layer in maxes if layer < model.n_layers)
+    ids = model.encode(text)
+    if not ids:
+        raise UserError("TEXT is empty; give some text to search with")
+    limit = model.context_limit
+    if len(ids) > limit:
+        raise UserError(f"TEXT is {len(ids)} tokens; {model_spec} reads at most {limit}")
+    found = search_neurons(
+        model,
+        ids,
+        layers,
+        top=top,
+        per_token=per_token or 1,
+        scale={layer: maxes[layer][: model.d_mlp] for layer in layers},
+        relative=relative,
+    )
+    tokens = model.token_strings(ids)
+    hits = {(h.layer, h.neuron) for h in found.overall}
+    if per_token:
+        hits |= {(h.layer, h.neuron) for row in found.per_token for h in row}
+    with Catalogue.open(db_path, read_only=True) as catalogue:
+        rows = neuron_summaries(catalogue, model_spec, hits)
+
+    def hit_json(hit: Any) -> dict[str, Any]:
+        row = rows.get((hit.layer, hit.neuron))
+        return {
+            "layer": hit.layer,
+            "neuron": hit.neuron,
+            "position": hit.position,
+            "token": tokens[hit.position],
+            "activation": hit.activation,
+            "share_of_max": hit.relative,
+            "label": row.label if row else None,
+        }
+
+    if output_format == "json":
+        out: dict[str, Any] = {
+            "model": model_spec,
+            "text": text,
+            "tokens": tokens,
+            "layers": found.layers,
+            "neurons_searched": found.neurons_searched,
+            "ranked_by": "share_of_max" if relative else "activation",
+            "overall": [hit_json(h) for h in found.overall],
+        }
+        if per_token:
+            out["per_token"] = [[hit_json(h) for h in row] for row in found.per_token]
+        click.echo(json.dumps(out, indent=2, ensure_ascii=False))
+        return
+    console = StdoutConsole(highlight=False)
+    console.print(
+        f"{printable(model_spec)}: {found.neurons_searched:,} neurons in "
+        f"layer{'s' if len(found.layers) > 1 else ''} {', '.join(map(str, found.layers))} "
+        f"on {len(tokens)} tokens, ranked by "
+        f"{'share of max' if relative else 'activation'}",
+        markup=False,
+    )
+    table = Table(box=None, pad_edge=False)
+    for name, justify in (
+        ("#", "right"),
+        ("layer", "right"),
+        ("neuron", "right"),
+        ("act", "right"),
+        ("÷max", "right"),
+        ("at token", "left"),
+        ("label", "left"),
+    ):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for rank, hit in enumerate(found.overall, 1):
+        item = hit_json(hit)
+        share = hit.relative
+        table.add_row(
+            str(rank),
+            str(hit.layer),
+            str(hit.neuron),
+            f"{hit.activation:.3f}",
+            "–" if share is None else f"{share:.0%}",
+            Text(f"#{hit.position} {visible_token(item['token'])!r}"),
+            Text(printable(item["label"] or "")),
+        )
+    console.print(table)
+    if per_token:
+        for position, row in enumerate(found.per_token):
+            best = "  ".join(f"L{h.layer}N{h.neuron} {h.activation:.2f}" for h in row)
+            console.print(
+                f"{position:4} {visible_token(tokens[position])!r:>14}  {best}", markup=False
+            )
 
 
 def _read_stdin_text() -> str:
@@ -731,7 +969,19 @@ def _resolver(catalogue: Catalogue, flags: dict[str, Any]) -> Resolver:
     return Resolver(partial(load_llm_config, path, **flags), cache=catalogue)
 
 
-def _print_dry_run(stage: str, name: str, refs: list[Any], plan: DryRun) -> None:
+def _llm_settings(flags: dict[str, Any]) -> Any:
+    """The LLM settings the flags and config file give (no API key is read)."""
+    from labeller.llm.config import load_llm_config
+
+    overrides = {k: v for k, v in flags.items() if k != "llm_config"}
+    return load_llm_config(flags.get("llm_config"), **overrides)
+
+
+def _print_dry_run(
+    stage: str, name: str, refs: list[Any], plan: DryRun, flags: dict[str, Any]
+) -> None:
+    """The plan, and for an LLM run the time its rate limits allow and its cost (settings read
+    from the config, never the key)."""
     if plan.offline:
         click.echo(f"{stage} with the offline {name}: {len(refs):,} neurons, no LLM calls")
         return
@@ -749,6 +999,19 @@ def _print_dry_run(stage: str, name: str, refs: list[Any], plan: DryRun) -> None
     click.echo(
         f"{stage}: {len(refs):,} neurons, {plan.calls:,} calls, about {plan.tokens:,} prompt tokens"
     )
+    from labeller.llm.ratelimit import run_estimate
+
+    config = _llm_settings(flags)
+    estimate = run_estimate(
+        plan.calls,
+        plan.tokens,
+        plan.reply_tokens,
+        requests_per_minute=config.max_requests_per_minute,
+        tokens_per_minute=config.max_tokens_per_minute,
+        price_per_million_input=config.price_per_million_input,
+        price_per_million_output=config.price_per_million_output,
+    )
+    click.echo(f"estimate: {estimate}")
 
 
 @cli.command()
@@ -792,6 +1055,7 @@ def explain(
 
     with Catalogue.open(db_path) as catalogue:
         refs = _selected_refs(catalogue, model_name, layers, neurons)
+        flags = dict(llm_settings)
         resolver = _resolver(catalogue, llm_settings)
         chosen = resolver.explainer(
             explainer,
@@ -799,7 +1063,8 @@ def explain(
             temperature=1.0 if temperature is None else temperature,
         )
         if dry_run:
-            _print_dry_run("explain", explainer, refs, dry_run_explain(catalogue, refs, chosen))
+            plan = dry_run_explain(catalogue, refs, chosen)
+            _print_dry_run("explain", explainer, refs, plan, flags)
             return
         report = _run_neurons(
             resolver,
@@ -889,13 +1154,14 @@ def score(
 
     with Catalogue.open(db_path) as catalogue:
         refs = _selected_refs(catalogue, model_name, layers, neurons)
+        flags = dict(llm_settings)
         resolver = _resolver(catalogue, llm_settings)
         chosen = resolver.simulator(
             simulator, logprobs=not no_logprobs, mode=SimulatorMode(simulator_mode)
         )
         if dry_run:
             plan = dry_run_score(catalogue, refs, chosen, Split(split), null_sample, windows)
-            _print_dry_run("score", chosen.name, refs, plan)
+            _print_dry_run("score", chosen.name, refs, plan, flags)
             if not plan.offline:
                 nulls = len(null_plan(catalogue, refs, chosen, Split(split), null_sample, windows))
                 click.echo(f"null control: {nulls:,} labels against other neurons (counted above)")
@@ -1002,6 +1268,13 @@ def default_annotator() -> str:
 @neuron_target
 @click.option("--text", default=None, help="A new label, written by you.")
 @click.option(
+    "--edit",
+    "edited_from",
+    type=ID,
+    default=None,
+    help="With --text: the text is an edit of this label id (its history records it).",
+)
+@click.option(
     "--explanation", "explanation_id", type=ID, default=None, help="An existing label's id."
 )
 @click.option("--accept", is_flag=True)
@@ -1024,6 +1297,7 @@ def label(
     layer: int,
     neuron: int,
     text: str | None,
+    edited_from: int | None,
     explanation_id: int | None,
     accept: bool,
     reject: bool,
@@ -1040,6 +1314,7 @@ def label(
     \b
     Example:
       labeller label --layer 0 --neuron 9 --text 'fires on "def" at line starts' --accept
+      labeller label --layer 0 --neuron 9 --edit 12 --text 'fires on "def" and "class"'
       labeller label --layer 0 --neuron 9 --explanation 12 --reject --annotator alice
       labeller label --layer 0 --neuron 9 --explanation 12 --confirm --annotator bob
     """
@@ -1056,6 +1331,8 @@ def label(
             "--dispute": (dispute, labels.Review.DISPUTE.value),
         }
     )
+    if edited_from is not None and text is None:
+        raise UserError("--edit ID needs --text: the edited label's new text")
     if sum(x is not None and x is not False for x in (text, explanation_id, undo or None)) != 1:
         raise UserError("give exactly one of --text, --explanation or --undo")
     if explanation_id is not None and status is None and review is None:
@@ -1079,6 +1356,7 @@ def label(
                 status=new_status or LabelStatus.PROPOSED,
                 annotator=who,
                 expected_version=expect_version,
+                edited_from=edited_from,
             )
         else:
             assert explanation_id is not None  # exactly one of --text, --explanation, --undo
@@ -1198,9 +1476,10 @@ def _history_line(entry: HistoryEntry) -> str:
     def state(s: LabelState | None) -> str:
         return "-" if s is None else f'#{s.explanation_id} "{printable(s.text)}" [{s.status.value}]'
 
+    edit = "" if entry.edited_from is None else f"  (edited from #{entry.edited_from})"
     return (
         f"{entry.at}  {printable(entry.annotator or '?')}  {entry.action.value}  "
-        f"{state(entry.before)} -> {state(entry.after)}"
+        f"{state(entry.before)} -> {state(entry.after)}{edit}"
     )
 
 
@@ -1228,6 +1507,12 @@ def _history_line(entry: HistoryEntry) -> str:
     "else rule).",
 )
 @click.option(
+    "--simulator",
+    default=None,
+    help="Rank by this simulator's scores only (default: the one with the most scores of the "
+    "kind ranked; the others are named on stderr).",
+)
+@click.option(
     "--blind",
     is_flag=True,
     help="Only blind scores: labels whose author saw none of the scored windows.",
@@ -1249,12 +1534,14 @@ def rank(
     status: str | None,
     prediction: str | None,
     blind: bool,
+    simulator: str | None,
     limit: int | None,
     output_format: str,
 ) -> None:
-    """Rank neurons by their best explanation score (unscored last), or by max or density.
+    """Rank neurons by their label's score (unscored last), or by max or density.
 
-    Scores are compared like with like: only one prediction kind is ranked (see --prediction).
+    Scores are compared like with like: one prediction kind (see --prediction) and one
+    simulator (see --simulator), so a label scored by two simulators never gets the higher.
     With --blind, only scores whose label's author saw none of the scored windows count.
 
     \b
@@ -1273,8 +1560,26 @@ def rank(
         kind = (
             PredictionKind(prediction)
             if prediction is not None
-            else catalogue.rank_prediction(model.name, Split(split))
+            else catalogue.rank_prediction(model.name, Split(split), simulator)
         )
+        scored_by = catalogue.rank_simulators(model.name, Split(split), kind)
+        if simulator is not None and simulator not in dict(scored_by):
+            anyone = catalogue.rank_simulators(model.name, Split(split), None)
+            known = ", ".join(name for name, _ in anyone) or "none"
+            what = f"{kind} scores" if prediction is not None else "scores"
+            raise UserError(
+                f"simulator {simulator!r} has no {what} on {split} for {model.name}; "
+                f"simulators with scores there: {known}"
+            )
+        if simulator is None and scored_by:
+            simulator = scored_by[0][0]
+            if len(scored_by) > 1:
+                others = ", ".join(f"{name} ({n:,})" for name, n in scored_by[1:])
+                click.echo(
+                    f"ranking by {simulator}'s scores ({scored_by[0][1]:,}); also scored: "
+                    f"{others}: pass --simulator NAME to rank by another",
+                    err=True,
+                )
         rows = catalogue.rank(
             model_name,
             by=by,
@@ -1284,6 +1589,7 @@ def rank(
             limit=limit,
             prediction=kind,
             blind=blind,
+            simulator=simulator,
         )
     fields = ["layer", "neuron", "score", "above_chance", "blind", "label", "source", "status"]
     if output_format == "json":
@@ -1304,8 +1610,9 @@ def rank(
         "label",
         "source",
         "status",
-        caption=f"scores: {split}, {kind} predictions only{', blind only' * blind}; "
-        "≈chance: not above the null's p95; seen: the label's author had seen the scored windows",
+        caption=f"scores: {split}, {kind} predictions by {simulator or 'no simulator'} only"
+        f"{', blind only' * blind}; ≈chance: not above the null's p95; "
+        "seen: the label's author had seen the scored windows",
     )
     for r in rows:
         table.add_row(

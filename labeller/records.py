@@ -545,6 +545,10 @@ class HistoryEntry(Record):
     after: LabelState | None
     annotator: str | None
     at: str
+    edited_from: int | None = Field(
+        default=None,
+        description="an edit: the id of the label it was edited from (on the edit's first entry)",
+    )
 
 
 class RankRow(Record):

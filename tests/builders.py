@@ -101,3 +101,52 @@ def llm_config_file(tmp_path: Path, base_url: str, extra: str = "") -> Path:
         "backoff_base_s = 0.01\nbackoff_cap_s = 0.05\nmax_retries = 2\n" + extra
     )
     return path
+
+
+def sharded_scan_worker(
+    rank: int,
+    world_size: int,
+    init_file: str,
+    db: str,
+    model_dir: str,
+    params_json: str,
+    batch_size: int,
+    stop_after: int | None,
+) -> None:
+    """One rank of a sharded scan (for torch.multiprocessing.spawn): joins a gloo group through
+    `init_file`; rank 0 writes `db`, and asks to stop after `stop_after` steps when given."""
+    import itertools
+
+    import torch.distributed as dist
+
+    from labeller.catalogue import Catalogue
+    from labeller.errors import ScanInterrupted
+    from labeller.model.loading import load_model
+    from labeller.scan.distributed import World
+    from labeller.scan.runner import run_scan
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size
+    )
+    try:
+        model = load_model(model_dir, device="cpu")
+        params = ScanParams.model_validate_json(params_json)
+        steps = itertools.count(1)
+        stop = (lambda: next(steps) >= stop_after) if stop_after and rank == 0 else None
+        catalogue = Catalogue.open(Path(db), create=True) if rank == 0 else None
+        try:
+            run_scan(
+                catalogue,
+                model,
+                params,
+                batch_size=batch_size,
+                stop_requested=stop,
+                world=World(rank, world_size, rank),
+            )
+        except ScanInterrupted:
+            pass
+        finally:
+            if catalogue is not None:
+                catalogue.close()
+    finally:
+        dist.destroy_process_group()

@@ -898,6 +898,7 @@ class Catalogue:
         limit: int | None = None,
         prediction: PredictionKind | None = None,
         blind: bool = False,
+        simulator: str | None = None,
     ) -> list[RankRow]:
         """Neurons with their label (`label_state`: accepted, else best-scoring proposed, else
         none) and its primary score on `split`, by that score (unscored and NaN last), or by max
@@ -908,11 +909,17 @@ class Catalogue:
 
         Like with like: only scores of one prediction kind count (`prediction`, else
         `rank_prediction`'s choice); scores of unknown kind (LLM scores from before kinds were
-        recorded) never do. `blind`: only blind scores count (a label without one ranks as
-        unscored)."""
+        recorded) never do. And only one simulator's (`simulator`, else `rank_simulators`'
+        first: the one with the most such scores), so a label scored by two simulators is never
+        ranked by whichever gave it more, nor against another label scored by the other.
+        `blind`: only blind scores count (a label without one ranks as unscored)."""
         model = self.resolve_model(model_name)
         if prediction is None:
-            prediction = self.rank_prediction(model.name, split)
+            prediction = self.rank_prediction(model.name, split, simulator)
+        if simulator is None:
+            simulator = next(
+                (name for name, _ in self.rank_simulators(model.name, split, prediction)), None
+            )
         order = {
             "score": "(s.score is null), s.score desc",
             # NaN statistics are stored as the text 'NaN' (SQLite has no NaN): they go last.
@@ -924,7 +931,7 @@ class Catalogue:
         if layers is not None:
             where.append(f"n.layer in ({','.join('?' * len(layers))})")
             values += layers
-        values += [PRIMARY_METHOD.value, split.value, prediction.value, int(blind)]
+        values += [PRIMARY_METHOD.value, split.value, prediction.value, simulator, int(blind)]
         outer = ""
         if status is not None:
             outer = "where e.status = ?"
@@ -942,7 +949,7 @@ class Catalogue:
             left join explanations e on e.id = n.label_id
             left join scores s on s.id = (
                 select s2.id from scores s2 where s2.explanation_id = e.id
-                and s2.method = ? and s2.split = ? and s2.prediction = ?
+                and s2.method = ? and s2.split = ? and s2.prediction = ? and s2.simulator is ?
                 and (s2.blind = 1 or ? = 0)
                 order by s2.score is null, s2.simulator = 'baseline', s2.created_at desc, s2.id desc
                 limit 1)
@@ -980,20 +987,45 @@ class Catalogue:
             for r in self.db.query(sql, values)
         ]
 
-    def rank_prediction(self, model_name: str, split: Split) -> PredictionKind:
+    def rank_prediction(
+        self, model_name: str, split: Split, simulator: str | None = None
+    ) -> PredictionKind:
         """The kind `rank` compares by default: the first of expected_value, integer, rule that
-        any primary score of this model on `split` has (rule when none is scored)."""
+        any primary score of this model on `split` (by `simulator`, when given) has (rule when
+        none is scored)."""
         found = {
             r["prediction"]
             for r in self.db.query(
                 """select distinct s.prediction from scores s
                 join explanations e on e.id = s.explanation_id
                 join neurons n on n.id = e.neuron_id join models m on m.id = n.model_id
-                where m.name = ? and s.method = ? and s.split = ?""",
-                [model_name, PRIMARY_METHOD.value, split.value],
+                where m.name = ? and s.method = ? and s.split = ?
+                and (? is null or s.simulator = ?)""",
+                [model_name, PRIMARY_METHOD.value, split.value, simulator, simulator],
             )
         }
         return next((kind for kind in PredictionKind if kind.value in found), PredictionKind.RULE)
+
+    def rank_simulators(
+        self, model_name: str, split: Split, prediction: PredictionKind | None
+    ) -> list[tuple[str, int]]:
+        """The simulators with primary scores of this kind (None: any) on `split` for the model,
+        and how many each has, most first (then by name): `rank` ranks by the first unless
+        told."""
+        kind = None if prediction is None else prediction.value
+        return [
+            (str(r["simulator"]), int(r["n"]))
+            for r in self.db.query(
+                """select s.simulator, count(*) as n from scores s
+                join explanations e on e.id = s.explanation_id
+                join neurons n on n.id = e.neuron_id join models m on m.id = n.model_id
+                where m.name = ? and s.method = ? and s.split = ?
+                and (? is null or s.prediction = ?)
+                and s.simulator is not null and s.score is not null
+                group by s.simulator order by n desc, s.simulator""",
+                [model_name, PRIMARY_METHOD.value, split.value, kind, kind],
+            )
+        ]
 
     # --- LLM response cache -------------------------------------------------------------------
 

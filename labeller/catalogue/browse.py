@@ -8,6 +8,9 @@ A neuron's status and best label are derived here from its explanations, never s
 from __future__ import annotations
 
 import json
+import math
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -19,8 +22,9 @@ from labeller.catalogue.label_state import (
     LABEL_TEXT_SQL,
     SCORE_OF,
 )
+from labeller.catalogue.rows import real_from_db
 from labeller.errors import UserError
-from labeller.records import LabelStatus, neuron_name
+from labeller.records import ExampleKind, LabelStatus, neuron_name
 
 
 class NeuronStatus(StrEnum):
@@ -41,6 +45,83 @@ class SortKey(StrEnum):
     LABEL = "label"
     SCORE = "score"
     STATUS = "status"
+    COSINE = "cos"
+    KURTOSIS = "kurtosis"
+    SKEW = "skew"
+
+
+class Stat(StrEnum):
+    """A neuron statistic the list sorts and filters by (its `SortKey` has the same value)."""
+
+    COSINE = "cos"  # cos(w_in, w_out): negative erases what it reads, positive boosts it
+    KURTOSIS = "kurtosis"  # excess kurtosis of the activations: heavy tails, rare strong firing
+    SKEW = "skew"  # skewness of the activations
+
+
+STAT_COLUMN: dict[Stat, str] = {
+    Stat.COSINE: "w_in_w_out_cosine",
+    Stat.KURTOSIS: "kurtosis",
+    Stat.SKEW: "skewness",
+}
+# Names a person may type for each statistic in a range filter ("kurt>10 cos<-0.3").
+STAT_NAMES: dict[str, Stat] = {
+    "cos": Stat.COSINE,
+    "cosine": Stat.COSINE,
+    "kurt": Stat.KURTOSIS,
+    "kurtosis": Stat.KURTOSIS,
+    "skew": Stat.SKEW,
+    "skewness": Stat.SKEW,
+}
+# A stored statistic that is a number: NULL (no weights, a constant neuron) and the text 'NaN'
+# are neither; a range scan on the (model_id, column) index serves it.
+_IS_NUMBER = "{column} between -9e999 and 9e999"
+
+
+@dataclass(frozen=True)
+class StatRange:
+    """Neurons whose `stat` lies in [low, high] (either bound may be open); neurons without a
+    value for it never match."""
+
+    stat: Stat
+    low: float | None = None
+    high: float | None = None
+
+    def describe(self) -> str:
+        if self.low is not None and self.high is not None:
+            return f"{self.low:g}≤{self.stat.value}≤{self.high:g}"
+        if self.low is not None:
+            return f"{self.stat.value}≥{self.low:g}"
+        return f"{self.stat.value}≤{self.high:g}"
+
+
+_RANGE_TERM = re.compile(r"([a-z]+)\s*(<=|>=|<|>|=|≤|≥)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?)")
+
+
+def parse_stat_ranges(text: str) -> list[StatRange]:
+    """`kurt>10 cos<-0.3` as ranges (< and <= alike: the values are continuous); a term that does
+    not parse is a UserError naming it."""
+    ranges: list[StatRange] = []
+    rest = text.strip().lower().replace(",", " ")
+    position = 0
+    for match in _RANGE_TERM.finditer(rest):
+        skipped = rest[position : match.start()].strip()
+        if skipped:
+            raise UserError(f"cannot read {skipped!r}: write e.g. kurt>10 cos<-0.3 skew>=2")
+        position = match.end()
+        name, op, number = match.groups()
+        stat = STAT_NAMES.get(name)
+        if stat is None:
+            raise UserError(f"no statistic {name!r}: use cos, kurt or skew")
+        value = float(number)
+        if not math.isfinite(value):
+            raise UserError(f"{name}{op}{number}: give a finite number")
+        low = value if op in (">", ">=", "≥", "=") else None
+        high = value if op in ("<", "<=", "≤", "=") else None
+        ranges.append(StatRange(stat, low, high))
+    skipped = rest[position:].strip()
+    if skipped:
+        raise UserError(f"cannot read {skipped!r}: write e.g. kurt>10 cos<-0.3 skew>=2")
+    return ranges
 
 
 # Sort rank of each status (also the value the SQL below computes): the order of the workflow.
@@ -106,7 +187,12 @@ _SORT_SQL: dict[SortKey, tuple[tuple[str, str] | None, list[str]]] = {
     SortKey.LABEL: (("best_text", _BEST_TEXT_SQL), ["layer", "neuron"]),
     SortKey.SCORE: (("best_score", _BEST_SCORE_SQL), ["layer", "neuron"]),
     SortKey.STATUS: (("status_rank", _STATUS_SQL), ["layer", "neuron"]),
+    SortKey.COSINE: (None, [STAT_COLUMN[Stat.COSINE], "id"]),
+    SortKey.KURTOSIS: (None, [STAT_COLUMN[Stat.KURTOSIS], "id"]),
+    SortKey.SKEW: (None, [STAT_COLUMN[Stat.SKEW], "id"]),
 }
+# Sorts by a statistic some neurons lack: those neurons come after the rest either way.
+_STAT_OF_SORT: dict[SortKey, Stat] = {SortKey(stat.value): stat for stat in Stat}
 
 
 @dataclass(frozen=True)
@@ -119,8 +205,25 @@ class NeuronSummary:
     density: float
     label: str | None
     score: float | None
-    status: NeuronStatus
+    status: NeuronStatus  # the neuron's workflow state: what the status filter and sort use
     explanation_id: int | None
+    cosine: float | None = None
+    kurtosis: float | None = None
+    skewness: float | None = None
+    label_status: LabelStatus | None = None  # the status of `label`, the neuron's label
+    to_review: bool = False  # a label of the neuron needs review (never the one shown)
+
+    @property
+    def shown_status(self) -> str:
+        """What the list's status column says beside `label`: that label's own status, so it
+        never reads "needs_review" beside another label's text; with no label, the neuron's
+        state (unlabelled, needs_review, rejected) says why there is none."""
+        return self.label_status.value if self.label_status else self.status.value
+
+    def stat(self, stat: Stat) -> float | None:
+        return {Stat.COSINE: self.cosine, Stat.KURTOSIS: self.kurtosis, Stat.SKEW: self.skewness}[
+            stat
+        ]
 
 
 def _model_id(catalogue: Catalogue, model: str | None) -> int:
@@ -152,7 +255,8 @@ class ListSpec:
     """Which neurons the list shows and in what order: everything but the page.
 
     `todo` narrows it to a queue; with `Todo.SCORE_BELOW`, `below` is the threshold (a neuron
-    not yet accepted whose best label scores under it, or has no score at all).
+    not yet accepted whose best label scores under it, or has no score at all). `ranges` keeps
+    only neurons whose statistics lie in them.
     """
 
     sort: SortKey = SortKey.LAYER
@@ -164,6 +268,7 @@ class ListSpec:
     text: str = ""
     todo: Todo | None = None
     below: float | None = None
+    ranges: tuple[StatRange, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -191,28 +296,43 @@ class _ListSQL:
     descending: bool
     # Only indexed columns and no per-neuron subqueries: the page stops early, counted apart.
     plain: bool
+    # A statistic sort: its column's value where it is a number (else NULL), which a plain
+    # query computes inline for `sort_alias`, and the statistic.
+    sort_expr: str | None = None
+    sort_stat: Stat | None = None
+    ranges: tuple[StatRange, ...] = ()
+    layer: int | None = None
 
-    def order(self, backward: bool = False) -> str:
-        """The list's ORDER BY; `backward` is its exact reverse (derived NULLs first)."""
+    def _sort(self, inline: bool) -> str | None:
+        return self.sort_expr if inline and self.sort_expr is not None else self.sort_alias
+
+    def order(self, backward: bool = False, inline: bool = False) -> str:
+        """The list's ORDER BY; `backward` is its exact reverse (derived NULLs first); `inline`
+        writes a statistic sort's expression rather than its alias (a query without the CTE)."""
         descending = self.descending != backward
         direction = "desc" if descending else "asc"
         order = ", ".join(f"{column} {direction}" for column in self.columns)
-        if self.sort_alias is not None:
+        sort = self._sort(inline)
+        if sort is not None:
             nulls = "first" if backward else "last"
-            order = f"{self.sort_alias} {direction} nulls {nulls}, {order}"
+            order = f"{sort} {direction} nulls {nulls}, {order}"
         return order
 
-    def key_columns(self) -> list[str]:
-        return ([self.sort_alias] if self.sort_alias else []) + self.columns
+    def key_columns(self, inline: bool = False) -> list[str]:
+        sort = self._sort(inline)
+        return ([sort] if sort else []) + self.columns
 
-    def beyond(self, key: tuple[Any, ...], backward: bool) -> tuple[str, list[Any]]:
+    def beyond(
+        self, key: tuple[Any, ...], backward: bool, inline: bool = False
+    ) -> tuple[str, list[Any]]:
         """Rows after `key` in the list's order (before it, `backward`)."""
         later = ">" if self.descending == backward else "<"
         marks = ", ".join("?" * len(self.columns))
         rest = f"({', '.join(self.columns)}) {later} ({marks})"
-        if self.sort_alias is None:
+        alias = self._sort(inline)
+        if alias is None:
             return rest, list(key)
-        alias, value, plain = self.sort_alias, key[0], list(key[1:])
+        value, plain = key[0], list(key[1:])
         if not backward:
             if value is None:
                 return f"({alias} is null and {rest})", plain
@@ -248,6 +368,10 @@ def _list_sql(catalogue: Catalogue, model: str | None, spec: ListSpec) -> _ListS
             "and t.text like ? escape '\\')"
         )
         values.append(f"%{escaped}%")
+    for wanted in spec.ranges:
+        clauses.append(f"n.{STAT_COLUMN[wanted.stat]} between ? and ?")
+        low = -math.inf if wanted.low is None else wanted.low
+        values += [low, math.inf if wanted.high is None else wanted.high]
     derived: dict[str, str] = {}
     outer: list[str] = []
     outer_values: list[Any] = []
@@ -267,6 +391,16 @@ def _list_sql(catalogue: Catalogue, model: str | None, spec: ListSpec) -> _ListS
     if sort_derived is not None:
         sort_alias, sql = sort_derived
         derived[sort_alias] = sql
+    plain = not derived and spec.status is None and spec.todo is None and not spec.text.strip()
+    sort_stat = _STAT_OF_SORT.get(spec.sort)
+    sort_expr = None
+    if sort_stat is not None:
+        # NULL and NaN sort last either way, then by id: what `_stat_sorted` pages through.
+        column = f"n.{STAT_COLUMN[sort_stat]}"
+        sort_expr = f"(case when {_IS_NUMBER.format(column=column)} then {column} end)"
+        sort_alias, columns = "stat_value", ["id"]
+        if not plain:
+            derived[sort_alias] = sort_expr
     return _ListSQL(
         where=" and ".join(clauses),
         values=values,
@@ -276,7 +410,11 @@ def _list_sql(catalogue: Catalogue, model: str | None, spec: ListSpec) -> _ListS
         sort_alias=sort_alias,
         columns=columns,
         descending=spec.descending,
-        plain=not derived and spec.status is None and spec.todo is None and not spec.text.strip(),
+        plain=plain,
+        sort_expr=sort_expr,
+        sort_stat=sort_stat,
+        ranges=tuple(spec.ranges),
+        layer=spec.layer,
     )
 
 
@@ -306,16 +444,20 @@ def neuron_page(
     text: str = "",
     todo: Todo | None = None,
     below: float | None = None,
+    ranges: Sequence[StatRange] = (),
     offset: int = 0,
     limit: int = 100,
 ) -> tuple[list[NeuronSummary], int]:
     """One page of the neuron list and the number of neurons that match the filters.
 
-    Neurons without a label or score sort last whichever the direction, so the interesting ones
-    come first. Plain sorts and filters use indexes and stop at the page; a derived sort or score
-    filter computes each neuron's best label once (a materialised CTE) and counts in the same pass.
+    Neurons without a label, score or statistic sort last whichever the direction, so the
+    interesting ones come first. Plain sorts and filters use indexes and stop at the page; a
+    derived sort or score filter computes each neuron's best label once (a materialised CTE) and
+    counts in the same pass.
     """
-    spec = ListSpec(sort, descending, layer, status, min_score, max_score, text, todo, below)
+    spec = ListSpec(
+        sort, descending, layer, status, min_score, max_score, text, todo, below, tuple(ranges)
+    )
     return list_page(catalogue, model, spec, offset=offset, limit=limit)
 
 
@@ -325,11 +467,23 @@ def list_page(
     """`neuron_page` for a `ListSpec`."""
     sql = _list_sql(catalogue, model, spec)
     window = [limit, max(offset, 0)]
+    if sql.plain and sql.sort_stat is not None:
+        # Through the statistic's index, unless one layer's rows (found by the layer index)
+        # are fewer, or a range on another statistic narrows the count more than it does.
+        index = sql.layer is None
+        narrow = index and not any(r.stat is not sql.sort_stat for r in sql.ranges)
+        direction = "desc" if sql.descending else "asc"
+        return _stat_sorted(
+            catalogue, sql.where, sql.values, sql.sort_stat, direction, offset, limit, index, narrow
+        )
     if sql.plain:
+        # A statistic range is checked row by row in the sort's own order (which stops at the
+        # page) rather than found through its index and then sorted; the count uses the index.
+        in_order = _ranges_in_order(sql)
         ids = [
             int(row[0])
             for row in catalogue.db.execute(
-                f"select id from neurons n where {sql.where} order by {sql.order()} "
+                f"select id from neurons n where {in_order} order by {sql.order(inline=True)} "
                 "limit ? offset ?",
                 [*sql.values, *window],
             )
@@ -349,12 +503,25 @@ def list_page(
     return [], total
 
 
+def _ranges_in_order(sql: _ListSQL) -> str:
+    """The list's WHERE with its statistic ranges kept off their indexes (`+column`), so SQLite
+    reads rows in the sort's order and checks the ranges row by row."""
+    where = sql.where
+    for wanted in sql.ranges:
+        column = f"n.{STAT_COLUMN[wanted.stat]}"
+        where = where.replace(f"{column} between", f"+{column} between")
+    return where
+
+
 def list_place(
     catalogue: Catalogue, model: str | None, spec: ListSpec, layer: int, neuron: int
 ) -> ListPlace:
     """Where the neuron sits in the list's order (it need not match the list's filters)."""
     sql = _list_sql(catalogue, model, spec)
-    expressions = [sql.derived.get(column, f"n.{column}") for column in sql.key_columns()]
+    computed = dict(sql.derived)
+    if sql.sort_alias is not None and sql.sort_expr is not None:
+        computed[sql.sort_alias] = sql.sort_expr
+    expressions = [computed.get(column, f"n.{column}") for column in sql.key_columns()]
     row = catalogue.db.execute(
         f"select {', '.join(expressions)} from neurons n "
         "where n.model_id = ? and n.layer = ? and n.neuron = ?",
@@ -383,25 +550,29 @@ def list_step(
     filtered count visits every row, the neighbour only as many as it takes.
     """
     sql = _list_sql(catalogue, model, spec)
-    beyond, beyond_values = sql.beyond(place.key, backward)
-    keys = ", ".join(sql.key_columns())
-    order = sql.order(backward)
     left: int | None
     if not sql.derived:
+        beyond, beyond_values = sql.beyond(place.key, backward, inline=True)
+        keys = ", ".join(sql.key_columns(inline=True))
+        order = sql.order(backward, inline=True)
         where = f"{sql.where} and {beyond}"
         values = [*sql.values, *beyond_values]
+        in_order = f"{_ranges_in_order(sql)} and {beyond}"
         row = catalogue.db.execute(
-            f"select layer, neuron, {keys} from neurons n where {where} order by {order} limit 1",
+            f"select layer, neuron, {keys} from neurons n where {in_order} "
+            f"order by {order} limit 1",
             values,
         ).fetchone()
         left = (_count(catalogue, where, values) if row is not None else 0) if count else None
     else:
+        beyond, beyond_values = sql.beyond(place.key, backward)
+        keys = ", ".join(sql.key_columns())
         row = catalogue.db.execute(
             _materialised(
                 sql,
                 f"layer, neuron, {keys}, count(*) over ()",
                 [*sql.outer, beyond],
-                f"order by {order} limit 1",
+                f"order by {sql.order(backward)} limit 1",
             ),
             [*sql.values, *sql.outer_values, *beyond_values],
         ).fetchone()
@@ -410,6 +581,48 @@ def list_step(
     if row is None:
         return None, 0
     return ListPlace(int(row[0]), int(row[1]), tuple(row[2:])), left
+
+
+def _stat_sorted(
+    catalogue: Catalogue,
+    where: str,
+    values: list[Any],
+    stat: Stat,
+    direction: str,
+    offset: int,
+    limit: int,
+    index: bool = True,
+    count_by_index: bool = True,
+) -> tuple[list[NeuronSummary], int]:
+    """Sorted by a statistic: first the neurons that have a value, in order, then those that do
+    not (NULL or NaN), by id, wherever the page falls. With `index` the rows are read in the
+    order of the statistic's (model_id, column) index and reading stops at the page; without it
+    (`+column`: SQLite then uses another index, e.g. the layer's) they are sorted. The count
+    uses the index too unless `count_by_index` is off."""
+    column = f"n.{STAT_COLUMN[stat]}"
+    plain = column if index else f"+{column}"
+    number = _IS_NUMBER.format(column=plain)
+    offset = max(offset, 0)
+    ids = [
+        int(row[0])
+        for row in catalogue.db.execute(
+            f"""select id from neurons n where {where} and {number}
+            order by {plain} {direction}, id {direction} limit ? offset ?""",
+            [*values, limit, offset],
+        )
+    ]
+    if len(ids) < limit:  # the page runs past the neurons with a value: then those without
+        counted = number if count_by_index else _IS_NUMBER.format(column=f"+{column}")
+        numbered = _count(catalogue, f"{where} and {counted}", values)
+        ids += [
+            int(row[0])
+            for row in catalogue.db.execute(
+                f"""select id from neurons n where {where} and not coalesce({number}, 0)
+                order by id {direction} limit ? offset ?""",
+                [*values, limit - len(ids), max(0, offset - numbered)],
+            )
+        ]
+    return _summaries(catalogue, ids), _count(catalogue, where, values)
 
 
 def _count(catalogue: Catalogue, where: str, values: list[Any]) -> int:
@@ -427,7 +640,8 @@ def _summaries(catalogue: Catalogue, ids: list[int]) -> list[NeuronSummary]:
         int(row[0]): row
         for row in catalogue.db.execute(
             f"""select n.id, n.layer, n.neuron, n.max, n.density, {_STATUS_SQL}, b.id, b.text,
-            {_SCORE_OF.format(e="b")}
+            {_SCORE_OF.format(e="b")}, b.status, {_has((_NEEDS_REVIEW,))},
+            n.w_in_w_out_cosine, n.kurtosis, n.skewness
             from neurons n left join explanations b on b.id = {_BEST_ID_SQL}
             where n.id in ({marks})""",
             ids,
@@ -443,6 +657,11 @@ def _summaries(catalogue: Catalogue, ids: list[int]) -> list[NeuronSummary]:
             explanation_id=rows[i][6],
             label=rows[i][7],
             score=rows[i][8],
+            label_status=None if rows[i][9] is None else LabelStatus(rows[i][9]),
+            to_review=bool(rows[i][10]),
+            cosine=real_from_db(rows[i][11]),
+            kurtosis=real_from_db(rows[i][12]),
+            skewness=real_from_db(rows[i][13]),
         )
         for i in ids
     ]
@@ -463,3 +682,55 @@ def example_token_ids(
     if row is None:
         raise UserError(f"neuron {neuron_name(layer, neuron)} has no {kind} example {rank}")
     return [int(i) for i in json.loads(row[0])]
+
+
+def layer_maxes(catalogue: Catalogue, model: str | None) -> dict[int, list[float]]:
+    """Per scanned layer, each neuron's scanned max by neuron index (NaN where unknown): what
+    the search across neurons divides by to rank neurons against their own maxima."""
+    model_id = _model_id(catalogue, model)
+    width = catalogue.resolve_model(model).d_mlp
+    out: dict[int, list[float]] = {}
+    for layer, neuron, value in catalogue.db.execute(
+        "select layer, neuron, max from neurons where model_id = ?", [model_id]
+    ):
+        row = out.setdefault(int(layer), [math.nan] * max(width, neuron + 1))
+        if neuron >= len(row):
+            row.extend([math.nan] * (neuron + 1 - len(row)))
+        row[int(neuron)] = float(value)
+    return out
+
+
+def neuron_summaries(
+    catalogue: Catalogue, model: str | None, neurons: Iterable[tuple[int, int]]
+) -> dict[tuple[int, int], NeuronSummary]:
+    """The list's row (label, score, status, statistics) of each (layer, neuron) in the catalogue;
+    neurons it does not hold are left out."""
+    model_id = _model_id(catalogue, model)
+    wanted = list(dict.fromkeys(neurons))
+    ids: list[int] = []
+    for start in range(0, len(wanted), 400):
+        chunk = wanted[start : start + 400]
+        pairs = " or ".join("(layer = ? and neuron = ?)" for _ in chunk)
+        ids += [
+            int(row[0])
+            for row in catalogue.db.execute(
+                f"select id from neurons where model_id = ? and ({pairs})",
+                [model_id, *(v for pair in chunk for v in pair)],
+            )
+        ]
+    return {(s.layer, s.neuron): s for s in _summaries(catalogue, ids)}
+
+
+def top_example_windows(
+    catalogue: Catalogue, model: str | None, layer: int, neuron: int
+) -> list[tuple[int, list[int], int]]:
+    """The neuron's top examples as (rank, the window's token ids, the max token's position)."""
+    model_id = _model_id(catalogue, model)
+    rows = catalogue.db.execute(
+        """select e.rank, w.token_ids, e.max_index from examples e
+        join windows w on w.id = e.window_id join neurons n on n.id = e.neuron_id
+        where n.model_id = ? and n.layer = ? and n.neuron = ? and e.kind = ?
+        order by e.rank""",
+        [model_id, layer, neuron, ExampleKind.TOP.value],
+    ).fetchall()
+    return [(int(r[0]), [int(i) for i in json.loads(r[1])], int(r[2])) for r in rows]

@@ -62,13 +62,21 @@ def write_label(
     annotator: str,
     expected_version: int | None,
     status: LabelStatus = LabelStatus.PROPOSED,
+    edited_from: int | None = None,
 ) -> list[HistoryEntry]:
     """A person's label for the neuron, given `status`; the same text written again by anyone
-    is the same label (its status set again, not a second copy)."""
+    is the same label (its status set again, not a second copy).
+
+    `edited_from`: the label this text was edited from (one of the neuron's). The edit's first
+    entry on the written label records it (its write; or, when the text already was a label of
+    the neuron's, the status it set, if any), so `history` says "edited from #12".
+    """
     with _changing(catalogue, ref, annotator, expected_version) as change:
         if not text.strip():
             raise UserError("a new label needs some text")
-        explanation_id = change.write(text.strip())
+        if edited_from is not None:
+            change.check_owned(edited_from)
+        explanation_id = change.write(text.strip(), edited_from)
         change.set_status(explanation_id, status)
     return change.entries()
 
@@ -220,10 +228,19 @@ def append_history(
     annotator: str | None,
     at: str,
     undoes: int | None = None,
+    edited_from: int | None = None,
 ) -> int:
     """Append one entry to the neuron's history (append-only by trigger); returns its id."""
     row = rows.history_to_row(
-        neuron_id, explanation_id, action, before, after, annotator=annotator, at=at, undoes=undoes
+        neuron_id,
+        explanation_id,
+        action,
+        before,
+        after,
+        annotator=annotator,
+        at=at,
+        undoes=undoes,
+        edited_from=edited_from,
     )
     return catalogue.insert("label_history", row)
 
@@ -255,6 +272,8 @@ class _Change:
         self.annotator = annotator
         self.at = at
         self.appended: list[int] = []
+        # Label id -> the label it was edited from: recorded on that label's next entry.
+        self.edited_from: dict[int, int] = {}
 
     def state(self, explanation_id: int) -> LabelState:
         return rows.label_state_from_row(
@@ -269,13 +288,15 @@ class _Change:
             neuron = neuron_name(self.ref.layer, self.ref.neuron)
             raise UserError(f"explanation {explanation_id} is not a label of neuron {neuron}")
 
-    def write(self, text: str) -> int:
+    def write(self, text: str, edited_from: int | None = None) -> int:
         """The neuron's human label with this text: the existing one, or a new proposed one."""
         existing = self.catalogue.db.execute(
             "select id from explanations where neuron_id = ? and source = ? and text = ?",
             [self.ref.id, HUMAN, text],
         ).fetchone()
         if existing:
+            if edited_from is not None and edited_from != existing[0]:
+                self.edited_from[int(existing[0])] = edited_from
             return int(existing[0])
         unsealed = self.annotator in self.catalogue.unsealed_by(self.ref.id)
         explanation = Explanation(
@@ -290,6 +311,8 @@ class _Change:
             "explanations",
             rows.explanation_to_row(explanation, self.ref.id, self.ref.scan_id, self.at),
         )
+        if edited_from is not None:
+            self.edited_from[explanation_id] = edited_from
         self.record(HistoryAction.WRITE, None, self.state(explanation_id))
         return explanation_id
 
@@ -338,6 +361,7 @@ class _Change:
                 annotator=self.annotator,
                 at=self.at,
                 undoes=undoes,
+                edited_from=self.edited_from.pop(state.explanation_id, None) if state else None,
             )
         )
 

@@ -301,4 +301,20 @@ def m007_blind_scores(db: Database) -> None:
     )
 
 
+@migrations()
+def m008_edited_from(db: Database) -> None:
+    """An edit's history entry names the label it was edited from (the `e` key, `label --text
+    ... --edited-from ID`). Entries written before this stay NULL: not recorded."""
+    db.table("label_history").add_column("edited_from", int)
+
+
+@migrations()
+def m009_statistic_indexes(db: Database) -> None:
+    """Indexes for sorting and filtering the neuron list by cos(w_in, w_out), kurtosis and
+    skewness: without them a page of a 307,200-neuron catalogue sorts the whole table (seconds);
+    with them it reads the page's rows in index order."""
+    for column in ("w_in_w_out_cosine", "kurtosis", "skewness"):
+        db.table("neurons").create_index(["model_id", column], if_not_exists=True)
+
+
 KNOWN_MIGRATIONS = frozenset(m.name for m in migrations.pending(Database(memory=True)))

@@ -463,6 +463,7 @@ def history_from_row(row: Row) -> HistoryEntry:
         after=label_state_from_json(row["after"]),
         annotator=row["annotator"],
         at=row["at"],
+        edited_from=row["edited_from"],
     )
 
 
@@ -485,6 +486,7 @@ def history_to_row(
     annotator: str | None,
     at: str,
     undoes: int | None = None,
+    edited_from: int | None = None,
 ) -> Row:
     after_json = after.model_dump_json() if after else None
     if after is not None and undoes is not None:
@@ -497,6 +499,7 @@ def history_to_row(
         "after": after_json,
         "annotator": annotator,
         "at": at,
+        "edited_from": edited_from,
     }
 
 

@@ -451,6 +451,7 @@ def _merge_history(
             annotator=entry.annotator,
             at=entry.at,
             undoes=ours_for_seq.get(entry.undoes) if entry.undoes is not None else None,
+            edited_from=local[entry.edited_from] if entry.edited_from is not None else None,
         )
         report.history_added += 1
         if owner is not None:

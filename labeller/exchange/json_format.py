@@ -93,6 +93,10 @@ class ExportHistoryEntry(Record):
     before: ExportLabelState | None
     after: ExportLabelState | None
     undoes: int | None = Field(default=None, description="`seq` of the entry an undo reverted")
+    edited_from: int | None = Field(
+        default=None,
+        description="an edit: index in the neuron's `explanations` of the label it was edited from",
+    )
 
 
 class ExportExplanation(Record):
@@ -240,6 +244,9 @@ def export_neuron(stored: store.StoredNeuron, scan_index: dict[int, int]) -> Exp
                 before=state(h.before),
                 after=state(h.after),
                 undoes=seq.get(undoes) if undoes is not None else None,
+                edited_from=(
+                    explanation_index.get(h.edited_from) if h.edited_from is not None else None
+                ),
             )
         )
     return ExportNeuron(
@@ -466,6 +473,11 @@ def _check_references(path: Path, header: ExportHeader, neuron: ExportNeuron) ->
             index = state.explanation if state is not None else None
             if index is not None and not 0 <= index < count:
                 raise UserError(f"{where}: a history entry names explanation #{index}")
+        if entry.edited_from is not None and not 0 <= entry.edited_from < count:
+            raise UserError(
+                f"{where}: history entry seq {entry.seq} is edited from explanation "
+                f"#{entry.edited_from}; the neuron has {count}"
+            )
     for entry in neuron.history:
         if any(s is not None and s.explanation is None for s in (entry.before, entry.after)):
             raise UserError(f"{where}: history entry seq {entry.seq} names no explanation")

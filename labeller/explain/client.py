@@ -98,6 +98,7 @@ class DryRun:
     example: ChatRequest | CompletionRequest | None = None
     calls: int = 0
     tokens: int = 0
+    reply_tokens: int = 0  # the requests' max_tokens summed: the most the replies can be
     notes: tuple[str, ...] = ()
 
     @classmethod
@@ -105,12 +106,15 @@ class DryRun:
         cls, requests: Iterable[ChatRequest | CompletionRequest], notes: tuple[str, ...] = ()
     ) -> DryRun:
         example: ChatRequest | CompletionRequest | None = None
-        calls = tokens = 0
+        calls = tokens = reply_tokens = 0
         for request in requests:
             example = example or request
             calls += 1
             tokens += prompt_chars(request) // CHARS_PER_TOKEN
-        return cls(example=example, calls=calls, tokens=tokens, notes=notes)
+            reply_tokens += request.max_tokens or 0
+        return cls(
+            example=example, calls=calls, tokens=tokens, reply_tokens=reply_tokens, notes=notes
+        )
 
 
 def prompt_chars(request: ChatRequest | CompletionRequest) -> int:

@@ -7,6 +7,8 @@ The package's own retries are off (`max_retries=0`) so that one place decides: 4
 dropped connections and unparsable bodies are retried with exponential backoff and jitter, and a
 Retry-After header wins (and pauses every request, since the limit is shared). A request keeps its
 concurrency slot through its retries, so they are not queued behind every request not yet sent.
+Every attempt also waits for the requests- and tokens-per-minute limits (`max_requests_per_minute`,
+`max_tokens_per_minute`, and the provider's `x-ratelimit-*` headers): see `labeller.llm.ratelimit`.
 Successful replies are cached by the full request, so a re-run never pays twice.
 
 Failures that every other call would repeat raise `LLMFatal` at once (401, 403, 404) or when the
@@ -37,6 +39,7 @@ from pydantic import ValidationError
 from labeller.errors import UserError
 from labeller.explain.client import Cause, LLMCallError, LLMFatal, LogprobsUnsupported
 from labeller.llm.config import LLMConfig
+from labeller.llm.ratelimit import RateLimiter, estimated_tokens, header_reset
 from labeller.records import (
     ChatRequest,
     ChatResponse,
@@ -304,7 +307,7 @@ class LLMClient:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._openai: openai.AsyncOpenAI | None = None
         self._semaphore: asyncio.Semaphore | None = None
-        self._resume_at = 0.0  # loop time before which no request starts (shared Retry-After)
+        self.limiter = self._new_limiter()
         self._fatal: LLMFatal | None = None  # once one is raised, no request of this run is sent
 
     def __repr__(self) -> str:
@@ -322,12 +325,15 @@ class LLMClient:
         self._openai = None
         self._loop = None
 
+    def _new_limiter(self) -> RateLimiter:
+        return RateLimiter(self.config.max_requests_per_minute, self.config.max_tokens_per_minute)
+
     def _bind(self) -> tuple[openai.AsyncOpenAI, asyncio.Semaphore]:
         """The HTTP client and semaphore for the running loop (made on first use per loop)."""
         loop = asyncio.get_running_loop()
         if self._openai is None or self._semaphore is None or self._loop is not loop:
             self._loop = loop
-            self._resume_at = 0.0
+            self.limiter = self._new_limiter()
             self._fatal = None
             self._semaphore = asyncio.Semaphore(self.config.max_concurrency)
             self._openai = openai.AsyncOpenAI(
@@ -394,11 +400,14 @@ class LLMClient:
     async def _attempts(self, request: Request, attempt: Callable[[], Awaitable[R]]) -> R:
         """The first attempt and its retries, all in the one concurrency slot."""
         attempts = 0
+        estimate = estimated_tokens(request)
         while True:
             attempts += 1
             try:
-                await self._wait_for_resume()
-                return await attempt()
+                await self.limiter.acquire(estimate)
+                response = await attempt()
+                self.limiter.settle(estimate, response.prompt_tokens + response.completion_tokens)
+                return response
             except _Retryable as exc:
                 detail = self._redact(str(exc))
                 if attempts > self.config.max_retries:
@@ -418,7 +427,7 @@ class LLMClient:
                     ) from None
                 delay = self._delay(attempts - 1, exc.retry_after)
                 if exc.retry_after is not None:
-                    self._resume_at = max(self._resume_at, time.monotonic() + delay)
+                    self.limiter.pause_until(self.limiter.clock() + delay)
                 self.stats.retries += 1
                 self.stats.last_retry = str(exc.cause)
                 log.info("LLM attempt %d failed (%s); retrying in %.1fs", attempts, detail, delay)
@@ -442,10 +451,6 @@ class LLMClient:
         except ValidationError:
             log.warning("ignoring an unreadable cached LLM reply (key %s)", key[:12])
             return None
-
-    async def _wait_for_resume(self) -> None:
-        while (wait := self._resume_at - time.monotonic()) > 0:
-            await asyncio.sleep(wait)
 
     def _delay(self, retry: int, retry_after: float | None) -> float:
         """Retry-After when the server gave one, else capped exponential backoff with jitter."""
@@ -503,8 +508,10 @@ class LLMClient:
         """The reply body of one POST; failures become `_Retryable` or `LLMCallError`."""
         try:
             raw = await client.post(path, cast_to=httpx.Response, body=body)
+            self.limiter.observe(raw.headers)
             return raw.text
         except openai.APIStatusError as exc:
+            self.limiter.observe(exc.response.headers)
             raise self._status_error(exc, request) from None
         except openai.APITimeoutError as exc:
             if _never_connected(exc.__cause__):
@@ -535,11 +542,14 @@ class LLMClient:
         status = exc.status_code
         detail = f"HTTP {status}: {self._redact(_one_line(_error_message(exc)))}"
         if status == 429 or status >= 500 or status == 408:
+            retry_after = parse_retry_after(exc.response.headers)
+            if retry_after is None and status == 429:  # when the exhausted limit resets
+                retry_after = header_reset(exc.response.headers)
             return _Retryable(
                 detail,
                 cause={429: Cause.RATE_LIMITED, 408: Cause.TIMEOUT}.get(status, Cause.SERVER_ERROR),
                 status=status,
-                retry_after=parse_retry_after(exc.response.headers),
+                retry_after=retry_after,
             )
         endpoint = f"the endpoint at {self.config.base_url}"
         if status == 401:

@@ -1,4 +1,4 @@
-"""LLM settings: endpoint, models, concurrency, timeouts, prices. Never the API key.
+"""LLM settings: endpoint, models, concurrency, rate limits, timeouts, prices. Never the API key.
 
 The key stays in the environment (`OPENAI_API_KEY`) and is read by the client when it is built, so
 no config object, config file, log line or catalogue row can carry it.
@@ -37,6 +37,12 @@ class LLMConfig(BaseModel):
     max_retries: int = Field(default=5, ge=0, description="extra attempts after the first")
     backoff_base_s: float = Field(default=1.0, ge=0.0)
     backoff_cap_s: float = Field(default=60.0, ge=0.0)
+    max_requests_per_minute: float | None = Field(
+        default=None, gt=0.0, description="attempts per minute, retries included"
+    )
+    max_tokens_per_minute: float | None = Field(
+        default=None, gt=0.0, description="prompt + reply tokens per minute"
+    )
     price_per_million_input: float | None = Field(default=None, ge=0.0, description="USD")
     price_per_million_output: float | None = Field(default=None, ge=0.0, description="USD")
     logprobs: bool | None = Field(

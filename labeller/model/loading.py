@@ -109,7 +109,10 @@ class LoadedModel:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def token_strings(self, ids: list[int]) -> list[str]:
-        return [self.tokenizer.decode([i]) for i in ids]
+        """Each token on its own, byte tokens that are not whole characters as `<0xNN>`."""
+        from labeller.model.tokens import token_text
+
+        return [token_text(self.tokenizer, i) for i in ids]
 
     def record(self) -> ModelRecord:
         cfg = self.bridge.cfg

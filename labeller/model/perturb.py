@@ -19,7 +19,7 @@ import torch
 
 from labeller.model.activations import batch_inputs, neuron_activations
 from labeller.model.loading import LoadedModel
-from labeller.model.perturb_kinds import PerturbationKind
+from labeller.model.perturb_kinds import SAMPLES, PerturbationKind
 
 # The token embedding's output (before positions are added). In TransformerLens 4.3's bridge both
 # names are the same HookPoint and fire on native and Hugging Face models alike; the alias is kept
@@ -33,7 +33,7 @@ class Perturbation:
 
     `positions` are the perturbed token positions (for truncation: k, the tokens kept);
     `values` the mean target activation after perturbing there, `spread` its standard deviation
-    over the random samples (0 where the experiment is deterministic).
+    over the `samples` random draws per position (1 and 0 where the experiment is deterministic).
     """
 
     kind: PerturbationKind
@@ -42,6 +42,7 @@ class Perturbation:
     positions: list[int]
     values: list[float]
     spread: list[float]
+    samples: int = 1
 
     @property
     def deltas(self) -> list[float]:
@@ -99,7 +100,7 @@ def resample_each(
     neuron: int,
     target: int | None = None,
     *,
-    samples: int = 8,
+    samples: int = SAMPLES[PerturbationKind.RESAMPLE],
     seed: int = 0,
     max_batch: int = 256,
 ) -> Perturbation:
@@ -115,7 +116,7 @@ def resample_each(
     values = _at_targets(model, inputs, [target] * len(inputs), layer, neuron, max_batch)
     means, spreads = _mean_spread(values, samples)
     return Perturbation(
-        PerturbationKind.RESAMPLE, target, base, list(range(target + 1)), means, spreads
+        PerturbationKind.RESAMPLE, target, base, list(range(target + 1)), means, spreads, samples
     )
 
 
@@ -127,7 +128,7 @@ def noise_each(
     target: int | None = None,
     *,
     scale: float = 1.0,
-    samples: int = 8,
+    samples: int = SAMPLES[PerturbationKind.NOISE],
     seed: int = 0,
     max_batch: int = 256,
 ) -> Perturbation:
@@ -169,7 +170,7 @@ def noise_each(
         values += acts[:, target].tolist()
     means, spreads = _mean_spread(values, samples)
     return Perturbation(
-        PerturbationKind.NOISE, target, base, list(range(target + 1)), means, spreads
+        PerturbationKind.NOISE, target, base, list(range(target + 1)), means, spreads, samples
     )
 
 
@@ -180,7 +181,7 @@ def insert_each(
     neuron: int,
     target: int | None = None,
     *,
-    samples: int = 4,
+    samples: int = SAMPLES[PerturbationKind.INSERT],
     seed: int = 0,
     max_batch: int = 256,
 ) -> Perturbation:
@@ -200,7 +201,9 @@ def insert_each(
             targets.append(target + 1 - cut)
     values = _at_targets(model, inputs, targets, layer, neuron, max_batch)
     means, spreads = _mean_spread(values, samples)
-    return Perturbation(PerturbationKind.INSERT, target, base, list(range(target)), means, spreads)
+    return Perturbation(
+        PerturbationKind.INSERT, target, base, list(range(target)), means, spreads, samples
+    )
 
 
 def truncate(

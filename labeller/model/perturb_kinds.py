@@ -17,3 +17,12 @@ class PerturbationKind(StrEnum):
     NOISE = "noise"  # add Gaussian noise to each token's embedding
     INSERT = "insert"  # insert a random token after each position before the target
     TRUNCATE = "truncate"  # keep only the last k tokens, for every k
+
+
+# Random draws per perturbed position, for the experiments that draw: the defaults the
+# experiments run with (`perturb.py`) and the numbers the TUI states, so they cannot disagree.
+SAMPLES: dict[PerturbationKind, int] = {
+    PerturbationKind.RESAMPLE: 8,
+    PerturbationKind.NOISE: 8,
+    PerturbationKind.INSERT: 4,
+}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from labeller.model.loading import LoadedModel
+from labeller.model.tokens import token_text
 from labeller.records import OutputToken, WeightFacts
 
 TOP_OUTPUT_TOKENS = 10
@@ -26,8 +27,8 @@ def layer_weight_facts(model: LoadedModel, layer: int) -> list[WeightFacts]:
         k = min(TOP_OUTPUT_TOKENS, logits.shape[1])
         top_values, top_ids = logits.topk(k, dim=1)
         bottom_values, bottom_ids = (-logits).topk(k, dim=1)
-    vocab = {i: model.tokenizer.decode([i]) for i in set(top_ids.flatten().tolist())}
-    vocab.update({i: model.tokenizer.decode([i]) for i in set(bottom_ids.flatten().tolist())})
+    shown = set(top_ids.flatten().tolist()) | set(bottom_ids.flatten().tolist())
+    vocab = {i: token_text(model.tokenizer, i) for i in shown}
     facts = []
     for n in range(logits.shape[0]):
         facts.append(

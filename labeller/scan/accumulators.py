@@ -55,7 +55,10 @@ class TopWindows:
         already_kept = (window_hash[:, None, None] == self.hash[None, :, cols]).any(dim=1)
         cand_max = cand_max.masked_fill(already_kept, -math.inf)
         merged = torch.cat([self.values[:, cols], cand_max], dim=0)
-        top_values, top_index = merged.topk(self.k, dim=0)
+        # A stable sort, not topk: equal maxima keep stream order (old slots, then the batch in
+        # order), so ties go to the window seen first, the rule merge_top follows too.
+        top_values, top_index = merged.sort(dim=0, descending=True, stable=True)
+        top_values, top_index = top_values[: self.k], top_index[: self.k]
         from_old = top_index < self.k
         old_i = top_index.clamp(max=self.k - 1)
         new_b = (top_index - self.k).clamp(min=0)
@@ -121,10 +124,7 @@ class BandSample:
         self.acts = torch.zeros((slots, n, ctx), device=device)
 
     def _bin(self, values: torch.Tensor, exponent: torch.Tensor) -> torch.Tensor:
-        """floor(value / w) for values >= 0, exact: 1 / w is built from its float32 bits, and
-        scaling by a power of two only moves the exponent."""
-        inverse = ((127 - exponent.clamp(-126, 126)) << 23).to(torch.int32).view(torch.float32)
-        return (values.float() * inverse).floor().long().clamp(0, self.bins - 1)
+        return band_bin(values, exponent, self.bins)
 
     def update(
         self,
@@ -454,3 +454,157 @@ class Reservoir:
             self.slots[j] = window_index
             return j
         return None
+
+
+# --- merging the states of scans over disjoint shards of one stream ---------------------------
+#
+# Each function takes the states (as `state()` returns them) of the same accumulator over
+# disjoint sets of windows and returns the state of one accumulator that saw them all. Windows
+# are named by their global index in the stream, so ties resolve by that index: the window seen
+# first wins, as in one process.
+
+
+def _order_by(primary: torch.Tensor, secondary: torch.Tensor) -> torch.Tensor:
+    """Per column, the row order sorting by `primary`, ties by `secondary` (both ascending)."""
+    first = secondary.argsort(dim=0, stable=True)
+    return first.gather(0, primary.gather(0, first).argsort(dim=0, stable=True))
+
+
+def merge_top(states: list[State], k: int) -> State:
+    """The top k of the union: per neuron, one window per content hash (the lowest index), the
+    k highest maxima, ties by window index."""
+    pool = {name: torch.cat([s[name] for s in states]) for name in states[0]}
+    valid = (pool["window"] >= 0) & torch.isfinite(pool["values"])
+    last = torch.iinfo(torch.long).max
+    window = pool["window"].masked_fill(~valid, last)
+    order = _order_by(pool["hash"], window)
+    hashes, kept = pool["hash"].gather(0, order), valid.gather(0, order)
+    repeat = torch.zeros_like(kept)
+    repeat[1:] = (hashes[1:] == hashes[:-1]) & kept[:-1]
+    duplicate = torch.zeros_like(kept).scatter_(0, order, repeat)
+    values = pool["values"].masked_fill(~valid | duplicate, -math.inf)
+    order = _order_by(-values, window)[:k]
+    top_values = values.gather(0, order)
+    empty = torch.isneginf(top_values)
+    acts = pool["acts"].gather(0, order[:, :, None].expand(-1, -1, pool["acts"].shape[2]))
+    return {
+        "values": top_values,
+        "argmax": pool["argmax"].gather(0, order).masked_fill(empty, 0),
+        "window": pool["window"].gather(0, order).masked_fill(empty, -1),
+        "hash": pool["hash"].gather(0, order).masked_fill(empty, 0),
+        "acts": acts.masked_fill(empty[:, :, None], 0.0),
+    }
+
+
+def merge_bands(states: list[State], m: int, bins: int) -> State:
+    """Bottom-m priorities per bin of the union, on the widest grid of the parts (the grid of
+    the largest max, as one process would have reached). Exact: each part holds the bottom m
+    of each of its bins, and a bin of the wider grid is a union of bins of a narrower one."""
+    exponent = torch.stack([s["exponent"] for s in states]).amax(dim=0)
+    pool = {name: torch.cat([s[name] for s in states]) for name in states[0] if name != "exponent"}
+    valid = pool["window"] >= 0
+    last = torch.iinfo(torch.long).max
+    priority = pool["priority"].masked_fill(~valid, EMPTY_PRIORITY)
+    order = _order_by(priority, pool["window"].masked_fill(~valid, last))
+    sorted_priority = priority.gather(0, order)
+    keep = valid.gather(0, order)
+    repeat = torch.zeros_like(keep)
+    repeat[1:] = sorted_priority[1:] == sorted_priority[:-1]  # the same tokens on two ranks
+    keep &= ~repeat
+    pool_bin = band_bin(pool["values"].gather(0, order).clamp(min=0), exponent[None, :], bins)
+    one_hot = torch.nn.functional.one_hot(pool_bin, bins) * keep[:, :, None]
+    rank = one_hot.cumsum(dim=0).gather(2, pool_bin[:, :, None]).squeeze(2) - 1
+    keep &= rank < m
+    slots, n = m * bins, priority.shape[1]
+    target = torch.where(keep, pool_bin * m + rank, slots)  # slots: discarded
+    source = torch.full((slots + 1, n), -1, dtype=torch.long, device=priority.device)
+    source.scatter_(0, target, order)
+    source = source[:slots]
+    empty = source < 0
+    at = source.clamp(min=0)
+    acts = pool["acts"].gather(0, at[:, :, None].expand(-1, -1, pool["acts"].shape[2]))
+    return {
+        "exponent": exponent,
+        "priority": priority.gather(0, at).masked_fill(empty, EMPTY_PRIORITY),
+        "values": pool["values"].gather(0, at).masked_fill(empty, 0.0),
+        "argmax": pool["argmax"].gather(0, at).masked_fill(empty, 0),
+        "window": pool["window"].gather(0, at).masked_fill(empty, -1),
+        "acts": acts.masked_fill(empty[:, :, None], 0.0),
+    }
+
+
+def band_bin(values: torch.Tensor, exponent: torch.Tensor, bins: int) -> torch.Tensor:
+    """floor(value / 2**exponent) for values >= 0, exact: 1 / w is built from its float32 bits,
+    and scaling by a power of two only moves the exponent."""
+    inverse = ((127 - exponent.clamp(-126, 126)) << 23).to(torch.int32).view(torch.float32)
+    return (values.float() * inverse).floor().long().clamp(0, bins - 1)
+
+
+def merge_moments(states: list[State]) -> State:
+    """Count, mean and M2..M4 of the union by the pairwise update (Chan et al.; Pébay for M3,
+    M4), in float64; positive counts add, min and max combine."""
+    merged = {name: t.clone() for name, t in states[0].items()}
+    for part in states[1:]:
+        nb = part["count"]
+        if float(nb) == 0:
+            continue
+        na = merged["count"]
+        if float(na) == 0:
+            merged = {name: t.clone() for name, t in part.items()}
+            continue
+        n = na + nb
+        delta = part["mean"] - merged["mean"]
+        m2_a, m3_a, m2_b, m3_b = merged["m2"], merged["m3"], part["m2"], part["m3"]
+        merged["m4"] = (
+            merged["m4"]
+            + part["m4"]
+            + delta**4 * na * nb * (na * na - na * nb + nb * nb) / n**3
+            + 6 * delta**2 * (na * na * m2_b + nb * nb * m2_a) / n**2
+            + 4 * delta * (na * m3_b - nb * m3_a) / n
+        )
+        merged["m3"] = (
+            m3_a
+            + m3_b
+            + delta**3 * na * nb * (na - nb) / n**2
+            + 3 * delta * (na * m2_b - nb * m2_a) / n
+        )
+        merged["m2"] = m2_a + m2_b + delta**2 * na * nb / n
+        merged["mean"] = merged["mean"] + delta * nb / n
+        merged["count"] = n
+        merged["positive"] = merged["positive"] + part["positive"]
+        merged["min"] = torch.minimum(merged["min"], part["min"])
+        merged["max"] = torch.maximum(merged["max"], part["max"])
+    return merged
+
+
+def merge_histograms(states: list[State], bins: int) -> State:
+    """Counts of the union: every part's bins brought to the widest part's width (bins sit on
+    multiples of a power of two, so a bin of a narrower part lies inside one of the wider),
+    doubled further where the union's range needs it, then summed. Exact."""
+    parts = [s for s in states if bool((s["inverse_width"] > 0).all())]
+    if not parts:
+        return {name: t.clone() for name, t in states[0].items()}
+    inverse = torch.stack([s["inverse_width"] for s in parts]).amin(dim=0)  # widest
+    ratio = [torch.round(s["inverse_width"] / inverse).long() for s in parts]  # powers of two
+    positions = torch.arange(bins, device=inverse.device)[None, :]
+    absolute = [s["first"][:, None] + positions for s in parts]  # bin in its own width
+    big = torch.iinfo(torch.long).max
+    while True:
+        low = torch.full_like(parts[0]["first"], big)
+        high = torch.full_like(parts[0]["first"], -big)
+        for part, scale, index in zip(parts, ratio, absolute, strict=True):
+            at = torch.div(index, scale[:, None], rounding_mode="floor")
+            used = part["counts"] > 0
+            low = torch.minimum(low, at.masked_fill(~used, big).amin(dim=1))
+            high = torch.maximum(high, at.masked_fill(~used, -big).amax(dim=1))
+        grow = (high - low >= bins) & (high >= low)
+        if not bool(grow.any()):
+            break
+        ratio = [r * (1 + grow.long()) for r in ratio]
+        inverse = torch.where(grow, inverse / 2, inverse)
+    first = torch.where(high >= low, low, 0)
+    counts = torch.zeros_like(parts[0]["counts"])
+    for part, scale, index in zip(parts, ratio, absolute, strict=True):
+        at = torch.div(index, scale[:, None], rounding_mode="floor") - first[:, None]
+        counts.scatter_add_(1, at.clamp(0, bins - 1), part["counts"])
+    return {"counts": counts, "inverse_width": inverse, "first": first}

@@ -41,6 +41,7 @@ from labeller.records import (
     random_split,
     top_split,
 )
+from labeller.scan import distributed
 from labeller.scan.accumulators import (
     AdaptiveHistogram,
     BandSample,
@@ -48,7 +49,12 @@ from labeller.scan.accumulators import (
     Reservoir,
     TopWindows,
     WindowMeta,
+    merge_bands,
+    merge_histograms,
+    merge_moments,
+    merge_top,
 )
+from labeller.scan.distributed import SINGLE, World
 
 CHECKPOINT_FORMAT = 2  # 2: activation-band samples
 CHECKPOINT_EVERY_S = 60.0
@@ -187,32 +193,42 @@ class Scanner:
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="labeller-scan")
         self._pending: Future[None] | None = None
 
-    def process(self, batch: list[Window]) -> None:
+    def process(
+        self,
+        batch: list[Window],
+        indices: list[int] | None = None,
+        slots: list[int | None] | None = None,
+    ) -> None:
         """Run the model on a batch, then hand its activations to the accumulating thread.
 
         The accumulators of batch i run while the model computes batch i+1 (torch releases the
         GIL), so on a machine with a spare core the scan costs about what the forward pass costs.
         At most one batch waits, so memory stays bounded.
+
+        Without `indices` the batch continues the stream: the windows take the next indices,
+        are offered to the reservoir and counted here. With them (a sharded scan: the global
+        index of each window, `slots` its reservoir slot) the caller offers and counts.
         """
-        first = self.windows_seen
-        index = torch.arange(first, first + len(batch), device=self.model.device)
+        if indices is None:
+            indices = list(range(self.windows_seen, self.windows_seen + len(batch)))
+            slots = [self.reservoir.offer(i) for i in indices]
+            self.windows_seen += len(batch)
+            self.tokens_seen += sum(len(w.token_ids) for w in batch)
+        assert slots is not None
+        index = torch.tensor(indices, dtype=torch.long, device=self.model.device)
         hashes = torch.tensor([window_hash(w.token_ids) for w in batch], device=self.model.device)
         priorities = torch.tensor(
             [window_priority(w.token_ids, self.params.seed) for w in batch],
             device=self.model.device,
         )
-        reservoir_rows = []
-        for row in range(len(batch)):
-            slot = self.reservoir.offer(first + row)
-            if slot is not None:
-                reservoir_rows.append((row, slot))
+        reservoir_rows = [(row, slot) for row, slot in enumerate(slots) if slot is not None]
         ids, mask = batch_inputs(self.model, [w.token_ids for w in batch])
         full = all(len(w.token_ids) == mask.shape[1] for w in batch)
         activations = neuron_activations(self.model, ids, self.params.layers)
         self.flush()
         self._pending = self._worker.submit(
             self._accumulate,
-            first,
+            indices,
             batch,
             activations,
             mask,
@@ -222,8 +238,6 @@ class Scanner:
             priorities,
             reservoir_rows,
         )
-        self.windows_seen += len(batch)
-        self.tokens_seen += sum(len(w.token_ids) for w in batch)
 
     def flush(self) -> None:
         """Wait for the batch being accumulated; re-raises its error, if any."""
@@ -233,7 +247,7 @@ class Scanner:
 
     def _accumulate(
         self,
-        first: int,
+        indices: list[int],
         batch: list[Window],
         activations: dict[int, torch.Tensor],
         mask: torch.Tensor,
@@ -244,13 +258,13 @@ class Scanner:
         reservoir_rows: list[tuple[int, int]],
     ) -> None:
         for row, _ in reservoir_rows:
-            self.windows[first + row] = _meta(batch[row])
+            self.windows[indices[row]] = _meta(batch[row])
         rows = [
             state.update(activations[layer], mask, full, index, hashes, priorities, reservoir_rows)
             for layer, state in self.layers.items()
         ]
         for row in torch.cat(rows).unique().tolist():  # one device sync per batch, not per layer
-            self.windows[first + row] = _meta(batch[row])
+            self.windows[indices[row]] = _meta(batch[row])
         if len(self.windows) > 4 * self._referenced_bound():
             self._forget_unreferenced()
 
@@ -306,6 +320,43 @@ class Scanner:
         }
         for layer, layer_state in state["layers"].items():
             self.layers[int(layer)].load(layer_state)
+
+    # --- sharded scans --------------------------------------------------------------------
+
+    def merge(self, world: World) -> None:
+        """Merge every rank's state into rank 0's (a collective: every rank calls it). After it,
+        rank 0 holds what one process scanning the whole stream would hold; the other ranks'
+        state is left as it was."""
+        self.flush()
+        owner = torch.tensor([i % world.size for i in self.reservoir.slots], dtype=torch.long)
+        mine = (owner == world.rank).to(self.model.device)
+        for state in self.layers.values():
+            parts = distributed.gather_state(state.top.state(), world)
+            if world.leader:
+                state.top.load(merge_top(parts, self.params.top_k))
+            if state.bands is not None:
+                parts = distributed.gather_state(state.bands.state(), world)
+                if world.leader:
+                    state.bands.load(merge_bands(parts, state.bands.m, state.bands.bins))
+            parts = distributed.gather_state(state.moments.state(), world)
+            if world.leader:
+                state.moments.load(merge_moments(parts))
+            parts = distributed.gather_state(state.histogram.state(), world)
+            if world.leader:
+                state.histogram.load(merge_histograms(parts, state.histogram.bins))
+            # A reservoir slot's activations come from the rank that owns its window; the
+            # others hold zeros (or stale rows) there, so the masked sum is that rank's row.
+            filled = len(self.reservoir.slots)
+            own = state.random_acts[:filled] * mine[:, None, None]
+            summed = distributed.reduce_sum(own)
+            if world.leader:
+                state.random_acts[:filled] = summed
+        kept = distributed.broadcast(sorted(self._referenced()) if world.leader else None, world)
+        found = {i: self.windows[i] for i in kept if i in self.windows}
+        received = distributed.gather(found, world)
+        if received is not None:
+            for part in received:
+                self.windows.update(part)
 
     # --- results ------------------------------------------------------------------------
 
@@ -460,27 +511,38 @@ def _rng_state_from_list(state: list) -> tuple:
 
 
 class _DeferredInterrupt:
-    """Turns the first Ctrl-C into a request to stop at the next batch boundary."""
+    """Turns the first Ctrl-C into a request to stop at the next batch boundary.
 
-    def __init__(self) -> None:
+    Sharded, SIGTERM counts as Ctrl-C too (torchrun passes the signal it gets on to its
+    workers, which the terminal may already have sent them): a repeat within a few seconds
+    is that same interrupt, not a second one."""
+
+    def __init__(self, sharded: bool = False) -> None:
         self.requested = False
-        self._previous: object = None
+        self.sharded = sharded
+        self._since = 0.0
+        self._previous: dict[int, object] = {}
 
     def __enter__(self) -> _DeferredInterrupt:
+        signals = [signal.SIGINT, signal.SIGTERM] if self.sharded else [signal.SIGINT]
         try:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            for number in signals:
+                self._previous[number] = signal.signal(number, self._handle)
         except ValueError:  # not the main thread: plain KeyboardInterrupt semantics
-            self._previous = None
+            pass
         return self
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.requested:
+            if self.sharded and time.monotonic() - self._since < 5.0:
+                return
             raise KeyboardInterrupt
         self.requested = True
+        self._since = time.monotonic()
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)  # type: ignore[arg-type]
+        for number, previous in self._previous.items():
+            signal.signal(number, previous)  # type: ignore[arg-type]
 
 
 def reserve_core_for_accumulation(device: torch.device) -> None:
@@ -491,7 +553,7 @@ def reserve_core_for_accumulation(device: torch.device) -> None:
 
 
 def run_scan(
-    catalogue: Catalogue,
+    catalogue: Catalogue | None,
     model: LoadedModel,
     params: ScanParams,
     *,
@@ -499,8 +561,17 @@ def run_scan(
     text_field: str = "text",
     on_progress: Callable[[int], None] | None = None,
     stop_requested: Callable[[], bool] | None = None,
+    world: World | None = None,
 ) -> ScanOutcome:
-    """Scan, resuming an unfinished scan with the same parameters when one exists."""
+    """Scan, resuming an unfinished scan with the same parameters when one exists.
+
+    With a `world` of several ranks (torchrun; the process group joined), every rank calls
+    this; window i of the stream goes to rank i % world.size, and rank 0, the only one given
+    the catalogue, writes the merged result (see labeller.scan.distributed)."""
+    world = world or SINGLE
+    sharded = world.size > 1
+    if world.leader and catalogue is None:
+        raise ValueError("rank 0 needs the catalogue")
     model.check_layers(params.layers)
     reserve_core_for_accumulation(model.device)
     # one pass over the corpus: the probe for an empty corpus is put back in front, so reading
@@ -509,44 +580,88 @@ def run_scan(
     first_window = next(all_windows, None)
     if first_window is None:
         raise UserError(f"corpus {params.dataset!r} is empty: it holds no text to scan")
-    complete = [
-        s.id for s in catalogue.scans() if s.params == params and s.status is ScanStatus.COMPLETE
-    ]
-    if complete:
-        raise ScanAlreadyComplete(complete[-1])
+
+    def shared(value: Any) -> Any:
+        """Rank 0's value on every rank."""
+        return distributed.broadcast(value, world) if sharded else value
+
     scanner = Scanner(model, params)
     notes: list[str] = []
     resumed_from: int | None = None
-    unfinished = catalogue.unfinished_scan(params)
     scan_id: int | None = None
-    if unfinished is not None:
-        blob = catalogue.load_checkpoint(unfinished.id)
-        try:
-            if blob is None:
-                raise ValueError("it has no checkpoint")
-            scanner.restore(blob)
-            scan_id = resumed_from = unfinished.id
+    plan: dict[str, Any] = {"complete": None, "unfinished": None, "error": None}
+    parts: list[bytes | None] = [None] * world.size
+    if catalogue is not None:
+        complete = [
+            s.id
+            for s in catalogue.scans()
+            if s.params == params and s.status is ScanStatus.COMPLETE
+        ]
+        unfinished = catalogue.unfinished_scan(params)
+        plan["complete"] = complete[-1] if complete else None
+        if unfinished is not None and not complete:
+            plan["unfinished"] = unfinished.id
+            blob = catalogue.load_checkpoint(unfinished.id)
+            try:
+                if blob is None:
+                    raise ValueError("it has no checkpoint")
+                parts = split_checkpoint(blob)
+            except Exception as exc:
+                plan["unreadable"] = str(exc)
+            if "unreadable" not in plan and len(parts) != world.size:
+                plan["error"] = (
+                    f"scan {unfinished.id} was checkpointed by {len(parts)} process(es); resume "
+                    f"it with {len(parts)} (torchrun's nnodes x nproc-per-node), or delete it"
+                )
+    plan = shared(plan)
+    if plan["complete"] is not None:
+        raise ScanAlreadyComplete(plan["complete"])
+    if plan["error"]:
+        raise UserError(plan["error"])
+    if plan["unfinished"] is not None:
+        mine = distributed.scatter(parts, world) if sharded else parts[0]
+        failure = plan.get("unreadable")
+        if failure is None:
+            try:
+                if mine is None:
+                    raise ValueError("no checkpoint for this rank")
+                scanner.restore(mine)
+            except Exception as exc:  # any unreadable checkpoint means: start clean, say so
+                failure = str(exc)
+        if sharded:
+            failures = distributed.gather(failure, world)
+            failure = shared(next((f for f in failures or [] if f), None))
+        if failure is None:
+            scan_id = resumed_from = plan["unfinished"]
             notes.append(f"resuming scan {scan_id} at {scanner.tokens_seen:,} tokens")
-        except Exception as exc:  # any unreadable checkpoint means: start clean, and say so
-            notes.append(f"cannot resume scan {unfinished.id} ({exc}); starting clean")
-            catalogue.discard_scan(unfinished.id)
+        else:
+            notes.append(f"cannot resume scan {plan['unfinished']} ({failure}); starting clean")
+            if catalogue is not None:
+                catalogue.discard_scan(plan["unfinished"])
             scanner = Scanner(model, params)
     model_id = 0
 
     def save(status: ScanStatus) -> int:
         """The scan row is created with its first checkpoint: a scan that fails before it has
-        anything to resume leaves nothing behind."""
+        anything to resume leaves nothing behind. Sharded, every rank's state goes to rank 0,
+        which stores them together."""
         nonlocal scan_id, model_id
-        model_id = catalogue.upsert_model(model.record())
-        if scan_id is None:
-            scan_id = catalogue.create_scan(model_id, params)
-        catalogue.save_checkpoint(
-            scan_id,
-            scanner.checkpoint(),
-            tokens_seen=scanner.tokens_seen,
-            windows_seen=scanner.windows_seen,
-            status=status,
-        )
+        blob = scanner.checkpoint()
+        blobs = distributed.gather(blob, world) if sharded else [blob]
+        if catalogue is not None:
+            assert blobs is not None
+            model_id = catalogue.upsert_model(model.record())
+            if scan_id is None:
+                scan_id = catalogue.create_scan(model_id, params)
+            catalogue.save_checkpoint(
+                scan_id,
+                join_checkpoint(blobs),
+                tokens_seen=scanner.tokens_seen,
+                windows_seen=scanner.windows_seen,
+                status=status,
+            )
+        scan_id = shared(scan_id)
+        assert scan_id is not None
         return scan_id
 
     windows = _limited(
@@ -554,26 +669,42 @@ def run_scan(
         skip=scanner.windows_seen,
         tokens_left=None if params.tokens is None else params.tokens - scanner.tokens_seen,
     )
+    steps = _steps(windows, scanner.windows_seen, batch_size, world, scanner.reservoir)
     last_save = -math.inf  # the first checkpoint follows the first batch: a kill after it resumes
-    with _DeferredInterrupt() as interrupt:
+    with _DeferredInterrupt(sharded) as interrupt:
         try:
-            for batch in _batched(windows, batch_size):
-                scanner.process(batch)
+            for mine_now, stream_windows, stream_tokens in steps:
+                if mine_now:
+                    scanner.process(
+                        [w for w, _, _ in mine_now],
+                        [i for _, i, _ in mine_now],
+                        [slot for _, _, slot in mine_now],
+                    )
+                scanner.windows_seen += stream_windows
+                scanner.tokens_seen += stream_tokens
                 if on_progress:
                     on_progress(scanner.tokens_seen)
-                if interrupt.requested or (stop_requested and stop_requested()):
+                stop = interrupt.requested or bool(stop_requested and stop_requested())
+                due = world.leader and time.monotonic() - last_save > CHECKPOINT_EVERY_S
+                if sharded:
+                    stop, due = distributed.any_flags(stop, due)
+                if stop:
                     raise ScanInterrupted(save(ScanStatus.INTERRUPTED), scanner.tokens_seen)
-                if time.monotonic() - last_save > CHECKPOINT_EVERY_S:
+                if due:
                     save(ScanStatus.RUNNING)
                     last_save = time.monotonic()
         except KeyboardInterrupt:
             # A second Ctrl-C: the last checkpoint stands, the scan stays resumable.
             if scan_id is None:
                 raise
-            catalogue.set_scan_status(scan_id, ScanStatus.INTERRUPTED)
+            if catalogue is not None:
+                catalogue.set_scan_status(scan_id, ScanStatus.INTERRUPTED)
             raise ScanInterrupted(scan_id, scanner.tokens_seen) from None
         finished_id = save(ScanStatus.RUNNING)
-        scanner.write_results(catalogue, finished_id, model_id)
+        if sharded:
+            scanner.merge(world)
+        if catalogue is not None:
+            scanner.write_results(catalogue, finished_id, model_id)
     return ScanOutcome(
         scan_id=finished_id,
         tokens_seen=scanner.tokens_seen,
@@ -582,6 +713,43 @@ def run_scan(
         resumed_from=resumed_from,
         notes=notes,
     )
+
+
+def _steps(
+    windows: Iterator[Window], start: int, batch_size: int, world: World, reservoir: Reservoir
+) -> Iterator[tuple[list[tuple[Window, int, int | None]], int, int]]:
+    """The stream in steps of batch_size x world.size windows: per step, this rank's windows
+    (window i is rank i % world.size's) with their global index and reservoir slot, and the
+    windows and tokens the whole step holds. Every rank offers every window to its reservoir,
+    in stream order, so all ranks' reservoirs agree with one process's."""
+    indexed = enumerate(windows, start=start)
+    while step := list(itertools.islice(indexed, batch_size * world.size)):
+        mine = []
+        for index, window in step:
+            slot = reservoir.offer(index)
+            if index % world.size == world.rank:
+                mine.append((window, index, slot))
+        yield mine, len(step), sum(len(w.token_ids) for _, w in step)
+
+
+def join_checkpoint(blobs: list[bytes]) -> bytes:
+    """One process's checkpoint as it is; several ranks' together, with the world size."""
+    if len(blobs) == 1:
+        return blobs[0]
+    buffer = io.BytesIO()
+    ranks = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
+    torch.save({"format": CHECKPOINT_FORMAT, "world_size": len(blobs), "ranks": ranks}, buffer)
+    return buffer.getvalue()
+
+
+def split_checkpoint(blob: bytes) -> list[bytes | None]:
+    """Each rank's checkpoint out of what join_checkpoint stored."""
+    state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    if "world_size" not in state:
+        return [blob]
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError("checkpoint written by another labeller version")
+    return [t.numpy().tobytes() for t in state["ranks"]]
 
 
 def _limited(windows: Iterator[Window], *, skip: int, tokens_left: int | None) -> Iterator[Window]:
@@ -595,8 +763,3 @@ def _limited(windows: Iterator[Window], *, skip: int, tokens_left: int | None) -
                 window = Window(window.document, window.offset, window.token_ids[:remaining])
             remaining -= len(window.token_ids)
         yield window
-
-
-def _batched(windows: Iterator[Window], size: int) -> Iterator[list[Window]]:
-    while batch := list(itertools.islice(windows, size)):
-        yield batch

@@ -14,6 +14,7 @@ from textual import work
 from textual.app import App
 from textual.binding import Binding, BindingType
 from textual.message import Message
+from textual.screen import ModalScreen
 from textual.signal import Signal
 
 from labeller.tui.backend import Backend, LoadState, ModelStatus
@@ -28,6 +29,7 @@ class AnnotateApp(ReportsWorkerErrors, App[None]):
     BINDING_GROUP_TITLE = "Everywhere"
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("question_mark", "help", "Help", id="app.help", show=False),
+        Binding("ctrl+f", "search", "Search neurons by text", id="app.search"),
         Binding("ctrl+q", "quit", "Quit", id="app.quit", priority=True),
     ]
 
@@ -77,6 +79,23 @@ class AnnotateApp(ReportsWorkerErrors, App[None]):
     def _progress(self, status: ModelStatus) -> None:
         self.model_states[status.name] = status
         self.model_signal.publish(status)
+
+    def action_search(self) -> None:
+        """The search across neurons, for the model of the screen in front (the list's, or the
+        neuron page's, whose live text it starts from)."""
+        from labeller.tui.search_screen import SearchScreen
+
+        screen = self.screen
+        if isinstance(screen, (SearchScreen, ModalScreen)):
+            return
+        model = getattr(screen, "model_name", None)
+        if isinstance(screen, NeuronListScreen):
+            model = screen.query_state.model
+        text = ""
+        live = screen.query("LivePane")
+        if live:
+            text = str(getattr(live.first(), "text", ""))
+        self.push_screen(SearchScreen(model or self.initial_model, text))
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen(self.screen.active_bindings.values()))

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
         NeuronStatus,
         NeuronSummary,
         SortKey,
+        StatRange,
         Todo,
     )
     from labeller.explain.service import Report
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from labeller.model.loading import LoadedModel
     from labeller.model.perturb import Perturbation
     from labeller.model.perturb_kinds import PerturbationKind
+    from labeller.model.search import NeuronSearch
 
 NO_LLM = (
     "no LLM configured: set OPENAI_API_KEY (or OPENAI_BASE_URL for a local server) and name "
@@ -62,6 +64,7 @@ class ListQuery:
     text: str = ""
     todo: Todo | None = None  # a queue: the list narrowed to what still needs a person
     below: float | None = None
+    ranges: tuple[StatRange, ...] = ()
     offset: int = 0
     limit: int = 100
 
@@ -80,6 +83,7 @@ class ListQuery:
             text=self.text,
             todo=self.todo,
             below=self.below,
+            ranges=self.ranges,
         )
 
 
@@ -117,6 +121,17 @@ class LiveTrace:
     activations: list[float]
 
 
+@dataclass(frozen=True)
+class SearchResult:
+    """Which neurons fire most on a text (see `labeller.model.search`), with each found
+    neuron's row in the list (its label) and the text's tokens."""
+
+    text: str
+    encoded: Encoded
+    search: NeuronSearch
+    rows: dict[tuple[int, int], NeuronSummary]
+
+
 class LoadState(StrEnum):
     LOADING = "loading"
     READY = "ready"
@@ -150,17 +165,22 @@ class Backend:
     _load_lock: threading.Lock = field(default_factory=threading.Lock)
     _forward_lock: threading.Lock = field(default_factory=threading.Lock)
     _tokenizer_lock: threading.Lock = field(default_factory=threading.Lock)
+    # Per model: its scanned layers' neuron maxima (for the search), read once.
+    _maxes: dict[str, dict[int, list[float]]] = field(default_factory=dict)
+    # Per (model, layer, neuron): its top examples' ranks in the layer at their max tokens.
+    _ranks: dict[tuple[str, int, int], dict[int, int]] = field(default_factory=dict)
 
     # --- catalogue -------------------------------------------------------------------------
 
     @contextmanager
-    def catalogue(self) -> Iterator[Catalogue]:
+    def catalogue(self, verify: bool = False) -> Iterator[Catalogue]:
         """A connection for the calling thread only, closed when the block ends. The file was
         checked (`PRAGMA quick_check`) when the app opened it; every worker call repeating that
-        would cost more than the call (75 ms of a 90 ms neuron page on the demo catalogue)."""
+        would cost more than the call (75 ms of a 90 ms neuron page on the demo catalogue), so
+        it is skipped unless `verify` asks for it."""
         from labeller.catalogue import Catalogue
 
-        with Catalogue.open(self.db_path, verify=False) as catalogue:
+        with Catalogue.open(self.db_path, verify=verify) as catalogue:
             yield catalogue
 
     def layers(self, model: str) -> list[int]:
@@ -239,9 +259,11 @@ class Backend:
         explanation_id: int | None = None,
         text: str | None = None,
         status: LabelStatus | None = None,
+        edited_from: int | None = None,
     ) -> list[HistoryEntry]:
-        """Write a label (`text`, proposed unless `status`) or set one's status; refused with
-        `StaleLabel` if anyone changed the neuron's labels since `page` was read."""
+        """Write a label (`text`, proposed unless `status`, an edit of label `edited_from` when
+        given) or set one's status; refused with `StaleLabel` if anyone changed the neuron's
+        labels since `page` was read."""
         from labeller.catalogue import labels
 
         with self.catalogue() as catalogue:
@@ -253,6 +275,7 @@ class Backend:
                     status=status or LabelStatus.PROPOSED,
                     annotator=self.annotator,
                     expected_version=page.version,
+                    edited_from=edited_from,
                 )
             if explanation_id is None or status is None:
                 raise ValueError("change_label takes text, or an explanation id and a status")
@@ -374,6 +397,68 @@ class Backend:
 
         with self._forward_lock:
             return EXPERIMENTS[kind](model, token_ids, layer, neuron, target)
+
+    def search_neurons(
+        self,
+        model: LoadedModel,
+        catalogue_model: str,
+        text: str,
+        *,
+        relative: bool = False,
+        top: int = 50,
+        per_token: int = 10,
+    ) -> SearchResult:
+        """Run `text` once and rank every neuron of the catalogue's scanned layers on it."""
+        from labeller.catalogue.browse import layer_maxes, neuron_summaries
+        from labeller.model.search import search_neurons
+
+        maxes = self._maxes.get(catalogue_model)
+        if maxes is None:
+            with self.catalogue() as catalogue:
+                maxes = self._maxes[catalogue_model] = layer_maxes(catalogue, catalogue_model)
+        encoded = self.encode(model, text)
+        if not encoded.token_ids:
+            raise UserError("type some text to search with")
+        layers = sorted(layer for layer in maxes if layer < model.n_layers)
+        scale = {layer: maxes[layer][: model.d_mlp] for layer in layers}
+        with self._forward_lock:
+            found = search_neurons(
+                model,
+                encoded.token_ids,
+                layers,
+                top=top,
+                per_token=per_token,
+                scale=scale,
+                relative=relative,
+            )
+        hits = {(h.layer, h.neuron) for h in found.overall}
+        hits |= {(h.layer, h.neuron) for row in found.per_token for h in row}
+        with self.catalogue(verify=False) as catalogue:
+            rows = neuron_summaries(catalogue, catalogue_model, hits)
+        return SearchResult(text, encoded, found, rows)
+
+    def example_ranks(
+        self, model: LoadedModel, catalogue_model: str, layer: int, neuron: int
+    ) -> dict[int, int]:
+        """Per top example (by rank), the neuron's rank among its layer's neurons at the
+        example's max token: 1 means no neuron of the layer fires more there. Cached per neuron."""
+        key = (catalogue_model, layer, neuron)
+        if key in self._ranks:
+            return self._ranks[key]
+        from labeller.catalogue.browse import top_example_windows
+        from labeller.model.search import ranks_in_layer
+
+        with self.catalogue() as catalogue:
+            windows = top_example_windows(catalogue, catalogue_model, layer, neuron)
+        if not windows:
+            return {}
+        with self._forward_lock:
+            ranks = ranks_in_layer(
+                model, [w for _, w, _ in windows], [p for _, _, p in windows], layer, neuron
+            )
+        result = {rank: r for (rank, _, _), r in zip(windows, ranks, strict=True)}
+        self._ranks[key] = result
+        return result
 
     def suggest_tests(
         self, model: LoadedModel, layer: int, neuron: int, label: str, neuron_max: float

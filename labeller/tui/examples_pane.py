@@ -1,20 +1,25 @@
 """The neuron page's evidence: statistics, histogram, output tokens and the example windows.
 
 Every example is coloured on the same scale (the neuron's maximum), the max token is underlined,
-and a long window is cut around its max; enter or a click shows the whole window. Held-out
-windows (valid, test) are left out while sealed for the annotator (see `labeller.sealing`).
+and a long window is cut around its max; enter or a click shows the whole window. The line under
+the list gives the exact activation of the token under the mouse or the token cursor (←/→), and
+for a top example the neuron's rank among its layer's neurons at the example's max token.
+Held-out windows (valid, test) are left out while sealed for the annotator (see
+`labeller.sealing`).
 """
 
 from __future__ import annotations
 
 import itertools
+from typing import ClassVar
 
 from rich.text import Text
 from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
 from textual.containers import Vertical
 from textual.widgets import ListItem, ListView, Static
 
-from labeller.records import Example, NeuronView
+from labeller.records import Example, ExampleKind, NeuronView
 from labeller.sealing import held_out_count, visible
 from labeller.tui.example_item import ExampleItem
 from labeller.tui.example_line import ExampleLine
@@ -35,16 +40,42 @@ class ExamplesPane(Vertical):
     """Statistics on top, then top, random and activation-band examples in one
     keyboard-navigable list."""
 
+    BINDING_GROUP_TITLE = "Examples tab"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("left", "token(-1)", "Previous token", id="examples.left", show=False),
+        Binding("right", "token(1)", "Next token", id="examples.right", show=False),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Per top example (by rank): the neuron's rank in its layer at the example's max token.
+        self.ranks: dict[int, int] = {}
+        self.layer_width = 0
+        self._view: NeuronView | None = None
+        self._shown_top: set[int] = set()  # ranks of the top examples shown (not sealed)
+        self._pointed: int | None = None
+
     def compose(self) -> ComposeResult:
         yield Static(id="stats")
         yield ExampleList(id="example-list")
+        yield Static(id="example-detail")
 
     def show(self, view: NeuronView, *, sealed: bool = True) -> None:
         """Show the neuron's examples. The next neuron's page (same sections, same counts)
         updates the rows in place: mounting some 170 widgets anew costs most of a page paint,
         and in place the highlighted example and the scroll position stay where they were."""
+        previous = self._view
+        if previous is not None and (previous.model, previous.layer, previous.neuron) != (
+            view.model,
+            view.layer,
+            view.neuron,
+        ):
+            self.ranks = {}  # another neuron's: its own come with its `Ranks`
+        self._view = view
+        self._shown_top = {e.rank for e in visible(view.top_examples, sealed)}
         scale = max(view.stats.max, 1e-9)
         self.query_one("#stats", Static).update(self._stats(view, scale))
+        self._rank_summary()
         top = visible(view.top_examples, sealed)
         random = visible(view.random_examples, sealed)
         rows: list[Text | Example] = [Text(f"Top {len(top)} examples"), *top]
@@ -67,6 +98,9 @@ class ExamplesPane(Vertical):
                     item.show(row, scale)
                 elif isinstance(row, Text):
                     item.query_one(Static).update(row, layout=False)  # one line either way
+            example = self.highlighted()
+            if example is not None:  # the same row, another example: no Highlighted comes
+                self._detail(example, None)
             return
         items = [
             ExampleItem(row, scale)
@@ -100,8 +134,9 @@ class ExamplesPane(Vertical):
                 ("−", view.weights.top_negative_tokens),
             ):
                 out.append(f"\n{sign} output ", "dim")
-                for token in tokens[:8]:
-                    out.append(f"'{shown(token.token)}' ")
+                for token in tokens[:8]:  # with its logit weight, w_out · W_U
+                    out.append(f"'{shown(token.token)}'")
+                    out.append(f"{token.weight:+.2f} ", "dim")
         out.append("\n")
         out.append_text(legend(scale))
         out.append("  underlined: max · enter: whole window · p: perturb", "dim")
@@ -114,3 +149,64 @@ class ExamplesPane(Vertical):
     def on_list_view_selected(self, event: ListView.Selected) -> None:
         if isinstance(event.item, ExampleItem):
             event.item.query_one(ExampleLine).toggle()
+
+    def set_ranks(self, ranks: dict[int, int], layer_width: int) -> None:
+        """The neuron's rank in its layer at each top example's max token (computed by the
+        model once the page is open)."""
+        self.ranks, self.layer_width = ranks, layer_width
+        self._rank_summary()
+        example = self.highlighted()
+        if example is not None:
+            self._detail(example, self._pointed)
+
+    def _rank_summary(self) -> None:
+        """The statistics, with how often the neuron leads its layer at its top examples."""
+        view = self._view
+        ranks = {k: r for k, r in self.ranks.items() if k in self._shown_top}
+        if view is None or not ranks:
+            return
+        stats = self._stats(view, max(view.stats.max, 1e-9))
+        first = sum(1 for r in ranks.values() if r == 1)
+        median = sorted(ranks.values())[len(ranks) // 2]
+        stats.append(
+            f"\nthe layer's most active neuron at the max token of {first} of "
+            f"{len(ranks)} top examples (median rank {median})",
+            "dim",
+        )
+        self.query_one("#stats", Static).update(stats)
+
+    def on_list_view_highlighted(self, event: ListView.Highlighted) -> None:
+        for line in self.query(ExampleLine):
+            line.hide_cursor()
+        if isinstance(event.item, ExampleItem):
+            self._detail(event.item.example, None)
+
+    def action_token(self, step: int) -> None:
+        item = self.query_one("#example-list", ListView).highlighted_child
+        if isinstance(item, ExampleItem):
+            item.query_one(ExampleLine).move_cursor(step)
+
+    def on_example_line_pointed(self, event: ExampleLine.Pointed) -> None:
+        event.stop()
+        self._detail(event.line.example, event.index)
+
+    def _detail(self, example: Example, index: int | None) -> None:
+        """One line: the pointed token's activation (else the max token's), and for a top
+        example the neuron's rank in its layer at its max token."""
+        self._pointed = index
+        at = example.max_index if index is None else index
+        out = Text(f"{example.kind.value} {example.rank} · ", "dim")
+        if 0 <= at < len(example.tokens):
+            out.append(f"#{at} ")
+            out.append(f"'{shown(example.tokens[at])}'", "bold")
+            out.append(f" {example.activations[at]:.4g}")
+            out.append(" (the max)" if at == example.max_index else "", "dim")
+        rank = self.ranks.get(example.rank) if example.kind is ExampleKind.TOP else None
+        if rank is not None:
+            out.append(" · at its max token ", "dim")
+            if rank == 1:
+                out.append("the most active neuron of the layer", "bold green")
+            else:
+                out.append(f"rank {rank} of {self.layer_width:,} in the layer", "bold")
+        out.append("  ←/→ or the mouse: another token", "dim")
+        self.query_one("#example-detail", Static).update(out)

@@ -8,26 +8,28 @@ from typing import TYPE_CHECKING
 from rich.text import Text
 from textual.widgets import Static
 
-from labeller.model.perturb_kinds import PerturbationKind
+from labeller.model.perturb_kinds import SAMPLES, PerturbationKind
 from labeller.tui.text import fmt, heat, shown, spark
 
 if TYPE_CHECKING:
     from labeller.model.perturb import Perturbation
 
-# Each experiment's title and what its numbers mean.
+# Each experiment's title and what its numbers mean; the sample counts are the ones the
+# experiments run with (`perturb_kinds.SAMPLES`), and each result says its own as well.
 TITLES: dict[PerturbationKind, tuple[str, str]] = {
     PerturbationKind.DELETE: ("Delete each earlier token", "the target without that token"),
     PerturbationKind.RESAMPLE: (
         "Resample each token",
-        "8 random vocabulary tokens in its place; mean ± spread",
+        f"{SAMPLES[PerturbationKind.RESAMPLE]} random vocabulary tokens in its place; "
+        "mean ± spread",
     ),
     PerturbationKind.NOISE: (
         "Noise on each token's embedding",
-        "Gaussian, σ = the embeddings' std; 8 draws",
+        f"Gaussian, σ = the embeddings' std; {SAMPLES[PerturbationKind.NOISE]} draws",
     ),
     PerturbationKind.INSERT: (
         "Insert a random token after each position",
-        "4 random tokens; mean ± spread",
+        f"{SAMPLES[PerturbationKind.INSERT]} random tokens; mean ± spread",
     ),
     PerturbationKind.TRUNCATE: (
         "Truncate to the last k tokens",
@@ -82,6 +84,8 @@ class ExperimentView(Static):
 
     def _movers(self, result: Perturbation, tokens: list[str]) -> Text:
         out = Text(f"base {fmt(result.base)} · change as % of it · ", "dim")
+        if result.samples > 1:
+            out.append(f"{result.samples} samples per token · ", "dim")
         order = sorted(range(len(result.positions)), key=lambda i: result.deltas[i])
         drops = [i for i in order if result.deltas[i] < 0][:MOVERS]
         rises = [i for i in reversed(order) if result.deltas[i] > 0][:1]

@@ -1,4 +1,4 @@
-"""The neuron list's filters: layer, status, score range and text in labels."""
+"""The neuron list's filters: layer, status, score range, statistic ranges and text in labels."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.message import Message
 from textual.timer import Timer
+from textual.validation import ValidationResult, Validator
 from textual.widgets import Input, Select
 
-from labeller.catalogue.browse import NeuronStatus
+from labeller.catalogue.browse import NeuronStatus, StatRange, parse_stat_ranges
+from labeller.errors import UserError
 
 DEBOUNCE_S = 0.25
 
@@ -23,6 +25,25 @@ class Filters:
     min_score: float | None = None
     max_score: float | None = None
     text: str = ""
+    ranges: tuple[StatRange, ...] = ()
+
+
+class StatRanges(Validator):
+    """`kurt>10 cos<-0.3`: the box turns red (and filters nothing) until it reads."""
+
+    def validate(self, value: str) -> ValidationResult:
+        try:
+            parse_stat_ranges(value)
+        except UserError as exc:
+            return self.failure(str(exc))
+        return self.success()
+
+
+def _ranges(value: str) -> tuple[StatRange, ...]:
+    try:
+        return tuple(parse_stat_ranges(value))
+    except UserError:
+        return ()
 
 
 def _number(value: str) -> float | None:
@@ -52,6 +73,13 @@ class FilterBar(Horizontal):
         )
         yield Input(placeholder="score≥", type="number", compact=True, id="min", classes="score")
         yield Input(placeholder="score≤", type="number", compact=True, id="max", classes="score")
+        yield Input(
+            placeholder="cos<-.3 kurt>9",
+            compact=True,
+            id="stats",
+            validators=[StatRanges()],
+            tooltip="Statistic ranges: cos(w_in,w_out), kurt(osis), skew; e.g. kurt>10 cos<-0.3",
+        )
         yield Input(placeholder="/ text in labels", compact=True, id="text")
 
     def set_layers(self, layers: list[int]) -> None:
@@ -97,6 +125,7 @@ class FilterBar(Horizontal):
             min_score=_number(self.query_one("#min", Input).value),
             max_score=_number(self.query_one("#max", Input).value),
             text=self.query_one("#text", Input).value.strip(),
+            ranges=_ranges(self.query_one("#stats", Input).value),
         )
 
     def _emit(self) -> None:

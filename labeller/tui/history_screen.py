@@ -31,6 +31,13 @@ def _state(state: LabelState | None, cut: int | None = 60) -> Text:
     return out
 
 
+def _action(entry: HistoryEntry) -> Text:
+    out = Text(entry.action, "bold")
+    if entry.edited_from is not None:
+        out.append(f" · edited from #{entry.edited_from}", "dim")
+    return out
+
+
 class HistoryScreen(ReportsWorkerErrors, Dialog[None]):
     BINDINGS: ClassVar[list[BindingType]] = [Binding("h", "close", "Close", id="history.close")]
 
@@ -67,7 +74,7 @@ class HistoryScreen(ReportsWorkerErrors, Dialog[None]):
             table.add_row(
                 Text(entry.at.replace("T", " ")[:19]),
                 plain(entry.annotator or "?"),
-                Text(entry.action, "bold"),
+                _action(entry),
                 _state(entry.before),
                 _state(entry.after),
             )

@@ -8,11 +8,12 @@ tokens, and the pane says when they are no longer how the tokenizer would split 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
 from textual.containers import Vertical
 from textual.message import Message
 from textual.reactive import var
@@ -34,6 +35,11 @@ DEBOUNCE_S = 0.03
 
 
 class LivePane(ReportsWorkerErrors, Vertical):
+    BINDING_GROUP_TITLE = "Live tab"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("ctrl+l", "clear_text", "Clear the text", id="live.clear"),
+    ]
+
     @dataclass
     class Traced(Message):
         """New activations for the current text (the perturbations follow them).
@@ -72,7 +78,8 @@ class LivePane(ReportsWorkerErrors, Vertical):
         yield Static(
             Text(
                 "Type or paste text: the neuron's activation on each token appears below. "
-                "esc: to the tokens (enter replaces one), then 4: perturb it (alt+4 from the box)",
+                "esc: to the tokens (enter replaces one), then 4: perturb it (alt+4 from the box)"
+                " · ctrl+l: clear",
                 "dim",
             ),
             id="live-help",
@@ -102,6 +109,12 @@ class LivePane(ReportsWorkerErrors, Vertical):
     def load_text(self, text: str) -> None:
         """Replace the text (a suggested test, say) and trace it."""
         self.query_one("#live-text", TextArea).load_text(editable(text))
+
+    def action_clear_text(self) -> None:
+        """Empty the box (and so the trace), ready to type."""
+        area = self.query_one("#live-text", TextArea)
+        area.clear()
+        area.focus()
 
     def load_tokens(self, token_ids: list[int], target: int | None) -> None:
         """Show exactly these tokens (a stored example), perturbing around `target`."""
@@ -219,7 +232,7 @@ class LivePane(ReportsWorkerErrors, Vertical):
             line.append(f"#{index} ")
             line.append(f"'{shown(trace.tokens[index])}'", "bold")
             line.append(f" {trace.activations[index]:.4g} · ")
-        line.append("←/→ pick a token, enter to replace it", "dim")
+        line.append("←/→ or the mouse pick a token, enter to replace it", "dim")
         self.query_one("#live-cursor", Static).update(line)
 
     def on_token_view_moved(self, event: TokenView.Moved) -> None:

@@ -18,7 +18,7 @@ from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Input, Static
 from textual.worker import get_current_worker
 
-from labeller.catalogue.browse import NeuronSummary, SortKey
+from labeller.catalogue.browse import NeuronSummary, SortKey, Stat
 from labeller.tui.backend import ListQuery, LoadState, ModelStatus
 from labeller.tui.context import annotate_app, backend_of
 from labeller.tui.errors import ReportsWorkerErrors, say
@@ -41,8 +41,26 @@ COLUMNS: tuple[tuple[SortKey, str, int | None], ...] = (
     (SortKey.STATUS, "status", 12),
     (SortKey.LABEL, "label", None),
 )
-SORT_CYCLE = [key for key, _, _ in COLUMNS]
+# Sorting by a statistic shows it in a column after density (at 80 columns there is no room
+# for all three all the time).
+STAT_COLUMNS: dict[SortKey, tuple[Stat, str]] = {
+    SortKey.COSINE: (Stat.COSINE, "cos"),
+    SortKey.KURTOSIS: (Stat.KURTOSIS, "kurt"),
+    SortKey.SKEW: (Stat.SKEW, "skew"),
+}
+SORT_CYCLE = [key for key, _, _ in COLUMNS] + list(STAT_COLUMNS)
+# Numbers are most interesting largest first (cos too: the most negative come on reversing).
+DESCENDING_FIRST = (SortKey.MAX, SortKey.DENSITY, SortKey.SCORE, SortKey.KURTOSIS, SortKey.SKEW)
 SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+
+
+def _status_cell(row: NeuronSummary) -> Text:
+    """The status of the label shown beside it; `!` when another of the neuron's labels needs
+    review (the status filter's "needs review" finds those neurons)."""
+    cell = status_text(row.shown_status)
+    if row.to_review and row.label_status is not None:
+        cell.append(" !", "bold yellow")
+    return cell
 
 
 class NeuronListScreen(ReportsWorkerErrors, Screen[None]):
@@ -219,12 +237,17 @@ class NeuronListScreen(ReportsWorkerErrors, Screen[None]):
         table = self.query_one(NeuronTable)
         table.clear(columns=True)
         query = self.query_state
-        fixed = sum((width or 0) + 2 for _, _, width in COLUMNS)
+        columns = list(COLUMNS)
+        stat = STAT_COLUMNS.get(query.sort)
+        if stat is not None:
+            columns.insert(4, (query.sort, stat[1], 6))
+        fixed = sum((width or 0) + 2 for _, _, width in columns)
         label_width = max(16, self.size.width - fixed - 3)
-        for key, title, width in COLUMNS:
+        for key, title, width in columns:
             arrow = ("▼" if query.descending else "▲") if key is query.sort else ""
             table.add_column(Text(f"{title}{arrow}"), key=key.value, width=width or label_width)
         for row in self.rows:
+            extra = [] if stat is None else [Text(_stat(row.stat(stat[0])), justify="right")]
             label = row.label or ""
             if len(label) > label_width:
                 label = label[: label_width - 1] + "…"
@@ -233,8 +256,9 @@ class NeuronListScreen(ReportsWorkerErrors, Screen[None]):
                 Text(str(row.neuron), justify="right"),
                 Text(fmt(row.max), justify="right"),
                 Text(f"{row.density:.1%}" if row.density is not None else "–", justify="right"),
+                *extra,
                 Text(fmt(row.score, 2), justify="right"),
-                status_text(row.status.value),
+                _status_cell(row),
                 plain(label),
                 key=f"{row.layer}.{row.neuron}",
             )
@@ -295,6 +319,7 @@ class NeuronListScreen(ReportsWorkerErrors, Screen[None]):
             min_score=f.min_score,
             max_score=f.max_score,
             text=f.text,
+            ranges=f.ranges,
         )
 
     def on_data_table_header_selected(self, event: DataTable.HeaderSelected) -> None:
@@ -306,7 +331,7 @@ class NeuronListScreen(ReportsWorkerErrors, Screen[None]):
         index = SORT_CYCLE.index(self.query_state.sort)
         key = SORT_CYCLE[(index + 1) % len(SORT_CYCLE)]
         # Numbers are most interesting largest first; names and positions in order.
-        descending = key in (SortKey.MAX, SortKey.DENSITY, SortKey.SCORE)
+        descending = key in DESCENDING_FIRST
         self._requery(offset=0, sort=key, descending=descending)
 
     def action_reverse(self) -> None:
@@ -406,3 +431,10 @@ class NeuronListScreen(ReportsWorkerErrors, Screen[None]):
             annotate_app(self).ensure_model(name)
 
         self.app.push_screen(ModelPicker(names, self.query_state.model), chosen)
+
+
+def _stat(value: float | None) -> str:
+    """A statistic in six cells: two decimals while they fit, else three significant digits."""
+    if value is None or math.isnan(value):
+        return "–"
+    return f"{value:.2f}" if abs(value) < 100 else f"{value:.3g}"

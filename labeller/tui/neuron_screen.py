@@ -109,6 +109,14 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
         step: int
         found: ListPlace | None
 
+    @dataclass
+    class Ranks(Message):
+        """Per top example: the neuron's rank in its layer at the example's max token."""
+
+        ranks: dict[int, int]
+        layer_width: int
+        neuron: tuple[int, int]  # (layer, neuron): the page may have turned since
+
     # The page as last read and the label it acts on; the heading follows them.
     page: var[NeuronPage | None] = var(None)
     selected: var[Explanation | None] = var(None)
@@ -130,7 +138,8 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
         self.layer_index = layer
         self.neuron = neuron
         self.walk = walk
-        self._draft: tuple[str, LabelDraft] | None = None  # the save in flight, as typed
+        # The save in flight, as typed: title, draft, and the label it edits.
+        self._draft: tuple[str, LabelDraft, int | None] | None = None
         self.examples_sealed: bool | None = None  # as the Examples tab last showed them
         # While the page turns to another neuron: the heading shown until its data arrives.
         self._held_heading: Text | None = None
@@ -175,9 +184,9 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
             if isinstance(worker.error, StaleLabel):
                 self.load()  # show the other person's change before anything else happens
             if self._draft is not None:  # a refused save: the typed text is not lost
-                title, draft = self._draft
+                title, draft, edited_from = self._draft
                 self._draft = None
-                self._editor(title, draft.text, accept=draft.accept)
+                self._editor(title, draft.text, accept=draft.accept, edited_from=edited_from)
 
     def on_neuron_screen_loaded(self, event: Loaded) -> None:
         if (event.page.view.layer, event.page.view.neuron) != (self.layer_index, self.neuron):
@@ -216,6 +225,9 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
             self.query_one("#example-list").focus()
         self.query_one(LivePane).configure(self.layer_index, self.neuron, max(view.stats.max, 1e-9))
         self.query_one(PerturbPane).configure(self.layer_index, self.neuron)
+        model = annotate_app(self).backend.loaded(self.model_name)
+        if model is not None:  # a page turned in place: this neuron's ranks (else on load)
+            self.example_ranks(model)
         if view.top_examples:
             top = view.top_examples[0]
             self.fetch_example(top.kind.value, top.rank, top.max_index, switch=False)
@@ -272,8 +284,20 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
         if status.state is LoadState.READY and model is not None:
             self.query_one(LivePane).set_model(model)
             self.query_one(PerturbPane).set_model(model)
+            self.example_ranks(model)
         elif status.state is LoadState.FAILED:
             self.query_one(LivePane).failure = status.describe()
+
+    @work(thread=True, exclusive=True, group="ranks", exit_on_error=False)
+    def example_ranks(self, model: LoadedModel) -> None:
+        layer, neuron = self.layer_index, self.neuron
+        ranks = backend_of(self).example_ranks(model, self.model_name, layer, neuron)
+        self.post_message(self.Ranks(ranks, model.d_mlp, (layer, neuron)))
+
+    def on_neuron_screen_ranks(self, event: Ranks) -> None:
+        if event.neuron != (self.layer_index, self.neuron):
+            return  # computed before the page turned to another neuron
+        self.query_one(ExamplesPane).set_ranks(event.ranks, event.layer_width)
 
     def _model(self) -> LoadedModel | None:
         model = annotate_app(self).backend.loaded(self.model_name)
@@ -338,20 +362,30 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
     def action_edit(self) -> None:
         chosen = self._candidate("edit")
         if chosen is not None:
-            self._editor("Edit label (saved as a new label of yours)", chosen.text)
+            self._editor(
+                f"Edit label #{chosen.id} (saved as a new label of yours)",
+                chosen.text,
+                edited_from=chosen.id,
+            )
 
     def action_write(self) -> None:
         if self.page is not None:
             self._editor("New label")
 
-    def _editor(self, title: str, text: str = "", *, accept: bool = False) -> None:
-        page = self.page
-
+    def _editor(
+        self, title: str, text: str = "", *, accept: bool = False, edited_from: int | None = None
+    ) -> None:
         def done(draft: LabelDraft | None) -> None:
+            # Checked against the page as it is now: after a refusal the page reloads behind
+            # the reopened editor (showing the other person's change, which the refusal named),
+            # and the save made after that must not be refused again for the same change.
+            page = self.page
             if draft is not None and page is not None:
                 status = LabelStatus.ACCEPTED if draft.accept else None
-                self._draft = (title, draft)  # reopened with it if the save is refused
-                self.change(page, text=draft.text, status=status, rescore=True)
+                self._draft = (title, draft, edited_from)  # reopened if the save is refused
+                self.change(
+                    page, text=draft.text, status=status, rescore=True, edited_from=edited_from
+                )
 
         self.app.push_screen(LabelEditor(title, editable(text), accept=accept), done)
 
@@ -364,10 +398,11 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
         text: str | None = None,
         status: LabelStatus | None = None,
         rescore: bool = False,
+        edited_from: int | None = None,
     ) -> None:
         backend = backend_of(self)
         entries = backend.change_label(
-            page, explanation_id=explanation_id, text=text, status=status
+            page, explanation_id=explanation_id, text=text, status=status, edited_from=edited_from
         )
         notes = [f"{e.action} #{e.explanation_id}" for e in entries] or ["no change"]
         select = next((e.explanation_id for e in reversed(entries)), explanation_id)

@@ -63,6 +63,8 @@ class PerturbPane(ReportsWorkerErrors, Vertical):
         self.generation = 0
         self._ran_generation = -1
         self._debounce: Timer | None = None
+        # This generation's finished experiments, for the numbers at the cursor.
+        self.results: dict[PerturbationKind, Perturbation] = {}
 
     def compose(self) -> ComposeResult:
         yield Static(id="perturb-head")
@@ -104,6 +106,7 @@ class PerturbPane(ReportsWorkerErrors, Vertical):
 
     def _changed(self) -> None:
         self.generation += 1
+        self.results = {}
         trace, target = self.trace, self._target()
         view = self.query_one(TokenView)
         if trace is None or target is None:
@@ -146,6 +149,8 @@ class PerturbPane(ReportsWorkerErrors, Vertical):
             return
         view = self.query_one(f"#experiment-{event.kind}", ExperimentView)
         view.show_result(event.result, self.trace.tokens)
+        self.results[event.kind] = event.result
+        self._cursor_note(self.query_one(TokenView).cursor)
 
     def compute_heading(self) -> Text:
         trace, target = self.trace, self._target()
@@ -168,12 +173,28 @@ class PerturbPane(ReportsWorkerErrors, Vertical):
         self._cursor_note(event.index)
 
     def _cursor_note(self, index: int) -> None:
+        """The token under the cursor (or the mouse): its activation, and how perturbing it
+        moved the target in each experiment run so far."""
         trace = self.trace
         note = Text()
         if trace is not None and 0 <= index < len(trace.tokens):
-            note.append(f"cursor #{index} ")
+            note.append(f"#{index} ")
             note.append(f"'{shown(trace.tokens[index])}'", "bold")
-            note.append(f" {trace.activations[index]:.4g}")
+            note.append(f" activation {trace.activations[index]:.4g}")
+            changes = [
+                (kind, change)
+                for kind in PerturbationKind
+                if kind in self.results
+                and (change := change_at(self.results[kind], index)) is not None
+            ]
+            if changes:
+                note.append(" · target Δ when perturbed here: ", "dim")
+            for kind, (delta, spread) in changes:
+                note.append(f"{SHORT[kind]} ", "dim")
+                note.append(f"{delta:+.3g}", "blue" if delta < 0 else "dark_orange")
+                if spread > 0:
+                    note.append(f"±{spread:.2g}", "dim")
+                note.append("  ")
         self.query_one("#perturb-cursor", Static).update(note)
 
     def on_token_view_chosen(self, event: TokenView.Chosen) -> None:
@@ -187,6 +208,26 @@ class PerturbPane(ReportsWorkerErrors, Vertical):
 
     def action_rerun(self) -> None:
         self._changed()
+
+
+# Each experiment in a word, for the cursor line.
+SHORT: dict[PerturbationKind, str] = {
+    PerturbationKind.DELETE: "delete",
+    PerturbationKind.RESAMPLE: "resample",
+    PerturbationKind.NOISE: "noise",
+    PerturbationKind.INSERT: "insert after",
+    PerturbationKind.TRUNCATE: "start here",
+}
+
+
+def change_at(result: Perturbation, index: int) -> tuple[float, float] | None:
+    """How the target moved when token `index` was perturbed (for truncation: when the text
+    started at it), with the spread over the draws; None where the experiment did not touch it."""
+    position = result.target + 1 - index if result.kind is PerturbationKind.TRUNCATE else index
+    if position not in result.positions:
+        return None
+    at = result.positions.index(position)
+    return result.deltas[at], result.spread[at]
 
 
 def _scale(trace: LiveTrace) -> float:

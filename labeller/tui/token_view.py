@@ -62,7 +62,8 @@ class TokenView(Widget, can_focus=True):
 
     @dataclass
     class Moved(Message):
-        """The cursor moved to another token (so its owner can show that token's numbers)."""
+        """The cursor moved to another token, or the mouse is over one while the cursor stays
+        (so its owner can show that token's numbers)."""
 
         view: TokenView
         index: int
@@ -79,6 +80,7 @@ class TokenView(Widget, can_focus=True):
         self.mark: int | None = None
         self.empty_text = ""
         self._cells: list[_Cell] = []
+        self._hovered: int | None = None
 
     def show(
         self,
@@ -157,10 +159,30 @@ class TokenView(Widget, can_focus=True):
         if self.tokens:
             self.post_message(self.Chosen(self, self.cursor))
 
-    def on_click(self, event: events.Click) -> None:
-        x, y = event.x - 1, event.y  # one cell of left padding
+    def _at(self, event: events.MouseEvent) -> int | None:
+        """The token under the mouse (the offset counts from the content, inside the padding)."""
+        offset = event.get_content_offset(self)
+        if offset is None:
+            return None
         for cell in self._cells:
-            if cell.line == y and cell.x <= x < cell.x + cell.width:
-                self.cursor = cell.index
-                self.post_message(self.Chosen(self, cell.index))
-                return
+            if cell.line == offset.y and cell.x <= offset.x < cell.x + cell.width:
+                return cell.index
+        return None
+
+    def on_click(self, event: events.Click) -> None:
+        index = self._at(event)
+        if index is not None:
+            self.cursor = index
+            self.post_message(self.Chosen(self, index))
+
+    def on_mouse_move(self, event: events.MouseMove) -> None:
+        index = self._at(event)
+        if index is not None and index != self._hovered:
+            self._hovered = index
+            self.post_message(self.Moved(self, index))
+
+    def on_leave(self, event: events.Leave) -> None:
+        """Back to the cursor's token when the mouse leaves."""
+        self._hovered = None
+        if self.tokens:
+            self.post_message(self.Moved(self, self.cursor))

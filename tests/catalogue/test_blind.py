@@ -74,18 +74,17 @@ def test_show_text_seals_held_out_windows_until_you_unseal(db):
     assert {"valid", "test"} <= splits  # JSON keeps every window, with its split
     sealed = run("show", "--db", db, *TARGET, "--annotator", "bob").output
     assert shown_splits(sealed) == {"train", "calibration"}
-    held_out = sum(
-        e["split"] in ("valid", "test") for e in data["top_examples"] + data["random_examples"]
-    )
+    windows = data["top_examples"] + data["random_examples"] + data["quantile_examples"]
+    held_out = sum(e["split"] in ("valid", "test") for e in windows)
     words = " ".join(sealed.split())  # the console wraps long lines
-    assert f"{held_out} held-out windows (valid, test) sealed" in words
+    assert f"Sealed: {held_out} held-out windows (valid, test)" in words
     assert "--layer 1 --neuron 3` shows them to you" in words
     run("unseal", "--db", db, *TARGET, "--annotator", "bob")
     opened = run("show", "--db", db, *TARGET, "--annotator", "bob").output
     assert shown_splits(opened) == {"train", "calibration", "valid", "test"}
-    assert "sealed" not in opened
+    assert "Sealed" not in opened
     still = run("show", "--db", db, *TARGET, "--annotator", "carol").output
-    assert "sealed" in still  # unsealing is per person
+    assert "Sealed" in still  # unsealing is per person
 
 
 def test_a_persons_label_is_blind_on_valid_until_they_unseal(db):

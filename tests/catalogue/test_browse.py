@@ -14,14 +14,20 @@ from labeller.catalogue.browse import (
     ListSpec,
     NeuronStatus,
     SortKey,
+    Stat,
+    StatRange,
     Todo,
     example_token_ids,
+    layer_maxes,
     list_page,
     list_place,
     list_step,
     neuron_page,
+    neuron_summaries,
+    parse_stat_ranges,
     scanned_layers,
 )
+from labeller.errors import UserError
 from labeller.explain.baseline import BaselineExplainer, BaselineSimulator
 from labeller.explain.service import explain_neurons, score_neurons
 from labeller.records import LabelStatus, Score, Split
@@ -121,6 +127,22 @@ def test_status_is_derived_from_all_the_neurons_labels(catalogue):
     # The accepted label is the one a neuron is known by, whatever the scores say.
     row6 = next(r for r in everything(catalogue) if (r.layer, r.neuron) == (0, 6))
     assert row6.label == '"w"'
+    # The status column says the status of the label beside it, never another label's; a
+    # neuron with a label that needs review, besides the one shown, is marked `to_review`.
+    shown = {
+        (r.layer, r.neuron): (r.label is not None, r.shown_status, r.to_review)
+        for r in everything(catalogue)
+    }
+    assert {k: shown[k] for k in expected} == {
+        (0, 1): (True, "accepted", False),
+        (0, 2): (False, "rejected", False),
+        (0, 3): (False, "needs_review", True),  # no label to show: the neuron's state says why
+        (0, 4): (True, "proposed", False),
+        (0, 5): (True, "proposed", True),  # the baseline's proposed label; "y" needs review
+        (0, 6): (True, "accepted", True),
+        (0, 7): (True, "proposed", False),
+        (1, 7): (False, "unlabelled", False),
+    }
 
 
 def test_an_llm_score_is_preferred_to_the_baseline(catalogue):
@@ -147,10 +169,11 @@ def test_an_llm_score_is_preferred_to_the_baseline(catalogue):
 def test_sorting_is_done_in_sql_with_unknowns_last(catalogue, key, descending):
     rows = everything(catalogue, sort=key, descending=descending)
     assert len(rows) == 96
-    values = [getattr(r, key.value) for r in rows] if key is not SortKey.STATUS else None
+    attribute = {SortKey.COSINE: "cosine", SortKey.SKEW: "skewness"}.get(key, key.value)
+    values = [getattr(r, attribute) for r in rows] if key is not SortKey.STATUS else None
     if key is SortKey.STATUS:
         values = [list(NeuronStatus).index(r.status) for r in rows]
-    known = [v for v in values if v is not None]
+    known = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     assert values[: len(known)] == known, "unknown labels and scores sort last"
     assert known == sorted(known, reverse=descending)
 
@@ -266,3 +289,149 @@ def test_best_label_score_is_the_valid_top_and_random_one(catalogue):
         ]
         expected = primary[0].score if primary else None
         assert (row.score is None and expected is None) or math.isclose(row.score, expected)
+
+
+def _undefine(catalogue: Catalogue) -> set[tuple[int, int]]:
+    """Neurons 0.0-0.3 lose their kurtosis (NULL, and the text NaN a constant neuron gets)."""
+    with catalogue.db.atomic():
+        catalogue.db.execute("update neurons set kurtosis = null where layer = 0 and neuron < 2")
+        catalogue.db.execute(
+            "update neurons set kurtosis = 'NaN' where layer = 0 and neuron between 2 and 3"
+        )
+    return {(0, 0), (0, 1), (0, 2), (0, 3)}
+
+
+@pytest.mark.parametrize("descending", [False, True])
+@pytest.mark.parametrize("status", [None, NeuronStatus.PROPOSED])
+def test_statistic_sorts_put_undefined_values_last_on_every_page(catalogue, descending, status):
+    undefined = _undefine(catalogue)
+    rows = everything(catalogue, sort=SortKey.KURTOSIS, descending=descending, status=status)
+    values = [r.kurtosis for r in rows]
+    cut = len([v for v in values if v is not None and not math.isnan(v)])
+    assert values[:cut] == sorted(values[:cut], reverse=descending)
+    assert {(r.layer, r.neuron) for r in rows[cut:]} == undefined
+    pages = []
+    for offset in range(0, len(rows), 7):  # pages that straddle the defined/undefined edge
+        page, total = neuron_page(
+            catalogue,
+            None,
+            sort=SortKey.KURTOSIS,
+            descending=descending,
+            status=status,
+            offset=offset,
+            limit=7,
+        )
+        assert total == len(rows)
+        pages += page
+    assert [(r.layer, r.neuron) for r in pages] == [(r.layer, r.neuron) for r in rows]
+
+
+STAT_WALKS = [
+    ListSpec(sort=SortKey.KURTOSIS),
+    ListSpec(sort=SortKey.KURTOSIS, descending=True, layer=0),
+    ListSpec(sort=SortKey.KURTOSIS, status=NeuronStatus.PROPOSED),
+    ListSpec(sort=SortKey.KURTOSIS, todo=Todo.SCORE_BELOW, below=0.5, descending=True),
+    ListSpec(sort=SortKey.COSINE, ranges=(StatRange(Stat.SKEW, 2.0, 3.0),)),
+    ListSpec(sort=SortKey.KURTOSIS, descending=True, ranges=(StatRange(Stat.KURTOSIS, 5.0, 12.0),)),
+    ListSpec(sort=SortKey.SCORE, ranges=(StatRange(Stat.COSINE, high=0.0),), descending=True),
+    ListSpec(todo=Todo.NOT_ACCEPTED, ranges=(StatRange(Stat.KURTOSIS, low=0.0),)),
+]
+
+
+@pytest.mark.parametrize("spec", STAT_WALKS)
+def test_a_walk_follows_statistic_sorts_and_ranges(catalogue, spec):
+    """Neurons without the statistic (NULL, NaN) come last in a walk as on the list's pages."""
+    _undefine(catalogue)
+    listed = [(r.layer, r.neuron) for r in list_page(catalogue, None, spec, limit=1000)[0]]
+    assert listed
+    pages: list[tuple[int, int]] = []
+    for offset in range(0, len(listed), 7):
+        pages += [
+            (r.layer, r.neuron) for r in list_page(catalogue, None, spec, offset=offset, limit=7)[0]
+        ]
+    assert pages == listed
+    place = list_place(catalogue, None, spec, *listed[0])
+    walked = [(place.layer, place.neuron)]
+    while True:
+        step, left = list_step(catalogue, None, spec, place)
+        assert left == len(listed) - len(walked)
+        if step is None:
+            break
+        walked.append((step.layer, step.neuron))
+        place = step
+    assert walked == listed
+    back = [(place.layer, place.neuron)]
+    while (step := list_step(catalogue, None, spec, place, backward=True)[0]) is not None:
+        back.append((step.layer, step.neuron))
+        place = step
+    assert back == listed[::-1]
+
+
+def test_filters_by_statistic_ranges(catalogue):
+    undefined = _undefine(catalogue)
+    rows = everything(catalogue)
+    cut = sorted(r.kurtosis for r in rows if r.kurtosis is not None and not math.isnan(r.kurtosis))
+    low = cut[len(cut) // 2]
+    heavy = everything(catalogue, ranges=(StatRange(Stat.KURTOSIS, low=low),))
+    assert heavy == [r for r in rows if (r.layer, r.neuron) not in undefined and r.kurtosis >= low]
+    assert len(heavy) > 10
+    both = everything(
+        catalogue,
+        ranges=(StatRange(Stat.KURTOSIS, low=low), StatRange(Stat.COSINE, high=0.0)),
+        sort=SortKey.COSINE,
+    )
+    assert both == sorted(
+        [r for r in heavy if r.cosine is not None and r.cosine <= 0.0],
+        key=lambda r: (r.cosine, r.layer, r.neuron),
+    )
+    skewed = everything(catalogue, ranges=(StatRange(Stat.SKEW, -1.0, 1.0),), layer=1)
+    assert skewed == [r for r in rows if r.layer == 1 and -1.0 <= r.skewness <= 1.0]
+
+
+def test_statistic_ranges_are_typed_as_comparisons():
+    assert parse_stat_ranges("kurt>10 cos<-0.3, skewness>=.5 cos=1e-1") == [
+        StatRange(Stat.KURTOSIS, low=10.0),
+        StatRange(Stat.COSINE, high=-0.3),
+        StatRange(Stat.SKEW, low=0.5),
+        StatRange(Stat.COSINE, low=0.1, high=0.1),
+    ]
+    assert parse_stat_ranges("  ") == []
+    for bad in ("kurt", "mass>3", "kurt>3 and", "cos<x"):
+        with pytest.raises(UserError):
+            parse_stat_ranges(bad)
+    assert StatRange(Stat.KURTOSIS, low=10.0).describe() == "kurtosis≥10"
+
+
+def test_maxima_and_summaries_for_the_search(catalogue):
+    rows = {(r.layer, r.neuron): r for r in everything(catalogue)}
+    maxes = layer_maxes(catalogue, None)
+    assert sorted(maxes) == [0, 1]
+    assert all(len(values) == 48 for values in maxes.values())
+    assert maxes[1][7] == pytest.approx(rows[(1, 7)].max)
+    wanted = [(0, 3), (1, 40), (1, 40), (5, 1)]
+    found = neuron_summaries(catalogue, None, wanted)
+    assert found == {(0, 3): rows[(0, 3)], (1, 40): rows[(1, 40)]}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "index", "sorts"),
+    [
+        ({"sort": SortKey.KURTOSIS, "descending": True}, "idx_neurons_model_id_kurtosis", False),
+        ({"sort": SortKey.COSINE}, "idx_neurons_model_id_w_in_w_out_cosine", False),
+        ({"sort": SortKey.SKEW, "layer": 1}, "idx_neurons_model_id_layer_neuron", True),
+    ],
+)
+def test_statistic_pages_are_read_through_an_index(catalogue, kwargs, index, sorts):
+    """The page query of a statistic sort walks its index in order (a 307,200-neuron table is
+    never sorted whole: seconds against tens of milliseconds); one layer's rows come through
+    the layer index and only they are sorted."""
+    statements: list[str] = []
+    catalogue.db.conn.set_trace_callback(statements.append)
+    try:
+        neuron_page(catalogue, None, limit=5, **kwargs)
+    finally:
+        catalogue.db.conn.set_trace_callback(None)
+    page = next(s for s in statements if "order by" in s and "limit" in s)
+    plan = " ".join(str(row[-1]) for row in catalogue.db.execute(f"explain query plan {page}"))
+    assert index in plan
+    assert ("TEMP B-TREE" in plan) is sorts

@@ -194,3 +194,42 @@ def test_many_writers_lose_nothing(catalogue):
     writes_seen = {h.after.text for h in entries if h.action == "write"}
     assert writes_seen == {f"label {w}-{i}" for w in range(processes) for i in range(writes)}
     assert catalogue.db.execute("pragma integrity_check").fetchone()[0] == "ok"
+
+
+def test_an_edit_records_the_label_it_came_from(catalogue):
+    ref = catalogue.neuron_ref(None, 0, 1)
+    (first,) = labels.write_label(
+        catalogue, ref, 'fires on "def"', annotator="alice", expected_version=None
+    )
+    source = first.after.explanation_id
+    edit = labels.write_label(
+        catalogue,
+        ref,
+        'fires on "def" and "class"',
+        status=LabelStatus.ACCEPTED,
+        annotator="bob",
+        expected_version=None,
+        edited_from=source,
+    )
+    assert [(e.action, e.edited_from) for e in edit] == [("write", source), ("accept", None)]
+    assert catalogue.history(ref)[-2].edited_from == source  # read back from the catalogue
+    # An edit to a text the neuron already has: its status change records the edit, and the
+    # demotion it causes does not.
+    again = labels.write_label(
+        catalogue,
+        ref,
+        'fires on "def"',
+        status=LabelStatus.ACCEPTED,
+        annotator="alice",
+        expected_version=None,
+        edited_from=edit[0].after.explanation_id,
+    )
+    assert [(e.action, e.edited_from) for e in again] == [
+        ("demote", None),
+        ("accept", edit[0].after.explanation_id),
+    ]
+    other = catalogue.neuron_ref(None, 0, 2)
+    with pytest.raises(UserError, match="not a label of neuron"):
+        labels.write_label(
+            catalogue, other, "x", annotator="alice", expected_version=None, edited_from=source
+        )

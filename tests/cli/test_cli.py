@@ -244,3 +244,32 @@ def test_the_trace_help_example_names_a_live_neuron():
     result = run(*shlex.split(line)[1:])
     top = float(re.search(r"max (-?[0-9.]+)", result.output).group(1))
     assert top >= 0.02, result.output  # the demo SoLU neurons' median maximum is about 0.04
+
+
+def test_search_neurons_ranks_every_scanned_neuron(scanned_db, tiny_model):
+    from labeller.model.search import search_neurons
+
+    text = "def value(self): return x"
+    data = json.loads(
+        run(
+            "search-neurons", "--db", scanned_db, text, "--top", "5", "--per-token", "2",
+            "--format", "json",
+        ).output
+    )  # fmt: skip
+    expected = search_neurons(tiny_model, tiny_model.encode(text), [0, 1], top=5)
+    assert data["layers"] == [0, 1] and data["neurons_searched"] == 96
+    assert [(h["layer"], h["neuron"]) for h in data["overall"]] == [
+        (h.layer, h.neuron) for h in expected.overall
+    ]
+    first = data["overall"][0]
+    assert first["token"] == data["tokens"][first["position"]]
+    assert first["share_of_max"] is not None and first["label"] is None  # scanned, not labelled
+    assert len(data["per_token"]) == len(data["tokens"]) and len(data["per_token"][0]) == 2
+    relative = json.loads(
+        run("search-neurons", "--db", scanned_db, text, "--relative", "--format", "json").output
+    )
+    shares = [h["share_of_max"] for h in relative["overall"]]
+    assert relative["ranked_by"] == "share_of_max" and shares == sorted(shares, reverse=True)
+    out = run("search-neurons", "--db", scanned_db, text, "--top", "3").output
+    assert "96 neurons in layers 0, 1" in " ".join(out.split())  # the console wraps at 80
+    assert run("search-neurons", "--db", scanned_db, "", ok=False).exit_code != 0

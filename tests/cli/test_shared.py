@@ -98,7 +98,56 @@ def test_rank_compares_scores_of_one_prediction_kind(db):
     again = run("rank", "--db", db, "--prediction", "rule", "--format", "json").output
     assert json.loads(again) == rule
     table = run("rank", "--db", db, "--limit", "1").output
-    assert "expected_value predictions only" in table
+    assert "expected_value predictions by some-llm only" in table
+
+
+def test_rank_compares_scores_of_one_simulator(db):
+    """A label scored by two simulators (chat `gpt-x` and `gpt-x:all-at-once`) is ranked by one
+    simulator's score, never by the higher: by default the simulator with the most scores."""
+    from labeller.catalogue import Catalogue
+    from labeller.records import PredictionKind, Score, ScoreMethod, Split
+
+    def score(value: float, simulator: str) -> Score:
+        return Score(
+            method=ScoreMethod.TOP_AND_RANDOM,
+            split=Split.VALID,
+            score=value,
+            simulator=simulator,
+            prompt_version="simulator-v1",
+            prediction=PredictionKind.EXPECTED_VALUE,
+        )
+
+    with Catalogue.open(db) as catalogue:
+        for neuron, scores in (
+            (0, [score(0.3, "gpt-x"), score(0.9, "gpt-x:all-at-once")]),
+            (1, [score(0.5, "gpt-x")]),
+            (2, [score(0.4, "gpt-x")]),
+        ):
+            ref = catalogue.neuron_ref(None, 1, neuron)
+            explanation_id = catalogue.explanations_of(ref.id)[0].id
+            assert explanation_id is not None
+            catalogue.save_scores(explanation_id, scores)
+
+    def ranked(*args: str) -> tuple[list[tuple[int, float]], str]:
+        result = run("rank", "--db", db, "--layers", "1", "--format", "json", *args)
+        rows = json.loads(result.stdout)
+        return [(r["neuron"], r["score"]) for r in rows if r["score"] is not None], result.stderr
+
+    scores, note = ranked()
+    assert scores == [(1, 0.5), (2, 0.4), (0, 0.3)]  # not neuron 0 first with its 0.9
+    assert "ranking by gpt-x's scores (3)" in note and "gpt-x:all-at-once (1)" in note
+    assert "--simulator" in note
+    assert ranked("--simulator", "gpt-x:all-at-once") == ([(0, 0.9)], "")
+    assert ranked("--simulator", "gpt-x")[0] == scores
+    unknown = run("rank", "--db", db, "--simulator", "gpt-y", ok=False)
+    assert unknown.exit_code != 0
+    assert "simulator 'gpt-y' has no scores on valid" in unknown.output
+    assert "baseline, gpt-x, gpt-x:all-at-once" in unknown.output
+    table = run("rank", "--db", db, "--simulator", "gpt-x:all-at-once", "--limit", "1").stdout
+    assert "by gpt-x:all-at-once only" in table
+    with Catalogue.open(db) as catalogue:  # the same default without the CLI
+        rows = catalogue.rank(None, layers=[1])
+    assert [(r.neuron, r.score) for r in rows if r.score is not None] == scores
 
 
 def test_rank_by_score_puts_unscored_last(db):
@@ -553,3 +602,18 @@ def test_kill_9_during_explain_and_score_then_rerun_equals_an_uninterrupted_run(
     assert written % 3 == 0  # a label's three scores land together
     run(score[0], "--db", db, *score[1:])
     assert label_tables(db) == label_tables(uninterrupted)
+
+
+def test_label_edit_is_named_in_history(db):
+    where = ["--db", db, "--layer", "1", "--neuron", "2"]
+    run("label", *where, "--text", 'fires on "a"', "--annotator", "alice")
+    source = json.loads(run("history", *where, "--format", "json").output)["entries"][-1]
+    source_id = source["after"]["explanation_id"]
+    run(
+        "label", *where, "--edit", source_id, "--text", 'fires on "a" and "b"', "--annotator", "bob"
+    )
+    entries = json.loads(run("history", *where, "--format", "json").output)["entries"]
+    assert (entries[-1]["action"], entries[-1]["edited_from"]) == ("write", source_id)
+    assert f"(edited from #{source_id})" in run("history", *where).output.splitlines()[-1]
+    refused = run("label", *where, "--edit", source_id, "--accept", ok=False)
+    assert refused.exit_code != 0 and "--edit ID needs --text" in refused.output

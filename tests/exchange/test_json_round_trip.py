@@ -357,3 +357,28 @@ def test_a_version_1_export_imports_as_scanned_without_bands(source: Path, tmp_p
         view = catalogue.neuron_view("tiny", 0, 0)
         assert view.quantile_examples == []
         assert {s.windows for e in view.explanations for s in e.scores} == {"top_and_random"}
+
+
+def test_round_trip_keeps_the_label_an_edit_came_from(source: Path, tmp_path: Path):
+    from labeller.catalogue import labels
+
+    with Catalogue.open(source) as catalogue:
+        ref = catalogue.neuron_ref("tiny", 0, 2)
+        origin = catalogue.explanations_of(ref.id)[0]
+        labels.write_label(
+            catalogue,
+            ref,
+            origin.text + ", edited",
+            annotator="dave",
+            expected_version=None,
+            edited_from=origin.id,
+        )
+    first = export_file(source, tmp_path / "first.json")
+    target = tmp_path / "target.db"
+    with Catalogue.open(target, create=True) as catalogue:
+        import_catalogue(catalogue, first)
+        ref = catalogue.neuron_ref("tiny", 0, 2)
+        edit = catalogue.history(ref)[-1]
+        (parent,) = [e for e in catalogue.explanations_of(ref.id) if e.id == edit.edited_from]
+        assert (edit.after.text, parent.text) == (origin.text + ", edited", origin.text)
+    assert without_exported_at(export_text(target)) == without_exported_at(first.read_text())

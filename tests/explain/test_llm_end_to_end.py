@@ -209,6 +209,23 @@ def test_dry_run_prints_a_prompt_and_counts_without_calling(db, tmp_path):
         assert "--- system" in out and "Explanation of neuron 3 behavior" in out
         assert "explain: 48 neurons, 144 calls, about" in out
         assert server.calls == 0
+        # 144 calls, each with max_tokens 100; no rate limit configured, so no time.
+        assert "estimate: 144 calls, " in out and "at most 14,400 reply" in out
+        assert "time not estimated" in out and re.search(r", cost \$0\.\d\d\n", out)
+
+
+def test_dry_run_prints_the_duration_the_rate_limits_allow(db, tmp_path):
+    limits = "max_tokens_per_minute = 6000\nmax_requests_per_minute = 100000\n"
+    config = llm_config_file(tmp_path, "http://127.0.0.1:9/v1", limits)
+    out = run(
+        "explain", "--db", db, "--explainer", MODEL, "--llm-config", config, "--dry-run"
+    ).output
+    (line,) = [x for x in out.splitlines() if x.startswith("estimate: ")]
+    assert re.fullmatch(
+        r"estimate: 96 calls, [\d,.]+( M)? tokens \(.* prompt \+ at most 9,600 reply\), "
+        r"about \d+ min at 6,000 tokens/min",
+        line,
+    ), line
 
 
 def test_baseline_runs_read_no_llm_settings(db, tmp_path):

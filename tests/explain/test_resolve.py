@@ -59,7 +59,7 @@ def test_an_llm_dry_run_reads_no_settings_and_counts_every_request():
     request = explainer_request("some-model", WINDOWS, 0.5)
     per_call = sum(len(m.content) for m in request.messages) // 4
     assert explainer.dry_run([WINDOWS, WINDOWS]) == DryRun(
-        example=request, calls=6, tokens=6 * per_call
+        example=request, calls=6, tokens=6 * per_call, reply_tokens=6 * (request.max_tokens or 0)
     )
     simulator = resolver.simulator("some-model", logprobs=False)
     plan = simulator.dry_run([("label", TOKENS), ("other", TOKENS[:1])])

@@ -18,8 +18,17 @@ word-ish tokenizer; "\t" and "unknown" are tokens of their own) in `choices[0].l
 `prompt_logprobs=False` imitates llama.cpp's server, which returns none for the prompt; `bos`
 prepends a begin-of-sequence token, as vLLM echoes one for Llama-style tokenizers.
 
+Rate limits, as a provider enforces them: `tokens_per_minute` and `requests_per_minute` are token
+buckets refilled continuously at limit / 60 per second holding `burst_s` seconds of it (60: a
+full minute, as OpenAI's). A request is charged its usage (prompt + completion tokens, as the
+reply reports them) when it arrives; one the buckets cannot pay is answered 429 with
+`retry-after-ms`, `retry-after` and OpenAI's `x-ratelimit-*` headers, which every reply carries.
+`accepted` keeps (arrival time, tokens) of every request let through, `limited` counts the 429s,
+`arrivals` the arrival time (time.monotonic) of every request.
+
 Run it alone for manual tries: `python tests/llm/fake_openai.py --port 8000 --latency 0.2`;
-GET /_fake/stats returns the counters as JSON.
+GET /_fake/stats returns the counters as JSON
+(`--tpm 60000 --burst-s 2` for a rate-limited one).
 """
 
 from __future__ import annotations
@@ -34,7 +43,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
@@ -191,6 +200,39 @@ def echo_logprobs(prompt: str, predictor: Predictor, top: int, bos: str | None) 
     }
 
 
+def format_duration(seconds: float) -> str:
+    """OpenAI's reset format: "20ms", "1.5s", "6m0s"."""
+    if seconds < 1:
+        return f"{max(0, math.ceil(seconds * 1000))}ms"
+    if seconds < 60:
+        return f"{seconds:.3g}s"
+    minutes, rest = divmod(seconds, 60)
+    return f"{int(minutes)}m{rest:.0f}s"
+
+
+@dataclass
+class _Bucket:
+    rate: float
+    capacity: float
+    level: float
+    updated: float
+
+    def refill(self, now: float) -> None:
+        self.level = min(self.capacity, self.level + (now - self.updated) * self.rate)
+        self.updated = now
+
+    def wait(self, cost: float) -> float:
+        need = min(cost, self.capacity)
+        return 0.0 if self.level >= need else (need - self.level) / self.rate
+
+    def headers(self, kind: str) -> dict[str, str]:
+        return {
+            f"x-ratelimit-limit-{kind}": f"{self.rate * 60:.0f}",
+            f"x-ratelimit-remaining-{kind}": str(max(0, math.floor(self.level))),
+            f"x-ratelimit-reset-{kind}": format_duration((self.capacity - self.level) / self.rate),
+        }
+
+
 def approx_tokens(text: str) -> int:
     return max(1, len(text) // 4)
 
@@ -234,6 +276,9 @@ class FakeOpenAI:
         predictor: Predictor | None = None,
         prompt_logprobs: bool = True,
         bos: str | None = None,
+        tokens_per_minute: float | None = None,
+        requests_per_minute: float | None = None,
+        burst_s: float = 60.0,
     ) -> None:
         self.responder: Responder = responder or echo_responder
         self.predictor: Predictor = predictor or return_predictor
@@ -255,6 +300,15 @@ class FakeOpenAI:
         self.in_flight = 0
         self.max_in_flight = 0
         self.errors: list[str] = []
+        now = time.monotonic()
+        self._buckets = {
+            kind: _Bucket(limit / 60, limit / 60 * burst_s, limit / 60 * burst_s, now)
+            for kind, limit in (("requests", requests_per_minute), ("tokens", tokens_per_minute))
+            if limit
+        }
+        self.accepted: list[tuple[float, int]] = []
+        self.arrivals: list[float] = []
+        self.limited = 0
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -312,6 +366,9 @@ class FakeOpenAI:
             self.authorizations.clear()
             self.max_in_flight = 0
             self.errors.clear()
+            self.accepted.clear()
+            self.arrivals.clear()
+            self.limited = 0
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -320,18 +377,49 @@ class FakeOpenAI:
                 "in_flight": self.in_flight,
                 "max_in_flight": self.max_in_flight,
                 "errors": list(self.errors),
+                "limited": self.limited,
+                "accepted_tokens": sum(tokens for _, tokens in self.accepted),
             }
 
     # --- serving (handler threads) ----------------------------------------------------------
 
     def _enter(self, request: dict[str, Any], authorization: str) -> Reply | None:
         with self._lock:
+            self.arrivals.append(time.monotonic())
             self.calls += 1
             self.requests.append(request)
             self.authorizations.append(authorization)
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             return self._scripted.popleft() if self._scripted else self._always
+
+    def _charge(self, reply: Reply, body: bytes) -> tuple[Reply, bytes]:
+        """Let a successful reply through the rate limits (charging its usage), or turn it into
+        the 429 a provider sends; either way with the `x-ratelimit-*` headers."""
+        if not self._buckets or reply.status >= 400 or reply.raw is not None:
+            return reply, body
+        usage = json.loads(body).get("usage") or {}
+        costs = {"requests": 1, "tokens": int(usage.get("total_tokens") or 0)}
+        with self._lock:
+            now = time.monotonic()
+            for bucket in self._buckets.values():
+                bucket.refill(now)
+            wait = max(b.wait(costs[kind]) for kind, b in self._buckets.items())
+            if wait <= 0:
+                for kind, bucket in self._buckets.items():
+                    bucket.level -= costs[kind]
+                self.accepted.append((now, costs["tokens"]))
+            else:
+                self.limited += 1
+            headers: dict[str, str] = {}
+            for kind, bucket in self._buckets.items():
+                headers.update(bucket.headers(kind))
+        if wait <= 0:
+            return replace(reply, headers={**headers, **reply.headers}), body
+        headers["retry-after-ms"] = str(math.ceil(wait * 1000))
+        headers["retry-after"] = str(math.ceil(wait))
+        error = {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}
+        return Reply(status=429, headers=headers), json.dumps({"error": error}).encode()
 
     def _leave(self) -> None:
         with self._lock:
@@ -482,7 +570,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         scripted = fake._enter(request, self.headers.get("Authorization", ""))
         try:
-            reply, body = fake._answer(request, scripted, path)
+            reply, body = fake._charge(*fake._answer(request, scripted, path))
             fake._sleep(fake.latency_s + reply.delay)
             self._send(reply.status, body, reply.headers, reply.truncate)
         except (BrokenPipeError, ConnectionResetError):
@@ -521,12 +609,18 @@ def main() -> None:
     parser.add_argument(
         "--responder", choices=["echo", "neuron"], default="echo", help="neuron: labeller prompts"
     )
+    parser.add_argument("--tpm", type=float, default=None, help="tokens-per-minute limit")
+    parser.add_argument("--rpm", type=float, default=None, help="requests-per-minute limit")
+    parser.add_argument("--burst-s", type=float, default=60.0, help="seconds of the limit held")
     args = parser.parse_args()
     server = FakeOpenAI(
         neuron_responder if args.responder == "neuron" else None,
         latency_s=args.latency,
         logprobs=not args.no_logprobs,
         port=args.port,
+        tokens_per_minute=args.tpm,
+        requests_per_minute=args.rpm,
+        burst_s=args.burst_s,
     ).start()
     if args.status is not None:
         server.fail_always(status=args.status)

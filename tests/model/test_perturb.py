@@ -143,3 +143,15 @@ def test_embedding_hook_fires_on_a_hugging_face_bridge(tiny_hf_dir):
     loud = noise_each(model, ids, 0, 3, 5, scale=5.0, samples=2)
     assert silent.deltas == pytest.approx([0.0] * 6, abs=1e-5)
     assert loud.deltas != pytest.approx([0.0] * 6, abs=1e-5)
+
+
+def test_each_result_says_how_many_samples_it_drew(tiny_model, ids):
+    from labeller.model.perturb_kinds import SAMPLES
+    from labeller.tui.experiment_view import TITLES
+
+    for kind, experiment in EXPERIMENTS.items():
+        result = experiment(tiny_model, ids, LAYER, NEURON, 4)
+        assert result.samples == SAMPLES.get(kind, 1)
+        if kind in SAMPLES:  # the TUI states the number the code runs with
+            assert str(SAMPLES[kind]) in TITLES[kind][1]
+    assert resample_each(tiny_model, ids, LAYER, NEURON, 4, samples=3).samples == 3

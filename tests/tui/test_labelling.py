@@ -7,11 +7,13 @@ import json
 import pytest
 import tui_support as support
 from click.testing import CliRunner
+from textual.widgets import DataTable
 from tui_support import notifications, until
 
 from labeller.catalogue.labels import set_status
 from labeller.cli import cli
 from labeller.records import LabelStatus
+from labeller.tui.history_screen import HistoryScreen
 from labeller.tui.label_editor import LabelEditor
 from labeller.tui.neuron_list import NeuronListScreen
 from labeller.tui.neuron_screen import NeuronScreen
@@ -82,7 +84,7 @@ async def test_edit_saves_a_new_label_scored_by_the_baseline(tui):
     async with app.run_test(size=(100, 30), notifications=True) as pilot:
         screen = await open_neuron(pilot)
         seen = screen.page.version
-        original = screen.selected.text
+        original, original_id = screen.selected.text, screen.selected.id
         await pilot.press("e")
         await until(pilot, lambda: isinstance(app.screen, LabelEditor))
         field = app.screen.query_one("Input")
@@ -98,7 +100,17 @@ async def test_edit_saves_a_new_label_scored_by_the_baseline(tui):
         await until(pilot, lambda: screen.selected is not None and screen.selected.scores)
         assert screen.selected.text == edited
         assert {s.simulator for s in screen.selected.scores} == {"baseline"}
+        # The history names the label the edit came from, here and in its screen.
+        await pilot.press("h")
+        await until(pilot, lambda: isinstance(app.screen, HistoryScreen))
+        table = app.screen.query_one(DataTable)
+        await until(pilot, lambda: table.row_count > 1)
+        actions = [str(table.get_row_at(i)[2]) for i in range(table.row_count)]
+        assert f"write · edited from #{original_id}" in actions
     assert history(tui)[-2:] == [("bob", "write"), ("bob", "accept")]
+    with tui.catalogue() as catalogue:
+        write = catalogue.history(catalogue.neuron_ref(None, 0, 3))[-2]
+    assert write.edited_from == original_id
 
 
 async def test_write_a_new_label_that_the_baseline_cannot_score(tui):

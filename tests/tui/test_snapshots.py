@@ -7,10 +7,12 @@ import tui_support as support
 from textual.widgets import TextArea
 from tui_support import until
 
+from labeller.tui.examples_pane import ExamplesPane
 from labeller.tui.experiment_view import ExperimentView
 from labeller.tui.live_pane import LivePane
 from labeller.tui.neuron_list import NeuronListScreen
 from labeller.tui.neuron_screen import NeuronScreen
+from labeller.tui.search_screen import SearchScreen
 
 
 @pytest.fixture()
@@ -31,6 +33,7 @@ async def neuron_page(pilot) -> NeuronScreen:
     app = pilot.app
     await until(pilot, lambda: isinstance(app.screen, NeuronScreen) and app.screen.page)
     await until(pilot, lambda: app.screen.query_one(LivePane).trace is not None)
+    await until(pilot, lambda: app.screen.query_one(ExamplesPane).ranks)  # ranks in the layer
     await pilot.pause(0.2)
     return app.screen
 
@@ -73,3 +76,18 @@ def test_perturbations(tui, snap_compare):
         await pilot.pause(0.2)
 
     assert snap_compare(tui.app(), terminal_size=(100, 40), run_before=perturbed)
+
+
+def test_search_across_neurons(tui, snap_compare):
+    async def searched(pilot) -> None:
+        await settled_list(pilot)
+        await pilot.press("ctrl+f")
+        app = pilot.app
+        await until(pilot, lambda: isinstance(app.screen, SearchScreen))
+        screen = app.screen
+        screen.query_one("#search-text").value = "def value(self): return"
+        await until(pilot, lambda: screen.result is not None)
+        await pilot.press("tab", "tab")  # to the overall table
+        await pilot.pause(0.2)
+
+    assert snap_compare(tui.app(), terminal_size=(100, 30), run_before=searched)
