@@ -153,12 +153,9 @@ def parse_retry_after(headers: Any) -> float | None:
     return max(0.0, min(seconds, MAX_RETRY_AFTER_S))
 
 
-def parse_completion(body: str) -> tuple[str, list[TokenLogprob] | None, int, int, str | None]:
-    """(text, logprobs, prompt tokens, completion tokens, model) from a reply body.
-
-    Raises `_Retryable` for bodies that are not a chat completion: truncated or garbled replies
-    happen on busy servers and usually come right on the next try.
-    """
+def _reply_json(body: str) -> Any:
+    """The reply's JSON; `_Retryable` when it is not JSON, or when it is an error object sent
+    with status 200 (some gateways, e.g. OpenRouter and proxies, report upstream failures so)."""
     try:
         data = json.loads(body)
     except ValueError:
@@ -166,12 +163,21 @@ def parse_completion(body: str) -> tuple[str, list[TokenLogprob] | None, int, in
             f"reply is not valid JSON ({len(body)} bytes)", cause=Cause.MALFORMED
         ) from None
     if isinstance(data, dict) and "choices" not in data and data.get("error"):
-        # Some gateways (OpenRouter, proxies) report upstream failures with status 200.
         error = data["error"]
         message = error.get("message") if isinstance(error, dict) else error
         raise _Retryable(
             f"reply carries an error: {_one_line(str(message))}", cause=Cause.SERVER_ERROR
         )
+    return data
+
+
+def parse_completion(body: str) -> tuple[str, list[TokenLogprob] | None, int, int, str | None]:
+    """(text, logprobs, prompt tokens, completion tokens, model) from a reply body.
+
+    Raises `_Retryable` for bodies that are not a chat completion: truncated or garbled replies
+    happen on busy servers and usually come right on the next try.
+    """
+    data = _reply_json(body)
     try:
         choice = data["choices"][0]
         text = choice["message"]["content"]
@@ -230,18 +236,7 @@ def parse_text_completion(body: str) -> CompletionResponse:
 
     Raises `_Retryable` for bodies that are not a completion, as `parse_completion` does.
     """
-    try:
-        data = json.loads(body)
-    except ValueError:
-        raise _Retryable(
-            f"reply is not valid JSON ({len(body)} bytes)", cause=Cause.MALFORMED
-        ) from None
-    if isinstance(data, dict) and "choices" not in data and data.get("error"):
-        error = data["error"]
-        message = error.get("message") if isinstance(error, dict) else error
-        raise _Retryable(
-            f"reply carries an error: {_one_line(str(message))}", cause=Cause.SERVER_ERROR
-        )
+    data = _reply_json(body)
     try:
         choice = data["choices"][0]
         text = choice.get("text") or ""
