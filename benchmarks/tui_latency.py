@@ -4,17 +4,21 @@
   (headless Textual, so terminal I/O is left out; interpreter start and imports are counted);
 - live trace: from the last keystroke in the Live tab to the activations of the new text shown,
   over many short typing bursts on a demo model (median, p90, worst);
+- next neuron: from `n` on a neuron page (walking a queue: the list sorted by score, without an
+  accepted label) to the next neuron's page painted with its examples, on the tab left open;
 - search across neurons: on every model of the catalogue, the search the TUI runs (one forward
   pass, every scanned neuron ranked, the found neurons' labels read) on texts of 8, 64 and the
   context's tokens; and in the app, from the last keystroke in the search box to the ranked
   neurons delivered (this includes the box's 120 ms debounce);
 - `--large`: a synthetic catalogue of 307,200 neurons (70% labelled and scored), timing the
-  list's page queries (sorts and filters, by cos(w_in, w_out), kurtosis and skew too) and its
-  first screen;
-- `--screenshots DIR`: SVG screenshots of the list, a neuron page and the perturbation view.
+  list's page queries (sorts and filters, by cos(w_in, w_out), kurtosis and skew too), one step
+  of a walk through them, and its first screen;
+- `--screenshots DIR`: SVG screenshots of the list, a neuron page, the perturbation view, a queue
+  and the search across neurons.
 
-Targets: first screen under 1 s; live trace within 100 ms of the last keystroke; the search
-across neurons under 300 ms; a page of the 307,200-neuron list under 100 ms.
+Targets: first screen under 1 s; live trace within 100 ms of the last keystroke; next neuron
+painted within 150 ms of `n`; the search across neurons under 300 ms; a page of the
+307,200-neuron list under 100 ms.
 
     labeller demo --db db/demo.db          # or any scanned, explained and scored catalogue
     python benchmarks/tui_latency.py --db db/demo.db --model demo-solu-1l
@@ -124,7 +128,7 @@ def live_trace(db: Path, model: str | None, bursts: int) -> None:
             await _until(
                 pilot, lambda: isinstance(app.screen, NeuronListScreen) and app.screen.rows
             )
-            await _until(pilot, lambda: _ready(app))
+            await _until(pilot, lambda: _ready(app), timeout=180)
             await pilot.press("enter")
             await _until(pilot, lambda: isinstance(app.screen, NeuronScreen) and app.screen.page)
             screen = app.screen
@@ -151,6 +155,67 @@ def live_trace(db: Path, model: str | None, bursts: int) -> None:
         f"p90 {p90 * 1000:.0f} ms  worst {latencies[-1] * 1000:.0f} ms  "
         f"({len(latencies)} bursts, {app.initial_model})"
     )
+
+
+def next_neuron(db: Path, model: str | None, steps: int) -> None:
+    """A person walking a queue: each `n` comes after the page has been read (the next neuron
+    has been looked up meanwhile), once on the Examples tab and once on the Labels tab."""
+    from labeller.tui.app import create_app
+    from labeller.tui.examples_pane import ExamplesPane
+    from labeller.tui.neuron_list import NeuronListScreen
+    from labeller.tui.neuron_screen import NeuronScreen
+    from labeller.tui.queue_dialog import QueueDialog
+
+    app = create_app(db, "benchmark", model)
+    times: dict[str, list[float]] = {"examples": [], "labels": []}
+    cpu: dict[str, list[float]] = {"examples": [], "labels": []}
+
+    def painted(before: tuple[int, int] | None) -> bool:
+        """The page shows another neuron than `before`, read and laid out (its examples)."""
+        screen = app.screen
+        return (
+            isinstance(screen, NeuronScreen)
+            and (screen.layer_index, screen.neuron) != before
+            and screen.page is not None
+            and bool(screen.query_one(ExamplesPane).query("ExampleItem"))
+        )
+
+    async def main() -> None:
+        async with app.run_test(size=(100, 30)) as pilot:
+            await _until(
+                pilot, lambda: isinstance(app.screen, NeuronListScreen) and app.screen.rows
+            )
+            await _until(pilot, lambda: _ready(app), timeout=180)
+            await pilot.press("s", "s", "s", "s")  # score, best first
+            await pilot.pause(0.5)
+            await pilot.press("d")
+            await _until(pilot, lambda: isinstance(app.screen, QueueDialog))
+            await pilot.press("enter")  # no accepted label
+            await _until(pilot, lambda: painted(None))
+            for tab, key in (("examples", "1"), ("labels", "2")):
+                await pilot.press(key)
+                for _ in range(steps):
+                    screen = app.screen
+                    walk = screen.walk
+                    await _until(pilot, lambda walk=walk: walk.left is not None)
+                    await pilot.pause(0.05)  # reading the page
+                    before = (screen.layer_index, screen.neuron)
+                    started, cpu_started = time.perf_counter(), time.process_time()
+                    await pilot.press("n")
+                    await _until(pilot, lambda before=before: painted(before))
+                    await pilot.pause()  # the frame that shows it
+                    times[tab].append(time.perf_counter() - started)
+                    cpu[tab].append(time.process_time() - cpu_started)
+
+    asyncio.run(main())
+    for tab, values in times.items():
+        values.sort()
+        p90 = values[int(0.9 * (len(values) - 1))]
+        print(
+            f"next neuron   n -> page painted ({tab} tab)  median {_ms(values)}  "
+            f"p90 {p90 * 1000:.0f} ms  worst {values[-1] * 1000:.0f} ms  ({len(values)} steps; "
+            f"CPU time of all threads median {_ms(cpu[tab])}: wall time on a busy machine)"
+        )
 
 
 def search_latency(db: Path, runs: int) -> None:
@@ -340,7 +405,18 @@ def large_catalogue(path: Path, layers: int = 48, width: int = 6400) -> None:
 
 def list_queries(path: Path) -> None:
     from labeller.catalogue import Catalogue
-    from labeller.catalogue.browse import NeuronStatus, SortKey, Stat, StatRange, neuron_page
+    from labeller.catalogue.browse import (
+        ListSpec,
+        NeuronStatus,
+        SortKey,
+        Stat,
+        StatRange,
+        Todo,
+        list_page,
+        list_place,
+        list_step,
+        neuron_page,
+    )
 
     cases: list[tuple[str, dict[str, Any]]] = [
         ("layer order, first page", {}),
@@ -382,6 +458,26 @@ def list_queries(path: Path) -> None:
                 _, total = neuron_page(catalogue, None, limit=100, **kwargs)
                 times.append(time.perf_counter() - started)
             print(f"  {name:<32} {min(times) * 1000:7.1f} ms  ({total:,} match)")
+    walks: list[tuple[str, ListSpec]] = [
+        ("walk: layer order", ListSpec()),
+        ("walk: max, largest first", ListSpec(sort=SortKey.MAX, descending=True)),
+        ("walk: no accepted label", ListSpec(todo=Todo.NOT_ACCEPTED)),
+        ("walk: score, not accepted", ListSpec(sort=SortKey.SCORE, todo=Todo.NOT_ACCEPTED)),
+        ("walk: best score below 0.3", ListSpec(todo=Todo.SCORE_BELOW, below=0.3)),
+    ]
+    with Catalogue.open(path) as catalogue:
+        for name, spec in walks:
+            rows, _ = list_page(catalogue, None, spec, offset=150_000, limit=1)
+            place = list_place(catalogue, None, spec, rows[0].layer, rows[0].neuron)
+            for counted in (False, True):
+                times = []
+                for _ in range(3):
+                    started = time.perf_counter()
+                    _, left = list_step(catalogue, None, spec, place, count=counted)
+                    times.append(time.perf_counter() - started)
+                what = f"{name}, {'count left' if counted else 'next'}"
+                shown = f"{left:,} left" if left is not None else "left not counted"
+                print(f"  {what:<44} {min(times) * 1000:7.1f} ms  ({shown})")
 
 
 def screenshots(db: Path, model: str | None, out: Path) -> None:
@@ -392,6 +488,7 @@ def screenshots(db: Path, model: str | None, out: Path) -> None:
     from labeller.tui.live_pane import LivePane
     from labeller.tui.neuron_list import NeuronListScreen
     from labeller.tui.neuron_screen import NeuronScreen
+    from labeller.tui.queue_dialog import QueueDialog
     from labeller.tui.search_screen import SearchScreen
 
     out.mkdir(parents=True, exist_ok=True)
@@ -402,7 +499,7 @@ def screenshots(db: Path, model: str | None, out: Path) -> None:
             await _until(
                 pilot, lambda: isinstance(app.screen, NeuronListScreen) and app.screen.rows
             )
-            await _until(pilot, lambda: _ready(app))
+            await _until(pilot, lambda: _ready(app), timeout=180)
             await pilot.press("s", "s", "s", "s")  # sort by score, best first
             await pilot.pause(1.0)
             app.save_screenshot("neuron-list.svg", path=str(out))
@@ -420,6 +517,32 @@ def screenshots(db: Path, model: str | None, out: Path) -> None:
             )
             await pilot.pause(0.5)
             app.save_screenshot("perturbations.svg", path=str(out))
+            # A queue: the strongest neurons whose best label scores below 0.3, two steps in.
+            await pilot.press("escape")
+            await _until(pilot, lambda: isinstance(app.screen, NeuronListScreen))
+            listed = app.screen
+            while listed.query_state.sort != "max":  # s cycles the sorts round to max
+                await pilot.press("s")
+            await _until(pilot, lambda: not listed.busy)
+            await pilot.press("d")
+            await _until(pilot, lambda: isinstance(app.screen, QueueDialog))
+            await pilot.click("#below")
+            await pilot.click("#start")
+            for _ in range(3):
+                await _until(
+                    pilot,
+                    lambda: (
+                        isinstance(app.screen, NeuronScreen)
+                        and app.screen.page is not None
+                        and app.screen.walk is not None
+                        and app.screen.walk.left is not None
+                    ),
+                )
+                if app.screen.walk.rank < 3:
+                    await pilot.press("n")
+            await pilot.press("2")  # the labels tab: what a person checks before accepting
+            await pilot.pause(0.5)
+            app.save_screenshot("queue.svg", path=str(out))
             await pilot.press("escape")  # back to the list, then search across neurons
             await _until(pilot, lambda: isinstance(app.screen, NeuronListScreen))
             await pilot.press("ctrl+f")
@@ -443,11 +566,12 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="Default: the catalogue's first model.")
     parser.add_argument("--runs", type=int, default=5, help="Fresh starts for the first screen.")
     parser.add_argument("--bursts", type=int, default=30, help="Typing bursts for the trace.")
+    parser.add_argument("--steps", type=int, default=15, help="n presses per tab.")
     parser.add_argument("--searches", type=int, default=20, help="Timed searches per text.")
     parser.add_argument(
         "--parts",
-        default="first,trace,search,large",
-        help="Which measurements, comma-separated: first,trace,search,large.",
+        default="first,trace,next,search,large",
+        help="Which measurements, comma-separated: first,trace,next,search,large.",
     )
     parser.add_argument("--large", action="store_true", help="Also time a 307,200-neuron list.")
     parser.add_argument(
@@ -465,6 +589,8 @@ def main() -> None:
         first_screen(args.db, args.model, args.runs)
     if "trace" in parts:
         live_trace(args.db, args.model, args.bursts)
+    if "next" in parts:
+        next_neuron(args.db, args.model, args.steps)
     if "search" in parts:
         search_latency(args.db, args.searches)
         search_typing(args.db, args.model, max(5, args.bursts // 2))

@@ -241,6 +241,195 @@ def scanned_layers(catalogue: Catalogue, model: str | None) -> list[int]:
     ]
 
 
+class Todo(StrEnum):
+    """What a queue walks, on top of the list's own filters: the neurons still needing a person."""
+
+    NOT_ACCEPTED = "no accepted label"
+    UNLABELLED = "unlabelled"
+    SCORE_BELOW = "best score below"
+
+
+@dataclass(frozen=True)
+class ListSpec:
+    """Which neurons the list shows and in what order: everything but the page.
+
+    `todo` narrows it to a queue; with `Todo.SCORE_BELOW`, `below` is the threshold (a neuron
+    not yet accepted whose best label scores under it, or has no score at all). `ranges` keeps
+    only neurons whose statistics lie in them.
+    """
+
+    sort: SortKey = SortKey.LAYER
+    descending: bool = False
+    layer: int | None = None
+    status: NeuronStatus | None = None
+    min_score: float | None = None
+    max_score: float | None = None
+    text: str = ""
+    todo: Todo | None = None
+    below: float | None = None
+    ranges: tuple[StatRange, ...] = ()
+
+
+@dataclass(frozen=True)
+class ListPlace:
+    """A neuron's place in a sorted list: its sort values as SQL stores them, so a walk can step
+    from it to its neighbours with the list's own ORDER BY and WHERE, one row at a time, even
+    after the neuron's label (and so its place) changed or it left the list."""
+
+    layer: int
+    neuron: int
+    key: tuple[Any, ...]
+
+
+@dataclass
+class _ListSQL:
+    """One list's SQL pieces, shared by its pages and its walk."""
+
+    where: str
+    values: list[Any]
+    derived: dict[str, str]  # alias -> SQL, computed per neuron in the materialised CTE
+    outer: list[str]  # conditions on the derived columns
+    outer_values: list[Any]
+    sort_alias: str | None  # the derived sort column (NULLs last in either direction)
+    columns: list[str]  # the plain sort columns, never NULL
+    descending: bool
+    # Only indexed columns and no per-neuron subqueries: the page stops early, counted apart.
+    plain: bool
+    # A statistic sort: its column's value where it is a number (else NULL), which a plain
+    # query computes inline for `sort_alias`, and the statistic.
+    sort_expr: str | None = None
+    sort_stat: Stat | None = None
+    ranges: tuple[StatRange, ...] = ()
+    layer: int | None = None
+
+    def _sort(self, inline: bool) -> str | None:
+        return self.sort_expr if inline and self.sort_expr is not None else self.sort_alias
+
+    def order(self, backward: bool = False, inline: bool = False) -> str:
+        """The list's ORDER BY; `backward` is its exact reverse (derived NULLs first); `inline`
+        writes a statistic sort's expression rather than its alias (a query without the CTE)."""
+        descending = self.descending != backward
+        direction = "desc" if descending else "asc"
+        order = ", ".join(f"{column} {direction}" for column in self.columns)
+        sort = self._sort(inline)
+        if sort is not None:
+            nulls = "first" if backward else "last"
+            order = f"{sort} {direction} nulls {nulls}, {order}"
+        return order
+
+    def key_columns(self, inline: bool = False) -> list[str]:
+        sort = self._sort(inline)
+        return ([sort] if sort else []) + self.columns
+
+    def beyond(
+        self, key: tuple[Any, ...], backward: bool, inline: bool = False
+    ) -> tuple[str, list[Any]]:
+        """Rows after `key` in the list's order (before it, `backward`)."""
+        later = ">" if self.descending == backward else "<"
+        marks = ", ".join("?" * len(self.columns))
+        rest = f"({', '.join(self.columns)}) {later} ({marks})"
+        alias = self._sort(inline)
+        if alias is None:
+            return rest, list(key)
+        value, plain = key[0], list(key[1:])
+        if not backward:
+            if value is None:
+                return f"({alias} is null and {rest})", plain
+            return (
+                f"({alias} is null or {alias} {later} ? or ({alias} = ? and {rest}))",
+                [value, value, *plain],
+            )
+        if value is None:
+            return f"({alias} is not null or {rest})", plain
+        return (
+            f"({alias} is not null and ({alias} {later} ? or ({alias} = ? and {rest})))",
+            [value, value, *plain],
+        )
+
+
+def _list_sql(catalogue: Catalogue, model: str | None, spec: ListSpec) -> _ListSQL:
+    model_id = _model_id(catalogue, model)
+    clauses: list[str] = ["n.model_id = ?"]
+    values: list[Any] = [model_id]
+    if spec.layer is not None:
+        clauses.append("n.layer = ?")
+        values.append(spec.layer)
+    if spec.status is not None:
+        clauses.append(_STATUS_FILTER[spec.status])
+    if spec.todo is Todo.UNLABELLED:
+        clauses.append(_STATUS_FILTER[NeuronStatus.UNLABELLED])
+    elif spec.todo is not None:
+        clauses.append(f"not {_has((_ACCEPTED,))}")
+    if spec.text.strip():
+        escaped = spec.text.strip().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        clauses.append(
+            "exists (select 1 from explanations t where t.neuron_id = n.id "
+            "and t.text like ? escape '\\')"
+        )
+        values.append(f"%{escaped}%")
+    for wanted in spec.ranges:
+        clauses.append(f"n.{STAT_COLUMN[wanted.stat]} between ? and ?")
+        low = -math.inf if wanted.low is None else wanted.low
+        values += [low, math.inf if wanted.high is None else wanted.high]
+    derived: dict[str, str] = {}
+    outer: list[str] = []
+    outer_values: list[Any] = []
+    if spec.min_score is not None or spec.max_score is not None:
+        derived["best_score"] = _BEST_SCORE_SQL
+        outer.append("best_score is not null")
+        for bound, op in ((spec.min_score, ">="), (spec.max_score, "<=")):
+            if bound is not None:
+                outer.append(f"best_score {op} ?")
+                outer_values.append(bound)
+    if spec.todo is Todo.SCORE_BELOW and spec.below is not None:
+        derived["best_score"] = _BEST_SCORE_SQL
+        outer.append("coalesce(best_score < ?, 1)")  # no score at all is weaker still
+        outer_values.append(spec.below)
+    sort_derived, columns = _SORT_SQL[spec.sort]
+    sort_alias = None
+    if sort_derived is not None:
+        sort_alias, sql = sort_derived
+        derived[sort_alias] = sql
+    plain = not derived and spec.status is None and spec.todo is None and not spec.text.strip()
+    sort_stat = _STAT_OF_SORT.get(spec.sort)
+    sort_expr = None
+    if sort_stat is not None:
+        # NULL and NaN sort last either way, then by id: what `_stat_sorted` pages through.
+        column = f"n.{STAT_COLUMN[sort_stat]}"
+        sort_expr = f"(case when {_IS_NUMBER.format(column=column)} then {column} end)"
+        sort_alias, columns = "stat_value", ["id"]
+        if not plain:
+            derived[sort_alias] = sort_expr
+    return _ListSQL(
+        where=" and ".join(clauses),
+        values=values,
+        derived=derived,
+        outer=outer,
+        outer_values=outer_values,
+        sort_alias=sort_alias,
+        columns=columns,
+        descending=spec.descending,
+        plain=plain,
+        sort_expr=sort_expr,
+        sort_stat=sort_stat,
+        ranges=tuple(spec.ranges),
+        layer=spec.layer,
+    )
+
+
+def _materialised(sql: _ListSQL, select: str, where: list[str], tail: str) -> str:
+    """Every matching neuron with its derived columns computed once, then filtered and sorted."""
+    extra = "".join(f", {expr} as {alias}" for alias, expr in sql.derived.items())
+    inner = sql.where
+    if "n.layer = ?" not in inner:
+        # Every row is visited anyway: read the table in rowid order rather than through an
+        # index on another column, which costs a random lookup per row (4x slower at 300k).
+        inner = inner.replace("n.model_id = ?", "+n.model_id = ?", 1)
+    return f"""with page as materialized (
+        select n.id, n.layer, n.neuron, n.max, n.density{extra} from neurons n where {inner})
+        select {select} from page where {" and ".join(where) or "1"} {tail}"""
+
+
 def neuron_page(
     catalogue: Catalogue,
     model: str | None,
@@ -252,116 +441,145 @@ def neuron_page(
     min_score: float | None = None,
     max_score: float | None = None,
     text: str = "",
+    todo: Todo | None = None,
+    below: float | None = None,
     ranges: Sequence[StatRange] = (),
     offset: int = 0,
     limit: int = 100,
 ) -> tuple[list[NeuronSummary], int]:
     """One page of the neuron list and the number of neurons that match the filters.
 
-    Neurons without a label or score sort last whichever the direction, so the interesting ones
-    come first. Plain sorts and filters use indexes and stop at the page; a derived sort or score
-    filter computes each neuron's best label once (a materialised CTE) and counts in the same pass.
+    Neurons without a label, score or statistic sort last whichever the direction, so the
+    interesting ones come first. Plain sorts and filters use indexes and stop at the page; a
+    derived sort or score filter computes each neuron's best label once (a materialised CTE) and
+    counts in the same pass.
     """
-    model_id = _model_id(catalogue, model)
-    clauses: list[str] = ["n.model_id = ?"]
-    values: list[Any] = [model_id]
-    if layer is not None:
-        clauses.append("n.layer = ?")
-        values.append(layer)
-    if status is not None:
-        clauses.append(_STATUS_FILTER[status])
-    if text.strip():
-        escaped = text.strip().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        clauses.append(
-            "exists (select 1 from explanations t where t.neuron_id = n.id "
-            "and t.text like ? escape '\\')"
-        )
-        values.append(f"%{escaped}%")
-    for wanted in ranges:
-        clauses.append(f"n.{STAT_COLUMN[wanted.stat]} between ? and ?")
-        low = -math.inf if wanted.low is None else wanted.low
-        values += [low, math.inf if wanted.high is None else wanted.high]
-    derived: dict[str, str] = {}
-    outer: list[str] = []
-    outer_values: list[float] = []
-    if min_score is not None or max_score is not None:
-        derived["best_score"] = _BEST_SCORE_SQL
-        outer.append("best_score is not null")
-        for bound, op in ((min_score, ">="), (max_score, "<=")):
-            if bound is not None:
-                outer.append(f"best_score {op} ?")
-                outer_values.append(bound)
-    direction = "desc" if descending else "asc"
-    sort_derived, columns = _SORT_SQL[sort]
-    order = ", ".join(f"{column} {direction}" for column in columns)
-    if sort_derived is not None:
-        alias, sql = sort_derived
-        derived[alias] = sql
-        order = f"{alias} {direction} nulls last, {order}"
-    where = " and ".join(clauses)
+    spec = ListSpec(
+        sort, descending, layer, status, min_score, max_score, text, todo, below, tuple(ranges)
+    )
+    return list_page(catalogue, model, spec, offset=offset, limit=limit)
+
+
+def list_page(
+    catalogue: Catalogue, model: str | None, spec: ListSpec, *, offset: int = 0, limit: int = 100
+) -> tuple[list[NeuronSummary], int]:
+    """`neuron_page` for a `ListSpec`."""
+    sql = _list_sql(catalogue, model, spec)
     window = [limit, max(offset, 0)]
-    sort_stat = _STAT_OF_SORT.get(sort)
-    if sort_stat is not None and not derived and status is None and not text.strip():
+    if sql.plain and sql.sort_stat is not None:
         # Through the statistic's index, unless one layer's rows (found by the layer index)
         # are fewer, or a range on another statistic narrows the count more than it does.
-        index = layer is None
-        narrow = index and not any(r.stat is not sort_stat for r in ranges)
+        index = sql.layer is None
+        narrow = index and not any(r.stat is not sql.sort_stat for r in sql.ranges)
+        direction = "desc" if sql.descending else "asc"
         return _stat_sorted(
-            catalogue, where, values, sort_stat, direction, offset, limit, index, narrow
+            catalogue, sql.where, sql.values, sql.sort_stat, direction, offset, limit, index, narrow
         )
-    if sort_stat is not None:
-        column = STAT_COLUMN[sort_stat]
-        derived["stat_value"] = (
-            f"case when {_IS_NUMBER.format(column=f'n.{column}')} then n.{column} end"
-        )
-        order = f"stat_value {direction} nulls last, id {direction}"
-    if not derived and status is None and not text.strip():
+    if sql.plain:
         # A statistic range is checked row by row in the sort's own order (which stops at the
         # page) rather than found through its index and then sorted; the count uses the index.
-        in_order = where
-        for wanted in ranges:
-            column = f"n.{STAT_COLUMN[wanted.stat]}"
-            in_order = in_order.replace(f"{column} between", f"+{column} between")
+        in_order = _ranges_in_order(sql)
         ids = [
             int(row[0])
             for row in catalogue.db.execute(
-                f"select id from neurons n where {in_order} order by {order} limit ? offset ?",
-                [*values, *window],
+                f"select id from neurons n where {in_order} order by {sql.order(inline=True)} "
+                "limit ? offset ?",
+                [*sql.values, *window],
             )
         ]
-        total = _count(catalogue, where, values)
-        return _summaries(catalogue, ids), total
-    extra = "".join(f", {sql} as {alias}" for alias, sql in derived.items())
-    if layer is None:
-        # Every row is visited anyway: read the table in rowid order rather than through an
-        # index on another column, which costs a random lookup per row (4x slower at 300k).
-        where = where.replace("n.model_id = ?", "+n.model_id = ?", 1)
+        return _summaries(catalogue, ids), _count(catalogue, sql.where, sql.values)
     rows = catalogue.db.execute(
-        f"""with page as materialized (
-            select n.id, n.layer, n.neuron, n.max, n.density{extra} from neurons n where {where})
-        select id, count(*) over () from page where {" and ".join(outer) or "1"}
-        order by {order} limit ? offset ?""",
-        [*values, *outer_values, *window],
+        _materialised(
+            sql, "id, count(*) over ()", sql.outer, f"order by {sql.order()} limit ? offset ?"
+        ),
+        [*sql.values, *sql.outer_values, *window],
     ).fetchall()
     if rows:
         return _summaries(catalogue, [int(r[0]) for r in rows]), int(rows[0][1])
     if offset <= 0:
         return [], 0
-    _, total = neuron_page(
-        catalogue,
-        model,
-        sort=sort,
-        descending=descending,
-        layer=layer,
-        status=status,
-        min_score=min_score,
-        max_score=max_score,
-        text=text,
-        ranges=ranges,
-        offset=0,
-        limit=1,
-    )
+    _, total = list_page(catalogue, model, spec, offset=0, limit=1)
     return [], total
+
+
+def _ranges_in_order(sql: _ListSQL) -> str:
+    """The list's WHERE with its statistic ranges kept off their indexes (`+column`), so SQLite
+    reads rows in the sort's order and checks the ranges row by row."""
+    where = sql.where
+    for wanted in sql.ranges:
+        column = f"n.{STAT_COLUMN[wanted.stat]}"
+        where = where.replace(f"{column} between", f"+{column} between")
+    return where
+
+
+def list_place(
+    catalogue: Catalogue, model: str | None, spec: ListSpec, layer: int, neuron: int
+) -> ListPlace:
+    """Where the neuron sits in the list's order (it need not match the list's filters)."""
+    sql = _list_sql(catalogue, model, spec)
+    computed = dict(sql.derived)
+    if sql.sort_alias is not None and sql.sort_expr is not None:
+        computed[sql.sort_alias] = sql.sort_expr
+    expressions = [computed.get(column, f"n.{column}") for column in sql.key_columns()]
+    row = catalogue.db.execute(
+        f"select {', '.join(expressions)} from neurons n "
+        "where n.model_id = ? and n.layer = ? and n.neuron = ?",
+        [_model_id(catalogue, model), layer, neuron],
+    ).fetchone()
+    if row is None:
+        raise UserError(f"neuron {neuron_name(layer, neuron)} has not been scanned")
+    return ListPlace(layer, neuron, tuple(row))
+
+
+def list_step(
+    catalogue: Catalogue,
+    model: str | None,
+    spec: ListSpec,
+    place: ListPlace,
+    *,
+    backward: bool = False,
+    count: bool = True,
+) -> tuple[ListPlace | None, int | None]:
+    """The neuron just after `place` in the list (just before it, `backward`), and how many of
+    the list's neurons lie beyond `place` that way: one row of the list's own ORDER BY and WHERE,
+    so a walk costs one page query per step however long the list.
+
+    Without a derived sort or score filter the neighbour is read in index order, stopping at the
+    first row that matches, and `count=False` skips counting (None): on 307,200 neurons a
+    filtered count visits every row, the neighbour only as many as it takes.
+    """
+    sql = _list_sql(catalogue, model, spec)
+    left: int | None
+    if not sql.derived:
+        beyond, beyond_values = sql.beyond(place.key, backward, inline=True)
+        keys = ", ".join(sql.key_columns(inline=True))
+        order = sql.order(backward, inline=True)
+        where = f"{sql.where} and {beyond}"
+        values = [*sql.values, *beyond_values]
+        in_order = f"{_ranges_in_order(sql)} and {beyond}"
+        row = catalogue.db.execute(
+            f"select layer, neuron, {keys} from neurons n where {in_order} "
+            f"order by {order} limit 1",
+            values,
+        ).fetchone()
+        left = (_count(catalogue, where, values) if row is not None else 0) if count else None
+    else:
+        beyond, beyond_values = sql.beyond(place.key, backward)
+        keys = ", ".join(sql.key_columns())
+        row = catalogue.db.execute(
+            _materialised(
+                sql,
+                f"layer, neuron, {keys}, count(*) over ()",
+                [*sql.outer, beyond],
+                f"order by {sql.order(backward)} limit 1",
+            ),
+            [*sql.values, *sql.outer_values, *beyond_values],
+        ).fetchone()
+        left = int(row[-1]) if row is not None else 0
+        row = row[:-1] if row is not None else None
+    if row is None:
+        return None, 0
+    return ListPlace(int(row[0]), int(row[1]), tuple(row[2:])), left
 
 
 def _stat_sorted(
@@ -446,38 +664,6 @@ def _summaries(catalogue: Catalogue, ids: list[int]) -> list[NeuronSummary]:
         )
         for i in ids
     ]
-
-
-def next_in_queue(
-    catalogue: Catalogue,
-    model: str | None,
-    after: tuple[int, int] | None,
-    *,
-    below: float | None = None,
-) -> tuple[int, int] | None:
-    """The next neuron, in (layer, neuron) order after `after`, that still needs a person.
-
-    Without `below`: the next unlabelled neuron. With it: the next neuron not yet accepted whose
-    best label scores under `below` (or has no score at all, which is weaker still).
-    """
-    model_id = _model_id(catalogue, model)
-    clauses: list[str] = ["n.model_id = ?"]
-    values: list[Any] = [model_id]
-    if after is not None:
-        clauses.append("(n.layer, n.neuron) > (?, ?)")
-        values += list(after)
-    if below is None:
-        clauses.append("not exists (select 1 from explanations e where e.neuron_id = n.id)")
-    else:
-        clauses.append(f"{_STATUS_SQL} != {STATUS_RANK[NeuronStatus.ACCEPTED]}")
-        clauses.append(f"coalesce({_BEST_SCORE_SQL} < ?, 1)")
-        values.append(below)
-    row = catalogue.db.execute(
-        f"""select n.layer, n.neuron from neurons n where {" and ".join(clauses)}
-        order by n.layer, n.neuron limit 1""",
-        values,
-    ).fetchone()
-    return None if row is None else (int(row[0]), int(row[1]))
 
 
 def example_token_ids(

@@ -25,7 +25,15 @@ from labeller.sealing import is_sealed
 
 if TYPE_CHECKING:
     from labeller.catalogue import Catalogue, NeuronRef
-    from labeller.catalogue.browse import NeuronStatus, NeuronSummary, SortKey, StatRange
+    from labeller.catalogue.browse import (
+        ListPlace,
+        ListSpec,
+        NeuronStatus,
+        NeuronSummary,
+        SortKey,
+        StatRange,
+        Todo,
+    )
     from labeller.explain.service import Report
     from labeller.llm.config import LLMConfig
     from labeller.model.loading import LoadedModel
@@ -54,9 +62,29 @@ class ListQuery:
     min_score: float | None = None
     max_score: float | None = None
     text: str = ""
+    todo: Todo | None = None  # a queue: the list narrowed to what still needs a person
+    below: float | None = None
     ranges: tuple[StatRange, ...] = ()
     offset: int = 0
     limit: int = 100
+
+    @property
+    def spec(self) -> ListSpec:
+        """The list without its page: what a walk steps through."""
+        from labeller.catalogue.browse import ListSpec
+
+        return ListSpec(
+            sort=self.sort,
+            descending=self.descending,
+            layer=self.layer,
+            status=self.status,
+            min_score=self.min_score,
+            max_score=self.max_score,
+            text=self.text,
+            todo=self.todo,
+            below=self.below,
+            ranges=self.ranges,
+        )
 
 
 @dataclass(frozen=True)
@@ -145,10 +173,11 @@ class Backend:
     # --- catalogue -------------------------------------------------------------------------
 
     @contextmanager
-    def catalogue(self, verify: bool = True) -> Iterator[Catalogue]:
-        """A connection for the calling thread only, closed when the block ends. `verify=False`
-        skips the bounded integrity check (up to 0.15 s) for reads on the typing path, which
-        the app's first open and every other call still make."""
+    def catalogue(self, verify: bool = False) -> Iterator[Catalogue]:
+        """A connection for the calling thread only, closed when the block ends. The file was
+        checked (`PRAGMA quick_check`) when the app opened it; every worker call repeating that
+        would cost more than the call (75 ms of a 90 ms neuron page on the demo catalogue), so
+        it is skipped unless `verify` asks for it."""
         from labeller.catalogue import Catalogue
 
         with Catalogue.open(self.db_path, verify=verify) as catalogue:
@@ -161,31 +190,39 @@ class Backend:
             return scanned_layers(catalogue, model)
 
     def page(self, query: ListQuery) -> tuple[list[NeuronSummary], int]:
-        from labeller.catalogue.browse import neuron_page
+        from labeller.catalogue.browse import list_page
 
         with self.catalogue() as catalogue:
-            return neuron_page(
-                catalogue,
-                query.model,
-                sort=query.sort,
-                descending=query.descending,
-                layer=query.layer,
-                status=query.status,
-                min_score=query.min_score,
-                max_score=query.max_score,
-                text=query.text,
-                ranges=query.ranges,
-                offset=query.offset,
-                limit=query.limit,
+            return list_page(
+                catalogue, query.model, query.spec, offset=query.offset, limit=query.limit
             )
 
-    def next_in_queue(
-        self, model: str, after: tuple[int, int] | None, below: float | None
-    ) -> tuple[int, int] | None:
-        from labeller.catalogue.browse import next_in_queue
+    def place(self, model: str, spec: ListSpec, layer: int, neuron: int) -> ListPlace:
+        from labeller.catalogue.browse import list_place
 
         with self.catalogue() as catalogue:
-            return next_in_queue(catalogue, model, after, below=below)
+            return list_place(catalogue, model, spec, layer, neuron)
+
+    def step(
+        self,
+        model: str,
+        spec: ListSpec,
+        place: ListPlace,
+        *,
+        backward: bool = False,
+        count: bool = True,
+    ) -> tuple[ListPlace | None, int | None]:
+        """The neighbour of `place` in the list and how many lie beyond `place` that way
+        (None when `count` is False and counting would cost more than finding it)."""
+        from labeller.catalogue.browse import list_step
+
+        with self.catalogue() as catalogue:
+            return list_step(catalogue, model, spec, place, backward=backward, count=count)
+
+    def check_neuron(self, model: str, layer: int, neuron: int) -> None:
+        """A UserError saying why, unless the neuron was scanned."""
+        with self.catalogue() as catalogue:
+            catalogue.neuron_view(model, layer, neuron)
 
     def neuron(self, model: str, layer: int, neuron: int) -> NeuronPage:
         with self.catalogue() as catalogue:

@@ -20,9 +20,21 @@ class ExampleItem(ListItem):
     """
 
     def __init__(self, example: Example, scale: float) -> None:
-        place = f"b{example.band}" if example.band is not None else f"{example.rank:>2}"
-        prefix = Text(f"{place:>2} ", "dim")
-        prefix.append(f"{example.max_activation:>7.3f} ", "bold")
-        prefix.append(f"{example.split.value[:5]:<5}", "dim")
-        super().__init__(Horizontal(Static(prefix, classes="prefix"), ExampleLine(example, scale)))
+        super().__init__(
+            Horizontal(Static(_prefix(example), classes="prefix"), ExampleLine(example, scale))
+        )
         self.example = example
+
+    def show(self, example: Example, scale: float) -> None:
+        """Another example in this row (the next neuron's, in place)."""
+        self.example = example
+        self.query_one(".prefix", Static).update(_prefix(example), layout=False)  # fixed size
+        self.query_one(ExampleLine).show(example, scale)
+
+
+def _prefix(example: Example) -> Text:
+    place = f"b{example.band}" if example.band is not None else f"{example.rank:>2}"
+    prefix = Text(f"{place:>2} ", "dim")
+    prefix.append(f"{example.max_activation:>7.3f} ", "bold")
+    prefix.append(f"{example.split.value[:5]:<5}", "dim")
+    return prefix

@@ -36,6 +36,9 @@ class ExampleLine(Widget):
         self.example = example
         self.scale = scale
         self.expanded = False
+        # The wrapped text for one width: layout asks for the height and then renders, for each
+        # of some 40 examples, at every refresh (most of a page paint before this cache).
+        self._cached: tuple[int, Text] | None = None
         self.cursor: int | None = None  # the token cursor, while this example is highlighted
         self._hovered: int | None = None
 
@@ -46,6 +49,13 @@ class ExampleLine(Widget):
         return cut_around(e.tokens, e.max_index, max(10, CUT_LINES * width - 2))
 
     def _text(self, width: int) -> Text:
+        if self._cached is not None and self._cached[0] == width:
+            return self._cached[1]
+        text = self._wrapped(width)
+        self._cached = (width, text)
+        return text
+
+    def _wrapped(self, width: int) -> Text:
         e = self.example
         start, end = self._range(width)
         line = heat(e.tokens, e.activations, self.scale, e.max_index, start=start, end=end)
@@ -78,8 +88,18 @@ class ExampleLine(Widget):
     def get_content_height(self, container: object, viewport: object, width: int) -> int:
         return self._text(width).plain.count("\n") + 1
 
+    def show(self, example: Example, scale: float) -> None:
+        width = self.content_size.width
+        before = self._text(width).plain.count("\n") if width else None
+        self.example, self.scale, self.expanded = example, scale, False
+        self.cursor = self._hovered = None
+        self._cached = None
+        # A layout pass only when the height changes (a cut window is usually as high).
+        self.refresh(layout=before is None or self._text(width).plain.count("\n") != before)
+
     def toggle(self) -> None:
         self.expanded = not self.expanded
+        self._cached = None
         self.refresh(layout=True)
 
     def move_cursor(self, step: int) -> None:
@@ -93,12 +113,14 @@ class ExampleLine(Widget):
             low, high = self._range(self.content_size.width or 80)
             if not low <= self.cursor < high:
                 self.expanded = True
+        self._cached = None
         self.refresh(layout=True)
         self.post_message(self.Pointed(self, self.cursor))
 
     def hide_cursor(self) -> None:
         if self.cursor is not None:
             self.cursor = None
+            self._cached = None
             self.refresh()
 
     def on_mouse_move(self, event: events.MouseMove) -> None:

@@ -23,6 +23,7 @@ from labeller.records import Example, ExampleKind, NeuronView
 from labeller.sealing import held_out_count, visible
 from labeller.tui.example_item import ExampleItem
 from labeller.tui.example_line import ExampleLine
+from labeller.tui.example_list import ExampleList
 from labeller.tui.text import fmt, legend, shown, spark
 
 
@@ -56,10 +57,20 @@ class ExamplesPane(Vertical):
 
     def compose(self) -> ComposeResult:
         yield Static(id="stats")
-        yield ListView(id="example-list")
+        yield ExampleList(id="example-list")
         yield Static(id="example-detail")
 
     def show(self, view: NeuronView, *, sealed: bool = True) -> None:
+        """Show the neuron's examples. The next neuron's page (same sections, same counts)
+        updates the rows in place: mounting some 170 widgets anew costs most of a page paint,
+        and in place the highlighted example and the scroll position stay where they were."""
+        previous = self._view
+        if previous is not None and (previous.model, previous.layer, previous.neuron) != (
+            view.model,
+            view.layer,
+            view.neuron,
+        ):
+            self.ranks = {}  # another neuron's: its own come with its `Ranks`
         self._view = view
         self._shown_top = {e.rank for e in visible(view.top_examples, sealed)}
         scale = max(view.stats.max, 1e-9)
@@ -67,28 +78,45 @@ class ExamplesPane(Vertical):
         self._rank_summary()
         top = visible(view.top_examples, sealed)
         random = visible(view.random_examples, sealed)
-        items: list[ListItem] = [
-            ListItem(Static(Text(f"Top {len(top)} examples")), classes="section")
-        ]
-        items += [ExampleItem(e, scale) for e in top]
-        items.append(ListItem(Static(Text(f"Random {len(random)} examples")), classes="section"))
-        items += [ExampleItem(e, scale) for e in random]
+        rows: list[Text | Example] = [Text(f"Top {len(top)} examples"), *top]
+        rows += [Text(f"Random {len(random)} examples"), *random]
         for band, group in itertools.groupby(view.quantile_examples, key=lambda e: e.band):
             members = list(group)
-            shown = visible(members, sealed)
-            items.append(ListItem(Static(band_heading(band, members, view)), classes="section"))
-            items += [ExampleItem(e, scale) for e in shown]
+            rows += [band_heading(band, members, view), *visible(members, sealed)]
         held_out = held_out_count(view)
         if sealed and held_out:
             note = f"{held_out} held-out windows (valid, test) sealed · U: unseal (recorded)"
-            items.append(ListItem(Static(Text(note, "dim")), classes="section"))
-        for item in items:
-            if not isinstance(item, ExampleItem):
-                item.disabled = True
+            rows.append(Text(note, "dim"))
         examples = self.query_one("#example-list", ListView)
+        present = list(examples.children)
+        if len(present) == len(rows) and all(
+            isinstance(item, ExampleItem) == isinstance(row, Example)
+            for item, row in zip(present, rows, strict=True)
+        ):
+            for item, row in zip(present, rows, strict=True):
+                if isinstance(item, ExampleItem) and isinstance(row, Example):
+                    item.show(row, scale)
+                elif isinstance(row, Text):
+                    item.query_one(Static).update(row, layout=False)  # one line either way
+            example = self.highlighted()
+            if example is not None:  # the same row, another example: no Highlighted comes
+                self._detail(example, None)
+            return
+        items = [
+            ExampleItem(row, scale)
+            if isinstance(row, Example)
+            else ListItem(Static(row), classes="section", disabled=True)
+            for row in rows
+        ]
+        # Another neuron with other sections (sealed windows and bands vary): the person's row
+        # stays highlighted if there is still an example there.
+        kept = examples.index if present else None
         examples.clear()
         examples.extend(items)
-        examples.index = 1 if top else None
+        if kept is not None and kept < len(items) and isinstance(items[kept], ExampleItem):
+            examples.index = kept
+        else:
+            examples.index = 1 if top else None
 
     def _stats(self, view: NeuronView, scale: float) -> Text:
         s = view.stats

@@ -28,7 +28,7 @@ MOUSE = (
 
 class HelpScreen(Dialog[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("question_mark,q", "close", "Close", id="help.close")
+        Binding("question_mark", "close", "Close", id="help.close")
     ]
 
     def __init__(self, active: Iterable[ActiveBinding]) -> None:

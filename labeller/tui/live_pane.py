@@ -78,7 +78,8 @@ class LivePane(ReportsWorkerErrors, Vertical):
         yield Static(
             Text(
                 "Type or paste text: the neuron's activation on each token appears below. "
-                "esc: to the tokens (enter replaces one) · ctrl+l: clear · 4 or alt+4: perturb it",
+                "esc: to the tokens (enter replaces one), then 4: perturb it (alt+4 from the box)"
+                " · ctrl+l: clear",
                 "dim",
             ),
             id="live-help",

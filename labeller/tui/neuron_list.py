@@ -26,8 +26,9 @@ from labeller.tui.filter_bar import FilterBar
 from labeller.tui.goto_dialog import GotoDialog
 from labeller.tui.model_picker import ModelPicker
 from labeller.tui.neuron_table import NeuronTable
-from labeller.tui.queue_dialog import QueueDialog, QueueSpec
+from labeller.tui.queue_dialog import QueueChoice, QueueDialog
 from labeller.tui.text import fmt, plain, status_text
+from labeller.tui.walk import Walk, describe_todo
 
 PAGE_SIZE = 100
 # Column key, title, width (None: the label column takes what is left).
@@ -72,8 +73,8 @@ class NeuronListScreen(ReportsWorkerErrors, Screen[None]):
         Binding("s", "cycle_sort", "Sort", id="list.sort"),
         Binding("r", "reverse", "Reverse", id="list.reverse"),
         Binding("g", "goto", "Go to L.N", id="list.goto"),
-        Binding("u", "queue", "Queue", id="list.queue"),
-        Binding("m", "pick_model", "Model", id="list.model"),
+        Binding("d", "queue", "Queue (to do)", id="list.queue"),
+        Binding("M", "pick_model", "Model", id="list.model"),
         Binding("right_square_bracket", "page(1)", "Next page", id="list.next_page"),
         Binding("left_square_bracket", "page(-1)", "Prev page", id="list.prev_page"),
         Binding("escape", "focus_table", "To the table", id="list.table", show=False),
@@ -93,9 +94,11 @@ class NeuronListScreen(ReportsWorkerErrors, Screen[None]):
         layers: list[int]
 
     @dataclass
-    class QueueFound(Message):
-        spec: QueueSpec
-        found: tuple[int, int] | None
+    class Located(Message):
+        """Where the walk's current neuron stands in the list now (rows before it)."""
+
+        query: ListQuery
+        before: int
 
     query_state: var[ListQuery] = var(ListQuery(model="", sort=SortKey.LAYER))  # see __init__
     rows: var[list[NeuronSummary]] = var(list)
@@ -113,6 +116,8 @@ class NeuronListScreen(ReportsWorkerErrors, Screen[None]):
         self.set_reactive(NeuronListScreen.query_state, query)
         self.scanned: list[int] = []
         self._cursor_after_load: int | None = 0
+        self._open_after_load = False  # a queue just started: open its first neuron
+        self.walk: Walk | None = None  # the walk the last neuron was opened in
         self._spinner: Timer | None = None
         self._loading_since = 0.0
 
@@ -120,6 +125,7 @@ class NeuronListScreen(ReportsWorkerErrors, Screen[None]):
         yield Static(id="list-title")
         yield FilterBar(id="filters")
         yield NeuronTable(id="neurons")
+        yield Static(id="list-detail")
         yield Static(id="list-status")
         yield Footer()
 
@@ -130,10 +136,30 @@ class NeuronListScreen(ReportsWorkerErrors, Screen[None]):
         self.query_one(NeuronTable).focus()
 
     def on_screen_resume(self) -> None:
-        """Back from a neuron: its label may have changed, so re-read the page in place."""
-        if self.rows:
+        """Back from a neuron: its label may have changed, so re-read the page in place, or,
+        after a walk, the page of the neuron the walk got to, with the cursor on it."""
+        walk = self.walk
+        if walk is not None and walk.spec == self.query_state.spec:
+            self.busy = True
+            self.locate(self.query_state, walk)
+        elif self.rows:
             self._cursor_after_load = self.query_one(NeuronTable).cursor_row
             self.reload()
+
+    @work(thread=True, exclusive=True, group="page", exit_on_error=False)
+    def locate(self, query: ListQuery, walk: Walk) -> None:
+        backend = backend_of(self)
+        place = walk.places.get(walk.current) or backend.place(
+            query.model, query.spec, *walk.current
+        )
+        _, before = backend.step(query.model, query.spec, place, backward=True)
+        if not get_current_worker().is_cancelled:
+            self.post_message(self.Located(query, before or 0))
+
+    def on_neuron_list_screen_located(self, event: Located) -> None:
+        if event.query == self.query_state:
+            offset = event.before // PAGE_SIZE * PAGE_SIZE
+            self._requery(cursor=event.before - offset, offset=offset)
 
     def _model_status(self, status: ModelStatus) -> None:
         """Loading shows a spinner and the seconds so far; torch takes a few to import."""
@@ -198,6 +224,12 @@ class NeuronListScreen(ReportsWorkerErrors, Screen[None]):
         self.rows, self.total = event.rows, event.total
         self.busy = False
         self._populate()
+        if self._open_after_load:
+            self._open_after_load = False
+            if self.rows:
+                self._open_row(0)
+            else:
+                say(self.app, "nothing to do in this queue: every neuron in the list is done")
         if not self.model_note:
             self.call_after_refresh(annotate_app(self).ensure_model, self.query_state.model)
 
@@ -230,6 +262,8 @@ class NeuronListScreen(ReportsWorkerErrors, Screen[None]):
                 plain(label),
                 key=f"{row.layer}.{row.neuron}",
             )
+        if not self.rows:
+            self.query_one("#list-detail", Static).update("")
         table.has_previous = query.offset > 0
         table.has_next = query.offset + len(self.rows) < self.total
         if self._cursor_after_load is not None and self.rows:
@@ -251,6 +285,8 @@ class NeuronListScreen(ReportsWorkerErrors, Screen[None]):
             )
             text.append(f" · sorted by {query.sort.value}", "dim")
             text.append(" ▼" if query.descending else " ▲", "dim")
+        if query.todo is not None:
+            text.append(f" · queue: {describe_todo(query.todo, query.below)} (d)", "yellow")
         if self.loading_for is not None:
             elapsed = self.loading_for
             text.append(f" · {SPINNER[int(elapsed * 5) % len(SPINNER)]}", "bold")
@@ -324,41 +360,61 @@ class NeuronListScreen(ReportsWorkerErrors, Screen[None]):
 
     # --- going places ---------------------------------------------------------------------
 
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        """The highlighted neuron's whole label below the table: the label column is cut to
+        the width, to a few characters at 80 columns."""
+        detail = self.query_one("#list-detail", Static)
+        if not 0 <= event.cursor_row < len(self.rows):
+            detail.update("")
+            return
+        row = self.rows[event.cursor_row]
+        text = Text(f"{row.layer}.{row.neuron} ", "bold")
+        if row.label:
+            text.append_text(plain(row.label))
+        else:
+            text.append("no label yet", "dim")
+        detail.update(text)
+
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         if 0 <= event.cursor_row < len(self.rows):
-            row = self.rows[event.cursor_row]
-            self.open_neuron(row.layer, row.neuron)
+            self._open_row(event.cursor_row)
 
-    def open_neuron(self, layer: int, neuron: int, queue: QueueSpec | None = None) -> None:
+    def _open_row(self, index: int) -> None:
+        """Open the row's neuron as a step of a walk through the list as it is shown."""
+        row = self.rows[index]
+        query = self.query_state
+        neuron = (row.layer, row.neuron)
+        rank = query.offset + index + 1
+        self.walk = Walk.start(query.model, query.spec, self.total, neuron, rank)
+        self.open_neuron(*neuron, walk=self.walk)
+
+    def open_neuron(self, layer: int, neuron: int, walk: Walk | None = None) -> None:
         # Imported on first use: the neuron page's widgets are not needed for the first paint.
         from labeller.tui.neuron_screen import NeuronScreen
 
-        self.app.push_screen(NeuronScreen(self.query_state.model, layer, neuron, queue))
+        if walk is None:
+            self.walk = None
+        self.app.push_screen(NeuronScreen(self.query_state.model, layer, neuron, walk))
 
     def action_goto(self) -> None:
         def chosen(found: tuple[int, int] | None) -> None:
             if found is not None:
                 self.open_neuron(*found)
 
-        self.app.push_screen(GotoDialog(self.scanned), chosen)
+        self.app.push_screen(GotoDialog(self.query_state.model, self.scanned), chosen)
 
     def action_queue(self) -> None:
-        def chosen(spec: QueueSpec | None) -> None:
-            if spec is not None:
-                self.find_in_queue(spec)
+        """Narrow the list to a queue (or widen it back) and open its first neuron."""
+        query = self.query_state
+        current = QueueChoice(query.todo, query.below) if query.todo is not None else None
 
-        self.app.push_screen(QueueDialog(), chosen)
+        def chosen(choice: QueueChoice | None) -> None:
+            if choice is None:
+                return
+            self._open_after_load = True
+            self._requery(offset=0, todo=choice.todo, below=choice.below)
 
-    @work(thread=True, exclusive=True, group="queue", exit_on_error=False)
-    def find_in_queue(self, spec: QueueSpec) -> None:
-        found = backend_of(self).next_in_queue(self.query_state.model, None, spec.below)
-        self.post_message(self.QueueFound(spec, found))
-
-    def on_neuron_list_screen_queue_found(self, event: QueueFound) -> None:
-        if event.found is None:
-            say(self.app, f"no neurons in the queue ({event.spec.describe()})")
-            return
-        self.open_neuron(*event.found, queue=event.spec)
+        self.app.push_screen(QueueDialog(current), chosen)
 
     def action_pick_model(self) -> None:
         names = annotate_app(self).model_names
@@ -367,6 +423,7 @@ class NeuronListScreen(ReportsWorkerErrors, Screen[None]):
             if name is None or name == self.query_state.model:
                 return
             self.query_state = ListQuery(model=name, sort=SortKey.LAYER, limit=PAGE_SIZE)
+            self.walk = None
             self.model_note = ""
             self.query_one(FilterBar).reset()
             self.reload()

@@ -18,7 +18,7 @@ from textual.message import Message
 from textual.reactive import var
 from textual.screen import Screen
 from textual.widgets import Footer, Static, TabbedContent, TabPane, TextArea
-from textual.worker import Worker, WorkerState
+from textual.worker import Worker, WorkerState, get_current_worker
 
 from labeller.catalogue.labels import StaleLabel
 from labeller.records import PRIMARY_METHOD, Explanation, LabelStatus
@@ -32,13 +32,14 @@ from labeller.tui.label_editor import LabelDraft, LabelEditor
 from labeller.tui.labels_pane import LabelsPane
 from labeller.tui.live_pane import LivePane
 from labeller.tui.perturb_pane import PerturbPane
-from labeller.tui.queue_dialog import QueueSpec
 from labeller.tui.scores import preferred_scores
 from labeller.tui.suggestions_screen import SuggestionsScreen
 from labeller.tui.text import editable, fmt, plain, status_text
 from labeller.tui.unseal_dialog import UnsealDialog
+from labeller.tui.walk import Neuron, Walk
 
 if TYPE_CHECKING:
+    from labeller.catalogue.browse import ListPlace
     from labeller.model.loading import LoadedModel
 
 FOCUS_IN_TAB = {
@@ -63,8 +64,11 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
         Binding("l", "llm_score", "LLM score", id="label.llm_score"),
         Binding("t", "suggest", "Suggest tests", id="label.suggest"),
         Binding("p", "perturb_example", "Perturb example", id="neuron.perturb_example"),
-        Binding("n", "next_in_queue", "Next in queue", id="neuron.next"),
+        Binding("n", "walk(1)", "Next neuron", id="neuron.next"),
+        Binding("N", "walk(-1)", "Previous neuron", id="neuron.previous"),
         Binding("U", "unseal", "Unseal held-out", id="neuron.unseal"),
+        # Plain digits first (alt+digit is often the terminal's own); in the live text box,
+        # where digits type, escape first.
         Binding("1,alt+1", "tab('examples')", "Examples tab", id="tab.examples", show=False),
         Binding("2,alt+2", "tab('labels')", "Labels tab", id="tab.labels", show=False),
         Binding("3,alt+3", "tab('live')", "Live tab", id="tab.live", show=False),
@@ -93,30 +97,52 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
         switch: bool
 
     @dataclass
+    class WalkAhead(Message):
+        """The current neuron's place in the walked list, the next one, and how many are left."""
+
+        place: ListPlace
+        after: ListPlace | None
+        left: int | None  # None: still counting
+
+    @dataclass
+    class Stepped(Message):
+        step: int
+        found: ListPlace | None
+
+    @dataclass
     class Ranks(Message):
         """Per top example: the neuron's rank in its layer at the example's max token."""
 
         ranks: dict[int, int]
         layer_width: int
-
-    @dataclass
-    class QueueNext(Message):
-        found: tuple[int, int] | None
+        neuron: tuple[int, int]  # (layer, neuron): the page may have turned since
 
     # The page as last read and the label it acts on; the heading follows them.
     page: var[NeuronPage | None] = var(None)
     selected: var[Explanation | None] = var(None)
     heading: var[Text] = var(Text)
+    walk_note = var("")  # "queue: ... · k of N · m left"
+    columns = var(80)  # the screen's width, for the heading's first line
 
-    def __init__(self, model: str, layer: int, neuron: int, queue: QueueSpec | None) -> None:
+    def __init__(
+        self,
+        model: str,
+        layer: int,
+        neuron: int,
+        walk: Walk | None = None,
+    ) -> None:
+        """`walk`: the list or queue this page is a step of (n and N step it: the page turns
+        to that neuron in place, so its tab, highlighted example and scrolling stay)."""
         super().__init__()
         self.model_name = model
         self.layer_index = layer
         self.neuron = neuron
-        self.queue = queue
+        self.walk = walk
         # The save in flight, as typed: title, draft, and the label it edits.
         self._draft: tuple[str, LabelDraft, int | None] | None = None
         self.examples_sealed: bool | None = None  # as the Examples tab last showed them
+        # While the page turns to another neuron: the heading shown until its data arrives.
+        self._held_heading: Text | None = None
 
     def compose(self) -> ComposeResult:
         yield Static(id="neuron-title")
@@ -163,7 +189,16 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
                 self._editor(title, draft.text, accept=draft.accept, edited_from=edited_from)
 
     def on_neuron_screen_loaded(self, event: Loaded) -> None:
+        if (event.page.view.layer, event.page.view.neuron) != (self.layer_index, self.neuron):
+            return  # read before the page turned to another neuron
+        with self.app.batch_update():  # one repaint for the heading and every pane
+            self._show(event)
+
+    def _show(self, event: Loaded) -> None:
         first = self.page is None
+        self._held_heading = None
+        if self.walk is not None:
+            self.walk_note = self.walk.describe()
         page = self.page = event.page
         view = page.view
         ids = {e.id for e in page.candidates}
@@ -184,25 +219,41 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
         self.query_one(ExamplesPane).show(view, sealed=page.sealed)
         if not first:
             return
+        if self.walk is not None:  # once this page is painted
+            self.call_after_refresh(self.look_ahead, self.walk)
         if self.query_one(TabbedContent).active == "examples":
             self.query_one("#example-list").focus()
         self.query_one(LivePane).configure(self.layer_index, self.neuron, max(view.stats.max, 1e-9))
         self.query_one(PerturbPane).configure(self.layer_index, self.neuron)
+        model = annotate_app(self).backend.loaded(self.model_name)
+        if model is not None:  # a page turned in place: this neuron's ranks (else on load)
+            self.example_ranks(model)
         if view.top_examples:
             top = view.top_examples[0]
             self.fetch_example(top.kind.value, top.rank, top.max_index, switch=False)
 
     def compute_heading(self) -> Text:
         page = self.page
+        # First line: where the walk is (what matters most when walking), then the neuron; cut
+        # to the width so the label below always starts on the second line.
+        if page is None and self._held_heading is not None:
+            return self._held_heading  # turning to the next neuron: no flash of "loading…"
+        title = Text()
+        width = max(self.columns - 2, 20)
+        if self.walk is not None:
+            title.append(self.walk_note or self.walk.describe(), "yellow")
+            title.append(" · n/N · ", "dim")
         if page is None:
-            return plain(f"{self.model_name} {self.layer_index}.{self.neuron} · loading…")
+            title.append_text(plain(f"{self.model_name} {self.layer_index}.{self.neuron}"))
+            title.append(" · loading…")
+            title.truncate(width, overflow="ellipsis")
+            return title
         s = page.view.stats
-        title = plain(self.model_name, "bold")
+        title.append_text(plain(self.model_name, "bold"))
         title.append(f" L{self.layer_index} N{self.neuron}", "bold")
         title.append(f" · max {fmt(s.max)} · density {s.density:.1%}")
-        if self.queue is not None:
-            title.append(f" · queue: {self.queue.describe()} (n: next)", "yellow")
         title.append(f" · v{page.version}", "dim")
+        title.truncate(width, overflow="ellipsis")
         # The neuron's label (accepted, else best-scoring proposed: `label_state`), not merely
         # the row selected in the labels table; the selection follows when it differs.
         label = next((e for e in page.candidates if e.id == page.view.label), None)
@@ -220,6 +271,9 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
             title.append(f"  · selected #{chosen.id} ({chosen.status.value})", "dim")
         return title
 
+    def on_resize(self) -> None:
+        self.columns = self.size.width
+
     def watch_heading(self, heading: Text) -> None:
         self.query_one("#neuron-title", Static).update(heading)
 
@@ -236,12 +290,13 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
 
     @work(thread=True, exclusive=True, group="ranks", exit_on_error=False)
     def example_ranks(self, model: LoadedModel) -> None:
-        ranks = backend_of(self).example_ranks(
-            model, self.model_name, self.layer_index, self.neuron
-        )
-        self.post_message(self.Ranks(ranks, model.d_mlp))
+        layer, neuron = self.layer_index, self.neuron
+        ranks = backend_of(self).example_ranks(model, self.model_name, layer, neuron)
+        self.post_message(self.Ranks(ranks, model.d_mlp, (layer, neuron)))
 
     def on_neuron_screen_ranks(self, event: Ranks) -> None:
+        if event.neuron != (self.layer_index, self.neuron):
+            return  # computed before the page turned to another neuron
         self.query_one(ExamplesPane).set_ranks(event.ranks, event.layer_width)
 
     def _model(self) -> LoadedModel | None:
@@ -438,24 +493,87 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
             return
         self.dismiss()
 
-    def action_next_in_queue(self) -> None:
-        if self.queue is None:
-            say(self.app, "no queue: start one with u in the neuron list", severity="warning")
+    # --- walking the list ------------------------------------------------------------------
+
+    @work(thread=True, exclusive=True, group="walk", exit_on_error=False)
+    def look_ahead(self, walk: Walk) -> None:
+        """Ask for the next neuron now, so `n` need not wait for it, and count what is left."""
+        backend = backend_of(self)
+        place = walk.places.get(walk.current) or backend.place(walk.model, walk.spec, *walk.current)
+        after, left = backend.step(walk.model, walk.spec, place, count=False)
+        if get_current_worker().is_cancelled:
             return
-        self.find_next(self.queue)
+        self.post_message(self.WalkAhead(place, after, left))
+        if left is None:  # the next neuron first; what is left may take a full pass
+            _, left = backend.step(walk.model, walk.spec, place)
+            if not get_current_worker().is_cancelled:
+                self.post_message(self.WalkAhead(place, after, left))
 
-    @work(thread=True, exclusive=True, group="queue", exit_on_error=False)
-    def find_next(self, queue: QueueSpec) -> None:
-        found = backend_of(self).next_in_queue(
-            self.model_name, (self.layer_index, self.neuron), queue.below
-        )
-        self.post_message(self.QueueNext(found))
+    def on_neuron_screen_walk_ahead(self, event: WalkAhead) -> None:
+        walk = self.walk
+        if walk is None:
+            return
+        walk.places[walk.current] = event.place
+        if event.left is not None:
+            walk.left = event.left
+        if event.after is not None and walk.known(1) is None:
+            walk.extend(1, event.after)
+        self.walk_note = walk.describe()
 
-    def on_neuron_screen_queue_next(self, event: QueueNext) -> None:
+    def action_walk(self, step: int) -> None:
+        walk = self.walk
+        if walk is None:
+            say(
+                self.app,
+                "not opened from the list: open a neuron with enter there, or start a queue (d)",
+                severity="warning",
+            )
+            return
+        if walk.known(step) is not None:
+            self._go(walk, step)
+        elif step > 0 and walk.left == 0:
+            say(self.app, f"the end of the {_walked(walk)}: {walk.rank:,} of {walk.total:,}")
+        else:
+            self.find_step(walk, step)
+
+    @work(thread=True, exclusive=True, group="walk", exit_on_error=False)
+    def find_step(self, walk: Walk, step: int) -> None:
+        backend = backend_of(self)
+        edge = walk.trail[-1] if step > 0 else walk.trail[0]
+        place = walk.places.get(edge) or backend.place(walk.model, walk.spec, *edge)
+        walk.places[edge] = place
+        found, _ = backend.step(walk.model, walk.spec, place, backward=step < 0)
+        self.post_message(self.Stepped(step, found))
+
+    def on_neuron_screen_stepped(self, event: Stepped) -> None:
+        walk = self.walk
+        if walk is None:
+            return
         if event.found is None:
-            say(self.app, f"the queue ({self.queue.describe() if self.queue else ''}) is done")
+            where = "end" if event.step > 0 else "start"
+            say(self.app, f"the {where} of the {_walked(walk)}: {walk.rank:,} of {walk.total:,}")
             return
-        self.app.switch_screen(NeuronScreen(self.model_name, *event.found, self.queue))
+        if walk.known(event.step) is None:
+            walk.extend(event.step, event.found)
+        self._go(walk, event.step)
+
+    def _go(self, walk: Walk, step: int) -> None:
+        neuron: Neuron = walk.move(step)
+        self.show_neuron(*neuron)
+
+    def show_neuron(self, layer: int, neuron: int) -> None:
+        """Turn the page to another neuron: the same widgets show its data (a new screen would
+        mount every widget again, several times the 150 ms a step may take), and the tab, the
+        highlighted example and the scroll positions stay as the person left them."""
+        self.layer_index, self.neuron = layer, neuron
+        self._held_heading = self.heading
+        self.set_reactive(NeuronScreen.selected, None)
+        self.page = None  # label keys wait for the new neuron's data
+        self.load()
+
+
+def _walked(walk: Walk) -> str:
+    return "queue" if walk.spec.todo is not None else "list"
 
 
 def _default_selection(page: NeuronPage) -> int | None:

@@ -11,15 +11,19 @@ from builders import scan_params
 
 from labeller.catalogue import Catalogue, labels
 from labeller.catalogue.browse import (
+    ListSpec,
     NeuronStatus,
     SortKey,
     Stat,
     StatRange,
+    Todo,
     example_token_ids,
     layer_maxes,
+    list_page,
+    list_place,
+    list_step,
     neuron_page,
     neuron_summaries,
-    next_in_queue,
     parse_stat_ranges,
     scanned_layers,
 )
@@ -201,21 +205,55 @@ def test_pages_cover_the_list_exactly_once(catalogue):
     assert (rows, total) == ([], 48)
 
 
-def test_queue_walks_unlabelled_then_low_scores(catalogue):
-    assert next_in_queue(catalogue, None, None) == (1, 0)
-    assert next_in_queue(catalogue, None, (1, 0)) == (1, 1)
-    assert next_in_queue(catalogue, None, (1, 47)) is None
-    rows = everything(catalogue, layer=0)
+WALKED_LISTS = [
+    ListSpec(),
+    ListSpec(sort=SortKey.SCORE, descending=True),
+    ListSpec(sort=SortKey.SCORE),
+    ListSpec(sort=SortKey.LABEL, layer=0),
+    ListSpec(sort=SortKey.STATUS, descending=True),
+    ListSpec(sort=SortKey.MAX, descending=True, todo=Todo.NOT_ACCEPTED),
+    ListSpec(sort=SortKey.DENSITY, text="fires"),
+    ListSpec(sort=SortKey.NEURON, descending=True, todo=Todo.UNLABELLED),
+    ListSpec(sort=SortKey.SCORE, todo=Todo.SCORE_BELOW, below=0.5),
+]
+
+
+@pytest.mark.parametrize("spec", WALKED_LISTS)
+def test_a_walk_steps_through_the_list_in_its_order_both_ways(catalogue, spec):
+    listed = [(r.layer, r.neuron) for r in list_page(catalogue, None, spec, limit=1000)[0]]
+    assert listed
+    place = list_place(catalogue, None, spec, *listed[0])
+    walked = [(place.layer, place.neuron)]
+    while True:
+        step, left = list_step(catalogue, None, spec, place)
+        assert left == len(listed) - len(walked)
+        quick, uncounted = list_step(catalogue, None, spec, place, count=False)
+        assert quick == step and uncounted in (left, None)
+        if step is None:
+            break
+        walked.append((step.layer, step.neuron))
+        place = step
+    assert walked == listed
+    back = [(place.layer, place.neuron)]
+    while (step := list_step(catalogue, None, spec, place, backward=True)[0]) is not None:
+        back.append((step.layer, step.neuron))
+        place = step
+    assert back == listed[::-1]
+
+
+def test_queues_walk_what_still_needs_a_person(catalogue):
+    rows = everything(catalogue)
+    unlabelled = [(r.layer, r.neuron) for r in rows if r.status is NeuronStatus.UNLABELLED]
+    spec = ListSpec(todo=Todo.UNLABELLED)
+    assert [(r.layer, r.neuron) for r in list_page(catalogue, None, spec)[0]] == unlabelled
     below = 0.5
-    weak = [
-        (r.layer, r.neuron) for r in everything(catalogue) if r.score is None or r.score < below
-    ]
-    walked, at = [], None
-    while (at := next_in_queue(catalogue, None, at, below=below)) is not None:
-        walked.append(at)
-    assert walked == weak
-    # An accepted neuron has had its human: it leaves the queue.
+    weak = [(r.layer, r.neuron) for r in rows if r.score is None or r.score < below]
+    spec = ListSpec(todo=Todo.SCORE_BELOW, below=below)
+    assert [(r.layer, r.neuron) for r in list_page(catalogue, None, spec)[0]] == weak
+    # An accepted neuron has had its human: it leaves the queue, and a walk standing on it
+    # still steps on to the next one.
     first = next(r for r in rows if (r.layer, r.neuron) == weak[0])
+    place = list_place(catalogue, None, spec, *weak[0])
     labels.set_status(
         catalogue,
         catalogue.neuron_ref(None, *weak[0]),
@@ -224,7 +262,11 @@ def test_queue_walks_unlabelled_then_low_scores(catalogue):
         annotator="a",
         expected_version=None,
     )
-    assert next_in_queue(catalogue, None, None, below=below) == weak[1]
+    assert [(r.layer, r.neuron) for r in list_page(catalogue, None, spec)[0]] == weak[1:]
+    step, left = list_step(catalogue, None, spec, place)
+    assert step is not None and (step.layer, step.neuron) == weak[1] and left == len(weak) - 1
+    accepted = ListSpec(todo=Todo.NOT_ACCEPTED)
+    assert list_page(catalogue, None, accepted)[1] == 95
 
 
 def test_example_token_ids_are_the_stored_window(catalogue, tiny_model):
@@ -282,6 +324,47 @@ def test_statistic_sorts_put_undefined_values_last_on_every_page(catalogue, desc
         assert total == len(rows)
         pages += page
     assert [(r.layer, r.neuron) for r in pages] == [(r.layer, r.neuron) for r in rows]
+
+
+STAT_WALKS = [
+    ListSpec(sort=SortKey.KURTOSIS),
+    ListSpec(sort=SortKey.KURTOSIS, descending=True, layer=0),
+    ListSpec(sort=SortKey.KURTOSIS, status=NeuronStatus.PROPOSED),
+    ListSpec(sort=SortKey.KURTOSIS, todo=Todo.SCORE_BELOW, below=0.5, descending=True),
+    ListSpec(sort=SortKey.COSINE, ranges=(StatRange(Stat.SKEW, 2.0, 3.0),)),
+    ListSpec(sort=SortKey.KURTOSIS, descending=True, ranges=(StatRange(Stat.KURTOSIS, 5.0, 12.0),)),
+    ListSpec(sort=SortKey.SCORE, ranges=(StatRange(Stat.COSINE, high=0.0),), descending=True),
+    ListSpec(todo=Todo.NOT_ACCEPTED, ranges=(StatRange(Stat.KURTOSIS, low=0.0),)),
+]
+
+
+@pytest.mark.parametrize("spec", STAT_WALKS)
+def test_a_walk_follows_statistic_sorts_and_ranges(catalogue, spec):
+    """Neurons without the statistic (NULL, NaN) come last in a walk as on the list's pages."""
+    _undefine(catalogue)
+    listed = [(r.layer, r.neuron) for r in list_page(catalogue, None, spec, limit=1000)[0]]
+    assert listed
+    pages: list[tuple[int, int]] = []
+    for offset in range(0, len(listed), 7):
+        pages += [
+            (r.layer, r.neuron) for r in list_page(catalogue, None, spec, offset=offset, limit=7)[0]
+        ]
+    assert pages == listed
+    place = list_place(catalogue, None, spec, *listed[0])
+    walked = [(place.layer, place.neuron)]
+    while True:
+        step, left = list_step(catalogue, None, spec, place)
+        assert left == len(listed) - len(walked)
+        if step is None:
+            break
+        walked.append((step.layer, step.neuron))
+        place = step
+    assert walked == listed
+    back = [(place.layer, place.neuron)]
+    while (step := list_step(catalogue, None, spec, place, backward=True)[0]) is not None:
+        back.append((step.layer, step.neuron))
+        place = step
+    assert back == listed[::-1]
 
 
 def test_filters_by_statistic_ranges(catalogue):

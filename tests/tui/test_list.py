@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import tui_support as support
-from tui_support import notifications, until
+from tui_support import until
 
 from labeller.catalogue.browse import NeuronStatus, SortKey
 from labeller.tui import neuron_list
@@ -143,27 +143,38 @@ async def test_goto_opens_a_neuron_and_back_returns(tui):
         await until(pilot, lambda: isinstance(app.screen, NeuronListScreen))
 
 
-async def test_goto_a_missing_neuron_is_a_notification(tui):
+async def test_goto_a_missing_neuron_keeps_the_dialog_open_with_the_reason(tui):
     app = tui.app()
-    async with app.run_test(size=(100, 30), notifications=True) as pilot:
+    async with app.run_test(size=(100, 30)) as pilot:
         await loaded(pilot)
         await pilot.press("g", *"7.3", "enter")
-        await until(pilot, lambda: any("not been scanned" in n for n in notifications(app)))
-        await until(pilot, lambda: isinstance(app.screen, NeuronListScreen))
+        dialog = app.screen
+        assert isinstance(dialog, GotoDialog)
+        problem = dialog.query_one("#problem")
+        await until(pilot, lambda: "not been scanned" in str(problem.render()))
+        await pilot.press("enter")  # the same target again: still there, still open
+        await pilot.pause(0.2)
+        assert app.screen is dialog
+        await pilot.press(*["backspace"] * 3, *"1.900", "enter")
+        await until(pilot, lambda: "has no neuron 900" in str(problem.render()))
+        await pilot.press(*["backspace"] * 5, *"1.9", "enter")
+        await until(pilot, lambda: isinstance(app.screen, NeuronScreen))
+        assert (app.screen.layer_index, app.screen.neuron) == (1, 9)
 
 
 async def test_queue_walks_the_unlabelled_neurons(tui):
     app = tui.app()
     async with app.run_test(size=(100, 30)) as pilot:
         await loaded(pilot)
-        await pilot.press("u")
+        await pilot.press("d")
+        await pilot.click("#unlabelled")
         await pilot.click("#start")
         await until(pilot, lambda: isinstance(app.screen, NeuronScreen))
         await until(pilot, lambda: app.screen.page is not None)
         assert (app.screen.layer_index, app.screen.neuron) == (1, 0)
         await pilot.press("n")
         await until(pilot, lambda: app.screen.neuron == 1 and app.screen.page is not None)
-        assert app.screen.queue is not None
+        assert app.screen.walk is not None and app.screen.walk.rank == 2
 
 
 async def test_queue_of_low_scores(tui):
@@ -171,15 +182,16 @@ async def test_queue_of_low_scores(tui):
     async with app.run_test(size=(100, 30)) as pilot:
         screen = await loaded(pilot)
         low = min((r for r in screen.rows if r.score is not None), key=lambda r: r.score)
-        await pilot.press("u")
+        await pilot.press("d")
         await pilot.click("#below")
         threshold = f"{low.score + 1e-6:.6f}"
         app.screen.query_one("#threshold").value = threshold
         await pilot.click("#start")
         await until(pilot, lambda: isinstance(app.screen, NeuronScreen))
-        assert app.screen.queue.below == float(threshold)
-        first = app.screen
-        assert first.layer_index == 0 and first.neuron <= low.neuron
+        assert screen.query_state.below == float(threshold)
+        assert (app.screen.layer_index, app.screen.neuron) == (low.layer, low.neuron)
+        # The others scoring that low or lower are unscored (weaker still): the unlabelled.
+        assert all(r.score is None or r == low for r in screen.rows)
 
 
 async def test_help_lists_the_keys_active_on_the_list(tui):
@@ -199,7 +211,7 @@ async def test_every_dialog_on_the_list_opens_framed_and_escape_closes_it(tui):
     async with app.run_test(size=(100, 30)) as pilot:
         screen = await loaded(pilot)
         query = screen.query_state
-        dialogs = {"g": GotoDialog, "u": QueueDialog, "m": ModelPicker, "question_mark": HelpScreen}
+        dialogs = {"g": GotoDialog, "d": QueueDialog, "M": ModelPicker, "question_mark": HelpScreen}
         for key, dialog in dialogs.items():
             await pilot.press(key)
             await until(pilot, lambda dialog=dialog: isinstance(app.screen, dialog))
