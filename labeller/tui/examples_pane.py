@@ -89,34 +89,37 @@ class ExamplesPane(Vertical):
             rows.append(Text(note, "dim"))
         examples = self.query_one("#example-list", ListView)
         present = list(examples.children)
-        if len(present) == len(rows) and all(
-            isinstance(item, ExampleItem) == isinstance(row, Example)
-            for item, row in zip(present, rows, strict=True)
-        ):
-            for item, row in zip(present, rows, strict=True):
-                if isinstance(item, ExampleItem) and isinstance(row, Example):
-                    item.show(row, scale)
-                elif isinstance(row, Text):
-                    item.query_one(Static).update(row, layout=False)  # one line either way
-            example = self.highlighted()
-            if example is not None:  # the same row, another example: no Highlighted comes
-                self._detail(example, None)
-            return
-        items = [
-            ExampleItem(row, scale)
-            if isinstance(row, Example)
-            else ListItem(Static(row), classes="section", disabled=True)
-            for row in rows
-        ]
-        # Another neuron with other sections (sealed windows and bands vary): the person's row
-        # stays highlighted if there is still an example there.
-        kept = examples.index if present else None
-        examples.clear()
-        examples.extend(items)
-        if kept is not None and kept < len(items) and isinstance(items[kept], ExampleItem):
+        # Rows whose kind (example or heading) matches are updated in place: mounting some 40
+        # widgets anew costs most of a page paint. Sealing and the number of bands vary between
+        # neurons, so usually only the band sections at the end are mounted again.
+        same = 0
+        for item, row in zip(present, rows, strict=False):
+            if isinstance(item, ExampleItem) != isinstance(row, Example):
+                break
+            same += 1
+        for item, row in zip(present[:same], rows[:same], strict=True):
+            if isinstance(item, ExampleItem) and isinstance(row, Example):
+                item.show(row, scale)
+            elif isinstance(row, Text):
+                item.query_one(Static).update(row, layout=False)  # one line either way
+        kept = examples.index
+        if same < len(present):
+            examples.remove_items(range(same, len(present)))
+        if same < len(rows):
+            examples.extend(
+                ExampleItem(row, scale)
+                if isinstance(row, Example)
+                else ListItem(Static(row), classes="section", disabled=True)
+                for row in rows[same:]
+            )
+        # The person's row stays highlighted if there is still an example there.
+        if kept is not None and kept < len(rows) and isinstance(rows[kept], Example):
             examples.index = kept
         else:
             examples.index = 1 if top else None
+        example = self.highlighted()
+        if example is not None:  # the same row may hold another example: no Highlighted comes
+            self._detail(example, None)
 
     def _stats(self, view: NeuronView, scale: float) -> Text:
         s = view.stats

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import pytest
 import tui_support as support
-from textual.widgets import ListView, TabbedContent
+from textual.widgets import ListView, Static, TabbedContent
 from tui_support import notifications, until
 
 from labeller.catalogue.browse import SortKey, Todo
-from labeller.records import LabelStatus
+from labeller.records import LabelStatus, Split
+from labeller.tui.example_item import ExampleItem
 from labeller.tui.filter_bar import FilterBar
 from labeller.tui.neuron_list import NeuronListScreen
 from labeller.tui.neuron_screen import NeuronScreen
@@ -138,6 +139,35 @@ async def test_the_next_page_keeps_the_tab_and_the_example(tui):
         page = await walked(pilot, (0, 2))
         assert page.query_one(TabbedContent).active == "labels"
         assert app.focused is page.query_one("#candidates")
+
+
+async def test_a_turned_page_lists_exactly_the_new_neurons_examples(tui):
+    """Pages turned in place reuse the rows they can; every turn must still list this neuron's
+    shown examples and section headings, in order, whatever the last one had (bands vary)."""
+    app = tui.app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        await listed(pilot)
+        await pilot.press("enter")
+        shapes = set()
+        for neuron in range(6):
+            page = await walked(pilot, (0, neuron))
+            view = page.page.view
+            shown = [
+                e
+                for e in (*view.top_examples, *view.random_examples, *view.quantile_examples)
+                if e.split in (Split.TRAIN, Split.CALIBRATION)
+            ]
+            items = list(page.query_one("#example-list", ListView).children)
+            examples = [i.example for i in items if isinstance(i, ExampleItem)]
+            assert examples == shown
+            headings = [
+                str(i.query_one(Static).render()) for i in items if not isinstance(i, ExampleItem)
+            ]
+            bands = sorted({e.band for e in view.quantile_examples})
+            assert [h.split(" ")[0] for h in headings[2 : 2 + len(bands)]] == ["Band"] * len(bands)
+            shapes.add(len(items))
+            await pilot.press("n")
+        assert len(shapes) > 1  # the walk crossed neurons with differently shaped lists
 
 
 async def test_the_end_of_a_queue_says_so(tui):
