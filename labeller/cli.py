@@ -330,51 +330,30 @@ def scan(
       labeller scan --model demo-solu-1l --dataset demo --tokens 200000
       labeller scan --model gpt2 --dataset NeelNanda/pile-10k --layers 0-11 --tokens 10000000
     """
-    from labeller.model.loading import load_model
     from labeller.scan import distributed
     from labeller.scan.runner import run_scan
 
     check_dataset_spec(dataset)
     world = distributed.world_from_env()
+    fields: dict[str, Any] = {
+        "dataset": dataset,
+        "layers": layers,
+        "tokens": tokens,
+        "ctx": ctx,
+        "top_k": top_k,
+        "random": n_random,
+        "seed": seed,
+        "histogram_bins": histogram_bins,
+        "band_windows": band_windows,
+    }
     if world is not None:
-        _sharded_scan(
-            world,
-            db_path,
-            model_spec,
-            dataset,
-            layers,
-            tokens,
-            ctx,
-            top_k,
-            n_random,
-            batch_size,
-            text_field,
-            seed,
-            histogram_bins,
-            band_windows,
-            device,
-            dtype,
-        )
+        rank_device = distributed.device_for(world, device)
+        model, params = _scan_model(model_spec, rank_device, dtype, fields)
+        _sharded_scan(world, db_path, model, params, batch_size, text_field)
         return
     with _new_catalogue_kept_only_if_used(db_path) as catalogue:
         with _status(f"loading {model_spec}"):
-            model = load_model(model_spec, device=device, dtype=dtype)
-        params = ScanParams(
-            model=model_spec,
-            dataset=dataset,
-            layers=parse_layers(layers, model.n_layers),
-            tokens=tokens,
-            ctx=ctx,
-            top_k=top_k,
-            random=n_random,
-            seed=seed,
-            histogram_bins=histogram_bins,
-            band_windows=band_windows,
-        )
-        if ctx > model.context_limit:
-            raise UserError(
-                f"--ctx {ctx} is longer than {model_spec}'s context; use a smaller --ctx"
-            )
+            model, params = _scan_model(model_spec, device, dtype, fields)
         try:
             with _progress(tokens) as advance:
                 outcome = run_scan(
@@ -388,58 +367,51 @@ def scan(
         except ScanAlreadyComplete as done:
             click.echo(str(done))
             return
+    _report_scan(outcome, model_spec, catalogue.path, "")
+
+
+def _scan_model(
+    model_spec: str, device: str, dtype: str, fields: dict[str, Any]
+) -> tuple[Any, ScanParams]:
+    """The loaded model and the scan's parameters (`fields`: the scan flags, layers as typed)."""
+    from labeller.model.loading import load_model
+
+    model = load_model(model_spec, device=device, dtype=dtype)
+    layers = parse_layers(fields["layers"], model.n_layers)
+    params = ScanParams(model=model_spec, **{**fields, "layers": layers})
+    if params.ctx > model.context_limit:
+        raise UserError(
+            f"--ctx {params.ctx} is longer than {model_spec}'s context; use a smaller --ctx"
+        )
+    return model, params
+
+
+def _report_scan(outcome: Any, model_spec: str, path: Path, ranks: str) -> None:
     for note in outcome.notes:
         click.echo(note, err=True)
     click.echo(
         f"scan {outcome.scan_id}: {outcome.tokens_seen:,} tokens in {outcome.windows_seen:,} "
-        f"windows; {outcome.neurons:,} neurons of {model_spec} stored in {catalogue.path}"
+        f"windows{ranks}; {outcome.neurons:,} neurons of {model_spec} stored in {path}"
     )
 
 
 def _sharded_scan(
     world: Any,
     db_path: Path | None,
-    model_spec: str,
-    dataset: str,
-    layers: str,
-    tokens: int | None,
-    ctx: int,
-    top_k: int,
-    n_random: int,
+    model: Any,
+    params: ScanParams,
     batch_size: int,
     text_field: str,
-    seed: int,
-    histogram_bins: int,
-    band_windows: int,
-    device: str,
-    dtype: str,
 ) -> None:
     """`scan` as one rank of a torchrun job: every rank scans its share of the windows; rank 0
     alone opens the catalogue, shows progress and reports; the others exit quietly (0 when the
     scan succeeds, 1 with no message when rank 0 reports an error)."""
-    from labeller.model.loading import load_model
     from labeller.scan import distributed
     from labeller.scan.runner import run_scan
 
-    leader = world.leader
-    model = load_model(model_spec, device=distributed.device_for(world, device), dtype=dtype)
-    params = ScanParams(
-        model=model_spec,
-        dataset=dataset,
-        layers=parse_layers(layers, model.n_layers),
-        tokens=tokens,
-        ctx=ctx,
-        top_k=top_k,
-        random=n_random,
-        seed=seed,
-        histogram_bins=histogram_bins,
-        band_windows=band_windows,
-    )
-    if ctx > model.context_limit:
-        raise UserError(f"--ctx {ctx} is longer than {model_spec}'s context; use a smaller --ctx")
     distributed.init(world, model.device)
     try:
-        if not leader:
+        if not world.leader:
             try:
                 run_scan(
                     None, model, params, batch_size=batch_size, text_field=text_field, world=world
@@ -451,7 +423,7 @@ def _sharded_scan(
             return
         with _new_catalogue_kept_only_if_used(db_path) as catalogue:
             try:
-                with _progress(tokens) as advance:
+                with _progress(params.tokens) as advance:
                     outcome = run_scan(
                         catalogue,
                         model,
@@ -466,13 +438,7 @@ def _sharded_scan(
                 return
     finally:
         distributed.finish()
-    for note in outcome.notes:
-        click.echo(note, err=True)
-    click.echo(
-        f"scan {outcome.scan_id}: {outcome.tokens_seen:,} tokens in {outcome.windows_seen:,} "
-        f"windows on {world.size} ranks; {outcome.neurons:,} neurons of {model_spec} stored in "
-        f"{catalogue.path}"
-    )
+    _report_scan(outcome, params.model, catalogue.path, f" on {world.size} ranks")
 
 
 @cli.command()
