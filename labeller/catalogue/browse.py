@@ -666,18 +666,20 @@ def _summaries(catalogue: Catalogue, ids: list[int]) -> list[NeuronSummary]:
     ]
 
 
+def _examples_with_token_ids(
+    catalogue: Catalogue, model: str | None, layer: int, neuron: int
+) -> list[tuple[rows.PackedExample, rows.Row]]:
+    """The neuron's stored examples, each with its window's token ids (none if not scanned)."""
+    found = catalogue.neuron_id(_model_id(catalogue, model), layer, neuron)
+    return [] if found is None else catalogue.packed_examples(found, "token_ids")
+
+
 def example_token_ids(
     catalogue: Catalogue, model: str | None, layer: int, neuron: int, kind: str, rank: int
 ) -> list[int]:
     """The exact token ids of a stored example window, so perturbing it perturbs what the scan
     saw (re-encoding the decoded text can split differently)."""
-    model_id = _model_id(catalogue, model)
-    found = catalogue.db.execute(
-        "select id from neurons where model_id = ? and layer = ? and neuron = ?",
-        [model_id, layer, neuron],
-    ).fetchone()
-    stored = [] if found is None else catalogue.packed_examples(int(found[0]), "token_ids")
-    for example, window in stored:
+    for example, window in _examples_with_token_ids(catalogue, model, layer, neuron):
         if example.kind.value == kind and example.rank == rank:
             return rows.token_ids_from_db(window["token_ids"])
     raise UserError(f"neuron {neuron_name(layer, neuron)} has no {kind} example {rank}")
@@ -724,12 +726,7 @@ def top_example_windows(
     catalogue: Catalogue, model: str | None, layer: int, neuron: int
 ) -> list[tuple[int, list[int], int]]:
     """The neuron's top examples as (rank, the window's token ids, the max token's position)."""
-    model_id = _model_id(catalogue, model)
-    found = catalogue.db.execute(
-        "select id from neurons where model_id = ? and layer = ? and neuron = ?",
-        [model_id, layer, neuron],
-    ).fetchone()
-    stored = [] if found is None else catalogue.packed_examples(int(found[0]), "token_ids")
+    stored = _examples_with_token_ids(catalogue, model, layer, neuron)
     return [
         (example.rank, rows.token_ids_from_db(window["token_ids"]), example.max_index)
         for example, window in stored
