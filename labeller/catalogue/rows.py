@@ -13,8 +13,8 @@ import math
 import struct
 import zlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, TypeVar, cast
 
 import numpy as np
 
@@ -132,20 +132,25 @@ def to_float16(values: np.ndarray) -> np.ndarray:
 def encode_examples(examples: list[ExampleRow], window_ids: Mapping[int, int]) -> bytes:
     """A neuron's examples (`window_ids[example.window_key]` their windows' ids) as one blob:
     header, zlib-compressed records, then the float16 activations uncompressed (compressing
-    them saves about a fifth and costs more time than the whole write)."""
+    them saves about a fifth and costs more time than the whole write). The rows are tuples:
+    their fields are read column by column (`zip`), not example by example."""
     meta = np.zeros(len(examples), dtype=_EXAMPLE)
-    kinds, splits = _KIND_CODES, _SPLIT_CODES
-    meta["window_id"] = [window_ids[e.window_key] for e in examples]
-    meta["kind"] = [kinds[e.kind] for e in examples]
-    meta["split"] = [splits[e.split] for e in examples]
-    meta["rank"] = [e.rank for e in examples]
-    meta["length"] = [len(e.activations) // 4 for e in examples]
-    meta["max_index"] = [e.max_index for e in examples]
-    meta["band"] = [-1 if e.band is None else e.band for e in examples]
-    meta["max_activation"] = [e.max_activation for e in examples]
-    meta["band_low"] = [math.nan if e.band_low is None else e.band_low for e in examples]
-    meta["band_high"] = [math.nan if e.band_high is None else e.band_high for e in examples]
-    values = to_float16(np.frombuffer(b"".join(e.activations for e in examples), dtype="<f4"))
+    values = np.zeros(0, dtype="<f2")
+    if examples:
+        keys, kinds, ranks, splits, acts, tops, indices, bands, lows, highs = zip(
+            *examples, strict=True
+        )
+        meta["window_id"] = list(map(window_ids.__getitem__, keys))
+        meta["kind"] = list(map(_KIND_CODES.__getitem__, kinds))
+        meta["split"] = list(map(_SPLIT_CODES.__getitem__, splits))
+        meta["rank"] = ranks
+        meta["length"] = np.fromiter(map(len, acts), dtype=np.int64, count=len(acts)) // 4
+        meta["max_index"] = indices
+        meta["band"] = [-1 if band is None else band for band in bands]
+        meta["max_activation"] = tops
+        meta["band_low"] = np.array(lows, dtype=float)  # None -> NaN
+        meta["band_high"] = np.array(highs, dtype=float)
+        values = to_float16(np.frombuffer(b"".join(acts), dtype="<f4"))
     records = zlib.compress(meta.tobytes(), 1)
     return _HEADER.pack(PACK_FORMAT, len(examples), len(records)) + records + values.tobytes()
 
@@ -202,12 +207,13 @@ def example_order(example: PackedExample) -> tuple[int, int]:
 
 @reads_stored
 def example_from_packed(example: PackedExample, window: Row) -> Example:
-    """A packed example with its window's row (tokens, document, offset)."""
+    """A packed example with its window (`Catalogue.packed_examples`: tokens, document,
+    offset)."""
     return Example(
         kind=example.kind,
         rank=example.rank,
         split=example.split,
-        tokens=json.loads(window["tokens"]),
+        tokens=window["tokens"],
         activations=example.activations,
         max_index=example.max_index,
         max_activation=example.max_activation,
@@ -255,8 +261,10 @@ class WindowRow:
     tokens: list[str]
 
 
-@dataclass(frozen=True)
-class ExampleRow:
+class ExampleRow(NamedTuple):
+    """One example before ids. A tuple, not a dataclass: a scan makes tens of millions of
+    them, and `encode_examples` reads them column by column."""
+
     window_key: int
     kind: ExampleKind
     rank: int
@@ -431,24 +439,15 @@ def _tokens_json(tokens: list[OutputToken]) -> str:
     return json.dumps([t.model_dump() for t in tokens], ensure_ascii=False)
 
 
-def window_to_row(window: WindowRow, scan_id: int | None) -> Row:
-    return {
-        "scan_id": scan_id,
-        "document": window.document,
-        "offset": window.offset,
-        "token_ids": token_ids_to_db(window.token_ids),
-        "tokens": json.dumps(window.tokens, ensure_ascii=False),
-    }
-
-
 def token_ids_to_db(token_ids: list[int]) -> bytes:
-    """A window's token ids: little-endian uint32 (JSON text before m010)."""
+    """A window's token ids as m010 stored them: little-endian uint32 (what m011 converts)."""
     return np.asarray(token_ids, dtype="<u4").tobytes()
 
 
 @reads_stored
 def token_ids_from_db(value: bytes | str | None) -> list[int]:
-    """A window's `token_ids`: uint32 blob, JSON text (before m010), or NULL (none known)."""
+    """A window's `token_ids` as m010 left them: uint32 blob, JSON text (before m010), or NULL
+    (none known); m010 and m011 read them."""
     if value is None:
         return []
     if isinstance(value, str):
@@ -456,13 +455,81 @@ def token_ids_from_db(value: bytes | str | None) -> list[int]:
     return np.frombuffer(value, dtype="<u4").astype(int).tolist()
 
 
+# --- a window's token ids and strings (from m011) ---------------------------------------------
+#
+# Token ids: one byte giving the width (2: uint16, when every id fits; else 4: uint32), then the
+# ids little-endian. Token strings: NULL when the model's `vocabulary` gives every token's
+# string (always, for a scan: a token's string is a function of its id), else the JSON list.
+
+_ID_WIDTHS = {2: "<u2", 4: "<u4"}
+
+
+def pack_token_ids(token_ids: list[int]) -> bytes:
+    """A window's token ids as stored (uint16 when they fit)."""
+    ids = np.asarray(token_ids, dtype=np.int64)
+    width = 2 if ids.size == 0 or int(ids.max()) < 2**16 else 4
+    return bytes([width]) + ids.astype(_ID_WIDTHS[width]).tobytes()
+
+
+@reads_stored
+def unpack_token_ids(blob: bytes | None) -> list[int]:
+    """A window's stored token ids (NULL: none known)."""
+    if blob is None:
+        return []
+    if not blob:
+        raise ValueError("token ids without their width")
+    width = _ID_WIDTHS[blob[0]]  # KeyError: damaged
+    return np.frombuffer(blob, dtype=width, offset=1).astype(int).tolist()
+
+
+@dataclass
+class Vocabulary:
+    """One model's token strings by id, as far as the catalogue knows them (`vocabulary`):
+    what lets a window store its token ids alone. `added`: strings learnt since it was read,
+    for the writer to insert."""
+
+    texts: dict[int, str]
+    added: dict[int, str] = field(default_factory=dict)
+
+    def tokens_to_db(self, token_ids: list[int], tokens: list[str]) -> str | None:
+        """A window's `tokens` column: NULL when the vocabulary gives every string (learning
+        the ids it lacks), else the JSON list (a string that differs from the model's, or
+        strings without ids), so what is read back is always what was written."""
+        if len(token_ids) == len(tokens):
+            texts, added = self.texts, self.added
+            for token_id, text in zip(token_ids, tokens, strict=True):
+                known = texts.get(token_id)
+                if known is None:
+                    texts[token_id] = added[token_id] = text
+                elif known != text:
+                    break
+            else:
+                return None
+        return json.dumps(tokens, ensure_ascii=False)
+
+    @reads_stored
+    def tokens_from_db(self, token_ids: list[int], stored: str | None) -> list[str]:
+        """A window's token strings: its own (JSON), else the vocabulary's for its ids."""
+        if stored is not None:
+            return [str(t) for t in json.loads(stored)]
+        texts = self.texts
+        return [texts[i] for i in token_ids]  # KeyError: damaged
+
+
 WINDOW_COLUMNS = ("scan_id", "document", "offset", "token_ids", "tokens")
 
 
-def window_values(window: WindowRow, scan_id: int | None) -> tuple[Any, ...]:
-    """`window_to_row`'s values in WINDOW_COLUMNS order (the scan's bulk write)."""
-    row = window_to_row(window, scan_id)
-    return tuple(row[column] for column in WINDOW_COLUMNS)
+def window_values(
+    window: WindowRow, scan_id: int | None, vocabulary: Vocabulary
+) -> tuple[Any, ...]:
+    """A windows row's values in WINDOW_COLUMNS order (`vocabulary`: the model's)."""
+    return (
+        scan_id,
+        window.document,
+        window.offset,
+        pack_token_ids(window.token_ids),
+        vocabulary.tokens_to_db(window.token_ids, window.tokens),
+    )
 
 
 def example_rows(example: Example, token_ids: list[int], key: int) -> tuple[WindowRow, ExampleRow]:

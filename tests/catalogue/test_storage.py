@@ -231,7 +231,115 @@ def test_m010_converts_an_old_catalogue(tmp_path: Path):
     assert first.tokens == ["x", "y"]
     with sqlite3.connect(path) as conn:
         (blob,) = conn.execute("select token_ids from windows").fetchone()
-    assert rows.token_ids_from_db(blob) == [1, 2]
+    assert rows.unpack_token_ids(blob) == [1, 2]
+
+
+def _m010_catalogue(path: Path) -> None:
+    """A catalogue as m010 left it: uint32 token ids and every window's token strings (JSON).
+    Windows 1-2 are scan 1's (2 repeats a token with another string than 1 gives it), window 3
+    was imported without a scan; ids from 70,000 need uint32."""
+    db = Database(path)
+    migrations.apply(db, stop_before="m011_vocabulary")
+    db["models"].insert({"id": 1, **rows.model_to_row(MODEL)})
+    params = ScanParams(model="m", dataset="d", layers=[0])
+    db["scans"].insert(
+        {
+            "id": 1,
+            **rows.scan_to_row(
+                1,
+                params,
+                ScanStatus.COMPLETE,
+                tokens_seen=9,
+                windows_seen=3,
+                started_at="t",
+                updated_at="t",
+            ),
+        }
+    )
+    windows = {
+        1: (1, [5, 70_001, 5], ["a", "é", "a"]),
+        2: (1, [5, 6], ["b", "c"]),
+        3: (None, [5, 7], ["z", "y"]),
+    }
+    for window_id, (scan_id, ids, tokens) in windows.items():
+        db["windows"].insert(
+            {
+                "id": window_id,
+                "scan_id": scan_id,
+                "document": f"doc{window_id}",
+                "offset": 0,
+                "token_ids": rows.token_ids_to_db(ids),
+                "tokens": json.dumps(tokens),
+            }
+        )
+    db["neurons"].insert({"id": 7, **rows.neuron_to_row(NeuronRow(0, 2, STATS, None, []), 1, 1)})
+    examples = [
+        ExampleRow(
+            window_key=w,
+            kind=ExampleKind.TOP,
+            rank=w - 1,
+            split=Split.TRAIN,
+            activations=encode_activations(np.arange(len(windows[w][1]), dtype=np.float32)),
+            max_activation=float(len(windows[w][1]) - 1),
+            max_index=len(windows[w][1]) - 1,
+        )
+        for w in windows
+    ]
+    blob = rows.encode_examples(examples, {w: w for w in windows})
+    db["neuron_examples"].insert({"neuron_id": 7, "data": blob})
+    db.conn.close()
+
+
+def test_m011_stores_token_strings_once_and_reads_back_the_same(tmp_path: Path):
+    from labeller.catalogue.browse import top_example_windows
+
+    path = tmp_path / "m010.db"
+    _m010_catalogue(path)
+    with Catalogue.open(path) as catalogue:  # a write command upgrades it
+        view = catalogue.neuron_view("m", 0, 2)
+        ids = [w[1] for w in top_example_windows(catalogue, "m", 0, 2)]
+        stored = dict(catalogue.db.execute("select id, tokens from windows").fetchall())
+        vocabulary = catalogue.db.execute(
+            "select model_id, token_id, text from vocabulary order by token_id"
+        ).fetchall()
+        widths = [
+            r[0][0] for r in catalogue.db.execute("select token_ids from windows order by id")
+        ]
+    assert [e.tokens for e in view.top_examples] == [["a", "é", "a"], ["b", "c"], ["z", "y"]]
+    assert ids == [[5, 70_001, 5], [5, 6], [5, 7]]
+    assert vocabulary == [(1, 5, "a"), (1, 70_001, "é")]
+    # The window whose token 5 reads otherwise, and the one of no scan, keep their strings.
+    assert stored == {1: None, 2: json.dumps(["b", "c"]), 3: json.dumps(["z", "y"])}
+    assert widths == [4, 2, 2]
+
+
+def test_a_scan_stores_token_strings_once_per_model(tmp_path: Path):
+    with Catalogue.open(tmp_path / "c.db", create=True) as catalogue:
+        _write(catalogue, np.ones((3, 3), dtype=np.float32))
+        _write(catalogue, np.ones((3, 3), dtype=np.float32), seed=1)  # a rescan adds none
+        tokens = {r[0] for r in catalogue.db.execute("select tokens from windows")}
+        vocabulary = catalogue.db.execute(
+            "select token_id, text from vocabulary order by token_id"
+        ).fetchall()
+        view = catalogue.neuron_view("m", 0, 0)
+    assert tokens == {None}
+    assert vocabulary == [
+        (0, "a"),
+        (1, "a"),
+        (2, "a"),
+        (3, "c"),
+        *((70_000 + k, "é") for k in range(3)),
+    ]
+    assert [e.tokens for e in view.top_examples] == [["a", "é", "c"]] * 2
+
+
+def test_token_ids_pack_to_uint16_when_they_fit():
+    assert rows.pack_token_ids([1, 65_535]) == bytes([2]) + np.array([1, 65_535], "<u2").tobytes()
+    assert rows.pack_token_ids([65_536]) == bytes([4]) + np.array([65_536], "<u4").tobytes()
+    for ids in ([], [0, 65_535], [65_536, 3]):
+        assert rows.unpack_token_ids(rows.pack_token_ids(ids)) == ids
+    with pytest.raises(rows.UnreadableRecord):
+        rows.unpack_token_ids(b"\x03\x00")
 
 
 def test_a_completed_scan_leaves_few_free_pages(
@@ -281,3 +389,38 @@ def test_backup_copies_an_unfinished_scans_checkpoint(tmp_path: Path):
         assert restored.load_checkpoint(scan_id) == b"state"
         (scan,) = restored.scans()
         assert scan.status is ScanStatus.INTERRUPTED
+
+
+@pytest.mark.parametrize("reader_open", [False, True])
+def test_a_scans_bulk_write_leaves_the_catalogue_in_wal_mode(tmp_path: Path, reader_open: bool):
+    """The bulk write goes through a rollback journal when it has the file to itself, through
+    the WAL when another connection has it open; either way the catalogue ends in WAL mode,
+    with the results readable by that other connection."""
+    path = tmp_path / "c.db"
+    with Catalogue.open(path, create=True) as catalogue:
+        catalogue.upsert_model(MODEL)
+        reader = sqlite3.connect(path) if reader_open else None
+        if reader is not None:
+            reader.execute("select count(*) from models").fetchone()
+        _write(catalogue, np.ones((3, 3), dtype=np.float32))
+        assert catalogue.db.journal_mode == "wal"
+        assert not Path(f"{path}-journal").exists()
+        if reader is not None:
+            assert reader.execute("select count(*) from neurons").fetchone() == (2,)
+            reader.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("pragma journal_mode").fetchone() == ("wal",)
+        assert conn.execute("select count(*) from neuron_examples").fetchone() == (2,)
+
+
+def test_a_write_command_restores_wal_mode(tmp_path: Path):
+    """A catalogue left in rollback mode (a bulk write could not switch back while a reader
+    held it) is put back in WAL mode by the next write command's open."""
+    path = tmp_path / "c.db"
+    with Catalogue.open(path, create=True) as catalogue:
+        _write(catalogue, np.ones((3, 3), dtype=np.float32))
+    with sqlite3.connect(path) as conn:
+        conn.execute("pragma journal_mode = delete")
+    with Catalogue.open(path) as catalogue:
+        assert catalogue.db.journal_mode == "wal"
+        assert catalogue.neuron_view("m", 0, 0).top_examples
