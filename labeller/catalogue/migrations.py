@@ -7,6 +7,8 @@ catalogue written by a newer labeller (it has names this code does not know).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from typing import Any
 
 from sqlite_utils import Database, Migrations
 
@@ -369,7 +371,7 @@ def m010_packed_examples(db: Database) -> None:
         )
 
 
-# Windows converted per batch by m011 (their old token strings are read a batch at a time).
+# Rows m011 converts per batch (a batch of old rows is read before it is rewritten).
 _M011_BATCH = 5_000
 
 
@@ -378,8 +380,10 @@ def m011_vocabulary(db: Database) -> None:
     """Token strings stored once per model (`vocabulary`), not once per window: a window keeps
     its token ids (now one width byte, then uint16 when every id fits, else uint32;
     `rows.pack_token_ids`) and its `tokens` only where they differ from the vocabulary's (NULL
-    otherwise). Nothing read back changes. Windows of no scan (imported without one) keep their
-    strings. The old strings' pages stay free in the file until a `VACUUM`."""
+    otherwise). A neuron's top output tokens become [token, weight] pairs (JSON objects before).
+    Nothing read back changes. Windows of no scan (imported without one) keep their strings.
+    Examples packed before keep their format (1; new ones are written field by field, format
+    2). The old strings' pages stay free in the file until a `VACUUM`."""
     db.execute(
         """create table vocabulary (
             model_id integer not null references models(id),
@@ -390,14 +394,7 @@ def m011_vocabulary(db: Database) -> None:
     )
     model_of_scan = {int(s): int(m) for s, m in db.execute("select id, model_id from scans")}
     vocabularies: dict[int, rows.Vocabulary] = {}
-    last = -1
-    while True:
-        batch = db.execute(
-            "select id, scan_id, token_ids, tokens from windows where id > ? order by id limit ?",
-            [last, _M011_BATCH],
-        ).fetchall()
-        if not batch:
-            break
+    for batch in _batches(db, "id, scan_id, token_ids, tokens", "windows"):
         updates = []
         for window_id, scan_id, token_ids, tokens in batch:
             ids = rows.token_ids_from_db(token_ids)
@@ -407,7 +404,6 @@ def m011_vocabulary(db: Database) -> None:
                 tokens = vocabulary.tokens_to_db(ids, json.loads(tokens))
             updates.append((rows.pack_token_ids(ids), tokens, window_id))
         db.conn.executemany("update windows set token_ids = ?, tokens = ? where id = ?", updates)
-        last = batch[-1][0]
     db.conn.executemany(
         "insert into vocabulary (model_id, token_id, text) values (?, ?, ?)",
         (
@@ -416,6 +412,30 @@ def m011_vocabulary(db: Database) -> None:
             for token_id, text in vocabulary.added.items()
         ),
     )
+    for batch in _batches(db, "id, top_positive_tokens, top_negative_tokens", "neurons"):
+        db.conn.executemany(
+            "update neurons set top_positive_tokens = ?, top_negative_tokens = ? where id = ?",
+            [
+                (
+                    rows.output_tokens_to_db(rows.output_tokens_from_db(positive)),
+                    rows.output_tokens_to_db(rows.output_tokens_from_db(negative)),
+                    neuron_id,
+                )
+                for neuron_id, positive, negative in batch
+                if positive is not None
+            ],
+        )
+
+
+def _batches(db: Database, columns: str, table: str) -> Iterator[list[tuple[Any, ...]]]:
+    """A table's rows (`id` first among `columns`) in id order, _M011_BATCH at a time, read
+    ahead of the updates each batch gets (a large table never sits in memory whole)."""
+    last = -1
+    while batch := db.execute(
+        f"select {columns} from {table} where id > ? order by id limit ?", [last, _M011_BATCH]
+    ).fetchall():
+        yield batch
+        last = batch[-1][0]
 
 
 KNOWN_MIGRATIONS = frozenset(m.name for m in migrations.pending(Database(memory=True)))

@@ -84,7 +84,10 @@ def encode_activations(values: np.ndarray) -> bytes:
 # rounded (float16: relative error at most 2^-11, values beyond +-65504 clamp to it). On reading,
 # no value exceeds its example's exact max and the value at max_index is that max exactly.
 
-PACK_FORMAT = 1
+# Format 1 (m010) stored the records one after another; format 2 (m011) stores them a field at a
+# time (every window id, then every kind, ...), which compresses to about 0.7 of the size.
+PACK_FORMAT = 2
+_READABLE_FORMATS = (1, 2)
 _HEADER = struct.Struct("<BII")  # format, number of examples, bytes of compressed records
 _KINDS = ("top", "random", "quantile")
 _SPLITS = ("train", "calibration", "valid", "test")
@@ -131,42 +134,65 @@ def to_float16(values: np.ndarray) -> np.ndarray:
 
 def encode_examples(examples: list[ExampleRow], window_ids: Mapping[int, int]) -> bytes:
     """A neuron's examples (`window_ids[example.window_key]` their windows' ids) as one blob:
-    header, zlib-compressed records, then the float16 activations uncompressed (compressing
-    them saves about a fifth and costs more time than the whole write). The rows are tuples:
-    their fields are read column by column (`zip`), not example by example."""
-    meta = np.zeros(len(examples), dtype=_EXAMPLE)
-    values = np.zeros(0, dtype="<f2")
-    if examples:
-        keys, kinds, ranks, splits, acts, tops, indices, bands, lows, highs = zip(
-            *examples, strict=True
-        )
-        meta["window_id"] = list(map(window_ids.__getitem__, keys))
-        meta["kind"] = list(map(_KIND_CODES.__getitem__, kinds))
-        meta["split"] = list(map(_SPLIT_CODES.__getitem__, splits))
-        meta["rank"] = ranks
-        meta["length"] = np.fromiter(map(len, acts), dtype=np.int64, count=len(acts)) // 4
-        meta["max_index"] = indices
-        meta["band"] = [-1 if band is None else band for band in bands]
-        meta["max_activation"] = tops
-        meta["band_low"] = np.array(lows, dtype=float)  # None -> NaN
-        meta["band_high"] = np.array(highs, dtype=float)
-        values = to_float16(np.frombuffer(b"".join(acts), dtype="<f4"))
-    records = zlib.compress(meta.tobytes(), 1)
+    header, the zlib-compressed records field by field, then the float16 activations
+    uncompressed (compressing them saves about a fifth and costs more time than the whole
+    write). The rows are tuples: their fields are read column by column (`zip`), not example
+    by example."""
+    if not examples:
+        records = zlib.compress(b"", 1)
+        return _HEADER.pack(PACK_FORMAT, 0, len(records)) + records
+    keys, kinds, ranks, splits, acts, tops, indices, bands, lows, highs = zip(
+        *examples, strict=True
+    )
+    lengths = np.fromiter(map(len, acts), dtype=np.int64, count=len(acts)) // 4
+    columns = {
+        "window_id": list(map(window_ids.__getitem__, keys)),
+        "kind": list(map(_KIND_CODES.__getitem__, kinds)),
+        "split": list(map(_SPLIT_CODES.__getitem__, splits)),
+        "rank": ranks,
+        "length": lengths,
+        "max_index": indices,
+        "band": [-1 if band is None else band for band in bands],
+        "max_activation": tops,
+        "band_low": np.array(lows, dtype=float),  # None -> NaN
+        "band_high": np.array(highs, dtype=float),
+    }
+    fields = b"".join(
+        np.asarray(columns[name], dtype=_EXAMPLE.fields[name][0]).tobytes()
+        for name in _EXAMPLE.names
+    )
+    records = zlib.compress(fields, 1)
+    values = to_float16(np.frombuffer(b"".join(acts), dtype="<f4"))
     return _HEADER.pack(PACK_FORMAT, len(examples), len(records)) + records + values.tobytes()
+
+
+def _records(version: int, count: int, raw: bytes) -> np.ndarray:
+    """The stored records as one structured array, whichever format holds them."""
+    if version == 1:
+        return np.frombuffer(raw, dtype=_EXAMPLE, count=count)
+    meta = np.zeros(count, dtype=_EXAMPLE)
+    at = 0
+    for name in _EXAMPLE.names:
+        dtype = _EXAMPLE.fields[name][0]
+        meta[name] = np.frombuffer(raw, dtype=dtype, count=count, offset=at)
+        at += count * dtype.itemsize
+    if at != len(raw):
+        raise ValueError("records of the wrong size")
+    return meta
 
 
 @reads_stored
 def decode_examples(blob: bytes) -> list[PackedExample]:
     """A neuron's examples, in stored order (as `encode_examples` was given them)."""
     version, count, size = _HEADER.unpack_from(blob)
-    if version != PACK_FORMAT:
+    if version not in _READABLE_FORMATS:
         raise ValueError(f"unknown examples format {version}")
     start = _HEADER.size
     try:
         records = zlib.decompress(blob[start : start + size])
     except zlib.error as exc:
         raise ValueError(str(exc)) from None
-    meta = np.frombuffer(records, dtype=_EXAMPLE, count=count)
+    meta = _records(version, count, records)
     values = np.frombuffer(blob, dtype="<f2", offset=start + size)
     if values.size != int(meta["length"].sum()):
         raise ValueError("truncated activations")
@@ -381,9 +407,23 @@ def weights_from_row(row: Row) -> WeightFacts | None:
         return None
     return WeightFacts(
         w_in_w_out_cosine=row["w_in_w_out_cosine"],
-        top_positive_tokens=[OutputToken(**t) for t in json.loads(row["top_positive_tokens"])],
-        top_negative_tokens=[OutputToken(**t) for t in json.loads(row["top_negative_tokens"])],
+        top_positive_tokens=output_tokens_from_db(row["top_positive_tokens"]),
+        top_negative_tokens=output_tokens_from_db(row["top_negative_tokens"]),
     )
+
+
+def output_tokens_from_db(raw: str) -> list[OutputToken]:
+    """A neuron's top output tokens: a JSON list of [token, weight] pairs (of objects with
+    `token` and `weight` before m011, which converts them)."""
+    return [
+        OutputToken(**t) if isinstance(t, dict) else OutputToken(token=t[0], weight=t[1])
+        for t in json.loads(raw)
+    ]
+
+
+def output_tokens_to_db(tokens: list[OutputToken]) -> str:
+    """[token, weight] pairs: the keys of each object were a quarter of a neuron's row."""
+    return json.dumps([[t.token, t.weight] for t in tokens], ensure_ascii=False)
 
 
 def neuron_to_row(neuron: NeuronRow, model_id: int, scan_id: int | None) -> Row:
@@ -404,8 +444,12 @@ def neuron_to_row(neuron: NeuronRow, model_id: int, scan_id: int | None) -> Row:
         "tokens": stats.tokens,
         "histogram": stats.histogram.model_dump_json(),
         "w_in_w_out_cosine": weights.w_in_w_out_cosine if weights else None,
-        "top_positive_tokens": _tokens_json(weights.top_positive_tokens) if weights else None,
-        "top_negative_tokens": _tokens_json(weights.top_negative_tokens) if weights else None,
+        "top_positive_tokens": output_tokens_to_db(weights.top_positive_tokens)
+        if weights
+        else None,
+        "top_negative_tokens": output_tokens_to_db(weights.top_negative_tokens)
+        if weights
+        else None,
     }
 
 
@@ -433,10 +477,6 @@ def neuron_values(neuron: NeuronRow, model_id: int, scan_id: int | None) -> tupl
     """`neuron_to_row`'s values in NEURON_COLUMNS order (the scan's bulk write)."""
     row = neuron_to_row(neuron, model_id, scan_id)
     return tuple(row[column] for column in NEURON_COLUMNS)
-
-
-def _tokens_json(tokens: list[OutputToken]) -> str:
-    return json.dumps([t.model_dump() for t in tokens], ensure_ascii=False)
 
 
 def token_ids_to_db(token_ids: list[int]) -> bytes:

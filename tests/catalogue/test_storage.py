@@ -20,6 +20,7 @@ from labeller.records import (
     Histogram,
     ModelRecord,
     NeuronStats,
+    OutputToken,
     ScanParams,
     ScanStatus,
     Split,
@@ -272,7 +273,13 @@ def _m010_catalogue(path: Path) -> None:
                 "tokens": json.dumps(tokens),
             }
         )
-    db["neurons"].insert({"id": 7, **rows.neuron_to_row(NeuronRow(0, 2, STATS, None, []), 1, 1)})
+    neuron = rows.neuron_to_row(NeuronRow(0, 2, STATS, None, []), 1, 1)
+    neuron |= {
+        "w_in_w_out_cosine": 0.25,
+        "top_positive_tokens": json.dumps([{"token": "a", "weight": 0.5}]),
+        "top_negative_tokens": json.dumps([{"token": "é", "weight": -1 / 3}]),
+    }
+    db["neurons"].insert({"id": 7, **neuron})
     examples = [
         ExampleRow(
             window_key=w,
@@ -305,7 +312,12 @@ def test_m011_stores_token_strings_once_and_reads_back_the_same(tmp_path: Path):
         widths = [
             r[0][0] for r in catalogue.db.execute("select token_ids from windows order by id")
         ]
+        (positive,) = catalogue.db.execute("select top_positive_tokens from neurons").fetchone()
     assert [e.tokens for e in view.top_examples] == [["a", "é", "a"], ["b", "c"], ["z", "y"]]
+    assert view.weights is not None
+    assert view.weights.top_positive_tokens == [OutputToken(token="a", weight=0.5)]
+    assert view.weights.top_negative_tokens == [OutputToken(token="é", weight=-1 / 3)]
+    assert positive == json.dumps([["a", 0.5]])
     assert ids == [[5, 70_001, 5], [5, 6], [5, 7]]
     assert vocabulary == [(1, 5, "a"), (1, 70_001, "é")]
     # The window whose token 5 reads otherwise, and the one of no scan, keep their strings.
@@ -424,3 +436,23 @@ def test_a_write_command_restores_wal_mode(tmp_path: Path):
     with Catalogue.open(path) as catalogue:
         assert catalogue.db.journal_mode == "wal"
         assert catalogue.neuron_view("m", 0, 0).top_examples
+
+
+def test_examples_packed_by_m010_still_read():
+    """Format 1 (records one after another), as m010 packed them: m011 leaves them so."""
+    import zlib
+
+    meta = np.zeros(1, dtype=rows._EXAMPLE)
+    meta[0] = (9, 1, 2, 3, 2, 1, -1, 2.5, np.nan, np.nan)
+    records = zlib.compress(meta.tobytes(), 1)
+    blob = rows._HEADER.pack(1, 1, len(records)) + records
+    blob += np.array([0.5, 2.5], dtype="<f2").tobytes()
+    (example,) = rows.decode_examples(blob)
+    assert (example.window_id, example.kind, example.split, example.rank) == (
+        9,
+        ExampleKind.RANDOM,
+        Split.VALID,
+        3,
+    )
+    assert (example.activations, example.max_activation, example.max_index) == ([0.5, 2.5], 2.5, 1)
+    assert (example.band, example.band_low, example.band_high) == (None, None, None)
