@@ -8,7 +8,7 @@ whatever the file, WAL, journal and checkpoint files included; and `write_bytes`
 towards the disk) as a multiple of the final file's size.
 
     python benchmarks/catalogue_size.py                 # 200,000 tokens
-    python benchmarks/catalogue_size.py --tokens 50000
+    python benchmarks/catalogue_size.py --tokens 50000 --db /tmp/kept.db
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+from contextlib import closing
 from pathlib import Path
 
 # Runs the CLI in this process, then reports the process's I/O counters on the last line.
@@ -49,7 +50,7 @@ def scan(db: Path, model: str, dataset: str, tokens: int) -> dict[str, int]:
 
 def file_facts(db: Path) -> tuple[int, int, float, dict[str, int]]:
     """Neurons, file bytes, free-page share, and bytes of pages per table (indexes included)."""
-    with sqlite3.connect(db) as conn:
+    with closing(sqlite3.connect(db)) as conn:
         neurons = conn.execute("select count(*) from neurons").fetchone()[0]
         pages = conn.execute("pragma page_count").fetchone()[0]
         free = conn.execute("pragma freelist_count").fetchone()[0]
@@ -68,12 +69,15 @@ def main() -> None:
     parser.add_argument("--model", default="demo-solu-1l")
     parser.add_argument("--dataset", default="demo")
     parser.add_argument("--tokens", type=int, default=200_000)
+    parser.add_argument("--db", type=Path, default=None, help="keep the catalogue at this new path")
     args = parser.parse_args()
+    if args.db is not None and args.db.exists():
+        sys.exit(f"{args.db} exists; pass a new path")
     with tempfile.TemporaryDirectory() as tmp:
-        db = Path(tmp) / "scan.db"
+        db = args.db or Path(tmp) / "scan.db"
         io = scan(db, args.model, args.dataset, args.tokens)
         neurons, size, free, tables = file_facts(db)
-        leftovers = sorted(p.name for p in Path(tmp).iterdir() if p != db)
+        leftovers = sorted(p.name for p in db.parent.iterdir() if p.name.startswith(f"{db.name}-"))
     print(
         f"{args.model}, {args.tokens:,} tokens: {neurons} neurons, {size:,} bytes "
         f"({size / neurons:,.0f} bytes per neuron), {free:.1%} free pages"

@@ -18,6 +18,7 @@ import argparse
 import sqlite3
 import tempfile
 import time
+from contextlib import closing
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -169,7 +170,7 @@ def write(path: Path, neurons: int, windows: int, seed: int) -> tuple[float, flo
 
 
 def file_facts(path: Path) -> tuple[int, float, int]:
-    with sqlite3.connect(path) as conn:
+    with closing(sqlite3.connect(path)) as conn:
         pages = conn.execute("pragma page_count").fetchone()[0]
         free = conn.execute("pragma freelist_count").fetchone()[0]
         examples = sum(

@@ -107,6 +107,8 @@ _EXAMPLE = np.dtype(
         ("band_high", "<f8"),
     ]
 )
+# Each record field's name and type, in stored order (format 2 stores them one field at a time).
+_FIELDS = [(name, _EXAMPLE[name]) for name in _EXAMPLE.names or ()]
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
@@ -157,10 +159,7 @@ def encode_examples(examples: list[ExampleRow], window_ids: Mapping[int, int]) -
         "band_low": np.array(lows, dtype=float),  # None -> NaN
         "band_high": np.array(highs, dtype=float),
     }
-    fields = b"".join(
-        np.asarray(columns[name], dtype=_EXAMPLE.fields[name][0]).tobytes()
-        for name in _EXAMPLE.names
-    )
+    fields = b"".join(np.asarray(columns[name], dtype=dtype).tobytes() for name, dtype in _FIELDS)
     records = zlib.compress(fields, 1)
     values = to_float16(np.frombuffer(b"".join(acts), dtype="<f4"))
     return _HEADER.pack(PACK_FORMAT, len(examples), len(records)) + records + values.tobytes()
@@ -172,8 +171,7 @@ def _records(version: int, count: int, raw: bytes) -> np.ndarray:
         return np.frombuffer(raw, dtype=_EXAMPLE, count=count)
     meta = np.zeros(count, dtype=_EXAMPLE)
     at = 0
-    for name in _EXAMPLE.names:
-        dtype = _EXAMPLE.fields[name][0]
+    for name, dtype in _FIELDS:
         meta[name] = np.frombuffer(raw, dtype=dtype, count=count, offset=at)
         at += count * dtype.itemsize
     if at != len(raw):
