@@ -18,8 +18,8 @@ import argparse
 import sqlite3
 import tempfile
 import time
-from contextlib import closing
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
