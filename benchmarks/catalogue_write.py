@@ -31,7 +31,9 @@ from labeller.records import (
     Histogram,
     ModelRecord,
     NeuronStats,
+    OutputToken,
     ScanParams,
+    WeightFacts,
     quantile_split,
     random_split,
     top_split,
@@ -63,63 +65,78 @@ def synthetic_windows(count: int, seed: int) -> list[WindowRow]:
     return windows
 
 
+def synthetic_weights(rng: np.random.Generator) -> WeightFacts:
+    """cos(w_in, w_out) and 10 output tokens each way, as `labeller scan` stores them."""
+    ids = rng.integers(0, VOCAB, 20).tolist()
+    values = np.sort(rng.standard_normal(20))[::-1].tolist()
+    tokens = [OutputToken(token=f"tok{i}", weight=v) for i, v in zip(ids, values, strict=True)]
+    return WeightFacts(
+        w_in_w_out_cosine=float(rng.uniform(-1, 1)),
+        top_positive_tokens=tokens[:10],
+        top_negative_tokens=tokens[:-11:-1],
+    )
+
+
 def synthetic_neurons(neurons: int, windows: int, seed: int) -> Iterator[NeuronRow]:
-    """Neurons whose examples reuse a bank of activation vectors (making rows is not what is
-    measured; their bytes are as real ones: random floats)."""
+    """Neurons whose examples reuse a bank of activation vectors and weight facts (making rows
+    is not what is measured; their bytes are as real ones: random floats, 10 output tokens
+    each way)."""
     rng = np.random.default_rng(seed)
     bank = rng.standard_normal((4096, CTX)).astype(np.float32)
     blobs = [encode_activations(row) for row in bank]
     maxima = bank.max(axis=1).tolist()
     argmax = bank.argmax(axis=1).tolist()
     histogram = Histogram(low=-1.0, high=4.0, counts=rng.integers(0, 1000, 64).tolist())
+    weights = [synthetic_weights(rng) for _ in range(256)]
     random_keys = rng.choice(windows, RANDOM, replace=False).tolist()
     picks = rng.integers(0, len(blobs), (neurons, TOP_K + RANDOM + 8 * BAND_WINDOWS)).tolist()
     tops = rng.integers(0, windows, (neurons, TOP_K + 8 * BAND_WINDOWS)).tolist()
     band_counts = rng.integers(5, 9, neurons).tolist()
+    top_splits = [top_split(rank) for rank in range(TOP_K)]
+    random_splits = [random_split(slot) for slot in range(RANDOM)]
+    band_splits = [quantile_split(at) for at in range(BAND_WINDOWS)]
     for n in range(neurons):
         pick, top = picks[n], tops[n]
         examples = [
             ExampleRow(
-                window_key=top[rank],
-                kind=ExampleKind.TOP,
-                rank=rank,
-                split=top_split(rank),
-                activations=blobs[pick[rank]],
-                max_activation=maxima[pick[rank]],
-                max_index=argmax[pick[rank]],
+                top[rank],
+                ExampleKind.TOP,
+                rank,
+                top_splits[rank],
+                blobs[pick[rank]],
+                maxima[pick[rank]],
+                argmax[pick[rank]],
             )
             for rank in range(TOP_K)
         ]
         examples += [
             ExampleRow(
-                window_key=random_keys[slot],
-                kind=ExampleKind.RANDOM,
-                rank=slot,
-                split=random_split(slot),
-                activations=blobs[pick[TOP_K + slot]],
-                max_activation=maxima[pick[TOP_K + slot]],
-                max_index=argmax[pick[TOP_K + slot]],
+                random_keys[slot],
+                ExampleKind.RANDOM,
+                slot,
+                random_splits[slot],
+                blobs[pick[TOP_K + slot]],
+                maxima[pick[TOP_K + slot]],
+                argmax[pick[TOP_K + slot]],
             )
             for slot in range(RANDOM)
         ]
         edges = [i * 4.0 / band_counts[n] for i in range(band_counts[n] + 1)]
-        for rank in range(BAND_WINDOWS * band_counts[n]):
-            band, at = divmod(rank, BAND_WINDOWS)
-            chosen = pick[TOP_K + RANDOM + rank]
-            examples.append(
-                ExampleRow(
-                    window_key=top[TOP_K + rank],
-                    kind=ExampleKind.QUANTILE,
-                    rank=rank,
-                    split=quantile_split(at),
-                    activations=blobs[chosen],
-                    max_activation=maxima[chosen],
-                    max_index=argmax[chosen],
-                    band=band,
-                    band_low=edges[band],
-                    band_high=edges[band + 1],
-                )
+        examples += [
+            ExampleRow(
+                top[TOP_K + rank],
+                ExampleKind.QUANTILE,
+                rank,
+                band_splits[rank % BAND_WINDOWS],
+                blobs[pick[TOP_K + RANDOM + rank]],
+                maxima[pick[TOP_K + RANDOM + rank]],
+                argmax[pick[TOP_K + RANDOM + rank]],
+                rank // BAND_WINDOWS,
+                edges[rank // BAND_WINDOWS],
+                edges[rank // BAND_WINDOWS + 1],
             )
+            for rank in range(BAND_WINDOWS * band_counts[n])
+        ]
         stats = NeuronStats(
             max=4.0,
             min=-1.0,
@@ -132,7 +149,11 @@ def synthetic_neurons(neurons: int, windows: int, seed: int) -> Iterator[NeuronR
             histogram=histogram,
         )
         yield NeuronRow(
-            layer=n // D_MLP, neuron=n % D_MLP, stats=stats, weights=None, examples=examples
+            layer=n // D_MLP,
+            neuron=n % D_MLP,
+            stats=stats,
+            weights=weights[n % len(weights)],
+            examples=examples,
         )
 
 

@@ -532,16 +532,15 @@ class Vocabulary:
     def tokens_to_db(self, token_ids: list[int], tokens: list[str]) -> str | None:
         """A window's `tokens` column: NULL when the vocabulary gives every string (learning
         the ids it lacks), else the JSON list (a string that differs from the model's, or
-        strings without ids), so what is read back is always what was written."""
+        strings without ids), so what is read back is always what was written. A loop over
+        the window's distinct ids, then one comparison: a big scan writes millions of tokens."""
         if len(token_ids) == len(tokens):
-            texts, added = self.texts, self.added
-            for token_id, text in zip(token_ids, tokens, strict=True):
-                known = texts.get(token_id)
-                if known is None:
-                    texts[token_id] = added[token_id] = text
-                elif known != text:
-                    break
-            else:
+            texts = self.texts
+            pairs = dict(zip(token_ids, tokens, strict=True))
+            for token_id, text in pairs.items():
+                if token_id not in texts:
+                    texts[token_id] = self.added[token_id] = text
+            if list(map(texts.__getitem__, token_ids)) == tokens:
                 return None
         return json.dumps(tokens, ensure_ascii=False)
 

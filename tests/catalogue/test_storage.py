@@ -319,7 +319,7 @@ def test_m011_stores_token_strings_once_and_reads_back_the_same(tmp_path: Path):
     assert view.weights.top_negative_tokens == [OutputToken(token="é", weight=-1 / 3)]
     assert positive == json.dumps([["a", 0.5]])
     assert ids == [[5, 70_001, 5], [5, 6], [5, 7]]
-    assert vocabulary == [(1, 5, "a"), (1, 70_001, "é")]
+    assert vocabulary == [(1, 5, "a"), (1, 6, "c"), (1, 70_001, "é")]
     # The window whose token 5 reads otherwise, and the one of no scan, keep their strings.
     assert stored == {1: None, 2: json.dumps(["b", "c"]), 3: json.dumps(["z", "y"])}
     assert widths == [4, 2, 2]
