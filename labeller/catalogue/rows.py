@@ -7,10 +7,12 @@ write shapes (`WindowRow`, `ExampleRow`, `NeuronRow`) live here too: they are ro
 
 from __future__ import annotations
 
+import array
 import functools
 import json
 import math
 import struct
+import sys
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -78,16 +80,20 @@ def encode_activations(values: np.ndarray) -> bytes:
 
 # --- a neuron's examples, packed (the `neuron_examples` table, from m010) ------------------------
 #
-# One row per neuron: a header, one fixed-size record per example (zlib), then every example's
-# per-token activations as little-endian float16, one window after another. Each example's
-# max_activation, and the band edges, are kept exactly (float64); only the per-token values are
-# rounded (float16: relative error at most 2^-11, values beyond +-65504 clamp to it). On reading,
-# no value exceeds its example's exact max and the value at max_index is that max exactly.
+# One row per neuron: a header, the examples' records (zlib), then every example's per-token
+# activations as little-endian float16, one window after another. Each example's max_activation,
+# and the band edges, are kept exactly; only the per-token values are rounded (float16: relative
+# error at most 2^-11, values beyond +-65504 clamp to it). On reading, no value exceeds its
+# example's exact max and the value at max_index is that max exactly.
+#
+# Format 1 (m010): one fixed-size record (`_EXAMPLE`) per example. Format 2 (m011), about 0.6 of
+# the compressed size and a third of the bytes to compress: a flags byte, the distinct band edge
+# pairs (a count, then float64 low and high each), then the records a field at a time
+# (`_COLUMNS`: every window id, then every kind, ...), each example naming its edges by index
+# (255: none) and its max as float32 when every max is one exactly (`_EXACT32`; a scan's always
+# are), else float64.
 
-# Format 1 (m010) stored the records one after another; format 2 (m011) stores them a field at a
-# time (every window id, then every kind, ...), which compresses to about 0.7 of the size.
 PACK_FORMAT = 2
-_READABLE_FORMATS = (1, 2)
 _HEADER = struct.Struct("<BII")  # format, number of examples, bytes of compressed records
 _KINDS = ("top", "random", "quantile")
 _SPLITS = ("train", "calibration", "valid", "test")
@@ -107,8 +113,22 @@ _EXAMPLE = np.dtype(
         ("band_high", "<f8"),
     ]
 )
-# Each record field's name and type, in stored order (format 2 stores them one field at a time).
-_FIELDS = [(name, _EXAMPLE[name]) for name in _EXAMPLE.names or ()]
+# Format 2's fields: name, little-endian numpy type, `array` type code (the stdlib's array packs
+# a tuple of 66 Python numbers several times faster than numpy converts one).
+_COLUMNS = (
+    ("window_id", "<i8", "q"),
+    ("kind", "u1", "B"),
+    ("split", "u1", "B"),
+    ("rank", "<u4", "I"),
+    ("length", "<u4", "I"),
+    ("max_index", "<i4", "i"),
+    ("band", "<i2", "h"),
+    ("edges", "u1", "B"),
+)
+assert all(array.array(code).itemsize == np.dtype(dtype).itemsize for _, dtype, code in _COLUMNS)
+_EXACT32 = 1  # flag: the maxima are stored as float32
+_NO_EDGES = 255
+_BIG_ENDIAN = sys.byteorder == "big"  # stored little-endian whatever the machine
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
@@ -136,46 +156,75 @@ def to_float16(values: np.ndarray) -> np.ndarray:
 
 def encode_examples(examples: list[ExampleRow], window_ids: Mapping[int, int]) -> bytes:
     """A neuron's examples (`window_ids[example.window_key]` their windows' ids) as one blob:
-    header, the zlib-compressed records field by field, then the float16 activations
-    uncompressed (compressing them saves about a fifth and costs more time than the whole
-    write). The rows are tuples: their fields are read column by column (`zip`), not example
-    by example."""
+    header, the zlib-compressed records (format 2), then the float16 activations uncompressed
+    (compressing them saves about a fifth and costs more time than the whole write). The rows
+    are tuples: their fields are read column by column (`zip`), not example by example."""
     if not examples:
-        records = zlib.compress(b"", 1)
+        records = zlib.compress(bytes([0, 0]), 1)
         return _HEADER.pack(PACK_FORMAT, 0, len(records)) + records
     keys, kinds, ranks, splits, acts, tops, indices, bands, lows, highs = zip(
         *examples, strict=True
     )
-    lengths = np.fromiter(map(len, acts), dtype=np.int64, count=len(acts)) // 4
-    columns = {
-        "window_id": list(map(window_ids.__getitem__, keys)),
-        "kind": list(map(_KIND_CODES.__getitem__, kinds)),
-        "split": list(map(_SPLIT_CODES.__getitem__, splits)),
-        "rank": ranks,
-        "length": lengths,
-        "max_index": indices,
-        "band": [-1 if band is None else band for band in bands],
-        "max_activation": tops,
-        "band_low": np.array(lows, dtype=float),  # None -> NaN
-        "band_high": np.array(highs, dtype=float),
-    }
-    fields = b"".join(np.asarray(columns[name], dtype=dtype).tobytes() for name, dtype in _FIELDS)
+    pairs = list(zip(lows, highs, strict=True))
+    edges = {pair: i for i, pair in enumerate(dict.fromkeys(p for p in pairs if p[0] is not None))}
+    if len(edges) >= _NO_EDGES:
+        raise ValueError(f"{len(edges)} activation bands in one neuron; at most 254 are stored")
+    columns = (
+        list(map(window_ids.__getitem__, keys)),
+        list(map(_KIND_CODES.__getitem__, kinds)),
+        list(map(_SPLIT_CODES.__getitem__, splits)),
+        ranks,
+        [len(a) // 4 for a in acts],
+        indices,
+        [-1 if band is None else band for band in bands],
+        [_NO_EDGES if pair[0] is None else edges[pair] for pair in pairs],
+    )
+    maxima = array.array("d", tops)
+    narrow = array.array("f", tops)
+    flags = _EXACT32 if array.array("d", narrow) == maxima else 0
+    edge_values = array.array("d", [v for pair in edges for v in pair])
+    packed = [
+        array.array(code, column) for (_, _, code), column in zip(_COLUMNS, columns, strict=True)
+    ]
+    packed += [narrow if flags & _EXACT32 else maxima]
+    if _BIG_ENDIAN:
+        for part in (*packed, edge_values):
+            part.byteswap()
+    fields = b"".join([bytes([flags, len(edges)]), edge_values, *packed])
     records = zlib.compress(fields, 1)
     values = to_float16(np.frombuffer(b"".join(acts), dtype="<f4"))
     return _HEADER.pack(PACK_FORMAT, len(examples), len(records)) + records + values.tobytes()
 
 
 def _records(version: int, count: int, raw: bytes) -> np.ndarray:
-    """The stored records as one structured array, whichever format holds them."""
+    """The stored records as one `_EXAMPLE` array, whichever format holds them."""
     if version == 1:
         return np.frombuffer(raw, dtype=_EXAMPLE, count=count)
+    if version != 2:
+        raise ValueError(f"unknown examples format {version}")
+    if len(raw) < 2:
+        raise ValueError("records without their flags")
+    flags, n_edges = raw[0], raw[1]
+    at = 2 + 16 * n_edges
+    edges = np.frombuffer(raw, dtype="<f8", count=2 * n_edges, offset=2).reshape(-1, 2)
+    edges = np.concatenate([edges, np.full((1, 2), math.nan)])  # index -1: none
     meta = np.zeros(count, dtype=_EXAMPLE)
-    at = 0
-    for name, dtype in _FIELDS:
-        meta[name] = np.frombuffer(raw, dtype=dtype, count=count, offset=at)
-        at += count * dtype.itemsize
+    columns = {}
+    for name, dtype, _ in _COLUMNS:
+        columns[name] = np.frombuffer(raw, dtype=dtype, count=count, offset=at)
+        at += count * np.dtype(dtype).itemsize
+        if name != "edges":
+            meta[name] = columns[name]
+    top = "<f4" if flags & _EXACT32 else "<f8"
+    meta["max_activation"] = np.frombuffer(raw, dtype=top, count=count, offset=at)
+    at += count * np.dtype(top).itemsize
     if at != len(raw):
         raise ValueError("records of the wrong size")
+    index = columns["edges"].astype(np.int64)
+    index[index == _NO_EDGES] = -1
+    if index.size and index.max() >= n_edges:
+        raise ValueError("an example names band edges that are not stored")
+    meta["band_low"], meta["band_high"] = edges[index, 0], edges[index, 1]
     return meta
 
 
@@ -183,8 +232,6 @@ def _records(version: int, count: int, raw: bytes) -> np.ndarray:
 def decode_examples(blob: bytes) -> list[PackedExample]:
     """A neuron's examples, in stored order (as `encode_examples` was given them)."""
     version, count, size = _HEADER.unpack_from(blob)
-    if version not in _READABLE_FORMATS:
-        raise ValueError(f"unknown examples format {version}")
     start = _HEADER.size
     try:
         records = zlib.decompress(blob[start : start + size])

@@ -4,6 +4,7 @@ beside the file, old catalogues converted by m010, and rescans that keep people'
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 from pathlib import Path
 
@@ -456,3 +457,51 @@ def test_examples_packed_by_m010_still_read():
     )
     assert (example.activations, example.max_activation, example.max_index) == ([0.5, 2.5], 2.5, 1)
     assert (example.band, example.band_low, example.band_high) == (None, None, None)
+
+
+@pytest.mark.parametrize("maxima", [[2.5, 0.75, 1.0], [1 / 3, 0.75, math.nan]])
+def test_packed_examples_round_trip_exactly(maxima: list[float]):
+    """Every field but the per-token values comes back exactly: maxima stored as float32 only
+    when all of them are one (else float64), band edges shared by index, None kept apart."""
+    values = np.array([[0.5, 2.5], [0.75, 0.25], [1.0, -2.0]], dtype=np.float32)
+    examples = [
+        ExampleRow(4, ExampleKind.TOP, 0, Split.TRAIN, encode_activations(values[0]), maxima[0], 1),
+        ExampleRow(
+            7,
+            ExampleKind.QUANTILE,
+            0,
+            Split.VALID,
+            encode_activations(values[1]),
+            maxima[1],
+            0,
+            band=2,
+            band_low=0.5,
+            band_high=1 / 3 + 1,
+        ),
+        ExampleRow(
+            5,
+            ExampleKind.QUANTILE,
+            1,
+            Split.TEST,
+            encode_activations(values[2]),
+            maxima[2],
+            0,
+            band=2,
+            band_low=0.5,
+            band_high=1 / 3 + 1,
+        ),
+    ]
+    found = rows.decode_examples(rows.encode_examples(examples, {4: 40, 7: 2**40, 5: 50}))
+    assert [(e.window_id, e.kind, e.rank, e.split, e.max_index) for e in found] == [
+        (40, ExampleKind.TOP, 0, Split.TRAIN, 1),
+        (2**40, ExampleKind.QUANTILE, 0, Split.VALID, 0),
+        (50, ExampleKind.QUANTILE, 1, Split.TEST, 0),
+    ]
+    assert [(e.band, e.band_low, e.band_high) for e in found] == [
+        (None, None, None),
+        (2, 0.5, 1 / 3 + 1),
+        (2, 0.5, 1 / 3 + 1),
+    ]
+    assert [e.max_activation for e in found][:2] == maxima[:2]
+    assert math.isnan(found[2].max_activation) == math.isnan(maxima[2])
+    assert rows.decode_examples(rows.encode_examples([], {})) == []
