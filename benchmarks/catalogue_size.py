@@ -22,15 +22,25 @@ import tempfile
 from contextlib import closing
 from pathlib import Path
 
-# Runs the CLI in this process, then reports the process's I/O counters on the last line.
+# Runs the CLI in this process, counting the checkpoints it saves (their files are gone when the
+# scan completes), then reports the process's I/O counters on the last line.
 _CHILD = """
 import json, sys
+from labeller.catalogue import Catalogue
 from labeller.cli import cli
+saved = []
+save = Catalogue.save_checkpoint
+def counted(self, scan_id, state, **kwargs):
+    saved.append(len(state))
+    return save(self, scan_id, state, **kwargs)
+Catalogue.save_checkpoint = counted
 try:
     cli.main(sys.argv[1:], prog_name="labeller", standalone_mode=False)
 finally:
     io = dict(line.split(": ") for line in open("/proc/self/io").read().splitlines())
-    print(json.dumps({k: int(v) for k, v in io.items()}))
+    counters = {k: int(v) for k, v in io.items()}
+    counters.update(checkpoints=len(saved), checkpoint_bytes=sum(saved))
+    print(json.dumps(counters))
 """
 
 
@@ -91,6 +101,11 @@ def main() -> None:
         f"the file), {io['write_bytes']:,} sent towards the disk "
         f"({io['write_bytes'] / size:.2f}x; {io['cancelled_write_bytes']:,} of it cancelled "
         f"by truncation); files left beside it: {leftovers or 'none'}"
+    )
+    print(
+        f"  of which {io['checkpoints']} checkpoint(s) of the scan's state: "
+        f"{io['checkpoint_bytes']:,} bytes ({io['checkpoint_bytes'] / size:.2f}x the file); "
+        f"the rest: {(io['wchar'] - io['checkpoint_bytes']) / size:.2f}x"
     )
 
 
