@@ -91,7 +91,8 @@ def encode_activations(values: np.ndarray) -> bytes:
 # pairs (a count, then float64 low and high each), then the records a field at a time
 # (`_COLUMNS`: every window id, then every kind, ...), each example naming its edges by index
 # (255: none) and its max as float32 when every max is one exactly (`_EXACT32`; a scan's always
-# are), else float64.
+# are), else float64; and the float16 values leave out each max's own token (`_max_positions`:
+# reading puts the exact max back there, as it always has).
 
 PACK_FORMAT = 2
 _HEADER = struct.Struct("<BII")  # format, number of examples, bytes of compressed records
@@ -193,7 +194,23 @@ def encode_examples(examples: list[ExampleRow], window_ids: Mapping[int, int]) -
     fields = b"".join([bytes([flags, len(edges)]), edge_values, *packed])
     records = zlib.compress(fields, 1)
     values = to_float16(np.frombuffer(b"".join(acts), dtype="<f4"))
+    dropped, _ = _max_positions(
+        np.asarray(columns[4], dtype=np.int64),
+        np.asarray(indices, dtype=np.int64),
+        np.asarray(maxima, dtype=float),
+    )
+    values = np.delete(values, dropped)
     return _HEADER.pack(PACK_FORMAT, len(examples), len(records)) + records + values.tobytes()
+
+
+def _max_positions(
+    lengths: np.ndarray, max_index: np.ndarray, maxima: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Where each example's max token is among all the examples' values one after another, for
+    the examples whose max is known (and which): format 2 leaves those values out, since the
+    records hold each max exactly and reading puts it back there."""
+    held = (max_index >= 0) & (max_index < lengths) & ~np.isnan(maxima)
+    return (np.cumsum(lengths) - lengths + max_index)[held], held
 
 
 def _records(version: int, count: int, raw: bytes) -> np.ndarray:
@@ -238,10 +255,18 @@ def decode_examples(blob: bytes) -> list[PackedExample]:
     except zlib.error as exc:
         raise ValueError(str(exc)) from None
     meta = _records(version, count, records)
-    values = np.frombuffer(blob, dtype="<f2", offset=start + size)
-    if values.size != int(meta["length"].sum()):
+    values64 = np.frombuffer(blob, dtype="<f2", offset=start + size).astype(float)
+    lengths = meta["length"].astype(np.int64)
+    positions, held = np.zeros(0, dtype=np.int64), np.zeros(count, dtype=bool)
+    if version == 2:
+        positions, held = _max_positions(
+            lengths, meta["max_index"].astype(np.int64), meta["max_activation"]
+        )
+    if values64.size + positions.size != int(lengths.sum()):
         raise ValueError("truncated activations")
-    values64 = values.astype(float)
+    values64 = np.insert(
+        values64, positions - np.arange(positions.size), meta["max_activation"][held]
+    )
     found, at = [], 0
     for m in meta.tolist():
         window_id, kind, split, rank, length, max_index, band, top, low, high = m
