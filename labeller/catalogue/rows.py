@@ -188,18 +188,20 @@ def encode_examples(examples: list[ExampleRow], window_ids: Mapping[int, int]) -
         array.array(code, column) for (_, _, code), column in zip(_COLUMNS, columns, strict=True)
     ]
     packed += [narrow if flags & _EXACT32 else maxima]
+    dropped, _ = _max_positions(  # read from the packed fields (native order), not converted again
+        np.frombuffer(packed[4], dtype=np.uint32).astype(np.int64),
+        np.frombuffer(packed[5], dtype=np.int32).astype(np.int64),
+        np.frombuffer(maxima, dtype=np.float64),
+    )
     if _BIG_ENDIAN:
         for part in (*packed, edge_values):
             part.byteswap()
     fields = b"".join([bytes([flags, len(edges)]), edge_values, *packed])
     records = zlib.compress(fields, 1)
     values = to_float16(np.frombuffer(b"".join(acts), dtype="<f4"))
-    dropped, _ = _max_positions(
-        np.asarray(columns[4], dtype=np.int64),
-        np.asarray(indices, dtype=np.int64),
-        np.asarray(maxima, dtype=float),
-    )
-    values = np.delete(values, dropped)
+    kept = np.ones(values.size, dtype=bool)
+    kept[dropped] = False
+    values = values[kept]
     return _HEADER.pack(PACK_FORMAT, len(examples), len(records)) + records + values.tobytes()
 
 
