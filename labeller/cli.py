@@ -1835,6 +1835,123 @@ def import_(db_path: Path | None, file: Path, annotator: str | None) -> None:
         click.echo(f"conflict (left for a person): {printable(conflict)}", err=True)
 
 
+@cli.command()
+@click.option(
+    "--model",
+    "model_specs",
+    multiple=True,
+    required=True,
+    help="Give twice: model A, then model B (demo name, HF name, local dir).",
+)
+@click.option("--dataset", default="demo", show_default=True, help="demo, a file/folder, HF name.")
+@click.option(
+    "--tokens", type=click.IntRange(min=1), default=100_000, show_default=True, help="Tokens read."
+)
+@click.option("--layers", default="all", show_default=True, help="Layers to compare, e.g. 0,2-5.")
+@click.option("--ctx", type=click.IntRange(min=2), default=SCAN_DEFAULTS["ctx"], show_default=True)
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=SCAN_BATCH_SIZE, show_default=True
+)
+@click.option(
+    "--sample-tokens",
+    type=click.IntRange(min=1),
+    default=20_000,
+    show_default=True,
+    help="Tokens kept for histograms and near-zero shares.",
+)
+@click.option("--text-field", default="text", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--db",
+    "db_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Catalogue with both models' labels and scores: label rates and agreement.",
+)
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("compare"),
+    show_default=True,
+    help="Folder for report.md, report.json and the PNG figures.",
+)
+@click.option("--dpi", type=click.IntRange(min=20), default=80, show_default=True)
+@model_load_options
+def compare(
+    model_specs: tuple[str, ...],
+    dataset: str,
+    tokens: int,
+    layers: str,
+    ctx: int,
+    batch_size: int,
+    sample_tokens: int,
+    text_field: str,
+    seed: int,
+    db_path: Path | None,
+    out: Path,
+    dpi: int,
+    device: str,
+    dtype: str,
+) -> None:
+    """Run two models over the same tokens and write a report: each neuron's best match in the
+    other model (against a shuffled baseline), activation distributions per stage (kurtosis,
+    skew, near-zero share; SoLU's LayerNorm scale), and with --db the share of neurons with a
+    well-scoring label and whether matched neurons' labels agree. Needs matplotlib
+    (pip install 'labeller[plots]').
+
+    \b
+    Example:
+      labeller compare --model demo-gelu-1l --model demo-solu-1l -o docs/compare
+      labeller compare --model solu-1l --model gelu-1l --tokens 1000000 --db db/labeller.db
+    """
+    from labeller.compare.collect import (
+        CompareSettings,
+        check_comparable,
+        compare_models,
+        comparison_windows,
+    )
+    from labeller.compare.report import write_report
+    from labeller.model.loading import load_model
+    from labeller.plot import pyplot
+
+    if len(model_specs) != 2:
+        raise UserError(f"compare needs --model exactly twice (A and B), got {len(model_specs)}")
+    pyplot()  # no matplotlib: say so before any model runs
+    check_dataset_spec(dataset)
+    catalogue = Catalogue.open(db_path, read_only=True) if db_path is not None else None
+    with _status(f"loading {model_specs[0]} and {model_specs[1]}"):
+        a, b = (load_model(spec, device=device, dtype=dtype) for spec in model_specs)
+    chosen = parse_layers(layers, min(a.n_layers, b.n_layers))
+    check_comparable(a, b, chosen)
+    if ctx > min(a.context_limit, b.context_limit):
+        raise UserError(f"--ctx {ctx} is longer than a model's context; use a smaller --ctx")
+    windows = comparison_windows(a, dataset, tokens, ctx, seed, text_field)
+    if len(windows) <= batch_size:
+        raise UserError(
+            f"{dataset} gave {len(windows)} full windows of {ctx} tokens, but the shuffled "
+            f"baseline needs more than one batch ({batch_size}); raise --tokens or lower "
+            "--batch-size"
+        )
+    settings = CompareSettings(dataset, ctx, seed, batch_size, sample_tokens)
+    try:
+        with _progress(len(windows) * ctx, label="comparing") as advance:
+            report = compare_models(a, b, windows, chosen, settings, catalogue, advance)
+    finally:
+        if catalogue is not None:
+            catalogue.close()
+    written = write_report(report, out, dpi)
+    first = report.layers[0].a_to_b
+    medians = [
+        "none" if v is None else f"{v:.3f}" for v in (first.median_r, first.shuffled_median_r)
+    ]
+    click.echo(
+        f"compared {a.name} and {b.name} on {report.tokens:,} tokens: median best-match r "
+        f"{medians[0]} (shuffled windows {medians[1]}), layer {report.layers[0].layer}; "
+        f"report in {written[0]}"
+    )
+
+
 @cli.command("train-demo")
 @click.option(
     "--out",

@@ -566,3 +566,104 @@ class RankRow(Record):
     status: LabelStatus | None
     max: float
     density: float
+
+
+# --- comparing two models (labeller compare) -----------------------------------------------
+
+
+class BestMatches(Record):
+    """For each neuron of one model (`source`), its best-matching neuron of the other by Pearson
+    r over the same tokens, and the best r it reaches against the shuffled pairing (the other
+    model's activations on other windows): the chance level a real match must beat."""
+
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")
+
+    source: str
+    target: str
+    match: list[int | None] = Field(description="best neuron of `target`; None: no r (constant)")
+    r: list[float | None]
+    shuffled_r: list[float | None]
+    median_r: float | None
+    shuffled_median_r: float | None
+    shuffled_p99: float | None = Field(description="99th percentile of the shuffled best r")
+    above_shuffled_p99: float = Field(description="share of neurons whose best r beats it")
+    same_index: float = Field(
+        description="share of neurons whose best match has the same index (models trained "
+        "from the same initialisation keep neuron order if they learn corresponding neurons)"
+    )
+
+
+class StageDistribution(Record):
+    """One activation stage of one model's layer: per-neuron shape statistics over every token,
+    near-zero shares and a pooled histogram over the token sample."""
+
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")
+
+    stage: str = Field(description="pre | neuron | post | ln_scale")
+    hook: str
+    kurtosis: list[float | None] = Field(description="excess kurtosis per neuron")
+    skewness: list[float | None]
+    near_zero: list[float] = Field(
+        description="per neuron, share of sampled tokens with |a| <= 5% of its sampled max |a|"
+    )
+    histogram: Histogram = Field(description="all neurons' sampled activations pooled")
+
+
+class ModelLayerDistributions(Record):
+    model: str
+    stages: list[StageDistribution]
+
+
+class LabelRates(Record):
+    """The essay's monosemanticity rates from the catalogue: shares of a model's compared
+    neurons whose label scores at least each threshold (valid split, `labeller rank`'s score)."""
+
+    model: str
+    neurons: int
+    labelled: int
+    scored: int
+    above_chance: int
+    sources: list[str] = Field(description="who wrote the labels (e.g. baseline, an LLM)")
+    share_at_least: dict[str, float] = Field(description="threshold -> share of all neurons")
+    note: str | None = None
+
+
+class LabelAgreement(Record):
+    """Whether best-matched neurons' labels say the same, against randomly paired labels.
+    Agreement is word overlap (Jaccard) after dropping words common to many labels."""
+
+    pairs: int = Field(description="matched pairs where both neurons have a label")
+    mean_jaccard: float | None
+    agreeing: float | None = Field(description="share of pairs with Jaccard >= 0.5")
+    baseline_mean_jaccard: float | None
+    baseline_agreeing: float | None
+    examples: list[tuple[int, int, float, str, str]] = Field(
+        default_factory=list, description="(neuron A, neuron B, r, label A, label B)"
+    )
+
+
+class LayerComparison(Record):
+    layer: int
+    a_to_b: BestMatches
+    b_to_a: BestMatches
+    mutual: int = Field(description="pairs that are each other's best match")
+    distributions: list[ModelLayerDistributions]
+    agreement: LabelAgreement | None = None
+
+
+class CompareReport(Record):
+    """What `labeller compare` writes as report.json (and renders as report.md)."""
+
+    models: list[ModelRecord]
+    dataset: str
+    ctx: int
+    seed: int
+    tokens: int
+    windows: int
+    shuffled_tokens: int
+    sample_tokens: int
+    layers: list[LayerComparison]
+    label_rates: list[LabelRates] | None = Field(
+        default=None, description="None: no catalogue given (--db)"
+    )
+    created_at: str = Field(default_factory=utc_now)
