@@ -1952,6 +1952,67 @@ def compare(
     )
 
 
+@cli.command()
+@db_option
+@click.option("--model", "model_name", default=None, help="Default: the catalogue's only model.")
+@click.option("--layer", type=ID, required=True)
+@click.option("--neuron", type=ID, default=None, help="A neuron's figures; without: the layer's.")
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("figures"),
+    show_default=True,
+    help="Folder for the figures.",
+)
+@click.option(
+    "--formats",
+    type=click.Choice(["png,svg", "png", "svg"]),
+    default="png,svg",
+    show_default=True,
+)
+@click.option("--dpi", type=click.IntRange(min=20), default=100, show_default=True)
+def plot(
+    db_path: Path | None,
+    model_name: str | None,
+    layer: int,
+    neuron: int | None,
+    out: Path,
+    formats: str,
+    dpi: int,
+) -> None:
+    """Write figures as PNG and SVG: a neuron's activation histogram, or a layer's label scores
+    against their null control and cos(w_in, w_out) against kurtosis. Figures the catalogue has
+    no data for are skipped with a note. Needs matplotlib (pip install 'labeller[plots]').
+
+    \b
+    Example:
+      labeller plot --db db/demo.db --model demo-solu-1l --layer 0 --neuron 9
+      labeller plot --db db/demo.db --model demo-solu-1l --layer 0 -o figures/solu
+    """
+    from labeller.plot import pyplot
+    from labeller.plot.catalogue_figures import layer_figures, neuron_figures
+
+    pyplot()  # no matplotlib: say so before reading anything
+    chosen = tuple(formats.split(","))
+    with Catalogue.open(db_path, read_only=True) as catalogue:
+        model = catalogue.resolve_model(model_name)
+        if layer >= model.n_layers:
+            raise UserError(f"{model.name} has layers 0-{model.n_layers - 1}; got --layer {layer}")
+        if neuron is not None:
+            view = catalogue.neuron_view(model.name, layer, neuron)
+            out.mkdir(parents=True, exist_ok=True)
+            plotted = neuron_figures(view, out, dpi, chosen)
+        else:
+            out.mkdir(parents=True, exist_ok=True)
+            plotted = layer_figures(catalogue, model.name, layer, out, dpi, chosen)
+    for note in plotted.notes:
+        click.echo(f"note: {note}", err=True)
+    click.echo(f"wrote {len(plotted.paths)} figure files to {out}")
+    for path in plotted.paths:
+        click.echo(f"  {path}")
+
+
 @cli.command("train-demo")
 @click.option(
     "--out",

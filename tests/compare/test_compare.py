@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from builders import run_cli
+from builders import labelled_catalogue, run_cli
 
 from labeller.compare.collect import comparison_windows, gather
 from labeller.compare.report import label_agreement
@@ -22,18 +22,9 @@ ARGS = ("--ctx", "16", "--batch-size", "4", "--tokens", "1200", "--sample-tokens
 
 @pytest.fixture(scope="module")
 def labelled_db(tmp_path_factory, tiny_model, tiny_corpus) -> Path:
-    """The tiny model scanned, labelled and scored by the offline baseline."""
-    from labeller.catalogue import Catalogue
-    from labeller.demo.build import scan_and_label_offline
-    from labeller.records import ScanParams
-
-    path = tmp_path_factory.mktemp("compare") / "c.db"
-    params = ScanParams(
-        model=tiny_model.name, dataset=str(tiny_corpus), layers=[0, 1], ctx=16, top_k=8, random=6
+    return labelled_catalogue(
+        tmp_path_factory.mktemp("compare") / "c.db", tiny_model, tiny_corpus, [1]
     )
-    with Catalogue.open(path, create=True) as catalogue:
-        scan_and_label_offline(catalogue, tiny_model, params, batch_size=4, label_layers=[1])
-    return path
 
 
 def test_a_model_against_itself_matches_every_neuron_to_itself(
