@@ -119,7 +119,7 @@ def write_report(report: CompareReport, out: Path, dpi: int) -> list[Path]:
 
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / "report.json"
-    json_path.write_text(report.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    json_path.write_text(report.model_dump_json() + "\n", encoding="utf-8")
     figures = compare_figures(report, out, dpi)
     md_path = out / "report.md"
     md_path.write_text(render_markdown(report, figures), encoding="utf-8")
