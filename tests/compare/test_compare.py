@@ -61,6 +61,25 @@ def test_a_model_against_itself_matches_every_neuron_to_itself(
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_the_report_says_when_a_model_has_no_scores_or_is_not_in_the_catalogue(
+    tmp_path, tiny_model_dir, tiny_hf_dir, tiny_corpus, labelled_db
+) -> None:
+    out = tmp_path / "report"
+    run_cli(
+        "compare",
+        *("--model", tiny_model_dir, "--model", tiny_hf_dir, "--dataset", tiny_corpus, *ARGS),
+        *("--layers", "0", "--db", labelled_db, "-o", out),
+    )
+    report = json.loads((out / "report.json").read_text())
+    scanned, absent = report["label_rates"]
+    assert scanned["scored"] == 0 and "has no valid-split scores" in scanned["note"]
+    assert absent["labelled"] == 0 and "is not in the catalogue" in absent["note"]
+    assert report["layers"][0]["agreement"]["pairs"] == 0
+    markdown = (out / "report.md").read_text()
+    assert "has no valid-split scores" in markdown and "No matched pair has labels" in markdown
+    assert "label_rates.png" not in markdown and not (out / "label_rates.png").exists()
+
+
 def test_best_match_r_is_the_pearson_r_of_the_two_models_traces(
     tiny_model, tiny_hf_dir, tiny_corpus
 ) -> None:
