@@ -625,6 +625,11 @@ class LabelRates(Record):
     above_chance: int
     sources: list[str] = Field(description="who wrote the labels (e.g. baseline, an LLM)")
     share_at_least: dict[str, float] = Field(description="threshold -> share of all neurons")
+    kurtosis_score_spearman: float | None = Field(
+        default=None,
+        description="Spearman rank correlation of neuron excess kurtosis with label score",
+    )
+    kurtosis_score_neurons: int = Field(default=0, description="neurons it was taken over")
     note: str | None = None
 
 

@@ -13,7 +13,11 @@ from dataclasses import dataclass, field
 import torch
 
 from labeller.catalogue import Catalogue
-from labeller.compare.report import catalogue_labels, label_agreement
+from labeller.compare.report import (
+    catalogue_labels,
+    kurtosis_score_correlation,
+    label_agreement,
+)
 from labeller.corpus import iter_documents, iter_windows
 from labeller.errors import UserError
 from labeller.model.loading import LoadedModel
@@ -251,8 +255,13 @@ def compare_models(
     ]
     rates = None
     if catalogue is not None:
-        rates_a, labels_a = catalogue_labels(catalogue, a.name, list(layers), a.d_mlp)
-        rates_b, labels_b = catalogue_labels(catalogue, b.name, list(layers), b.d_mlp)
+        (rates_a, labels_a, scores_a), (rates_b, labels_b, scores_b) = (
+            catalogue_labels(catalogue, model.name, list(layers), model.d_mlp) for model in (a, b)
+        )
+        for side, (rate, scores) in enumerate(((rates_a, scores_a), (rates_b, scores_b))):
+            rate.kurtosis_score_spearman, rate.kurtosis_score_neurons = kurtosis_score_correlation(
+                compared, side, scores
+            )
         rates = [rates_a, rates_b]
         for layer in compared:
             layer.agreement = label_agreement(layer, labels_a, labels_b, settings.seed)

@@ -18,20 +18,23 @@ COMMON_WORD_SHARE = 0.2  # words in more labels than this say nothing about one 
 EXAMPLE_PAIRS = 8
 
 Labels = dict[tuple[int, int], str]
+Scores = dict[tuple[int, int], float]
 
 
 def catalogue_labels(
     catalogue: Catalogue, model: str, layers: list[int], d_mlp: int
-) -> tuple[LabelRates, Labels]:
-    """The model's label rates over its compared neurons and each neuron's label text (its
-    accepted label, else its best-scoring proposed one, as `labeller rank` shows it)."""
+) -> tuple[LabelRates, Labels, Scores]:
+    """The model's label rates over its compared neurons, and each neuron's label text and
+    valid score (its accepted label, else its best-scoring proposed one, as `labeller rank`
+    shows it)."""
     neurons = len(layers) * d_mlp
     if model not in {m.name for m in catalogue.models()}:
         note = f"{model} is not in the catalogue: scan, explain and score it for label rates"
-        return _rates(model, neurons, [], note), {}
+        return _rates(model, neurons, [], note), {}, {}
     rows = catalogue.rank(model, split=Split.VALID, layers=layers)
     labels = {(r.layer, r.neuron): r.label for r in rows if r.label is not None}
     scored = [r for r in rows if r.score is not None and math.isfinite(r.score)]
+    scores = {(r.layer, r.neuron): r.score for r in scored if r.score is not None}
     none = f"{model} has no valid-split scores in the catalogue"
     rates = _rates(
         model, neurons, [r.score for r in scored if r.score is not None], None if scored else none
@@ -39,7 +42,48 @@ def catalogue_labels(
     rates.labelled = len(labels)
     rates.above_chance = sum(1 for r in scored if r.above_chance)
     rates.sources = sorted({r.source for r in rows if r.source})
-    return rates, labels
+    return rates, labels, scores
+
+
+def kurtosis_score_correlation(
+    layers: list[LayerComparison], side: int, scores: Scores
+) -> tuple[float | None, int]:
+    """Spearman rank correlation between a neuron's excess kurtosis (its neuron stage) and its
+    label's score, over neurons that have both (the essay's 9.41: do heavy tails go with
+    monosemanticity?), and how many neurons that was."""
+    pairs = []
+    for layer in layers:
+        stage = next(s for s in layer.distributions[side].stages if s.stage == "neuron")
+        pairs += [
+            (k, scores[layer.layer, n])
+            for n, k in enumerate(stage.kurtosis)
+            if k is not None and (layer.layer, n) in scores
+        ]
+    if len(pairs) < 3:
+        return None, len(pairs)
+    return _pearson(_ranks([k for k, _ in pairs]), _ranks([s for _, s in pairs])), len(pairs)
+
+
+def _ranks(values: list[float]) -> list[float]:
+    """Ranks from 1, ties sharing their mean rank."""
+    order = sorted(range(len(values)), key=values.__getitem__)
+    ranks = [0.0] * len(values)
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+            end += 1
+        for i in order[start : end + 1]:
+            ranks[i] = (start + end) / 2 + 1
+        start = end + 1
+    return ranks
+
+
+def _pearson(x: list[float], y: list[float]) -> float | None:
+    mx, my = sum(x) / len(x), sum(y) / len(y)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y, strict=True))
+    sxx, syy = sum((a - mx) ** 2 for a in x), sum((b - my) ** 2 for b in y)
+    return sxy / math.sqrt(sxx * syy) if sxx and syy else None
 
 
 def _rates(model: str, neurons: int, scores: list[float], note: str | None) -> LabelRates:
@@ -248,15 +292,16 @@ def _rates_markdown(report: CompareReport, figures: dict[str, Path]) -> list[str
         "",
         "| model | neurons | labelled | scored | above chance | "
         + " | ".join(f">= {t}" for t in thresholds)
-        + " | label sources |",
-        "|---|---|---|---|---|" + "---|" * len(thresholds) + "---|",
+        + " | label sources | Spearman(kurtosis, score) |",
+        "|---|---|---|---|---|" + "---|" * len(thresholds) + "---|---|",
     ]
     for rate in report.label_rates:
         shares = " | ".join(_pct(rate.share_at_least[t]) for t in thresholds)
         sources = ", ".join(rate.sources) or "-"
         lines.append(
             f"| {rate.model} | {rate.neurons} | {rate.labelled} | {rate.scored} | "
-            f"{rate.above_chance} | {shares} | {sources} |"
+            f"{rate.above_chance} | {shares} | {sources} | "
+            f"{_fmt(rate.kurtosis_score_spearman)} (n={rate.kurtosis_score_neurons}) |"
         )
     lines += [f"\n{rate.note}." for rate in report.label_rates if rate.note]
     if "label_rates" in figures:

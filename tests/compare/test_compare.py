@@ -55,6 +55,7 @@ def test_a_model_against_itself_matches_every_neuron_to_itself(
     assert agreement["pairs"] == len(live) and agreement["agreeing"] == 1.0
     rates_a, rates_b = report["label_rates"]
     assert rates_a == rates_b and rates_a["labelled"] == 48 and rates_a["scored"] > 0
+    assert rates_a["kurtosis_score_neurons"] == rates_a["scored"] - (48 - len(live))
     markdown = (out / "report.md").read_text()
     for name in ("best_match_L1.png", "shape_L1.png", "stages_L1.png", "label_rates.png"):
         assert f"]({name})" in markdown
@@ -164,3 +165,42 @@ def test_label_agreement_against_randomly_paired_labels() -> None:
     assert agreement.baseline_mean_jaccard is not None and agreement.baseline_mean_jaccard < 1.0
     assert [e[:2] for e in agreement.examples] == [(0, 0), (1, 1), (2, 2), (3, 3)]
     assert not math.isnan(agreement.baseline_mean_jaccard)
+
+
+def test_kurtosis_against_score_is_a_rank_correlation_over_neurons_with_both() -> None:
+    from labeller.compare.report import kurtosis_score_correlation
+    from labeller.records import Histogram, ModelLayerDistributions, StageDistribution
+
+    def layer_with(kurtosis: list[float | None]) -> LayerComparison:
+        stage = StageDistribution(
+            stage="neuron",
+            hook="h",
+            kurtosis=kurtosis,
+            skewness=[0.0] * len(kurtosis),
+            near_zero=[0.0] * len(kurtosis),
+            histogram=Histogram(low=0, high=1, counts=[1]),
+        )
+        side = ModelLayerDistributions(model="m", stages=[stage])
+        matches = BestMatches(
+            source="m",
+            target="m",
+            match=[None] * len(kurtosis),
+            r=[None] * len(kurtosis),
+            shuffled_r=[None] * len(kurtosis),
+            median_r=None,
+            shuffled_median_r=None,
+            shuffled_p99=None,
+            above_shuffled_p99=0.0,
+            same_index=0.0,
+        )
+        return LayerComparison(
+            layer=2, a_to_b=matches, b_to_a=matches, mutual=0, distributions=[side, side]
+        )
+
+    scores = {(2, n): s for n, s in enumerate([0.1, 0.2, 0.3, 0.4, 0.5])}
+    rising = layer_with([1.0, 8.0, 27.0, None, 125.0])  # monotone but not linear; one undefined
+    assert kurtosis_score_correlation([rising], 1, scores) == (pytest.approx(1.0), 4)
+    falling = layer_with([5.0, 4.0, 4.0, 2.0, 1.0])  # a tie shares its mean rank
+    r, n = kurtosis_score_correlation([falling], 0, scores)
+    assert n == 5 and r == pytest.approx(-0.9746794344808963)
+    assert kurtosis_score_correlation([rising], 0, {(2, 0): 0.5}) == (None, 1)
