@@ -1168,6 +1168,97 @@ def score(
     )
 
 
+@cli.command()
+@db_option
+@neuron_selection
+@click.option(
+    "--detector",
+    "detector_names",
+    multiple=True,
+    help="A detector by name (repeatable; `all` for every one). Default: every detector, "
+    "unless only --regex is given.",
+)
+@click.option(
+    "--regex",
+    "regexes",
+    multiple=True,
+    help="NAME=PATTERN: a detector marking every token that overlaps a match (repeatable).",
+)
+@click.option(
+    "--split",
+    type=click.Choice(["valid", "test"]),
+    default="valid",
+    show_default=True,
+    help="Held-out windows to score on, as `score`.",
+)
+@click.option("--list", "list_only", is_flag=True, help="Print the detectors and exit.")
+def detect(
+    db_path: Path | None,
+    model_name: str | None,
+    layers: str | None,
+    neurons: str,
+    force: bool,
+    dry_run: bool,
+    detector_names: tuple[str, ...],
+    regexes: tuple[str, ...],
+    split: str,
+    list_only: bool,
+) -> None:
+    """Score feature detectors against neurons like labels: Pearson r of each detector's
+    per-token values with the neuron's activations on its held-out windows (top and random,
+    the labels' splits and code; prediction: rule).
+
+    Built-in detectors cover basic syntax, Python, general code and prose (--list); add your
+    own with --regex NAME=PATTERN or a package's `labeller.detectors` entry point. A rerun
+    skips scores already stored with the same definition and recomputes changed ones.
+
+    \b
+    Example:
+      labeller detect --list
+      labeller detect --model demo-gelu-1l --neurons all
+      labeller detect --model demo-gelu-1l --regex digits='[0-9]'
+      labeller rank --model demo-gelu-1l --by detector:digits --limit 5
+    """
+    from labeller.detect.registry import resolve
+    from labeller.detect.service import detect_neurons
+    from labeller.records import Split
+
+    chosen = resolve(list(detector_names), list(regexes))
+    if list_only:
+        width = max(len(d.name) for d in chosen)
+        for d in chosen:
+            click.echo(f"{d.name:<{width}}  {printable(d.description)}")
+        return
+    with Catalogue.open(db_path) as catalogue:
+        refs = _selected_refs(catalogue, model_name, layers, neurons)
+        if dry_run:
+            click.echo(
+                f"detect: {len(refs):,} neurons x {len(chosen):,} detectors on {split}, "
+                "offline, no LLM calls"
+            )
+            return
+        bar = _progress(len(refs), "detecting", "neurons")
+        try:
+            with bar as advance:
+                report = detect_neurons(
+                    catalogue, refs, chosen, split=Split(split), force=force, on_progress=advance
+                )
+        except KeyboardInterrupt:
+            raise CliInterrupted(
+                f"interrupted after {bar.seen:,} of {len(refs):,} neurons; "
+                "finished batches are kept, rerun to continue"
+            ) from None
+    parts = [
+        f"{report.neurons:,} neurons x {len(chosen):,} detectors",
+        f"{report.written:,} scores written",
+    ]
+    if report.skipped:
+        parts.append(f"{report.skipped:,} already stored (use --force to redo)")
+    if report.no_windows:
+        parts.append(f"{report.no_windows:,} neurons without {split} windows (no score)")
+    click.echo("detect: " + ", ".join(parts))
+
+
 def _run_neurons(
     resolver: Resolver,
     label: str,

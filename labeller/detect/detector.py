@@ -12,14 +12,17 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
+
+from labeller.errors import UserError
 
 _BYTE_PIECE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 BYTE_CHAR = "\ufffd"
 
 
-class DetectorError(ValueError):
+class DetectorError(UserError):
     """A detector cannot be made or run as asked (bad pattern, bad plugin, wrong length)."""
 
 
@@ -50,12 +53,20 @@ class Window:
     def __len__(self) -> int:
         return len(self.tokens)
 
+    @cached_property
+    def _nonempty(self) -> tuple[np.ndarray, np.ndarray]:
+        """The tokens with characters, and their start offsets (increasing, back to back)."""
+        starts, ends = np.asarray(self.starts, dtype=np.intp), np.asarray(self.ends, dtype=np.intp)
+        keep = ends > starts
+        return keep, starts[keep]
+
     def from_chars(self, chars: np.ndarray) -> list[float]:
         """Each token's largest character value (0 for a token with no characters)."""
-        return [
-            float(chars[s:e].max()) if e > s else 0.0
-            for s, e in zip(self.starts, self.ends, strict=True)
-        ]
+        values = np.zeros(len(self.tokens))
+        keep, starts = self._nonempty
+        if starts.size:
+            values[keep] = np.maximum.reduceat(np.asarray(chars, dtype=float), starts)
+        return values.tolist()
 
     def from_spans(self, spans: Iterable[tuple[int, int]], value: float = 1.0) -> list[float]:
         """`value` for every token that overlaps one of the character spans, else 0."""

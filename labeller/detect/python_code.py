@@ -47,7 +47,7 @@ class Scan:
     string: np.ndarray
     depth: np.ndarray
     indent: np.ndarray
-    role: list[str]
+    role: np.ndarray  # of str
 
     @property
     def code(self) -> np.ndarray:
@@ -190,7 +190,7 @@ def scan(text: str) -> Scan:
             role[start] = "set"
     if n:
         depth -= depth.min()
-    return Scan(comment, string, depth, indent, role)
+    return Scan(comment, string, depth, indent, np.array(role, dtype=str))
 
 
 _SCANS: dict[str, Scan] = {}
@@ -231,9 +231,7 @@ def _code_regex(name: str, description: str, pattern: re.Pattern[str]) -> Detect
 
 def _role_detector(name: str, description: str, *roles: str) -> Detector:
     def function(window: Window) -> list[float]:
-        found = cached_scan(window.text).role
-        chars = np.fromiter((r in roles for r in found), dtype=float, count=len(found))
-        return window.from_chars(chars)
+        return window.from_chars(np.isin(cached_scan(window.text).role, roles))
 
     return Detector(name, description, function, f"{VERSION}:{name}")
 
