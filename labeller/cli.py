@@ -583,6 +583,27 @@ def print_neuron(
             f"({printable(explanation.source)}) {scores}",
             markup=False,
         )
+    _print_detectors(console, view)
+
+
+SHOWN_DETECTORS = 5
+
+
+def _print_detectors(console: Console, view: NeuronView) -> None:
+    """The neuron's best few detector scores (`labeller detect`), if any were scored."""
+    if not view.detectors:
+        return
+    shown = view.detectors[:SHOWN_DETECTORS]
+    console.print(
+        f"\n[bold]Detectors[/bold] (best {len(shown)} of {len(view.detectors)}; r on held-out "
+        "windows, as labels)"
+    )
+    for d in shown:
+        score = "n/a" if d.score is None else f"{d.score:.3f}"
+        console.print(
+            f"- {printable(d.name)} {d.split.value}: {score}  {printable(d.description)}",
+            markup=False,
+        )
 
 
 def band_range(example: Example, neuron_max: float) -> str:
@@ -1558,7 +1579,12 @@ def _history_line(entry: HistoryEntry) -> str:
     "--model", "model_name", default=None, help="Needed when the catalogue holds several."
 )
 @click.option(
-    "--by", type=click.Choice(["score", "max", "density"]), default="score", show_default=True
+    "--by",
+    default="score",
+    show_default=True,
+    callback=lambda _ctx, _param, value: _rank_by(value),
+    help="score, max, density, or detector:NAME (neurons by their score against a detector, "
+    "from `labeller detect`).",
 )
 @click.option("--split", type=click.Choice(["valid", "test"]), default="valid", show_default=True)
 @click.option("--layers", default=None, help="e.g. 0,2-5 (default: all scanned).")
@@ -1618,14 +1644,20 @@ def rank(
       labeller rank --limit 50
       labeller rank --by score --split test --status accepted --format csv > ranked.csv
       labeller rank --blind --limit 20
+      labeller rank --by detector:number --limit 10
     """
-    import csv
-
     from labeller.records import PredictionKind, Split
 
     with Catalogue.open(db_path, read_only=True) as catalogue:
         model = catalogue.resolve_model(model_name)
         layer_list = None if layers is None else parse_layers(layers, model.n_layers)
+        if by.startswith(DETECTOR_PREFIX):
+            detector = by.removeprefix(DETECTOR_PREFIX)
+            rows = _rank_by_detector(
+                catalogue, model.name, detector, Split(split), layer_list, status, limit
+            )
+            _print_ranked(rows, output_format, f"{detector} detector scores: {split}")
+            return
         kind = (
             PredictionKind(prediction)
             if prediction is not None
@@ -1660,6 +1692,59 @@ def rank(
             blind=blind,
             simulator=simulator,
         )
+    _print_ranked(
+        rows,
+        output_format,
+        f"scores: {split}, {kind} predictions by {simulator or 'no simulator'} only"
+        f"{', blind only' * blind}; ≈chance: not above the null's p95; "
+        "seen: the label's author had seen the scored windows",
+    )
+
+
+DETECTOR_PREFIX = "detector:"
+
+
+def _rank_by(value: str) -> str:
+    """`rank --by`: a fixed order, or `detector:NAME`."""
+    if value in ("score", "max", "density"):
+        return value
+    if value.startswith(DETECTOR_PREFIX) and value.removeprefix(DETECTOR_PREFIX):
+        return value
+    raise click.BadParameter(
+        f"{value!r}: use score, max, density or detector:NAME (e.g. detector:number)",
+        param_hint="--by",
+    )
+
+
+def _rank_by_detector(
+    catalogue: Catalogue,
+    model: str,
+    detector: str,
+    split: Any,
+    layers: list[int] | None,
+    status: str | None,
+    limit: int | None,
+) -> list[Any]:
+    """Neurons by their score against one detector; an error naming the scored detectors if
+    this one has no scores."""
+    from labeller.catalogue.detectors import detector_names, rank_by_detector
+
+    known = detector_names(catalogue, model, split)
+    if detector not in known:
+        raise UserError(
+            f"--by detector:{detector}: no {split} scores of that detector for {model} "
+            f"(scored: {', '.join(known) or 'none'}); run `labeller detect --detector NAME` "
+            "or `--regex NAME=PATTERN` first"
+        )
+    return rank_by_detector(
+        catalogue, model, detector, split=split, layers=layers, status=status, limit=limit
+    )
+
+
+def _print_ranked(rows: list[Any], output_format: str, caption: str) -> None:
+    """`rank`'s rows as a table, JSON or CSV."""
+    import csv
+
     fields = ["layer", "neuron", "score", "above_chance", "blind", "label", "source", "status"]
     if output_format == "json":
         click.echo(json.dumps([r.model_dump(include=set(fields)) for r in rows], indent=2))
@@ -1679,9 +1764,7 @@ def rank(
         "label",
         "source",
         "status",
-        caption=f"scores: {split}, {kind} predictions by {simulator or 'no simulator'} only"
-        f"{', blind only' * blind}; ≈chance: not above the null's p95; "
-        "seen: the label's author had seen the scored windows",
+        caption=caption,
     )
     for r in rows:
         table.add_row(
