@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from functools import cache
 from importlib.metadata import entry_points
 
 from labeller.detect import general_code, python_code, syntax, text_features
@@ -103,15 +102,10 @@ def parse_regex(spec: str) -> Detector:
     return regex_detector(name, f"matches the regex {pattern}", compiled, f"regex:{pattern}")
 
 
-@cache
-def _registered_by_name() -> dict[str, Detector]:
-    return {d.name: d for d in registered()}
-
-
 def resolve(names: Sequence[str], regexes: Sequence[str]) -> list[Detector]:
     """The detectors a command asked for, in order: named ones (`all` for every registered
     detector) then `--regex` ones. Neither given: every registered detector."""
-    known = _registered_by_name()
+    known = {d.name: d for d in registered()}
     chosen: list[Detector] = []
     if not names and not regexes:
         names = [ALL]
