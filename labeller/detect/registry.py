@@ -19,6 +19,7 @@ from labeller.detect.detector import Detector, DetectorError, regex_detector
 GROUP = "labeller.detectors"
 NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*\Z")
 ALL = "all"
+REGEX = "regex:"  # a --regex detector's definition: this, then its pattern
 
 
 def builtins() -> list[Detector]:
@@ -99,7 +100,16 @@ def parse_regex(spec: str) -> Detector:
         compiled = re.compile(pattern)
     except re.error as exc:
         raise DetectorError(f"--regex {name}: the pattern does not compile: {exc}") from exc
-    return regex_detector(name, f"matches the regex {pattern}", compiled, f"regex:{pattern}")
+    return regex_detector(name, f"matches the regex {pattern}", compiled, f"{REGEX}{pattern}")
+
+
+def from_definition(name: str, definition: str) -> Detector | None:
+    """The detector a stored score was computed with, if it can still be made: a `--regex`
+    from its pattern, a registered one when its definition is unchanged; else None."""
+    if definition.startswith(REGEX):
+        return parse_regex(f"{name}={definition.removeprefix(REGEX)}")
+    found = next((d for d in registered() if d.name == name), None)
+    return found if found is not None and found.definition == definition else None
 
 
 def resolve(names: Sequence[str], regexes: Sequence[str]) -> list[Detector]:

@@ -24,9 +24,14 @@ from labeller.catalogue.detectors import (
     stored_definitions,
     window_tokens,
 )
-from labeller.detect.detector import Detector, Window
+from labeller.detect.detector import Detector, DetectorError, Window
+from labeller.detect.registry import from_definition
 from labeller.explain.scoring import correlation_score
-from labeller.records import DetectorScore, ScoreWindows, Split
+from labeller.explain.service import build_scores, scored_windows
+from labeller.records import DetectorScore, PredictionKind, ScoreWindows, Split
+from labeller.sealing import is_blind, person_sees
+
+SOURCE_PREFIX = "detector:"  # a label made from a detector: its source, the link to it
 
 BATCH = 256  # neurons per read and per write transaction
 CACHED_WINDOWS = 8192
@@ -127,3 +132,47 @@ def detect_neurons(
         if on_progress:
             on_progress(done)
     return report
+
+
+def label_from_detector(
+    catalogue: Catalogue, ref: NeuronRef, detector: DetectorScore, annotator: str
+) -> int | None:
+    """Propose the detector's description as a label of the neuron, linked to it (source
+    `detector:NAME`, prompt_version its definition), written by `annotator` (who chose it, having
+    seen what a person sees), and scored at once by the detector itself on the valid windows,
+    with the labels' code (simulator `detector:NAME`). None when that label already exists."""
+    made = from_definition(detector.name, detector.definition)
+    if made is None:
+        raise DetectorError(
+            f"detector {detector.name} has changed or is not installed since it was scored: "
+            "rerun `labeller detect` first"
+        )
+    source = SOURCE_PREFIX + detector.name
+    seen = person_sees(annotator in catalogue.unsealed_by(ref.id))
+    explanation_id = catalogue.add_explanation(
+        ref,
+        detector.description,
+        source=source,
+        prompt_version=detector.definition,
+        producer_model=None,
+        annotator=annotator,
+        seen=seen,
+    )
+    if explanation_id is None:
+        return None
+    view = catalogue.neuron_view(ref.model, ref.layer, ref.neuron)
+    windows = scored_windows(view, Split.VALID)
+    simulated = [made.values(w.tokens) for w in windows]
+    catalogue.save_scores(
+        explanation_id,
+        build_scores(
+            windows,
+            simulated,
+            source,
+            detector.definition,
+            Split.VALID,
+            PredictionKind.RULE,
+            blind=is_blind(seen, Split.VALID),
+        ),
+    )
+    return explanation_id
