@@ -6,14 +6,16 @@ from __future__ import annotations
 import pytest
 import tui_support as support
 from click.testing import CliRunner
-from textual.widgets import DataTable
+from textual.widgets import DataTable, Input
 from tui_support import notifications, until
 
+from labeller.catalogue.browse import SortKey
 from labeller.cli import cli
 from labeller.records import PRIMARY_METHOD, Split
 from labeller.tui.labels_pane import LabelsPane
 from labeller.tui.neuron_list import NeuronListScreen
 from labeller.tui.neuron_screen import NeuronScreen
+from labeller.tui.neuron_table import NeuronTable
 
 pytestmark = pytest.mark.anyio
 
@@ -59,3 +61,27 @@ async def test_the_page_lists_detectors_and_d_proposes_the_highlighted_one(tui):
         table.move_cursor(row=1)
         await pilot.press("D")
         await until(pilot, lambda: any("already a label" in n for n in notifications(app)))
+
+
+async def test_the_list_filters_by_a_detector_and_sorts_by_it(tui):
+    ran = CliRunner().invoke(cli, ["detect", "--db", "catalogue.db", "--regex", "e=e"])
+    assert ran.exit_code == 0, ran.output
+    app = tui.app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = app.screen
+        await until(pilot, lambda: isinstance(screen, NeuronListScreen) and screen.rows)
+        box = screen.query_one("#stats", Input)
+        box.focus()
+        await pilot.press(*"d:e>0")
+        await until(pilot, lambda: screen.query_state.ranges and not screen.busy, timeout=5)
+        assert screen.rows and all(r.detector is not None and r.detector > 0 for r in screen.rows)
+        screen.query_one(NeuronTable).focus()
+        for _ in range(10):  # past the 6 other columns, cos, kurt, skew: the detector named
+            await pilot.press("s")
+        await until(pilot, lambda: screen.query_state.sort is SortKey.DETECTOR and not screen.busy)
+        scores = [r.detector for r in screen.rows]
+        assert scores == sorted(scores, reverse=True)  # best match first
+        table = screen.query_one(NeuronTable)
+        assert str(list(table.columns.values())[4].label).startswith("e")
+        box.value = ""  # the detector is no longer named: the list stops sorting by it
+        await until(pilot, lambda: screen.query_state.sort is SortKey.LAYER and not screen.busy)
