@@ -64,7 +64,7 @@ class WindowValues:
         found = np.array([d.window_values(window) for d in self.detectors], dtype=np.float64)
         found = found.reshape(len(self.detectors), len(tokens))
         self._values[window_id] = found
-        if len(self._values) > self.size:
+        while len(self._values) > self.size:
             self._values.popitem(last=False)
         return found
 
@@ -77,13 +77,15 @@ def detect_neurons(
     split: Split = Split.VALID,
     force: bool = False,
     on_progress: Callable[[int], None] | None = None,
+    cached_windows: int = CACHED_WINDOWS,
 ) -> DetectReport:
-    """Score every detector on every neuron's `split` windows (see module doc)."""
+    """Score every detector on every neuron's `split` windows (see module doc); `cached_windows`
+    distinct windows' values are kept for reuse (0: none, what the benchmark compares with)."""
     if split is Split.TRAIN:
         raise ValueError("detectors are scored on held-out windows, as labels are")
     on = ScoreWindows.TOP_AND_RANDOM
     report = DetectReport(neurons=len(refs))
-    cache = WindowValues(detectors)
+    cache = WindowValues(detectors, cached_windows)
     index = {d.name: i for i, d in enumerate(detectors)}
     done = 0
     if on_progress:
