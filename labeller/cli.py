@@ -1270,7 +1270,7 @@ def detect(
                 "finished batches are kept, rerun to continue"
             ) from None
     parts = [
-        f"{report.neurons:,} neurons x {len(chosen):,} detectors",
+        f"{report.neurons:,} neurons x {len(chosen):,} detector{'s' * (len(chosen) != 1)}",
         f"{report.written:,} scores written",
     ]
     if report.skipped:
