@@ -77,10 +77,6 @@ class Window:
             )
         return self.from_chars(chars[: len(self.text)])
 
-    def token_at(self, char: int) -> int:
-        """The index of the token holding character `char`."""
-        return int(np.searchsorted(np.asarray(self.ends), char, side="right"))
-
 
 ValueFunction = Callable[[Window], Sequence[float]]
 

@@ -101,15 +101,10 @@ def scan(text: str) -> Scan:
     at_indent = True
     current_indent = 0
 
-    def set_role(start: int, end: int, value: str) -> None:
-        role[start] = value
-        if end >= 0:
-            role[end] = value
-
     while i < n:
         c = text[i]
-        if c == "\n":
-            depth[i], indent[i] = level, current_indent
+        if c == "\n":  # a blank line's newline: its indentation counted in levels too
+            depth[i], indent[i] = level, current_indent // 4 if at_indent else current_indent
             line_start, at_indent, current_indent = i + 1, True, 0
             i += 1
             continue
@@ -121,8 +116,7 @@ def scan(text: str) -> Scan:
                 continue
             at_indent = False
             current_indent //= 4
-        indent[i] = current_indent if not at_indent else 0
-        depth[i] = level
+        indent[i], depth[i] = current_indent, level
         if c == "#":
             end = text.find("\n", i)
             end = n if end < 0 else end
@@ -164,7 +158,7 @@ def scan(text: str) -> Scan:
                 if kind in ("brace", "set", "dict"):
                     kind = "dict" if kind == "dict" or text[start + 1 : i].strip() == "" else "set"
                     role[start] = kind
-                set_role(start, i, kind)
+                role[start] = role[i] = kind
             level -= 1
             depth[i] = level
         elif c in ":,":
