@@ -927,18 +927,26 @@ def llm_options(func: F) -> F:
     return func
 
 
-def neuron_selection(func: F) -> F:
+def neuron_choice(func: F) -> F:
+    """--model, --layer, --neurons and --force: the neurons a batch command works on."""
     for option in reversed(
         [
             click.option("--model", "model_name", default=None, help="Needed with several."),
             click.option("--layer", "layers", default=None, help="Layers, e.g. 0 or 0-3 (all)."),
             click.option("--neurons", default="all", show_default=True, help="e.g. 0-99 or all."),
             click.option("--force", is_flag=True, help="Redo work already in the catalogue."),
-            click.option("--dry-run", is_flag=True, help="Print one prompt and the calls needed."),
         ]
     ):
         func = option(func)
     return func
+
+
+def neuron_selection(func: F) -> F:
+    """`neuron_choice` and --dry-run, for the commands that call an LLM."""
+    func = click.option("--dry-run", is_flag=True, help="Print one prompt and the calls needed.")(
+        func
+    )
+    return neuron_choice(func)
 
 
 def _selected_refs(
@@ -1191,7 +1199,7 @@ def score(
 
 @cli.command()
 @db_option
-@neuron_selection
+@neuron_choice
 @click.option(
     "--detector",
     "detector_names",
@@ -1219,7 +1227,6 @@ def detect(
     layers: str | None,
     neurons: str,
     force: bool,
-    dry_run: bool,
     detector_names: tuple[str, ...],
     regexes: tuple[str, ...],
     split: str,
@@ -1252,12 +1259,6 @@ def detect(
         return
     with Catalogue.open(db_path) as catalogue:
         refs = _selected_refs(catalogue, model_name, layers, neurons)
-        if dry_run:
-            click.echo(
-                f"detect: {len(refs):,} neurons x {len(chosen):,} detectors on {split}, "
-                "offline, no LLM calls"
-            )
-            return
         bar = _progress(len(refs), "detecting", "neurons")
         try:
             with bar as advance:
