@@ -32,7 +32,7 @@ from rich.text import Text
 
 from labeller import sealing
 from labeller.catalogue import Catalogue, default_db_path, describe_sqlite_error, labels
-from labeller.corpus import check_dataset_spec
+from labeller.corpus import parse_dataset_specs
 from labeller.demo import DEMO_TOKENS
 from labeller.errors import ScanAlreadyComplete, ScanInterrupted, UserError
 from labeller.records import (
@@ -261,7 +261,12 @@ def cli(verbose: bool) -> None:
 @db_option
 @click.option("--model", "model_spec", required=True, help="Demo name, HF name, local dir.")
 @click.option(
-    "--dataset", required=True, help="demo, a .txt/.jsonl/.parquet file or folder, HF name."
+    "--dataset",
+    "datasets",
+    required=True,
+    multiple=True,
+    help="demo, a .txt/.jsonl/.parquet file or folder, HF name; NAME=PATH (repeated) for named "
+    "subsets.",
 )
 @click.option("--layers", default="all", show_default=True, help="Layers to scan, e.g. 0,2-5.")
 @click.option("--tokens", type=click.IntRange(min=1), default=None, help="Stop after N tokens.")
@@ -281,6 +286,18 @@ def cli(verbose: bool) -> None:
 )
 @click.option(
     "--text-field", default="text", show_default=True, help="Field of .jsonl/.parquet/HF."
+)
+@click.option(
+    "--subset-field",
+    default=None,
+    help="Field of .jsonl/.parquet/HF naming each document's subset (e.g. source).",
+)
+@click.option(
+    "--subset-top-k",
+    type=click.IntRange(min=0),
+    default=SCAN_DEFAULTS["subset_top_k"],
+    show_default=True,
+    help="Top windows kept per neuron per corpus subset; 0: none.",
 )
 @click.option(
     "--seed",
@@ -306,7 +323,7 @@ def cli(verbose: bool) -> None:
 def scan(
     db_path: Path | None,
     model_spec: str,
-    dataset: str,
+    datasets: tuple[str, ...],
     layers: str,
     tokens: int | None,
     ctx: int,
@@ -314,6 +331,8 @@ def scan(
     n_random: int,
     batch_size: int,
     text_field: str,
+    subset_field: str | None,
+    subset_top_k: int,
     seed: int,
     histogram_bins: int,
     band_windows: int,
@@ -321,22 +340,30 @@ def scan(
     dtype: str,
 ) -> None:
     """Run a model over a corpus and store every neuron's top, random and activation-band windows
-    and statistics.
+    and statistics, and its top windows within each corpus subset.
+
+    Subsets: name them (`--dataset code=PATH --dataset prose=PATH`, read in turn, a document
+    each), or name a field of a .jsonl/.parquet corpus (`--subset-field source`); the demo
+    corpus has `code` and `prose`.
 
     Ctrl-C stops at the next batch and keeps what was done; the same command resumes.
 
     \b
     Example:
       labeller scan --model demo-solu-1l --dataset demo --tokens 200000
+      labeller scan --model demo-gelu-1l --dataset code=src.jsonl --dataset prose=books.txt
       labeller scan --model gpt2 --dataset NeelNanda/pile-10k --layers 0-11 --tokens 10000000
     """
     from labeller.scan import distributed
     from labeller.scan.runner import run_scan
 
-    check_dataset_spec(dataset)
+    dataset, subsets = parse_dataset_specs(datasets)  # checks every spec, before the model loads
     world = distributed.world_from_env()
     fields: dict[str, Any] = {
         "dataset": dataset,
+        "subsets": subsets,
+        "subset_field": subset_field,
+        "subset_top_k": subset_top_k,
         "layers": layers,
         "tokens": tokens,
         "ctx": ctx,
@@ -491,13 +518,21 @@ def score_chances(catalogue: Catalogue, view: NeuronView) -> Chances:
 
 
 def neuron_json(view: NeuronView, chances: Chances | None = None) -> dict[str, Any]:
+    from labeller.bands import label_bands
+    from labeller.subsets import illusion, subset_summaries
+
     data = view.model_dump(mode="json")
-    for key in ("top_examples", "random_examples"):
+    for key in ("top_examples", "random_examples", "subset_examples"):
         for example in data[key]:
             for name in ("kind", "band", "band_low", "band_high"):
                 example.pop(name)
     for example in data["quantile_examples"]:
         example.pop("kind")
+    data["subsets"] = [summary.model_dump(mode="json") for summary in subset_summaries(view)]
+    found = illusion(view)
+    data["illusion"] = None if found is None else found.model_dump(mode="json")
+    bands = label_bands(view)
+    data["band_precision"] = [] if bands is None else [bands.model_dump(mode="json")]
     if chances is not None:
         for explanation, verdicts in zip(data["explanations"], chances, strict=True):
             for score, (verdict, _) in zip(explanation["scores"], verdicts, strict=True):
@@ -558,6 +593,8 @@ def print_neuron(
         console.print(f"band {band}: {band_range(first, s.max)}", markup=False)
         for example in sealing.visible([first, *examples], sealed)[:limit]:
             _print_example(console, example, scale)
+    _print_subsets(console, view, limit, scale, sealed)
+    _print_band_precision(console, view)
     held_out = sealing.held_out_count(view)
     if sealed and held_out:
         console.print(
@@ -583,6 +620,62 @@ def print_neuron(
             f"({printable(explanation.source)}) {scores}",
             markup=False,
         )
+
+
+def _print_subsets(
+    console: Console, view: NeuronView, limit: int | None, scale: float, sealed: bool
+) -> None:
+    """Each corpus subset's top windows under its summary line, then the illusion measure."""
+    from labeller.subsets import illusion, subset_summaries
+
+    summaries = subset_summaries(view)
+    if not summaries:
+        return
+    console.print("\n[bold]Subsets[/bold] (top windows within each corpus subset)")
+    for summary in summaries:
+        score = "unscored" if summary.score is None else f"label score {summary.score:.3f}"
+        peaks = "  ".join(printable(t) for t in summary.peak_tokens)
+        console.print(
+            f"{printable(summary.subset)}: {summary.windows} windows, max "
+            f"{summary.max_activation:.3f}, {score}; peaks on: {peaks}",
+            markup=False,
+        )
+        examples = [e for e in view.subset_examples if e.subset == summary.subset]
+        for example in sealing.visible(examples, sealed)[:limit]:
+            _print_example(console, example, scale)
+    found = illusion(view)
+    if found is not None:
+        gap = "n/a" if found.score_gap is None else f"{found.score_gap:.3f}"
+        console.print(
+            f"illusion {found.measure:.3f} ({' vs '.join(printable(p) for p in found.pair)}: "
+            f"example divergence {found.example_divergence:.3f}, label score gap {gap})",
+            markup=False,
+        )
+
+
+def _print_band_precision(console: Console, view: NeuronView) -> None:
+    """The label's precision per activation band, one bar per band."""
+    from labeller.bands import label_bands
+
+    bands = label_bands(view)
+    if bands is None:
+        return
+    consistency = "n/a" if bands.consistency is None else f"{bands.consistency:.2f}"
+    console.print(
+        f"\n[bold]Band precision[/bold] of {bands.feature} (band consistency {consistency})"
+    )
+    for band in bands.bands:
+        console.print(
+            f"band {band.band} [{band.low:.3f}, {band.high:.3f}] "
+            f"{precision_bar(band.precision)} {band.precision:.2f} ({band.windows} windows)",
+            markup=False,
+        )
+
+
+def precision_bar(precision: float, width: int = 10) -> str:
+    """A precision in 0..1 as a bar of `width` cells, e.g. '██████░░░░'."""
+    filled = round(max(0.0, min(1.0, precision)) * width)
+    return "█" * filled + "░" * (width - filled)
 
 
 def band_range(example: Example, neuron_max: float) -> str:

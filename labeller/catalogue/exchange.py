@@ -90,6 +90,7 @@ class StoredNeuron:
     history: list[StoredHistory]
     label_id: int | None = None  # the neuron's label (`label_state`); may be filtered out
     quantile_examples: list[StoredExample] = field(default_factory=list)
+    subset_examples: list[StoredExample] = field(default_factory=list)
 
 
 # --- reading ------------------------------------------------------------------------------------
@@ -221,6 +222,10 @@ def _stored_neuron(catalogue: Catalogue, row: Row, selection: Selection) -> Stor
         top_examples=[e for e in examples if e.example.kind is ExampleKind.TOP],
         random_examples=[e for e in examples if e.example.kind is ExampleKind.RANDOM],
         quantile_examples=[e for e in examples if e.example.kind is ExampleKind.QUANTILE],
+        subset_examples=sorted(
+            (e for e in examples if e.example.kind is ExampleKind.SUBSET_TOP),
+            key=lambda e: (e.example.subset or "", e.example.rank),
+        ),
         explanations=explanations,
         history=history,
         label_id=catalogue.label_id(neuron_id),
@@ -229,7 +234,7 @@ def _stored_neuron(catalogue: Catalogue, row: Row, selection: Selection) -> Stor
 
 def _examples(catalogue: Catalogue, neuron_id: int) -> Iterator[StoredExample]:
     for example, window in catalogue.packed_examples(
-        neuron_id, "document, offset, tokens, token_ids"
+        neuron_id, "document, offset, tokens, token_ids, subset"
     ):
         yield StoredExample(
             example=rows.example_from_packed(example, window),

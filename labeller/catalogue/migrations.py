@@ -367,4 +367,15 @@ def m010_packed_examples(db: Database) -> None:
         )
 
 
+@migrations()
+def m013_corpus_subsets(db: Database) -> None:
+    """Named corpus subsets (`scan --dataset code=PATH --dataset prose=PATH`, a subset field,
+    the demo's code/prose): each window records its document's subset, and a score over one
+    subset's top windows (method `subset_top`) records which. Earlier rows stay NULL: no
+    subset. The per-subset top windows are examples of kind `subset_top` (no change to the
+    packed format: a new kind code)."""
+    db.table("windows").add_column("subset", str)
+    db.table("scores").add_column("subset", str)
+
+
 KNOWN_MIGRATIONS = frozenset(m.name for m in migrations.pending(Database(memory=True)))
