@@ -42,6 +42,7 @@ from labeller.records import (
     HistoryEntry,
     LabelState,
     LabelStatus,
+    MeasureRow,
     NeuronView,
     ScanParams,
     ScoreWindows,
@@ -1543,6 +1544,44 @@ def unseal(
         click.echo(_history_line(entry))
 
 
+def _rank_by_measure(
+    db_path: Path | None,
+    model_name: str | None,
+    by: str,
+    layers: str | None,
+    limit: int | None,
+    output_format: str,
+) -> None:
+    """`rank --by illusion|band-consistency`: neurons by a measure of their whole view."""
+    import csv
+
+    from labeller.neuron_measures import rank_by_measure
+
+    with Catalogue.open(db_path, read_only=True) as catalogue:
+        model = catalogue.resolve_model(model_name)
+        layer_list = None if layers is None else parse_layers(layers, model.n_layers)
+        rows = rank_by_measure(catalogue, model.name, by, layer_list, limit)
+    if output_format == "json":
+        click.echo(json.dumps([r.model_dump() for r in rows], indent=2))
+        return
+    if output_format == "csv":
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(MeasureRow.model_fields))
+        writer.writeheader()
+        for r in rows:
+            writer.writerow(r.model_dump())
+        return
+    table = Table("layer", "neuron", by, "why", "label", caption=f"{model.name}, by {by}")
+    for r in rows:
+        table.add_row(
+            str(r.layer),
+            str(r.neuron),
+            f"{r.value:.3f}",
+            printable(r.detail),
+            printable(r.label or ""),
+        )
+    StdoutConsole().print(table)
+
+
 def _history_line(entry: HistoryEntry) -> str:
     def state(s: LabelState | None) -> str:
         return "-" if s is None else f'#{s.explanation_id} "{printable(s.text)}" [{s.status.value}]'
@@ -1560,7 +1599,12 @@ def _history_line(entry: HistoryEntry) -> str:
     "--model", "model_name", default=None, help="Needed when the catalogue holds several."
 )
 @click.option(
-    "--by", type=click.Choice(["score", "max", "density"]), default="score", show_default=True
+    "--by",
+    type=click.Choice(["score", "max", "density", "illusion", "band-consistency"]),
+    default="score",
+    show_default=True,
+    help="illusion: how differently the neuron acts on its corpus subsets; band-consistency: "
+    "its label's lowest precision over activation bands 1 and up (see README).",
 )
 @click.option("--split", type=click.Choice(["valid", "test"]), default="valid", show_default=True)
 @click.option("--layers", default=None, help="e.g. 0,2-5 (default: all scanned).")
@@ -1609,7 +1653,9 @@ def rank(
     limit: int | None,
     output_format: str,
 ) -> None:
-    """Rank neurons by their label's score (unscored last), or by max or density.
+    """Rank neurons by their label's score (unscored last), or by max or density, or by a
+    measure of the whole neuron: illusion (subsets differ) or band-consistency (the label holds
+    in every activation band); neurons without that measure are left out.
 
     Scores are compared like with like: one prediction kind (see --prediction) and one
     simulator (see --simulator), so a label scored by two simulators never gets the higher.
@@ -1620,10 +1666,15 @@ def rank(
       labeller rank --limit 50
       labeller rank --by score --split test --status accepted --format csv > ranked.csv
       labeller rank --blind --limit 20
+      labeller rank --by illusion --limit 20
     """
     import csv
 
     from labeller.records import PredictionKind, Split
+
+    if by in ("illusion", "band-consistency"):
+        _rank_by_measure(db_path, model_name, by, layers, limit, output_format)
+        return
 
     with Catalogue.open(db_path, read_only=True) as catalogue:
         model = catalogue.resolve_model(model_name)

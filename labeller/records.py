@@ -653,3 +653,14 @@ class FeatureBands(Record):
     consistency: float | None = Field(
         description="the lowest precision over bands 1 and up; None: no such band"
     )
+
+
+class MeasureRow(Record):
+    """One neuron ranked by a measure computed from its view (`rank --by illusion` or
+    `band-consistency`)."""
+
+    layer: int
+    neuron: int
+    value: float
+    detail: str = Field(description="what the value is made of, in words")
+    label: str | None

@@ -376,6 +376,12 @@ def m013_corpus_subsets(db: Database) -> None:
     packed format: a new kind code)."""
     db.table("windows").add_column("subset", str)
     db.table("scores").add_column("subset", str)
+    # One score per subset: the unique key gains the subset (NULL for every other method).
+    db.execute("drop index idx_scores_explanation_id_simulator_split_method_prompt_version")
+    db.execute(
+        """create unique index idx_scores_unique_per_subset on scores
+        (explanation_id, simulator, split, method, prompt_version, coalesce(subset, ''))"""
+    )
 
 
 KNOWN_MIGRATIONS = frozenset(m.name for m in migrations.pending(Database(memory=True)))
