@@ -322,7 +322,8 @@ class Example(Record):
     kind: ExampleKind
     rank: int = Field(
         description="rank among top windows, index among random windows, or among the "
-        "neuron's band windows (band by band, each in sampling order)"
+        "neuron's band windows (band by band, each in sampling order), or among its subset "
+        "top windows (subset by subset, each by rank)"
     )
     split: Split
     tokens: list[str]

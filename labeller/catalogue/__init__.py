@@ -611,10 +611,7 @@ class Catalogue:
             top_examples=[e for e in examples if e.kind is ExampleKind.TOP],
             random_examples=[e for e in examples if e.kind is ExampleKind.RANDOM],
             quantile_examples=[e for e in examples if e.kind is ExampleKind.QUANTILE],
-            subset_examples=sorted(
-                (e for e in examples if e.kind is ExampleKind.SUBSET_TOP),
-                key=lambda e: (e.subset or "", e.rank),
-            ),
+            subset_examples=[e for e in examples if e.kind is ExampleKind.SUBSET_TOP],
             explanations=self.explanations_of(int(row["id"])),
             label=self.label_id(int(row["id"])),
             unsealed_by=self.unsealed_by(int(row["id"])),

@@ -222,10 +222,7 @@ def _stored_neuron(catalogue: Catalogue, row: Row, selection: Selection) -> Stor
         top_examples=[e for e in examples if e.example.kind is ExampleKind.TOP],
         random_examples=[e for e in examples if e.example.kind is ExampleKind.RANDOM],
         quantile_examples=[e for e in examples if e.example.kind is ExampleKind.QUANTILE],
-        subset_examples=sorted(
-            (e for e in examples if e.example.kind is ExampleKind.SUBSET_TOP),
-            key=lambda e: (e.example.subset or "", e.example.rank),
-        ),
+        subset_examples=[e for e in examples if e.example.kind is ExampleKind.SUBSET_TOP],
         explanations=explanations,
         history=history,
         label_id=catalogue.label_id(neuron_id),

@@ -470,15 +470,23 @@ class Scanner:
     def _subset_examples(
         self, subset_tops: dict[str, dict[str, torch.Tensor]], n: int
     ) -> Iterator[ExampleRow]:
-        """Each subset's top windows, ranked and split within the subset like the top windows
-        (so every subset has its own held-out windows to score a label on)."""
+        """Each subset's top windows, subset by subset: ranked on across subsets (a rank names
+        one example of the kind, as with band windows), split by the place within the subset
+        like the top windows (so every subset has its own held-out windows to score on)."""
+        rank = 0
         for top in subset_tops.values():
-            yield from self._top_examples(top, n, ExampleKind.SUBSET_TOP)
+            for row in self._top_examples(top, n, ExampleKind.SUBSET_TOP, first_rank=rank):
+                rank += 1
+                yield row
 
     def _top_examples(
-        self, top: dict[str, torch.Tensor], n: int, kind: ExampleKind = ExampleKind.TOP
+        self,
+        top: dict[str, torch.Tensor],
+        n: int,
+        kind: ExampleKind = ExampleKind.TOP,
+        first_rank: int = 0,
     ) -> Iterator[ExampleRow]:
-        rank = 0
+        place = 0
         for slot in range(top["values"].shape[0]):
             index = int(top["window"][slot, n])
             if index < 0 or not math.isfinite(float(top["values"][slot, n])):
@@ -487,13 +495,13 @@ class Scanner:
             yield ExampleRow(
                 window_key=index,
                 kind=kind,
-                rank=rank,
-                split=top_split(rank),
+                rank=first_rank + place,
+                split=top_split(place),
                 activations=encode_activations(top["acts"][slot, n, :length].numpy()),
                 max_activation=float(top["values"][slot, n]),
                 max_index=int(top["argmax"][slot, n]),
             )
-            rank += 1
+            place += 1
 
     def _random_examples(self, random_acts: torch.Tensor, n: int) -> Iterator[ExampleRow]:
         for slot, index in enumerate(self.reservoir.slots):

@@ -152,3 +152,31 @@ def test_rank_by_illusion_lists_every_neuron_with_subsets_highest_first(subset_d
         assert found is not None and row["value"] == pytest.approx(found.measure)
     table = run("rank", "--db", subset_db, "--by", "illusion", "--limit", "2").stdout
     assert "a (" in table and "divergence" in table
+
+
+def test_band_precision_of_a_labels_simulation_in_show_and_rank(db):
+    run("explain", "--db", db, "--layer", 1, "--neurons", "0-3")  # baseline labels
+    run("score", "--db", db, "--layer", 1, "--neurons", "0-3", "--on", "quantiles")
+    ranked = json.loads(
+        run("rank", "--db", db, "--by", "band-consistency", "--format", "json").stdout
+    )
+    assert ranked, "some baseline label must be scored on band windows"
+    from labeller.bands import label_bands
+
+    with Catalogue.open(db, read_only=True) as catalogue:
+        for row in ranked:
+            view = catalogue.neuron_view(None, row["layer"], row["neuron"])
+            bands = label_bands(view)
+            assert bands is not None and row["value"] == pytest.approx(bands.consistency)
+            assert row["label"] == view.label_explanation().text
+    assert [r["value"] for r in ranked] == sorted((r["value"] for r in ranked), reverse=True)
+    first = ranked[0]
+    shown = json.loads(
+        run("show", "--db", db, "--layer", first["layer"], "--neuron", first["neuron"],
+            "--format", "json").stdout
+    )  # fmt: skip
+    (bands,) = shown["band_precision"]
+    assert bands["feature"].startswith("label #") and bands["consistency"] == first["value"]
+    assert [b["band"] for b in bands["bands"]] == sorted(b["band"] for b in bands["bands"])
+    text = run("show", "--db", db, "--layer", first["layer"], "--neuron", first["neuron"]).stdout
+    assert "Band precision of label #" in text and ("█" in text or "░" in text)
