@@ -624,7 +624,8 @@ class Illusion(Record):
     """How differently a neuron behaves on its corpus subsets (`labeller.subsets`)."""
 
     measure: float = Field(
-        description="max(example_divergence, score_gap clipped to [0, 1]); 0: alike everywhere"
+        description="max(example_divergence, strength x score_gap clipped to [0, 1]); 0: alike "
+        "everywhere (see labeller.subsets)"
     )
     example_divergence: float = Field(
         description="over pairs of subsets, the largest strength x (1 - peak-token overlap)"

@@ -14,7 +14,13 @@ peak on (stripped of surrounding whitespace):
 High when the neuron fires about as strongly on both kinds of text, on different tokens; a
 neuron that fires on code only (low strength) or on the same tokens everywhere (high overlap)
 scores low. With the label scored per subset (`score --on subsets`), `score_gap` is its best
-minus worst subset score, and the measure is max(divergence, min(score_gap, 1)).
+minus worst subset score, and the measure is
+
+    max(divergence, strength x min(score_gap, 1))
+
+(strength of the best- and worst-scored subsets): a label that fits one subset and not the
+other counts only where the neuron fires there too; on text where it hardly fires the
+activations are noise and no label scores well.
 """
 
 from __future__ import annotations
@@ -90,13 +96,17 @@ def _peaks(view: NeuronView) -> dict[str, tuple[float, set[str]]]:
     return found
 
 
+def strength(m_a: float, m_b: float) -> float:
+    """min / max of two subsets' maxima: 1 when the neuron fires as strongly on both."""
+    high, low = max(m_a, m_b), min(m_a, m_b)
+    return max(low, 0.0) / high if high > 0 else 0.0
+
+
 def divergence(a: tuple[float, set[str]], b: tuple[float, set[str]]) -> float:
     """strength x (1 - overlap) of two subsets' (max, peak tokens); see the module docstring."""
     (m_a, p_a), (m_b, p_b) = a, b
-    high, low = max(m_a, m_b), min(m_a, m_b)
-    strength = max(low, 0.0) / high if high > 0 else 0.0
     overlap = len(p_a & p_b) / len(p_a | p_b) if p_a | p_b else 1.0
-    return strength * (1.0 - overlap)
+    return strength(m_a, m_b) * (1.0 - overlap)
 
 
 def illusion(view: NeuronView) -> Illusion | None:
@@ -109,12 +119,18 @@ def illusion(view: NeuronView) -> Illusion | None:
         for a, b in itertools.combinations(sorted(peaks), 2)
     ]
     example_divergence, pair = max(pairs, key=lambda p: p[0])
-    scores = subset_scores(view.label_explanation())
-    gap = max(scores.values()) - min(scores.values()) if len(scores) >= 2 else None
-    if gap is not None and min(gap, 1.0) > example_divergence:
-        pair = [max(scores, key=lambda s: scores[s]), min(scores, key=lambda s: scores[s])]
+    scores = {
+        name: r for name, r in subset_scores(view.label_explanation()).items() if name in peaks
+    }
+    gap, gap_term = None, 0.0
+    if len(scores) >= 2:
+        best, worst = max(scores, key=lambda s: scores[s]), min(scores, key=lambda s: scores[s])
+        gap = scores[best] - scores[worst]
+        gap_term = strength(peaks[best][0], peaks[worst][0]) * min(gap, 1.0)
+        if gap_term > example_divergence:
+            pair = [best, worst]
     return Illusion(
-        measure=max(example_divergence, min(gap, 1.0) if gap is not None else 0.0),
+        measure=max(example_divergence, gap_term),
         example_divergence=example_divergence,
         score_gap=gap,
         pair=pair,

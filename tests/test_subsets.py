@@ -110,6 +110,13 @@ def test_label_score_gap_counts_when_larger():
     assert wide is not None and wide.measure == 1.0  # the gap is clipped to 1
 
 
+def test_a_score_gap_where_the_neuron_hardly_fires_counts_little():
+    examples = [window("code", "x", 1.0), window("prose", "x", 0.1)]
+    found = illusion(view(examples, {"code": 0.9, "prose": 0.0}))
+    assert found is not None and found.score_gap == pytest.approx(0.9)
+    assert found.measure == pytest.approx(0.1 * 0.9)
+
+
 def test_one_subset_has_no_measure():
     assert illusion(view([window("code", "x", 1.0)])) is None
     assert illusion(view([])) is None
