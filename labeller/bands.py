@@ -6,6 +6,11 @@ feature value, scaled to 0..1, at the token each of the band's windows peaks on.
 is anything that gives every token a value: a detector (0/1 or graded) or a label's simulation
 (0..10, from a score over band windows, `score --on quantiles` or `all`).
 
+A detector is code, fitted to no window, so its precision reads every band window the scan
+kept (all splits); a label's simulation exists only on the split it was scored on (valid: one
+window a band with the default four). Detector values above 1 (graded: an indentation depth)
+count as 1: the feature is present.
+
 A neuron is a "genuinely monosemantic" candidate when the feature holds in every band where it
 fires: band consistency is the lowest precision over bands 1 and up. Band 0 (activations near
 zero, where the neuron hardly fires) is shown but left out of consistency.
@@ -15,6 +20,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from labeller.detect.detector import Detector
+from labeller.detect.registry import from_definition
 from labeller.records import (
     BandPrecision,
     Example,
@@ -89,3 +96,30 @@ def label_bands(view: NeuronView) -> FeatureBands | None:
     return FeatureBands(
         feature=f"label #{label.id}", bands=bands, consistency=band_consistency(bands)
     )
+
+
+SHOWN_DETECTORS = 3  # `show` and the JSON give the band precision of this many best detectors
+
+
+def detector_bands(view: NeuronView, detector: Detector) -> FeatureBands | None:
+    """A detector's band precision over every band window of the neuron; None: no bands."""
+    windows = view.quantile_examples
+    if not windows:
+        return None
+    bands = band_precision(windows, [detector.values(e.tokens) for e in windows])
+    return FeatureBands(
+        feature=f"detector:{detector.name}", bands=bands, consistency=band_consistency(bands)
+    )
+
+
+def neuron_band_precision(view: NeuronView) -> list[FeatureBands]:
+    """The label's band precision, then its best-scoring detectors' (those that can still be
+    made from their stored definition), as `show` gives them."""
+    found = [bands for bands in [label_bands(view)] if bands is not None]
+    best = [d for d in view.detectors if d.score is not None][:SHOWN_DETECTORS]
+    for score in best:
+        detector = from_definition(score.name, score.definition)
+        bands = detector_bands(view, detector) if detector is not None else None
+        if bands is not None:
+            found.append(bands)
+    return found

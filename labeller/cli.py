@@ -519,7 +519,7 @@ def score_chances(catalogue: Catalogue, view: NeuronView) -> Chances:
 
 
 def neuron_json(view: NeuronView, chances: Chances | None = None) -> dict[str, Any]:
-    from labeller.bands import label_bands
+    from labeller.bands import neuron_band_precision
     from labeller.subsets import illusion, subset_summaries
 
     data = view.model_dump(mode="json")
@@ -532,8 +532,7 @@ def neuron_json(view: NeuronView, chances: Chances | None = None) -> dict[str, A
     data["subsets"] = [summary.model_dump(mode="json") for summary in subset_summaries(view)]
     found = illusion(view)
     data["illusion"] = None if found is None else found.model_dump(mode="json")
-    bands = label_bands(view)
-    data["band_precision"] = [] if bands is None else [bands.model_dump(mode="json")]
+    data["band_precision"] = [b.model_dump(mode="json") for b in neuron_band_precision(view)]
     if chances is not None:
         for explanation, verdicts in zip(data["explanations"], chances, strict=True):
             for score, (verdict, _) in zip(explanation["scores"], verdicts, strict=True):
@@ -621,6 +620,27 @@ def print_neuron(
             f"({printable(explanation.source)}) {scores}",
             markup=False,
         )
+    _print_detectors(console, view)
+
+
+SHOWN_DETECTORS = 5
+
+
+def _print_detectors(console: Console, view: NeuronView) -> None:
+    """The neuron's best few detector scores (`labeller detect`), if any were scored."""
+    if not view.detectors:
+        return
+    shown = view.detectors[:SHOWN_DETECTORS]
+    console.print(
+        f"\n[bold]Detectors[/bold] (best {len(shown)} of {len(view.detectors)}; r on held-out "
+        "windows, as labels)"
+    )
+    for d in shown:
+        score = "n/a" if d.score is None else f"{d.score:.3f}"
+        console.print(
+            f"- {printable(d.name)} {d.split.value}: {score}  {printable(d.description)}",
+            markup=False,
+        )
 
 
 def _print_subsets(
@@ -655,22 +675,21 @@ def _print_subsets(
 
 
 def _print_band_precision(console: Console, view: NeuronView) -> None:
-    """The label's precision per activation band, one bar per band."""
-    from labeller.bands import label_bands
+    """The label's and the best detectors' precision per activation band, a bar per band."""
+    from labeller.bands import neuron_band_precision
 
-    bands = label_bands(view)
-    if bands is None:
-        return
-    consistency = "n/a" if bands.consistency is None else f"{bands.consistency:.2f}"
-    console.print(
-        f"\n[bold]Band precision[/bold] of {bands.feature} (band consistency {consistency})"
-    )
-    for band in bands.bands:
+    for bands in neuron_band_precision(view):
+        consistency = "n/a" if bands.consistency is None else f"{bands.consistency:.2f}"
         console.print(
-            f"band {band.band} [{band.low:.3f}, {band.high:.3f}] "
-            f"{precision_bar(band.precision)} {band.precision:.2f} ({band.windows} windows)",
-            markup=False,
+            f"\n[bold]Band precision[/bold] of {printable(bands.feature)} (band consistency "
+            f"{consistency})"
         )
+        for band in bands.bands:
+            console.print(
+                f"band {band.band} [{band.low:.3f}, {band.high:.3f}] "
+                f"{precision_bar(band.precision)} {band.precision:.2f} ({band.windows} windows)",
+                markup=False,
+            )
 
 
 def precision_bar(precision: float, width: int = 10) -> str:
@@ -1000,18 +1019,26 @@ def llm_options(func: F) -> F:
     return func
 
 
-def neuron_selection(func: F) -> F:
+def neuron_choice(func: F) -> F:
+    """--model, --layer, --neurons and --force: the neurons a batch command works on."""
     for option in reversed(
         [
             click.option("--model", "model_name", default=None, help="Needed with several."),
             click.option("--layer", "layers", default=None, help="Layers, e.g. 0 or 0-3 (all)."),
             click.option("--neurons", default="all", show_default=True, help="e.g. 0-99 or all."),
             click.option("--force", is_flag=True, help="Redo work already in the catalogue."),
-            click.option("--dry-run", is_flag=True, help="Print one prompt and the calls needed."),
         ]
     ):
         func = option(func)
     return func
+
+
+def neuron_selection(func: F) -> F:
+    """`neuron_choice` and --dry-run, for the commands that call an LLM."""
+    func = click.option("--dry-run", is_flag=True, help="Print one prompt and the calls needed.")(
+        func
+    )
+    return neuron_choice(func)
 
 
 def _selected_refs(
@@ -1260,6 +1287,90 @@ def score(
         resolver.summary_line(),
         after=None if report.null is None else null_line(report.null),
     )
+
+
+@cli.command()
+@db_option
+@neuron_choice
+@click.option(
+    "--detector",
+    "detector_names",
+    multiple=True,
+    help="A detector by name (repeatable; `all` for every one). Default: every detector, "
+    "unless only --regex is given.",
+)
+@click.option(
+    "--regex",
+    "regexes",
+    multiple=True,
+    help="NAME=PATTERN: a detector marking every token that overlaps a match (repeatable).",
+)
+@click.option(
+    "--split",
+    type=click.Choice(["valid", "test"]),
+    default="valid",
+    show_default=True,
+    help="Held-out windows to score on, as `score`.",
+)
+@click.option("--list", "list_only", is_flag=True, help="Print the detectors and exit.")
+def detect(
+    db_path: Path | None,
+    model_name: str | None,
+    layers: str | None,
+    neurons: str,
+    force: bool,
+    detector_names: tuple[str, ...],
+    regexes: tuple[str, ...],
+    split: str,
+    list_only: bool,
+) -> None:
+    """Score feature detectors against neurons like labels: Pearson r of each detector's
+    per-token values with the neuron's activations on its held-out windows (top and random,
+    the labels' splits and code; prediction: rule).
+
+    Built-in detectors cover basic syntax, Python, general code and prose (--list); add your
+    own with --regex NAME=PATTERN or a package's `labeller.detectors` entry point. A rerun
+    skips scores already stored with the same definition and recomputes changed ones.
+
+    \b
+    Example:
+      labeller detect --list
+      labeller detect --model demo-gelu-1l --neurons all
+      labeller detect --model demo-gelu-1l --regex digits='[0-9]'
+      labeller rank --model demo-gelu-1l --by detector:digits --limit 5
+    """
+    from labeller.detect.registry import resolve
+    from labeller.detect.service import detect_neurons
+    from labeller.records import Split
+
+    chosen = resolve(list(detector_names), list(regexes))
+    if list_only:
+        width = max(len(d.name) for d in chosen)
+        for d in chosen:
+            click.echo(f"{d.name:<{width}}  {printable(d.description)}")
+        return
+    with Catalogue.open(db_path) as catalogue:
+        refs = _selected_refs(catalogue, model_name, layers, neurons)
+        bar = _progress(len(refs), "detecting", "neurons")
+        try:
+            with bar as advance:
+                report = detect_neurons(
+                    catalogue, refs, chosen, split=Split(split), force=force, on_progress=advance
+                )
+        except KeyboardInterrupt:
+            raise CliInterrupted(
+                f"interrupted after {bar.seen:,} of {len(refs):,} neurons; "
+                "finished batches are kept, rerun to continue"
+            ) from None
+    parts = [
+        f"{report.neurons:,} neurons x {len(chosen):,} detector{'s' * (len(chosen) != 1)}",
+        f"{report.written:,} scores written",
+    ]
+    if report.skipped:
+        parts.append(f"{report.skipped:,} already stored (use --force to redo)")
+    if report.no_windows:
+        parts.append(f"{report.no_windows:,} neurons without {split} windows (no score)")
+    click.echo("detect: " + ", ".join(parts))
 
 
 def _run_neurons(
@@ -1600,11 +1711,13 @@ def _history_line(entry: HistoryEntry) -> str:
 )
 @click.option(
     "--by",
-    type=click.Choice(["score", "max", "density", "illusion", "band-consistency"]),
     default="score",
     show_default=True,
-    help="illusion: how differently the neuron acts on its corpus subsets; band-consistency: "
-    "its label's lowest precision over activation bands 1 and up (see README).",
+    callback=lambda _ctx, _param, value: _rank_by(value),
+    help="score, max, density, detector:NAME (neurons by their score against a detector, "
+    "from `labeller detect`), illusion (how differently the neuron acts on its corpus "
+    "subsets) or band-consistency[:DETECTOR] (the label's, or a detector's, lowest precision "
+    "over activation bands 1 and up); see README.",
 )
 @click.option("--split", type=click.Choice(["valid", "test"]), default="valid", show_default=True)
 @click.option("--layers", default=None, help="e.g. 0,2-5 (default: all scanned).")
@@ -1666,19 +1779,26 @@ def rank(
       labeller rank --limit 50
       labeller rank --by score --split test --status accepted --format csv > ranked.csv
       labeller rank --blind --limit 20
+      labeller rank --by detector:number --limit 10
       labeller rank --by illusion --limit 20
+      labeller rank --by band-consistency:python.keyword --limit 10
     """
-    import csv
-
     from labeller.records import PredictionKind, Split
 
-    if by in ("illusion", "band-consistency"):
+    if by in ("illusion", "band-consistency") or by.startswith(BAND_CONSISTENCY_PREFIX):
         _rank_by_measure(db_path, model_name, by, layers, limit, output_format)
         return
 
     with Catalogue.open(db_path, read_only=True) as catalogue:
         model = catalogue.resolve_model(model_name)
         layer_list = None if layers is None else parse_layers(layers, model.n_layers)
+        if by.startswith(DETECTOR_PREFIX):
+            detector = by.removeprefix(DETECTOR_PREFIX)
+            rows = _rank_by_detector(
+                catalogue, model.name, detector, Split(split), layer_list, status, limit
+            )
+            _print_ranked(rows, output_format, f"{detector} detector scores: {split}")
+            return
         kind = (
             PredictionKind(prediction)
             if prediction is not None
@@ -1713,6 +1833,62 @@ def rank(
             blind=blind,
             simulator=simulator,
         )
+    _print_ranked(
+        rows,
+        output_format,
+        f"scores: {split}, {kind} predictions by {simulator or 'no simulator'} only"
+        f"{', blind only' * blind}; ≈chance: not above the null's p95; "
+        "seen: the label's author had seen the scored windows",
+    )
+
+
+DETECTOR_PREFIX = "detector:"
+BAND_CONSISTENCY_PREFIX = "band-consistency:"
+
+
+def _rank_by(value: str) -> str:
+    """`rank --by`: a fixed order, a neuron measure, or `detector:NAME`."""
+    if value in ("score", "max", "density", "illusion", "band-consistency"):
+        return value
+    for prefix in (DETECTOR_PREFIX, BAND_CONSISTENCY_PREFIX):
+        if value.startswith(prefix) and value.removeprefix(prefix):
+            return value
+    raise click.BadParameter(
+        f"{value!r}: use score, max, density, illusion, band-consistency, "
+        "band-consistency:DETECTOR or detector:NAME (e.g. detector:number)",
+        param_hint="--by",
+    )
+
+
+def _rank_by_detector(
+    catalogue: Catalogue,
+    model: str,
+    detector: str,
+    split: Any,
+    layers: list[int] | None,
+    status: str | None,
+    limit: int | None,
+) -> list[Any]:
+    """Neurons by their score against one detector; an error naming the scored detectors if
+    this one has no scores."""
+    from labeller.catalogue.detectors import detector_names, rank_by_detector
+
+    known = detector_names(catalogue, model, split)
+    if detector not in known:
+        raise UserError(
+            f"--by detector:{detector}: no {split} scores of that detector for {model} "
+            f"(scored: {', '.join(known) or 'none'}); run `labeller detect --detector NAME` "
+            "or `--regex NAME=PATTERN` first"
+        )
+    return rank_by_detector(
+        catalogue, model, detector, split=split, layers=layers, status=status, limit=limit
+    )
+
+
+def _print_ranked(rows: list[Any], output_format: str, caption: str) -> None:
+    """`rank`'s rows as a table, JSON or CSV."""
+    import csv
+
     fields = ["layer", "neuron", "score", "above_chance", "blind", "label", "source", "status"]
     if output_format == "json":
         click.echo(json.dumps([r.model_dump(include=set(fields)) for r in rows], indent=2))
@@ -1732,9 +1908,7 @@ def rank(
         "label",
         "source",
         "status",
-        caption=f"scores: {split}, {kind} predictions by {simulator or 'no simulator'} only"
-        f"{', blind only' * blind}; ≈chance: not above the null's p95; "
-        "seen: the label's author had seen the scored windows",
+        caption=caption,
     )
     for r in rows:
         table.add_row(

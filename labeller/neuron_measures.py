@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from labeller.bands import label_bands
+from labeller.bands import detector_bands, label_bands
 from labeller.catalogue import Catalogue
-from labeller.records import MeasureRow, NeuronView
+from labeller.detect.detector import Detector
+from labeller.detect.registry import resolve
+from labeller.errors import UserError
+from labeller.records import FeatureBands, MeasureRow, NeuronView
 from labeller.subsets import illusion, subset_summaries
 
 Measure = Callable[[NeuronView], tuple[float, str] | None]
@@ -27,18 +30,31 @@ def illusion_measure(view: NeuronView) -> tuple[float, str] | None:
     return found.measure, (f"{sides}: divergence {found.example_divergence:.2f}, score gap {gap}")
 
 
-def band_consistency_measure(view: NeuronView) -> tuple[float, str] | None:
-    bands = label_bands(view)
+def _consistency(bands: FeatureBands | None) -> tuple[float, str] | None:
     if bands is None or bands.consistency is None:
         return None
     per_band = " ".join(f"{b.precision:.2f}" for b in bands.bands)
     return bands.consistency, f"{bands.feature} per band: {per_band}"
 
 
-MEASURES: dict[str, Measure] = {
-    "illusion": illusion_measure,
-    "band-consistency": band_consistency_measure,
-}
+def band_consistency_measure(view: NeuronView) -> tuple[float, str] | None:
+    return _consistency(label_bands(view))
+
+
+def detector_consistency_measure(detector: Detector) -> Measure:
+    return lambda view: _consistency(detector_bands(view, detector))
+
+
+def measure_named(name: str) -> Measure:
+    """`illusion`, `band-consistency` (the label's) or `band-consistency:DETECTOR`."""
+    if name == "illusion":
+        return illusion_measure
+    if name == "band-consistency":
+        return band_consistency_measure
+    found = resolve([name.removeprefix("band-consistency:")], [])
+    if len(found) != 1:
+        raise UserError(f"--by {name}: name one detector, e.g. band-consistency:number")
+    return detector_consistency_measure(found[0])
 
 
 def rank_by_measure(
@@ -49,7 +65,7 @@ def rank_by_measure(
     limit: int | None = None,
 ) -> list[MeasureRow]:
     """The neurons with the measure, highest first (ties by layer and neuron)."""
-    compute = MEASURES[measure]
+    compute = measure_named(measure)
     found = []
     for ref in catalogue.neuron_refs(model_name, layers, None):
         view = catalogue.neuron_view(ref.model, ref.layer, ref.neuron)

@@ -437,6 +437,24 @@ class Explanation(Record):
     scores: list[Score] = Field(default_factory=list)
 
 
+class DetectorScore(Record):
+    """A detector scored against a neuron like a label: Pearson r of the detector's values with
+    the neuron's activations over one held-out split's windows (`labeller detect`)."""
+
+    name: str
+    description: str
+    definition: str = Field(
+        description="what computed it (a built-in's version, a regex, a plugin's entry point); "
+        "a stored score whose definition differs is recomputed"
+    )
+    split: Split
+    windows: ScoreWindows = ScoreWindows.TOP_AND_RANDOM
+    method: ScoreMethod = ScoreMethod.TOP_AND_RANDOM
+    prediction: PredictionKind = PredictionKind.RULE
+    score: float | None = Field(description="None when undefined: constant detector or neuron")
+    created_at: str = Field(default_factory=utc_now)
+
+
 class NeuronView(Record):
     """What `labeller show` prints and later the TUI's neuron page reads."""
 
@@ -462,6 +480,10 @@ class NeuronView(Record):
     unsealed_by: list[str] = Field(
         default_factory=list,
         description="the people who unsealed the neuron's held-out windows (see `sealing`)",
+    )
+    detectors: list[DetectorScore] = Field(
+        default_factory=list,
+        description="feature detectors scored against the neuron, best first (`labeller detect`)",
     )
 
     def label_explanation(self) -> Explanation | None:

@@ -87,3 +87,31 @@ def test_a_labels_simulation_gives_its_band_precision():
     assert [(b.band, b.precision) for b in bands] == [(1, 0.5), (2, pytest.approx(0.8))]
     assert simulated_band_precision(label, windows, Split.TEST) == []
     assert simulated_band_precision(None, windows) == []
+
+
+def test_a_detectors_band_precision_reads_every_band_window():
+    from labeller.bands import detector_bands
+    from labeller.detect.registry import parse_regex
+    from labeller.records import Histogram, NeuronStats, NeuronView
+
+    def digit_window(band: int, rank: int, peak_token: str) -> Example:
+        window = band_window(band, rank, 1)
+        return window.model_copy(update={"tokens": ["a", peak_token, "b"], "split": Split.TRAIN})
+
+    windows = [digit_window(1, 0, "7"), digit_window(1, 1, "x"), digit_window(2, 2, "42")]
+    stats = NeuronStats(
+        max=3, min=0, mean=0, std=1, density=0.5, skewness=0, kurtosis=0, tokens=9,
+        histogram=Histogram(low=0, high=3, counts=[1]),
+    )  # fmt: skip
+    view = NeuronView(
+        model="m", layer=0, neuron=0, scan_id=1, stats=stats, weights=None, top_examples=[],
+        random_examples=[], quantile_examples=windows, explanations=[],
+    )  # fmt: skip
+    bands = detector_bands(view, parse_regex("digits=[0-9]+"))
+    assert bands is not None and bands.feature == "detector:digits"
+    assert [(b.band, b.windows, b.precision) for b in bands.bands] == [(1, 2, 0.5), (2, 1, 1.0)]
+    assert bands.consistency == 0.5
+    assert (
+        detector_bands(view.model_copy(update={"quantile_examples": []}), parse_regex("d=1"))
+        is None
+    )

@@ -20,6 +20,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from labeller.catalogue import label_state, rows
+from labeller.catalogue.detectors import detector_scores_of
 from labeller.catalogue.labels import append_history
 from labeller.catalogue.migrations import KNOWN_MIGRATIONS, MIGRATION_SET, migrations
 from labeller.catalogue.rows import NeuronRow, Row, WindowRow, params_key
@@ -615,6 +616,7 @@ class Catalogue:
             explanations=self.explanations_of(int(row["id"])),
             label=self.label_id(int(row["id"])),
             unsealed_by=self.unsealed_by(int(row["id"])),
+            detectors=detector_scores_of(self, int(row["id"])),
         )
 
     def unsealed_by(self, neuron_id: int, *, before: int | None = None) -> list[str]:

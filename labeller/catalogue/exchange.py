@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from labeller.catalogue import Catalogue, rows
+from labeller.catalogue.detectors import detector_scores_of
 from labeller.catalogue.rows import NeuronRow, Row, WindowRow, params_key
 from labeller.records import (
     PRIMARY_METHOD,
+    DetectorScore,
     Example,
     ExampleKind,
     Explanation,
@@ -91,6 +93,7 @@ class StoredNeuron:
     label_id: int | None = None  # the neuron's label (`label_state`); may be filtered out
     quantile_examples: list[StoredExample] = field(default_factory=list)
     subset_examples: list[StoredExample] = field(default_factory=list)
+    detectors: list[DetectorScore] = field(default_factory=list)
 
 
 # --- reading ------------------------------------------------------------------------------------
@@ -226,6 +229,7 @@ def _stored_neuron(catalogue: Catalogue, row: Row, selection: Selection) -> Stor
         explanations=explanations,
         history=history,
         label_id=catalogue.label_id(neuron_id),
+        detectors=detector_scores_of(catalogue, neuron_id),
     )
 
 

@@ -368,6 +368,35 @@ def m010_packed_examples(db: Database) -> None:
 
 
 @migrations()
+def m012_detector_scores(db: Database) -> None:
+    """Feature detectors scored against neurons (`labeller detect`): one row per neuron,
+    detector, split and windows, replaced when rescored; the index serves `rank --by
+    detector:NAME` and the list's sort by a detector."""
+    db.table("detector_scores").create(
+        {
+            "id": int,
+            "neuron_id": int,
+            "detector": str,
+            "description": str,
+            "definition": str,
+            "split": str,
+            "windows": str,
+            "method": str,
+            "prediction": str,
+            "score": float,
+            "created_at": str,
+        },
+        pk="id",
+        foreign_keys=[("neuron_id", "neurons", "id")],
+        not_null={"neuron_id", "detector", "definition", "split", "windows", "method"},
+    )
+    db.table("detector_scores").create_index(
+        ["neuron_id", "detector", "split", "windows", "method"], unique=True
+    )
+    db.table("detector_scores").create_index(["detector", "split", "score"])
+
+
+@migrations()
 def m013_corpus_subsets(db: Database) -> None:
     """Named corpus subsets (`scan --dataset code=PATH --dataset prose=PATH`, a subset field,
     the demo's code/prose): each window records its document's subset, and a score over one

@@ -37,6 +37,7 @@ from labeller.catalogue import Catalogue
 from labeller.catalogue import exchange as store
 from labeller.errors import UserError
 from labeller.records import (
+    DetectorScore,
     Example,
     HistoryAction,
     LabelState,
@@ -56,7 +57,8 @@ from labeller.records import (
 FORMAT_NAME: Final = "labeller-export"
 # 2: activation-band windows (`quantile_examples`, band fields) and each score's `windows`;
 # version 1 files read as having no bands and scores on top and random windows.
-FORMAT_VERSION: Final = 2
+# 3: each neuron's `detectors` (`labeller detect`); older files read as having none.
+FORMAT_VERSION: Final = 3
 _NEURONS_OPEN = ', "neurons": ['
 
 
@@ -152,11 +154,15 @@ class ExportNeuron(Record):
         description="index in `explanations` of the neuron's label (its accepted label, else "
         "its best-scoring proposed one); None when it has none or the label was filtered out",
     )
+    detectors: list[DetectorScore] = Field(
+        default_factory=list,
+        description="feature detectors scored against the neuron, best first (`labeller detect`)",
+    )
 
 
 class ExportHeader(Record):
     format: Literal["labeller-export"]
-    format_version: Literal[1, 2]
+    format_version: Literal[1, 2, 3]
     exported_at: str
     neuron_count: int = Field(ge=0, description="number of entries in `neurons`")
     models: list[ModelRecord]
@@ -286,6 +292,7 @@ def export_neuron(stored: store.StoredNeuron, scan_index: dict[int, int]) -> Exp
         ],
         history=entries.get(None, []),
         label=explanation_index.get(stored.label_id) if stored.label_id is not None else None,
+        detectors=stored.detectors,
     )
 
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from labeller.errors import UserError
 from labeller.explain.falsify import Verdict, judge, suggest_tests
 from labeller.explain.resolve import BASELINE, LLMUnavailable, Resolver
-from labeller.records import Explanation, HistoryEntry, LabelStatus, NeuronView
+from labeller.records import DetectorScore, Explanation, HistoryEntry, LabelStatus, NeuronView
 from labeller.sealing import is_sealed
 
 if TYPE_CHECKING:
@@ -287,6 +287,14 @@ class Backend:
                 annotator=self.annotator,
                 expected_version=page.version,
             )
+
+    def label_from_detector(self, page: NeuronPage, detector: DetectorScore) -> int | None:
+        """The detector's description proposed as a label linked to it, scored by it (None:
+        already a label)."""
+        from labeller.detect.service import label_from_detector
+
+        with self.catalogue() as catalogue:
+            return label_from_detector(catalogue, page.ref, detector, self.annotator)
 
     def unseal(self, page: NeuronPage) -> list[HistoryEntry]:
         """Open the neuron's held-out windows to this annotator, recorded in its history."""

@@ -2,6 +2,8 @@
 
 For the selected candidate, each scored window shows the true activations and the simulator's
 prediction on the same tokens, one above the other, so a reader sees where the label misses.
+Below the candidates, the neuron's best feature detectors (`labeller detect`), scored like labels;
+the highlighted one is what `D` turns into a label.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ from textual.containers import Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import DataTable, Static
 
-from labeller.records import PRIMARY_METHOD, Explanation, Score, ScoreMethod
+from labeller.records import PRIMARY_METHOD, DetectorScore, Explanation, Score, ScoreMethod
 from labeller.tui.score_windows import ScoreWindows
 from labeller.tui.scores import preferred_scores
 from labeller.tui.text import fmt, plain, status_text
 
+SHOWN_DETECTORS = 8  # the best few; `labeller show --format json` has them all
 # The candidates table's score columns, primary score first.
 SCORE_COLUMNS = {
     ScoreMethod.TOP_AND_RANDOM: "T&R",
@@ -42,11 +45,13 @@ class LabelsPane(Vertical):
         self.explanations: list[Explanation] = []
         self.chances: dict[int, list[tuple[bool | None, float | None]]] = {}
         self.sealed = True
+        self.detectors: list[DetectorScore] = []
 
     def compose(self) -> ComposeResult:
         table: DataTable[Any] = DataTable(cursor_type="row", zebra_stripes=True, id="candidates")
         yield table
         yield Static(id="label-detail")
+        yield DataTable(cursor_type="row", zebra_stripes=True, id="detectors")
         yield VerticalScroll(ScoreWindows(), id="windows")
 
     def show(
@@ -57,11 +62,14 @@ class LabelsPane(Vertical):
         label: int | None = None,
         *,
         sealed: bool = True,
+        detectors: list[DetectorScore] | None = None,
     ) -> None:
         """`chances`: per explanation id, its scores' (above chance, null p95); a score that
         does not clear its null control is dimmed and marked ≈chance. `label`: the neuron's
         label (`label_state`), marked ▶ in the id column. `sealed`: whether the held-out windows
-        are sealed for the annotator (the scored windows then stay hidden)."""
+        are sealed for the annotator (the scored windows then stay hidden). `detectors`: the
+        neuron's detector scores, best first."""
+        self._show_detectors(detectors or [])
         self.explanations = explanations
         self.chances = chances or {}
         self.sealed = sealed
@@ -92,6 +100,28 @@ class LabelsPane(Vertical):
         table.move_cursor(row=row)
         self._detail(explanations[row])
 
+    def _show_detectors(self, detectors: list[DetectorScore]) -> None:
+        """The best few detectors; hidden when none was scored."""
+        self.detectors = detectors[:SHOWN_DETECTORS]
+        table = self.query_one("#detectors", DataTable)
+        table.clear(columns=True)
+        table.display = bool(self.detectors)
+        if not self.detectors:
+            return
+        table.add_column("detector", key="name")
+        table.add_column("r", key="score")
+        table.add_column("split", key="split")
+        table.add_column("D: propose as label", key="description")
+        for d in self.detectors:
+            table.add_row(plain(d.name), Text(fmt(d.score)), d.split.value, plain(d.description))
+
+    def selected_detector(self) -> DetectorScore | None:
+        """The highlighted detector (the best one until another is highlighted)."""
+        if not self.detectors:
+            return None
+        row = self.query_one("#detectors", DataTable).cursor_row
+        return self.detectors[min(max(row, 0), len(self.detectors) - 1)]
+
     def _chance(self, explanation: Explanation, score: Score) -> tuple[bool | None, float | None]:
         verdicts = self.chances.get(explanation.id or 0, [])
         for candidate, verdict in zip(explanation.scores, verdicts, strict=False):
@@ -114,6 +144,8 @@ class LabelsPane(Vertical):
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         event.stop()
+        if event.data_table.id == "detectors":
+            return
         explanation = self.selected()
         self._detail(explanation)
         self.post_message(self.Selected(explanation))

@@ -180,3 +180,23 @@ def test_band_precision_of_a_labels_simulation_in_show_and_rank(db):
     assert [b["band"] for b in bands["bands"]] == sorted(b["band"] for b in bands["bands"])
     text = run("show", "--db", db, "--layer", first["layer"], "--neuron", first["neuron"]).stdout
     assert "Band precision of label #" in text and ("█" in text or "░" in text)
+
+
+def test_rank_by_a_detectors_band_consistency(db):
+    ranked = json.loads(
+        run("rank", "--db", db, "--by", "band-consistency:start-of-line", "--format", "json").stdout
+    )
+    from labeller.bands import detector_bands
+    from labeller.detect.registry import resolve
+
+    (detector,) = resolve(["start-of-line"], [])
+    with Catalogue.open(db, read_only=True) as catalogue:
+        expected = {}
+        for ref in catalogue.neuron_refs(None, None, None):
+            bands = detector_bands(catalogue.neuron_view(None, ref.layer, ref.neuron), detector)
+            if bands is not None and bands.consistency is not None:
+                expected[(ref.layer, ref.neuron)] = bands.consistency
+    assert {(r["layer"], r["neuron"]): r["value"] for r in ranked} == pytest.approx(expected)
+    assert len(ranked) == len(expected) > 0
+    bad = run("rank", "--db", db, "--by", "band-consistency:nope", ok=False)
+    assert bad.exit_code == 2 and "unknown detector 'nope'" in bad.stderr
