@@ -519,7 +519,7 @@ def score_chances(catalogue: Catalogue, view: NeuronView) -> Chances:
 
 
 def neuron_json(view: NeuronView, chances: Chances | None = None) -> dict[str, Any]:
-    from labeller.bands import neuron_band_precision
+    from labeller.band_precision import neuron_band_precision
     from labeller.subsets import illusion, subset_summaries
 
     data = view.model_dump(mode="json")
@@ -610,7 +610,8 @@ def print_neuron(
     for i, explanation in enumerate(view.explanations):
         verdicts = chances[i] if chances is not None else [(None, None)] * len(explanation.scores)
         scores = ", ".join(
-            f"{sc.method}/{sc.split}: {'n/a' if sc.score is None else f'{sc.score:.3f}'}"
+            f"{sc.method}{f'[{printable(sc.subset)}]' if sc.subset else ''}/{sc.split}: "
+            f"{'n/a' if sc.score is None else f'{sc.score:.3f}'}"
             + (" blind" if sc.blind else "")
             + chance_note(*verdict)
             for sc, verdict in zip(explanation.scores, verdicts, strict=True)
@@ -676,7 +677,7 @@ def _print_subsets(
 
 def _print_band_precision(console: Console, view: NeuronView) -> None:
     """The label's and the best detectors' precision per activation band, a bar per band."""
-    from labeller.bands import neuron_band_precision
+    from labeller.band_precision import neuron_band_precision
 
     for bands in neuron_band_precision(view):
         consistency = "n/a" if bands.consistency is None else f"{bands.consistency:.2f}"

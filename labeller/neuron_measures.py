@@ -2,14 +2,14 @@
 off a stored column: `rank --by illusion` and `rank --by band-consistency`.
 
 Each neuron's view is read once; the measures are the pure functions of `labeller.subsets` and
-`labeller.bands`. Neurons without the measure (no subsets, no band scores) are left out.
+`labeller.band_precision`. Neurons without the measure (no subsets, no band scores) are left out.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from labeller.bands import detector_bands, label_bands
+from labeller.band_precision import detector_bands, label_bands
 from labeller.catalogue import Catalogue
 from labeller.detect.detector import Detector
 from labeller.detect.registry import resolve

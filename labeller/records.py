@@ -660,7 +660,7 @@ class Illusion(Record):
 
 class BandPrecision(Record):
     """How often a feature holds at the peak token of a neuron's windows in one activation
-    band (`labeller.bands`)."""
+    band (`labeller.band_precision`)."""
 
     band: int
     low: float

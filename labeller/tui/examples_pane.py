@@ -19,7 +19,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import Vertical
 from textual.widgets import ListItem, ListView, Static
 
-from labeller import bands, subsets
+from labeller import band_precision, subsets
 from labeller.records import Example, ExampleKind, Illusion, NeuronView, SubsetSummary
 from labeller.sealing import held_out_count, visible
 from labeller.tui.example_item import ExampleItem
@@ -111,7 +111,7 @@ class ExamplesPane(Vertical):
         random = visible(view.random_examples, sealed)
         rows: list[Text | Example] = [Text(f"Top {len(top)} examples"), *top]
         rows += [Text(f"Random {len(random)} examples"), *random]
-        label_bands = bands.label_bands(view)
+        label_bands = band_precision.label_bands(view)
         precision = {b.band: b.precision for b in label_bands.bands} if label_bands else {}
         for band, group in itertools.groupby(view.quantile_examples, key=lambda e: e.band):
             members = list(group)

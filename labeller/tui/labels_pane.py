@@ -171,7 +171,8 @@ class LabelsPane(Vertical):
             text.append("\n")
             text.append_text(plain(simulator, "dim"))
             for score in scores:
-                text.append(f"  {score.method} ({score.split.value}) {fmt(score.score)}")
+                subset = f"[{score.subset}]" if score.subset else ""
+                text.append(f"  {score.method}{subset} ({score.split.value}) {fmt(score.score)}")
                 text.append(" blind" if score.blind else " seen", "dim")
                 verdict, p95 = self._chance(explanation, score)
                 if verdict is False and p95 is not None:

@@ -161,7 +161,7 @@ def test_band_precision_of_a_labels_simulation_in_show_and_rank(db):
         run("rank", "--db", db, "--by", "band-consistency", "--format", "json").stdout
     )
     assert ranked, "some baseline label must be scored on band windows"
-    from labeller.bands import label_bands
+    from labeller.band_precision import label_bands
 
     with Catalogue.open(db, read_only=True) as catalogue:
         for row in ranked:
@@ -186,7 +186,7 @@ def test_rank_by_a_detectors_band_consistency(db):
     ranked = json.loads(
         run("rank", "--db", db, "--by", "band-consistency:start-of-line", "--format", "json").stdout
     )
-    from labeller.bands import detector_bands
+    from labeller.band_precision import detector_bands
     from labeller.detect.registry import resolve
 
     (detector,) = resolve(["start-of-line"], [])

@@ -13,7 +13,7 @@ from fake_openai import FakeOpenAI, Reply, neuron_responder
 from textual.widgets import DataTable, Static, TabbedContent, TextArea
 from tui_support import notifications, until
 
-from labeller.bands import label_bands
+from labeller.band_precision import label_bands
 from labeller.catalogue import Catalogue, labels
 from labeller.demo.build import scan_and_label_offline
 from labeller.model.loading import load_model

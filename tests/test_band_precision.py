@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from labeller.bands import band_consistency, band_precision, simulated_band_precision
+from labeller.band_precision import band_consistency, band_precision, simulated_band_precision
 from labeller.records import (
     Example,
     ExampleKind,
@@ -90,7 +90,7 @@ def test_a_labels_simulation_gives_its_band_precision():
 
 
 def test_a_detectors_band_precision_reads_every_band_window():
-    from labeller.bands import detector_bands
+    from labeller.band_precision import detector_bands
     from labeller.detect.registry import parse_regex
     from labeller.records import Histogram, NeuronStats, NeuronView
 
