@@ -62,7 +62,9 @@ def parse_dataset_specs(specs: tuple[str, ...] | list[str]) -> tuple[str, dict[s
 
 
 def _subset_name(spec: str) -> str | None:
-    """`code` in `code=PATH`; None for a plain spec (a path may hold '=' after a separator)."""
+    """`code` in `code=PATH`; None for a plain spec, including an existing path with '='."""
+    if Path(spec).expanduser().exists():
+        return None
     name, sep, rest = spec.partition("=")
     if sep and rest and name.isidentifier():
         return name

@@ -138,9 +138,12 @@ def test_named_datasets_take_turns_by_document(tmp_path):
     ]
 
 
-def test_plain_dataset_keeps_working(tiny_corpus):
+def test_plain_dataset_keeps_working(tiny_corpus, tmp_path):
     assert parse_dataset_specs([str(tiny_corpus)]) == (str(tiny_corpus), {})
     assert all(d.subset is None for d in iter_corpus(str(tiny_corpus), {}))
+    odd = tmp_path / "a=b.txt"  # an existing path with '=' is a plain corpus, not a subset
+    odd.write_text("text")
+    assert parse_dataset_specs([str(odd)]) == (str(odd), {})
 
 
 @pytest.mark.parametrize(
