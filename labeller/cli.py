@@ -49,7 +49,7 @@ from labeller.records import (
     SimulatorMode,
     neuron_name,
 )
-from labeller.render import heat_text, printable, sparkline, visible_token
+from labeller.render import heat_text, precision_bar, printable, sparkline, visible_token
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable
@@ -688,15 +688,10 @@ def _print_band_precision(console: Console, view: NeuronView) -> None:
         for band in bands.bands:
             console.print(
                 f"band {band.band} [{band.low:.3f}, {band.high:.3f}] "
-                f"{precision_bar(band.precision)} {band.precision:.2f} ({band.windows} windows)",
+                f"{''.join(precision_bar(band.precision))} {band.precision:.2f} "
+                f"({band.windows} windows)",
                 markup=False,
             )
-
-
-def precision_bar(precision: float, width: int = 10) -> str:
-    """A precision in 0..1 as a bar of `width` cells, e.g. '██████░░░░'."""
-    filled = round(max(0.0, min(1.0, precision)) * width)
-    return "█" * filled + "░" * (width - filled)
 
 
 def band_range(example: Example, neuron_max: float) -> str:

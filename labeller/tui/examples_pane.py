@@ -21,6 +21,7 @@ from textual.widgets import ListItem, ListView, Static
 
 from labeller import band_precision, subsets
 from labeller.records import Example, ExampleKind, Illusion, NeuronView, SubsetSummary
+from labeller.render import precision_bar
 from labeller.sealing import held_out_count, visible
 from labeller.tui.example_item import ExampleItem
 from labeller.tui.example_line import ExampleLine
@@ -38,10 +39,10 @@ def band_heading(
     heading = Text(f"Band {band} [{fmt(low)}, {fmt(high)}{closing}")
     heading.append(f" · {len(examples)} sampled", "dim")
     if precision is not None:
-        filled = round(precision * 10)
+        filled, empty = precision_bar(precision)
         heading.append(" · label ", "dim")
-        heading.append("█" * filled, "green")
-        heading.append("░" * (10 - filled), "dim")
+        heading.append(filled, "green")
+        heading.append(empty, "dim")
         heading.append(f" {precision:.2f}")
     return heading
 
