@@ -191,3 +191,29 @@ def test_scan_cli_names_subsets(tiny_model_dir, tmp_path):
         "error: several --dataset values must each name a subset: --dataset code=PATH "
         "--dataset prose=PATH"
     ]
+
+
+@pytest.mark.slow
+def test_two_ranks_keep_the_subset_windows_of_one_process(
+    tiny_model, tiny_model_dir, sourced_corpus, tmp_path
+):
+    """Ranks meet different windows of each subset; merged, the subset tops equal one pass."""
+    from builders import sharded_scan_worker
+    from test_shard import assert_same_catalogue
+
+    params = scan_params(tiny_model_dir, sourced_corpus, subset_field="source", subset_top_k=3)
+    with Catalogue.open(tmp_path / "one.db", create=True) as catalogue:
+        run_scan(catalogue, tiny_model, params, batch_size=4)
+    db = tmp_path / "two.db"
+    torch.multiprocessing.spawn(
+        sharded_scan_worker,
+        args=(2, str(tmp_path / "init"), str(db), str(tiny_model_dir), params.model_dump_json(), 4,
+              None),
+        nprocs=2,
+    )  # fmt: skip
+    assert_same_catalogue(
+        tmp_path / "one.db", db, str(tiny_model_dir), params.layers, tiny_model.d_mlp
+    )
+    with Catalogue.open(db, read_only=True) as catalogue:
+        view = catalogue.neuron_view(None, 1, 2)
+    assert sorted({e.subset for e in view.subset_examples}) == ["alpha", "beta"]
