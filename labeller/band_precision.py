@@ -112,11 +112,11 @@ def detector_bands(view: NeuronView, detector: Detector) -> FeatureBands | None:
     )
 
 
-def neuron_band_precision(view: NeuronView) -> list[FeatureBands]:
-    """The label's band precision, then its best-scoring detectors' (those that can still be
-    made from their stored definition), as `show` gives them."""
+def neuron_band_precision(view: NeuronView, detectors: int = SHOWN_DETECTORS) -> list[FeatureBands]:
+    """The label's band precision, then its `detectors` best-scoring detectors' (those that
+    can still be made from their stored definition), as `show` gives them."""
     found = [bands for bands in [label_bands(view)] if bands is not None]
-    best = [d for d in view.detectors if d.score is not None][:SHOWN_DETECTORS]
+    best = [d for d in view.detectors if d.score is not None][:detectors]
     for score in best:
         detector = from_definition(score.name, score.definition)
         bands = detector_bands(view, detector) if detector is not None else None

@@ -73,3 +73,9 @@ def precision_bar(precision: float, width: int = 10) -> tuple[str, str]:
     ('██████', '░░░░') for 0.6 (the TUI colours the parts; the CLI prints them together)."""
     filled = round(max(0.0, min(1.0, precision)) * width)
     return "█" * filled, "░" * (width - filled)
+
+
+def precision_spark(precisions: list[float]) -> str:
+    """One cell per activation band, its height the precision (0..1, absolute), e.g. '▁██▆'."""
+    top = len(SPARK) - 1
+    return "".join(SPARK[round(max(0.0, min(1.0, p)) * top)] for p in precisions)

@@ -8,17 +8,20 @@ from pathlib import Path
 
 import pytest
 import tui_support as support
-from builders import scan_params, synthetic_documents
+from builders import run_cli, scan_params, synthetic_documents
 from fake_openai import FakeOpenAI, Reply, neuron_responder
+from textual.coordinate import Coordinate
 from textual.widgets import DataTable, Static, TabbedContent, TextArea
 from tui_support import notifications, until
 
-from labeller.band_precision import label_bands
+from labeller.band_precision import detector_bands, label_bands
 from labeller.catalogue import Catalogue, labels
 from labeller.demo.build import scan_and_label_offline
+from labeller.detect.registry import resolve
 from labeller.model.loading import load_model
 from labeller.model.perturb import trace_neuron
 from labeller.records import HistoryAction, NullControl, ScoreMethod, Split
+from labeller.render import precision_spark
 from labeller.tui.app import create_app
 from labeller.tui.example_item import ExampleItem
 from labeller.tui.example_line import ExampleLine
@@ -420,3 +423,19 @@ async def test_neuron_page_shows_subsets_illusion_and_band_precision(subset_cata
         bars = [s for s in sections if s.startswith("Band ") and " · label " in s]
         assert bands is not None and bands.bands  # the baseline label scored on bands
         assert len(bars) == len(bands.bands)
+
+
+async def test_detectors_table_shows_each_detectors_precision_per_band(subset_catalogue):
+    run_cli("detect", "--db", subset_catalogue, "--layer", 0, "--detector", "start-of-line")
+    async with create_app(subset_catalogue, "alice").run_test(size=(120, 40)) as pilot:
+        screen = await open_neuron(pilot)
+        await pilot.press("2")
+        view = screen.page.view
+        assert [d.name for d in view.detectors] == ["start-of-line"]
+        (detector,) = resolve(["start-of-line"], [])
+        expected = detector_bands(view, detector)
+        assert expected is not None
+        table = screen.query_one(LabelsPane).query_one("#detectors", DataTable)
+        cell = str(table.get_cell_at(Coordinate(0, 3)))
+        assert cell == precision_spark([b.precision for b in expected.bands])
+        assert len(cell) == len(expected.bands)
