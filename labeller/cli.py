@@ -32,7 +32,7 @@ from rich.text import Text
 
 from labeller import sealing
 from labeller.catalogue import Catalogue, default_db_path, describe_sqlite_error, labels
-from labeller.corpus import check_dataset_spec
+from labeller.corpus import parse_dataset_specs
 from labeller.demo import DEMO_TOKENS
 from labeller.errors import ScanAlreadyComplete, ScanInterrupted, UserError
 from labeller.records import (
@@ -42,13 +42,14 @@ from labeller.records import (
     HistoryEntry,
     LabelState,
     LabelStatus,
+    MeasureRow,
     NeuronView,
     ScanParams,
     ScoreWindows,
     SimulatorMode,
     neuron_name,
 )
-from labeller.render import heat_text, printable, sparkline, visible_token
+from labeller.render import heat_text, precision_bar, printable, sparkline, visible_token
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable
@@ -261,7 +262,12 @@ def cli(verbose: bool) -> None:
 @db_option
 @click.option("--model", "model_spec", required=True, help="Demo name, HF name, local dir.")
 @click.option(
-    "--dataset", required=True, help="demo, a .txt/.jsonl/.parquet file or folder, HF name."
+    "--dataset",
+    "datasets",
+    required=True,
+    multiple=True,
+    help="demo, a .txt/.jsonl/.parquet file or folder, HF name; NAME=PATH (repeated) for named "
+    "subsets.",
 )
 @click.option("--layers", default="all", show_default=True, help="Layers to scan, e.g. 0,2-5.")
 @click.option("--tokens", type=click.IntRange(min=1), default=None, help="Stop after N tokens.")
@@ -281,6 +287,18 @@ def cli(verbose: bool) -> None:
 )
 @click.option(
     "--text-field", default="text", show_default=True, help="Field of .jsonl/.parquet/HF."
+)
+@click.option(
+    "--subset-field",
+    default=None,
+    help="Field of .jsonl/.parquet/HF naming each document's subset (e.g. source).",
+)
+@click.option(
+    "--subset-top-k",
+    type=click.IntRange(min=0),
+    default=SCAN_DEFAULTS["subset_top_k"],
+    show_default=True,
+    help="Top windows kept per neuron per corpus subset; 0: none.",
 )
 @click.option(
     "--seed",
@@ -306,7 +324,7 @@ def cli(verbose: bool) -> None:
 def scan(
     db_path: Path | None,
     model_spec: str,
-    dataset: str,
+    datasets: tuple[str, ...],
     layers: str,
     tokens: int | None,
     ctx: int,
@@ -314,6 +332,8 @@ def scan(
     n_random: int,
     batch_size: int,
     text_field: str,
+    subset_field: str | None,
+    subset_top_k: int,
     seed: int,
     histogram_bins: int,
     band_windows: int,
@@ -321,22 +341,30 @@ def scan(
     dtype: str,
 ) -> None:
     """Run a model over a corpus and store every neuron's top, random and activation-band windows
-    and statistics.
+    and statistics, and its top windows within each corpus subset.
+
+    Subsets: name them (`--dataset code=PATH --dataset prose=PATH`, read in turn, a document
+    each), or name a field of a .jsonl/.parquet corpus (`--subset-field source`); the demo
+    corpus has `code` and `prose`.
 
     Ctrl-C stops at the next batch and keeps what was done; the same command resumes.
 
     \b
     Example:
       labeller scan --model demo-solu-1l --dataset demo --tokens 200000
+      labeller scan --model demo-gelu-1l --dataset code=src.jsonl --dataset prose=books.txt
       labeller scan --model gpt2 --dataset NeelNanda/pile-10k --layers 0-11 --tokens 10000000
     """
     from labeller.scan import distributed
     from labeller.scan.runner import run_scan
 
-    check_dataset_spec(dataset)
+    dataset, subsets = parse_dataset_specs(datasets)  # checks every spec, before the model loads
     world = distributed.world_from_env()
     fields: dict[str, Any] = {
         "dataset": dataset,
+        "subsets": subsets,
+        "subset_field": subset_field,
+        "subset_top_k": subset_top_k,
         "layers": layers,
         "tokens": tokens,
         "ctx": ctx,
@@ -491,13 +519,20 @@ def score_chances(catalogue: Catalogue, view: NeuronView) -> Chances:
 
 
 def neuron_json(view: NeuronView, chances: Chances | None = None) -> dict[str, Any]:
+    from labeller.band_precision import neuron_band_precision
+    from labeller.subsets import illusion, subset_summaries
+
     data = view.model_dump(mode="json")
-    for key in ("top_examples", "random_examples"):
+    for key in ("top_examples", "random_examples", "subset_examples"):
         for example in data[key]:
             for name in ("kind", "band", "band_low", "band_high"):
                 example.pop(name)
     for example in data["quantile_examples"]:
         example.pop("kind")
+    data["subsets"] = [summary.model_dump(mode="json") for summary in subset_summaries(view)]
+    found = illusion(view)
+    data["illusion"] = None if found is None else found.model_dump(mode="json")
+    data["band_precision"] = [b.model_dump(mode="json") for b in neuron_band_precision(view)]
     if chances is not None:
         for explanation, verdicts in zip(data["explanations"], chances, strict=True):
             for score, (verdict, _) in zip(explanation["scores"], verdicts, strict=True):
@@ -558,6 +593,8 @@ def print_neuron(
         console.print(f"band {band}: {band_range(first, s.max)}", markup=False)
         for example in sealing.visible([first, *examples], sealed)[:limit]:
             _print_example(console, example, scale)
+    _print_subsets(console, view, limit, scale, sealed)
+    _print_band_precision(console, view)
     held_out = sealing.held_out_count(view)
     if sealed and held_out:
         console.print(
@@ -573,7 +610,8 @@ def print_neuron(
     for i, explanation in enumerate(view.explanations):
         verdicts = chances[i] if chances is not None else [(None, None)] * len(explanation.scores)
         scores = ", ".join(
-            f"{sc.method}/{sc.split}: {'n/a' if sc.score is None else f'{sc.score:.3f}'}"
+            f"{sc.method}{f'[{printable(sc.subset)}]' if sc.subset else ''}/{sc.split}: "
+            f"{'n/a' if sc.score is None else f'{sc.score:.3f}'}"
             + (" blind" if sc.blind else "")
             + chance_note(*verdict)
             for sc, verdict in zip(explanation.scores, verdicts, strict=True)
@@ -604,6 +642,56 @@ def _print_detectors(console: Console, view: NeuronView) -> None:
             f"- {printable(d.name)} {d.split.value}: {score}  {printable(d.description)}",
             markup=False,
         )
+
+
+def _print_subsets(
+    console: Console, view: NeuronView, limit: int | None, scale: float, sealed: bool
+) -> None:
+    """Each corpus subset's top windows under its summary line, then the illusion measure."""
+    from labeller.subsets import illusion, subset_summaries
+
+    summaries = subset_summaries(view)
+    if not summaries:
+        return
+    console.print("\n[bold]Subsets[/bold] (top windows within each corpus subset)")
+    for summary in summaries:
+        score = "unscored" if summary.score is None else f"label score {summary.score:.3f}"
+        peaks = "  ".join(printable(t) for t in summary.peak_tokens)
+        console.print(
+            f"{printable(summary.subset)}: {summary.windows} windows, max "
+            f"{summary.max_activation:.3f}, {score}; peaks on: {peaks}",
+            markup=False,
+        )
+        examples = [e for e in view.subset_examples if e.subset == summary.subset]
+        for example in sealing.visible(examples, sealed)[:limit]:
+            _print_example(console, example, scale)
+    found = illusion(view)
+    if found is not None:
+        gap = "n/a" if found.score_gap is None else f"{found.score_gap:.3f}"
+        console.print(
+            f"illusion {found.measure:.3f} ({' vs '.join(printable(p) for p in found.pair)}: "
+            f"example divergence {found.example_divergence:.3f}, label score gap {gap})",
+            markup=False,
+        )
+
+
+def _print_band_precision(console: Console, view: NeuronView) -> None:
+    """The label's and the best detectors' precision per activation band, a bar per band."""
+    from labeller.band_precision import neuron_band_precision
+
+    for bands in neuron_band_precision(view):
+        consistency = "n/a" if bands.consistency is None else f"{bands.consistency:.2f}"
+        console.print(
+            f"\n[bold]Band precision[/bold] of {printable(bands.feature)} (band consistency "
+            f"{consistency})"
+        )
+        for band in bands.bands:
+            console.print(
+                f"band {band.band} [{band.low:.3f}, {band.high:.3f}] "
+                f"{''.join(precision_bar(band.precision))} {band.precision:.2f} "
+                f"({band.windows} windows)",
+                markup=False,
+            )
 
 
 def band_range(example: Example, neuron_max: float) -> str:
@@ -1563,6 +1651,44 @@ def unseal(
         click.echo(_history_line(entry))
 
 
+def _rank_by_measure(
+    db_path: Path | None,
+    model_name: str | None,
+    by: str,
+    layers: str | None,
+    limit: int | None,
+    output_format: str,
+) -> None:
+    """`rank --by illusion|band-consistency`: neurons by a measure of their whole view."""
+    import csv
+
+    from labeller.neuron_measures import rank_by_measure
+
+    with Catalogue.open(db_path, read_only=True) as catalogue:
+        model = catalogue.resolve_model(model_name)
+        layer_list = None if layers is None else parse_layers(layers, model.n_layers)
+        rows = rank_by_measure(catalogue, model.name, by, layer_list, limit)
+    if output_format == "json":
+        click.echo(json.dumps([r.model_dump() for r in rows], indent=2))
+        return
+    if output_format == "csv":
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(MeasureRow.model_fields))
+        writer.writeheader()
+        for r in rows:
+            writer.writerow(r.model_dump())
+        return
+    table = Table("layer", "neuron", by, "why", "label", caption=f"{model.name}, by {by}")
+    for r in rows:
+        table.add_row(
+            str(r.layer),
+            str(r.neuron),
+            f"{r.value:.3f}",
+            printable(r.detail),
+            printable(r.label or ""),
+        )
+    StdoutConsole().print(table)
+
+
 def _history_line(entry: HistoryEntry) -> str:
     def state(s: LabelState | None) -> str:
         return "-" if s is None else f'#{s.explanation_id} "{printable(s.text)}" [{s.status.value}]'
@@ -1584,8 +1710,10 @@ def _history_line(entry: HistoryEntry) -> str:
     default="score",
     show_default=True,
     callback=lambda _ctx, _param, value: _rank_by(value),
-    help="score, max, density, or detector:NAME (neurons by their score against a detector, "
-    "from `labeller detect`).",
+    help="score, max, density, detector:NAME (neurons by their score against a detector, "
+    "from `labeller detect`), illusion (how differently the neuron acts on its corpus "
+    "subsets) or band-consistency[:DETECTOR] (the label's, or a detector's, lowest precision "
+    "over activation bands 1 and up); see README.",
 )
 @click.option("--split", type=click.Choice(["valid", "test"]), default="valid", show_default=True)
 @click.option("--layers", default=None, help="e.g. 0,2-5 (default: all scanned).")
@@ -1634,7 +1762,9 @@ def rank(
     limit: int | None,
     output_format: str,
 ) -> None:
-    """Rank neurons by their label's score (unscored last), or by max or density.
+    """Rank neurons by their label's score (unscored last), or by max or density, or by a
+    measure of the whole neuron: illusion (subsets differ) or band-consistency (the label holds
+    in every activation band); neurons without that measure are left out.
 
     Scores are compared like with like: one prediction kind (see --prediction) and one
     simulator (see --simulator), so a label scored by two simulators never gets the higher.
@@ -1646,8 +1776,14 @@ def rank(
       labeller rank --by score --split test --status accepted --format csv > ranked.csv
       labeller rank --blind --limit 20
       labeller rank --by detector:number --limit 10
+      labeller rank --by illusion --limit 20
+      labeller rank --by band-consistency:python.keyword --limit 10
     """
     from labeller.records import PredictionKind, Split
+
+    if by in ("illusion", "band-consistency") or by.startswith(BAND_CONSISTENCY_PREFIX):
+        _rank_by_measure(db_path, model_name, by, layers, limit, output_format)
+        return
 
     with Catalogue.open(db_path, read_only=True) as catalogue:
         model = catalogue.resolve_model(model_name)
@@ -1703,16 +1839,19 @@ def rank(
 
 
 DETECTOR_PREFIX = "detector:"
+BAND_CONSISTENCY_PREFIX = "band-consistency:"
 
 
 def _rank_by(value: str) -> str:
-    """`rank --by`: a fixed order, or `detector:NAME`."""
-    if value in ("score", "max", "density"):
+    """`rank --by`: a fixed order, a neuron measure, or `detector:NAME`."""
+    if value in ("score", "max", "density", "illusion", "band-consistency"):
         return value
-    if value.startswith(DETECTOR_PREFIX) and value.removeprefix(DETECTOR_PREFIX):
-        return value
+    for prefix in (DETECTOR_PREFIX, BAND_CONSISTENCY_PREFIX):
+        if value.startswith(prefix) and value.removeprefix(prefix):
+            return value
     raise click.BadParameter(
-        f"{value!r}: use score, max, density or detector:NAME (e.g. detector:number)",
+        f"{value!r}: use score, max, density, illusion, band-consistency, "
+        "band-consistency:DETECTOR or detector:NAME (e.g. detector:number)",
         param_hint="--by",
     )
 

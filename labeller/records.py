@@ -93,6 +93,7 @@ class ExampleKind(StrEnum):
     TOP = "top"
     RANDOM = "random"
     QUANTILE = "quantile"  # sampled from one of the neuron's activation bands
+    SUBSET_TOP = "subset_top"  # among the top windows of one named corpus subset
 
 
 class ScoreMethod(StrEnum):
@@ -104,6 +105,7 @@ class ScoreMethod(StrEnum):
     RANDOM_ONLY = "random_only"
     QUANTILES = "quantiles"  # the activation-band windows only
     ALL = "all"  # top, random and activation-band windows together
+    SUBSET_TOP = "subset_top"  # one corpus subset's top windows (one score per subset)
 
 
 PRIMARY_METHOD = ScoreMethod.TOP_AND_RANDOM
@@ -116,6 +118,7 @@ class ScoreWindows(StrEnum):
     TOP_AND_RANDOM = "top_and_random"  # Bills et al.'s: top and random windows
     QUANTILES = "quantiles"  # the activation-band windows
     ALL = "all"  # both
+    SUBSETS = "subsets"  # each corpus subset's top windows
 
     @property
     def kinds(self) -> tuple[ExampleKind, ...]:
@@ -123,6 +126,7 @@ class ScoreWindows(StrEnum):
             ScoreWindows.TOP_AND_RANDOM: (ExampleKind.TOP, ExampleKind.RANDOM),
             ScoreWindows.QUANTILES: (ExampleKind.QUANTILE,),
             ScoreWindows.ALL: (ExampleKind.TOP, ExampleKind.RANDOM, ExampleKind.QUANTILE),
+            ScoreWindows.SUBSETS: (ExampleKind.SUBSET_TOP,),
         }[self]
 
     @property
@@ -142,6 +146,7 @@ class ScoreWindows(StrEnum):
                 ScoreMethod.RANDOM_ONLY,
                 ScoreMethod.QUANTILES,
             ),
+            ScoreWindows.SUBSETS: (ScoreMethod.SUBSET_TOP,),
         }[self]
 
 
@@ -152,6 +157,7 @@ METHOD_KINDS = {
     ScoreMethod.RANDOM_ONLY: (ExampleKind.RANDOM,),
     ScoreMethod.QUANTILES: (ExampleKind.QUANTILE,),
     ScoreMethod.ALL: (ExampleKind.TOP, ExampleKind.RANDOM, ExampleKind.QUANTILE),
+    ScoreMethod.SUBSET_TOP: (ExampleKind.SUBSET_TOP,),
 }
 
 
@@ -247,6 +253,18 @@ class ScanParams(Record):
         description="windows sampled per activation band per neuron (0: no bands); scans "
         "recorded before bands existed read as 0",
     )
+    subsets: dict[str, str] = Field(
+        default_factory=dict,
+        description="named corpus subsets (`--dataset NAME=SPEC`): name -> corpus spec; empty "
+        "when the corpus is one spec (`dataset`), whose documents may still carry subsets",
+    )
+    subset_field: str | None = Field(
+        default=None,
+        description="field of a .jsonl/.parquet/HF corpus naming each document's subset",
+    )
+    subset_top_k: int = Field(
+        default=10, description="top windows kept per neuron per corpus subset (0: none)"
+    )
 
 
 class ScanRecord(Record):
@@ -304,7 +322,8 @@ class Example(Record):
     kind: ExampleKind
     rank: int = Field(
         description="rank among top windows, index among random windows, or among the "
-        "neuron's band windows (band by band, each in sampling order)"
+        "neuron's band windows (band by band, each in sampling order), or among its subset "
+        "top windows (subset by subset, each by rank)"
     )
     split: Split
     tokens: list[str]
@@ -323,6 +342,11 @@ class Example(Record):
         default=None,
         description="quantile windows: the band's upper edge (exclusive; the neuron's max, "
         "inclusive, for the top band)",
+    )
+    subset: str | None = Field(
+        default=None,
+        description="the corpus subset of the window's document (`scan --dataset NAME=...`, "
+        "`--subset-field`, the demo's code/prose), or None when the corpus has no subsets",
     )
 
 
@@ -346,6 +370,10 @@ class Score(Record):
         default=ScoreWindows.TOP_AND_RANDOM,
         description="the held-out windows the scoring run simulated (`score --on`); `method` "
         "says which of them this r is over",
+    )
+    subset: str | None = Field(
+        default=None,
+        description="method subset_top: the corpus subset whose top windows this r is over",
     )
     details: dict[str, Any] = Field(
         default_factory=dict, description="per-window true and simulated activations, or reason"
@@ -439,6 +467,10 @@ class NeuronView(Record):
     top_examples: list[Example]
     random_examples: list[Example]
     quantile_examples: list[Example] = Field(default_factory=list)
+    subset_examples: list[Example] = Field(
+        default_factory=list,
+        description="each corpus subset's top windows, subset by subset in rank order",
+    )
     explanations: list[Explanation]
     label: int | None = Field(
         default=None,
@@ -453,6 +485,10 @@ class NeuronView(Record):
         default_factory=list,
         description="feature detectors scored against the neuron, best first (`labeller detect`)",
     )
+
+    def label_explanation(self) -> Explanation | None:
+        """The explanation that is the neuron's label, if any."""
+        return next((e for e in self.explanations if e.id == self.label), None)
 
 
 class Trace(Record):
@@ -694,3 +730,65 @@ class CompareReport(Record):
         default=None, description="None: no catalogue given (--db)"
     )
     created_at: str = Field(default_factory=utc_now)
+class SubsetSummary(Record):
+    """One corpus subset of a neuron: what its top windows there peak on, and the label's
+    score on that subset's held-out top windows."""
+
+    subset: str
+    windows: int = Field(description="top windows kept for this subset")
+    max_activation: float = Field(description="the highest window max in the subset")
+    peak_tokens: list[str] = Field(
+        description="the tokens the subset's top windows peak on, most frequent first"
+    )
+    score: float | None = Field(
+        default=None,
+        description="the label's subset_top score on this subset (valid split); None: unscored",
+    )
+
+
+class Illusion(Record):
+    """How differently a neuron behaves on its corpus subsets (`labeller.subsets`)."""
+
+    measure: float = Field(
+        description="max(example_divergence, strength x score_gap clipped to [0, 1]); 0: alike "
+        "everywhere (see labeller.subsets)"
+    )
+    example_divergence: float = Field(
+        description="over pairs of subsets, the largest strength x (1 - peak-token overlap)"
+    )
+    score_gap: float | None = Field(
+        default=None, description="the label's best minus worst per-subset score; None: <2 scored"
+    )
+    pair: list[str] = Field(description="the two subsets that differ most")
+
+
+class BandPrecision(Record):
+    """How often a feature holds at the peak token of a neuron's windows in one activation
+    band (`labeller.band_precision`)."""
+
+    band: int
+    low: float
+    high: float
+    windows: int
+    precision: float = Field(description="mean feature value (0..1) at each window's peak token")
+
+
+class FeatureBands(Record):
+    """One feature's per-band precision on a neuron, and its band consistency."""
+
+    feature: str = Field(description='what gave the values: "label #ID" or "detector:NAME"')
+    bands: list[BandPrecision]
+    consistency: float | None = Field(
+        description="the lowest precision over bands 1 and up; None: no such band"
+    )
+
+
+class MeasureRow(Record):
+    """One neuron ranked by a measure computed from its view (`rank --by illusion` or
+    `band-consistency`)."""
+
+    layer: int
+    neuron: int
+    value: float
+    detail: str = Field(description="what the value is made of, in words")
+    label: str | None

@@ -612,6 +612,7 @@ class Catalogue:
             top_examples=[e for e in examples if e.kind is ExampleKind.TOP],
             random_examples=[e for e in examples if e.kind is ExampleKind.RANDOM],
             quantile_examples=[e for e in examples if e.kind is ExampleKind.QUANTILE],
+            subset_examples=[e for e in examples if e.kind is ExampleKind.SUBSET_TOP],
             explanations=self.explanations_of(int(row["id"])),
             label=self.label_id(int(row["id"])),
             unsealed_by=self.unsealed_by(int(row["id"])),
@@ -633,7 +634,7 @@ class Catalogue:
 
     def _examples(self, neuron_id: int) -> Iterator[Example]:
         """The neuron's examples (top, random, then band windows, by rank) with their windows."""
-        for example, window in self.packed_examples(neuron_id, "tokens, document, offset"):
+        for example, window in self.packed_examples(neuron_id, "tokens, document, offset, subset"):
             yield rows.example_from_packed(example, window)
 
     def packed_examples(
@@ -814,13 +815,14 @@ class Catalogue:
             for score in scores:
                 self.db.execute(
                     "delete from scores where explanation_id = ? and simulator = ? and split = ? "
-                    "and method = ? and prompt_version = ?",
+                    "and method = ? and prompt_version = ? and subset is ?",
                     [
                         explanation_id,
                         score.simulator,
                         score.split.value,
                         score.method.value,
                         score.prompt_version,
+                        score.subset,
                     ],
                 )
                 self.db.table("scores").insert(rows.score_to_row(score, explanation_id))

@@ -86,7 +86,7 @@ def encode_activations(values: np.ndarray) -> bytes:
 
 PACK_FORMAT = 1
 _HEADER = struct.Struct("<BII")  # format, number of examples, bytes of compressed records
-_KINDS = ("top", "random", "quantile")
+_KINDS = ("top", "random", "quantile", "subset_top")
 _SPLITS = ("train", "calibration", "valid", "test")
 _KIND_CODES = {ExampleKind(k): i for i, k in enumerate(_KINDS)}
 _SPLIT_CODES = {Split(k): i for i, k in enumerate(_SPLITS)}
@@ -213,6 +213,7 @@ def example_from_packed(example: PackedExample, window: Row) -> Example:
         max_activation=example.max_activation,
         document=window["document"],
         offset=window["offset"],
+        subset=window["subset"],
         band=example.band,
         band_low=example.band_low,
         band_high=example.band_high,
@@ -253,6 +254,7 @@ class WindowRow:
     offset: int
     token_ids: list[int]
     tokens: list[str]
+    subset: str | None = None  # the corpus subset of its document, if the corpus has subsets
 
 
 @dataclass(frozen=True)
@@ -438,6 +440,7 @@ def window_to_row(window: WindowRow, scan_id: int | None) -> Row:
         "offset": window.offset,
         "token_ids": token_ids_to_db(window.token_ids),
         "tokens": json.dumps(window.tokens, ensure_ascii=False),
+        "subset": window.subset,
     }
 
 
@@ -456,7 +459,7 @@ def token_ids_from_db(value: bytes | str | None) -> list[int]:
     return np.frombuffer(value, dtype="<u4").astype(int).tolist()
 
 
-WINDOW_COLUMNS = ("scan_id", "document", "offset", "token_ids", "tokens")
+WINDOW_COLUMNS = ("scan_id", "document", "offset", "token_ids", "tokens", "subset")
 
 
 def window_values(window: WindowRow, scan_id: int | None) -> tuple[Any, ...]:
@@ -473,6 +476,7 @@ def example_rows(example: Example, token_ids: list[int], key: int) -> tuple[Wind
         offset=example.offset,
         token_ids=token_ids,
         tokens=example.tokens,
+        subset=example.subset,
     )
     row = ExampleRow(
         window_key=key,
@@ -564,6 +568,7 @@ def score_from_row(row: Row) -> Score:
         prediction=None if row["prediction"] is None else PredictionKind(row["prediction"]),
         blind=bool(row["blind"]),
         windows=ScoreWindows(row["windows"] or ScoreWindows.TOP_AND_RANDOM),
+        subset=row["subset"],
         details=json.loads(row["details"] or "{}"),
         created_at=row["created_at"],
     )
@@ -580,6 +585,7 @@ def score_to_row(score: Score, explanation_id: int) -> Row:
         "prediction": None if score.prediction is None else score.prediction.value,
         "blind": int(score.blind),
         "windows": score.windows.value,
+        "subset": score.subset,
         "details": json.dumps(score.details, ensure_ascii=False),
         "created_at": score.created_at,
     }

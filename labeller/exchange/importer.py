@@ -233,7 +233,12 @@ def _merge_neuron(
                 store.StoredExample(
                     example=Example(**e.model_dump(exclude={"token_ids"})), token_ids=e.token_ids
                 )
-                for e in (*neuron.top_examples, *neuron.random_examples, *neuron.quantile_examples)
+                for e in (
+                    *neuron.top_examples,
+                    *neuron.random_examples,
+                    *neuron.quantile_examples,
+                    *neuron.subset_examples,
+                )
             ],
         )
         report.neurons_added += 1

@@ -141,6 +141,10 @@ class ExportNeuron(Record):
         default_factory=list,
         description="windows sampled from the neuron's activation bands, band by band",
     )
+    subset_examples: list[ExportExample] = Field(
+        default_factory=list,
+        description="each corpus subset's top windows (kind subset_top, with their subset)",
+    )
     explanations: list[ExportExplanation]
     history: list[ExportHistoryEntry] = Field(
         default_factory=list, description="entries tied to no explanation (rare)"
@@ -265,6 +269,7 @@ def export_neuron(stored: store.StoredNeuron, scan_index: dict[int, int]) -> Exp
         top_examples=[_example(e) for e in stored.top_examples],
         random_examples=[_example(e) for e in stored.random_examples],
         quantile_examples=[_example(e) for e in stored.quantile_examples],
+        subset_examples=[_example(e) for e in stored.subset_examples],
         explanations=[
             ExportExplanation(
                 text=e.explanation.text,
@@ -455,11 +460,15 @@ def _check_references(path: Path, header: ExportHeader, neuron: ExportNeuron) ->
         ("top", neuron.top_examples),
         ("random", neuron.random_examples),
         ("quantile", neuron.quantile_examples),
+        ("subset_top", neuron.subset_examples),
     ):
         for example in examples:
             _check_example(f"{where}, {kind} window {example.rank}", example)
-            if (example.kind.value == "quantile") != (kind == "quantile"):
+            special = ("quantile", "subset_top")
+            if example.kind.value != kind and (example.kind.value in special or kind in special):
                 raise UserError(f"{where}, {kind} window {example.rank} is of kind {example.kind}")
+            if kind == "subset_top" and example.subset is None:
+                raise UserError(f"{where}, subset_top window {example.rank} names no subset")
     for example in neuron.quantile_examples:
         if example.band is None or example.band_low is None or example.band_high is None:
             raise UserError(f"{where}, quantile window {example.rank} has no band")

@@ -8,6 +8,7 @@ the highlighted one is what `D` turns into a label.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,12 +18,20 @@ from textual.containers import Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import DataTable, Static
 
-from labeller.records import PRIMARY_METHOD, DetectorScore, Explanation, Score, ScoreMethod
+from labeller.records import (
+    PRIMARY_METHOD,
+    DetectorScore,
+    Explanation,
+    FeatureBands,
+    Score,
+    ScoreMethod,
+)
+from labeller.render import precision_spark
+from labeller.tui.backend import SHOWN_DETECTORS
 from labeller.tui.score_windows import ScoreWindows
 from labeller.tui.scores import preferred_scores
 from labeller.tui.text import fmt, plain, status_text
 
-SHOWN_DETECTORS = 8  # the best few; `labeller show --format json` has them all
 # The candidates table's score columns, primary score first.
 SCORE_COLUMNS = {
     ScoreMethod.TOP_AND_RANDOM: "T&R",
@@ -63,13 +72,14 @@ class LabelsPane(Vertical):
         *,
         sealed: bool = True,
         detectors: list[DetectorScore] | None = None,
+        bands: Mapping[str, FeatureBands] | None = None,
     ) -> None:
         """`chances`: per explanation id, its scores' (above chance, null p95); a score that
         does not clear its null control is dimmed and marked ≈chance. `label`: the neuron's
         label (`label_state`), marked ▶ in the id column. `sealed`: whether the held-out windows
         are sealed for the annotator (the scored windows then stay hidden). `detectors`: the
         neuron's detector scores, best first."""
-        self._show_detectors(detectors or [])
+        self._show_detectors(detectors or [], bands or {})
         self.explanations = explanations
         self.chances = chances or {}
         self.sealed = sealed
@@ -100,8 +110,11 @@ class LabelsPane(Vertical):
         table.move_cursor(row=row)
         self._detail(explanations[row])
 
-    def _show_detectors(self, detectors: list[DetectorScore]) -> None:
-        """The best few detectors; hidden when none was scored."""
+    def _show_detectors(
+        self, detectors: list[DetectorScore], bands: Mapping[str, FeatureBands]
+    ) -> None:
+        """The best few detectors, each with its precision per activation band (one cell a
+        band, lowest first); hidden when none was scored."""
         self.detectors = detectors[:SHOWN_DETECTORS]
         table = self.query_one("#detectors", DataTable)
         table.clear(columns=True)
@@ -111,9 +124,14 @@ class LabelsPane(Vertical):
         table.add_column("detector", key="name")
         table.add_column("r", key="score")
         table.add_column("split", key="split")
+        table.add_column("bands", key="bands")
         table.add_column("D: propose as label", key="description")
         for d in self.detectors:
-            table.add_row(plain(d.name), Text(fmt(d.score)), d.split.value, plain(d.description))
+            found = bands.get(f"detector:{d.name}")
+            spark = precision_spark([b.precision for b in found.bands]) if found else ""
+            table.add_row(
+                plain(d.name), Text(fmt(d.score)), d.split.value, spark, plain(d.description)
+            )
 
     def selected_detector(self) -> DetectorScore | None:
         """The highlighted detector (the best one until another is highlighted)."""
@@ -171,7 +189,8 @@ class LabelsPane(Vertical):
             text.append("\n")
             text.append_text(plain(simulator, "dim"))
             for score in scores:
-                text.append(f"  {score.method} ({score.split.value}) {fmt(score.score)}")
+                subset = f"[{score.subset}]" if score.subset else ""
+                text.append(f"  {score.method}{subset} ({score.split.value}) {fmt(score.score)}")
                 text.append(" blind" if score.blind else " seen", "dim")
                 verdict, p95 = self._chance(explanation, score)
                 if verdict is False and p95 is not None:

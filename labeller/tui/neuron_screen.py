@@ -219,6 +219,7 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
             page.view.label,
             sealed=page.sealed,
             detectors=view.detectors,
+            bands={b.feature: b for b in page.band_precision},
         )
         self.selected = labels.selected()
         if not first and page.sealed == self.examples_sealed:

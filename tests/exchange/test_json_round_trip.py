@@ -176,6 +176,7 @@ def test_export_has_no_database_ids(source: Path):
         "band",
         "band_low",
         "band_high",
+        "subset",
     }
     assert neuron["top_examples"][0]["band"] is None
     quantile = neuron["quantile_examples"]
