@@ -32,7 +32,7 @@ from rich.text import Text
 
 from labeller import sealing
 from labeller.catalogue import Catalogue, default_db_path, describe_sqlite_error, labels
-from labeller.corpus import parse_dataset_specs
+from labeller.corpus import check_dataset_spec, parse_dataset_specs
 from labeller.demo import DEMO_TOKENS
 from labeller.errors import ScanAlreadyComplete, ScanInterrupted, UserError
 from labeller.records import (

@@ -730,6 +730,8 @@ class CompareReport(Record):
         default=None, description="None: no catalogue given (--db)"
     )
     created_at: str = Field(default_factory=utc_now)
+
+
 class SubsetSummary(Record):
     """One corpus subset of a neuron: what its top windows there peak on, and the label's
     score on that subset's held-out top windows."""
