@@ -120,6 +120,8 @@ def main() -> None:
     variants = {"scan": params}
     if args.band_windows:
         variants["scan, no bands"] = params.model_copy(update={"band_windows": 0})
+    if any(w.subset is not None for w in selected):  # the demo's code and prose
+        variants["scan, no subsets"] = params.model_copy(update={"subset_top_k": 0})
     print(
         f"model {model.name} ({model.n_layers} layers x {model.d_mlp} neurons) on "
         f"{model.device}, torch threads {torch.get_num_threads()}; {seen:,} tokens in "
@@ -143,9 +145,11 @@ def main() -> None:
         scan = statistics.median(times)
         print(f"{name:<17}: {seen / scan:12,.0f} tokens/s  (runs: {_fmt(times)})")
         print(f"  throughput ratio {name} / bare = {bare / scan:.3f}  (goal >= 0.9)")
-    if len(scan_times) == 2:
-        with_bands, without = (statistics.median(t) for t in scan_times.values())
-        print(f"bands cost: scan with / without bands throughput = {without / with_bands:.3f}")
+    full = statistics.median(scan_times["scan"])
+    for name, what in (("scan, no bands", "bands"), ("scan, no subsets", "subsets")):
+        if name in scan_times:
+            without = statistics.median(scan_times[name])
+            print(f"{what} cost: scan with / without {what} throughput = {without / full:.3f}")
 
     for name, variant in variants.items():
         with tempfile.TemporaryDirectory() as tmp:

@@ -32,7 +32,7 @@ from rich.text import Text
 
 from labeller import sealing
 from labeller.catalogue import Catalogue, default_db_path, describe_sqlite_error, labels
-from labeller.corpus import check_dataset_spec
+from labeller.corpus import check_dataset_spec, parse_dataset_specs
 from labeller.demo import DEMO_TOKENS
 from labeller.errors import ScanAlreadyComplete, ScanInterrupted, UserError
 from labeller.records import (
@@ -42,13 +42,14 @@ from labeller.records import (
     HistoryEntry,
     LabelState,
     LabelStatus,
+    MeasureRow,
     NeuronView,
     ScanParams,
     ScoreWindows,
     SimulatorMode,
     neuron_name,
 )
-from labeller.render import heat_text, printable, sparkline, visible_token
+from labeller.render import heat_text, precision_bar, printable, sparkline, visible_token
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable
@@ -261,7 +262,12 @@ def cli(verbose: bool) -> None:
 @db_option
 @click.option("--model", "model_spec", required=True, help="Demo name, HF name, local dir.")
 @click.option(
-    "--dataset", required=True, help="demo, a .txt/.jsonl/.parquet file or folder, HF name."
+    "--dataset",
+    "datasets",
+    required=True,
+    multiple=True,
+    help="demo, a .txt/.jsonl/.parquet file or folder, HF name; NAME=PATH (repeated) for named "
+    "subsets.",
 )
 @click.option("--layers", default="all", show_default=True, help="Layers to scan, e.g. 0,2-5.")
 @click.option("--tokens", type=click.IntRange(min=1), default=None, help="Stop after N tokens.")
@@ -281,6 +287,18 @@ def cli(verbose: bool) -> None:
 )
 @click.option(
     "--text-field", default="text", show_default=True, help="Field of .jsonl/.parquet/HF."
+)
+@click.option(
+    "--subset-field",
+    default=None,
+    help="Field of .jsonl/.parquet/HF naming each document's subset (e.g. source).",
+)
+@click.option(
+    "--subset-top-k",
+    type=click.IntRange(min=0),
+    default=SCAN_DEFAULTS["subset_top_k"],
+    show_default=True,
+    help="Top windows kept per neuron per corpus subset; 0: none.",
 )
 @click.option(
     "--seed",
@@ -306,7 +324,7 @@ def cli(verbose: bool) -> None:
 def scan(
     db_path: Path | None,
     model_spec: str,
-    dataset: str,
+    datasets: tuple[str, ...],
     layers: str,
     tokens: int | None,
     ctx: int,
@@ -314,6 +332,8 @@ def scan(
     n_random: int,
     batch_size: int,
     text_field: str,
+    subset_field: str | None,
+    subset_top_k: int,
     seed: int,
     histogram_bins: int,
     band_windows: int,
@@ -321,22 +341,30 @@ def scan(
     dtype: str,
 ) -> None:
     """Run a model over a corpus and store every neuron's top, random and activation-band windows
-    and statistics.
+    and statistics, and its top windows within each corpus subset.
+
+    Subsets: name them (`--dataset code=PATH --dataset prose=PATH`, read in turn, a document
+    each), or name a field of a .jsonl/.parquet corpus (`--subset-field source`); the demo
+    corpus has `code` and `prose`.
 
     Ctrl-C stops at the next batch and keeps what was done; the same command resumes.
 
     \b
     Example:
       labeller scan --model demo-solu-1l --dataset demo --tokens 200000
+      labeller scan --model demo-gelu-1l --dataset code=src.jsonl --dataset prose=books.txt
       labeller scan --model gpt2 --dataset NeelNanda/pile-10k --layers 0-11 --tokens 10000000
     """
     from labeller.scan import distributed
     from labeller.scan.runner import run_scan
 
-    check_dataset_spec(dataset)
+    dataset, subsets = parse_dataset_specs(datasets)  # checks every spec, before the model loads
     world = distributed.world_from_env()
     fields: dict[str, Any] = {
         "dataset": dataset,
+        "subsets": subsets,
+        "subset_field": subset_field,
+        "subset_top_k": subset_top_k,
         "layers": layers,
         "tokens": tokens,
         "ctx": ctx,
@@ -491,13 +519,20 @@ def score_chances(catalogue: Catalogue, view: NeuronView) -> Chances:
 
 
 def neuron_json(view: NeuronView, chances: Chances | None = None) -> dict[str, Any]:
+    from labeller.band_precision import neuron_band_precision
+    from labeller.subsets import illusion, subset_summaries
+
     data = view.model_dump(mode="json")
-    for key in ("top_examples", "random_examples"):
+    for key in ("top_examples", "random_examples", "subset_examples"):
         for example in data[key]:
             for name in ("kind", "band", "band_low", "band_high"):
                 example.pop(name)
     for example in data["quantile_examples"]:
         example.pop("kind")
+    data["subsets"] = [summary.model_dump(mode="json") for summary in subset_summaries(view)]
+    found = illusion(view)
+    data["illusion"] = None if found is None else found.model_dump(mode="json")
+    data["band_precision"] = [b.model_dump(mode="json") for b in neuron_band_precision(view)]
     if chances is not None:
         for explanation, verdicts in zip(data["explanations"], chances, strict=True):
             for score, (verdict, _) in zip(explanation["scores"], verdicts, strict=True):
@@ -558,6 +593,8 @@ def print_neuron(
         console.print(f"band {band}: {band_range(first, s.max)}", markup=False)
         for example in sealing.visible([first, *examples], sealed)[:limit]:
             _print_example(console, example, scale)
+    _print_subsets(console, view, limit, scale, sealed)
+    _print_band_precision(console, view)
     held_out = sealing.held_out_count(view)
     if sealed and held_out:
         console.print(
@@ -573,7 +610,8 @@ def print_neuron(
     for i, explanation in enumerate(view.explanations):
         verdicts = chances[i] if chances is not None else [(None, None)] * len(explanation.scores)
         scores = ", ".join(
-            f"{sc.method}/{sc.split}: {'n/a' if sc.score is None else f'{sc.score:.3f}'}"
+            f"{sc.method}{f'[{printable(sc.subset)}]' if sc.subset else ''}/{sc.split}: "
+            f"{'n/a' if sc.score is None else f'{sc.score:.3f}'}"
             + (" blind" if sc.blind else "")
             + chance_note(*verdict)
             for sc, verdict in zip(explanation.scores, verdicts, strict=True)
@@ -583,6 +621,77 @@ def print_neuron(
             f"({printable(explanation.source)}) {scores}",
             markup=False,
         )
+    _print_detectors(console, view)
+
+
+SHOWN_DETECTORS = 5
+
+
+def _print_detectors(console: Console, view: NeuronView) -> None:
+    """The neuron's best few detector scores (`labeller detect`), if any were scored."""
+    if not view.detectors:
+        return
+    shown = view.detectors[:SHOWN_DETECTORS]
+    console.print(
+        f"\n[bold]Detectors[/bold] (best {len(shown)} of {len(view.detectors)}; r on held-out "
+        "windows, as labels)"
+    )
+    for d in shown:
+        score = "n/a" if d.score is None else f"{d.score:.3f}"
+        console.print(
+            f"- {printable(d.name)} {d.split.value}: {score}  {printable(d.description)}",
+            markup=False,
+        )
+
+
+def _print_subsets(
+    console: Console, view: NeuronView, limit: int | None, scale: float, sealed: bool
+) -> None:
+    """Each corpus subset's top windows under its summary line, then the illusion measure."""
+    from labeller.subsets import illusion, subset_summaries
+
+    summaries = subset_summaries(view)
+    if not summaries:
+        return
+    console.print("\n[bold]Subsets[/bold] (top windows within each corpus subset)")
+    for summary in summaries:
+        score = "unscored" if summary.score is None else f"label score {summary.score:.3f}"
+        peaks = "  ".join(printable(t) for t in summary.peak_tokens)
+        console.print(
+            f"{printable(summary.subset)}: {summary.windows} windows, max "
+            f"{summary.max_activation:.3f}, {score}; peaks on: {peaks}",
+            markup=False,
+        )
+        examples = [e for e in view.subset_examples if e.subset == summary.subset]
+        for example in sealing.visible(examples, sealed)[:limit]:
+            _print_example(console, example, scale)
+    found = illusion(view)
+    if found is not None:
+        gap = "n/a" if found.score_gap is None else f"{found.score_gap:.3f}"
+        console.print(
+            f"illusion {found.measure:.3f} ({' vs '.join(printable(p) for p in found.pair)}: "
+            f"example divergence {found.example_divergence:.3f}, label score gap {gap})",
+            markup=False,
+        )
+
+
+def _print_band_precision(console: Console, view: NeuronView) -> None:
+    """The label's and the best detectors' precision per activation band, a bar per band."""
+    from labeller.band_precision import neuron_band_precision
+
+    for bands in neuron_band_precision(view):
+        consistency = "n/a" if bands.consistency is None else f"{bands.consistency:.2f}"
+        console.print(
+            f"\n[bold]Band precision[/bold] of {printable(bands.feature)} (band consistency "
+            f"{consistency})"
+        )
+        for band in bands.bands:
+            console.print(
+                f"band {band.band} [{band.low:.3f}, {band.high:.3f}] "
+                f"{''.join(precision_bar(band.precision))} {band.precision:.2f} "
+                f"({band.windows} windows)",
+                markup=False,
+            )
 
 
 def band_range(example: Example, neuron_max: float) -> str:
@@ -906,18 +1015,26 @@ def llm_options(func: F) -> F:
     return func
 
 
-def neuron_selection(func: F) -> F:
+def neuron_choice(func: F) -> F:
+    """--model, --layer, --neurons and --force: the neurons a batch command works on."""
     for option in reversed(
         [
             click.option("--model", "model_name", default=None, help="Needed with several."),
             click.option("--layer", "layers", default=None, help="Layers, e.g. 0 or 0-3 (all)."),
             click.option("--neurons", default="all", show_default=True, help="e.g. 0-99 or all."),
             click.option("--force", is_flag=True, help="Redo work already in the catalogue."),
-            click.option("--dry-run", is_flag=True, help="Print one prompt and the calls needed."),
         ]
     ):
         func = option(func)
     return func
+
+
+def neuron_selection(func: F) -> F:
+    """`neuron_choice` and --dry-run, for the commands that call an LLM."""
+    func = click.option("--dry-run", is_flag=True, help="Print one prompt and the calls needed.")(
+        func
+    )
+    return neuron_choice(func)
 
 
 def _selected_refs(
@@ -1166,6 +1283,90 @@ def score(
         resolver.summary_line(),
         after=None if report.null is None else null_line(report.null),
     )
+
+
+@cli.command()
+@db_option
+@neuron_choice
+@click.option(
+    "--detector",
+    "detector_names",
+    multiple=True,
+    help="A detector by name (repeatable; `all` for every one). Default: every detector, "
+    "unless only --regex is given.",
+)
+@click.option(
+    "--regex",
+    "regexes",
+    multiple=True,
+    help="NAME=PATTERN: a detector marking every token that overlaps a match (repeatable).",
+)
+@click.option(
+    "--split",
+    type=click.Choice(["valid", "test"]),
+    default="valid",
+    show_default=True,
+    help="Held-out windows to score on, as `score`.",
+)
+@click.option("--list", "list_only", is_flag=True, help="Print the detectors and exit.")
+def detect(
+    db_path: Path | None,
+    model_name: str | None,
+    layers: str | None,
+    neurons: str,
+    force: bool,
+    detector_names: tuple[str, ...],
+    regexes: tuple[str, ...],
+    split: str,
+    list_only: bool,
+) -> None:
+    """Score feature detectors against neurons like labels: Pearson r of each detector's
+    per-token values with the neuron's activations on its held-out windows (top and random,
+    the labels' splits and code; prediction: rule).
+
+    Built-in detectors cover basic syntax, Python, general code and prose (--list); add your
+    own with --regex NAME=PATTERN or a package's `labeller.detectors` entry point. A rerun
+    skips scores already stored with the same definition and recomputes changed ones.
+
+    \b
+    Example:
+      labeller detect --list
+      labeller detect --model demo-gelu-1l --neurons all
+      labeller detect --model demo-gelu-1l --regex digits='[0-9]'
+      labeller rank --model demo-gelu-1l --by detector:digits --limit 5
+    """
+    from labeller.detect.registry import resolve
+    from labeller.detect.service import detect_neurons
+    from labeller.records import Split
+
+    chosen = resolve(list(detector_names), list(regexes))
+    if list_only:
+        width = max(len(d.name) for d in chosen)
+        for d in chosen:
+            click.echo(f"{d.name:<{width}}  {printable(d.description)}")
+        return
+    with Catalogue.open(db_path) as catalogue:
+        refs = _selected_refs(catalogue, model_name, layers, neurons)
+        bar = _progress(len(refs), "detecting", "neurons")
+        try:
+            with bar as advance:
+                report = detect_neurons(
+                    catalogue, refs, chosen, split=Split(split), force=force, on_progress=advance
+                )
+        except KeyboardInterrupt:
+            raise CliInterrupted(
+                f"interrupted after {bar.seen:,} of {len(refs):,} neurons; "
+                "finished batches are kept, rerun to continue"
+            ) from None
+    parts = [
+        f"{report.neurons:,} neurons x {len(chosen):,} detector{'s' * (len(chosen) != 1)}",
+        f"{report.written:,} scores written",
+    ]
+    if report.skipped:
+        parts.append(f"{report.skipped:,} already stored (use --force to redo)")
+    if report.no_windows:
+        parts.append(f"{report.no_windows:,} neurons without {split} windows (no score)")
+    click.echo("detect: " + ", ".join(parts))
 
 
 def _run_neurons(
@@ -1450,6 +1651,44 @@ def unseal(
         click.echo(_history_line(entry))
 
 
+def _rank_by_measure(
+    db_path: Path | None,
+    model_name: str | None,
+    by: str,
+    layers: str | None,
+    limit: int | None,
+    output_format: str,
+) -> None:
+    """`rank --by illusion|band-consistency`: neurons by a measure of their whole view."""
+    import csv
+
+    from labeller.neuron_measures import rank_by_measure
+
+    with Catalogue.open(db_path, read_only=True) as catalogue:
+        model = catalogue.resolve_model(model_name)
+        layer_list = None if layers is None else parse_layers(layers, model.n_layers)
+        rows = rank_by_measure(catalogue, model.name, by, layer_list, limit)
+    if output_format == "json":
+        click.echo(json.dumps([r.model_dump() for r in rows], indent=2))
+        return
+    if output_format == "csv":
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(MeasureRow.model_fields))
+        writer.writeheader()
+        for r in rows:
+            writer.writerow(r.model_dump())
+        return
+    table = Table("layer", "neuron", by, "why", "label", caption=f"{model.name}, by {by}")
+    for r in rows:
+        table.add_row(
+            str(r.layer),
+            str(r.neuron),
+            f"{r.value:.3f}",
+            printable(r.detail),
+            printable(r.label or ""),
+        )
+    StdoutConsole().print(table)
+
+
 def _history_line(entry: HistoryEntry) -> str:
     def state(s: LabelState | None) -> str:
         return "-" if s is None else f'#{s.explanation_id} "{printable(s.text)}" [{s.status.value}]'
@@ -1467,7 +1706,14 @@ def _history_line(entry: HistoryEntry) -> str:
     "--model", "model_name", default=None, help="Needed when the catalogue holds several."
 )
 @click.option(
-    "--by", type=click.Choice(["score", "max", "density"]), default="score", show_default=True
+    "--by",
+    default="score",
+    show_default=True,
+    callback=lambda _ctx, _param, value: _rank_by(value),
+    help="score, max, density, detector:NAME (neurons by their score against a detector, "
+    "from `labeller detect`), illusion (how differently the neuron acts on its corpus "
+    "subsets) or band-consistency[:DETECTOR] (the label's, or a detector's, lowest precision "
+    "over activation bands 1 and up); see README.",
 )
 @click.option("--split", type=click.Choice(["valid", "test"]), default="valid", show_default=True)
 @click.option("--layers", default=None, help="e.g. 0,2-5 (default: all scanned).")
@@ -1516,7 +1762,9 @@ def rank(
     limit: int | None,
     output_format: str,
 ) -> None:
-    """Rank neurons by their label's score (unscored last), or by max or density.
+    """Rank neurons by their label's score (unscored last), or by max or density, or by a
+    measure of the whole neuron: illusion (subsets differ) or band-consistency (the label holds
+    in every activation band); neurons without that measure are left out.
 
     Scores are compared like with like: one prediction kind (see --prediction) and one
     simulator (see --simulator), so a label scored by two simulators never gets the higher.
@@ -1527,14 +1775,26 @@ def rank(
       labeller rank --limit 50
       labeller rank --by score --split test --status accepted --format csv > ranked.csv
       labeller rank --blind --limit 20
+      labeller rank --by detector:number --limit 10
+      labeller rank --by illusion --limit 20
+      labeller rank --by band-consistency:python.keyword --limit 10
     """
-    import csv
-
     from labeller.records import PredictionKind, Split
+
+    if by in ("illusion", "band-consistency") or by.startswith(BAND_CONSISTENCY_PREFIX):
+        _rank_by_measure(db_path, model_name, by, layers, limit, output_format)
+        return
 
     with Catalogue.open(db_path, read_only=True) as catalogue:
         model = catalogue.resolve_model(model_name)
         layer_list = None if layers is None else parse_layers(layers, model.n_layers)
+        if by.startswith(DETECTOR_PREFIX):
+            detector = by.removeprefix(DETECTOR_PREFIX)
+            rows = _rank_by_detector(
+                catalogue, model.name, detector, Split(split), layer_list, status, limit
+            )
+            _print_ranked(rows, output_format, f"{detector} detector scores: {split}")
+            return
         kind = (
             PredictionKind(prediction)
             if prediction is not None
@@ -1569,6 +1829,62 @@ def rank(
             blind=blind,
             simulator=simulator,
         )
+    _print_ranked(
+        rows,
+        output_format,
+        f"scores: {split}, {kind} predictions by {simulator or 'no simulator'} only"
+        f"{', blind only' * blind}; ≈chance: not above the null's p95; "
+        "seen: the label's author had seen the scored windows",
+    )
+
+
+DETECTOR_PREFIX = "detector:"
+BAND_CONSISTENCY_PREFIX = "band-consistency:"
+
+
+def _rank_by(value: str) -> str:
+    """`rank --by`: a fixed order, a neuron measure, or `detector:NAME`."""
+    if value in ("score", "max", "density", "illusion", "band-consistency"):
+        return value
+    for prefix in (DETECTOR_PREFIX, BAND_CONSISTENCY_PREFIX):
+        if value.startswith(prefix) and value.removeprefix(prefix):
+            return value
+    raise click.BadParameter(
+        f"{value!r}: use score, max, density, illusion, band-consistency, "
+        "band-consistency:DETECTOR or detector:NAME (e.g. detector:number)",
+        param_hint="--by",
+    )
+
+
+def _rank_by_detector(
+    catalogue: Catalogue,
+    model: str,
+    detector: str,
+    split: Any,
+    layers: list[int] | None,
+    status: str | None,
+    limit: int | None,
+) -> list[Any]:
+    """Neurons by their score against one detector; an error naming the scored detectors if
+    this one has no scores."""
+    from labeller.catalogue.detectors import detector_names, rank_by_detector
+
+    known = detector_names(catalogue, model, split)
+    if detector not in known:
+        raise UserError(
+            f"--by detector:{detector}: no {split} scores of that detector for {model} "
+            f"(scored: {', '.join(known) or 'none'}); run `labeller detect --detector NAME` "
+            "or `--regex NAME=PATTERN` first"
+        )
+    return rank_by_detector(
+        catalogue, model, detector, split=split, layers=layers, status=status, limit=limit
+    )
+
+
+def _print_ranked(rows: list[Any], output_format: str, caption: str) -> None:
+    """`rank`'s rows as a table, JSON or CSV."""
+    import csv
+
     fields = ["layer", "neuron", "score", "above_chance", "blind", "label", "source", "status"]
     if output_format == "json":
         click.echo(json.dumps([r.model_dump(include=set(fields)) for r in rows], indent=2))
@@ -1588,9 +1904,7 @@ def rank(
         "label",
         "source",
         "status",
-        caption=f"scores: {split}, {kind} predictions by {simulator or 'no simulator'} only"
-        f"{', blind only' * blind}; ≈chance: not above the null's p95; "
-        "seen: the label's author had seen the scored windows",
+        caption=caption,
     )
     for r in rows:
         table.add_row(
@@ -1833,6 +2147,184 @@ def import_(db_path: Path | None, file: Path, annotator: str | None) -> None:
         click.echo(f"warning: {warning}", err=True)
     for conflict in report.conflicts:
         click.echo(f"conflict (left for a person): {printable(conflict)}", err=True)
+
+
+@cli.command()
+@click.option(
+    "--model",
+    "model_specs",
+    multiple=True,
+    required=True,
+    help="Give twice: model A, then model B (demo name, HF name, local dir).",
+)
+@click.option("--dataset", default="demo", show_default=True, help="demo, a file/folder, HF name.")
+@click.option(
+    "--tokens", type=click.IntRange(min=1), default=100_000, show_default=True, help="Tokens read."
+)
+@click.option("--layers", default="all", show_default=True, help="Layers to compare, e.g. 0,2-5.")
+@click.option("--ctx", type=click.IntRange(min=2), default=SCAN_DEFAULTS["ctx"], show_default=True)
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=SCAN_BATCH_SIZE, show_default=True
+)
+@click.option(
+    "--sample-tokens",
+    type=click.IntRange(min=1),
+    default=20_000,
+    show_default=True,
+    help="Tokens kept for histograms and near-zero shares.",
+)
+@click.option("--text-field", default="text", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--db",
+    "db_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Catalogue with both models' labels and scores: label rates and agreement.",
+)
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("compare"),
+    show_default=True,
+    help="Folder for report.md, report.json and the PNG figures.",
+)
+@click.option("--dpi", type=click.IntRange(min=20), default=80, show_default=True)
+@model_load_options
+def compare(
+    model_specs: tuple[str, ...],
+    dataset: str,
+    tokens: int,
+    layers: str,
+    ctx: int,
+    batch_size: int,
+    sample_tokens: int,
+    text_field: str,
+    seed: int,
+    db_path: Path | None,
+    out: Path,
+    dpi: int,
+    device: str,
+    dtype: str,
+) -> None:
+    """Run two models over the same tokens and write a report: each neuron's best match in the
+    other model (against a shuffled baseline), activation distributions per stage (kurtosis,
+    skew, near-zero share; SoLU's LayerNorm scale), and with --db the share of neurons with a
+    well-scoring label and whether matched neurons' labels agree. Needs matplotlib
+    (pip install 'labeller[plots]').
+
+    \b
+    Example:
+      labeller compare --model demo-gelu-1l --model demo-solu-1l -o docs/compare
+      labeller compare --model solu-1l --model gelu-1l --tokens 1000000 --db db/labeller.db
+    """
+    from labeller.compare.collect import (
+        CompareSettings,
+        check_comparable,
+        compare_models,
+        comparison_windows,
+    )
+    from labeller.compare.report import write_report
+    from labeller.model.loading import load_model
+    from labeller.plot import pyplot
+
+    if len(model_specs) != 2:
+        raise UserError(f"compare needs --model exactly twice (A and B), got {len(model_specs)}")
+    pyplot()  # no matplotlib: say so before any model runs
+    check_dataset_spec(dataset)
+    catalogue = Catalogue.open(db_path, read_only=True) if db_path is not None else None
+    with _status(f"loading {model_specs[0]} and {model_specs[1]}"):
+        a, b = (load_model(spec, device=device, dtype=dtype) for spec in model_specs)
+    chosen = parse_layers(layers, min(a.n_layers, b.n_layers))
+    check_comparable(a, b, chosen)
+    if ctx > min(a.context_limit, b.context_limit):
+        raise UserError(f"--ctx {ctx} is longer than a model's context; use a smaller --ctx")
+    windows = comparison_windows(a, dataset, tokens, ctx, seed, text_field)
+    if len(windows) <= batch_size:
+        raise UserError(
+            f"{dataset} gave {len(windows)} full windows of {ctx} tokens, but the shuffled "
+            f"baseline needs more than one batch ({batch_size}); raise --tokens or lower "
+            "--batch-size"
+        )
+    settings = CompareSettings(dataset, ctx, seed, batch_size, sample_tokens)
+    try:
+        with _progress(len(windows) * ctx, label="comparing") as advance:
+            report = compare_models(a, b, windows, chosen, settings, catalogue, advance)
+    finally:
+        if catalogue is not None:
+            catalogue.close()
+    written = write_report(report, out, dpi)
+    first = report.layers[0].a_to_b
+    medians = [
+        "none" if v is None else f"{v:.3f}" for v in (first.median_r, first.shuffled_median_r)
+    ]
+    click.echo(
+        f"compared {a.name} and {b.name} on {report.tokens:,} tokens: median best-match r "
+        f"{medians[0]} (shuffled windows {medians[1]}), layer {report.layers[0].layer}; "
+        f"report in {written[0]}"
+    )
+
+
+@cli.command()
+@db_option
+@click.option("--model", "model_name", default=None, help="Default: the catalogue's only model.")
+@click.option("--layer", type=ID, required=True)
+@click.option("--neuron", type=ID, default=None, help="A neuron's figures; without: the layer's.")
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("figures"),
+    show_default=True,
+    help="Folder for the figures.",
+)
+@click.option(
+    "--formats",
+    type=click.Choice(["png,svg", "png", "svg"]),
+    default="png,svg",
+    show_default=True,
+)
+@click.option("--dpi", type=click.IntRange(min=20), default=100, show_default=True)
+def plot(
+    db_path: Path | None,
+    model_name: str | None,
+    layer: int,
+    neuron: int | None,
+    out: Path,
+    formats: str,
+    dpi: int,
+) -> None:
+    """Write figures as PNG and SVG: a neuron's activation histogram, or a layer's label scores
+    against their null control and cos(w_in, w_out) against kurtosis. Figures the catalogue has
+    no data for are skipped with a note. Needs matplotlib (pip install 'labeller[plots]').
+
+    \b
+    Example:
+      labeller plot --db db/demo.db --model demo-solu-1l --layer 0 --neuron 9
+      labeller plot --db db/demo.db --model demo-solu-1l --layer 0 -o figures/solu
+    """
+    from labeller.plot import pyplot
+    from labeller.plot.catalogue_figures import layer_figures, neuron_figures
+
+    pyplot()  # no matplotlib: say so before reading anything
+    chosen = tuple(formats.split(","))
+    with Catalogue.open(db_path, read_only=True) as catalogue:
+        model = catalogue.resolve_model(model_name)
+        if layer >= model.n_layers:
+            raise UserError(f"{model.name} has layers 0-{model.n_layers - 1}; got --layer {layer}")
+        if neuron is not None:
+            view = catalogue.neuron_view(model.name, layer, neuron)
+            out.mkdir(parents=True, exist_ok=True)
+            plotted = neuron_figures(view, out, dpi, chosen)
+        else:
+            out.mkdir(parents=True, exist_ok=True)
+            plotted = layer_figures(catalogue, model.name, layer, out, dpi, chosen)
+    for note in plotted.notes:
+        click.echo(f"note: {note}", err=True)
+    click.echo(f"wrote {len(plotted.paths)} figure files to {out}")
+    for path in plotted.paths:
+        click.echo(f"  {path}")
 
 
 @cli.command("train-demo")

@@ -3,6 +3,7 @@ cut into token windows that never span two documents."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from collections.abc import Callable, Iterator
@@ -16,10 +17,14 @@ log = logging.getLogger("labeller")
 LOCAL_SUFFIXES = (".txt", ".jsonl", ".parquet")
 
 
+MAX_SUBSETS = 16  # a subset field with more values is an id, not a split of the corpus
+
+
 @dataclass(frozen=True)
 class Document:
     doc_id: str
     text: str
+    subset: str | None = None
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,41 @@ class Window:
     document: str
     offset: int
     token_ids: list[int]
+    subset: str | None = None
+
+
+def parse_dataset_specs(specs: tuple[str, ...] | list[str]) -> tuple[str, dict[str, str]]:
+    """`--dataset` values as (dataset, subsets): one plain spec is the dataset itself; named
+    ones (`code=PATH`) are subsets, and the dataset names them all ("code=A prose=B")."""
+    if not specs:
+        raise UserError("pass --dataset: demo, a corpus file or folder, or NAME=PATH per subset")
+    named = [spec for spec in specs if _subset_name(spec) is not None]
+    if len(specs) == 1 and not named:
+        check_dataset_spec(specs[0])
+        return specs[0], {}
+    if len(named) != len(specs):
+        raise UserError(
+            "several --dataset values must each name a subset: --dataset code=PATH "
+            "--dataset prose=PATH"
+        )
+    subsets: dict[str, str] = {}
+    for spec in specs:
+        name, _, path = spec.partition("=")
+        if name in subsets:
+            raise UserError(f"subset {name!r} is named twice; give each --dataset its own name")
+        check_dataset_spec(path)
+        subsets[name] = path
+    return " ".join(f"{name}={path}" for name, path in subsets.items()), subsets
+
+
+def _subset_name(spec: str) -> str | None:
+    """`code` in `code=PATH`; None for a plain spec, including an existing path with '='."""
+    if Path(spec).expanduser().exists():
+        return None
+    name, sep, rest = spec.partition("=")
+    if sep and rest and name.isidentifier():
+        return name
+    return None
 
 
 def check_dataset_spec(spec: str) -> None:
@@ -39,23 +79,69 @@ def check_dataset_spec(spec: str) -> None:
         raise UserError(f"no corpus at {spec}; pass an existing file or folder, or `demo`")
 
 
-def iter_documents(spec: str, text_field: str = "text") -> Iterator[Document]:
-    """Stream the documents of `--dataset`: `demo`, a file or folder, or a HF dataset name."""
+def iter_corpus(
+    dataset: str,
+    subsets: dict[str, str],
+    text_field: str = "text",
+    subset_field: str | None = None,
+) -> Iterator[Document]:
+    """A scan's documents: named subsets taken in turn, one document each (so a token limit
+    reaches every subset), or the one dataset; at most MAX_SUBSETS distinct subsets."""
+    documents: Iterator[Document]
+    if subsets:
+        streams = [
+            _tagged(iter_documents(spec, text_field, subset_field), name)
+            for name, spec in subsets.items()
+        ]
+        documents = (
+            doc for group in itertools.zip_longest(*streams) for doc in group if doc is not None
+        )
+    else:
+        documents = iter_documents(dataset, text_field, subset_field)
+    seen: set[str] = set()
+    for doc in documents:
+        if doc.subset is not None and doc.subset not in seen:
+            seen.add(doc.subset)
+            if len(seen) > MAX_SUBSETS:
+                raise UserError(
+                    f"more than {MAX_SUBSETS} corpus subsets; --subset-field must name a field "
+                    "with a few values (e.g. source), not an id"
+                )
+        yield doc
+
+
+def _tagged(documents: Iterator[Document], subset: str) -> Iterator[Document]:
+    for doc in documents:
+        yield Document(doc.doc_id, doc.text, subset)
+
+
+def iter_documents(
+    spec: str, text_field: str = "text", subset_field: str | None = None
+) -> Iterator[Document]:
+    """Stream the documents of `--dataset`: `demo` (subsets code and prose), a file or folder,
+    or a HF dataset name; `subset_field` names a .jsonl/.parquet/HF field giving the subset."""
     check_dataset_spec(spec)
     if spec == "demo":
         from labeller.demo.corpus import iter_demo_documents
 
         for doc in iter_demo_documents("all"):
-            yield Document(doc.doc_id, doc.text)
+            yield Document(doc.doc_id, doc.text, doc.subset)
         return
     path = Path(spec).expanduser()
     if path.exists():
-        yield from _iter_local(path, text_field)
+        yield from _iter_local(path, text_field, subset_field)
     else:
-        yield from _iter_hf_dataset(spec, text_field)
+        yield from _iter_hf_dataset(spec, text_field, subset_field)
 
 
-def _iter_local(path: Path, text_field: str) -> Iterator[Document]:
+def _subset_of(value: object, field: str, where: str) -> str:
+    """A record's subset field as a name: a non-empty string or an integer."""
+    if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
+        raise UserError(f"{where}: no string field {field!r}; set --subset-field")
+    return str(value)
+
+
+def _iter_local(path: Path, text_field: str, subset_field: str | None) -> Iterator[Document]:
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in LOCAL_SUFFIXES)
         if not files:
@@ -67,11 +153,13 @@ def _iter_local(path: Path, text_field: str) -> Iterator[Document]:
     for file in files:
         name = str(file)
         if file.suffix == ".txt":
+            if subset_field is not None:
+                raise UserError(f"{file}: a .txt file has no fields; drop --subset-field")
             yield Document(name, _decode(file.read_bytes(), name))
         elif file.suffix == ".jsonl":
-            yield from _iter_jsonl(file, text_field)
+            yield from _iter_jsonl(file, text_field, subset_field)
         else:
-            yield from _iter_parquet(file, text_field)
+            yield from _iter_parquet(file, text_field, subset_field)
 
 
 def _decode(raw: bytes, where: str) -> str:
@@ -81,7 +169,7 @@ def _decode(raw: bytes, where: str) -> str:
     return text
 
 
-def _iter_jsonl(file: Path, text_field: str) -> Iterator[Document]:
+def _iter_jsonl(file: Path, text_field: str, subset_field: str | None) -> Iterator[Document]:
     with file.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
             if not raw.strip():
@@ -93,10 +181,13 @@ def _iter_jsonl(file: Path, text_field: str) -> Iterator[Document]:
                 raise UserError(f"{where}: not a JSON line ({exc.msg})") from None
             if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
                 raise UserError(f"{where}: no string field {text_field!r}; set --text-field")
-            yield Document(where, record[text_field])
+            subset = None
+            if subset_field is not None:
+                subset = _subset_of(record.get(subset_field), subset_field, where)
+            yield Document(where, record[text_field], subset)
 
 
-def _iter_parquet(file: Path, text_field: str) -> Iterator[Document]:
+def _iter_parquet(file: Path, text_field: str, subset_field: str | None) -> Iterator[Document]:
     try:
         import pyarrow.parquet as pq
     except ImportError:
@@ -107,17 +198,26 @@ def _iter_parquet(file: Path, text_field: str) -> Iterator[Document]:
         parquet = pq.ParquetFile(file)
     except Exception as exc:  # pyarrow raises several types for bad files
         raise UserError(f"{file}: not a readable parquet file ({exc})") from None
-    if text_field not in parquet.schema_arrow.names:
-        raise UserError(f"{file}: no column {text_field!r}; set --text-field")
+    columns = [text_field] if subset_field is None else [text_field, subset_field]
+    for column in columns:
+        if column not in parquet.schema_arrow.names:
+            flag = "--text-field" if column == text_field else "--subset-field"
+            raise UserError(f"{file}: no column {column!r}; set {flag}")
     row = 0
-    for batch in parquet.iter_batches(columns=[text_field], batch_size=1024):
-        for text in batch.column(0).to_pylist():
+    for batch in parquet.iter_batches(columns=columns, batch_size=1024):
+        texts = batch.column(0).to_pylist()
+        subsets = batch.column(1).to_pylist() if subset_field else [None] * len(texts)
+        for text, value in zip(texts, subsets, strict=True):
             if isinstance(text, str):
-                yield Document(f"{file}:{row}", text)
+                where = f"{file}:{row}"
+                subset = None
+                if subset_field is not None:
+                    subset = _subset_of(value, subset_field, where)
+                yield Document(where, text, subset)
             row += 1
 
 
-def _iter_hf_dataset(name: str, text_field: str) -> Iterator[Document]:
+def _iter_hf_dataset(name: str, text_field: str, subset_field: str | None) -> Iterator[Document]:
     try:
         import datasets
     except ImportError:
@@ -139,7 +239,10 @@ def _iter_hf_dataset(name: str, text_field: str) -> Iterator[Document]:
             raise UserError(
                 f"dataset {name!r} has no string field {text_field!r}; set --text-field"
             )
-        yield Document(f"{name}:{index}", text)
+        subset = None
+        if subset_field is not None:
+            subset = _subset_of(record.get(subset_field), subset_field, f"dataset {name!r}")
+        yield Document(f"{name}:{index}", text, subset)
 
 
 def iter_windows(
@@ -149,4 +252,4 @@ def iter_windows(
     for doc in documents:
         ids = encode(doc.text)
         for offset in range(0, len(ids), ctx):
-            yield Window(doc.doc_id, offset, ids[offset : offset + ctx])
+            yield Window(doc.doc_id, offset, ids[offset : offset + ctx], doc.subset)

@@ -93,6 +93,7 @@ class ExampleKind(StrEnum):
     TOP = "top"
     RANDOM = "random"
     QUANTILE = "quantile"  # sampled from one of the neuron's activation bands
+    SUBSET_TOP = "subset_top"  # among the top windows of one named corpus subset
 
 
 class ScoreMethod(StrEnum):
@@ -104,6 +105,7 @@ class ScoreMethod(StrEnum):
     RANDOM_ONLY = "random_only"
     QUANTILES = "quantiles"  # the activation-band windows only
     ALL = "all"  # top, random and activation-band windows together
+    SUBSET_TOP = "subset_top"  # one corpus subset's top windows (one score per subset)
 
 
 PRIMARY_METHOD = ScoreMethod.TOP_AND_RANDOM
@@ -116,6 +118,7 @@ class ScoreWindows(StrEnum):
     TOP_AND_RANDOM = "top_and_random"  # Bills et al.'s: top and random windows
     QUANTILES = "quantiles"  # the activation-band windows
     ALL = "all"  # both
+    SUBSETS = "subsets"  # each corpus subset's top windows
 
     @property
     def kinds(self) -> tuple[ExampleKind, ...]:
@@ -123,6 +126,7 @@ class ScoreWindows(StrEnum):
             ScoreWindows.TOP_AND_RANDOM: (ExampleKind.TOP, ExampleKind.RANDOM),
             ScoreWindows.QUANTILES: (ExampleKind.QUANTILE,),
             ScoreWindows.ALL: (ExampleKind.TOP, ExampleKind.RANDOM, ExampleKind.QUANTILE),
+            ScoreWindows.SUBSETS: (ExampleKind.SUBSET_TOP,),
         }[self]
 
     @property
@@ -142,6 +146,7 @@ class ScoreWindows(StrEnum):
                 ScoreMethod.RANDOM_ONLY,
                 ScoreMethod.QUANTILES,
             ),
+            ScoreWindows.SUBSETS: (ScoreMethod.SUBSET_TOP,),
         }[self]
 
 
@@ -152,6 +157,7 @@ METHOD_KINDS = {
     ScoreMethod.RANDOM_ONLY: (ExampleKind.RANDOM,),
     ScoreMethod.QUANTILES: (ExampleKind.QUANTILE,),
     ScoreMethod.ALL: (ExampleKind.TOP, ExampleKind.RANDOM, ExampleKind.QUANTILE),
+    ScoreMethod.SUBSET_TOP: (ExampleKind.SUBSET_TOP,),
 }
 
 
@@ -247,6 +253,18 @@ class ScanParams(Record):
         description="windows sampled per activation band per neuron (0: no bands); scans "
         "recorded before bands existed read as 0",
     )
+    subsets: dict[str, str] = Field(
+        default_factory=dict,
+        description="named corpus subsets (`--dataset NAME=SPEC`): name -> corpus spec; empty "
+        "when the corpus is one spec (`dataset`), whose documents may still carry subsets",
+    )
+    subset_field: str | None = Field(
+        default=None,
+        description="field of a .jsonl/.parquet/HF corpus naming each document's subset",
+    )
+    subset_top_k: int = Field(
+        default=10, description="top windows kept per neuron per corpus subset (0: none)"
+    )
 
 
 class ScanRecord(Record):
@@ -304,7 +322,8 @@ class Example(Record):
     kind: ExampleKind
     rank: int = Field(
         description="rank among top windows, index among random windows, or among the "
-        "neuron's band windows (band by band, each in sampling order)"
+        "neuron's band windows (band by band, each in sampling order), or among its subset "
+        "top windows (subset by subset, each by rank)"
     )
     split: Split
     tokens: list[str]
@@ -323,6 +342,11 @@ class Example(Record):
         default=None,
         description="quantile windows: the band's upper edge (exclusive; the neuron's max, "
         "inclusive, for the top band)",
+    )
+    subset: str | None = Field(
+        default=None,
+        description="the corpus subset of the window's document (`scan --dataset NAME=...`, "
+        "`--subset-field`, the demo's code/prose), or None when the corpus has no subsets",
     )
 
 
@@ -346,6 +370,10 @@ class Score(Record):
         default=ScoreWindows.TOP_AND_RANDOM,
         description="the held-out windows the scoring run simulated (`score --on`); `method` "
         "says which of them this r is over",
+    )
+    subset: str | None = Field(
+        default=None,
+        description="method subset_top: the corpus subset whose top windows this r is over",
     )
     details: dict[str, Any] = Field(
         default_factory=dict, description="per-window true and simulated activations, or reason"
@@ -409,6 +437,24 @@ class Explanation(Record):
     scores: list[Score] = Field(default_factory=list)
 
 
+class DetectorScore(Record):
+    """A detector scored against a neuron like a label: Pearson r of the detector's values with
+    the neuron's activations over one held-out split's windows (`labeller detect`)."""
+
+    name: str
+    description: str
+    definition: str = Field(
+        description="what computed it (a built-in's version, a regex, a plugin's entry point); "
+        "a stored score whose definition differs is recomputed"
+    )
+    split: Split
+    windows: ScoreWindows = ScoreWindows.TOP_AND_RANDOM
+    method: ScoreMethod = ScoreMethod.TOP_AND_RANDOM
+    prediction: PredictionKind = PredictionKind.RULE
+    score: float | None = Field(description="None when undefined: constant detector or neuron")
+    created_at: str = Field(default_factory=utc_now)
+
+
 class NeuronView(Record):
     """What `labeller show` prints and later the TUI's neuron page reads."""
 
@@ -421,6 +467,10 @@ class NeuronView(Record):
     top_examples: list[Example]
     random_examples: list[Example]
     quantile_examples: list[Example] = Field(default_factory=list)
+    subset_examples: list[Example] = Field(
+        default_factory=list,
+        description="each corpus subset's top windows, subset by subset in rank order",
+    )
     explanations: list[Explanation]
     label: int | None = Field(
         default=None,
@@ -431,6 +481,14 @@ class NeuronView(Record):
         default_factory=list,
         description="the people who unsealed the neuron's held-out windows (see `sealing`)",
     )
+    detectors: list[DetectorScore] = Field(
+        default_factory=list,
+        description="feature detectors scored against the neuron, best first (`labeller detect`)",
+    )
+
+    def label_explanation(self) -> Explanation | None:
+        """The explanation that is the neuron's label, if any."""
+        return next((e for e in self.explanations if e.id == self.label), None)
 
 
 class Trace(Record):
@@ -566,3 +624,173 @@ class RankRow(Record):
     status: LabelStatus | None
     max: float
     density: float
+
+
+# --- comparing two models (labeller compare) -----------------------------------------------
+
+
+class BestMatches(Record):
+    """For each neuron of one model (`source`), its best-matching neuron of the other by Pearson
+    r over the same tokens, and the best r it reaches against the shuffled pairing (the other
+    model's activations on other windows): the chance level a real match must beat."""
+
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")
+
+    source: str
+    target: str
+    match: list[int | None] = Field(description="best neuron of `target`; None: no r (constant)")
+    r: list[float | None]
+    shuffled_r: list[float | None]
+    median_r: float | None
+    shuffled_median_r: float | None
+    shuffled_p99: float | None = Field(description="99th percentile of the shuffled best r")
+    above_shuffled_p99: float = Field(description="share of neurons whose best r beats it")
+    same_index: float = Field(
+        description="share of neurons whose best match has the same index (models trained "
+        "from the same initialisation keep neuron order if they learn corresponding neurons)"
+    )
+
+
+class StageDistribution(Record):
+    """One activation stage of one model's layer: per-neuron shape statistics over every token,
+    near-zero shares and a pooled histogram over the token sample."""
+
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")
+
+    stage: str = Field(description="pre | neuron | post | ln_scale")
+    hook: str
+    kurtosis: list[float | None] = Field(description="excess kurtosis per neuron")
+    skewness: list[float | None]
+    near_zero: list[float] = Field(
+        description="per neuron, share of sampled tokens with |a| <= 5% of its sampled max |a|"
+    )
+    histogram: Histogram = Field(description="all neurons' sampled activations pooled")
+
+
+class ModelLayerDistributions(Record):
+    model: str
+    stages: list[StageDistribution]
+
+
+class LabelRates(Record):
+    """The essay's monosemanticity rates from the catalogue: shares of a model's compared
+    neurons whose label scores at least each threshold (valid split, `labeller rank`'s score)."""
+
+    model: str
+    neurons: int
+    labelled: int
+    scored: int
+    above_chance: int
+    sources: list[str] = Field(description="who wrote the labels (e.g. baseline, an LLM)")
+    share_at_least: dict[str, float] = Field(description="threshold -> share of all neurons")
+    kurtosis_score_spearman: float | None = Field(
+        default=None,
+        description="Spearman rank correlation of neuron excess kurtosis with label score",
+    )
+    kurtosis_score_neurons: int = Field(default=0, description="neurons it was taken over")
+    note: str | None = None
+
+
+class LabelAgreement(Record):
+    """Whether best-matched neurons' labels say the same, against randomly paired labels.
+    Agreement is word overlap (Jaccard) after dropping words common to many labels."""
+
+    pairs: int = Field(description="matched pairs where both neurons have a label")
+    mean_jaccard: float | None
+    agreeing: float | None = Field(description="share of pairs with Jaccard >= 0.5")
+    baseline_mean_jaccard: float | None
+    baseline_agreeing: float | None
+    examples: list[tuple[int, int, float, str, str]] = Field(
+        default_factory=list, description="(neuron A, neuron B, r, label A, label B)"
+    )
+
+
+class LayerComparison(Record):
+    layer: int
+    a_to_b: BestMatches
+    b_to_a: BestMatches
+    mutual: int = Field(description="pairs that are each other's best match")
+    distributions: list[ModelLayerDistributions]
+    agreement: LabelAgreement | None = None
+
+
+class CompareReport(Record):
+    """What `labeller compare` writes as report.json (and renders as report.md)."""
+
+    models: list[ModelRecord]
+    dataset: str
+    ctx: int
+    seed: int
+    tokens: int
+    windows: int
+    shuffled_tokens: int
+    sample_tokens: int
+    layers: list[LayerComparison]
+    label_rates: list[LabelRates] | None = Field(
+        default=None, description="None: no catalogue given (--db)"
+    )
+    created_at: str = Field(default_factory=utc_now)
+
+
+class SubsetSummary(Record):
+    """One corpus subset of a neuron: what its top windows there peak on, and the label's
+    score on that subset's held-out top windows."""
+
+    subset: str
+    windows: int = Field(description="top windows kept for this subset")
+    max_activation: float = Field(description="the highest window max in the subset")
+    peak_tokens: list[str] = Field(
+        description="the tokens the subset's top windows peak on, most frequent first"
+    )
+    score: float | None = Field(
+        default=None,
+        description="the label's subset_top score on this subset (valid split); None: unscored",
+    )
+
+
+class Illusion(Record):
+    """How differently a neuron behaves on its corpus subsets (`labeller.subsets`)."""
+
+    measure: float = Field(
+        description="max(example_divergence, strength x score_gap clipped to [0, 1]); 0: alike "
+        "everywhere (see labeller.subsets)"
+    )
+    example_divergence: float = Field(
+        description="over pairs of subsets, the largest strength x (1 - peak-token overlap)"
+    )
+    score_gap: float | None = Field(
+        default=None, description="the label's best minus worst per-subset score; None: <2 scored"
+    )
+    pair: list[str] = Field(description="the two subsets that differ most")
+
+
+class BandPrecision(Record):
+    """How often a feature holds at the peak token of a neuron's windows in one activation
+    band (`labeller.band_precision`)."""
+
+    band: int
+    low: float
+    high: float
+    windows: int
+    precision: float = Field(description="mean feature value (0..1) at each window's peak token")
+
+
+class FeatureBands(Record):
+    """One feature's per-band precision on a neuron, and its band consistency."""
+
+    feature: str = Field(description='what gave the values: "label #ID" or "detector:NAME"')
+    bands: list[BandPrecision]
+    consistency: float | None = Field(
+        description="the lowest precision over bands 1 and up; None: no such band"
+    )
+
+
+class MeasureRow(Record):
+    """One neuron ranked by a measure computed from its view (`rank --by illusion` or
+    `band-consistency`)."""
+
+    layer: int
+    neuron: int
+    value: float
+    detail: str = Field(description="what the value is made of, in words")
+    label: str | None

@@ -66,3 +66,16 @@ def sparkline(counts: list[int]) -> str:
         return ""
     top = max(counts)
     return "".join(SPARK[0 if c == 0 else max(1, round(8 * c / top))] for c in counts)
+
+
+def precision_bar(precision: float, width: int = 10) -> tuple[str, str]:
+    """A precision in 0..1 as the filled and the empty part of a bar of `width` cells, e.g.
+    ('██████', '░░░░') for 0.6 (the TUI colours the parts; the CLI prints them together)."""
+    filled = round(max(0.0, min(1.0, precision)) * width)
+    return "█" * filled, "░" * (width - filled)
+
+
+def precision_spark(precisions: list[float]) -> str:
+    """One cell per activation band, its height the precision (0..1, absolute), e.g. '▁██▆'."""
+    top = len(SPARK) - 1
+    return "".join(SPARK[round(max(0.0, min(1.0, p)) * top)] for p in precisions)

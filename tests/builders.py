@@ -150,3 +150,23 @@ def sharded_scan_worker(
                 catalogue.close()
     finally:
         dist.destroy_process_group()
+
+
+def labelled_catalogue(path: Path, model, corpus: Path, label_layers: list[int]) -> Path:
+    """The model scanned over `corpus` (all layers, 16-token windows), the neurons of
+    `label_layers` labelled and scored on valid by the offline baseline (with a null control)."""
+    from labeller.catalogue import Catalogue
+    from labeller.demo.build import scan_and_label_offline
+    from labeller.records import ScanParams
+
+    params = ScanParams(
+        model=model.name,
+        dataset=str(corpus),
+        layers=list(range(model.n_layers)),
+        ctx=16,
+        top_k=8,
+        random=6,
+    )
+    with Catalogue.open(path, create=True) as catalogue:
+        scan_and_label_offline(catalogue, model, params, batch_size=4, label_layers=label_layers)
+    return path

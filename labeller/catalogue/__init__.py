@@ -21,6 +21,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from labeller.catalogue import label_state, rows
+from labeller.catalogue.detectors import detector_scores_of
 from labeller.catalogue.labels import append_history
 from labeller.catalogue.migrations import KNOWN_MIGRATIONS, MIGRATION_SET, migrations
 from labeller.catalogue.rows import NeuronRow, Row, WindowRow, params_key
@@ -528,6 +529,34 @@ class Catalogue:
         )
         return ids
 
+    def window_tokens(self, window_ids: Iterable[int]) -> dict[int, list[str]]:
+        """These windows' token strings by id (missing ids left out): a window's own, else its
+        scan's model's vocabulary's."""
+        ids = sorted(set(window_ids))
+        found: dict[int, tuple[int | None, list[int], str | None]] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            for window_id, model_id, token_ids, tokens in self.db.execute(
+                f"""select w.id, s.model_id, w.token_ids, w.tokens from windows w
+                left join scans s on s.id = w.scan_id
+                where w.id in ({", ".join("?" * len(chunk))})""",
+                chunk,
+            ):
+                found[int(window_id)] = (model_id, rows.unpack_token_ids(token_ids), tokens)
+        needed: dict[int | None, set[int]] = {}
+        for model_id, token_ids, tokens in found.values():
+            if tokens is None:
+                needed.setdefault(model_id, set()).update(token_ids)
+        vocabularies = {
+            model_id: rows.Vocabulary({}) if model_id is None else self._vocabulary(model_id, ids)
+            for model_id, ids in needed.items()
+        }
+        empty = rows.Vocabulary({})
+        return {
+            window_id: vocabularies.get(model_id, empty).tokens_from_db(token_ids, tokens)
+            for window_id, (model_id, token_ids, tokens) in found.items()
+        }
+
     def _vocabulary(self, model_id: int, token_ids: Iterable[int] | None) -> rows.Vocabulary:
         """The model's stored token strings: all of them, or those of `token_ids`."""
         sql = "select token_id, text from vocabulary where model_id = ?"
@@ -670,9 +699,11 @@ class Catalogue:
             top_examples=[e for e in examples if e.kind is ExampleKind.TOP],
             random_examples=[e for e in examples if e.kind is ExampleKind.RANDOM],
             quantile_examples=[e for e in examples if e.kind is ExampleKind.QUANTILE],
+            subset_examples=[e for e in examples if e.kind is ExampleKind.SUBSET_TOP],
             explanations=self.explanations_of(int(row["id"])),
             label=self.label_id(int(row["id"])),
             unsealed_by=self.unsealed_by(int(row["id"])),
+            detectors=detector_scores_of(self, int(row["id"])),
         )
 
     def unsealed_by(self, neuron_id: int, *, before: int | None = None) -> list[str]:
@@ -690,7 +721,7 @@ class Catalogue:
 
     def _examples(self, neuron_id: int) -> Iterator[Example]:
         """The neuron's examples (top, random, then band windows, by rank) with their windows."""
-        for example, window in self.packed_examples(neuron_id, "tokens, document, offset"):
+        for example, window in self.packed_examples(neuron_id, "tokens, document, offset, subset"):
             yield rows.example_from_packed(example, window)
 
     def packed_examples(
@@ -889,13 +920,14 @@ class Catalogue:
             for score in scores:
                 self.db.execute(
                     "delete from scores where explanation_id = ? and simulator = ? and split = ? "
-                    "and method = ? and prompt_version = ?",
+                    "and method = ? and prompt_version = ? and subset is ?",
                     [
                         explanation_id,
                         score.simulator,
                         score.split.value,
                         score.method.value,
                         score.prompt_version,
+                        score.subset,
                     ],
                 )
                 self.db.table("scores").insert(rows.score_to_row(score, explanation_id))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
@@ -47,6 +47,7 @@ class SortKey(StrEnum):
     COSINE = "cos"
     KURTOSIS = "kurtosis"
     SKEW = "skew"
+    DETECTOR = "detector"  # the score of the detector the statistic filter names (`d:NAME>x`)
 
 
 class Stat(StrEnum):
@@ -71,6 +72,32 @@ STAT_NAMES: dict[str, Stat] = {
     "skew": Stat.SKEW,
     "skewness": Stat.SKEW,
 }
+DETECTOR_PREFIX = "d:"
+
+
+@dataclass(frozen=True)
+class DetectorStat:
+    """A detector's score against each neuron (`labeller detect`: valid split, top and random
+    windows) as a statistic the list filters (`d:number>0.3`) and then sorts by."""
+
+    name: str
+
+    @property
+    def value(self) -> str:
+        return DETECTOR_PREFIX + self.name
+
+
+# A neuron's score against the detector named {name} (an SQL value), NULL when unscored.
+_DETECTOR_SCORE = """(select d.score from detector_scores d where d.neuron_id = n.id
+    and d.detector = {name} and d.split = 'valid' and d.windows = 'top_and_random'
+    and d.method = 'top_and_random' and typeof(d.score) = 'real')"""
+
+
+def _literal(text: str) -> str:
+    """A string as an SQL literal, for the derived columns that are composed, not bound."""
+    return "'" + text.replace("'", "''") + "'"
+
+
 # A stored statistic that is a number: NULL (no weights, a constant neuron) and the text 'NaN'
 # are neither; a range scan on the (model_id, column) index serves it.
 _IS_NUMBER = "{column} between -9e999 and 9e999"
@@ -81,7 +108,7 @@ class StatRange:
     """Neurons whose `stat` lies in [low, high] (either bound may be open); neurons without a
     value for it never match."""
 
-    stat: Stat
+    stat: Stat | DetectorStat
     low: float | None = None
     high: float | None = None
 
@@ -93,12 +120,14 @@ class StatRange:
         return f"{self.stat.value}≤{self.high:g}"
 
 
-_RANGE_TERM = re.compile(r"([a-z]+)\s*(<=|>=|<|>|=|≤|≥)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?)")
+_RANGE_TERM = re.compile(
+    r"([a-z]+|d:[a-z0-9][a-z0-9_.-]*)\s*(<=|>=|<|>|=|≤|≥)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?)"
+)
 
 
 def parse_stat_ranges(text: str) -> list[StatRange]:
-    """`kurt>10 cos<-0.3` as ranges (< and <= alike: the values are continuous); a term that does
-    not parse is a UserError naming it."""
+    """`kurt>10 cos<-0.3` as ranges (< and <= alike: the values are continuous), `d:NAME>0.3` a
+    detector's score; a term that does not parse is a UserError naming it."""
     ranges: list[StatRange] = []
     rest = text.strip().lower().replace(",", " ")
     position = 0
@@ -108,9 +137,11 @@ def parse_stat_ranges(text: str) -> list[StatRange]:
             raise UserError(f"cannot read {skipped!r}: write e.g. kurt>10 cos<-0.3 skew>=2")
         position = match.end()
         name, op, number = match.groups()
-        stat = STAT_NAMES.get(name)
+        stat: Stat | DetectorStat | None = STAT_NAMES.get(name)
+        if name.startswith(DETECTOR_PREFIX):
+            stat = DetectorStat(name.removeprefix(DETECTOR_PREFIX))
         if stat is None:
-            raise UserError(f"no statistic {name!r}: use cos, kurt or skew")
+            raise UserError(f"no statistic {name!r}: use cos, kurt, skew or d:DETECTOR")
         value = float(number)
         if not math.isfinite(value):
             raise UserError(f"{name}{op}{number}: give a finite number")
@@ -189,6 +220,7 @@ _SORT_SQL: dict[SortKey, tuple[tuple[str, str] | None, list[str]]] = {
     SortKey.COSINE: (None, [STAT_COLUMN[Stat.COSINE], "id"]),
     SortKey.KURTOSIS: (None, [STAT_COLUMN[Stat.KURTOSIS], "id"]),
     SortKey.SKEW: (None, [STAT_COLUMN[Stat.SKEW], "id"]),
+    SortKey.DETECTOR: (None, ["layer", "neuron"]),  # derived in `_list_sql`: it names one
 }
 # Sorts by a statistic some neurons lack: those neurons come after the rest either way.
 _STAT_OF_SORT: dict[SortKey, Stat] = {SortKey(stat.value): stat for stat in Stat}
@@ -211,6 +243,7 @@ class NeuronSummary:
     skewness: float | None = None
     label_status: LabelStatus | None = None  # the status of `label`, the neuron's label
     to_review: bool = False  # a label of the neuron needs review (never the one shown)
+    detector: float | None = None  # its score against the list's detector (`ListSpec.detector`)
 
     @property
     def shown_status(self) -> str:
@@ -268,6 +301,11 @@ class ListSpec:
     todo: Todo | None = None
     below: float | None = None
     ranges: tuple[StatRange, ...] = ()
+
+    @property
+    def detector(self) -> str | None:
+        """The detector the list filters by (its first), which the detector sort orders by."""
+        return next((r.stat.name for r in self.ranges if isinstance(r.stat, DetectorStat)), None)
 
 
 @dataclass(frozen=True)
@@ -368,9 +406,14 @@ def _list_sql(catalogue: Catalogue, model: str | None, spec: ListSpec) -> _ListS
         )
         values.append(f"%{escaped}%")
     for wanted in spec.ranges:
-        clauses.append(f"n.{STAT_COLUMN[wanted.stat]} between ? and ?")
         low = -math.inf if wanted.low is None else wanted.low
-        values += [low, math.inf if wanted.high is None else wanted.high]
+        bounds = [low, math.inf if wanted.high is None else wanted.high]
+        if isinstance(wanted.stat, DetectorStat):
+            clauses.append(f"{_DETECTOR_SCORE.format(name='?')} between ? and ?")
+            values += [wanted.stat.name, *bounds]
+            continue
+        clauses.append(f"n.{STAT_COLUMN[wanted.stat]} between ? and ?")
+        values += bounds
     derived: dict[str, str] = {}
     outer: list[str] = []
     outer_values: list[Any] = []
@@ -390,6 +433,12 @@ def _list_sql(catalogue: Catalogue, model: str | None, spec: ListSpec) -> _ListS
     if sort_derived is not None:
         sort_alias, sql = sort_derived
         derived[sort_alias] = sql
+    if spec.sort is SortKey.DETECTOR:
+        sort_alias = "detector_score"
+        named = spec.detector
+        derived[sort_alias] = (
+            "null" if named is None else _DETECTOR_SCORE.format(name=_literal(named))
+        )
     plain = not derived and spec.status is None and spec.todo is None and not spec.text.strip()
     sort_stat = _STAT_OF_SORT.get(spec.sort)
     sort_expr = None
@@ -463,7 +512,29 @@ def neuron_page(
 def list_page(
     catalogue: Catalogue, model: str | None, spec: ListSpec, *, offset: int = 0, limit: int = 100
 ) -> tuple[list[NeuronSummary], int]:
-    """`neuron_page` for a `ListSpec`."""
+    """`neuron_page` for a `ListSpec`; with a detector filter, each row carries its score."""
+    found, total = _list_page(catalogue, model, spec, offset=offset, limit=limit)
+    if spec.detector is None or not found:
+        return found, total
+    where = " or ".join("(n.layer = ? and n.neuron = ?)" for _ in found)
+    scores = {
+        (int(r[0]), int(r[1])): r[2]
+        for r in catalogue.db.execute(
+            f"""select n.layer, n.neuron, {_DETECTOR_SCORE.format(name="?")} from neurons n
+            where n.model_id = ? and ({where})""",
+            [
+                spec.detector,
+                _model_id(catalogue, model),
+                *(v for s in found for v in (s.layer, s.neuron)),
+            ],
+        )
+    }
+    return [replace(s, detector=scores.get((s.layer, s.neuron))) for s in found], total
+
+
+def _list_page(
+    catalogue: Catalogue, model: str | None, spec: ListSpec, *, offset: int = 0, limit: int = 100
+) -> tuple[list[NeuronSummary], int]:
     sql = _list_sql(catalogue, model, spec)
     window = [limit, max(offset, 0)]
     if sql.plain and sql.sort_stat is not None:
@@ -498,7 +569,7 @@ def list_page(
         return _summaries(catalogue, [int(r[0]) for r in rows]), int(rows[0][1])
     if offset <= 0:
         return [], 0
-    _, total = list_page(catalogue, model, spec, offset=0, limit=1)
+    _, total = _list_page(catalogue, model, spec, offset=0, limit=1)
     return [], total
 
 
@@ -507,6 +578,8 @@ def _ranges_in_order(sql: _ListSQL) -> str:
     reads rows in the sort's order and checks the ranges row by row."""
     where = sql.where
     for wanted in sql.ranges:
+        if isinstance(wanted.stat, DetectorStat):
+            continue
         column = f"n.{STAT_COLUMN[wanted.stat]}"
         where = where.replace(f"{column} between", f"+{column} between")
     return where

@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from labeller.catalogue import Catalogue, rows
+from labeller.catalogue.detectors import detector_scores_of
 from labeller.catalogue.rows import NeuronRow, Row, WindowRow, params_key
 from labeller.records import (
     PRIMARY_METHOD,
+    DetectorScore,
     Example,
     ExampleKind,
     Explanation,
@@ -90,6 +92,8 @@ class StoredNeuron:
     history: list[StoredHistory]
     label_id: int | None = None  # the neuron's label (`label_state`); may be filtered out
     quantile_examples: list[StoredExample] = field(default_factory=list)
+    subset_examples: list[StoredExample] = field(default_factory=list)
+    detectors: list[DetectorScore] = field(default_factory=list)
 
 
 # --- reading ------------------------------------------------------------------------------------
@@ -221,15 +225,17 @@ def _stored_neuron(catalogue: Catalogue, row: Row, selection: Selection) -> Stor
         top_examples=[e for e in examples if e.example.kind is ExampleKind.TOP],
         random_examples=[e for e in examples if e.example.kind is ExampleKind.RANDOM],
         quantile_examples=[e for e in examples if e.example.kind is ExampleKind.QUANTILE],
+        subset_examples=[e for e in examples if e.example.kind is ExampleKind.SUBSET_TOP],
         explanations=explanations,
         history=history,
         label_id=catalogue.label_id(neuron_id),
+        detectors=detector_scores_of(catalogue, neuron_id),
     )
 
 
 def _examples(catalogue: Catalogue, neuron_id: int) -> Iterator[StoredExample]:
     for example, window in catalogue.packed_examples(
-        neuron_id, "document, offset, tokens, token_ids"
+        neuron_id, "document, offset, tokens, token_ids, subset"
     ):
         yield StoredExample(
             example=rows.example_from_packed(example, window),

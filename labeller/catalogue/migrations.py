@@ -438,4 +438,50 @@ def _batches(db: Database, columns: str, table: str) -> Iterator[list[tuple[Any,
         last = batch[-1][0]
 
 
+@migrations()
+def m012_detector_scores(db: Database) -> None:
+    """Feature detectors scored against neurons (`labeller detect`): one row per neuron,
+    detector, split and windows, replaced when rescored; the index serves `rank --by
+    detector:NAME` and the list's sort by a detector."""
+    db.table("detector_scores").create(
+        {
+            "id": int,
+            "neuron_id": int,
+            "detector": str,
+            "description": str,
+            "definition": str,
+            "split": str,
+            "windows": str,
+            "method": str,
+            "prediction": str,
+            "score": float,
+            "created_at": str,
+        },
+        pk="id",
+        foreign_keys=[("neuron_id", "neurons", "id")],
+        not_null={"neuron_id", "detector", "definition", "split", "windows", "method"},
+    )
+    db.table("detector_scores").create_index(
+        ["neuron_id", "detector", "split", "windows", "method"], unique=True
+    )
+    db.table("detector_scores").create_index(["detector", "split", "score"])
+
+
+@migrations()
+def m013_corpus_subsets(db: Database) -> None:
+    """Named corpus subsets (`scan --dataset code=PATH --dataset prose=PATH`, a subset field,
+    the demo's code/prose): each window records its document's subset, and a score over one
+    subset's top windows (method `subset_top`) records which. Earlier rows stay NULL: no
+    subset. The per-subset top windows are examples of kind `subset_top` (no change to the
+    packed format: a new kind code)."""
+    db.table("windows").add_column("subset", str)
+    db.table("scores").add_column("subset", str)
+    # One score per subset: the unique key gains the subset (NULL for every other method).
+    db.execute("drop index idx_scores_explanation_id_simulator_split_method_prompt_version")
+    db.execute(
+        """create unique index idx_scores_unique_per_subset on scores
+        (explanation_id, simulator, split, method, prompt_version, coalesce(subset, ''))"""
+    )
+
+
 KNOWN_MIGRATIONS = frozenset(m.name for m in migrations.pending(Database(memory=True)))

@@ -96,7 +96,7 @@ def encode_activations(values: np.ndarray) -> bytes:
 
 PACK_FORMAT = 2
 _HEADER = struct.Struct("<BII")  # format, number of examples, bytes of compressed records
-_KINDS = ("top", "random", "quantile")
+_KINDS = ("top", "random", "quantile", "subset_top")
 _SPLITS = ("train", "calibration", "valid", "test")
 _KIND_CODES = {ExampleKind(k): i for i, k in enumerate(_KINDS)}
 _SPLIT_CODES = {Split(k): i for i, k in enumerate(_SPLITS)}
@@ -317,6 +317,7 @@ def example_from_packed(example: PackedExample, window: Row) -> Example:
         max_activation=example.max_activation,
         document=window["document"],
         offset=window["offset"],
+        subset=window["subset"],
         band=example.band,
         band_low=example.band_low,
         band_high=example.band_high,
@@ -357,6 +358,7 @@ class WindowRow:
     offset: int
     token_ids: list[int]
     tokens: list[str]
+    subset: str | None = None  # the corpus subset of its document, if the corpus has subsets
 
 
 class ExampleRow(NamedTuple):
@@ -627,19 +629,23 @@ class Vocabulary:
         return [texts[i] for i in token_ids]  # KeyError: damaged
 
 
-WINDOW_COLUMNS = ("scan_id", "document", "offset", "token_ids", "tokens")
+WINDOW_COLUMNS = ("scan_id", "document", "offset", "token_ids", "tokens", "subset")
 
 
 def window_values(
     window: WindowRow, scan_id: int | None, vocabulary: Vocabulary
 ) -> tuple[Any, ...]:
-    """A windows row's values in WINDOW_COLUMNS order (`vocabulary`: the model's)."""
+    """A windows row's values in WINDOW_COLUMNS order (`vocabulary`: the model's). A window of
+    no scan (imported without one) keeps its strings: only a scan ties a window to its model."""
     return (
         scan_id,
         window.document,
         window.offset,
         pack_token_ids(window.token_ids),
-        vocabulary.tokens_to_db(window.token_ids, window.tokens),
+        json.dumps(window.tokens, ensure_ascii=False)
+        if scan_id is None
+        else vocabulary.tokens_to_db(window.token_ids, window.tokens),
+        window.subset,
     )
 
 
@@ -651,6 +657,7 @@ def example_rows(example: Example, token_ids: list[int], key: int) -> tuple[Wind
         offset=example.offset,
         token_ids=token_ids,
         tokens=example.tokens,
+        subset=example.subset,
     )
     row = ExampleRow(
         window_key=key,
@@ -742,6 +749,7 @@ def score_from_row(row: Row) -> Score:
         prediction=None if row["prediction"] is None else PredictionKind(row["prediction"]),
         blind=bool(row["blind"]),
         windows=ScoreWindows(row["windows"] or ScoreWindows.TOP_AND_RANDOM),
+        subset=row["subset"],
         details=json.loads(row["details"] or "{}"),
         created_at=row["created_at"],
     )
@@ -758,6 +766,7 @@ def score_to_row(score: Score, explanation_id: int) -> Row:
         "prediction": None if score.prediction is None else score.prediction.value,
         "blind": int(score.blind),
         "windows": score.windows.value,
+        "subset": score.subset,
         "details": json.dumps(score.details, ensure_ascii=False),
         "created_at": score.created_at,
     }

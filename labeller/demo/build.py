@@ -13,7 +13,7 @@ from collections.abc import Callable
 from labeller.catalogue import Catalogue
 from labeller.demo import DEMO_MODEL_NAMES, DEMO_TOKENS
 from labeller.model.loading import LoadedModel, load_model
-from labeller.records import SCAN_BATCH_SIZE, ScanParams
+from labeller.records import SCAN_BATCH_SIZE, ScanParams, ScoreWindows
 
 
 def missing_demo_models(catalogue: Catalogue) -> list[str]:
@@ -46,7 +46,8 @@ def scan_and_label_offline(
     on_progress: Callable[[int], None] | None = None,
 ) -> None:
     """Scan, then label the neurons of `label_layers` (default: every scanned layer) with the
-    baseline and score them on valid."""
+    baseline and score them on valid: on top and random windows, on each corpus subset's top
+    windows (the illusion check) and on the activation bands (band precision)."""
     from labeller.explain.baseline import BaselineExplainer, BaselineSimulator
     from labeller.explain.service import explain_neurons, score_neurons
     from labeller.scan.runner import run_scan
@@ -55,3 +56,5 @@ def scan_and_label_offline(
     refs = catalogue.neuron_refs(params.model, label_layers or params.layers, None)
     asyncio.run(explain_neurons(catalogue, refs, BaselineExplainer()))
     asyncio.run(score_neurons(catalogue, refs, BaselineSimulator()))
+    for windows in (ScoreWindows.SUBSETS, ScoreWindows.QUANTILES):
+        asyncio.run(score_neurons(catalogue, refs, BaselineSimulator(), on=windows))

@@ -51,6 +51,12 @@ class DemoDocument:
     doc_id: str
     text: str
 
+    @property
+    def subset(self) -> str:
+        """`code` for standard-library source, `prose` for the documentation topics: the two
+        kinds of text the interpretability-illusion check compares a neuron across."""
+        return "code" if self.doc_id.startswith("stdlib:") else "prose"
+
 
 def _stable_int(salt: str, doc_id: str) -> int:
     """A hash that is the same in every process (unlike ``hash()``, which is salted per run)."""

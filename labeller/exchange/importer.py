@@ -37,6 +37,7 @@ from pydantic import Field
 
 from labeller.catalogue import Catalogue
 from labeller.catalogue import exchange as store
+from labeller.catalogue.detectors import detector_scores_of, save_detector_scores
 from labeller.catalogue.labels import append_history
 from labeller.errors import UserError
 from labeller.exchange.json_format import (
@@ -79,6 +80,7 @@ class ImportReport(Record):
     explanations_added: int = 0
     statuses_changed: int = 0
     scores_added: int = 0
+    detector_scores_added: int = 0
     history_added: int = 0
     conflicts: list[str] = Field(default_factory=list)
     warnings: list[str] = Field(
@@ -89,7 +91,8 @@ class ImportReport(Record):
         line = (
             f"{self.neurons_added} neurons added, {self.neurons_updated} updated, "
             f"{self.neurons_unchanged} unchanged; {self.explanations_added} labels, "
-            f"{self.scores_added} scores, {self.history_added} history entries added; "
+            f"{self.scores_added} scores, {self.detector_scores_added} detector scores, "
+            f"{self.history_added} history entries added; "
             f"{self.statuses_changed} statuses changed; {self.models_added} models and "
             f"{self.scans_added} scans added"
         )
@@ -230,7 +233,12 @@ def _merge_neuron(
                 store.StoredExample(
                     example=Example(**e.model_dump(exclude={"token_ids"})), token_ids=e.token_ids
                 )
-                for e in (*neuron.top_examples, *neuron.random_examples, *neuron.quantile_examples)
+                for e in (
+                    *neuron.top_examples,
+                    *neuron.random_examples,
+                    *neuron.quantile_examples,
+                    *neuron.subset_examples,
+                )
             ],
         )
         report.neurons_added += 1
@@ -246,6 +254,8 @@ def _merge_neuron(
         catalogue, neuron, neuron_id, ours, scan_ids, conflict is not None, report
     )
     changed |= _merge_scores(catalogue, neuron, local, report)
+    if added or store.neuron_scan_id(catalogue, neuron_id) == scan_id:
+        changed |= _merge_detectors(catalogue, neuron, neuron_id, report)
     appended = _merge_history(catalogue, neuron, neuron_id, local, report)
     changed |= bool(appended)
     at = utc_now()
@@ -270,6 +280,22 @@ def _merge_neuron(
             report.neurons_updated += 1
         else:
             report.neurons_unchanged += 1
+
+
+def _merge_detectors(
+    catalogue: Catalogue, neuron: ExportNeuron, neuron_id: int, report: ImportReport
+) -> bool:
+    """Their detector scores that we lack (by detector, split, windows and method); ours are
+    never overwritten. Only for a neuron whose evidence is the same scan as theirs: a score is
+    about the windows it was computed on."""
+    ours = {
+        (d.name, d.split, d.windows, d.method) for d in detector_scores_of(catalogue, neuron_id)
+    }
+    new = [d for d in neuron.detectors if (d.name, d.split, d.windows, d.method) not in ours]
+    if new:
+        save_detector_scores(catalogue, [(neuron_id, d) for d in new])
+        report.detector_scores_added += len(new)
+    return bool(new)
 
 
 def _conflict(

@@ -37,6 +37,7 @@ from labeller.catalogue import Catalogue
 from labeller.catalogue import exchange as store
 from labeller.errors import UserError
 from labeller.records import (
+    DetectorScore,
     Example,
     HistoryAction,
     LabelState,
@@ -56,7 +57,8 @@ from labeller.records import (
 FORMAT_NAME: Final = "labeller-export"
 # 2: activation-band windows (`quantile_examples`, band fields) and each score's `windows`;
 # version 1 files read as having no bands and scores on top and random windows.
-FORMAT_VERSION: Final = 2
+# 3: each neuron's `detectors` (`labeller detect`); older files read as having none.
+FORMAT_VERSION: Final = 3
 _NEURONS_OPEN = ', "neurons": ['
 
 
@@ -139,6 +141,10 @@ class ExportNeuron(Record):
         default_factory=list,
         description="windows sampled from the neuron's activation bands, band by band",
     )
+    subset_examples: list[ExportExample] = Field(
+        default_factory=list,
+        description="each corpus subset's top windows (kind subset_top, with their subset)",
+    )
     explanations: list[ExportExplanation]
     history: list[ExportHistoryEntry] = Field(
         default_factory=list, description="entries tied to no explanation (rare)"
@@ -148,11 +154,15 @@ class ExportNeuron(Record):
         description="index in `explanations` of the neuron's label (its accepted label, else "
         "its best-scoring proposed one); None when it has none or the label was filtered out",
     )
+    detectors: list[DetectorScore] = Field(
+        default_factory=list,
+        description="feature detectors scored against the neuron, best first (`labeller detect`)",
+    )
 
 
 class ExportHeader(Record):
     format: Literal["labeller-export"]
-    format_version: Literal[1, 2]
+    format_version: Literal[1, 2, 3]
     exported_at: str
     neuron_count: int = Field(ge=0, description="number of entries in `neurons`")
     models: list[ModelRecord]
@@ -259,6 +269,7 @@ def export_neuron(stored: store.StoredNeuron, scan_index: dict[int, int]) -> Exp
         top_examples=[_example(e) for e in stored.top_examples],
         random_examples=[_example(e) for e in stored.random_examples],
         quantile_examples=[_example(e) for e in stored.quantile_examples],
+        subset_examples=[_example(e) for e in stored.subset_examples],
         explanations=[
             ExportExplanation(
                 text=e.explanation.text,
@@ -281,6 +292,7 @@ def export_neuron(stored: store.StoredNeuron, scan_index: dict[int, int]) -> Exp
         ],
         history=entries.get(None, []),
         label=explanation_index.get(stored.label_id) if stored.label_id is not None else None,
+        detectors=stored.detectors,
     )
 
 
@@ -448,11 +460,15 @@ def _check_references(path: Path, header: ExportHeader, neuron: ExportNeuron) ->
         ("top", neuron.top_examples),
         ("random", neuron.random_examples),
         ("quantile", neuron.quantile_examples),
+        ("subset_top", neuron.subset_examples),
     ):
         for example in examples:
             _check_example(f"{where}, {kind} window {example.rank}", example)
-            if (example.kind.value == "quantile") != (kind == "quantile"):
+            special = ("quantile", "subset_top")
+            if example.kind.value != kind and (example.kind.value in special or kind in special):
                 raise UserError(f"{where}, {kind} window {example.rank} is of kind {example.kind}")
+            if kind == "subset_top" and example.subset is None:
+                raise UserError(f"{where}, subset_top window {example.rank} names no subset")
     for example in neuron.quantile_examples:
         if example.band is None or example.band_low is None or example.band_high is None:
             raise UserError(f"{where}, quantile window {example.rank} has no band")

@@ -32,6 +32,7 @@ from labeller.records import (
     NullControl,
     PredictionKind,
     Score,
+    ScoreMethod,
     ScoreWindows,
     Split,
     neuron_name,
@@ -70,11 +71,16 @@ def train_windows(view_examples: Sequence[Example]) -> Windows:
 def scored_windows(
     view: NeuronView, split: Split, on: ScoreWindows = ScoreWindows.TOP_AND_RANDOM
 ) -> list[Example]:
-    """Held-out windows of one split, of the kinds `on` names (top, random, then band windows
-    band by band); never a train window (those are the explainer's)."""
+    """Held-out windows of one split, of the kinds `on` names (top, random, band windows band
+    by band, then each subset's top windows); never a train window (the explainer's)."""
     if split is Split.TRAIN:
         raise ValueError("scoring on the train split would grade the explainer on its own input")
-    examples = (*view.top_examples, *view.random_examples, *view.quantile_examples)
+    examples = (
+        *view.top_examples,
+        *view.random_examples,
+        *view.quantile_examples,
+        *view.subset_examples,
+    )
     return [e for e in examples if e.split is split and e.kind in on.kinds]
 
 
@@ -420,16 +426,26 @@ def build_scores(
     blind: bool = False,
 ) -> list[Score]:
     """One score per method `on` gives, each over its kinds of the windows (top-and-random,
-    top-only and random-only for the reference's windows); the per-window detail goes on the
-    first, the one over all the windows simulated. `blind`: the label's author saw none of
-    `windows` (see `labeller.sealing`)."""
-    groups = {method: [w.kind in METHOD_KINDS[method] for w in windows] for method in on.methods}
+    top-only and random-only for the reference's windows; subset_top: one score per corpus
+    subset, over that subset's windows); the per-window detail goes on the first, the one
+    over all the windows simulated. `blind`: the label's author saw none of `windows` (see
+    `labeller.sealing`)."""
+    groups: dict[tuple[ScoreMethod, str | None], list[bool]] = {}
+    for method in on.methods:
+        if method is ScoreMethod.SUBSET_TOP:
+            for name in sorted({w.subset for w in windows if w.subset is not None}):
+                groups[method, name] = [
+                    w.kind is ExampleKind.SUBSET_TOP and w.subset == name for w in windows
+                ]
+        else:
+            groups[method, None] = [w.kind in METHOD_KINDS[method] for w in windows]
     detail = {
         "windows": [
             {
                 "kind": w.kind.value,
                 "rank": w.rank,
                 **({"band": w.band} if w.band is not None else {}),
+                **({"subset": w.subset} if w.subset is not None else {}),
                 "tokens": w.tokens,
                 "true": w.activations,
                 "simulated": list(s),
@@ -437,8 +453,8 @@ def build_scores(
             for w, s in zip(windows, simulated, strict=True)
         ]
     }
-    scores = []
-    for method, chosen in groups.items():
+    scores: list[Score] = []
+    for (method, subset), chosen in groups.items():
         true = [w.activations for w, keep in zip(windows, chosen, strict=True) if keep]
         sim = [list(s) for s, keep in zip(simulated, chosen, strict=True) if keep]
         scores.append(
@@ -451,7 +467,8 @@ def build_scores(
                 prediction=prediction,
                 blind=blind,
                 windows=on,
-                details=detail if method is on.methods[0] else {},
+                subset=subset,
+                details=detail if not scores else {},
             )
         )
     return scores

@@ -93,6 +93,54 @@ class TopWindows:
             getattr(self, name).copy_(tensor)
 
 
+class SubsetTopWindows:
+    """The k top windows per neuron within each named corpus subset: one TopWindows per subset,
+    made when the subset's first window arrives (a subset field's values are not known ahead).
+
+    A neuron's top windows over the whole corpus can all come from one kind of text; kept per
+    subset, they show what it does on each (the interpretability-illusion check)."""
+
+    def __init__(self, k: int, n: int, ctx: int, device: torch.device) -> None:
+        self.k, self.n, self.ctx, self.device = k, n, ctx, device
+        self.subsets: dict[str, TopWindows] = {}
+
+    def update(
+        self,
+        acts: torch.Tensor,
+        window_max: torch.Tensor,
+        window_index: torch.Tensor,
+        window_hash: torch.Tensor,
+        subsets: list[str | None],
+    ) -> torch.Tensor:
+        """Each batch row goes to its subset's top-k (rows of no subset to none); returns the
+        rows some subset kept, as TopWindows.update does."""
+        kept = [torch.zeros(0, dtype=torch.long, device=acts.device)]
+        for name in sorted({s for s in subsets if s is not None}):
+            rows = torch.tensor([i for i, s in enumerate(subsets) if s == name], device=acts.device)
+            top = self.subsets.get(name)
+            if top is None:
+                top = self.subsets[name] = TopWindows(self.k, self.n, self.ctx, self.device)
+            entered = top.update(
+                acts[rows], window_max[rows], window_index[rows], window_hash[rows]
+            )
+            kept.append(rows[entered])
+        return torch.cat(kept)
+
+    def windows(self) -> torch.Tensor:
+        """Every window index some subset's top-k holds (-1 for empty slots included)."""
+        parts = [top.window.view(-1) for top in self.subsets.values()]
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+
+    def state(self) -> dict[str, State]:
+        return {name: top.state() for name, top in sorted(self.subsets.items())}
+
+    def load(self, state: dict[str, State]) -> None:
+        self.subsets = {}
+        for name, part in state.items():
+            top = self.subsets[name] = TopWindows(self.k, self.n, self.ctx, self.device)
+            top.load(part)
+
+
 EMPTY_PRIORITY = torch.iinfo(torch.long).max
 
 
@@ -434,6 +482,7 @@ class WindowMeta:
     document: str
     offset: int
     token_ids: list[int]
+    subset: str | None = None
 
 
 class Reservoir:
@@ -494,6 +543,12 @@ def merge_top(states: list[State], k: int) -> State:
         "hash": pool["hash"].gather(0, order).masked_fill(empty, 0),
         "acts": acts.masked_fill(empty[:, :, None], 0.0),
     }
+
+
+def merge_subset_tops(states: list[dict[str, State]], k: int) -> dict[str, State]:
+    """Per subset, merge_top of the ranks that saw it (a rank may have seen no window of it)."""
+    names = sorted({name for state in states for name in state})
+    return {name: merge_top([s[name] for s in states if name in s], k) for name in names}
 
 
 def merge_bands(states: list[State], m: int, bins: int) -> State:

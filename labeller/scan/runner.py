@@ -24,7 +24,7 @@ import torch
 
 from labeller.catalogue import Catalogue
 from labeller.catalogue.rows import ExampleRow, NeuronRow, WindowRow, encode_activations
-from labeller.corpus import Window, iter_documents, iter_windows
+from labeller.corpus import Window, iter_corpus, iter_windows
 from labeller.errors import ScanAlreadyComplete, ScanInterrupted, UserError
 from labeller.model.activations import batch_inputs, neuron_activations
 from labeller.model.loading import LoadedModel
@@ -48,16 +48,18 @@ from labeller.scan.accumulators import (
     BandSample,
     Moments,
     Reservoir,
+    SubsetTopWindows,
     TopWindows,
     WindowMeta,
     merge_bands,
     merge_histograms,
     merge_moments,
+    merge_subset_tops,
     merge_top,
 )
 from labeller.scan.distributed import SINGLE, World
 
-CHECKPOINT_FORMAT = 2  # 2: activation-band samples
+CHECKPOINT_FORMAT = 3  # 2: activation-band samples; 3: per-subset top windows
 CHECKPOINT_EVERY_S = 60.0
 
 
@@ -93,6 +95,11 @@ class LayerState:
             if params.band_windows
             else None
         )
+        self.subset_top = (
+            SubsetTopWindows(params.subset_top_k, n, params.ctx, device)
+            if params.subset_top_k
+            else None
+        )
         self.moments = Moments(n, device)
         self.histogram = AdaptiveHistogram(n, params.histogram_bins, device)
         self.random_acts = torch.zeros((params.random, params.ctx, n), device=device)
@@ -125,9 +132,10 @@ class LayerState:
         hashes: torch.Tensor,
         priorities: torch.Tensor,
         reservoir_rows: list[tuple[int, int]],
+        subsets: list[str | None],
     ) -> torch.Tensor:
-        """acts: [B, T, N] (a view of the hook's output); mask: [B, T] real tokens. Returns the
-        batch rows some neuron keeps."""
+        """acts: [B, T, N] (a view of the hook's output); mask: [B, T] real tokens; subsets:
+        each row's corpus subset. Returns the batch rows some neuron keeps."""
         batch, width, n = acts.shape
         work, gathered, y, y2, positive, index = self._scratch(batch * width)
         if full:
@@ -160,11 +168,16 @@ class LayerState:
             kept = torch.cat(
                 [kept, self.bands.update(padded, window_max, window_index, priorities)]
             )
+        if self.subset_top is not None and any(s is not None for s in subsets):
+            kept = torch.cat(
+                [kept, self.subset_top.update(padded, window_max, window_index, hashes, subsets)]
+            )
         return kept
 
     def state(self) -> dict[str, object]:
         return {
             **({"bands": self.bands.state()} if self.bands is not None else {}),
+            **({"subset_top": self.subset_top.state()} if self.subset_top is not None else {}),
             "top": self.top.state(),
             "moments": self.moments.state(),
             "histogram": self.histogram.state(),
@@ -175,6 +188,8 @@ class LayerState:
         self.top.load(state["top"])  # type: ignore[arg-type]
         if self.bands is not None:
             self.bands.load(state["bands"])  # type: ignore[arg-type]
+        if self.subset_top is not None:
+            self.subset_top.load(state["subset_top"])  # type: ignore[arg-type]
         self.moments.load(state["moments"])  # type: ignore[arg-type]
         self.histogram.load(state["histogram"])  # type: ignore[arg-type]
         self.random_acts.copy_(state["random_acts"])  # type: ignore[arg-type]
@@ -223,6 +238,7 @@ class Scanner:
             device=self.model.device,
         )
         reservoir_rows = [(row, slot) for row, slot in enumerate(slots) if slot is not None]
+        subsets = [w.subset for w in batch]
         ids, mask = batch_inputs(self.model, [w.token_ids for w in batch])
         full = all(len(w.token_ids) == mask.shape[1] for w in batch)
         activations = neuron_activations(self.model, ids, self.params.layers)
@@ -238,6 +254,7 @@ class Scanner:
             hashes,
             priorities,
             reservoir_rows,
+            subsets,
         )
 
     def flush(self) -> None:
@@ -257,11 +274,14 @@ class Scanner:
         hashes: torch.Tensor,
         priorities: torch.Tensor,
         reservoir_rows: list[tuple[int, int]],
+        subsets: list[str | None],
     ) -> None:
         for row, _ in reservoir_rows:
             self.windows[indices[row]] = _meta(batch[row])
         rows = [
-            state.update(activations[layer], mask, full, index, hashes, priorities, reservoir_rows)
+            state.update(
+                activations[layer], mask, full, index, hashes, priorities, reservoir_rows, subsets
+            )
             for layer, state in self.layers.items()
         ]
         for row in torch.cat(rows).unique().tolist():  # one device sync per batch, not per layer
@@ -271,6 +291,7 @@ class Scanner:
 
     def _referenced_bound(self) -> int:
         per_neuron = self.params.top_k + self.params.band_windows * BANDS
+        per_neuron += self.params.subset_top_k * len(self._subset_names())
         return len(self.layers) * per_neuron * self.model.d_mlp + self.params.random + 1024
 
     def _referenced(self) -> set[int]:
@@ -279,8 +300,18 @@ class Scanner:
             kept.update(torch.unique(state.top.window).tolist())
             if state.bands is not None:
                 kept.update(torch.unique(state.bands.window).tolist())
+            if state.subset_top is not None:
+                kept.update(torch.unique(state.subset_top.windows()).tolist())
         kept.discard(-1)
         return kept
+
+    def _subset_names(self) -> set[str]:
+        return {
+            name
+            for state in self.layers.values()
+            if state.subset_top is not None
+            for name in state.subset_top.subsets
+        }
 
     def _forget_unreferenced(self) -> None:
         kept = self._referenced()
@@ -298,7 +329,9 @@ class Scanner:
             "windows_seen": self.windows_seen,
             "reservoir_slots": list(self.reservoir.slots),
             "reservoir_rng": _rng_state_to_list(self.reservoir.rng.getstate()),
-            "windows": {i: (m.document, m.offset, m.token_ids) for i, m in self.windows.items()},
+            "windows": {
+                i: (m.document, m.offset, m.token_ids, m.subset) for i, m in self.windows.items()
+            },
             "layers": {layer: _to_cpu(s.state()) for layer, s in self.layers.items()},
         }
         buffer = io.BytesIO()
@@ -316,8 +349,8 @@ class Scanner:
         self.reservoir.slots = list(state["reservoir_slots"])
         self.reservoir.rng.setstate(_rng_state_from_list(state["reservoir_rng"]))
         self.windows = {
-            int(i): WindowMeta(doc, offset, list(ids))
-            for i, (doc, offset, ids) in state["windows"].items()
+            int(i): WindowMeta(doc, offset, list(ids), subset)
+            for i, (doc, offset, ids, subset) in state["windows"].items()
         }
         for layer, layer_state in state["layers"].items():
             self.layers[int(layer)].load(layer_state)
@@ -339,6 +372,18 @@ class Scanner:
                 parts = distributed.gather_state(state.bands.state(), world)
                 if world.leader:
                     state.bands.load(merge_bands(parts, state.bands.m, state.bands.bins))
+            if state.subset_top is not None:
+                # Ranks may have met different subsets, so the states differ in shape: gathered
+                # as objects, not tensors of one shape.
+                subset_parts = distributed.gather(_to_cpu(state.subset_top.state()), world)
+                if subset_parts is not None:
+                    merged = merge_subset_tops(subset_parts, self.params.subset_top_k)
+                    state.subset_top.load(
+                        {
+                            name: {key: t.to(self.model.device) for key, t in part.items()}
+                            for name, part in merged.items()
+                        }
+                    )
             parts = distributed.gather_state(state.moments.state(), world)
             if world.leader:
                 state.moments.load(merge_moments(parts))
@@ -371,6 +416,7 @@ class Scanner:
                 offset=self.windows[i].offset,
                 token_ids=self.windows[i].token_ids,
                 tokens=self.model.token_strings(self.windows[i].token_ids),
+                subset=self.windows[i].subset,
             )
             for i in sorted(kept)
             if i >= 0
@@ -394,6 +440,14 @@ class Scanner:
             top = {name: t.cpu() for name, t in state.top.state().items()}
             random_acts = state.random_acts.cpu()
             moments = {name: t.cpu() for name, t in state.moments.state().items()}
+            subset_tops = (
+                {
+                    name: {key: t.cpu() for key, t in part.items()}
+                    for name, part in state.subset_top.state().items()
+                }
+                if state.subset_top is not None
+                else {}
+            )
             bands = None
             if state.bands is not None:
                 bands = BandSample(state.bands.m, state.bands.bins, 0, 0, torch.device("cpu"))
@@ -407,28 +461,47 @@ class Scanner:
                     weights=weights[n],
                     examples=[
                         *self._top_examples(top, n),
+                        *self._subset_examples(subset_tops, n),
                         *self._random_examples(random_acts, n),
                         *(self._band_examples(bands, stats.max, n) if bands else ()),
                     ],
                 )
 
-    def _top_examples(self, top: dict[str, torch.Tensor], n: int) -> Iterator[ExampleRow]:
+    def _subset_examples(
+        self, subset_tops: dict[str, dict[str, torch.Tensor]], n: int
+    ) -> Iterator[ExampleRow]:
+        """Each subset's top windows, subset by subset: ranked on across subsets (a rank names
+        one example of the kind, as with band windows), split by the place within the subset
+        like the top windows (so every subset has its own held-out windows to score on)."""
         rank = 0
-        for slot in range(self.params.top_k):
+        for top in subset_tops.values():
+            for row in self._top_examples(top, n, ExampleKind.SUBSET_TOP, first_rank=rank):
+                rank += 1
+                yield row
+
+    def _top_examples(
+        self,
+        top: dict[str, torch.Tensor],
+        n: int,
+        kind: ExampleKind = ExampleKind.TOP,
+        first_rank: int = 0,
+    ) -> Iterator[ExampleRow]:
+        place = 0
+        for slot in range(top["values"].shape[0]):
             index = int(top["window"][slot, n])
             if index < 0 or not math.isfinite(float(top["values"][slot, n])):
                 continue
             length = len(self.windows[index].token_ids)
             yield ExampleRow(
                 window_key=index,
-                kind=ExampleKind.TOP,
-                rank=rank,
-                split=top_split(rank),
+                kind=kind,
+                rank=first_rank + place,
+                split=top_split(place),
                 activations=encode_activations(top["acts"][slot, n, :length].numpy()),
                 max_activation=float(top["values"][slot, n]),
                 max_index=int(top["argmax"][slot, n]),
             )
-            rank += 1
+            place += 1
 
     def _random_examples(self, random_acts: torch.Tensor, n: int) -> Iterator[ExampleRow]:
         for slot, index in enumerate(self.reservoir.slots):
@@ -494,7 +567,7 @@ class Scanner:
 
 
 def _meta(window: Window) -> WindowMeta:
-    return WindowMeta(window.document, window.offset, window.token_ids)
+    return WindowMeta(window.document, window.offset, window.token_ids, window.subset)
 
 
 def _to_cpu(state: dict[str, Any]) -> dict[str, Any]:
@@ -577,7 +650,8 @@ def run_scan(
     reserve_core_for_accumulation(model.device)
     # one pass over the corpus: the probe for an empty corpus is put back in front, so reading
     # it (and any warning about it) happens once
-    all_windows = iter_windows(iter_documents(params.dataset, text_field), model.encode, params.ctx)
+    documents = iter_corpus(params.dataset, params.subsets, text_field, params.subset_field)
+    all_windows = iter_windows(documents, model.encode, params.ctx)
     first_window = next(all_windows, None)
     if first_window is None:
         raise UserError(f"corpus {params.dataset!r} is empty: it holds no text to scan")
@@ -761,6 +835,8 @@ def _limited(windows: Iterator[Window], *, skip: int, tokens_left: int | None) -
             if remaining <= 0:
                 return
             if len(window.token_ids) > remaining:
-                window = Window(window.document, window.offset, window.token_ids[:remaining])
+                window = Window(
+                    window.document, window.offset, window.token_ids[:remaining], window.subset
+                )
             remaining -= len(window.token_ids)
         yield window

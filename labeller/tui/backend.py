@@ -17,10 +17,18 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from labeller.band_precision import neuron_band_precision
 from labeller.errors import UserError
 from labeller.explain.falsify import Verdict, judge, suggest_tests
 from labeller.explain.resolve import BASELINE, LLMUnavailable, Resolver
-from labeller.records import Explanation, HistoryEntry, LabelStatus, NeuronView
+from labeller.records import (
+    DetectorScore,
+    Explanation,
+    FeatureBands,
+    HistoryEntry,
+    LabelStatus,
+    NeuronView,
+)
 from labeller.sealing import is_sealed
 
 if TYPE_CHECKING:
@@ -87,6 +95,9 @@ class ListQuery:
         )
 
 
+SHOWN_DETECTORS = 8  # the page's best few; `labeller show --format json` has them all
+
+
 @dataclass(frozen=True)
 class NeuronPage:
     """The neuron page's data as read at one label version (what a change must not overwrite)."""
@@ -99,6 +110,8 @@ class NeuronPage:
     chances: dict[int, list[tuple[bool | None, float | None]]] = field(default_factory=dict)
     # Whether the held-out windows (valid, test) are sealed for the TUI's annotator.
     sealed: bool = True
+    # Per-band precision of the label and of the best detectors (`labeller.band_precision`).
+    band_precision: list[FeatureBands] = field(default_factory=list)
 
     @property
     def candidates(self) -> list[Explanation]:
@@ -240,6 +253,7 @@ class Backend:
                     if e.id is not None
                 },
                 sealed=is_sealed(view, self.annotator),
+                band_precision=neuron_band_precision(view, SHOWN_DETECTORS),
             )
 
     def example_token_ids(
@@ -287,6 +301,14 @@ class Backend:
                 annotator=self.annotator,
                 expected_version=page.version,
             )
+
+    def label_from_detector(self, page: NeuronPage, detector: DetectorScore) -> int | None:
+        """The detector's description proposed as a label linked to it, scored by it (None:
+        already a label)."""
+        from labeller.detect.service import label_from_detector
+
+        with self.catalogue() as catalogue:
+            return label_from_detector(catalogue, page.ref, detector, self.annotator)
 
     def unseal(self, page: NeuronPage) -> list[HistoryEntry]:
         """Open the neuron's held-out windows to this annotator, recorded in its history."""

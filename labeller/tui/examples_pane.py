@@ -19,7 +19,9 @@ from textual.binding import Binding, BindingType
 from textual.containers import Vertical
 from textual.widgets import ListItem, ListView, Static
 
-from labeller.records import Example, ExampleKind, NeuronView
+from labeller import band_precision, subsets
+from labeller.records import Example, ExampleKind, Illusion, NeuronView, SubsetSummary
+from labeller.render import precision_bar
 from labeller.sealing import held_out_count, visible
 from labeller.tui.example_item import ExampleItem
 from labeller.tui.example_line import ExampleLine
@@ -27,13 +29,43 @@ from labeller.tui.example_list import ExampleList
 from labeller.tui.text import fmt, legend, shown, spark
 
 
-def band_heading(band: int | None, examples: list[Example], view: NeuronView) -> Text:
-    """`Band 3 [1.50, 2.00) · 4 sampled`: a band's edges, the top one closed at the max."""
+def band_heading(
+    band: int | None, examples: list[Example], view: NeuronView, precision: float | None = None
+) -> Text:
+    """`Band 3 [1.50, 2.00) · 4 sampled · label ██████░░░░ 0.60`: a band's edges, the top one
+    closed at the max, and the label's precision in the band when it was scored on bands."""
     low, high = examples[0].band_low or 0.0, examples[0].band_high or 0.0
     closing = "]" if high >= view.stats.max else ")"
     heading = Text(f"Band {band} [{fmt(low)}, {fmt(high)}{closing}")
     heading.append(f" · {len(examples)} sampled", "dim")
+    if precision is not None:
+        filled, empty = precision_bar(precision)
+        heading.append(" · label ", "dim")
+        heading.append(filled, "green")
+        heading.append(empty, "dim")
+        heading.append(f" {precision:.2f}")
     return heading
+
+
+def subset_heading(summary: SubsetSummary) -> Text:
+    """`Subset code · 10 top · max 2.55 · label r 0.42 · peaks: def ( self`."""
+    heading = Text(f"Subset {shown(summary.subset)}")
+    heading.append(f" · {summary.windows} top · max {fmt(summary.max_activation)}", "dim")
+    if summary.score is not None:
+        heading.append(f" · label r {summary.score:.2f}")
+    heading.append(" · peaks: ", "dim")
+    heading.append(" ".join(shown(t) for t in summary.peak_tokens))
+    return heading
+
+
+def illusion_line(found: Illusion) -> Text:
+    """`Illusion 0.73 (code vs prose) · divergence 0.73 · score gap 0.10`."""
+    line = Text(f"Illusion {found.measure:.2f} ", "bold" if found.measure >= 0.5 else "")
+    line.append(f"({' vs '.join(shown(p) for p in found.pair)})")
+    line.append(f" · divergence {found.example_divergence:.2f}", "dim")
+    if found.score_gap is not None:
+        line.append(f" · score gap {found.score_gap:.2f}", "dim")
+    return line
 
 
 class ExamplesPane(Vertical):
@@ -80,9 +112,20 @@ class ExamplesPane(Vertical):
         random = visible(view.random_examples, sealed)
         rows: list[Text | Example] = [Text(f"Top {len(top)} examples"), *top]
         rows += [Text(f"Random {len(random)} examples"), *random]
+        label_bands = band_precision.label_bands(view)
+        precision = {b.band: b.precision for b in label_bands.bands} if label_bands else {}
         for band, group in itertools.groupby(view.quantile_examples, key=lambda e: e.band):
             members = list(group)
-            rows += [band_heading(band, members, view), *visible(members, sealed)]
+            heading = band_heading(
+                band, members, view, precision.get(band) if band is not None else None
+            )
+            rows += [heading, *visible(members, sealed)]
+        found = subsets.illusion(view)
+        if found is not None:
+            rows.append(illusion_line(found))
+        for summary in subsets.subset_summaries(view):
+            members = [e for e in view.subset_examples if e.subset == summary.subset]
+            rows += [subset_heading(summary), *visible(members, sealed)]
         held_out = held_out_count(view)
         if sealed and held_out:
             note = f"{held_out} held-out windows (valid, test) sealed · U: unseal (recorded)"

@@ -78,7 +78,8 @@ class FilterBar(Horizontal):
             compact=True,
             id="stats",
             validators=[StatRanges()],
-            tooltip="Statistic ranges: cos(w_in,w_out), kurt(osis), skew; e.g. kurt>10 cos<-0.3",
+            tooltip="Statistic ranges: cos(w_in,w_out), kurt(osis), skew, d:DETECTOR (its score, "
+            "then `s` sorts by it); e.g. kurt>10 cos<-0.3 d:number>0.3",
         )
         yield Input(placeholder="/ text in labels", compact=True, id="text")
 

@@ -2,10 +2,13 @@
 
 For the selected candidate, each scored window shows the true activations and the simulator's
 prediction on the same tokens, one above the other, so a reader sees where the label misses.
+Below the candidates, the neuron's best feature detectors (`labeller detect`), scored like labels;
+the highlighted one is what `D` turns into a label.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +18,16 @@ from textual.containers import Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import DataTable, Static
 
-from labeller.records import PRIMARY_METHOD, Explanation, Score, ScoreMethod
+from labeller.records import (
+    PRIMARY_METHOD,
+    DetectorScore,
+    Explanation,
+    FeatureBands,
+    Score,
+    ScoreMethod,
+)
+from labeller.render import precision_spark
+from labeller.tui.backend import SHOWN_DETECTORS
 from labeller.tui.score_windows import ScoreWindows
 from labeller.tui.scores import preferred_scores
 from labeller.tui.text import fmt, plain, status_text
@@ -42,11 +54,13 @@ class LabelsPane(Vertical):
         self.explanations: list[Explanation] = []
         self.chances: dict[int, list[tuple[bool | None, float | None]]] = {}
         self.sealed = True
+        self.detectors: list[DetectorScore] = []
 
     def compose(self) -> ComposeResult:
         table: DataTable[Any] = DataTable(cursor_type="row", zebra_stripes=True, id="candidates")
         yield table
         yield Static(id="label-detail")
+        yield DataTable(cursor_type="row", zebra_stripes=True, id="detectors")
         yield VerticalScroll(ScoreWindows(), id="windows")
 
     def show(
@@ -57,11 +71,15 @@ class LabelsPane(Vertical):
         label: int | None = None,
         *,
         sealed: bool = True,
+        detectors: list[DetectorScore] | None = None,
+        bands: Mapping[str, FeatureBands] | None = None,
     ) -> None:
         """`chances`: per explanation id, its scores' (above chance, null p95); a score that
         does not clear its null control is dimmed and marked ≈chance. `label`: the neuron's
         label (`label_state`), marked ▶ in the id column. `sealed`: whether the held-out windows
-        are sealed for the annotator (the scored windows then stay hidden)."""
+        are sealed for the annotator (the scored windows then stay hidden). `detectors`: the
+        neuron's detector scores, best first."""
+        self._show_detectors(detectors or [], bands or {})
         self.explanations = explanations
         self.chances = chances or {}
         self.sealed = sealed
@@ -92,6 +110,36 @@ class LabelsPane(Vertical):
         table.move_cursor(row=row)
         self._detail(explanations[row])
 
+    def _show_detectors(
+        self, detectors: list[DetectorScore], bands: Mapping[str, FeatureBands]
+    ) -> None:
+        """The best few detectors, each with its precision per activation band (one cell a
+        band, lowest first); hidden when none was scored."""
+        self.detectors = detectors[:SHOWN_DETECTORS]
+        table = self.query_one("#detectors", DataTable)
+        table.clear(columns=True)
+        table.display = bool(self.detectors)
+        if not self.detectors:
+            return
+        table.add_column("detector", key="name")
+        table.add_column("r", key="score")
+        table.add_column("split", key="split")
+        table.add_column("bands", key="bands")
+        table.add_column("D: propose as label", key="description")
+        for d in self.detectors:
+            found = bands.get(f"detector:{d.name}")
+            spark = precision_spark([b.precision for b in found.bands]) if found else ""
+            table.add_row(
+                plain(d.name), Text(fmt(d.score)), d.split.value, spark, plain(d.description)
+            )
+
+    def selected_detector(self) -> DetectorScore | None:
+        """The highlighted detector (the best one until another is highlighted)."""
+        if not self.detectors:
+            return None
+        row = self.query_one("#detectors", DataTable).cursor_row
+        return self.detectors[min(max(row, 0), len(self.detectors) - 1)]
+
     def _chance(self, explanation: Explanation, score: Score) -> tuple[bool | None, float | None]:
         verdicts = self.chances.get(explanation.id or 0, [])
         for candidate, verdict in zip(explanation.scores, verdicts, strict=False):
@@ -114,6 +162,8 @@ class LabelsPane(Vertical):
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         event.stop()
+        if event.data_table.id == "detectors":
+            return
         explanation = self.selected()
         self._detail(explanation)
         self.post_message(self.Selected(explanation))
@@ -139,7 +189,8 @@ class LabelsPane(Vertical):
             text.append("\n")
             text.append_text(plain(simulator, "dim"))
             for score in scores:
-                text.append(f"  {score.method} ({score.split.value}) {fmt(score.score)}")
+                subset = f"[{score.subset}]" if score.subset else ""
+                text.append(f"  {score.method}{subset} ({score.split.value}) {fmt(score.score)}")
                 text.append(" blind" if score.blind else " seen", "dim")
                 verdict, p95 = self._chance(explanation, score)
                 if verdict is False and p95 is not None:

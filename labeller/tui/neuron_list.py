@@ -50,7 +50,14 @@ STAT_COLUMNS: dict[SortKey, tuple[Stat, str]] = {
 }
 SORT_CYCLE = [key for key, _, _ in COLUMNS] + list(STAT_COLUMNS)
 # Numbers are most interesting largest first (cos too: the most negative come on reversing).
-DESCENDING_FIRST = (SortKey.MAX, SortKey.DENSITY, SortKey.SCORE, SortKey.KURTOSIS, SortKey.SKEW)
+DESCENDING_FIRST = (
+    SortKey.MAX,
+    SortKey.DENSITY,
+    SortKey.SCORE,
+    SortKey.KURTOSIS,
+    SortKey.SKEW,
+    SortKey.DETECTOR,
+)
 SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 
 
@@ -241,6 +248,9 @@ class NeuronListScreen(ReportsWorkerErrors, Screen[None]):
         stat = STAT_COLUMNS.get(query.sort)
         if stat is not None:
             columns.insert(4, (query.sort, stat[1], 6))
+        by_detector = query.sort is SortKey.DETECTOR
+        if by_detector:  # its score, under the detector's name
+            columns.insert(4, (query.sort, (query.spec.detector or "detector")[:6], 6))
         fixed = sum((width or 0) + 2 for _, _, width in columns)
         label_width = max(16, self.size.width - fixed - 3)
         for key, title, width in columns:
@@ -248,6 +258,8 @@ class NeuronListScreen(ReportsWorkerErrors, Screen[None]):
             table.add_column(Text(f"{title}{arrow}"), key=key.value, width=width or label_width)
         for row in self.rows:
             extra = [] if stat is None else [Text(_stat(row.stat(stat[0])), justify="right")]
+            if by_detector:
+                extra = [Text(_stat(row.detector), justify="right")]
             label = row.label or ""
             if len(label) > label_width:
                 label = label[: label_width - 1] + "…"
@@ -312,8 +324,15 @@ class NeuronListScreen(ReportsWorkerErrors, Screen[None]):
 
     def on_filter_bar_changed(self, event: FilterBar.Changed) -> None:
         f = event.filters
+        sort = self.query_state.sort
+        if (
+            sort is SortKey.DETECTOR
+            and replace(self.query_state, ranges=f.ranges).spec.detector is None
+        ):
+            sort = SortKey.LAYER  # the detector it sorted by is no longer named
         self._requery(
             offset=0,
+            sort=sort,
             layer=f.layer,
             status=f.status,
             min_score=f.min_score,
@@ -328,8 +347,10 @@ class NeuronListScreen(ReportsWorkerErrors, Screen[None]):
         self._requery(offset=0, sort=key, descending=descending)
 
     def action_cycle_sort(self) -> None:
-        index = SORT_CYCLE.index(self.query_state.sort)
-        key = SORT_CYCLE[(index + 1) % len(SORT_CYCLE)]
+        # Sorting by a detector comes into the cycle once the filter names one (`d:NAME>x`).
+        cycle = SORT_CYCLE + [SortKey.DETECTOR] * (self.query_state.spec.detector is not None)
+        index = cycle.index(self.query_state.sort)
+        key = cycle[(index + 1) % len(cycle)]
         # Numbers are most interesting largest first; names and positions in order.
         descending = key in DESCENDING_FIRST
         self._requery(offset=0, sort=key, descending=descending)

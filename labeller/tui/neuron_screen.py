@@ -21,7 +21,7 @@ from textual.widgets import Footer, Static, TabbedContent, TabPane, TextArea
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from labeller.catalogue.labels import StaleLabel
-from labeller.records import PRIMARY_METHOD, Explanation, LabelStatus
+from labeller.records import PRIMARY_METHOD, DetectorScore, Explanation, LabelStatus
 from labeller.sealing import held_out_count
 from labeller.tui.backend import LoadState, ModelStatus, NeuronPage
 from labeller.tui.context import annotate_app, backend_of
@@ -67,6 +67,7 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
         Binding("n", "walk(1)", "Next neuron", id="neuron.next"),
         Binding("N", "walk(-1)", "Previous neuron", id="neuron.previous"),
         Binding("U", "unseal", "Unseal held-out", id="neuron.unseal"),
+        Binding("D", "detector_label", "Detector as label", id="label.from_detector"),
         # Plain digits first (alt+digit is often the terminal's own); in the live text box,
         # where digits type, escape first.
         Binding("1,alt+1", "tab('examples')", "Examples tab", id="tab.examples", show=False),
@@ -211,7 +212,15 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
             _default_selection(page),
         )
         labels = self.query_one(LabelsPane)
-        labels.show(page.candidates, select, page.chances, page.view.label, sealed=page.sealed)
+        labels.show(
+            page.candidates,
+            select,
+            page.chances,
+            page.view.label,
+            sealed=page.sealed,
+            detectors=view.detectors,
+            bands={b.feature: b for b in page.band_precision},
+        )
         self.selected = labels.selected()
         if not first and page.sealed == self.examples_sealed:
             return
@@ -427,6 +436,25 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
         # Forget the selection (the reload chooses again) but keep showing it until then.
         self.set_reactive(NeuronScreen.selected, None)
         self.load(select=event.select)
+
+    def action_detector_label(self) -> None:
+        if self.page is None:
+            return
+        detector = self.query_one(LabelsPane).selected_detector()
+        if detector is None:
+            say(self.app, "no detectors scored: run `labeller detect` first", severity="warning")
+            return
+        self.detector_label(self.page, detector)
+
+    @work(thread=True, exclusive=True, group="label", exit_on_error=False)
+    def detector_label(self, page: NeuronPage, detector: DetectorScore) -> None:
+        made = backend_of(self).label_from_detector(page, detector)
+        note = (
+            f"proposed #{made} from detector {detector.name}"
+            if made is not None
+            else f"detector {detector.name} is already a label"
+        )
+        self.post_message(self.Changed([note], made))
 
     def action_llm_score(self) -> None:
         if self.page is not None:

@@ -44,3 +44,12 @@ def test_corpus_leaves_out_tests_and_generated_tables() -> None:
         if doc.doc_id.startswith("stdlib:"):
             parts = doc.doc_id.removeprefix("stdlib:").split("/")[:-1]
             assert not {"test", "tests", "idlelib", "lib2to3", "encodings"} & set(parts), doc.doc_id
+
+
+def test_corpus_subsets_are_code_and_prose() -> None:
+    from labeller.corpus import iter_documents
+
+    subsets = {doc.doc_id.split(":")[0]: set() for doc in iter_demo_documents()}
+    for doc in iter_documents("demo"):
+        subsets[doc.doc_id.split(":")[0]].add(doc.subset)
+    assert subsets == {"stdlib": {"code"}, "pydoc": {"prose"}}

@@ -86,6 +86,7 @@ def test_import_twice_changes_nothing(source: Path, tmp_path: Path):
         "explanations_added": 0,
         "statuses_changed": 0,
         "scores_added": 0,
+        "detector_scores_added": 0,
         "history_added": 0,
         "conflicts": [],
         "warnings": [],
@@ -175,6 +176,7 @@ def test_export_has_no_database_ids(source: Path):
         "band",
         "band_low",
         "band_high",
+        "subset",
     }
     assert neuron["top_examples"][0]["band"] is None
     quantile = neuron["quantile_examples"]
@@ -247,7 +249,7 @@ def test_export_memory_does_not_grow_with_the_catalogue(tmp_path: Path):
     [
         "this is not json\n",
         '{"id": "x", "modelId": "tiny", "description": "a neuronpedia line"}\n',
-        '{"format": "labeller-export", "format_version": 3, "neurons": [\n]}\n',
+        '{"format": "labeller-export", "format_version": 4, "neurons": [\n]}\n',
         '{"format": "labeller-export", "format_version": "one"}\n',
         b"\x89PNG\r\n\x1a\n\x00\x00",
         "",
@@ -267,7 +269,7 @@ def test_a_file_that_is_not_an_export_is_refused_in_one_line(tmp_path: Path, con
         assert store.table_counts(catalogue)["models"] == 0
     message = str(caught.value)
     assert "\n" not in message and str(path) in message
-    if 'format_version": 3' in str(content):
+    if 'format_version": 4' in str(content):
         assert "newer" in message and "upgrade labeller" in message
 
 

@@ -128,7 +128,8 @@ def assert_same_catalogue(one: Path, two: Path, model: str, layers: list[int], d
             for neuron in range(d_mlp):
                 a = a_cat.neuron_view(model, layer, neuron)
                 b = b_cat.neuron_view(model, layer, neuron)
-                for kind in ("top_examples", "random_examples", "quantile_examples"):
+                kinds = ("top_examples", "random_examples", "quantile_examples", "subset_examples")
+                for kind in kinds:
                     xs, ys = getattr(a, kind), getattr(b, kind)
                     assert [(x.document, x.offset, x.rank, x.split, x.band) for x in xs] == [
                         (y.document, y.offset, y.rank, y.split, y.band) for y in ys

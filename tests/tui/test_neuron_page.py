@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 import pytest
 import tui_support as support
+from builders import run_cli, scan_params, synthetic_documents
 from fake_openai import FakeOpenAI, Reply, neuron_responder
+from textual.coordinate import Coordinate
 from textual.widgets import DataTable, Static, TabbedContent, TextArea
 from tui_support import notifications, until
 
-from labeller.catalogue import labels
+from labeller.band_precision import detector_bands, label_bands
+from labeller.catalogue import Catalogue, labels
+from labeller.demo.build import scan_and_label_offline
+from labeller.detect.registry import resolve
+from labeller.model.loading import load_model
 from labeller.model.perturb import trace_neuron
 from labeller.records import HistoryAction, NullControl, ScoreMethod, Split
+from labeller.render import precision_spark
+from labeller.tui.app import create_app
 from labeller.tui.example_item import ExampleItem
 from labeller.tui.example_line import ExampleLine
 from labeller.tui.examples_pane import ExamplesPane
@@ -371,3 +383,59 @@ async def test_labels_tab_marks_scores_not_above_chance(tui):
         cell = table.get_row_at(0)[3]
         assert "≈chance" in cell.plain and "dim" in str(cell.style)
         assert "≈chance (null p95 1.00)" in str(pane.query_one("#label-detail").render())
+
+
+@pytest.fixture()
+def subset_catalogue(tmp_path, tiny_model_dir, monkeypatch) -> Path:
+    """A catalogue of a corpus with subsets `code` and `prose`, labelled and scored offline
+    (as the demo is), in the working folder beside the model."""
+    corpus = tmp_path / "sourced.jsonl"
+    corpus.write_text(
+        "".join(
+            json.dumps({"text": t, "source": ("code", "prose")[i % 2]}) + "\n"
+            for i, t in enumerate(synthetic_documents(30, seed=4))
+        )
+    )
+    os.symlink(tiny_model_dir, tmp_path / support.MODEL)
+    monkeypatch.chdir(tmp_path)
+    params = scan_params(Path(support.MODEL), corpus, tokens=400, subset_field="source")
+    with Catalogue.open("catalogue.db", create=True) as catalogue:
+        model = load_model(support.MODEL, device="cpu")
+        scan_and_label_offline(catalogue, model, params, batch_size=4, label_layers=[0])
+    return Path("catalogue.db")
+
+
+async def test_neuron_page_shows_subsets_illusion_and_band_precision(subset_catalogue):
+    """A section per subset (its top windows, peaks and the label's score there), the illusion
+    line, and the label's precision bar on each band heading it was scored on."""
+    async with create_app(subset_catalogue, "alice").run_test(size=(120, 40)) as pilot:
+        screen = await open_neuron(pilot)
+        view = screen.page.view
+        assert {e.subset for e in view.subset_examples} == {"code", "prose"}
+        items = [i.example for i in screen.query(ExampleItem)]
+        shown_subset = [e for e in view.subset_examples if e.split in PEOPLE_SEE]
+        assert items[-len(shown_subset) :] == shown_subset
+        sections = [str(s.render()) for s in screen.query(".section Static")]
+        assert any(s.startswith("Subset code · ") and "peaks: " in s for s in sections)
+        assert any(s.startswith("Subset prose · ") for s in sections)
+        assert any(s.startswith("Illusion ") and "(code vs prose)" in s for s in sections)
+        bands = label_bands(view)
+        bars = [s for s in sections if s.startswith("Band ") and " · label " in s]
+        assert bands is not None and bands.bands  # the baseline label scored on bands
+        assert len(bars) == len(bands.bands)
+
+
+async def test_detectors_table_shows_each_detectors_precision_per_band(subset_catalogue):
+    run_cli("detect", "--db", subset_catalogue, "--layer", 0, "--detector", "start-of-line")
+    async with create_app(subset_catalogue, "alice").run_test(size=(120, 40)) as pilot:
+        screen = await open_neuron(pilot)
+        await pilot.press("2")
+        view = screen.page.view
+        assert [d.name for d in view.detectors] == ["start-of-line"]
+        (detector,) = resolve(["start-of-line"], [])
+        expected = detector_bands(view, detector)
+        assert expected is not None
+        table = screen.query_one(LabelsPane).query_one("#detectors", DataTable)
+        cell = str(table.get_cell_at(Coordinate(0, 3)))
+        assert cell == precision_spark([b.precision for b in expected.bands])
+        assert len(cell) == len(expected.bands)
