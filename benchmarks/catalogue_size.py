@@ -9,6 +9,7 @@ towards the disk) as a multiple of the final file's size.
 
     python benchmarks/catalogue_size.py                 # 200,000 tokens
     python benchmarks/catalogue_size.py --tokens 50000 --db /tmp/kept.db
+    python benchmarks/catalogue_size.py --subset-top-k 0  # no per-subset top windows
 """
 
 from __future__ import annotations
@@ -44,8 +45,9 @@ finally:
 """
 
 
-def scan(db: Path, model: str, dataset: str, tokens: int) -> dict[str, int]:
+def scan(db: Path, model: str, dataset: str, tokens: int, extra: list[str]) -> dict[str, int]:
     args = ["scan", "--model", model, "--dataset", dataset, "--tokens", str(tokens), "--db", db]
+    args += extra
     done = subprocess.run(
         [sys.executable, "-c", _CHILD, *map(str, args)],
         capture_output=True,
@@ -79,13 +81,20 @@ def main() -> None:
     parser.add_argument("--model", default="demo-solu-1l")
     parser.add_argument("--dataset", default="demo")
     parser.add_argument("--tokens", type=int, default=200_000)
+    parser.add_argument(
+        "--subset-top-k",
+        type=int,
+        default=None,
+        help="passed to the scan (0: no per-subset top windows; default: the scan's)",
+    )
     parser.add_argument("--db", type=Path, default=None, help="keep the catalogue at this new path")
     args = parser.parse_args()
     if args.db is not None and args.db.exists():
         sys.exit(f"{args.db} exists; pass a new path")
     with tempfile.TemporaryDirectory() as tmp:
         db = args.db or Path(tmp) / "scan.db"
-        io = scan(db, args.model, args.dataset, args.tokens)
+        extra = [] if args.subset_top_k is None else ["--subset-top-k", str(args.subset_top_k)]
+        io = scan(db, args.model, args.dataset, args.tokens, extra)
         neurons, size, free, tables = file_facts(db)
         leftovers = sorted(p.name for p in db.parent.iterdir() if p.name.startswith(f"{db.name}-"))
     print(
