@@ -505,3 +505,18 @@ def test_packed_examples_round_trip_exactly(maxima: list[float]):
     assert [e.max_activation for e in found][:2] == maxima[:2]
     assert math.isnan(found[2].max_activation) == math.isnan(maxima[2])
     assert rows.decode_examples(rows.encode_examples([], {})) == []
+
+
+def test_window_tokens_come_from_the_window_or_its_scans_vocabulary(tmp_path: Path):
+    """A scan's windows keep their ids alone and read their strings from the model's
+    vocabulary; a window of no scan (imported without one) keeps its own strings."""
+    with Catalogue.open(tmp_path / "c.db", create=True) as catalogue:
+        _write(catalogue, np.ones((3, 3), dtype=np.float32))
+        model_id = catalogue.upsert_model(MODEL)
+        loose = WindowRow(key=9, document="x", offset=0, token_ids=[3, 4], tokens=["Q", "r"])
+        with catalogue.write_transaction():
+            (loose_id,) = catalogue.insert_windows(model_id, None, [loose]).values()
+        stored = catalogue.db.execute("select tokens from windows where id = ?", [loose_id])
+        assert stored.fetchone() == (json.dumps(["Q", "r"]),)
+        found = catalogue.window_tokens([1, 2, loose_id, 999])
+    assert found == {1: ["a", "é", "c"], 2: ["a", "é", "c"], loose_id: ["Q", "r"]}
