@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 import tui_support as support
-from textual.widgets import ListView, Static, TabbedContent
+from textual.widgets import ListView, TabbedContent
 from tui_support import notifications, until
 
 from labeller.catalogue.browse import SortKey, Todo
 from labeller.records import LabelStatus, Split
-from labeller.tui.example_item import ExampleItem
+from labeller.tui.example_item import ExampleItem, SectionItem
 from labeller.tui.filter_bar import FilterBar
 from labeller.tui.neuron_list import NeuronListScreen
 from labeller.tui.neuron_screen import NeuronScreen
@@ -160,9 +160,7 @@ async def test_a_turned_page_lists_exactly_the_new_neurons_examples(tui):
             items = list(page.query_one("#example-list", ListView).children)
             examples = [i.example for i in items if isinstance(i, ExampleItem)]
             assert examples == shown
-            headings = [
-                str(i.query_one(Static).render()) for i in items if not isinstance(i, ExampleItem)
-            ]
+            headings = [str(i.render()) for i in items if isinstance(i, SectionItem)]
             bands = sorted({e.band for e in view.quantile_examples})
             assert [h.split(" ")[0] for h in headings[2 : 2 + len(bands)]] == ["Band"] * len(bands)
             shapes.add(len(items))
