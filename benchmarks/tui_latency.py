@@ -5,7 +5,9 @@
 - live trace: from the last keystroke in the Live tab to the activations of the new text shown,
   over many short typing bursts on a demo model (median, p90, worst);
 - next neuron: from `n` on a neuron page (walking a queue: the list sorted by score, without an
-  accepted label) to the next neuron's page painted with its examples, on the tab left open;
+  accepted label) to the frame that paints the next neuron's page with its examples, on the tab
+  left open; and, apart, until the process is idle (the page's background work done: the ranks
+  at the top examples, the look-ahead to the neuron after it);
 - search across neurons: on every model of the catalogue, the search the TUI runs (one forward
   pass, every scanned neuron ranked, the found neurons' labels read) on texts of 8, 64 and the
   context's tokens; and in the app, from the last keystroke in the search box to the ranked
@@ -168,6 +170,7 @@ def next_neuron(db: Path, model: str | None, steps: int) -> None:
 
     app = create_app(db, "benchmark", model)
     times: dict[str, list[float]] = {"examples": [], "labels": []}
+    settled: dict[str, list[float]] = {"examples": [], "labels": []}
     cpu: dict[str, list[float]] = {"examples": [], "labels": []}
 
     def painted(before: tuple[int, int] | None) -> bool:
@@ -203,9 +206,11 @@ def next_neuron(db: Path, model: str | None, steps: int) -> None:
                     started, cpu_started = time.perf_counter(), time.process_time()
                     await pilot.press("n")
                     await _until(pilot, lambda before=before: painted(before))
-                    await pilot.pause()  # the frame that shows it
+                    await pilot.pause(0)  # the frame that shows it: layout and render
                     times[tab].append(time.perf_counter() - started)
                     cpu[tab].append(time.process_time() - cpu_started)
+                    await pilot.pause()  # until the process is idle: ranks, look-ahead done
+                    settled[tab].append(time.perf_counter() - started)
 
     asyncio.run(main())
     for tab, values in times.items():
@@ -214,7 +219,8 @@ def next_neuron(db: Path, model: str | None, steps: int) -> None:
         print(
             f"next neuron   n -> page painted ({tab} tab)  median {_ms(values)}  "
             f"p90 {p90 * 1000:.0f} ms  worst {values[-1] * 1000:.0f} ms  ({len(values)} steps; "
-            f"CPU time of all threads median {_ms(cpu[tab])}: wall time on a busy machine)"
+            f"CPU time of all threads median {_ms(cpu[tab])}: wall time on a busy machine); "
+            f"until idle (ranks, look-ahead done) median {_ms(settled[tab])}"
         )
 
 
