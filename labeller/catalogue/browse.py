@@ -521,6 +521,8 @@ def list_step(
     """
     sql = _list_sql(catalogue, model, spec)
     left: int | None
+    if sql.plain and sql.sort_stat is not None:
+        return _stat_step(catalogue, sql, sql.sort_stat, place, backward, count)
     if not sql.derived:
         beyond, beyond_values = sql.beyond(place.key, backward, inline=True)
         keys = ", ".join(sql.key_columns(inline=True))
@@ -551,6 +553,51 @@ def list_step(
     if row is None:
         return None, 0
     return ListPlace(int(row[0]), int(row[1]), tuple(row[2:])), left
+
+
+def _stat_step(
+    catalogue: Catalogue,
+    sql: _ListSQL,
+    stat: Stat,
+    place: ListPlace,
+    backward: bool,
+    count: bool,
+) -> tuple[ListPlace | None, int | None]:
+    """`list_step` on a statistic sort, through the statistic's index: the neurons with a value
+    in order, then those without (NULL or NaN) by id, as `_stat_sorted` pages them; each part
+    is one index range, so a step reads a row or two however long the list."""
+    column = f"n.{STAT_COLUMN[stat]}"
+    number = _IS_NUMBER.format(column=column)
+    where = _ranges_in_order(sql)
+    descending = sql.descending != backward
+    direction, later = ("desc", "<") if descending else ("asc", ">")
+    value, neuron_id = place.key
+    # (WHERE, values, whether its rows have a value): the parts of the list beyond `place`.
+    numbered = (
+        f"{where} and {number} and ({column} {later} ? or ({column} = ? and id {later} ?))",
+        [*sql.values, value, value, neuron_id],
+        True,
+    )
+    every_numbered = (f"{where} and {number}", sql.values, True)
+    unnumbered = f"{where} and not coalesce({number}, 0)"
+    beyond_unnumbered = (f"{unnumbered} and id {later} ?", [*sql.values, neuron_id], False)
+    if value is not None:
+        parts = [numbered] if backward else [numbered, (unnumbered, sql.values, False)]
+    else:
+        parts = [beyond_unnumbered, every_numbered] if backward else [beyond_unnumbered]
+    for part_where, values, valued in parts:
+        order = f"{column} {direction}, id {direction}" if valued else f"id {direction}"
+        found = catalogue.db.execute(
+            f"select layer, neuron, id, {column if valued else 'null'} from neurons n "
+            f"where {part_where} order by {order} limit 1",
+            values,
+        ).fetchone()
+        if found is not None:
+            break
+    else:
+        return None, 0
+    left = sum(_count(catalogue, w, v) for w, v, _ in parts) if count else None
+    return ListPlace(int(found[0]), int(found[1]), (found[3], int(found[2]))), left
 
 
 def _stat_sorted(

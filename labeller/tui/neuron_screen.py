@@ -108,6 +108,7 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
     class Stepped(Message):
         step: int
         found: ListPlace | None
+        edge: Neuron  # the end of the trail it was found from
 
     @dataclass
     class Ranks(Message):
@@ -494,6 +495,7 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
 
         def picked(text: str | None) -> None:
             if text is not None:
+                self._example_due = False  # this text, not the top example
                 self.query_one(LivePane).load_text(text)
                 self.action_tab("live")
 
@@ -533,11 +535,12 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
 
     def on_neuron_screen_walk_ahead(self, event: WalkAhead) -> None:
         walk = self.walk
-        if walk is None:
-            return
+        if walk is None or (event.place.layer, event.place.neuron) != walk.current:
+            return  # looked up from a neuron the walk has since left: its next, its count
         walk.places[walk.current] = event.place
         if event.left is not None:
             walk.left = event.left
+            walk.counted = walk.current
         if event.after is not None and walk.known(1) is None:
             walk.extend(1, event.after)
         self.walk_note = walk.describe()
@@ -565,12 +568,12 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
         place = walk.places.get(edge) or backend.place(walk.model, walk.spec, *edge)
         walk.places[edge] = place
         found, _ = backend.step(walk.model, walk.spec, place, backward=step < 0)
-        self.post_message(self.Stepped(step, found))
+        self.post_message(self.Stepped(step, found, edge))
 
     def on_neuron_screen_stepped(self, event: Stepped) -> None:
         walk = self.walk
-        if walk is None:
-            return
+        if walk is None or event.edge != (walk.trail[-1] if event.step > 0 else walk.trail[0]):
+            return  # the trail has grown past that edge meanwhile (a second key, say)
         if event.found is None:
             where = "end" if event.step > 0 else "start"
             say(self.app, f"the {where} of the {_walked(walk)}: {walk.rank:,} of {walk.total:,}")

@@ -49,9 +49,10 @@ async def on_page(pilot, neuron: tuple[int, int]) -> NeuronScreen:
 
 
 async def walked(pilot, neuron: tuple[int, int]) -> NeuronScreen:
-    """On `neuron`'s page, with the next neuron looked up ("k of N · m left" known)."""
+    """On `neuron`'s page, with the next neuron looked up from it ("k of N · m left" counted
+    for this neuron, not the estimate carried over from the last one)."""
     screen = await on_page(pilot, neuron)
-    await until(pilot, lambda: screen.walk is not None and screen.walk.left is not None)
+    await until(pilot, lambda: screen.walk is not None and screen.walk.counted == neuron)
     return screen
 
 
@@ -119,6 +120,27 @@ async def test_next_and_previous_walk_the_list_from_the_opened_row(tui):
         await pilot.press("escape")
         await until(pilot, lambda: app.screen is screen and not screen.busy)
         assert screen.query_one(NeuronTable).cursor_row == 2
+
+
+async def test_a_late_look_ahead_from_the_last_neuron_changes_nothing(tui):
+    """The look-ahead of a neuron the walk has left (its worker finished after `n`) must not
+    give the new page that neuron's count or its next neuron (the page itself): it is dropped."""
+    app = tui.app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        await listed(pilot)
+        await pilot.press("enter")
+        page = await walked(pilot, (0, 0))
+        old = page.walk.places[(0, 0)]
+        await pilot.press("n")
+        page = await walked(pilot, (0, 1))
+        walk = page.walk
+        before = (walk.left, list(walk.trail), walk.at, heading(page))
+        late = NeuronScreen.WalkAhead(old, walk.places[(0, 1)], walk.left + 1)
+        page.post_message(late)
+        await pilot.pause()
+        assert (walk.left, list(walk.trail), walk.at, heading(page)) == before
+        await pilot.press("n")
+        await walked(pilot, (0, 2))
 
 
 async def test_the_next_page_keeps_the_tab_and_the_example(tui):
