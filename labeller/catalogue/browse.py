@@ -573,8 +573,11 @@ def _stat_step(
     direction, later = ("desc", "<") if descending else ("asc", ">")
     value, neuron_id = place.key
     # (WHERE, values, whether its rows have a value): the parts of the list beyond `place`.
+    # Bounded at `value` on the index's side, so the index range starts there (the column's
+    # own `later` test alone would be read from the index's end).
+    bounded = f"{column} between -9e999 and ?" if descending else f"{column} between ? and 9e999"
     numbered = (
-        f"{where} and {number} and ({column} {later} ? or ({column} = ? and id {later} ?))",
+        f"{where} and {bounded} and ({column} {later} ? or id {later} ?)",
         [*sql.values, value, value, neuron_id],
         True,
     )
