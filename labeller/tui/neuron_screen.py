@@ -105,12 +105,6 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
         left: int | None  # None: still counting
 
     @dataclass
-    class Prefetched(Message):
-        """The next neuron's page, read ahead so `n` shows it at once (then reads it again)."""
-
-        page: NeuronPage
-
-    @dataclass
     class Stepped(Message):
         step: int
         found: ListPlace | None
@@ -150,7 +144,6 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
         self.examples_sealed: bool | None = None  # as the Examples tab last showed them
         # While the page turns to another neuron: the heading shown until its data arrives.
         self._held_heading: Text | None = None
-        self._ahead: NeuronPage | None = None  # the next neuron's page, read ahead
         # The top example the Live and Perturb tabs are to start from, fetched when one of them
         # is shown (a page turned on another tab does not trace what nobody sees).
         self._example_due = False
@@ -533,21 +526,13 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
         if get_current_worker().is_cancelled:
             return
         self.post_message(self.WalkAhead(place, after, left))
-        if after is not None:  # the next page and its ranks, ready for `n`
-            ahead = backend.neuron(self.model_name, after.layer, after.neuron)
-            if get_current_worker().is_cancelled:
-                return
-            self.post_message(self.Prefetched(ahead))
-            model = backend.loaded(self.model_name)
-            if model is not None:
-                backend.example_ranks(model, self.model_name, after.layer, after.neuron)
+        model = backend.loaded(self.model_name)
+        if after is not None and model is not None:  # the next page's ranks, ready for `n`
+            backend.example_ranks(model, self.model_name, after.layer, after.neuron)
         if left is None:  # the next neuron first; what is left may take a full pass
             _, left = backend.step(walk.model, walk.spec, place)
             if not get_current_worker().is_cancelled:
                 self.post_message(self.WalkAhead(place, after, left))
-
-    def on_neuron_screen_prefetched(self, event: Prefetched) -> None:
-        self._ahead = event.page
 
     def on_neuron_screen_walk_ahead(self, event: WalkAhead) -> None:
         walk = self.walk
@@ -610,12 +595,6 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
         self._held_heading = self.heading
         self.set_reactive(NeuronScreen.selected, None)
         self.page = None  # label keys wait for the new neuron's data
-        ahead, self._ahead = self._ahead, None
-        if ahead is not None and (ahead.view.layer, ahead.view.neuron) == (layer, neuron):
-            # Shown at once as read ahead; the fresh read below updates its labels if anyone
-            # changed them since (a change made meanwhile is refused as stale, then reloads).
-            with self.app.batch_update():
-                self._show(self.Loaded(ahead, None))
         self.load()
 
 
