@@ -413,7 +413,7 @@ async def test_neuron_page_shows_subsets_illusion_and_band_precision(subset_cata
         items = [i.example for i in screen.query(ExampleItem)]
         shown_subset = [e for e in view.subset_examples if e.split in PEOPLE_SEE]
         assert items[-len(shown_subset) :] == shown_subset
-        sections = [str(s.render()) for s in screen.query(".section Static")]
+        sections = [str(s.render()) for s in screen.query(SectionItem)]
         assert any(s.startswith("Subset code · ") and "peaks: " in s for s in sections)
         assert any(s.startswith("Subset prose · ") for s in sections)
         assert any(s.startswith("Illusion ") and "(code vs prose)" in s for s in sections)
