@@ -5,14 +5,16 @@
 - live trace: from the last keystroke in the Live tab to the activations of the new text shown,
   over many short typing bursts on a demo model (median, p90, worst);
 - next neuron: from `n` on a neuron page (walking a queue: the list sorted by score, without an
-  accepted label) to the next neuron's page painted with its examples, on the tab left open;
+  accepted label) to the frame that paints the next neuron's page with its examples, on the tab
+  left open; and, apart, until the process is idle (the page's background work done: the ranks
+  at the top examples, the look-ahead to the neuron after it);
 - search across neurons: on every model of the catalogue, the search the TUI runs (one forward
   pass, every scanned neuron ranked, the found neurons' labels read) on texts of 8, 64 and the
   context's tokens; and in the app, from the last keystroke in the search box to the ranked
   neurons delivered (this includes the box's 120 ms debounce);
 - `--large`: a synthetic catalogue of 307,200 neurons (70% labelled and scored), timing the
-  list's page queries (sorts and filters, by cos(w_in, w_out), kurtosis and skew too), one step
-  of a walk through them, and its first screen;
+  list's page queries (sorts and filters, by status, cos(w_in, w_out), kurtosis and skew too),
+  one step of a walk through them (on a statistic sort too), and its first screen;
 - `--screenshots DIR`: SVG screenshots of the list, a neuron page, the perturbation view, a queue
   and the search across neurons.
 
@@ -168,6 +170,7 @@ def next_neuron(db: Path, model: str | None, steps: int) -> None:
 
     app = create_app(db, "benchmark", model)
     times: dict[str, list[float]] = {"examples": [], "labels": []}
+    settled: dict[str, list[float]] = {"examples": [], "labels": []}
     cpu: dict[str, list[float]] = {"examples": [], "labels": []}
 
     def painted(before: tuple[int, int] | None) -> bool:
@@ -197,15 +200,17 @@ def next_neuron(db: Path, model: str | None, steps: int) -> None:
                 for _ in range(steps):
                     screen = app.screen
                     walk = screen.walk
-                    await _until(pilot, lambda walk=walk: walk.left is not None)
+                    await _until(pilot, lambda walk=walk: walk.counted == walk.current)
                     await pilot.pause(0.05)  # reading the page
                     before = (screen.layer_index, screen.neuron)
                     started, cpu_started = time.perf_counter(), time.process_time()
                     await pilot.press("n")
                     await _until(pilot, lambda before=before: painted(before))
-                    await pilot.pause()  # the frame that shows it
+                    await pilot.pause(0)  # the frame that shows it: layout and render
                     times[tab].append(time.perf_counter() - started)
                     cpu[tab].append(time.process_time() - cpu_started)
+                    await pilot.pause()  # until the process is idle: ranks, look-ahead done
+                    settled[tab].append(time.perf_counter() - started)
 
     asyncio.run(main())
     for tab, values in times.items():
@@ -214,7 +219,8 @@ def next_neuron(db: Path, model: str | None, steps: int) -> None:
         print(
             f"next neuron   n -> page painted ({tab} tab)  median {_ms(values)}  "
             f"p90 {p90 * 1000:.0f} ms  worst {values[-1] * 1000:.0f} ms  ({len(values)} steps; "
-            f"CPU time of all threads median {_ms(cpu[tab])}: wall time on a busy machine)"
+            f"CPU time of all threads median {_ms(cpu[tab])}: wall time on a busy machine); "
+            f"until idle (ranks, look-ahead done) median {_ms(settled[tab])}"
         )
 
 
@@ -322,6 +328,7 @@ def large_catalogue(path: Path, layers: int = 48, width: int = 6400) -> None:
         Histogram,
         ModelRecord,
         NeuronStats,
+        PredictionKind,
         ScanParams,
         Score,
         Split,
@@ -396,6 +403,7 @@ def large_catalogue(path: Path, layers: int = 48, width: int = 6400) -> None:
                             score=rng.uniform(-0.2, 1.0),
                             simulator="baseline",
                             prompt_version="baseline-v1",
+                            prediction=PredictionKind.RULE,  # as the baseline simulator records
                         )
                         for method in ("top_and_random", "top_only", "random_only")
                     ],
@@ -449,6 +457,12 @@ def list_queries(path: Path) -> None:
             "kurtosis, proposed only",
             {"sort": SortKey.KURTOSIS, "descending": True, "status": NeuronStatus.PROPOSED},
         ),
+        (
+            "kurtosis, unlabelled only",
+            {"sort": SortKey.KURTOSIS, "descending": True, "status": NeuronStatus.UNLABELLED},
+        ),
+        ("status order, page 2,000", {"sort": SortKey.STATUS, "offset": 199_900}),
+        ("rejected only (none)", {"status": NeuronStatus.REJECTED}),
     ]
     with Catalogue.open(path) as catalogue:
         for name, kwargs in cases:
@@ -464,6 +478,13 @@ def list_queries(path: Path) -> None:
         ("walk: no accepted label", ListSpec(todo=Todo.NOT_ACCEPTED)),
         ("walk: score, not accepted", ListSpec(sort=SortKey.SCORE, todo=Todo.NOT_ACCEPTED)),
         ("walk: best score below 0.3", ListSpec(todo=Todo.SCORE_BELOW, below=0.3)),
+        ("walk: kurtosis, largest first", ListSpec(sort=SortKey.KURTOSIS, descending=True)),
+        (
+            "walk: kurtosis, not accepted",
+            ListSpec(sort=SortKey.KURTOSIS, descending=True, todo=Todo.NOT_ACCEPTED),
+        ),
+        ("walk: cos, proposed", ListSpec(sort=SortKey.COSINE, status=NeuronStatus.PROPOSED)),
+        ("walk: status order", ListSpec(sort=SortKey.STATUS)),
     ]
     with Catalogue.open(path) as catalogue:
         for name, spec in walks:
@@ -535,7 +556,7 @@ def screenshots(db: Path, model: str | None, out: Path) -> None:
                         isinstance(app.screen, NeuronScreen)
                         and app.screen.page is not None
                         and app.screen.walk is not None
-                        and app.screen.walk.left is not None
+                        and app.screen.walk.counted == app.screen.walk.current
                     ),
                 )
                 if app.screen.walk.rank < 3:

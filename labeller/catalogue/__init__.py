@@ -1178,6 +1178,7 @@ class Catalogue:
         ranked by whichever gave it more, nor against another label scored by the other.
         `blind`: only blind scores count (a label without one ranks as unscored)."""
         model = self.resolve_model(model_name)
+        model_id = self._model_id(model.name)
         if prediction is None:
             prediction = self.rank_prediction(model.name, split, simulator)
         if simulator is None:
@@ -1203,7 +1204,8 @@ class Catalogue:
         sql = f"""
             with labelled as (
                 select n.id, n.layer, n.neuron, n.max, n.density,
-                    {label_state.LABEL_ID_SQL} as label_id
+                    {label_state.label_sql(label_state.default_scorer(self.db, model_id)).id}
+                    as label_id
                 from neurons n join models m on m.id = n.model_id
                 where {" and ".join(where)}
             )
@@ -1251,24 +1253,19 @@ class Catalogue:
             for r in self.db.query(sql, values)
         ]
 
+    def _model_id(self, model_name: str) -> int:
+        row = self.db.execute("select id from models where name = ?", [model_name]).fetchone()
+        if row is None:
+            raise UserError(f"no model {model_name!r} in the catalogue")
+        return int(row[0])
+
     def rank_prediction(
         self, model_name: str, split: Split, simulator: str | None = None
     ) -> PredictionKind:
         """The kind `rank` compares by default: the first of expected_value, integer, rule that
         any primary score of this model on `split` (by `simulator`, when given) has (rule when
         none is scored)."""
-        found = {
-            r["prediction"]
-            for r in self.db.query(
-                """select distinct s.prediction from scores s
-                join explanations e on e.id = s.explanation_id
-                join neurons n on n.id = e.neuron_id join models m on m.id = n.model_id
-                where m.name = ? and s.method = ? and s.split = ?
-                and (? is null or s.simulator = ?)""",
-                [model_name, PRIMARY_METHOD.value, split.value, simulator, simulator],
-            )
-        }
-        return next((kind for kind in PredictionKind if kind.value in found), PredictionKind.RULE)
+        return label_state.default_prediction(self.db, self._model_id(model_name), split, simulator)
 
     def rank_simulators(
         self, model_name: str, split: Split, prediction: PredictionKind | None
@@ -1276,20 +1273,7 @@ class Catalogue:
         """The simulators with primary scores of this kind (None: any) on `split` for the model,
         and how many each has, most first (then by name): `rank` ranks by the first unless
         told."""
-        kind = None if prediction is None else prediction.value
-        return [
-            (str(r["simulator"]), int(r["n"]))
-            for r in self.db.query(
-                """select s.simulator, count(*) as n from scores s
-                join explanations e on e.id = s.explanation_id
-                join neurons n on n.id = e.neuron_id join models m on m.id = n.model_id
-                where m.name = ? and s.method = ? and s.split = ?
-                and (? is null or s.prediction = ?)
-                and s.simulator is not null and s.score is not null
-                group by s.simulator order by n desc, s.simulator""",
-                [model_name, PRIMARY_METHOD.value, split.value, kind, kind],
-            )
-        ]
+        return label_state.scored_simulators(self.db, self._model_id(model_name), split, prediction)
 
     # --- LLM response cache -------------------------------------------------------------------
 

@@ -2,7 +2,8 @@
 
 Sorting, filtering and paging happen in SQL with LIMIT/OFFSET, so a catalogue of 300,000 neurons
 (GPT-2 XL has 307,200) pages as fast as a small one: only the rows shown are ever built in Python.
-A neuron's status and best label are derived here from its explanations, never stored twice.
+A neuron's label is chosen by `label_state`'s one definition; its state (for the status filter
+and sort) is read from the columns the catalogue keeps in step with its labels.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from typing import Any
 
 from labeller.catalogue import Catalogue, rows
 from labeller.catalogue.label_state import (
-    LABEL_ID_SQL,
-    LABEL_SCORE_SQL,
-    LABEL_TEXT_SQL,
-    SCORE_OF,
+    NEURON_STATES,
+    Scorer,
+    default_scorer,
+    label_sql,
+    score_of,
 )
 from labeller.catalogue.rows import real_from_db
 from labeller.errors import UserError
@@ -154,8 +156,11 @@ def parse_stat_ranges(text: str) -> list[StatRange]:
     return ranges
 
 
-# Sort rank of each status (also the value the SQL below computes): the order of the workflow.
-STATUS_RANK: dict[NeuronStatus, int] = {status: rank for rank, status in enumerate(NeuronStatus)}
+# Sort rank of each status: the workflow's order, the value of `neurons.label_state` (the
+# neuron's state) and `neurons.shown_state` (the status shown beside its label).
+STATUS_RANK: dict[NeuronStatus, int] = {
+    status: NEURON_STATES.index(status.value) for status in NeuronStatus
+}
 _STATUS_OF_RANK = {rank: status for status, rank in STATUS_RANK.items()}
 
 
@@ -165,58 +170,22 @@ def _sql(value: StrEnum) -> str:
     return f"'{value.value}'"
 
 
-_ACCEPTED, _NEEDS_REVIEW, _PROPOSED = (
-    _sql(LabelStatus.ACCEPTED),
-    _sql(LabelStatus.NEEDS_REVIEW),
-    _sql(LabelStatus.PROPOSED),
+_NEEDS_REVIEW = _sql(LabelStatus.NEEDS_REVIEW)
+_TO_REVIEW = (
+    f"exists (select 1 from explanations e where e.neuron_id = n.id and e.status = {_NEEDS_REVIEW})"
 )
 
-# Any accepted -> accepted; else any needs_review -> needs review; else any proposed -> proposed;
-# else only rejected/withdrawn -> rejected; no explanations -> unlabelled. One index lookup.
-_STATUS_SQL = f"""(select case
-    when count(*) = 0 then {STATUS_RANK[NeuronStatus.UNLABELLED]}
-    when max(e.status = {_ACCEPTED}) then {STATUS_RANK[NeuronStatus.ACCEPTED]}
-    when max(e.status = {_NEEDS_REVIEW}) then {STATUS_RANK[NeuronStatus.NEEDS_REVIEW]}
-    when max(e.status = {_PROPOSED}) then {STATUS_RANK[NeuronStatus.PROPOSED]}
-    else {STATUS_RANK[NeuronStatus.REJECTED]} end
-  from explanations e where e.neuron_id = n.id)"""
-
-
-def _has(statuses: tuple[str, ...] | None) -> str:
-    """EXISTS test for an explanation of the neuron (with one of `statuses`, SQL literals): an
-    index probe, much cheaper per row than deriving the status when only filtering on it."""
-    if statuses is None:
-        return "exists (select 1 from explanations e where e.neuron_id = n.id)"
-    listed = ", ".join(statuses)
-    return (
-        f"exists (select 1 from explanations e where e.neuron_id = n.id and e.status in ({listed}))"
-    )
-
-
-_STATUS_FILTER = {
-    NeuronStatus.UNLABELLED: f"not {_has(None)}",
-    NeuronStatus.ACCEPTED: _has((_ACCEPTED,)),
-    NeuronStatus.NEEDS_REVIEW: f"{_has((_NEEDS_REVIEW,))} and not {_has((_ACCEPTED,))}",
-    NeuronStatus.PROPOSED: f"{_has((_PROPOSED,))} and not {_has((_ACCEPTED, _NEEDS_REVIEW))}",
-    NeuronStatus.REJECTED: f"{_has(None)} and not {_has((_ACCEPTED, _NEEDS_REVIEW, _PROPOSED))}",
-}
-
-# The neuron's label and its score: the one definition (`labeller.catalogue.label_state`).
-_SCORE_OF = SCORE_OF
-_BEST_ID_SQL = LABEL_ID_SQL
-_BEST_SCORE_SQL = LABEL_SCORE_SQL
-_BEST_TEXT_SQL = LABEL_TEXT_SQL
-
-# Sort columns: an optional derived one (alias, SQL), which may be NULL and then sorts last, and
-# plain ones that keep SQLite's default NULL order so their indexes still serve the ORDER BY.
+# Sort columns: an optional derived one (alias, the `LabelSQL` field), which may be NULL and then
+# sorts last, and plain ones that keep SQLite's default NULL order so their indexes still serve
+# the ORDER BY.
 _SORT_SQL: dict[SortKey, tuple[tuple[str, str] | None, list[str]]] = {
     SortKey.LAYER: (None, ["layer", "neuron"]),
     SortKey.NEURON: (None, ["neuron", "layer"]),
     SortKey.MAX: (None, ["max", "id"]),
     SortKey.DENSITY: (None, ["density", "id"]),
-    SortKey.LABEL: (("best_text", _BEST_TEXT_SQL), ["layer", "neuron"]),
-    SortKey.SCORE: (("best_score", _BEST_SCORE_SQL), ["layer", "neuron"]),
-    SortKey.STATUS: (("status_rank", _STATUS_SQL), ["layer", "neuron"]),
+    SortKey.LABEL: (("best_text", "text"), ["layer", "neuron"]),
+    SortKey.SCORE: (("best_score", "score"), ["layer", "neuron"]),
+    SortKey.STATUS: (None, ["shown_state", "layer", "neuron"]),
     SortKey.COSINE: (None, [STAT_COLUMN[Stat.COSINE], "id"]),
     SortKey.KURTOSIS: (None, [STAT_COLUMN[Stat.KURTOSIS], "id"]),
     SortKey.SKEW: (None, [STAT_COLUMN[Stat.SKEW], "id"]),
@@ -333,6 +302,7 @@ class _ListSQL:
     descending: bool
     # Only indexed columns and no per-neuron subqueries: the page stops early, counted apart.
     plain: bool
+    scorer: Scorer  # whose scores pick the neurons' labels (the model's default)
     # A statistic sort: its column's value where it is a number (else NULL), which a plain
     # query computes inline for `sort_alias`, and the statistic.
     sort_expr: str | None = None
@@ -387,17 +357,19 @@ class _ListSQL:
 
 def _list_sql(catalogue: Catalogue, model: str | None, spec: ListSpec) -> _ListSQL:
     model_id = _model_id(catalogue, model)
+    scorer = default_scorer(catalogue.db, model_id)
+    label = label_sql(scorer)
     clauses: list[str] = ["n.model_id = ?"]
     values: list[Any] = [model_id]
     if spec.layer is not None:
         clauses.append("n.layer = ?")
         values.append(spec.layer)
     if spec.status is not None:
-        clauses.append(_STATUS_FILTER[spec.status])
+        clauses.append(f"n.label_state = {STATUS_RANK[spec.status]}")
     if spec.todo is Todo.UNLABELLED:
-        clauses.append(_STATUS_FILTER[NeuronStatus.UNLABELLED])
+        clauses.append(f"n.label_state = {STATUS_RANK[NeuronStatus.UNLABELLED]}")
     elif spec.todo is not None:
-        clauses.append(f"not {_has((_ACCEPTED,))}")
+        clauses.append(f"n.label_state != {STATUS_RANK[NeuronStatus.ACCEPTED]}")
     if spec.text.strip():
         escaped = spec.text.strip().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         clauses.append(
@@ -418,28 +390,28 @@ def _list_sql(catalogue: Catalogue, model: str | None, spec: ListSpec) -> _ListS
     outer: list[str] = []
     outer_values: list[Any] = []
     if spec.min_score is not None or spec.max_score is not None:
-        derived["best_score"] = _BEST_SCORE_SQL
+        derived["best_score"] = label.score
         outer.append("best_score is not null")
         for bound, op in ((spec.min_score, ">="), (spec.max_score, "<=")):
             if bound is not None:
                 outer.append(f"best_score {op} ?")
                 outer_values.append(bound)
     if spec.todo is Todo.SCORE_BELOW and spec.below is not None:
-        derived["best_score"] = _BEST_SCORE_SQL
+        derived["best_score"] = label.score
         outer.append("coalesce(best_score < ?, 1)")  # no score at all is weaker still
         outer_values.append(spec.below)
     sort_derived, columns = _SORT_SQL[spec.sort]
     sort_alias = None
     if sort_derived is not None:
-        sort_alias, sql = sort_derived
-        derived[sort_alias] = sql
+        sort_alias, field = sort_derived
+        derived[sort_alias] = getattr(label, field)
     if spec.sort is SortKey.DETECTOR:
         sort_alias = "detector_score"
         named = spec.detector
         derived[sort_alias] = (
             "null" if named is None else _DETECTOR_SCORE.format(name=_literal(named))
         )
-    plain = not derived and spec.status is None and spec.todo is None and not spec.text.strip()
+    plain = not derived and not spec.text.strip()
     sort_stat = _STAT_OF_SORT.get(spec.sort)
     sort_expr = None
     if sort_stat is not None:
@@ -459,6 +431,7 @@ def _list_sql(catalogue: Catalogue, model: str | None, spec: ListSpec) -> _ListS
         columns=columns,
         descending=spec.descending,
         plain=plain,
+        scorer=scorer,
         sort_expr=sort_expr,
         sort_stat=sort_stat,
         ranges=tuple(spec.ranges),
@@ -543,9 +516,7 @@ def _list_page(
         index = sql.layer is None
         narrow = index and not any(r.stat is not sql.sort_stat for r in sql.ranges)
         direction = "desc" if sql.descending else "asc"
-        return _stat_sorted(
-            catalogue, sql.where, sql.values, sql.sort_stat, direction, offset, limit, index, narrow
-        )
+        return _stat_sorted(catalogue, sql, sql.sort_stat, direction, offset, limit, index, narrow)
     if sql.plain:
         # A statistic range is checked row by row in the sort's own order (which stops at the
         # page) rather than found through its index and then sorted; the count uses the index.
@@ -558,7 +529,7 @@ def _list_page(
                 [*sql.values, *window],
             )
         ]
-        return _summaries(catalogue, ids), _count(catalogue, sql.where, sql.values)
+        return _summaries(catalogue, sql.scorer, ids), _count(catalogue, sql.where, sql.values)
     rows = catalogue.db.execute(
         _materialised(
             sql, "id, count(*) over ()", sql.outer, f"order by {sql.order()} limit ? offset ?"
@@ -566,7 +537,7 @@ def _list_page(
         [*sql.values, *sql.outer_values, *window],
     ).fetchall()
     if rows:
-        return _summaries(catalogue, [int(r[0]) for r in rows]), int(rows[0][1])
+        return _summaries(catalogue, sql.scorer, [int(r[0]) for r in rows]), int(rows[0][1])
     if offset <= 0:
         return [], 0
     _, total = _list_page(catalogue, model, spec, offset=0, limit=1)
@@ -623,6 +594,8 @@ def list_step(
     """
     sql = _list_sql(catalogue, model, spec)
     left: int | None
+    if sql.plain and sql.sort_stat is not None:
+        return _stat_step(catalogue, sql, sql.sort_stat, place, backward, count)
     if not sql.derived:
         beyond, beyond_values = sql.beyond(place.key, backward, inline=True)
         keys = ", ".join(sql.key_columns(inline=True))
@@ -655,10 +628,57 @@ def list_step(
     return ListPlace(int(row[0]), int(row[1]), tuple(row[2:])), left
 
 
+def _stat_step(
+    catalogue: Catalogue,
+    sql: _ListSQL,
+    stat: Stat,
+    place: ListPlace,
+    backward: bool,
+    count: bool,
+) -> tuple[ListPlace | None, int | None]:
+    """`list_step` on a statistic sort, through the statistic's index: the neurons with a value
+    in order, then those without (NULL or NaN) by id, as `_stat_sorted` pages them; each part
+    is one index range, so a step reads a row or two however long the list."""
+    column = f"n.{STAT_COLUMN[stat]}"
+    number = _IS_NUMBER.format(column=column)
+    where = _ranges_in_order(sql)
+    descending = sql.descending != backward
+    direction, later = ("desc", "<") if descending else ("asc", ">")
+    value, neuron_id = place.key
+    # (WHERE, values, whether its rows have a value): the parts of the list beyond `place`.
+    # Bounded at `value` on the index's side, so the index range starts there (the column's
+    # own `later` test alone would be read from the index's end).
+    bounded = f"{column} between -9e999 and ?" if descending else f"{column} between ? and 9e999"
+    numbered = (
+        f"{where} and {bounded} and ({column} {later} ? or id {later} ?)",
+        [*sql.values, value, value, neuron_id],
+        True,
+    )
+    every_numbered = (f"{where} and {number}", sql.values, True)
+    unnumbered = f"{where} and not coalesce({number}, 0)"
+    beyond_unnumbered = (f"{unnumbered} and id {later} ?", [*sql.values, neuron_id], False)
+    if value is not None:
+        parts = [numbered] if backward else [numbered, (unnumbered, sql.values, False)]
+    else:
+        parts = [beyond_unnumbered, every_numbered] if backward else [beyond_unnumbered]
+    for part_where, values, valued in parts:
+        order = f"{column} {direction}, id {direction}" if valued else f"id {direction}"
+        found = catalogue.db.execute(
+            f"select layer, neuron, id, {column if valued else 'null'} from neurons n "
+            f"where {part_where} order by {order} limit 1",
+            values,
+        ).fetchone()
+        if found is not None:
+            break
+    else:
+        return None, 0
+    left = sum(_count(catalogue, w, v) for w, v, _ in parts) if count else None
+    return ListPlace(int(found[0]), int(found[1]), (found[3], int(found[2]))), left
+
+
 def _stat_sorted(
     catalogue: Catalogue,
-    where: str,
-    values: list[Any],
+    sql: _ListSQL,
     stat: Stat,
     direction: str,
     offset: int,
@@ -671,6 +691,7 @@ def _stat_sorted(
     order of the statistic's (model_id, column) index and reading stops at the page; without it
     (`+column`: SQLite then uses another index, e.g. the layer's) they are sorted. The count
     uses the index too unless `count_by_index` is off."""
+    where, values = sql.where, sql.values
     column = f"n.{STAT_COLUMN[stat]}"
     plain = column if index else f"+{column}"
     number = _IS_NUMBER.format(column=plain)
@@ -694,7 +715,7 @@ def _stat_sorted(
                 [*values, limit - len(ids), max(0, offset - numbered)],
             )
         ]
-    return _summaries(catalogue, ids), _count(catalogue, where, values)
+    return _summaries(catalogue, sql.scorer, ids), _count(catalogue, where, values)
 
 
 def _count(catalogue: Catalogue, where: str, values: list[Any]) -> int:
@@ -703,18 +724,18 @@ def _count(catalogue: Catalogue, where: str, values: list[Any]) -> int:
     )
 
 
-def _summaries(catalogue: Catalogue, ids: list[int]) -> list[NeuronSummary]:
-    """Label, score and status of just these neurons, in the order given."""
+def _summaries(catalogue: Catalogue, scorer: Scorer, ids: list[int]) -> list[NeuronSummary]:
+    """Label (by `scorer`, the model's), score and status of just these neurons, in order."""
     if not ids:
         return []
     marks = ",".join("?" * len(ids))
     rows = {
         int(row[0]): row
         for row in catalogue.db.execute(
-            f"""select n.id, n.layer, n.neuron, n.max, n.density, {_STATUS_SQL}, b.id, b.text,
-            {_SCORE_OF.format(e="b")}, b.status, {_has((_NEEDS_REVIEW,))},
+            f"""select n.id, n.layer, n.neuron, n.max, n.density, n.label_state, b.id, b.text,
+            {score_of("b", scorer)}, b.status, {_TO_REVIEW},
             n.w_in_w_out_cosine, n.kurtosis, n.skewness
-            from neurons n left join explanations b on b.id = {_BEST_ID_SQL}
+            from neurons n left join explanations b on b.id = {label_sql(scorer).id}
             where n.id in ({marks})""",
             ids,
         )
@@ -792,7 +813,8 @@ def neuron_summaries(
                 [model_id, *(v for pair in chunk for v in pair)],
             )
         ]
-    return {(s.layer, s.neuron): s for s in _summaries(catalogue, ids)}
+    scorer = default_scorer(catalogue.db, model_id)
+    return {(s.layer, s.neuron): s for s in _summaries(catalogue, scorer, ids)}
 
 
 def top_example_windows(

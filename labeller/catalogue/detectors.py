@@ -189,10 +189,16 @@ def rank_by_detector(
     if status is not None:
         outer = "where e.status = ?"
         values.append(LabelStatus(status).value)
+    model = catalogue.db.execute("select id from models where name = ?", [model_name]).fetchone()
+    label_id = (
+        "null"
+        if model is None
+        else label_state.label_sql(label_state.default_scorer(catalogue.db, int(model[0]))).id
+    )
     sql = f"""
         with labelled as (
             select n.id, n.layer, n.neuron, n.max, n.density,
-                {label_state.LABEL_ID_SQL} as label_id
+                {label_id} as label_id
             from neurons n join models m on m.id = n.model_id
             where {" and ".join(where)}
         )

@@ -484,4 +484,89 @@ def m013_corpus_subsets(db: Database) -> None:
     )
 
 
+# m014's SQL, as it was applied (never edited; a change to the label state needs a migration
+# that recreates the triggers). A neuron's state from its explanations (`label_state` in
+# `labeller.catalogue.label_state`): 0 unlabelled, 1 proposed, 2 needs_review, 3 accepted,
+# 4 rejected; the shown state puts a proposed label that can be the neuron's label (the source's
+# chosen best, or a source without one) before one needing review.
+_M014_ELIGIBLE = """(e.status = 'proposed' and (coalesce(e.best, 0) = 1 or not exists (
+    select 1 from explanations o where o.neuron_id = e.neuron_id and o.source = e.source
+    and coalesce(o.best, 0) = 1 and o.status in ('proposed', 'accepted', 'needs_review'))))"""
+_M014_LABEL_STATE = """(select case when count(*) = 0 then 0
+    when max(e.status = 'accepted') then 3 when max(e.status = 'needs_review') then 2
+    when max(e.status = 'proposed') then 1 else 4 end
+    from explanations e where e.neuron_id = neurons.id)"""
+_M014_SHOWN_STATE = f"""(select case when count(*) = 0 then 0
+    when max(e.status = 'accepted') then 3 when max({_M014_ELIGIBLE}) then 1
+    when max(e.status = 'needs_review') then 2 when max(e.status = 'proposed') then 1 else 4 end
+    from explanations e where e.neuron_id = neurons.id)"""
+_M014_SET_STATES = f"""update neurons set label_state = {_M014_LABEL_STATE},
+    shown_state = {_M014_SHOWN_STATE}"""
+_M014_TALLY_KEY = "(model_id, split, method, prediction, simulator)"
+
+
+def _m014_tally(row: str, sign: str) -> str:
+    """Add (`sign` +) or take away (-) score `row` (new or old) in its model's tally."""
+    return f"""insert into score_tally {_M014_TALLY_KEY[:-1]}, n, scored)
+    select n.model_id, {row}.split, {row}.method, coalesce({row}.prediction, ''),
+        coalesce({row}.simulator, ''), {sign}1, {sign}({row}.score is not null)
+    from explanations e join neurons n on n.id = e.neuron_id where e.id = {row}.explanation_id
+    on conflict {_M014_TALLY_KEY} do update set n = n + excluded.n,
+        scored = scored + excluded.scored;"""
+
+
+@migrations()
+def m014_label_state_columns(db: Database) -> None:
+    """Each neuron's label state kept in two indexed columns (`neurons.label_state`, its
+    workflow state, and `neurons.shown_state`, the status shown beside its label; see
+    `labeller.catalogue.label_state`), and each model's count of scores by split, method,
+    prediction kind and simulator (`score_tally`, which `rank` and the label rule read for
+    their default simulator). Triggers keep both in step with every insert, update and delete
+    of an explanation or a score, in the same transaction, so the list filters and sorts by
+    status through an index instead of deriving it per neuron (a page of 307,200 neurons took
+    0.8 to 1.5 s)."""
+    neurons = db.table("neurons")
+    neurons.add_column("label_state", int, not_null_default=0)
+    neurons.add_column("shown_state", int, not_null_default=0)
+    db.execute(f"{_M014_SET_STATES} where id in (select neuron_id from explanations)")
+    for column in ("label_state", "shown_state"):
+        neurons.create_index(["model_id", column, "layer", "neuron"], if_not_exists=True)
+    where = "where id in (old.neuron_id, new.neuron_id)"
+    for name, event, rows_changed in (
+        ("insert", "insert", "where id = new.neuron_id"),
+        ("update", "update of status, best, source, neuron_id", where),
+        ("delete", "delete", "where id = old.neuron_id"),
+    ):
+        db.execute(
+            f"""create trigger explanations_label_state_{name} after {event} on explanations
+            begin {_M014_SET_STATES} {rows_changed}; end"""
+        )
+    db.execute(
+        """create table score_tally (model_id integer not null, split text not null,
+        method text not null, prediction text not null, simulator text not null,
+        n integer not null, scored integer not null,
+        primary key (model_id, split, method, prediction, simulator))"""
+    )
+    db.execute(
+        """insert into score_tally select n.model_id, s.split, s.method,
+            coalesce(s.prediction, ''), coalesce(s.simulator, ''), count(*),
+            sum(s.score is not null)
+        from scores s join explanations e on e.id = s.explanation_id
+        join neurons n on n.id = e.neuron_id group by 1, 2, 3, 4, 5"""
+    )
+    db.execute(
+        f"create trigger scores_tally_insert after insert on scores begin "
+        f"{_m014_tally('new', '+')} end"
+    )
+    db.execute(
+        f"create trigger scores_tally_delete after delete on scores begin "
+        f"{_m014_tally('old', '-')} end"
+    )
+    db.execute(
+        "create trigger scores_tally_update after update of explanation_id, method, split, "
+        f"score, prediction, simulator on scores begin {_m014_tally('old', '-')} "
+        f"{_m014_tally('new', '+')} end"
+    )
+
+
 KNOWN_MIGRATIONS = frozenset(m.name for m in migrations.pending(Database(memory=True)))

@@ -136,13 +136,21 @@ def ranks_in_layer(
     max_batch: int = 64,
 ) -> list[int]:
     """For each window, the neuron's rank (1 = the most active) among every neuron of its layer
-    at `positions[i]`; ties count in the neuron's favour."""
+    at `positions[i]`; ties count in the neuron's favour. Attention is causal, so each window
+    runs only up to its position (about half the work of whole windows)."""
     if len(windows) != len(positions):
         raise ValueError("one position per window")
     _check_lengths(model, windows)
     out: list[int] = []
     for start in range(0, len(windows), max_batch):
-        chunk = windows[start : start + max_batch]
+        chunk = [
+            list(window[: position + 1])
+            for window, position in zip(
+                windows[start : start + max_batch],
+                positions[start : start + max_batch],
+                strict=True,
+            )
+        ]
         ids, _ = batch_inputs(model, chunk)
         acts = neuron_activations(model, ids, [layer])[layer].cpu()  # [batch, tokens, d_mlp]
         rows = torch.arange(len(chunk))

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
+import numpy as np
 import torch
 
 from labeller.catalogue import Catalogue
@@ -118,8 +119,7 @@ class LayerState:
                 torch.empty(shape, device=self.device),
                 torch.empty(shape, device=self.device),
                 torch.empty(shape, device=self.device),
-                torch.empty(shape, dtype=torch.bool, device=self.device),
-                torch.empty(shape, dtype=torch.long, device=self.device),
+                torch.empty(shape, dtype=torch.int32, device=self.device),
             )
         return self._buffers[tokens]
 
@@ -134,35 +134,32 @@ class LayerState:
         reservoir_rows: list[tuple[int, int]],
         subsets: list[str | None],
     ) -> torch.Tensor:
-        """acts: [B, T, N] (a view of the hook's output); mask: [B, T] real tokens; subsets:
-        each row's corpus subset. Returns the batch rows some neuron keeps."""
+        """acts: [B, T, N] (a strided view of the hook's output); mask: [B, T] real tokens;
+        subsets: each row's corpus subset. Returns the batch rows some neuron keeps.
+
+        The batch is copied once into a contiguous buffer: every statistic then reduces over
+        contiguous rows (on CPU ~30x faster than over the strided view, for the cost of one
+        copy). Each window's max is taken once and shared by top-k, bands and the batch max."""
         batch, width, n = acts.shape
-        work, gathered, y, y2, positive, index = self._scratch(batch * width)
+        work, gathered, y, y2, index = self._scratch(batch * width)
+        padded = work[: batch * width].view(batch, width, n)
+        padded.copy_(acts)
         if full:
-            # Reduce over the hook's strided view directly: no copy of the batch.
-            real = acts
-            shape: tuple[int, ...] = (batch, width, n)
-            padded = acts
+            real = padded.view(-1, n)
         else:
             rows = mask.view(-1).nonzero().squeeze(1)
-            shape = (rows.numel(), n)
-            real = gathered[: shape[0]]
-            flat = work.view(batch, width, n)
-            flat.copy_(acts)
-            torch.index_select(flat.view(-1, n), 0, rows, out=real)
-            padded = flat.masked_fill_(~mask[:, :, None], -math.inf)
-        count = shape[0] if len(shape) == 2 else batch * width
-        y, y2 = y[:count].view(shape), y2[:count].view(shape)
-        positive, index = positive[:count].view(shape), index[:count].view(shape)
-        dims = tuple(range(len(shape) - 1))
-        batch_min = real.amin(dim=dims)
-        batch_max = real.amax(dim=dims)
-        self.moments.update(real, batch_min, batch_max, (y, y2, positive))
-        self.histogram.update(real, batch_min, batch_max, (y, index))
+            real = gathered[: rows.numel()]
+            torch.index_select(padded.view(-1, n), 0, rows, out=real)
+            padded.masked_fill_(~mask[:, :, None], -math.inf)
+        count = real.shape[0]
+        window_max = padded.amax(dim=1)
+        batch_max = window_max.amax(dim=0)
+        batch_min = real.amin(dim=0)
+        self.moments.update(real, batch_min, batch_max, (y[:count], y2[:count]))
+        self.histogram.update(real, batch_min, batch_max, (y[:count], index[:count]))
         for row, slot in reservoir_rows:
             self.random_acts[slot].zero_()
             self.random_acts[slot, :width] = acts[row]
-        window_max = padded.amax(dim=1)
         kept = self.top.update(padded, window_max, window_index, hashes)
         if self.bands is not None:
             kept = torch.cat(
@@ -437,14 +434,13 @@ class Scanner:
     def _neuron_rows(self) -> Iterator[NeuronRow]:
         for layer, state in self.layers.items():
             weights = layer_weight_facts(self.model, layer)
-            top = {name: t.cpu() for name, t in state.top.state().items()}
-            random_acts = state.random_acts.cpu()
-            moments = {name: t.cpu() for name, t in state.moments.state().items()}
+            # Per-neuron reads go to numpy arrays: indexing a tensor element costs microseconds,
+            # which made building 4,096 neurons' rows take longer than scanning them.
+            top = _numpy(state.top.state())
+            random_acts = state.random_acts.cpu().numpy()
+            moments = _numpy(state.moments.state())
             subset_tops = (
-                {
-                    name: {key: t.cpu() for key, t in part.items()}
-                    for name, part in state.subset_top.state().items()
-                }
+                {name: _numpy(part) for name, part in state.subset_top.state().items()}
                 if state.subset_top is not None
                 else {}
             )
@@ -452,6 +448,9 @@ class Scanner:
             if state.bands is not None:
                 bands = BandSample(state.bands.m, state.bands.bins, 0, 0, torch.device("cpu"))
                 bands.load({name: t.cpu() for name, t in state.bands.state().items()})
+                band_arrays = _numpy(
+                    {"acts": bands.acts, "values": bands.values, "argmax": bands.argmax}
+                )
             for n in range(self.model.d_mlp):
                 stats = self._stats(state, moments, n)
                 yield NeuronRow(
@@ -463,12 +462,12 @@ class Scanner:
                         *self._top_examples(top, n),
                         *self._subset_examples(subset_tops, n),
                         *self._random_examples(random_acts, n),
-                        *(self._band_examples(bands, stats.max, n) if bands else ()),
+                        *(self._band_examples(bands, band_arrays, stats.max, n) if bands else ()),
                     ],
                 )
 
     def _subset_examples(
-        self, subset_tops: dict[str, dict[str, torch.Tensor]], n: int
+        self, subset_tops: dict[str, dict[str, np.ndarray]], n: int
     ) -> Iterator[ExampleRow]:
         """Each subset's top windows, subset by subset: ranked on across subsets (a rank names
         one example of the kind, as with band windows), split by the place within the subset
@@ -481,7 +480,7 @@ class Scanner:
 
     def _top_examples(
         self,
-        top: dict[str, torch.Tensor],
+        top: dict[str, np.ndarray],
         n: int,
         kind: ExampleKind = ExampleKind.TOP,
         first_rank: int = 0,
@@ -497,13 +496,13 @@ class Scanner:
                 kind=kind,
                 rank=first_rank + place,
                 split=top_split(place),
-                activations=encode_activations(top["acts"][slot, n, :length].numpy()),
+                activations=encode_activations(top["acts"][slot, n, :length]),
                 max_activation=float(top["values"][slot, n]),
                 max_index=int(top["argmax"][slot, n]),
             )
             place += 1
 
-    def _random_examples(self, random_acts: torch.Tensor, n: int) -> Iterator[ExampleRow]:
+    def _random_examples(self, random_acts: np.ndarray, n: int) -> Iterator[ExampleRow]:
         for slot, index in enumerate(self.reservoir.slots):
             length = len(self.windows[index].token_ids)
             values = random_acts[slot, :length, n]
@@ -512,13 +511,13 @@ class Scanner:
                 kind=ExampleKind.RANDOM,
                 rank=slot,
                 split=random_split(slot),
-                activations=encode_activations(values.numpy()),
+                activations=encode_activations(values),
                 max_activation=float(values.max()),
                 max_index=int(values.argmax()),
             )
 
     def _band_examples(
-        self, bands: BandSample, max_activation: float, n: int
+        self, bands: BandSample, arrays: dict[str, np.ndarray], max_activation: float, n: int
     ) -> Iterator[ExampleRow]:
         """The neuron's band samples, band by band; band i is [edges[i], edges[i+1]) (the top
         one closed at the neuron's max). A window's split is its position in its band's sample,
@@ -530,7 +529,7 @@ class Scanner:
             if band + 1 >= len(edges):  # cannot happen: the max bounds every window's max
                 continue
             length = len(self.windows[index].token_ids)
-            values = bands.acts[slot, n, :length]
+            values = arrays["acts"][slot, n, :length]
             at = position.get(band, 0)
             position[band] = at + 1
             yield ExampleRow(
@@ -538,16 +537,16 @@ class Scanner:
                 kind=ExampleKind.QUANTILE,
                 rank=rank,
                 split=quantile_split(at),
-                activations=encode_activations(values.numpy()),
-                max_activation=float(bands.values[slot, n]),
-                max_index=int(bands.argmax[slot, n]),
+                activations=encode_activations(values),
+                max_activation=float(arrays["values"][slot, n]),
+                max_index=int(arrays["argmax"][slot, n]),
                 band=band,
                 band_low=edges[band],
                 band_high=edges[band + 1],
             )
             rank += 1
 
-    def _stats(self, state: LayerState, m: dict[str, torch.Tensor], n: int) -> NeuronStats:
+    def _stats(self, state: LayerState, m: dict[str, np.ndarray], n: int) -> NeuronStats:
         count = float(m["count"])
         m2 = float(m["m2"][n])
         variance = m2 / count if count else 0.0
@@ -564,6 +563,10 @@ class Scanner:
             tokens=int(count),
             histogram=Histogram(low=low, high=high, counts=counts),
         )
+
+
+def _numpy(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    return {name: t.cpu().numpy() for name, t in state.items()}
 
 
 def _meta(window: Window) -> WindowMeta:

@@ -475,6 +475,8 @@ class Backend:
         if not windows:
             return {}
         with self._forward_lock:
+            if key in self._ranks:  # computed meanwhile (the walk asks ahead for the next page)
+                return self._ranks[key]
             ranks = ranks_in_layer(
                 model, [w for _, w, _ in windows], [p for _, _, p in windows], layer, neuron
             )

@@ -17,14 +17,13 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
-from textual.widgets import ListItem, ListView, Static
+from textual.widgets import ListView, Static
 
 from labeller import band_precision, subsets
 from labeller.records import Example, ExampleKind, Illusion, NeuronView, SubsetSummary
 from labeller.render import precision_bar
 from labeller.sealing import held_out_count, visible
-from labeller.tui.example_item import ExampleItem
-from labeller.tui.example_line import ExampleLine
+from labeller.tui.example_item import ExampleItem, SectionItem
 from labeller.tui.example_list import ExampleList
 from labeller.tui.text import fmt, legend, shown, spark
 
@@ -143,16 +142,14 @@ class ExamplesPane(Vertical):
         for item, row in zip(present[:same], rows[:same], strict=True):
             if isinstance(item, ExampleItem) and isinstance(row, Example):
                 item.show(row, scale)
-            elif isinstance(row, Text):
-                item.query_one(Static).update(row, layout=False)  # one line either way
+            elif isinstance(item, SectionItem) and isinstance(row, Text):
+                item.show(row)
         kept = examples.index
         if same < len(present):
             examples.remove_items(range(same, len(present)))
         if same < len(rows):
             examples.extend(
-                ExampleItem(row, scale)
-                if isinstance(row, Example)
-                else ListItem(Static(row), classes="section", disabled=True)
+                ExampleItem(row, scale) if isinstance(row, Example) else SectionItem(row)
                 for row in rows[same:]
             )
         # The person's row stays highlighted if there is still an example there.
@@ -194,7 +191,7 @@ class ExamplesPane(Vertical):
 
     def on_list_view_selected(self, event: ListView.Selected) -> None:
         if isinstance(event.item, ExampleItem):
-            event.item.query_one(ExampleLine).toggle()
+            event.item.toggle()
 
     def set_ranks(self, ranks: dict[int, int], layer_width: int) -> None:
         """The neuron's rank in its layer at each top example's max token (computed by the
@@ -222,19 +219,19 @@ class ExamplesPane(Vertical):
         self.query_one("#stats", Static).update(stats)
 
     def on_list_view_highlighted(self, event: ListView.Highlighted) -> None:
-        for line in self.query(ExampleLine):
-            line.hide_cursor()
+        for item in self.query(ExampleItem):
+            item.hide_cursor()
         if isinstance(event.item, ExampleItem):
             self._detail(event.item.example, None)
 
     def action_token(self, step: int) -> None:
         item = self.query_one("#example-list", ListView).highlighted_child
         if isinstance(item, ExampleItem):
-            item.query_one(ExampleLine).move_cursor(step)
+            item.move_cursor(step)
 
-    def on_example_line_pointed(self, event: ExampleLine.Pointed) -> None:
+    def on_example_item_pointed(self, event: ExampleItem.Pointed) -> None:
         event.stop()
-        self._detail(event.line.example, event.index)
+        self._detail(event.item.example, event.index)
 
     def _detail(self, example: Example, index: int | None) -> None:
         """One line: the pointed token's activation (else the max token's), and for a top

@@ -109,6 +109,7 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
     class Stepped(Message):
         step: int
         found: ListPlace | None
+        edge: Neuron  # the end of the trail it was found from
 
     @dataclass
     class Ranks(Message):
@@ -144,6 +145,9 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
         self.examples_sealed: bool | None = None  # as the Examples tab last showed them
         # While the page turns to another neuron: the heading shown until its data arrives.
         self._held_heading: Text | None = None
+        # The top example the Live and Perturb tabs are to start from, fetched when one of them
+        # is shown (a page turned on another tab does not trace what nobody sees).
+        self._example_due = False
 
     def compose(self) -> ComposeResult:
         yield Static(id="neuron-title")
@@ -230,15 +234,29 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
             return
         if self.walk is not None:  # once this page is painted
             self.call_after_refresh(self.look_ahead, self.walk)
-        if self.query_one(TabbedContent).active == "examples":
-            self.query_one("#example-list").focus()
+        listed = self.query_one("#example-list")
+        if self.query_one(TabbedContent).active == "examples" and self.focused is not listed:
+            listed.focus()  # (focusing it again would redraw the footer's keys: a page turn)
         self.query_one(LivePane).configure(self.layer_index, self.neuron, max(view.stats.max, 1e-9))
         self.query_one(PerturbPane).configure(self.layer_index, self.neuron)
+        # The rest once the page is painted, so it does not compete with the paint.
+        self.call_after_refresh(self._after_paint)
+
+    def _after_paint(self) -> None:
+        """This neuron's ranks (a page turned in place; else when the model loads), and the
+        Live and Perturb tabs' example when one of them is shown."""
         model = annotate_app(self).backend.loaded(self.model_name)
-        if model is not None:  # a page turned in place: this neuron's ranks (else on load)
+        if model is not None:
             self.example_ranks(model)
-        if view.top_examples:
-            top = view.top_examples[0]
+        self._example_due = True
+        if self.query_one(TabbedContent).active in ("live", "perturb"):
+            self._fetch_top_example()
+
+    def _fetch_top_example(self) -> None:
+        page = self.page
+        self._example_due = False
+        if page is not None and page.view.top_examples:
+            top = page.view.top_examples[0]
             self.fetch_example(top.kind.value, top.rank, top.max_index, switch=False)
 
     def compute_heading(self) -> Text:
@@ -323,6 +341,8 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
         """Focus moves into the shown pane: focus left in a hidden pane would pull it back."""
         self.query_one(PerturbPane).set_active(event.pane.id == "perturb")
         self.query_one(FOCUS_IN_TAB[event.pane.id or "examples"]).focus()
+        if self._example_due and event.pane.id in ("live", "perturb"):
+            self._fetch_top_example()
 
     def on_live_pane_traced(self, event: LivePane.Traced) -> None:
         self.query_one(PerturbPane).set_input(event.trace, event.target)
@@ -335,6 +355,7 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
         if example is None:
             say(self.app, "highlight an example in the Examples tab first", severity="warning")
             return
+        self._example_due = False  # this example, not the top one
         self.fetch_example(example.kind.value, example.rank, example.max_index, switch=True)
 
     @work(thread=True, exclusive=True, group="example", exit_on_error=False)
@@ -503,6 +524,7 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
 
         def picked(text: str | None) -> None:
             if text is not None:
+                self._example_due = False  # this text, not the top example
                 self.query_one(LivePane).load_text(text)
                 self.action_tab("live")
 
@@ -532,6 +554,9 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
         if get_current_worker().is_cancelled:
             return
         self.post_message(self.WalkAhead(place, after, left))
+        model = backend.loaded(self.model_name)
+        if after is not None and model is not None:  # the next page's ranks, ready for `n`
+            backend.example_ranks(model, self.model_name, after.layer, after.neuron)
         if left is None:  # the next neuron first; what is left may take a full pass
             _, left = backend.step(walk.model, walk.spec, place)
             if not get_current_worker().is_cancelled:
@@ -539,11 +564,12 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
 
     def on_neuron_screen_walk_ahead(self, event: WalkAhead) -> None:
         walk = self.walk
-        if walk is None:
-            return
+        if walk is None or (event.place.layer, event.place.neuron) != walk.current:
+            return  # looked up from a neuron the walk has since left: its next, its count
         walk.places[walk.current] = event.place
         if event.left is not None:
             walk.left = event.left
+            walk.counted = walk.current
         if event.after is not None and walk.known(1) is None:
             walk.extend(1, event.after)
         self.walk_note = walk.describe()
@@ -571,12 +597,12 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
         place = walk.places.get(edge) or backend.place(walk.model, walk.spec, *edge)
         walk.places[edge] = place
         found, _ = backend.step(walk.model, walk.spec, place, backward=step < 0)
-        self.post_message(self.Stepped(step, found))
+        self.post_message(self.Stepped(step, found, edge))
 
     def on_neuron_screen_stepped(self, event: Stepped) -> None:
         walk = self.walk
-        if walk is None:
-            return
+        if walk is None or event.edge != (walk.trail[-1] if event.step > 0 else walk.trail[0]):
+            return  # the trail has grown past that edge meanwhile (a second key, say)
         if event.found is None:
             where = "end" if event.step > 0 else "start"
             say(self.app, f"the {where} of the {_walked(walk)}: {walk.rank:,} of {walk.total:,}")

@@ -40,6 +40,9 @@ class Walk:
     at: int = 0  # index of the current neuron in the trail
     left: int | None = None  # neurons after the current one still in the list (None: unknown)
     places: dict[Neuron, ListPlace] = field(default_factory=dict)  # sort keys, once known
+    # The neuron whose look-ahead counted `left` (after a move, `left` is an estimate until
+    # the new neuron's own count arrives).
+    counted: Neuron | None = None
 
     @classmethod
     def start(cls, model: str, spec: ListSpec, total: int, neuron: Neuron, rank: int) -> Walk:

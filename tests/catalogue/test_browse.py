@@ -11,6 +11,7 @@ from builders import scan_params
 
 from labeller.catalogue import Catalogue, labels
 from labeller.catalogue.browse import (
+    STATUS_RANK,
     ListSpec,
     NeuronStatus,
     SortKey,
@@ -30,7 +31,7 @@ from labeller.catalogue.browse import (
 from labeller.errors import UserError
 from labeller.explain.baseline import BaselineExplainer, BaselineSimulator
 from labeller.explain.service import explain_neurons, score_neurons
-from labeller.records import LabelStatus, Score, Split
+from labeller.records import LabelStatus, PredictionKind, Score, Split
 from labeller.scan.runner import run_scan
 
 
@@ -145,23 +146,66 @@ def test_status_is_derived_from_all_the_neurons_labels(catalogue):
     }
 
 
-def test_an_llm_score_is_preferred_to_the_baseline(catalogue):
+def test_the_best_proposed_label_is_chosen_like_with_like_as_rank_does(catalogue):
+    """Labels are compared by `rank`'s default simulator and prediction kind (here the
+    baseline's rule scores, which every label has), never by whichever simulator scored one of
+    them: a higher score from another simulator, or one of unknown kind, does not count."""
     ref = catalogue.neuron_ref(None, 0, 9)
-    (explanation,) = catalogue.explanations_of(ref.id)
+    (baseline,) = catalogue.explanations_of(ref.id)
+    other = catalogue.add_explanation(
+        ref, "another idea", source="other", prompt_version="v", producer_model=None
+    )
+    assert other is not None
+    primary = next(
+        s.score for s in baseline.scores if s.method == "top_and_random" and s.split is Split.VALID
+    )
+
+    def score(simulator: str, value: float, prediction: PredictionKind | None) -> Score:
+        return Score(
+            method="top_and_random",
+            split=Split.VALID,
+            score=value,
+            simulator=simulator,
+            prompt_version="v",
+            prediction=prediction,
+        )
+
     catalogue.save_scores(
-        explanation.id,
+        other,
         [
-            Score(
-                method="top_and_random",
-                split=Split.VALID,
-                score=0.123,
-                simulator="gpt-x",
-                prompt_version="v",
-            )
+            score("baseline", primary - 0.5, PredictionKind.RULE),
+            score("detector-x", 0.99, PredictionKind.RULE),  # one score: not the default
         ],
     )
+    catalogue.save_scores(baseline.id, [score("gpt-x", -0.9, None)])  # unknown kind: ignored
     row = everything(catalogue, layer=0)[9]
-    assert row.score == pytest.approx(0.123)
+    assert (row.label, row.score) == (baseline.text, pytest.approx(primary))
+    assert catalogue.neuron_view(None, 0, 9).label == baseline.id
+    ranked = {r.neuron: (r.label, r.score) for r in catalogue.rank(None, layers=[0])}
+    assert ranked[9] == (baseline.text, pytest.approx(primary))
+    # An LLM's expected values, once there are any, are what labels are compared by.
+    catalogue.save_scores(other, [score("gpt-x", 0.2, PredictionKind.EXPECTED_VALUE)])
+    row = everything(catalogue, layer=0)[9]
+    assert (row.label, row.score) == ("another idea", pytest.approx(0.2))
+    assert catalogue.rank(None, layers=[0])[0].label == "another idea"
+
+
+def test_the_status_sort_orders_by_the_status_shown(catalogue):
+    """Neuron 0.5 has a proposed label shown and another needing review: it sorts with the
+    proposed ones (what its row says), while the status filter still finds it to review."""
+    ref = catalogue.neuron_ref(None, 0, 5)
+    labels.write_label(
+        catalogue, ref, '"y"', status=LabelStatus.NEEDS_REVIEW, annotator="a",
+        expected_version=None,
+    )  # fmt: skip
+    for descending in (False, True):
+        rows = everything(catalogue, sort=SortKey.STATUS, descending=descending)
+        ranks = [STATUS_RANK[NeuronStatus(r.shown_status)] for r in rows]
+        assert ranks == sorted(ranks, reverse=descending)
+    row = next(r for r in everything(catalogue) if (r.layer, r.neuron) == (0, 5))
+    assert (row.shown_status, row.status) == ("proposed", NeuronStatus.NEEDS_REVIEW)
+    reviewing = everything(catalogue, status=NeuronStatus.NEEDS_REVIEW)
+    assert (0, 5) in {(r.layer, r.neuron) for r in reviewing}
 
 
 @pytest.mark.parametrize("key", list(SortKey))

@@ -11,7 +11,7 @@ import tui_support as support
 from builders import run_cli, scan_params, synthetic_documents
 from fake_openai import FakeOpenAI, Reply, neuron_responder
 from textual.coordinate import Coordinate
-from textual.widgets import DataTable, Static, TabbedContent, TextArea
+from textual.widgets import DataTable, TabbedContent, TextArea
 from tui_support import notifications, until
 
 from labeller.band_precision import detector_bands, label_bands
@@ -23,8 +23,7 @@ from labeller.model.perturb import trace_neuron
 from labeller.records import HistoryAction, NullControl, ScoreMethod, Split
 from labeller.render import precision_spark
 from labeller.tui.app import create_app
-from labeller.tui.example_item import ExampleItem
-from labeller.tui.example_line import ExampleLine
+from labeller.tui.example_item import ExampleItem, SectionItem
 from labeller.tui.examples_pane import ExamplesPane
 from labeller.tui.experiment_view import TITLES, ExperimentView
 from labeller.tui.labels_pane import LabelsPane
@@ -75,9 +74,8 @@ async def test_examples_are_cut_around_the_max_and_expand(tui):
         banded = [i for i in items if i.example.band is not None]
         assert banded
         for item in banded:  # band rows are marked with their band
-            prefix = str(item.query_one(".prefix", Static).render())
-            assert prefix.startswith(f"b{item.example.band} ")
-        line = items[0].query_one(ExampleLine)
+            assert item.render().plain.startswith(f"b{item.example.band} ")
+        line = items[0]
         example = line.example
         assert example == view.top_examples[0]
         collapsed = line.render()
@@ -124,7 +122,7 @@ async def test_held_out_windows_are_sealed_until_you_unseal_them(tui):
         shown = {item.example.split for item in screen.query(ExampleItem)}
         assert shown <= PEOPLE_SEE and shown
         pane_text = " ".join(
-            str(item.render()) for item in screen.query_one(ExamplesPane).query("Static")
+            str(item.render()) for item in screen.query_one(ExamplesPane).query(SectionItem)
         )
         assert "held-out windows (valid, test) sealed" in pane_text
         await pilot.press("2")
@@ -415,7 +413,7 @@ async def test_neuron_page_shows_subsets_illusion_and_band_precision(subset_cata
         items = [i.example for i in screen.query(ExampleItem)]
         shown_subset = [e for e in view.subset_examples if e.split in PEOPLE_SEE]
         assert items[-len(shown_subset) :] == shown_subset
-        sections = [str(s.render()) for s in screen.query(".section Static")]
+        sections = [str(s.render()) for s in screen.query(SectionItem)]
         assert any(s.startswith("Subset code · ") and "peaks: " in s for s in sections)
         assert any(s.startswith("Subset prose · ") for s in sections)
         assert any(s.startswith("Illusion ") and "(code vs prose)" in s for s in sections)

@@ -11,7 +11,7 @@ from tui_support import until
 
 from labeller.catalogue.browse import SortKey
 from labeller.model.search import ranks_in_layer
-from labeller.tui.example_line import ExampleLine
+from labeller.tui.example_item import PREFIX, ExampleItem
 from labeller.tui.examples_pane import ExamplesPane
 from labeller.tui.live_pane import LivePane
 from labeller.tui.neuron_list import NeuronListScreen
@@ -74,10 +74,11 @@ async def test_example_tokens_give_their_value_and_the_rank_in_the_layer(tui, ti
         )
         assert f"#{at} " in detail(screen) and f"{example.activations[at]:.4g}" in detail(screen)
         # The mouse over a token says the same for that token.
-        line = screen.query(ExampleLine).first()
-        index = line.token_at(3, 0)
+        line = screen.query(ExampleItem).first()
+        assert line.token_at(PREFIX - 1, 0) is None  # the rank, max and split column
+        index = line.token_at(PREFIX + 3, 0)
         assert index is not None
-        await pilot.hover(line, offset=(3, 0))
+        await pilot.hover(line, offset=(PREFIX + 3, 0))
         await until(pilot, lambda: f"#{index} " in detail(screen))
         assert f"{line.example.activations[index]:.4g}" in detail(screen)
         # Output tokens carry their logit weights.

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 import tui_support as support
-from textual.widgets import ListView, Static, TabbedContent
+from textual.widgets import ListView, TabbedContent
 from tui_support import notifications, until
 
 from labeller.catalogue.browse import SortKey, Todo
 from labeller.records import LabelStatus, Split
-from labeller.tui.example_item import ExampleItem
+from labeller.tui.example_item import ExampleItem, SectionItem
 from labeller.tui.filter_bar import FilterBar
 from labeller.tui.neuron_list import NeuronListScreen
 from labeller.tui.neuron_screen import NeuronScreen
@@ -49,9 +49,10 @@ async def on_page(pilot, neuron: tuple[int, int]) -> NeuronScreen:
 
 
 async def walked(pilot, neuron: tuple[int, int]) -> NeuronScreen:
-    """On `neuron`'s page, with the next neuron looked up ("k of N · m left" known)."""
+    """On `neuron`'s page, with the next neuron looked up from it ("k of N · m left" counted
+    for this neuron, not the estimate carried over from the last one)."""
     screen = await on_page(pilot, neuron)
-    await until(pilot, lambda: screen.walk is not None and screen.walk.left is not None)
+    await until(pilot, lambda: screen.walk is not None and screen.walk.counted == neuron)
     return screen
 
 
@@ -121,6 +122,27 @@ async def test_next_and_previous_walk_the_list_from_the_opened_row(tui):
         assert screen.query_one(NeuronTable).cursor_row == 2
 
 
+async def test_a_late_look_ahead_from_the_last_neuron_changes_nothing(tui):
+    """The look-ahead of a neuron the walk has left (its worker finished after `n`) must not
+    give the new page that neuron's count or its next neuron (the page itself): it is dropped."""
+    app = tui.app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        await listed(pilot)
+        await pilot.press("enter")
+        page = await walked(pilot, (0, 0))
+        old = page.walk.places[(0, 0)]
+        await pilot.press("n")
+        page = await walked(pilot, (0, 1))
+        walk = page.walk
+        before = (walk.left, list(walk.trail), walk.at, heading(page))
+        late = NeuronScreen.WalkAhead(old, walk.places[(0, 1)], walk.left + 1)
+        page.post_message(late)
+        await pilot.pause()
+        assert (walk.left, list(walk.trail), walk.at, heading(page)) == before
+        await pilot.press("n")
+        await walked(pilot, (0, 2))
+
+
 async def test_the_next_page_keeps_the_tab_and_the_example(tui):
     app = tui.app()
     async with app.run_test(size=(100, 30)) as pilot:
@@ -160,9 +182,7 @@ async def test_a_turned_page_lists_exactly_the_new_neurons_examples(tui):
             items = list(page.query_one("#example-list", ListView).children)
             examples = [i.example for i in items if isinstance(i, ExampleItem)]
             assert examples == shown
-            headings = [
-                str(i.query_one(Static).render()) for i in items if not isinstance(i, ExampleItem)
-            ]
+            headings = [str(i.render()) for i in items if isinstance(i, SectionItem)]
             bands = sorted({e.band for e in view.quantile_examples})
             assert [h.split(" ")[0] for h in headings[2 : 2 + len(bands)]] == ["Band"] * len(bands)
             shapes.add(len(items))
