@@ -320,6 +320,15 @@ def cli(verbose: bool) -> None:
     show_default=True,
     help="Windows sampled per activation band per neuron (5-8 bands from 0 to the max); 0: none.",
 )
+@click.option(
+    "--checkpoint-every",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Seconds of scanning between resumable checkpoints (each one is the whole state, "
+    "about twice the finished catalogue); 0: after every batch.",
+)
 @model_load_options
 def scan(
     db_path: Path | None,
@@ -337,6 +346,7 @@ def scan(
     seed: int,
     histogram_bins: int,
     band_windows: int,
+    checkpoint_every: float,
     device: str,
     dtype: str,
 ) -> None:
@@ -377,7 +387,7 @@ def scan(
     if world is not None:
         rank_device = distributed.device_for(world, device)
         model, params = _scan_model(model_spec, rank_device, dtype, fields)
-        _sharded_scan(world, db_path, model, params, batch_size, text_field)
+        _sharded_scan(world, db_path, model, params, batch_size, text_field, checkpoint_every)
         return
     with _new_catalogue_kept_only_if_used(db_path) as catalogue:
         with _status(f"loading {model_spec}"):
@@ -391,6 +401,7 @@ def scan(
                     batch_size=batch_size,
                     text_field=text_field,
                     on_progress=advance,
+                    checkpoint_every=checkpoint_every,
                 )
         except ScanAlreadyComplete as done:
             click.echo(str(done))
@@ -430,6 +441,7 @@ def _sharded_scan(
     params: ScanParams,
     batch_size: int,
     text_field: str,
+    checkpoint_every: float,
 ) -> None:
     """`scan` as one rank of a torchrun job: every rank scans its share of the windows; rank 0
     alone opens the catalogue, shows progress and reports; the others exit quietly (0 when the
@@ -442,7 +454,13 @@ def _sharded_scan(
         if not world.leader:
             try:
                 run_scan(
-                    None, model, params, batch_size=batch_size, text_field=text_field, world=world
+                    None,
+                    model,
+                    params,
+                    batch_size=batch_size,
+                    text_field=text_field,
+                    world=world,
+                    checkpoint_every=checkpoint_every,
                 )
             except ScanAlreadyComplete:
                 return
@@ -460,6 +478,7 @@ def _sharded_scan(
                         text_field=text_field,
                         on_progress=advance,
                         world=world,
+                        checkpoint_every=checkpoint_every,
                     )
             except ScanAlreadyComplete as done:
                 click.echo(str(done))
