@@ -106,6 +106,12 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
         left: int | None  # None: still counting
 
     @dataclass
+    class PageAhead(Message):
+        """The next neuron's page, read while this one is open (shown at once on `n`)."""
+
+        page: NeuronPage
+
+    @dataclass
     class Stepped(Message):
         step: int
         found: ListPlace | None
@@ -148,6 +154,10 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
         # The top example the Live and Perturb tabs are to start from, fetched when one of them
         # is shown (a page turned on another tab does not trace what nobody sees).
         self._example_due = False
+        # The next neuron's page as the look-ahead read it, and whether the page shown came
+        # from there (then it is read again once painted: someone may have changed it since).
+        self._ahead: NeuronPage | None = None
+        self._read_ahead = False
 
     def compose(self) -> ComposeResult:
         yield Static(id="neuron-title")
@@ -232,6 +242,11 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
         self.query_one(ExamplesPane).show(view, sealed=page.sealed)
         if not first:
             return
+        # The work below waits for the paint: textual runs `call_after_refresh` callbacks at the
+        # screen's next idle unless the screen itself awaits a layout, and the panes' refreshes
+        # reach the screen only after that idle, so without this the look-ahead's query and the
+        # ranks started before the frame and competed with it.
+        self.refresh(layout=True)
         if self.walk is not None:  # once this page is painted
             self.call_after_refresh(self.look_ahead, self.walk)
         listed = self.query_one("#example-list")
@@ -243,8 +258,12 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
         self.call_after_refresh(self._after_paint)
 
     def _after_paint(self) -> None:
-        """This neuron's ranks (a page turned in place; else when the model loads), and the
-        Live and Perturb tabs' example when one of them is shown."""
+        """This neuron's ranks (a page turned in place; else when the model loads), the Live
+        and Perturb tabs' example when one of them is shown, and a fresh read of a page that
+        was read ahead."""
+        if self._read_ahead:
+            self._read_ahead = False
+            self.load()
         model = annotate_app(self).backend.loaded(self.model_name)
         if model is not None:
             self.example_ranks(model)
@@ -554,6 +573,11 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
         if get_current_worker().is_cancelled:
             return
         self.post_message(self.WalkAhead(place, after, left))
+        if after is not None:
+            page = backend.neuron(walk.model, after.layer, after.neuron)
+            if get_current_worker().is_cancelled:
+                return
+            self.post_message(self.PageAhead(page))
         model = backend.loaded(self.model_name)
         if after is not None and model is not None:  # the next page's ranks, ready for `n`
             backend.example_ranks(model, self.model_name, after.layer, after.neuron)
@@ -573,6 +597,9 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
         if event.after is not None and walk.known(1) is None:
             walk.extend(1, event.after)
         self.walk_note = walk.describe()
+
+    def on_neuron_screen_page_ahead(self, event: PageAhead) -> None:
+        self._ahead = event.page
 
     def action_walk(self, step: int) -> None:
         walk = self.walk
@@ -623,7 +650,14 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
         self._held_heading = self.heading
         self.set_reactive(NeuronScreen.selected, None)
         self.page = None  # label keys wait for the new neuron's data
-        self.load()
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and (ahead.view.layer, ahead.view.neuron) == (layer, neuron):
+            # Read while the last page was open: shown now, without waiting for a read, and
+            # read again once painted (`_after_paint`).
+            self._read_ahead = True
+            self.on_neuron_screen_loaded(self.Loaded(ahead, None))
+        else:
+            self.load()
 
 
 def _walked(walk: Walk) -> str:
