@@ -3,6 +3,8 @@ from the neuron page keeping its tab and scroll, and back on the list where the 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import tui_support as support
 from textual.widgets import ListView, TabbedContent
@@ -10,6 +12,7 @@ from tui_support import notifications, until
 
 from labeller.catalogue.browse import SortKey, Todo
 from labeller.records import LabelStatus, Split
+from labeller.tui.backend import Backend
 from labeller.tui.example_item import ExampleItem, SectionItem
 from labeller.tui.filter_bar import FilterBar
 from labeller.tui.neuron_list import NeuronListScreen
@@ -141,6 +144,29 @@ async def test_a_late_look_ahead_from_the_last_neuron_changes_nothing(tui):
         assert (walk.left, list(walk.trail), walk.at, heading(page)) == before
         await pilot.press("n")
         await walked(pilot, (0, 2))
+
+
+async def test_a_page_read_ahead_shows_a_change_made_after_the_read(tui):
+    """`n` shows the next page as the look-ahead read it, then reads it again: a label bob
+    accepted in between is what the page ends up showing, and what its keys act on."""
+    app = tui.app("alice")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await listed(pilot)
+        await pilot.press("enter")
+        page = await walked(pilot, (0, 0))
+        await until(pilot, lambda: page._ahead is not None)
+        ahead = page._ahead
+        assert (ahead.view.layer, ahead.view.neuron) == (0, 1)
+        bob = Backend(db_path=Path("catalogue.db"), annotator="bob")
+        bobs_page = bob.neuron(ahead.view.model, 0, 1)
+        label = bobs_page.candidates[0]
+        bob.change_label(bobs_page, explanation_id=label.id, status=LabelStatus.ACCEPTED)
+        await pilot.press("n")
+        page = await on_page(pilot, (0, 1))
+        await until(pilot, lambda: page.page is not None and page.page.version > ahead.version)
+        shown = next(e for e in page.page.candidates if e.id == label.id)
+        assert shown.status is LabelStatus.ACCEPTED and page.page.view.label == label.id
+        assert "accepted" in heading(page) and label.text[:20] in heading(page)
 
 
 async def test_the_next_page_keeps_the_tab_and_the_example(tui):
