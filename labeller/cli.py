@@ -2305,6 +2305,13 @@ def compare(
     show_default=True,
 )
 @click.option("--dpi", type=click.IntRange(min=20), default=100, show_default=True)
+@click.option(
+    "--detector",
+    "detector_names",
+    multiple=True,
+    help="A detector whose per-band precision to draw next to the label's (repeatable; `all` "
+    "for every one). Default: the neuron's best stored detectors, as `show` gives them.",
+)
 def plot(
     db_path: Path | None,
     model_name: str | None,
@@ -2313,21 +2320,28 @@ def plot(
     out: Path,
     formats: str,
     dpi: int,
+    detector_names: tuple[str, ...],
 ) -> None:
-    """Write figures as PNG and SVG: a neuron's activation histogram, or a layer's label scores
-    against their null control and cos(w_in, w_out) against kurtosis. Figures the catalogue has
-    no data for are skipped with a note. Needs matplotlib (pip install 'labeller[plots]').
+    """Write figures as PNG and SVG: a neuron's activation histogram and per-band precision of
+    its label and detectors, or a layer's label scores against their null control and
+    cos(w_in, w_out) against kurtosis. Figures the catalogue has no data for are skipped with a
+    note. Needs matplotlib (pip install 'labeller[plots]').
 
     \b
     Example:
       labeller plot --db db/demo.db --model demo-solu-1l --layer 0 --neuron 9
+      labeller plot --db db/demo.db --layer 0 --neuron 9 --detector number --detector start-of-line
       labeller plot --db db/demo.db --model demo-solu-1l --layer 0 -o figures/solu
     """
+    from labeller.detect.registry import resolve
     from labeller.plot import pyplot
     from labeller.plot.catalogue_figures import layer_figures, neuron_figures
 
     pyplot()  # no matplotlib: say so before reading anything
     chosen = tuple(formats.split(","))
+    if detector_names and neuron is None:
+        raise UserError("--detector draws a neuron's per-band precision: give --neuron N too")
+    detectors = resolve(detector_names, []) if detector_names else None
     with Catalogue.open(db_path, read_only=True) as catalogue:
         model = catalogue.resolve_model(model_name)
         if layer >= model.n_layers:
@@ -2335,7 +2349,7 @@ def plot(
         if neuron is not None:
             view = catalogue.neuron_view(model.name, layer, neuron)
             out.mkdir(parents=True, exist_ok=True)
-            plotted = neuron_figures(view, out, dpi, chosen)
+            plotted = neuron_figures(view, out, dpi, chosen, detectors)
         else:
             out.mkdir(parents=True, exist_ok=True)
             plotted = layer_figures(catalogue, model.name, layer, out, dpi, chosen)

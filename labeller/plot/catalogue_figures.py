@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from labeller.band_precision import detector_bands, label_bands, neuron_band_precision
 from labeller.catalogue import Catalogue
 from labeller.catalogue.browse import neuron_summaries
+from labeller.detect.detector import Detector
 from labeller.plot import pyplot, save
-from labeller.records import NeuronView, NullControl, Split, neuron_name
+from labeller.records import FeatureBands, NeuronView, NullControl, Split, neuron_name
 
 SCORE_SPLIT = Split.VALID
 
@@ -24,9 +27,16 @@ class Plotted:
     notes: list[str] = field(default_factory=list)
 
 
-def neuron_figures(view: NeuronView, out: Path, dpi: int, formats: tuple[str, ...]) -> Plotted:
-    """The neuron's activation histogram (the scan's exact stored one); per-band precision and
-    DLA vs activation are noted as not available until the catalogue stores them."""
+def neuron_figures(
+    view: NeuronView,
+    out: Path,
+    dpi: int,
+    formats: tuple[str, ...],
+    detectors: Sequence[Detector] | None = None,
+) -> Plotted:
+    """The neuron's activation histogram (the scan's exact stored one) and the per-band
+    precision of its label and of `detectors` (default: its best stored detectors, as `show`
+    gives them); DLA vs activation is noted as not available until the catalogue stores it."""
     plotted = Plotted()
     name = neuron_name(view.layer, view.neuron)
     histogram = view.stats.histogram
@@ -44,16 +54,75 @@ def neuron_figures(view: NeuronView, out: Path, dpi: int, formats: tuple[str, ..
         f"(excess kurtosis {_fmt(view.stats.kurtosis)})",
         fontsize="medium",
     )
-    stem = out / f"{file_stem(view.model)}_L{view.layer}_N{view.neuron}_histogram"
+    stem = out / f"{_neuron_stem(view)}_histogram"
     plotted.paths += save(fig, stem, dpi, formats)
-    plotted.notes.append(
-        f"{name}: no per-band precision figure: the catalogue stores no per-band precision "
-        "for labels yet"
-    )
+    _band_figure(view, band_series(view, detectors), out, dpi, formats, plotted)
     plotted.notes.append(
         f"{name}: no DLA vs activation figure: the catalogue stores no direct logit attribution yet"
     )
     return plotted
+
+
+def band_series(
+    view: NeuronView, detectors: Sequence[Detector] | None = None
+) -> list[FeatureBands]:
+    """What the per-band precision figure draws: the label's band precision, then each of
+    `detectors`' (None: the neuron's best stored detectors, as `show` gives them)."""
+    if detectors is None:
+        return neuron_band_precision(view)
+    found = [label_bands(view), *(detector_bands(view, d) for d in detectors)]
+    return [bands for bands in found if bands is not None]
+
+
+def _band_figure(
+    view: NeuronView,
+    series: list[FeatureBands],
+    out: Path,
+    dpi: int,
+    formats: tuple[str, ...],
+    plotted: Plotted,
+) -> None:
+    """One panel per feature: a bar per activation band (its edges under it, its window count
+    over it), or a note when the neuron has no band windows or nothing scored on them."""
+    name = neuron_name(view.layer, view.neuron)
+    if not view.quantile_examples:
+        plotted.notes.append(
+            f"{name}: no per-band precision figure: the scan kept no activation-band windows "
+            "(scan with --band-windows N)"
+        )
+        return
+    if not series:
+        plotted.notes.append(
+            f"{name}: no per-band precision figure: no label scored on band windows (labeller "
+            "score --on quantiles) and no detector (labeller detect, or plot --detector NAME)"
+        )
+        return
+    if label_bands(view) is None:
+        plotted.notes.append(
+            f"{name}: per-band precision without the label's: it has no score on band windows "
+            "(labeller score --on quantiles)"
+        )
+    plt = pyplot()
+    fig, axes = plt.subplots(len(series), 1, figsize=(6, 1.2 + 1.9 * len(series)), squeeze=False)
+    for ax, bands in zip(axes[:, 0], series, strict=True):
+        positions = [b.band for b in bands.bands]
+        bars = ax.bar(positions, [b.precision for b in bands.bands], width=0.7)
+        ax.bar_label(bars, labels=[f"{b.windows} win" for b in bands.bands], fontsize="x-small")
+        ax.set_xticks(positions, [f"[{b.low:.2g}, {b.high:.2g}]" for b in bands.bands])
+        ax.tick_params(axis="x", labelsize="x-small")
+        ax.set_ylim(0, 1.15)
+        ax.set_ylabel("precision")
+        consistency = "n/a" if bands.consistency is None else f"{bands.consistency:.2f}"
+        ax.set_title(
+            f"{bands.feature} (band consistency {consistency})", fontsize="small", loc="left"
+        )
+    axes[-1, 0].set_xlabel("activation band (edges)")
+    fig.suptitle(f"{view.model} {name}: precision per activation band", fontsize="medium")
+    plotted.paths += save(fig, out / f"{_neuron_stem(view)}_band_precision", dpi, formats)
+
+
+def _neuron_stem(view: NeuronView) -> str:
+    return f"{file_stem(view.model)}_L{view.layer}_N{view.neuron}"
 
 
 def layer_figures(

@@ -25,16 +25,75 @@ def _written(output: str) -> list[Path]:
     return [Path(line.strip()) for line in output.splitlines() if line.startswith("  ")]
 
 
-def test_a_neuron_histogram_as_png_and_svg_with_notes_for_missing_data(
-    tmp_path, labelled_db
-) -> None:
+def test_a_neurons_histogram_and_band_precision_as_png_and_svg(tmp_path, labelled_db) -> None:
     result = run_cli(
         "plot", "--db", labelled_db, "--layer", "1", "--neuron", "5", "-o", tmp_path / "f"
     )
-    png, svg = _written(result.output)
-    assert png.name.endswith("_L1_N5_histogram.png") and png.read_bytes()[:8] == PNG
-    assert svg == png.with_suffix(".svg") and "<svg" in svg.read_text()
-    assert "no per-band precision" in result.stderr and "no direct logit" in result.stderr
+    written = _written(result.output)
+    assert [p.name.split("_L1_N5_")[1] for p in written] == [
+        "histogram.png",
+        "histogram.svg",
+        "band_precision.png",
+        "band_precision.svg",
+    ]
+    for png in written[::2]:
+        assert png.read_bytes()[:8] == PNG and png.stat().st_size > 5000
+        assert "<svg" in png.with_suffix(".svg").read_text()
+    assert "per-band precision" not in result.stderr  # the label was scored on band windows
+    assert "no direct logit" in result.stderr
+
+
+def test_the_band_figure_draws_what_band_precision_computes(labelled_db) -> None:
+    from labeller.band_precision import band_precision, detector_bands, label_bands
+    from labeller.catalogue import Catalogue
+    from labeller.detect.registry import resolve
+    from labeller.plot.catalogue_figures import band_series
+
+    with Catalogue.open(labelled_db, read_only=True) as catalogue:
+        (model,) = catalogue.models()
+        view = catalogue.neuron_view(model.name, 1, 5)
+    number, line = resolve(["number", "start-of-line"], [])
+    series = band_series(view, [number, line])
+    assert [s.feature.split(" #")[0] for s in series] == [
+        "label",
+        "detector:number",
+        "detector:start-of-line",
+    ]
+    assert series == [label_bands(view), detector_bands(view, number), detector_bands(view, line)]
+    # by hand: each band's mean detector value at its windows' peak tokens
+    windows = view.quantile_examples
+    by_hand = band_precision(windows, [line.values(w.tokens) for w in windows])
+    assert series[2].bands == by_hand and sum(b.windows for b in by_hand) == len(windows)
+    assert band_series(view) == [label_bands(view)]  # no detector scored: the label alone
+
+
+def test_a_neuron_without_a_band_scored_label_gets_notes(tmp_path, labelled_db) -> None:
+    result = run_cli("plot", "--db", labelled_db, "--layer", "0", "--neuron", "1", "-o", tmp_path)
+    assert "no per-band precision figure: no label scored on band windows" in result.stderr
+    assert not any("band_precision" in p.name for p in _written(result.output))
+    result = run_cli(
+        "plot", "--db", labelled_db, "--layer", "0", "--neuron", "1", "-o", tmp_path,
+        "--detector", "number", "--formats", "svg",
+    )  # fmt: skip
+    (band,) = (p for p in _written(result.output) if "band_precision" in p.name)
+    assert band.name.endswith("_L0_N1_band_precision.svg") and "<svg" in band.read_text()
+    assert "without the label's: it has no score on band windows" in result.stderr
+
+
+def test_a_neuron_without_band_windows_gets_a_note(tmp_path, tiny_model_dir, tiny_corpus) -> None:
+    db = tmp_path / "nobands.db"
+    run_cli(
+        "scan", "--db", db, "--model", tiny_model_dir, "--dataset", tiny_corpus,
+        "--ctx", "16", "--band-windows", "0",
+    )  # fmt: skip
+    result = run_cli(
+        "plot", "--db", db, "--layer", "0", "--neuron", "1", "--detector", "number",
+        "-o", tmp_path,
+    )  # fmt: skip
+    assert "no per-band precision figure: the scan kept no activation-band windows" in (
+        result.stderr
+    )
+    assert not any("band_precision" in p.name for p in _written(result.output))
 
 
 def test_a_layer_scores_against_the_null_and_cosine_against_kurtosis(tmp_path, labelled_db) -> None:
@@ -61,6 +120,8 @@ def test_bad_targets_and_missing_matplotlib_are_one_line_errors(
     for args, message in (
         (("--layer", "7"), "has layers 0-1"),
         (("--layer", "0", "--neuron", "999"), "no neuron 999"),
+        (("--layer", "0", "--detector", "number"), "give --neuron N too"),
+        (("--layer", "0", "--neuron", "1", "--detector", "nope"), "unknown detector 'nope'"),
     ):
         result = run_cli("plot", "--db", labelled_db, *args, "-o", tmp_path, ok=False)
         assert result.exit_code != 0 and message in result.output
