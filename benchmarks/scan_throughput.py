@@ -9,12 +9,23 @@ after writing the scan's results (with bands, and without).
 
     python benchmarks/scan_throughput.py                       # demo-solu-1l on CPU
     python benchmarks/scan_throughput.py --config gpt2-small --device cuda --tokens 2000000
+
+`--whole-process` times whole processes instead, start to exit: `python -m labeller scan` with
+its catalogue written, against a bare forward-pass process over the same tokens that uses the
+whole machine (every core, or the GPU), for the demo models and a randomly initialised 4-layer
+model (width 256, 1,024 neurons a layer, saved as a native model dir), interleaved, medians:
+
+    python benchmarks/scan_throughput.py --whole-process --tokens 150000 --repeats 3
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -55,6 +66,34 @@ def gpt2_sized_model(device: str) -> LoadedModel:
     return LoadedModel(name="gpt2-sized", source="benchmark", bridge=bridge, device=torch_device)
 
 
+def four_layer_model_dir(path: Path) -> Path:
+    """A randomly initialised 4-layer model (width 256, 1,024 neurons a layer, the demo
+    tokenizer) saved as a native model dir, so `labeller scan --model PATH` loads it."""
+    from transformer_lens.config import TransformerBridgeConfig
+    from transformer_lens.model_bridge.sources.native import boot
+
+    from labeller.model.native_dir import save_native_model
+
+    demo = load_model("demo-gelu-1l", device="cpu")
+    cfg = TransformerBridgeConfig(
+        d_model=256,
+        n_layers=4,
+        d_mlp=1024,
+        d_head=64,
+        n_heads=4,
+        n_ctx=1024,
+        d_vocab=demo.bridge.cfg.d_vocab,
+        act_fn="gelu",
+        normalization_type="LN",
+        positional_embedding_type="standard",
+        architecture="TransformerLensNative",
+        seed=0,
+    )
+    bridge = boot(cfg, tokenizer=demo.tokenizer, device=torch.device("cpu"), model_name="4l")
+    save_native_model(bridge, demo.tokenizer, path, {"benchmark": "random 4-layer"})
+    return path
+
+
 def synchronise(model: LoadedModel) -> None:
     if model.device.type == "cuda":
         torch.cuda.synchronize()
@@ -78,6 +117,70 @@ def scan_pass(model: LoadedModel, batches: list[list[Window]], params: ScanParam
     return scanner
 
 
+def bare_process(
+    model_spec: str, dataset: str, tokens: int, ctx: int, batch: int, device: str
+) -> None:
+    """The baseline process: the same tokens, batches and hooked forward pass as the scan, on
+    every core, keeping nothing."""
+    torch.set_num_threads(os.cpu_count() or 1)
+    model = load_model(model_spec, device)
+    layers = list(range(model.n_layers))
+    left = tokens
+    pending: list[list[int]] = []
+    for window in iter_windows(iter_documents(dataset), model.encode, ctx):
+        pending.append(window.token_ids[:left])
+        left -= len(pending[-1])
+        if len(pending) == batch or left <= 0:
+            ids, _ = batch_inputs(model, pending)
+            neuron_activations(model, ids, layers, keep=False)
+            pending = []
+        if left <= 0:
+            break
+    if pending:
+        ids, _ = batch_inputs(model, pending)
+        neuron_activations(model, ids, layers, keep=False)
+    synchronise(model)
+
+
+def whole_process(args: argparse.Namespace) -> None:
+    """Interleaved whole-process runs of `labeller scan` and the bare pass, per model."""
+    python = sys.executable
+    here = Path(__file__).resolve()
+    env = {**os.environ, "PYTHONPATH": str(here.parents[1])}
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    with tempfile.TemporaryDirectory() as tmp:
+        models = [*args.models, str(four_layer_model_dir(Path(tmp) / "random-4l-256x1024"))]
+        for device in devices:
+            for spec in models:
+                common = ["--dataset", args.dataset, "--ctx", str(args.ctx)]
+                common += ["--batch-size", str(args.batch_size), "--device", device]
+                bare_cmd = [python, str(here), "--bare-process", "--model", spec]
+                bare_cmd += [*common, "--tokens", str(args.tokens)]
+                db = Path(tmp) / "scan.db"
+                scan_cmd = [python, "-m", "labeller", "scan", "--db", str(db), "--model", spec]
+                scan_cmd += [*common, "--tokens", str(args.tokens)]
+                times: dict[str, list[float]] = {"bare": [], "scan": []}
+                for _ in range(args.repeats):
+                    for name, cmd in (("bare", bare_cmd), ("scan", scan_cmd)):
+                        for leftover in Path(tmp).glob("scan.db*"):
+                            leftover.unlink()
+                        start = time.perf_counter()
+                        subprocess.run(cmd, env=env, check=True, capture_output=True)
+                        times[name].append(time.perf_counter() - start)
+                bare, scan = (statistics.median(times[k]) for k in ("bare", "scan"))
+                label = Path(spec).name
+                print(
+                    f"{label} on {device}, {args.tokens:,} tokens: bare process {bare:.1f} s "
+                    f"(runs {_fmt(times['bare'])}); labeller scan {scan:.1f} s (runs "
+                    f"{_fmt(times['scan'])}); whole-process ratio bare / scan = "
+                    f"{bare / scan:.3f} (goal >= 0.9)",
+                    flush=True,
+                )
+        shutil.rmtree(Path(tmp) / "random-4l-256x1024", ignore_errors=True)
+    if devices == ["cpu"]:
+        print("no CUDA device here: no GPU numbers were measured")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="demo-solu-1l")
@@ -91,7 +194,16 @@ def main() -> None:
     parser.add_argument("--band-windows", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--whole-process", action="store_true")
+    parser.add_argument("--models", nargs="*", default=["demo-solu-1l", "demo-gelu-1l"])
+    parser.add_argument("--bare-process", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.bare_process:
+        bare_process(args.model, args.dataset, args.tokens, args.ctx, args.batch_size, args.device)
+        return
+    if args.whole_process:
+        whole_process(args)
+        return
 
     model = gpt2_sized_model(args.device) if args.config else load_model(args.model, args.device)
     reserve_core_for_accumulation(model.device)  # as `labeller scan` does; both passes share it

@@ -19,6 +19,9 @@ class TopWindows:
     """The k windows with the highest maximum activation, per neuron, with per-token values.
 
     Windows are compared by content hash, so the same text never fills two slots of a neuron.
+    Ties go to the window seen first (the lower stream index), the rule merge_top follows too.
+    Slots are kept unordered, so a window that enters takes a freed slot and nothing else
+    moves; state() returns them ranked (highest max first, ties by window index).
     """
 
     def __init__(self, k: int, n: int, ctx: int, device: torch.device) -> None:
@@ -37,16 +40,15 @@ class TopWindows:
         window_hash: torch.Tensor,
     ) -> torch.Tensor:
         """Merge a batch: `acts` [B, T, N] with padding at -inf, `window_max` [B, N] its max over
-        T. Returns the batch rows that entered any top-k.
+        T, `window_index` [B] increasing. Returns the batch rows that entered any top-k.
 
-        Only the columns (neurons) where some window beats the current k-th best are touched, so
-        after the first few batches an update costs little more than the comparison.
-        """
-        width = acts.shape[1]
+        Only the columns (neurons) where some window beats the current k-th best are touched,
+        and only the entering windows' values are copied."""
         same = window_hash[:, None] == window_hash[None, :]
         repeated_in_batch = torch.tril(same, diagonal=-1).any(dim=1)
         window_max = window_max.masked_fill(repeated_in_batch[:, None], -math.inf)
-        candidate = window_max > self.values[-1][None, :]
+        # Strictly above the k-th best: on a tie the kept (earlier) window stays.
+        candidate = window_max > self.values.amin(dim=0)[None, :]
         cols = candidate.any(dim=0).nonzero().squeeze(1)
         if cols.numel() == 0:
             return torch.zeros(0, dtype=torch.long, device=acts.device)
@@ -54,38 +56,36 @@ class TopWindows:
         cand_max = window_max[:, cols].masked_fill(~candidate[:, cols], -math.inf)
         already_kept = (window_hash[:, None, None] == self.hash[None, :, cols]).any(dim=1)
         cand_max = cand_max.masked_fill(already_kept, -math.inf)
-        merged = torch.cat([self.values[:, cols], cand_max], dim=0)
-        # A stable sort, not topk: equal maxima keep stream order (old slots, then the batch in
-        # order), so ties go to the window seen first, the rule merge_top follows too.
-        top_values, top_index = merged.sort(dim=0, descending=True, stable=True)
-        top_values, top_index = top_values[: self.k], top_index[: self.k]
-        from_old = top_index < self.k
-        old_i = top_index.clamp(max=self.k - 1)
-        new_b = (top_index - self.k).clamp(min=0)
-
-        def pick(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-            return torch.where(from_old, old[:, cols].gather(0, old_i), new)
-
-        entrants = acts[new_b, :, cols[None, :]]  # [k, C, T], padding at -inf
-        self.argmax[:, cols] = pick(self.argmax, entrants.argmax(dim=2))
-        self.window[:, cols] = pick(self.window, window_index[new_b])
-        self.hash[:, cols] = pick(self.hash, window_hash[new_b])
-        old_acts = self.acts[:, cols, :].gather(
-            0, old_i[:, :, None].expand(-1, -1, self.acts.shape[2])
-        )
-        new_acts = torch.zeros_like(old_acts)
-        new_acts[:, :, :width] = entrants.masked_fill(torch.isneginf(entrants), 0.0)
-        self.acts[:, cols, :] = torch.where(from_old[:, :, None], old_acts, new_acts)
-        self.values[:, cols] = top_values
-        return torch.unique(new_b[~from_old & torch.isfinite(top_values)])
+        old_index = self.window[:, cols]
+        pool_index = torch.cat([old_index, window_index[:, None].expand(-1, cols.numel())])
+        order = _order_by(-torch.cat([self.values[:, cols], cand_max]), pool_index)[: self.k]
+        chosen = torch.zeros(pool_index.shape, dtype=torch.bool, device=acts.device)
+        chosen.scatter_(0, order, True)
+        # Per column as many slots are freed as rows enter: pair them in ascending order (a
+        # masked row never enters, as an empty slot, index -1, wins the tie at -inf).
+        _, slot = (~chosen[: self.k]).T.nonzero(as_tuple=True)
+        col_in, row = chosen[self.k :].T.nonzero(as_tuple=True)
+        neuron = cols[col_in]
+        entrants = acts[row, :, neuron]  # [E, T], padding at -inf
+        self.values[slot, neuron] = window_max[row, neuron]
+        self.argmax[slot, neuron] = entrants.argmax(dim=1)
+        self.window[slot, neuron] = window_index[row]
+        self.hash[slot, neuron] = window_hash[row]
+        fresh = torch.zeros((row.numel(), self.acts.shape[2]), device=acts.device)
+        fresh[:, : acts.shape[1]] = entrants.masked_fill(torch.isneginf(entrants), 0.0)
+        self.acts[slot, neuron] = fresh
+        return torch.unique(row)
 
     def state(self) -> State:
+        """The slots ranked per neuron: highest max first, ties by window index, empty last."""
+        last = torch.iinfo(torch.long).max
+        order = _order_by(-self.values, self.window.masked_fill(self.window < 0, last))
         return {
-            "values": self.values,
-            "argmax": self.argmax,
-            "window": self.window,
-            "hash": self.hash,
-            "acts": self.acts,
+            "values": self.values.gather(0, order),
+            "argmax": self.argmax.gather(0, order),
+            "window": self.window.gather(0, order),
+            "hash": self.hash.gather(0, order),
+            "acts": self.acts.gather(0, order[:, :, None].expand(-1, -1, self.acts.shape[2])),
         }
 
     def load(self, state: State) -> None:
@@ -261,26 +261,28 @@ class Moments:
         x: torch.Tensor,
         batch_min: torch.Tensor,
         batch_max: torch.Tensor,
-        scratch: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        scratch: tuple[torch.Tensor, torch.Tensor],
     ) -> None:
-        """x: [..., N] activations of real (unpadded) tokens, possibly a strided view; scratch:
-        two float buffers and one bool buffer shaped like x."""
-        y, y2, positive = scratch
-        dims = tuple(range(x.dim() - 1))
-        nb = float(x.numel() // x.shape[-1])
+        """x: [M, N] activations of real (unpadded) tokens, contiguous (on CPU a reduction over
+        the rows of a strided view is ~30x slower than over a contiguous copy); scratch: two
+        float buffers shaped like x."""
+        y, y2 = scratch
+        nb = float(x.shape[0])
         shift = self.mean.float() if self.batches else (batch_min + batch_max) / 2
         shift = shift.to(x.dtype)
         self.batches += 1
+        # Positives counted as float ones: summing a bool tensor converts it to int64 first,
+        # ten times slower. Exact: a batch holds far fewer than 2**24 tokens.
+        torch.gt(x, 0, out=y2)
+        self.positive += y2.sum(dim=0).double()
         torch.sub(x, shift, out=y)
         torch.mul(y, y, out=y2)
-        s1 = y.sum(dim=dims).double()
-        s2 = y2.sum(dim=dims).double()
+        s1 = y.sum(dim=0).double()
+        s2 = y2.sum(dim=0).double()
         y2.mul_(y)
-        s3 = y2.sum(dim=dims).double()
+        s3 = y2.sum(dim=0).double()
         y2.mul_(y)
-        s4 = y2.sum(dim=dims).double()
-        torch.gt(x, 0, out=positive)
-        self.positive += positive.sum(dim=dims).double()
+        s4 = y2.sum(dim=0).double()
 
         a = s1 / nb  # batch mean minus shift
         m2_b = s2 - nb * a**2
@@ -352,10 +354,11 @@ class AdaptiveHistogram:
         batch_max: torch.Tensor,
         scratch: tuple[torch.Tensor, torch.Tensor],
     ) -> None:
-        """x: [..., N], possibly a strided view; scratch: a float and a long buffer shaped like x.
+        """x: [M, N], contiguous; scratch: a float and an int32 buffer shaped like x.
 
-        The bin index is computed in float32 when it is exactly representable there (one fewer
-        pass over a long tensor), else in int64."""
+        On CPU the flat bin index (neuron * bins + bin) is computed in float32 and counted in
+        int32 when every value involved is an integer below 2**24 (exact in float32), which the
+        batch's min and max bound without another pass over x; else in int64."""
         if not self.started:
             self._initialise(batch_min, batch_max)
             self.started = True
@@ -366,17 +369,17 @@ class AdaptiveHistogram:
         shift = self.first - self.offsets
         # On a GPU the exactness check would synchronise: take the int64 path there.
         exact_in_float = not x.is_cuda and (
-            int(shift.abs().max()) < 2**23 and float(scaled.abs().amax()) < 2**23
+            int(shift.abs().max()) < 2**23
+            and float((torch.maximum(batch_min.abs(), batch_max.abs()) * self.inverse_width).max())
+            < 2**23
         )
         if exact_in_float:
             scaled -= shift.to(scaled.dtype)
             index.copy_(scaled)
+            flat = index.view(-1)
         else:
-            index.copy_(scaled)
-            index -= shift
-        self.counts += torch.bincount(index.view(-1), minlength=self.counts.numel()).view_as(
-            self.counts
-        )
+            flat = scaled.long().sub_(shift).view(-1)
+        self.counts += torch.bincount(flat, minlength=self.counts.numel()).view_as(self.counts)
 
     def _bin_of(self, value: torch.Tensor, inverse_width: torch.Tensor) -> torch.Tensor:
         return torch.floor(value.float() * inverse_width).long()
