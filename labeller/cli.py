@@ -47,6 +47,7 @@ from labeller.records import (
     ScoreWindows,
     SimulatorMode,
     neuron_name,
+    window_overlap,
 )
 from labeller.render import heat_text, printable, sparkline, visible_token
 
@@ -302,6 +303,13 @@ def cli(verbose: bool) -> None:
     show_default=True,
     help="Windows sampled per activation band per neuron (5-8 bands from 0 to the max); 0: none.",
 )
+@click.option(
+    "--dla/--no-dla",
+    default=SCAN_DEFAULTS["dla"],
+    show_default=True,
+    help="Also keep per neuron the top-k windows by direct logit attribution on the correct next "
+    "token, highest and lowest (runs the whole model; see the README for its cost).",
+)
 @model_load_options
 def scan(
     db_path: Path | None,
@@ -317,6 +325,7 @@ def scan(
     seed: int,
     histogram_bins: int,
     band_windows: int,
+    dla: bool,
     device: str,
     dtype: str,
 ) -> None:
@@ -327,7 +336,7 @@ def scan(
 
     \b
     Example:
-      labeller scan --model demo-solu-1l --dataset demo --tokens 200000
+      labeller scan --model demo-solu-1l --dataset demo --tokens 200000 --dla
       labeller scan --model gpt2 --dataset NeelNanda/pile-10k --layers 0-11 --tokens 10000000
     """
     from labeller.scan import distributed
@@ -345,6 +354,7 @@ def scan(
         "seed": seed,
         "histogram_bins": histogram_bins,
         "band_windows": band_windows,
+        "dla": dla,
     }
     if world is not None:
         rank_device = distributed.device_for(world, device)
@@ -492,7 +502,8 @@ def score_chances(catalogue: Catalogue, view: NeuronView) -> Chances:
 
 def neuron_json(view: NeuronView, chances: Chances | None = None) -> dict[str, Any]:
     data = view.model_dump(mode="json")
-    for key in ("top_examples", "random_examples"):
+    data["dla_top_overlap"] = window_overlap(view.top_examples, view.dla_top_examples)
+    for key in ("top_examples", "random_examples", "dla_top_examples", "dla_bottom_examples"):
         for example in data[key]:
             for name in ("kind", "band", "band_low", "band_high"):
                 example.pop(name)
@@ -558,6 +569,7 @@ def print_neuron(
         console.print(f"band {band}: {band_range(first, s.max)}", markup=False)
         for example in sealing.visible([first, *examples], sealed)[:limit]:
             _print_example(console, example, scale)
+    _print_dla(console, view, limit, sealed)
     held_out = sealing.held_out_count(view)
     if sealed and held_out:
         console.print(
@@ -589,6 +601,26 @@ def band_range(example: Example, neuron_max: float) -> str:
     """A band's bounds as an interval: [low, high), the top band closed at the neuron's max."""
     low, high = example.band_low or 0.0, example.band_high or 0.0
     return f"[{low:.3f}, {high:.3f}" + ("]" if high >= neuron_max else ")")
+
+
+def _print_dla(console: Console, view: NeuronView, limit: int | None, sealed: bool) -> None:
+    """The DLA windows, coloured by per-token DLA (orange pushes the correct next token, blue
+    suppresses it), and how far they are the activation top windows."""
+    if not view.dla_top_examples and not view.dla_bottom_examples:
+        return
+    both = [*view.dla_top_examples, *view.dla_bottom_examples]
+    scale = max((abs(e.max_activation) for e in both), default=1.0) or 1.0
+    overlap = window_overlap(view.top_examples, view.dla_top_examples)
+    shared = "n/a" if overlap is None else f"{overlap:.2f}"
+    console.print(
+        f"\n[bold]Top examples by direct logit attribution[/bold] (DLA on the correct next "
+        f"token, colour scale +-{scale:.3f}; Jaccard overlap with the top windows {shared})"
+    )
+    for example in sealing.visible(view.dla_top_examples, sealed)[:limit]:
+        _print_example(console, example, scale)
+    console.print("\n[bold]Bottom examples by direct logit attribution[/bold] (most suppressing)")
+    for example in sealing.visible(view.dla_bottom_examples, sealed)[:limit]:
+        _print_example(console, example, scale)
 
 
 def _print_example(console: Console, example: Example, scale: float) -> None:

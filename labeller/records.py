@@ -93,6 +93,9 @@ class ExampleKind(StrEnum):
     TOP = "top"
     RANDOM = "random"
     QUANTILE = "quantile"  # sampled from one of the neuron's activation bands
+    # Windows by direct logit attribution (their per-token values are DLA, not activations):
+    DLA_TOP = "dla_top"  # the highest DLA of any token: most pushes the correct next token
+    DLA_BOTTOM = "dla_bottom"  # the lowest: most suppresses it
 
 
 class ScoreMethod(StrEnum):
@@ -247,6 +250,10 @@ class ScanParams(Record):
         description="windows sampled per activation band per neuron (0: no bands); scans "
         "recorded before bands existed read as 0",
     )
+    dla: bool = Field(
+        default=False,
+        description="also keep the top and bottom windows by direct logit attribution",
+    )
 
 
 class ScanRecord(Record):
@@ -299,7 +306,10 @@ class WeightFacts(Record):
 
 
 class Example(Record):
-    """One stored window with one neuron's per-token activations."""
+    """One stored window with one neuron's per-token activations (for the DLA kinds, its
+    per-token direct logit attribution: `activations` holds DLA, `max_activation` the window's
+    highest DLA for dla_top and lowest for dla_bottom, at `max_index`; a window's last token
+    has no next token in the window and shows 0)."""
 
     kind: ExampleKind
     rank: int = Field(
@@ -421,6 +431,12 @@ class NeuronView(Record):
     top_examples: list[Example]
     random_examples: list[Example]
     quantile_examples: list[Example] = Field(default_factory=list)
+    dla_top_examples: list[Example] = Field(
+        default_factory=list, description="windows with the highest DLA (scanned with --dla)"
+    )
+    dla_bottom_examples: list[Example] = Field(
+        default_factory=list, description="windows with the lowest DLA (scanned with --dla)"
+    )
     explanations: list[Explanation]
     label: int | None = Field(
         default=None,
@@ -431,6 +447,16 @@ class NeuronView(Record):
         default_factory=list,
         description="the people who unsealed the neuron's held-out windows (see `sealing`)",
     )
+
+
+def window_overlap(a: list[Example], b: list[Example]) -> float | None:
+    """Jaccard index of two example lists' windows (by document and offset); None if both are
+    empty (nothing to compare)."""
+    left = {(e.document, e.offset) for e in a}
+    right = {(e.document, e.offset) for e in b}
+    if not left and not right:
+        return None
+    return len(left & right) / len(left | right)
 
 
 class Trace(Record):

@@ -611,6 +611,8 @@ class Catalogue:
             top_examples=[e for e in examples if e.kind is ExampleKind.TOP],
             random_examples=[e for e in examples if e.kind is ExampleKind.RANDOM],
             quantile_examples=[e for e in examples if e.kind is ExampleKind.QUANTILE],
+            dla_top_examples=[e for e in examples if e.kind is ExampleKind.DLA_TOP],
+            dla_bottom_examples=[e for e in examples if e.kind is ExampleKind.DLA_BOTTOM],
             explanations=self.explanations_of(int(row["id"])),
             label=self.label_id(int(row["id"])),
             unsealed_by=self.unsealed_by(int(row["id"])),

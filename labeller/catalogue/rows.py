@@ -86,7 +86,7 @@ def encode_activations(values: np.ndarray) -> bytes:
 
 PACK_FORMAT = 1
 _HEADER = struct.Struct("<BII")  # format, number of examples, bytes of compressed records
-_KINDS = ("top", "random", "quantile")
+_KINDS = ("top", "random", "quantile", "dla_top", "dla_bottom")
 _SPLITS = ("train", "calibration", "valid", "test")
 _KIND_CODES = {ExampleKind(k): i for i, k in enumerate(_KINDS)}
 _SPLIT_CODES = {Split(k): i for i, k in enumerate(_SPLITS)}
@@ -173,8 +173,10 @@ def decode_examples(blob: bytes) -> list[PackedExample]:
         if not math.isnan(top):
             # float16 rounding can lift a value just above the exact max: clamp to it, and give
             # the max's own token its exact value, so activations[max_index] is the window's
-            # max and equals max_activation, as before m010.
-            np.minimum(window, top, out=window)
+            # max and equals max_activation, as before m010. (A dla_bottom window's "max" is
+            # its lowest DLA: clamped from below.)
+            clamp = np.maximum if _KINDS[kind] == ExampleKind.DLA_BOTTOM else np.minimum
+            clamp(window, top, out=window)
             if 0 <= max_index < length:
                 window[max_index] = top
         found.append(

@@ -27,6 +27,7 @@ from labeller.catalogue.rows import ExampleRow, NeuronRow, WindowRow, encode_act
 from labeller.corpus import Window, iter_documents, iter_windows
 from labeller.errors import ScanAlreadyComplete, ScanInterrupted, UserError
 from labeller.model.activations import batch_inputs, neuron_activations
+from labeller.model.dla import neuron_activations_and_dla
 from labeller.model.loading import LoadedModel
 from labeller.model.weights import layer_weight_facts
 from labeller.records import (
@@ -46,6 +47,7 @@ from labeller.scan import distributed
 from labeller.scan.accumulators import (
     AdaptiveHistogram,
     BandSample,
+    DlaWindows,
     Moments,
     Reservoir,
     TopWindows,
@@ -93,6 +95,7 @@ class LayerState:
             if params.band_windows
             else None
         )
+        self.dla = DlaWindows(params.top_k, n, params.ctx, device) if params.dla else None
         self.moments = Moments(n, device)
         self.histogram = AdaptiveHistogram(n, params.histogram_bins, device)
         self.random_acts = torch.zeros((params.random, params.ctx, n), device=device)
@@ -158,9 +161,26 @@ class LayerState:
             )
         return kept
 
+    def update_dla(
+        self,
+        dla: torch.Tensor,
+        mask: torch.Tensor,
+        window_index: torch.Tensor,
+        hashes: torch.Tensor,
+    ) -> torch.Tensor:
+        """dla [B, T, N] as the model gives it; a token whose next token is not in its window
+        (the last real one, padding) gets none. Returns the batch rows some neuron keeps."""
+        assert self.dla is not None
+        has_next = torch.zeros_like(mask)
+        has_next[:, :-1] = mask[:, 1:]
+        return self.dla.update(
+            dla.masked_fill(~has_next[:, :, None], math.nan), window_index, hashes
+        )
+
     def state(self) -> dict[str, object]:
         return {
             **({"bands": self.bands.state()} if self.bands is not None else {}),
+            **({"dla": self.dla.state()} if self.dla is not None else {}),
             "top": self.top.state(),
             "moments": self.moments.state(),
             "histogram": self.histogram.state(),
@@ -171,6 +191,8 @@ class LayerState:
         self.top.load(state["top"])  # type: ignore[arg-type]
         if self.bands is not None:
             self.bands.load(state["bands"])  # type: ignore[arg-type]
+        if self.dla is not None:
+            self.dla.load(state["dla"])  # type: ignore[arg-type]
         self.moments.load(state["moments"])  # type: ignore[arg-type]
         self.histogram.load(state["histogram"])  # type: ignore[arg-type]
         self.random_acts.copy_(state["random_acts"])  # type: ignore[arg-type]
@@ -221,7 +243,11 @@ class Scanner:
         reservoir_rows = [(row, slot) for row, slot in enumerate(slots) if slot is not None]
         ids, mask = batch_inputs(self.model, [w.token_ids for w in batch])
         full = all(len(w.token_ids) == mask.shape[1] for w in batch)
-        activations = neuron_activations(self.model, ids, self.params.layers)
+        dla: dict[int, torch.Tensor] | None = None
+        if self.params.dla:
+            activations, dla = neuron_activations_and_dla(self.model, ids, self.params.layers)
+        else:
+            activations = neuron_activations(self.model, ids, self.params.layers)
         self.flush()
         self._pending = self._worker.submit(
             self._accumulate,
@@ -234,6 +260,7 @@ class Scanner:
             hashes,
             priorities,
             reservoir_rows,
+            dla,
         )
 
     def flush(self) -> None:
@@ -253,6 +280,7 @@ class Scanner:
         hashes: torch.Tensor,
         priorities: torch.Tensor,
         reservoir_rows: list[tuple[int, int]],
+        dla: dict[int, torch.Tensor] | None,
     ) -> None:
         for row, _ in reservoir_rows:
             self.windows[indices[row]] = _meta(batch[row])
@@ -260,13 +288,18 @@ class Scanner:
             state.update(activations[layer], mask, full, index, hashes, priorities, reservoir_rows)
             for layer, state in self.layers.items()
         ]
+        if dla is not None:
+            rows += [
+                s.update_dla(dla[layer], mask, index, hashes) for layer, s in self.layers.items()
+            ]
         for row in torch.cat(rows).unique().tolist():  # one device sync per batch, not per layer
             self.windows[indices[row]] = _meta(batch[row])
         if len(self.windows) > 4 * self._referenced_bound():
             self._forget_unreferenced()
 
     def _referenced_bound(self) -> int:
-        per_neuron = self.params.top_k + self.params.band_windows * BANDS
+        per_neuron = self.params.top_k * (3 if self.params.dla else 1)
+        per_neuron += self.params.band_windows * BANDS
         return len(self.layers) * per_neuron * self.model.d_mlp + self.params.random + 1024
 
     def _referenced(self) -> set[int]:
@@ -275,6 +308,9 @@ class Scanner:
             kept.update(torch.unique(state.top.window).tolist())
             if state.bands is not None:
                 kept.update(torch.unique(state.bands.window).tolist())
+            if state.dla is not None:
+                for half in state.dla.halves():
+                    kept.update(torch.unique(half.window).tolist())
         kept.discard(-1)
         return kept
 
@@ -335,6 +371,10 @@ class Scanner:
                 parts = distributed.gather_state(state.bands.state(), world)
                 if world.leader:
                     state.bands.load(merge_bands(parts, state.bands.m, state.bands.bins))
+            for half in state.dla.halves() if state.dla is not None else ():
+                parts = distributed.gather_state(half.state(), world)
+                if world.leader:
+                    half.load(merge_top(parts, self.params.top_k))
             parts = distributed.gather_state(state.moments.state(), world)
             if world.leader:
                 state.moments.load(merge_moments(parts))
@@ -394,6 +434,7 @@ class Scanner:
             if state.bands is not None:
                 bands = BandSample(state.bands.m, state.bands.bins, 0, 0, torch.device("cpu"))
                 bands.load({name: t.cpu() for name, t in state.bands.state().items()})
+            dla = None if state.dla is None else {k: t.cpu() for k, t in state.dla.state().items()}
             for n in range(self.model.d_mlp):
                 stats = self._stats(state, moments, n)
                 yield NeuronRow(
@@ -405,6 +446,7 @@ class Scanner:
                         *self._top_examples(top, n),
                         *self._random_examples(random_acts, n),
                         *(self._band_examples(bands, stats.max, n) if bands else ()),
+                        *(self._dla_examples(dla, n) if dla else ()),
                     ],
                 )
 
@@ -425,6 +467,28 @@ class Scanner:
                 max_index=int(top["argmax"][slot, n]),
             )
             rank += 1
+
+    def _dla_examples(self, dla: dict[str, torch.Tensor], n: int) -> Iterator[ExampleRow]:
+        """The DLA windows: per-token DLA as their values, the window's highest (dla_top) or
+        lowest (dla_bottom) DLA as their max, split like top windows."""
+        for prefix, kind in (("top_", ExampleKind.DLA_TOP), ("bottom_", ExampleKind.DLA_BOTTOM)):
+            rank = 0
+            for slot in range(self.params.top_k):
+                index = int(dla[f"{prefix}window"][slot, n])
+                value = float(dla[f"{prefix}values"][slot, n])
+                if index < 0 or not math.isfinite(value):
+                    continue
+                length = len(self.windows[index].token_ids)
+                yield ExampleRow(
+                    window_key=index,
+                    kind=kind,
+                    rank=rank,
+                    split=top_split(rank),
+                    activations=encode_activations(dla[f"{prefix}acts"][slot, n, :length].numpy()),
+                    max_activation=value,
+                    max_index=int(dla[f"{prefix}argmax"][slot, n]),
+                )
+                rank += 1
 
     def _random_examples(self, random_acts: torch.Tensor, n: int) -> Iterator[ExampleRow]:
         for slot, index in enumerate(self.reservoir.slots):
