@@ -9,6 +9,7 @@ after writing the scan's results (with bands, and without).
 
     python benchmarks/scan_throughput.py                       # demo-solu-1l on CPU
     python benchmarks/scan_throughput.py --config gpt2-small --device cuda --tokens 2000000
+    python benchmarks/scan_throughput.py --dla         # also a scan with --dla, side by side
 
 `--whole-process` times whole processes instead, start to exit: `python -m labeller scan` with
 its catalogue written, against a bare forward-pass process over the same tokens that uses the
@@ -195,6 +196,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--whole-process", action="store_true")
+    parser.add_argument("--dla", action="store_true", help="also time a scan with --dla")
     parser.add_argument("--models", nargs="*", default=["demo-solu-1l", "demo-gelu-1l"])
     parser.add_argument("--bare-process", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -232,6 +234,8 @@ def main() -> None:
     variants = {"scan": params}
     if args.band_windows:
         variants["scan, no bands"] = params.model_copy(update={"band_windows": 0})
+    if args.dla:
+        variants["scan, --dla"] = params.model_copy(update={"dla": True})
     print(
         f"model {model.name} ({model.n_layers} layers x {model.d_mlp} neurons) on "
         f"{model.device}, torch threads {torch.get_num_threads()}; {seen:,} tokens in "
@@ -255,9 +259,13 @@ def main() -> None:
         scan = statistics.median(times)
         print(f"{name:<17}: {seen / scan:12,.0f} tokens/s  (runs: {_fmt(times)})")
         print(f"  throughput ratio {name} / bare = {bare / scan:.3f}  (goal >= 0.9)")
-    if len(scan_times) == 2:
-        with_bands, without = (statistics.median(t) for t in scan_times.values())
-        print(f"bands cost: scan with / without bands throughput = {without / with_bands:.3f}")
+    median = {name: statistics.median(times) for name, times in scan_times.items()}
+    if "scan, no bands" in median:
+        ratio = median["scan, no bands"] / median["scan"]
+        print(f"bands cost: scan with / without bands throughput = {ratio:.3f}")
+    if "scan, --dla" in median:
+        ratio = median["scan"] / median["scan, --dla"]
+        print(f"DLA cost: scan with / without --dla throughput = {ratio:.3f}")
 
     for name, variant in variants.items():
         with tempfile.TemporaryDirectory() as tmp:

@@ -304,6 +304,15 @@ def cli(verbose: bool) -> None:
     help="Windows sampled per activation band per neuron (5-8 bands from 0 to the max); 0: none.",
 )
 @click.option(
+    "--correlations",
+    type=click.Choice(["layer", "adjacent"]),
+    is_flag=False,
+    flag_value="layer",
+    default=None,
+    help="Accumulate the Pearson correlation of every neuron pair within each layer (`adjacent`: "
+    "also between adjacent scanned layers) and store each neuron's most related neurons.",
+)
+@click.option(
     "--dla/--no-dla",
     default=SCAN_DEFAULTS["dla"],
     show_default=True,
@@ -325,6 +334,7 @@ def scan(
     seed: int,
     histogram_bins: int,
     band_windows: int,
+    correlations: str | None,
     dla: bool,
     device: str,
     dtype: str,
@@ -336,7 +346,7 @@ def scan(
 
     \b
     Example:
-      labeller scan --model demo-solu-1l --dataset demo --tokens 200000 --dla
+      labeller scan --model demo-solu-1l --dataset demo --tokens 200000 --dla --correlations
       labeller scan --model gpt2 --dataset NeelNanda/pile-10k --layers 0-11 --tokens 10000000
     """
     from labeller.scan import distributed
@@ -355,6 +365,7 @@ def scan(
         "histogram_bins": histogram_bins,
         "band_windows": band_windows,
         "dla": dla,
+        "correlations": correlations,
     }
     if world is not None:
         rank_device = distributed.device_for(world, device)
@@ -570,6 +581,7 @@ def print_neuron(
         for example in sealing.visible([first, *examples], sealed)[:limit]:
             _print_example(console, example, scale)
     _print_dla(console, view, limit, sealed)
+    _print_related(console, view)
     held_out = sealing.held_out_count(view)
     if sealed and held_out:
         console.print(
@@ -621,6 +633,17 @@ def _print_dla(console: Console, view: NeuronView, limit: int | None, sealed: bo
     console.print("\n[bold]Bottom examples by direct logit attribution[/bold] (most suppressing)")
     for example in sealing.visible(view.dla_bottom_examples, sealed)[:limit]:
         _print_example(console, example, scale)
+
+
+def _print_related(console: Console, view: NeuronView) -> None:
+    if not view.related_neurons:
+        return
+    console.print(
+        "\n[bold]Related neurons[/bold] (Pearson r of activations over the scanned tokens)"
+    )
+    for r in view.related_neurons:
+        label = printable(r.label) if r.label else "(no label)"
+        console.print(f"  L{r.layer} N{r.neuron:<6} r {r.r:+.3f}  {label}", markup=False)
 
 
 def _print_example(console: Console, example: Example, scale: float) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -254,6 +254,11 @@ class ScanParams(Record):
         default=False,
         description="also keep the top and bottom windows by direct logit attribution",
     )
+    correlations: Literal["layer", "adjacent"] | None = Field(
+        default=None,
+        description="Pearson correlation of neuron pairs over the scanned tokens: within each "
+        "layer, or also between adjacent scanned layers; None: not accumulated",
+    )
 
 
 class ScanRecord(Record):
@@ -437,6 +442,11 @@ class NeuronView(Record):
     dla_bottom_examples: list[Example] = Field(
         default_factory=list, description="windows with the lowest DLA (scanned with --dla)"
     )
+    related_neurons: list[RelatedNeuron] = Field(
+        default_factory=list,
+        description="the most correlated neurons (r descending), then the most anti-correlated "
+        "(r ascending), from a scan with --correlations; empty when not scanned",
+    )
     explanations: list[Explanation]
     label: int | None = Field(
         default=None,
@@ -447,6 +457,15 @@ class NeuronView(Record):
         default_factory=list,
         description="the people who unsealed the neuron's held-out windows (see `sealing`)",
     )
+
+
+class RelatedNeuron(Record):
+    """Another neuron whose activation correlates with this one's over the same tokens."""
+
+    layer: int
+    neuron: int
+    r: float = Field(description="Pearson correlation of the two neurons' activations")
+    label: str | None = Field(default=None, description="its label's text, if it has one")
 
 
 def window_overlap(a: list[Example], b: list[Example]) -> float | None:

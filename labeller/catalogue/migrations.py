@@ -367,4 +367,11 @@ def m010_packed_examples(db: Database) -> None:
         )
 
 
+@migrations()
+def m015_related_neurons(db: Database) -> None:
+    """Each neuron's most correlated and anti-correlated neurons (JSON, from `scan
+    --correlations`; null when the scan kept no correlations)."""
+    db.table("neurons").add_column("related_neurons", str)
+
+
 KNOWN_MIGRATIONS = frozenset(m.name for m in migrations.pending(Database(memory=True)))

@@ -33,6 +33,7 @@ from labeller.records import (
     NullControl,
     OutputToken,
     PredictionKind,
+    RelatedNeuron,
     ScanParams,
     ScanRecord,
     ScanStatus,
@@ -278,6 +279,7 @@ class NeuronRow:
     stats: NeuronStats
     weights: WeightFacts | None
     examples: list[ExampleRow]
+    related: list[RelatedNeuron] | None = None  # from a scan with --correlations
 
 
 # --- models and scans ---------------------------------------------------------------------------
@@ -355,6 +357,15 @@ def real_from_db(value: float | str | None) -> float | None:
 
 
 @reads_stored
+def related_from_row(row: Row) -> list[RelatedNeuron] | None:
+    """The neuron's related neurons as scanned (labels not yet filled in); None if not scanned."""
+    stored = row.get("related_neurons")
+    if stored is None:
+        return None
+    return [RelatedNeuron.model_validate(r) for r in json.loads(stored)]
+
+
+@reads_stored
 def stats_from_row(row: Row) -> NeuronStats:
     return NeuronStats(
         max=float(row["max"]),
@@ -400,6 +411,9 @@ def neuron_to_row(neuron: NeuronRow, model_id: int, scan_id: int | None) -> Row:
         "w_in_w_out_cosine": weights.w_in_w_out_cosine if weights else None,
         "top_positive_tokens": _tokens_json(weights.top_positive_tokens) if weights else None,
         "top_negative_tokens": _tokens_json(weights.top_negative_tokens) if weights else None,
+        "related_neurons": None
+        if neuron.related is None
+        else json.dumps([r.model_dump(exclude={"label"}) for r in neuron.related]),
     }
 
 
@@ -420,6 +434,7 @@ NEURON_COLUMNS = (
     "w_in_w_out_cosine",
     "top_positive_tokens",
     "top_negative_tokens",
+    "related_neurons",
 )
 
 

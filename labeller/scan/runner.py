@@ -36,6 +36,7 @@ from labeller.records import (
     ExampleKind,
     Histogram,
     NeuronStats,
+    RelatedNeuron,
     ScanParams,
     ScanStatus,
     band_edges,
@@ -57,6 +58,7 @@ from labeller.scan.accumulators import (
     merge_moments,
     merge_top,
 )
+from labeller.scan.correlations import PairSums, merge_pair_sums, top_related
 from labeller.scan.distributed import SINGLE, World
 
 CHECKPOINT_FORMAT = 2  # 2: activation-band samples
@@ -88,7 +90,10 @@ def window_priority(token_ids: list[int], seed: int) -> int:
 
 
 class LayerState:
-    def __init__(self, params: ScanParams, n: int, device: torch.device) -> None:
+    def __init__(
+        self, params: ScanParams, n: int, device: torch.device, next_n: int | None = None
+    ) -> None:
+        """`next_n`: the width of the next scanned layer when correlations with it are kept."""
         self.top = TopWindows(params.top_k, n, params.ctx, device)
         self.bands = (
             BandSample(params.band_windows, BANDS, n, params.ctx, device)
@@ -96,6 +101,8 @@ class LayerState:
             else None
         )
         self.dla = DlaWindows(params.top_k, n, params.ctx, device) if params.dla else None
+        self.pairs = PairSums(n, n, device) if params.correlations else None
+        self.next_pairs = PairSums(n, next_n, device) if next_n is not None else None
         self.moments = Moments(n, device)
         self.histogram = AdaptiveHistogram(n, params.histogram_bins, device)
         self.random_acts = torch.zeros((params.random, params.ctx, n), device=device)
@@ -181,6 +188,8 @@ class LayerState:
         return {
             **({"bands": self.bands.state()} if self.bands is not None else {}),
             **({"dla": self.dla.state()} if self.dla is not None else {}),
+            **({"pairs": self.pairs.state()} if self.pairs is not None else {}),
+            **({"next_pairs": self.next_pairs.state()} if self.next_pairs is not None else {}),
             "top": self.top.state(),
             "moments": self.moments.state(),
             "histogram": self.histogram.state(),
@@ -193,6 +202,10 @@ class LayerState:
             self.bands.load(state["bands"])  # type: ignore[arg-type]
         if self.dla is not None:
             self.dla.load(state["dla"])  # type: ignore[arg-type]
+        if self.pairs is not None:
+            self.pairs.load(state["pairs"])  # type: ignore[arg-type]
+        if self.next_pairs is not None:
+            self.next_pairs.load(state["next_pairs"])  # type: ignore[arg-type]
         self.moments.load(state["moments"])  # type: ignore[arg-type]
         self.histogram.load(state["histogram"])  # type: ignore[arg-type]
         self.random_acts.copy_(state["random_acts"])  # type: ignore[arg-type]
@@ -202,8 +215,15 @@ class Scanner:
     def __init__(self, model: LoadedModel, params: ScanParams) -> None:
         self.model = model
         self.params = params
+        adjacent = params.correlations == "adjacent"
         self.layers = {
-            layer: LayerState(params, model.d_mlp, model.device) for layer in params.layers
+            layer: LayerState(
+                params,
+                model.d_mlp,
+                model.device,
+                model.d_mlp if adjacent and layer + 1 in params.layers else None,
+            )
+            for layer in params.layers
         }
         self.reservoir = Reservoir(params.random, params.seed)
         self.windows: dict[int, WindowMeta] = {}
@@ -292,10 +312,36 @@ class Scanner:
             rows += [
                 s.update_dla(dla[layer], mask, index, hashes) for layer, s in self.layers.items()
             ]
+        if self.params.correlations:
+            self._update_pairs(activations, mask)
         for row in torch.cat(rows).unique().tolist():  # one device sync per batch, not per layer
             self.windows[indices[row]] = _meta(batch[row])
         if len(self.windows) > 4 * self._referenced_bound():
             self._forget_unreferenced()
+
+    def _update_pairs(self, activations: dict[int, torch.Tensor], mask: torch.Tensor) -> None:
+        """The pair sums of every layer (and with the next layer) over this batch's real tokens."""
+        real = {layer: activations[layer][mask] for layer in self.layers}
+        for layer, state in self.layers.items():
+            assert state.pairs is not None
+            state.pairs.update(real[layer])
+            if state.next_pairs is not None:
+                state.next_pairs.update(real[layer], real[layer + 1])
+
+    def _related(self, layer: int) -> list[list[RelatedNeuron]]:
+        """Per neuron of `layer`: its most (anti-)correlated neurons in its layer and, with
+        `--correlations adjacent`, in the scanned layers next to it."""
+        state = self.layers[layer]
+        assert state.pairs is not None
+        within = state.pairs.correlation()
+        within.fill_diagonal_(float("nan"))  # a neuron is not its own relative
+        blocks = [(layer, within)]
+        if state.next_pairs is not None:
+            blocks.append((layer + 1, state.next_pairs.correlation()))
+        previous = self.layers.get(layer - 1)
+        if previous is not None and previous.next_pairs is not None:
+            blocks.append((layer - 1, previous.next_pairs.correlation().T))
+        return top_related([(other, r.cpu()) for other, r in blocks])
 
     def _referenced_bound(self) -> int:
         per_neuron = self.params.top_k * (3 if self.params.dla else 1)
@@ -375,6 +421,11 @@ class Scanner:
                 parts = distributed.gather_state(half.state(), world)
                 if world.leader:
                     half.load(merge_top(parts, self.params.top_k))
+            for sums in (state.pairs, state.next_pairs):
+                if sums is not None:
+                    parts = distributed.gather_state(sums.state(), world)
+                    if world.leader:
+                        sums.load(merge_pair_sums(parts))
             parts = distributed.gather_state(state.moments.state(), world)
             if world.leader:
                 state.moments.load(merge_moments(parts))
@@ -435,6 +486,7 @@ class Scanner:
                 bands = BandSample(state.bands.m, state.bands.bins, 0, 0, torch.device("cpu"))
                 bands.load({name: t.cpu() for name, t in state.bands.state().items()})
             dla = None if state.dla is None else {k: t.cpu() for k, t in state.dla.state().items()}
+            related = self._related(layer) if state.pairs is not None else None
             for n in range(self.model.d_mlp):
                 stats = self._stats(state, moments, n)
                 yield NeuronRow(
@@ -448,6 +500,7 @@ class Scanner:
                         *(self._band_examples(bands, stats.max, n) if bands else ()),
                         *(self._dla_examples(dla, n) if dla else ()),
                     ],
+                    related=None if related is None else related[n],
                 )
 
     def _top_examples(self, top: dict[str, torch.Tensor], n: int) -> Iterator[ExampleRow]:
