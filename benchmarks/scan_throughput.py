@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -144,40 +143,51 @@ def bare_process(
 
 
 def whole_process(args: argparse.Namespace) -> None:
-    """Interleaved whole-process runs of `labeller scan` and the bare pass, per model."""
+    """Interleaved whole-process runs per model: the bare pass on every core, `labeller scan` as
+    it runs by default (the model on all cores but one, the accumulators on a worker thread),
+    and `labeller scan` with the model on every core too (OMP_NUM_THREADS set), the option the
+    scan leaves to the user."""
     python = sys.executable
     here = Path(__file__).resolve()
-    env = {**os.environ, "PYTHONPATH": str(here.parents[1])}
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    env["PYTHONPATH"] = str(here.parents[1])
+    every_core = {**env, "OMP_NUM_THREADS": str(os.cpu_count() or 1)}
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     with tempfile.TemporaryDirectory() as tmp:
         models = [*args.models, str(four_layer_model_dir(Path(tmp) / "random-4l-256x1024"))]
+        db = Path(tmp) / "scan.db"
         for device in devices:
             for spec in models:
-                common = ["--dataset", args.dataset, "--ctx", str(args.ctx)]
-                common += ["--batch-size", str(args.batch_size), "--device", device]
-                bare_cmd = [python, str(here), "--bare-process", "--model", spec]
-                bare_cmd += [*common, "--tokens", str(args.tokens)]
-                db = Path(tmp) / "scan.db"
+                common = ["--dataset", args.dataset, "--ctx", str(args.ctx), "--device", device]
+                common += ["--batch-size", str(args.batch_size), "--tokens", str(args.tokens)]
+                bare_cmd = [python, str(here), "--bare-process", "--model", spec, *common]
                 scan_cmd = [python, "-m", "labeller", "scan", "--db", str(db), "--model", spec]
-                scan_cmd += [*common, "--tokens", str(args.tokens)]
-                times: dict[str, list[float]] = {"bare": [], "scan": []}
+                runs = {
+                    "bare": (bare_cmd, env),
+                    "scan": ([*scan_cmd, *common], env),
+                    "scan, model on every core": ([*scan_cmd, *common], every_core),
+                }
+                times: dict[str, list[float]] = {name: [] for name in runs}
                 for _ in range(args.repeats):
-                    for name, cmd in (("bare", bare_cmd), ("scan", scan_cmd)):
+                    for name, (cmd, run_env) in runs.items():
                         for leftover in Path(tmp).glob("scan.db*"):
                             leftover.unlink()
                         start = time.perf_counter()
-                        subprocess.run(cmd, env=env, check=True, capture_output=True)
+                        subprocess.run(cmd, env=run_env, check=True, capture_output=True)
                         times[name].append(time.perf_counter() - start)
-                bare, scan = (statistics.median(times[k]) for k in ("bare", "scan"))
-                label = Path(spec).name
+                bare = statistics.median(times["bare"])
                 print(
-                    f"{label} on {device}, {args.tokens:,} tokens: bare process {bare:.1f} s "
-                    f"(runs {_fmt(times['bare'])}); labeller scan {scan:.1f} s (runs "
-                    f"{_fmt(times['scan'])}); whole-process ratio bare / scan = "
-                    f"{bare / scan:.3f} (goal >= 0.9)",
+                    f"{Path(spec).name} on {device}, {args.tokens:,} tokens; bare process "
+                    f"{bare:.1f} s (runs {_fmt(times['bare'])})",
                     flush=True,
                 )
-        shutil.rmtree(Path(tmp) / "random-4l-256x1024", ignore_errors=True)
+                for name in list(runs)[1:]:
+                    scan = statistics.median(times[name])
+                    print(
+                        f"  {name}: {scan:.1f} s (runs {_fmt(times[name])}); whole-process "
+                        f"ratio bare / scan = {bare / scan:.3f} (goal >= 0.9)",
+                        flush=True,
+                    )
     if devices == ["cpu"]:
         print("no CUDA device here: no GPU numbers were measured")
 

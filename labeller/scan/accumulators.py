@@ -58,7 +58,9 @@ class TopWindows:
         cand_max = cand_max.masked_fill(already_kept, -math.inf)
         old_index = self.window[:, cols]
         pool_index = torch.cat([old_index, window_index[:, None].expand(-1, cols.numel())])
-        order = _order_by(-torch.cat([self.values[:, cols], cand_max]), pool_index)[: self.k]
+        order = _top_by_value_then_index(
+            torch.cat([self.values[:, cols], cand_max]), pool_index, self.k
+        )
         chosen = torch.zeros(pool_index.shape, dtype=torch.bool, device=acts.device)
         chosen.scatter_(0, order, True)
         # Per column as many slots are freed as rows enter: pair them in ascending order (a
@@ -471,6 +473,22 @@ def _order_by(primary: torch.Tensor, secondary: torch.Tensor) -> torch.Tensor:
     """Per column, the row order sorting by `primary`, ties by `secondary` (both ascending)."""
     first = secondary.argsort(dim=0, stable=True)
     return first.gather(0, primary.gather(0, first).argsort(dim=0, stable=True))
+
+
+_INDEX_LIMIT = 2**31 - 1
+
+
+def _top_by_value_then_index(values: torch.Tensor, index: torch.Tensor, k: int) -> torch.Tensor:
+    """Per column, the rows of the k highest values, ties to the lower index (-1 lowest).
+
+    One topk over an int64 key (the float32 value's order-preserving bits, then the index
+    reversed) instead of two stable sorts; the sorts remain for indices beyond 2**31 - 1."""
+    if int(index.max()) >= _INDEX_LIMIT:
+        return _order_by(-values, index)[:k]
+    bits = (values.float() + 0.0).view(torch.int32)  # + 0.0: -0.0 ties with 0.0
+    ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).long()
+    key = (ordered << 32) + (_INDEX_LIMIT - 1 - index)
+    return key.topk(k, dim=0).indices
 
 
 def merge_top(states: list[State], k: int) -> State:
