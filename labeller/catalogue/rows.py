@@ -392,9 +392,10 @@ def weights_from_row(row: Row) -> WeightFacts | None:
 
 
 def neuron_to_row(neuron: NeuronRow, model_id: int, scan_id: int | None) -> Row:
-    """The neurons row: statistics and weight facts (the examples go in their own table)."""
+    """The neurons row: statistics and weight facts (the examples go in their own table); the
+    related neurons only when scanned (the column is m015's; absent reads as null)."""
     stats, weights = neuron.stats, neuron.weights
-    return {
+    row = {
         "model_id": model_id,
         "layer": neuron.layer,
         "neuron": neuron.neuron,
@@ -411,10 +412,12 @@ def neuron_to_row(neuron: NeuronRow, model_id: int, scan_id: int | None) -> Row:
         "w_in_w_out_cosine": weights.w_in_w_out_cosine if weights else None,
         "top_positive_tokens": _tokens_json(weights.top_positive_tokens) if weights else None,
         "top_negative_tokens": _tokens_json(weights.top_negative_tokens) if weights else None,
-        "related_neurons": None
-        if neuron.related is None
-        else json.dumps([r.model_dump(exclude={"label"}) for r in neuron.related]),
     }
+    if neuron.related is not None:
+        row["related_neurons"] = json.dumps(
+            [r.model_dump(exclude={"label"}) for r in neuron.related]
+        )
+    return row
 
 
 NEURON_COLUMNS = (
@@ -441,7 +444,7 @@ NEURON_COLUMNS = (
 def neuron_values(neuron: NeuronRow, model_id: int, scan_id: int | None) -> tuple[Any, ...]:
     """`neuron_to_row`'s values in NEURON_COLUMNS order (the scan's bulk write)."""
     row = neuron_to_row(neuron, model_id, scan_id)
-    return tuple(row[column] for column in NEURON_COLUMNS)
+    return tuple(row.get(column) for column in NEURON_COLUMNS)
 
 
 def _tokens_json(tokens: list[OutputToken]) -> str:
