@@ -6,7 +6,8 @@ For token t of a window with next token v, neuron n of layer L contributes
 
 where post is the MLP hidden state W_out reads (for GELU the neuron's activation; for SoLU the
 activation after the MLP's own LayerNorm), gamma the final LayerNorm's weight and scale[t] that
-LayerNorm's scale (the residual stream's standard deviation, plus epsilon) at token t. This is
+LayerNorm's scale (the residual stream's standard deviation, plus epsilon) at token t (for an
+RMSNorm w_out is not centred; without a final norm the scale is 1). This is
 the TransformerLens convention: the final LayerNorm is linear once its scale is frozen at the
 value the whole residual stream gave it, and its centring subtracts the mean of every
 component, so w_out is centred. The bias terms (LayerNorm's beta, b_U) belong to no neuron and
@@ -38,8 +39,11 @@ def unembed_directions(model: LoadedModel) -> torch.Tensor:
 
 
 def centred_w_out(model: LoadedModel, layer: int) -> torch.Tensor:
-    """w_out [d_mlp, d_model] with each row's mean removed, as the final LayerNorm centres."""
+    """w_out [d_mlp, d_model] with each row's mean removed where the final norm centres (a
+    LayerNorm; an RMSNorm does not centre)."""
     w_out = model.bridge.W_out[layer].float()
+    if str(model.bridge.cfg.normalization_type or "").startswith("RMS"):
+        return w_out
     return w_out - w_out.mean(dim=1, keepdim=True)
 
 
@@ -63,14 +67,15 @@ def neuron_activations_and_dla(
         scale.append(activation[:, skip:, :].float())
 
     extra = [(POST_HOOK.format(layer=layer), capture_post(layer)) for layer in layers]
-    extra.append((FINAL_SCALE_HOOK, capture_scale))
+    if FINAL_SCALE_HOOK in model.bridge.hook_dict:  # a model without a final norm: scale 1
+        extra.append((FINAL_SCALE_HOOK, capture_scale))
     acts = neuron_activations(model, input_ids, layers, extra_hooks=extra, to_end=True)
     with torch.inference_mode():
         directions = unembed_directions(model)
         text = input_ids[:, skip:]
         next_ids = text[:, 1:]  # [B, T-1]: the correct next token of every position but the last
         targets = directions[:, next_ids].permute(1, 2, 0)  # [B, T-1, d_model]
-        inverse_scale = 1.0 / scale[0][:, :-1, :]  # [B, T-1, 1]
+        inverse_scale = 1.0 / scale[0][:, :-1, :] if scale else 1.0  # [B, T-1, 1]
         dla: dict[int, torch.Tensor] = {}
         for layer in layers:
             per_token = targets @ centred_w_out(model, layer).T  # [B, T-1, d_mlp]

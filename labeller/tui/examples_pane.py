@@ -6,7 +6,7 @@ the list gives the exact activation of the token under the mouse or the token cu
 for a top example the neuron's rank among its layer's neurons at the example's max token.
 Held-out windows (valid, test) are left out while sealed for the annotator (see
 `labeller.sealing`). A scan with --dla adds the windows with the highest and lowest direct logit
-attribution (coloured by DLA, on their own scale); `d` swaps the highlighted example's colouring
+attribution (coloured by DLA, on their own scale); `c` swaps the highlighted example's colouring
 between activation and DLA (computed by the model).
 """
 
@@ -211,7 +211,7 @@ class ExamplesPane(Vertical):
         out.append("\n")
         out.append_text(legend(scale))
         out.append("  underlined: max · enter: whole window · p: perturb", "dim")
-        out.append(" · d: DLA strip · r: related neurons", "dim")
+        out.append(" · c: colour by DLA · o: related neurons", "dim")
         return out
 
     def highlighted(self) -> Example | None:

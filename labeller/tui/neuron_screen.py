@@ -69,8 +69,8 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
         Binding("n", "walk(1)", "Next neuron", id="neuron.next"),
         Binding("N", "walk(-1)", "Previous neuron", id="neuron.previous"),
         Binding("U", "unseal", "Unseal held-out", id="neuron.unseal"),
-        Binding("d", "dla_strip", "DLA strip", id="neuron.dla_strip"),
-        Binding("r", "related", "Related neurons", id="neuron.related"),
+        Binding("c", "dla_strip", "Colour by DLA", id="neuron.dla_strip"),
+        Binding("o", "related", "Related neurons", id="neuron.related"),
         # Plain digits first (alt+digit is often the terminal's own); in the live text box,
         # where digits type, escape first.
         Binding("1,alt+1", "tab('examples')", "Examples tab", id="tab.examples", show=False),

@@ -55,7 +55,7 @@ async def test_dla_sections_and_scanned_related_neurons_jump(tui, tiny_corpus):
         kinds = [i.example.kind for i in screen.query(ExampleItem)]
         expected = [e for e in view.dla_top_examples if e.split in PEOPLE_SEE]
         assert kinds.count(ExampleKind.DLA_TOP) == len(expected)
-        await pilot.press("r")
+        await pilot.press("o")
         await until(pilot, lambda: isinstance(app.screen, RelatedDialog))
         dialog = app.screen
         assert "scanned" in dialog.source
@@ -80,7 +80,7 @@ async def test_unscanned_related_neurons_are_computed_on_the_random_windows(tui,
         screen = await open_neuron(pilot)
         await until(pilot, lambda: support.model_ready(app))
         assert not screen.page.view.related_neurons
-        await pilot.press("r")
+        await pilot.press("o")
         await until(pilot, lambda: isinstance(app.screen, RelatedDialog))
         dialog = app.screen
         assert "not scanned" in dialog.source and "random windows" in dialog.source
@@ -95,7 +95,7 @@ async def test_unscanned_related_neurons_are_computed_on_the_random_windows(tui,
         assert [r.r for r in dialog.related] == pytest.approx([r.r for r in expected], abs=1e-6)
 
 
-async def test_d_swaps_an_example_between_activation_and_dla_colouring(tui, tiny_model):
+async def test_c_swaps_an_example_between_activation_and_dla_colouring(tui, tiny_model):
     app = tui.app()
     async with app.run_test(size=(100, 30)) as pilot:
         screen = await open_neuron(pilot)
@@ -108,10 +108,10 @@ async def test_d_swaps_an_example_between_activation_and_dla_colouring(tui, tiny
             ids = example_token_ids(catalogue, None, 0, 3, own.kind.value, own.rank)
         _, dla = trace_dla(tiny_model, ids, 0)
         expected = [0.0 if math.isnan(v) else v for v in dla[:, 3].tolist()]
-        await pilot.press("d")
+        await pilot.press("c")
         await until(pilot, lambda: item.example is not own)
         assert item.example.activations == pytest.approx(expected, abs=1e-5)
         detail = str(screen.query_one("#example-detail").render())
         assert "DLA" in detail
-        await pilot.press("d")
+        await pilot.press("c")
         await until(pilot, lambda: item.example is own)
