@@ -44,6 +44,7 @@ from labeller.records import (
     ModelRecord,
     NeuronStats,
     Record,
+    RelatedNeuron,
     ScanParams,
     ScanStatus,
     Score,
@@ -138,6 +139,20 @@ class ExportNeuron(Record):
     quantile_examples: list[ExportExample] = Field(
         default_factory=list,
         description="windows sampled from the neuron's activation bands, band by band",
+    )
+    dla_top_examples: list[ExportExample] = Field(
+        default_factory=list,
+        description="windows with the highest direct logit attribution (`scan --dla`); "
+        "`activations` holds per-token DLA",
+    )
+    dla_bottom_examples: list[ExportExample] = Field(
+        default_factory=list,
+        description="windows with the lowest direct logit attribution (`scan --dla`)",
+    )
+    related_neurons: list[RelatedNeuron] | None = Field(
+        default=None,
+        description="most correlated, then most anti-correlated neurons (`scan --correlations`;"
+        " null when not scanned; labels are not exported here)",
     )
     explanations: list[ExportExplanation]
     history: list[ExportHistoryEntry] = Field(
@@ -259,6 +274,9 @@ def export_neuron(stored: store.StoredNeuron, scan_index: dict[int, int]) -> Exp
         top_examples=[_example(e) for e in stored.top_examples],
         random_examples=[_example(e) for e in stored.random_examples],
         quantile_examples=[_example(e) for e in stored.quantile_examples],
+        dla_top_examples=[_example(e) for e in stored.dla_top_examples],
+        dla_bottom_examples=[_example(e) for e in stored.dla_bottom_examples],
+        related_neurons=stored.related,
         explanations=[
             ExportExplanation(
                 text=e.explanation.text,
@@ -448,10 +466,14 @@ def _check_references(path: Path, header: ExportHeader, neuron: ExportNeuron) ->
         ("top", neuron.top_examples),
         ("random", neuron.random_examples),
         ("quantile", neuron.quantile_examples),
+        ("dla_top", neuron.dla_top_examples),
+        ("dla_bottom", neuron.dla_bottom_examples),
     ):
         for example in examples:
             _check_example(f"{where}, {kind} window {example.rank}", example)
-            if (example.kind.value == "quantile") != (kind == "quantile"):
+            if kind in ("quantile", "dla_top", "dla_bottom") and example.kind.value != kind:
+                raise UserError(f"{where}, {kind} window {example.rank} is of kind {example.kind}")
+            if kind in ("top", "random") and example.kind.value not in ("top", "random"):
                 raise UserError(f"{where}, {kind} window {example.rank} is of kind {example.kind}")
     for example in neuron.quantile_examples:
         if example.band is None or example.band_low is None or example.band_high is None:
