@@ -57,7 +57,9 @@ from labeller.records import (
 FORMAT_NAME: Final = "labeller-export"
 # 2: activation-band windows (`quantile_examples`, band fields) and each score's `windows`;
 # version 1 files read as having no bands and scores on top and random windows.
-FORMAT_VERSION: Final = 2
+# 3: DLA windows (`dla_top_examples`, `dla_bottom_examples`) and `related_neurons`; files of
+# versions 1 and 2 read as scanned without them.
+FORMAT_VERSION: Final = 3
 _NEURONS_OPEN = ', "neurons": ['
 
 
@@ -167,7 +169,7 @@ class ExportNeuron(Record):
 
 class ExportHeader(Record):
     format: Literal["labeller-export"]
-    format_version: Literal[1, 2]
+    format_version: Literal[1, 2, 3]
     exported_at: str
     neuron_count: int = Field(ge=0, description="number of entries in `neurons`")
     models: list[ModelRecord]
