@@ -9,12 +9,23 @@ after writing the scan's results (with bands, and without).
 
     python benchmarks/scan_throughput.py                       # demo-solu-1l on CPU
     python benchmarks/scan_throughput.py --config gpt2-small --device cuda --tokens 2000000
+    python benchmarks/scan_throughput.py --dla --correlations  # also scans with those, side by side
+
+`--whole-process` times whole processes instead, start to exit: `python -m labeller scan` with
+its catalogue written, against a bare forward-pass process over the same tokens that uses the
+whole machine (every core, or the GPU), for the demo models and a randomly initialised 4-layer
+model (width 256, 1,024 neurons a layer, saved as a native model dir), interleaved, medians:
+
+    python benchmarks/scan_throughput.py --whole-process --tokens 150000 --repeats 3
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -55,6 +66,34 @@ def gpt2_sized_model(device: str) -> LoadedModel:
     return LoadedModel(name="gpt2-sized", source="benchmark", bridge=bridge, device=torch_device)
 
 
+def four_layer_model_dir(path: Path) -> Path:
+    """A randomly initialised 4-layer model (width 256, 1,024 neurons a layer, the demo
+    tokenizer) saved as a native model dir, so `labeller scan --model PATH` loads it."""
+    from transformer_lens.config import TransformerBridgeConfig
+    from transformer_lens.model_bridge.sources.native import boot
+
+    from labeller.model.native_dir import save_native_model
+
+    demo = load_model("demo-gelu-1l", device="cpu")
+    cfg = TransformerBridgeConfig(
+        d_model=256,
+        n_layers=4,
+        d_mlp=1024,
+        d_head=64,
+        n_heads=4,
+        n_ctx=1024,
+        d_vocab=demo.bridge.cfg.d_vocab,
+        act_fn="gelu",
+        normalization_type="LN",
+        positional_embedding_type="standard",
+        architecture="TransformerLensNative",
+        seed=0,
+    )
+    bridge = boot(cfg, tokenizer=demo.tokenizer, device=torch.device("cpu"), model_name="4l")
+    save_native_model(bridge, demo.tokenizer, path, {"benchmark": "random 4-layer"})
+    return path
+
+
 def synchronise(model: LoadedModel) -> None:
     if model.device.type == "cuda":
         torch.cuda.synchronize()
@@ -78,6 +117,81 @@ def scan_pass(model: LoadedModel, batches: list[list[Window]], params: ScanParam
     return scanner
 
 
+def bare_process(
+    model_spec: str, dataset: str, tokens: int, ctx: int, batch: int, device: str
+) -> None:
+    """The baseline process: the same tokens, batches and hooked forward pass as the scan, on
+    every core, keeping nothing."""
+    torch.set_num_threads(os.cpu_count() or 1)
+    model = load_model(model_spec, device)
+    layers = list(range(model.n_layers))
+    left = tokens
+    pending: list[list[int]] = []
+    for window in iter_windows(iter_documents(dataset), model.encode, ctx):
+        pending.append(window.token_ids[:left])
+        left -= len(pending[-1])
+        if len(pending) == batch or left <= 0:
+            ids, _ = batch_inputs(model, pending)
+            neuron_activations(model, ids, layers, keep=False)
+            pending = []
+        if left <= 0:
+            break
+    if pending:
+        ids, _ = batch_inputs(model, pending)
+        neuron_activations(model, ids, layers, keep=False)
+    synchronise(model)
+
+
+def whole_process(args: argparse.Namespace) -> None:
+    """Interleaved whole-process runs per model: the bare pass on every core, `labeller scan` as
+    it runs by default (the model on all cores but one, the accumulators on a worker thread),
+    and `labeller scan` with the model on every core too (OMP_NUM_THREADS set), the option the
+    scan leaves to the user."""
+    python = sys.executable
+    here = Path(__file__).resolve()
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    env["PYTHONPATH"] = str(here.parents[1])
+    every_core = {**env, "OMP_NUM_THREADS": str(os.cpu_count() or 1)}
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    with tempfile.TemporaryDirectory() as tmp:
+        models = [*args.models, str(four_layer_model_dir(Path(tmp) / "random-4l-256x1024"))]
+        db = Path(tmp) / "scan.db"
+        for device in devices:
+            for spec in models:
+                common = ["--dataset", args.dataset, "--ctx", str(args.ctx), "--device", device]
+                common += ["--batch-size", str(args.batch_size), "--tokens", str(args.tokens)]
+                bare_cmd = [python, str(here), "--bare-process", "--model", spec, *common]
+                scan_cmd = [python, "-m", "labeller", "scan", "--db", str(db), "--model", spec]
+                runs = {
+                    "bare": (bare_cmd, env),
+                    "scan": ([*scan_cmd, *common], env),
+                    "scan, model on every core": ([*scan_cmd, *common], every_core),
+                }
+                times: dict[str, list[float]] = {name: [] for name in runs}
+                for _ in range(args.repeats):
+                    for name, (cmd, run_env) in runs.items():
+                        for leftover in Path(tmp).glob("scan.db*"):
+                            leftover.unlink()
+                        start = time.perf_counter()
+                        subprocess.run(cmd, env=run_env, check=True, capture_output=True)
+                        times[name].append(time.perf_counter() - start)
+                bare = statistics.median(times["bare"])
+                print(
+                    f"{Path(spec).name} on {device}, {args.tokens:,} tokens; bare process "
+                    f"{bare:.1f} s (runs {_fmt(times['bare'])})",
+                    flush=True,
+                )
+                for name in list(runs)[1:]:
+                    scan = statistics.median(times[name])
+                    print(
+                        f"  {name}: {scan:.1f} s (runs {_fmt(times[name])}); whole-process "
+                        f"ratio bare / scan = {bare / scan:.3f} (goal >= 0.9)",
+                        flush=True,
+                    )
+    if devices == ["cpu"]:
+        print("no CUDA device here: no GPU numbers were measured")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="demo-solu-1l")
@@ -91,7 +205,20 @@ def main() -> None:
     parser.add_argument("--band-windows", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--whole-process", action="store_true")
+    parser.add_argument("--dla", action="store_true", help="also time a scan with --dla")
+    parser.add_argument(
+        "--correlations", action="store_true", help="also time a scan with --correlations"
+    )
+    parser.add_argument("--models", nargs="*", default=["demo-solu-1l", "demo-gelu-1l"])
+    parser.add_argument("--bare-process", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.bare_process:
+        bare_process(args.model, args.dataset, args.tokens, args.ctx, args.batch_size, args.device)
+        return
+    if args.whole_process:
+        whole_process(args)
+        return
 
     model = gpt2_sized_model(args.device) if args.config else load_model(args.model, args.device)
     reserve_core_for_accumulation(model.device)  # as `labeller scan` does; both passes share it
@@ -122,6 +249,10 @@ def main() -> None:
         variants["scan, no bands"] = params.model_copy(update={"band_windows": 0})
     if any(w.subset is not None for w in selected):  # the demo's code and prose
         variants["scan, no subsets"] = params.model_copy(update={"subset_top_k": 0})
+    if args.dla:
+        variants["scan, --dla"] = params.model_copy(update={"dla": True})
+    if args.correlations:
+        variants["scan, --correlations"] = params.model_copy(update={"correlations": "layer"})
     print(
         f"model {model.name} ({model.n_layers} layers x {model.d_mlp} neurons) on "
         f"{model.device}, torch threads {torch.get_num_threads()}; {seen:,} tokens in "
@@ -145,11 +276,17 @@ def main() -> None:
         scan = statistics.median(times)
         print(f"{name:<17}: {seen / scan:12,.0f} tokens/s  (runs: {_fmt(times)})")
         print(f"  throughput ratio {name} / bare = {bare / scan:.3f}  (goal >= 0.9)")
-    full = statistics.median(scan_times["scan"])
+    median = {name: statistics.median(times) for name, times in scan_times.items()}
     for name, what in (("scan, no bands", "bands"), ("scan, no subsets", "subsets")):
-        if name in scan_times:
-            without = statistics.median(scan_times[name])
-            print(f"{what} cost: scan with / without {what} throughput = {without / full:.3f}")
+        if name in median:
+            ratio = median[name] / median["scan"]
+            print(f"{what} cost: scan with / without {what} throughput = {ratio:.3f}")
+    if "scan, --dla" in median:
+        ratio = median["scan"] / median["scan, --dla"]
+        print(f"DLA cost: scan with / without --dla throughput = {ratio:.3f}")
+    if "scan, --correlations" in median:
+        ratio = median["scan"] / median["scan, --correlations"]
+        print(f"correlations cost: scan with / without --correlations throughput = {ratio:.3f}")
 
     for name, variant in variants.items():
         with tempfile.TemporaryDirectory() as tmp:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -245,11 +246,58 @@ def _iter_hf_dataset(name: str, text_field: str, subset_field: str | None) -> It
         yield Document(f"{name}:{index}", text, subset)
 
 
+CHUNK_CHARS = 1 << 16  # a long document is tokenized in pieces of about this many characters
+_SAFE_CUT = re.compile(r"(?<=\S\n)(?=\S)")  # after a line break between two non-space chars
+_PROBE_CHARS = 256
+
+
 def iter_windows(
-    documents: Iterator[Document], encode: Callable[[str], list[int]], ctx: int
+    documents: Iterator[Document],
+    encode: Callable[[str], list[int]],
+    ctx: int,
+    chunk_chars: int = CHUNK_CHARS,
 ) -> Iterator[Window]:
-    """Consecutive ctx-token windows per document; a document's last window may be shorter."""
+    """Consecutive ctx-token windows per document; a document's last window may be shorter.
+
+    A long document (one .txt file) is tokenized piece by piece, so the first window comes
+    after one piece, not after the whole file: the same tokens as encoding it whole (see
+    encode_in_pieces)."""
     for doc in documents:
-        ids = encode(doc.text)
-        for offset in range(0, len(ids), ctx):
-            yield Window(doc.doc_id, offset, ids[offset : offset + ctx], doc.subset)
+        pending: list[int] = []
+        start = offset = 0
+        for ids in encode_in_pieces(doc.text, encode, chunk_chars):
+            pending = pending[start:] + ids
+            start = 0
+            while len(pending) - start >= ctx:
+                yield Window(doc.doc_id, offset, pending[start : start + ctx], doc.subset)
+                start += ctx
+                offset += ctx
+        if len(pending) > start:
+            yield Window(doc.doc_id, offset, pending[start:], doc.subset)
+
+
+def encode_in_pieces(
+    text: str, encode: Callable[[str], list[int]], chunk_chars: int = CHUNK_CHARS
+) -> Iterator[list[int]]:
+    """The tokens of `text` in pieces whose concatenation is `encode(text)`.
+
+    Pieces end at a line break with a non-space character on both sides: byte-level BPE
+    tokenizers (GPT-2, Pythia, the demo) never merge across one, as their pre-tokenizer cuts
+    there whatever the text around it. Each cut is checked on the text around it (up to 256
+    characters each side encoded together and apart); a tokenizer that fails the check (one that
+    adds a prefix space to every call, or merges a line break into the next word) gets the
+    rest of the text encoded whole, so the tokens never differ, only the first window is later.
+    """
+    at = 0
+    while len(text) - at > 2 * chunk_chars:
+        found = _SAFE_CUT.search(text, at + chunk_chars)
+        if found is None:
+            break
+        cut = found.start()
+        before = text[max(at, cut - _PROBE_CHARS) : cut]
+        after = text[cut : cut + _PROBE_CHARS]
+        if encode(before + after) != encode(before) + encode(after):
+            break
+        yield encode(text[at:cut])
+        at = cut
+    yield encode(text[at:])

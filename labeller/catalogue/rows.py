@@ -33,6 +33,7 @@ from labeller.records import (
     NullControl,
     OutputToken,
     PredictionKind,
+    RelatedNeuron,
     ScanParams,
     ScanRecord,
     ScanStatus,
@@ -86,7 +87,7 @@ def encode_activations(values: np.ndarray) -> bytes:
 
 PACK_FORMAT = 1
 _HEADER = struct.Struct("<BII")  # format, number of examples, bytes of compressed records
-_KINDS = ("top", "random", "quantile", "subset_top")
+_KINDS = ("top", "random", "quantile", "subset_top", "dla_top", "dla_bottom")
 _SPLITS = ("train", "calibration", "valid", "test")
 _KIND_CODES = {ExampleKind(k): i for i, k in enumerate(_KINDS)}
 _SPLIT_CODES = {Split(k): i for i, k in enumerate(_SPLITS)}
@@ -173,8 +174,10 @@ def decode_examples(blob: bytes) -> list[PackedExample]:
         if not math.isnan(top):
             # float16 rounding can lift a value just above the exact max: clamp to it, and give
             # the max's own token its exact value, so activations[max_index] is the window's
-            # max and equals max_activation, as before m010.
-            np.minimum(window, top, out=window)
+            # max and equals max_activation, as before m010. (A dla_bottom window's "max" is
+            # its lowest DLA: clamped from below.)
+            clamp = np.maximum if _KINDS[kind] == ExampleKind.DLA_BOTTOM else np.minimum
+            clamp(window, top, out=window)
             if 0 <= max_index < length:
                 window[max_index] = top
         found.append(
@@ -278,6 +281,7 @@ class NeuronRow:
     stats: NeuronStats
     weights: WeightFacts | None
     examples: list[ExampleRow]
+    related: list[RelatedNeuron] | None = None  # from a scan with --correlations
 
 
 # --- models and scans ---------------------------------------------------------------------------
@@ -355,6 +359,15 @@ def real_from_db(value: float | str | None) -> float | None:
 
 
 @reads_stored
+def related_from_row(row: Row) -> list[RelatedNeuron] | None:
+    """The neuron's related neurons as scanned (labels not yet filled in); None if not scanned."""
+    stored = row.get("related_neurons")
+    if stored is None:
+        return None
+    return [RelatedNeuron.model_validate(r) for r in json.loads(stored)]
+
+
+@reads_stored
 def stats_from_row(row: Row) -> NeuronStats:
     return NeuronStats(
         max=float(row["max"]),
@@ -381,9 +394,10 @@ def weights_from_row(row: Row) -> WeightFacts | None:
 
 
 def neuron_to_row(neuron: NeuronRow, model_id: int, scan_id: int | None) -> Row:
-    """The neurons row: statistics and weight facts (the examples go in their own table)."""
+    """The neurons row: statistics and weight facts (the examples go in their own table); the
+    related neurons only when scanned (the column is m015's; absent reads as null)."""
     stats, weights = neuron.stats, neuron.weights
-    return {
+    row = {
         "model_id": model_id,
         "layer": neuron.layer,
         "neuron": neuron.neuron,
@@ -401,6 +415,11 @@ def neuron_to_row(neuron: NeuronRow, model_id: int, scan_id: int | None) -> Row:
         "top_positive_tokens": _tokens_json(weights.top_positive_tokens) if weights else None,
         "top_negative_tokens": _tokens_json(weights.top_negative_tokens) if weights else None,
     }
+    if neuron.related is not None:
+        row["related_neurons"] = json.dumps(
+            [r.model_dump(exclude={"label"}) for r in neuron.related]
+        )
+    return row
 
 
 NEURON_COLUMNS = (
@@ -420,13 +439,14 @@ NEURON_COLUMNS = (
     "w_in_w_out_cosine",
     "top_positive_tokens",
     "top_negative_tokens",
+    "related_neurons",
 )
 
 
 def neuron_values(neuron: NeuronRow, model_id: int, scan_id: int | None) -> tuple[Any, ...]:
     """`neuron_to_row`'s values in NEURON_COLUMNS order (the scan's bulk write)."""
     row = neuron_to_row(neuron, model_id, scan_id)
-    return tuple(row[column] for column in NEURON_COLUMNS)
+    return tuple(row.get(column) for column in NEURON_COLUMNS)
 
 
 def _tokens_json(tokens: list[OutputToken]) -> str:

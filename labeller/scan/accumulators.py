@@ -19,6 +19,9 @@ class TopWindows:
     """The k windows with the highest maximum activation, per neuron, with per-token values.
 
     Windows are compared by content hash, so the same text never fills two slots of a neuron.
+    Ties go to the window seen first (the lower stream index), the rule merge_top follows too.
+    Slots are kept unordered, so a window that enters takes a freed slot and nothing else
+    moves; state() returns them ranked (highest max first, ties by window index).
     """
 
     def __init__(self, k: int, n: int, ctx: int, device: torch.device) -> None:
@@ -37,16 +40,15 @@ class TopWindows:
         window_hash: torch.Tensor,
     ) -> torch.Tensor:
         """Merge a batch: `acts` [B, T, N] with padding at -inf, `window_max` [B, N] its max over
-        T. Returns the batch rows that entered any top-k.
+        T, `window_index` [B] increasing. Returns the batch rows that entered any top-k.
 
-        Only the columns (neurons) where some window beats the current k-th best are touched, so
-        after the first few batches an update costs little more than the comparison.
-        """
-        width = acts.shape[1]
+        Only the columns (neurons) where some window beats the current k-th best are touched,
+        and only the entering windows' values are copied."""
         same = window_hash[:, None] == window_hash[None, :]
         repeated_in_batch = torch.tril(same, diagonal=-1).any(dim=1)
         window_max = window_max.masked_fill(repeated_in_batch[:, None], -math.inf)
-        candidate = window_max > self.values[-1][None, :]
+        # Strictly above the k-th best: on a tie the kept (earlier) window stays.
+        candidate = window_max > self.values.amin(dim=0)[None, :]
         cols = candidate.any(dim=0).nonzero().squeeze(1)
         if cols.numel() == 0:
             return torch.zeros(0, dtype=torch.long, device=acts.device)
@@ -54,38 +56,38 @@ class TopWindows:
         cand_max = window_max[:, cols].masked_fill(~candidate[:, cols], -math.inf)
         already_kept = (window_hash[:, None, None] == self.hash[None, :, cols]).any(dim=1)
         cand_max = cand_max.masked_fill(already_kept, -math.inf)
-        merged = torch.cat([self.values[:, cols], cand_max], dim=0)
-        # A stable sort, not topk: equal maxima keep stream order (old slots, then the batch in
-        # order), so ties go to the window seen first, the rule merge_top follows too.
-        top_values, top_index = merged.sort(dim=0, descending=True, stable=True)
-        top_values, top_index = top_values[: self.k], top_index[: self.k]
-        from_old = top_index < self.k
-        old_i = top_index.clamp(max=self.k - 1)
-        new_b = (top_index - self.k).clamp(min=0)
-
-        def pick(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-            return torch.where(from_old, old[:, cols].gather(0, old_i), new)
-
-        entrants = acts[new_b, :, cols[None, :]]  # [k, C, T], padding at -inf
-        self.argmax[:, cols] = pick(self.argmax, entrants.argmax(dim=2))
-        self.window[:, cols] = pick(self.window, window_index[new_b])
-        self.hash[:, cols] = pick(self.hash, window_hash[new_b])
-        old_acts = self.acts[:, cols, :].gather(
-            0, old_i[:, :, None].expand(-1, -1, self.acts.shape[2])
+        old_index = self.window[:, cols]
+        pool_index = torch.cat([old_index, window_index[:, None].expand(-1, cols.numel())])
+        order = _top_by_value_then_index(
+            torch.cat([self.values[:, cols], cand_max]), pool_index, self.k
         )
-        new_acts = torch.zeros_like(old_acts)
-        new_acts[:, :, :width] = entrants.masked_fill(torch.isneginf(entrants), 0.0)
-        self.acts[:, cols, :] = torch.where(from_old[:, :, None], old_acts, new_acts)
-        self.values[:, cols] = top_values
-        return torch.unique(new_b[~from_old & torch.isfinite(top_values)])
+        chosen = torch.zeros(pool_index.shape, dtype=torch.bool, device=acts.device)
+        chosen.scatter_(0, order, True)
+        # Per column as many slots are freed as rows enter: pair them in ascending order (a
+        # masked row never enters, as an empty slot, index -1, wins the tie at -inf).
+        _, slot = (~chosen[: self.k]).T.nonzero(as_tuple=True)
+        col_in, row = chosen[self.k :].T.nonzero(as_tuple=True)
+        neuron = cols[col_in]
+        entrants = acts[row, :, neuron]  # [E, T], padding at -inf
+        self.values[slot, neuron] = window_max[row, neuron]
+        self.argmax[slot, neuron] = entrants.argmax(dim=1)
+        self.window[slot, neuron] = window_index[row]
+        self.hash[slot, neuron] = window_hash[row]
+        fresh = torch.zeros((row.numel(), self.acts.shape[2]), device=acts.device)
+        fresh[:, : acts.shape[1]] = entrants.masked_fill(torch.isneginf(entrants), 0.0)
+        self.acts[slot, neuron] = fresh
+        return torch.unique(row)
 
     def state(self) -> State:
+        """The slots ranked per neuron: highest max first, ties by window index, empty last."""
+        last = torch.iinfo(torch.long).max
+        order = _order_by(-self.values, self.window.masked_fill(self.window < 0, last))
         return {
-            "values": self.values,
-            "argmax": self.argmax,
-            "window": self.window,
-            "hash": self.hash,
-            "acts": self.acts,
+            "values": self.values.gather(0, order),
+            "argmax": self.argmax.gather(0, order),
+            "window": self.window.gather(0, order),
+            "hash": self.hash.gather(0, order),
+            "acts": self.acts.gather(0, order[:, :, None].expand(-1, -1, self.acts.shape[2])),
         }
 
     def load(self, state: State) -> None:
@@ -309,26 +311,28 @@ class Moments:
         x: torch.Tensor,
         batch_min: torch.Tensor,
         batch_max: torch.Tensor,
-        scratch: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        scratch: tuple[torch.Tensor, torch.Tensor],
     ) -> None:
-        """x: [..., N] activations of real (unpadded) tokens, possibly a strided view; scratch:
-        two float buffers and one bool buffer shaped like x."""
-        y, y2, positive = scratch
-        dims = tuple(range(x.dim() - 1))
-        nb = float(x.numel() // x.shape[-1])
+        """x: [M, N] activations of real (unpadded) tokens, contiguous (on CPU a reduction over
+        the rows of a strided view is ~30x slower than over a contiguous copy); scratch: two
+        float buffers shaped like x."""
+        y, y2 = scratch
+        nb = float(x.shape[0])
         shift = self.mean.float() if self.batches else (batch_min + batch_max) / 2
         shift = shift.to(x.dtype)
         self.batches += 1
+        # Positives counted as float ones: summing a bool tensor converts it to int64 first,
+        # ten times slower. Exact: a batch holds far fewer than 2**24 tokens.
+        torch.gt(x, 0, out=y2)
+        self.positive += y2.sum(dim=0).double()
         torch.sub(x, shift, out=y)
         torch.mul(y, y, out=y2)
-        s1 = y.sum(dim=dims).double()
-        s2 = y2.sum(dim=dims).double()
+        s1 = y.sum(dim=0).double()
+        s2 = y2.sum(dim=0).double()
         y2.mul_(y)
-        s3 = y2.sum(dim=dims).double()
+        s3 = y2.sum(dim=0).double()
         y2.mul_(y)
-        s4 = y2.sum(dim=dims).double()
-        torch.gt(x, 0, out=positive)
-        self.positive += positive.sum(dim=dims).double()
+        s4 = y2.sum(dim=0).double()
 
         a = s1 / nb  # batch mean minus shift
         m2_b = s2 - nb * a**2
@@ -400,10 +404,11 @@ class AdaptiveHistogram:
         batch_max: torch.Tensor,
         scratch: tuple[torch.Tensor, torch.Tensor],
     ) -> None:
-        """x: [..., N], possibly a strided view; scratch: a float and a long buffer shaped like x.
+        """x: [M, N], contiguous; scratch: a float and an int32 buffer shaped like x.
 
-        The bin index is computed in float32 when it is exactly representable there (one fewer
-        pass over a long tensor), else in int64."""
+        On CPU the flat bin index (neuron * bins + bin) is computed in float32 and counted in
+        int32 when every value involved is an integer below 2**24 (exact in float32), which the
+        batch's min and max bound without another pass over x; else in int64."""
         if not self.started:
             self._initialise(batch_min, batch_max)
             self.started = True
@@ -414,17 +419,17 @@ class AdaptiveHistogram:
         shift = self.first - self.offsets
         # On a GPU the exactness check would synchronise: take the int64 path there.
         exact_in_float = not x.is_cuda and (
-            int(shift.abs().max()) < 2**23 and float(scaled.abs().amax()) < 2**23
+            int(shift.abs().max()) < 2**23
+            and float((torch.maximum(batch_min.abs(), batch_max.abs()) * self.inverse_width).max())
+            < 2**23
         )
         if exact_in_float:
             scaled -= shift.to(scaled.dtype)
             index.copy_(scaled)
+            flat = index.view(-1)
         else:
-            index.copy_(scaled)
-            index -= shift
-        self.counts += torch.bincount(index.view(-1), minlength=self.counts.numel()).view_as(
-            self.counts
-        )
+            flat = scaled.long().sub_(shift).view(-1)
+        self.counts += torch.bincount(flat, minlength=self.counts.numel()).view_as(self.counts)
 
     def _bin_of(self, value: torch.Tensor, inverse_width: torch.Tensor) -> torch.Tensor:
         return torch.floor(value.float() * inverse_width).long()
@@ -517,6 +522,22 @@ def _order_by(primary: torch.Tensor, secondary: torch.Tensor) -> torch.Tensor:
     """Per column, the row order sorting by `primary`, ties by `secondary` (both ascending)."""
     first = secondary.argsort(dim=0, stable=True)
     return first.gather(0, primary.gather(0, first).argsort(dim=0, stable=True))
+
+
+_INDEX_LIMIT = 2**31 - 1
+
+
+def _top_by_value_then_index(values: torch.Tensor, index: torch.Tensor, k: int) -> torch.Tensor:
+    """Per column, the rows of the k highest values, ties to the lower index (-1 lowest).
+
+    One topk over an int64 key (the float32 value's order-preserving bits, then the index
+    reversed) instead of two stable sorts; the sorts remain for indices beyond 2**31 - 1."""
+    if int(index.max()) >= _INDEX_LIMIT:
+        return _order_by(-values, index)[:k]
+    bits = (values.float() + 0.0).view(torch.int32)  # + 0.0: -0.0 ties with 0.0
+    ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).long()
+    key = (ordered << 32) + (_INDEX_LIMIT - 1 - index)
+    return key.topk(k, dim=0).indices
 
 
 def merge_top(states: list[State], k: int) -> State:
@@ -663,3 +684,51 @@ def merge_histograms(states: list[State], bins: int) -> State:
         at = torch.div(index, scale[:, None], rounding_mode="floor") - first[:, None]
         counts.scatter_add_(1, at.clamp(0, bins - 1), part["counts"])
     return {"counts": counts, "inverse_width": inverse, "first": first}
+
+
+class DlaWindows:
+    """Per neuron, the k windows with the highest and the k with the lowest direct logit
+    attribution of any token (the windows where the neuron most pushes towards, and most
+    suppresses, the correct next token), with per-token DLA.
+
+    Two TopWindows, one fed DLA and one fed -DLA, so the exactness, the de-duplication by
+    content hash, the tie rule (the window seen first wins) and the merge (merge_top, on each
+    half) are TopWindows' own. Tokens without a DLA (a window's last token, padding) are
+    passed as NaN and never rank; their stored value is 0. state() gives the bottom half with
+    its true sign: its `values` are each window's minimum DLA, ascending.
+    """
+
+    def __init__(self, k: int, n: int, ctx: int, device: torch.device) -> None:
+        self.top = TopWindows(k, n, ctx, device)
+        self.bottom = TopWindows(k, n, ctx, device)
+
+    def update(
+        self, dla: torch.Tensor, window_index: torch.Tensor, window_hash: torch.Tensor
+    ) -> torch.Tensor:
+        """dla [B, T, N] (NaN where a token has none). Returns the batch rows kept by any neuron."""
+        kept = []
+        for half, signed in ((self.top, dla), (self.bottom, -dla)):
+            ranked = signed.nan_to_num(nan=-math.inf, posinf=math.inf, neginf=-math.inf)
+            kept.append(half.update(ranked, ranked.amax(dim=1), window_index, window_hash))
+        return torch.cat(kept)
+
+    def state(self) -> State:
+        bottom = self.bottom.state()
+        bottom["values"] = -bottom["values"]
+        bottom["acts"] = -bottom["acts"]
+        return {
+            **{f"top_{name}": t for name, t in self.top.state().items()},
+            **{f"bottom_{name}": t for name, t in bottom.items()},
+        }
+
+    def halves(self) -> tuple[TopWindows, TopWindows]:
+        """The two TopWindows (the bottom one holding -DLA), for merging each with merge_top."""
+        return self.top, self.bottom
+
+    def load(self, state: State) -> None:
+        """Inverse of state()."""
+        for prefix, half, sign in (("top_", self.top, 1.0), ("bottom_", self.bottom, -1.0)):
+            part = {name[len(prefix) :]: t for name, t in state.items() if name.startswith(prefix)}
+            part["values"] = part["values"] * sign
+            part["acts"] = part["acts"] * sign
+            half.load(part)

@@ -64,17 +64,14 @@ def _feed(stream, keep, k=5, m=3, bins=8, hist_bins=16):
         top.update(a, window_max, i, h)
         bands.update(a, window_max, i, priority)
         flat = a.reshape(-1, n)
-        scratch = (
-            torch.empty_like(flat),
-            torch.empty_like(flat),
-            torch.empty_like(flat, dtype=torch.bool),
+        moments.update(
+            flat, flat.amin(0), flat.amax(0), (torch.empty_like(flat), torch.empty_like(flat))
         )
-        moments.update(flat, flat.amin(0), flat.amax(0), scratch)
         histogram.update(
             flat,
             flat.amin(0),
             flat.amax(0),
-            (torch.empty_like(flat), torch.empty_like(flat, dtype=torch.long)),
+            (torch.empty_like(flat), torch.empty_like(flat, dtype=torch.int32)),
         )
     return top, bands, moments, histogram
 
@@ -101,7 +98,7 @@ def test_merged_shards_equal_one_pass():
     top = merge_top([s[0].state() for s in shards], 5)
     for name in ("values", "window", "hash", "argmax"):
         assert torch.equal(top[name], whole[0].state()[name]), name
-    assert torch.allclose(top["acts"], whole[0].acts)
+    assert torch.allclose(top["acts"], whole[0].state()["acts"])
     bands = merge_bands([s[1].state() for s in shards], 3, 8)
     for name in ("exponent", "priority", "window", "values", "argmax"):
         assert torch.equal(bands[name], whole[1].state()[name]), name
