@@ -144,7 +144,7 @@ def _summarise(target: ModelLayer, stages: dict[str, torch.Tensor], sample_token
         x = x.contiguous()
         if stage not in target.moments:
             target.moments[stage] = Moments(x.shape[1], x.device)
-        scratch = (torch.empty_like(x), torch.empty_like(x), torch.empty_like(x, dtype=torch.bool))
+        scratch = (torch.empty_like(x), torch.empty_like(x))
         target.moments[stage].update(x, x.amin(dim=0), x.amax(dim=0), scratch)
         if take:
             target.sample.setdefault(stage, []).append(x[:take].cpu())
