@@ -3,7 +3,8 @@
 Writes synthetic scan results of real shapes through `Catalogue.write_scan_results` (what
 `labeller scan` calls when it finishes): 64-token windows, per neuron 20 top and 20 random
 windows and 4 windows in each of 5 to 8 activation bands (the defaults), token ids from a
-50,257-token vocabulary, windows shared across neurons as a scan shares them. Prints the time of
+50,257-token vocabulary, windows shared across neurons as a scan shares them, 10 output tokens
+each way. Prints the time of
 the write (and, separately, of making the rows alone, which a real scan also pays), the file's
 bytes per neuron and its free-page share; `--rescan` then writes the same neurons again over it,
 with a label on one neuron, and checks that the label stayed.
@@ -19,6 +20,7 @@ import sqlite3
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +32,9 @@ from labeller.records import (
     Histogram,
     ModelRecord,
     NeuronStats,
+    OutputToken,
     ScanParams,
+    WeightFacts,
     quantile_split,
     random_split,
     top_split,
@@ -62,63 +66,78 @@ def synthetic_windows(count: int, seed: int) -> list[WindowRow]:
     return windows
 
 
+def synthetic_weights(rng: np.random.Generator) -> WeightFacts:
+    """cos(w_in, w_out) and 10 output tokens each way, as `labeller scan` stores them."""
+    ids = rng.integers(0, VOCAB, 20).tolist()
+    values = np.sort(rng.standard_normal(20))[::-1].tolist()
+    tokens = [OutputToken(token=f"tok{i}", weight=v) for i, v in zip(ids, values, strict=True)]
+    return WeightFacts(
+        w_in_w_out_cosine=float(rng.uniform(-1, 1)),
+        top_positive_tokens=tokens[:10],
+        top_negative_tokens=tokens[:-11:-1],
+    )
+
+
 def synthetic_neurons(neurons: int, windows: int, seed: int) -> Iterator[NeuronRow]:
-    """Neurons whose examples reuse a bank of activation vectors (making rows is not what is
-    measured; their bytes are as real ones: random floats)."""
+    """Neurons whose examples reuse a bank of activation vectors and weight facts (making rows
+    is not what is measured; their bytes are as real ones: random floats, 10 output tokens
+    each way)."""
     rng = np.random.default_rng(seed)
     bank = rng.standard_normal((4096, CTX)).astype(np.float32)
     blobs = [encode_activations(row) for row in bank]
     maxima = bank.max(axis=1).tolist()
     argmax = bank.argmax(axis=1).tolist()
     histogram = Histogram(low=-1.0, high=4.0, counts=rng.integers(0, 1000, 64).tolist())
+    weights = [synthetic_weights(rng) for _ in range(256)]
     random_keys = rng.choice(windows, RANDOM, replace=False).tolist()
     picks = rng.integers(0, len(blobs), (neurons, TOP_K + RANDOM + 8 * BAND_WINDOWS)).tolist()
     tops = rng.integers(0, windows, (neurons, TOP_K + 8 * BAND_WINDOWS)).tolist()
     band_counts = rng.integers(5, 9, neurons).tolist()
+    top_splits = [top_split(rank) for rank in range(TOP_K)]
+    random_splits = [random_split(slot) for slot in range(RANDOM)]
+    band_splits = [quantile_split(at) for at in range(BAND_WINDOWS)]
     for n in range(neurons):
         pick, top = picks[n], tops[n]
         examples = [
             ExampleRow(
-                window_key=top[rank],
-                kind=ExampleKind.TOP,
-                rank=rank,
-                split=top_split(rank),
-                activations=blobs[pick[rank]],
-                max_activation=maxima[pick[rank]],
-                max_index=argmax[pick[rank]],
+                top[rank],
+                ExampleKind.TOP,
+                rank,
+                top_splits[rank],
+                blobs[pick[rank]],
+                maxima[pick[rank]],
+                argmax[pick[rank]],
             )
             for rank in range(TOP_K)
         ]
         examples += [
             ExampleRow(
-                window_key=random_keys[slot],
-                kind=ExampleKind.RANDOM,
-                rank=slot,
-                split=random_split(slot),
-                activations=blobs[pick[TOP_K + slot]],
-                max_activation=maxima[pick[TOP_K + slot]],
-                max_index=argmax[pick[TOP_K + slot]],
+                random_keys[slot],
+                ExampleKind.RANDOM,
+                slot,
+                random_splits[slot],
+                blobs[pick[TOP_K + slot]],
+                maxima[pick[TOP_K + slot]],
+                argmax[pick[TOP_K + slot]],
             )
             for slot in range(RANDOM)
         ]
         edges = [i * 4.0 / band_counts[n] for i in range(band_counts[n] + 1)]
-        for rank in range(BAND_WINDOWS * band_counts[n]):
-            band, at = divmod(rank, BAND_WINDOWS)
-            chosen = pick[TOP_K + RANDOM + rank]
-            examples.append(
-                ExampleRow(
-                    window_key=top[TOP_K + rank],
-                    kind=ExampleKind.QUANTILE,
-                    rank=rank,
-                    split=quantile_split(at),
-                    activations=blobs[chosen],
-                    max_activation=maxima[chosen],
-                    max_index=argmax[chosen],
-                    band=band,
-                    band_low=edges[band],
-                    band_high=edges[band + 1],
-                )
+        examples += [
+            ExampleRow(
+                top[TOP_K + rank],
+                ExampleKind.QUANTILE,
+                rank,
+                band_splits[rank % BAND_WINDOWS],
+                blobs[pick[TOP_K + RANDOM + rank]],
+                maxima[pick[TOP_K + RANDOM + rank]],
+                argmax[pick[TOP_K + RANDOM + rank]],
+                rank // BAND_WINDOWS,
+                edges[rank // BAND_WINDOWS],
+                edges[rank // BAND_WINDOWS + 1],
             )
+            for rank in range(BAND_WINDOWS * band_counts[n])
+        ]
         stats = NeuronStats(
             max=4.0,
             min=-1.0,
@@ -131,7 +150,11 @@ def synthetic_neurons(neurons: int, windows: int, seed: int) -> Iterator[NeuronR
             histogram=histogram,
         )
         yield NeuronRow(
-            layer=n // D_MLP, neuron=n % D_MLP, stats=stats, weights=None, examples=examples
+            layer=n // D_MLP,
+            neuron=n % D_MLP,
+            stats=stats,
+            weights=weights[n % len(weights)],
+            examples=examples,
         )
 
 
@@ -169,7 +192,7 @@ def write(path: Path, neurons: int, windows: int, seed: int) -> tuple[float, flo
 
 
 def file_facts(path: Path) -> tuple[int, float, int]:
-    with sqlite3.connect(path) as conn:
+    with closing(sqlite3.connect(path)) as conn:
         pages = conn.execute("pragma page_count").fetchone()[0]
         free = conn.execute("pragma freelist_count").fetchone()[0]
         examples = sum(
@@ -189,19 +212,20 @@ def main() -> None:
     windows = args.windows or max(RANDOM, args.neurons // 2)
     with tempfile.TemporaryDirectory() as tmp:
         path = args.db or Path(tmp) / "bench.db"
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         examples = sum(len(n.examples) for n in synthetic_neurons(args.neurons, windows, 0))
-        making = time.perf_counter() - start
+        making = time.perf_counter() - start, time.process_time() - cpu
         print(
             f"{args.neurons:,} neurons, {windows:,} windows, {examples:,} examples "
-            f"(making the rows alone: {making:.1f} s)"
+            f"(making the rows alone: {making[0]:.1f} s, {making[1]:.1f} s CPU)"
         )
         elapsed = write(path, args.neurons, windows, 0)
         size, free, stored = file_facts(path)
         assert stored == examples, (stored, examples)
         print(
-            f"write: {elapsed[0]:.1f} s ({elapsed[1]:.1f} s CPU) including making the rows; "
-            f"{size / args.neurons:,.0f} bytes per neuron ({size / 1e6:,.1f} MB), "
+            f"write: {elapsed[0]:.1f} s ({elapsed[1]:.1f} s CPU) including making the rows, "
+            f"so about {elapsed[0] - making[0]:.1f} s ({elapsed[1] - making[1]:.1f} s CPU) "
+            f"without; {size / args.neurons:,.0f} bytes per neuron ({size / 1e6:,.1f} MB), "
             f"{free:.1%} free pages"
         )
         if args.rescan:

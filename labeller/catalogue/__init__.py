@@ -7,6 +7,7 @@ Everything goes in and out as records from `labeller.records`, mapped to and fro
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
@@ -278,9 +279,10 @@ class Catalogue:
                 return cls(db, path, read_only=True)
             # Safe with WAL: a crash loses nothing committed; only power loss can drop the last.
             db.execute("PRAGMA synchronous = NORMAL")
+            if db.journal_mode != "wal":  # new, or a scan's bulk write could not restore it
+                db.enable_wal()
             if not exists or migrations.pending(db):
                 # Each migration is atomic: an interrupted upgrade leaves the previous schema.
-                db.enable_wal()
                 migrations.apply(db)
         except sqlite3.DatabaseError as exc:
             if getattr(exc, "sqlite_errorcode", 0) & 0xFF in _CORRUPT:
@@ -451,12 +453,8 @@ class Catalogue:
         Explanations and label history stay attached to the neuron: a rescan refreshes the
         evidence, it never loses people's work.
         """
-        with self.write_transaction(), self._bulk_cache():
-            window_ids = self._insert_rows(
-                "windows",
-                rows.WINDOW_COLUMNS,
-                ((window.key, rows.window_values(window, scan_id)) for window in windows),
-            )
+        with self._bulk_journal(), self.write_transaction(), self._bulk_cache():
+            window_ids = self.insert_windows(model_id, scan_id, windows)
             self.write_neurons(model_id, scan_id, neurons, window_ids)
             # A window belongs to the scan (or import) of the neurons that keep it: the windows of
             # a scan no neuron belongs to any more are dropped.
@@ -470,6 +468,37 @@ class Catalogue:
         self._remove_checkpoint(scan_id)
 
     @contextmanager
+    def _bulk_journal(self) -> Iterator[None]:
+        """A scan's results written through a rollback journal instead of the WAL when no other
+        connection has the file open: a new page then reaches the file once, not once in the
+        WAL and again when it is checkpointed (so a scan writes about its catalogue's size, not
+        twice it). Crash-safe all the same: the journal keeps the old content of every page the
+        write changes and `synchronous = FULL` syncs it before the file is touched, so an
+        interrupted write leaves the catalogue as it was. With another connection open (a TUI,
+        a `label`) the write goes through the WAL as every other write does. WAL again after
+        (or at the next write command's open, if a reader holds the file then)."""
+        if self.db.conn.in_transaction:
+            yield
+            return
+        self.db.execute("PRAGMA busy_timeout = 0")
+        try:
+            mode = str(self.db.execute("PRAGMA journal_mode = DELETE").fetchone()[0])
+        except sqlite3.OperationalError:  # another connection has the file open
+            mode = "wal"
+        finally:
+            self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        if mode != "delete":
+            yield
+            return
+        self.db.execute("PRAGMA synchronous = FULL")
+        try:
+            yield
+        finally:
+            self.db.execute("PRAGMA synchronous = NORMAL")
+            with suppress(sqlite3.OperationalError):
+                self.db.enable_wal()
+
+    @contextmanager
     def _bulk_cache(self) -> Iterator[None]:
         """A larger page cache for one big write, so its pages reach the WAL about once rather
         than spilling and being written again (back to the default after)."""
@@ -479,6 +508,64 @@ class Catalogue:
             yield
         finally:
             self.db.execute(f"PRAGMA cache_size = {int(before)}")
+
+    def insert_windows(
+        self, model_id: int, scan_id: int | None, windows: Iterable[WindowRow]
+    ) -> dict[int, int]:
+        """Insert these windows of the model's text (call inside a write transaction): their
+        token ids, and their token strings only where the model's vocabulary (completed here
+        with the strings it lacked) does not give them. Returns window key -> id."""
+        windows = list(windows)
+        vocabulary = self._vocabulary(
+            model_id, None if len(windows) > 50 else {i for w in windows for i in w.token_ids}
+        )
+        ids = self._insert_rows(
+            "windows",
+            rows.WINDOW_COLUMNS,
+            ((window.key, rows.window_values(window, scan_id, vocabulary)) for window in windows),
+        )
+        self.db.conn.executemany(
+            "insert into vocabulary (model_id, token_id, text) values (?, ?, ?)",
+            ((model_id, token_id, text) for token_id, text in vocabulary.added.items()),
+        )
+        return ids
+
+    def window_tokens(self, window_ids: Iterable[int]) -> dict[int, list[str]]:
+        """These windows' token strings by id (missing ids left out): a window's own, else its
+        scan's model's vocabulary's."""
+        ids = sorted(set(window_ids))
+        found: dict[int, tuple[int | None, list[int], str | None]] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            for window_id, model_id, token_ids, tokens in self.db.execute(
+                f"""select w.id, s.model_id, w.token_ids, w.tokens from windows w
+                left join scans s on s.id = w.scan_id
+                where w.id in ({", ".join("?" * len(chunk))})""",
+                chunk,
+            ):
+                found[int(window_id)] = (model_id, rows.unpack_token_ids(token_ids), tokens)
+        needed: dict[int | None, set[int]] = {}
+        for model_id, token_ids, tokens in found.values():
+            if tokens is None:
+                needed.setdefault(model_id, set()).update(token_ids)
+        vocabularies = {
+            model_id: rows.Vocabulary({}) if model_id is None else self._vocabulary(model_id, ids)
+            for model_id, ids in needed.items()
+        }
+        empty = rows.Vocabulary({})
+        return {
+            window_id: vocabularies.get(model_id, empty).tokens_from_db(token_ids, tokens)
+            for window_id, (model_id, token_ids, tokens) in found.items()
+        }
+
+    def _vocabulary(self, model_id: int, token_ids: Iterable[int] | None) -> rows.Vocabulary:
+        """The model's stored token strings: all of them, or those of `token_ids`."""
+        sql = "select token_id, text from vocabulary where model_id = ?"
+        values: list[Any] = [model_id]
+        if token_ids is not None:
+            sql += " and token_id in (select value from json_each(?))"
+            values.append(json.dumps(sorted(token_ids)))
+        return rows.Vocabulary({int(i): str(t) for i, t in self.db.execute(sql, values)})
 
     def _insert_rows(
         self, table: str, columns: Sequence[str], keyed: Iterable[tuple[Any, tuple[Any, ...]]]
@@ -669,23 +756,41 @@ class Catalogue:
     def packed_examples(
         self, neuron_id: int, window_columns: str
     ) -> list[tuple[rows.PackedExample, Row]]:
-        """The neuron's stored examples, in order, each with these columns of its window."""
+        """The neuron's stored examples, in order, each with these columns of its window
+        (`token_ids` as a list of ids; `tokens` as a list of strings, from the window or the
+        model's vocabulary)."""
         found = self.db.execute(
-            "select data from neuron_examples where neuron_id = ?", [neuron_id]
+            """select n.model_id, e.data from neuron_examples e join neurons n
+            on n.id = e.neuron_id where e.neuron_id = ?""",
+            [neuron_id],
         ).fetchone()
         if found is None:
             return []
-        examples = sorted(rows.decode_examples(found[0]), key=rows.example_order)
+        model_id, data = found
+        examples = sorted(rows.decode_examples(data), key=rows.example_order)
         wanted = sorted({e.window_id for e in examples})
+        columns = {c.strip() for c in window_columns.split(",")}
+        if "tokens" in columns:
+            columns.add("token_ids")
         windows: dict[int, Row] = {}
         for start in range(0, len(wanted), 500):
             chunk = wanted[start : start + 500]
             for row in self.db.query(
-                f"select id, {window_columns} from windows "
+                f"select id, {', '.join(sorted(columns))} from windows "
                 f"where id in ({', '.join('?' * len(chunk))})",
                 chunk,
             ):
                 windows[int(row["id"])] = row
+        for row in windows.values():
+            if "token_ids" in row:
+                row["token_ids"] = rows.unpack_token_ids(row["token_ids"])
+        if "tokens" in columns:
+            needed = {
+                i for row in windows.values() if row["tokens"] is None for i in row["token_ids"]
+            }
+            vocabulary = self._vocabulary(model_id, needed)
+            for row in windows.values():
+                row["tokens"] = vocabulary.tokens_from_db(row["token_ids"], row["tokens"])
         missing = [e.window_id for e in examples if e.window_id not in windows]
         if missing:
             raise rows.UnreadableRecord(

@@ -775,7 +775,7 @@ def example_token_ids(
     saw (re-encoding the decoded text can split differently)."""
     for example, window in _examples_with_token_ids(catalogue, model, layer, neuron):
         if example.kind.value == kind and example.rank == rank:
-            return rows.token_ids_from_db(window["token_ids"])
+            return list(window["token_ids"])
     raise UserError(f"neuron {neuron_name(layer, neuron)} has no {kind} example {rank}")
 
 
@@ -828,7 +828,7 @@ def top_example_windows(
     position)."""
     stored = _examples_with_token_ids(catalogue, model, layer, neuron)
     return [
-        (example.rank, rows.token_ids_from_db(window["token_ids"]), example.max_index)
+        (example.rank, window["token_ids"], example.max_index)
         for example, window in stored
         if example.kind is kind
     ]

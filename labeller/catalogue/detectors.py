@@ -8,7 +8,6 @@ on it) once however many neurons share it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -61,21 +60,10 @@ def held_out_examples(
             )
 
 
-@rows.reads_stored
-def _tokens(raw: str) -> list[str]:
-    return [str(t) for t in json.loads(raw)]
-
-
 def window_tokens(catalogue: Catalogue, window_ids: Iterable[int]) -> dict[int, list[str]]:
     """The tokens of these windows, by window id."""
     ids = sorted(set(window_ids))
-    found: dict[int, list[str]] = {}
-    for chunk in _chunks(ids):
-        for window_id, raw in catalogue.db.execute(
-            f"select id, tokens from windows where id in ({', '.join('?' * len(chunk))})",
-            list(chunk),
-        ).fetchall():
-            found[int(window_id)] = _tokens(raw)
+    found = catalogue.window_tokens(ids)
     missing = [i for i in ids if i not in found]
     if missing:
         raise rows.UnreadableRecord(

@@ -246,7 +246,7 @@ def _examples(catalogue: Catalogue, neuron_id: int) -> Iterator[StoredExample]:
     ):
         yield StoredExample(
             example=rows.example_from_packed(example, window),
-            token_ids=rows.token_ids_from_db(window["token_ids"]),
+            token_ids=window["token_ids"],
         )
 
 
@@ -389,7 +389,7 @@ def insert_neuron(
     example_rows = []
     for key, stored in enumerate(examples):
         window, example = rows.example_rows(stored.example, stored.token_ids, key)
-        window_ids[key] = _window_id(catalogue, scan_id, window)
+        window_ids[key] = _window_id(catalogue, model_id, scan_id, window)
         example_rows.append(example)
     row = NeuronRow(
         layer=layer,
@@ -403,14 +403,14 @@ def insert_neuron(
     return neuron_id
 
 
-def _window_id(catalogue: Catalogue, scan_id: int | None, window: WindowRow) -> int:
+def _window_id(catalogue: Catalogue, model_id: int, scan_id: int | None, window: WindowRow) -> int:
     row = catalogue.db.execute(
         "select id from windows where scan_id is ? and document = ? and offset = ?",
         [scan_id, window.document, window.offset],
     ).fetchone()
     if row:
         return int(row[0])
-    return catalogue.insert("windows", rows.window_to_row(window, scan_id))
+    return catalogue.insert_windows(model_id, scan_id, [window])[window.key]
 
 
 def our_explanations(catalogue: Catalogue, neuron_id: int) -> list[StoredExplanation]:

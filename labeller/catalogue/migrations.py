@@ -6,6 +6,10 @@ catalogue written by a newer labeller (it has names this code does not know).
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
+from typing import Any
+
 from sqlite_utils import Database, Migrations
 
 from labeller.catalogue import rows
@@ -365,6 +369,73 @@ def m010_packed_examples(db: Database) -> None:
             "update windows set token_ids = ? where id = ?",
             [rows.token_ids_to_db(rows.token_ids_from_db(token_ids)), window_id],
         )
+
+
+# Rows m011 converts per batch (a batch of old rows is read before it is rewritten).
+_M011_BATCH = 5_000
+
+
+@migrations()
+def m011_vocabulary(db: Database) -> None:
+    """Token strings stored once per model (`vocabulary`), not once per window: a window keeps
+    its token ids (now one width byte, then uint16 when every id fits, else uint32;
+    `rows.pack_token_ids`) and its `tokens` only where they differ from the vocabulary's (NULL
+    otherwise). A neuron's top output tokens become [token, weight] pairs (JSON objects before).
+    Nothing read back changes. Windows of no scan (imported without one) keep their strings.
+    Examples packed before keep their format (1; new ones are written field by field, format
+    2). The old strings' pages stay free in the file until a `VACUUM`."""
+    db.execute(
+        """create table vocabulary (
+            model_id integer not null references models(id),
+            token_id integer not null,
+            text text not null,
+            primary key (model_id, token_id)
+        ) without rowid"""
+    )
+    model_of_scan = {int(s): int(m) for s, m in db.execute("select id, model_id from scans")}
+    vocabularies: dict[int, rows.Vocabulary] = {}
+    for batch in _batches(db, "id, scan_id, token_ids, tokens", "windows"):
+        updates = []
+        for window_id, scan_id, token_ids, tokens in batch:
+            ids = rows.token_ids_from_db(token_ids)
+            model_id = model_of_scan.get(scan_id)
+            if model_id is not None and tokens is not None:
+                vocabulary = vocabularies.setdefault(model_id, rows.Vocabulary({}))
+                tokens = vocabulary.tokens_to_db(ids, json.loads(tokens))
+            updates.append((rows.pack_token_ids(ids), tokens, window_id))
+        db.conn.executemany("update windows set token_ids = ?, tokens = ? where id = ?", updates)
+    db.conn.executemany(
+        "insert into vocabulary (model_id, token_id, text) values (?, ?, ?)",
+        (
+            (model_id, token_id, text)
+            for model_id, vocabulary in vocabularies.items()
+            for token_id, text in vocabulary.added.items()
+        ),
+    )
+    for batch in _batches(db, "id, top_positive_tokens, top_negative_tokens", "neurons"):
+        db.conn.executemany(
+            "update neurons set top_positive_tokens = ?, top_negative_tokens = ? where id = ?",
+            [
+                (
+                    rows.output_tokens_to_db(rows.output_tokens_from_db(positive)),
+                    rows.output_tokens_to_db(rows.output_tokens_from_db(negative)),
+                    neuron_id,
+                )
+                for neuron_id, positive, negative in batch
+                if positive is not None
+            ],
+        )
+
+
+def _batches(db: Database, columns: str, table: str) -> Iterator[list[tuple[Any, ...]]]:
+    """A table's rows (`id` first among `columns`) in id order, _M011_BATCH at a time, read
+    ahead of the updates each batch gets (a large table never sits in memory whole)."""
+    last = -1
+    while batch := db.execute(
+        f"select {columns} from {table} where id > ? order by id limit ?", [last, _M011_BATCH]
+    ).fetchall():
+        yield batch
+        last = batch[-1][0]
 
 
 @migrations()

@@ -7,14 +7,16 @@ write shapes (`WindowRow`, `ExampleRow`, `NeuronRow`) live here too: they are ro
 
 from __future__ import annotations
 
+import array
 import functools
 import json
 import math
 import struct
+import sys
 import zlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, TypeVar, cast
 
 import numpy as np
 
@@ -79,13 +81,21 @@ def encode_activations(values: np.ndarray) -> bytes:
 
 # --- a neuron's examples, packed (the `neuron_examples` table, from m010) ------------------------
 #
-# One row per neuron: a header, one fixed-size record per example (zlib), then every example's
-# per-token activations as little-endian float16, one window after another. Each example's
-# max_activation, and the band edges, are kept exactly (float64); only the per-token values are
-# rounded (float16: relative error at most 2^-11, values beyond +-65504 clamp to it). On reading,
-# no value exceeds its example's exact max and the value at max_index is that max exactly.
+# One row per neuron: a header, the examples' records (zlib), then every example's per-token
+# activations as little-endian float16, one window after another. Each example's max_activation,
+# and the band edges, are kept exactly; only the per-token values are rounded (float16: relative
+# error at most 2^-11, values beyond +-65504 clamp to it). On reading, no value exceeds its
+# example's exact max and the value at max_index is that max exactly.
+#
+# Format 1 (m010): one fixed-size record (`_EXAMPLE`) per example. Format 2 (m011), about 0.6 of
+# the compressed size and a third of the bytes to compress: a flags byte, the distinct band edge
+# pairs (a count, then float64 low and high each), then the records a field at a time
+# (`_COLUMNS`: every window id, then every kind, ...), each example naming its edges by index
+# (255: none) and its max as float32 when every max is one exactly (`_EXACT32`; a scan's always
+# are), else float64; and the float16 values leave out each max's own token (`_max_positions`:
+# reading puts the exact max back there, as it always has).
 
-PACK_FORMAT = 1
+PACK_FORMAT = 2
 _HEADER = struct.Struct("<BII")  # format, number of examples, bytes of compressed records
 _KINDS = ("top", "random", "quantile", "subset_top", "dla_top", "dla_bottom")
 _SPLITS = ("train", "calibration", "valid", "test")
@@ -105,6 +115,22 @@ _EXAMPLE = np.dtype(
         ("band_high", "<f8"),
     ]
 )
+# Format 2's fields: name, little-endian numpy type, `array` type code (the stdlib's array packs
+# a tuple of 66 Python numbers several times faster than numpy converts one).
+_COLUMNS = (
+    ("window_id", "<i8", "q"),
+    ("kind", "u1", "B"),
+    ("split", "u1", "B"),
+    ("rank", "<u4", "I"),
+    ("length", "<u4", "I"),
+    ("max_index", "<i4", "i"),
+    ("band", "<i2", "h"),
+    ("edges", "u1", "B"),
+)
+assert all(array.array(code).itemsize == np.dtype(dtype).itemsize for _, dtype, code in _COLUMNS)
+_EXACT32 = 1  # flag: the maxima are stored as float32
+_NO_EDGES = 255
+_BIG_ENDIAN = sys.byteorder == "big"  # stored little-endian whatever the machine
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
@@ -132,41 +158,118 @@ def to_float16(values: np.ndarray) -> np.ndarray:
 
 def encode_examples(examples: list[ExampleRow], window_ids: Mapping[int, int]) -> bytes:
     """A neuron's examples (`window_ids[example.window_key]` their windows' ids) as one blob:
-    header, zlib-compressed records, then the float16 activations uncompressed (compressing
-    them saves about a fifth and costs more time than the whole write)."""
-    meta = np.zeros(len(examples), dtype=_EXAMPLE)
-    kinds, splits = _KIND_CODES, _SPLIT_CODES
-    meta["window_id"] = [window_ids[e.window_key] for e in examples]
-    meta["kind"] = [kinds[e.kind] for e in examples]
-    meta["split"] = [splits[e.split] for e in examples]
-    meta["rank"] = [e.rank for e in examples]
-    meta["length"] = [len(e.activations) // 4 for e in examples]
-    meta["max_index"] = [e.max_index for e in examples]
-    meta["band"] = [-1 if e.band is None else e.band for e in examples]
-    meta["max_activation"] = [e.max_activation for e in examples]
-    meta["band_low"] = [math.nan if e.band_low is None else e.band_low for e in examples]
-    meta["band_high"] = [math.nan if e.band_high is None else e.band_high for e in examples]
-    values = to_float16(np.frombuffer(b"".join(e.activations for e in examples), dtype="<f4"))
-    records = zlib.compress(meta.tobytes(), 1)
+    header, the zlib-compressed records (format 2), then the float16 activations uncompressed
+    (compressing them saves about a fifth and costs more time than the whole write). The rows
+    are tuples: their fields are read column by column (`zip`), not example by example."""
+    if not examples:
+        records = zlib.compress(bytes([0, 0]), 1)
+        return _HEADER.pack(PACK_FORMAT, 0, len(records)) + records
+    keys, kinds, ranks, splits, acts, tops, indices, bands, lows, highs = zip(
+        *examples, strict=True
+    )
+    pairs = list(zip(lows, highs, strict=True))
+    edges = {pair: i for i, pair in enumerate(dict.fromkeys(p for p in pairs if p[0] is not None))}
+    if len(edges) >= _NO_EDGES:
+        raise ValueError(f"{len(edges)} activation bands in one neuron; at most 254 are stored")
+    columns = (
+        list(map(window_ids.__getitem__, keys)),
+        list(map(_KIND_CODES.__getitem__, kinds)),
+        list(map(_SPLIT_CODES.__getitem__, splits)),
+        ranks,
+        [len(a) // 4 for a in acts],
+        indices,
+        [-1 if band is None else band for band in bands],
+        [_NO_EDGES if pair[0] is None else edges[pair] for pair in pairs],
+    )
+    maxima = array.array("d", tops)
+    narrow = array.array("f", tops)
+    flags = _EXACT32 if array.array("d", narrow) == maxima else 0
+    edge_values = array.array("d", [v for pair in edges for v in pair])
+    packed = [
+        array.array(code, column) for (_, _, code), column in zip(_COLUMNS, columns, strict=True)
+    ]
+    packed += [narrow if flags & _EXACT32 else maxima]
+    dropped, _ = _max_positions(  # read from the packed fields (native order), not converted again
+        np.frombuffer(packed[4], dtype=np.uint32).astype(np.int64),
+        np.frombuffer(packed[5], dtype=np.int32).astype(np.int64),
+        np.frombuffer(maxima, dtype=np.float64),
+    )
+    if _BIG_ENDIAN:
+        for part in (*packed, edge_values):
+            part.byteswap()
+    fields = b"".join([bytes([flags, len(edges)]), edge_values, *packed])
+    records = zlib.compress(fields, 1)
+    values = to_float16(np.frombuffer(b"".join(acts), dtype="<f4"))
+    kept = np.ones(values.size, dtype=bool)
+    kept[dropped] = False
+    values = values[kept]
     return _HEADER.pack(PACK_FORMAT, len(examples), len(records)) + records + values.tobytes()
+
+
+def _max_positions(
+    lengths: np.ndarray, max_index: np.ndarray, maxima: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Where each example's max token is among all the examples' values one after another, for
+    the examples whose max is known (and which): format 2 leaves those values out, since the
+    records hold each max exactly and reading puts it back there."""
+    held = (max_index >= 0) & (max_index < lengths) & ~np.isnan(maxima)
+    return (np.cumsum(lengths) - lengths + max_index)[held], held
+
+
+def _records(version: int, count: int, raw: bytes) -> np.ndarray:
+    """The stored records as one `_EXAMPLE` array, whichever format holds them."""
+    if version == 1:
+        return np.frombuffer(raw, dtype=_EXAMPLE, count=count)
+    if version != 2:
+        raise ValueError(f"unknown examples format {version}")
+    if len(raw) < 2:
+        raise ValueError("records without their flags")
+    flags, n_edges = raw[0], raw[1]
+    at = 2 + 16 * n_edges
+    edges = np.frombuffer(raw, dtype="<f8", count=2 * n_edges, offset=2).reshape(-1, 2)
+    edges = np.concatenate([edges, np.full((1, 2), math.nan)])  # index -1: none
+    meta = np.zeros(count, dtype=_EXAMPLE)
+    columns = {}
+    for name, dtype, _ in _COLUMNS:
+        columns[name] = np.frombuffer(raw, dtype=dtype, count=count, offset=at)
+        at += count * np.dtype(dtype).itemsize
+        if name != "edges":
+            meta[name] = columns[name]
+    top = "<f4" if flags & _EXACT32 else "<f8"
+    meta["max_activation"] = np.frombuffer(raw, dtype=top, count=count, offset=at)
+    at += count * np.dtype(top).itemsize
+    if at != len(raw):
+        raise ValueError("records of the wrong size")
+    index = columns["edges"].astype(np.int64)
+    index[index == _NO_EDGES] = -1
+    if index.size and index.max() >= n_edges:
+        raise ValueError("an example names band edges that are not stored")
+    meta["band_low"], meta["band_high"] = edges[index, 0], edges[index, 1]
+    return meta
 
 
 @reads_stored
 def decode_examples(blob: bytes) -> list[PackedExample]:
     """A neuron's examples, in stored order (as `encode_examples` was given them)."""
     version, count, size = _HEADER.unpack_from(blob)
-    if version != PACK_FORMAT:
-        raise ValueError(f"unknown examples format {version}")
     start = _HEADER.size
     try:
         records = zlib.decompress(blob[start : start + size])
     except zlib.error as exc:
         raise ValueError(str(exc)) from None
-    meta = np.frombuffer(records, dtype=_EXAMPLE, count=count)
-    values = np.frombuffer(blob, dtype="<f2", offset=start + size)
-    if values.size != int(meta["length"].sum()):
+    meta = _records(version, count, records)
+    values64 = np.frombuffer(blob, dtype="<f2", offset=start + size).astype(float)
+    lengths = meta["length"].astype(np.int64)
+    positions, held = np.zeros(0, dtype=np.int64), np.zeros(count, dtype=bool)
+    if version == 2:
+        positions, held = _max_positions(
+            lengths, meta["max_index"].astype(np.int64), meta["max_activation"]
+        )
+    if values64.size + positions.size != int(lengths.sum()):
         raise ValueError("truncated activations")
-    values64 = values.astype(float)
+    values64 = np.insert(
+        values64, positions - np.arange(positions.size), meta["max_activation"][held]
+    )
     found, at = [], 0
     for m in meta.tolist():
         window_id, kind, split, rank, length, max_index, band, top, low, high = m
@@ -205,12 +308,13 @@ def example_order(example: PackedExample) -> tuple[int, int]:
 
 @reads_stored
 def example_from_packed(example: PackedExample, window: Row) -> Example:
-    """A packed example with its window's row (tokens, document, offset)."""
+    """A packed example with its window (`Catalogue.packed_examples`: tokens, document,
+    offset)."""
     return Example(
         kind=example.kind,
         rank=example.rank,
         split=example.split,
-        tokens=json.loads(window["tokens"]),
+        tokens=window["tokens"],
         activations=example.activations,
         max_index=example.max_index,
         max_activation=example.max_activation,
@@ -260,8 +364,10 @@ class WindowRow:
     subset: str | None = None  # the corpus subset of its document, if the corpus has subsets
 
 
-@dataclass(frozen=True)
-class ExampleRow:
+class ExampleRow(NamedTuple):
+    """One example before ids. A tuple, not a dataclass: a scan makes tens of millions of
+    them, and `encode_examples` reads them column by column."""
+
     window_key: int
     kind: ExampleKind
     rank: int
@@ -388,9 +494,23 @@ def weights_from_row(row: Row) -> WeightFacts | None:
         return None
     return WeightFacts(
         w_in_w_out_cosine=row["w_in_w_out_cosine"],
-        top_positive_tokens=[OutputToken(**t) for t in json.loads(row["top_positive_tokens"])],
-        top_negative_tokens=[OutputToken(**t) for t in json.loads(row["top_negative_tokens"])],
+        top_positive_tokens=output_tokens_from_db(row["top_positive_tokens"]),
+        top_negative_tokens=output_tokens_from_db(row["top_negative_tokens"]),
     )
+
+
+def output_tokens_from_db(raw: str) -> list[OutputToken]:
+    """A neuron's top output tokens: a JSON list of [token, weight] pairs (of objects with
+    `token` and `weight` before m011, which converts them)."""
+    return [
+        OutputToken(**t) if isinstance(t, dict) else OutputToken(token=t[0], weight=t[1])
+        for t in json.loads(raw)
+    ]
+
+
+def output_tokens_to_db(tokens: list[OutputToken]) -> str:
+    """[token, weight] pairs: the keys of each object were a quarter of a neuron's row."""
+    return json.dumps([[t.token, t.weight] for t in tokens], ensure_ascii=False)
 
 
 def neuron_to_row(neuron: NeuronRow, model_id: int, scan_id: int | None) -> Row:
@@ -412,8 +532,12 @@ def neuron_to_row(neuron: NeuronRow, model_id: int, scan_id: int | None) -> Row:
         "tokens": stats.tokens,
         "histogram": stats.histogram.model_dump_json(),
         "w_in_w_out_cosine": weights.w_in_w_out_cosine if weights else None,
-        "top_positive_tokens": _tokens_json(weights.top_positive_tokens) if weights else None,
-        "top_negative_tokens": _tokens_json(weights.top_negative_tokens) if weights else None,
+        "top_positive_tokens": output_tokens_to_db(weights.top_positive_tokens)
+        if weights
+        else None,
+        "top_negative_tokens": output_tokens_to_db(weights.top_negative_tokens)
+        if weights
+        else None,
     }
     if neuron.related is not None:
         row["related_neurons"] = json.dumps(
@@ -449,29 +573,15 @@ def neuron_values(neuron: NeuronRow, model_id: int, scan_id: int | None) -> tupl
     return tuple(row.get(column) for column in NEURON_COLUMNS)
 
 
-def _tokens_json(tokens: list[OutputToken]) -> str:
-    return json.dumps([t.model_dump() for t in tokens], ensure_ascii=False)
-
-
-def window_to_row(window: WindowRow, scan_id: int | None) -> Row:
-    return {
-        "scan_id": scan_id,
-        "document": window.document,
-        "offset": window.offset,
-        "token_ids": token_ids_to_db(window.token_ids),
-        "tokens": json.dumps(window.tokens, ensure_ascii=False),
-        "subset": window.subset,
-    }
-
-
 def token_ids_to_db(token_ids: list[int]) -> bytes:
-    """A window's token ids: little-endian uint32 (JSON text before m010)."""
+    """A window's token ids as m010 stored them: little-endian uint32 (what m011 converts)."""
     return np.asarray(token_ids, dtype="<u4").tobytes()
 
 
 @reads_stored
 def token_ids_from_db(value: bytes | str | None) -> list[int]:
-    """A window's `token_ids`: uint32 blob, JSON text (before m010), or NULL (none known)."""
+    """A window's `token_ids` as m010 left them: uint32 blob, JSON text (before m010), or NULL
+    (none known); m010 and m011 read them."""
     if value is None:
         return []
     if isinstance(value, str):
@@ -479,13 +589,84 @@ def token_ids_from_db(value: bytes | str | None) -> list[int]:
     return np.frombuffer(value, dtype="<u4").astype(int).tolist()
 
 
+# --- a window's token ids and strings (from m011) ---------------------------------------------
+#
+# Token ids: one byte giving the width (2: uint16, when every id fits; else 4: uint32), then the
+# ids little-endian. Token strings: NULL when the model's `vocabulary` gives every token's
+# string (always, for a scan: a token's string is a function of its id), else the JSON list.
+
+_ID_WIDTHS = {2: "<u2", 4: "<u4"}
+
+
+def pack_token_ids(token_ids: list[int]) -> bytes:
+    """A window's token ids as stored (uint16 when they fit)."""
+    ids = np.asarray(token_ids, dtype=np.int64)
+    width = 2 if ids.size == 0 or int(ids.max()) < 2**16 else 4
+    return bytes([width]) + ids.astype(_ID_WIDTHS[width]).tobytes()
+
+
+@reads_stored
+def unpack_token_ids(blob: bytes | None) -> list[int]:
+    """A window's stored token ids (NULL: none known)."""
+    if blob is None:
+        return []
+    if not blob:
+        raise ValueError("token ids without their width")
+    width = _ID_WIDTHS[blob[0]]  # KeyError: damaged
+    return np.frombuffer(blob, dtype=width, offset=1).astype(int).tolist()
+
+
+@dataclass
+class Vocabulary:
+    """One model's token strings by id, as far as the catalogue knows them (`vocabulary`):
+    what lets a window store its token ids alone. `added`: strings learnt since it was read,
+    for the writer to insert."""
+
+    texts: dict[int, str]
+    added: dict[int, str] = field(default_factory=dict)
+
+    def tokens_to_db(self, token_ids: list[int], tokens: list[str]) -> str | None:
+        """A window's `tokens` column: NULL when the vocabulary gives every string (learning
+        the ids it lacks), else the JSON list (a string that differs from the model's, or
+        strings without ids), so what is read back is always what was written. A loop over
+        the window's distinct ids, then one comparison: a big scan writes millions of tokens."""
+        if len(token_ids) == len(tokens):
+            texts = self.texts
+            pairs = dict(zip(token_ids, tokens, strict=True))
+            for token_id, text in pairs.items():
+                if token_id not in texts:
+                    texts[token_id] = self.added[token_id] = text
+            if list(map(texts.__getitem__, token_ids)) == tokens:
+                return None
+        return json.dumps(tokens, ensure_ascii=False)
+
+    @reads_stored
+    def tokens_from_db(self, token_ids: list[int], stored: str | None) -> list[str]:
+        """A window's token strings: its own (JSON), else the vocabulary's for its ids."""
+        if stored is not None:
+            return [str(t) for t in json.loads(stored)]
+        texts = self.texts
+        return [texts[i] for i in token_ids]  # KeyError: damaged
+
+
 WINDOW_COLUMNS = ("scan_id", "document", "offset", "token_ids", "tokens", "subset")
 
 
-def window_values(window: WindowRow, scan_id: int | None) -> tuple[Any, ...]:
-    """`window_to_row`'s values in WINDOW_COLUMNS order (the scan's bulk write)."""
-    row = window_to_row(window, scan_id)
-    return tuple(row[column] for column in WINDOW_COLUMNS)
+def window_values(
+    window: WindowRow, scan_id: int | None, vocabulary: Vocabulary
+) -> tuple[Any, ...]:
+    """A windows row's values in WINDOW_COLUMNS order (`vocabulary`: the model's). A window of
+    no scan (imported without one) keeps its strings: only a scan ties a window to its model."""
+    return (
+        scan_id,
+        window.document,
+        window.offset,
+        pack_token_ids(window.token_ids),
+        json.dumps(window.tokens, ensure_ascii=False)
+        if scan_id is None
+        else vocabulary.tokens_to_db(window.token_ids, window.tokens),
+        window.subset,
+    )
 
 
 def example_rows(example: Example, token_ids: list[int], key: int) -> tuple[WindowRow, ExampleRow]:

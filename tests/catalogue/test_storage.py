@@ -4,6 +4,7 @@ beside the file, old catalogues converted by m010, and rescans that keep people'
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from labeller.records import (
     Histogram,
     ModelRecord,
     NeuronStats,
+    OutputToken,
     ScanParams,
     ScanStatus,
     Split,
@@ -231,7 +233,126 @@ def test_m010_converts_an_old_catalogue(tmp_path: Path):
     assert first.tokens == ["x", "y"]
     with sqlite3.connect(path) as conn:
         (blob,) = conn.execute("select token_ids from windows").fetchone()
-    assert rows.token_ids_from_db(blob) == [1, 2]
+    assert rows.unpack_token_ids(blob) == [1, 2]
+
+
+def _m010_catalogue(path: Path) -> None:
+    """A catalogue as m010 left it: uint32 token ids and every window's token strings (JSON).
+    Windows 1-2 are scan 1's (2 repeats a token with another string than 1 gives it), window 3
+    was imported without a scan; ids from 70,000 need uint32."""
+    db = Database(path)
+    migrations.apply(db, stop_before="m011_vocabulary")
+    db["models"].insert({"id": 1, **rows.model_to_row(MODEL)})
+    params = ScanParams(model="m", dataset="d", layers=[0])
+    db["scans"].insert(
+        {
+            "id": 1,
+            **rows.scan_to_row(
+                1,
+                params,
+                ScanStatus.COMPLETE,
+                tokens_seen=9,
+                windows_seen=3,
+                started_at="t",
+                updated_at="t",
+            ),
+        }
+    )
+    windows = {
+        1: (1, [5, 70_001, 5], ["a", "é", "a"]),
+        2: (1, [5, 6], ["b", "c"]),
+        3: (None, [5, 7], ["z", "y"]),
+    }
+    for window_id, (scan_id, ids, tokens) in windows.items():
+        db["windows"].insert(
+            {
+                "id": window_id,
+                "scan_id": scan_id,
+                "document": f"doc{window_id}",
+                "offset": 0,
+                "token_ids": rows.token_ids_to_db(ids),
+                "tokens": json.dumps(tokens),
+            }
+        )
+    neuron = rows.neuron_to_row(NeuronRow(0, 2, STATS, None, []), 1, 1)
+    neuron |= {
+        "w_in_w_out_cosine": 0.25,
+        "top_positive_tokens": json.dumps([{"token": "a", "weight": 0.5}]),
+        "top_negative_tokens": json.dumps([{"token": "é", "weight": -1 / 3}]),
+    }
+    db["neurons"].insert({"id": 7, **neuron})
+    examples = [
+        ExampleRow(
+            window_key=w,
+            kind=ExampleKind.TOP,
+            rank=w - 1,
+            split=Split.TRAIN,
+            activations=encode_activations(np.arange(len(windows[w][1]), dtype=np.float32)),
+            max_activation=float(len(windows[w][1]) - 1),
+            max_index=len(windows[w][1]) - 1,
+        )
+        for w in windows
+    ]
+    blob = rows.encode_examples(examples, {w: w for w in windows})
+    db["neuron_examples"].insert({"neuron_id": 7, "data": blob})
+    db.conn.close()
+
+
+def test_m011_stores_token_strings_once_and_reads_back_the_same(tmp_path: Path):
+    from labeller.catalogue.browse import top_example_windows
+
+    path = tmp_path / "m010.db"
+    _m010_catalogue(path)
+    with Catalogue.open(path) as catalogue:  # a write command upgrades it
+        view = catalogue.neuron_view("m", 0, 2)
+        ids = [w[1] for w in top_example_windows(catalogue, "m", 0, 2)]
+        stored = dict(catalogue.db.execute("select id, tokens from windows").fetchall())
+        vocabulary = catalogue.db.execute(
+            "select model_id, token_id, text from vocabulary order by token_id"
+        ).fetchall()
+        widths = [
+            r[0][0] for r in catalogue.db.execute("select token_ids from windows order by id")
+        ]
+        (positive,) = catalogue.db.execute("select top_positive_tokens from neurons").fetchone()
+    assert [e.tokens for e in view.top_examples] == [["a", "é", "a"], ["b", "c"], ["z", "y"]]
+    assert view.weights is not None
+    assert view.weights.top_positive_tokens == [OutputToken(token="a", weight=0.5)]
+    assert view.weights.top_negative_tokens == [OutputToken(token="é", weight=-1 / 3)]
+    assert positive == json.dumps([["a", 0.5]])
+    assert ids == [[5, 70_001, 5], [5, 6], [5, 7]]
+    assert vocabulary == [(1, 5, "a"), (1, 6, "c"), (1, 70_001, "é")]
+    # The window whose token 5 reads otherwise, and the one of no scan, keep their strings.
+    assert stored == {1: None, 2: json.dumps(["b", "c"]), 3: json.dumps(["z", "y"])}
+    assert widths == [4, 2, 2]
+
+
+def test_a_scan_stores_token_strings_once_per_model(tmp_path: Path):
+    with Catalogue.open(tmp_path / "c.db", create=True) as catalogue:
+        _write(catalogue, np.ones((3, 3), dtype=np.float32))
+        _write(catalogue, np.ones((3, 3), dtype=np.float32), seed=1)  # a rescan adds none
+        tokens = {r[0] for r in catalogue.db.execute("select tokens from windows")}
+        vocabulary = catalogue.db.execute(
+            "select token_id, text from vocabulary order by token_id"
+        ).fetchall()
+        view = catalogue.neuron_view("m", 0, 0)
+    assert tokens == {None}
+    assert vocabulary == [
+        (0, "a"),
+        (1, "a"),
+        (2, "a"),
+        (3, "c"),
+        *((70_000 + k, "é") for k in range(3)),
+    ]
+    assert [e.tokens for e in view.top_examples] == [["a", "é", "c"]] * 2
+
+
+def test_token_ids_pack_to_uint16_when_they_fit():
+    assert rows.pack_token_ids([1, 65_535]) == bytes([2]) + np.array([1, 65_535], "<u2").tobytes()
+    assert rows.pack_token_ids([65_536]) == bytes([4]) + np.array([65_536], "<u4").tobytes()
+    for ids in ([], [0, 65_535], [65_536, 3]):
+        assert rows.unpack_token_ids(rows.pack_token_ids(ids)) == ids
+    with pytest.raises(rows.UnreadableRecord):
+        rows.unpack_token_ids(b"\x03\x00")
 
 
 def test_a_completed_scan_leaves_few_free_pages(
@@ -281,3 +402,121 @@ def test_backup_copies_an_unfinished_scans_checkpoint(tmp_path: Path):
         assert restored.load_checkpoint(scan_id) == b"state"
         (scan,) = restored.scans()
         assert scan.status is ScanStatus.INTERRUPTED
+
+
+@pytest.mark.parametrize("reader_open", [False, True])
+def test_a_scans_bulk_write_leaves_the_catalogue_in_wal_mode(tmp_path: Path, reader_open: bool):
+    """The bulk write goes through a rollback journal when it has the file to itself, through
+    the WAL when another connection has it open; either way the catalogue ends in WAL mode,
+    with the results readable by that other connection."""
+    path = tmp_path / "c.db"
+    with Catalogue.open(path, create=True) as catalogue:
+        catalogue.upsert_model(MODEL)
+        reader = sqlite3.connect(path) if reader_open else None
+        if reader is not None:
+            reader.execute("select count(*) from models").fetchone()
+        _write(catalogue, np.ones((3, 3), dtype=np.float32))
+        assert catalogue.db.journal_mode == "wal"
+        assert not Path(f"{path}-journal").exists()
+        if reader is not None:
+            assert reader.execute("select count(*) from neurons").fetchone() == (2,)
+            reader.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("pragma journal_mode").fetchone() == ("wal",)
+        assert conn.execute("select count(*) from neuron_examples").fetchone() == (2,)
+
+
+def test_a_write_command_restores_wal_mode(tmp_path: Path):
+    """A catalogue left in rollback mode (a bulk write could not switch back while a reader
+    held it) is put back in WAL mode by the next write command's open."""
+    path = tmp_path / "c.db"
+    with Catalogue.open(path, create=True) as catalogue:
+        _write(catalogue, np.ones((3, 3), dtype=np.float32))
+    with sqlite3.connect(path) as conn:
+        conn.execute("pragma journal_mode = delete")
+    with Catalogue.open(path) as catalogue:
+        assert catalogue.db.journal_mode == "wal"
+        assert catalogue.neuron_view("m", 0, 0).top_examples
+
+
+def test_examples_packed_by_m010_still_read():
+    """Format 1 (records one after another), as m010 packed them: m011 leaves them so."""
+    import zlib
+
+    meta = np.zeros(1, dtype=rows._EXAMPLE)
+    meta[0] = (9, 1, 2, 3, 2, 1, -1, 2.5, np.nan, np.nan)
+    records = zlib.compress(meta.tobytes(), 1)
+    blob = rows._HEADER.pack(1, 1, len(records)) + records
+    blob += np.array([0.5, 2.5], dtype="<f2").tobytes()
+    (example,) = rows.decode_examples(blob)
+    assert (example.window_id, example.kind, example.split, example.rank) == (
+        9,
+        ExampleKind.RANDOM,
+        Split.VALID,
+        3,
+    )
+    assert (example.activations, example.max_activation, example.max_index) == ([0.5, 2.5], 2.5, 1)
+    assert (example.band, example.band_low, example.band_high) == (None, None, None)
+
+
+@pytest.mark.parametrize("maxima", [[2.5, 0.75, 1.0], [1 / 3, 0.75, math.nan]])
+def test_packed_examples_round_trip_exactly(maxima: list[float]):
+    """Every field but the per-token values comes back exactly: maxima stored as float32 only
+    when all of them are one (else float64), band edges shared by index, None kept apart."""
+    values = np.array([[0.5, 2.5], [0.75, 0.25], [1.0, -2.0]], dtype=np.float32)
+    examples = [
+        ExampleRow(4, ExampleKind.TOP, 0, Split.TRAIN, encode_activations(values[0]), maxima[0], 1),
+        ExampleRow(
+            7,
+            ExampleKind.QUANTILE,
+            0,
+            Split.VALID,
+            encode_activations(values[1]),
+            maxima[1],
+            0,
+            band=2,
+            band_low=0.5,
+            band_high=1 / 3 + 1,
+        ),
+        ExampleRow(
+            5,
+            ExampleKind.QUANTILE,
+            1,
+            Split.TEST,
+            encode_activations(values[2]),
+            maxima[2],
+            0,
+            band=2,
+            band_low=0.5,
+            band_high=1 / 3 + 1,
+        ),
+    ]
+    found = rows.decode_examples(rows.encode_examples(examples, {4: 40, 7: 2**40, 5: 50}))
+    assert [(e.window_id, e.kind, e.rank, e.split, e.max_index) for e in found] == [
+        (40, ExampleKind.TOP, 0, Split.TRAIN, 1),
+        (2**40, ExampleKind.QUANTILE, 0, Split.VALID, 0),
+        (50, ExampleKind.QUANTILE, 1, Split.TEST, 0),
+    ]
+    assert [(e.band, e.band_low, e.band_high) for e in found] == [
+        (None, None, None),
+        (2, 0.5, 1 / 3 + 1),
+        (2, 0.5, 1 / 3 + 1),
+    ]
+    assert [e.max_activation for e in found][:2] == maxima[:2]
+    assert math.isnan(found[2].max_activation) == math.isnan(maxima[2])
+    assert rows.decode_examples(rows.encode_examples([], {})) == []
+
+
+def test_window_tokens_come_from_the_window_or_its_scans_vocabulary(tmp_path: Path):
+    """A scan's windows keep their ids alone and read their strings from the model's
+    vocabulary; a window of no scan (imported without one) keeps its own strings."""
+    with Catalogue.open(tmp_path / "c.db", create=True) as catalogue:
+        _write(catalogue, np.ones((3, 3), dtype=np.float32))
+        model_id = catalogue.upsert_model(MODEL)
+        loose = WindowRow(key=9, document="x", offset=0, token_ids=[3, 4], tokens=["Q", "r"])
+        with catalogue.write_transaction():
+            (loose_id,) = catalogue.insert_windows(model_id, None, [loose]).values()
+        stored = catalogue.db.execute("select tokens from windows where id = ?", [loose_id])
+        assert stored.fetchone() == (json.dumps(["Q", "r"]),)
+        found = catalogue.window_tokens([1, 2, loose_id, 999])
+    assert found == {1: ["a", "é", "c"], 2: ["a", "é", "c"], loose_id: ["Q", "r"]}

@@ -7,7 +7,6 @@ every kind of row to lose.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -171,9 +170,7 @@ def _band_examples(values: np.ndarray, top: float) -> list[ExampleRow]:
         ][:3]
         for position, k in enumerate(inside):
             row = _example(values[k], k, ExampleKind.QUANTILE, len(found), quantile_split(position))
-            found.append(
-                dataclasses.replace(row, band=band, band_low=edges[band], band_high=edges[band + 1])
-            )
+            found.append(row._replace(band=band, band_low=edges[band], band_high=edges[band + 1]))
     return found
 
 
