@@ -818,12 +818,17 @@ def neuron_summaries(
 
 
 def top_example_windows(
-    catalogue: Catalogue, model: str | None, layer: int, neuron: int
+    catalogue: Catalogue,
+    model: str | None,
+    layer: int,
+    neuron: int,
+    kind: ExampleKind = ExampleKind.TOP,
 ) -> list[tuple[int, list[int], int]]:
-    """The neuron's top examples as (rank, the window's token ids, the max token's position)."""
+    """The neuron's top (or `kind`) examples as (rank, the window's token ids, the max token's
+    position)."""
     stored = _examples_with_token_ids(catalogue, model, layer, neuron)
     return [
         (example.rank, window["token_ids"], example.max_index)
         for example, window in stored
-        if example.kind is ExampleKind.TOP
+        if example.kind is kind
     ]
