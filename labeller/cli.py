@@ -2373,6 +2373,13 @@ def compare(
     help="A detector whose per-band precision to draw next to the label's (repeatable; `all` "
     "for every one). Default: the neuron's best stored detectors, as `show` gives them.",
 )
+@click.option(
+    "--dla/--no-dla",
+    default=True,
+    show_default=True,
+    help="A neuron's DLA vs activation figure (loads the model to compute DLA per token).",
+)
+@model_load_options
 def plot(
     db_path: Path | None,
     model_name: str | None,
@@ -2382,11 +2389,16 @@ def plot(
     formats: str,
     dpi: int,
     detector_names: tuple[str, ...],
+    dla: bool,
+    device: str,
+    dtype: str,
 ) -> None:
-    """Write figures as PNG and SVG: a neuron's activation histogram and per-band precision of
-    its label and detectors, or a layer's label scores against their null control and
-    cos(w_in, w_out) against kurtosis. Figures the catalogue has no data for are skipped with a
-    note. Needs matplotlib (pip install 'labeller[plots]').
+    """Write figures as PNG and SVG: a neuron's activation histogram, per-band precision of
+    its label and detectors, and direct logit attribution against activation per token (over
+    its top, random and DLA windows; the model computes what the catalogue does not store), or
+    a layer's label scores against their null control and cos(w_in, w_out) against kurtosis.
+    Figures the catalogue has no data for are skipped with a note. Needs matplotlib
+    (pip install 'labeller[plots]').
 
     \b
     Example:
@@ -2394,9 +2406,10 @@ def plot(
       labeller plot --db db/demo.db --layer 0 --neuron 9 --detector number --detector start-of-line
       labeller plot --db db/demo.db --model demo-solu-1l --layer 0 -o figures/solu
     """
+    from labeller.catalogue.browse import neuron_token_ids
     from labeller.detect.registry import resolve
     from labeller.plot import pyplot
-    from labeller.plot.catalogue_figures import layer_figures, neuron_figures
+    from labeller.plot.catalogue_figures import dla_series, layer_figures, neuron_figures
 
     pyplot()  # no matplotlib: say so before reading anything
     chosen = tuple(formats.split(","))
@@ -2409,8 +2422,15 @@ def plot(
             raise UserError(f"{model.name} has layers 0-{model.n_layers - 1}; got --layer {layer}")
         if neuron is not None:
             view = catalogue.neuron_view(model.name, layer, neuron)
+            series = None
+            if dla:
+                from labeller.model.loading import load_model
+
+                token_ids = neuron_token_ids(catalogue, model.name, layer, neuron)
+                loaded = load_model(model.name, device=device, dtype=dtype)
+                series = dla_series(view, token_ids, loaded)
             out.mkdir(parents=True, exist_ok=True)
-            plotted = neuron_figures(view, out, dpi, chosen, detectors)
+            plotted = neuron_figures(view, out, dpi, chosen, detectors, series)
         else:
             out.mkdir(parents=True, exist_ok=True)
             plotted = layer_figures(catalogue, model.name, layer, out, dpi, chosen)

@@ -93,3 +93,12 @@ def trace_dla(
     ids, _ = batch_inputs(model, [token_ids])
     acts, dla = neuron_activations_and_dla(model, ids, [layer])
     return acts[layer][0], dla[layer][0]
+
+
+def window_dla(
+    model: LoadedModel, token_ids: Sequence[int], layer: int, neuron: int
+) -> tuple[list[float], list[float]]:
+    """One window's activations and DLA of one neuron as plain lists, as `trace_dla` gives
+    them (the last token's DLA NaN)."""
+    acts, dla = trace_dla(model, token_ids, layer)
+    return acts[:, neuron].tolist(), dla[:, neuron].tolist()

@@ -7,16 +7,30 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+import statistics
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from labeller.band_precision import detector_bands, label_bands, neuron_band_precision
 from labeller.catalogue import Catalogue
 from labeller.catalogue.browse import neuron_summaries
 from labeller.detect.detector import Detector
+from labeller.errors import UserError
 from labeller.plot import pyplot, save
-from labeller.records import FeatureBands, NeuronView, NullControl, Split, neuron_name
+from labeller.records import (
+    Example,
+    ExampleKind,
+    FeatureBands,
+    NeuronView,
+    NullControl,
+    Split,
+    neuron_name,
+)
+
+if TYPE_CHECKING:
+    from labeller.model.loading import LoadedModel
 
 SCORE_SPLIT = Split.VALID
 
@@ -33,10 +47,11 @@ def neuron_figures(
     dpi: int,
     formats: tuple[str, ...],
     detectors: Sequence[Detector] | None = None,
+    dla: DlaSeries | None = None,
 ) -> Plotted:
-    """The neuron's activation histogram (the scan's exact stored one) and the per-band
+    """The neuron's activation histogram (the scan's exact stored one), the per-band
     precision of its label and of `detectors` (default: its best stored detectors, as `show`
-    gives them); DLA vs activation is noted as not available until the catalogue stores it."""
+    gives them) and, given `dla` (see `dla_series`), DLA against activation per token."""
     plotted = Plotted()
     name = neuron_name(view.layer, view.neuron)
     histogram = view.stats.histogram
@@ -57,9 +72,10 @@ def neuron_figures(
     stem = out / f"{_neuron_stem(view)}_histogram"
     plotted.paths += save(fig, stem, dpi, formats)
     _band_figure(view, band_series(view, detectors), out, dpi, formats, plotted)
-    plotted.notes.append(
-        f"{name}: no DLA vs activation figure: the catalogue stores no direct logit attribution yet"
-    )
+    if dla is None:
+        plotted.notes.append(f"{name}: no DLA vs activation figure (--no-dla: no model loaded)")
+    else:
+        _dla_figure(view, dla, out, dpi, formats, plotted)
     return plotted
 
 
@@ -119,6 +135,117 @@ def _band_figure(
     axes[-1, 0].set_xlabel("activation band (edges)")
     fig.suptitle(f"{view.model} {name}: precision per activation band", fontsize="medium")
     plotted.paths += save(fig, out / f"{_neuron_stem(view)}_band_precision", dpi, formats)
+
+
+@dataclass
+class DlaSeries:
+    """What the DLA vs activation figure draws: a point per token that has a next token in
+    its window, with the kind of window it came from."""
+
+    activations: list[float] = field(default_factory=list)
+    dla: list[float] = field(default_factory=list)
+    kinds: list[ExampleKind] = field(default_factory=list)
+    scanned_dla: bool = False  # the scan kept DLA windows (--dla)
+
+    def correlation(self) -> float | None:
+        """Pearson r of DLA against activation; None when either is constant or too short."""
+        if len(self.dla) < 2 or len(set(self.dla)) < 2 or len(set(self.activations)) < 2:
+            return None
+        return statistics.correlation(self.activations, self.dla)
+
+
+DLA_SERIES_KINDS = (
+    ExampleKind.TOP,
+    ExampleKind.RANDOM,
+    ExampleKind.DLA_TOP,
+    ExampleKind.DLA_BOTTOM,
+)
+
+
+def dla_series(
+    view: NeuronView, token_ids: Mapping[tuple[str, int], list[int]], model: LoadedModel
+) -> DlaSeries:
+    """Activation and DLA per token over the neuron's top, random and DLA windows (each window
+    once). A window's stored values are read from the catalogue (activations for top and
+    random, DLA for the DLA kinds) and the other one is computed by the model on the window's
+    exact tokens; a window's last token has no next token in it and no point."""
+    from labeller.model.dla import window_dla
+
+    series = DlaSeries(scanned_dla=bool(view.dla_top_examples or view.dla_bottom_examples))
+    windows: list[Example] = [
+        *view.top_examples,
+        *view.random_examples,
+        *view.dla_top_examples,
+        *view.dla_bottom_examples,
+    ]
+    seen: set[tuple[str, int]] = set()
+    for example in windows:
+        if (example.document, example.offset) in seen:
+            continue
+        seen.add((example.document, example.offset))
+        ids = token_ids.get((example.kind.value, example.rank))
+        if ids is None:
+            raise UserError(
+                f"{neuron_name(view.layer, view.neuron)}: no token ids stored for its "
+                f"{example.kind.value} window {example.rank}: rescan, or plot with --no-dla"
+            )
+        acts, dla = window_dla(model, ids, view.layer, view.neuron)
+        if example.kind in (ExampleKind.DLA_TOP, ExampleKind.DLA_BOTTOM):
+            dla = example.activations
+        else:
+            acts = example.activations
+        series.activations += acts[:-1]
+        series.dla += dla[:-1]
+        series.kinds += [example.kind] * (len(acts) - 1)
+    return series
+
+
+def _dla_figure(
+    view: NeuronView,
+    series: DlaSeries,
+    out: Path,
+    dpi: int,
+    formats: tuple[str, ...],
+    plotted: Plotted,
+) -> None:
+    """A point per token, coloured by the kind of window it came from; the correlation in the
+    title. Notes what the DLA was computed from when the scan kept no DLA windows."""
+    name = neuron_name(view.layer, view.neuron)
+    if not series.dla:
+        plotted.notes.append(f"{name}: no DLA vs activation figure: the neuron has no windows")
+        return
+    if not series.scanned_dla:
+        plotted.notes.append(
+            f"{name}: the scan had no --dla: DLA vs activation computed by the model over the "
+            "stored top and random windows only (no DLA windows to add)"
+        )
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for kind in DLA_SERIES_KINDS:
+        points = [
+            (a, d)
+            for a, d, k in zip(series.activations, series.dla, series.kinds, strict=True)
+            if k is kind
+        ]
+        if points:
+            ax.scatter(
+                [a for a, _ in points],
+                [d for _, d in points],
+                s=7,
+                alpha=0.6,
+                label=f"{kind.value} windows ({len(points)} tokens)",
+            )
+    ax.axhline(0.0, color="grey", linewidth=0.8)
+    ax.set_xlabel("neuron activation")
+    ax.set_ylabel("direct logit attribution to the correct next token")
+    r = series.correlation()
+    ax.set_title(
+        f"{view.model} {name}: DLA vs activation, Pearson r = "
+        f"{'undefined' if r is None else f'{r:.2f}'} over {len(series.dla):,} tokens",
+        fontsize="medium",
+    )
+    ax.legend(fontsize="x-small")
+    plotted.paths += save(fig, out / f"{_neuron_stem(view)}_dla_activation", dpi, formats)
 
 
 def _neuron_stem(view: NeuronView) -> str:

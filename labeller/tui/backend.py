@@ -522,14 +522,13 @@ class Backend:
     ) -> tuple[list[float], list[float]]:
         """An example window's per-token activations and DLA for the neuron (the last token's
         DLA NaN: its next token is outside the window)."""
-        from labeller.model.dla import trace_dla
+        from labeller.model.dla import window_dla
 
         token_ids = self.example_token_ids(
             view.model, view.layer, view.neuron, example.kind.value, example.rank
         )
         with self._forward_lock:
-            acts, dla = trace_dla(model, token_ids, view.layer)
-        return acts[:, view.neuron].tolist(), dla[:, view.neuron].tolist()
+            return window_dla(model, token_ids, view.layer, view.neuron)
 
     def suggest_tests(
         self, model: LoadedModel, layer: int, neuron: int, label: str, neuron_max: float
