@@ -129,8 +129,11 @@ def _band_figure(
         ax.set_ylim(0, 1.15)
         ax.set_ylabel("precision")
         consistency = "n/a" if bands.consistency is None else f"{bands.consistency:.2f}"
+        read = "every band window" if bands.feature.startswith("detector:") else "valid windows"
         ax.set_title(
-            f"{bands.feature} (band consistency {consistency})", fontsize="small", loc="left"
+            f"{bands.feature} on {read} (band consistency {consistency})",
+            fontsize="small",
+            loc="left",
         )
     axes[-1, 0].set_xlabel("activation band (edges)")
     fig.suptitle(f"{view.model} {name}: precision per activation band", fontsize="medium")
