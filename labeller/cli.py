@@ -2403,7 +2403,7 @@ def plot(
     \b
     Example:
       labeller plot --db db/demo.db --model demo-solu-1l --layer 0 --neuron 9
-      labeller plot --db db/demo.db --layer 0 --neuron 9 --detector number --detector start-of-line
+      labeller plot --db db/demo.db --model demo-gelu-1l --layer 0 --neuron 9 --detector number
       labeller plot --db db/demo.db --model demo-solu-1l --layer 0 -o figures/solu
     """
     from labeller.catalogue.browse import neuron_token_ids

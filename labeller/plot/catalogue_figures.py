@@ -129,7 +129,9 @@ def _band_figure(
         ax.set_ylim(0, 1.15)
         ax.set_ylabel("precision")
         consistency = "n/a" if bands.consistency is None else f"{bands.consistency:.2f}"
-        read = "every band window" if bands.feature.startswith("detector:") else "valid windows"
+        read = (
+            "every band window" if bands.feature.startswith("detector:") else "valid band windows"
+        )
         ax.set_title(
             f"{bands.feature} on {read} (band consistency {consistency})",
             fontsize="small",
