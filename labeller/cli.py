@@ -337,6 +337,15 @@ def cli(verbose: bool) -> None:
     help="Also keep per neuron the top-k windows by direct logit attribution on the correct next "
     "token, highest and lowest (runs the whole model; see the README for its cost).",
 )
+@click.option(
+    "--checkpoint-every",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Seconds of scanning between resumable checkpoints (each one is the whole state, "
+    "about twice the finished catalogue); 0: after every batch.",
+)
 @model_load_options
 def scan(
     db_path: Path | None,
@@ -356,6 +365,7 @@ def scan(
     band_windows: int,
     correlations: str | None,
     dla: bool,
+    checkpoint_every: float,
     device: str,
     dtype: str,
 ) -> None:
@@ -398,7 +408,7 @@ def scan(
     if world is not None:
         rank_device = distributed.device_for(world, device)
         model, params = _scan_model(model_spec, rank_device, dtype, fields)
-        _sharded_scan(world, db_path, model, params, batch_size, text_field)
+        _sharded_scan(world, db_path, model, params, batch_size, text_field, checkpoint_every)
         return
     with _new_catalogue_kept_only_if_used(db_path) as catalogue:
         with _status(f"loading {model_spec}"):
@@ -412,6 +422,7 @@ def scan(
                     batch_size=batch_size,
                     text_field=text_field,
                     on_progress=advance,
+                    checkpoint_every=checkpoint_every,
                 )
         except ScanAlreadyComplete as done:
             click.echo(str(done))
@@ -451,6 +462,7 @@ def _sharded_scan(
     params: ScanParams,
     batch_size: int,
     text_field: str,
+    checkpoint_every: float,
 ) -> None:
     """`scan` as one rank of a torchrun job: every rank scans its share of the windows; rank 0
     alone opens the catalogue, shows progress and reports; the others exit quietly (0 when the
@@ -463,7 +475,13 @@ def _sharded_scan(
         if not world.leader:
             try:
                 run_scan(
-                    None, model, params, batch_size=batch_size, text_field=text_field, world=world
+                    None,
+                    model,
+                    params,
+                    batch_size=batch_size,
+                    text_field=text_field,
+                    world=world,
+                    checkpoint_every=checkpoint_every,
                 )
             except ScanAlreadyComplete:
                 return
@@ -481,6 +499,7 @@ def _sharded_scan(
                         text_field=text_field,
                         on_progress=advance,
                         world=world,
+                        checkpoint_every=checkpoint_every,
                     )
             except ScanAlreadyComplete as done:
                 click.echo(str(done))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from labeller.model.loading import LoadedModel
@@ -9,6 +10,13 @@ from labeller.model.tokens import token_text
 from labeller.records import OutputToken, WeightFacts
 
 TOP_OUTPUT_TOKENS = 10
+
+
+def float32_value(value: float) -> float:
+    """A float32 result as the shortest decimal that reads back as the same float32: the
+    float64 digits past float32's precision are noise, and cost a catalogue ~160 bytes a
+    neuron in the output tokens' JSON."""
+    return float(str(np.float32(value)))
 
 
 def layer_weight_facts(model: LoadedModel, layer: int) -> list[WeightFacts]:
@@ -33,13 +41,13 @@ def layer_weight_facts(model: LoadedModel, layer: int) -> list[WeightFacts]:
     for n in range(logits.shape[0]):
         facts.append(
             WeightFacts(
-                w_in_w_out_cosine=float(cosine[n]),
+                w_in_w_out_cosine=float32_value(float(cosine[n])),
                 top_positive_tokens=[
-                    OutputToken(token=vocab[i], weight=float(v))
+                    OutputToken(token=vocab[i], weight=float32_value(v))
                     for i, v in zip(top_ids[n].tolist(), top_values[n].tolist(), strict=True)
                 ],
                 top_negative_tokens=[
-                    OutputToken(token=vocab[i], weight=-float(v))
+                    OutputToken(token=vocab[i], weight=-float32_value(v))
                     for i, v in zip(bottom_ids[n].tolist(), bottom_values[n].tolist(), strict=True)
                 ],
             )

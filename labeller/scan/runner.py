@@ -757,6 +757,7 @@ def run_scan(
     on_progress: Callable[[int], None] | None = None,
     stop_requested: Callable[[], bool] | None = None,
     world: World | None = None,
+    checkpoint_every: float | None = None,
 ) -> ScanOutcome:
     """Scan, resuming an unfinished scan with the same parameters when one exists.
 
@@ -764,6 +765,7 @@ def run_scan(
     this; window i of the stream goes to rank i % world.size, and rank 0, the only one given
     the catalogue, writes the merged result (see labeller.scan.distributed)."""
     world = world or SINGLE
+    every = CHECKPOINT_EVERY_S if checkpoint_every is None else checkpoint_every
     sharded = world.size > 1
     if world.leader and catalogue is None:
         raise ValueError("rank 0 needs the catalogue")
@@ -837,28 +839,34 @@ def run_scan(
             scanner = Scanner(model, params)
     model_id = 0
 
-    def save(status: ScanStatus) -> int:
-        """The scan row is created with its first checkpoint: a scan that fails before it has
-        anything to resume leaves nothing behind. Sharded, every rank's state goes to rank 0,
-        which stores them together."""
+    def register() -> int:
+        """The scan's row, created when there is something to store: a scan that fails before
+        it has anything to resume or write leaves nothing behind."""
         nonlocal scan_id, model_id
-        blob = scanner.checkpoint()
-        blobs = distributed.gather(blob, world) if sharded else [blob]
         if catalogue is not None:
-            assert blobs is not None
             model_id = catalogue.upsert_model(model.record())
             if scan_id is None:
                 scan_id = catalogue.create_scan(model_id, params)
+        scan_id = shared(scan_id)
+        assert scan_id is not None
+        return scan_id
+
+    def save(status: ScanStatus) -> int:
+        """Checkpoint the whole state. Sharded, every rank's state goes to rank 0, which stores
+        them together."""
+        blob = scanner.checkpoint()
+        blobs = distributed.gather(blob, world) if sharded else [blob]
+        saved_id = register()
+        if catalogue is not None:
+            assert blobs is not None
             catalogue.save_checkpoint(
-                scan_id,
+                saved_id,
                 join_checkpoint(blobs),
                 tokens_seen=scanner.tokens_seen,
                 windows_seen=scanner.windows_seen,
                 status=status,
             )
-        scan_id = shared(scan_id)
-        assert scan_id is not None
-        return scan_id
+        return saved_id
 
     windows = _limited(
         itertools.chain([first_window], all_windows),
@@ -866,7 +874,10 @@ def run_scan(
         tokens_left=None if params.tokens is None else params.tokens - scanner.tokens_seen,
     )
     steps = _steps(windows, scanner.windows_seen, batch_size, world, scanner.reservoir)
-    last_save = -math.inf  # the first checkpoint follows the first batch: a kill after it resumes
+    # A checkpoint is the whole state (about twice the finished catalogue's size), so the first
+    # comes after `every` seconds of scanning, not after the first batch: a shorter scan is
+    # cheaper to run again than to checkpoint.
+    last_save = time.monotonic()
     with _DeferredInterrupt(sharded) as interrupt:
         try:
             for mine_now, stream_windows, stream_tokens in steps:
@@ -881,7 +892,7 @@ def run_scan(
                 if on_progress:
                     on_progress(scanner.tokens_seen)
                 stop = interrupt.requested or bool(stop_requested and stop_requested())
-                due = world.leader and time.monotonic() - last_save > CHECKPOINT_EVERY_S
+                due = world.leader and time.monotonic() - last_save >= every
                 if sharded:
                     stop, due = distributed.any_flags(stop, due)
                 if stop:
@@ -896,7 +907,8 @@ def run_scan(
             if catalogue is not None:
                 catalogue.set_scan_status(scan_id, ScanStatus.INTERRUPTED)
             raise ScanInterrupted(scan_id, scanner.tokens_seen) from None
-        finished_id = save(ScanStatus.RUNNING)
+        # No checkpoint before the write: a write that fails resumes from the last periodic one.
+        finished_id = register()
         if sharded:
             scanner.merge(world)
         if catalogue is not None:

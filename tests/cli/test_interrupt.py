@@ -37,6 +37,8 @@ def test_sigint_checkpoints_and_rerun_resumes(tmp_path: Path, tiny_model_dir: Pa
         "16",
         "--batch-size",
         "2",
+        "--checkpoint-every",
+        "1",  # the first checkpoint (and the scan's row) after a second
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(

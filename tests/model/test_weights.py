@@ -1,0 +1,32 @@
+"""Weight facts: stored at float32 precision, the precision they are computed in."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from labeller.model.loading import load_model
+from labeller.model.weights import float32_value, layer_weight_facts
+
+
+def test_float32_value_reads_back_as_the_same_float32_and_is_short():
+    rng = np.random.default_rng(0)
+    for value in [*rng.standard_normal(2000).astype(np.float32).tolist(), 1e-30, -7e20, 0.0]:
+        short = float32_value(value)
+        assert np.float32(short) == np.float32(value)
+        assert len(repr(short)) <= len(repr(value))
+
+
+def test_output_token_weights_are_w_out_through_the_unembedding_in_float32():
+    model = load_model("demo-gelu-1l", device="cpu")
+    facts = layer_weight_facts(model, 0)
+    with torch.inference_mode():
+        logits = (model.bridge.W_out[0].float() @ model.bridge.W_U.float())[7]
+    top = logits.topk(10).values.tolist()
+    assert [np.float32(t.weight) for t in facts[7].top_positive_tokens] == [
+        np.float32(v) for v in top
+    ]
+    bottom = logits.topk(10, largest=False).values.tolist()
+    assert [np.float32(t.weight) for t in facts[7].top_negative_tokens] == [
+        np.float32(v) for v in bottom
+    ]
