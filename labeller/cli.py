@@ -322,15 +322,6 @@ def cli(verbose: bool) -> None:
     help="Windows sampled per activation band per neuron (5-8 bands from 0 to the max); 0: none.",
 )
 @click.option(
-    "--checkpoint-every",
-    type=click.FloatRange(min=0),
-    default=60.0,
-    show_default=True,
-    metavar="SECONDS",
-    help="Seconds of scanning between resumable checkpoints (each one is the whole state, "
-    "about twice the finished catalogue); 0: after every batch.",
-)
-@click.option(
     "--correlations",
     type=click.Choice(["layer", "adjacent"]),
     is_flag=False,
@@ -345,6 +336,15 @@ def cli(verbose: bool) -> None:
     show_default=True,
     help="Also keep per neuron the top-k windows by direct logit attribution on the correct next "
     "token, highest and lowest (runs the whole model; see the README for its cost).",
+)
+@click.option(
+    "--checkpoint-every",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Seconds of scanning between resumable checkpoints (each one is the whole state, "
+    "about twice the finished catalogue); 0: after every batch.",
 )
 @model_load_options
 def scan(
@@ -363,9 +363,9 @@ def scan(
     seed: int,
     histogram_bins: int,
     band_windows: int,
-    checkpoint_every: float,
     correlations: str | None,
     dla: bool,
+    checkpoint_every: float,
     device: str,
     dtype: str,
 ) -> None:
