@@ -9,6 +9,7 @@ after writing the scan's results (with bands, and without).
 
     python benchmarks/scan_throughput.py                       # demo-solu-1l on CPU
     python benchmarks/scan_throughput.py --config gpt2-small --device cuda --tokens 2000000
+    python benchmarks/scan_throughput.py --dla --correlations  # also scans with those, side by side
 
 `--whole-process` times whole processes instead, start to exit: `python -m labeller scan` with
 its catalogue written, against a bare forward-pass process over the same tokens that uses the
@@ -205,6 +206,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--whole-process", action="store_true")
+    parser.add_argument("--dla", action="store_true", help="also time a scan with --dla")
+    parser.add_argument(
+        "--correlations", action="store_true", help="also time a scan with --correlations"
+    )
     parser.add_argument("--models", nargs="*", default=["demo-solu-1l", "demo-gelu-1l"])
     parser.add_argument("--bare-process", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -244,6 +249,10 @@ def main() -> None:
         variants["scan, no bands"] = params.model_copy(update={"band_windows": 0})
     if any(w.subset is not None for w in selected):  # the demo's code and prose
         variants["scan, no subsets"] = params.model_copy(update={"subset_top_k": 0})
+    if args.dla:
+        variants["scan, --dla"] = params.model_copy(update={"dla": True})
+    if args.correlations:
+        variants["scan, --correlations"] = params.model_copy(update={"correlations": "layer"})
     print(
         f"model {model.name} ({model.n_layers} layers x {model.d_mlp} neurons) on "
         f"{model.device}, torch threads {torch.get_num_threads()}; {seen:,} tokens in "
@@ -267,11 +276,17 @@ def main() -> None:
         scan = statistics.median(times)
         print(f"{name:<17}: {seen / scan:12,.0f} tokens/s  (runs: {_fmt(times)})")
         print(f"  throughput ratio {name} / bare = {bare / scan:.3f}  (goal >= 0.9)")
-    full = statistics.median(scan_times["scan"])
+    median = {name: statistics.median(times) for name, times in scan_times.items()}
     for name, what in (("scan, no bands", "bands"), ("scan, no subsets", "subsets")):
-        if name in scan_times:
-            without = statistics.median(scan_times[name])
-            print(f"{what} cost: scan with / without {what} throughput = {without / full:.3f}")
+        if name in median:
+            ratio = median[name] / median["scan"]
+            print(f"{what} cost: scan with / without {what} throughput = {ratio:.3f}")
+    if "scan, --dla" in median:
+        ratio = median["scan"] / median["scan, --dla"]
+        print(f"DLA cost: scan with / without --dla throughput = {ratio:.3f}")
+    if "scan, --correlations" in median:
+        ratio = median["scan"] / median["scan, --correlations"]
+        print(f"correlations cost: scan with / without --correlations throughput = {ratio:.3f}")
 
     for name, variant in variants.items():
         with tempfile.TemporaryDirectory() as tmp:

@@ -48,6 +48,7 @@ from labeller.records import (
     ScoreWindows,
     SimulatorMode,
     neuron_name,
+    window_overlap,
 )
 from labeller.render import heat_text, precision_bar, printable, sparkline, visible_token
 
@@ -321,6 +322,22 @@ def cli(verbose: bool) -> None:
     help="Windows sampled per activation band per neuron (5-8 bands from 0 to the max); 0: none.",
 )
 @click.option(
+    "--correlations",
+    type=click.Choice(["layer", "adjacent"]),
+    is_flag=False,
+    flag_value="layer",
+    default=None,
+    help="Accumulate the Pearson correlation of every neuron pair within each layer (`adjacent`: "
+    "also between adjacent scanned layers) and store each neuron's most related neurons.",
+)
+@click.option(
+    "--dla/--no-dla",
+    default=SCAN_DEFAULTS["dla"],
+    show_default=True,
+    help="Also keep per neuron the top-k windows by direct logit attribution on the correct next "
+    "token, highest and lowest (runs the whole model; see the README for its cost).",
+)
+@click.option(
     "--checkpoint-every",
     type=click.FloatRange(min=0),
     default=60.0,
@@ -346,6 +363,8 @@ def scan(
     seed: int,
     histogram_bins: int,
     band_windows: int,
+    correlations: str | None,
+    dla: bool,
     checkpoint_every: float,
     device: str,
     dtype: str,
@@ -361,7 +380,7 @@ def scan(
 
     \b
     Example:
-      labeller scan --model demo-solu-1l --dataset demo --tokens 200000
+      labeller scan --model demo-solu-1l --dataset demo --tokens 200000 --dla --correlations
       labeller scan --model demo-gelu-1l --dataset code=src.jsonl --dataset prose=books.txt
       labeller scan --model gpt2 --dataset NeelNanda/pile-10k --layers 0-11 --tokens 10000000
     """
@@ -383,6 +402,8 @@ def scan(
         "seed": seed,
         "histogram_bins": histogram_bins,
         "band_windows": band_windows,
+        "dla": dla,
+        "correlations": correlations,
     }
     if world is not None:
         rank_device = distributed.device_for(world, device)
@@ -542,7 +563,14 @@ def neuron_json(view: NeuronView, chances: Chances | None = None) -> dict[str, A
     from labeller.subsets import illusion, subset_summaries
 
     data = view.model_dump(mode="json")
-    for key in ("top_examples", "random_examples", "subset_examples"):
+    data["dla_top_overlap"] = window_overlap(view.top_examples, view.dla_top_examples)
+    for key in (
+        "top_examples",
+        "random_examples",
+        "subset_examples",
+        "dla_top_examples",
+        "dla_bottom_examples",
+    ):
         for example in data[key]:
             for name in ("kind", "band", "band_low", "band_high"):
                 example.pop(name)
@@ -614,6 +642,8 @@ def print_neuron(
             _print_example(console, example, scale)
     _print_subsets(console, view, limit, scale, sealed)
     _print_band_precision(console, view)
+    _print_dla(console, view, limit, sealed)
+    _print_related(console, view)
     held_out = sealing.held_out_count(view)
     if sealed and held_out:
         console.print(
@@ -717,6 +747,37 @@ def band_range(example: Example, neuron_max: float) -> str:
     """A band's bounds as an interval: [low, high), the top band closed at the neuron's max."""
     low, high = example.band_low or 0.0, example.band_high or 0.0
     return f"[{low:.3f}, {high:.3f}" + ("]" if high >= neuron_max else ")")
+
+
+def _print_dla(console: Console, view: NeuronView, limit: int | None, sealed: bool) -> None:
+    """The DLA windows, coloured by per-token DLA (orange pushes the correct next token, blue
+    suppresses it), and how far they are the activation top windows."""
+    if not view.dla_top_examples and not view.dla_bottom_examples:
+        return
+    both = [*view.dla_top_examples, *view.dla_bottom_examples]
+    scale = max((abs(e.max_activation) for e in both), default=1.0) or 1.0
+    overlap = window_overlap(view.top_examples, view.dla_top_examples)
+    shared = "n/a" if overlap is None else f"{overlap:.2f}"
+    console.print(
+        f"\n[bold]Top examples by direct logit attribution[/bold] (DLA on the correct next "
+        f"token, colour scale +-{scale:.3f}; Jaccard overlap with the top windows {shared})"
+    )
+    for example in sealing.visible(view.dla_top_examples, sealed)[:limit]:
+        _print_example(console, example, scale)
+    console.print("\n[bold]Bottom examples by direct logit attribution[/bold] (most suppressing)")
+    for example in sealing.visible(view.dla_bottom_examples, sealed)[:limit]:
+        _print_example(console, example, scale)
+
+
+def _print_related(console: Console, view: NeuronView) -> None:
+    if not view.related_neurons:
+        return
+    console.print(
+        "\n[bold]Related neurons[/bold] (Pearson r of activations over the scanned tokens)"
+    )
+    for r in view.related_neurons:
+        label = printable(r.label) if r.label else "(no label)"
+        console.print(f"  L{r.layer} N{r.neuron:<6} r {r.r:+.3f}  {label}", markup=False)
 
 
 def _print_example(console: Console, example: Example, scale: float) -> None:
@@ -2305,6 +2366,20 @@ def compare(
     show_default=True,
 )
 @click.option("--dpi", type=click.IntRange(min=20), default=100, show_default=True)
+@click.option(
+    "--detector",
+    "detector_names",
+    multiple=True,
+    help="A detector whose per-band precision to draw next to the label's (repeatable; `all` "
+    "for every one). Default: the neuron's best stored detectors, as `show` gives them.",
+)
+@click.option(
+    "--dla/--no-dla",
+    default=True,
+    show_default=True,
+    help="A neuron's DLA vs activation figure (loads the model to compute DLA per token).",
+)
+@model_load_options
 def plot(
     db_path: Path | None,
     model_name: str | None,
@@ -2313,29 +2388,49 @@ def plot(
     out: Path,
     formats: str,
     dpi: int,
+    detector_names: tuple[str, ...],
+    dla: bool,
+    device: str,
+    dtype: str,
 ) -> None:
-    """Write figures as PNG and SVG: a neuron's activation histogram, or a layer's label scores
-    against their null control and cos(w_in, w_out) against kurtosis. Figures the catalogue has
-    no data for are skipped with a note. Needs matplotlib (pip install 'labeller[plots]').
+    """Write figures as PNG and SVG: a neuron's activation histogram, per-band precision of
+    its label and detectors, and direct logit attribution against activation per token (over
+    its top, random and DLA windows; the model computes what the catalogue does not store), or
+    a layer's label scores against their null control and cos(w_in, w_out) against kurtosis.
+    Figures the catalogue has no data for are skipped with a note. Needs matplotlib
+    (pip install 'labeller[plots]').
 
     \b
     Example:
       labeller plot --db db/demo.db --model demo-solu-1l --layer 0 --neuron 9
+      labeller plot --db db/demo.db --model demo-gelu-1l --layer 0 --neuron 9 --detector number
       labeller plot --db db/demo.db --model demo-solu-1l --layer 0 -o figures/solu
     """
+    from labeller.catalogue.browse import neuron_token_ids
+    from labeller.detect.registry import resolve
     from labeller.plot import pyplot
-    from labeller.plot.catalogue_figures import layer_figures, neuron_figures
+    from labeller.plot.catalogue_figures import dla_series, layer_figures, neuron_figures
 
     pyplot()  # no matplotlib: say so before reading anything
     chosen = tuple(formats.split(","))
+    if detector_names and neuron is None:
+        raise UserError("--detector draws a neuron's per-band precision: give --neuron N too")
+    detectors = resolve(detector_names, []) if detector_names else None
     with Catalogue.open(db_path, read_only=True) as catalogue:
         model = catalogue.resolve_model(model_name)
         if layer >= model.n_layers:
             raise UserError(f"{model.name} has layers 0-{model.n_layers - 1}; got --layer {layer}")
         if neuron is not None:
             view = catalogue.neuron_view(model.name, layer, neuron)
+            series = None
+            if dla:
+                from labeller.model.loading import load_model
+
+                token_ids = neuron_token_ids(catalogue, model.name, layer, neuron)
+                loaded = load_model(model.name, device=device, dtype=dtype)
+                series = dla_series(view, token_ids, loaded)
             out.mkdir(parents=True, exist_ok=True)
-            plotted = neuron_figures(view, out, dpi, chosen)
+            plotted = neuron_figures(view, out, dpi, chosen, detectors, series)
         else:
             out.mkdir(parents=True, exist_ok=True)
             plotted = layer_figures(catalogue, model.name, layer, out, dpi, chosen)

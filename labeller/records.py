@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -94,6 +94,9 @@ class ExampleKind(StrEnum):
     RANDOM = "random"
     QUANTILE = "quantile"  # sampled from one of the neuron's activation bands
     SUBSET_TOP = "subset_top"  # among the top windows of one named corpus subset
+    # Windows by direct logit attribution (their per-token values are DLA, not activations):
+    DLA_TOP = "dla_top"  # the highest DLA of any token: most pushes the correct next token
+    DLA_BOTTOM = "dla_bottom"  # the lowest: most suppresses it
 
 
 class ScoreMethod(StrEnum):
@@ -265,6 +268,15 @@ class ScanParams(Record):
     subset_top_k: int = Field(
         default=10, description="top windows kept per neuron per corpus subset (0: none)"
     )
+    dla: bool = Field(
+        default=False,
+        description="also keep the top and bottom windows by direct logit attribution",
+    )
+    correlations: Literal["layer", "adjacent"] | None = Field(
+        default=None,
+        description="Pearson correlation of neuron pairs over the scanned tokens: within each "
+        "layer, or also between adjacent scanned layers; None: not accumulated",
+    )
 
 
 class ScanRecord(Record):
@@ -317,7 +329,10 @@ class WeightFacts(Record):
 
 
 class Example(Record):
-    """One stored window with one neuron's per-token activations."""
+    """One stored window with one neuron's per-token activations (for the DLA kinds, its
+    per-token direct logit attribution: `activations` holds DLA, `max_activation` the window's
+    highest DLA for dla_top and lowest for dla_bottom, at `max_index`; a window's last token
+    has no next token in the window and shows 0)."""
 
     kind: ExampleKind
     rank: int = Field(
@@ -471,6 +486,17 @@ class NeuronView(Record):
         default_factory=list,
         description="each corpus subset's top windows, subset by subset in rank order",
     )
+    dla_top_examples: list[Example] = Field(
+        default_factory=list, description="windows with the highest DLA (scanned with --dla)"
+    )
+    dla_bottom_examples: list[Example] = Field(
+        default_factory=list, description="windows with the lowest DLA (scanned with --dla)"
+    )
+    related_neurons: list[RelatedNeuron] = Field(
+        default_factory=list,
+        description="the most correlated neurons (r descending), then the most anti-correlated "
+        "(r ascending), from a scan with --correlations; empty when not scanned",
+    )
     explanations: list[Explanation]
     label: int | None = Field(
         default=None,
@@ -489,6 +515,25 @@ class NeuronView(Record):
     def label_explanation(self) -> Explanation | None:
         """The explanation that is the neuron's label, if any."""
         return next((e for e in self.explanations if e.id == self.label), None)
+
+
+class RelatedNeuron(Record):
+    """Another neuron whose activation correlates with this one's over the same tokens."""
+
+    layer: int
+    neuron: int
+    r: float = Field(description="Pearson correlation of the two neurons' activations")
+    label: str | None = Field(default=None, description="its label's text, if it has one")
+
+
+def window_overlap(a: list[Example], b: list[Example]) -> float | None:
+    """Jaccard index of two example lists' windows (by document and offset); None if both are
+    empty (nothing to compare)."""
+    left = {(e.document, e.offset) for e in a}
+    right = {(e.document, e.offset) for e in b}
+    if not left and not right:
+        return None
+    return len(left & right) / len(left | right)
 
 
 class Trace(Record):

@@ -51,5 +51,11 @@ def visible(examples: Iterable[Example], sealed: bool) -> list[Example]:
 
 def held_out_count(view: NeuronView) -> int:
     """How many of the neuron's windows are held out (what sealing hides)."""
-    windows = (*view.top_examples, *view.random_examples, *view.quantile_examples)
+    windows = (
+        *view.top_examples,
+        *view.random_examples,
+        *view.quantile_examples,
+        *view.dla_top_examples,
+        *view.dla_bottom_examples,
+    )
     return sum(e.split in HELD_OUT for e in windows)

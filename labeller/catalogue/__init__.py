@@ -42,6 +42,7 @@ from labeller.records import (
     NullControl,
     PredictionKind,
     RankRow,
+    RelatedNeuron,
     ScanParams,
     ScanRecord,
     ScanStatus,
@@ -700,11 +701,39 @@ class Catalogue:
             random_examples=[e for e in examples if e.kind is ExampleKind.RANDOM],
             quantile_examples=[e for e in examples if e.kind is ExampleKind.QUANTILE],
             subset_examples=[e for e in examples if e.kind is ExampleKind.SUBSET_TOP],
+            dla_top_examples=[e for e in examples if e.kind is ExampleKind.DLA_TOP],
+            dla_bottom_examples=[e for e in examples if e.kind is ExampleKind.DLA_BOTTOM],
+            related_neurons=self.with_labels(model.name, rows.related_from_row(row) or []),
             explanations=self.explanations_of(int(row["id"])),
             label=self.label_id(int(row["id"])),
             unsealed_by=self.unsealed_by(int(row["id"])),
             detectors=detector_scores_of(self, int(row["id"])),
         )
+
+    def with_labels(self, model_name: str, related: list[RelatedNeuron]) -> list[RelatedNeuron]:
+        """Related neurons with their labels' texts filled in (None where a neuron has none)."""
+        if not related:
+            return []
+        model_id = int(self._model_row(model_name)["id"])  # type: ignore[index]
+        ids = {
+            (r.layer, r.neuron): found
+            for r in related
+            if (found := self.neuron_id(model_id, r.layer, r.neuron)) is not None
+        }
+        labels = self.label_ids(list(ids.values()))
+        chosen = [e for e in labels.values() if e is not None]
+        marks = ", ".join("?" * len(chosen))
+        texts = {
+            int(row["id"]): str(row["text"])
+            for row in self.db.query(
+                f"select id, text from explanations where id in ({marks})", chosen
+            )
+        }
+        out = []
+        for r in related:
+            label = labels.get(ids.get((r.layer, r.neuron), -1))
+            out.append(r.model_copy(update={"label": None if label is None else texts.get(label)}))
+        return out
 
     def unsealed_by(self, neuron_id: int, *, before: int | None = None) -> list[str]:
         """Who unsealed the neuron's held-out windows (history entries `unseal`), first first;

@@ -773,10 +773,20 @@ def example_token_ids(
 ) -> list[int]:
     """The exact token ids of a stored example window, so perturbing it perturbs what the scan
     saw (re-encoding the decoded text can split differently)."""
-    for example, window in _examples_with_token_ids(catalogue, model, layer, neuron):
-        if example.kind.value == kind and example.rank == rank:
-            return list(window["token_ids"])
-    raise UserError(f"neuron {neuron_name(layer, neuron)} has no {kind} example {rank}")
+    found = neuron_token_ids(catalogue, model, layer, neuron).get((kind, rank))
+    if found is None:
+        raise UserError(f"neuron {neuron_name(layer, neuron)} has no {kind} example {rank}")
+    return found
+
+
+def neuron_token_ids(
+    catalogue: Catalogue, model: str | None, layer: int, neuron: int
+) -> dict[tuple[str, int], list[int]]:
+    """The exact token ids of every stored example window of a neuron, by (kind, rank)."""
+    return {
+        (example.kind.value, example.rank): list(window["token_ids"])
+        for example, window in _examples_with_token_ids(catalogue, model, layer, neuron)
+    }
 
 
 def layer_maxes(catalogue: Catalogue, model: str | None) -> dict[int, list[float]]:
@@ -818,12 +828,17 @@ def neuron_summaries(
 
 
 def top_example_windows(
-    catalogue: Catalogue, model: str | None, layer: int, neuron: int
+    catalogue: Catalogue,
+    model: str | None,
+    layer: int,
+    neuron: int,
+    kind: ExampleKind = ExampleKind.TOP,
 ) -> list[tuple[int, list[int], int]]:
-    """The neuron's top examples as (rank, the window's token ids, the max token's position)."""
+    """The neuron's top (or `kind`) examples as (rank, the window's token ids, the max token's
+    position)."""
     stored = _examples_with_token_ids(catalogue, model, layer, neuron)
     return [
         (example.rank, window["token_ids"], example.max_index)
         for example, window in stored
-        if example.kind is ExampleKind.TOP
+        if example.kind is kind
     ]

@@ -28,6 +28,7 @@ from labeller.records import (
     LabelStatus,
     ModelRecord,
     NeuronStats,
+    RelatedNeuron,
     ScanParams,
     ScanRecord,
     ScanStatus,
@@ -94,6 +95,9 @@ class StoredNeuron:
     quantile_examples: list[StoredExample] = field(default_factory=list)
     subset_examples: list[StoredExample] = field(default_factory=list)
     detectors: list[DetectorScore] = field(default_factory=list)
+    dla_top_examples: list[StoredExample] = field(default_factory=list)
+    dla_bottom_examples: list[StoredExample] = field(default_factory=list)
+    related: list[RelatedNeuron] | None = None  # from a scan with --correlations
 
 
 # --- reading ------------------------------------------------------------------------------------
@@ -226,6 +230,9 @@ def _stored_neuron(catalogue: Catalogue, row: Row, selection: Selection) -> Stor
         random_examples=[e for e in examples if e.example.kind is ExampleKind.RANDOM],
         quantile_examples=[e for e in examples if e.example.kind is ExampleKind.QUANTILE],
         subset_examples=[e for e in examples if e.example.kind is ExampleKind.SUBSET_TOP],
+        dla_top_examples=[e for e in examples if e.example.kind is ExampleKind.DLA_TOP],
+        dla_bottom_examples=[e for e in examples if e.example.kind is ExampleKind.DLA_BOTTOM],
+        related=rows.related_from_row(row),
         explanations=explanations,
         history=history,
         label_id=catalogue.label_id(neuron_id),
@@ -374,15 +381,24 @@ def insert_neuron(
     stats: NeuronStats,
     weights: WeightFacts | None,
     examples: Sequence[StoredExample],
+    related: list[RelatedNeuron] | None = None,
 ) -> int:
-    """A neuron this catalogue lacks, with its examples; windows are shared by (scan, place)."""
+    """A neuron this catalogue lacks, with its examples (and related neurons, when its scan kept
+    them); windows are shared by (scan, place)."""
     window_ids: dict[int, int] = {}
     example_rows = []
     for key, stored in enumerate(examples):
         window, example = rows.example_rows(stored.example, stored.token_ids, key)
         window_ids[key] = _window_id(catalogue, model_id, scan_id, window)
         example_rows.append(example)
-    row = NeuronRow(layer=layer, neuron=neuron, stats=stats, weights=weights, examples=example_rows)
+    row = NeuronRow(
+        layer=layer,
+        neuron=neuron,
+        stats=stats,
+        weights=weights,
+        examples=example_rows,
+        related=related,
+    )
     (neuron_id,) = catalogue.write_neurons(model_id, scan_id, [row], window_ids)
     return neuron_id
 

@@ -569,4 +569,11 @@ def m014_label_state_columns(db: Database) -> None:
     )
 
 
+@migrations()
+def m015_related_neurons(db: Database) -> None:
+    """Each neuron's most correlated and anti-correlated neurons (JSON, from `scan
+    --correlations`; null when the scan kept no correlations)."""
+    db.table("neurons").add_column("related_neurons", str)
+
+
 KNOWN_MIGRATIONS = frozenset(m.name for m in migrations.pending(Database(memory=True)))

@@ -35,6 +35,7 @@ from labeller.records import (
     NullControl,
     OutputToken,
     PredictionKind,
+    RelatedNeuron,
     ScanParams,
     ScanRecord,
     ScanStatus,
@@ -96,7 +97,7 @@ def encode_activations(values: np.ndarray) -> bytes:
 
 PACK_FORMAT = 2
 _HEADER = struct.Struct("<BII")  # format, number of examples, bytes of compressed records
-_KINDS = ("top", "random", "quantile", "subset_top")
+_KINDS = ("top", "random", "quantile", "subset_top", "dla_top", "dla_bottom")
 _SPLITS = ("train", "calibration", "valid", "test")
 _KIND_CODES = {ExampleKind(k): i for i, k in enumerate(_KINDS)}
 _SPLIT_CODES = {Split(k): i for i, k in enumerate(_SPLITS)}
@@ -276,8 +277,10 @@ def decode_examples(blob: bytes) -> list[PackedExample]:
         if not math.isnan(top):
             # float16 rounding can lift a value just above the exact max: clamp to it, and give
             # the max's own token its exact value, so activations[max_index] is the window's
-            # max and equals max_activation, as before m010.
-            np.minimum(window, top, out=window)
+            # max and equals max_activation, as before m010. (A dla_bottom window's "max" is
+            # its lowest DLA: clamped from below.)
+            clamp = np.maximum if _KINDS[kind] == ExampleKind.DLA_BOTTOM else np.minimum
+            clamp(window, top, out=window)
             if 0 <= max_index < length:
                 window[max_index] = top
         found.append(
@@ -384,6 +387,7 @@ class NeuronRow:
     stats: NeuronStats
     weights: WeightFacts | None
     examples: list[ExampleRow]
+    related: list[RelatedNeuron] | None = None  # from a scan with --correlations
 
 
 # --- models and scans ---------------------------------------------------------------------------
@@ -461,6 +465,15 @@ def real_from_db(value: float | str | None) -> float | None:
 
 
 @reads_stored
+def related_from_row(row: Row) -> list[RelatedNeuron] | None:
+    """The neuron's related neurons as scanned (labels not yet filled in); None if not scanned."""
+    stored = row.get("related_neurons")
+    if stored is None:
+        return None
+    return [RelatedNeuron.model_validate(r) for r in json.loads(stored)]
+
+
+@reads_stored
 def stats_from_row(row: Row) -> NeuronStats:
     return NeuronStats(
         max=float(row["max"]),
@@ -501,9 +514,10 @@ def output_tokens_to_db(tokens: list[OutputToken]) -> str:
 
 
 def neuron_to_row(neuron: NeuronRow, model_id: int, scan_id: int | None) -> Row:
-    """The neurons row: statistics and weight facts (the examples go in their own table)."""
+    """The neurons row: statistics and weight facts (the examples go in their own table); the
+    related neurons only when scanned (the column is m015's; absent reads as null)."""
     stats, weights = neuron.stats, neuron.weights
-    return {
+    row = {
         "model_id": model_id,
         "layer": neuron.layer,
         "neuron": neuron.neuron,
@@ -525,6 +539,11 @@ def neuron_to_row(neuron: NeuronRow, model_id: int, scan_id: int | None) -> Row:
         if weights
         else None,
     }
+    if neuron.related is not None:
+        row["related_neurons"] = json.dumps(
+            [r.model_dump(exclude={"label"}) for r in neuron.related]
+        )
+    return row
 
 
 NEURON_COLUMNS = (
@@ -544,13 +563,14 @@ NEURON_COLUMNS = (
     "w_in_w_out_cosine",
     "top_positive_tokens",
     "top_negative_tokens",
+    "related_neurons",
 )
 
 
 def neuron_values(neuron: NeuronRow, model_id: int, scan_id: int | None) -> tuple[Any, ...]:
     """`neuron_to_row`'s values in NEURON_COLUMNS order (the scan's bulk write)."""
     row = neuron_to_row(neuron, model_id, scan_id)
-    return tuple(row[column] for column in NEURON_COLUMNS)
+    return tuple(row.get(column) for column in NEURON_COLUMNS)
 
 
 def token_ids_to_db(token_ids: list[int]) -> bytes:

@@ -238,8 +238,13 @@ def _merge_neuron(
                     *neuron.random_examples,
                     *neuron.quantile_examples,
                     *neuron.subset_examples,
+                    *neuron.dla_top_examples,
+                    *neuron.dla_bottom_examples,
                 )
             ],
+            [r.model_copy(update={"label": None}) for r in neuron.related_neurons]
+            if neuron.related_neurons is not None
+            else None,
         )
         report.neurons_added += 1
     elif store.neuron_scan_id(catalogue, neuron_id) != scan_id:

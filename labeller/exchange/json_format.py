@@ -45,6 +45,7 @@ from labeller.records import (
     ModelRecord,
     NeuronStats,
     Record,
+    RelatedNeuron,
     ScanParams,
     ScanStatus,
     Score,
@@ -57,7 +58,9 @@ from labeller.records import (
 FORMAT_NAME: Final = "labeller-export"
 # 2: activation-band windows (`quantile_examples`, band fields) and each score's `windows`;
 # version 1 files read as having no bands and scores on top and random windows.
-# 3: each neuron's `detectors` (`labeller detect`); older files read as having none.
+# 3: each neuron's `detectors` (`labeller detect`), `subset_examples`, DLA windows
+# (`dla_top_examples`, `dla_bottom_examples`) and `related_neurons`; files of versions 1 and 2
+# read as having none of them.
 FORMAT_VERSION: Final = 3
 _NEURONS_OPEN = ', "neurons": ['
 
@@ -144,6 +147,20 @@ class ExportNeuron(Record):
     subset_examples: list[ExportExample] = Field(
         default_factory=list,
         description="each corpus subset's top windows (kind subset_top, with their subset)",
+    )
+    dla_top_examples: list[ExportExample] = Field(
+        default_factory=list,
+        description="windows with the highest direct logit attribution (`scan --dla`); "
+        "`activations` holds per-token DLA",
+    )
+    dla_bottom_examples: list[ExportExample] = Field(
+        default_factory=list,
+        description="windows with the lowest direct logit attribution (`scan --dla`)",
+    )
+    related_neurons: list[RelatedNeuron] | None = Field(
+        default=None,
+        description="most correlated, then most anti-correlated neurons (`scan --correlations`;"
+        " null when not scanned; labels are not exported here)",
     )
     explanations: list[ExportExplanation]
     history: list[ExportHistoryEntry] = Field(
@@ -270,6 +287,9 @@ def export_neuron(stored: store.StoredNeuron, scan_index: dict[int, int]) -> Exp
         random_examples=[_example(e) for e in stored.random_examples],
         quantile_examples=[_example(e) for e in stored.quantile_examples],
         subset_examples=[_example(e) for e in stored.subset_examples],
+        dla_top_examples=[_example(e) for e in stored.dla_top_examples],
+        dla_bottom_examples=[_example(e) for e in stored.dla_bottom_examples],
+        related_neurons=stored.related,
         explanations=[
             ExportExplanation(
                 text=e.explanation.text,
@@ -461,10 +481,12 @@ def _check_references(path: Path, header: ExportHeader, neuron: ExportNeuron) ->
         ("random", neuron.random_examples),
         ("quantile", neuron.quantile_examples),
         ("subset_top", neuron.subset_examples),
+        ("dla_top", neuron.dla_top_examples),
+        ("dla_bottom", neuron.dla_bottom_examples),
     ):
         for example in examples:
             _check_example(f"{where}, {kind} window {example.rank}", example)
-            special = ("quantile", "subset_top")
+            special = ("quantile", "subset_top", "dla_top", "dla_bottom")
             if example.kind.value != kind and (example.kind.value in special or kind in special):
                 raise UserError(f"{where}, {kind} window {example.rank} is of kind {example.kind}")
             if kind == "subset_top" and example.subset is None:

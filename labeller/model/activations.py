@@ -32,11 +32,13 @@ def neuron_activations(
     layers: Sequence[int],
     keep: bool = True,
     extra_hooks: Sequence[tuple[str, Callable[..., torch.Tensor | None]]] = (),
+    to_end: bool = False,
 ) -> dict[int, torch.Tensor]:
     """Activations [batch, text tokens, d_mlp] per layer, float32, BOS position dropped.
 
     `keep=False` runs the same hooked forward pass but keeps nothing (the benchmark's baseline);
-    `extra_hooks` run first, e.g. to perturb embeddings.
+    `extra_hooks` run first, e.g. to perturb embeddings; `to_end` runs the whole model (else it
+    stops after the last layer asked for), for hooks on the final LayerNorm.
     """
     captured: dict[int, torch.Tensor] = {}
     skip = 1 if model.bos_id is not None else 0
@@ -50,7 +52,7 @@ def neuron_activations(
 
     hooks = [*extra_hooks, *((model.neuron_hook(layer), capture(layer)) for layer in layers)]
     last = max(layers) + 1
-    stop = last if last < model.n_layers else None
+    stop = last if last < model.n_layers and not to_end else None
     with torch.inference_mode():
         model.bridge.run_with_hooks(
             input_ids, fwd_hooks=hooks, return_type=None, stop_at_layer=stop

@@ -684,3 +684,51 @@ def merge_histograms(states: list[State], bins: int) -> State:
         at = torch.div(index, scale[:, None], rounding_mode="floor") - first[:, None]
         counts.scatter_add_(1, at.clamp(0, bins - 1), part["counts"])
     return {"counts": counts, "inverse_width": inverse, "first": first}
+
+
+class DlaWindows:
+    """Per neuron, the k windows with the highest and the k with the lowest direct logit
+    attribution of any token (the windows where the neuron most pushes towards, and most
+    suppresses, the correct next token), with per-token DLA.
+
+    Two TopWindows, one fed DLA and one fed -DLA, so the exactness, the de-duplication by
+    content hash, the tie rule (the window seen first wins) and the merge (merge_top, on each
+    half) are TopWindows' own. Tokens without a DLA (a window's last token, padding) are
+    passed as NaN and never rank; their stored value is 0. state() gives the bottom half with
+    its true sign: its `values` are each window's minimum DLA, ascending.
+    """
+
+    def __init__(self, k: int, n: int, ctx: int, device: torch.device) -> None:
+        self.top = TopWindows(k, n, ctx, device)
+        self.bottom = TopWindows(k, n, ctx, device)
+
+    def update(
+        self, dla: torch.Tensor, window_index: torch.Tensor, window_hash: torch.Tensor
+    ) -> torch.Tensor:
+        """dla [B, T, N] (NaN where a token has none). Returns the batch rows kept by any neuron."""
+        kept = []
+        for half, signed in ((self.top, dla), (self.bottom, -dla)):
+            ranked = signed.nan_to_num(nan=-math.inf, posinf=math.inf, neginf=-math.inf)
+            kept.append(half.update(ranked, ranked.amax(dim=1), window_index, window_hash))
+        return torch.cat(kept)
+
+    def state(self) -> State:
+        bottom = self.bottom.state()
+        bottom["values"] = -bottom["values"]
+        bottom["acts"] = -bottom["acts"]
+        return {
+            **{f"top_{name}": t for name, t in self.top.state().items()},
+            **{f"bottom_{name}": t for name, t in bottom.items()},
+        }
+
+    def halves(self) -> tuple[TopWindows, TopWindows]:
+        """The two TopWindows (the bottom one holding -DLA), for merging each with merge_top."""
+        return self.top, self.bottom
+
+    def load(self, state: State) -> None:
+        """Inverse of state()."""
+        for prefix, half, sign in (("top_", self.top, 1.0), ("bottom_", self.bottom, -1.0)):
+            part = {name[len(prefix) :]: t for name, t in state.items() if name.startswith(prefix)}
+            part["values"] = part["values"] * sign
+            part["acts"] = part["acts"] * sign
+            half.load(part)

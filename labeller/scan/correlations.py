@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from labeller.records import RelatedNeuron
+
 State = dict[str, torch.Tensor]
 
 
@@ -77,3 +79,39 @@ def correlation_from_state(state: State) -> torch.Tensor:
     constant_y = var_y <= CONSTANT_RELATIVE_VARIANCE * state["sum_yy"] / n
     r = (cov / torch.sqrt(var_x[:, None] * var_y[None, :])).clamp(-1.0, 1.0)
     return r.masked_fill(constant_x[:, None] | constant_y[None, :], float("nan"))
+
+
+RELATED_PER_SIDE = 10
+
+
+def top_related(
+    blocks: list[tuple[int, torch.Tensor]], k: int = RELATED_PER_SIDE
+) -> list[list[RelatedNeuron]]:
+    """Per neuron of one layer, its k most correlated (r > 0, descending) and k most
+    anti-correlated (r < 0, ascending) neurons among `blocks`: (other layer, r [n, n_other]),
+    with NaN (a constant neuron, or the neuron itself) never chosen."""
+    n = blocks[0][1].shape[0]
+    r = torch.cat([block for _, block in blocks], dim=1)
+    owners = [(layer, j) for layer, block in blocks for j in range(block.shape[1])]
+    found: list[list[RelatedNeuron]] = [[] for _ in range(n)]
+    for sign in (1.0, -1.0):
+        signed = (sign * r).nan_to_num(nan=-torch.inf)
+        values, columns = signed.topk(min(k, signed.shape[1]), dim=1)
+        for i, (row_values, row_columns) in enumerate(
+            zip(values.tolist(), columns.tolist(), strict=True)
+        ):
+            for value, column in zip(row_values, row_columns, strict=True):
+                if value > 0:
+                    layer, neuron = owners[column]
+                    found[i].append(RelatedNeuron(layer=layer, neuron=neuron, r=sign * value))
+    return found
+
+
+def related_within(activations: torch.Tensor, layer: int, neuron: int) -> list[RelatedNeuron]:
+    """One neuron's related neurons in its own layer, from activations [tokens, d_mlp] (what
+    the TUI computes on the stored random windows when the scan kept no correlations)."""
+    sums = PairSums(activations.shape[1], activations.shape[1], activations.device)
+    sums.update(activations)
+    r = sums.correlation()[neuron : neuron + 1].clone()
+    r[0, neuron] = float("nan")
+    return top_related([(layer, r)])[0]

@@ -28,6 +28,7 @@ from labeller.catalogue.rows import ExampleRow, NeuronRow, WindowRow, encode_act
 from labeller.corpus import Window, iter_corpus, iter_windows
 from labeller.errors import ScanAlreadyComplete, ScanInterrupted, UserError
 from labeller.model.activations import batch_inputs, neuron_activations
+from labeller.model.dla import neuron_activations_and_dla
 from labeller.model.loading import LoadedModel
 from labeller.model.weights import layer_weight_facts
 from labeller.records import (
@@ -36,6 +37,7 @@ from labeller.records import (
     ExampleKind,
     Histogram,
     NeuronStats,
+    RelatedNeuron,
     ScanParams,
     ScanStatus,
     band_edges,
@@ -47,6 +49,7 @@ from labeller.scan import distributed
 from labeller.scan.accumulators import (
     AdaptiveHistogram,
     BandSample,
+    DlaWindows,
     Moments,
     Reservoir,
     SubsetTopWindows,
@@ -58,9 +61,10 @@ from labeller.scan.accumulators import (
     merge_subset_tops,
     merge_top,
 )
+from labeller.scan.correlations import PairSums, merge_pair_sums, top_related
 from labeller.scan.distributed import SINGLE, World
 
-CHECKPOINT_FORMAT = 3  # 2: activation-band samples; 3: per-subset top windows
+CHECKPOINT_FORMAT = 3  # 2: activation-band samples; 3: per-subset top windows, DLA, pair sums
 CHECKPOINT_EVERY_S = 60.0
 
 
@@ -89,7 +93,10 @@ def window_priority(token_ids: list[int], seed: int) -> int:
 
 
 class LayerState:
-    def __init__(self, params: ScanParams, n: int, device: torch.device) -> None:
+    def __init__(
+        self, params: ScanParams, n: int, device: torch.device, next_n: int | None = None
+    ) -> None:
+        """`next_n`: the width of the next scanned layer when correlations with it are kept."""
         self.top = TopWindows(params.top_k, n, params.ctx, device)
         self.bands = (
             BandSample(params.band_windows, BANDS, n, params.ctx, device)
@@ -101,6 +108,9 @@ class LayerState:
             if params.subset_top_k
             else None
         )
+        self.dla = DlaWindows(params.top_k, n, params.ctx, device) if params.dla else None
+        self.pairs = PairSums(n, n, device) if params.correlations else None
+        self.next_pairs = PairSums(n, next_n, device) if next_n is not None else None
         self.moments = Moments(n, device)
         self.histogram = AdaptiveHistogram(n, params.histogram_bins, device)
         self.random_acts = torch.zeros((params.random, params.ctx, n), device=device)
@@ -139,7 +149,8 @@ class LayerState:
 
         The batch is copied once into a contiguous buffer: every statistic then reduces over
         contiguous rows (on CPU ~30x faster than over the strided view, for the cost of one
-        copy). Each window's max is taken once and shared by top-k, bands and the batch max."""
+        copy). Each window's max is taken once and shared by top-k, bands, subset top-k and the
+        batch max."""
         batch, width, n = acts.shape
         work, gathered, y, y2, index = self._scratch(batch * width)
         padded = work[: batch * width].view(batch, width, n)
@@ -171,10 +182,29 @@ class LayerState:
             )
         return kept
 
+    def update_dla(
+        self,
+        dla: torch.Tensor,
+        mask: torch.Tensor,
+        window_index: torch.Tensor,
+        hashes: torch.Tensor,
+    ) -> torch.Tensor:
+        """dla [B, T, N] as the model gives it; a token whose next token is not in its window
+        (the last real one, padding) gets none. Returns the batch rows some neuron keeps."""
+        assert self.dla is not None
+        has_next = torch.zeros_like(mask)
+        has_next[:, :-1] = mask[:, 1:]
+        return self.dla.update(
+            dla.masked_fill(~has_next[:, :, None], math.nan), window_index, hashes
+        )
+
     def state(self) -> dict[str, object]:
         return {
             **({"bands": self.bands.state()} if self.bands is not None else {}),
             **({"subset_top": self.subset_top.state()} if self.subset_top is not None else {}),
+            **({"dla": self.dla.state()} if self.dla is not None else {}),
+            **({"pairs": self.pairs.state()} if self.pairs is not None else {}),
+            **({"next_pairs": self.next_pairs.state()} if self.next_pairs is not None else {}),
             "top": self.top.state(),
             "moments": self.moments.state(),
             "histogram": self.histogram.state(),
@@ -187,6 +217,12 @@ class LayerState:
             self.bands.load(state["bands"])  # type: ignore[arg-type]
         if self.subset_top is not None:
             self.subset_top.load(state["subset_top"])  # type: ignore[arg-type]
+        if self.dla is not None:
+            self.dla.load(state["dla"])  # type: ignore[arg-type]
+        if self.pairs is not None:
+            self.pairs.load(state["pairs"])  # type: ignore[arg-type]
+        if self.next_pairs is not None:
+            self.next_pairs.load(state["next_pairs"])  # type: ignore[arg-type]
         self.moments.load(state["moments"])  # type: ignore[arg-type]
         self.histogram.load(state["histogram"])  # type: ignore[arg-type]
         self.random_acts.copy_(state["random_acts"])  # type: ignore[arg-type]
@@ -196,8 +232,15 @@ class Scanner:
     def __init__(self, model: LoadedModel, params: ScanParams) -> None:
         self.model = model
         self.params = params
+        adjacent = params.correlations == "adjacent"
         self.layers = {
-            layer: LayerState(params, model.d_mlp, model.device) for layer in params.layers
+            layer: LayerState(
+                params,
+                model.d_mlp,
+                model.device,
+                model.d_mlp if adjacent and layer + 1 in params.layers else None,
+            )
+            for layer in params.layers
         }
         self.reservoir = Reservoir(params.random, params.seed)
         self.windows: dict[int, WindowMeta] = {}
@@ -238,7 +281,11 @@ class Scanner:
         subsets = [w.subset for w in batch]
         ids, mask = batch_inputs(self.model, [w.token_ids for w in batch])
         full = all(len(w.token_ids) == mask.shape[1] for w in batch)
-        activations = neuron_activations(self.model, ids, self.params.layers)
+        dla: dict[int, torch.Tensor] | None = None
+        if self.params.dla:
+            activations, dla = neuron_activations_and_dla(self.model, ids, self.params.layers)
+        else:
+            activations = neuron_activations(self.model, ids, self.params.layers)
         self.flush()
         self._pending = self._worker.submit(
             self._accumulate,
@@ -252,6 +299,7 @@ class Scanner:
             priorities,
             reservoir_rows,
             subsets,
+            dla,
         )
 
     def flush(self) -> None:
@@ -272,6 +320,7 @@ class Scanner:
         priorities: torch.Tensor,
         reservoir_rows: list[tuple[int, int]],
         subsets: list[str | None],
+        dla: dict[int, torch.Tensor] | None,
     ) -> None:
         for row, _ in reservoir_rows:
             self.windows[indices[row]] = _meta(batch[row])
@@ -281,13 +330,44 @@ class Scanner:
             )
             for layer, state in self.layers.items()
         ]
+        if dla is not None:
+            rows += [
+                s.update_dla(dla[layer], mask, index, hashes) for layer, s in self.layers.items()
+            ]
+        if self.params.correlations:
+            self._update_pairs(activations, mask)
         for row in torch.cat(rows).unique().tolist():  # one device sync per batch, not per layer
             self.windows[indices[row]] = _meta(batch[row])
         if len(self.windows) > 4 * self._referenced_bound():
             self._forget_unreferenced()
 
+    def _update_pairs(self, activations: dict[int, torch.Tensor], mask: torch.Tensor) -> None:
+        """The pair sums of every layer (and with the next layer) over this batch's real tokens."""
+        real = {layer: activations[layer][mask] for layer in self.layers}
+        for layer, state in self.layers.items():
+            assert state.pairs is not None
+            state.pairs.update(real[layer])
+            if state.next_pairs is not None:
+                state.next_pairs.update(real[layer], real[layer + 1])
+
+    def _related(self, layer: int) -> list[list[RelatedNeuron]]:
+        """Per neuron of `layer`: its most (anti-)correlated neurons in its layer and, with
+        `--correlations adjacent`, in the scanned layers next to it."""
+        state = self.layers[layer]
+        assert state.pairs is not None
+        within = state.pairs.correlation()
+        within.fill_diagonal_(float("nan"))  # a neuron is not its own relative
+        blocks = [(layer, within)]
+        if state.next_pairs is not None:
+            blocks.append((layer + 1, state.next_pairs.correlation()))
+        previous = self.layers.get(layer - 1)
+        if previous is not None and previous.next_pairs is not None:
+            blocks.append((layer - 1, previous.next_pairs.correlation().T))
+        return top_related([(other, r.cpu()) for other, r in blocks])
+
     def _referenced_bound(self) -> int:
-        per_neuron = self.params.top_k + self.params.band_windows * BANDS
+        per_neuron = self.params.top_k * (3 if self.params.dla else 1)
+        per_neuron += self.params.band_windows * BANDS
         per_neuron += self.params.subset_top_k * len(self._subset_names())
         return len(self.layers) * per_neuron * self.model.d_mlp + self.params.random + 1024
 
@@ -299,6 +379,9 @@ class Scanner:
                 kept.update(torch.unique(state.bands.window).tolist())
             if state.subset_top is not None:
                 kept.update(torch.unique(state.subset_top.windows()).tolist())
+            if state.dla is not None:
+                for half in state.dla.halves():
+                    kept.update(torch.unique(half.window).tolist())
         kept.discard(-1)
         return kept
 
@@ -381,6 +464,15 @@ class Scanner:
                             for name, part in merged.items()
                         }
                     )
+            for half in state.dla.halves() if state.dla is not None else ():
+                parts = distributed.gather_state(half.state(), world)
+                if world.leader:
+                    half.load(merge_top(parts, self.params.top_k))
+            for sums in (state.pairs, state.next_pairs):
+                if sums is not None:
+                    parts = distributed.gather_state(sums.state(), world)
+                    if world.leader:
+                        sums.load(merge_pair_sums(parts))
             parts = distributed.gather_state(state.moments.state(), world)
             if world.leader:
                 state.moments.load(merge_moments(parts))
@@ -451,6 +543,8 @@ class Scanner:
                 band_arrays = _numpy(
                     {"acts": bands.acts, "values": bands.values, "argmax": bands.argmax}
                 )
+            dla = None if state.dla is None else _numpy(state.dla.state())
+            related = self._related(layer) if state.pairs is not None else None
             for n in range(self.model.d_mlp):
                 stats = self._stats(state, moments, n)
                 yield NeuronRow(
@@ -463,7 +557,9 @@ class Scanner:
                         *self._subset_examples(subset_tops, n),
                         *self._random_examples(random_acts, n),
                         *(self._band_examples(bands, band_arrays, stats.max, n) if bands else ()),
+                        *(self._dla_examples(dla, n) if dla else ()),
                     ],
+                    related=None if related is None else related[n],
                 )
 
     def _subset_examples(
@@ -501,6 +597,28 @@ class Scanner:
                 max_index=int(top["argmax"][slot, n]),
             )
             place += 1
+
+    def _dla_examples(self, dla: dict[str, np.ndarray], n: int) -> Iterator[ExampleRow]:
+        """The DLA windows: per-token DLA as their values, the window's highest (dla_top) or
+        lowest (dla_bottom) DLA as their max, split like top windows."""
+        for prefix, kind in (("top_", ExampleKind.DLA_TOP), ("bottom_", ExampleKind.DLA_BOTTOM)):
+            rank = 0
+            for slot in range(self.params.top_k):
+                index = int(dla[f"{prefix}window"][slot, n])
+                value = float(dla[f"{prefix}values"][slot, n])
+                if index < 0 or not math.isfinite(value):
+                    continue
+                length = len(self.windows[index].token_ids)
+                yield ExampleRow(
+                    window_key=index,
+                    kind=kind,
+                    rank=rank,
+                    split=top_split(rank),
+                    activations=encode_activations(dla[f"{prefix}acts"][slot, n, :length]),
+                    max_activation=value,
+                    max_index=int(dla[f"{prefix}argmax"][slot, n]),
+                )
+                rank += 1
 
     def _random_examples(self, random_acts: np.ndarray, n: int) -> Iterator[ExampleRow]:
         for slot, index in enumerate(self.reservoir.slots):

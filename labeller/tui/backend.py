@@ -23,11 +23,14 @@ from labeller.explain.falsify import Verdict, judge, suggest_tests
 from labeller.explain.resolve import BASELINE, LLMUnavailable, Resolver
 from labeller.records import (
     DetectorScore,
+    Example,
+    ExampleKind,
     Explanation,
     FeatureBands,
     HistoryEntry,
     LabelStatus,
     NeuronView,
+    RelatedNeuron,
 )
 from labeller.sealing import is_sealed
 
@@ -483,6 +486,49 @@ class Backend:
         result = {rank: r for (rank, _, _), r in zip(windows, ranks, strict=True)}
         self._ranks[key] = result
         return result
+
+    def related_neurons(
+        self, model: LoadedModel | None, view: NeuronView
+    ) -> tuple[list[RelatedNeuron], str]:
+        """The neuron's related neurons and where they come from: the scan's correlations when
+        it kept them, else computed now on the stored random windows (needs the model)."""
+        if view.related_neurons:
+            return view.related_neurons, "scanned: Pearson r over every scanned token"
+        if model is None:
+            raise UserError("the scan kept no correlations; load the model to compute them")
+        from labeller.catalogue.browse import top_example_windows
+        from labeller.model.related import related_on_windows
+
+        with self.catalogue() as catalogue:
+            windows = top_example_windows(
+                catalogue, view.model, view.layer, view.neuron, ExampleKind.RANDOM
+            )
+        if not windows:
+            raise UserError("the neuron has no stored random windows to correlate over")
+        with self._forward_lock:
+            related, tokens = related_on_windows(
+                model, [w for _, w, _ in windows], view.layer, view.neuron
+            )
+        with self.catalogue() as catalogue:
+            related = catalogue.with_labels(view.model, related)
+        note = (
+            f"not scanned (scan with --correlations): computed now over the {len(windows)} "
+            f"stored random windows ({tokens:,} tokens), within layer {view.layer}"
+        )
+        return related, note
+
+    def example_dla(
+        self, model: LoadedModel, view: NeuronView, example: Example
+    ) -> tuple[list[float], list[float]]:
+        """An example window's per-token activations and DLA for the neuron (the last token's
+        DLA NaN: its next token is outside the window)."""
+        from labeller.model.dla import window_dla
+
+        token_ids = self.example_token_ids(
+            view.model, view.layer, view.neuron, example.kind.value, example.rank
+        )
+        with self._forward_lock:
+            return window_dla(model, token_ids, view.layer, view.neuron)
 
     def suggest_tests(
         self, model: LoadedModel, layer: int, neuron: int, label: str, neuron_max: float

@@ -5,7 +5,9 @@ and a long window is cut around its max; enter or a click shows the whole window
 the list gives the exact activation of the token under the mouse or the token cursor (←/→), and
 for a top example the neuron's rank among its layer's neurons at the example's max token.
 Held-out windows (valid, test) are left out while sealed for the annotator (see
-`labeller.sealing`).
+`labeller.sealing`). A scan with --dla adds the windows with the highest and lowest direct logit
+attribution (coloured by DLA, on their own scale); `c` swaps the highlighted example's colouring
+between activation and DLA (computed by the model).
 """
 
 from __future__ import annotations
@@ -20,12 +22,39 @@ from textual.containers import Vertical
 from textual.widgets import ListView, Static
 
 from labeller import band_precision, subsets
-from labeller.records import Example, ExampleKind, Illusion, NeuronView, SubsetSummary
+from labeller.records import (
+    Example,
+    ExampleKind,
+    Illusion,
+    NeuronView,
+    SubsetSummary,
+    window_overlap,
+)
 from labeller.render import precision_bar
 from labeller.sealing import held_out_count, visible
 from labeller.tui.example_item import ExampleItem, SectionItem
 from labeller.tui.example_list import ExampleList
 from labeller.tui.text import fmt, legend, shown, spark
+
+DLA_KINDS = (ExampleKind.DLA_TOP, ExampleKind.DLA_BOTTOM)
+
+
+def dla_scale(view: NeuronView) -> float:
+    """One colour scale for both DLA sections: the largest |DLA| among them."""
+    both = [*view.dla_top_examples, *view.dla_bottom_examples]
+    return max((abs(e.max_activation) for e in both), default=0.0) or 1e-9
+
+
+def dla_heading(view: NeuronView, top: bool, shown_count: int) -> Text:
+    if top:
+        heading = Text(f"Top {shown_count} by DLA (pushes the correct next token)")
+        overlap = window_overlap(view.top_examples, view.dla_top_examples)
+        if overlap is not None:
+            heading.append(f" · Jaccard overlap with top windows {overlap:.2f}", "dim")
+    else:
+        heading = Text(f"Bottom {shown_count} by DLA (suppresses the correct next token)")
+    heading.append(f" · colour ±{fmt(dla_scale(view))}", "dim")
+    return heading
 
 
 def band_heading(
@@ -85,6 +114,7 @@ class ExamplesPane(Vertical):
         self._view: NeuronView | None = None
         self._shown_top: set[int] = set()  # ranks of the top examples shown (not sealed)
         self._pointed: int | None = None
+        self._swapped: dict[int, Example] = {}  # list index: the example as first shown there
 
     def compose(self) -> ComposeResult:
         yield Static(id="stats")
@@ -125,6 +155,11 @@ class ExamplesPane(Vertical):
         for summary in subsets.subset_summaries(view):
             members = [e for e in view.subset_examples if e.subset == summary.subset]
             rows += [subset_heading(summary), *visible(members, sealed)]
+        for top_side, members in ((True, view.dla_top_examples), (False, view.dla_bottom_examples)):
+            if members:
+                shown_members = visible(members, sealed)
+                rows += [dla_heading(view, top_side, len(shown_members)), *shown_members]
+        self._swapped = {}
         held_out = held_out_count(view)
         if sealed and held_out:
             note = f"{held_out} held-out windows (valid, test) sealed · U: unseal (recorded)"
@@ -141,7 +176,7 @@ class ExamplesPane(Vertical):
             same += 1
         for item, row in zip(present[:same], rows[:same], strict=True):
             if isinstance(item, ExampleItem) and isinstance(row, Example):
-                item.show(row, scale)
+                item.show(row, self._scale(row))
             elif isinstance(item, SectionItem) and isinstance(row, Text):
                 item.show(row)
         kept = examples.index
@@ -149,7 +184,7 @@ class ExamplesPane(Vertical):
             examples.remove_items(range(same, len(present)))
         if same < len(rows):
             examples.extend(
-                ExampleItem(row, scale) if isinstance(row, Example) else SectionItem(row)
+                ExampleItem(row, self._scale(row)) if isinstance(row, Example) else SectionItem(row)
                 for row in rows[same:]
             )
         # The person's row stays highlighted if there is still an example there.
@@ -160,6 +195,46 @@ class ExamplesPane(Vertical):
         example = self.highlighted()
         if example is not None:  # the same row may hold another example: no Highlighted comes
             self._detail(example, None)
+
+    def _scale(self, example: Example, swapped: bool = False) -> float:
+        """The colour scale of a row: the DLA sections' for a DLA strip, else the neuron's max."""
+        view = self._view
+        assert view is not None
+        by_dla = (example.kind in DLA_KINDS) != swapped
+        return dla_scale(view) if by_dla else max(view.stats.max, 1e-9)
+
+    def showing_swapped(self) -> bool:
+        """Whether the highlighted row shows the other strip (DLA for an activation example)."""
+        index = self.query_one("#example-list", ListView).index
+        return index is not None and index in self._swapped
+
+    def swap_strip(self, activations: list[float], dla: list[float]) -> None:
+        """Colour the highlighted example by the other quantity (DLA for an activation example,
+        activation for a DLA one); called again, back to its own. Tokens without a DLA (the
+        last: its next token is outside the window) show 0."""
+        examples = self.query_one("#example-list", ListView)
+        item, index = examples.highlighted_child, examples.index
+        if not isinstance(item, ExampleItem) or index is None:
+            return
+        if index in self._swapped:
+            own = self._swapped.pop(index)
+            item.show(own, self._scale(own))
+            self._detail(own, self._pointed)
+            return
+        own = item.example
+        by_dla = own.kind not in DLA_KINDS
+        values = [0.0 if v != v else v for v in (dla if by_dla else activations)]
+        at = max(range(len(values)), key=lambda i: abs(values[i])) if values else 0
+        other = own.model_copy(
+            update={
+                "activations": values,
+                "max_index": at,
+                "max_activation": values[at] if values else 0.0,
+            }
+        )
+        self._swapped[index] = own
+        item.show(other, self._scale(other, swapped=True))
+        self._detail(other, self._pointed)
 
     def _stats(self, view: NeuronView, scale: float) -> Text:
         s = view.stats
@@ -183,6 +258,7 @@ class ExamplesPane(Vertical):
         out.append("\n")
         out.append_text(legend(scale))
         out.append("  underlined: max · enter: whole window · p: perturb", "dim")
+        out.append(" · c: colour by DLA · o: related neurons", "dim")
         return out
 
     def highlighted(self) -> Example | None:
@@ -242,7 +318,9 @@ class ExamplesPane(Vertical):
         if 0 <= at < len(example.tokens):
             out.append(f"#{at} ")
             out.append(f"'{shown(example.tokens[at])}'", "bold")
-            out.append(f" {example.activations[at]:.4g}")
+            by_dla = (example.kind in DLA_KINDS) != self.showing_swapped()
+            what = " DLA" if by_dla else ""
+            out.append(f"{what} {example.activations[at]:.4g}")
             out.append(" (the max)" if at == example.max_index else "", "dim")
         rank = self.ranks.get(example.rank) if example.kind is ExampleKind.TOP else None
         if rank is not None:

@@ -21,7 +21,14 @@ from textual.widgets import Footer, Static, TabbedContent, TabPane, TextArea
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from labeller.catalogue.labels import StaleLabel
-from labeller.records import PRIMARY_METHOD, DetectorScore, Explanation, LabelStatus
+from labeller.records import (
+    PRIMARY_METHOD,
+    DetectorScore,
+    Explanation,
+    LabelStatus,
+    RelatedNeuron,
+    neuron_name,
+)
 from labeller.sealing import held_out_count
 from labeller.tui.backend import LoadState, ModelStatus, NeuronPage
 from labeller.tui.context import annotate_app, backend_of
@@ -32,6 +39,7 @@ from labeller.tui.label_editor import LabelDraft, LabelEditor
 from labeller.tui.labels_pane import LabelsPane
 from labeller.tui.live_pane import LivePane
 from labeller.tui.perturb_pane import PerturbPane
+from labeller.tui.related_dialog import RelatedDialog
 from labeller.tui.scores import preferred_scores
 from labeller.tui.suggestions_screen import SuggestionsScreen
 from labeller.tui.text import editable, fmt, plain, status_text
@@ -41,6 +49,7 @@ from labeller.tui.walk import Neuron, Walk
 if TYPE_CHECKING:
     from labeller.catalogue.browse import ListPlace
     from labeller.model.loading import LoadedModel
+    from labeller.records import Example, NeuronView
 
 FOCUS_IN_TAB = {
     "examples": "#example-list",
@@ -68,6 +77,8 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
         Binding("N", "walk(-1)", "Previous neuron", id="neuron.previous"),
         Binding("U", "unseal", "Unseal held-out", id="neuron.unseal"),
         Binding("D", "detector_label", "Detector as label", id="label.from_detector"),
+        Binding("c", "dla_strip", "Colour by DLA", id="neuron.dla_strip"),
+        Binding("o", "related", "Related neurons", id="neuron.related"),
         # Plain digits first (alt+digit is often the terminal's own); in the live text box,
         # where digits type, escape first.
         Binding("1,alt+1", "tab('examples')", "Examples tab", id="tab.examples", show=False),
@@ -116,6 +127,19 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
         step: int
         found: ListPlace | None
         edge: Neuron  # the end of the trail it was found from
+
+    @dataclass
+    class Strips(Message):
+        """An example's per-token activations and DLA, computed by the model."""
+
+        activations: list[float]
+        dla: list[float]
+
+    @dataclass
+    class Related(Message):
+        related: list[RelatedNeuron]
+        source: str
+        neuron: tuple[int, int]
 
     @dataclass
     class Ranks(Message):
@@ -388,6 +412,59 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
         self.query_one(LivePane).load_tokens(event.token_ids, event.target)
         if event.switch:
             self.action_tab("perturb")
+
+    # --- what the neuron does: DLA strips and related neurons -------------------------------
+
+    def action_dla_strip(self) -> None:
+        pane = self.query_one(ExamplesPane)
+        example = pane.highlighted()
+        if example is None or self.page is None:
+            say(self.app, "highlight an example in the Examples tab first", severity="warning")
+            return
+        if pane.showing_swapped():
+            pane.swap_strip([], [])  # back to its own strip: nothing to compute
+            return
+        model = self._model()
+        if model is not None:
+            self.example_strips(model, self.page.view, example)
+
+    @work(thread=True, exclusive=True, group="strips", exit_on_error=False)
+    def example_strips(self, model: LoadedModel, view: NeuronView, example: Example) -> None:
+        activations, dla = backend_of(self).example_dla(model, view, example)
+        self.post_message(self.Strips(activations, dla))
+
+    def on_neuron_screen_strips(self, event: Strips) -> None:
+        self.query_one(ExamplesPane).swap_strip(event.activations, event.dla)
+
+    def action_related(self) -> None:
+        if self.page is None:
+            return
+        view = self.page.view
+        model = annotate_app(self).backend.loaded(self.model_name)
+        if not view.related_neurons and model is None:
+            model = self._model()  # says it is still loading
+            if model is None:
+                return
+        self.related_neurons(model, view)
+
+    @work(thread=True, exclusive=True, group="related", exit_on_error=False)
+    def related_neurons(self, model: LoadedModel | None, view: NeuronView) -> None:
+        related, source = backend_of(self).related_neurons(model, view)
+        self.post_message(self.Related(related, source, (view.layer, view.neuron)))
+
+    def on_neuron_screen_related(self, event: Related) -> None:
+        if event.neuron != (self.layer_index, self.neuron):
+            return  # the page turned meanwhile
+        if not event.related:
+            say(self.app, f"no related neurons: {event.source}", severity="warning")
+            return
+
+        def chosen(target: tuple[int, int] | None) -> None:
+            if target is not None:
+                self.app.push_screen(NeuronScreen(self.model_name, *target, None))
+
+        name = neuron_name(*event.neuron)
+        self.app.push_screen(RelatedDialog(name, event.related, event.source), chosen)
 
     # --- labels ---------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from labeller.catalogue import exchange as store
 from labeller.errors import UserError
 from labeller.exchange import count_export, export_catalogue, export_header, import_catalogue
 from labeller.exchange.importer import import_catalogue as import_in_batches
-from labeller.exchange.json_format import export_schema
+from labeller.exchange.json_format import FORMAT_VERSION, export_schema
 
 SCHEMA_FILE = Path(__file__).resolve().parents[2] / "schemas" / "labeller-export.schema.json"
 
@@ -244,12 +244,15 @@ def test_export_memory_does_not_grow_with_the_catalogue(tmp_path: Path):
     assert large_peak < small_peak * 2, (small_peak, large_peak)
 
 
+NEWER = FORMAT_VERSION + 1
+
+
 @pytest.mark.parametrize(
     "content",
     [
         "this is not json\n",
         '{"id": "x", "modelId": "tiny", "description": "a neuronpedia line"}\n',
-        '{"format": "labeller-export", "format_version": 4, "neurons": [\n]}\n',
+        f'{{"format": "labeller-export", "format_version": {NEWER}, "neurons": [\n]}}\n',
         '{"format": "labeller-export", "format_version": "one"}\n',
         b"\x89PNG\r\n\x1a\n\x00\x00",
         "",
@@ -269,7 +272,7 @@ def test_a_file_that_is_not_an_export_is_refused_in_one_line(tmp_path: Path, con
         assert store.table_counts(catalogue)["models"] == 0
     message = str(caught.value)
     assert "\n" not in message and str(path) in message
-    if 'format_version": 4' in str(content):
+    if f'format_version": {NEWER}' in str(content):
         assert "newer" in message and "upgrade labeller" in message
 
 
