@@ -29,3 +29,12 @@ def test_mypy_is_clean_on_the_package() -> None:
     """Settings in pyproject.toml ([tool.mypy]); type errors in labeller/ fail the suite."""
     result = run("mypy")
     assert result.returncode == 0, result.stdout
+
+
+def test_test_files_have_unique_names() -> None:
+    """pytest (rootdir import mode, no packages) refuses two test modules of one name: the
+    second errors at collection, which only the full run shows."""
+    seen: dict[str, Path] = {}
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+        assert path.name not in seen, f"{path} and {seen[path.name]} share a name"
+        seen[path.name] = path
