@@ -257,8 +257,7 @@ class ExamplesPane(Vertical):
                     out.append(f"{token.weight:+.2f} ", "dim")
         out.append("\n")
         out.append_text(legend(scale))
-        out.append("  underlined: max · enter: whole window · p: perturb", "dim")
-        out.append(" · c: colour by DLA · o: related neurons", "dim")
+        out.append("  underlined: max · enter: window · p: perturb · c: DLA · o: related", "dim")
         return out
 
     def highlighted(self) -> Example | None:
