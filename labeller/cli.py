@@ -385,7 +385,6 @@ def scan(
       labeller scan --model gpt2 --dataset NeelNanda/pile-10k --layers 0-11 --tokens 10000000
     """
     from labeller.scan import distributed
-    from labeller.scan.runner import run_scan
 
     dataset, subsets = parse_dataset_specs(datasets)  # checks every spec, before the model loads
     world = distributed.world_from_env()
@@ -413,21 +412,41 @@ def scan(
     with _new_catalogue_kept_only_if_used(db_path) as catalogue:
         with _status(f"loading {model_spec}"):
             model, params = _scan_model(model_spec, device, dtype, fields)
-        try:
-            with _progress(tokens) as advance:
-                outcome = run_scan(
-                    catalogue,
-                    model,
-                    params,
-                    batch_size=batch_size,
-                    text_field=text_field,
-                    on_progress=advance,
-                    checkpoint_every=checkpoint_every,
-                )
-        except ScanAlreadyComplete as done:
-            click.echo(str(done))
-            return
-    _report_scan(outcome, model_spec, catalogue.path, "")
+        outcome = _scan_with_progress(
+            catalogue, model, params, batch_size, text_field, checkpoint_every
+        )
+    if outcome is not None:
+        _report_scan(outcome, model_spec, catalogue.path, "")
+
+
+def _scan_with_progress(
+    catalogue: Catalogue,
+    model: Any,
+    params: ScanParams,
+    batch_size: int,
+    text_field: str,
+    checkpoint_every: float,
+    world: Any = None,
+) -> Any:
+    """The scan of the process that writes the catalogue (the only one, or torchrun's rank 0),
+    with its progress bar; None when the same scan is already complete (said so)."""
+    from labeller.scan.runner import run_scan
+
+    try:
+        with _progress(params.tokens) as advance:
+            return run_scan(
+                catalogue,
+                model,
+                params,
+                batch_size=batch_size,
+                text_field=text_field,
+                on_progress=advance,
+                world=world,
+                checkpoint_every=checkpoint_every,
+            )
+    except ScanAlreadyComplete as done:
+        click.echo(str(done))
+        return None
 
 
 def _scan_model(
@@ -489,24 +508,13 @@ def _sharded_scan(
                 raise SystemExit(1) from None  # rank 0 says why
             return
         with _new_catalogue_kept_only_if_used(db_path) as catalogue:
-            try:
-                with _progress(params.tokens) as advance:
-                    outcome = run_scan(
-                        catalogue,
-                        model,
-                        params,
-                        batch_size=batch_size,
-                        text_field=text_field,
-                        on_progress=advance,
-                        world=world,
-                        checkpoint_every=checkpoint_every,
-                    )
-            except ScanAlreadyComplete as done:
-                click.echo(str(done))
-                return
+            outcome = _scan_with_progress(
+                catalogue, model, params, batch_size, text_field, checkpoint_every, world
+            )
     finally:
         distributed.finish()
-    _report_scan(outcome, params.model, catalogue.path, f" on {world.size} ranks")
+    if outcome is not None:
+        _report_scan(outcome, params.model, catalogue.path, f" on {world.size} ranks")
 
 
 @cli.command()
