@@ -274,7 +274,7 @@ class Catalogue:
                     conn.close()
                     raise UserError(
                         f"{path} has an older schema; a write command (label, explain, score, "
-                        "import) upgrades it"
+                        "detect, import) upgrades it"
                     )
                 return cls(db, path, read_only=True)
             # Safe with WAL: a crash loses nothing committed; only power loss can drop the last.
