@@ -26,7 +26,14 @@ from pathlib import Path
 import numpy as np
 
 from labeller.catalogue import Catalogue, rows
-from labeller.catalogue.rows import ExampleRow, NeuronRow, WindowRow, encode_activations
+from labeller.catalogue.rows import (
+    KIND_CODES,
+    SPLIT_CODES,
+    ExampleColumns,
+    NeuronBlock,
+    NeuronFacts,
+    WindowRow,
+)
 from labeller.records import (
     ExampleKind,
     Histogram,
@@ -45,6 +52,7 @@ TOP_K = 20
 RANDOM = 20
 BAND_WINDOWS = 4
 D_MLP = 3072
+BLOCK = 1024  # neurons a block, as `labeller/scan/results.py` hands them over
 VOCAB = 50_257
 
 
@@ -78,84 +86,64 @@ def synthetic_weights(rng: np.random.Generator) -> WeightFacts:
     )
 
 
-def synthetic_neurons(neurons: int, windows: int, seed: int) -> Iterator[NeuronRow]:
-    """Neurons whose examples reuse a bank of activation vectors and weight facts (making rows
-    is not what is measured; their bytes are as real ones: random floats, 10 output tokens
-    each way)."""
+def synthetic_neurons(neurons: int, windows: int, seed: int) -> Iterator[NeuronBlock]:
+    """Neurons in blocks of 1,024, as the scan hands them over (`labeller/scan/results.py`):
+    examples as arrays whose activations come from a bank of random vectors (so nothing
+    compresses), 20 top, 20 random and 4 windows in each of 5 to 8 bands, and weight facts
+    with 10 output tokens each way."""
     rng = np.random.default_rng(seed)
     bank = rng.standard_normal((4096, CTX)).astype(np.float32)
-    blobs = [encode_activations(row) for row in bank]
-    maxima = bank.max(axis=1).tolist()
-    argmax = bank.argmax(axis=1).tolist()
     histogram = Histogram(low=-1.0, high=4.0, counts=rng.integers(0, 1000, 64).tolist())
     weights = [synthetic_weights(rng) for _ in range(256)]
-    random_keys = rng.choice(windows, RANDOM, replace=False).tolist()
-    picks = rng.integers(0, len(blobs), (neurons, TOP_K + RANDOM + 8 * BAND_WINDOWS)).tolist()
-    tops = rng.integers(0, windows, (neurons, TOP_K + 8 * BAND_WINDOWS)).tolist()
-    band_counts = rng.integers(5, 9, neurons).tolist()
-    top_splits = [top_split(rank) for rank in range(TOP_K)]
-    random_splits = [random_split(slot) for slot in range(RANDOM)]
-    band_splits = [quantile_split(at) for at in range(BAND_WINDOWS)]
-    for n in range(neurons):
-        pick, top = picks[n], tops[n]
-        examples = [
-            ExampleRow(
-                top[rank],
-                ExampleKind.TOP,
-                rank,
-                top_splits[rank],
-                blobs[pick[rank]],
-                maxima[pick[rank]],
-                argmax[pick[rank]],
-            )
-            for rank in range(TOP_K)
-        ]
-        examples += [
-            ExampleRow(
-                random_keys[slot],
-                ExampleKind.RANDOM,
-                slot,
-                random_splits[slot],
-                blobs[pick[TOP_K + slot]],
-                maxima[pick[TOP_K + slot]],
-                argmax[pick[TOP_K + slot]],
-            )
-            for slot in range(RANDOM)
-        ]
-        edges = [i * 4.0 / band_counts[n] for i in range(band_counts[n] + 1)]
-        examples += [
-            ExampleRow(
-                top[TOP_K + rank],
-                ExampleKind.QUANTILE,
-                rank,
-                band_splits[rank % BAND_WINDOWS],
-                blobs[pick[TOP_K + RANDOM + rank]],
-                maxima[pick[TOP_K + RANDOM + rank]],
-                argmax[pick[TOP_K + RANDOM + rank]],
-                rank // BAND_WINDOWS,
-                edges[rank // BAND_WINDOWS],
-                edges[rank // BAND_WINDOWS + 1],
-            )
-            for rank in range(BAND_WINDOWS * band_counts[n])
-        ]
-        stats = NeuronStats(
-            max=4.0,
-            min=-1.0,
-            mean=0.1,
-            std=0.5,
-            density=0.3,
-            skewness=1.0,
-            kurtosis=3.0,
-            tokens=1_000_000,
-            histogram=histogram,
+    random_keys = rng.choice(windows, RANDOM, replace=False)
+    slots = TOP_K + RANDOM + 8 * BAND_WINDOWS
+    kinds = [ExampleKind.TOP] * TOP_K + [ExampleKind.RANDOM] * RANDOM
+    kinds += [ExampleKind.QUANTILE] * (8 * BAND_WINDOWS)
+    ranks = [*range(TOP_K), *range(RANDOM), *range(8 * BAND_WINDOWS)]
+    splits = [top_split(r) for r in range(TOP_K)] + [random_split(s) for s in range(RANDOM)]
+    splits += [quantile_split(at % BAND_WINDOWS) for at in range(8 * BAND_WINDOWS)]
+    band = np.array([-1] * (TOP_K + RANDOM) + [i // BAND_WINDOWS for i in range(8 * BAND_WINDOWS)])
+    stats = NeuronStats(
+        max=4.0,
+        min=-1.0,
+        mean=0.1,
+        std=0.5,
+        density=0.3,
+        skewness=1.0,
+        kurtosis=3.0,
+        tokens=1_000_000,
+        histogram=histogram,
+    )
+    for start in range(0, neurons, BLOCK):
+        size = min(BLOCK, neurons - start)
+        pick = rng.integers(0, len(bank), (size, slots))
+        acts = bank[pick]
+        keys = rng.integers(0, windows, (size, slots))
+        keys[:, TOP_K : TOP_K + RANDOM] = random_keys
+        bands = rng.integers(5, 9, size)[:, None]
+        keys[band[None, :] >= bands] = -1  # the bands a neuron does not have
+        width = 4.0 / bands
+        shape = (size, slots)
+        examples = ExampleColumns(
+            window_key=keys,
+            kind=np.broadcast_to(np.array([KIND_CODES[k] for k in kinds], np.uint8), shape),
+            rank=np.broadcast_to(np.array(ranks), shape),
+            split=np.broadcast_to(np.array([SPLIT_CODES[s] for s in splits], np.uint8), shape),
+            max_activation=acts.max(axis=2).astype(np.float64),
+            max_index=acts.argmax(axis=2),
+            band=np.broadcast_to(band, shape),
+            band_low=np.where(band >= 0, band * width, np.nan),
+            band_high=np.where(band >= 0, (band + 1) * width, np.nan),
+            length=np.full(shape, CTX),
+            activations=acts,
         )
-        yield NeuronRow(
-            layer=n // D_MLP,
-            neuron=n % D_MLP,
-            stats=stats,
-            weights=weights[n % len(weights)],
-            examples=examples,
-        )
+        facts = [
+            NeuronFacts(
+                layer=n // D_MLP, neuron=n % D_MLP, stats=stats, weights=weights[n % len(weights)]
+            )
+            for n in range(start, start + size)
+        ]
+        yield NeuronBlock(facts, examples)
 
 
 def write(path: Path, neurons: int, windows: int, seed: int) -> tuple[float, float]:
@@ -213,7 +201,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = args.db or Path(tmp) / "bench.db"
         start, cpu = time.perf_counter(), time.process_time()
-        examples = sum(len(n.examples) for n in synthetic_neurons(args.neurons, windows, 0))
+        examples = sum(
+            int((b.examples.window_key >= 0).sum())
+            for b in synthetic_neurons(args.neurons, windows, 0)
+        )
         making = time.perf_counter() - start, time.process_time() - cpu
         print(
             f"{args.neurons:,} neurons, {windows:,} windows, {examples:,} examples "
@@ -234,7 +225,10 @@ def main() -> None:
                 catalogue.add_explanation(
                     ref, "kept", source="human", prompt_version=None, producer_model=None
                 )
-            examples = sum(len(n.examples) for n in synthetic_neurons(args.neurons, windows, 1))
+            examples = sum(
+                int((b.examples.window_key >= 0).sum())
+                for b in synthetic_neurons(args.neurons, windows, 1)
+            )
             elapsed = write(path, args.neurons, windows, 1)
             size, free, stored = file_facts(path)
             assert stored == examples, (stored, examples)

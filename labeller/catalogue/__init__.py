@@ -24,7 +24,7 @@ from labeller.catalogue import label_state, rows
 from labeller.catalogue.detectors import detector_scores_of
 from labeller.catalogue.labels import append_history
 from labeller.catalogue.migrations import KNOWN_MIGRATIONS, MIGRATION_SET, migrations
-from labeller.catalogue.rows import NeuronRow, Row, WindowRow, params_key
+from labeller.catalogue.rows import NeuronBlock, NeuronRow, Row, WindowRow, params_key
 from labeller.errors import UserError
 from labeller.explain.scoring import above_chance
 from labeller.output_files import replaced_atomically
@@ -58,7 +58,7 @@ DEFAULT_DB = Path("db") / "labeller.db"
 BUSY_TIMEOUT_MS = 30_000
 # A scan's results are written in batches of this many rows (neurons), with this much page cache.
 BULK_BATCH = 20_000
-BULK_NEURONS = 1_000
+BULK_NEURONS = 1_000  # neurons given as rows are packed and written this many at a time
 BULK_CACHE_KIB = 256 * 1024
 
 # Scans with their model's name, as `rows.scan_from_row` reads them.
@@ -443,7 +443,7 @@ class Catalogue:
         scan_id: int,
         model_id: int,
         windows: Iterable[WindowRow],
-        neurons: Iterable[NeuronRow],
+        neurons: Iterable[NeuronBlock | NeuronRow],
         *,
         tokens_seen: int,
         windows_seen: int,
@@ -594,7 +594,7 @@ class Catalogue:
         self,
         model_id: int,
         scan_id: int | None,
-        neurons: Iterable[NeuronRow],
+        neurons: Iterable[NeuronBlock | NeuronRow],
         window_ids: Mapping[int, int],
     ) -> list[int]:
         """Insert or replace these neurons' rows and examples (windows by `window_ids`); their
@@ -602,6 +602,7 @@ class Catalogue:
         neuron already stored keeps its id (so its explanations and history stay attached) and
         has its statistics updated and its examples replaced."""
         ids: list[int] = []
+        lookup = rows.WindowIds(window_ids)
         with self.write_transaction():
             existing = {
                 (int(r[0]), int(r[1])): int(r[2])
@@ -618,39 +619,29 @@ class Catalogue:
                 f"update neurons set {', '.join(f'{c} = ?' for c in rows.NEURON_COLUMNS)} "
                 "where id = ?"
             )
-            new: list[tuple[Any, ...]] = []
-            updated: list[tuple[Any, ...]] = []
-            examples: list[tuple[int, bytes]] = []
-
-            def flush() -> None:
+            for block in _in_blocks(neurons):
+                new: list[tuple[Any, ...]] = []
+                updated: list[tuple[Any, ...]] = []
+                examples: list[tuple[int, bytes]] = []
+                blobs = rows.encode_example_columns(block.examples, lookup)
+                for facts, blob in zip(block.neurons, blobs, strict=True):
+                    values = rows.neuron_values(facts, model_id, scan_id)
+                    neuron_id = existing.get((facts.layer, facts.neuron))
+                    if neuron_id is None:
+                        next_id += 1
+                        neuron_id = existing[(facts.layer, facts.neuron)] = next_id
+                        new.append((neuron_id, *values))
+                    else:
+                        updated.append((*values, neuron_id))
+                    ids.append(neuron_id)
+                    examples.append((neuron_id, blob))
                 conn = self.db.conn
-                if updated:
-                    conn.executemany(update_neuron, updated)
-                if new:
-                    conn.executemany(insert_neuron, new)
-                if examples:
-                    conn.executemany(
-                        "insert or replace into neuron_examples (neuron_id, data) values (?, ?)",
-                        examples,
-                    )
-                new.clear()
-                updated.clear()
-                examples.clear()
-
-            for neuron in neurons:
-                values = rows.neuron_values(neuron, model_id, scan_id)
-                neuron_id = existing.get((neuron.layer, neuron.neuron))
-                if neuron_id is None:
-                    next_id += 1
-                    neuron_id = existing[(neuron.layer, neuron.neuron)] = next_id
-                    new.append((neuron_id, *values))
-                else:
-                    updated.append((*values, neuron_id))
-                ids.append(neuron_id)
-                examples.append((neuron_id, rows.encode_examples(neuron.examples, window_ids)))
-                if len(examples) >= BULK_NEURONS:
-                    flush()
-            flush()
+                conn.executemany(update_neuron, updated)
+                conn.executemany(insert_neuron, new)
+                conn.executemany(
+                    "insert or replace into neuron_examples (neuron_id, data) values (?, ?)",
+                    examples,
+                )
         return ids
 
     def neuron_id(self, model_id: int, layer: int, neuron: int) -> int | None:
@@ -1337,3 +1328,20 @@ class Catalogue:
                 join models m on m.id = n.model_id group by m.name, n.layer"""
             )
         }
+
+
+def _in_blocks(neurons: Iterable[NeuronBlock | NeuronRow]) -> Iterator[NeuronBlock]:
+    """The blocks as given, and consecutive rows gathered into blocks of BULK_NEURONS."""
+    pending: list[NeuronRow] = []
+    for item in neurons:
+        if isinstance(item, NeuronRow):
+            pending.append(item)
+            if len(pending) < BULK_NEURONS:
+                continue
+        if pending:
+            yield NeuronBlock.of_rows(pending)
+            pending = []
+        if isinstance(item, NeuronBlock):
+            yield item
+    if pending:
+        yield NeuronBlock.of_rows(pending)

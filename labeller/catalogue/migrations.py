@@ -323,11 +323,6 @@ def m009_statistic_indexes(db: Database) -> None:
         db.table("neurons").create_index(["model_id", column], if_not_exists=True)
 
 
-class _Identity(dict[int, int]):
-    def __missing__(self, key: int) -> int:
-        return key
-
-
 @migrations()
 def m010_packed_examples(db: Database) -> None:
     """Each neuron's examples packed into one row (`neuron_examples`: per-token activations as
@@ -346,13 +341,13 @@ def m010_packed_examples(db: Database) -> None:
             max_index, band, band_low, band_high"""
         current: int | None = None
         group: list[rows.Row] = []
-        window_ids = _Identity()
 
         def flush() -> None:
             if current is not None:
+                same_ids = {row["window_id"]: row["window_id"] for row in group}
                 db.execute(
                     "insert into neuron_examples (neuron_id, data) values (?, ?)",
-                    [current, rows.encode_examples(rows.examples_of_rows(group), window_ids)],
+                    [current, rows.encode_examples(rows.examples_of_rows(group), same_ids)],
                 )
 
         for row in db.query(f"select {columns} from examples order by neuron_id, kind, rank"):

@@ -7,12 +7,10 @@ write shapes (`WindowRow`, `ExampleRow`, `NeuronRow`) live here too: they are ro
 
 from __future__ import annotations
 
-import array
 import functools
 import json
 import math
 import struct
-import sys
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -99,8 +97,8 @@ PACK_FORMAT = 2
 _HEADER = struct.Struct("<BII")  # format, number of examples, bytes of compressed records
 _KINDS = ("top", "random", "quantile", "subset_top", "dla_top", "dla_bottom")
 _SPLITS = ("train", "calibration", "valid", "test")
-_KIND_CODES = {ExampleKind(k): i for i, k in enumerate(_KINDS)}
-_SPLIT_CODES = {Split(k): i for i, k in enumerate(_SPLITS)}
+KIND_CODES = {ExampleKind(k): i for i, k in enumerate(_KINDS)}
+SPLIT_CODES = {Split(k): i for i, k in enumerate(_SPLITS)}
 _EXAMPLE = np.dtype(
     [
         ("window_id", "<i8"),
@@ -115,22 +113,19 @@ _EXAMPLE = np.dtype(
         ("band_high", "<f8"),
     ]
 )
-# Format 2's fields: name, little-endian numpy type, `array` type code (the stdlib's array packs
-# a tuple of 66 Python numbers several times faster than numpy converts one).
+# Format 2's fields, in stored order: name and little-endian numpy type.
 _COLUMNS = (
-    ("window_id", "<i8", "q"),
-    ("kind", "u1", "B"),
-    ("split", "u1", "B"),
-    ("rank", "<u4", "I"),
-    ("length", "<u4", "I"),
-    ("max_index", "<i4", "i"),
-    ("band", "<i2", "h"),
-    ("edges", "u1", "B"),
+    ("window_id", "<i8"),
+    ("kind", "u1"),
+    ("split", "u1"),
+    ("rank", "<u4"),
+    ("length", "<u4"),
+    ("max_index", "<i4"),
+    ("band", "<i2"),
+    ("edges", "u1"),
 )
-assert all(array.array(code).itemsize == np.dtype(dtype).itemsize for _, dtype, code in _COLUMNS)
 _EXACT32 = 1  # flag: the maxima are stored as float32
 _NO_EDGES = 255
-_BIG_ENDIAN = sys.byteorder == "big"  # stored little-endian whatever the machine
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
@@ -157,53 +152,77 @@ def to_float16(values: np.ndarray) -> np.ndarray:
 
 
 def encode_examples(examples: list[ExampleRow], window_ids: Mapping[int, int]) -> bytes:
-    """A neuron's examples (`window_ids[example.window_key]` their windows' ids) as one blob:
-    header, the zlib-compressed records (format 2), then the float16 activations uncompressed
-    (compressing them saves about a fifth and costs more time than the whole write). The rows
-    are tuples: their fields are read column by column (`zip`), not example by example."""
-    if not examples:
-        records = zlib.compress(bytes([0, 0]), 1)
-        return _HEADER.pack(PACK_FORMAT, 0, len(records)) + records
-    keys, kinds, ranks, splits, acts, tops, indices, bands, lows, highs = zip(
-        *examples, strict=True
-    )
-    pairs = list(zip(lows, highs, strict=True))
-    edges = {pair: i for i, pair in enumerate(dict.fromkeys(p for p in pairs if p[0] is not None))}
-    if len(edges) >= _NO_EDGES:
-        raise ValueError(f"{len(edges)} activation bands in one neuron; at most 254 are stored")
-    columns = (
-        list(map(window_ids.__getitem__, keys)),
-        list(map(_KIND_CODES.__getitem__, kinds)),
-        list(map(_SPLIT_CODES.__getitem__, splits)),
-        ranks,
-        [len(a) // 4 for a in acts],
-        indices,
-        [-1 if band is None else band for band in bands],
-        [_NO_EDGES if pair[0] is None else edges[pair] for pair in pairs],
-    )
-    maxima = array.array("d", tops)
-    narrow = array.array("f", tops)
-    flags = _EXACT32 if array.array("d", narrow) == maxima else 0
-    edge_values = array.array("d", [v for pair in edges for v in pair])
-    packed = [
-        array.array(code, column) for (_, _, code), column in zip(_COLUMNS, columns, strict=True)
-    ]
-    packed += [narrow if flags & _EXACT32 else maxima]
-    dropped, _ = _max_positions(  # read from the packed fields (native order), not converted again
-        np.frombuffer(packed[4], dtype=np.uint32).astype(np.int64),
-        np.frombuffer(packed[5], dtype=np.int32).astype(np.int64),
-        np.frombuffer(maxima, dtype=np.float64),
-    )
-    if _BIG_ENDIAN:
-        for part in (*packed, edge_values):
-            part.byteswap()
-    fields = b"".join([bytes([flags, len(edges)]), edge_values, *packed])
-    records = zlib.compress(fields, 1)
-    values = to_float16(np.frombuffer(b"".join(acts), dtype="<f4"))
-    kept = np.ones(values.size, dtype=bool)
-    kept[dropped] = False
-    values = values[kept]
-    return _HEADER.pack(PACK_FORMAT, len(examples), len(records)) + records + values.tobytes()
+    """One neuron's examples (`window_ids[example.window_key]` their windows' ids) as one blob
+    (`encode_example_columns`)."""
+    (blob,) = encode_example_columns(ExampleColumns.of_rows([examples]), WindowIds(window_ids))
+    return blob
+
+
+def encode_example_columns(columns: ExampleColumns, window_ids: WindowIds) -> list[bytes]:
+    """Each neuron's examples as one blob: header, the zlib-compressed records (format 2), then
+    the float16 activations uncompressed (compressing them saves about a fifth and costs more
+    time than the whole write). Everything but the compression and the band edges is done for
+    the whole block at once: a scan writes tens of millions of examples."""
+    held = columns.window_key >= 0
+    count = held.sum(axis=1)
+    # The held slots first, in their order: each neuron's examples are then a prefix of its row.
+    order = np.argsort(~held, axis=1, kind="stable")
+
+    def first(values: np.ndarray, dtype: str) -> np.ndarray:
+        return np.take_along_axis(values, order, axis=1).astype(dtype, copy=False)
+
+    fields = {
+        "window_id": window_ids.ids(first(columns.window_key, "<i8")),
+        "kind": first(columns.kind, "u1"),
+        "split": first(columns.split, "u1"),
+        "rank": first(columns.rank, "<u4"),
+        "length": first(columns.length, "<u4"),
+        "max_index": first(columns.max_index, "<i4"),
+        "band": first(columns.band, "<i2"),
+    }
+    maxima = first(columns.max_activation, "<f8")
+    lows, highs = first(columns.band_low, "<f8"), first(columns.band_high, "<f8")
+    narrow = maxima.astype("<f4")
+    slot_held = np.arange(order.shape[1])[None, :] < count[:, None]
+    exact32 = ((narrow.astype("<f8") == maxima) | ~slot_held).all(axis=1) & (count > 0)
+    lengths = fields["length"].astype(np.int64)
+    max_index = fields["max_index"].astype(np.int64)
+    acts = np.take_along_axis(columns.activations, order[:, :, None], axis=1)
+    token = np.arange(acts.shape[2])[None, None, :]
+    kept = slot_held[:, :, None] & (token < lengths[:, :, None])
+    # Each max's own token is left out: the records hold the max exactly (`_max_positions`).
+    max_known = (max_index >= 0) & (max_index < lengths) & ~np.isnan(maxima)
+    kept &= ~((token == max_index[:, :, None]) & max_known[:, :, None])
+    values = to_float16(acts[kept])
+    ends = np.cumsum(kept.sum(axis=(1, 2)))
+    blobs = []
+    for n, c in enumerate(count.tolist()):
+        edges, edge_index = _band_edge_pairs(lows[n, :c], highs[n, :c])
+        flags = _EXACT32 if exact32[n] else 0
+        parts = [bytes([flags, len(edges) // 2]), edges.tobytes()]
+        parts += [column[n, :c].tobytes() for column in fields.values()]
+        parts += [edge_index.tobytes(), (narrow if flags else maxima)[n, :c].tobytes()]
+        records = zlib.compress(b"".join(parts), 1)
+        start = ends[n - 1] if n else 0
+        blobs.append(
+            _HEADER.pack(PACK_FORMAT, c, len(records)) + records + values[start : ends[n]].tobytes()
+        )
+    return blobs
+
+
+def _band_edge_pairs(lows: np.ndarray, highs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct (low, high) band edge pairs of a neuron's examples in order of first use,
+    flattened, and each example's index into them (`_NO_EDGES`: none)."""
+    index = np.full(lows.size, _NO_EDGES, dtype="u1")
+    banded = ~np.isnan(lows)
+    if not banded.any():
+        return np.zeros(0, dtype="<f8"), index
+    pairs = list(zip(lows[banded].tolist(), highs[banded].tolist(), strict=True))
+    distinct = {pair: i for i, pair in enumerate(dict.fromkeys(pairs))}
+    if len(distinct) >= _NO_EDGES:
+        raise ValueError(f"{len(distinct)} activation bands in one neuron; at most 254 are stored")
+    index[banded] = [distinct[pair] for pair in pairs]
+    return np.array([v for pair in distinct for v in pair], dtype="<f8"), index
 
 
 def _max_positions(
@@ -230,7 +249,7 @@ def _records(version: int, count: int, raw: bytes) -> np.ndarray:
     edges = np.concatenate([edges, np.full((1, 2), math.nan)])  # index -1: none
     meta = np.zeros(count, dtype=_EXAMPLE)
     columns = {}
-    for name, dtype, _ in _COLUMNS:
+    for name, dtype in _COLUMNS:
         columns[name] = np.frombuffer(raw, dtype=dtype, count=count, offset=at)
         at += count * np.dtype(dtype).itemsize
         if name != "edges":
@@ -381,13 +400,113 @@ class ExampleRow(NamedTuple):
 
 
 @dataclass(frozen=True)
+class ExampleColumns:
+    """The examples of a block of neurons as arrays: one row per neuron, one column per slot (a
+    slot whose window_key is -1 holds none), held slots in stored order. How the scan hands a
+    layer's examples over, so that packing them is array work (`encode_example_columns`)."""
+
+    window_key: np.ndarray  # [neurons, slots] int64; -1: an empty slot
+    kind: np.ndarray  # `KIND_CODES`
+    rank: np.ndarray
+    split: np.ndarray  # `SPLIT_CODES`
+    max_activation: np.ndarray  # float64
+    max_index: np.ndarray
+    band: np.ndarray  # -1: not a band window
+    band_low: np.ndarray  # float64; NaN: none
+    band_high: np.ndarray  # float64; NaN: none
+    length: np.ndarray  # the window's tokens
+    activations: np.ndarray  # [neurons, slots, ctx] float32; values past `length` unused
+
+    @classmethod
+    def of_rows(cls, neurons: list[list[ExampleRow]]) -> ExampleColumns:
+        """Each neuron's examples, as rows."""
+        slots = max(map(len, neurons), default=0)
+        lengths = [[len(e.activations) // 4 for e in examples] for examples in neurons]
+        ctx = max((max(sizes, default=0) for sizes in lengths), default=0)
+        acts = np.zeros((len(neurons), slots, ctx), dtype=np.float32)
+        for n, examples in enumerate(neurons):
+            for slot, (example, length) in enumerate(zip(examples, lengths[n], strict=True)):
+                acts[n, slot, :length] = np.frombuffer(example.activations, dtype="<f4")
+
+        def column(field: Callable[[ExampleRow], Any], empty: Any, dtype: Any) -> np.ndarray:
+            values = np.full((len(neurons), slots), empty, dtype=dtype)
+            for n, examples in enumerate(neurons):
+                values[n, : len(examples)] = [field(e) for e in examples]
+            return values
+
+        return cls(
+            window_key=column(lambda e: e.window_key, -1, np.int64),
+            kind=column(lambda e: KIND_CODES[e.kind], 0, np.uint8),
+            rank=column(lambda e: e.rank, 0, np.int64),
+            split=column(lambda e: SPLIT_CODES[e.split], 0, np.uint8),
+            max_activation=column(lambda e: e.max_activation, math.nan, np.float64),
+            max_index=column(lambda e: e.max_index, 0, np.int64),
+            band=column(lambda e: -1 if e.band is None else e.band, -1, np.int64),
+            band_low=column(lambda e: _or_nan(e.band_low), math.nan, np.float64),
+            band_high=column(lambda e: _or_nan(e.band_high), math.nan, np.float64),
+            length=column(lambda e: len(e.activations) // 4, 0, np.int64),
+            activations=acts,
+        )
+
+
+def _or_nan(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
+class WindowIds:
+    """Window key -> stored id, looked up for whole arrays of keys at once."""
+
+    def __init__(self, ids: Mapping[int, int]) -> None:
+        keys = np.fromiter(ids.keys(), dtype=np.int64, count=len(ids))
+        values = np.fromiter(ids.values(), dtype=np.int64, count=len(ids))
+        order = np.argsort(keys)
+        self.keys, self.values = keys[order], values[order]
+
+    def ids(self, keys: np.ndarray) -> np.ndarray:
+        """The ids of these keys (-1, an empty slot, gives 0); KeyError for a key not stored."""
+        at = np.minimum(np.searchsorted(self.keys, keys), max(self.keys.size - 1, 0))
+        found = (self.keys[at] == keys) if self.keys.size else np.zeros(keys.shape, dtype=bool)
+        missing = ~found & (keys >= 0)
+        if missing.any():
+            raise KeyError(int(keys[missing][0]))
+        return np.where(found, self.values[at] if self.keys.size else 0, 0)
+
+
+@dataclass(frozen=True)
+class NeuronFacts:
+    """What a neuron's `neurons` row holds: statistics, weight facts, related neurons."""
+
+    layer: int
+    neuron: int
+    stats: NeuronStats
+    weights: WeightFacts | None
+    related: list[RelatedNeuron] | None = None  # from a scan with --correlations
+
+
+@dataclass(frozen=True)
 class NeuronRow:
+    """One neuron with its examples as rows (an import, a test)."""
+
     layer: int
     neuron: int
     stats: NeuronStats
     weights: WeightFacts | None
     examples: list[ExampleRow]
-    related: list[RelatedNeuron] | None = None  # from a scan with --correlations
+    related: list[RelatedNeuron] | None = None
+
+
+@dataclass(frozen=True)
+class NeuronBlock:
+    """Neurons with their examples as columns, one row per neuron: how the scan hands over a
+    layer, a block at a time."""
+
+    neurons: list[NeuronFacts]
+    examples: ExampleColumns
+
+    @classmethod
+    def of_rows(cls, neurons: list[NeuronRow]) -> NeuronBlock:
+        facts = [NeuronFacts(n.layer, n.neuron, n.stats, n.weights, n.related) for n in neurons]
+        return cls(facts, ExampleColumns.of_rows([n.examples for n in neurons]))
 
 
 # --- models and scans ---------------------------------------------------------------------------
@@ -513,7 +632,7 @@ def output_tokens_to_db(tokens: list[OutputToken]) -> str:
     return json.dumps([[t.token, t.weight] for t in tokens], ensure_ascii=False)
 
 
-def neuron_to_row(neuron: NeuronRow, model_id: int, scan_id: int | None) -> Row:
+def neuron_to_row(neuron: NeuronFacts, model_id: int, scan_id: int | None) -> Row:
     """The neurons row: statistics and weight facts (the examples go in their own table); the
     related neurons only when scanned (the column is m015's; absent reads as null)."""
     stats, weights = neuron.stats, neuron.weights
@@ -567,7 +686,7 @@ NEURON_COLUMNS = (
 )
 
 
-def neuron_values(neuron: NeuronRow, model_id: int, scan_id: int | None) -> tuple[Any, ...]:
+def neuron_values(neuron: NeuronFacts, model_id: int, scan_id: int | None) -> tuple[Any, ...]:
     """`neuron_to_row`'s values in NEURON_COLUMNS order (the scan's bulk write)."""
     row = neuron_to_row(neuron, model_id, scan_id)
     return tuple(row.get(column) for column in NEURON_COLUMNS)

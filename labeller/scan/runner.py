@@ -20,11 +20,10 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
-import numpy as np
 import torch
 
 from labeller.catalogue import Catalogue
-from labeller.catalogue.rows import ExampleRow, NeuronRow, WindowRow, encode_activations
+from labeller.catalogue.rows import NeuronBlock, WindowRow
 from labeller.corpus import Window, iter_corpus, iter_windows
 from labeller.errors import ScanAlreadyComplete, ScanInterrupted, UserError
 from labeller.model.activations import batch_inputs, neuron_activations
@@ -34,16 +33,9 @@ from labeller.model.weights import layer_weight_facts
 from labeller.records import (
     BANDS,
     SCAN_BATCH_SIZE,
-    ExampleKind,
-    Histogram,
-    NeuronStats,
     RelatedNeuron,
     ScanParams,
     ScanStatus,
-    band_edges,
-    quantile_split,
-    random_split,
-    top_split,
 )
 from labeller.scan import distributed
 from labeller.scan.accumulators import (
@@ -63,6 +55,7 @@ from labeller.scan.accumulators import (
 )
 from labeller.scan.correlations import PairSums, merge_pair_sums, top_related
 from labeller.scan.distributed import SINGLE, World
+from labeller.scan.results import WindowLengths, layer_blocks
 
 CHECKPOINT_FORMAT = 3  # 2: activation-band samples; 3: per-subset top windows, DLA, pair sums
 CHECKPOINT_EVERY_S = 60.0
@@ -495,7 +488,7 @@ class Scanner:
 
     # --- results ------------------------------------------------------------------------
 
-    def results(self) -> tuple[list[WindowRow], Iterator[NeuronRow]]:
+    def results(self) -> tuple[list[WindowRow], Iterator[NeuronBlock]]:
         self.flush()
         kept = self._referenced()
         windows = [
@@ -510,181 +503,30 @@ class Scanner:
             for i in sorted(kept)
             if i >= 0
         ]
-        return windows, self._neuron_rows()
+        return windows, self._neuron_blocks()
 
     def write_results(self, catalogue: Catalogue, scan_id: int, model_id: int) -> None:
-        window_rows, neuron_rows = self.results()
+        window_rows, neuron_blocks = self.results()
         catalogue.write_scan_results(
             scan_id,
             model_id,
             window_rows,
-            neuron_rows,
+            neuron_blocks,
             tokens_seen=self.tokens_seen,
             windows_seen=self.windows_seen,
         )
 
-    def _neuron_rows(self) -> Iterator[NeuronRow]:
+    def _neuron_blocks(self) -> Iterator[NeuronBlock]:
+        lengths = WindowLengths(self.windows)
         for layer, state in self.layers.items():
-            weights = layer_weight_facts(self.model, layer)
-            # Per-neuron reads go to numpy arrays: indexing a tensor element costs microseconds,
-            # which made building 4,096 neurons' rows take longer than scanning them.
-            top = _numpy(state.top.state())
-            random_acts = state.random_acts.cpu().numpy()
-            moments = _numpy(state.moments.state())
-            subset_tops = (
-                {name: _numpy(part) for name, part in state.subset_top.state().items()}
-                if state.subset_top is not None
-                else {}
+            yield from layer_blocks(
+                layer,
+                state,
+                reservoir=self.reservoir.slots,
+                lengths=lengths,
+                weights=layer_weight_facts(self.model, layer),
+                related=self._related(layer) if state.pairs is not None else None,
             )
-            bands = None
-            if state.bands is not None:
-                bands = BandSample(state.bands.m, state.bands.bins, 0, 0, torch.device("cpu"))
-                bands.load({name: t.cpu() for name, t in state.bands.state().items()})
-                band_arrays = _numpy(
-                    {"acts": bands.acts, "values": bands.values, "argmax": bands.argmax}
-                )
-            dla = None if state.dla is None else _numpy(state.dla.state())
-            related = self._related(layer) if state.pairs is not None else None
-            for n in range(self.model.d_mlp):
-                stats = self._stats(state, moments, n)
-                yield NeuronRow(
-                    layer=layer,
-                    neuron=n,
-                    stats=stats,
-                    weights=weights[n],
-                    examples=[
-                        *self._top_examples(top, n),
-                        *self._subset_examples(subset_tops, n),
-                        *self._random_examples(random_acts, n),
-                        *(self._band_examples(bands, band_arrays, stats.max, n) if bands else ()),
-                        *(self._dla_examples(dla, n) if dla else ()),
-                    ],
-                    related=None if related is None else related[n],
-                )
-
-    def _subset_examples(
-        self, subset_tops: dict[str, dict[str, np.ndarray]], n: int
-    ) -> Iterator[ExampleRow]:
-        """Each subset's top windows, subset by subset: ranked on across subsets (a rank names
-        one example of the kind, as with band windows), split by the place within the subset
-        like the top windows (so every subset has its own held-out windows to score on)."""
-        rank = 0
-        for top in subset_tops.values():
-            for row in self._top_examples(top, n, ExampleKind.SUBSET_TOP, first_rank=rank):
-                rank += 1
-                yield row
-
-    def _top_examples(
-        self,
-        top: dict[str, np.ndarray],
-        n: int,
-        kind: ExampleKind = ExampleKind.TOP,
-        first_rank: int = 0,
-    ) -> Iterator[ExampleRow]:
-        place = 0
-        for slot in range(top["values"].shape[0]):
-            index = int(top["window"][slot, n])
-            if index < 0 or not math.isfinite(float(top["values"][slot, n])):
-                continue
-            length = len(self.windows[index].token_ids)
-            yield ExampleRow(
-                window_key=index,
-                kind=kind,
-                rank=first_rank + place,
-                split=top_split(place),
-                activations=encode_activations(top["acts"][slot, n, :length]),
-                max_activation=float(top["values"][slot, n]),
-                max_index=int(top["argmax"][slot, n]),
-            )
-            place += 1
-
-    def _dla_examples(self, dla: dict[str, np.ndarray], n: int) -> Iterator[ExampleRow]:
-        """The DLA windows: per-token DLA as their values, the window's highest (dla_top) or
-        lowest (dla_bottom) DLA as their max, split like top windows."""
-        for prefix, kind in (("top_", ExampleKind.DLA_TOP), ("bottom_", ExampleKind.DLA_BOTTOM)):
-            rank = 0
-            for slot in range(self.params.top_k):
-                index = int(dla[f"{prefix}window"][slot, n])
-                value = float(dla[f"{prefix}values"][slot, n])
-                if index < 0 or not math.isfinite(value):
-                    continue
-                length = len(self.windows[index].token_ids)
-                yield ExampleRow(
-                    window_key=index,
-                    kind=kind,
-                    rank=rank,
-                    split=top_split(rank),
-                    activations=encode_activations(dla[f"{prefix}acts"][slot, n, :length]),
-                    max_activation=value,
-                    max_index=int(dla[f"{prefix}argmax"][slot, n]),
-                )
-                rank += 1
-
-    def _random_examples(self, random_acts: np.ndarray, n: int) -> Iterator[ExampleRow]:
-        for slot, index in enumerate(self.reservoir.slots):
-            length = len(self.windows[index].token_ids)
-            values = random_acts[slot, :length, n]
-            yield ExampleRow(
-                window_key=index,
-                kind=ExampleKind.RANDOM,
-                rank=slot,
-                split=random_split(slot),
-                activations=encode_activations(values),
-                max_activation=float(values.max()),
-                max_index=int(values.argmax()),
-            )
-
-    def _band_examples(
-        self, bands: BandSample, arrays: dict[str, np.ndarray], max_activation: float, n: int
-    ) -> Iterator[ExampleRow]:
-        """The neuron's band samples, band by band; band i is [edges[i], edges[i+1]) (the top
-        one closed at the neuron's max). A window's split is its position in its band's sample,
-        interleaved like top windows."""
-        edges = band_edges(max_activation)
-        rank = 0
-        position: dict[int, int] = {}
-        for band, slot, _, index in bands.bands(n):
-            if band + 1 >= len(edges):  # cannot happen: the max bounds every window's max
-                continue
-            length = len(self.windows[index].token_ids)
-            values = arrays["acts"][slot, n, :length]
-            at = position.get(band, 0)
-            position[band] = at + 1
-            yield ExampleRow(
-                window_key=index,
-                kind=ExampleKind.QUANTILE,
-                rank=rank,
-                split=quantile_split(at),
-                activations=encode_activations(values),
-                max_activation=float(arrays["values"][slot, n]),
-                max_index=int(arrays["argmax"][slot, n]),
-                band=band,
-                band_low=edges[band],
-                band_high=edges[band + 1],
-            )
-            rank += 1
-
-    def _stats(self, state: LayerState, m: dict[str, np.ndarray], n: int) -> NeuronStats:
-        count = float(m["count"])
-        m2 = float(m["m2"][n])
-        variance = m2 / count if count else 0.0
-        constant = m2 <= 1e-12 * max(count, 1.0)
-        low, high, counts = state.histogram.histogram(n)
-        return NeuronStats(
-            max=float(m["max"][n]),
-            min=float(m["min"][n]),
-            mean=float(m["mean"][n]),
-            std=math.sqrt(max(variance, 0.0)),
-            density=float(m["positive"][n]) / count if count else 0.0,
-            skewness=None if constant else math.sqrt(count) * float(m["m3"][n]) / m2**1.5,
-            kurtosis=None if constant else count * float(m["m4"][n]) / (m2 * m2) - 3.0,
-            tokens=int(count),
-            histogram=Histogram(low=low, high=high, counts=counts),
-        )
-
-
-def _numpy(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    return {name: t.cpu().numpy() for name, t in state.items()}
 
 
 def _meta(window: Window) -> WindowMeta:

@@ -15,7 +15,14 @@ from sqlite_utils import Database
 
 from labeller.catalogue import Catalogue, rows
 from labeller.catalogue.migrations import migrations
-from labeller.catalogue.rows import ExampleRow, NeuronRow, WindowRow, encode_activations
+from labeller.catalogue.rows import (
+    ExampleColumns,
+    ExampleRow,
+    NeuronFacts,
+    NeuronRow,
+    WindowRow,
+    encode_activations,
+)
 from labeller.records import (
     ExampleKind,
     Histogram,
@@ -201,7 +208,7 @@ def _old_catalogue(path: Path) -> None:
             "tokens": json.dumps(["x", "y"]),
         }
     )
-    neuron = rows.neuron_to_row(NeuronRow(0, 2, STATS, None, []), 1, 1)
+    neuron = rows.neuron_to_row(NeuronFacts(0, 2, STATS, None), 1, 1)
     db["neurons"].insert({"id": 7, **neuron})
     for rank, values in enumerate([[0.1, 2.5], [1 / 3, -1.0]]):
         db["examples"].insert(
@@ -274,7 +281,7 @@ def _m010_catalogue(path: Path) -> None:
                 "tokens": json.dumps(tokens),
             }
         )
-    neuron = rows.neuron_to_row(NeuronRow(0, 2, STATS, None, []), 1, 1)
+    neuron = rows.neuron_to_row(NeuronFacts(0, 2, STATS, None), 1, 1)
     neuron |= {
         "w_in_w_out_cosine": 0.25,
         "top_positive_tokens": json.dumps([{"token": "a", "weight": 0.5}]),
@@ -520,3 +527,40 @@ def test_window_tokens_come_from_the_window_or_its_scans_vocabulary(tmp_path: Pa
         assert stored.fetchone() == (json.dumps(["Q", "r"]),)
         found = catalogue.window_tokens([1, 2, loose_id, 999])
     assert found == {1: ["a", "é", "c"], 2: ["a", "é", "c"], loose_id: ["Q", "r"]}
+
+
+def _example(key: int, rank: int, values: list[float], band: int | None = None) -> ExampleRow:
+    acts = np.asarray(values, dtype=np.float32)
+    edges = (None, None) if band is None else (band * 0.5, band * 0.5 + 0.5)
+    kind = ExampleKind.TOP if band is None else ExampleKind.QUANTILE
+    return ExampleRow(
+        key, kind, rank, Split.TRAIN, encode_activations(acts), float(acts.max()),
+        int(acts.argmax()), band, *edges,
+    )  # fmt: skip
+
+
+def test_a_block_of_neurons_packs_as_each_neuron_alone():
+    """The scan hands over blocks of neurons as arrays, with empty slots and windows of several
+    lengths; each neuron's blob is the one its examples alone would give."""
+    neurons = [
+        [_example(3, 0, [0.5, 2.0, 1.0]), _example(1, 1, [0.25]), _example(2, 0, [1, 0.75], 1)],
+        [],
+        [_example(2, 0, [4.0, -1.0]), _example(2, 1, [0.125, 3.5, 2.0, 1.5], 3)],
+    ]
+    ids = {1: 10, 2: 2**35, 3: 30}
+    block = ExampleColumns.of_rows(neurons)
+    # An empty slot in the middle of the third neuron's row: it holds no example.
+    block.window_key[2] = np.array([2, -1, 2])[: block.window_key.shape[1]]
+    shifted = {name: getattr(block, name).copy() for name in ExampleColumns.__dataclass_fields__}
+    for name, values in shifted.items():
+        if name != "window_key":
+            values[2, 2], values[2, 1] = values[2, 1], values[2, 2]
+    blobs = rows.encode_example_columns(ExampleColumns(**shifted), rows.WindowIds(ids))
+    assert blobs == [rows.encode_examples(examples, ids) for examples in neurons]
+    assert [e.window_id for e in rows.decode_examples(blobs[2])] == [2**35, 2**35]
+
+
+def test_a_window_without_an_id_is_an_error_not_a_wrong_id():
+    block = ExampleColumns.of_rows([[_example(5, 0, [1.0])]])
+    with pytest.raises(KeyError):
+        rows.encode_example_columns(block, rows.WindowIds({4: 40, 6: 60}))

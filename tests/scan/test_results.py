@@ -1,0 +1,37 @@
+"""A scan's results are packed a block of neurons at a time: how the neurons are cut into
+blocks changes nothing stored."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+from builders import scan_params
+
+from labeller.catalogue import Catalogue
+from labeller.scan import results
+from labeller.scan.runner import run_scan
+
+
+def _stored(path) -> tuple[list, list]:
+    with sqlite3.connect(path) as conn:
+        neurons = conn.execute(
+            "select layer, neuron, max, kurtosis, histogram, top_positive_tokens from neurons "
+            "order by layer, neuron"
+        ).fetchall()
+        examples = conn.execute("select data from neuron_examples order by neuron_id").fetchall()
+    return neurons, examples
+
+
+def test_blocks_smaller_than_a_layer_store_the_same(
+    tiny_model, tiny_model_dir, tiny_corpus, tmp_path, monkeypatch: pytest.MonkeyPatch
+):
+    params = scan_params(tiny_model_dir, tiny_corpus, dla=True, band_windows=2)
+    stored = []
+    for name, block in (("whole", results.BLOCK_NEURONS), ("cut", 7)):
+        monkeypatch.setattr(results, "BLOCK_NEURONS", block)
+        with Catalogue.open(tmp_path / f"{name}.db", create=True) as catalogue:
+            run_scan(catalogue, tiny_model, params, batch_size=5)
+        stored.append(_stored(tmp_path / f"{name}.db"))
+    assert tiny_model.d_mlp > 7 and stored[0][1]
+    assert stored[0] == stored[1]
