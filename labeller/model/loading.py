@@ -12,7 +12,7 @@ import socket
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -63,6 +63,8 @@ class LoadedModel:
     source: str
     bridge: Any
     device: torch.device
+    # each token id's string once decoded: a scan's windows repeat a few thousand tokens
+    _token_texts: dict[int, str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def tokenizer(self) -> Any:
@@ -112,7 +114,11 @@ class LoadedModel:
         """Each token on its own, byte tokens that are not whole characters as `<0xNN>`."""
         from labeller.model.tokens import token_text
 
-        return [token_text(self.tokenizer, i) for i in ids]
+        known = self._token_texts
+        for i in ids:
+            if i not in known:
+                known[i] = token_text(self.tokenizer, i)
+        return [known[i] for i in ids]
 
     def record(self) -> ModelRecord:
         cfg = self.bridge.cfg

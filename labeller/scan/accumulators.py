@@ -38,12 +38,21 @@ class TopWindows:
         window_max: torch.Tensor,
         window_index: torch.Tensor,
         window_hash: torch.Tensor,
+        rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Merge a batch: `acts` [B, T, N] with padding at -inf, `window_max` [B, N] its max over
-        T, `window_index` [B] increasing. Returns the batch rows that entered any top-k.
+        T, `window_index` [B] increasing; with `rows`, only those rows of the batch take part (a
+        subset's, without copying their activations). Returns the batch rows that entered any
+        top-k.
 
         Only the columns (neurons) where some window beats the current k-th best are touched,
         and only the entering windows' values are copied."""
+        if rows is not None:
+            window_max, window_index, window_hash = (
+                window_max[rows],
+                window_index[rows],
+                window_hash[rows],
+            )
         same = window_hash[:, None] == window_hash[None, :]
         repeated_in_batch = torch.tril(same, diagonal=-1).any(dim=1)
         window_max = window_max.masked_fill(repeated_in_batch[:, None], -math.inf)
@@ -68,7 +77,8 @@ class TopWindows:
         _, slot = (~chosen[: self.k]).T.nonzero(as_tuple=True)
         col_in, row = chosen[self.k :].T.nonzero(as_tuple=True)
         neuron = cols[col_in]
-        entrants = acts[row, :, neuron]  # [E, T], padding at -inf
+        batch_row = row if rows is None else rows[row]
+        entrants = acts[batch_row, :, neuron]  # [E, T], padding at -inf
         self.values[slot, neuron] = window_max[row, neuron]
         self.argmax[slot, neuron] = entrants.argmax(dim=1)
         self.window[slot, neuron] = window_index[row]
@@ -76,7 +86,7 @@ class TopWindows:
         fresh = torch.zeros((row.numel(), self.acts.shape[2]), device=acts.device)
         fresh[:, : acts.shape[1]] = entrants.masked_fill(torch.isneginf(entrants), 0.0)
         self.acts[slot, neuron] = fresh
-        return torch.unique(row)
+        return torch.unique(batch_row)
 
     def state(self) -> State:
         """The slots ranked per neuron: highest max first, ties by window index, empty last."""
@@ -122,10 +132,7 @@ class SubsetTopWindows:
             top = self.subsets.get(name)
             if top is None:
                 top = self.subsets[name] = TopWindows(self.k, self.n, self.ctx, self.device)
-            entered = top.update(
-                acts[rows], window_max[rows], window_index[rows], window_hash[rows]
-            )
-            kept.append(rows[entered])
+            kept.append(top.update(acts, window_max, window_index, window_hash, rows))
         return torch.cat(kept)
 
     def windows(self) -> torch.Tensor:
