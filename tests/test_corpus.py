@@ -1,13 +1,15 @@
-"""A long document tokenized in pieces gives the windows of whole-document tokenization."""
+"""Reading a corpus: long documents tokenized in pieces give the windows of whole-document
+tokenization; reading ahead on a thread keeps the order and the errors of reading in turn."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
 from builders import synthetic_documents
 
-from labeller.corpus import encode_in_pieces, iter_documents, iter_windows
+from labeller.corpus import encode_in_pieces, iter_documents, iter_windows, read_ahead
 
 
 def _awkward_text() -> str:
@@ -86,3 +88,34 @@ def test_short_documents_are_encoded_in_one_call(tiny_model):
     text = "a short document\nof two lines"
     assert list(encode_in_pieces(text, counting, chunk_chars=500)) == [tiny_model.encode(text)]
     assert calls == [text]
+
+
+def test_read_ahead_keeps_order_and_raises_where_the_error_came():
+    def source():
+        yield from range(500)
+        raise ValueError("line 501 is not JSON")
+
+    got = []
+    with pytest.raises(ValueError, match="line 501"):
+        for item in read_ahead(source(), depth=8):
+            got.append(item)
+    assert got == list(range(500))
+
+
+def test_closing_read_ahead_stops_the_reader_and_closes_the_source():
+    closed = threading.Event()
+
+    def endless():
+        try:
+            n = 0
+            while True:
+                yield n
+                n += 1
+        finally:
+            closed.set()
+
+    ahead = read_ahead(endless(), depth=4)
+    assert [next(ahead) for _ in range(10)] == list(range(10))
+    ahead.close()
+    assert closed.is_set()
+    assert not any(t.name == "labeller-read-ahead" for t in threading.enumerate())

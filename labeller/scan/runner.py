@@ -16,6 +16,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
@@ -24,7 +25,7 @@ import torch
 
 from labeller.catalogue import Catalogue
 from labeller.catalogue.rows import NeuronBlock, WindowRow
-from labeller.corpus import Window, iter_corpus, iter_windows
+from labeller.corpus import Window, iter_corpus, iter_windows, read_ahead
 from labeller.errors import ScanAlreadyComplete, ScanInterrupted, UserError
 from labeller.model.activations import batch_inputs, neuron_activations
 from labeller.model.dla import neuron_activations_and_dla
@@ -710,17 +711,19 @@ def run_scan(
             )
         return saved_id
 
-    windows = _limited(
-        itertools.chain([first_window], all_windows),
-        skip=scanner.windows_seen,
-        tokens_left=None if params.tokens is None else params.tokens - scanner.tokens_seen,
+    windows = read_ahead(
+        _limited(
+            itertools.chain([first_window], all_windows),
+            skip=scanner.windows_seen,
+            tokens_left=None if params.tokens is None else params.tokens - scanner.tokens_seen,
+        )
     )
     steps = _steps(windows, scanner.windows_seen, batch_size, world, scanner.reservoir)
     # A checkpoint is the whole state (about twice the finished catalogue's size), so the first
     # comes after `every` seconds of scanning, not after the first batch: a shorter scan is
     # cheaper to run again than to checkpoint.
     last_save = time.monotonic()
-    with _DeferredInterrupt(sharded) as interrupt:
+    with _DeferredInterrupt(sharded) as interrupt, closing(windows):
         try:
             for mine_now, stream_windows, stream_tokens in steps:
                 if mine_now:
