@@ -31,7 +31,13 @@ from rich.table import Table
 from rich.text import Text
 
 from labeller import sealing
-from labeller.catalogue import Catalogue, default_db_path, describe_sqlite_error, labels
+from labeller.catalogue import (
+    Catalogue,
+    NeuronRef,
+    default_db_path,
+    describe_sqlite_error,
+    labels,
+)
 from labeller.corpus import check_dataset_spec, parse_dataset_specs
 from labeller.demo import DEMO_TOKENS
 from labeller.errors import ScanAlreadyComplete, ScanInterrupted, UserError
@@ -47,6 +53,7 @@ from labeller.records import (
     ScanParams,
     ScoreWindows,
     SimulatorMode,
+    Split,
     neuron_name,
     window_overlap,
 )
@@ -55,6 +62,8 @@ from labeller.render import heat_text, precision_bar, printable, sparkline, visi
 if TYPE_CHECKING:
     from collections.abc import Awaitable
 
+    from labeller.detect.detector import Detector
+    from labeller.detect.service import DetectReport
     from labeller.explain.client import DryRun
     from labeller.explain.resolve import Resolver
     from labeller.explain.service import Report
@@ -1331,7 +1340,6 @@ def score(
       labeller score --simulator my-model --simulator-mode all-at-once --base-url URL
     """
     from labeller.explain.service import dry_run_score, null_line, null_plan, score_neurons
-    from labeller.records import Split
 
     windows = ScoreWindows(on)
 
@@ -1424,8 +1432,6 @@ def detect(
       labeller rank --model demo-gelu-1l --by detector:digits --limit 5
     """
     from labeller.detect.registry import resolve
-    from labeller.detect.service import detect_neurons
-    from labeller.records import Split
 
     chosen = resolve(list(detector_names), list(regexes))
     if list_only:
@@ -1435,17 +1441,7 @@ def detect(
         return
     with Catalogue.open(db_path) as catalogue:
         refs = _selected_refs(catalogue, model_name, layers, neurons)
-        bar = _progress(len(refs), "detecting", "neurons")
-        try:
-            with bar as advance:
-                report = detect_neurons(
-                    catalogue, refs, chosen, split=Split(split), force=force, on_progress=advance
-                )
-        except KeyboardInterrupt:
-            raise CliInterrupted(
-                f"interrupted after {bar.seen:,} of {len(refs):,} neurons; "
-                "finished batches are kept, rerun to continue"
-            ) from None
+        report = _detect_with_progress(catalogue, refs, chosen, split=Split(split), force=force)
     parts = [
         f"{report.neurons:,} neurons x {len(chosen):,} detector{'s' * (len(chosen) != 1)}",
         f"{report.written:,} scores written",
@@ -1455,6 +1451,31 @@ def detect(
     if report.no_windows:
         parts.append(f"{report.no_windows:,} neurons without {split} windows (no score)")
     click.echo("detect: " + ", ".join(parts))
+
+
+def _detect_with_progress(
+    catalogue: Catalogue,
+    refs: list[NeuronRef],
+    detectors: list[Detector],
+    *,
+    split: Split = Split.VALID,
+    force: bool = False,
+) -> DetectReport:
+    """`detect_neurons` under a progress bar; Ctrl-C keeps the finished batches and says so
+    (a rerun of the same command scores only the rest)."""
+    from labeller.detect.service import detect_neurons
+
+    bar = _progress(len(refs), "detecting", "neurons")
+    try:
+        with bar as advance:
+            return detect_neurons(
+                catalogue, refs, detectors, split=split, force=force, on_progress=advance
+            )
+    except KeyboardInterrupt:
+        raise CliInterrupted(
+            f"interrupted after {bar.seen:,} of {len(refs):,} neurons; "
+            "finished batches are kept, rerun to continue"
+        ) from None
 
 
 def _run_neurons(
@@ -1867,7 +1888,7 @@ def rank(
       labeller rank --by illusion --limit 20
       labeller rank --by band-consistency:python.keyword --limit 10
     """
-    from labeller.records import PredictionKind, Split
+    from labeller.records import PredictionKind
 
     if by in ("illusion", "band-consistency") or by.startswith(BAND_CONSISTENCY_PREFIX):
         _rank_by_measure(db_path, model_name, by, layers, limit, output_format)
@@ -2530,19 +2551,33 @@ def demo(
     db_path: Path, tokens: int, annotator: str | None, no_tui: bool, llm_config: Path | None
 ) -> None:
     """Open the TUI on the demo catalogue: both bundled models scanned over the demo corpus,
-    labelled and scored by the offline baseline. Needs no network; the first run builds it.
+    labelled and scored by the offline baseline, the built-in feature detectors scored on every
+    neuron. Needs no network; the first run builds it, and an interrupted build resumes.
 
     \b
     Example:
       labeller demo
     """
-    from labeller.demo.build import build_demo_model, missing_demo_models
+    from labeller.demo.build import (
+        build_demo_model,
+        demo_detectors,
+        missing_demo_models,
+        undetected_demo_neurons,
+    )
 
     with Catalogue.open(db_path, create=True) as catalogue:
         for name in missing_demo_models(catalogue):
             click.echo(f"building the demo: scanning {name} over {tokens:,} tokens", err=True)
             with _progress(tokens) as advance:
                 build_demo_model(catalogue, name, tokens, on_progress=advance)
+        for name, refs in undetected_demo_neurons(catalogue).items():
+            detectors = demo_detectors()
+            click.echo(
+                f"building the demo: scoring {len(detectors)} feature detectors on "
+                f"{len(refs):,} neurons of {name}",
+                err=True,
+            )
+            _detect_with_progress(catalogue, refs, detectors)
         if no_tui:
             for model_name, layer, neuron in catalogue.strongest_neurons(limit=1):
                 print_neuron(catalogue.neuron_view(model_name, layer, neuron), 5)

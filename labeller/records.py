@@ -516,6 +516,18 @@ class NeuronView(Record):
         """The explanation that is the neuron's label, if any."""
         return next((e for e in self.explanations if e.id == self.label), None)
 
+    def examples(self) -> list[Example]:
+        """Every example of every kind, in the order the view lists them: what a rule over all
+        of a neuron's windows (sealing's count) reads, so no kind is forgotten."""
+        return [
+            *self.top_examples,
+            *self.random_examples,
+            *self.quantile_examples,
+            *self.subset_examples,
+            *self.dla_top_examples,
+            *self.dla_bottom_examples,
+        ]
+
 
 class RelatedNeuron(Record):
     """Another neuron whose activation correlates with this one's over the same tokens."""

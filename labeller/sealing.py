@@ -50,12 +50,5 @@ def visible(examples: Iterable[Example], sealed: bool) -> list[Example]:
 
 
 def held_out_count(view: NeuronView) -> int:
-    """How many of the neuron's windows are held out (what sealing hides)."""
-    windows = (
-        *view.top_examples,
-        *view.random_examples,
-        *view.quantile_examples,
-        *view.dla_top_examples,
-        *view.dla_bottom_examples,
-    )
-    return sum(e.split in HELD_OUT for e in windows)
+    """How many of the neuron's examples are held out, of every kind (what sealing hides)."""
+    return sum(e.split in HELD_OUT for e in view.examples())

@@ -1085,6 +1085,12 @@ class Catalogue:
             raise
         self.db.execute("COMMIT")
 
+    def label_scorer(self, model_name: str | None) -> label_state.Scorer:
+        """Whose scores decide the model's neurons' labels and are shown beside them in the list,
+        `rank` and the neuron page (`label_state.default_scorer`)."""
+        model = self.resolve_model(model_name)
+        return label_state.default_scorer(self.db, self._model_id(model.name))
+
     def label_id(self, neuron_id: int) -> int | None:
         """The neuron's label (an explanation id), by the one definition in `label_state`."""
         return label_state.label_ids(self.db, [neuron_id]).get(neuron_id)

@@ -34,7 +34,15 @@ from dataclasses import dataclass
 
 from sqlite_utils import Database
 
-from labeller.records import PRIMARY_METHOD, LabelStatus, PredictionKind, Split
+from labeller.records import (
+    PRIMARY_METHOD,
+    Explanation,
+    LabelStatus,
+    PredictionKind,
+    Score,
+    ScoreMethod,
+    Split,
+)
 
 ACCEPTED = f"'{LabelStatus.ACCEPTED.value}'"
 PROPOSED = f"'{LabelStatus.PROPOSED.value}'"
@@ -55,13 +63,32 @@ class Scorer:
     simulator: str | None
     prediction: PredictionKind
 
+    def score(self, explanation: Explanation, method: ScoreMethod = PRIMARY_METHOD) -> Score | None:
+        """The explanation's valid score of `method` by this scorer, the newest with a value:
+        for the primary method, the score `score_of` reads in SQL (what the list and `rank`
+        show), so a page showing a label beside them shows the same number."""
+        if self.simulator is None:
+            return None
+        found = [
+            s
+            for s in explanation.scores  # in the order stored
+            if s.method is method
+            and s.split is Split.VALID
+            and s.prediction == self.prediction
+            and s.simulator == self.simulator
+            and s.score is not None
+        ]
+        # newest; among equals the last stored, as `order by created_at desc, id desc`
+        return max(reversed(found), key=lambda s: s.created_at, default=None)
+
 
 def _literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
 def score_of(e: str, scorer: Scorer) -> str:
-    """SQL: the primary valid score of explanation `e` (an alias) by `scorer`, or NULL."""
+    """SQL: the primary valid score of explanation `e` (an alias) by `scorer`, or NULL (for
+    records already read, `Scorer.score`)."""
     if scorer.simulator is None:
         return "(select null)"
     return f"""(select s.score from scores s

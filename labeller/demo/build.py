@@ -1,8 +1,11 @@
 """Build the demo catalogue: every bundled model scanned over the demo corpus, then labelled and
-scored by the offline baseline, so a new user sees a working catalogue with no network.
+scored by the offline baseline, and the built-in feature detectors scored on every neuron, so a
+new user sees a working catalogue with no network.
 
-`scan_and_label_offline` is the whole pipeline for one model; the TUI tests build their tiny
-catalogue with it too.
+`scan_and_label_offline` is the whole pipeline for one model up to the labels' scores; the TUI
+tests build their tiny catalogue with it too. Detection is a step of its own
+(`undetected_demo_neurons`, then `detect_neurons` with `demo_detectors`), so a demo interrupted
+while detecting resumes with the neurons it had not finished.
 """
 
 from __future__ import annotations
@@ -10,8 +13,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from labeller.catalogue import Catalogue
+from labeller.catalogue import Catalogue, NeuronRef
 from labeller.demo import DEMO_MODEL_NAMES, DEMO_TOKENS
+from labeller.detect.detector import Detector
 from labeller.model.loading import LoadedModel, load_model
 from labeller.records import SCAN_BATCH_SIZE, ScanParams, ScoreWindows
 
@@ -20,6 +24,28 @@ def missing_demo_models(catalogue: Catalogue) -> list[str]:
     """The bundled models the catalogue does not hold yet (a rerun builds only these)."""
     present = {name for (name, _layer) in catalogue.neuron_counts()}
     return [name for name in DEMO_MODEL_NAMES if name not in present]
+
+
+def demo_detectors() -> list[Detector]:
+    """The detectors the demo scores: the built-in library (not installed plugins, so the demo
+    is the same everywhere)."""
+    from labeller.detect.registry import builtins
+
+    return builtins()
+
+
+def undetected_demo_neurons(catalogue: Catalogue) -> dict[str, list[NeuronRef]]:
+    """Per bundled model the catalogue holds, its neurons some demo detector has not scored yet
+    (models with none left out): all of them after the scan, none once detection finished."""
+    from labeller.detect.service import undetected
+
+    present = {name for (name, _layer) in catalogue.neuron_counts()}
+    left = {
+        name: undetected(catalogue, catalogue.neuron_refs(name, None, None), demo_detectors())
+        for name in DEMO_MODEL_NAMES
+        if name in present
+    }
+    return {name: refs for name, refs in left.items() if refs}
 
 
 def build_demo_model(

@@ -33,6 +33,7 @@ from labeller.sealing import is_blind, person_sees
 
 SOURCE_PREFIX = "detector:"  # a label made from a detector: its source, the link to it
 
+WINDOWS = ScoreWindows.TOP_AND_RANDOM  # the windows detectors are scored on, as a label's primary
 BATCH = 256  # neurons per read and per write transaction
 CACHED_WINDOWS = 8192
 
@@ -83,7 +84,7 @@ def detect_neurons(
     distinct windows' values are kept for reuse (0: none, what the benchmark compares with)."""
     if split is Split.TRAIN:
         raise ValueError("detectors are scored on held-out windows, as labels are")
-    on = ScoreWindows.TOP_AND_RANDOM
+    on = WINDOWS
     report = DetectReport(neurons=len(refs))
     cache = WindowValues(detectors, cached_windows)
     index = {d.name: i for i, d in enumerate(detectors)}
@@ -93,11 +94,7 @@ def detect_neurons(
     for start in range(0, len(refs), BATCH):
         batch = refs[start : start + BATCH]
         ids = [r.id for r in batch]
-        stored = {} if force else stored_definitions(catalogue, ids, split, on)
-        todo = {
-            ref.id: [d for d in detectors if stored.get((ref.id, d.name)) != d.definition]
-            for ref in batch
-        }
+        todo = _todo(catalogue, ids, detectors, split, force)
         report.skipped += sum(len(detectors) - len(t) for t in todo.values())
         needed = [i for i in ids if todo[i]]
         examples = dict(held_out_examples(catalogue, needed, split, on.kinds))
@@ -134,6 +131,36 @@ def detect_neurons(
         if on_progress:
             on_progress(done)
     return report
+
+
+def _todo(
+    catalogue: Catalogue,
+    neuron_ids: Sequence[int],
+    detectors: Sequence[Detector],
+    split: Split,
+    force: bool,
+) -> dict[int, list[Detector]]:
+    """Each neuron's detectors without a stored score of the same definition (all: `force`)."""
+    stored = {} if force else stored_definitions(catalogue, neuron_ids, split, WINDOWS)
+    return {
+        i: [d for d in detectors if stored.get((i, d.name)) != d.definition] for i in neuron_ids
+    }
+
+
+def undetected(
+    catalogue: Catalogue,
+    refs: Sequence[NeuronRef],
+    detectors: Sequence[Detector],
+    split: Split = Split.VALID,
+) -> list[NeuronRef]:
+    """The neurons `detect_neurons` would still score (some detector has no current score):
+    none once a run has finished, the rest after an interrupted one."""
+    left: list[NeuronRef] = []
+    for start in range(0, len(refs), BATCH):
+        batch = refs[start : start + BATCH]
+        todo = _todo(catalogue, [r.id for r in batch], detectors, split, force=False)
+        left += [r for r in batch if todo[r.id]]
+    return left
 
 
 def label_from_detector(

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
         StatRange,
         Todo,
     )
+    from labeller.catalogue.label_state import Scorer
     from labeller.explain.service import Report
     from labeller.llm.config import LLMConfig
     from labeller.model.loading import LoadedModel
@@ -109,6 +110,8 @@ class NeuronPage:
     view: NeuronView
     version: int
     history: list[HistoryEntry]
+    # Whose scores decide the label and are shown beside each one, as in the list and `rank`.
+    scorer: Scorer
     # Per explanation id, its scores' (above chance, null p95), aligned with its scores.
     chances: dict[int, list[tuple[bool | None, float | None]]] = field(default_factory=dict)
     # Whether the held-out windows (valid, test) are sealed for the TUI's annotator.
@@ -250,6 +253,7 @@ class Backend:
                 view=view,
                 version=catalogue.label_version(ref.id),
                 history=catalogue.history(ref),
+                scorer=catalogue.label_scorer(view.model),
                 chances={
                     e.id: [catalogue.chance(view.model, s, memo) for s in e.scores]
                     for e in view.explanations

@@ -18,21 +18,22 @@ from textual.containers import Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import DataTable, Static
 
+from labeller.catalogue.label_state import Scorer
 from labeller.records import (
     PRIMARY_METHOD,
     DetectorScore,
     Explanation,
     FeatureBands,
+    PredictionKind,
     Score,
     ScoreMethod,
 )
 from labeller.render import precision_spark
 from labeller.tui.backend import SHOWN_DETECTORS
 from labeller.tui.score_windows import ScoreWindows
-from labeller.tui.scores import preferred_scores
 from labeller.tui.text import fmt, plain, status_text
 
-# The candidates table's score columns, primary score first.
+# The candidates table's score columns, primary score first (its header names the scorer).
 SCORE_COLUMNS = {
     ScoreMethod.TOP_AND_RANDOM: "T&R",
     ScoreMethod.TOP_ONLY: "top",
@@ -54,6 +55,7 @@ class LabelsPane(Vertical):
         self.explanations: list[Explanation] = []
         self.chances: dict[int, list[tuple[bool | None, float | None]]] = {}
         self.sealed = True
+        self.scorer = Scorer(None, PredictionKind.RULE)
         self.detectors: list[DetectorScore] = []
 
     def compose(self) -> ComposeResult:
@@ -71,35 +73,38 @@ class LabelsPane(Vertical):
         label: int | None = None,
         *,
         sealed: bool = True,
+        scorer: Scorer,
         detectors: list[DetectorScore] | None = None,
         bands: Mapping[str, FeatureBands] | None = None,
     ) -> None:
         """`chances`: per explanation id, its scores' (above chance, null p95); a score that
         does not clear its null control is dimmed and marked ≈chance. `label`: the neuron's
         label (`label_state`), marked ▶ in the id column. `sealed`: whether the held-out windows
-        are sealed for the annotator (the scored windows then stay hidden). `detectors`: the
-        neuron's detector scores, best first."""
+        are sealed for the annotator (the scored windows then stay hidden). `scorer`: whose
+        scores the score columns show (the list's and `rank`'s). `detectors`: the neuron's
+        detector scores, best first."""
         self._show_detectors(detectors or [], bands or {})
         self.explanations = explanations
         self.chances = chances or {}
         self.sealed = sealed
+        self.scorer = scorer
         table = self.query_one("#candidates", DataTable)
         table.clear(columns=True)
         table.add_column("id", key="id")
         table.add_column("status", key="status")
         table.add_column("source", key="source")
         for method, title in SCORE_COLUMNS.items():
-            table.add_column(title, key=method)
+            named = method is PRIMARY_METHOD and scorer.simulator is not None
+            table.add_column(f"{title}·{scorer.simulator}" if named else title, key=method)
         table.add_column("blind", key="blind")
         table.add_column("label", key="label")
         for e in explanations:
-            scores = preferred_scores(e)
             table.add_row(
                 Text(f"▶{e.id}", "bold") if e.id == label else Text(f" {e.id}"),
                 status_text(e.status),
                 plain(e.annotator if e.source == "human" and e.annotator else e.source),
-                *(self._score_cell(e, scores.get(m)) for m in SCORE_COLUMNS),
-                _blind_cell(scores.get(PRIMARY_METHOD)),
+                *(self._score_cell(e, scorer.score(e, m)) for m in SCORE_COLUMNS),
+                _blind_cell(scorer.score(e, PRIMARY_METHOD)),
                 plain(e.text),
                 key=str(e.id),
             )
@@ -170,7 +175,7 @@ class LabelsPane(Vertical):
 
     def _detail(self, explanation: Explanation | None) -> None:
         detail = self.query_one("#label-detail", Static)
-        self.query_one(ScoreWindows).show(explanation, sealed=self.sealed)
+        self.query_one(ScoreWindows).show(explanation, self.scorer, sealed=self.sealed)
         if explanation is None:
             detail.update(Text("No labels yet: press w to write one.", "dim"))
             return

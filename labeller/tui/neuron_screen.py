@@ -22,7 +22,6 @@ from textual.worker import Worker, WorkerState, get_current_worker
 
 from labeller.catalogue.labels import StaleLabel
 from labeller.records import (
-    PRIMARY_METHOD,
     DetectorScore,
     Explanation,
     LabelStatus,
@@ -40,7 +39,6 @@ from labeller.tui.labels_pane import LabelsPane
 from labeller.tui.live_pane import LivePane
 from labeller.tui.perturb_pane import PerturbPane
 from labeller.tui.related_dialog import RelatedDialog
-from labeller.tui.scores import preferred_scores
 from labeller.tui.suggestions_screen import SuggestionsScreen
 from labeller.tui.text import editable, fmt, plain, status_text
 from labeller.tui.unseal_dialog import UnsealDialog
@@ -256,6 +254,7 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
             page.chances,
             page.view.label,
             sealed=page.sealed,
+            scorer=page.scorer,
             detectors=view.detectors,
             bands={b.feature: b for b in page.band_precision},
         )
@@ -334,7 +333,7 @@ class NeuronScreen(ReportsWorkerErrors, Screen[None]):
             title.append_text(status_text(label.status))
             title.append(f" #{label.id} ")
             title.append_text(plain(label.text, "bold"))
-            score = preferred_scores(label).get(PRIMARY_METHOD)
+            score = page.scorer.score(label)
             title.append(f"  score {fmt(score.score if score else None)}", "dim")
         chosen = self.selected
         if chosen is not None and chosen.id != page.view.label:

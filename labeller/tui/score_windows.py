@@ -9,9 +9,9 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widget import Widget
 
-from labeller.records import PRIMARY_METHOD, Explanation
+from labeller.catalogue.label_state import Scorer
+from labeller.records import Explanation, PredictionKind
 from labeller.sealing import HELD_OUT
-from labeller.tui.scores import preferred_scores
 from labeller.tui.text import aligned_rows
 
 
@@ -23,10 +23,13 @@ class ScoreWindows(Widget):
     def __init__(self) -> None:
         super().__init__()
         self.explanation: Explanation | None = None
+        self.scorer = Scorer(None, PredictionKind.RULE)
         self.sealed = True
 
-    def show(self, explanation: Explanation | None, *, sealed: bool = True) -> None:
+    def show(self, explanation: Explanation | None, scorer: Scorer, *, sealed: bool = True) -> None:
+        """The windows of `explanation`'s primary score by `scorer` (the one its row shows)."""
         self.explanation = explanation
+        self.scorer = scorer
         self.sealed = sealed
         self.refresh(layout=True)
 
@@ -34,10 +37,11 @@ class ScoreWindows(Widget):
         explanation = self.explanation
         if explanation is None:
             return Text()
-        primary = preferred_scores(explanation).get(PRIMARY_METHOD)
+        primary = self.scorer.score(explanation)
         windows = primary.details.get("windows", []) if primary else []
         if primary is None or not windows:
-            return Text("No scored windows for this label yet.", "dim")
+            by = f" by {self.scorer.simulator}" if self.scorer.simulator else ""
+            return Text(f"No scored windows{by} for this label yet.", "dim")
         if self.sealed and primary.split in HELD_OUT:
             return Text(
                 f"Scored on {len(windows)} {primary.split.value} windows, held out and sealed:\n"

@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 from builders import run_cli as run
 
+from labeller.catalogue import Catalogue
 from labeller.cli import cli
+from labeller.demo.build import undetected_demo_neurons
+from labeller.detect.registry import builtins
 
 
 @pytest.fixture(scope="module")
@@ -228,8 +231,45 @@ def test_demo_builds_a_labelled_catalogue_offline(tmp_path):
         ).output
     )
     assert all(r["source"] == "baseline" and r["score"] is not None for r in ranked)
+    # the built-in detectors are scored on every neuron, so `rank --by detector:` works at once
+    detectors = {d.name for d in builtins()}
+    for name in ("demo-gelu-1l", "demo-solu-1l"):
+        shown = json.loads(
+            run(
+                "show",
+                "--db",
+                db,
+                "--model",
+                name,
+                "--layer",
+                "0",
+                "--neuron",
+                "7",
+                "--format",
+                "json",
+            ).output
+        )
+        assert {d["name"] for d in shown["detectors"]} == detectors
+        by_detector = json.loads(
+            run(
+                "rank", "--db", db, "--model", name, "--by", "detector:number", "--format", "json"
+            ).output
+        )
+        assert len(by_detector) == 512 and by_detector[0]["score"] is not None
     again = run("demo", "--db", db, "--no-tui")
     assert "building the demo" not in again.stderr
+    # detection interrupted after its first batch of demo-solu-1l: a rerun scores only the rest
+    with Catalogue.open(db) as catalogue:
+        rest = [r.id for r in catalogue.neuron_refs("demo-solu-1l", None, None)][256:]
+        catalogue.db.execute(
+            f"delete from detector_scores where neuron_id in ({','.join('?' * len(rest))})", rest
+        )
+        catalogue.db.conn.commit()
+    resumed = run("demo", "--db", db, "--no-tui")
+    assert "on 256 neurons of demo-solu-1l" in resumed.stderr
+    assert "scanning" not in resumed.stderr and "demo-gelu-1l" not in resumed.stderr
+    with Catalogue.open(db, read_only=True) as catalogue:
+        assert undetected_demo_neurons(catalogue) == {}
 
 
 def test_progress_never_shows_a_negative_total():

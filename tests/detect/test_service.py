@@ -11,7 +11,7 @@ from builders import scan_params, scanned_catalogue
 from labeller.catalogue import Catalogue
 from labeller.catalogue.detectors import detector_scores_of, rank_by_detector
 from labeller.detect.registry import resolve
-from labeller.detect.service import WindowValues, detect_neurons
+from labeller.detect.service import WindowValues, detect_neurons, undetected
 from labeller.explain.scoring import correlation_score
 from labeller.explain.service import scored_windows
 from labeller.records import Split
@@ -72,6 +72,20 @@ def test_a_rerun_skips_and_a_changed_definition_or_force_recomputes(catalogue) -
     assert (forced.written, forced.skipped) == (3, 0)
     rows = catalogue.db.execute("select count(*) from detector_scores").fetchone()[0]
     assert rows == 6  # replaced, never duplicated
+
+
+def test_undetected_is_what_a_rerun_would_still_score(catalogue) -> None:
+    """An interrupted run (half the neurons done) leaves the other half; a finished one none; a
+    changed definition all of them again, as `detect_neurons` would recompute them."""
+    refs = catalogue.neuron_refs(None, [0], list(range(6)))
+    detectors = resolve(["number"], ["vowel=[aeiou]"])
+    assert undetected(catalogue, refs, detectors) == refs
+    detect_neurons(catalogue, refs[:3], detectors)
+    assert undetected(catalogue, refs, detectors) == refs[3:]
+    assert undetected(catalogue, refs, detectors, Split.TEST) == refs  # another split's scores
+    detect_neurons(catalogue, refs, detectors)
+    assert undetected(catalogue, refs, detectors) == []
+    assert undetected(catalogue, refs, resolve(["number"], ["vowel=[ae]"])) == refs
 
 
 def test_the_test_split_is_scored_apart_and_train_is_refused(catalogue) -> None:

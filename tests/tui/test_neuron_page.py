@@ -16,11 +16,12 @@ from tui_support import notifications, until
 
 from labeller.band_precision import detector_bands, label_bands
 from labeller.catalogue import Catalogue, labels
+from labeller.catalogue.browse import neuron_summaries
 from labeller.demo.build import scan_and_label_offline
 from labeller.detect.registry import resolve
 from labeller.model.loading import load_model
 from labeller.model.perturb import trace_neuron
-from labeller.records import HistoryAction, NullControl, ScoreMethod, Split
+from labeller.records import HistoryAction, NullControl, PredictionKind, Score, ScoreMethod, Split
 from labeller.render import precision_spark
 from labeller.tui.app import create_app
 from labeller.tui.example_item import ExampleItem, SectionItem
@@ -381,6 +382,50 @@ async def test_labels_tab_marks_scores_not_above_chance(tui):
         cell = table.get_row_at(0)[3]
         assert "≈chance" in cell.plain and "dim" in str(cell.style)
         assert "≈chance (null p95 1.00)" in str(pane.query_one("#label-detail").render())
+
+
+async def test_the_score_beside_a_label_is_the_one_the_list_and_rank_use(tui):
+    """A label scored by two LLM simulators and the baseline: its row, the page's heading and
+    the scored-windows view show the scorer the list and `rank` use (here llm-a, which has the
+    most expected-value scores), not the newest LLM's (llm-b's) nor the baseline's."""
+    made = {"llm-a": (0.111, 0.222, 0.333), "llm-b": (0.777, 0.666, 0.555)}
+    with tui.catalogue() as catalogue:
+        three, four = (catalogue.neuron_view(None, 0, n).explanations[0] for n in (3, 4))
+        for simulator, values in made.items():  # llm-b last: the newest scores
+            catalogue.save_scores(three.id, llm_scores(simulator, values))
+        catalogue.save_scores(four.id, llm_scores("llm-a", (0.5, 0.5, 0.5)))
+        (ranked,) = [r for r in catalogue.rank(None) if (r.layer, r.neuron) == (0, 3)]
+        listed = neuron_summaries(catalogue, None, [(0, 3)])[(0, 3)]
+    assert ranked.score == listed.score == made["llm-a"][0]
+    app = tui.app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = await open_neuron(pilot)
+        assert f"score {made['llm-a'][0]:.3f}" in screen.heading.plain
+        await pilot.press("2")
+        pane = screen.query_one(LabelsPane)
+        table = pane.query_one("#candidates", DataTable)
+        row = table.get_row_at(0)
+        assert [row[i].plain for i in (3, 4, 5)] == [f"{v:.3f}" for v in made["llm-a"]]
+        assert str(table.ordered_columns[3].label) == "T&R·llm-a"  # the column names its scorer
+        windows = pane.query_one(ScoreWindows).render().plain
+        assert windows == "No scored windows by llm-a for this label yet."  # (none stored)
+
+
+def llm_scores(simulator: str, values: tuple[float, float, float]) -> list[Score]:
+    """An LLM simulator's expected-value scores of a label on valid: T&R, top, random."""
+    methods = (ScoreMethod.TOP_AND_RANDOM, ScoreMethod.TOP_ONLY, ScoreMethod.RANDOM_ONLY)
+    return [
+        Score(
+            method=method,
+            split=Split.VALID,
+            score=value,
+            simulator=simulator,
+            prompt_version="v1",
+            prediction=PredictionKind.EXPECTED_VALUE,
+            blind=True,
+        )
+        for method, value in zip(methods, values, strict=True)
+    ]
 
 
 @pytest.fixture()
