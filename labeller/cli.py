@@ -2561,6 +2561,7 @@ def demo(
     from labeller.demo.build import (
         build_demo_model,
         demo_detectors,
+        label_offline,
         missing_demo_models,
         undetected_demo_neurons,
     )
@@ -2571,6 +2572,8 @@ def demo(
             with _progress(tokens) as advance:
                 build_demo_model(catalogue, name, tokens, on_progress=advance)
         for name, refs in undetected_demo_neurons(catalogue).items():
+            # Labelling comes before detection: an interrupted one is finished here.
+            label_offline(catalogue, catalogue.neuron_refs(name, None, None))
             detectors = demo_detectors()
             click.echo(
                 f"building the demo: scoring {len(detectors)} feature detectors on "

@@ -3,9 +3,10 @@ scored by the offline baseline, and the built-in feature detectors scored on eve
 new user sees a working catalogue with no network.
 
 `scan_and_label_offline` is the whole pipeline for one model up to the labels' scores; the TUI
-tests build their tiny catalogue with it too. Detection is a step of its own
-(`undetected_demo_neurons`, then `detect_neurons` with `demo_detectors`), so a demo interrupted
-while detecting resumes with the neurons it had not finished.
+tests build their tiny catalogue with it too. Detection is a step of its own, last
+(`undetected_demo_neurons`, then `detect_neurons` with `demo_detectors`): a model with neurons
+left to detect has its labelling finished first (`label_offline` skips what is stored), so a
+demo interrupted while labelling or detecting resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -71,15 +72,23 @@ def scan_and_label_offline(
     label_layers: list[int] | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> None:
-    """Scan, then label the neurons of `label_layers` (default: every scanned layer) with the
-    baseline and score them on valid: on top and random windows, on each corpus subset's top
-    windows (the illusion check) and on the activation bands (band precision)."""
-    from labeller.explain.baseline import BaselineExplainer, BaselineSimulator
-    from labeller.explain.service import explain_neurons, score_neurons
+    """Scan, then label the neurons of `label_layers` (default: every scanned layer) offline
+    (`label_offline`)."""
     from labeller.scan.runner import run_scan
 
     run_scan(catalogue, model, params, batch_size=batch_size, on_progress=on_progress)
-    refs = catalogue.neuron_refs(params.model, label_layers or params.layers, None)
+    layers = label_layers or params.layers
+    label_offline(catalogue, catalogue.neuron_refs(params.model, layers, None))
+
+
+def label_offline(catalogue: Catalogue, refs: list[NeuronRef]) -> None:
+    """Label these neurons with the baseline and score the labels on valid: on top and random
+    windows, on each corpus subset's top windows (the illusion check) and on the activation
+    bands (band precision). Work already stored is skipped, so a labelling that was
+    interrupted finishes where it stopped."""
+    from labeller.explain.baseline import BaselineExplainer, BaselineSimulator
+    from labeller.explain.service import explain_neurons, score_neurons
+
     asyncio.run(explain_neurons(catalogue, refs, BaselineExplainer()))
     asyncio.run(score_neurons(catalogue, refs, BaselineSimulator()))
     for windows in (ScoreWindows.SUBSETS, ScoreWindows.QUANTILES):

@@ -258,18 +258,31 @@ def test_demo_builds_a_labelled_catalogue_offline(tmp_path):
         assert len(by_detector) == 512 and by_detector[0]["score"] is not None
     again = run("demo", "--db", db, "--no-tui")
     assert "building the demo" not in again.stderr
-    # detection interrupted after its first batch of demo-solu-1l: a rerun scores only the rest
+
+    # interrupted while labelling demo-solu-1l (after its first 256 neurons), so before
+    # detecting it: a rerun labels and detects only the rest, to the same labels and scores
+    def labels() -> list:
+        args = ("rank", "--db", db, "--model", "demo-solu-1l", "--limit", "1000")
+        return json.loads(run(*args, "--format", "json").output)
+
+    built = labels()
     with Catalogue.open(db) as catalogue:
         rest = [r.id for r in catalogue.neuron_refs("demo-solu-1l", None, None)][256:]
-        catalogue.db.execute(
-            f"delete from detector_scores where neuron_id in ({','.join('?' * len(rest))})", rest
-        )
+        marks = ",".join("?" * len(rest))
+        for sql in (
+            f"delete from detector_scores where neuron_id in ({marks})",
+            f"delete from scores where explanation_id in "
+            f"(select id from explanations where neuron_id in ({marks}))",
+            f"delete from explanations where neuron_id in ({marks})",
+        ):
+            catalogue.db.execute(sql, rest)
         catalogue.db.conn.commit()
     resumed = run("demo", "--db", db, "--no-tui")
     assert "on 256 neurons of demo-solu-1l" in resumed.stderr
     assert "scanning" not in resumed.stderr and "demo-gelu-1l" not in resumed.stderr
     with Catalogue.open(db, read_only=True) as catalogue:
         assert undetected_demo_neurons(catalogue) == {}
+    assert labels() == built and len(built) == 512
 
 
 def test_progress_never_shows_a_negative_total():
