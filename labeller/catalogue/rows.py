@@ -113,15 +113,11 @@ _EXAMPLE = np.dtype(
         ("band_high", "<f8"),
     ]
 )
-# Format 2's fields, in stored order: name and little-endian numpy type.
+# Format 2's fields, in stored order: name and little-endian numpy type (format 1's record's,
+# up to the band, then the index of the band edges).
+_RECORD_FIELDS = list(_EXAMPLE.fields or {})
 _COLUMNS = (
-    ("window_id", "<i8"),
-    ("kind", "u1"),
-    ("split", "u1"),
-    ("rank", "<u4"),
-    ("length", "<u4"),
-    ("max_index", "<i4"),
-    ("band", "<i2"),
+    *((name, _EXAMPLE[name].str) for name in _RECORD_FIELDS[: _RECORD_FIELDS.index("band") + 1]),
     ("edges", "u1"),
 )
 _EXACT32 = 1  # flag: the maxima are stored as float32
