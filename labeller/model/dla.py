@@ -19,6 +19,7 @@ The last token of a window has no next token inside the window: it gets no DLA (
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,6 +29,8 @@ from labeller.model.loading import LoadedModel
 
 POST_HOOK = "blocks.{layer}.mlp.hook_post"
 FINAL_SCALE_HOOK = "ln_final.hook_scale"
+# Per-vocabulary tables (DlaReadout) are kept while all of them together fit in this many bytes.
+TABLE_BUDGET_BYTES = 256 * 2**20
 
 
 def unembed_directions(model: LoadedModel) -> torch.Tensor:
@@ -47,12 +50,71 @@ def centred_w_out(model: LoadedModel, layer: int) -> torch.Tensor:
     return w_out - w_out.mean(dim=1, keepdim=True)
 
 
-def neuron_activations_and_dla(
+@dataclass
+class DlaInputs:
+    """What one forward pass leaves for DLA, per batch: per layer the MLP hidden state W_out
+    reads, [B, T, d_mlp]; the final norm's inverse scale [B, T, 1] (None without a final norm);
+    and each position's next token [B, T] (the last column repeats the last token: it has no
+    next token, its DLA is NaN)."""
+
+    post: dict[int, torch.Tensor]
+    inverse_scale: torch.Tensor | None
+    next_ids: torch.Tensor
+
+
+class DlaReadout:
+    """The weights DLA reads a neuron's output through, prepared once (per scan) instead of per
+    batch: gamma * W_U as contiguous rows [d_vocab, d_model] and each layer's centred w_out,
+    transposed [d_model, d_mlp]. Where they fit TABLE_BUDGET_BYTES and the scan reads at least
+    d_vocab tokens, also each layer's table [d_vocab, d_mlp] = their product, every (next token,
+    neuron) pair's factor: a batch then costs a row gather instead of a
+    [tokens, d_model] x [d_model, d_mlp] product (building the table costs d_vocab such rows).
+    Built from the model's weights as they are now: a changed model needs a new readout."""
+
+    def __init__(
+        self, model: LoadedModel, layers: Sequence[int], tokens: int | None = None
+    ) -> None:
+        self.model = model
+        with torch.inference_mode():
+            self.rows = unembed_directions(model).T.contiguous()
+            self.w_out = {layer: centred_w_out(model, layer).T.contiguous() for layer in layers}
+            vocab = self.rows.shape[0]
+            table_bytes = 4 * vocab * model.d_mlp * len(self.w_out)
+            worth_it = tokens is None or tokens >= vocab
+            self.tables = (
+                {layer: self.rows @ w for layer, w in self.w_out.items()}
+                if worth_it and table_bytes <= TABLE_BUDGET_BYTES
+                else {}
+            )
+
+    def dla(self, inputs: DlaInputs, layer: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The layer's DLA [B, T, d_mlp], NaN in the last column (written into `out`, a
+        contiguous buffer of at least B * T * d_mlp floats, when given: the scan reuses one)."""
+        post = inputs.post[layer]
+        batch, width, n = post.shape
+        flat_ids = inputs.next_ids.reshape(-1)
+        if out is None:
+            out = torch.empty((batch * width, n), device=post.device)
+        flat = out.view(-1)[: batch * width * n].view(batch * width, n)
+        with torch.inference_mode():
+            table = self.tables.get(layer)
+            if table is not None:
+                torch.index_select(table, 0, flat_ids, out=flat)
+            else:
+                torch.mm(self.rows[flat_ids], self.w_out[layer], out=flat)
+            result = flat.view(batch, width, n)
+            result.mul_(post)
+            if inputs.inverse_scale is not None:
+                result.mul_(inputs.inverse_scale)
+            result[:, -1, :] = float("nan")
+        return result
+
+
+def neuron_activations_for_dla(
     model: LoadedModel, input_ids: torch.Tensor, layers: Sequence[int]
-) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+) -> tuple[dict[int, torch.Tensor], DlaInputs]:
     """One full forward pass: per layer the neuron activations [batch, text tokens, d_mlp] (as
-    `neuron_activations` gives them) and their DLA, same shape, NaN at each row's last position
-    (and wherever the row is padding: the caller masks those)."""
+    `neuron_activations` gives them) and what DlaReadout.dla needs to compute their DLA."""
     skip = 1 if model.bos_id is not None else 0
     post: dict[int, torch.Tensor] = {}
     scale: list[torch.Tensor] = []
@@ -71,18 +133,28 @@ def neuron_activations_and_dla(
         extra.append((FINAL_SCALE_HOOK, capture_scale))
     acts = neuron_activations(model, input_ids, layers, extra_hooks=extra, to_end=True)
     with torch.inference_mode():
-        directions = unembed_directions(model)
         text = input_ids[:, skip:]
-        next_ids = text[:, 1:]  # [B, T-1]: the correct next token of every position but the last
-        targets = directions[:, next_ids].permute(1, 2, 0)  # [B, T-1, d_model]
-        inverse_scale = 1.0 / scale[0][:, :-1, :] if scale else 1.0  # [B, T-1, 1]
-        dla: dict[int, torch.Tensor] = {}
-        for layer in layers:
-            per_token = targets @ centred_w_out(model, layer).T  # [B, T-1, d_mlp]
-            out = torch.full_like(post[layer], float("nan"))
-            out[:, :-1, :] = post[layer][:, :-1, :] * per_token * inverse_scale
-            dla[layer] = out
-    return acts, dla
+        next_ids = torch.cat([text[:, 1:], text[:, -1:]], dim=1)
+        inverse_scale = 1.0 / scale[0] if scale else None
+    return acts, DlaInputs(post, inverse_scale, next_ids)
+
+
+def neuron_activations_and_dla(
+    model: LoadedModel,
+    input_ids: torch.Tensor,
+    layers: Sequence[int],
+    readout: DlaReadout | None = None,
+) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+    """One full forward pass: per layer the neuron activations [batch, text tokens, d_mlp] (as
+    `neuron_activations` gives them) and their DLA, same shape, NaN at each row's last position
+    (and wherever the row is padding: the caller masks those). `readout`: one prepared for this
+    model (else one is made for these tokens)."""
+    if readout is None:
+        readout = DlaReadout(model, layers, tokens=input_ids.numel())
+    elif readout.model is not model:
+        raise ValueError("this DlaReadout was prepared for another model")
+    acts, inputs = neuron_activations_for_dla(model, input_ids, layers)
+    return acts, {layer: readout.dla(inputs, layer) for layer in layers}
 
 
 def trace_dla(

@@ -710,12 +710,23 @@ class DlaWindows:
         self.bottom = TopWindows(k, n, ctx, device)
 
     def update(
-        self, dla: torch.Tensor, window_index: torch.Tensor, window_hash: torch.Tensor
+        self,
+        dla: torch.Tensor,
+        window_index: torch.Tensor,
+        window_hash: torch.Tensor,
+        scratch: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """dla [B, T, N] (NaN where a token has none). Returns the batch rows kept by any neuron."""
+        """dla [B, T, N] (NaN where a token has none). Returns the batch rows kept by any neuron.
+
+        With `scratch` (a buffer of dla's shape) the work is done in place, no batch-sized
+        allocation: -dla goes to scratch and dla itself is overwritten (the scan's reused batch
+        buffers); without, both are fresh copies."""
+        if scratch is None:
+            dla, scratch = dla.clone(), torch.empty_like(dla)
+        torch.neg(dla, out=scratch)
         kept = []
-        for half, signed in ((self.top, dla), (self.bottom, -dla)):
-            ranked = signed.nan_to_num(nan=-math.inf, posinf=math.inf, neginf=-math.inf)
+        for half, ranked in ((self.top, dla), (self.bottom, scratch)):
+            ranked.nan_to_num_(nan=-math.inf, posinf=math.inf, neginf=-math.inf)
             kept.append(half.update(ranked, ranked.amax(dim=1), window_index, window_hash))
         return torch.cat(kept)
 

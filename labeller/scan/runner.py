@@ -28,7 +28,7 @@ from labeller.catalogue.rows import NeuronBlock, WindowRow
 from labeller.corpus import Window, iter_corpus, iter_windows, read_ahead
 from labeller.errors import ScanAlreadyComplete, ScanInterrupted, UserError
 from labeller.model.activations import batch_inputs, neuron_activations
-from labeller.model.dla import neuron_activations_and_dla
+from labeller.model.dla import DlaInputs, DlaReadout, neuron_activations_for_dla
 from labeller.model.loading import LoadedModel
 from labeller.model.weights import layer_weight_facts
 from labeller.records import (
@@ -178,19 +178,28 @@ class LayerState:
 
     def update_dla(
         self,
-        dla: torch.Tensor,
+        readout: DlaReadout,
+        inputs: DlaInputs,
+        layer: int,
         mask: torch.Tensor,
+        full: bool,
         window_index: torch.Tensor,
         hashes: torch.Tensor,
     ) -> torch.Tensor:
-        """dla [B, T, N] as the model gives it; a token whose next token is not in its window
-        (the last real one, padding) gets none. Returns the batch rows some neuron keeps."""
+        """The layer's DLA for the batch, computed here on the accumulating thread (so it
+        overlaps the next forward pass) into the batch buffers `update` has finished with; a
+        token whose next token is not in its window (the last real one, padding) gets none.
+        Returns the batch rows some neuron keeps."""
         assert self.dla is not None
-        has_next = torch.zeros_like(mask)
-        has_next[:, :-1] = mask[:, 1:]
-        return self.dla.update(
-            dla.masked_fill(~has_next[:, :, None], math.nan), window_index, hashes
-        )
+        batch, width = mask.shape
+        work, negated, *_ = self._scratch(batch * width)
+        dla = readout.dla(inputs, layer, out=work)
+        if not full:  # else only the last column has no next token, and it is NaN already
+            has_next = torch.zeros_like(mask)
+            has_next[:, :-1] = mask[:, 1:]
+            dla.masked_fill_(~has_next[:, :, None], math.nan)
+        low = negated.view(-1)[: dla.numel()].view_as(dla)
+        return self.dla.update(dla, window_index, hashes, scratch=low)
 
     def state(self) -> dict[str, object]:
         return {
@@ -236,6 +245,9 @@ class Scanner:
             )
             for layer in params.layers
         }
+        self.readout = (
+            DlaReadout(model, params.layers, tokens=params.tokens) if params.dla else None
+        )
         self.reservoir = Reservoir(params.random, params.seed)
         self.windows: dict[int, WindowMeta] = {}
         self.tokens_seen = 0
@@ -275,9 +287,9 @@ class Scanner:
         subsets = [w.subset for w in batch]
         ids, mask = batch_inputs(self.model, [w.token_ids for w in batch])
         full = all(len(w.token_ids) == mask.shape[1] for w in batch)
-        dla: dict[int, torch.Tensor] | None = None
-        if self.params.dla:
-            activations, dla = neuron_activations_and_dla(self.model, ids, self.params.layers)
+        dla: DlaInputs | None = None
+        if self.readout is not None:
+            activations, dla = neuron_activations_for_dla(self.model, ids, self.params.layers)
         else:
             activations = neuron_activations(self.model, ids, self.params.layers)
         self.flush()
@@ -314,7 +326,7 @@ class Scanner:
         priorities: torch.Tensor,
         reservoir_rows: list[tuple[int, int]],
         subsets: list[str | None],
-        dla: dict[int, torch.Tensor] | None,
+        dla: DlaInputs | None,
     ) -> None:
         for row, _ in reservoir_rows:
             self.windows[indices[row]] = _meta(batch[row])
@@ -325,8 +337,10 @@ class Scanner:
             for layer, state in self.layers.items()
         ]
         if dla is not None:
+            assert self.readout is not None
             rows += [
-                s.update_dla(dla[layer], mask, index, hashes) for layer, s in self.layers.items()
+                s.update_dla(self.readout, dla, layer, mask, full, index, hashes)
+                for layer, s in self.layers.items()
             ]
         if self.params.correlations:
             self._update_pairs(activations, mask)
