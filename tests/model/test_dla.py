@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from labeller.model.activations import batch_inputs
@@ -60,3 +61,48 @@ def test_dla_of_a_layer_sums_to_its_share_of_the_logit(tiny_model):
     for t in range(len(text) - 1):
         expected = float(direct[t, text[t + 1]])
         assert abs(float(dla[t].sum()) - expected) <= 1e-4 * max(1.0, abs(expected))
+
+
+@torch.inference_mode()
+def test_prepared_readout_equals_the_weights_and_its_table_equals_the_product(
+    tiny_model, monkeypatch
+):
+    """A scan prepares DLA's weights once (DlaReadout); they must be the model's own, and its
+    per-vocabulary table must give what the direct product gives, padding and all."""
+    from labeller.model import dla as dla_module
+
+    model = tiny_model
+    layers = [0, 1]
+    texts = [model.encode(t) for t in ("the cat sat on the mat", "a b c", "dog and cat and mat")]
+    ids, mask = batch_inputs(model, texts)
+    table = dla_module.DlaReadout(model, layers)  # tokens unknown: a long scan, tables kept
+    product = dla_module.DlaReadout(model, layers, tokens=1)  # fewer tokens than the vocabulary
+    monkeypatch.setattr(dla_module, "TABLE_BUDGET_BYTES", 0)
+    over_budget = dla_module.DlaReadout(model, layers)
+    assert set(table.tables) == set(layers)
+    assert product.tables == {} and over_budget.tables == {}
+    assert torch.equal(table.rows, dla_module.unembed_directions(model).T)
+    for layer in layers:
+        assert torch.equal(table.w_out[layer], dla_module.centred_w_out(model, layer).T)
+
+    acts_t, by_table = dla_module.neuron_activations_and_dla(model, ids, layers, readout=table)
+    acts_p, by_product = dla_module.neuron_activations_and_dla(model, ids, layers, product)
+    for layer in layers:
+        assert torch.equal(acts_t[layer], acts_p[layer])
+        torch.testing.assert_close(by_table[layer][:, :-1], by_product[layer][:, :-1])
+        assert torch.isnan(by_table[layer][:, -1]).all()
+        # each real row equals that text traced alone (its own next tokens, no padding)
+        for row, text in enumerate(texts):
+            alone = trace_dla(model, text, layer)[1]
+            real = int(mask[row].sum())
+            torch.testing.assert_close(by_table[layer][row, : real - 1], alone[:-1])
+
+
+def test_a_readout_is_refused_for_another_model(tiny_model, tiny_model_dir):
+    from labeller.model.dla import DlaReadout, neuron_activations_and_dla
+    from labeller.model.loading import load_model
+
+    other = load_model(str(tiny_model_dir), device="cpu")
+    ids, _ = batch_inputs(tiny_model, [tiny_model.encode("the cat")])
+    with pytest.raises(ValueError, match="another model"):
+        neuron_activations_and_dla(other, ids, [0], readout=DlaReadout(tiny_model, [0]))
