@@ -715,18 +715,24 @@ class DlaWindows:
         window_index: torch.Tensor,
         window_hash: torch.Tensor,
         scratch: torch.Tensor | None = None,
+        no_dla: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """dla [B, T, N] (NaN where a token has none). Returns the batch rows kept by any neuron.
 
-        With `scratch` (a buffer of dla's shape) the work is done in place, no batch-sized
-        allocation: -dla goes to scratch and dla itself is overwritten (the scan's reused batch
-        buffers); without, both are fresh copies."""
+        With `scratch` (a contiguous buffer of dla's shape) the work is done in place, with no
+        batch-sized allocation: -dla goes to scratch and dla itself is overwritten (the scan's
+        reused batch buffers); without, both are fresh copies. `no_dla`: where the caller
+        knows them, the tokens without DLA as indices into the B * T token rows: only those rows
+        are filled, instead of a pass over the batch looking for NaN."""
         if scratch is None:
             dla, scratch = dla.clone(), torch.empty_like(dla)
         torch.neg(dla, out=scratch)
         kept = []
         for half, ranked in ((self.top, dla), (self.bottom, scratch)):
-            ranked.nan_to_num_(nan=-math.inf, posinf=math.inf, neginf=-math.inf)
+            if no_dla is None:
+                ranked.nan_to_num_(nan=-math.inf, posinf=math.inf, neginf=-math.inf)
+            else:
+                ranked.view(-1, ranked.shape[2]).index_fill_(0, no_dla, -math.inf)
             kept.append(half.update(ranked, ranked.amax(dim=1), window_index, window_hash))
         return torch.cat(kept)
 

@@ -182,7 +182,6 @@ class LayerState:
         inputs: DlaInputs,
         layer: int,
         mask: torch.Tensor,
-        full: bool,
         window_index: torch.Tensor,
         hashes: torch.Tensor,
     ) -> torch.Tensor:
@@ -194,12 +193,11 @@ class LayerState:
         batch, width = mask.shape
         work, negated, *_ = self._scratch(batch * width)
         dla = readout.dla(inputs, layer, out=work)
-        if not full:  # else only the last column has no next token, and it is NaN already
-            has_next = torch.zeros_like(mask)
-            has_next[:, :-1] = mask[:, 1:]
-            dla.masked_fill_(~has_next[:, :, None], math.nan)
+        has_next = torch.zeros_like(mask)
+        has_next[:, :-1] = mask[:, 1:]
+        no_dla = (~has_next).view(-1).nonzero().squeeze(1)
         low = negated.view(-1)[: dla.numel()].view_as(dla)
-        return self.dla.update(dla, window_index, hashes, scratch=low)
+        return self.dla.update(dla, window_index, hashes, scratch=low, no_dla=no_dla)
 
     def state(self) -> dict[str, object]:
         return {
@@ -339,7 +337,7 @@ class Scanner:
         if dla is not None:
             assert self.readout is not None
             rows += [
-                s.update_dla(self.readout, dla, layer, mask, full, index, hashes)
+                s.update_dla(self.readout, dla, layer, mask, index, hashes)
                 for layer, s in self.layers.items()
             ]
         if self.params.correlations:

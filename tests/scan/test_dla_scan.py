@@ -133,3 +133,22 @@ def test_dla_windows_merge_equals_one_pass():
         assert torch.equal(got[name], value), name
     # The bottom half holds true-signed minima, ascending.
     assert bool((got["bottom_values"][:-1] <= got["bottom_values"][1:]).all())
+
+
+def test_dla_windows_given_the_tokens_without_dla_equal_the_nan_scan():
+    """The scan tells DlaWindows which tokens have no DLA (the last of a window, padding) and
+    lets it work in its buffers; that must keep what marking them NaN keeps."""
+    gen = torch.Generator().manual_seed(11)
+    by_nan, by_rows = DlaWindows(3, 5, 6, CPU), DlaWindows(3, 5, 6, CPU)
+    for b in range(8):
+        dla = torch.randn(4, 6, 5, generator=gen)
+        lengths = torch.randint(1, 7, (4,), generator=gen)
+        has_next = torch.arange(6)[None, :] < lengths[:, None] - 1
+        marked = dla.masked_fill(~has_next[:, :, None], math.nan)
+        index, hashes = torch.arange(b * 4, (b + 1) * 4), torch.randint(1, 20, (4,), generator=gen)
+        by_nan.update(marked, index, hashes)
+        no_dla = (~has_next).view(-1).nonzero().squeeze(1)
+        by_rows.update(marked.clone(), index, hashes, torch.empty_like(dla), no_dla)
+    expected, got = by_nan.state(), by_rows.state()
+    for name, value in expected.items():
+        assert torch.equal(got[name], value), name
