@@ -87,10 +87,17 @@ def test_prepared_readout_equals_the_weights_and_its_table_equals_the_product(
 
     acts_t, by_table = dla_module.neuron_activations_and_dla(model, ids, layers, readout=table)
     acts_p, by_product = dla_module.neuron_activations_and_dla(model, ids, layers, product)
+    _, inputs = dla_module.neuron_activations_for_dla(model, ids, layers)
     for layer in layers:
         assert torch.equal(acts_t[layer], acts_p[layer])
         torch.testing.assert_close(by_table[layer][:, :-1], by_product[layer][:, :-1])
         assert torch.isnan(by_table[layer][:, -1]).all()
+        # into a reused (larger, stale) buffer, as the scan calls it: the same values
+        for readout, fresh in ((table, by_table[layer]), (product, by_product[layer])):
+            buffer = torch.full((ids.numel() * model.d_mlp,), 7.0)
+            into = readout.dla(inputs, layer, out=buffer)
+            assert into.data_ptr() == buffer.data_ptr()
+            torch.testing.assert_close(into, fresh, equal_nan=True)
         # each real row equals that text traced alone (its own next tokens, no padding)
         for row, text in enumerate(texts):
             alone = trace_dla(model, text, layer)[1]
