@@ -62,13 +62,18 @@ class TopWindows:
         if cols.numel() == 0:
             return torch.zeros(0, dtype=torch.long, device=acts.device)
 
-        cand_max = window_max[:, cols].masked_fill(~candidate[:, cols], -math.inf)
-        already_kept = (window_hash[:, None, None] == self.hash[None, :, cols]).any(dim=1)
-        cand_max = cand_max.masked_fill(already_kept, -math.inf)
-        old_index = self.window[:, cols]
+        in_cols = candidate.index_select(1, cols)
+        cand_max = window_max.index_select(1, cols).masked_fill(~in_cols, -math.inf)
+        # A window already kept by a column (its text seen before) must not enter it again:
+        # checked for the candidates only, a few after the first batches.
+        at_row, at_col = in_cols.nonzero(as_tuple=True)
+        kept_hashes = self.hash[:, cols[at_col]]  # [k, candidates]
+        already_kept = (window_hash[at_row][None, :] == kept_hashes).any(dim=0)
+        cand_max[at_row[already_kept], at_col[already_kept]] = -math.inf
+        old_index = self.window.index_select(1, cols)
         pool_index = torch.cat([old_index, window_index[:, None].expand(-1, cols.numel())])
         order = _top_by_value_then_index(
-            torch.cat([self.values[:, cols], cand_max]), pool_index, self.k
+            torch.cat([self.values.index_select(1, cols), cand_max]), pool_index, self.k
         )
         chosen = torch.zeros(pool_index.shape, dtype=torch.bool, device=acts.device)
         chosen.scatter_(0, order, True)
@@ -83,9 +88,10 @@ class TopWindows:
         self.argmax[slot, neuron] = entrants.argmax(dim=1)
         self.window[slot, neuron] = window_index[row]
         self.hash[slot, neuron] = window_hash[row]
-        fresh = torch.zeros((row.numel(), self.acts.shape[2]), device=acts.device)
-        fresh[:, : acts.shape[1]] = entrants.masked_fill(torch.isneginf(entrants), 0.0)
-        self.acts[slot, neuron] = fresh
+        values = entrants.masked_fill(torch.isneginf(entrants), 0.0)
+        if acts.shape[1] < self.acts.shape[2]:  # a batch of short windows: zeros after them
+            values = torch.nn.functional.pad(values, (0, self.acts.shape[2] - acts.shape[1]))
+        self.acts[slot, neuron] = values
         return torch.unique(batch_row)
 
     def state(self) -> State:
