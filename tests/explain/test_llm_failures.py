@@ -115,7 +115,17 @@ def test_failures_are_summarised_by_cause_and_exit_1(db, tmp_path):
 
 @pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_a_rerun_continues(db, tmp_path):
-    with FakeOpenAI(neuron_responder, latency_s=0.3) as server:
+    # Calls after the 12th are held until Ctrl-C has been sent: on a busy machine the run could
+    # otherwise finish all 48 neurons before the signal arrives.
+    signalled = threading.Event()
+    answered = iter(range(10**6))
+
+    def held_after_twelve(request: dict) -> Reply:
+        if next(answered) >= 12:
+            signalled.wait(timeout=30)
+        return neuron_responder(request)
+
+    with FakeOpenAI(held_after_twelve, latency_s=0.3) as server:
         config = llm_config_file(tmp_path, server.base_url)
         command = [sys.executable, "-m", "labeller", "explain", "--db", str(db)]
         command += ["--explainer", MODEL, "--llm-config", str(config), "--layer", "1"]
@@ -126,6 +136,7 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_continues(db, tmp_path):
         while server.calls < 12 and time.monotonic() < deadline:
             time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
+        signalled.set()
         stdout, stderr = proc.communicate(timeout=60)
         assert proc.returncode == 130, stderr
         (line,) = [line for line in stderr.splitlines() if line.startswith("error:")]
