@@ -130,15 +130,24 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_continues(db, tmp_path):
         command = [sys.executable, "-m", "labeller", "explain", "--db", str(db)]
         command += ["--explainer", MODEL, "--llm-config", str(config), "--layer", "1"]
         proc = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=os.environ,
+            # As from a terminal: a test run started in the background inherits SIGINT ignored,
+            # which Python (and so asyncio's Ctrl-C handling) then leaves ignored.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         deadline = time.monotonic() + 60
         while server.calls < 12 and time.monotonic() < deadline:
             time.sleep(0.05)
+        masks = Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+        masks = [line for line in masks if line.startswith(("SigBlk", "SigIgn", "SigCgt"))]
         proc.send_signal(signal.SIGINT)
         signalled.set()
         stdout, stderr = proc.communicate(timeout=60)
-        assert proc.returncode == 130, stderr
+        assert proc.returncode == 130, (stderr, server.calls, masks)
         (line,) = [line for line in stderr.splitlines() if line.startswith("error:")]
         assert re.fullmatch(
             r"error: interrupted after \d+ of 48 neurons; finished work is kept, rerun to continue",

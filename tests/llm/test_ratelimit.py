@@ -262,8 +262,10 @@ def test_a_run_stays_under_the_tokens_per_minute_limit() -> None:
     for width in (0.5, 1.0):
         # What the client's bucket allows (a burst plus the rate), with half a second of slack.
         assert most_in_window(times, tokens, width) <= rate * (width + BURST_S + 0.5) + cost
-    # It did wait: everything past the first burst came at the limit, no faster.
-    assert max(times) - min(times) >= (sum(tokens) - rate * BURST_S - 2 * cost) / rate
+    # It did wait: everything past the first burst came at the limit, no faster (unlimited, all
+    # 40 arrive within ~0.1 s). Half a second of slack: on a loaded machine the server stamps
+    # the first arrivals late, which shortens the span it sees (a CI run fell 0.17 s short).
+    assert max(times) - min(times) >= (sum(tokens) - rate * (BURST_S + 0.5) - 2 * cost) / rate
 
 
 def test_a_run_stays_under_the_requests_per_minute_limit() -> None:
