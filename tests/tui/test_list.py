@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import tui_support as support
-from tui_support import until
+from tui_support import choose_layer, until
 
 from labeller.catalogue.browse import NeuronStatus, SortKey
 from labeller.tui import neuron_list
@@ -67,7 +67,7 @@ async def test_filters_by_status_layer_text_and_score(tui):
         await until(pilot, lambda: screen.total == 48 and not screen.busy)
         assert {layer for layer, _ in shown(app)} == {1}
         bar.query_one("#status").clear()
-        bar.query_one("#layer").value = 0
+        await choose_layer(pilot, bar, 0)
         await until(pilot, lambda: screen.query_state.layer == 0 and not screen.busy)
         assert screen.total == 48
         word = screen.rows[3].label.split('"')[1].strip()

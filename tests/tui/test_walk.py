@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import tui_support as support
 from textual.widgets import ListView, TabbedContent
-from tui_support import notifications, until
+from tui_support import choose_layer, notifications, until
 
 from labeller.catalogue.browse import SortKey, Todo
 from labeller.records import LabelStatus, Split
@@ -67,7 +67,7 @@ async def test_a_queue_walks_the_sorted_filtered_list_accepting_with_one_key(tui
     app = tui.app("alice")
     async with app.run_test(size=(100, 30)) as pilot:
         screen = await listed(pilot)
-        screen.query_one(FilterBar).query_one("#layer").value = 0
+        await choose_layer(pilot, screen.query_one(FilterBar), 0)
         await until(pilot, lambda: screen.query_state.layer == 0 and not screen.busy)
         await pilot.press("s", "s", "s", "s")  # score, best first
         await until(pilot, lambda: screen.query_state.sort is SortKey.SCORE and not screen.busy)

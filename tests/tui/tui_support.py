@@ -19,10 +19,13 @@ from pathlib import Path
 
 import pytest
 from builders import scan_params
+from textual.widgets import Select
+from textual.widgets.select import InvalidSelectValueError
 
 from labeller.catalogue import Catalogue
 from labeller.tui.app import AnnotateApp, create_app
 from labeller.tui.backend import LoadState
+from labeller.tui.filter_bar import FilterBar
 from labeller.tui.help_screen import HelpScreen
 
 MODEL = "tiny-solu-2l"
@@ -90,6 +93,20 @@ async def until(pilot, condition: Callable[[], object], timeout: float = 15.0) -
         if loop.time() > deadline:
             raise AssertionError(f"timed out waiting for {condition}")
         await pilot.pause(0.05)
+
+
+async def choose_layer(pilot, bar: FilterBar, layer: int) -> None:
+    """Pick a layer in the filter bar once its choices have loaded (a worker loads them,
+    apart from the list's rows: on a busy machine the rows can come first)."""
+
+    def chosen() -> bool:
+        try:
+            bar.query_one("#layer", Select).value = layer
+        except InvalidSelectValueError:
+            return False
+        return True
+
+    await until(pilot, chosen)
 
 
 def model_ready(app: AnnotateApp) -> bool:
