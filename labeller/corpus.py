@@ -351,4 +351,6 @@ def read_ahead(items: Iterator[T], depth: int = 256) -> Generator[T, None, None]
             yield value  # type: ignore[misc]
     finally:
         stop.set()
-        thread.join()
+        # The reader stops after the item it is reading; a stalled read (a network stream) is
+        # not waited for past a few seconds: the thread is a daemon.
+        thread.join(timeout=5.0)
