@@ -37,7 +37,7 @@ from labeller.corpus import Window, iter_documents, iter_windows
 from labeller.model.activations import batch_inputs, neuron_activations
 from labeller.model.loading import LoadedModel, load_model, resolve_device
 from labeller.records import ScanParams
-from labeller.scan.runner import Scanner, reserve_core_for_accumulation
+from labeller.scan.runner import Scanner
 
 
 def gpt2_sized_model(device: str) -> LoadedModel:
@@ -221,7 +221,6 @@ def main() -> None:
         return
 
     model = gpt2_sized_model(args.device) if args.config else load_model(args.model, args.device)
-    reserve_core_for_accumulation(model.device)  # as `labeller scan` does; both passes share it
     layers = list(range(model.n_layers))
     windows = iter_windows(iter_documents(args.dataset), model.encode, args.ctx)
     selected: list[Window] = []

@@ -15,6 +15,12 @@ import torch
 State = dict[str, torch.Tensor]
 
 
+def _padded(values: torch.Tensor, mask: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
+    """Windows' per-token values [E, T] with padding at -inf: `mask` [B, T] (real tokens) taken
+    at the windows' batch rows, or None where the padding is -inf already."""
+    return values if mask is None else values.masked_fill(~mask[rows], -math.inf)
+
+
 class TopWindows:
     """The k windows with the highest maximum activation, per neuron, with per-token values.
 
@@ -39,9 +45,11 @@ class TopWindows:
         window_index: torch.Tensor,
         window_hash: torch.Tensor,
         rows: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Merge a batch: `acts` [B, T, N] with padding at -inf, `window_max` [B, N] its max over
-        T, `window_index` [B] increasing; with `rows`, only those rows of the batch take part (a
+        """Merge a batch: `acts` [B, T, N] with padding at -inf (or anything, where `mask` [B, T]
+        says which tokens are real), `window_max` [B, N] its max over the real tokens,
+        `window_index` [B] increasing; with `rows`, only those rows of the batch take part (a
         subset's, without copying their activations). Returns the batch rows that entered any
         top-k.
 
@@ -83,7 +91,7 @@ class TopWindows:
         col_in, row = chosen[self.k :].T.nonzero(as_tuple=True)
         neuron = cols[col_in]
         batch_row = row if rows is None else rows[row]
-        entrants = acts[batch_row, :, neuron]  # [E, T], padding at -inf
+        entrants = _padded(acts[batch_row, :, neuron], mask, batch_row)  # [E, T]
         self.values[slot, neuron] = window_max[row, neuron]
         self.argmax[slot, neuron] = entrants.argmax(dim=1)
         self.window[slot, neuron] = window_index[row]
@@ -129,17 +137,25 @@ class SubsetTopWindows:
         window_index: torch.Tensor,
         window_hash: torch.Tensor,
         subsets: list[str | None],
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Each batch row goes to its subset's top-k (rows of no subset to none); returns the
         rows some subset kept, as TopWindows.update does."""
         kept = [torch.zeros(0, dtype=torch.long, device=acts.device)]
+        for top, rows in self.batch_parts(subsets):
+            kept.append(top.update(acts, window_max, window_index, window_hash, rows, mask))
+        return torch.cat(kept)
+
+    def batch_parts(self, subsets: list[str | None]) -> list[tuple[TopWindows, torch.Tensor]]:
+        """Per subset met in a batch (rows: each row's subset), its TopWindows and its rows."""
+        parts = []
         for name in sorted({s for s in subsets if s is not None}):
-            rows = torch.tensor([i for i, s in enumerate(subsets) if s == name], device=acts.device)
+            rows = torch.tensor([i for i, s in enumerate(subsets) if s == name], device=self.device)
             top = self.subsets.get(name)
             if top is None:
                 top = self.subsets[name] = TopWindows(self.k, self.n, self.ctx, self.device)
-            kept.append(top.update(acts, window_max, window_index, window_hash, rows))
-        return torch.cat(kept)
+            parts.append((top, rows))
+        return parts
 
     def windows(self) -> torch.Tensor:
         """Every window index some subset's top-k holds (-1 for empty slots included)."""
@@ -195,9 +211,11 @@ class BandSample:
         window_max: torch.Tensor,
         window_index: torch.Tensor,
         priority: torch.Tensor,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Merge a batch: `acts` [B, T, N] with padding at -inf, `window_max` [B, N], `priority`
-        [B]. Returns the batch rows that entered any band sample.
+        """Merge a batch: `acts` [B, T, N] with padding at -inf (or `mask` as TopWindows.update
+        takes it), `window_max` [B, N], `priority` [B]. Returns the batch rows that entered any
+        band sample.
 
         A window is a candidate for a neuron only if its priority beats the m-th of its bin,
         which after the first batches is rare (about m ln(n / m) entrants over a band of n
@@ -263,7 +281,8 @@ class BandSample:
         neuron_at = cols[col_at]
         moved = from_old[slot_at, col_at]
         kept_acts = self.acts[old_i[slot_at, col_at], neuron_at]  # [K, ctx]
-        rows = acts[new_b[slot_at, col_at], :, neuron_at]  # [K, T], padding at -inf
+        entering = new_b[slot_at, col_at]
+        rows = _padded(acts[entering, :, neuron_at], mask, entering)  # [K, T]
         new_argmax = rows.argmax(dim=1)
         fresh = torch.zeros_like(kept_acts)
         fresh[:, :width] = rows.masked_fill(torch.isneginf(rows), 0.0)
@@ -319,6 +338,11 @@ class Moments:
         self.max = torch.full((n,), -math.inf, dtype=torch.float64, device=device)
         self.batches = 0  # kept on the host: asking the device if count > 0 would synchronise
 
+    def shift(self, batch_min: torch.Tensor, batch_max: torch.Tensor) -> torch.Tensor:
+        """The float32 centre the next batch's power sums are taken about: the running mean,
+        or on the first batch the middle of its range."""
+        return (self.mean.float() if self.batches else (batch_min + batch_max) / 2).float()
+
     def update(
         self,
         x: torch.Tensor,
@@ -328,16 +352,14 @@ class Moments:
     ) -> None:
         """x: [M, N] activations of real (unpadded) tokens, contiguous (on CPU a reduction over
         the rows of a strided view is ~30x slower than over a contiguous copy); scratch: two
-        float buffers shaped like x."""
+        float buffers shaped like x. The torch path (GPU); on CPU the scan's fused kernel takes
+        the sums and hands them to add_sums."""
         y, y2 = scratch
-        nb = float(x.shape[0])
-        shift = self.mean.float() if self.batches else (batch_min + batch_max) / 2
-        shift = shift.to(x.dtype)
-        self.batches += 1
+        shift = self.shift(batch_min, batch_max).to(x.dtype)
         # Positives counted as float ones: summing a bool tensor converts it to int64 first,
         # ten times slower. Exact: a batch holds far fewer than 2**24 tokens.
         torch.gt(x, 0, out=y2)
-        self.positive += y2.sum(dim=0).double()
+        positive = y2.sum(dim=0).double()
         torch.sub(x, shift, out=y)
         torch.mul(y, y, out=y2)
         s1 = y.sum(dim=0).double()
@@ -346,7 +368,23 @@ class Moments:
         s3 = y2.sum(dim=0).double()
         y2.mul_(y)
         s4 = y2.sum(dim=0).double()
+        self.add_sums(
+            float(x.shape[0]), shift, torch.stack([s1, s2, s3, s4]), positive, batch_min, batch_max
+        )
 
+    def add_sums(
+        self,
+        nb: float,
+        shift: torch.Tensor,
+        sums: torch.Tensor,
+        positive: torch.Tensor,
+        batch_min: torch.Tensor,
+        batch_max: torch.Tensor,
+    ) -> None:
+        """Merge a batch of `nb` tokens given its power sums of (x - shift) [4, N], float64."""
+        s1, s2, s3, s4 = sums
+        self.batches += 1
+        self.positive += positive
         a = s1 / nb  # batch mean minus shift
         m2_b = s2 - nb * a**2
         m3_b = s3 - 3 * a * s2 + 2 * nb * a**3
@@ -421,11 +459,9 @@ class AdaptiveHistogram:
 
         On CPU the flat bin index (neuron * bins + bin) is computed in float32 and counted in
         int32 when every value involved is an integer below 2**24 (exact in float32), which the
-        batch's min and max bound without another pass over x; else in int64."""
-        if not self.started:
-            self._initialise(batch_min, batch_max)
-            self.started = True
-        self._cover(batch_min, batch_max)
+        batch's min and max bound without another pass over x; else in int64. The torch path
+        (GPU); on CPU the scan's fused kernel counts, after `cover`."""
+        self.cover(batch_min, batch_max)
         scaled, index = scratch
         torch.mul(x, self.inverse_width, out=scaled)
         scaled.floor_()
@@ -452,12 +488,17 @@ class AdaptiveHistogram:
         self.inverse_width = torch.exp2(-torch.ceil(torch.log2(span))).float()
         self.first = self._bin_of(lo, self.inverse_width)
 
-    def _cover(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
-        """Double the width of every neuron whose range misses the batch, until none does.
+    def cover(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
+        """Make the bins take a batch with these minima and maxima: set the range from the
+        first batch, then double the width of every neuron whose range misses the batch, until
+        none does.
 
         Old content is anchored in the lower part of the new bins when growing upwards, and in
         the upper part when growing downwards, so every count lands in a bin.
         """
+        if not self.started:
+            self._initialise(lo, hi)
+            self.started = True
         while True:
             below = self._bin_of(lo, self.inverse_width) < self.first
             above = self._bin_of(hi, self.inverse_width) >= self.first + self.bins

@@ -7,11 +7,11 @@ the current batch, checkpoints and exits, and the same command resumes from ther
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import itertools
 import math
-import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -38,7 +38,7 @@ from labeller.records import (
     ScanParams,
     ScanStatus,
 )
-from labeller.scan import distributed
+from labeller.scan import distributed, kernels
 from labeller.scan.accumulators import (
     AdaptiveHistogram,
     BandSample,
@@ -141,10 +141,76 @@ class LayerState:
         """acts: [B, T, N] (a strided view of the hook's output); mask: [B, T] real tokens;
         subsets: each row's corpus subset. Returns the batch rows some neuron keeps.
 
-        The batch is copied once into a contiguous buffer: every statistic then reduces over
-        contiguous rows (on CPU ~30x faster than over the strided view, for the cost of one
-        copy). Each window's max is taken once and shared by top-k, bands, subset top-k and the
-        batch max."""
+        The statistics take the fused CPU kernels where they can (two passes over the batch,
+        on every core), else torch ops; each window's max is taken once and shared by top-k,
+        bands, subset top-k and the batch max."""
+        width = acts.shape[1]
+        for row, slot in reservoir_rows:
+            self.random_acts[slot].zero_()
+            self.random_acts[slot, :width] = acts[row]
+        if acts.device.type == "cpu" and acts.dtype == torch.float32 and kernels.available():
+            return self._update_fused(acts, mask, window_index, hashes, priorities, subsets)
+        window_max, padded = self._statistics_torch(acts, mask, full)
+        kept = [self.top.update(padded, window_max, window_index, hashes)]
+        if self.bands is not None:
+            kept.append(self.bands.update(padded, window_max, window_index, priorities))
+        if self.subset_top is not None and any(s is not None for s in subsets):
+            kept.append(self.subset_top.update(padded, window_max, window_index, hashes, subsets))
+        return torch.cat(kept)
+
+    def _update_fused(
+        self,
+        acts: torch.Tensor,
+        mask: torch.Tensor,
+        window_index: torch.Tensor,
+        hashes: torch.Tensor,
+        priorities: torch.Tensor,
+        subsets: list[str | None],
+    ) -> torch.Tensor:
+        """Everything `update` keeps, by the compiled CPU kernels, reading the hook's tensor in
+        place: two passes for the statistics, then a loop per neuron for the top windows and
+        band samples (which after the first batches mostly only compares)."""
+        x, skip = kernels.as_array(acts)
+        lengths = mask.sum(dim=1).numpy()
+        window_max, batch_min, batch_max = kernels.window_extremes(x, skip, lengths)
+        shift = self.moments.shift(batch_min, batch_max)
+        self.histogram.cover(batch_min, batch_max)
+        sums, positive = kernels.power_sums_and_counts(
+            x,
+            skip,
+            lengths,
+            batch_min,
+            batch_max,
+            shift,
+            self.histogram.inverse_width,
+            self.histogram.first,
+            self.histogram.counts,
+        )
+        count = float(lengths.sum())
+        self.moments.add_sums(count, shift, sums, positive, batch_min, batch_max)
+        kept = [kernels.top_update(self.top, x, skip, lengths, window_max, window_index, hashes)]
+        if self.bands is not None:
+            kept.append(
+                kernels.band_update(
+                    self.bands, x, skip, lengths, window_max, window_index, priorities
+                )
+            )
+        if self.subset_top is not None:
+            for top, rows in self.subset_top.batch_parts(subsets):
+                kept.append(
+                    kernels.top_update(
+                        top, x, skip, lengths, window_max, window_index, hashes, rows
+                    )
+                )
+        return torch.cat(kept)
+
+    def _statistics_torch(
+        self, acts: torch.Tensor, mask: torch.Tensor, full: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Moments and histogram by torch ops (any device). The batch is copied once into a
+        contiguous buffer, padding at -inf: every statistic then reduces over contiguous rows
+        (on CPU ~30x faster than over the strided view). Returns each window's max [B, N] and
+        that padded copy."""
         batch, width, n = acts.shape
         work, gathered, y, y2, index = self._scratch(batch * width)
         padded = work[: batch * width].view(batch, width, n)
@@ -162,19 +228,7 @@ class LayerState:
         batch_min = real.amin(dim=0)
         self.moments.update(real, batch_min, batch_max, (y[:count], y2[:count]))
         self.histogram.update(real, batch_min, batch_max, (y[:count], index[:count]))
-        for row, slot in reservoir_rows:
-            self.random_acts[slot].zero_()
-            self.random_acts[slot, :width] = acts[row]
-        kept = self.top.update(padded, window_max, window_index, hashes)
-        if self.bands is not None:
-            kept = torch.cat(
-                [kept, self.bands.update(padded, window_max, window_index, priorities)]
-            )
-        if self.subset_top is not None and any(s is not None for s in subsets):
-            kept = torch.cat(
-                [kept, self.subset_top.update(padded, window_max, window_index, hashes, subsets)]
-            )
-        return kept
+        return window_max, padded
 
     def update_dla(
         self,
@@ -259,11 +313,12 @@ class Scanner:
         indices: list[int] | None = None,
         slots: list[int | None] | None = None,
     ) -> None:
-        """Run the model on a batch, then hand its activations to the accumulating thread.
+        """Run the model on a batch, then accumulate its activations.
 
-        The accumulators of batch i run while the model computes batch i+1 (torch releases the
-        GIL), so on a machine with a spare core the scan costs about what the forward pass costs.
-        At most one batch waits, so memory stays bounded.
+        On CPU the model and then the fused statistics kernels each use every core, one after
+        the other (a core held back for accumulating would slow the model more than the
+        statistics cost). On a GPU the accumulators of batch i are queued from a worker thread
+        while the model computes batch i+1; at most one batch waits, so memory stays bounded.
 
         Without `indices` the batch continues the stream: the windows take the next indices,
         are offered to the reservoir and counted here. With them (a sharded scan: the global
@@ -291,7 +346,7 @@ class Scanner:
         else:
             activations = neuron_activations(self.model, ids, self.params.layers)
         self.flush()
-        self._pending = self._worker.submit(
+        accumulate = functools.partial(
             self._accumulate,
             indices,
             batch,
@@ -305,6 +360,10 @@ class Scanner:
             subsets,
             dla,
         )
+        if self.model.device.type == "cpu":
+            accumulate()
+        else:
+            self._pending = self._worker.submit(accumulate)
 
     def flush(self) -> None:
         """Wait for the batch being accumulated; re-raises its error, if any."""
@@ -595,13 +654,6 @@ class _DeferredInterrupt:
             signal.signal(number, previous)  # type: ignore[arg-type]
 
 
-def reserve_core_for_accumulation(device: torch.device) -> None:
-    """On CPU, leave one core to the accumulating thread (unless the user set OMP_NUM_THREADS):
-    on 2 cores this makes the whole scan faster than letting the model take both."""
-    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
-
-
 def run_scan(
     catalogue: Catalogue | None,
     model: LoadedModel,
@@ -625,7 +677,6 @@ def run_scan(
     if world.leader and catalogue is None:
         raise ValueError("rank 0 needs the catalogue")
     model.check_layers(params.layers)
-    reserve_core_for_accumulation(model.device)
     # one pass over the corpus: the probe for an empty corpus is put back in front, so reading
     # it (and any warning about it) happens once
     documents = iter_corpus(params.dataset, params.subsets, text_field, params.subset_field)
