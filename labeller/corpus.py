@@ -309,9 +309,9 @@ def encode_in_pieces(
 
 
 def read_ahead(items: Iterator[T], depth: int = 256) -> Generator[T, None, None]:
-    """The items, read by a background thread up to `depth` ahead: a scan's reading and
-    tokenizing then runs beside the model (on the core its accumulators leave idle half the
-    time) instead of between its batches. An error is raised here, where the item that failed
+    """The items, read by a background thread up to `depth` ahead: a GPU scan's reading and
+    tokenizing then runs beside the model instead of between its batches (on CPU it would take
+    the cores, and the GIL, from the model). An error is raised here, where the item that failed
     would have come; closing this generator stops the reading and closes `items`."""
     ahead: queue.Queue[tuple[bool, T | BaseException | None]] = queue.Queue(maxsize=depth)
     stop = threading.Event()

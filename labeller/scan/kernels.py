@@ -27,9 +27,11 @@ from labeller.scan.accumulators import EMPTY_PRIORITY, BandSample, TopWindows
 
 BLOCK = 128  # neurons per task: a block's rows of 64 tokens fit in L1, its histogram in L2
 _FLAGS = {"reassoc", "contract", "nsz", "arcp"}  # not nnan/ninf: -inf and NaN stay meaningful
+# Cached on disk, without the GIL (other Python threads run meanwhile), no bounds checks.
+_COMPILED = {"cache": True, "nogil": True, "boundscheck": False}
 
 
-@njit(parallel=True, cache=True, fastmath=_FLAGS, boundscheck=False, error_model="numpy")
+@njit(**_COMPILED, parallel=True, fastmath=_FLAGS, error_model="numpy")
 def _extremes(  # pragma: no cover - compiled
     x: np.ndarray,
     skip: int,
@@ -61,7 +63,7 @@ def _extremes(  # pragma: no cover - compiled
             batch_max[lo + j] = high[j]
 
 
-@njit(parallel=True, cache=True, fastmath=_FLAGS, boundscheck=False, error_model="numpy")
+@njit(**_COMPILED, parallel=True, fastmath=_FLAGS, error_model="numpy")
 def _sums_and_counts(  # pragma: no cover - compiled
     x: np.ndarray,
     skip: int,
@@ -200,7 +202,7 @@ def available() -> bool:
     return os.environ.get("LABELLER_TORCH_STATISTICS") != "1"
 
 
-@njit(cache=True, boundscheck=False)
+@njit(**_COMPILED)
 def _copy_window(  # pragma: no cover - compiled
     x: np.ndarray, skip: int, length: int, row: int, neuron: int, out: np.ndarray
 ) -> int:
@@ -215,7 +217,7 @@ def _copy_window(  # pragma: no cover - compiled
     return best
 
 
-@njit(parallel=True, cache=True, boundscheck=False)
+@njit(**_COMPILED, parallel=True)
 def _top_update(  # pragma: no cover - compiled
     x: np.ndarray,
     skip: int,
@@ -306,14 +308,14 @@ def top_update(
     return torch.from_numpy(entered.any(axis=0)).nonzero().squeeze(1)
 
 
-@njit(cache=True, boundscheck=False)
+@njit(**_COMPILED)
 def _band_of(value: float, exponent: int, bins: int) -> int:  # pragma: no cover - compiled
     """accumulators.band_bin for one value: floor(value / 2**exponent) in float32, clamped."""
     inverse = np.float32(math.ldexp(1.0, -min(max(exponent, -126), 126)))
     return min(max(math.floor(np.float32(value) * inverse), 0), bins - 1)
 
 
-@njit(cache=True, boundscheck=False)
+@njit(**_COMPILED)
 def _move_slot(  # pragma: no cover - compiled
     c: int,
     to: int,
@@ -333,7 +335,7 @@ def _move_slot(  # pragma: no cover - compiled
     source[to] = source[frm]
 
 
-@njit(parallel=True, cache=True, boundscheck=False)
+@njit(**_COMPILED, parallel=True)
 def _band_update(  # pragma: no cover - compiled
     x: np.ndarray,
     skip: int,

@@ -774,13 +774,13 @@ def run_scan(
             )
         return saved_id
 
-    windows = read_ahead(
-        _limited(
-            itertools.chain([first_window], all_windows),
-            skip=scanner.windows_seen,
-            tokens_left=None if params.tokens is None else params.tokens - scanner.tokens_seen,
-        )
+    windows = _limited(
+        itertools.chain([first_window], all_windows),
+        skip=scanner.windows_seen,
+        tokens_left=None if params.tokens is None else params.tokens - scanner.tokens_seen,
     )
+    if model.device.type != "cpu":  # on CPU every core is the model's or the kernels'
+        windows = read_ahead(windows)
     steps = _steps(windows, scanner.windows_seen, batch_size, world, scanner.reservoir)
     # A checkpoint is the whole state (about twice the finished catalogue's size), so the first
     # comes after `every` seconds of scanning, not after the first batch: a shorter scan is
