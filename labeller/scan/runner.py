@@ -167,42 +167,25 @@ class LayerState:
         priorities: torch.Tensor,
         subsets: list[str | None],
     ) -> torch.Tensor:
-        """Everything `update` keeps, by the compiled CPU kernels, reading the hook's tensor in
-        place: two passes for the statistics, then a loop per neuron for the top windows and
-        band samples (which after the first batches mostly only compares)."""
-        x, skip = kernels.as_array(acts)
+        """Everything `update` keeps, by the compiled CPU kernels: one pass over the layer's
+        batch, on every core, then the subsets' top windows from its window maxima."""
         lengths = mask.sum(dim=1).numpy()
-        window_max, batch_min, batch_max = kernels.window_extremes(x, skip, lengths)
-        shift = self.moments.shift(batch_min, batch_max)
-        self.histogram.cover(batch_min, batch_max)
-        sums, positive = kernels.power_sums_and_counts(
-            x,
-            skip,
+        window_max, kept = kernels.update_layer(
+            acts,
             lengths,
-            batch_min,
-            batch_max,
-            shift,
-            self.histogram.inverse_width,
-            self.histogram.first,
-            self.histogram.counts,
+            window_index,
+            hashes,
+            priorities,
+            self.moments,
+            self.histogram,
+            self.top,
+            self.bands,
         )
-        count = float(lengths.sum())
-        self.moments.add_sums(count, shift, sums, positive, batch_min, batch_max)
-        kept = [kernels.top_update(self.top, x, skip, lengths, window_max, window_index, hashes)]
-        if self.bands is not None:
-            kept.append(
-                kernels.band_update(
-                    self.bands, x, skip, lengths, window_max, window_index, priorities
-                )
-            )
-        if self.subset_top is not None:
-            for top, rows in self.subset_top.batch_parts(subsets):
-                kept.append(
-                    kernels.top_update(
-                        top, x, skip, lengths, window_max, window_index, hashes, rows
-                    )
-                )
-        return torch.cat(kept)
+        if self.subset_top is None:
+            return kept
+        parts = self.subset_top.batch_parts(subsets)
+        by_subset = kernels.update_tops(parts, acts, lengths, window_max, window_index, hashes)
+        return torch.cat([kept, by_subset])
 
     def _statistics_torch(
         self, acts: torch.Tensor, mask: torch.Tensor, full: bool

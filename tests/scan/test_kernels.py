@@ -11,7 +11,7 @@ from builders import scan_params
 
 from labeller.corpus import iter_documents, iter_windows
 from labeller.scan import kernels
-from labeller.scan.accumulators import AdaptiveHistogram, Moments
+from labeller.scan.accumulators import AdaptiveHistogram, BandSample, Moments, TopWindows
 from labeller.scan.runner import Scanner
 
 
@@ -35,92 +35,60 @@ def test_as_array_reads_the_hooks_tensor_in_place() -> None:
     np.testing.assert_array_equal(y, transposed.numpy())
 
 
-@pytest.mark.parametrize("n", [5, 300])  # one partial block; several blocks
-def test_extremes_and_sums_equal_brute_force(n: int) -> None:
-    acts = hook_view(4, 9, n, seed=n)
-    lengths = np.array([9, 2, 9, 5])
-    mask = torch.arange(9)[None, :] < torch.from_numpy(lengths)[:, None]
-    x, skip = kernels.as_array(acts)
-    window_max, low, high = kernels.window_extremes(x, skip, lengths)
+def torch_path(acts: torch.Tensor, lengths: np.ndarray, parts: dict, index, hashes, priority):
+    """The same batch through the accumulators' own torch updates (the GPU path)."""
+    mask = torch.arange(acts.shape[1])[None, :] < torch.from_numpy(lengths)[:, None]
     padded = acts.masked_fill(~mask[:, :, None], -math.inf)
-    real = acts[mask]
-    assert torch.equal(window_max, padded.amax(dim=1))
-    assert torch.equal(low, real.amin(dim=0)) and torch.equal(high, real.amax(dim=0))
-
-    histogram = AdaptiveHistogram(n, 16, torch.device("cpu"))
-    histogram.cover(low, high)
-    shift = real.mean(dim=0)
-    sums, positive = kernels.power_sums_and_counts(
-        x,
-        skip,
-        lengths,
-        low,
-        high,
-        shift,
-        histogram.inverse_width,
-        histogram.first,
-        histogram.counts,
-    )
-    centred = real.double() - shift.double()
-    for power in range(4):
-        expected = (centred ** (power + 1)).sum(dim=0)
-        scale = (centred.abs() ** (power + 1)).sum(dim=0)
-        assert ((sums[power] - expected).abs() <= 1e-6 * scale + 1e-9).all()
-    assert torch.equal(positive, (real > 0).double().sum(dim=0))
-
-    by_torch = AdaptiveHistogram(n, 16, torch.device("cpu"))
-    scratch = (torch.empty_like(real), torch.empty(real.shape, dtype=torch.int32))
-    by_torch.update(real.contiguous(), low, high, scratch)
-    assert torch.equal(histogram.counts, by_torch.counts)
-    assert torch.equal(histogram.first, by_torch.first)
+    real = acts[mask].contiguous()
+    window_max = padded.amax(dim=1)
+    low, high = real.amin(dim=0), real.amax(dim=0)
+    scratch = (torch.empty_like(real), torch.empty_like(real))
+    parts["moments"].update(real, low, window_max.amax(dim=0), scratch)
+    counted = (torch.empty_like(real), torch.empty(real.shape, dtype=torch.int32))
+    parts["histogram"].update(real, low, high, counted)
+    parts["top"].update(padded, window_max, index, hashes)
+    parts["bands"].update(padded, window_max, index, priority)
+    return window_max
 
 
-def test_a_value_outside_the_histogram_is_an_error_not_a_lost_count() -> None:
-    acts = hook_view(2, 4, 3, seed=1)
-    x, skip = kernels.as_array(acts)
-    lengths = np.array([4, 4])
-    histogram = AdaptiveHistogram(3, 8, torch.device("cpu"))
-    histogram.cover(torch.zeros(3), torch.full((3,), 0.01))  # far too narrow for the batch
-    real = acts.reshape(-1, 3)
-    with pytest.raises(RuntimeError, match="outside their histogram's range"):
-        kernels.power_sums_and_counts(
-            x,
-            skip,
-            lengths,
-            real.amin(dim=0),
-            real.amax(dim=0),
-            torch.zeros(3),
-            histogram.inverse_width,
-            histogram.first,
-            histogram.counts,
+def accumulators(n: int) -> dict:
+    cpu = torch.device("cpu")
+    return {
+        "moments": Moments(n, cpu),
+        "histogram": AdaptiveHistogram(n, 16, cpu),
+        "top": TopWindows(3, n, 9, cpu),
+        "bands": BandSample(2, 8, n, 9, cpu),
+    }
+
+
+@pytest.mark.parametrize("n", [5, 300])  # one partial block; several blocks
+def test_layer_update_equals_the_torch_path(n: int) -> None:
+    """Window maxima, histograms (growing as later batches widen the range), top windows and
+    band samples identical to the torch path's; moments to float tolerance."""
+    fused, by_torch = accumulators(n), accumulators(n)
+    generator = torch.Generator().manual_seed(n)
+    for batch in range(4):
+        acts = hook_view(4, 9, n, seed=n + batch) * (1 + 3 * batch)  # the range grows
+        lengths = np.array([9, 2, 9, 5])
+        index = torch.arange(4) + 4 * batch
+        hashes = torch.randint(-(2**62), 2**62, (4,), generator=generator)
+        hashes[3] = hashes[0]  # the same text twice in a batch: only the first may enter
+        priority = torch.randint(-(2**62), 2**62, (4,), generator=generator)
+        window_max, kept = kernels.update_layer(
+            acts, lengths, index, hashes, priority, *fused.values()
         )
-
-
-def test_moments_from_kernel_sums_equal_the_torch_path() -> None:
-    fused, by_torch = Moments(6, torch.device("cpu")), Moments(6, torch.device("cpu"))
-    for seed in range(3):
-        acts = hook_view(3, 8, 6, seed=seed) * (seed + 1)
-        real = acts.reshape(-1, 6).contiguous()
-        low, high = real.amin(dim=0), real.amax(dim=0)
-        x, skip = kernels.as_array(acts)
-        histogram = AdaptiveHistogram(6, 8, torch.device("cpu"))
-        histogram.cover(low, high)
-        shift = fused.shift(low, high)
-        sums, positive = kernels.power_sums_and_counts(
-            x,
-            skip,
-            np.full(3, 8),
-            low,
-            high,
-            shift,
-            histogram.inverse_width,
-            histogram.first,
-            histogram.counts,
-        )
-        fused.add_sums(float(real.shape[0]), shift, sums, positive, low, high)
-        by_torch.update(real, low, high, (torch.empty_like(real), torch.empty_like(real)))
-    for name, value in fused.state().items():
-        torch.testing.assert_close(value, by_torch.state()[name], rtol=1e-6, atol=1e-9)
+        assert torch.equal(window_max, torch_path(acts, lengths, by_torch, index, hashes, priority))
+        assert kept.numel() > 0 and bool((kept < 4).all())
+    for part in ("histogram", "top", "bands"):
+        a, b = fused[part].state(), by_torch[part].state()
+        for name, value in a.items():
+            other = b[name]
+            if part == "bands" and name == "acts":  # empty slots hold stale values
+                value, other = value[a["window"] >= 0], other[a["window"] >= 0]
+            assert torch.equal(value, other), (part, name)
+    assert bool((fused["histogram"].counts.sum(dim=1) == 4 * (9 + 2 + 9 + 5)).all())
+    for name, value in fused["moments"].state().items():
+        torch.testing.assert_close(value, by_torch["moments"].state()[name], rtol=1e-5, atol=1e-9)
 
 
 def test_scan_state_equals_the_torch_path(tiny_model, tiny_model_dir, tiny_corpus, monkeypatch):
