@@ -33,11 +33,16 @@ from labeller.scan.accumulators import (
 
 BLOCK = 128  # neurons per task: a block's rows of 64 tokens fit in L1, its histogram in L2
 _FLAGS = {"reassoc", "contract", "nsz", "arcp"}  # not nnan/ninf: -inf and NaN stay meaningful
-# Cached on disk, without the GIL (other Python threads run meanwhile), no bounds checks.
-_COMPILED = {"cache": True, "nogil": True, "boundscheck": False}
+# Cached on disk, without the GIL (other Python threads run meanwhile), no bounds checks; the
+# helpers inlined into the two parallel kernels that call them.
+_helper = njit(cache=True, nogil=True, boundscheck=False, inline="always")
+_pass = njit(
+    cache=True, nogil=True, boundscheck=False, inline="always", fastmath=_FLAGS, error_model="numpy"
+)
+_parallel = njit(cache=True, nogil=True, boundscheck=False, parallel=True)
 
 
-@njit(**_COMPILED, fastmath=_FLAGS, error_model="numpy")
+@_pass
 def _block_extremes(  # pragma: no cover - compiled
     x: np.ndarray,
     skip: int,
@@ -67,7 +72,7 @@ def _block_extremes(  # pragma: no cover - compiled
     batch_max[lo:hi] = high
 
 
-@njit(**_COMPILED, inline="always")
+@_helper
 def _cover(  # pragma: no cover - compiled
     neuron: int,
     low: float,
@@ -97,7 +102,7 @@ def _cover(  # pragma: no cover - compiled
         first[neuron] = aligned - lift
 
 
-@njit(**_COMPILED, fastmath=_FLAGS, error_model="numpy")
+@_pass
 def _block_sums_and_counts(  # pragma: no cover - compiled
     x: np.ndarray,
     skip: int,
@@ -159,7 +164,7 @@ def _block_sums_and_counts(  # pragma: no cover - compiled
             counts[lo + j, q] += local[j * bins + q]
 
 
-@njit(**_COMPILED, inline="always")
+@_helper
 def _copy_window(  # pragma: no cover - compiled
     x: np.ndarray, skip: int, length: int, row: int, neuron: int, out: np.ndarray
 ) -> int:
@@ -174,7 +179,7 @@ def _copy_window(  # pragma: no cover - compiled
     return best
 
 
-@njit(**_COMPILED, inline="always")
+@_helper
 def _worst_slot(values: np.ndarray, window: np.ndarray, c: int) -> int:  # pragma: no cover
     """The top-k slot to give up: the lowest max, on a tie the later window (empty: -inf, -1)."""
     worst = 0
@@ -186,7 +191,7 @@ def _worst_slot(values: np.ndarray, window: np.ndarray, c: int) -> int:  # pragm
     return worst
 
 
-@njit(**_COMPILED, inline="always")
+@_helper
 def _column_top(  # pragma: no cover - compiled
     c: int,
     x: np.ndarray,
@@ -227,14 +232,14 @@ def _column_top(  # pragma: no cover - compiled
         worst = _worst_slot(values, window, c)
 
 
-@njit(**_COMPILED, inline="always")
+@_helper
 def _band_of(value: float, exponent: int, bins: int) -> int:  # pragma: no cover - compiled
     """accumulators.band_bin for one value: floor(value / 2**exponent) in float32, clamped."""
     inverse = np.float32(math.ldexp(1.0, -min(max(exponent, -126), 126)))
     return min(max(math.floor(np.float32(value) * inverse), 0), bins - 1)
 
 
-@njit(**_COMPILED, inline="always")
+@_helper
 def _move_slot(  # pragma: no cover - compiled
     c: int,
     to: int,
@@ -254,7 +259,7 @@ def _move_slot(  # pragma: no cover - compiled
     source[to] = source[frm]
 
 
-@njit(**_COMPILED, inline="always")
+@_helper
 def _column_bands(  # pragma: no cover - compiled
     c: int,
     x: np.ndarray,
@@ -338,7 +343,7 @@ def _column_bands(  # pragma: no cover - compiled
             entered[source[s]] = True
 
 
-@njit(**_COMPILED, parallel=True)
+@_parallel
 def _layer(  # pragma: no cover - compiled
     x: np.ndarray,
     skip: int,
@@ -423,7 +428,7 @@ def _layer(  # pragma: no cover - compiled
                 )
 
 
-@njit(**_COMPILED, parallel=True)
+@_parallel
 def _tops(  # pragma: no cover - compiled
     x: np.ndarray,
     skip: int,
@@ -463,7 +468,8 @@ def _tops(  # pragma: no cover - compiled
 
 
 def _threads() -> None:
-    numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]
+    numba.set_num_threads(threads)
 
 
 def as_array(acts: torch.Tensor) -> tuple[np.ndarray, int]:

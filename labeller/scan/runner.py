@@ -14,7 +14,7 @@ import itertools
 import math
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -851,7 +851,9 @@ def split_checkpoint(blob: bytes) -> list[bytes | None]:
     return [t.numpy().tobytes() for t in state["ranks"]]
 
 
-def _limited(windows: Iterator[Window], *, skip: int, tokens_left: int | None) -> Iterator[Window]:
+def _limited(
+    windows: Iterator[Window], *, skip: int, tokens_left: int | None
+) -> Generator[Window, None, None]:
     """Skip windows already scanned; stop after exactly `tokens_left` more tokens."""
     remaining = tokens_left
     for window in itertools.islice(windows, skip, None):
