@@ -37,17 +37,19 @@ def layer_weight_facts(model: LoadedModel, layer: int) -> list[WeightFacts]:
         bottom_values, bottom_ids = (-logits).topk(k, dim=1)
     shown = set(top_ids.flatten().tolist()) | set(bottom_ids.flatten().tolist())
     vocab = {i: token_text(model.tokenizer, i) for i in shown}
+    # Built without re-validation (model_construct): every value is a float or str made here,
+    # and validating 21 records a neuron took about 0.15 ms of a scan's write per neuron.
     facts = []
     for n in range(logits.shape[0]):
         facts.append(
-            WeightFacts(
+            WeightFacts.model_construct(
                 w_in_w_out_cosine=float32_value(float(cosine[n])),
                 top_positive_tokens=[
-                    OutputToken(token=vocab[i], weight=float32_value(v))
+                    OutputToken.model_construct(token=vocab[i], weight=float32_value(v))
                     for i, v in zip(top_ids[n].tolist(), top_values[n].tolist(), strict=True)
                 ],
                 top_negative_tokens=[
-                    OutputToken(token=vocab[i], weight=-float32_value(v))
+                    OutputToken.model_construct(token=vocab[i], weight=-float32_value(v))
                     for i, v in zip(bottom_ids[n].tolist(), bottom_values[n].tolist(), strict=True)
                 ],
             )
