@@ -233,9 +233,14 @@ def _column_top(  # pragma: no cover - compiled
 
 
 @_helper
-def _band_of(value: float, exponent: int, bins: int) -> int:  # pragma: no cover - compiled
+def _inverse_width(exponent: int) -> np.float32:  # pragma: no cover - compiled
+    """1 / 2**exponent in float32, the exponent clamped as accumulators.band_bin clamps it."""
+    return np.float32(math.ldexp(1.0, -min(max(exponent, -126), 126)))
+
+
+@_helper
+def _band_of(value: float, inverse: np.float32, bins: int) -> int:  # pragma: no cover
     """accumulators.band_bin for one value: floor(value / 2**exponent) in float32, clamped."""
-    inverse = np.float32(math.ldexp(1.0, -min(max(exponent, -126), 126)))
     return min(max(math.floor(np.float32(value) * inverse), 0), bins - 1)
 
 
@@ -307,7 +312,7 @@ def _column_bands(  # pragma: no cover - compiled
                     best = s
             if best < 0:
                 break
-            k = _band_of(old_values[best], exponent[c], bins)
+            k = _band_of(old_values[best], _inverse_width(exponent[c]), bins)
             if filled[k] < m:
                 to = k * m + filled[k]
                 filled[k] += 1
@@ -317,11 +322,12 @@ def _column_bands(  # pragma: no cover - compiled
                 window[to, c] = old_window[best]
                 acts[to, c, :] = old_acts[best]
             old_window[best] = -1
+    inverse = _inverse_width(exponent[c])
     for r in range(batch):
         v = window_max[r, c]
         if not v > 0:
             continue
-        k = _band_of(v, exponent[c], bins)
+        k = _band_of(v, inverse, bins)
         p = batch_priority[r]
         last = k * m + m - 1
         if not p < priority[last, c]:  # the bin holds m smaller priorities
