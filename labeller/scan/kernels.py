@@ -193,24 +193,13 @@ def _worst_slot(values: np.ndarray, window: np.ndarray, c: int) -> int:  # pragm
 
 @_helper
 def _column_top(  # pragma: no cover - compiled
-    c: int,
-    x: np.ndarray,
-    skip: int,
-    lengths: np.ndarray,
-    window_max: np.ndarray,
-    rows: np.ndarray,
-    repeated: np.ndarray,
-    window_index: np.ndarray,
-    window_hash: np.ndarray,
-    values: np.ndarray,
-    argmax: np.ndarray,
-    window: np.ndarray,
-    hashes: np.ndarray,
-    acts: np.ndarray,
-    entered: np.ndarray,
+    c: int, batch: tuple, rows: np.ndarray, repeated: np.ndarray, top: tuple, entered: np.ndarray
 ) -> None:
     """TopWindows.update for neuron c: the batch rows `rows` (in stream order) enter one by
-    one where they beat the worst kept window; `entered` [B] marks the rows that did."""
+    one where they beat the worst kept window; `entered` [B] marks the rows that did. `batch`
+    and `top`: the arrays _batch_arrays and _top_arrays give."""
+    x, skip, lengths, window_max, window_index, window_hash = batch
+    values, argmax, window, hashes, acts = top
     k = values.shape[0]
     worst = _worst_slot(values, window, c)
     old_hashes = hashes[:, c].copy()
@@ -266,32 +255,20 @@ def _move_slot(  # pragma: no cover - compiled
 
 @_helper
 def _column_bands(  # pragma: no cover - compiled
-    c: int,
-    x: np.ndarray,
-    skip: int,
-    lengths: np.ndarray,
-    window_max: np.ndarray,
-    window_index: np.ndarray,
-    batch_priority: np.ndarray,
-    m: int,
-    empty: int,
-    exponent: np.ndarray,
-    priority: np.ndarray,
-    values: np.ndarray,
-    argmax: np.ndarray,
-    window: np.ndarray,
-    acts: np.ndarray,
-    entered: np.ndarray,
+    c: int, batch: tuple, batch_priority: np.ndarray, m: int, bands: tuple, entered: np.ndarray
 ) -> None:
     """BandSample.update for neuron c: widen the grid if the batch's max needs it (re-binning
     the kept windows, bottom m per new bin), then insert each window whose priority beats its
-    bin's m-th, keeping every bin in priority order; `entered` [B] marks rows kept."""
+    bin's m-th, keeping every bin in priority order; `entered` [B] marks rows kept. `bands`:
+    the arrays _band_arrays gives."""
+    x, skip, lengths, window_max, window_index, _ = batch
+    exponent, priority, values, argmax, window, acts = bands
     slots = priority.shape[0]
     bins = slots // m
-    batch = window_max.shape[0]
+    windows = window_max.shape[0]
     source = np.full(slots, -1, np.int64)  # per slot: the batch row it came from, or -1
     column_max = window_max[0, c]
-    for r in range(1, batch):
+    for r in range(1, windows):
         column_max = max(column_max, window_max[r, c])
     if column_max > 0 and math.frexp(column_max)[1] - 3 > exponent[c]:
         exponent[c] = math.frexp(column_max)[1] - 3
@@ -300,7 +277,7 @@ def _column_bands(  # pragma: no cover - compiled
         old_argmax = argmax[:, c].copy()
         old_window = window[:, c].copy()
         old_acts = acts[:, c, :].copy()
-        priority[:, c] = empty
+        priority[:, c] = EMPTY_PRIORITY
         values[:, c] = 0.0
         argmax[:, c] = 0
         window[:, c] = -1
@@ -323,7 +300,7 @@ def _column_bands(  # pragma: no cover - compiled
                 acts[to, c, :] = old_acts[best]
             old_window[best] = -1
     inverse = _inverse_width(exponent[c])
-    for r in range(batch):
+    for r in range(windows):
         v = window_max[r, c]
         if not v > 0:
             continue
@@ -351,38 +328,24 @@ def _column_bands(  # pragma: no cover - compiled
 
 @_parallel
 def _layer(  # pragma: no cover - compiled
-    x: np.ndarray,
-    skip: int,
-    lengths: np.ndarray,
+    batch: tuple,
     extremes_only: bool,
-    window_max: np.ndarray,
     batch_min: np.ndarray,
     batch_max: np.ndarray,
     shift: np.ndarray,
-    inverse_width: np.ndarray,
-    first: np.ndarray,
-    counts: np.ndarray,
+    histogram: tuple,
     sums: np.ndarray,
     positive: np.ndarray,
     rows: np.ndarray,
     repeated: np.ndarray,
-    window_index: np.ndarray,
-    window_hash: np.ndarray,
-    top_values: np.ndarray,
-    top_argmax: np.ndarray,
-    top_window: np.ndarray,
-    top_hashes: np.ndarray,
-    top_acts: np.ndarray,
+    top: tuple,
     band_m: int,
     band_priority: np.ndarray,
-    band_exponent: np.ndarray,
-    band_priorities: np.ndarray,
-    band_values: np.ndarray,
-    band_argmax: np.ndarray,
-    band_window: np.ndarray,
-    band_acts: np.ndarray,
+    bands: tuple,
     entered: np.ndarray,
 ) -> None:
+    x, skip, lengths, window_max, _, _ = batch
+    inverse_width, first, counts = histogram
     n = x.shape[2]
     for block in prange((n + BLOCK - 1) // BLOCK):
         lo = block * BLOCK
@@ -396,81 +359,19 @@ def _layer(  # pragma: no cover - compiled
             x, skip, lengths, lo, hi, shift, inverse_width, first, sums, positive, counts
         )
         for c in range(lo, hi):
-            _column_top(
-                c,
-                x,
-                skip,
-                lengths,
-                window_max,
-                rows,
-                repeated,
-                window_index,
-                window_hash,
-                top_values,
-                top_argmax,
-                top_window,
-                top_hashes,
-                top_acts,
-                entered[block],
-            )
+            _column_top(c, batch, rows, repeated, top, entered[block])
             if band_m:
-                _column_bands(
-                    c,
-                    x,
-                    skip,
-                    lengths,
-                    window_max,
-                    window_index,
-                    band_priority,
-                    band_m,
-                    EMPTY_PRIORITY,
-                    band_exponent,
-                    band_priorities,
-                    band_values,
-                    band_argmax,
-                    band_window,
-                    band_acts,
-                    entered[block],
-                )
+                _column_bands(c, batch, band_priority, band_m, bands, entered[block])
 
 
 @_parallel
 def _tops(  # pragma: no cover - compiled
-    x: np.ndarray,
-    skip: int,
-    lengths: np.ndarray,
-    window_max: np.ndarray,
-    rows: np.ndarray,
-    repeated: np.ndarray,
-    window_index: np.ndarray,
-    window_hash: np.ndarray,
-    values: np.ndarray,
-    argmax: np.ndarray,
-    window: np.ndarray,
-    hashes: np.ndarray,
-    acts: np.ndarray,
-    entered: np.ndarray,
+    batch: tuple, rows: np.ndarray, repeated: np.ndarray, top: tuple, entered: np.ndarray
 ) -> None:
-    n = values.shape[1]
+    n = top[0].shape[1]
     for block in prange((n + BLOCK - 1) // BLOCK):
         for c in range(block * BLOCK, min(n, (block + 1) * BLOCK)):
-            _column_top(
-                c,
-                x,
-                skip,
-                lengths,
-                window_max,
-                rows,
-                repeated,
-                window_index,
-                window_hash,
-                values,
-                argmax,
-                window,
-                hashes,
-                acts,
-                entered[block],
-            )
+            _column_top(c, batch, rows, repeated, top, entered[block])
 
 
 def _threads() -> None:
@@ -501,6 +402,40 @@ def _repeated(window_hash: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     hashes = window_hash[rows]
     repeated[rows] = torch.tril(hashes[:, None] == hashes[None, :], diagonal=-1).any(dim=1)
     return repeated
+
+
+def _batch_arrays(
+    x: np.ndarray,
+    skip: int,
+    lengths: np.ndarray,
+    window_max: np.ndarray,
+    window_index: torch.Tensor,
+    window_hash: torch.Tensor,
+) -> tuple:
+    """A batch as the kernels read it: activations, skip, lengths, window maxima, indices,
+    hashes."""
+    return (x, skip, lengths, window_max, window_index.numpy(), window_hash.numpy())
+
+
+def _top_arrays(top: TopWindows) -> tuple:
+    return (
+        top.values.numpy(),
+        top.argmax.numpy(),
+        top.window.numpy(),
+        top.hash.numpy(),
+        top.acts.numpy(),
+    )
+
+
+def _band_arrays(bands: BandSample) -> tuple:
+    return (
+        bands.exponent.numpy(),
+        bands.priority.numpy(),
+        bands.values.numpy(),
+        bands.argmax.numpy(),
+        bands.window.numpy(),
+        bands.acts.numpy(),
+    )
 
 
 def _rows(entered: np.ndarray) -> torch.Tensor:
@@ -538,38 +473,24 @@ def update_layer(
     sample = bands if bands is not None else BandSample(1, 1, 1, 1, torch.device("cpu"))
     _threads()
 
+    arrays = _batch_arrays(x, skip, lengths, window_max, window_index, window_hash)
+
     def run(extremes_only: bool, shift: torch.Tensor) -> None:
         _layer(
-            x,
-            skip,
-            lengths,
+            arrays,
             extremes_only,
-            window_max,
             batch_min,
             batch_max,
             shift.numpy(),
-            histogram.inverse_width.numpy(),
-            histogram.first.numpy(),
-            histogram.counts.numpy(),
+            (histogram.inverse_width.numpy(), histogram.first.numpy(), histogram.counts.numpy()),
             sums,
             positive,
             rows.numpy(),
             _repeated(window_hash, rows).numpy(),
-            window_index.numpy(),
-            window_hash.numpy(),
-            top.values.numpy(),
-            top.argmax.numpy(),
-            top.window.numpy(),
-            top.hash.numpy(),
-            top.acts.numpy(),
+            _top_arrays(top),
             bands.m if bands is not None else 0,
             priority.numpy(),
-            sample.exponent.numpy(),
-            sample.priority.numpy(),
-            sample.values.numpy(),
-            sample.argmax.numpy(),
-            sample.window.numpy(),
-            sample.acts.numpy(),
+            _band_arrays(sample),
             entered,
         )
 
@@ -602,26 +523,13 @@ def update_tops(
     """TopWindows.update for each (top, batch rows) pair, e.g. a subset's top windows and that
     subset's rows; returns the batch rows that entered any."""
     x, skip = as_array(acts)
+    arrays = _batch_arrays(x, skip, lengths, window_max.numpy(), window_index, window_hash)
     kept = [torch.zeros(0, dtype=torch.long)]
     _threads()
     for top, rows in tops:
         entered = np.zeros(((top.values.shape[1] + BLOCK - 1) // BLOCK, x.shape[0]), np.bool_)
-        _tops(
-            x,
-            skip,
-            lengths,
-            window_max.numpy(),
-            rows.numpy(),
-            _repeated(window_hash, rows).numpy(),
-            window_index.numpy(),
-            window_hash.numpy(),
-            top.values.numpy(),
-            top.argmax.numpy(),
-            top.window.numpy(),
-            top.hash.numpy(),
-            top.acts.numpy(),
-            entered,
-        )
+        repeated = _repeated(window_hash, rows).numpy()
+        _tops(arrays, rows.numpy(), repeated, _top_arrays(top), entered)
         kept.append(_rows(entered))
     return torch.cat(kept)
 
