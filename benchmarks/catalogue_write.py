@@ -33,6 +33,7 @@ from labeller.catalogue.rows import (
     NeuronBlock,
     NeuronFacts,
     WindowRow,
+    neuron_facts,
 )
 from labeller.records import (
     ExampleKind,
@@ -114,6 +115,7 @@ def synthetic_neurons(neurons: int, windows: int, seed: int) -> Iterator[NeuronB
         tokens=1_000_000,
         histogram=histogram,
     )
+    stored = [neuron_facts(NeuronFacts(0, 0, stats, w)) for w in weights]
     for start in range(0, neurons, BLOCK):
         size = min(BLOCK, neurons - start)
         pick = rng.integers(0, len(bank), (size, slots))
@@ -137,13 +139,9 @@ def synthetic_neurons(neurons: int, windows: int, seed: int) -> Iterator[NeuronB
             length=np.full(shape, CTX),
             activations=acts,
         )
-        facts = [
-            NeuronFacts(
-                layer=n // D_MLP, neuron=n % D_MLP, stats=stats, weights=weights[n % len(weights)]
-            )
-            for n in range(start, start + size)
-        ]
-        yield NeuronBlock(facts, examples)
+        keys = [(n // D_MLP, n % D_MLP) for n in range(start, start + size)]
+        facts = [stored[n % len(stored)] for n in range(start, start + size)]
+        yield NeuronBlock(keys, facts, examples)
 
 
 def write(path: Path, neurons: int, windows: int, seed: int) -> tuple[float, float]:

@@ -624,12 +624,12 @@ class Catalogue:
                 updated: list[tuple[Any, ...]] = []
                 examples: list[tuple[int, bytes]] = []
                 blobs = rows.encode_example_columns(block.examples, lookup)
-                for facts, blob in zip(block.neurons, blobs, strict=True):
-                    values = rows.neuron_values(facts, model_id, scan_id)
-                    neuron_id = existing.get((facts.layer, facts.neuron))
+                for key, facts, blob in zip(block.keys, block.facts, blobs, strict=True):
+                    values = (model_id, *key, scan_id, *facts)
+                    neuron_id = existing.get(key)
                     if neuron_id is None:
                         next_id += 1
-                        neuron_id = existing[(facts.layer, facts.neuron)] = next_id
+                        neuron_id = existing[key] = next_id
                         new.append((neuron_id, *values))
                     else:
                         updated.append((*values, neuron_id))

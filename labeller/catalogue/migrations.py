@@ -412,14 +412,19 @@ def m011_vocabulary(db: Database) -> None:
             "update neurons set top_positive_tokens = ?, top_negative_tokens = ? where id = ?",
             [
                 (
-                    rows.output_tokens_to_db(rows.output_tokens_from_db(positive)),
-                    rows.output_tokens_to_db(rows.output_tokens_from_db(negative)),
+                    _as_pairs(positive),
+                    _as_pairs(negative),
                     neuron_id,
                 )
                 for neuron_id, positive, negative in batch
                 if positive is not None
             ],
         )
+
+
+def _as_pairs(stored: str) -> str:
+    """Output tokens as m011 stores them, [token, weight] pairs, whatever they were stored as."""
+    return rows.output_tokens_to_db((t.token, t.weight) for t in rows.output_tokens_from_db(stored))
 
 
 def _batches(db: Database, columns: str, table: str) -> Iterator[list[tuple[Any, ...]]]:

@@ -12,7 +12,7 @@ import json
 import math
 import struct
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar, cast
 
@@ -493,16 +493,22 @@ class NeuronRow:
 
 @dataclass(frozen=True)
 class NeuronBlock:
-    """Neurons with their examples as columns, one row per neuron: how the scan hands over a
-    layer, a block at a time."""
+    """Neurons, by (layer, neuron), with their rows' facts as stored (`FACT_COLUMNS`' values)
+    and their examples as columns, one row per neuron: how the scan hands over a layer, a block
+    at a time, built from arrays without a record per neuron."""
 
-    neurons: list[NeuronFacts]
+    keys: list[tuple[int, int]]
+    facts: list[tuple[Any, ...]]
     examples: ExampleColumns
 
     @classmethod
     def of_rows(cls, neurons: list[NeuronRow]) -> NeuronBlock:
-        facts = [NeuronFacts(n.layer, n.neuron, n.stats, n.weights, n.related) for n in neurons]
-        return cls(facts, ExampleColumns.of_rows([n.examples for n in neurons]))
+        facts = [
+            neuron_facts(NeuronFacts(n.layer, n.neuron, n.stats, n.weights, n.related))
+            for n in neurons
+        ]
+        keys = [(n.layer, n.neuron) for n in neurons]
+        return cls(keys, facts, ExampleColumns.of_rows([n.examples for n in neurons]))
 
 
 # --- models and scans ---------------------------------------------------------------------------
@@ -623,9 +629,24 @@ def output_tokens_from_db(raw: str) -> list[OutputToken]:
     ]
 
 
-def output_tokens_to_db(tokens: list[OutputToken]) -> str:
+def output_tokens_to_db(tokens: Iterable[tuple[str, float]]) -> str:
     """[token, weight] pairs: the keys of each object were a quarter of a neuron's row."""
-    return json.dumps([[t.token, t.weight] for t in tokens], ensure_ascii=False)
+    return json.dumps([[token, weight] for token, weight in tokens], ensure_ascii=False)
+
+
+def histogram_to_db(low: float, high: float, counts: list[int]) -> str:
+    """A `Histogram` as its JSON (NaN and infinities as JavaScript's constants, which
+    `Histogram.model_validate_json` reads)."""
+    return json.dumps({"low": low, "high": high, "counts": counts}, separators=(",", ":"))
+
+
+def related_to_db(related: list[RelatedNeuron]) -> str:
+    return json.dumps([r.model_dump(exclude={"label"}) for r in related])
+
+
+def reals_to_db(values: list[float]) -> list[float | str]:
+    """`real_to_db` for a column."""
+    return [NAN_TEXT if v != v else v for v in values]
 
 
 def neuron_to_row(neuron: NeuronFacts, model_id: int, scan_id: int | None) -> Row:
@@ -645,19 +666,23 @@ def neuron_to_row(neuron: NeuronFacts, model_id: int, scan_id: int | None) -> Ro
         "skewness": real_to_db(stats.skewness),
         "kurtosis": real_to_db(stats.kurtosis),
         "tokens": stats.tokens,
-        "histogram": stats.histogram.model_dump_json(),
+        "histogram": histogram_to_db(
+            stats.histogram.low, stats.histogram.high, stats.histogram.counts
+        ),
         "w_in_w_out_cosine": weights.w_in_w_out_cosine if weights else None,
-        "top_positive_tokens": output_tokens_to_db(weights.top_positive_tokens)
+        "top_positive_tokens": output_tokens_to_db(
+            (t.token, t.weight) for t in weights.top_positive_tokens
+        )
         if weights
         else None,
-        "top_negative_tokens": output_tokens_to_db(weights.top_negative_tokens)
+        "top_negative_tokens": output_tokens_to_db(
+            (t.token, t.weight) for t in weights.top_negative_tokens
+        )
         if weights
         else None,
     }
     if neuron.related is not None:
-        row["related_neurons"] = json.dumps(
-            [r.model_dump(exclude={"label"}) for r in neuron.related]
-        )
+        row["related_neurons"] = related_to_db(neuron.related)
     return row
 
 
@@ -680,12 +705,13 @@ NEURON_COLUMNS = (
     "top_negative_tokens",
     "related_neurons",
 )
+FACT_COLUMNS = NEURON_COLUMNS[4:]  # what a neuron's row says of it: all but its keys
 
 
-def neuron_values(neuron: NeuronFacts, model_id: int, scan_id: int | None) -> tuple[Any, ...]:
-    """`neuron_to_row`'s values in NEURON_COLUMNS order (the scan's bulk write)."""
-    row = neuron_to_row(neuron, model_id, scan_id)
-    return tuple(row.get(column) for column in NEURON_COLUMNS)
+def neuron_facts(neuron: NeuronFacts) -> tuple[Any, ...]:
+    """`neuron_to_row`'s values in FACT_COLUMNS order."""
+    row = neuron_to_row(neuron, 0, None)
+    return tuple(row.get(column) for column in FACT_COLUMNS)
 
 
 def token_ids_to_db(token_ids: list[int]) -> bytes:

@@ -3,14 +3,15 @@ examples are arrays (`ExampleColumns`).
 
 Everything per example is done with array operations over a block of neurons: building the
 rows one example at a time in Python took longer than scanning them (tens of millions of
-examples for a large model). What is left per neuron is its statistics record.
+examples for a large model). The neurons' own rows are built from columns too: a record per
+neuron (and per output token) cost a quarter of a scan's write.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -20,16 +21,17 @@ from labeller.catalogue.rows import (
     SPLIT_CODES,
     ExampleColumns,
     NeuronBlock,
-    NeuronFacts,
+    histogram_to_db,
+    output_tokens_to_db,
+    reals_to_db,
+    related_to_db,
 )
+from labeller.model.weights import LayerWeightFacts
 from labeller.records import (
     BANDS,
     ExampleKind,
-    Histogram,
-    NeuronStats,
     RelatedNeuron,
     Split,
-    WeightFacts,
     band_edges,
     quantile_split,
     random_split,
@@ -75,7 +77,7 @@ def layer_blocks(
     *,
     reservoir: list[int],
     lengths: WindowLengths,
-    weights: list[WeightFacts],
+    weights: LayerWeightFacts,
     related: list[list[RelatedNeuron]] | None,
 ) -> Iterator[NeuronBlock]:
     """One layer's neurons with their statistics and examples, in blocks: top windows, the
@@ -89,7 +91,15 @@ def layer_blocks(
     random_acts = state.random_acts[: len(reservoir)].cpu().numpy()
     bands = _numpy(state.bands.state()) if state.bands is not None else None
     dla = _numpy(state.dla.state()) if state.dla is not None else None
-    stats = _layer_stats(_numpy(state.moments.state()), state.histogram)
+    moments = _numpy(state.moments.state())
+    stats = _layer_stats(moments, state.histogram)
+    maxima = moments["max"].tolist()
+    cosine, positive, negative = (
+        weights.cosine,
+        [output_tokens_to_db(pairs) for pairs in weights.top_positive_tokens],
+        [output_tokens_to_db(pairs) for pairs in weights.top_negative_tokens],
+    )
+    related_json = None if related is None else [related_to_db(r) for r in related]
     for start in range(0, state.n, BLOCK_NEURONS):
         cut = slice(start, min(start + BLOCK_NEURONS, state.n))
         parts = [_ranked(top, cut, ExampleKind.TOP, lengths)]
@@ -99,22 +109,22 @@ def layer_blocks(
             taken = taken + (parts[-1].window_key >= 0).sum(axis=1)
         parts.append(_random(random_acts[:, :, cut], reservoir, lengths))
         if bands is not None:
-            maxima = [s.max for s in stats[cut]]
-            parts.append(_banded(bands, cut, maxima, state.bands.m, lengths))  # type: ignore[union-attr]
+            parts.append(_banded(bands, cut, maxima[cut], state.bands.m, lengths))  # type: ignore[union-attr]
         if dla is not None:
             parts.append(_ranked(dla, cut, ExampleKind.DLA_TOP, lengths, prefix="top_"))
             parts.append(_ranked(dla, cut, ExampleKind.DLA_BOTTOM, lengths, prefix="bottom_"))
-        facts = [
-            NeuronFacts(
-                layer=layer,
-                neuron=n,
-                stats=stats[n],
-                weights=weights[n],
-                related=None if related is None else related[n],
+        facts = list(
+            zip(
+                *(column[cut] for column in stats),
+                cosine[cut],
+                positive[cut],
+                negative[cut],
+                [None] * (cut.stop - cut.start) if related_json is None else related_json[cut],
+                strict=True,
             )
-            for n in range(cut.start, cut.stop)
-        ]
-        yield NeuronBlock(facts, _joined(parts))
+        )
+        keys = [(layer, n) for n in range(cut.start, cut.stop)]
+        yield NeuronBlock(keys, facts, _joined(parts))
 
 
 def _columns(
@@ -237,32 +247,38 @@ def _joined(parts: list[ExampleColumns]) -> ExampleColumns:
     return ExampleColumns(**fields, activations=activations)
 
 
-def _layer_stats(moments: Arrays, histogram: AdaptiveHistogram) -> np.ndarray:
-    """Each neuron's statistics record (an object array, so blocks slice it)."""
+def _layer_stats(moments: Arrays, histogram: AdaptiveHistogram) -> list[list[Any]]:
+    """Each neuron's statistics as stored, column by column (FACT_COLUMNS from max to the
+    histogram), computed as `NeuronStats` defines them: skewness and kurtosis None for a
+    constant neuron."""
     count = float(moments["count"])
-    columns = {name: moments[name].tolist() for name in ("m2", "m3", "m4", "max", "min", "mean")}
-    positive = moments["positive"].tolist()
-    histograms = _histograms(histogram)
-    found = np.empty(len(positive), dtype=object)
-    for n, m2 in enumerate(columns["m2"]):
-        variance = m2 / count if count else 0.0
-        constant = m2 <= 1e-12 * max(count, 1.0)
-        found[n] = NeuronStats(
-            max=columns["max"][n],
-            min=columns["min"][n],
-            mean=columns["mean"][n],
-            std=math.sqrt(max(variance, 0.0)),
-            density=positive[n] / count if count else 0.0,
-            skewness=None if constant else math.sqrt(count) * columns["m3"][n] / m2**1.5,
-            kurtosis=None if constant else count * columns["m4"][n] / (m2 * m2) - 3.0,
-            tokens=int(count),
-            histogram=histograms[n],
-        )
-    return found
+    m2, m3, m4 = (moments[name].astype(np.float64) for name in ("m2", "m3", "m4"))
+    constant = m2 <= 1e-12 * max(count, 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        variance = m2 / count if count else np.zeros_like(m2)
+        skewness = math.sqrt(count) * m3 / m2**1.5
+        kurtosis = count * m4 / (m2 * m2) - 3.0
+    density = moments["positive"].astype(np.float64) / count if count else np.zeros_like(m2)
+
+    def absent_if_constant(values: np.ndarray) -> list[float | str | None]:
+        stored = reals_to_db(values.tolist())
+        return [None if c else v for v, c in zip(stored, constant.tolist(), strict=True)]
+
+    return [
+        reals_to_db(moments["max"].tolist()),
+        reals_to_db(moments["min"].tolist()),
+        reals_to_db(moments["mean"].tolist()),
+        reals_to_db(np.sqrt(np.maximum(variance, 0.0)).tolist()),
+        reals_to_db(density.tolist()),
+        absent_if_constant(skewness),
+        absent_if_constant(kurtosis),
+        [int(count)] * m2.shape[0],
+        _histograms(histogram),
+    ]
 
 
-def _histograms(histogram: AdaptiveHistogram) -> list[Histogram]:
-    """Each neuron's histogram, trimmed to its first and last non-empty bins."""
+def _histograms(histogram: AdaptiveHistogram) -> list[str]:
+    """Each neuron's histogram as stored, trimmed to its first and last non-empty bins."""
     counts = histogram.counts.cpu().numpy()
     filled = counts > 0
     first = filled.argmax(axis=1).tolist()
@@ -273,15 +289,15 @@ def _histograms(histogram: AdaptiveHistogram) -> list[Histogram]:
     nonempty = np.any(filled, axis=1).tolist()
     for n, any_filled in enumerate(nonempty):
         if not any_filled:
-            found.append(Histogram(low=0.0, high=0.0, counts=[]))
+            found.append(histogram_to_db(0.0, 0.0, []))
             continue
         width = 1.0 / float(inverse_width[n])
         low = int(origin[n]) * width
         found.append(
-            Histogram(
-                low=low + first[n] * width,
-                high=low + (last[n] + 1) * width,
-                counts=counts[n, first[n] : last[n] + 1].tolist(),
+            histogram_to_db(
+                low + first[n] * width,
+                low + (last[n] + 1) * width,
+                counts[n, first[n] : last[n] + 1].tolist(),
             )
         )
     return found

@@ -19,14 +19,24 @@ def test_float32_value_reads_back_as_the_same_float32_and_is_short():
 
 def test_output_token_weights_are_w_out_through_the_unembedding_in_float32():
     model = load_model("demo-gelu-1l", device="cpu")
-    facts = layer_weight_facts(model, 0)
+    facts = layer_weight_facts(model, 0).record(7)
     with torch.inference_mode():
         logits = (model.bridge.W_out[0].float() @ model.bridge.W_U.float())[7]
     top = logits.topk(10).values.tolist()
-    assert [np.float32(t.weight) for t in facts[7].top_positive_tokens] == [
-        np.float32(v) for v in top
-    ]
+    assert [np.float32(t.weight) for t in facts.top_positive_tokens] == [np.float32(v) for v in top]
     bottom = logits.topk(10, largest=False).values.tolist()
-    assert [np.float32(t.weight) for t in facts[7].top_negative_tokens] == [
+    assert [np.float32(t.weight) for t in facts.top_negative_tokens] == [
         np.float32(v) for v in bottom
     ]
+
+
+def test_the_layer_columns_hold_each_value_as_its_shortest_float32_decimal():
+    model = load_model("demo-gelu-1l", device="cpu")
+    facts = layer_weight_facts(model, 0)
+    with torch.inference_mode():
+        w_in, w_out = model.bridge.W_in[0].float(), model.bridge.W_out[0].float()
+        cosine = torch.nn.functional.cosine_similarity(w_in.T, w_out, dim=1).tolist()
+    assert facts.cosine == [float32_value(c) for c in cosine]
+    weights = [w for neuron in facts.top_negative_tokens for _, w in neuron]
+    assert weights == [float32_value(w) for w in weights]
+    assert len(facts.top_positive_tokens) == model.d_mlp

@@ -8,7 +8,7 @@ import sqlite3
 import pytest
 from builders import scan_params
 
-from labeller.catalogue import Catalogue
+from labeller.catalogue import Catalogue, rows
 from labeller.scan import results
 from labeller.scan.runner import run_scan
 
@@ -35,3 +35,24 @@ def test_blocks_smaller_than_a_layer_store_the_same(
         stored.append(_stored(tmp_path / f"{name}.db"))
     assert tiny_model.d_mlp > 7 and stored[0][1]
     assert stored[0] == stored[1]
+
+
+def test_the_neuron_rows_built_from_columns_are_what_their_records_store(
+    tiny_model, tiny_model_dir, tiny_corpus, tmp_path
+):
+    """The scan writes each neuron's row from arrays, without records: read back as records
+    and written the record way, every row comes out the same."""
+    params = scan_params(tiny_model_dir, tiny_corpus, correlations="layer")
+    with Catalogue.open(tmp_path / "scan.db", create=True) as catalogue:
+        run_scan(catalogue, tiny_model, params, batch_size=5)
+        stored = list(catalogue.db.query("select * from neurons order by layer, neuron"))
+    assert len(stored) == tiny_model.d_mlp * len(params.layers)
+    for row in stored:
+        facts = rows.NeuronFacts(
+            row["layer"],
+            row["neuron"],
+            rows.stats_from_row(row),
+            rows.weights_from_row(row),
+            rows.related_from_row(row),
+        )
+        assert rows.neuron_facts(facts) == tuple(row[c] for c in rows.FACT_COLUMNS)
