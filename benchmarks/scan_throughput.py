@@ -30,15 +30,19 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from labeller.catalogue import Catalogue
+# Only what the bare process needs is imported here: the scan's modules (the catalogue, numba's
+# kernels) are imported where they are used, so the bare process does not pay for them.
 from labeller.corpus import Window, iter_documents, iter_windows
 from labeller.model.activations import batch_inputs, neuron_activations
 from labeller.model.loading import LoadedModel, load_model, resolve_device
-from labeller.records import ScanParams
-from labeller.scan.runner import Scanner
+
+if TYPE_CHECKING:
+    from labeller.records import ScanParams
+    from labeller.scan.runner import Scanner
 
 
 def gpt2_sized_model(device: str) -> LoadedModel:
@@ -110,6 +114,8 @@ def bare_pass(model: LoadedModel, batches: list[list[Window]], layers: list[int]
 
 
 def scan_pass(model: LoadedModel, batches: list[list[Window]], params: ScanParams) -> Scanner:
+    from labeller.scan.runner import Scanner
+
     scanner = Scanner(model, params)
     for batch in batches:
         scanner.process(batch)
@@ -216,6 +222,13 @@ def main() -> None:
     if args.whole_process:
         whole_process(args)
         return
+    in_process(args)
+
+
+def in_process(args: argparse.Namespace) -> None:
+    """The scan's variants against the bare pass in this process (see the module)."""
+    from labeller.catalogue import Catalogue
+    from labeller.records import ScanParams
 
     model = gpt2_sized_model(args.device) if args.config else load_model(args.model, args.device)
     layers = list(range(model.n_layers))
