@@ -181,15 +181,16 @@ def encode_example_columns(columns: ExampleColumns, window_ids: WindowIds) -> li
     narrow = maxima.astype("<f4")
     slot_held = np.arange(order.shape[1])[None, :] < count[:, None]
     exact32 = ((narrow.astype("<f8") == maxima) | ~slot_held).all(axis=1) & (count > 0)
-    lengths = fields["length"].astype(np.int64)
-    max_index = fields["max_index"].astype(np.int64)
-    acts = np.take_along_axis(columns.activations, order[:, :, None], axis=1)
-    token = np.arange(acts.shape[2])[None, None, :]
-    kept = slot_held[:, :, None] & (token < lengths[:, :, None])
+    # The values are gathered in slot order: the held slots keep their order when moved first,
+    # so a neuron's values come out in its records' order without moving the activations.
+    lengths = columns.length.astype(np.int64)
+    max_index = columns.max_index.astype(np.int64)
+    token = np.arange(columns.activations.shape[2])[None, None, :]
+    kept = held[:, :, None] & (token < lengths[:, :, None])
     # Each max's own token is left out: the records hold the max exactly (`_max_positions`).
-    max_known = (max_index >= 0) & (max_index < lengths) & ~np.isnan(maxima)
+    max_known = (max_index >= 0) & (max_index < lengths) & ~np.isnan(columns.max_activation)
     kept &= ~((token == max_index[:, :, None]) & max_known[:, :, None])
-    values = to_float16(acts[kept])
+    values = to_float16(columns.activations[kept])
     ends = np.cumsum(kept.sum(axis=(1, 2)))
     blobs = []
     for n, c in enumerate(count.tolist()):

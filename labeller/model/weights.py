@@ -8,7 +8,6 @@ import numpy as np
 import torch
 
 from labeller.model.loading import LoadedModel
-from labeller.model.tokens import token_text
 from labeller.records import OutputToken, WeightFacts
 
 TOP_OUTPUT_TOKENS = 10
@@ -67,11 +66,9 @@ def layer_weight_facts(model: LoadedModel, layer: int) -> LayerWeightFacts:
         k = min(TOP_OUTPUT_TOKENS, logits.shape[1])
         top_values, top_ids = logits.topk(k, dim=1)
         bottom_values, bottom_ids = logits.topk(k, dim=1, largest=False)
-    shown = set(top_ids.flatten().tolist()) | set(bottom_ids.flatten().tolist())
-    vocab = {i: token_text(model.tokenizer, i) for i in shown}
 
     def pairs(ids: torch.Tensor, values: torch.Tensor) -> list[TokenWeights]:
-        texts = [vocab[i] for i in ids.flatten().tolist()]
+        texts = model.token_strings(ids.flatten().tolist())
         weights = _float32_values(values.cpu())
         flat = list(zip(texts, weights, strict=True))
         return [flat[start : start + k] for start in range(0, len(flat), k)]
