@@ -23,6 +23,7 @@ scan's compiled kernels are compiled (or loaded from numba's cache) before the f
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import statistics
 import subprocess
@@ -147,6 +148,7 @@ def bare_process(
         ids, _ = batch_inputs(model, pending)
         neuron_activations(model, ids, layers, keep=False)
     synchronise(model)
+    gc.freeze()  # exits as `labeller` does (labeller/cli.py, main), so both processes exit alike
 
 
 def whole_process(args: argparse.Namespace) -> None:
