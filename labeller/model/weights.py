@@ -15,16 +15,11 @@ TOP_OUTPUT_TOKENS = 10
 TokenWeights = list[tuple[str, float]]
 
 
-def float32_value(value: float) -> float:
-    """A float32 result as the shortest decimal that reads back as the same float32: the
-    float64 digits past float32's precision are noise, and cost a catalogue ~160 bytes a
-    neuron in the output tokens' JSON."""
-    return float(str(np.float32(value)))
-
-
-def _float32_values(values: torch.Tensor) -> list[float]:
-    """`float32_value` for a whole tensor at once (numpy's str of a float32 array is its
-    shortest decimals, as str of each scalar)."""
+def float32_values(values: torch.Tensor) -> list[float]:
+    """Each float32 as the shortest decimal that reads back as the same float32: the float64
+    digits past float32's precision are noise, and cost a catalogue ~160 bytes a neuron in the
+    output tokens' JSON. (numpy's str of a float32 array gives each value's shortest decimal,
+    as str of a float32 scalar does.)"""
     return [float(text) for text in values.numpy().astype(np.float32).ravel().astype(str)]
 
 
@@ -51,7 +46,7 @@ class LayerWeightFacts:
 
 def layer_weight_facts(model: LoadedModel, layer: int) -> LayerWeightFacts:
     """Per neuron: cos(w_in, w_out) and the tokens its output most promotes and suppresses,
-    each a float32 as its shortest decimal (`float32_value`).
+    each a float32 as its shortest decimal (`float32_values`).
 
     A strongly negative cosine marks the seed essay's memory-management neurons (erasing what
     they read); a strongly positive one marks signal-boosting neurons.
@@ -69,12 +64,12 @@ def layer_weight_facts(model: LoadedModel, layer: int) -> LayerWeightFacts:
 
     def pairs(ids: torch.Tensor, values: torch.Tensor) -> list[TokenWeights]:
         texts = model.token_strings(ids.flatten().tolist())
-        weights = _float32_values(values.cpu())
+        weights = float32_values(values.cpu())
         flat = list(zip(texts, weights, strict=True))
         return [flat[start : start + k] for start in range(0, len(flat), k)]
 
     return LayerWeightFacts(
-        cosine=_float32_values(cosine.cpu()),
+        cosine=float32_values(cosine.cpu()),
         top_positive_tokens=pairs(top_ids, top_values),
         top_negative_tokens=pairs(bottom_ids, bottom_values),
     )

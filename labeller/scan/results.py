@@ -94,11 +94,8 @@ def layer_blocks(
     moments = _numpy(state.moments.state())
     stats = _layer_stats(moments, state.histogram)
     maxima = moments["max"].tolist()
-    cosine, positive, negative = (
-        weights.cosine,
-        [output_tokens_to_db(pairs) for pairs in weights.top_positive_tokens],
-        [output_tokens_to_db(pairs) for pairs in weights.top_negative_tokens],
-    )
+    positive = [output_tokens_to_db(pairs) for pairs in weights.top_positive_tokens]
+    negative = [output_tokens_to_db(pairs) for pairs in weights.top_negative_tokens]
     related_json = None if related is None else [related_to_db(r) for r in related]
     for start in range(0, state.n, BLOCK_NEURONS):
         cut = slice(start, min(start + BLOCK_NEURONS, state.n))
@@ -116,7 +113,7 @@ def layer_blocks(
         facts = list(
             zip(
                 *(column[cut] for column in stats),
-                cosine[cut],
+                weights.cosine[cut],
                 positive[cut],
                 negative[cut],
                 [None] * (cut.stop - cut.start) if related_json is None else related_json[cut],

@@ -6,13 +6,19 @@ import numpy as np
 import torch
 
 from labeller.model.loading import load_model
-from labeller.model.weights import float32_value, layer_weight_facts
+from labeller.model.weights import float32_values, layer_weight_facts
 
 
-def test_float32_value_reads_back_as_the_same_float32_and_is_short():
+def shortest(value: float) -> float:
+    return float(str(np.float32(value)))
+
+
+def test_float32_values_read_back_as_the_same_float32_and_are_short():
     rng = np.random.default_rng(0)
-    for value in [*rng.standard_normal(2000).astype(np.float32).tolist(), 1e-30, -7e20, 0.0]:
-        short = float32_value(value)
+    values = [*rng.standard_normal(2000).astype(np.float32).tolist(), 1e-30, -7e20, 0.0, 1e16]
+    found = float32_values(torch.tensor(values, dtype=torch.float32))
+    assert found == [shortest(v) for v in values]
+    for short, value in zip(found, values, strict=True):
         assert np.float32(short) == np.float32(value)
         assert len(repr(short)) <= len(repr(value))
 
@@ -36,7 +42,7 @@ def test_the_layer_columns_hold_each_value_as_its_shortest_float32_decimal():
     with torch.inference_mode():
         w_in, w_out = model.bridge.W_in[0].float(), model.bridge.W_out[0].float()
         cosine = torch.nn.functional.cosine_similarity(w_in.T, w_out, dim=1).tolist()
-    assert facts.cosine == [float32_value(c) for c in cosine]
+    assert facts.cosine == [shortest(c) for c in cosine]
     weights = [w for neuron in facts.top_negative_tokens for _, w in neuron]
-    assert weights == [float32_value(w) for w in weights]
+    assert weights == [shortest(w) for w in weights]
     assert len(facts.top_positive_tokens) == model.d_mlp
