@@ -10,11 +10,12 @@ maxima are the float32 values themselves, bins are computed as the torch path co
 (a power-of-two scale, exact in float32), power sums are taken per window in float32 and summed
 in float64, and top-k and band samples follow the torch path's rules exactly (tested equal).
 
-The first call compiles the kernels (about 15 s on a 2-core machine); numba caches them on disk.
+The first call compiles the kernels (about 20 s on a 2-core machine); numba caches them on disk.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -438,6 +439,12 @@ def _band_arrays(bands: BandSample) -> tuple:
     )
 
 
+@functools.cache
+def _no_band_arrays() -> tuple:
+    """A one-slot band sample's arrays, made once: what the kernel is handed without bands."""
+    return _band_arrays(BandSample(1, 1, 1, 1, torch.device("cpu")))
+
+
 def _rows(entered: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(entered.any(axis=0)).nonzero().squeeze(1)
 
@@ -469,8 +476,9 @@ def update_layer(
     blocks = (n + BLOCK - 1) // BLOCK
     entered = np.zeros((blocks, batch), np.bool_)
     rows = torch.arange(batch)
+    repeated = _repeated(window_hash, rows).numpy()
     # Without bands the kernel is handed a one-slot stand-in it never reads (m = 0).
-    sample = bands if bands is not None else BandSample(1, 1, 1, 1, torch.device("cpu"))
+    band_arrays = _band_arrays(bands) if bands is not None else _no_band_arrays()
     _threads()
 
     arrays = _batch_arrays(x, skip, lengths, window_max, window_index, window_hash)
@@ -486,19 +494,18 @@ def update_layer(
             sums,
             positive,
             rows.numpy(),
-            _repeated(window_hash, rows).numpy(),
+            repeated,
             _top_arrays(top),
             bands.m if bands is not None else 0,
             priority.numpy(),
-            _band_arrays(sample),
+            band_arrays,
             entered,
         )
 
+    low, high = torch.from_numpy(batch_min), torch.from_numpy(batch_max)  # views: filled by run
     if not histogram.started:
         run(True, torch.zeros(n))
-        low, high = torch.from_numpy(batch_min), torch.from_numpy(batch_max)
         histogram.cover(low, high)
-    low, high = torch.from_numpy(batch_min), torch.from_numpy(batch_max)
     shift = moments.shift(low, high)
     run(False, shift)
     moments.add_sums(
