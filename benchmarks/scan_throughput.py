@@ -15,7 +15,7 @@ after writing the scan's results (with bands, and without).
 its catalogue written, against a bare forward-pass process over the same tokens that uses the
 whole machine (every core, or the GPU), for the demo models and a randomly initialised 4-layer
 model (width 256, 1,024 neurons a layer, saved as a native model dir), interleaved, medians. The
-scan's compiled kernels are compiled (or loaded from numba's cache) before the first timed run:
+scan's compiled kernels are built (or found in their cache) before the first timed run:
 
     python benchmarks/scan_throughput.py --whole-process --tokens 150000 --repeats 3
 """
@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-# Only what the bare process needs is imported here: the scan's modules (the catalogue, numba's
+# Only what the bare process needs is imported here: the scan's modules (the catalogue, the
 # kernels) are imported where they are used, so the bare process does not pay for them.
 from labeller.corpus import Window, iter_documents, iter_windows
 from labeller.model.activations import batch_inputs, neuron_activations

@@ -2699,7 +2699,7 @@ class _progress:
 
 def main() -> None:
     """The `labeller` command. On the way out every object is frozen out of the garbage
-    collector: Python's last collection at exit walked every object that torch, numba and the
+    collector: Python's last collection at exit walked every object that torch and the
     model had made (0.3 s for torch alone, 1.0-1.2 s after a demo scan, on a 2-core machine),
     only to free memory the system takes back anyway."""
     try:

@@ -1,4 +1,5 @@
-"""The wheel ships what the code reads and nothing of the user's: no catalogue from db/."""
+"""The wheel ships what the code reads (prompts, demo assets, the kernels' C source) and nothing
+of the user's: no catalogue from db/."""
 
 from __future__ import annotations
 
@@ -46,3 +47,4 @@ def test_the_wheel_holds_prompts_and_assets_but_no_catalogue(tmp_path: Path) -> 
     assert not [n for n in names if n.endswith(".db") or "/_data/db" in n]
     assert "labeller/_data/prompts/explainer.toml" in names
     assert "labeller/demo/assets/demo-solu-1l/model.safetensors" in names
+    assert "labeller/scan/kernels.c" in names  # the scan builds it on first use

@@ -171,24 +171,20 @@ class LayerState:
         subsets: list[str | None],
     ) -> torch.Tensor:
         """Everything `update` keeps, by the compiled CPU kernels: one pass over the layer's
-        batch, on every core, then the subsets' top windows from its window maxima."""
-        lengths = mask.sum(dim=1).numpy()
-        window_max, kept = kernels.update_layer(
+        batch, on every core, the subsets' top windows included."""
+        subset_parts = [] if self.subset_top is None else self.subset_top.batch_parts(subsets)
+        _, kept = kernels.update_layer(
             acts,
-            lengths,
+            mask.sum(dim=1).numpy(),
             window_index,
             hashes,
             priorities,
             self.moments,
             self.histogram,
-            self.top,
+            [(self.top, None), *subset_parts],
             self.bands,
         )
-        if self.subset_top is None:
-            return kept
-        parts = self.subset_top.batch_parts(subsets)
-        by_subset = kernels.update_tops(parts, acts, lengths, window_max, window_index, hashes)
-        return torch.cat([kept, by_subset])
+        return kept
 
     def _statistics_torch(
         self, acts: torch.Tensor, mask: torch.Tensor, full: bool
@@ -694,6 +690,8 @@ def run_scan(
 
     scanner = Scanner(model, params)
     notes: list[str] = []
+    if model.device.type == "cpu" and (why := kernels.build_error()) is not None:
+        notes.append(f"statistics ran as torch ops (the same results, slower): {why}")
     resumed_from: int | None = None
     scan_id: int | None = None
     plan: dict[str, Any] = {"complete": None, "unfinished": None, "error": None}

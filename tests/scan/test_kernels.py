@@ -75,7 +75,15 @@ def test_layer_update_equals_the_torch_path(n: int) -> None:
         hashes[3] = hashes[0]  # the same text twice in a batch: only the first may enter
         priority = torch.randint(-(2**62), 2**62, (4,), generator=generator)
         window_max, kept = kernels.update_layer(
-            acts, lengths, index, hashes, priority, *fused.values()
+            acts,
+            lengths,
+            index,
+            hashes,
+            priority,
+            fused["moments"],
+            fused["histogram"],
+            [(fused["top"], None)],
+            fused["bands"],
         )
         assert torch.equal(window_max, torch_path(acts, lengths, by_torch, index, hashes, priority))
         assert kept.numel() > 0 and bool((kept < 4).all())
@@ -122,3 +130,52 @@ def test_scan_state_equals_the_torch_path(tiny_model, tiny_model_dir, tiny_corpu
                 assert torch.equal(value, b["subset_top"][subset][name]), (subset, name)  # type: ignore[index]
         for moment, value in a["moments"].items():  # type: ignore[union-attr]
             torch.testing.assert_close(value, b["moments"][moment], rtol=1e-5, atol=1e-7)  # type: ignore[index]
+
+
+@pytest.fixture
+def fresh_kernels(monkeypatch, tmp_path):
+    """The kernels built (or not) anew, into an empty cache; the usual library again after."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    kernels._library.cache_clear()
+    kernels.build_error.cache_clear()
+    yield tmp_path / "cache" / "labeller"
+    kernels._library.cache_clear()
+    kernels.build_error.cache_clear()
+
+
+def test_the_kernels_are_built_once_and_then_loaded_from_the_cache(fresh_kernels):
+    assert kernels.build_error() is None and kernels.available()
+    (built,) = fresh_kernels.glob("scan-kernels-*.so")
+    stamp = built.stat().st_mtime_ns
+    kernels._library.cache_clear()
+    kernels._library()  # a later process: loads, does not rebuild
+    assert [p.name for p in fresh_kernels.iterdir()] == [built.name]
+    assert built.stat().st_mtime_ns == stamp
+
+
+def test_a_failed_build_leaves_nothing_half_written(fresh_kernels, monkeypatch):
+    monkeypatch.setenv("CC", "false")  # a "compiler" that fails
+    assert "failed to build kernels.c" in (kernels.build_error() or "")
+    assert not kernels.available()
+    assert list(fresh_kernels.iterdir()) == []
+
+
+def test_without_a_compiler_a_scan_says_so_and_keeps_the_same_results(
+    fresh_kernels, monkeypatch, tmp_path, tiny_model_dir, tiny_corpus
+):
+    """No C compiler: the scan takes the torch path (tested equal above) and its report says
+    why, once; the catalogue holds every neuron."""
+    from builders import run_cli
+
+    from labeller.catalogue import Catalogue
+
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    db = tmp_path / "scan.db"
+    out = run_cli(
+        "scan", "--db", db, "--model", tiny_model_dir, "--dataset", tiny_corpus,
+        "--tokens", "300", "--ctx", "16", "--top-k", "4", "--random", "2",
+    ).output  # fmt: skip
+    assert out.count("statistics ran as torch ops") == 1
+    assert "no C compiler" in out and "no-such-cc" in out
+    with Catalogue.open(db) as catalogue:
+        assert catalogue.db.execute("select count(*) from neurons").fetchone()[0] > 0

@@ -1,0 +1,456 @@
+/* The scan's CPU pass: one call per layer and batch updates every accumulator the scan keeps.
+ *
+ * Compiled by kernels.py with the machine's C compiler on first use and cached on disk; it is
+ * called through ctypes, which lets other Python threads run meanwhile. Each thread takes
+ * blocks of BLOCK neurons and, while a block's activations are in its cache, finds the
+ * extremes, grows the histograms to cover them, takes the power sums and bins, then merges
+ * the block's top windows and band samples neuron by neuron. The rules are those of the torch
+ * path in accumulators.py, which the tests hold this to: maxima are the float32 values
+ * themselves, a bin is floor(x * 2**-e) (exact in float32), power sums are taken per window
+ * in float32 and summed in float64, top-k and band samples keep exactly what torch keeps.
+ *
+ * Arrays are C-contiguous; shapes are in the comments. int64 for every index, uint8 for every
+ * flag. A function returns 0, or -1 when memory ran out.
+ */
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define BLOCK 128 /* neurons per task: a block's rows of 64 tokens fit in L1, its bins in L2 */
+#define EMPTY_PRIORITY INT64_MAX
+
+typedef struct {
+    const float *x; /* [batch, width, n]: window b's tokens are rows skip .. skip + lengths[b] */
+    int64_t batch, width, n, skip;
+    const int64_t *lengths;      /* [batch] */
+    float *window_max;           /* [batch, n] */
+    const int64_t *window_index; /* [batch] */
+    const int64_t *window_hash;  /* [batch] */
+} Batch;
+
+typedef struct { /* TopWindows: slots [k, n], acts [k, n, ctx] */
+    int64_t k, ctx;
+    float *values;
+    int64_t *argmax, *window, *hash;
+    float *acts;
+} Top;
+
+typedef struct { /* a TopWindows and the batch rows that may enter it, in stream order */
+    Top top;
+    const int64_t *rows;
+    int64_t row_count;
+    uint8_t *repeated; /* [batch], filled by scan_layer: the text of an earlier row of `rows` */
+} TopPart;
+
+typedef struct { /* BandSample: exponent [n], slots [m * bins, n], acts [slots, n, ctx] */
+    int64_t m, slots, ctx;
+    int64_t *exponent, *priority;
+    float *values;
+    int64_t *argmax, *window;
+    float *acts;
+} Bands;
+
+typedef struct { /* AdaptiveHistogram: inverse_width, first [n], counts [n, bins] */
+    int64_t bins;
+    float *inverse_width;
+    int64_t *first, *counts;
+} Histogram;
+
+typedef struct { /* Moments, float64 [n] each, merged in place (Pebay's update) */
+    double count;  /* tokens before this batch; 0: the centre is the batch's mid-range */
+    double tokens; /* in this batch */
+    double *mean, *m2, *m3, *m4, *positive, *min, *max;
+} MomentState;
+
+typedef struct {
+    Batch batch;
+    int64_t extremes_only;        /* 1: only window maxima and the batch's min and max */
+    float *batch_min, *batch_max; /* [n] */
+    Histogram histogram;
+    MomentState moments;
+    TopPart *parts; /* the layer's top windows (every row), then each subset's */
+    int64_t part_count;
+    Bands bands;                  /* m == 0: none */
+    const int64_t *band_priority; /* [batch] */
+    uint8_t *entered;             /* [blocks, batch]: rows some neuron of the block kept */
+    int64_t threads;
+} Layer;
+
+static int64_t floor_div(int64_t a, int64_t b) {
+    int64_t q = a / b;
+    return (a % b != 0 && (a < 0) != (b < 0)) ? q - 1 : q;
+}
+
+static int64_t blocks_of(int64_t n) { return (n + BLOCK - 1) / BLOCK; }
+
+/* Each window's max over its real tokens and the batch's min and max, for neurons lo:hi. */
+static void block_extremes(const Layer *a, int64_t lo, int64_t hi) {
+    const Batch *s = &a->batch;
+    int64_t width = hi - lo;
+    float low[BLOCK], high[BLOCK], top[BLOCK];
+    for (int64_t j = 0; j < width; j++) {
+        low[j] = INFINITY;
+        high[j] = -INFINITY;
+    }
+    for (int64_t b = 0; b < s->batch; b++) {
+        for (int64_t j = 0; j < width; j++) top[j] = -INFINITY;
+        for (int64_t t = s->skip; t < s->skip + s->lengths[b]; t++) {
+            const float *row = s->x + (b * s->width + t) * s->n + lo;
+            for (int64_t j = 0; j < width; j++) {
+                top[j] = row[j] > top[j] ? row[j] : top[j];
+                low[j] = row[j] < low[j] ? row[j] : low[j];
+            }
+        }
+        for (int64_t j = 0; j < width; j++) {
+            s->window_max[b * s->n + lo + j] = top[j];
+            high[j] = top[j] > high[j] ? top[j] : high[j];
+        }
+    }
+    for (int64_t j = 0; j < width; j++) {
+        a->batch_min[lo + j] = low[j];
+        a->batch_max[lo + j] = high[j];
+    }
+}
+
+/* AdaptiveHistogram.cover for one neuron: double the bin width until the bins take
+ * [low, high], anchoring old counts low when growing up and high when growing down. */
+static void cover(const Histogram *h, int64_t neuron, float low, float high, int64_t *merged) {
+    int64_t bins = h->bins;
+    int64_t *counts = h->counts + neuron * bins;
+    for (;;) {
+        float scale = h->inverse_width[neuron];
+        int64_t first = h->first[neuron];
+        int below = (int64_t)floorf(low * scale) < first;
+        int above = (int64_t)floorf(high * scale) >= first + bins;
+        if (!(below || above)) return;
+        int64_t aligned = floor_div(first, 2); /* in units of the new width */
+        int64_t shift = first - 2 * aligned;   /* 0 or 1: where old bin 0 sits in its new bin */
+        int64_t lift = below ? bins / 2 - 1 : 0;
+        memset(merged, 0, (size_t)bins * sizeof(int64_t));
+        for (int64_t i = 0; i < bins; i++) merged[(i + shift) / 2 + lift] += counts[i];
+        memcpy(counts, merged, (size_t)bins * sizeof(int64_t));
+        h->inverse_width[neuron] = scale / 2.0f;
+        h->first[neuron] = aligned - lift;
+    }
+}
+
+/* Merge a batch's power sums s[p] of (x - shift)**(p + 1) and positives into a neuron's
+ * moments, as Moments.add_sums does. */
+static void merge_moments(const MomentState *m, int64_t c, float shift, const double s[4],
+                          double positive, float low, float high) {
+    double nb = m->tokens, na = m->count, n = na + nb;
+    double a = s[0] / nb; /* batch mean minus shift */
+    double m2_b = s[1] - nb * a * a;
+    double m3_b = s[2] - 3 * a * s[1] + 2 * nb * a * a * a;
+    double m4_b = s[3] - 4 * a * s[2] + 6 * a * a * s[1] - 3 * nb * a * a * a * a;
+    double delta = (double)shift + a - m->mean[c];
+    double m2_a = m->m2[c], m3_a = m->m3[c], d2 = delta * delta;
+    m->m4[c] += m4_b + d2 * d2 * na * nb * (na * na - na * nb + nb * nb) / (n * n * n) +
+                6 * d2 * (na * na * m2_b + nb * nb * m2_a) / (n * n) +
+                4 * delta * (na * m3_b - nb * m3_a) / n;
+    m->m3[c] = m3_a + m3_b + d2 * delta * na * nb * (na - nb) / (n * n) +
+               3 * delta * (na * m2_b - nb * m2_a) / n;
+    m->m2[c] = m2_a + m2_b + d2 * na * nb / n;
+    m->mean[c] += delta * nb / n;
+    m->positive[c] += positive;
+    m->min[c] = (double)low < m->min[c] ? (double)low : m->min[c];
+    m->max[c] = (double)high > m->max[c] ? (double)high : m->max[c];
+}
+
+/* Power sums of (x - centre)**1..4 and positives for neurons lo:hi, merged into the moments;
+ * their bins added to the counts (which must take the block's range: a bin is monotonic in
+ * the value, so covering the min and max covers every value). The centre is Moments.shift's:
+ * the running mean, or on the first batch the middle of its range. `local` holds
+ * width * bins int32 counts. */
+static void block_sums_and_counts(const Layer *a, int64_t lo, int64_t hi, int32_t *local) {
+    const Batch *s = &a->batch;
+    const Histogram *h = &a->histogram;
+    int64_t bins = h->bins, width = hi - lo, n = s->n;
+    const MomentState *m = &a->moments;
+    float centre[BLOCK];
+    for (int64_t j = 0; j < width; j++)
+        centre[j] = m->count > 0 ? (float)m->mean[lo + j]
+                                 : (a->batch_min[lo + j] + a->batch_max[lo + j]) / 2.0f;
+    const float *scale = h->inverse_width + lo;
+    /* Flat bin = floor(x / w) - first + j * bins: floor of a float32 times a power of two is
+     * an exact integer, and the rest is integer arithmetic. */
+    int64_t base[BLOCK];
+    int32_t base32[BLOCK], at[BLOCK];
+    /* In int32 when every scaled value and bin offset is well inside its range (it vectorises;
+     * float to int64 does not on most CPUs), else in int64. */
+    int narrow = 1;
+    double total[4][BLOCK], above[BLOCK];
+    float part[4][BLOCK], ones[BLOCK];
+    for (int64_t j = 0; j < width; j++) {
+        base[j] = h->first[lo + j] - j * bins;
+        base32[j] = (int32_t)base[j];
+        narrow &= fabsf(a->batch_min[lo + j] * scale[j]) < 0x1p30f &&
+                  fabsf(a->batch_max[lo + j] * scale[j]) < 0x1p30f && llabs(base[j]) < (1LL << 30);
+        above[j] = 0.0;
+        for (int p = 0; p < 4; p++) total[p][j] = 0.0;
+    }
+    memset(local, 0, (size_t)(width * bins) * sizeof(int32_t));
+    for (int64_t b = 0; b < s->batch; b++) {
+        for (int64_t j = 0; j < width; j++) {
+            part[0][j] = part[1][j] = part[2][j] = part[3][j] = 0.0f;
+            ones[j] = 0.0f;
+        }
+        for (int64_t t = s->skip; t < s->skip + s->lengths[b]; t++) {
+            const float *row = s->x + (b * s->width + t) * n + lo;
+            for (int64_t j = 0; j < width; j++) {
+                float v = row[j];
+                float y = v - centre[j];
+                float y2 = y * y;
+                part[0][j] += y;
+                part[1][j] += y2;
+                part[2][j] += y2 * y;
+                part[3][j] += y2 * y2;
+                ones[j] += v > 0.0f ? 1.0f : 0.0f;
+            }
+            if (narrow) {
+                for (int64_t j = 0; j < width; j++)
+                    at[j] = (int32_t)floorf(row[j] * scale[j]) - base32[j];
+                for (int64_t j = 0; j < width; j++) local[at[j]] += 1;
+            } else {
+                for (int64_t j = 0; j < width; j++)
+                    local[(int64_t)floorf(row[j] * scale[j]) - base[j]] += 1;
+            }
+        }
+        for (int64_t j = 0; j < width; j++) {
+            for (int p = 0; p < 4; p++) total[p][j] += part[p][j];
+            above[j] += ones[j];
+        }
+    }
+    for (int64_t j = 0; j < width; j++) {
+        double sums[4] = {total[0][j], total[1][j], total[2][j], total[3][j]};
+        merge_moments(m, lo + j, centre[j], sums, above[j], a->batch_min[lo + j],
+                      a->batch_max[lo + j]);
+        int64_t *counts = h->counts + (lo + j) * bins;
+        for (int64_t q = 0; q < bins; q++) counts[q] += local[j * bins + q];
+    }
+}
+
+/* Copy one window's per-token values for a neuron into `out` (zeros after the window);
+ * returns the position of its max (the first, as torch's argmax). */
+static int64_t copy_window(const Batch *s, int64_t row, int64_t neuron, float *out, int64_t ctx) {
+    int64_t best = 0, length = s->lengths[row];
+    const float *x = s->x + (row * s->width + s->skip) * s->n + neuron;
+    for (int64_t t = 0; t < length; t++) {
+        out[t] = x[t * s->n];
+        if (out[t] > out[best]) best = t;
+    }
+    for (int64_t t = length; t < ctx; t++) out[t] = 0.0f;
+    return best;
+}
+
+/* The top-k slot to give up: the lowest max, on a tie the later window (empty: -inf, -1). */
+static int64_t worst_slot(const Top *top, int64_t c, int64_t n) {
+    int64_t worst = 0;
+    for (int64_t s = 1; s < top->k; s++) {
+        float v = top->values[s * n + c], w = top->values[worst * n + c];
+        if (v < w || (v == w && top->window[s * n + c] > top->window[worst * n + c])) worst = s;
+    }
+    return worst;
+}
+
+/* TopWindows.update for neuron c: the part's batch rows (in stream order) enter one by one
+ * where they beat the worst kept window; `entered` [batch] marks the rows that did. */
+static void column_top(const Batch *s, const TopPart *part, int64_t c, uint8_t *entered) {
+    const Top *top = &part->top;
+    int64_t n = s->n, k = top->k;
+    int64_t worst = worst_slot(top, c, n);
+    int64_t old_hashes[k];
+    for (int64_t slot = 0; slot < k; slot++) old_hashes[slot] = top->hash[slot * n + c];
+    for (int64_t i = 0; i < part->row_count; i++) {
+        int64_t r = part->rows[i];
+        float v = s->window_max[r * n + c];
+        /* Strictly above: rows come in stream order, so on a tie the kept window stays. */
+        if (part->repeated[r] || !(v > top->values[worst * n + c])) continue;
+        int seen = 0; /* its text is kept already (checked against the slots as they were) */
+        for (int64_t slot = 0; slot < k; slot++) seen |= old_hashes[slot] == s->window_hash[r];
+        if (seen) continue;
+        int64_t at = worst * n + c;
+        top->values[at] = v;
+        top->window[at] = s->window_index[r];
+        top->hash[at] = s->window_hash[r];
+        top->argmax[at] = copy_window(s, r, c, top->acts + at * top->ctx, top->ctx);
+        entered[r] = 1;
+        worst = worst_slot(top, c, n);
+    }
+}
+
+/* 1 / 2**exponent in float32, the exponent clamped as accumulators.band_bin clamps it. */
+static float inverse_width(int64_t exponent) {
+    int64_t e = exponent < -126 ? -126 : (exponent > 126 ? 126 : exponent);
+    return ldexpf(1.0f, (int)-e);
+}
+
+/* accumulators.band_bin for one value: floor(value / 2**exponent) in float32, clamped. */
+static int64_t band_of(float value, float inverse, int64_t bins) {
+    int64_t k = (int64_t)floorf(value * inverse);
+    return k < 0 ? 0 : (k > bins - 1 ? bins - 1 : k);
+}
+
+static void move_slot(const Bands *d, int64_t n, int64_t c, int64_t to, int64_t from,
+                      int64_t *source) {
+    d->priority[to * n + c] = d->priority[from * n + c];
+    d->values[to * n + c] = d->values[from * n + c];
+    d->argmax[to * n + c] = d->argmax[from * n + c];
+    d->window[to * n + c] = d->window[from * n + c];
+    memcpy(d->acts + (to * n + c) * d->ctx, d->acts + (from * n + c) * d->ctx,
+           (size_t)d->ctx * sizeof(float));
+    source[to] = source[from];
+}
+
+/* BandSample.update for neuron c: widen the grid if the batch's max needs it (re-binning the
+ * kept windows, bottom m per new bin), then insert each window whose priority beats its bin's
+ * m-th, keeping every bin in priority order; `entered` [batch] marks the rows kept. `scratch`
+ * holds 6 * slots int64 and slots * ctx floats. */
+static void column_bands(const Batch *s, const int64_t *batch_priority, const Bands *d,
+                         int64_t c, uint8_t *entered, int64_t *scratch, float *old_acts) {
+    int64_t n = s->n, m = d->m, slots = d->slots, bins = slots / m, ctx = d->ctx;
+    int64_t *source = scratch, *old_priority = scratch + slots, *old_argmax = scratch + 2 * slots;
+    int64_t *old_window = scratch + 3 * slots, *filled = scratch + 4 * slots;
+    float *old_values = (float *)(scratch + 5 * slots);
+    for (int64_t slot = 0; slot < slots; slot++) source[slot] = -1;
+    float column_max = s->window_max[c];
+    for (int64_t r = 1; r < s->batch; r++) {
+        float v = s->window_max[r * n + c];
+        column_max = v > column_max ? v : column_max;
+    }
+    int needed;
+    frexpf(column_max, &needed);
+    if (column_max > 0 && needed - 3 > d->exponent[c]) {
+        d->exponent[c] = needed - 3;
+        for (int64_t slot = 0; slot < slots; slot++) {
+            int64_t at = slot * n + c;
+            old_priority[slot] = d->priority[at];
+            old_values[slot] = d->values[at];
+            old_argmax[slot] = d->argmax[at];
+            old_window[slot] = d->window[at];
+            memcpy(old_acts + slot * ctx, d->acts + at * ctx, (size_t)ctx * sizeof(float));
+            d->priority[at] = EMPTY_PRIORITY;
+            d->values[at] = 0.0f;
+            d->argmax[at] = 0;
+            d->window[at] = -1;
+        }
+        for (int64_t bin = 0; bin < bins; bin++) filled[bin] = 0;
+        float inverse = inverse_width(d->exponent[c]);
+        for (int64_t i = 0; i < slots; i++) { /* the kept windows in priority order */
+            int64_t best = -1;
+            for (int64_t slot = 0; slot < slots; slot++) {
+                if (old_window[slot] >= 0 &&
+                    (best < 0 || old_priority[slot] < old_priority[best]))
+                    best = slot;
+            }
+            if (best < 0) break;
+            int64_t bin = band_of(old_values[best], inverse, bins);
+            if (filled[bin] < m) {
+                int64_t at = (bin * m + filled[bin]) * n + c;
+                filled[bin]++;
+                d->priority[at] = old_priority[best];
+                d->values[at] = old_values[best];
+                d->argmax[at] = old_argmax[best];
+                d->window[at] = old_window[best];
+                memcpy(d->acts + at * ctx, old_acts + best * ctx, (size_t)ctx * sizeof(float));
+            }
+            old_window[best] = -1;
+        }
+    }
+    float inverse = inverse_width(d->exponent[c]);
+    for (int64_t r = 0; r < s->batch; r++) {
+        float v = s->window_max[r * n + c];
+        if (!(v > 0)) continue;
+        int64_t bin = band_of(v, inverse, bins);
+        int64_t p = batch_priority[r];
+        int64_t last = bin * m + m - 1;
+        if (!(p < d->priority[last * n + c])) continue; /* the bin holds m smaller priorities */
+        int64_t at = bin * m;
+        while (d->priority[at * n + c] < p) at++;
+        if (d->priority[at * n + c] == p) continue; /* the same tokens, kept already */
+        for (int64_t slot = last; slot > at; slot--) move_slot(d, n, c, slot, slot - 1, source);
+        int64_t to = at * n + c;
+        d->priority[to] = p;
+        d->values[to] = v;
+        d->window[to] = s->window_index[r];
+        d->argmax[to] = copy_window(s, r, c, d->acts + to * ctx, ctx);
+        source[at] = r;
+    }
+    for (int64_t slot = 0; slot < slots; slot++) {
+        if (source[slot] >= 0 && d->window[slot * n + c] >= 0) entered[source[slot]] = 1;
+    }
+}
+
+/* Run `block` for every block on `threads` threads. With OpenMP the threads are the ones
+ * torch's own runtime keeps (the same libgomp, loaded once): a second pool would compete with
+ * torch's threads, which spin for a while after each of the forward pass's parallel regions.
+ * Without OpenMP (a compiler without it) the blocks run on this thread. */
+static int run_blocks(int (*block)(const void *, int64_t, void *), const void *args,
+                      int64_t blocks, size_t scratch_bytes, int64_t threads) {
+    int failed = 0;
+    (void)threads;
+#pragma omp parallel num_threads(threads)
+    {
+        void *scratch = scratch_bytes ? malloc(scratch_bytes) : NULL;
+        int ready = !scratch_bytes || scratch != NULL;
+#pragma omp for schedule(dynamic)
+        for (int64_t i = 0; i < blocks; i++) {
+            if (!ready || block(args, i, scratch) != 0) {
+#pragma omp atomic write
+                failed = 1;
+            }
+        }
+        free(scratch);
+    }
+    return failed ? -1 : 0;
+}
+
+static int layer_block(const void *args, int64_t block, void *scratch) {
+    const Layer *a = args;
+    int64_t lo = block * BLOCK;
+    int64_t hi = lo + BLOCK < a->batch.n ? lo + BLOCK : a->batch.n;
+    block_extremes(a, lo, hi);
+    if (a->extremes_only) return 0;
+    int64_t bins = a->histogram.bins, slots = a->bands.slots;
+    int32_t *local = scratch;
+    int64_t *merged = (int64_t *)(local + BLOCK * bins);
+    int64_t *band_scratch = merged + bins;
+    float *old_acts = (float *)(band_scratch + 6 * slots);
+    for (int64_t c = lo; c < hi; c++)
+        cover(&a->histogram, c, a->batch_min[c], a->batch_max[c], merged);
+    block_sums_and_counts(a, lo, hi, local);
+    uint8_t *entered = a->entered + block * a->batch.batch;
+    for (int64_t c = lo; c < hi; c++) {
+        for (int64_t i = 0; i < a->part_count; i++) column_top(&a->batch, &a->parts[i], c, entered);
+        if (a->bands.m)
+            column_bands(&a->batch, a->band_priority, &a->bands, c, entered, band_scratch,
+                         old_acts);
+    }
+    return 0;
+}
+
+/* Per row of a part: whether an earlier row of the part has the same text (it never enters:
+ * the first one stands for it). */
+static void find_repeats(const Batch *s, TopPart *part) {
+    memset(part->repeated, 0, (size_t)s->batch);
+    for (int64_t i = 0; i < part->row_count; i++) {
+        for (int64_t j = 0; j < i; j++) {
+            if (s->window_hash[part->rows[j]] == s->window_hash[part->rows[i]]) {
+                part->repeated[part->rows[i]] = 1;
+                break;
+            }
+        }
+    }
+}
+
+int scan_layer(const Layer *a) {
+    for (int64_t i = 0; i < a->part_count; i++) find_repeats(&a->batch, &a->parts[i]);
+    int64_t bins = a->histogram.bins, slots = a->bands.m ? a->bands.slots : 0;
+    size_t scratch = (size_t)BLOCK * bins * sizeof(int32_t) + (size_t)bins * sizeof(int64_t) +
+                     (size_t)6 * slots * sizeof(int64_t) +
+                     (size_t)slots * a->bands.ctx * sizeof(float);
+    return run_blocks(layer_block, a, blocks_of(a->batch.n), a->extremes_only ? 0 : scratch,
+                      a->threads);
+}
