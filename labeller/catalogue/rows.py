@@ -142,7 +142,10 @@ class PackedExample:
 
 
 def to_float16(values: np.ndarray) -> np.ndarray:
-    """Per-token activations as stored: float16, out-of-range values clamped to +-65504."""
+    """Per-token activations as stored: float16, out-of-range values clamped to +-65504
+    (float16 already: as they are; the scan converts its own, `results._as_stored`)."""
+    if values.dtype == np.float16:
+        return values.astype("<f2", copy=False)
     as32 = np.asarray(values, dtype=np.float32)
     return np.clip(as32, -FLOAT16_MAX, FLOAT16_MAX).astype("<f2")
 
@@ -412,7 +415,7 @@ class ExampleColumns:
     band_low: np.ndarray  # float64; NaN: none
     band_high: np.ndarray  # float64; NaN: none
     length: np.ndarray  # the window's tokens
-    activations: np.ndarray  # [neurons, slots, ctx] float32; values past `length` unused
+    activations: np.ndarray  # [neurons, slots, ctx] float32 or float16; past `length` unused
 
     @classmethod
     def of_rows(cls, neurons: list[list[ExampleRow]]) -> ExampleColumns:

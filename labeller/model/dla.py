@@ -44,7 +44,7 @@ def unembed_directions(model: LoadedModel) -> torch.Tensor:
 def centred_w_out(model: LoadedModel, layer: int) -> torch.Tensor:
     """w_out [d_mlp, d_model] with each row's mean removed where the final norm centres (a
     LayerNorm; an RMSNorm does not centre)."""
-    w_out = model.bridge.W_out[layer].float()
+    w_out = model.mlp_weights(layer)[1].float().contiguous()
     if str(model.bridge.cfg.normalization_type or "").startswith("RMS"):
         return w_out
     return w_out - w_out.mean(dim=1, keepdim=True)

@@ -107,6 +107,12 @@ class LoadedModel:
                 return int(candidate)
         return 0
 
+    def mlp_weights(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One layer's W_in [d_model, d_mlp] and W_out [d_mlp, d_model]. (The bridge's W_in
+        and W_out stack every layer's on each access: for GPT-2 XL, 2 GB copied per layer.)"""
+        mlp = self.bridge.blocks[layer].mlp
+        return mlp.W_in, mlp.W_out
+
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 

@@ -53,8 +53,7 @@ def layer_weight_facts(model: LoadedModel, layer: int) -> LayerWeightFacts:
     """
     bridge = model.bridge
     with torch.inference_mode():
-        w_in = bridge.W_in[layer].float()  # [d_model, d_mlp]
-        w_out = bridge.W_out[layer].float()  # [d_mlp, d_model]
+        w_in, w_out = (w.float().contiguous() for w in model.mlp_weights(layer))
         w_u = bridge.W_U.float()  # [d_model, d_vocab]
         cosine = torch.nn.functional.cosine_similarity(w_in.T, w_out, dim=1)
         logits = w_out @ w_u  # [d_mlp, d_vocab]

@@ -136,7 +136,7 @@ def _cpu_tag() -> str:
             flags = next((line for line in cpuinfo if line.startswith("flags")), "")
     except OSError:
         flags = ""
-    return f"{platform.machine()} {platform.processor()} {flags}"
+    return f"{platform.machine()} {flags}"
 
 
 def _flags() -> tuple[str, ...]:

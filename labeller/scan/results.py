@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from labeller.catalogue.rows import (
+    FLOAT16_MAX,
     KIND_CODES,
     SPLIT_CODES,
     ExampleColumns,
@@ -195,7 +196,7 @@ def _random(acts: np.ndarray, reservoir: list[int], lengths: WindowLengths) -> E
         split=_split_codes(random_split, len(reservoir))[slots],
         maxima=masked.max(axis=2, initial=-np.inf),
         max_index=masked.argmax(axis=2) if values.shape[2] else np.zeros(keys.shape, np.int64),
-        activations=values,
+        activations=_as_stored(torch.from_numpy(values)),
         lengths=lengths,
     )
 
@@ -301,4 +302,15 @@ def _histograms(histogram: AdaptiveHistogram) -> list[str]:
 
 
 def _numpy(state: dict[str, torch.Tensor]) -> Arrays:
-    return {name: t.cpu().numpy() for name, t in state.items()}
+    """A state's tensors as arrays, its per-token activations as stored (`_as_stored`)."""
+    return {
+        name: _as_stored(t) if name.endswith("acts") else t.cpu().numpy()
+        for name, t in state.items()
+    }
+
+
+def _as_stored(values: torch.Tensor) -> np.ndarray:
+    """Per-token activations as the catalogue stores them (`to_float16`), converted by torch:
+    the same bits as numpy's conversion (round to nearest even, subnormals kept) in under half
+    its time on a scan's tens of millions of values, and half the bytes to move after."""
+    return values.clamp(-FLOAT16_MAX, FLOAT16_MAX).half().cpu().numpy()
