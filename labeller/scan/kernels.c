@@ -159,12 +159,22 @@ static void merge_moments(const MomentState *m, int64_t c, float shift, const do
     m->max[c] = (double)high > m->max[c] ? (double)high : m->max[c];
 }
 
+/* Add a block's counts to its neurons' histograms, and empty them. */
+static void add_counts(const Histogram *h, int64_t lo, int64_t width, uint16_t *local) {
+    for (int64_t j = 0; j < width; j++) {
+        int64_t *counts = h->counts + (lo + j) * h->bins;
+        for (int64_t q = 0; q < h->bins; q++) counts[q] += local[j * h->bins + q];
+    }
+    memset(local, 0, (size_t)(width * h->bins) * sizeof(uint16_t));
+}
+
 /* Power sums of (x - centre)**1..4 and positives for neurons lo:hi, merged into the moments;
  * their bins added to the counts (which must take the block's range: a bin is monotonic in
  * the value, so covering the min and max covers every value). The centre is Moments.shift's:
- * the running mean, or on the first batch the middle of its range. `local` holds
- * width * bins int32 counts. */
-static void block_sums_and_counts(const Layer *a, int64_t lo, int64_t hi, int32_t *local) {
+ * the running mean, or on the first batch the middle of its range. `local` holds width * bins
+ * uint16 counts: half the cache of int32, where the scattered increments are most of the
+ * pass; added to the histogram before any can overflow. */
+static void block_sums_and_counts(const Layer *a, int64_t lo, int64_t hi, uint16_t *local) {
     const Batch *s = &a->batch;
     const Histogram *h = &a->histogram;
     int64_t bins = h->bins, width = hi - lo, n = s->n;
@@ -191,7 +201,8 @@ static void block_sums_and_counts(const Layer *a, int64_t lo, int64_t hi, int32_
         above[j] = 0.0;
         for (int p = 0; p < 4; p++) total[p][j] = 0.0;
     }
-    memset(local, 0, (size_t)(width * bins) * sizeof(int32_t));
+    memset(local, 0, (size_t)(width * bins) * sizeof(uint16_t));
+    int64_t counted = 0; /* token rows in `local` */
     for (int64_t b = 0; b < s->batch; b++) {
         for (int64_t j = 0; j < width; j++) {
             part[0][j] = part[1][j] = part[2][j] = part[3][j] = 0.0f;
@@ -217,6 +228,10 @@ static void block_sums_and_counts(const Layer *a, int64_t lo, int64_t hi, int32_
                 for (int64_t j = 0; j < width; j++)
                     local[(int64_t)floorf(row[j] * scale[j]) - base[j]] += 1;
             }
+            if (++counted == UINT16_MAX) {
+                add_counts(h, lo, width, local);
+                counted = 0;
+            }
         }
         for (int64_t j = 0; j < width; j++) {
             for (int p = 0; p < 4; p++) total[p][j] += part[p][j];
@@ -227,22 +242,66 @@ static void block_sums_and_counts(const Layer *a, int64_t lo, int64_t hi, int32_
         double sums[4] = {total[0][j], total[1][j], total[2][j], total[3][j]};
         merge_moments(m, lo + j, centre[j], sums, above[j], a->batch_min[lo + j],
                       a->batch_max[lo + j]);
-        int64_t *counts = h->counts + (lo + j) * bins;
-        for (int64_t q = 0; q < bins; q++) counts[q] += local[j * bins + q];
     }
+    add_counts(h, lo, width, local);
 }
 
-/* Copy one window's per-token values for a neuron into `out` (zeros after the window);
- * returns the position of its max (the first, as torch's argmax). */
-static int64_t copy_window(const Batch *s, int64_t row, int64_t neuron, float *out, int64_t ctx) {
-    int64_t best = 0, length = s->lengths[row];
-    const float *x = s->x + (row * s->width + s->skip) * s->n + neuron;
-    for (int64_t t = 0; t < length; t++) {
-        out[t] = x[t * s->n];
-        if (out[t] > out[best]) best = t;
+/* A window that entered a slot: its per-token values are copied once the whole block has been
+ * merged, row by row (`copy_windows`), instead of one neuron at a time down a column of the
+ * batch, a cache miss per token. A slot refilled within the batch is copied once. */
+typedef struct {
+    float *out;      /* the slot's ctx values */
+    int64_t *argmax; /* the slot's argmax */
+    int64_t ctx, row, column;
+} Copy;
+
+typedef struct {
+    Copy *items;
+    int64_t count;
+} Copies;
+
+static void copy_later(Copies *copies, float *out, int64_t *argmax, int64_t ctx, int64_t row,
+                       int64_t column) {
+    copies->items[copies->count++] = (Copy){out, argmax, ctx, row, column};
+}
+
+/* Each copy's window values into its slot (zeros after the window) and the position of its max
+ * (the first, as torch's argmax), reading each batch row once per token. `order` holds
+ * copies->count + batch + 1 int64 and `best` copies->count floats. */
+static void copy_windows(const Batch *s, const Copies *copies, int64_t *order, float *best) {
+    int64_t *start = order + copies->count; /* [batch + 1]: where each row's copies begin */
+    for (int64_t r = 0; r <= s->batch; r++) start[r] = 0;
+    for (int64_t i = 0; i < copies->count; i++) start[copies->items[i].row + 1]++;
+    for (int64_t r = 0; r < s->batch; r++) start[r + 1] += start[r];
+    for (int64_t i = 0; i < copies->count; i++) order[start[copies->items[i].row]++] = i;
+    for (int64_t r = s->batch; r > 0; r--) start[r] = start[r - 1]; /* back to the beginnings */
+    start[0] = 0;
+    for (int64_t r = 0; r < s->batch; r++) {
+        int64_t first = start[r], last = start[r + 1], length = s->lengths[r];
+        if (first == last) continue;
+        const float *x = s->x + (r * s->width + s->skip) * s->n;
+        for (int64_t i = first; i < last; i++) {
+            const Copy *copy = &copies->items[order[i]];
+            best[i] = x[copy->column];
+            *copy->argmax = 0;
+        }
+        for (int64_t t = 0; t < length; t++) {
+            const float *row = x + t * s->n;
+            for (int64_t i = first; i < last; i++) {
+                const Copy *copy = &copies->items[order[i]];
+                float v = row[copy->column];
+                copy->out[t] = v;
+                if (v > best[i]) {
+                    best[i] = v;
+                    *copy->argmax = t;
+                }
+            }
+        }
+        for (int64_t i = first; i < last; i++) {
+            const Copy *copy = &copies->items[order[i]];
+            for (int64_t t = length; t < copy->ctx; t++) copy->out[t] = 0.0f;
+        }
     }
-    for (int64_t t = length; t < ctx; t++) out[t] = 0.0f;
-    return best;
 }
 
 /* The top-k slot to give up: the lowest max, on a tie the later window (empty: -inf, -1). */
@@ -257,12 +316,16 @@ static int64_t worst_slot(const Top *top, int64_t c, int64_t n) {
 
 /* TopWindows.update for neuron c: the part's batch rows (in stream order) enter one by one
  * where they beat the worst kept window; `entered` [batch] marks the rows that did. */
-static void column_top(const Batch *s, const TopPart *part, int64_t c, uint8_t *entered) {
+static void column_top(const Batch *s, const TopPart *part, int64_t c, uint8_t *entered,
+                       Copies *copies) {
     const Top *top = &part->top;
     int64_t n = s->n, k = top->k;
     int64_t worst = worst_slot(top, c, n);
-    int64_t old_hashes[k];
-    for (int64_t slot = 0; slot < k; slot++) old_hashes[slot] = top->hash[slot * n + c];
+    int64_t old_hashes[k], entrant[k]; /* per slot: the batch row that took it, or -1 */
+    for (int64_t slot = 0; slot < k; slot++) {
+        old_hashes[slot] = top->hash[slot * n + c];
+        entrant[slot] = -1;
+    }
     for (int64_t i = 0; i < part->row_count; i++) {
         int64_t r = part->rows[i];
         float v = s->window_max[r * n + c];
@@ -275,9 +338,15 @@ static void column_top(const Batch *s, const TopPart *part, int64_t c, uint8_t *
         top->values[at] = v;
         top->window[at] = s->window_index[r];
         top->hash[at] = s->window_hash[r];
-        top->argmax[at] = copy_window(s, r, c, top->acts + at * top->ctx, top->ctx);
+        entrant[worst] = r;
         entered[r] = 1;
         worst = worst_slot(top, c, n);
+    }
+    for (int64_t slot = 0; slot < k; slot++) {
+        int64_t at = slot * n + c;
+        if (entrant[slot] >= 0)
+            copy_later(copies, top->acts + at * top->ctx, top->argmax + at, top->ctx,
+                       entrant[slot], c);
     }
 }
 
@@ -309,7 +378,8 @@ static void move_slot(const Bands *d, int64_t n, int64_t c, int64_t to, int64_t 
  * m-th, keeping every bin in priority order; `entered` [batch] marks the rows kept. `scratch`
  * holds 6 * slots int64 and slots * ctx floats. */
 static void column_bands(const Batch *s, const int64_t *batch_priority, const Bands *d,
-                         int64_t c, uint8_t *entered, int64_t *scratch, float *old_acts) {
+                         int64_t c, uint8_t *entered, int64_t *scratch, float *old_acts,
+                         Copies *copies) {
     int64_t n = s->n, m = d->m, slots = d->slots, bins = slots / m, ctx = d->ctx;
     int64_t *source = scratch, *old_priority = scratch + slots, *old_argmax = scratch + 2 * slots;
     int64_t *old_window = scratch + 3 * slots, *filled = scratch + 4 * slots;
@@ -375,11 +445,14 @@ static void column_bands(const Batch *s, const int64_t *batch_priority, const Ba
         d->priority[to] = p;
         d->values[to] = v;
         d->window[to] = s->window_index[r];
-        d->argmax[to] = copy_window(s, r, c, d->acts + to * ctx, ctx);
-        source[at] = r;
+        source[at] = r; /* its values are copied later: moving the slot moves this mark */
     }
     for (int64_t slot = 0; slot < slots; slot++) {
-        if (source[slot] >= 0 && d->window[slot * n + c] >= 0) entered[source[slot]] = 1;
+        int64_t at = slot * n + c;
+        if (source[slot] >= 0 && d->window[at] >= 0) {
+            entered[source[slot]] = 1;
+            copy_later(copies, d->acts + at * ctx, d->argmax + at, ctx, source[slot], c);
+        }
     }
 }
 
@@ -407,27 +480,63 @@ static int run_blocks(int (*block)(const void *, int64_t, void *), const void *a
     return failed ? -1 : 0;
 }
 
-static int layer_block(const void *args, int64_t block, void *scratch) {
+/* A thread's scratch for a block: histogram counts, band re-binning, the deferred copies. */
+typedef struct {
+    uint16_t *local;
+    int64_t *merged, *band, *order;
+    float *old_acts, *best;
+    Copy *copies;
+} Scratch;
+
+static size_t copy_capacity(const Layer *a) {
+    int64_t per_neuron = a->bands.m ? a->bands.slots : 0;
+    for (int64_t i = 0; i < a->part_count; i++) per_neuron += a->parts[i].top.k;
+    return (size_t)BLOCK * per_neuron;
+}
+
+static size_t scratch_bytes(const Layer *a) {
+    int64_t bins = a->histogram.bins, slots = a->bands.m ? a->bands.slots : 0;
+    size_t copies = copy_capacity(a);
+    return (size_t)BLOCK * bins * sizeof(uint16_t) + (size_t)bins * sizeof(int64_t) +
+           (size_t)6 * slots * sizeof(int64_t) + (size_t)slots * a->bands.ctx * sizeof(float) +
+           copies * (sizeof(Copy) + sizeof(int64_t) + sizeof(float)) +
+           (size_t)(a->batch.batch + 1) * sizeof(int64_t);
+}
+
+static Scratch carve(const Layer *a, void *memory) {
+    int64_t bins = a->histogram.bins, slots = a->bands.m ? a->bands.slots : 0;
+    size_t copies = copy_capacity(a);
+    Scratch s;
+    s.copies = memory; /* the widest items first, each part aligned for what follows */
+    s.merged = (int64_t *)(s.copies + copies);
+    s.band = s.merged + bins;
+    s.order = s.band + 6 * slots;
+    s.local = (uint16_t *)(s.order + copies + a->batch.batch + 1);
+    s.old_acts = (float *)(s.local + BLOCK * bins);
+    s.best = s.old_acts + slots * a->bands.ctx;
+    return s;
+}
+
+static int layer_block(const void *args, int64_t block, void *memory) {
     const Layer *a = args;
     int64_t lo = block * BLOCK;
     int64_t hi = lo + BLOCK < a->batch.n ? lo + BLOCK : a->batch.n;
     block_extremes(a, lo, hi);
     if (a->extremes_only) return 0;
-    int64_t bins = a->histogram.bins, slots = a->bands.slots;
-    int32_t *local = scratch;
-    int64_t *merged = (int64_t *)(local + BLOCK * bins);
-    int64_t *band_scratch = merged + bins;
-    float *old_acts = (float *)(band_scratch + 6 * slots);
+    Scratch scratch = carve(a, memory);
     for (int64_t c = lo; c < hi; c++)
-        cover(&a->histogram, c, a->batch_min[c], a->batch_max[c], merged);
-    block_sums_and_counts(a, lo, hi, local);
+        cover(&a->histogram, c, a->batch_min[c], a->batch_max[c], scratch.merged);
+    block_sums_and_counts(a, lo, hi, scratch.local);
     uint8_t *entered = a->entered + block * a->batch.batch;
+    Copies copies = {scratch.copies, 0};
     for (int64_t c = lo; c < hi; c++) {
-        for (int64_t i = 0; i < a->part_count; i++) column_top(&a->batch, &a->parts[i], c, entered);
+        for (int64_t i = 0; i < a->part_count; i++)
+            column_top(&a->batch, &a->parts[i], c, entered, &copies);
         if (a->bands.m)
-            column_bands(&a->batch, a->band_priority, &a->bands, c, entered, band_scratch,
-                         old_acts);
+            column_bands(&a->batch, a->band_priority, &a->bands, c, entered, scratch.band,
+                         scratch.old_acts, &copies);
     }
+    copy_windows(&a->batch, &copies, scratch.order, scratch.best);
     return 0;
 }
 
@@ -447,10 +556,6 @@ static void find_repeats(const Batch *s, TopPart *part) {
 
 int scan_layer(const Layer *a) {
     for (int64_t i = 0; i < a->part_count; i++) find_repeats(&a->batch, &a->parts[i]);
-    int64_t bins = a->histogram.bins, slots = a->bands.m ? a->bands.slots : 0;
-    size_t scratch = (size_t)BLOCK * bins * sizeof(int32_t) + (size_t)bins * sizeof(int64_t) +
-                     (size_t)6 * slots * sizeof(int64_t) +
-                     (size_t)slots * a->bands.ctx * sizeof(float);
-    return run_blocks(layer_block, a, blocks_of(a->batch.n), a->extremes_only ? 0 : scratch,
-                      a->threads);
+    return run_blocks(layer_block, a, blocks_of(a->batch.n),
+                      a->extremes_only ? 0 : scratch_bytes(a), a->threads);
 }
