@@ -564,3 +564,25 @@ def test_a_window_without_an_id_is_an_error_not_a_wrong_id():
     block = ExampleColumns.of_rows([[_example(5, 0, [1.0])]])
     with pytest.raises(KeyError):
         rows.encode_example_columns(block, rows.WindowIds({4: 40, 6: 60}))
+
+
+def test_output_tokens_are_stored_as_json_dumps_writes_them_and_read_back():
+    """Escapes, non-ASCII, lone surrogates and non-finite weights: the hand-built JSON is
+    json.dumps's, character for character, and reads back to the same tokens."""
+    from labeller.catalogue.rows import output_tokens_from_db, output_tokens_to_db
+
+    tokens = [
+        ('"quoted"', 1.5),
+        ("back\\slash\n\ttab", -0.0),
+        ("é中😀\u2028", 3.0000001),
+        ("\ud800\x00\x7f", math.inf),
+        ("", -math.inf),
+        (" the", 1e-300),
+        ("nan", math.nan),
+    ]
+    stored = output_tokens_to_db(tokens)
+    assert stored == json.dumps([[t, w] for t, w in tokens], ensure_ascii=False)
+    back = output_tokens_from_db(stored)
+    assert [t.token for t in back] == [t for t, _ in tokens]
+    assert [t.weight for t in back][:-1] == [w for _, w in tokens][:-1]
+    assert math.isnan(back[-1].weight)
