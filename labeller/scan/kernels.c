@@ -266,9 +266,11 @@ static void copy_later(Copies *copies, float *out, int64_t *argmax, int64_t ctx,
 }
 
 /* Each copy's window values into its slot (zeros after the window) and the position of its max
- * (the first, as torch's argmax), reading each batch row once per token. `order` holds
- * copies->count + batch + 1 int64 and `best` copies->count floats. */
-static void copy_windows(const Batch *s, const Copies *copies, int64_t *order, float *best) {
+ * (the first, as torch's argmax), a batch row's copies together, 16 tokens at a time: the
+ * row's 16 token rows stay in cache while each copy fills one cache line of its slot. `order`
+ * holds copies->count + batch + 1 int64, `best` and `where` copies->count each. */
+static void copy_windows(const Batch *s, const Copies *copies, int64_t *order, float *best,
+                         int64_t *where) {
     int64_t *start = order + copies->count; /* [batch + 1]: where each row's copies begin */
     for (int64_t r = 0; r <= s->batch; r++) start[r] = 0;
     for (int64_t i = 0; i < copies->count; i++) start[copies->items[i].row + 1]++;
@@ -281,25 +283,32 @@ static void copy_windows(const Batch *s, const Copies *copies, int64_t *order, f
         if (first == last) continue;
         const float *x = s->x + (r * s->width + s->skip) * s->n;
         for (int64_t i = first; i < last; i++) {
-            const Copy *copy = &copies->items[order[i]];
-            best[i] = x[copy->column];
-            *copy->argmax = 0;
+            best[i] = x[copies->items[order[i]].column];
+            where[i] = 0;
         }
-        for (int64_t t = 0; t < length; t++) {
-            const float *row = x + t * s->n;
+        for (int64_t t0 = 0; t0 < length; t0 += 16) {
+            int64_t t1 = t0 + 16 < length ? t0 + 16 : length;
             for (int64_t i = first; i < last; i++) {
                 const Copy *copy = &copies->items[order[i]];
-                float v = row[copy->column];
-                copy->out[t] = v;
-                if (v > best[i]) {
-                    best[i] = v;
-                    *copy->argmax = t;
+                const float *column = x + copy->column;
+                float top = best[i];
+                int64_t at = where[i];
+                for (int64_t t = t0; t < t1; t++) {
+                    float v = column[t * s->n];
+                    copy->out[t] = v;
+                    if (v > top) {
+                        top = v;
+                        at = t;
+                    }
                 }
+                best[i] = top;
+                where[i] = at;
             }
         }
         for (int64_t i = first; i < last; i++) {
             const Copy *copy = &copies->items[order[i]];
             for (int64_t t = length; t < copy->ctx; t++) copy->out[t] = 0.0f;
+            *copy->argmax = where[i];
         }
     }
 }
@@ -483,7 +492,7 @@ static int run_blocks(int (*block)(const void *, int64_t, void *), const void *a
 /* A thread's scratch for a block: histogram counts, band re-binning, the deferred copies. */
 typedef struct {
     uint16_t *local;
-    int64_t *merged, *band, *order;
+    int64_t *merged, *band, *order, *where;
     float *old_acts, *best;
     Copy *copies;
 } Scratch;
@@ -499,7 +508,7 @@ static size_t scratch_bytes(const Layer *a) {
     size_t copies = copy_capacity(a);
     return (size_t)BLOCK * bins * sizeof(uint16_t) + (size_t)bins * sizeof(int64_t) +
            (size_t)6 * slots * sizeof(int64_t) + (size_t)slots * a->bands.ctx * sizeof(float) +
-           copies * (sizeof(Copy) + sizeof(int64_t) + sizeof(float)) +
+           copies * (sizeof(Copy) + 2 * sizeof(int64_t) + sizeof(float)) +
            (size_t)(a->batch.batch + 1) * sizeof(int64_t);
 }
 
@@ -511,7 +520,8 @@ static Scratch carve(const Layer *a, void *memory) {
     s.merged = (int64_t *)(s.copies + copies);
     s.band = s.merged + bins;
     s.order = s.band + 6 * slots;
-    s.local = (uint16_t *)(s.order + copies + a->batch.batch + 1);
+    s.where = s.order + copies + a->batch.batch + 1;
+    s.local = (uint16_t *)(s.where + copies);
     s.old_acts = (float *)(s.local + BLOCK * bins);
     s.best = s.old_acts + slots * a->bands.ctx;
     return s;
@@ -536,7 +546,7 @@ static int layer_block(const void *args, int64_t block, void *memory) {
             column_bands(&a->batch, a->band_priority, &a->bands, c, entered, scratch.band,
                          scratch.old_acts, &copies);
     }
-    copy_windows(&a->batch, &copies, scratch.order, scratch.best);
+    copy_windows(&a->batch, &copies, scratch.order, scratch.best, scratch.where);
     return 0;
 }
 
