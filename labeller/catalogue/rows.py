@@ -187,13 +187,14 @@ def encode_example_columns(columns: ExampleColumns, window_ids: WindowIds) -> li
     exact32 = ((narrow.astype("<f8") == maxima) | ~slot_held).all(axis=1) & (count > 0)
     # The values are gathered in slot order: the held slots keep their order when moved first,
     # so a neuron's values come out in its records' order without moving the activations.
-    lengths = columns.length.astype(np.int64)
+    lengths = np.where(held, columns.length.astype(np.int64), 0)
     max_index = columns.max_index.astype(np.int64)
     token = np.arange(columns.activations.shape[2])[None, None, :]
-    kept = held[:, :, None] & (token < lengths[:, :, None])
+    kept = token < lengths[:, :, None]  # one pass over the block's tokens; the rest per slot
     # Each max's own token is left out: the records hold the max exactly (`_max_positions`).
     max_known = (max_index >= 0) & (max_index < lengths) & ~np.isnan(columns.max_activation)
-    kept &= ~((token == max_index[:, :, None]) & max_known[:, :, None])
+    neuron, slot = max_known.nonzero()
+    kept[neuron, slot, max_index[neuron, slot]] = False
     values = to_float16(columns.activations[kept])
     ends = np.cumsum(kept.sum(axis=(1, 2)))
     raw = []
