@@ -158,21 +158,31 @@ def _compiler() -> str:
     return compiler
 
 
+def library_path() -> Path:
+    """Where the library built from this source, with these flags, for this CPU is cached."""
+    compiler = os.environ.get("CC") or "cc"
+    key = hashlib.sha256(
+        b"\0".join(
+            [SOURCE.read_bytes(), " ".join((compiler, *_flags())).encode(), _cpu_tag().encode()]
+        )
+    ).hexdigest()[:20]
+    return cache_dir() / f"scan-kernels-{key}.so"
+
+
 @functools.cache
 def _library() -> ctypes.CDLL:
     """kernels.c compiled (once per source, flags and CPU) and loaded."""
-    source = SOURCE.read_bytes()
-    compiler = os.environ.get("CC") or "cc"
-    key = hashlib.sha256(
-        b"\0".join([source, " ".join((compiler, *_flags())).encode(), _cpu_tag().encode()])
-    ).hexdigest()[:20]
-    built = cache_dir() / f"scan-kernels-{key}.so"
+    built = library_path()
     if not built.exists():
         _build(built)
     try:
         library = ctypes.CDLL(str(built))
-    except OSError as error:
-        raise KernelsUnavailable(f"cannot load {built}: {error}") from error
+    except OSError:  # not a library after all (a damaged cache): built again, once
+        _build(built)
+        try:
+            library = ctypes.CDLL(str(built))
+        except OSError as error:
+            raise KernelsUnavailable(f"cannot load {built}: {error}") from error
     library.scan_layer.argtypes = [ctypes.POINTER(_Layer)]
     library.scan_layer.restype = ctypes.c_int
     return library

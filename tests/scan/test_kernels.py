@@ -153,6 +153,21 @@ def test_the_kernels_are_built_once_and_then_loaded_from_the_cache(fresh_kernels
     assert built.stat().st_mtime_ns == stamp
 
 
+def test_a_damaged_library_in_the_cache_is_built_again(fresh_kernels):
+    """A cached file that is not a library (in a new process: one that has it loaded keeps
+    its own mapping) is rebuilt, not a reason to fall back to the torch path."""
+    import subprocess
+    import sys
+
+    damaged = kernels.library_path()
+    damaged.parent.mkdir(parents=True)
+    damaged.write_bytes(b"not a shared library")
+    probe = "from labeller.scan import kernels; print(kernels.build_error())"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.stdout.strip() == "None", done.stderr
+    assert damaged.read_bytes() != b"not a shared library"
+
+
 def test_a_failed_build_leaves_nothing_half_written(fresh_kernels, monkeypatch):
     monkeypatch.setenv("CC", "false")  # a "compiler" that fails
     assert "failed to build kernels.c" in (kernels.build_error() or "")
