@@ -276,31 +276,35 @@ def _batch(
     )
 
 
+def _addresses(owner: object, fields: tuple[tuple[str, torch.dtype], ...]) -> list[int]:
+    """The addresses of an accumulator's tensors, in the order its C struct lists them."""
+    return [_address(getattr(owner, name), dtype) for name, dtype in fields]
+
+
+_F32, _I64 = torch.float32, torch.long
+_TOP_FIELDS = (("values", _F32), ("argmax", _I64), ("window", _I64), ("hash", _I64), ("acts", _F32))
+_BAND_FIELDS = (
+    ("exponent", _I64),
+    ("priority", _I64),
+    ("values", _F32),
+    ("argmax", _I64),
+    ("window", _I64),
+    ("acts", _F32),
+)
+_MOMENT_FIELDS = tuple(
+    (name, torch.float64) for name in ("mean", "m2", "m3", "m4", "positive", "min", "max")
+)
+
+
 def _top(top: TopWindows) -> _Top:
-    return _Top(
-        top.k,
-        top.acts.shape[2],
-        _address(top.values, torch.float32),
-        _address(top.argmax, torch.long),
-        _address(top.window, torch.long),
-        _address(top.hash, torch.long),
-        _address(top.acts, torch.float32),
-    )
+    return _Top(top.k, top.acts.shape[2], *_addresses(top, _TOP_FIELDS))
 
 
 def _bands(bands: BandSample | None) -> _Bands:
     if bands is None:  # m = 0: kernels.c reads nothing of it
         return _Bands(0, 0, 0, None, None, None, None, None, None)
     return _Bands(
-        bands.m,
-        bands.priority.shape[0],
-        bands.acts.shape[2],
-        _address(bands.exponent, torch.long),
-        _address(bands.priority, torch.long),
-        _address(bands.values, torch.float32),
-        _address(bands.argmax, torch.long),
-        _address(bands.window, torch.long),
-        _address(bands.acts, torch.float32),
+        bands.m, bands.priority.shape[0], bands.acts.shape[2], *_addresses(bands, _BAND_FIELDS)
     )
 
 
@@ -314,14 +318,7 @@ def _histogram(histogram: AdaptiveHistogram) -> _Histogram:
 
 
 def _moments(moments: Moments, tokens: float) -> _Moments:
-    return _Moments(
-        float(moments.count),
-        tokens,
-        *(
-            _address(getattr(moments, name), torch.float64)
-            for name in ("mean", "m2", "m3", "m4", "positive", "min", "max")
-        ),
-    )
+    return _Moments(float(moments.count), tokens, *_addresses(moments, _MOMENT_FIELDS))
 
 
 def _check(status: int) -> None:
