@@ -329,6 +329,7 @@ static void column_top(const Batch *s, const TopPart *part, int64_t c, uint8_t *
                        Copies *copies) {
     const Top *top = &part->top;
     int64_t n = s->n, k = top->k;
+    if (k == 0) return; /* no slots (ScanParams allows top_k 0; the CLI does not) */
     int64_t worst = worst_slot(top, c, n);
     int64_t old_hashes[k], entrant[k]; /* per slot: the batch row that took it, or -1 */
     for (int64_t slot = 0; slot < k; slot++) {

@@ -149,8 +149,12 @@ def cache_dir() -> Path:
     return Path(base) / "labeller"
 
 
+def _compiler_name() -> str:
+    return os.environ.get("CC") or "cc"
+
+
 def _compiler() -> str:
-    compiler = os.environ.get("CC") or "cc"
+    compiler = _compiler_name()
     if shutil.which(compiler) is None:
         raise KernelsUnavailable(
             f"no C compiler {compiler!r} found (install gcc or clang, or set CC)"
@@ -160,7 +164,7 @@ def _compiler() -> str:
 
 def library_path() -> Path:
     """Where the library built from this source, with these flags, for this CPU is cached."""
-    compiler = os.environ.get("CC") or "cc"
+    compiler = _compiler_name()
     key = hashlib.sha256(
         b"\0".join(
             [SOURCE.read_bytes(), " ".join((compiler, *_flags())).encode(), _cpu_tag().encode()]

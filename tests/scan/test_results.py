@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import sqlite3
 
+import numpy as np
 import pytest
+import torch
 from builders import scan_params
 
 from labeller.catalogue import Catalogue, rows
@@ -56,3 +58,20 @@ def test_the_neuron_rows_built_from_columns_are_what_their_records_store(
             rows.related_from_row(row),
         )
         assert rows.neuron_facts(facts) == tuple(row[c] for c in rows.FACT_COLUMNS)
+
+
+def test_the_scan_converts_activations_to_float16_bit_for_bit_as_the_catalogue_does():
+    """results._as_stored (torch's conversion, on the scan's side) and rows.to_float16
+    (numpy's, the catalogue's definition) give the same bits: ties to even, subnormals,
+    values past float16's range clamped, infinities, NaN."""
+    special = [0.0, -0.0, 1e-8, -3e-7, 6e-8, 65504.0, 65520.0, 1e6, -1e9, np.inf, -np.inf, np.nan]
+    ties = [1 + k * 2.0**-11 for k in range(1, 8)]  # halfway between float16 neighbours
+    bits = np.random.default_rng(0).integers(0, 2**32, 200_000, dtype=np.uint64)
+    values = np.concatenate(
+        [np.array(special + ties, dtype=np.float32), bits.astype(np.uint32).view(np.float32)]
+    )
+    ours = results._as_stored(torch.from_numpy(values)).view(np.uint16)
+    theirs = rows.to_float16(values).view(np.uint16)
+    nan = np.isnan(values)
+    assert np.array_equal(ours[~nan], theirs[~nan])
+    assert np.isnan(ours[nan].view(np.float16)).all()
