@@ -197,13 +197,14 @@ def encode_example_columns(columns: ExampleColumns, window_ids: WindowIds) -> li
     kept[neuron, slot, max_index[neuron, slot]] = False
     values = to_float16(columns.activations[kept])
     ends = np.cumsum(kept.sum(axis=(1, 2)))
+    edges, edge_starts, edge_index = _band_edge_pairs(lows, highs, slot_held)
     raw = []
     for n, c in enumerate(count.tolist()):
-        edges, edge_index = _band_edge_pairs(lows[n, :c], highs[n, :c])
         flags = _EXACT32 if exact32[n] else 0
-        parts = [bytes([flags, len(edges) // 2]), edges.tobytes()]
+        first_edge, last_edge = edge_starts[n], edge_starts[n + 1]
+        parts = [bytes([flags, last_edge - first_edge]), edges[first_edge:last_edge].tobytes()]
         parts += [column[n, :c].tobytes() for column in fields.values()]
-        parts += [edge_index.tobytes(), (narrow if flags else maxima)[n, :c].tobytes()]
+        parts += [edge_index[n, :c].tobytes(), (narrow if flags else maxima)[n, :c].tobytes()]
         raw.append(b"".join(parts))
     blobs = []
     for n, (c, records) in enumerate(zip(count.tolist(), _compressed(raw), strict=True)):
@@ -229,19 +230,37 @@ def _compressed(records: list[bytes]) -> list[bytes]:
         return compress(records[:half]) + later.result()
 
 
-def _band_edge_pairs(lows: np.ndarray, highs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct (low, high) band edge pairs of a neuron's examples in order of first use,
-    flattened, and each example's index into them (`_NO_EDGES`: none)."""
-    index = np.full(lows.size, _NO_EDGES, dtype="u1")
-    banded = ~np.isnan(lows)
-    if not banded.any():
-        return np.zeros(0, dtype="<f8"), index
-    pairs = list(zip(lows[banded].tolist(), highs[banded].tolist(), strict=True))
-    distinct = {pair: i for i, pair in enumerate(dict.fromkeys(pairs))}
-    if len(distinct) >= _NO_EDGES:
-        raise ValueError(f"{len(distinct)} activation bands in one neuron; at most 254 are stored")
-    index[banded] = [distinct[pair] for pair in pairs]
-    return np.array([v for pair in distinct for v in pair], dtype="<f8"), index
+def _band_edge_pairs(
+    lows: np.ndarray, highs: np.ndarray, held: np.ndarray
+) -> tuple[np.ndarray, list[int], np.ndarray]:
+    """Per neuron (row) the distinct (low, high) band edge pairs of its held examples in order
+    of first use, and each example's index into them (`_NO_EDGES`: none), for a whole block
+    by one sort. Returns the pairs of every neuron one after another [pairs, 2], where each
+    neuron's begin (`starts[n]:starts[n + 1]`), and the indices [neurons, slots]. Pairs are
+    equal as floats are (0.0 and -0.0 alike, the first one used kept; a NaN high never equal)."""
+    neurons, slots = lows.shape
+    index = np.full((neurons, slots), _NO_EDGES, dtype="u1")
+    neuron, slot = np.nonzero(held & ~np.isnan(lows))
+    low, high = lows[neuron, slot], highs[neuron, slot]
+    order = np.lexsort((slot, high, low, neuron))  # a pair's uses together, the first first
+    neuron, slot, low, high = neuron[order], slot[order], low[order], high[order]
+    new = np.ones(neuron.size, dtype=bool)
+    new[1:] = (neuron[1:] != neuron[:-1]) | (low[1:] != low[:-1]) | (high[1:] != high[:-1])
+    pair = np.cumsum(new) - 1  # each use's pair, pairs sorted by value
+    first_use = np.flatnonzero(new)
+    by_use = np.lexsort((slot[first_use], neuron[first_use]))  # pairs in order of first use
+    per_neuron = np.bincount(neuron[first_use], minlength=neurons)
+    starts = np.concatenate([[0], np.cumsum(per_neuron)])
+    if per_neuron.size and per_neuron.max() >= _NO_EDGES:
+        raise ValueError(
+            f"{per_neuron.max()} activation bands in one neuron; at most 254 are stored"
+        )
+    rank = np.empty(first_use.size, dtype=np.int64)
+    rank[by_use] = np.arange(first_use.size) - starts[neuron[first_use][by_use]]
+    index[neuron, slot] = rank[pair]
+    taken = first_use[by_use]
+    edges = np.stack([low[taken], high[taken]], axis=1).astype("<f8")
+    return edges, starts.tolist(), index
 
 
 def _max_positions(
@@ -657,6 +676,26 @@ def output_tokens_to_db(tokens: Iterable[tuple[str, float]]) -> str:
     JSON json.dumps would write (ensure_ascii off), each token's string encoded once: a scan
     writes 20 per neuron from a vocabulary's few thousand."""
     return "[" + ", ".join(f"[{_json_string(t)}, {_json_float(w)}]" for t, w in tokens) + "]"
+
+
+def output_token_columns_to_db(tokens: list[str], weights: np.ndarray) -> list[str]:
+    """`output_tokens_to_db` for a layer's neurons at once: `tokens` flat, neuron by neuron,
+    `weights` float32 [neurons, k], each weight written as its shortest decimal (numpy's,
+    which reads back as the same float32; large ones in exponent form). One formatting per
+    neuron, not a string per token: a scan writes 20 of them for every neuron."""
+    neurons, k = weights.shape
+    if k == 0:
+        return ["[]"] * neurons
+    numbers = np.asarray(weights, dtype=np.float32).ravel()
+    texts = numbers.astype(str).tolist()
+    for at in np.flatnonzero(~np.isfinite(numbers)).tolist():
+        texts[at] = json.dumps(float(numbers[at]))
+    cells: list[str] = [""] * (2 * neurons * k)
+    cells[0::2] = [_json_string(token) for token in tokens]
+    cells[1::2] = texts
+    template = "[" + ", ".join(["[%s, %s]"] * k) + "]"
+    step = 2 * k
+    return [template % tuple(cells[at : at + step]) for at in range(0, len(cells), step)]
 
 
 @functools.lru_cache(maxsize=1 << 17)

@@ -23,7 +23,7 @@ from labeller.catalogue.rows import (
     ExampleColumns,
     NeuronBlock,
     histogram_to_db,
-    output_tokens_to_db,
+    output_token_columns_to_db,
     reals_to_db,
     related_to_db,
 )
@@ -95,8 +95,8 @@ def layer_blocks(
     moments = _numpy(state.moments.state())
     stats = _layer_stats(moments, state.histogram)
     maxima = moments["max"].tolist()
-    positive = [output_tokens_to_db(pairs) for pairs in weights.top_positive_tokens]
-    negative = [output_tokens_to_db(pairs) for pairs in weights.top_negative_tokens]
+    positive = output_token_columns_to_db(weights.positive_tokens, weights.positive_weights)
+    negative = output_token_columns_to_db(weights.negative_tokens, weights.negative_weights)
     related_json = None if related is None else [related_to_db(r) for r in related]
     for start in range(0, state.n, BLOCK_NEURONS):
         cut = slice(start, min(start + BLOCK_NEURONS, state.n))

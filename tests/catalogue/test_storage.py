@@ -560,10 +560,67 @@ def test_a_block_of_neurons_packs_as_each_neuron_alone():
     assert [e.window_id for e in rows.decode_examples(blobs[2])] == [2**35, 2**35]
 
 
+def _banded(key: int, low: float, high: float) -> ExampleRow:
+    return ExampleRow(
+        key, ExampleKind.QUANTILE, 0, Split.TRAIN, encode_activations(np.ones(2, np.float32)),
+        1.0, 0, 0, low, high,
+    )  # fmt: skip
+
+
+def test_band_edges_are_found_for_each_neuron_of_a_block_in_order_of_first_use():
+    """The block's edge pairs are found by one sort over all its neurons: each neuron still
+    reads back its own pairs, in the order it used them (0.0 and -0.0 one pair, the first kept),
+    an example without a band has none, and a neuron with more than 254 pairs is refused."""
+    neurons = [
+        [_banded(1, 2.0, 4.0), _banded(2, 0.0, 1.0), _example(3, 0, [1.0]), _banded(1, 2.0, 4.0)],
+        [_banded(2, -0.0, 1.0), _banded(1, 0.0, 1.0), _banded(3, 0.5, 1.0)],
+        [_example(3, 0, [1.0])],
+    ]
+    ids = {1: 10, 2: 20, 3: 30}
+    blobs = rows.encode_example_columns(ExampleColumns.of_rows(neurons), rows.WindowIds(ids))
+    edges = [[(e.band_low, e.band_high) for e in rows.decode_examples(b)] for b in blobs]
+    assert edges[0] == [(2.0, 4.0), (0.0, 1.0), (None, None), (2.0, 4.0)]
+    assert edges[1] == [(-0.0, 1.0), (-0.0, 1.0), (0.5, 1.0)]
+    assert math.copysign(1.0, edges[1][1][0]) == -1.0  # the pair as first used
+    assert edges[2] == [(None, None)]
+    assert blobs == [rows.encode_examples(examples, ids) for examples in neurons]
+    many = [[_banded(1, float(i), float(i + 1)) for i in range(254)]]
+    (blob,) = rows.encode_example_columns(ExampleColumns.of_rows(many), rows.WindowIds(ids))
+    assert rows.decode_examples(blob)[253].band_low == 253.0
+    too_many = [many[0] + [_banded(1, 254.0, 255.0)]]
+    with pytest.raises(ValueError, match="255 activation bands in one neuron"):
+        rows.encode_example_columns(ExampleColumns.of_rows(too_many), rows.WindowIds(ids))
+
+
 def test_a_window_without_an_id_is_an_error_not_a_wrong_id():
     block = ExampleColumns.of_rows([[_example(5, 0, [1.0])]])
     with pytest.raises(KeyError):
         rows.encode_example_columns(block, rows.WindowIds({4: 40, 6: 60}))
+
+
+def test_a_layers_output_tokens_read_back_as_each_neurons_own_pairs():
+    """The column-wise JSON a scan writes: each neuron's tokens, each weight the same float32
+    (large, tiny, subnormal and non-finite ones included), escapes as json.dumps writes them."""
+    from labeller.catalogue.rows import output_token_columns_to_db, output_tokens_from_db
+
+    rng = np.random.default_rng(0)
+    special = [1e16, 123456789.0, -6.8e15, 1e-4, 9.9e-5, 1e-45, 3.4e38, -0.0, 0.0, 0.1]
+    weights = np.concatenate(
+        [np.array(special), [math.inf, -math.inf, math.nan], rng.standard_normal(27) * 1e3]
+    ).astype(np.float32)
+    weights = weights.reshape(4, 10)
+    texts = ['"q"', "a\\b\n", "é中😀\u2028", "\ud800\x00", "", " the", "nan", "x", "y", "z"] * 4
+    stored = output_token_columns_to_db(texts, weights)
+    assert len(stored) == 4
+    for neuron, raw in enumerate(stored):
+        back = output_tokens_from_db(raw)
+        assert [t.token for t in back] == texts[neuron * 10 : (neuron + 1) * 10]
+        expected = weights[neuron]
+        found = np.array([t.weight for t in back], dtype=np.float32)
+        assert np.array_equal(found, expected, equal_nan=True)
+        assert np.array_equal(np.signbit(found), np.signbit(expected))
+    assert stored[0].startswith('[["\\"q\\"", 1e+16], ["a\\\\b\\n", 1.2345679e+08]')
+    assert output_token_columns_to_db([], np.zeros((3, 0), dtype=np.float32)) == ["[]"] * 3
 
 
 def test_output_tokens_are_stored_as_json_dumps_writes_them_and_read_back():

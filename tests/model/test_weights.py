@@ -43,6 +43,7 @@ def test_the_layer_columns_hold_each_value_as_its_shortest_float32_decimal():
         w_in, w_out = model.bridge.W_in[0].float(), model.bridge.W_out[0].float()
         cosine = torch.nn.functional.cosine_similarity(w_in.T, w_out, dim=1).tolist()
     assert facts.cosine == [shortest(c) for c in cosine]
-    weights = [w for neuron in facts.top_negative_tokens for _, w in neuron]
+    weights = [t.weight for t in facts.record(5).top_negative_tokens]
     assert weights == [shortest(w) for w in weights]
-    assert len(facts.top_positive_tokens) == model.d_mlp
+    assert facts.positive_weights.shape == (model.d_mlp, 10)
+    assert len(facts.positive_tokens) == model.d_mlp * 10
