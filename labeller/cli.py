@@ -2663,6 +2663,7 @@ class _progress:
         unit: str = "tokens",
         status: Callable[[], str] | None = None,
     ) -> None:
+        console = Console(stderr=True)
         self.progress = Progress(
             TextColumn(label),
             BarColumn(),
@@ -2673,7 +2674,9 @@ class _progress:
             TextColumn("ETA"),
             TimeRemainingColumn(),
             *([StatusColumn(status)] if status else []),
-            console=Console(stderr=True),
+            console=console,
+            # redrawn ten times a second on a terminal; into a file or pipe only the last frame
+            auto_refresh=console.is_terminal,
         )
         # a total from a file's header may be wrong; an unknown total beats `1/-3`
         known = total if total is not None and total >= 0 else None

@@ -5,6 +5,10 @@ class UserError(Exception):
     """A mistake in the input that the user can fix; the message says how."""
 
 
+class NonFiniteActivations(UserError):
+    """A layer's activations held NaN or infinity: a scan can neither rank nor bin them."""
+
+
 class ScanInterrupted(Exception):
     """A scan stopped by Ctrl-C after checkpointing; running the same command resumes it."""
 

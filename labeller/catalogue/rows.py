@@ -710,7 +710,11 @@ def _json_float(value: float) -> str:
 def histogram_to_db(low: float, high: float, counts: list[int]) -> str:
     """A `Histogram` as its JSON (NaN and infinities as JavaScript's constants, which
     `Histogram.model_validate_json` reads)."""
-    return json.dumps({"low": low, "high": high, "counts": counts}, separators=(",", ":"))
+    low_text, high_text = _json_float(float(low)), _json_float(float(high))
+    counts_text = ",".join(
+        map(str, counts)
+    )  # json.dumps's text, built directly: a scan writes many
+    return f'{{"low":{low_text},"high":{high_text},"counts":[{counts_text}]}}'
 
 
 def related_to_db(related: list[RelatedNeuron]) -> str:

@@ -118,13 +118,16 @@ class LoadedModel:
 
     def token_strings(self, ids: list[int]) -> list[str]:
         """Each token on its own, byte tokens that are not whole characters as `<0xNN>`."""
-        from labeller.model.tokens import token_text
-
         known = self._token_texts
-        for i in ids:
-            if i not in known:
-                known[i] = token_text(self.tokenizer, i)
-        return [known[i] for i in ids]
+        try:
+            return list(map(known.__getitem__, ids))  # a scan looks up every window's tokens
+        except KeyError:
+            from labeller.model.tokens import token_text
+
+            for i in ids:
+                if i not in known:
+                    known[i] = token_text(self.tokenizer, i)
+            return list(map(known.__getitem__, ids))
 
     def record(self) -> ModelRecord:
         cfg = self.bridge.cfg

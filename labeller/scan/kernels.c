@@ -10,14 +10,18 @@
  * in float32 and summed in float64, top-k and band samples keep exactly what torch keeps.
  *
  * Arrays are C-contiguous; shapes are in the comments. int64 for every index, uint8 for every
- * flag. A function returns 0, or -1 when memory ran out.
+ * flag. A function returns 0, OUT_OF_MEMORY or NOT_FINITE_STATUS (an activation was NaN or
+ * infinite: the call stops there, some accumulators updated and others not).
  */
 
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#define OUT_OF_MEMORY -1
+#define NOT_FINITE_STATUS -2
 #define BLOCK 128 /* neurons per task: a block's rows of 64 tokens fit in L1, its bins in L2 */
 #define EMPTY_PRIORITY INT64_MAX
 
@@ -85,14 +89,17 @@ static int64_t floor_div(int64_t a, int64_t b) {
 
 static int64_t blocks_of(int64_t n) { return (n + BLOCK - 1) / BLOCK; }
 
-/* Each window's max over its real tokens and the batch's min and max, for neurons lo:hi. */
-static void block_extremes(const Layer *a, int64_t lo, int64_t hi) {
+/* Each window's max over its real tokens and the batch's min and max, for neurons lo:hi.
+ * Returns 1 if a value is NaN or infinite (it could be neither ranked nor binned), else 0. */
+static int block_extremes(const Layer *a, int64_t lo, int64_t hi) {
     const Batch *s = &a->batch;
     int64_t width = hi - lo;
     float low[BLOCK], high[BLOCK], top[BLOCK];
+    float bad[BLOCK]; /* 1 once a value was NaN or infinite (float: as cheap as the rest) */
     for (int64_t j = 0; j < width; j++) {
         low[j] = INFINITY;
         high[j] = -INFINITY;
+        bad[j] = 0.0f;
     }
     for (int64_t b = 0; b < s->batch; b++) {
         for (int64_t j = 0; j < width; j++) top[j] = -INFINITY;
@@ -101,6 +108,7 @@ static void block_extremes(const Layer *a, int64_t lo, int64_t hi) {
             for (int64_t j = 0; j < width; j++) {
                 top[j] = row[j] > top[j] ? row[j] : top[j];
                 low[j] = row[j] < low[j] ? row[j] : low[j];
+                bad[j] = fabsf(row[j]) <= FLT_MAX ? bad[j] : 1.0f;
             }
         }
         for (int64_t j = 0; j < width; j++) {
@@ -108,10 +116,13 @@ static void block_extremes(const Layer *a, int64_t lo, int64_t hi) {
             high[j] = top[j] > high[j] ? top[j] : high[j];
         }
     }
+    int flags = 0;
     for (int64_t j = 0; j < width; j++) {
         a->batch_min[lo + j] = low[j];
         a->batch_max[lo + j] = high[j];
+        flags |= bad[j] != 0.0f;
     }
+    return flags;
 }
 
 /* AdaptiveHistogram.cover for one neuron: double the bin width until the bins take
@@ -313,6 +324,33 @@ static void copy_windows(const Batch *s, const Copies *copies, int64_t *order, f
     }
 }
 
+/* Per neuron lo:lo+width, the highest window max among a part's rows (`rows` NULL: every
+ * row), as a running max from the first row (a NaN there stays: it enters nothing). */
+static void rows_max(const Batch *s, const int64_t *rows, int64_t count, int64_t lo,
+                     int64_t width, float *out) {
+    if (count == 0) {
+        for (int64_t j = 0; j < width; j++) out[j] = -INFINITY;
+        return;
+    }
+    const float *first = s->window_max + (rows ? rows[0] : 0) * s->n + lo;
+    for (int64_t j = 0; j < width; j++) out[j] = first[j];
+    for (int64_t i = 1; i < count; i++) {
+        const float *row = s->window_max + (rows ? rows[i] : i) * s->n + lo;
+        for (int64_t j = 0; j < width; j++) out[j] = row[j] > out[j] ? row[j] : out[j];
+    }
+}
+
+/* Per neuron lo:lo+width, the lowest max its top-k keeps (-inf while a slot is empty; NaN if
+ * a slot holds NaN, so that nothing is ruled out). */
+static void lowest_kept(const Top *top, int64_t n, int64_t lo, int64_t width, float *out) {
+    for (int64_t j = 0; j < width; j++) out[j] = INFINITY;
+    for (int64_t slot = 0; slot < top->k; slot++) {
+        const float *values = top->values + slot * n + lo;
+        for (int64_t j = 0; j < width; j++)
+            out[j] = (values[j] < out[j] || values[j] != values[j]) ? values[j] : out[j];
+    }
+}
+
 /* The top-k slot to give up: the lowest max, on a tie the later window (empty: -inf, -1). */
 static int64_t worst_slot(const Top *top, int64_t c, int64_t n) {
     int64_t worst = 0;
@@ -383,23 +421,18 @@ static void move_slot(const Bands *d, int64_t n, int64_t c, int64_t to, int64_t 
     source[to] = source[from];
 }
 
-/* BandSample.update for neuron c: widen the grid if the batch's max needs it (re-binning the
- * kept windows, bottom m per new bin), then insert each window whose priority beats its bin's
- * m-th, keeping every bin in priority order; `entered` [batch] marks the rows kept. `scratch`
- * holds 6 * slots int64 and slots * ctx floats. */
+/* BandSample.update for neuron c: widen the grid if the batch's max (`column_max`) needs it
+ * (re-binning the kept windows, bottom m per new bin), then insert each window whose priority
+ * beats its bin's m-th, keeping every bin in priority order; `entered` [batch] marks the rows
+ * kept. `scratch` holds 6 * slots int64 and slots * ctx floats. */
 static void column_bands(const Batch *s, const int64_t *batch_priority, const Bands *d,
-                         int64_t c, uint8_t *entered, int64_t *scratch, float *old_acts,
-                         Copies *copies) {
+                         int64_t c, float column_max, uint8_t *entered, int64_t *scratch,
+                         float *old_acts, Copies *copies) {
     int64_t n = s->n, m = d->m, slots = d->slots, bins = slots / m, ctx = d->ctx;
     int64_t *source = scratch, *old_priority = scratch + slots, *old_argmax = scratch + 2 * slots;
     int64_t *old_window = scratch + 3 * slots, *filled = scratch + 4 * slots;
     float *old_values = (float *)(scratch + 5 * slots);
     for (int64_t slot = 0; slot < slots; slot++) source[slot] = -1;
-    float column_max = s->window_max[c];
-    for (int64_t r = 1; r < s->batch; r++) {
-        float v = s->window_max[r * n + c];
-        column_max = v > column_max ? v : column_max;
-    }
     int needed;
     frexpf(column_max, &needed);
     if (column_max > 0 && needed - 3 > d->exponent[c]) {
@@ -472,7 +505,7 @@ static void column_bands(const Batch *s, const int64_t *batch_priority, const Ba
  * Without OpenMP (a compiler without it) the blocks run on this thread. */
 static int run_blocks(int (*block)(const void *, int64_t, void *), const void *args,
                       int64_t blocks, size_t scratch_bytes, int64_t threads) {
-    int failed = 0;
+    int status = 0;
     (void)threads;
 #pragma omp parallel num_threads(threads)
     {
@@ -480,14 +513,15 @@ static int run_blocks(int (*block)(const void *, int64_t, void *), const void *a
         int ready = !scratch_bytes || scratch != NULL;
 #pragma omp for schedule(dynamic)
         for (int64_t i = 0; i < blocks; i++) {
-            if (!ready || block(args, i, scratch) != 0) {
+            int code = ready ? block(args, i, scratch) : OUT_OF_MEMORY;
+            if (code != 0) {
 #pragma omp atomic write
-                failed = 1;
+                status = code;
             }
         }
         free(scratch);
     }
-    return failed ? -1 : 0;
+    return status;
 }
 
 /* A thread's scratch for a block: histogram counts, band re-binning, the deferred copies. */
@@ -532,7 +566,7 @@ static int layer_block(const void *args, int64_t block, void *memory) {
     const Layer *a = args;
     int64_t lo = block * BLOCK;
     int64_t hi = lo + BLOCK < a->batch.n ? lo + BLOCK : a->batch.n;
-    block_extremes(a, lo, hi);
+    if (block_extremes(a, lo, hi)) return NOT_FINITE_STATUS; /* before anything is binned */
     if (a->extremes_only) return 0;
     Scratch scratch = carve(a, memory);
     for (int64_t c = lo; c < hi; c++)
@@ -540,12 +574,22 @@ static int layer_block(const void *args, int64_t block, void *memory) {
     block_sums_and_counts(a, lo, hi, scratch.local);
     uint8_t *entered = a->entered + block * a->batch.batch;
     Copies copies = {scratch.copies, 0};
-    for (int64_t c = lo; c < hi; c++) {
-        for (int64_t i = 0; i < a->part_count; i++)
-            column_top(&a->batch, &a->parts[i], c, entered, &copies);
-        if (a->bands.m)
-            column_bands(&a->batch, a->band_priority, &a->bands, c, entered, scratch.band,
-                         scratch.old_acts, &copies);
+    /* A row enters a top-k only strictly above the lowest max it keeps: a neuron whose rows
+     * are all at or below it is passed over (in a long scan, nearly every neuron). */
+    float best[BLOCK], lowest[BLOCK];
+    for (int64_t i = 0; i < a->part_count; i++) {
+        const TopPart *part = &a->parts[i];
+        rows_max(&a->batch, part->rows, part->row_count, lo, hi - lo, best);
+        lowest_kept(&part->top, a->batch.n, lo, hi - lo, lowest);
+        for (int64_t c = lo; c < hi; c++)
+            if (!(best[c - lo] <= lowest[c - lo]))
+                column_top(&a->batch, part, c, entered, &copies);
+    }
+    if (a->bands.m) {
+        rows_max(&a->batch, NULL, a->batch.batch, lo, hi - lo, best);
+        for (int64_t c = lo; c < hi; c++)
+            column_bands(&a->batch, a->band_priority, &a->bands, c, best[c - lo], entered,
+                         scratch.band, scratch.old_acts, &copies);
     }
     copy_windows(&a->batch, &copies, scratch.order, scratch.best, scratch.where);
     return 0;

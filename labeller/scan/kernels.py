@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from labeller.errors import NonFiniteActivations
 from labeller.scan.accumulators import AdaptiveHistogram, BandSample, Moments, TopWindows
 
 SOURCE = Path(__file__).with_name("kernels.c")
@@ -326,6 +327,9 @@ def _moments(moments: Moments, tokens: float) -> _Moments:
 
 
 def _check(status: int) -> None:
+    """kernels.c's status: 0, OUT_OF_MEMORY (-1) or NOT_FINITE_STATUS (-2)."""
+    if status == -2:
+        raise NonFiniteActivations("NaN or infinite activations")
     if status != 0:
         raise MemoryError("the scan kernels ran out of memory")
 

@@ -28,7 +28,12 @@ import torch
 from labeller.catalogue import Catalogue
 from labeller.catalogue.rows import NeuronBlock, WindowRow
 from labeller.corpus import Window, iter_corpus, iter_windows, read_ahead
-from labeller.errors import ScanAlreadyComplete, ScanInterrupted, UserError
+from labeller.errors import (
+    NonFiniteActivations,
+    ScanAlreadyComplete,
+    ScanInterrupted,
+    UserError,
+)
 from labeller.model.activations import batch_inputs, neuron_activations
 from labeller.model.dla import DlaInputs, DlaReadout, neuron_activations_for_dla
 from labeller.model.loading import LoadedModel
@@ -208,6 +213,8 @@ class LayerState:
         window_max = padded.amax(dim=1)
         batch_max = window_max.amax(dim=0)
         batch_min = real.amin(dim=0)
+        if not bool((torch.isfinite(batch_min) & torch.isfinite(batch_max)).all()):
+            raise NonFiniteActivations("NaN or infinite activations")  # amin/amax keep NaN
         self.moments.update(real, batch_min, batch_max, (y[:count], y2[:count]))
         self.histogram.update(real, batch_min, batch_max, (y[:count], index[:count]))
         return window_max, padded
@@ -369,12 +376,28 @@ class Scanner:
     ) -> None:
         for row, _ in reservoir_rows:
             self.windows[indices[row]] = _meta(batch[row])
-        rows = [
-            state.update(
-                activations[layer], mask, full, index, hashes, priorities, reservoir_rows, subsets
-            )
-            for layer, state in self.layers.items()
-        ]
+        rows = []
+        for layer, state in self.layers.items():
+            try:
+                rows.append(
+                    state.update(
+                        activations[layer],
+                        mask,
+                        full,
+                        index,
+                        hashes,
+                        priorities,
+                        reservoir_rows,
+                        subsets,
+                    )
+                )
+            except NonFiniteActivations:
+                raise NonFiniteActivations(
+                    f"layer {layer} gave NaN or infinite activations on windows "
+                    f"{indices[0]:,}-{indices[-1]:,} of the corpus, so the scan stopped: a model "
+                    "loaded with --dtype float16 can overflow (try --dtype float32), else check "
+                    "its weights"
+                ) from None
         if dla is not None:
             assert self.readout is not None
             rows += [

@@ -623,6 +623,26 @@ def test_a_layers_output_tokens_read_back_as_each_neurons_own_pairs():
     assert output_token_columns_to_db([], np.zeros((3, 0), dtype=np.float32)) == ["[]"] * 3
 
 
+def test_a_histogram_is_stored_as_json_dumps_writes_it_and_reads_back():
+    from labeller.catalogue.rows import histogram_to_db
+    from labeller.records import Histogram
+
+    cases = [
+        (0.0, 0.0, []),
+        (-1.5, 2.25, [1, 0, 3]),
+        (math.nan, math.inf, [7]),
+        (-math.inf, 1e-300, [0] * 64),
+        (1e16, 123456789.0, [2**40]),
+    ]
+    for low, high, counts in cases:
+        stored = histogram_to_db(low, high, counts)
+        expected = {"low": low, "high": high, "counts": counts}
+        assert stored == json.dumps(expected, separators=(",", ":"))
+        back = Histogram.model_validate_json(stored)
+        assert back.counts == counts
+        assert str(back.low) == str(low) and str(back.high) == str(high)
+
+
 def test_output_tokens_are_stored_as_json_dumps_writes_them_and_read_back():
     """Escapes, non-ASCII, lone surrogates and non-finite weights: the hand-built JSON is
     json.dumps's, character for character, and reads back to the same tokens."""

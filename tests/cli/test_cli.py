@@ -332,3 +332,30 @@ def test_search_neurons_ranks_every_scanned_neuron(scanned_db, tiny_model):
     out = run("search-neurons", "--db", scanned_db, text, "--top", "3").output
     assert "96 neurons in layers 0, 1" in " ".join(out.split())  # the console wraps at 80
     assert run("search-neurons", "--db", scanned_db, "", ok=False).exit_code != 0
+
+
+@pytest.mark.parametrize("torch_statistics", ["0", "1"])
+def test_a_model_giving_nan_activations_stops_the_scan_with_one_line(
+    tiny_model_dir, tiny_corpus, tmp_path, torch_statistics
+):
+    """Before, a NaN activation crashed the compiled kernels and hung the torch path."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "broken-model"
+    shutil.copytree(tiny_model_dir, broken)
+    weights = load_file(broken / "model.safetensors")
+    weights["blocks.1.mlp.in.weight"][3, 5] = torch.nan
+    save_file(weights, broken / "model.safetensors")
+    db = tmp_path / "c.db"
+    args = ("scan", "--db", db, "--model", broken, "--dataset", tiny_corpus, "--tokens", "400")
+    result = run(*args, env={"LABELLER_TORCH_STATISTICS": torch_statistics}, ok=False)
+    assert result.exit_code == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: layer 1 gave NaN or infinite activations on windows 0-")
+    assert "--dtype float32" in line
+    if db.exists():  # nothing half-written is left behind
+        with Catalogue.open(db) as catalogue:
+            assert catalogue.scans() == []
