@@ -209,9 +209,8 @@ def encode_example_columns(columns: ExampleColumns, window_ids: WindowIds) -> li
     blobs = []
     for n, (c, records) in enumerate(zip(count.tolist(), _compressed(raw), strict=True)):
         start = ends[n - 1] if n else 0
-        blobs.append(
-            _HEADER.pack(PACK_FORMAT, c, len(records)) + records + values[start : ends[n]].tobytes()
-        )
+        header = _HEADER.pack(PACK_FORMAT, c, len(records))
+        blobs.append(b"".join((header, records, memoryview(values[start : ends[n]]))))
     return blobs
 
 

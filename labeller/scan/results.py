@@ -231,12 +231,19 @@ def _banded(
 
 
 def _joined(parts: list[ExampleColumns]) -> ExampleColumns:
-    """The parts' slots side by side, in order (their windows padded to the longest)."""
+    """The parts' slots side by side, in order (their windows padded to the longest with
+    zeros), each part's values copied once."""
     ctx = max(part.activations.shape[2] for part in parts)
-    activations = np.concatenate(
-        [np.pad(p.activations, ((0, 0), (0, 0), (0, ctx - p.activations.shape[2]))) for p in parts],
-        axis=1,
-    )
+    neurons = parts[0].activations.shape[0]
+    slots = sum(part.activations.shape[1] for part in parts)
+    dtype = np.result_type(*(part.activations for part in parts))
+    activations = np.empty((neurons, slots, ctx), dtype=dtype)
+    start = 0
+    for part in parts:
+        _, count, width = part.activations.shape
+        activations[:, start : start + count, :width] = part.activations
+        activations[:, start : start + count, width:] = 0
+        start += count
     fields = {
         name: np.concatenate([getattr(part, name) for part in parts], axis=1)
         for name in ExampleColumns.__dataclass_fields__
