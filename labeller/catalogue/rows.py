@@ -210,7 +210,7 @@ def encode_example_columns(columns: ExampleColumns, window_ids: WindowIds) -> li
     for n, (c, records) in enumerate(zip(count.tolist(), _compressed(raw), strict=True)):
         start = ends[n - 1] if n else 0
         header = _HEADER.pack(PACK_FORMAT, c, len(records))
-        blobs.append(b"".join((header, records, memoryview(values[start : ends[n]]))))
+        blobs.append(b"".join((header, records, values[start : ends[n]].data)))
     return blobs
 
 

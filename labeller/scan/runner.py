@@ -376,21 +376,11 @@ class Scanner:
     ) -> None:
         for row, _ in reservoir_rows:
             self.windows[indices[row]] = _meta(batch[row])
+        shared = (mask, full, index, hashes, priorities, reservoir_rows, subsets)
         rows = []
         for layer, state in self.layers.items():
             try:
-                rows.append(
-                    state.update(
-                        activations[layer],
-                        mask,
-                        full,
-                        index,
-                        hashes,
-                        priorities,
-                        reservoir_rows,
-                        subsets,
-                    )
-                )
+                rows.append(state.update(activations[layer], *shared))
             except NonFiniteActivations:
                 raise NonFiniteActivations(
                     f"layer {layer} gave NaN or infinite activations on windows "
