@@ -688,7 +688,7 @@ def output_token_columns_to_db(tokens: list[str], weights: np.ndarray) -> list[s
     numbers = np.asarray(weights, dtype=np.float32).ravel()
     texts = numbers.astype(str).tolist()
     for at in np.flatnonzero(~np.isfinite(numbers)).tolist():
-        texts[at] = json.dumps(float(numbers[at]))
+        texts[at] = _json_float(float(numbers[at]))
     cells: list[str] = [""] * (2 * neurons * k)
     cells[0::2] = [_json_string(token) for token in tokens]
     cells[1::2] = texts
@@ -709,10 +709,9 @@ def _json_float(value: float) -> str:
 def histogram_to_db(low: float, high: float, counts: list[int]) -> str:
     """A `Histogram` as its JSON (NaN and infinities as JavaScript's constants, which
     `Histogram.model_validate_json` reads)."""
+    # json.dumps's text, built directly: a scan writes one per neuron
     low_text, high_text = _json_float(float(low)), _json_float(float(high))
-    counts_text = ",".join(
-        map(str, counts)
-    )  # json.dumps's text, built directly: a scan writes many
+    counts_text = ",".join(map(str, counts))
     return f'{{"low":{low_text},"high":{high_text},"counts":[{counts_text}]}}'
 
 

@@ -63,14 +63,13 @@ def accumulators(n: int) -> dict:
     }
 
 
-@pytest.mark.parametrize("n", [5, 300])  # one partial block; several blocks
-def test_layer_update_equals_the_torch_path(n: int) -> None:
-    """Window maxima, histograms (growing as some later batches widen the range, binned in one
-    pass when a batch stays inside it), top windows and band samples identical to the torch
-    path's; moments to float tolerance."""
+def both_paths(n: int, scales: tuple[float, ...]) -> tuple[dict, dict, list[int]]:
+    """Batches of activations times each scale through the kernels and the torch path; each
+    batch's window maxima asserted equal on the way. Also returns how many rows each batch
+    had kept."""
     fused, by_torch = accumulators(n), accumulators(n)
     generator = torch.Generator().manual_seed(n)
-    scales = (1, 4, 2, 1, 10, 3)  # grows, stays inside, grows again, inside
+    kept_rows = []
     for batch, scale in enumerate(scales):
         acts = hook_view(4, 9, n, seed=n + batch) * scale
         lengths = np.array([9, 2, 9, 5])
@@ -90,7 +89,12 @@ def test_layer_update_equals_the_torch_path(n: int) -> None:
             fused["bands"],
         )
         assert torch.equal(window_max, torch_path(acts, lengths, by_torch, index, hashes, priority))
-        assert kept.numel() > 0 and bool((kept < 4).all())
+        assert bool((kept < 4).all())
+        kept_rows.append(kept.numel())
+    return fused, by_torch, kept_rows
+
+
+def assert_kept_equal(fused: dict, by_torch: dict, batches: int) -> None:
     for part in ("histogram", "top", "bands"):
         a, b = fused[part].state(), by_torch[part].state()
         for name, value in a.items():
@@ -98,13 +102,28 @@ def test_layer_update_equals_the_torch_path(n: int) -> None:
             if part == "bands" and name == "acts":  # empty slots hold stale values
                 value, other = value[a["window"] >= 0], other[a["window"] >= 0]
             assert torch.equal(value, other), (part, name)
-    assert bool((fused["histogram"].counts.sum(dim=1) == len(scales) * (9 + 2 + 9 + 5)).all())
+    assert bool((fused["histogram"].counts.sum(dim=1) == batches * (9 + 2 + 9 + 5)).all())
+
+
+@pytest.mark.parametrize("n", [5, 300])  # one partial block; several blocks
+def test_layer_update_equals_the_torch_path(n: int) -> None:
+    """Window maxima, histograms (growing as later batches widen the range), top windows and
+    band samples identical to the torch path's; moments to float tolerance."""
+    fused, by_torch, kept_rows = both_paths(n, (1, 4, 7, 10))  # the range grows
+    assert min(kept_rows) > 0
+    assert_kept_equal(fused, by_torch, 4)
     for name, value in fused["moments"].state().items():
-        # float32 sums per window in both paths, in different orders: their rounding is
-        # relative to the largest values summed, so a moment near 0 is compared at that scale
-        scale = float(value.abs().max())
-        other = by_torch["moments"].state()[name]
-        torch.testing.assert_close(value, other, rtol=1e-5, atol=1e-6 * scale)
+        torch.testing.assert_close(value, by_torch["moments"].state()[name], rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("n", [5, 300])
+def test_batches_that_no_window_of_can_enter_leave_the_top_windows_as_the_torch_path_does(
+    n: int,
+) -> None:
+    """After a wide batch, narrower ones: most neurons' batch maxima are below the lowest max
+    their top-k keeps, so the kernels pass them over; what is kept is still the torch path's."""
+    fused, by_torch, _ = both_paths(n, (10, 1, 10, 2, 10.5, 0.5, 10, 11, 3))
+    assert_kept_equal(fused, by_torch, 9)
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
