@@ -33,6 +33,7 @@ from labeller.scan.accumulators import AdaptiveHistogram, BandSample, Moments, T
 
 SOURCE = Path(__file__).with_name("kernels.c")
 BLOCK = 128  # neurons per task, as kernels.c's BLOCK
+NOT_FINITE = -2  # kernels.c's NOT_FINITE_STATUS (its other failure, -1, is running out of memory)
 # Reassociation lets the power sums vectorise (numba's fastmath flags, which these were); not
 # finite-math, so -inf and NaN stay meaningful. Maxima, bins and top-k are exact whatever
 # the flags (comparisons, and products by powers of two).
@@ -327,8 +328,7 @@ def _moments(moments: Moments, tokens: float) -> _Moments:
 
 
 def _check(status: int) -> None:
-    """kernels.c's status: 0, OUT_OF_MEMORY (-1) or NOT_FINITE_STATUS (-2)."""
-    if status == -2:
+    if status == NOT_FINITE:
         raise NonFiniteActivations("NaN or infinite activations")
     if status != 0:
         raise MemoryError("the scan kernels ran out of memory")
