@@ -13,6 +13,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -619,11 +620,10 @@ class Catalogue:
                 f"update neurons set {', '.join(f'{c} = ?' for c in rows.NEURON_COLUMNS)} "
                 "where id = ?"
             )
-            for block in _in_blocks(neurons):
+            for block, blobs in _encoded(_in_blocks(neurons), lookup):
                 new: list[tuple[Any, ...]] = []
                 updated: list[tuple[Any, ...]] = []
                 examples: list[tuple[int, bytes]] = []
-                blobs = rows.encode_example_columns(block.examples, lookup)
                 for key, facts, blob in zip(block.keys, block.facts, blobs, strict=True):
                     values = (model_id, *key, scan_id, *facts)
                     neuron_id = existing.get(key)
@@ -1334,6 +1334,24 @@ class Catalogue:
                 join models m on m.id = n.model_id group by m.name, n.layer"""
             )
         }
+
+
+def _encoded(
+    blocks: Iterator[NeuronBlock], window_ids: rows.WindowIds
+) -> Iterator[tuple[NeuronBlock, list[bytes]]]:
+    """Each block with its neurons' example blobs, in order. A block is encoded on a second
+    thread while this one makes the next block (a scan's results are made as they are written)
+    and inserts the one before; at most two blocks are held. On two cores the write benchmark's
+    36,864 neurons went from 5.2 to 4.2 s (`benchmarks/catalogue_write.py`)."""
+    with ThreadPoolExecutor(1, thread_name_prefix="labeller-encode") as pool:
+        waiting: tuple[NeuronBlock, Future[list[bytes]]] | None = None
+        for block in blocks:
+            encoding = pool.submit(rows.encode_example_columns, block.examples, window_ids)
+            if waiting is not None:
+                yield waiting[0], waiting[1].result()
+            waiting = (block, encoding)
+        if waiting is not None:
+            yield waiting[0], waiting[1].result()
 
 
 def _in_blocks(neurons: Iterable[NeuronBlock | NeuronRow]) -> Iterator[NeuronBlock]:

@@ -18,6 +18,7 @@ from labeller.catalogue.migrations import migrations
 from labeller.catalogue.rows import (
     ExampleColumns,
     ExampleRow,
+    NeuronBlock,
     NeuronFacts,
     NeuronRow,
     WindowRow,
@@ -135,6 +136,51 @@ def test_activations_round_trip_within_float16_and_the_max_exactly(tmp_path: Pat
     (band,) = banded.quantile_examples
     assert (band.band, band.band_low, band.band_high) == (1, 0.1, 0.30000000000000004)
     assert band.max_activation == float((values[2] * 2).max())
+
+
+def _write_blocks(catalogue: Catalogue, blocks: list[NeuronBlock], seed: int) -> None:
+    model_id = catalogue.upsert_model(MODEL)
+    scan_id = catalogue.create_scan(
+        model_id, ScanParams(model="m", dataset="d", layers=[0], seed=seed)
+    )
+    catalogue.write_scan_results(
+        scan_id, model_id, _windows(), blocks, tokens_seen=9, windows_seen=3
+    )
+
+
+def test_blocks_encoded_beside_the_inserts_are_written_in_order_each_with_its_own_examples(
+    tmp_path: Path,
+):
+    values = np.arange(9, dtype=np.float32).reshape(3, 3)
+    blocks = [NeuronBlock.of_rows([_neuron(n, values + 10 * n)]) for n in range(5)]
+    with Catalogue.open(tmp_path / "c.db", create=True) as catalogue:
+        _write_blocks(catalogue, blocks, seed=0)
+        ids = [catalogue.neuron_ref("m", 0, n).id for n in range(5)]
+        maxima = [
+            [e.max_activation for e in catalogue.neuron_view("m", 0, n).top_examples]
+            for n in range(5)
+        ]
+    assert ids == sorted(ids)  # ids as the blocks came, whatever thread encoded them
+    assert maxima == [[2.0 + 10 * n, 5.0 + 10 * n] for n in range(5)]
+
+
+def test_a_block_that_cannot_be_encoded_leaves_the_catalogue_as_it_was(tmp_path: Path):
+    with Catalogue.open(tmp_path / "c.db", create=True) as catalogue:
+        _write(catalogue, np.ones((3, 3), dtype=np.float32))
+        unknown = _neuron(1, np.full((3, 3), 2.0, dtype=np.float32))
+        unknown.examples[0] = unknown.examples[0]._replace(window_key=7)  # no such window
+        blocks = [
+            NeuronBlock.of_rows([_neuron(0, np.full((3, 3), 2.0, dtype=np.float32))]),
+            NeuronBlock.of_rows([unknown]),
+        ]
+        with pytest.raises(KeyError):
+            _write_blocks(catalogue, blocks, seed=1)
+        # The first block had been inserted when the second failed: the write is undone whole.
+        maxima = [
+            [e.max_activation for e in catalogue.neuron_view("m", 0, n).top_examples]
+            for n in (0, 1)
+        ]
+    assert maxima == [[1.0, 1.0], [2.0, 2.0]]  # the first write's (neuron 1 had values * 2)
 
 
 def test_token_ids_are_exact(tmp_path: Path):
