@@ -37,7 +37,7 @@ from labeller.errors import (
 from labeller.model.activations import batch_inputs, neuron_activations
 from labeller.model.dla import DlaInputs, DlaReadout, neuron_activations_for_dla
 from labeller.model.loading import LoadedModel
-from labeller.model.weights import layer_weight_facts
+from labeller.model.weights import LayerWeightFacts, layer_weight_facts
 from labeller.records import (
     BANDS,
     SCAN_BATCH_SIZE,
@@ -557,6 +557,12 @@ class Scanner:
 
     def results(self) -> tuple[list[WindowRow], Iterator[NeuronBlock]]:
         self.flush()
+        # The weight facts are the model's alone: made on the worker thread (idle by now) while
+        # the windows are made and written, ready when each layer's neurons are.
+        facts = {
+            layer: self._worker.submit(layer_weight_facts, self.model, layer)
+            for layer in self.layers
+        }
         kept = self._referenced()
         windows = [
             WindowRow(
@@ -570,7 +576,7 @@ class Scanner:
             for i in sorted(kept)
             if i >= 0
         ]
-        return windows, self._neuron_blocks()
+        return windows, self._neuron_blocks(facts)
 
     def write_results(self, catalogue: Catalogue, scan_id: int, model_id: int) -> None:
         window_rows, neuron_blocks = self.results()
@@ -583,7 +589,7 @@ class Scanner:
             windows_seen=self.windows_seen,
         )
 
-    def _neuron_blocks(self) -> Iterator[NeuronBlock]:
+    def _neuron_blocks(self, facts: dict[int, Future[LayerWeightFacts]]) -> Iterator[NeuronBlock]:
         lengths = WindowLengths(self.windows)
         for layer, state in self.layers.items():
             yield from layer_blocks(
@@ -591,7 +597,7 @@ class Scanner:
                 state,
                 reservoir=self.reservoir.slots,
                 lengths=lengths,
-                weights=layer_weight_facts(self.model, layer),
+                weights=facts[layer].result(),
                 related=self._related(layer) if state.pairs is not None else None,
             )
 
