@@ -176,7 +176,7 @@ def _ranked(
         split=_split_codes(top_split, values.shape[1])[np.maximum(place, 0)],
         maxima=values,
         max_index=state[f"{prefix}argmax"][:, cut].T,
-        activations=state[f"{prefix}acts"][:, cut, :].transpose(1, 0, 2),
+        activations=_as_stored(torch.from_numpy(state[f"{prefix}acts"][:, cut, :]).transpose(0, 1)),
         lengths=lengths,
     )
 
@@ -223,7 +223,7 @@ def _banded(
         split=_split_codes(quantile_split, m)[np.maximum(at_band, 0)],
         maxima=state["values"][:, cut].T,
         max_index=state["argmax"][:, cut].T,
-        activations=state["acts"][:, cut, :].transpose(1, 0, 2),
+        activations=_as_stored(torch.from_numpy(state["acts"][:, cut, :]).transpose(0, 1)),
         lengths=lengths,
         band=band,
         edges=(np.take_along_axis(edges, band, axis=1), high),
