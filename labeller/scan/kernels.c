@@ -1,8 +1,11 @@
-/* The scan's CPU pass: one call per layer and batch updates every accumulator the scan keeps.
+/* The scan's CPU pass: one call per batch updates every accumulator of every layer the scan
+ * keeps.
  *
  * Compiled by kernels.py with the machine's C compiler on first use and cached on disk; it is
  * called through ctypes, which lets other Python threads run meanwhile. Each thread takes
- * blocks of BLOCK neurons and, while a block's activations are in its cache, finds the
+ * blocks of BLOCK neurons of any layer (one parallel loop for them all: fewer threads left
+ * waiting at its end than with a loop per layer) and, while a block's activations are in
+ * its cache, finds the
  * extremes, grows the histograms to cover them, takes the power sums and bins, then merges
  * the block's top windows and band samples neuron by neuron. The rules are those of the torch
  * path in accumulators.py, which the tests hold this to: maxima are the float32 values
@@ -11,7 +14,7 @@
  *
  * Arrays are C-contiguous; shapes are in the comments. int64 for every index, uint8 for every
  * flag. A function returns 0, OUT_OF_MEMORY or NOT_FINITE_STATUS (an activation was NaN or
- * infinite: the call stops there, some accumulators updated and others not).
+ * infinite: the layer's `not_finite` is set, some accumulators updated and others not).
  */
 
 #include <float.h>
@@ -79,8 +82,13 @@ typedef struct {
     Bands bands;                  /* m == 0: none */
     const int64_t *band_priority; /* [batch] */
     uint8_t *entered;             /* [blocks, batch]: rows some neuron of the block kept */
-    int64_t threads;
+    int64_t not_finite;           /* out: 1 if an activation was NaN or infinite */
 } Layer;
+
+typedef struct { /* the layers of one call, whose blocks it numbers in order */
+    const Layer *layers;
+    int64_t count;
+} Layers;
 
 static int64_t floor_div(int64_t a, int64_t b) {
     int64_t q = a / b;
@@ -563,10 +571,15 @@ static Scratch carve(const Layer *a, void *memory) {
 }
 
 static int layer_block(const void *args, int64_t block, void *memory) {
-    const Layer *a = args;
+    const Layers *all = args;
+    const Layer *a = all->layers;
+    while (block >= blocks_of(a->batch.n)) block -= blocks_of((a++)->batch.n);
     int64_t lo = block * BLOCK;
     int64_t hi = lo + BLOCK < a->batch.n ? lo + BLOCK : a->batch.n;
-    if (block_extremes(a, lo, hi)) return NOT_FINITE_STATUS; /* before anything is binned */
+    if (block_extremes(a, lo, hi)) { /* before anything is binned */
+        ((Layer *)a)->not_finite = 1; /* a plain store: any block finding one writes 1 */
+        return NOT_FINITE_STATUS;
+    }
     if (a->extremes_only) return 0;
     Scratch scratch = carve(a, memory);
     for (int64_t c = lo; c < hi; c++)
@@ -609,8 +622,18 @@ static void find_repeats(const Batch *s, TopPart *part) {
     }
 }
 
-int scan_layer(const Layer *a) {
-    for (int64_t i = 0; i < a->part_count; i++) find_repeats(&a->batch, &a->parts[i]);
-    return run_blocks(layer_block, a, blocks_of(a->batch.n),
-                      a->extremes_only ? 0 : scratch_bytes(a), a->threads);
+/* The batch's update of `count` layers, their blocks shared among `threads` threads. */
+int scan_layers(Layer *layers, int64_t count, int64_t threads) {
+    int64_t blocks = 0;
+    size_t scratch = 0;
+    for (int64_t l = 0; l < count; l++) {
+        Layer *a = &layers[l];
+        for (int64_t i = 0; i < a->part_count; i++) find_repeats(&a->batch, &a->parts[i]);
+        a->not_finite = 0;
+        blocks += blocks_of(a->batch.n);
+        size_t bytes = a->extremes_only ? 0 : scratch_bytes(a);
+        scratch = bytes > scratch ? bytes : scratch;
+    }
+    Layers all = {layers, count};
+    return run_blocks(layer_block, &all, blocks, scratch, threads);
 }

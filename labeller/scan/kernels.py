@@ -15,6 +15,7 @@ and says so.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import functools
 import hashlib
 import os
@@ -126,7 +127,7 @@ class _Layer(ctypes.Structure):
         ("bands", _Bands),
         ("band_priority", _ptr),
         ("entered", _ptr),
-        ("threads", _i64),
+        ("not_finite", _i64),
     ]
 
 
@@ -189,8 +190,8 @@ def _library() -> ctypes.CDLL:
             library = ctypes.CDLL(str(built))
         except OSError as error:
             raise KernelsUnavailable(f"cannot load {built}: {error}") from error
-    library.scan_layer.argtypes = [ctypes.POINTER(_Layer)]
-    library.scan_layer.restype = ctypes.c_int
+    library.scan_layers.argtypes = [ctypes.POINTER(_Layer), _i64, _i64]
+    library.scan_layers.restype = ctypes.c_int
     return library
 
 
@@ -327,69 +328,101 @@ def _moments(moments: Moments, tokens: float) -> _Moments:
     return _Moments(float(moments.count), tokens, *_addresses(moments, _MOMENT_FIELDS))
 
 
-def _check(status: int) -> None:
+@dataclasses.dataclass(frozen=True)
+class LayerUpdate:
+    """One layer's part of a batch for `update_layers`: `acts` [B, T, N] float32 on CPU (the
+    hook's tensor, read in place) and the accumulators it updates; `tops` pairs each
+    TopWindows with the batch rows that may enter it (None: every row), e.g. the layer's own
+    and each corpus subset's."""
+
+    acts: torch.Tensor
+    moments: Moments
+    histogram: AdaptiveHistogram
+    tops: Sequence[tuple[TopWindows, torch.Tensor | None]]
+    bands: BandSample | None
+
+
+class LayerNotFinite(NonFiniteActivations):
+    """NaN or infinity in the activations of `update_layers`'s `position`-th layer."""
+
+    def __init__(self, position: int) -> None:
+        super().__init__("NaN or infinite activations")
+        self.position = position
+
+
+def _run(library: ctypes.CDLL, layers: ctypes.Array[_Layer]) -> None:
+    status = library.scan_layers(layers, len(layers), torch.get_num_threads())
     if status == NOT_FINITE:
-        raise NonFiniteActivations("NaN or infinite activations")
+        raise LayerNotFinite(next(i for i, layer in enumerate(layers) if layer.not_finite))
     if status != 0:
         raise MemoryError("the scan kernels ran out of memory")
 
 
-def update_layer(
-    acts: torch.Tensor,
+def update_layers(
+    updates: Sequence[LayerUpdate],
     lengths: np.ndarray,
     window_index: torch.Tensor,
     window_hash: torch.Tensor,
     priority: torch.Tensor,
-    moments: Moments,
-    histogram: AdaptiveHistogram,
-    tops: Sequence[tuple[TopWindows, torch.Tensor | None]],
-    bands: BandSample | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Update a layer's moments, histogram, top windows and band samples with a batch: `acts`
-    [B, T, N] float32 on CPU (the hook's tensor, read in place), `lengths` [B] its windows'
-    real tokens; `tops` pairs each TopWindows with the batch rows that may enter it (None:
-    every row), e.g. the layer's own and each corpus subset's. Returns each window's max
-    [B, N] and the batch rows that some neuron kept.
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Update the moments, histograms, top windows and band samples of every layer with a
+    batch whose windows have `lengths` [B] real tokens, in one call on every core. Returns
+    each layer's window maxima [B, N] and the batch rows that some neuron of some layer kept.
 
-    On the first batch the extremes come first, alone: the histogram's range is set from them
-    (as the torch path sets it) before the one full pass."""
+    On the first batch the extremes come first, alone: the histograms' ranges are set from
+    them (as the torch path sets them) before the one full pass."""
     library = _library()
-    x, skip = as_array(acts)
-    batch, _, n = x.shape
+    arrays = [as_array(update.acts) for update in updates]
+    batch = len(lengths)
     lengths_t = torch.from_numpy(np.ascontiguousarray(lengths, dtype=np.int64))
-    window_max = torch.empty((batch, n))
-    low, high = torch.empty(n), torch.empty(n)
-    entered = torch.zeros(((n + BLOCK - 1) // BLOCK, batch), dtype=torch.uint8)
+    tokens = float(lengths_t.sum())
     every_row = torch.arange(batch)
-    part_rows = [every_row if rows is None else rows.contiguous() for _, rows in tops]
-    repeated = torch.empty((len(tops), batch), dtype=torch.uint8)
-    parts = (_TopPart * len(tops))(
-        *(
-            _TopPart(_top(top), _address(rows, torch.long), rows.numel(), repeated[i].data_ptr())
-            for i, ((top, _), rows) in enumerate(zip(tops, part_rows, strict=True))
+    widths = [x.shape[2] for x, _ in arrays]
+    window_max = [torch.empty((batch, n)) for n in widths]
+    low, high = torch.empty(sum(widths)), torch.empty(sum(widths))
+    entered = torch.zeros((sum((n + BLOCK - 1) // BLOCK for n in widths), batch), dtype=torch.uint8)
+    layers = (_Layer * len(updates))()
+    at, block = 0, 0
+    kept_alive = []  # what the structs point to, until the calls return
+    for i, (update, (x, skip), n) in enumerate(zip(updates, arrays, widths, strict=True)):
+        rows = [every_row if rows is None else rows.contiguous() for _, rows in update.tops]
+        repeated = torch.empty((len(update.tops), batch), dtype=torch.uint8)
+        parts = (_TopPart * len(update.tops))(
+            *(
+                _TopPart(_top(top), _address(r, torch.long), r.numel(), repeated[j].data_ptr())
+                for j, ((top, _), r) in enumerate(zip(update.tops, rows, strict=True))
+            )
         )
-    )
-    args = _Layer(
-        _batch(x, skip, lengths_t, window_max, window_index, window_hash),
-        0,
-        _address(low, torch.float32),
-        _address(high, torch.float32),
-        _Histogram(),  # set below, once the extremes are known
-        _moments(moments, float(lengths.sum())),
-        parts,
-        len(tops),
-        _bands(bands),
-        _address(priority, torch.long),
-        _address(entered, torch.uint8),
-        torch.get_num_threads(),
-    )
-    if not histogram.started:
-        args.extremes_only = 1
-        _check(library.scan_layer(ctypes.byref(args)))
-        histogram.cover(low, high)
-        args.extremes_only = 0
-    args.histogram = _histogram(histogram)
-    _check(library.scan_layer(ctypes.byref(args)))
-    moments.count += args.moments.tokens
-    moments.batches += 1
+        kept_alive.append((rows, repeated, parts))
+        layers[i] = _Layer(
+            _batch(x, skip, lengths_t, window_max[i], window_index, window_hash),
+            0,
+            low.data_ptr() + at * low.element_size(),
+            high.data_ptr() + at * high.element_size(),
+            _Histogram(),  # set below, once the extremes are known
+            _moments(update.moments, tokens),
+            parts,
+            len(update.tops),
+            _bands(update.bands),
+            _address(priority, torch.long),
+            entered.data_ptr() + block * batch,
+            0,
+        )
+        at, block = at + n, block + (n + BLOCK - 1) // BLOCK
+    if not all(update.histogram.started for update in updates):
+        for layer in layers:
+            layer.extremes_only = 1
+        _run(library, layers)
+        at = 0
+        for layer, update, n in zip(layers, updates, widths, strict=True):
+            if not update.histogram.started:
+                update.histogram.cover(low[at : at + n], high[at : at + n])
+            layer.extremes_only = 0
+            at += n
+    for layer, update in zip(layers, updates, strict=True):
+        layer.histogram = _histogram(update.histogram)
+    _run(library, layers)
+    for update in updates:
+        update.moments.count += tokens
+        update.moments.batches += 1
     return window_max, entered.any(dim=0).nonzero().squeeze(1)

@@ -135,7 +135,21 @@ class LayerState:
             )
         return self._buffers[tokens]
 
-    def update(
+    def keep_random(self, acts: torch.Tensor, reservoir_rows: list[tuple[int, int]]) -> None:
+        """The batch rows the reservoir took, into their slots."""
+        width = acts.shape[1]
+        for row, slot in reservoir_rows:
+            self.random_acts[slot].zero_()
+            self.random_acts[slot, :width] = acts[row]
+
+    def kernel_update(self, acts: torch.Tensor, subsets: list[str | None]) -> kernels.LayerUpdate:
+        """This layer's part of the batch for the compiled kernels, its subsets' tops included."""
+        subset_parts = [] if self.subset_top is None else self.subset_top.batch_parts(subsets)
+        return kernels.LayerUpdate(
+            acts, self.moments, self.histogram, [(self.top, None), *subset_parts], self.bands
+        )
+
+    def update_torch(
         self,
         acts: torch.Tensor,
         mask: torch.Tensor,
@@ -143,21 +157,10 @@ class LayerState:
         window_index: torch.Tensor,
         hashes: torch.Tensor,
         priorities: torch.Tensor,
-        reservoir_rows: list[tuple[int, int]],
         subsets: list[str | None],
     ) -> torch.Tensor:
-        """acts: [B, T, N] (a strided view of the hook's output); mask: [B, T] real tokens;
-        subsets: each row's corpus subset. Returns the batch rows some neuron keeps.
-
-        The statistics take the fused CPU kernels where they can (two passes over the batch,
-        on every core), else torch ops; each window's max is taken once and shared by top-k,
-        bands, subset top-k and the batch max."""
-        width = acts.shape[1]
-        for row, slot in reservoir_rows:
-            self.random_acts[slot].zero_()
-            self.random_acts[slot, :width] = acts[row]
-        if acts.device.type == "cpu" and acts.dtype == torch.float32 and kernels.available():
-            return self._update_fused(acts, mask, window_index, hashes, priorities, subsets)
+        """What the kernels keep, by torch ops (any device); each window's max is taken once
+        and shared by top-k, bands, subset top-k and the batch max."""
         window_max, padded = self._statistics_torch(acts, mask, full)
         kept = [self.top.update(padded, window_max, window_index, hashes)]
         if self.bands is not None:
@@ -165,31 +168,6 @@ class LayerState:
         if self.subset_top is not None and any(s is not None for s in subsets):
             kept.append(self.subset_top.update(padded, window_max, window_index, hashes, subsets))
         return torch.cat(kept)
-
-    def _update_fused(
-        self,
-        acts: torch.Tensor,
-        mask: torch.Tensor,
-        window_index: torch.Tensor,
-        hashes: torch.Tensor,
-        priorities: torch.Tensor,
-        subsets: list[str | None],
-    ) -> torch.Tensor:
-        """Everything `update` keeps, by the compiled CPU kernels: one pass over the layer's
-        batch, on every core, the subsets' top windows included."""
-        subset_parts = [] if self.subset_top is None else self.subset_top.batch_parts(subsets)
-        _, kept = kernels.update_layer(
-            acts,
-            mask.sum(dim=1).numpy(),
-            window_index,
-            hashes,
-            priorities,
-            self.moments,
-            self.histogram,
-            [(self.top, None), *subset_parts],
-            self.bands,
-        )
-        return kept
 
     def _statistics_torch(
         self, acts: torch.Tensor, mask: torch.Tensor, full: bool
@@ -270,6 +248,54 @@ class LayerState:
         self.moments.load(state["moments"])  # type: ignore[arg-type]
         self.histogram.load(state["histogram"])  # type: ignore[arg-type]
         self.random_acts.copy_(state["random_acts"])  # type: ignore[arg-type]
+
+
+class LayerNotFinite(Exception):
+    """A layer's activations held NaN or infinity (the caller says where in the corpus)."""
+
+    def __init__(self, layer: int) -> None:
+        super().__init__(f"layer {layer}: NaN or infinite activations")
+        self.layer = layer
+
+
+def update_statistics(
+    states: dict[int, LayerState],
+    activations: dict[int, torch.Tensor],
+    mask: torch.Tensor,
+    full: bool,
+    window_index: torch.Tensor,
+    hashes: torch.Tensor,
+    priorities: torch.Tensor,
+    subsets: list[str | None],
+) -> torch.Tensor:
+    """Every layer's statistics, top windows and band samples updated with a batch; returns
+    the batch rows some neuron keeps. acts: [B, T, N] per layer (strided views of the hooks'
+    outputs); mask: [B, T] real tokens; subsets: each row's corpus subset.
+
+    On CPU the compiled kernels take every layer in one call (two passes over each block of
+    neurons, on every core), else torch ops layer by layer. Raises LayerNotFinite."""
+    layers = list(states)
+    on_cpu = all(a.device.type == "cpu" and a.dtype == torch.float32 for a in activations.values())
+    if on_cpu and kernels.available():
+        updates = [states[layer].kernel_update(activations[layer], subsets) for layer in layers]
+        try:
+            _, kept = kernels.update_layers(
+                updates, mask.sum(dim=1).numpy(), window_index, hashes, priorities
+            )
+        except kernels.LayerNotFinite as error:
+            raise LayerNotFinite(layers[error.position]) from None
+        return kept
+    kept_by_layer = []
+    for layer in layers:
+        try:
+            kept_by_layer.append(
+                states[layer].update_torch(
+                    activations[layer], mask, full, window_index, hashes, priorities, subsets
+                )
+            )
+        except NonFiniteActivations:
+            raise LayerNotFinite(layer) from None
+    return torch.cat(kept_by_layer)
 
 
 class Scanner:
@@ -376,18 +402,21 @@ class Scanner:
     ) -> None:
         for row, _ in reservoir_rows:
             self.windows[indices[row]] = _meta(batch[row])
-        shared = (mask, full, index, hashes, priorities, reservoir_rows, subsets)
-        rows = []
         for layer, state in self.layers.items():
-            try:
-                rows.append(state.update(activations[layer], *shared))
-            except NonFiniteActivations:
-                raise NonFiniteActivations(
-                    f"layer {layer} gave NaN or infinite activations on windows "
-                    f"{indices[0]:,}-{indices[-1]:,} of the corpus, so the scan stopped: a model "
-                    "loaded with --dtype float16 can overflow (try --dtype float32), else check "
-                    "its weights"
-                ) from None
+            state.keep_random(activations[layer], reservoir_rows)
+        try:
+            rows = [
+                update_statistics(
+                    self.layers, activations, mask, full, index, hashes, priorities, subsets
+                )
+            ]
+        except LayerNotFinite as error:
+            raise NonFiniteActivations(
+                f"layer {error.layer} gave NaN or infinite activations on windows "
+                f"{indices[0]:,}-{indices[-1]:,} of the corpus, so the scan stopped: a model "
+                "loaded with --dtype float16 can overflow (try --dtype float32), else check "
+                "its weights"
+            ) from None
         if dla is not None:
             assert self.readout is not None
             rows += [

@@ -10,11 +10,10 @@ import torch
 from builders import scan_params
 
 from labeller.corpus import iter_documents, iter_windows
-from labeller.errors import NonFiniteActivations
 from labeller.records import ScanParams
 from labeller.scan import kernels
 from labeller.scan.accumulators import AdaptiveHistogram, BandSample, Moments, TopWindows
-from labeller.scan.runner import LayerState, Scanner
+from labeller.scan.runner import LayerNotFinite, LayerState, Scanner, update_statistics
 
 
 def hook_view(batch: int, width: int, n: int, seed: int) -> torch.Tensor:
@@ -77,17 +76,10 @@ def both_paths(n: int, scales: tuple[float, ...]) -> tuple[dict, dict, list[int]
         hashes = torch.randint(-(2**62), 2**62, (4,), generator=generator)
         hashes[3] = hashes[0]  # the same text twice in a batch: only the first may enter
         priority = torch.randint(-(2**62), 2**62, (4,), generator=generator)
-        window_max, kept = kernels.update_layer(
-            acts,
-            lengths,
-            index,
-            hashes,
-            priority,
-            fused["moments"],
-            fused["histogram"],
-            [(fused["top"], None)],
-            fused["bands"],
+        update = kernels.LayerUpdate(
+            acts, fused["moments"], fused["histogram"], [(fused["top"], None)], fused["bands"]
         )
+        (window_max,), kept = kernels.update_layers([update], lengths, index, hashes, priority)
         assert torch.equal(window_max, torch_path(acts, lengths, by_torch, index, hashes, priority))
         assert bool((kept < 4).all())
         kept_rows.append(kept.numel())
@@ -129,25 +121,28 @@ def test_batches_that_no_window_of_can_enter_leave_the_top_windows_as_the_torch_
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
 @pytest.mark.parametrize("torch_statistics", [False, True])
 @pytest.mark.parametrize("batch", [0, 2])  # the first batch (extremes first) and a later one
-def test_a_nan_or_infinite_activation_stops_the_update_with_a_clear_error(
+def test_a_nan_or_infinite_activation_stops_the_update_naming_its_layer(
     bad: float, torch_statistics: bool, batch: int, monkeypatch
 ) -> None:
     """Before, a NaN made the kernels write outside their counts (a crash) and the torch path
-    loop for ever; an infinity was binned as garbage."""
+    loop for ever; an infinity was binned as garbage. The kernels update every layer in one
+    call, and still say which layer it was."""
     monkeypatch.setenv("LABELLER_TORCH_STATISTICS", "1" if torch_statistics else "0")
-    state = LayerState(ScanParams(model="m", dataset="d", layers=[0]), 300, torch.device("cpu"))
+    params = ScanParams(model="m", dataset="d", layers=[0, 3, 5])
+    states = {layer: LayerState(params, 300, torch.device("cpu")) for layer in params.layers}
     mask = torch.ones((4, 9), dtype=torch.bool)
     for at in range(batch + 1):
-        acts = hook_view(4, 9, 300, seed=at)
+        acts = {layer: hook_view(4, 9, 300, seed=at + layer) for layer in params.layers}
         if at == batch:
-            acts[2, 4, 290] = bad
+            acts[3][2, 4, 290] = bad
         index = torch.arange(4) + 4 * at
-        update = (acts, mask, True, index, index * 7, index * 11, [], [None] * 4)
+        update = (states, acts, mask, True, index, index * 7, index * 11, [None] * 4)
         if at < batch:
-            state.update(*update)
+            update_statistics(*update)
             continue
-        with pytest.raises(NonFiniteActivations, match="NaN or infinite"):
-            state.update(*update)
+        with pytest.raises(LayerNotFinite, match="NaN or infinite") as raised:
+            update_statistics(*update)
+        assert raised.value.layer == 3
 
 
 def test_scan_state_equals_the_torch_path(tiny_model, tiny_model_dir, tiny_corpus, monkeypatch):
