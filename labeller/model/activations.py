@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import ctypes
+import sys
 from collections.abc import Callable, Sequence
 
 import torch
 
 from labeller.model.loading import LoadedModel
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 
 
 def batch_inputs(
@@ -64,3 +68,21 @@ def trace_activations(model: LoadedModel, token_ids: Sequence[int], layer: int) 
     """One neuron layer's activations [tokens, d_mlp] on one text, exactly as the scan sees it."""
     ids, _ = batch_inputs(model, [token_ids])
     return neuron_activations(model, ids, [layer])[layer][0]
+
+
+def keep_freed_memory() -> None:
+    """Ask glibc's malloc to keep freed blocks of up to 32 MiB in the process (no mmap and
+    munmap of each batch's activations). A CPU scan holds a batch's activations while the
+    kernels read them; by default glibc returned those pages to the system after every batch
+    and the next forward pass faulted them back in, which made it 6-8 % slower than a bare
+    pass (`benchmarks/scan_throughput.py`, whose bare pass asks for the same, since a bare pass
+    faulted too, in some runs several times as often). Elsewhere than glibc, nothing changes."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(M_MMAP_THRESHOLD, 32 * 2**20)  # glibc's most on 64-bit systems
+    mallopt(M_TRIM_THRESHOLD, 2**30)

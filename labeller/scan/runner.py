@@ -7,14 +7,12 @@ the current batch, checkpoints and exits, and the same command resumes from ther
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import hashlib
 import io
 import itertools
 import math
 import signal
-import sys
 import time
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -34,7 +32,7 @@ from labeller.errors import (
     ScanInterrupted,
     UserError,
 )
-from labeller.model.activations import batch_inputs, neuron_activations
+from labeller.model.activations import batch_inputs, keep_freed_memory, neuron_activations
 from labeller.model.dla import DlaInputs, DlaReadout, neuron_activations_for_dla
 from labeller.model.loading import LoadedModel
 from labeller.model.weights import LayerWeightFacts, layer_weight_facts
@@ -67,7 +65,6 @@ from labeller.scan.results import WindowLengths, layer_blocks
 
 CHECKPOINT_FORMAT = 3  # 2: activation-band samples; 3: per-subset top windows, DLA, pair sums
 CHECKPOINT_EVERY_S = 60.0
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 
 
 @dataclass
@@ -682,23 +679,6 @@ class _DeferredInterrupt:
     def __exit__(self, *exc: object) -> None:
         for number, previous in self._previous.items():
             signal.signal(number, previous)  # type: ignore[arg-type]
-
-
-def keep_freed_memory() -> None:
-    """Ask glibc's malloc to keep freed blocks of up to 32 MiB in the process (no mmap and
-    munmap of each batch's activations). A CPU scan holds a batch's activations while the
-    kernels read them; by default glibc returned those pages to the system after every batch
-    and the next forward pass faulted them back in, which made it 6-8 % slower than a bare
-    pass (`benchmarks/scan_throughput.py`). Elsewhere than glibc, nothing changes."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return
-    mallopt(M_MMAP_THRESHOLD, 32 * 2**20)  # glibc's most on 64-bit systems
-    mallopt(M_TRIM_THRESHOLD, 2**30)
 
 
 def run_scan(
