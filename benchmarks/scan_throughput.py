@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -155,6 +156,19 @@ def bare_process(
     gc.freeze()  # exits as `labeller` does (labeller/cli.py, main), so both processes exit alike
 
 
+def _used(before: resource.struct_rusage, after: resource.struct_rusage) -> tuple[float, int]:
+    """A finished child's CPU seconds (user and system) and minor page faults."""
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return cpu, after.ru_minflt - before.ru_minflt
+
+
+def _fmt_usage(runs: list[tuple[float, int]]) -> str:
+    """Medians: a baseline that faults its memory back in (or waits) is not the best bare pass."""
+    cpu = statistics.median(c for c, _ in runs)
+    faults = statistics.median(f for _, f in runs)
+    return f"median CPU {cpu:.1f} s, {faults / 1e6:.2f} M page faults"
+
+
 def whole_process(args: argparse.Namespace) -> None:
     """Interleaved whole-process runs per model: the bare pass on every core against
     `labeller scan` as it runs by default (on CPU the model on every core, then the compiled
@@ -178,23 +192,29 @@ def whole_process(args: argparse.Namespace) -> None:
                 scan_cmd = [python, "-m", "labeller", "scan", "--db", str(db), "--model", spec]
                 runs = {"bare": bare_cmd, "scan": [*scan_cmd, *common]}
                 times: dict[str, list[float]] = {name: [] for name in runs}
+                usage: dict[str, list[tuple[float, int]]] = {name: [] for name in runs}
                 for _ in range(args.repeats):
                     for name, cmd in runs.items():
                         for leftover in Path(tmp).glob("scan.db*"):
                             leftover.unlink()
+                        before = resource.getrusage(resource.RUSAGE_CHILDREN)
                         start = time.perf_counter()
                         subprocess.run(cmd, env=env, check=True, capture_output=True)
                         times[name].append(time.perf_counter() - start)
+                        usage[name].append(
+                            _used(before, resource.getrusage(resource.RUSAGE_CHILDREN))
+                        )
                 bare = statistics.median(times["bare"])
                 print(
                     f"{Path(spec).name} on {device}, {args.tokens:,} tokens; bare process "
-                    f"{bare:.1f} s (runs {_fmt(times['bare'])})",
+                    f"{bare:.1f} s (runs {_fmt(times['bare'])}; {_fmt_usage(usage['bare'])})",
                     flush=True,
                 )
                 scan = statistics.median(times["scan"])
                 print(
-                    f"  scan: {scan:.1f} s (runs {_fmt(times['scan'])}); whole-process "
-                    f"ratio bare / scan = {bare / scan:.3f} (goal >= 0.9)",
+                    f"  scan: {scan:.1f} s (runs {_fmt(times['scan'])}; "
+                    f"{_fmt_usage(usage['scan'])}); whole-process ratio bare / scan = "
+                    f"{bare / scan:.3f} (goal >= 0.9)",
                     flush=True,
                 )
     if devices == ["cpu"]:
