@@ -48,7 +48,7 @@ typedef struct { /* a TopWindows and the batch rows that may enter it, in stream
     Top top;
     const int64_t *rows;
     int64_t row_count;
-    uint8_t *repeated; /* [batch], filled by scan_layer: the text of an earlier row of `rows` */
+    uint8_t *repeated; /* [batch], filled by scan_layers: the text of an earlier row of `rows` */
 } TopPart;
 
 typedef struct { /* BandSample: exponent [n], slots [m * bins, n], acts [slots, n, ctx] */

@@ -1,4 +1,4 @@
-"""One compiled CPU pass per layer and batch for everything the scan keeps (kernels.c).
+"""One compiled CPU call per batch for everything the scan keeps, every layer at once (kernels.c).
 
 As separate torch ops the scan's updates (min, max, window max, four power sums, positives,
 histogram bins and counts, top-k and band-sample merges) read every activation about a dozen
