@@ -183,20 +183,22 @@ def _ranked(
 
 def _random(acts: np.ndarray, reservoir: list[int], lengths: WindowLengths) -> ExampleColumns:
     """The random windows (the same for every neuron), `acts` [slots, ctx, neurons]: each
-    window's max over its own tokens."""
-    values = acts.transpose(2, 0, 1)  # [neurons, slots, ctx]
-    keys = np.broadcast_to(np.array(reservoir, dtype=np.int64), values.shape[:2])
-    inside = np.arange(values.shape[2])[None, None, :] < lengths(keys)[:, :, None]
-    masked = np.where(inside, values, -np.inf)
-    slots = np.broadcast_to(np.arange(len(reservoir)), keys.shape)
+    window's max over its own tokens, taken in that layout, the neurons side by side (over
+    their transposes it took 11 ms a 1,024-neuron layer, against 7.5 ms)."""
+    slots, ctx, neurons = acts.shape
+    window = np.array(reservoir, dtype=np.int64)
+    inside = np.arange(ctx)[None, :] < lengths(window)[:, None]
+    masked = np.where(inside[:, :, None], acts, -np.inf)
+    keys = np.broadcast_to(window, (neurons, slots))
+    ranks = np.broadcast_to(np.arange(slots), keys.shape)
     return _columns(
         window_key=keys,
         kind=ExampleKind.RANDOM,
-        rank=slots,
-        split=_split_codes(random_split, len(reservoir))[slots],
-        maxima=masked.max(axis=2, initial=-np.inf),
-        max_index=masked.argmax(axis=2) if values.shape[2] else np.zeros(keys.shape, np.int64),
-        activations=_as_stored(torch.from_numpy(values)),
+        rank=ranks,
+        split=_split_codes(random_split, slots)[ranks],
+        maxima=masked.max(axis=1, initial=-np.inf).T,
+        max_index=masked.argmax(axis=1).T if ctx else np.zeros(keys.shape, np.int64),
+        activations=_as_stored(torch.from_numpy(acts).permute(2, 0, 1)),
         lengths=lengths,
     )
 
