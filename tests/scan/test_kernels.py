@@ -118,6 +118,48 @@ def test_batches_that_no_window_of_can_enter_leave_the_top_windows_as_the_torch_
     assert_kept_equal(fused, by_torch, 9)
 
 
+def test_one_call_for_several_layers_of_several_blocks_equals_the_torch_path(monkeypatch) -> None:
+    """The kernels number every layer's blocks in one loop: each layer's accumulators and the
+    rows kept must be what the torch path gives layer by layer (widths of 3 blocks and 1)."""
+    params = ScanParams(model="m", dataset="d", layers=[0, 3, 5], top_k=3, random=0)
+    widths = {0: 300, 3: 300, 5: 40}
+
+    def run(torch_statistics: bool) -> tuple[dict[int, LayerState], list[torch.Tensor]]:
+        monkeypatch.setenv("LABELLER_TORCH_STATISTICS", "1" if torch_statistics else "0")
+        states = {layer: LayerState(params, n, torch.device("cpu")) for layer, n in widths.items()}
+        mask = torch.ones((4, 9), dtype=torch.bool)
+        mask[1, 3:] = False  # a short window
+        kept = []
+        for at, scale in enumerate((1, 5, 2, 9)):
+            acts = {
+                layer: hook_view(4, 9, n, seed=10 * at + layer) * scale
+                for layer, n in widths.items()
+            }
+            for layer in acts:
+                acts[layer][1, 3:] = 0.0  # padding, as the hook gives it
+            index = torch.arange(4) + 4 * at
+            update = (states, acts, mask, False, index, index * 7 + 1, index * 11, [None] * 4)
+            kept.append(update_statistics(*update).unique())
+        return states, kept
+
+    (fused, fused_kept), (by_torch, torch_kept) = run(False), run(True)
+    assert all(torch.equal(a, b) for a, b in zip(fused_kept, torch_kept, strict=True))
+    for layer in widths:
+        a, b = fused[layer].state(), by_torch[layer].state()
+        for part in ("top", "bands", "histogram"):
+            for name, value in a[part].items():  # type: ignore[union-attr]
+                other = b[part][name]  # type: ignore[index]
+                if part == "bands" and name == "acts":  # empty slots hold stale values
+                    held = a[part]["window"] >= 0  # type: ignore[index]
+                    value, other = value[held], other[held]
+                assert torch.equal(value, other), (layer, part, name)
+        for moment, value in a["moments"].items():  # type: ignore[union-attr]
+            # float tolerance of the moment's scale: the third sums to near 0 for some neurons
+            scale = float(value.abs().max()) if value.numel() > 1 else 1.0
+            other = b["moments"][moment]  # type: ignore[index]
+            torch.testing.assert_close(value, other, rtol=1e-5, atol=1e-5 * scale)
+
+
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
 @pytest.mark.parametrize("torch_statistics", [False, True])
 @pytest.mark.parametrize("batch", [0, 2])  # the first batch (extremes first) and a later one
