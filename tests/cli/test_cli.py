@@ -285,6 +285,24 @@ def test_demo_builds_a_labelled_catalogue_offline(tmp_path):
     assert labels() == built and len(built) == 512
 
 
+def test_a_command_runs_with_the_command_lines_objects_frozen_out_of_the_collector(monkeypatch):
+    """What importing the command line made is frozen before the command runs, so the full
+    collections that importing torch sets off do not walk it again."""
+    import gc
+
+    import labeller.cli as command_line
+
+    frozen_when_run: list[int] = []
+    monkeypatch.setattr(command_line, "cli", lambda: frozen_when_run.append(gc.get_freeze_count()))
+    gc.unfreeze()
+    try:
+        command_line.main()
+    finally:
+        gc.unfreeze()
+    assert len(frozen_when_run) == 1
+    assert frozen_when_run[0] > 10_000  # the command line's modules, not a handful of objects
+
+
 def test_progress_never_shows_a_negative_total():
     """An import header may claim -3 neurons; the bar then shows no total, never `1/-3`."""
     from labeller.cli import _progress
