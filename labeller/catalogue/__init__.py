@@ -448,14 +448,16 @@ class Catalogue:
         *,
         tokens_seen: int,
         windows_seen: int,
+        token_texts: Mapping[int, str] | None = None,
     ) -> None:
-        """Replace these neurons' stats and examples with the scan's, in one transaction.
+        """Replace these neurons' stats and examples with the scan's, in one transaction
+        (`token_texts`: as `insert_windows` takes them).
 
         Explanations and label history stay attached to the neuron: a rescan refreshes the
         evidence, it never loses people's work.
         """
         with self._bulk_journal(), self.write_transaction(), self._bulk_cache():
-            window_ids = self.insert_windows(model_id, scan_id, windows)
+            window_ids = self.insert_windows(model_id, scan_id, windows, token_texts)
             self.write_neurons(model_id, scan_id, neurons, window_ids)
             # A window belongs to the scan (or import) of the neurons that keep it: the windows of
             # a scan no neuron belongs to any more are dropped.
@@ -511,19 +513,30 @@ class Catalogue:
             self.db.execute(f"PRAGMA cache_size = {int(before)}")
 
     def insert_windows(
-        self, model_id: int, scan_id: int | None, windows: Iterable[WindowRow]
+        self,
+        model_id: int,
+        scan_id: int | None,
+        windows: Iterable[WindowRow],
+        token_texts: Mapping[int, str] | None = None,
     ) -> dict[int, int]:
         """Insert these windows of the model's text (call inside a write transaction): their
         token ids, and their token strings only where the model's vocabulary (completed here
-        with the strings it lacked) does not give them. Returns window key -> id."""
+        with the strings it lacked) does not give them. `token_texts`: the model's string for
+        every id of the windows without strings of their own (a scan's). Returns window key ->
+        id."""
         windows = list(windows)
+        texts = token_texts or {}
         vocabulary = self._vocabulary(
             model_id, None if len(windows) > 50 else {i for w in windows for i in w.token_ids}
         )
+        differing = vocabulary.learn(texts) if scan_id is not None else set()
         ids = self._insert_rows(
             "windows",
             rows.WINDOW_COLUMNS,
-            ((window.key, rows.window_values(window, scan_id, vocabulary)) for window in windows),
+            (
+                (window.key, rows.window_values(window, scan_id, vocabulary, texts, differing))
+                for window in windows
+            ),
         )
         self.db.conn.executemany(
             "insert into vocabulary (model_id, token_id, text) values (?, ?, ?)",

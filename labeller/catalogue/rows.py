@@ -417,7 +417,9 @@ class WindowRow:
     document: str
     offset: int
     token_ids: list[int]
-    tokens: list[str]
+    # None: the model's own string for each id (a scan's window), given to `insert_windows` for
+    # all the windows at once instead of a list per window
+    tokens: list[str] | None
     subset: str | None = None  # the corpus subset of its document, if the corpus has subsets
 
 
@@ -842,6 +844,19 @@ class Vocabulary:
     texts: dict[int, str]
     added: dict[int, str] = field(default_factory=dict)
 
+    def learn(self, token_texts: Mapping[int, str]) -> set[int]:
+        """Take the model's strings for these ids (`added` where they were unknown); returns
+        the ids whose stored string differs: a window holding one keeps its own strings."""
+        texts = self.texts
+        differing = set()
+        for token_id, text in token_texts.items():
+            known = texts.get(token_id)
+            if known is None:
+                texts[token_id] = self.added[token_id] = text
+            elif known != text:
+                differing.add(token_id)
+        return differing
+
     def tokens_to_db(self, token_ids: list[int], tokens: list[str]) -> str | None:
         """A window's `tokens` column: NULL when the vocabulary gives every string (learning
         the ids it lacks), else the JSON list (a string that differs from the model's, or
@@ -870,18 +885,31 @@ WINDOW_COLUMNS = ("scan_id", "document", "offset", "token_ids", "tokens", "subse
 
 
 def window_values(
-    window: WindowRow, scan_id: int | None, vocabulary: Vocabulary
+    window: WindowRow,
+    scan_id: int | None,
+    vocabulary: Vocabulary,
+    token_texts: Mapping[int, str],
+    differing: set[int],
 ) -> tuple[Any, ...]:
     """A windows row's values in WINDOW_COLUMNS order (`vocabulary`: the model's). A window of
-    no scan (imported without one) keeps its strings: only a scan ties a window to its model."""
+    no scan (imported without one) keeps its strings: only a scan ties a window to its model.
+    A window without strings of its own has the model's (`token_texts`): NULL, unless one of
+    its ids is `differing` (stored with another string)."""
+    if window.tokens is None:
+        if scan_id is None or not differing.isdisjoint(window.token_ids):
+            tokens = json.dumps([token_texts[i] for i in window.token_ids], ensure_ascii=False)
+        else:
+            tokens = None
+    elif scan_id is None:
+        tokens = json.dumps(window.tokens, ensure_ascii=False)
+    else:
+        tokens = vocabulary.tokens_to_db(window.token_ids, window.tokens)
     return (
         scan_id,
         window.document,
         window.offset,
         pack_token_ids(window.token_ids),
-        json.dumps(window.tokens, ensure_ascii=False)
-        if scan_id is None
-        else vocabulary.tokens_to_db(window.token_ids, window.tokens),
+        tokens,
         window.subset,
     )
 

@@ -581,7 +581,9 @@ class Scanner:
 
     # --- results ------------------------------------------------------------------------
 
-    def results(self) -> tuple[list[WindowRow], Iterator[NeuronBlock]]:
+    def results(self) -> tuple[list[WindowRow], dict[int, str], Iterator[NeuronBlock]]:
+        """The kept windows (their strings the model's: `tokens` None), the model's string for
+        each of their token ids, and the neurons in blocks (made as they are read)."""
         self.flush()
         # The weight facts are the model's alone: made on the worker thread (idle by now) while
         # the windows are made and written, ready when each layer's neurons are.
@@ -589,23 +591,24 @@ class Scanner:
             layer: self._worker.submit(layer_weight_facts, self.model, layer)
             for layer in self.layers
         }
-        kept = self._referenced()
         windows = [
             WindowRow(
-                key=i,
-                document=self.windows[i].document,
-                offset=self.windows[i].offset,
-                token_ids=self.windows[i].token_ids,
-                tokens=self.model.token_strings(self.windows[i].token_ids),
-                subset=self.windows[i].subset,
+                key=key,
+                document=self.windows[key].document,
+                offset=self.windows[key].offset,
+                token_ids=self.windows[key].token_ids,
+                tokens=None,
+                subset=self.windows[key].subset,
             )
-            for i in sorted(kept)
-            if i >= 0
+            for key in sorted(self._referenced())
+            if key >= 0
         ]
-        return windows, self._neuron_blocks(facts)
+        token_ids = sorted({i for window in windows for i in window.token_ids})
+        token_texts = dict(zip(token_ids, self.model.token_strings(token_ids), strict=True))
+        return windows, token_texts, self._neuron_blocks(facts)
 
     def write_results(self, catalogue: Catalogue, scan_id: int, model_id: int) -> None:
-        window_rows, neuron_blocks = self.results()
+        window_rows, token_texts, neuron_blocks = self.results()
         catalogue.write_scan_results(
             scan_id,
             model_id,
@@ -613,6 +616,7 @@ class Scanner:
             neuron_blocks,
             tokens_seen=self.tokens_seen,
             windows_seen=self.windows_seen,
+            token_texts=token_texts,
         )
 
     def _neuron_blocks(self, facts: dict[int, Future[LayerWeightFacts]]) -> Iterator[NeuronBlock]:

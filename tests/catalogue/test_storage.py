@@ -575,6 +575,37 @@ def test_window_tokens_come_from_the_window_or_its_scans_vocabulary(tmp_path: Pa
     assert found == {1: ["a", "é", "c"], 2: ["a", "é", "c"], loose_id: ["Q", "r"]}
 
 
+def test_a_scans_windows_given_by_ids_take_the_models_strings_once(tmp_path: Path):
+    """A scan hands its windows over as ids, with the model's string for each id once: the
+    windows store ids alone, unless the vocabulary already holds another string for one of
+    their ids; then that window keeps the model's strings, so what is read back is always the
+    model's."""
+    with Catalogue.open(tmp_path / "c.db", create=True) as catalogue:
+        _write(catalogue, np.ones((3, 3), dtype=np.float32))  # stores 0 "a", 70_000 "é", 3 "c"
+        model_id = catalogue.upsert_model(MODEL)
+        scan_id = catalogue.create_scan(
+            model_id, ScanParams(model="m", dataset="d", layers=[0], seed=5)
+        )
+        windows = [
+            WindowRow(key=1, document="p", offset=0, token_ids=[0, 8], tokens=None),
+            WindowRow(key=2, document="p", offset=2, token_ids=[70_000, 8], tokens=None),
+        ]
+        texts = {0: "a", 70_000: "É", 8: "new"}  # 70_000 differs from the stored "é"
+        with catalogue.write_transaction():
+            ids = catalogue.insert_windows(model_id, scan_id, windows, texts)
+        stored = dict(catalogue.db.execute("select id, tokens from windows"))
+        vocabulary = dict(
+            catalogue.db.execute(
+                "select token_id, text from vocabulary where model_id = ?", [model_id]
+            )
+        )
+        found = catalogue.window_tokens(ids.values())
+    assert stored[ids[1]] is None
+    assert stored[ids[2]] == json.dumps(["É", "new"], ensure_ascii=False)
+    assert vocabulary[8] == "new" and vocabulary[70_000] == "é"  # learnt; the stored one kept
+    assert found == {ids[1]: ["a", "new"], ids[2]: ["É", "new"]}
+
+
 def _example(key: int, rank: int, values: list[float], band: int | None = None) -> ExampleRow:
     acts = np.asarray(values, dtype=np.float32)
     edges = (None, None) if band is None else (band * 0.5, band * 0.5 + 0.5)
