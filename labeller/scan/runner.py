@@ -13,13 +13,14 @@ import io
 import itertools
 import math
 import signal
+import threading
 import time
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -65,6 +66,7 @@ from labeller.scan.results import WindowLengths, layer_blocks
 
 CHECKPOINT_FORMAT = 3  # 2: activation-band samples; 3: per-subset top windows, DLA, pair sums
 CHECKPOINT_EVERY_S = 60.0
+T = TypeVar("T")
 
 
 @dataclass
@@ -708,6 +710,10 @@ def run_scan(
     if world.leader and catalogue is None:
         raise ValueError("rank 0 needs the catalogue")
     model.check_layers(params.layers)
+    # The model's row holds its weights' fingerprint, which reads every parameter (a fraction
+    # of a second for a small model, seconds for a large one): made on a thread of its own
+    # while the corpus opens and the scan runs, so the scan's end does not wait for it.
+    record = _in_background(model.record) if catalogue is not None else None
     # one pass over the corpus: the probe for an empty corpus is put back in front, so reading
     # it (and any warning about it) happens once
     documents = iter_corpus(params.dataset, params.subsets, text_field, params.subset_field)
@@ -783,7 +789,8 @@ def run_scan(
         it has anything to resume or write leaves nothing behind."""
         nonlocal scan_id, model_id
         if catalogue is not None:
-            model_id = catalogue.upsert_model(model.record())
+            assert record is not None
+            model_id = catalogue.upsert_model(record.result())
             if scan_id is None:
                 scan_id = catalogue.create_scan(model_id, params)
         scan_id = shared(scan_id)
@@ -864,6 +871,20 @@ def run_scan(
         resumed_from=resumed_from,
         notes=notes,
     )
+
+
+def _in_background(work: Callable[[], T]) -> Future[T]:
+    """`work` on a daemon thread: a scan that stops early exits without waiting for it."""
+    future: Future[T] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(work())
+        except BaseException as error:  # handed to whoever asks for the result
+            future.set_exception(error)
+
+    threading.Thread(target=run, name="labeller-background", daemon=True).start()
+    return future
 
 
 def _steps(
