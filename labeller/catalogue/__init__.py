@@ -181,7 +181,30 @@ def _quick_check(conn: sqlite3.Connection, path: Path) -> None:
 def _inspect_existing(path: Path, *, adopt_empty: bool, verify: bool = True) -> None:
     """Refuse files that are not ours, and damaged ones, through a read-only connection, before
     anything can write to them. An SQLite file holding nothing at all may become a catalogue
-    (`adopt_empty`, for write commands); one with any schema object of its own never does."""
+    (`adopt_empty`, for write commands); one with any schema object of its own never does.
+
+    A hot journal (a writer killed inside a rollback-journal transaction, as a scan's bulk
+    write is) is undone first, as SQLite undoes it for any connection that may write: a
+    read-only one cannot, and cannot read the file until it is."""
+    try:
+        _probe(path, adopt_empty=adopt_empty, verify=verify)
+    except sqlite3.OperationalError as exc:
+        if getattr(exc, "sqlite_errorcode", 0) != sqlite3.SQLITE_READONLY_ROLLBACK:
+            raise
+        try:
+            with closing(sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000)) as conn:
+                conn.execute("select count(*) from sqlite_master").fetchone()  # rolls back
+        except sqlite3.DatabaseError as rollback:
+            raise UserError(
+                f"cannot open {path}: an interrupted write left {path.name}-journal beside it, "
+                f"and undoing it failed ({describe_sqlite_error(rollback)}); run any labeller "
+                "command where the file and its folder are writable"
+            ) from None
+        _probe(path, adopt_empty=adopt_empty, verify=verify)
+
+
+def _probe(path: Path, *, adopt_empty: bool, verify: bool) -> None:
+    """`_inspect_existing`'s checks; a hot journal raises sqlite3.SQLITE_READONLY_ROLLBACK."""
     try:
         with closing(
             sqlite3.connect(_read_only_uri(path), uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
@@ -216,6 +239,8 @@ def _inspect_existing(path: Path, *, adopt_empty: bool, verify: bool = True) -> 
                 f"{path} is not a readable SQLite catalogue ({exc}); restore it from a backup "
                 "or pass --db with another path"
             ) from None
+        if getattr(exc, "sqlite_errorcode", 0) == sqlite3.SQLITE_READONLY_ROLLBACK:
+            raise
         raise UserError(f"cannot read {path}: {describe_sqlite_error(exc)}") from None
     if not applied:
         raise UserError(f"{path} is not a labeller catalogue; pass --db with another path")

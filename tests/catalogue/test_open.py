@@ -172,6 +172,46 @@ def test_a_catalogue_under_a_parent_that_cannot_exist_is_one_line(tmp_path):
         Catalogue.open(blocker / "sub" / "c.db", create=True)
 
 
+def crash_mid_write(db: Path) -> None:
+    """Leave `db` as a writer killed in the middle of a rollback-journal transaction leaves it
+    (a scan's bulk write, which runs in that mode): uncommitted pages already in the file, the
+    hot journal that undoes them beside it."""
+    script = (
+        "import os, sqlite3, sys\n"
+        "conn = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "conn.execute('pragma journal_mode = delete')\n"
+        "conn.execute('pragma cache_size = 2')\n"  # dirty pages spill into the file
+        "conn.execute('begin immediate')\n"
+        "conn.execute('delete from neuron_examples')\n"
+        "conn.execute('update neurons set scan_id = scan_id')\n"
+        "os._exit(0)\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(db)], check=True)
+
+
+def test_a_write_killed_mid_transaction_is_rolled_back_by_the_next_command(db):
+    """A hot journal (a writer killed mid-write) is undone by the next command, read or write,
+    which then sees the catalogue as it was before that write; the read-only probe on open
+    cannot undo it, so it used to fail with 'attempt to write a readonly database'."""
+    with Catalogue.open(db, read_only=True) as catalogue:
+        before = catalogue.db.execute("select count(*) from neuron_examples").fetchone()[0]
+    assert before > 0
+    crash_mid_write(db)
+    assert Path(f"{db}-journal").stat().st_size > 0
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):  # what the probe meets
+        sqlite3.connect(f"file:{db}?mode=ro", uri=True).execute("select 1 from neurons").fetchone()
+    run_cli("models", "--db", db)
+    with Catalogue.open(db, read_only=True) as catalogue:
+        after = catalogue.db.execute("select count(*) from neuron_examples").fetchone()[0]
+        assert catalogue.db.execute("pragma integrity_check").fetchone() == ("ok",)
+    assert after == before
+    crash_mid_write(db)
+    run_cli("show", "--db", db, "--layer", "0", "--neuron", "1")
+    crash_mid_write(db)
+    with Catalogue.open(db) as catalogue:  # a write command's open
+        assert catalogue.db.execute("select count(*) from neuron_examples").fetchone()[0] == before
+
+
 def test_an_exclusive_lock_on_open_says_locked_not_damaged(db, monkeypatch):
     monkeypatch.setattr(catalogue_module, "BUSY_TIMEOUT_MS", 200)
     holder = sqlite3.connect(db, isolation_level=None)
