@@ -12,7 +12,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
@@ -481,9 +481,18 @@ class Catalogue:
         Explanations and label history stay attached to the neuron: a rescan refreshes the
         evidence, it never loses people's work.
         """
+        windows = list(windows)
         with self._bulk_journal(), self.write_transaction(), self._bulk_cache():
-            window_ids = self.insert_windows(model_id, scan_id, windows, token_texts)
-            self.write_neurons(model_id, scan_id, neurons, window_ids)
+            window_ids = self._window_ids(windows)
+            self.write_neurons(
+                model_id,
+                scan_id,
+                neurons,
+                window_ids,
+                meanwhile=lambda: self._insert_windows(
+                    model_id, scan_id, windows, window_ids, token_texts
+                ),
+            )
             # A window belongs to the scan (or import) of the neurons that keep it: the windows of
             # a scan no neuron belongs to any more are dropped.
             self.db.execute(
@@ -550,24 +559,46 @@ class Catalogue:
         every id of the windows without strings of their own (a scan's). Returns window key ->
         id."""
         windows = list(windows)
+        ids = self._window_ids(windows)
+        self._insert_windows(model_id, scan_id, windows, ids, token_texts)
+        return ids
+
+    def _window_ids(self, windows: list[WindowRow]) -> dict[int, int]:
+        """Ids for these windows, in order after the table's highest (inside the write
+        transaction, so no other writer can take them): window key -> id."""
+        last = int(self.db.execute("select coalesce(max(id), 0) from windows").fetchone()[0])
+        return {window.key: last + n for n, window in enumerate(windows, 1)}
+
+    def _insert_windows(
+        self,
+        model_id: int,
+        scan_id: int | None,
+        windows: list[WindowRow],
+        ids: Mapping[int, int],
+        token_texts: Mapping[int, str] | None,
+    ) -> None:
+        """`insert_windows` with the ids `_window_ids` gave them."""
         texts = token_texts or {}
         vocabulary = self._vocabulary(
             model_id, None if len(windows) > 50 else {i for w in windows for i in w.token_ids}
         )
         differing = vocabulary.learn(texts) if scan_id is not None else set()
-        ids = self._insert_rows(
-            "windows",
-            rows.WINDOW_COLUMNS,
-            (
-                (window.key, rows.window_values(window, scan_id, vocabulary, texts, differing))
-                for window in windows
-            ),
+        sql = (
+            f"insert into windows (id, {', '.join(rows.WINDOW_COLUMNS)}) "
+            f"values ({', '.join('?' * (len(rows.WINDOW_COLUMNS) + 1))})"
         )
+        for start in range(0, len(windows), BULK_BATCH):
+            self.db.conn.executemany(
+                sql,
+                (
+                    (ids[w.key], *rows.window_values(w, scan_id, vocabulary, texts, differing))
+                    for w in windows[start : start + BULK_BATCH]
+                ),
+            )
         self.db.conn.executemany(
             "insert into vocabulary (model_id, token_id, text) values (?, ?, ?)",
             ((model_id, token_id, text) for token_id, text in vocabulary.added.items()),
         )
-        return ids
 
     def window_tokens(self, window_ids: Iterable[int]) -> dict[int, list[str]]:
         """These windows' token strings by id (missing ids left out): a window's own, else its
@@ -606,40 +637,19 @@ class Catalogue:
             values.append(json.dumps(sorted(token_ids)))
         return rows.Vocabulary({int(i): str(t) for i, t in self.db.execute(sql, values)})
 
-    def _insert_rows(
-        self, table: str, columns: Sequence[str], keyed: Iterable[tuple[Any, tuple[Any, ...]]]
-    ) -> dict[Any, int]:
-        """Insert (key, values) rows in batches, ids assigned here (inside the write
-        transaction, so no other writer can take them); returns key -> id."""
-        ids: dict[Any, int] = {}
-        next_id = int(self.db.execute(f"select coalesce(max(id), 0) from {table}").fetchone()[0])
-        sql = (
-            f"insert into {table} (id, {', '.join(columns)}) "
-            f"values ({', '.join('?' * (len(columns) + 1))})"
-        )
-        batch: list[tuple[Any, ...]] = []
-        for key, values in keyed:
-            next_id += 1
-            ids[key] = next_id
-            batch.append((next_id, *values))
-            if len(batch) >= BULK_BATCH:
-                self.db.conn.executemany(sql, batch)
-                batch = []
-        if batch:
-            self.db.conn.executemany(sql, batch)
-        return ids
-
     def write_neurons(
         self,
         model_id: int,
         scan_id: int | None,
         neurons: Iterable[NeuronBlock | NeuronRow],
         window_ids: Mapping[int, int],
+        meanwhile: Callable[[], None] | None = None,
     ) -> list[int]:
         """Insert or replace these neurons' rows and examples (windows by `window_ids`); their
         ids, in order. Neurons are read lazily and written in batches, in one transaction: a
         neuron already stored keeps its id (so its explanations and history stay attached) and
-        has its statistics updated and its examples replaced."""
+        has its statistics updated and its examples replaced. `meanwhile` runs once, while the
+        first block is encoded (a scan inserts its windows then)."""
         ids: list[int] = []
         lookup = rows.WindowIds(window_ids)
         with self.write_transaction():
@@ -658,7 +668,7 @@ class Catalogue:
                 f"update neurons set {', '.join(f'{c} = ?' for c in rows.NEURON_COLUMNS)} "
                 "where id = ?"
             )
-            for block, blobs in _encoded(_in_blocks(neurons), lookup):
+            for block, blobs in _encoded(_in_blocks(neurons), lookup, meanwhile):
                 new: list[tuple[Any, ...]] = []
                 updated: list[tuple[Any, ...]] = []
                 examples: list[tuple[int, bytes]] = []
@@ -1375,19 +1385,27 @@ class Catalogue:
 
 
 def _encoded(
-    blocks: Iterator[NeuronBlock], window_ids: rows.WindowIds
+    blocks: Iterator[NeuronBlock],
+    window_ids: rows.WindowIds,
+    meanwhile: Callable[[], None] | None = None,
 ) -> Iterator[tuple[NeuronBlock, list[bytes]]]:
     """Each block with its neurons' example blobs, in order. A block is encoded on a second
     thread while this one makes the next block (a scan's results are made as they are written)
     and inserts the one before; at most two blocks are held. On two cores the write benchmark's
-    36,864 neurons went from 5.2 to 4.2 s (`benchmarks/catalogue_write.py`)."""
+    36,864 neurons went from 5.2 to 4.2 s (`benchmarks/catalogue_write.py`). `meanwhile` runs
+    once the first block's encoding has started (at the end, if there is none)."""
     with ThreadPoolExecutor(1, thread_name_prefix="labeller-encode") as pool:
         waiting: tuple[NeuronBlock, Future[list[bytes]]] | None = None
         for block in blocks:
             encoding = pool.submit(rows.encode_example_columns, block.examples, window_ids)
+            if meanwhile is not None:
+                meanwhile()
+                meanwhile = None
             if waiting is not None:
                 yield waiting[0], waiting[1].result()
             waiting = (block, encoding)
+        if meanwhile is not None:
+            meanwhile()
         if waiting is not None:
             yield waiting[0], waiting[1].result()
 

@@ -164,6 +164,36 @@ def test_blocks_encoded_beside_the_inserts_are_written_in_order_each_with_its_ow
     assert maxima == [[2.0 + 10 * n, 5.0 + 10 * n] for n in range(5)]
 
 
+def test_a_scans_windows_are_inserted_while_its_first_block_is_encoded(tmp_path: Path):
+    """The windows go in once, beside the first block's encoding (their ids given before);
+    with no neurons at all they go in all the same."""
+    import threading
+
+    import labeller.catalogue as catalogue_module
+
+    calls: list[bool] = []
+    insert = catalogue_module.Catalogue._insert_windows
+
+    def recording(self, *args, **kwargs):
+        calls.append(any(t.name.startswith("labeller-encode") for t in threading.enumerate()))
+        return insert(self, *args, **kwargs)
+
+    values = np.arange(9, dtype=np.float32).reshape(3, 3)
+    blocks = [NeuronBlock.of_rows([_neuron(n, values + 10 * n)]) for n in range(3)]
+    with Catalogue.open(tmp_path / "c.db", create=True) as catalogue:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(catalogue_module.Catalogue, "_insert_windows", recording)
+            _write_blocks(catalogue, blocks, seed=0)
+            assert calls == [True]
+            _write_blocks(catalogue, [], seed=1)
+            assert calls == [True, False]
+        stored = catalogue.db.execute("select count(*) from windows").fetchone()[0]
+        view = catalogue.neuron_view("m", 0, 2)
+    assert stored == 6  # both scans' three (the first scan's neurons still hold theirs)
+    assert [e.tokens for e in view.top_examples] == [["a", "é", "c"]] * 2
+    assert [e.max_activation for e in view.top_examples] == [22.0, 25.0]
+
+
 def test_a_block_that_cannot_be_encoded_leaves_the_catalogue_as_it_was(tmp_path: Path):
     with Catalogue.open(tmp_path / "c.db", create=True) as catalogue:
         _write(catalogue, np.ones((3, 3), dtype=np.float32))
