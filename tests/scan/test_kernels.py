@@ -97,6 +97,18 @@ def assert_kept_equal(fused: dict, by_torch: dict, batches: int) -> None:
     assert bool((fused["histogram"].counts.sum(dim=1) == batches * (9 + 2 + 9 + 5)).all())
 
 
+def assert_exact_parts_equal(a: dict, b: dict, layer: int) -> None:
+    """A layer's top windows, band samples and histogram, as `LayerState.state` gives them,
+    equal on both paths (band slots still empty hold stale values, so only kept ones count)."""
+    for part in ("top", "bands", "histogram"):
+        for name, value in a[part].items():
+            other = b[part][name]
+            if part == "bands" and name == "acts":
+                kept = a[part]["window"] >= 0
+                value, other = value[kept], other[kept]
+            assert torch.equal(value, other), (layer, part, name)
+
+
 @pytest.mark.parametrize("n", [5, 300])  # one partial block; several blocks
 def test_layer_update_equals_the_torch_path(n: int) -> None:
     """Window maxima, histograms (growing as later batches widen the range), top windows and
@@ -146,13 +158,7 @@ def test_one_call_for_several_layers_of_several_blocks_equals_the_torch_path(mon
     assert all(torch.equal(a, b) for a, b in zip(fused_kept, torch_kept, strict=True))
     for layer in widths:
         a, b = fused[layer].state(), by_torch[layer].state()
-        for part in ("top", "bands", "histogram"):
-            for name, value in a[part].items():  # type: ignore[union-attr]
-                other = b[part][name]  # type: ignore[index]
-                if part == "bands" and name == "acts":  # empty slots hold stale values
-                    held = a[part]["window"] >= 0  # type: ignore[index]
-                    value, other = value[held], other[held]
-                assert torch.equal(value, other), (layer, part, name)
+        assert_exact_parts_equal(a, b, layer)
         for moment, value in a["moments"].items():  # type: ignore[union-attr]
             # float tolerance of the moment's scale: the third sums to near 0 for some neurons
             scale = float(value.abs().max()) if value.numel() > 1 else 1.0
@@ -205,13 +211,7 @@ def test_scan_state_equals_the_torch_path(tiny_model, tiny_model_dir, tiny_corpu
     assert any(len(w.token_ids) < params.ctx for w in windows)
     for layer in params.layers:
         a, b = fused.layers[layer].state(), by_torch.layers[layer].state()
-        for part in ("top", "bands", "histogram"):
-            for name, value in a[part].items():  # type: ignore[union-attr]
-                other = b[part][name]  # type: ignore[index]
-                if part == "bands" and name == "acts":  # empty slots hold stale values
-                    kept = a[part]["window"] >= 0  # type: ignore[index]
-                    value, other = value[kept], other[kept]
-                assert torch.equal(value, other), (layer, part, name)
+        assert_exact_parts_equal(a, b, layer)
         assert a["subset_top"].keys() == b["subset_top"].keys()  # type: ignore[union-attr]
         for subset, top in a["subset_top"].items():  # type: ignore[union-attr]
             for name, value in top.items():
