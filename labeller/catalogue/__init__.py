@@ -567,7 +567,10 @@ class Catalogue:
         """Ids for these windows, in order after the table's highest (inside the write
         transaction, so no other writer can take them): window key -> id."""
         last = int(self.db.execute("select coalesce(max(id), 0) from windows").fetchone()[0])
-        return {window.key: last + n for n, window in enumerate(windows, 1)}
+        ids = {window.key: last + n for n, window in enumerate(windows, 1)}
+        if len(ids) < len(windows):
+            raise ValueError("two windows share a key; each needs its own")
+        return ids
 
     def _insert_windows(
         self,

@@ -194,6 +194,17 @@ def test_a_scans_windows_are_inserted_while_its_first_block_is_encoded(tmp_path:
     assert [e.max_activation for e in view.top_examples] == [22.0, 25.0]
 
 
+def test_windows_sharing_a_key_are_refused_before_any_is_written(tmp_path: Path):
+    """Ids are given by key before the rows go in, so two windows with one key would share an
+    id: refused, and the write transaction leaves nothing."""
+    with Catalogue.open(tmp_path / "c.db", create=True) as catalogue:
+        model_id = catalogue.upsert_model(MODEL)
+        twice = [_windows()[0], _windows()[0]]
+        with pytest.raises(ValueError, match="share a key"), catalogue.write_transaction():
+            catalogue.insert_windows(model_id, None, twice)
+        assert catalogue.db.execute("select count(*) from windows").fetchone() == (0,)
+
+
 def test_a_block_that_cannot_be_encoded_leaves_the_catalogue_as_it_was(tmp_path: Path):
     with Catalogue.open(tmp_path / "c.db", create=True) as catalogue:
         _write(catalogue, np.ones((3, 3), dtype=np.float32))
