@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from labeller.corpus import iter_documents, iter_windows
 from labeller.errors import ScanInterrupted, UserError
 from labeller.model.activations import batch_inputs, neuron_activations
 from labeller.records import RANDOM_SPLITS, TOP_SPLITS
+from labeller.scan import results, runner
 from labeller.scan.runner import run_scan
 
 
@@ -230,3 +232,44 @@ def test_rescan_keeps_explanations(tiny_model, tiny_model_dir, tiny_corpus, tmp_
 def test_scan_file_catalogue_roundtrip_bytes(scanned):
     catalogue, *_ = scanned
     assert Path(catalogue.path).stat().st_size > 0
+
+
+def test_weight_facts_made_early_stop_at_the_first_forward_pass(
+    tiny_model, monkeypatch: pytest.MonkeyPatch
+):
+    """The start-up thread makes layers' weight facts in order and stops once the forward
+    pass has begun (here: set while the first layer's are made)."""
+    begun = threading.Event()
+    made = []
+
+    def first_then_begin(model, layer):
+        made.append(layer)
+        begun.set()
+        return results.stored_weight_facts(model, layer)
+
+    monkeypatch.setattr(runner, "stored_weight_facts", first_then_begin)
+    early = runner._weights_until(tiny_model, [0, 1], begun)
+    assert made == [0] and list(early) == [0]
+    assert early[0] == results.stored_weight_facts(tiny_model, 0)
+
+
+def test_the_write_stores_the_weight_facts_made_early_and_makes_the_rest(
+    tiny_model, tiny_model_dir, tiny_corpus, tmp_path
+):
+    params = scan_params(tiny_model_dir, tiny_corpus)
+    scanner = runner.Scanner(tiny_model, params)
+    windows = list(iter_windows(iter_documents(params.dataset), tiny_model.encode, params.ctx))
+    scanner.process(windows[:5])
+    n = tiny_model.d_mlp
+    marked = results.StoredWeightFacts([0.25] * n, ['[["a", 1.5]]'] * n, ['[["b", -1.5]]'] * n)
+    with Catalogue.open(tmp_path / "c.db", create=True) as catalogue:
+        model_id = catalogue.upsert_model(tiny_model.record())
+        scan_id = catalogue.create_scan(model_id, params)
+        scanner.write_results(catalogue, scan_id, model_id, weights={0: marked})
+        first = catalogue.neuron_view(None, 0, 3).weights
+        second = catalogue.neuron_view(None, 1, 3).weights
+    assert first.w_in_w_out_cosine == 0.25
+    assert [t.token for t in first.top_positive_tokens] == ["a"]
+    late = results.stored_weight_facts(tiny_model, 1)
+    assert second.w_in_w_out_cosine == late.cosine[3]
+    assert len(second.top_positive_tokens) == 10
