@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -119,6 +120,15 @@ class TopWindows:
             getattr(self, name).copy_(tensor)
 
 
+def subset_rows(subsets: list[str | None], device: torch.device) -> dict[str, torch.Tensor]:
+    """Each subset met in a batch (subsets: each row's) and its rows, by name; made once a
+    batch for every layer."""
+    return {
+        name: torch.tensor([i for i, s in enumerate(subsets) if s == name], device=device)
+        for name in sorted({s for s in subsets if s is not None})
+    }
+
+
 class SubsetTopWindows:
     """The k top windows per neuron within each named corpus subset: one TopWindows per subset,
     made when the subset's first window arrives (a subset field's values are not known ahead).
@@ -142,19 +152,20 @@ class SubsetTopWindows:
         """Each batch row goes to its subset's top-k (rows of no subset to none); returns the
         rows some subset kept, as TopWindows.update does."""
         kept = [torch.zeros(0, dtype=torch.long, device=acts.device)]
-        for top, rows in self.batch_parts(subsets):
+        for top, rows in self.batch_parts(subset_rows(subsets, acts.device)):
             kept.append(top.update(acts, window_max, window_index, window_hash, rows, mask))
         return torch.cat(kept)
 
-    def batch_parts(self, subsets: list[str | None]) -> list[tuple[TopWindows, torch.Tensor]]:
-        """Per subset met in a batch (rows: each row's subset), its TopWindows and its rows."""
+    def batch_parts(
+        self, rows: Mapping[str, torch.Tensor]
+    ) -> list[tuple[TopWindows, torch.Tensor]]:
+        """Per subset met in a batch (`subset_rows`), its TopWindows and its rows."""
         parts = []
-        for name in sorted({s for s in subsets if s is not None}):
-            rows = torch.tensor([i for i, s in enumerate(subsets) if s == name], device=self.device)
+        for name, members in rows.items():
             top = self.subsets.get(name)
             if top is None:
                 top = self.subsets[name] = TopWindows(self.k, self.n, self.ctx, self.device)
-            parts.append((top, rows))
+            parts.append((top, members))
         return parts
 
     def windows(self) -> torch.Tensor:

@@ -58,6 +58,7 @@ from labeller.scan.accumulators import (
     merge_moments,
     merge_subset_tops,
     merge_top,
+    subset_rows,
 )
 from labeller.scan.correlations import PairSums, merge_pair_sums, top_related
 from labeller.scan.distributed import SINGLE, World
@@ -83,18 +84,18 @@ class ScanOutcome:
     notes: list[str] = field(default_factory=list)
 
 
-def window_hash(token_ids: list[int]) -> int:
-    """Stable across processes (unlike hash()), so checkpoints compare the same way on resume."""
-    digest = hashlib.blake2b(repr(token_ids).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little", signed=True)
-
-
-def window_priority(token_ids: list[int], seed: int) -> int:
-    """A window's random priority for the band samples: a seeded hash of its tokens, the same
-    for every neuron and every process (so a resumed scan samples as an uninterrupted one)."""
+def window_keys(token_ids: list[int], seed: int) -> tuple[int, int]:
+    """A window's hash and its random priority for the band samples. Both are stable across
+    processes (unlike hash()), so checkpoints compare the same way on resume and a resumed
+    scan samples as an uninterrupted one; the priority is a seeded hash of the tokens, the
+    same for every neuron. Both hash the one text of the tokens."""
+    text = repr(token_ids).encode()
     key = f"labeller-bands:{seed}".encode()
-    digest = hashlib.blake2b(repr(token_ids).encode(), digest_size=8, key=key).digest()
-    return int.from_bytes(digest, "little", signed=True)
+    identity = hashlib.blake2b(text, digest_size=8).digest()
+    priority = hashlib.blake2b(text, digest_size=8, key=key).digest()
+    return int.from_bytes(identity, "little", signed=True), int.from_bytes(
+        priority, "little", signed=True
+    )
 
 
 class LayerState:
@@ -145,9 +146,12 @@ class LayerState:
             self.random_acts[slot].zero_()
             self.random_acts[slot, :width] = acts[row]
 
-    def kernel_update(self, acts: torch.Tensor, subsets: list[str | None]) -> kernels.LayerUpdate:
-        """This layer's part of the batch for the compiled kernels, its subsets' tops included."""
-        subset_parts = [] if self.subset_top is None else self.subset_top.batch_parts(subsets)
+    def kernel_update(
+        self, acts: torch.Tensor, rows: Mapping[str, torch.Tensor]
+    ) -> kernels.LayerUpdate:
+        """This layer's part of the batch for the compiled kernels, its subsets' tops included
+        (`rows`: each subset's rows in the batch, `subset_rows`)."""
+        subset_parts = [] if self.subset_top is None else self.subset_top.batch_parts(rows)
         return kernels.LayerUpdate(
             acts, self.moments, self.histogram, [(self.top, None), *subset_parts], self.bands
         )
@@ -280,7 +284,8 @@ def update_statistics(
     layers = list(states)
     on_cpu = all(a.device.type == "cpu" and a.dtype == torch.float32 for a in activations.values())
     if on_cpu and kernels.available():
-        updates = [states[layer].kernel_update(activations[layer], subsets) for layer in layers]
+        rows = subset_rows(subsets, mask.device)
+        updates = [states[layer].kernel_update(activations[layer], rows) for layer in layers]
         try:
             _, kept = kernels.update_layers(
                 updates, mask.sum(dim=1).numpy(), window_index, hashes, priorities
@@ -349,11 +354,10 @@ class Scanner:
             self.tokens_seen += sum(len(w.token_ids) for w in batch)
         assert slots is not None
         index = torch.tensor(indices, dtype=torch.long, device=self.model.device)
-        hashes = torch.tensor([window_hash(w.token_ids) for w in batch], device=self.model.device)
-        priorities = torch.tensor(
-            [window_priority(w.token_ids, self.params.seed) for w in batch],
-            device=self.model.device,
+        keys = torch.tensor(
+            [window_keys(w.token_ids, self.params.seed) for w in batch], device=self.model.device
         )
+        hashes, priorities = keys.T.contiguous()
         reservoir_rows = [(row, slot) for row, slot in enumerate(slots) if slot is not None]
         subsets = [w.subset for w in batch]
         ids, mask = batch_inputs(self.model, [w.token_ids for w in batch])

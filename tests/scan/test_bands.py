@@ -15,7 +15,7 @@ from labeller.catalogue import Catalogue
 from labeller.errors import ScanInterrupted
 from labeller.records import TOP_SPLITS, ExampleKind, band_edges, band_width
 from labeller.scan.accumulators import BandSample
-from labeller.scan.runner import run_scan, window_priority
+from labeller.scan.runner import run_scan, window_keys
 
 
 def brute_force_bands(maxes: np.ndarray, priorities: list[int], m: int) -> dict[int, dict]:
@@ -95,7 +95,7 @@ def test_scan_bands_equal_brute_force(scanned, tiny_model):
     wherever no window's max sits within float noise of a band edge (batched and one-by-one
     forward passes differ in the last bits)."""
     catalogue, params, windows, acts = scanned
-    priorities = [window_priority(w.token_ids, params.seed) for w in windows]
+    priorities = [window_keys(w.token_ids, params.seed)[1] for w in windows]
     place = {(w.document, w.offset): i for i, w in enumerate(windows)}
     checked = 0
     for layer in params.layers:
