@@ -741,207 +741,175 @@ def run_scan(
     this; window i of the stream goes to rank i % world.size, and rank 0, the only one given
     the catalogue, writes the merged result (see labeller.scan.distributed)."""
     model.check_layers(params.layers)
-    weights = _WeightsAhead(model, params.layers) if catalogue is not None else None
-    try:
-        return _scan(
-            catalogue,
-            model,
-            params,
-            weights,
-            batch_size=batch_size,
-            text_field=text_field,
-            on_progress=on_progress,
-            stop_requested=stop_requested,
-            world=world,
-            checkpoint_every=checkpoint_every,
-        )
-    finally:
-        if weights is not None:
-            weights.close()
+    with _WeightsAhead(model, params.layers, wanted=catalogue is not None) as weights:
+        world = world or SINGLE
+        every = CHECKPOINT_EVERY_S if checkpoint_every is None else checkpoint_every
+        sharded = world.size > 1
+        if world.leader and catalogue is None:
+            raise ValueError("rank 0 needs the catalogue")
+        # The model's row holds its weights' fingerprint, which reads every parameter (a fraction
+        # of a second for a small model, seconds for a large one): made on a thread of its own
+        # while the corpus opens and the scan runs, so the scan's end does not wait for it.
+        record = _in_background(model.record) if catalogue is not None else None
+        # one pass over the corpus: the probe for an empty corpus is put back in front, so reading
+        # it (and any warning about it) happens once
+        documents = iter_corpus(params.dataset, params.subsets, text_field, params.subset_field)
+        all_windows = iter_windows(documents, model.encode, params.ctx)
+        first_window = next(all_windows, None)
+        if first_window is None:
+            raise UserError(f"corpus {params.dataset!r} is empty: it holds no text to scan")
 
+        def shared(value: Any) -> Any:
+            """Rank 0's value on every rank."""
+            return distributed.broadcast(value, world) if sharded else value
 
-def _scan(
-    catalogue: Catalogue | None,
-    model: LoadedModel,
-    params: ScanParams,
-    weights: _WeightsAhead | None,
-    *,
-    batch_size: int = SCAN_BATCH_SIZE,
-    text_field: str = "text",
-    on_progress: Callable[[int], None] | None = None,
-    stop_requested: Callable[[], bool] | None = None,
-    world: World | None = None,
-    checkpoint_every: float | None = None,
-) -> ScanOutcome:
-    world = world or SINGLE
-    every = CHECKPOINT_EVERY_S if checkpoint_every is None else checkpoint_every
-    sharded = world.size > 1
-    if world.leader and catalogue is None:
-        raise ValueError("rank 0 needs the catalogue")
-    # The model's row holds its weights' fingerprint, which reads every parameter (a fraction
-    # of a second for a small model, seconds for a large one): made on a thread of its own
-    # while the corpus opens and the scan runs, so the scan's end does not wait for it.
-    record = _in_background(model.record) if catalogue is not None else None
-    # one pass over the corpus: the probe for an empty corpus is put back in front, so reading
-    # it (and any warning about it) happens once
-    documents = iter_corpus(params.dataset, params.subsets, text_field, params.subset_field)
-    all_windows = iter_windows(documents, model.encode, params.ctx)
-    first_window = next(all_windows, None)
-    if first_window is None:
-        raise UserError(f"corpus {params.dataset!r} is empty: it holds no text to scan")
-
-    def shared(value: Any) -> Any:
-        """Rank 0's value on every rank."""
-        return distributed.broadcast(value, world) if sharded else value
-
-    scanner = Scanner(model, params)
-    notes: list[str] = []
-    if model.device.type == "cpu" and (why := kernels.build_error()) is not None:
-        notes.append(f"statistics ran as torch ops (the same results, slower): {why}")
-    resumed_from: int | None = None
-    scan_id: int | None = None
-    plan: dict[str, Any] = {"complete": None, "unfinished": None, "error": None}
-    parts: list[bytes | None] = [None] * world.size
-    if catalogue is not None:
-        complete = [
-            s.id
-            for s in catalogue.scans()
-            if s.params == params and s.status is ScanStatus.COMPLETE
-        ]
-        unfinished = catalogue.unfinished_scan(params)
-        plan["complete"] = complete[-1] if complete else None
-        if unfinished is not None and not complete:
-            plan["unfinished"] = unfinished.id
-            blob = catalogue.load_checkpoint(unfinished.id)
-            try:
-                if blob is None:
-                    raise ValueError("it has no checkpoint")
-                parts = split_checkpoint(blob)
-            except Exception as exc:
-                plan["unreadable"] = str(exc)
-            if "unreadable" not in plan and len(parts) != world.size:
-                plan["error"] = (
-                    f"scan {unfinished.id} was checkpointed by {len(parts)} process(es); resume "
-                    f"it with {len(parts)} (torchrun's nnodes x nproc-per-node), or delete it"
-                )
-    plan = shared(plan)
-    if plan["complete"] is not None:
-        raise ScanAlreadyComplete(plan["complete"])
-    if plan["error"]:
-        raise UserError(plan["error"])
-    if plan["unfinished"] is not None:
-        mine = distributed.scatter(parts, world) if sharded else parts[0]
-        failure = plan.get("unreadable")
-        if failure is None:
-            try:
-                if mine is None:
-                    raise ValueError("no checkpoint for this rank")
-                scanner.restore(mine)
-            except Exception as exc:  # any unreadable checkpoint means: start clean, say so
-                failure = str(exc)
-        if sharded:
-            failures = distributed.gather(failure, world)
-            failure = shared(next((f for f in failures or [] if f), None))
-        if failure is None:
-            scan_id = resumed_from = plan["unfinished"]
-            notes.append(f"resuming scan {scan_id} at {scanner.tokens_seen:,} tokens")
-        else:
-            notes.append(f"cannot resume scan {plan['unfinished']} ({failure}); starting clean")
-            if catalogue is not None:
-                catalogue.discard_scan(plan["unfinished"])
-            scanner = Scanner(model, params)
-    model_id = 0
-
-    def register() -> int:
-        """The scan's row, created when there is something to store: a scan that fails before
-        it has anything to resume or write leaves nothing behind."""
-        nonlocal scan_id, model_id
+        scanner = Scanner(model, params)
+        notes: list[str] = []
+        if model.device.type == "cpu" and (why := kernels.build_error()) is not None:
+            notes.append(f"statistics ran as torch ops (the same results, slower): {why}")
+        resumed_from: int | None = None
+        scan_id: int | None = None
+        plan: dict[str, Any] = {"complete": None, "unfinished": None, "error": None}
+        parts: list[bytes | None] = [None] * world.size
         if catalogue is not None:
-            assert record is not None
-            model_id = catalogue.upsert_model(record.result())
-            if scan_id is None:
-                scan_id = catalogue.create_scan(model_id, params)
-        scan_id = shared(scan_id)
-        assert scan_id is not None
-        return scan_id
-
-    def save(status: ScanStatus) -> int:
-        """Checkpoint the whole state. Sharded, every rank's state goes to rank 0, which stores
-        them together."""
-        blob = scanner.checkpoint()
-        blobs = distributed.gather(blob, world) if sharded else [blob]
-        saved_id = register()
-        if catalogue is not None:
-            assert blobs is not None
-            catalogue.save_checkpoint(
-                saved_id,
-                join_checkpoint(blobs),
-                tokens_seen=scanner.tokens_seen,
-                windows_seen=scanner.windows_seen,
-                status=status,
-            )
-        return saved_id
-
-    windows = _limited(
-        itertools.chain([first_window], all_windows),
-        skip=scanner.windows_seen,
-        tokens_left=None if params.tokens is None else params.tokens - scanner.tokens_seen,
-    )
-    if model.device.type != "cpu":  # on CPU every core is the model's or the kernels'
-        windows = read_ahead(windows)
-    else:
-        keep_freed_memory()
-    steps = _steps(windows, scanner.windows_seen, batch_size, world, scanner.reservoir)
-    # A checkpoint is the whole state (about twice the finished catalogue's size), so the first
-    # comes after `every` seconds of scanning, not after the first batch: a shorter scan is
-    # cheaper to run again than to checkpoint.
-    last_save = time.monotonic()
-    with _DeferredInterrupt(sharded) as interrupt, closing(windows):
-        try:
-            for mine_now, stream_windows, stream_tokens in steps:
-                if weights is not None:
-                    weights.begin()
-                if mine_now:
-                    scanner.process(
-                        [w for w, _, _ in mine_now],
-                        [i for _, i, _ in mine_now],
-                        [slot for _, _, slot in mine_now],
+            complete = [
+                s.id
+                for s in catalogue.scans()
+                if s.params == params and s.status is ScanStatus.COMPLETE
+            ]
+            unfinished = catalogue.unfinished_scan(params)
+            plan["complete"] = complete[-1] if complete else None
+            if unfinished is not None and not complete:
+                plan["unfinished"] = unfinished.id
+                blob = catalogue.load_checkpoint(unfinished.id)
+                try:
+                    if blob is None:
+                        raise ValueError("it has no checkpoint")
+                    parts = split_checkpoint(blob)
+                except Exception as exc:
+                    plan["unreadable"] = str(exc)
+                if "unreadable" not in plan and len(parts) != world.size:
+                    plan["error"] = (
+                        f"scan {unfinished.id} was checkpointed by {len(parts)} process(es); "
+                        f"resume it with {len(parts)} (torchrun's nnodes x nproc-per-node), or "
+                        "delete it"
                     )
-                scanner.windows_seen += stream_windows
-                scanner.tokens_seen += stream_tokens
-                if on_progress:
-                    on_progress(scanner.tokens_seen)
-                stop = interrupt.requested or bool(stop_requested and stop_requested())
-                due = world.leader and time.monotonic() - last_save >= every
-                if sharded:
-                    stop, due = distributed.any_flags(stop, due)
-                if stop:
-                    raise ScanInterrupted(save(ScanStatus.INTERRUPTED), scanner.tokens_seen)
-                if due:
-                    save(ScanStatus.RUNNING)
-                    last_save = time.monotonic()
-        except KeyboardInterrupt:
-            # A second Ctrl-C: the last checkpoint stands, the scan stays resumable.
-            if scan_id is None:
-                raise
+        plan = shared(plan)
+        if plan["complete"] is not None:
+            raise ScanAlreadyComplete(plan["complete"])
+        if plan["error"]:
+            raise UserError(plan["error"])
+        if plan["unfinished"] is not None:
+            mine = distributed.scatter(parts, world) if sharded else parts[0]
+            failure = plan.get("unreadable")
+            if failure is None:
+                try:
+                    if mine is None:
+                        raise ValueError("no checkpoint for this rank")
+                    scanner.restore(mine)
+                except Exception as exc:  # any unreadable checkpoint means: start clean, say so
+                    failure = str(exc)
+            if sharded:
+                failures = distributed.gather(failure, world)
+                failure = shared(next((f for f in failures or [] if f), None))
+            if failure is None:
+                scan_id = resumed_from = plan["unfinished"]
+                notes.append(f"resuming scan {scan_id} at {scanner.tokens_seen:,} tokens")
+            else:
+                notes.append(f"cannot resume scan {plan['unfinished']} ({failure}); starting clean")
+                if catalogue is not None:
+                    catalogue.discard_scan(plan["unfinished"])
+                scanner = Scanner(model, params)
+        model_id = 0
+
+        def register() -> int:
+            """The scan's row, created when there is something to store: a scan that fails before
+            it has anything to resume or write leaves nothing behind."""
+            nonlocal scan_id, model_id
             if catalogue is not None:
-                catalogue.set_scan_status(scan_id, ScanStatus.INTERRUPTED)
-            raise ScanInterrupted(scan_id, scanner.tokens_seen) from None
-        # No checkpoint before the write: a write that fails resumes from the last periodic one.
-        finished_id = register()
-        if sharded:
-            scanner.merge(world)
-        if catalogue is not None:
-            assert weights is not None
-            scanner.write_results(catalogue, finished_id, model_id, weights.made())
-    return ScanOutcome(
-        scan_id=finished_id,
-        tokens_seen=scanner.tokens_seen,
-        windows_seen=scanner.windows_seen,
-        neurons=len(params.layers) * model.d_mlp,
-        resumed_from=resumed_from,
-        notes=notes,
-    )
+                assert record is not None
+                model_id = catalogue.upsert_model(record.result())
+                if scan_id is None:
+                    scan_id = catalogue.create_scan(model_id, params)
+            scan_id = shared(scan_id)
+            assert scan_id is not None
+            return scan_id
+
+        def save(status: ScanStatus) -> int:
+            """Checkpoint the whole state. Sharded, every rank's state goes to rank 0, which stores
+            them together."""
+            blob = scanner.checkpoint()
+            blobs = distributed.gather(blob, world) if sharded else [blob]
+            saved_id = register()
+            if catalogue is not None:
+                assert blobs is not None
+                catalogue.save_checkpoint(
+                    saved_id,
+                    join_checkpoint(blobs),
+                    tokens_seen=scanner.tokens_seen,
+                    windows_seen=scanner.windows_seen,
+                    status=status,
+                )
+            return saved_id
+
+        windows = _limited(
+            itertools.chain([first_window], all_windows),
+            skip=scanner.windows_seen,
+            tokens_left=None if params.tokens is None else params.tokens - scanner.tokens_seen,
+        )
+        if model.device.type != "cpu":  # on CPU every core is the model's or the kernels'
+            windows = read_ahead(windows)
+        else:
+            keep_freed_memory()
+        steps = _steps(windows, scanner.windows_seen, batch_size, world, scanner.reservoir)
+        # A checkpoint is the whole state (about twice the finished catalogue's size), so the first
+        # comes after `every` seconds of scanning, not after the first batch: a shorter scan is
+        # cheaper to run again than to checkpoint.
+        last_save = time.monotonic()
+        with _DeferredInterrupt(sharded) as interrupt, closing(windows):
+            try:
+                for mine_now, stream_windows, stream_tokens in steps:
+                    weights.begin()
+                    if mine_now:
+                        scanner.process(
+                            [w for w, _, _ in mine_now],
+                            [i for _, i, _ in mine_now],
+                            [slot for _, _, slot in mine_now],
+                        )
+                    scanner.windows_seen += stream_windows
+                    scanner.tokens_seen += stream_tokens
+                    if on_progress:
+                        on_progress(scanner.tokens_seen)
+                    stop = interrupt.requested or bool(stop_requested and stop_requested())
+                    due = world.leader and time.monotonic() - last_save >= every
+                    if sharded:
+                        stop, due = distributed.any_flags(stop, due)
+                    if stop:
+                        raise ScanInterrupted(save(ScanStatus.INTERRUPTED), scanner.tokens_seen)
+                    if due:
+                        save(ScanStatus.RUNNING)
+                        last_save = time.monotonic()
+            except KeyboardInterrupt:
+                # A second Ctrl-C: the last checkpoint stands, the scan stays resumable.
+                if scan_id is None:
+                    raise
+                if catalogue is not None:
+                    catalogue.set_scan_status(scan_id, ScanStatus.INTERRUPTED)
+                raise ScanInterrupted(scan_id, scanner.tokens_seen) from None
+            # No checkpoint before the write: a write that fails resumes from the last periodic one.
+            finished_id = register()
+            if sharded:
+                scanner.merge(world)
+            if catalogue is not None:
+                scanner.write_results(catalogue, finished_id, model_id, weights.made())
+        return ScanOutcome(
+            scan_id=finished_id,
+            tokens_seen=scanner.tokens_seen,
+            windows_seen=scanner.windows_seen,
+            neurons=len(params.layers) * model.d_mlp,
+            resumed_from=resumed_from,
+            notes=notes,
+        )
 
 
 def _done(value: T) -> Future[T]:
@@ -956,11 +924,16 @@ class _WeightsAhead:
     layer by layer until the first forward pass begins; the write makes the others. In a
     4-layer scan (all four made early) the write went from about 0.47 to 0.40 s, and the
     start-up took about 0.05 s longer: the output tokens' text is made in Python, beside the
-    corpus's own Python."""
+    corpus's own Python. `wanted`: whether this process writes the catalogue (torchrun's other
+    ranks make none)."""
 
-    def __init__(self, model: LoadedModel, layers: list[int]) -> None:
+    def __init__(self, model: LoadedModel, layers: list[int], wanted: bool) -> None:
         self._begun = threading.Event()
-        self._made = _in_background(lambda: _weights_until(model, layers, self._begun))
+        self._made = (
+            _in_background(lambda: _weights_until(model, layers, self._begun))
+            if wanted
+            else _done({})
+        )
 
     def begin(self) -> None:
         """The forward pass begins: no layer is started after this."""
@@ -971,7 +944,10 @@ class _WeightsAhead:
         self.begin()
         return self._made.result()
 
-    def close(self) -> None:
+    def __enter__(self) -> _WeightsAhead:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
         """Waits for the layer being made: a thread left inside torch while the interpreter
         exits can crash it."""
         self.begin()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -273,3 +274,27 @@ def test_the_write_stores_the_weight_facts_made_early_and_makes_the_rest(
     late = results.stored_weight_facts(tiny_model, 1)
     assert second.w_in_w_out_cosine == late.cosine[3]
     assert len(second.top_positive_tokens) == 10
+
+
+def test_a_scan_that_stops_early_waits_for_the_weight_facts_being_made(
+    tiny_model, tiny_model_dir, tmp_path, monkeypatch: pytest.MonkeyPatch
+):
+    """No thread is left inside torch when the scan returns (an empty corpus here): the
+    interpreter could exit under it."""
+    making = threading.Event()
+
+    def slow(model, layer):
+        making.set()
+        time.sleep(0.3)
+        making.clear()
+        return results.stored_weight_facts(model, layer)
+
+    monkeypatch.setattr(runner, "stored_weight_facts", slow)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    with (
+        Catalogue.open(tmp_path / "c.db", create=True) as catalogue,
+        pytest.raises(UserError, match="is empty"),
+    ):
+        run_scan(catalogue, tiny_model, scan_params(tiny_model_dir, empty))
+    assert not making.is_set()
