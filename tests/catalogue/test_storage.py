@@ -781,3 +781,20 @@ def test_output_tokens_are_stored_as_json_dumps_writes_them_and_read_back():
     assert [t.token for t in back] == [t for t, _ in tokens]
     assert [t.weight for t in back][:-1] == [w for _, w in tokens][:-1]
     assert math.isnan(back[-1].weight)
+
+
+@pytest.mark.parametrize("spread", [1, 10**9], ids=["dense keys: a table", "sparse: a search"])
+def test_window_ids_look_up_every_key_and_refuse_one_not_stored(spread: int):
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        keys = rng.choice(500, int(rng.integers(1, 40)), replace=False) * spread
+        stored = dict(zip(keys.tolist(), rng.integers(1, 10**6, keys.size).tolist(), strict=True))
+        lookup = rows.WindowIds(stored)
+        assert (lookup.table is not None) == (spread == 1)
+        asked = rng.choice(np.concatenate([keys, [-1]]), (6, 5))
+        expected = [[stored.get(int(k), 0) for k in row] for row in asked]
+        assert lookup.ids(asked).tolist() == expected
+        for absent in (int(keys.max()) + 1, next(k for k in range(500) if k not in stored)):
+            asked[2, 3] = absent
+            with pytest.raises(KeyError):
+                lookup.ids(asked)
