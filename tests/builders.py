@@ -122,6 +122,7 @@ def sharded_scan_worker(
     from labeller.catalogue import Catalogue
     from labeller.errors import ScanInterrupted
     from labeller.model.loading import load_model
+    from labeller.scan import distributed
     from labeller.scan.distributed import World
     from labeller.scan.runner import run_scan
 
@@ -149,7 +150,7 @@ def sharded_scan_worker(
             if catalogue is not None:
                 catalogue.close()
     finally:
-        dist.destroy_process_group()
+        distributed.finish()  # as `labeller scan` under torchrun leaves the group
 
 
 def labelled_catalogue(path: Path, model, corpus: Path, label_layers: list[int]) -> Path:

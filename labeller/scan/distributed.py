@@ -14,6 +14,7 @@ stores them together; resuming needs the same world size.
 from __future__ import annotations
 
 import os
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,8 +73,16 @@ def init(world: World, device: torch.device) -> None:
 
 
 def finish() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    """Leave the group once every rank is done. Gloo's worker threads free a finished
+    collective's tensors after the caller has its result, and freeing a tensor Python knows
+    takes the interpreter's lock: a rank that exited straight after its last gather could
+    still have one pending when the interpreter shut down, and aborted (`terminate called
+    without an active exception`, SIGABRT). The barrier lets that work drain first."""
+    if not dist.is_initialized():
+        return
+    with suppress(RuntimeError):  # a rank gone already: leave as before
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def any_flags(*flags: bool) -> list[bool]:
