@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, TypeVar
@@ -741,16 +741,18 @@ def run_scan(
     this; window i of the stream goes to rank i % world.size, and rank 0, the only one given
     the catalogue, writes the merged result (see labeller.scan.distributed)."""
     model.check_layers(params.layers)
-    with _WeightsAhead(model, params.layers, wanted=catalogue is not None) as weights:
+    wanted = catalogue is not None
+    # The model's row holds its weights' fingerprint, which reads every parameter (a fraction
+    # of a second for a small model, seconds for a large one): made on a thread of its own
+    # while the corpus opens and the scan runs, so the scan's end does not wait for it. A scan
+    # that stops early waits for it, as for the weight facts being made.
+    record = _in_background(model.record) if wanted else _done(None)
+    with _WeightsAhead(model, params.layers, wanted) as weights, _waited_for(record):
         world = world or SINGLE
         every = CHECKPOINT_EVERY_S if checkpoint_every is None else checkpoint_every
         sharded = world.size > 1
         if world.leader and catalogue is None:
             raise ValueError("rank 0 needs the catalogue")
-        # The model's row holds its weights' fingerprint, which reads every parameter (a fraction
-        # of a second for a small model, seconds for a large one): made on a thread of its own
-        # while the corpus opens and the scan runs, so the scan's end does not wait for it.
-        record = _in_background(model.record) if catalogue is not None else None
         # one pass over the corpus: the probe for an empty corpus is put back in front, so reading
         # it (and any warning about it) happens once
         documents = iter_corpus(params.dataset, params.subsets, text_field, params.subset_field)
@@ -827,8 +829,9 @@ def run_scan(
             it has anything to resume or write leaves nothing behind."""
             nonlocal scan_id, model_id
             if catalogue is not None:
-                assert record is not None
-                model_id = catalogue.upsert_model(record.result())
+                fingerprinted = record.result()
+                assert fingerprinted is not None
+                model_id = catalogue.upsert_model(fingerprinted)
                 if scan_id is None:
                     scan_id = catalogue.create_scan(model_id, params)
             scan_id = shared(scan_id)
@@ -948,10 +951,21 @@ class _WeightsAhead:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        """Waits for the layer being made: a thread left inside torch while the interpreter
-        exits can crash it."""
+        """Waits for the layer being made (see `_waited_for`)."""
         self.begin()
         wait([self._made])
+
+
+@contextmanager
+def _waited_for(work: Future[Any]) -> Iterator[None]:
+    """Waits for `work` on the way out, however the scan leaves. A thread still inside torch
+    while the interpreter exits aborts the process (`terminate called without an active
+    exception`, SIGABRT): a scan that found nothing to do exited while the fingerprint's
+    thread was still reading the weights, and aborted."""
+    try:
+        yield
+    finally:
+        wait([work])
 
 
 def _weights_until(

@@ -298,3 +298,28 @@ def test_a_scan_that_stops_early_waits_for_the_weight_facts_being_made(
     ):
         run_scan(catalogue, tiny_model, scan_params(tiny_model_dir, empty))
     assert not making.is_set()
+
+
+def test_a_scan_that_stops_early_waits_for_the_model_fingerprint(
+    tiny_model, tiny_model_dir, tmp_path, monkeypatch: pytest.MonkeyPatch
+):
+    """A scan that found nothing to do exited while the fingerprint's thread still read the
+    weights, and the process aborted at exit (SIGABRT)."""
+    fingerprinting = threading.Event()
+    record = tiny_model.record
+
+    def slow():
+        fingerprinting.set()
+        time.sleep(0.3)
+        fingerprinting.clear()
+        return record()
+
+    monkeypatch.setattr(tiny_model, "record", slow)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    with (
+        Catalogue.open(tmp_path / "c.db", create=True) as catalogue,
+        pytest.raises(UserError, match="is empty"),
+    ):
+        run_scan(catalogue, tiny_model, scan_params(tiny_model_dir, empty))
+    assert not fingerprinting.is_set()
