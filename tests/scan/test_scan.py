@@ -276,20 +276,28 @@ def test_the_write_stores_the_weight_facts_made_early_and_makes_the_rest(
     assert len(second.top_positive_tokens) == 10
 
 
-def test_a_scan_that_stops_early_waits_for_the_weight_facts_being_made(
-    tiny_model, tiny_model_dir, tmp_path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("work", ["weight facts", "fingerprint"])
+def test_a_scan_that_stops_early_waits_for_its_background_threads(
+    work, tiny_model, tiny_model_dir, tmp_path, monkeypatch: pytest.MonkeyPatch
 ):
-    """No thread is left inside torch when the scan returns (an empty corpus here): the
-    interpreter could exit under it."""
-    making = threading.Event()
+    """No thread is left inside torch when the scan returns (an empty corpus here): a scan
+    that found nothing to do exited while the fingerprint's thread still read the weights,
+    and the process aborted at exit (SIGABRT)."""
+    busy = threading.Event()
 
-    def slow(model, layer):
-        making.set()
-        time.sleep(0.3)
-        making.clear()
-        return results.stored_weight_facts(model, layer)
+    def slowly(make):
+        def made(*args):
+            busy.set()
+            time.sleep(0.3)
+            busy.clear()
+            return make(*args)
 
-    monkeypatch.setattr(runner, "stored_weight_facts", slow)
+        return made
+
+    if work == "weight facts":
+        monkeypatch.setattr(runner, "stored_weight_facts", slowly(results.stored_weight_facts))
+    else:
+        monkeypatch.setattr(tiny_model, "record", slowly(tiny_model.record))
     empty = tmp_path / "empty.txt"
     empty.write_text("")
     with (
@@ -297,29 +305,4 @@ def test_a_scan_that_stops_early_waits_for_the_weight_facts_being_made(
         pytest.raises(UserError, match="is empty"),
     ):
         run_scan(catalogue, tiny_model, scan_params(tiny_model_dir, empty))
-    assert not making.is_set()
-
-
-def test_a_scan_that_stops_early_waits_for_the_model_fingerprint(
-    tiny_model, tiny_model_dir, tmp_path, monkeypatch: pytest.MonkeyPatch
-):
-    """A scan that found nothing to do exited while the fingerprint's thread still read the
-    weights, and the process aborted at exit (SIGABRT)."""
-    fingerprinting = threading.Event()
-    record = tiny_model.record
-
-    def slow():
-        fingerprinting.set()
-        time.sleep(0.3)
-        fingerprinting.clear()
-        return record()
-
-    monkeypatch.setattr(tiny_model, "record", slow)
-    empty = tmp_path / "empty.txt"
-    empty.write_text("")
-    with (
-        Catalogue.open(tmp_path / "c.db", create=True) as catalogue,
-        pytest.raises(UserError, match="is empty"),
-    ):
-        run_scan(catalogue, tiny_model, scan_params(tiny_model_dir, empty))
-    assert not fingerprinting.is_set()
+    assert not busy.is_set()
