@@ -500,6 +500,7 @@ def _sharded_scan(
     from labeller.scan.runner import run_scan
 
     distributed.init(world, model.device)
+    together = False  # every rank leaves at the same point: the scan's end or an agreed stop
     try:
         if not world.leader:
             try:
@@ -513,16 +514,26 @@ def _sharded_scan(
                     checkpoint_every=checkpoint_every,
                 )
             except ScanAlreadyComplete:
+                together = True
                 return
-            except (UserError, ScanInterrupted):
+            except ScanInterrupted:
+                together = True
                 raise SystemExit(1) from None  # rank 0 says why
+            except UserError:
+                raise SystemExit(1) from None
+            together = True
             return
         with _new_catalogue_kept_only_if_used(db_path) as catalogue:
-            outcome = _scan_with_progress(
-                catalogue, model, params, batch_size, text_field, checkpoint_every, world
-            )
+            try:
+                outcome = _scan_with_progress(
+                    catalogue, model, params, batch_size, text_field, checkpoint_every, world
+                )
+            except ScanInterrupted:
+                together = True
+                raise
+        together = True
     finally:
-        distributed.finish()
+        distributed.finish(together)
     if outcome is not None:
         _report_scan(outcome, params.model, catalogue.path, f" on {world.size} ranks")
 

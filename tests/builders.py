@@ -129,6 +129,7 @@ def sharded_scan_worker(
     dist.init_process_group(
         "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size
     )
+    together = False
     try:
         model = load_model(model_dir, device="cpu")
         params = ScanParams.model_validate_json(params_json)
@@ -149,8 +150,9 @@ def sharded_scan_worker(
         finally:
             if catalogue is not None:
                 catalogue.close()
+        together = True
     finally:
-        distributed.finish()  # as `labeller scan` under torchrun leaves the group
+        distributed.finish(together)  # as `labeller scan` under torchrun leaves the group
 
 
 def labelled_catalogue(path: Path, model, corpus: Path, label_layers: list[int]) -> Path:

@@ -72,16 +72,20 @@ def init(world: World, device: torch.device) -> None:
         dist.init_process_group("gloo")
 
 
-def finish() -> None:
-    """Leave the group once every rank is done. Gloo's worker threads free a finished
+def finish(together: bool) -> None:
+    """Leave the group. `together`: every rank leaves at the same point (the scan's end, or a
+    stop they agreed on), so they pass a barrier first. Gloo's worker threads free a finished
     collective's tensors after the caller has its result, and freeing a tensor Python knows
     takes the interpreter's lock: a rank that exited straight after its last gather could
     still have one pending when the interpreter shut down, and aborted (`terminate called
-    without an active exception`, SIGABRT). The barrier lets that work drain first."""
+    without an active exception`, SIGABRT). The barrier lets that work drain first. After a
+    failure of one rank's own the others may be inside another collective, where a barrier
+    would wait for the group's timeout (30 minutes): that rank leaves at once, as before."""
     if not dist.is_initialized():
         return
-    with suppress(RuntimeError):  # a rank gone already: leave as before
-        dist.barrier()
+    if together:
+        with suppress(RuntimeError):  # a rank gone already: leave as before
+            dist.barrier()
     dist.destroy_process_group()
 
 
