@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import sys
 from collections.abc import Callable, Sequence
@@ -41,8 +42,9 @@ def neuron_activations(
     """Activations [batch, text tokens, d_mlp] per layer, float32, BOS position dropped.
 
     `keep=False` runs the same hooked forward pass but keeps nothing (the benchmark's baseline);
-    `extra_hooks` run first, e.g. to perturb embeddings; `to_end` runs the whole model (else it
-    stops after the last layer asked for), for hooks on the final LayerNorm.
+    `extra_hooks` run first, e.g. to perturb embeddings; `to_end` runs the whole model, for
+    hooks on the final LayerNorm. Else the pass stops once every hook has run: what comes
+    after (the last layer's output weights, the unembedding) would be computed for nothing.
     """
     captured: dict[int, torch.Tensor] = {}
     skip = 1 if model.bos_id is not None else 0
@@ -55,13 +57,39 @@ def neuron_activations(
         return hook
 
     hooks = [*extra_hooks, *((model.neuron_hook(layer), capture(layer)) for layer in layers)]
-    last = max(layers) + 1
-    stop = last if last < model.n_layers and not to_end else None
-    with torch.inference_mode():
+    with torch.inference_mode(), contextlib.suppress(_EveryHookRan):
         model.bridge.run_with_hooks(
-            input_ids, fwd_hooks=hooks, return_type=None, stop_at_layer=stop
+            input_ids, fwd_hooks=hooks if to_end else _stopping_after_all(hooks), return_type=None
         )
     return captured
+
+
+class _EveryHookRan(Exception):
+    """Raised by the last of a forward pass's hooks to run: the rest of the pass is not needed."""
+
+
+HookList = list[tuple[str, Callable[..., torch.Tensor | None]]]
+
+
+def _stopping_after_all(hooks: HookList) -> HookList:
+    """The hooks, each as before, the last of them to run then ending the forward pass: in a
+    scan of every layer of GPT-2 small, the last layer's output weights and the unembedding
+    are about a third of the model's arithmetic."""
+    waiting = set(range(len(hooks)))
+
+    def stopping(
+        index: int, hook_fn: Callable[..., torch.Tensor | None]
+    ) -> Callable[..., torch.Tensor | None]:
+        def hook(activation: torch.Tensor, hook: object) -> torch.Tensor | None:
+            result = hook_fn(activation, hook=hook)
+            waiting.discard(index)
+            if not waiting:
+                raise _EveryHookRan
+            return result
+
+        return hook
+
+    return [(name, stopping(i, hook_fn)) for i, (name, hook_fn) in enumerate(hooks)]
 
 
 def trace_activations(model: LoadedModel, token_ids: Sequence[int], layer: int) -> torch.Tensor:
