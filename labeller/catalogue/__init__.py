@@ -19,9 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlite_utils import Database
-
 from labeller.catalogue import label_state, rows
+from labeller.catalogue.database import Database
 from labeller.catalogue.detectors import detector_scores_of
 from labeller.catalogue.labels import append_history
 from labeller.catalogue.migrations import KNOWN_MIGRATIONS, MIGRATION_SET, migrations

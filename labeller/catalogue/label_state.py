@@ -32,8 +32,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlite_utils import Database
-
+from labeller.catalogue.database import Database
 from labeller.records import (
     PRIMARY_METHOD,
     Explanation,

@@ -10,9 +10,8 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from sqlite_utils import Database, Migrations
-
 from labeller.catalogue import rows
+from labeller.catalogue.database import Database, Migrations
 
 MIGRATION_SET = "labeller"
 
