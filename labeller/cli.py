@@ -2713,7 +2713,7 @@ class _progress:
 
 def main() -> None:
     """The `labeller` command. Every object there is when it starts (the modules of the
-    command line, the catalogue, pandas through sqlite-utils: some 80,000) is frozen out of
+    command line and the catalogue: some 46,000) is frozen out of
     Python's cyclic garbage collector, which would otherwise walk them again in every full
     collection that importing torch sets off: 0.20 s of collections in a scan's start-up, 0.07
     s with them frozen. On the way out every object is frozen too: the last collection at exit
