@@ -13,6 +13,8 @@ from labeller.model.loading import LoadedModel
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 
+HookList = Sequence[tuple[str, Callable[..., torch.Tensor | None]]]  # (hook name, function)
+
 
 def batch_inputs(
     model: LoadedModel, windows: Sequence[Sequence[int]]
@@ -36,7 +38,7 @@ def neuron_activations(
     input_ids: torch.Tensor,
     layers: Sequence[int],
     keep: bool = True,
-    extra_hooks: Sequence[tuple[str, Callable[..., torch.Tensor | None]]] = (),
+    extra_hooks: HookList = (),
     to_end: bool = False,
 ) -> dict[int, torch.Tensor]:
     """Activations [batch, text tokens, d_mlp] per layer, float32, BOS position dropped.
@@ -66,9 +68,6 @@ def neuron_activations(
 
 class _EveryHookRan(Exception):
     """Raised by the last of a forward pass's hooks to run: the rest of the pass is not needed."""
-
-
-HookList = list[tuple[str, Callable[..., torch.Tensor | None]]]
 
 
 def _stopping_after_all(hooks: HookList) -> HookList:
