@@ -33,7 +33,7 @@ from labeller.errors import NonFiniteActivations
 from labeller.scan.accumulators import AdaptiveHistogram, BandSample, Moments, TopWindows
 
 SOURCE = Path(__file__).with_name("kernels.c")
-BLOCK = 128  # neurons per task, as kernels.c's BLOCK
+BLOCK = 64  # neurons per task, as kernels.c's BLOCK
 NOT_FINITE = -2  # kernels.c's NOT_FINITE_STATUS (its other failure, -1, is running out of memory)
 # Reassociation lets the power sums vectorise (numba's fastmath flags, which these were); not
 # finite-math, so -inf and NaN stay meaningful. Maxima, bins and top-k are exact whatever

@@ -132,9 +132,11 @@ def test_batches_that_no_window_of_can_enter_leave_the_top_windows_as_the_torch_
 
 def test_one_call_for_several_layers_of_several_blocks_equals_the_torch_path(monkeypatch) -> None:
     """The kernels number every layer's blocks in one loop: each layer's accumulators and the
-    rows kept must be what the torch path gives layer by layer (widths of 3 blocks and 1)."""
+    rows kept must be what the torch path gives layer by layer (widths of several blocks, the
+    last one partly filled, and of less than one)."""
     params = ScanParams(model="m", dataset="d", layers=[0, 3, 5], top_k=3, random=0)
     widths = {0: 300, 3: 300, 5: 40}
+    assert 2 * kernels.BLOCK < 300 and 300 % kernels.BLOCK and kernels.BLOCK > 40
 
     def run(torch_statistics: bool) -> tuple[dict[int, LayerState], list[torch.Tensor]]:
         monkeypatch.setenv("LABELLER_TORCH_STATISTICS", "1" if torch_statistics else "0")
