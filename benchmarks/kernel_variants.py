@@ -1,0 +1,165 @@
+"""Builds of the scan's compiled kernels side by side, in one process.
+
+Each given copy of `labeller/scan/kernels.c` (the source with one change) is built and loaded,
+and a scanner per build updates its statistics from the same batches of a model's activations,
+the builds taking turns batch by batch (in alternating order), so the machine's drift falls on
+every build alike: on a shared machine, whole processes a minute apart differ by more than most
+kernel changes. Prints each build's median time of a batch's kernel call (the `update_layers`
+call, Python included), and checks that every build kept the same histograms, moments, top
+windows and band samples as the first. A build's BLOCK is read from its source's `#define
+BLOCK`; the Python side is told it for the batch.
+
+    sed 's/#define BLOCK 64/#define BLOCK 128/' labeller/scan/kernels.c > /tmp/block128.c
+    python benchmarks/kernel_variants.py --model demo-gelu-1l labeller/scan/kernels.c \\
+        /tmp/block128.c
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import itertools
+import os
+import re
+import statistics
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from labeller.corpus import iter_documents, iter_windows
+from labeller.model.activations import keep_freed_memory
+from labeller.model.loading import load_model
+from labeller.records import ScanParams
+from labeller.scan import kernels
+from labeller.scan.runner import Scanner
+
+
+def block_of(source: Path) -> int:
+    found = re.search(r"^#define BLOCK (\d+)", source.read_text(), re.MULTILINE)
+    if found is None:
+        raise SystemExit(f"{source}: no `#define BLOCK N` line")
+    return int(found.group(1))
+
+
+def built(source: Path, folder: Path) -> ctypes.CDLL:
+    """`source` compiled with the scan's own compiler and flags, and loaded."""
+    target = folder / f"{len(list(folder.iterdir()))}-{source.stem}.so"
+    original = kernels.SOURCE
+    kernels.SOURCE = source
+    try:
+        kernels._build(target)
+    finally:
+        kernels.SOURCE = original
+    library = ctypes.CDLL(str(target))
+    library.scan_layers.argtypes = [ctypes.POINTER(kernels._Layer), kernels._i64, kernels._i64]
+    library.scan_layers.restype = ctypes.c_int
+    return library
+
+
+UPDATE_LAYERS = kernels.update_layers
+
+
+@contextmanager
+def using(library: ctypes.CDLL, block: int, calls: list[float]) -> Iterator[None]:
+    """The scan's kernel calls go to `library`, built with `block` neurons a task; each call's
+    seconds are appended to `calls`."""
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return UPDATE_LAYERS(*args, **kwargs)
+        finally:
+            calls.append(time.perf_counter() - start)
+
+    original_library, original_block = kernels._library, kernels.BLOCK
+    kernels._library = lambda: library  # type: ignore[assignment]
+    kernels.BLOCK = block
+    kernels.update_layers = timed
+    try:
+        yield
+    finally:
+        kernels._library, kernels.BLOCK = original_library, original_block
+        kernels.update_layers = UPDATE_LAYERS
+
+
+def kept(state: object, name: str = "") -> Iterator[tuple[str, object]]:
+    """Everything a scanner's layers keep (what a checkpoint holds), by name."""
+    if isinstance(state, dict):
+        for key, value in state.items():
+            yield from kept(value, f"{name} {key}".strip())
+    else:
+        yield name, state
+
+
+def same(a: object, b: object) -> bool:
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return (
+            a.dtype == b.dtype
+            and a.shape == b.shape
+            and bool(
+                ((a == b) | (a.isnan() & b.isnan()) if a.is_floating_point() else a == b).all()
+            )
+        )
+    return a == b
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("sources", nargs="+", type=Path, help="copies of kernels.c to compare")
+    parser.add_argument("--model", default="demo-gelu-1l")
+    parser.add_argument("--dataset", default="demo")
+    parser.add_argument("--batches", type=int, default=200)
+    parser.add_argument("--skip", type=int, default=30, help="first batches left out (top-k fill)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    args = parser.parse_args()
+
+    torch.set_num_threads(os.cpu_count() or 1)  # as a CPU scan runs
+    keep_freed_memory()
+    model = load_model(args.model, "cpu")
+    windows = list(
+        itertools.islice(
+            iter_windows(iter_documents(args.dataset), model.encode, 64),
+            args.batches * args.batch_size,
+        )
+    )
+    batches = [windows[i : i + args.batch_size] for i in range(0, len(windows), args.batch_size)]
+    params = ScanParams(
+        model=args.model, dataset=args.dataset, layers=list(range(model.n_layers)), ctx=64
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        builds = [
+            (source, built(source, Path(folder)), block_of(source)) for source in args.sources
+        ]
+        scanners = [Scanner(model, params) for _ in builds]
+        calls: list[list[float]] = [[] for _ in builds]
+        order = list(range(len(builds)))
+        for i, batch in enumerate(batches):
+            for b in order if i % 2 == 0 else order[::-1]:
+                _, library, block = builds[b]
+                with using(library, block, calls[b] if i >= args.skip else []):
+                    scanners[b].process(batch)
+    print(
+        f"{args.model}: {len(batches) - args.skip} batches of {args.batch_size} x 64 tokens "
+        f"each build, taking turns ({torch.get_num_threads()} threads)"
+    )
+    for (source, _, block), times in zip(builds, calls, strict=True):
+        print(
+            f"  {source} (BLOCK {block}): median {statistics.median(times) * 1e3:.2f} ms a call, "
+            f"quartiles {statistics.quantiles(times)[0] * 1e3:.2f}-"
+            f"{statistics.quantiles(times)[2] * 1e3:.2f} ms"
+        )
+    first = dict(kept({layer: s.state() for layer, s in scanners[0].layers.items()}))
+    for (source, _, _), scanner in zip(builds[1:], scanners[1:], strict=True):
+        for name, value in kept({layer: s.state() for layer, s in scanner.layers.items()}):
+            if not same(value, first[name]):
+                raise SystemExit(f"{source} kept a different layer {name} from {args.sources[0]}")
+    print("every build kept the same histograms, moments, top windows and band samples")
+
+
+if __name__ == "__main__":
+    main()
