@@ -213,11 +213,21 @@ def _build(target: Path) -> None:
             if done.returncode == 0:
                 os.replace(partial, target)
                 return
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise KernelsUnavailable(f"{compiler} failed to build {SOURCE.name}: {last}")
+        raise KernelsUnavailable(
+            f"{compiler} failed to build {SOURCE.name}: {_first_error(done.stderr)}"
+        )
     finally:
         if os.path.exists(partial):
             os.unlink(partial)
+
+
+def _first_error(output: str) -> str:
+    """The compiler's first line that names an error, else its last line: gcc and clang end
+    with source excerpts and `compilation terminated.`, which say nothing alone."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    return next(
+        (line for line in lines if "error" in line.lower()), lines[-1] if lines else "no output"
+    )
 
 
 @functools.cache

@@ -265,6 +265,24 @@ def test_a_failed_build_leaves_nothing_half_written(fresh_kernels, monkeypatch):
     assert list(fresh_kernels.iterdir()) == []
 
 
+def test_a_failed_build_names_the_compilers_error_not_its_last_line(
+    fresh_kernels, monkeypatch, tmp_path
+):
+    compiler = tmp_path / "cc"
+    compiler.write_text(
+        "#!/bin/sh\n"
+        "echo 'kernels.c:20:10: fatal error: float.h: No such file or directory' >&2\n"
+        "echo '   20 | #include <float.h>' >&2\n"
+        "echo 'compilation terminated.' >&2\n"
+        "exit 1\n"
+    )
+    compiler.chmod(0o755)
+    monkeypatch.setenv("CC", str(compiler))
+    error = kernels.build_error() or ""
+    expected = "kernels.c:20:10: fatal error: float.h: No such file or directory"
+    assert error.endswith(f"failed to build kernels.c: {expected}"), error
+
+
 def test_without_a_compiler_a_scan_says_so_and_keeps_the_same_results(
     fresh_kernels, monkeypatch, tmp_path, tiny_model_dir, tiny_corpus
 ):
