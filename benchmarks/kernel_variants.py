@@ -40,9 +40,13 @@ from labeller.scan.runner import Scanner
 
 
 def block_of(source: Path) -> int:
-    found = re.search(r"^#define BLOCK (\d+)", source.read_text(), re.MULTILINE)
+    try:
+        text = source.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise SystemExit(f"error: cannot read {source}: {error}") from None
+    found = re.search(r"^#define BLOCK (\d+)", text, re.MULTILINE)
     if found is None:
-        raise SystemExit(f"{source}: no `#define BLOCK N` line")
+        raise SystemExit(f"error: {source} has no `#define BLOCK N` line: give copies of kernels.c")
     return int(found.group(1))
 
 
@@ -53,6 +57,8 @@ def built(source: Path, folder: Path) -> ctypes.CDLL:
     kernels.SOURCE = source
     try:
         kernels._build(target)
+    except kernels.KernelsUnavailable as error:
+        raise SystemExit(f"error: {error}") from None
     finally:
         kernels.SOURCE = original
     library = ctypes.CDLL(str(target))
@@ -117,6 +123,9 @@ def main() -> None:
     parser.add_argument("--skip", type=int, default=30, help="first batches left out (top-k fill)")
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
+    if not 0 <= args.skip < args.batches:
+        parser.error("--skip must be at least 0 and less than --batches")
+    blocks = [block_of(source) for source in args.sources]  # before the model loads
 
     torch.set_num_threads(os.cpu_count() or 1)  # as a CPU scan runs
     keep_freed_memory()
@@ -133,7 +142,8 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory() as folder:
         builds = [
-            (source, built(source, Path(folder)), block_of(source)) for source in args.sources
+            (source, built(source, Path(folder)), block)
+            for source, block in zip(args.sources, blocks, strict=True)
         ]
         scanners = [Scanner(model, params) for _ in builds]
         calls: list[list[float]] = [[] for _ in builds]
@@ -148,10 +158,10 @@ def main() -> None:
         f"each build, taking turns ({torch.get_num_threads()} threads)"
     )
     for (source, _, block), times in zip(builds, calls, strict=True):
+        low, median, high = (q * 1e3 for q in statistics.quantiles(times))
         print(
-            f"  {source} (BLOCK {block}): median {statistics.median(times) * 1e3:.2f} ms a call, "
-            f"quartiles {statistics.quantiles(times)[0] * 1e3:.2f}-"
-            f"{statistics.quantiles(times)[2] * 1e3:.2f} ms"
+            f"  {source} (BLOCK {block}): median {median:.2f} ms a call, "
+            f"quartiles {low:.2f}-{high:.2f} ms"
         )
     first = dict(kept({layer: s.state() for layer, s in scanners[0].layers.items()}))
     for (source, _, _), scanner in zip(builds[1:], scanners[1:], strict=True):
