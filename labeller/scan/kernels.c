@@ -32,6 +32,14 @@
  * 14.7 with 96, 16.7 with 32 (a demo model's 512 neurons: 2.5 ms, against 3.0 with 128). */
 #define BLOCK 64
 #define EMPTY_PRIORITY INT64_MAX
+/* Rows ahead that the extremes pass (from memory) and the sums pass (from L2) ask the cache
+ * for. A block's rows lie a whole layer's width apart (4 KiB for 1,024 neurons), each on a
+ * page of its own, where the hardware's prefetchers do not follow. On a machine with 2 MiB
+ * of L2 a core, the 4-layer model's batch update, alternating batch by batch in one process:
+ * 12.2-12.8 ms without, 8.1 ms with 16 and 8 (8.3-8.5 with 8 and 8, 8.6 with the sums pass's
+ * alone, 12.6 with the extremes pass's alone; demo-gelu-1l 1.38 against 1.22 ms). */
+#define EXTREMES_AHEAD 16
+#define SUMS_AHEAD 8
 
 typedef struct {
     const float *x; /* [batch, width, n]: window b's tokens are rows skip .. skip + lengths[b] */
@@ -102,6 +110,12 @@ static int64_t floor_div(int64_t a, int64_t b) {
 
 static int64_t blocks_of(int64_t n) { return (n + BLOCK - 1) / BLOCK; }
 
+/* Ask for a block's part of the row `ahead` rows on (an address past the batch is harmless: a
+ * prefetch never faults). */
+static inline void prefetch_row(const float *row, int64_t ahead, int64_t n, int64_t width) {
+    for (int64_t j = 0; j < width; j += 16) __builtin_prefetch(row + ahead * n + j);
+}
+
 /* Each window's max over its real tokens and the batch's min and max, for neurons lo:hi.
  * Returns 1 if a value is NaN or infinite (it could be neither ranked nor binned), else 0. */
 static int block_extremes(const Layer *a, int64_t lo, int64_t hi) {
@@ -118,6 +132,7 @@ static int block_extremes(const Layer *a, int64_t lo, int64_t hi) {
         for (int64_t j = 0; j < width; j++) top[j] = -INFINITY;
         for (int64_t t = s->skip; t < s->skip + s->lengths[b]; t++) {
             const float *row = s->x + (b * s->width + t) * s->n + lo;
+            prefetch_row(row, EXTREMES_AHEAD, s->n, width);
             for (int64_t j = 0; j < width; j++) {
                 top[j] = row[j] > top[j] ? row[j] : top[j];
                 low[j] = row[j] < low[j] ? row[j] : low[j];
@@ -234,6 +249,7 @@ static void block_sums_and_counts(const Layer *a, int64_t lo, int64_t hi, uint16
         }
         for (int64_t t = s->skip; t < s->skip + s->lengths[b]; t++) {
             const float *row = s->x + (b * s->width + t) * n + lo;
+            prefetch_row(row, SUMS_AHEAD, n, width);
             for (int64_t j = 0; j < width; j++) {
                 float v = row[j];
                 float y = v - centre[j];
