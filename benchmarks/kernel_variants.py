@@ -6,10 +6,11 @@ the builds taking turns batch by batch (in alternating order), so the machine's 
 every build alike: on a shared machine, whole processes a minute apart differ by more than most
 kernel changes. Prints each build's median time of a batch's kernel call (the `update_layers`
 call, Python included), and checks that every build kept the same histograms, moments, top
-windows and band samples as the first. A build's BLOCK is read from its source's `#define
-BLOCK`; the Python side is told it for the batch.
+windows and band samples as the first. Each build says its BLOCK (neurons a task), which the
+Python side sizes its arrays by; the builds come before the model loads, so a source that does
+not build stops the run at once.
 
-    sed 's/#define BLOCK 64/#define BLOCK 128/' labeller/scan/kernels.c > /tmp/block128.c
+    sed 's/^#define BLOCK .*/#define BLOCK 128/' labeller/scan/kernels.c > /tmp/block128.c
     python benchmarks/kernel_variants.py --model demo-gelu-1l labeller/scan/kernels.c \\
         /tmp/block128.c
 """
@@ -20,7 +21,6 @@ import argparse
 import ctypes
 import itertools
 import os
-import re
 import statistics
 import tempfile
 import time
@@ -39,17 +39,6 @@ from labeller.scan import kernels
 from labeller.scan.runner import Scanner
 
 
-def block_of(source: Path) -> int:
-    try:
-        text = source.read_text()
-    except (OSError, UnicodeDecodeError) as error:
-        raise SystemExit(f"error: cannot read {source}: {error}") from None
-    found = re.search(r"^#define BLOCK (\d+)", text, re.MULTILINE)
-    if found is None:
-        raise SystemExit(f"error: {source} has no `#define BLOCK N` line: give copies of kernels.c")
-    return int(found.group(1))
-
-
 def built(source: Path, folder: Path) -> ctypes.CDLL:
     """`source` compiled with the scan's own compiler and flags, and loaded."""
     target = folder / f"{len(list(folder.iterdir()))}-{source.stem}.so"
@@ -61,19 +50,20 @@ def built(source: Path, folder: Path) -> ctypes.CDLL:
         raise SystemExit(f"error: {error}") from None
     finally:
         kernels.SOURCE = original
-    library = ctypes.CDLL(str(target))
-    library.scan_layers.argtypes = [ctypes.POINTER(kernels._Layer), kernels._i64, kernels._i64]
-    library.scan_layers.restype = ctypes.c_int
-    return library
+    try:
+        return kernels._declared(ctypes.CDLL(str(target)))
+    except AttributeError:  # a C file, but not the scan's kernels
+        raise SystemExit(
+            f"error: {source} has no scan_layers and block_neurons: give copies of kernels.c"
+        ) from None
 
 
 UPDATE_LAYERS = kernels.update_layers
 
 
 @contextmanager
-def using(library: ctypes.CDLL, block: int, calls: list[float]) -> Iterator[None]:
-    """The scan's kernel calls go to `library`, built with `block` neurons a task; each call's
-    seconds are appended to `calls`."""
+def using(library: ctypes.CDLL, calls: list[float]) -> Iterator[None]:
+    """The scan's kernel calls go to `library`; each call's seconds are appended to `calls`."""
 
     def timed(*args: Any, **kwargs: Any) -> Any:
         start = time.perf_counter()
@@ -82,14 +72,13 @@ def using(library: ctypes.CDLL, block: int, calls: list[float]) -> Iterator[None
         finally:
             calls.append(time.perf_counter() - start)
 
-    original_library, original_block = kernels._library, kernels.BLOCK
+    original_library = kernels._library
     kernels._library = lambda: library  # type: ignore[assignment]
-    kernels.BLOCK = block
     kernels.update_layers = timed
     try:
         yield
     finally:
-        kernels._library, kernels.BLOCK = original_library, original_block
+        kernels._library = original_library
         kernels.update_layers = UPDATE_LAYERS
 
 
@@ -125,46 +114,43 @@ def main() -> None:
     args = parser.parse_args()
     if not 0 <= args.skip < args.batches:
         parser.error("--skip must be at least 0 and less than --batches")
-    blocks = [block_of(source) for source in args.sources]  # before the model loads
-
-    torch.set_num_threads(os.cpu_count() or 1)  # as a CPU scan runs
-    keep_freed_memory()
-    model = load_model(args.model, "cpu")
-    windows = list(
-        itertools.islice(
-            iter_windows(iter_documents(args.dataset), model.encode, 64),
-            args.batches * args.batch_size,
-        )
-    )
-    batches = [windows[i : i + args.batch_size] for i in range(0, len(windows), args.batch_size)]
-    params = ScanParams(
-        model=args.model, dataset=args.dataset, layers=list(range(model.n_layers)), ctx=64
-    )
     with tempfile.TemporaryDirectory() as folder:
-        builds = [
-            (source, built(source, Path(folder)), block)
-            for source, block in zip(args.sources, blocks, strict=True)
+        libraries = [built(source, Path(folder)) for source in args.sources]
+        torch.set_num_threads(os.cpu_count() or 1)  # as a CPU scan runs
+        keep_freed_memory()
+        model = load_model(args.model, "cpu")
+        windows = list(
+            itertools.islice(
+                iter_windows(iter_documents(args.dataset), model.encode, 64),
+                args.batches * args.batch_size,
+            )
+        )
+        batches = [
+            windows[i : i + args.batch_size] for i in range(0, len(windows), args.batch_size)
         ]
-        scanners = [Scanner(model, params) for _ in builds]
-        calls: list[list[float]] = [[] for _ in builds]
-        order = list(range(len(builds)))
+        params = ScanParams(
+            model=args.model, dataset=args.dataset, layers=list(range(model.n_layers)), ctx=64
+        )
+        scanners = [Scanner(model, params) for _ in libraries]
+        calls: list[list[float]] = [[] for _ in libraries]
+        order = list(range(len(libraries)))
         for i, batch in enumerate(batches):
             for b in order if i % 2 == 0 else order[::-1]:
-                _, library, block = builds[b]
-                with using(library, block, calls[b] if i >= args.skip else []):
+                with using(libraries[b], calls[b] if i >= args.skip else []):
                     scanners[b].process(batch)
+        blocks = [library.block_neurons() for library in libraries]
     print(
         f"{args.model}: {len(batches) - args.skip} batches of {args.batch_size} x 64 tokens "
         f"each build, taking turns ({torch.get_num_threads()} threads)"
     )
-    for (source, _, block), times in zip(builds, calls, strict=True):
+    for source, block, times in zip(args.sources, blocks, calls, strict=True):
         low, median, high = (q * 1e3 for q in statistics.quantiles(times))
         print(
             f"  {source} (BLOCK {block}): median {median:.2f} ms a call, "
             f"quartiles {low:.2f}-{high:.2f} ms"
         )
     first = dict(kept({layer: s.state() for layer, s in scanners[0].layers.items()}))
-    for (source, _, _), scanner in zip(builds[1:], scanners[1:], strict=True):
+    for source, scanner in zip(args.sources[1:], scanners[1:], strict=True):
         for name, value in kept({layer: s.state() for layer, s in scanner.layers.items()}):
             if not same(value, first[name]):
                 raise SystemExit(f"{source} kept a different layer {name} from {args.sources[0]}")

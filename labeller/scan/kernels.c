@@ -25,12 +25,17 @@
 
 #define OUT_OF_MEMORY -1
 #define NOT_FINITE_STATUS -2
-/* Neurons per task: a block's part of a default batch (32 x 64 tokens, 512 KiB) stays in a
- * core's L2 from the extremes pass to the sums pass, its rows of 64 tokens in L1. One
- * batch's update of the 4 x 1,024 neurons of the benchmark's 4-layer model, sizes alternating
- * batch by batch in one process: 14.1-14.5 ms with 64, 15.9-17.5 ms with 128, 14.4 with 48,
- * 14.7 with 96, 16.7 with 32 (a demo model's 512 neurons: 2.5 ms, against 3.0 with 128). */
-#define BLOCK 64
+/* Neurons per task, by the size of a core's L2 (L2_BYTES, from the build; 0 unknown). A
+ * block's part of a default batch (32 x 64 tokens) is 512 KiB with 64: on a machine with
+ * 512 KiB of L2 a core it stays there from the extremes pass to the sums pass. The 4-layer
+ * model's batch update (4 x 1,024 neurons), sizes alternating batch by batch in one process:
+ * there 14.1-14.5 ms with 64, 15.9-17.5 ms with 128, 14.4 with 48, 14.7 with 96, 16.7 with 32
+ * (a demo model's 512 neurons: 2.5 ms, against 3.0 with 128); on one with 2 MiB, 8.8 ms with
+ * 64, 7.7 with 128, 8.1 with 256 (demo-gelu-1l 1.22 and 1.09 ms). */
+#ifndef L2_BYTES
+#define L2_BYTES 0
+#endif
+#define BLOCK (L2_BYTES >= (1 << 20) ? 128 : 64)
 #define EMPTY_PRIORITY INT64_MAX
 /* Rows ahead that the extremes pass (from memory) and the sums pass (from L2) ask the cache
  * for. A block's rows lie a whole layer's width apart (4 KiB for 1,024 neurons), each on a
@@ -642,6 +647,9 @@ static void find_repeats(const Batch *s, TopPart *part) {
         }
     }
 }
+
+/* BLOCK, for the caller's per-block arrays. */
+int64_t block_neurons(void) { return BLOCK; }
 
 /* The batch's update of `count` layers, their blocks shared among `threads` threads. */
 int scan_layers(Layer *layers, int64_t count, int64_t threads) {

@@ -33,7 +33,6 @@ from labeller.errors import NonFiniteActivations
 from labeller.scan.accumulators import AdaptiveHistogram, BandSample, Moments, TopWindows
 
 SOURCE = Path(__file__).with_name("kernels.c")
-BLOCK = 64  # neurons per task, as kernels.c's BLOCK
 NOT_FINITE = -2  # kernels.c's NOT_FINITE_STATUS (its other failure, -1, is running out of memory)
 # Reassociation lets the power sums vectorise (numba's fastmath flags, which these were); not
 # finite-math, so -inf and NaN stay meaningful. Maxima, bins and top-k are exact whatever
@@ -142,9 +141,25 @@ def _cpu_tag() -> str:
     return f"{platform.machine()} {flags}"
 
 
+@functools.cache
+def l2_bytes() -> int:
+    """A core's L2 cache in bytes as Linux reports it (0 where it does not): kernels.c sizes
+    its blocks of neurons by it."""
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            level = (index / "level").read_text().strip()
+            kind = (index / "type").read_text().strip()
+            size = (index / "size").read_text().strip()
+        except OSError:
+            continue
+        if level == "2" and kind in ("Unified", "Data") and size[:-1].isdigit():
+            return int(size[:-1]) * {"K": 2**10, "M": 2**20}.get(size[-1], 0)
+    return 0
+
+
 def _flags() -> tuple[str, ...]:
     native = ("-march=native",) if platform.machine() in ("x86_64", "AMD64") else ()
-    return (*FLAGS, *native)
+    return (*FLAGS, *native, f"-DL2_BYTES={l2_bytes()}")
 
 
 def cache_dir() -> Path:
@@ -190,8 +205,15 @@ def _library() -> ctypes.CDLL:
             library = ctypes.CDLL(str(built))
         except OSError as error:
             raise KernelsUnavailable(f"cannot load {built}: {error}") from error
+    return _declared(library)
+
+
+def _declared(library: ctypes.CDLL) -> ctypes.CDLL:
+    """The library's functions given their C signatures."""
     library.scan_layers.argtypes = [ctypes.POINTER(_Layer), _i64, _i64]
     library.scan_layers.restype = ctypes.c_int
+    library.block_neurons.argtypes = []
+    library.block_neurons.restype = _i64
     return library
 
 
@@ -382,6 +404,7 @@ def update_layers(
     On the first batch the extremes come first, alone: the histograms' ranges are set from
     them (as the torch path sets them) before the one full pass."""
     library = _library()
+    block_neurons = library.block_neurons()  # kernels.c's BLOCK, neurons a task
     arrays = [as_array(update.acts) for update in updates]
     batch = len(lengths)
     lengths_t = torch.from_numpy(np.ascontiguousarray(lengths, dtype=np.int64))
@@ -390,11 +413,14 @@ def update_layers(
     widths = [x.shape[2] for x, _ in arrays]
     window_max = [torch.empty((batch, n)) for n in widths]
     low, high = torch.empty(sum(widths)), torch.empty(sum(widths))
-    entered = torch.zeros((sum((n + BLOCK - 1) // BLOCK for n in widths), batch), dtype=torch.uint8)
+    blocks = [(n + block_neurons - 1) // block_neurons for n in widths]
+    entered = torch.zeros((sum(blocks), batch), dtype=torch.uint8)
     layers = (_Layer * len(updates))()
     at, block = 0, 0
     kept_alive = []  # what the structs point to, until the calls return
-    for i, (update, (x, skip), n) in enumerate(zip(updates, arrays, widths, strict=True)):
+    for i, (update, (x, skip), n, count) in enumerate(
+        zip(updates, arrays, widths, blocks, strict=True)
+    ):
         rows = [every_row if rows is None else rows.contiguous() for _, rows in update.tops]
         repeated = torch.empty((len(update.tops), batch), dtype=torch.uint8)
         parts = (_TopPart * len(update.tops))(
@@ -418,7 +444,7 @@ def update_layers(
             entered.data_ptr() + block * batch,
             0,
         )
-        at, block = at + n, block + (n + BLOCK - 1) // BLOCK
+        at, block = at + n, block + count
     if not all(update.histogram.started for update in updates):
         for layer in layers:
             layer.extremes_only = 1

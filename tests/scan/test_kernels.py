@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -130,13 +131,31 @@ def test_batches_that_no_window_of_can_enter_leave_the_top_windows_as_the_torch_
     assert_kept_equal(fused, by_torch, 9)
 
 
-def test_one_call_for_several_layers_of_several_blocks_equals_the_torch_path(monkeypatch) -> None:
+@pytest.fixture(params=[(0, 64), (512 * 2**10, 64), (2 * 2**20, 128)], ids=lambda p: f"L2 {p[0]}")
+def built_for_l2(request, monkeypatch, tmp_path) -> Iterator[int]:
+    """The kernels built as for a machine with the given L2 (0: unknown); the block size it
+    gives. The library is built again afterwards for this machine."""
+    l2, block = request.param
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(kernels, "l2_bytes", lambda: l2)
+    kernels._library.cache_clear()
+    kernels.build_error.cache_clear()
+    yield block
+    kernels._library.cache_clear()
+    kernels.build_error.cache_clear()
+
+
+def test_one_call_for_several_layers_of_several_blocks_equals_the_torch_path(
+    monkeypatch, built_for_l2: int
+) -> None:
     """The kernels number every layer's blocks in one loop: each layer's accumulators and the
     rows kept must be what the torch path gives layer by layer (widths of several blocks, the
-    last one partly filled, and of less than one)."""
+    last one partly filled, and of less than one), whatever block size the machine's L2 gives."""
     params = ScanParams(model="m", dataset="d", layers=[0, 3, 5], top_k=3, random=0)
     widths = {0: 300, 3: 300, 5: 40}
-    assert 2 * kernels.BLOCK < 300 and 300 % kernels.BLOCK and kernels.BLOCK > 40
+    block = kernels._library().block_neurons()
+    assert block == built_for_l2
+    assert 2 * block < 300 and 300 % block and block > 40
 
     def run(torch_statistics: bool) -> tuple[dict[int, LayerState], list[torch.Tensor]]:
         monkeypatch.setenv("LABELLER_TORCH_STATISTICS", "1" if torch_statistics else "0")
