@@ -141,11 +141,14 @@ def _cpu_tag() -> str:
     return f"{platform.machine()} {flags}"
 
 
+CPU_CACHES = Path("/sys/devices/system/cpu/cpu0/cache")
+
+
 @functools.cache
-def l2_bytes() -> int:
+def l2_bytes(caches: Path = CPU_CACHES) -> int:
     """A core's L2 cache in bytes as Linux reports it (0 where it does not): kernels.c sizes
     its blocks of neurons by it."""
-    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+    for index in sorted(caches.glob("index*")):
         try:
             level = (index / "level").read_text().strip()
             kind = (index / "type").read_text().strip()

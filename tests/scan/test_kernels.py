@@ -131,6 +131,26 @@ def test_batches_that_no_window_of_can_enter_leave_the_top_windows_as_the_torch_
     assert_kept_equal(fused, by_torch, 9)
 
 
+@pytest.mark.parametrize(
+    ("caches", "expected"),
+    [
+        ({"index0": ("1", "Data", "48K"), "index2": ("2", "Unified", "2048K")}, 2 * 2**20),
+        ({"index2": ("2", "Unified", "1M"), "index3": ("3", "Unified", "30M")}, 2**20),
+        ({"index0": ("1", "Data", "32K"), "index1": ("1", "Instruction", "32K")}, 0),
+        ({"index2": ("2", "Unified", "lots")}, 0),
+        ({}, 0),
+    ],
+)
+def test_l2_bytes_reads_the_level_2_cache_from_sysfs(tmp_path, caches, expected) -> None:
+    for index, (level, kind, size) in caches.items():
+        folder = tmp_path / index
+        folder.mkdir()
+        (folder / "level").write_text(level + "\n")
+        (folder / "type").write_text(kind + "\n")
+        (folder / "size").write_text(size + "\n")
+    assert kernels.l2_bytes(tmp_path) == expected
+
+
 @pytest.fixture(params=[(0, 64), (512 * 2**10, 64), (2 * 2**20, 128)], ids=lambda p: f"L2 {p[0]}")
 def built_for_l2(request, monkeypatch, tmp_path) -> Iterator[int]:
     """The kernels built as for a machine with the given L2 (0: unknown); the block size it
