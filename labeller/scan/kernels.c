@@ -115,10 +115,13 @@ static int64_t floor_div(int64_t a, int64_t b) {
 
 static int64_t blocks_of(int64_t n) { return (n + BLOCK - 1) / BLOCK; }
 
-/* Ask for a block's part of the row `ahead` rows on (an address past the batch is harmless: a
- * prefetch never faults). */
+/* Ask for a block's part of the row `ahead` rows on. Past the batch's end the address is
+ * harmless (a prefetch never faults); it is made as an integer, since a pointer may not point
+ * there. */
 static inline void prefetch_row(const float *row, int64_t ahead, int64_t n, int64_t width) {
-    for (int64_t j = 0; j < width; j += 16) __builtin_prefetch(row + ahead * n + j);
+    uintptr_t at = (uintptr_t)row + (uintptr_t)(ahead * n) * sizeof(float);
+    for (int64_t j = 0; j < width; j += 16)
+        __builtin_prefetch((const void *)(at + (uintptr_t)j * sizeof(float)));
 }
 
 /* Each window's max over its real tokens and the batch's min and max, for neurons lo:hi.
