@@ -14,6 +14,7 @@ and says so.
 
 from __future__ import annotations
 
+import _ctypes
 import ctypes
 import dataclasses
 import functools
@@ -201,14 +202,25 @@ def _library() -> ctypes.CDLL:
     if not built.exists():
         _build(built)
     try:
-        library = ctypes.CDLL(str(built))
-    except OSError:  # not a library after all (a damaged cache): built again, once
-        _build(built)
+        return _loaded(built)
+    except (OSError, AttributeError):  # not a library, or not this one (a damaged cache)
+        _build(built)  # again, once
         try:
-            library = ctypes.CDLL(str(built))
-        except OSError as error:
+            return _loaded(built)
+        except (OSError, AttributeError) as error:
             raise KernelsUnavailable(f"cannot load {built}: {error}") from error
-    return _declared(library)
+
+
+def _loaded(path: Path) -> ctypes.CDLL:
+    """The library at `path` with its functions declared. One without them (some other
+    library left under this name) is closed again: loaded under the same name, the rebuilt
+    one would otherwise be handed the old one."""
+    library = ctypes.CDLL(str(path))
+    try:
+        return _declared(library)
+    except AttributeError:
+        _ctypes.dlclose(library._handle)
+        raise
 
 
 def _declared(library: ctypes.CDLL) -> ctypes.CDLL:

@@ -282,19 +282,31 @@ def test_the_kernels_are_built_once_and_then_loaded_from_the_cache(fresh_kernels
     assert built.stat().st_mtime_ns == stamp
 
 
-def test_a_damaged_library_in_the_cache_is_built_again(fresh_kernels):
-    """A cached file that is not a library (in a new process: one that has it loaded keeps
-    its own mapping) is rebuilt, not a reason to fall back to the torch path."""
+@pytest.mark.parametrize("content", ["garbage", "another library"])
+def test_a_damaged_library_in_the_cache_is_built_again(fresh_kernels, content):
+    """A cached file that is not a library, or a library without the kernels (in a new
+    process: one that has it loaded keeps its own mapping), is rebuilt and the rebuilt one
+    used, not a reason to fall back to the torch path."""
+    import _ctypes
+    import shutil
     import subprocess
     import sys
 
     damaged = kernels.library_path()
     damaged.parent.mkdir(parents=True)
-    damaged.write_bytes(b"not a shared library")
-    probe = "from labeller.scan import kernels; print(kernels.build_error())"
+    if content == "garbage":
+        damaged.write_bytes(b"not a shared library")
+    else:
+        shutil.copyfile(_ctypes.__file__, damaged)  # a shared library, not the kernels
+    before = damaged.read_bytes()
+    probe = (
+        "from labeller.scan import kernels; print(kernels.build_error(), "
+        "kernels._library().block_neurons())"
+    )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
-    assert done.stdout.strip() == "None", done.stderr
-    assert damaged.read_bytes() != b"not a shared library"
+    assert done.stdout.split()[0] == "None", done.stderr
+    assert int(done.stdout.split()[1]) in (64, 128)
+    assert damaged.read_bytes() != before
 
 
 def test_a_failed_build_leaves_nothing_half_written(fresh_kernels, monkeypatch):
