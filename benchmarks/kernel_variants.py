@@ -51,7 +51,7 @@ def built(source: Path, folder: Path) -> ctypes.CDLL:
     finally:
         kernels.SOURCE = original
     try:
-        return kernels._declared(ctypes.CDLL(str(target)))
+        return kernels._loaded(target)
     except AttributeError:  # a C file, but not the scan's kernels
         raise SystemExit(
             f"error: {source} has no scan_layers and block_neurons: give copies of kernels.c"
