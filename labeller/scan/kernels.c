@@ -4,10 +4,13 @@
  * Compiled by kernels.py with the machine's C compiler on first use and cached on disk; it is
  * called through ctypes, which lets other Python threads run meanwhile. Each thread takes
  * blocks of BLOCK neurons of any layer (one parallel loop for them all: fewer threads left
- * waiting at its end than with a loop per layer) and, while a block's activations are in
- * its cache, finds the
- * extremes, grows the histograms to cover them, takes the power sums and bins, then merges
- * the block's top windows and band samples neuron by neuron. The rules are those of the torch
+ * waiting at its end than with a loop per layer) and reads the block's activations once
+ * (`block_one_pass`): each window's max, the extremes, the power sums about the running mean
+ * and the bins under the histograms as they were, a neuron whose values left its histogram
+ * counted again once it has grown. The first batch, whose centre is the middle of its range,
+ * and a batch too long for the block's uint16 counts take two passes: the extremes, then the
+ * histograms grown to cover them, the power sums and the bins. Then the block's top windows
+ * and band samples are merged neuron by neuron. The rules are those of the torch
  * path in accumulators.py, which the tests hold this to: maxima are the float32 values
  * themselves, a bin is floor(x * 2**-e) (exact in float32), power sums are taken per window
  * in float32 and summed in float64, top-k and band samples keep exactly what torch keeps.
@@ -42,7 +45,9 @@
  * page of its own, where the hardware's prefetchers do not follow. On a machine with 2 MiB
  * of L2 a core, the 4-layer model's batch update, alternating batch by batch in one process:
  * 12.2-12.8 ms without, 8.1 ms with 16 and 8 (8.3-8.5 with 8 and 8, 8.6 with the sums pass's
- * alone, 12.6 with the extremes pass's alone; demo-gelu-1l 1.38 against 1.22 ms). */
+ * alone, 12.6 with the extremes pass's alone; demo-gelu-1l 1.38 against 1.22 ms). The one
+ * pass (from memory) asks as the extremes pass does: 6.7 ms with 16, 6.6 with 8, 6.8 with 24,
+ * 7.5 with 32. */
 #define EXTREMES_AHEAD 16
 #define SUMS_AHEAD 8
 
@@ -184,9 +189,12 @@ static void cover(const Histogram *h, int64_t neuron, float low, float high, int
 }
 
 /* Merge a batch's power sums s[p] of (x - shift)**(p + 1) and positives into a neuron's
- * moments, as Moments.add_sums does. */
-static void merge_moments(const MomentState *m, int64_t c, float shift, const double s[4],
-                          double positive, float low, float high) {
+ * moments, as Moments.add_sums does. Not inlined: inlined into the one pass and the two, the
+ * compiler contracted its arithmetic differently in each, and their moments differed in the
+ * last bits; as one function they are the same bit for bit. */
+__attribute__((noinline)) static void merge_moments(const MomentState *m, int64_t c,
+                                                    float shift, const double s[4],
+                                                    double positive, float low, float high) {
     double nb = m->tokens, na = m->count, n = na + nb;
     double a = s[0] / nb; /* batch mean minus shift */
     double m2_b = s[1] - nb * a * a;
@@ -292,6 +300,119 @@ static void block_sums_and_counts(const Layer *a, int64_t lo, int64_t hi, uint16
                       a->batch_max[lo + j]);
     }
     add_counts(h, lo, width, local);
+}
+
+/* Whether a block can take the batch in one pass (`block_one_pass`): a batch after the first
+ * (the power sums' centre, the running mean, is known before it), fewer token rows than a
+ * uint16 count holds (nothing reaches the histograms before the whole batch is read), and bin
+ * offsets a float32 holds exactly. */
+static int one_pass_fits(const Layer *a, int64_t lo, int64_t hi) {
+    const Batch *s = &a->batch;
+    if (a->moments.count <= 0) return 0;
+    int64_t rows = 0;
+    for (int64_t b = 0; b < s->batch; b++) rows += s->lengths[b];
+    if (rows >= UINT16_MAX) return 0;
+    for (int64_t c = lo; c < hi; c++)
+        if (llabs(a->histogram.first[c]) + a->histogram.bins >= (1LL << 24)) return 0;
+    return 1;
+}
+
+/* A neuron's counts in `counts` (bins of them, emptied first) from its column of the batch,
+ * under its histogram as it is now. */
+static void count_column(const Layer *a, int64_t c, uint16_t *counts) {
+    const Batch *s = &a->batch;
+    const Histogram *h = &a->histogram;
+    float scale = h->inverse_width[c];
+    int64_t first = h->first[c];
+    memset(counts, 0, (size_t)h->bins * sizeof(uint16_t));
+    for (int64_t b = 0; b < s->batch; b++)
+        for (int64_t t = s->skip; t < s->skip + s->lengths[b]; t++)
+            counts[(int64_t)floorf(s->x[(b * s->width + t) * s->n + c] * scale) - first] += 1;
+}
+
+/* The extremes, the power sums and the bins of neurons lo:hi in one pass over the block's rows,
+ * for a batch `one_pass_fits`: each value is binned under its neuron's histogram as it was
+ * before the batch, and a neuron with a value outside it has its histogram grown to the
+ * batch's range and its bins counted again from its column (after the first batches, few do).
+ * Everything is merged only after the whole block was read: returns 1, with nothing merged,
+ * if a value is NaN or infinite, else 0. The same results as the two passes. */
+static int block_one_pass(const Layer *a, int64_t lo, int64_t hi, uint16_t *local,
+                          int64_t *merged) {
+    const Batch *s = &a->batch;
+    const Histogram *h = &a->histogram;
+    int64_t bins = h->bins, width = hi - lo, n = s->n;
+    const MomentState *m = &a->moments;
+    const float *scale = h->inverse_width + lo;
+    float centre[BLOCK], low[BLOCK], high[BLOCK], top[BLOCK], bad[BLOCK], outside[BLOCK];
+    float start[BLOCK], end[BLOCK]; /* each neuron's bins as floor(x * scale) */
+    int32_t base[BLOCK], at[BLOCK];
+    double total[4][BLOCK], above[BLOCK];
+    float part[4][BLOCK], ones[BLOCK];
+    for (int64_t j = 0; j < width; j++) {
+        centre[j] = (float)m->mean[lo + j];
+        low[j] = INFINITY;
+        high[j] = -INFINITY;
+        bad[j] = outside[j] = 0.0f;
+        start[j] = (float)h->first[lo + j];
+        end[j] = (float)(h->first[lo + j] + bins);
+        base[j] = (int32_t)(h->first[lo + j] - j * bins);
+        above[j] = 0.0;
+        for (int p = 0; p < 4; p++) total[p][j] = 0.0;
+    }
+    memset(local, 0, (size_t)(width * bins) * sizeof(uint16_t));
+    for (int64_t b = 0; b < s->batch; b++) {
+        for (int64_t j = 0; j < width; j++) {
+            top[j] = -INFINITY;
+            part[0][j] = part[1][j] = part[2][j] = part[3][j] = 0.0f;
+            ones[j] = 0.0f;
+        }
+        for (int64_t t = s->skip; t < s->skip + s->lengths[b]; t++) {
+            const float *row = s->x + (b * s->width + t) * n + lo;
+            prefetch_row(row, EXTREMES_AHEAD, n, width);
+            for (int64_t j = 0; j < width; j++) {
+                float v = row[j];
+                top[j] = v > top[j] ? v : top[j];
+                low[j] = v < low[j] ? v : low[j];
+                bad[j] = fabsf(v) <= FLT_MAX ? bad[j] : 1.0f;
+                float y = v - centre[j];
+                float y2 = y * y;
+                part[0][j] += y;
+                part[1][j] += y2;
+                part[2][j] += y2 * y;
+                part[3][j] += y2 * y2;
+                ones[j] += v > 0.0f ? 1.0f : 0.0f;
+                float bin = floorf(v * scale[j]);
+                int inside = bin >= start[j] && bin < end[j]; /* false for NaN */
+                outside[j] = inside ? outside[j] : 1.0f;
+                at[j] = inside ? (int32_t)bin - base[j] : (int32_t)(j * bins);
+            }
+            for (int64_t j = 0; j < width; j++) local[at[j]] += 1;
+        }
+        for (int64_t j = 0; j < width; j++) {
+            s->window_max[b * n + lo + j] = top[j];
+            high[j] = top[j] > high[j] ? top[j] : high[j];
+            for (int p = 0; p < 4; p++) total[p][j] += part[p][j];
+            above[j] += ones[j];
+        }
+    }
+    int flags = 0;
+    for (int64_t j = 0; j < width; j++) {
+        a->batch_min[lo + j] = low[j];
+        a->batch_max[lo + j] = high[j];
+        flags |= bad[j] != 0.0f;
+    }
+    if (flags) return 1;
+    for (int64_t j = 0; j < width; j++) {
+        if (outside[j] == 0.0f) continue;
+        cover(h, lo + j, low[j], high[j], merged);
+        count_column(a, lo + j, local + j * bins);
+    }
+    for (int64_t j = 0; j < width; j++) {
+        double sums[4] = {total[0][j], total[1][j], total[2][j], total[3][j]};
+        merge_moments(m, lo + j, centre[j], sums, above[j], low[j], high[j]);
+    }
+    add_counts(h, lo, width, local);
+    return 0;
 }
 
 /* A window that entered a slot: its per-token values are copied once the whole block has been
@@ -605,15 +726,19 @@ static int layer_block(const void *args, int64_t block, void *memory) {
     while (block >= blocks_of(a->batch.n)) block -= blocks_of((a++)->batch.n);
     int64_t lo = block * BLOCK;
     int64_t hi = lo + BLOCK < a->batch.n ? lo + BLOCK : a->batch.n;
-    if (block_extremes(a, lo, hi)) { /* before anything is binned */
+    Scratch scratch = a->extremes_only ? (Scratch){0} : carve(a, memory);
+    int one_pass = !a->extremes_only && one_pass_fits(a, lo, hi);
+    if (one_pass ? block_one_pass(a, lo, hi, scratch.local, scratch.merged)
+                 : block_extremes(a, lo, hi)) { /* before anything is binned */
         ((Layer *)a)->not_finite = 1; /* a plain store: any block finding one writes 1 */
         return NOT_FINITE_STATUS;
     }
     if (a->extremes_only) return 0;
-    Scratch scratch = carve(a, memory);
-    for (int64_t c = lo; c < hi; c++)
-        cover(&a->histogram, c, a->batch_min[c], a->batch_max[c], scratch.merged);
-    block_sums_and_counts(a, lo, hi, scratch.local);
+    if (!one_pass) {
+        for (int64_t c = lo; c < hi; c++)
+            cover(&a->histogram, c, a->batch_min[c], a->batch_max[c], scratch.merged);
+        block_sums_and_counts(a, lo, hi, scratch.local);
+    }
     uint8_t *entered = a->entered + block * a->batch.batch;
     Copies copies = {scratch.copies, 0};
     /* A row enters a top-k only strictly above the lowest max it keeps: a neuron whose rows
