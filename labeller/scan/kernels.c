@@ -223,6 +223,38 @@ static void add_counts(const Histogram *h, int64_t lo, int64_t width, uint16_t *
     memset(local, 0, (size_t)(width * h->bins) * sizeof(uint16_t));
 }
 
+/* A window's power sums: each token's powers of (x - centre) taken in float32 (`add_powers`)
+ * and the window's totals added in float64 (`end_window`). Both ways through a block take
+ * them with these, so their moments are the same bit for bit. */
+typedef struct {
+    float part[4][BLOCK], ones[BLOCK];
+} WindowSums;
+
+static inline void start_window(WindowSums *w, int64_t width) {
+    for (int64_t j = 0; j < width; j++) {
+        w->part[0][j] = w->part[1][j] = w->part[2][j] = w->part[3][j] = 0.0f;
+        w->ones[j] = 0.0f;
+    }
+}
+
+static inline void add_powers(WindowSums *w, int64_t j, float v, float centre) {
+    float y = v - centre;
+    float y2 = y * y;
+    w->part[0][j] += y;
+    w->part[1][j] += y2;
+    w->part[2][j] += y2 * y;
+    w->part[3][j] += y2 * y2;
+    w->ones[j] += v > 0.0f ? 1.0f : 0.0f;
+}
+
+static inline void end_window(const WindowSums *w, int64_t width, double total[4][BLOCK],
+                              double *above) {
+    for (int64_t j = 0; j < width; j++) {
+        for (int p = 0; p < 4; p++) total[p][j] += w->part[p][j];
+        above[j] += w->ones[j];
+    }
+}
+
 /* Power sums of (x - centre)**1..4 and positives for neurons lo:hi, merged into the moments;
  * their bins added to the counts (which must take the block's range: a bin is monotonic in
  * the value, so covering the min and max covers every value). The centre is Moments.shift's:
@@ -247,7 +279,7 @@ static void block_sums_and_counts(const Layer *a, int64_t lo, int64_t hi, uint16
      * float to int64 does not on most CPUs), else in int64. */
     int narrow = 1;
     double total[4][BLOCK], above[BLOCK];
-    float part[4][BLOCK], ones[BLOCK];
+    WindowSums window;
     for (int64_t j = 0; j < width; j++) {
         base[j] = h->first[lo + j] - j * bins;
         base32[j] = (int32_t)base[j];
@@ -259,23 +291,11 @@ static void block_sums_and_counts(const Layer *a, int64_t lo, int64_t hi, uint16
     memset(local, 0, (size_t)(width * bins) * sizeof(uint16_t));
     int64_t counted = 0; /* token rows in `local` */
     for (int64_t b = 0; b < s->batch; b++) {
-        for (int64_t j = 0; j < width; j++) {
-            part[0][j] = part[1][j] = part[2][j] = part[3][j] = 0.0f;
-            ones[j] = 0.0f;
-        }
+        start_window(&window, width);
         for (int64_t t = s->skip; t < s->skip + s->lengths[b]; t++) {
             const float *row = s->x + (b * s->width + t) * n + lo;
             prefetch_row(row, SUMS_AHEAD, n, width);
-            for (int64_t j = 0; j < width; j++) {
-                float v = row[j];
-                float y = v - centre[j];
-                float y2 = y * y;
-                part[0][j] += y;
-                part[1][j] += y2;
-                part[2][j] += y2 * y;
-                part[3][j] += y2 * y2;
-                ones[j] += v > 0.0f ? 1.0f : 0.0f;
-            }
+            for (int64_t j = 0; j < width; j++) add_powers(&window, j, row[j], centre[j]);
             if (narrow) {
                 for (int64_t j = 0; j < width; j++)
                     at[j] = (int32_t)floorf(row[j] * scale[j]) - base32[j];
@@ -289,10 +309,7 @@ static void block_sums_and_counts(const Layer *a, int64_t lo, int64_t hi, uint16
                 counted = 0;
             }
         }
-        for (int64_t j = 0; j < width; j++) {
-            for (int p = 0; p < 4; p++) total[p][j] += part[p][j];
-            above[j] += ones[j];
-        }
+        end_window(&window, width, total, above);
     }
     for (int64_t j = 0; j < width; j++) {
         double sums[4] = {total[0][j], total[1][j], total[2][j], total[3][j]};
@@ -347,7 +364,7 @@ static int block_one_pass(const Layer *a, int64_t lo, int64_t hi, uint16_t *loca
     float start[BLOCK], end[BLOCK]; /* each neuron's bins as floor(x * scale) */
     int32_t base[BLOCK], at[BLOCK];
     double total[4][BLOCK], above[BLOCK];
-    float part[4][BLOCK], ones[BLOCK];
+    WindowSums window;
     for (int64_t j = 0; j < width; j++) {
         centre[j] = (float)m->mean[lo + j];
         low[j] = INFINITY;
@@ -361,11 +378,8 @@ static int block_one_pass(const Layer *a, int64_t lo, int64_t hi, uint16_t *loca
     }
     memset(local, 0, (size_t)(width * bins) * sizeof(uint16_t));
     for (int64_t b = 0; b < s->batch; b++) {
-        for (int64_t j = 0; j < width; j++) {
-            top[j] = -INFINITY;
-            part[0][j] = part[1][j] = part[2][j] = part[3][j] = 0.0f;
-            ones[j] = 0.0f;
-        }
+        for (int64_t j = 0; j < width; j++) top[j] = -INFINITY;
+        start_window(&window, width);
         for (int64_t t = s->skip; t < s->skip + s->lengths[b]; t++) {
             const float *row = s->x + (b * s->width + t) * n + lo;
             prefetch_row(row, EXTREMES_AHEAD, n, width);
@@ -374,13 +388,7 @@ static int block_one_pass(const Layer *a, int64_t lo, int64_t hi, uint16_t *loca
                 top[j] = v > top[j] ? v : top[j];
                 low[j] = v < low[j] ? v : low[j];
                 bad[j] = fabsf(v) <= FLT_MAX ? bad[j] : 1.0f;
-                float y = v - centre[j];
-                float y2 = y * y;
-                part[0][j] += y;
-                part[1][j] += y2;
-                part[2][j] += y2 * y;
-                part[3][j] += y2 * y2;
-                ones[j] += v > 0.0f ? 1.0f : 0.0f;
+                add_powers(&window, j, v, centre[j]);
                 float bin = floorf(v * scale[j]);
                 int inside = bin >= start[j] && bin < end[j]; /* false for NaN */
                 outside[j] = inside ? outside[j] : 1.0f;
@@ -391,9 +399,8 @@ static int block_one_pass(const Layer *a, int64_t lo, int64_t hi, uint16_t *loca
         for (int64_t j = 0; j < width; j++) {
             s->window_max[b * n + lo + j] = top[j];
             high[j] = top[j] > high[j] ? top[j] : high[j];
-            for (int p = 0; p < 4; p++) total[p][j] += part[p][j];
-            above[j] += ones[j];
         }
+        end_window(&window, width, total, above);
     }
     int flags = 0;
     for (int64_t j = 0; j < width; j++) {
