@@ -586,6 +586,40 @@ static void move_slot(const Bands *d, int64_t n, int64_t c, int64_t to, int64_t 
     source[to] = source[from];
 }
 
+/* Whether the batch's max (`column_max`) needs a neuron's band grid, of bins 2**exponent wide,
+ * widened. */
+static int band_grid_too_narrow(float column_max, int64_t exponent) {
+    int needed;
+    frexpf(column_max, &needed);
+    return column_max > 0 && needed - 3 > exponent;
+}
+
+/* Per neuron lo:lo+width, whether `column_bands` may change its band samples: its grid needs
+ * widening, or some window's priority beats the m-th of the bin its max falls in as the bins
+ * are before the batch. Inserting only lowers a bin's m-th priority, so a window that does not
+ * beat it now never will in this batch: the other neurons (in a long scan, nearly all) are
+ * passed over after one look at each row, side by side, not one neuron down its column. */
+static void band_candidates(const Batch *s, const int64_t *batch_priority, const Bands *d,
+                            int64_t lo, int64_t width, const float *column_max,
+                            uint8_t *candidate) {
+    int64_t n = s->n, m = d->m, bins = d->slots / m;
+    float inverse[BLOCK];
+    for (int64_t j = 0; j < width; j++) {
+        candidate[j] = (uint8_t)band_grid_too_narrow(column_max[j], d->exponent[lo + j]);
+        inverse[j] = inverse_width(d->exponent[lo + j]);
+    }
+    for (int64_t r = 0; r < s->batch; r++) {
+        const float *row = s->window_max + r * n + lo;
+        const int64_t *mth = d->priority + (m - 1) * n + lo; /* bin 0's m-th, per neuron */
+        int64_t p = batch_priority[r];
+        for (int64_t j = 0; j < width; j++) {
+            if (!(row[j] > 0)) continue;
+            int64_t bin = band_of(row[j], inverse[j], bins);
+            candidate[j] |= p < mth[bin * m * n + j];
+        }
+    }
+}
+
 /* BandSample.update for neuron c: widen the grid if the batch's max (`column_max`) needs it
  * (re-binning the kept windows, bottom m per new bin), then insert each window whose priority
  * beats its bin's m-th, keeping every bin in priority order; `entered` [batch] marks the rows
@@ -598,9 +632,9 @@ static void column_bands(const Batch *s, const int64_t *batch_priority, const Ba
     int64_t *old_window = scratch + 3 * slots, *filled = scratch + 4 * slots;
     float *old_values = (float *)(scratch + 5 * slots);
     for (int64_t slot = 0; slot < slots; slot++) source[slot] = -1;
-    int needed;
-    frexpf(column_max, &needed);
-    if (column_max > 0 && needed - 3 > d->exponent[c]) {
+    if (band_grid_too_narrow(column_max, d->exponent[c])) {
+        int needed;
+        frexpf(column_max, &needed);
         d->exponent[c] = needed - 3;
         for (int64_t slot = 0; slot < slots; slot++) {
             int64_t at = slot * n + c;
@@ -760,10 +794,13 @@ static int layer_block(const void *args, int64_t block, void *memory) {
                 column_top(&a->batch, part, c, entered, &copies);
     }
     if (a->bands.m) {
+        uint8_t candidate[BLOCK];
         rows_max(&a->batch, NULL, a->batch.batch, lo, hi - lo, best);
+        band_candidates(&a->batch, a->band_priority, &a->bands, lo, hi - lo, best, candidate);
         for (int64_t c = lo; c < hi; c++)
-            column_bands(&a->batch, a->band_priority, &a->bands, c, best[c - lo], entered,
-                         scratch.band, scratch.old_acts, &copies);
+            if (candidate[c - lo])
+                column_bands(&a->batch, a->band_priority, &a->bands, c, best[c - lo], entered,
+                             scratch.band, scratch.old_acts, &copies);
     }
     copy_windows(&a->batch, &copies, scratch.order, scratch.best, scratch.where);
     return 0;
